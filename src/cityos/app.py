@@ -1,0 +1,92 @@
+"""Assembles the FastAPI application from the domains' routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cityos.config import Settings
+from cityos.core.db import create_engine
+from cityos.core.errors import BadRequestData, InternalError, ProblemError
+from cityos.core.events import EventBus
+from cityos.hub import api as hub_api
+from cityos.hub.jsonld import ContextResolver, ContextStore
+from cityos.hub.service import HubService
+from cityos.hub.store import HubStore
+
+log = logging.getLogger("cityos")
+
+
+def problem_response(error: ProblemError) -> Response:
+    return Response(orjson.dumps(error.to_problem()), status_code=error.status, media_type="application/json",
+                    headers=error.headers or None)
+
+
+_HTTP_PROBLEMS: dict[int, tuple[str, str]] = {
+    404: ("ResourceNotFound", "Resource not found"),
+    405: ("OperationNotSupported", "Method not allowed"),
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def on_problem(_request: Request, exc: ProblemError) -> Response:
+        return problem_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(_request: Request, exc: RequestValidationError) -> Response:
+        fields = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return problem_response(BadRequestData(fields or "invalid request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_request: Request, exc: StarletteHTTPException) -> Response:
+        error_type, title = _HTTP_PROBLEMS.get(exc.status_code, ("BadRequestData", "Bad request"))
+        error = ProblemError(str(exc.detail))
+        error.status, error.error_type, error.title = exc.status_code, error_type, title
+        return problem_response(error)
+
+    @app.exception_handler(Exception)
+    async def on_crash(_request: Request, exc: Exception) -> Response:
+        # Never hand a stack trace to a caller; the log has it.
+        log.exception("unhandled error", exc_info=exc)
+        return problem_response(InternalError("an internal error occurred; it has been logged"))
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        bus = EventBus()
+        store = HubStore(engine)
+        contexts = ContextStore(settings.context_fetch_timeout, settings.context_cache_seconds)
+        service = HubService(store, bus)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.bus = bus
+        app.state.hub = hub_api.Hub(settings, service, ContextResolver(contexts), contexts)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(title="CityOS", version="0.1.0", lifespan=lifespan,
+                  description="CityOS smart-city platform: NGSI-LD context broker (ETSI GS CIM 009) and domains.",
+                  **overrides)
+    install_error_handlers(app)
+    app.include_router(hub_api.router)
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

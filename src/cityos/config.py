@@ -1,0 +1,55 @@
+"""Settings read from the environment, so every process of a deployment agrees on them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{Path.cwd() / 'cityos.db'}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = field(default_factory=lambda: os.environ.get("CITYOS_DATABASE_URL") or default_database_url())
+    mqtt_url: str = field(default_factory=lambda: os.environ.get("CITYOS_MQTT_URL", "mqtt://127.0.0.1:1883"))
+    max_page_size: int = field(default_factory=lambda: _env_int("CITYOS_MAX_PAGE_SIZE", 1000))
+    default_page_size: int = field(default_factory=lambda: _env_int("CITYOS_DEFAULT_PAGE_SIZE", 20))
+    # Orion-LD and Scorpio cap batches at 1,000 entities; we bound the request size instead.
+    max_body_bytes: int = field(default_factory=lambda: _env_int("CITYOS_MAX_BODY_BYTES", 64 * 1024 * 1024))
+    max_batch_entities: int = field(default_factory=lambda: _env_int("CITYOS_MAX_BATCH_ENTITIES", 100_000))
+    context_fetch_timeout: float = field(default_factory=lambda: _env_float("CITYOS_CONTEXT_FETCH_TIMEOUT", 5.0))
+    context_cache_seconds: int = field(default_factory=lambda: _env_int("CITYOS_CONTEXT_CACHE_SECONDS", 3600))
+    db_pool_size: int = field(default_factory=lambda: _env_int("CITYOS_DB_POOL_SIZE", 10))
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql", "postgres"))
+
+
+def async_url(url: str) -> str:
+    """SQLAlchemy wants the async driver spelled out; operators should not have to."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        return "postgresql+asyncpg://" + url[len("postgresql://"):]
+    return url
+
+
+def sync_url(url: str) -> str:
+    """Alembic runs migrations synchronously; psycopg is not a dependency, so asyncpg runs them via greenlet."""
+    return async_url(url)

@@ -1,0 +1,38 @@
+"""An injectable clock: deadlines, SLAs and history are tested by moving time, not by sleeping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+_now: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
+
+
+def now() -> datetime:
+    return _now()
+
+
+def set_clock(fn: Callable[[], datetime]) -> None:
+    global _now
+    _now = fn
+
+
+def reset_clock() -> None:
+    set_clock(lambda: datetime.now(UTC))
+
+
+def iso(dt: datetime) -> str:
+    """NGSI-LD DateTime: UTC with millisecond precision and a Z suffix."""
+    dt = dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_iso(value: str) -> datetime:
+    """Parse an ISO 8601 DateTime; raises ValueError on anything else."""
+    if not isinstance(value, str) or len(value) < 10 or len(value) > 40:
+        raise ValueError("not an ISO 8601 DateTime")
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)

@@ -1,0 +1,61 @@
+"""The database engine: one SQLAlchemy Core code path over SQLite (embedded) and PostgreSQL (production)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from cityos.config import Settings, async_url
+
+# Domains add SQLite scalar functions here (e.g. exact geometry predicates) so that their
+# queries keep one SQL shape on both databases.
+SQLITE_FUNCTIONS: list[tuple[str, int, Callable[..., Any]]] = []
+
+
+def json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def register_sqlite_function(name: str, nargs: int, fn: Callable[..., Any]) -> None:
+    if all(existing[0] != name for existing in SQLITE_FUNCTIONS):
+        SQLITE_FUNCTIONS.append((name, nargs, fn))
+
+
+def _configure_sqlite(dbapi_conn: Any, _record: Any) -> None:
+    # aiosqlite hands us an adapter; the raw sqlite3 connection sits behind it.
+    raw = getattr(dbapi_conn, "_conn", None) or dbapi_conn
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA cache_size=-65536")
+    cursor.close()
+    sqlite_raw = getattr(raw, "_connection", None) or getattr(raw, "_conn", None) or raw
+    for name, nargs, fn in SQLITE_FUNCTIONS:
+        sqlite_raw.create_function(name, nargs, fn, deterministic=True)
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    url = async_url(settings.database_url)
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, json_serializer=json_dumps, json_deserializer=orjson.loads,
+                                     pool_size=settings.db_pool_size, max_overflow=0)
+        event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        return engine
+    return create_async_engine(
+        url,
+        json_serializer=json_dumps,
+        json_deserializer=orjson.loads,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=True,
+    )
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"

@@ -1,0 +1,491 @@
+"""The NGSI-LD API at /ngsi-ld/v1 (ETSI GS CIM 009 v1.8.1): entities, batch, discovery, @contexts."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from cityos.config import Settings
+from cityos.core.errors import BadRequestData, ResourceNotFound
+from cityos.hub import geoquery
+from cityos.hub.http import (
+    GEO_JSON,
+    Negotiated,
+    accepted,
+    body_context,
+    page_links,
+    parse_bool,
+    parse_int,
+    query_context,
+    read_body,
+    render,
+    split_list,
+    tenant_of,
+)
+from cityos.hub.jsonld import ActiveContext, ContextResolver, ContextStore
+from cityos.hub.model import check_entity_id, check_name, render_entity
+from cityos.hub.qlang import parse_q
+from cityos.hub.service import BatchResult, HubService, UpdateResult
+from cityos.hub.store import EntityQuery, EntityRecord
+
+PREFIX = "/ngsi-ld/v1"
+FORMATS = {"keyValues": "keyValues", "simplified": "keyValues", "concise": "concise", "normalized": "normalized"}
+
+
+@dataclass
+class Hub:
+    """What the hub's routers need, built once by the app."""
+
+    settings: Settings
+    service: HubService
+    resolver: ContextResolver
+    contexts: ContextStore
+
+
+def hub_of(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+@dataclass
+class View:
+    fmt: str
+    sys_attrs: bool
+    attrs: list[str] | None
+    lang: str | None
+
+
+def view_of(request: Request, ctx: ActiveContext) -> View:
+    options = split_list(request.query_params.get("options"))
+    fmt = "normalized"
+    for option in options:
+        if option in FORMATS:
+            fmt = FORMATS[option]
+        elif option not in ("sysAttrs", "normalized"):
+            raise BadRequestData(f"unknown option {option!r}")
+    explicit = request.query_params.get("format")
+    if explicit:
+        if explicit not in FORMATS:
+            raise BadRequestData(f"unknown format {explicit!r}")
+        fmt = FORMATS[explicit]
+    names = split_list(request.query_params.get("attrs")) or split_list(request.query_params.get("pick"))
+    attrs = [ctx.expand(check_name(n)) for n in names if n not in ("id", "type")] if names else None
+    return View(fmt, "sysAttrs" in options, attrs, request.query_params.get("lang"))
+
+
+def _iso_created(record: EntityRecord) -> tuple[str, str]:
+    from cityos.core.clock import iso
+
+    return iso(record.created_at), iso(record.modified_at)
+
+
+def entity_out(record: EntityRecord, ctx: ActiveContext, view: View) -> dict[str, Any]:
+    created, modified = _iso_created(record)
+    return render_entity(record.id, record.types, record.attrs, ctx.compact, fmt=view.fmt, sys_attrs=view.sys_attrs,
+                         created_at=created, modified_at=modified, only=view.attrs, scope=record.scope,
+                         lang=view.lang)
+
+
+def geojson_feature(record: EntityRecord, ctx: ActiveContext, view: View, geo_attr: str) -> dict[str, Any]:
+    body = entity_out(record, ctx, view)
+    geometry = None
+    for inst in record.attrs.get(geo_attr, []):
+        if inst.get("type") == "GeoProperty":
+            geometry = inst.get("value")
+            break
+    return {"id": body.pop("id"), "type": "Feature", "geometry": geometry, "properties": body}
+
+
+def _no_content(headers: dict[str, str] | None = None) -> Response:
+    return Response(status_code=204, headers=headers)
+
+
+def _update_result(result: UpdateResult) -> Response:
+    if not result.not_updated:
+        return _no_content()
+    body = {"updated": result.updated, "notUpdated": result.not_updated}
+    return Response(orjson.dumps(body), status_code=207, media_type="application/json")
+
+
+def _batch_response(result: BatchResult, created_status: bool) -> Response:
+    if result.errors:
+        body = {"success": result.success, "errors": result.errors}
+        return Response(orjson.dumps(body), status_code=207, media_type="application/json")
+    if created_status and result.created:
+        return Response(orjson.dumps(result.created), status_code=201, media_type="application/json")
+    return _no_content()
+
+
+def build_query(request: Request, ctx: ActiveContext, settings: Settings, params: dict[str, Any]) -> EntityQuery:
+    types = [ctx.expand(check_name(t, "entity type")) for t in split_list(params.get("type"))]
+    ids = [check_entity_id(i) for i in split_list(params.get("id"))]
+    pattern = params.get("idPattern")
+    if pattern is not None:
+        if len(pattern) > 256:
+            raise BadRequestData("idPattern is longer than 256 characters")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from exc
+    attrs = [ctx.expand(check_name(a)) for a in split_list(params.get("attrs"))]
+    q_text = params.get("q")
+    geo = geoquery.parse_geoquery(params.get("georel"), params.get("geometry"), params.get("coordinates"),
+                                  params.get("geoproperty"), ctx.expand)
+    count = parse_bool(params.get("count"), "count")
+    limit = parse_int(params.get("limit"), "limit", settings.default_page_size, 0, settings.max_page_size)
+    if limit == 0 and not count:
+        raise BadRequestData("limit=0 is only allowed together with count=true")
+    after = params.get("after")
+    if after is not None:
+        check_entity_id(after)
+    return EntityQuery(
+        types=types or None, ids=ids or None, id_pattern=pattern, attrs=attrs or None,
+        q=parse_q(q_text) if q_text else None, geo=geo, expand=ctx.expand, limit=limit,
+        offset=parse_int(params.get("offset"), "offset", 0, 0, 1_000_000_000), after=after, count=count,
+    )
+
+
+async def respond_entities(request: Request, hub: Hub, ctx: ActiveContext, query: EntityQuery, view: View,
+                           media: str) -> Response:
+    tenant = tenant_of(request)
+    records, total = await hub.service.query(tenant, query) if query.limit or query.count else ([], None)
+    if query.limit == 0:
+        records = []
+    headers: dict[str, str] = {}
+    if total is not None:
+        headers["NGSILD-Results-Count"] = str(total)
+    links = page_links(request, query.offset, query.limit, len(records), records[-1].id if records else None, total)
+    if tenant:
+        headers["NGSILD-Tenant"] = tenant
+    neg = Negotiated(media, ctx)
+    if media == GEO_JSON:
+        geo_attr = ctx.expand(request.query_params.get("geometryProperty") or "location")
+        payload: Any = {"type": "FeatureCollection",
+                        "features": [geojson_feature(r, ctx, view, geo_attr) for r in records]}
+    else:
+        payload = [entity_out(r, ctx, view) for r in records]
+    response = render(request, payload, neg, hub.contexts, headers=headers)
+    if links:
+        existing = response.headers.get("Link")
+        response.headers["Link"] = f"{existing}, {links}" if existing else links
+    return response
+
+
+router = APIRouter(prefix=PREFIX, tags=["NGSI-LD"])
+
+
+@router.post("/entities", status_code=201)
+async def create_entity(request: Request) -> Response:
+    hub = hub_of(request)
+    body, media = await read_body(request, hub.settings)
+    ctx = await body_context(request, hub.resolver, body, media)
+    entity_id = await hub.service.create_entity(tenant_of(request), body, ctx)
+    return Response(status_code=201, headers={"Location": f"{PREFIX}/entities/{entity_id}"})
+
+
+@router.get("/entities")
+async def query_entities(request: Request) -> Response:
+    hub = hub_of(request)
+    media = accepted(request, allow_geo=True)
+    ctx = await query_context(request, hub.resolver)
+    query = build_query(request, ctx, hub.settings, dict(request.query_params))
+    return await respond_entities(request, hub, ctx, query, view_of(request, ctx), media)
+
+
+@router.get("/entities/{entity_id}")
+async def retrieve_entity(entity_id: str, request: Request) -> Response:
+    hub = hub_of(request)
+    media = accepted(request, allow_geo=True)
+    ctx = await query_context(request, hub.resolver)
+    view = view_of(request, ctx)
+    record = await hub.service.retrieve(tenant_of(request), entity_id)
+    if media == GEO_JSON:
+        geo_attr = ctx.expand(request.query_params.get("geometryProperty") or "location")
+        return render(request, geojson_feature(record, ctx, view, geo_attr), Negotiated(media, ctx), hub.contexts)
+    return render(request, entity_out(record, ctx, view), Negotiated(media, ctx), hub.contexts)
+
+
+@router.put("/entities/{entity_id}", status_code=204)
+async def replace_entity(entity_id: str, request: Request) -> Response:
+    hub = hub_of(request)
+    body, media = await read_body(request, hub.settings)
+    ctx = await body_context(request, hub.resolver, body, media)
+    await hub.service.replace_entity(tenant_of(request), entity_id, body, ctx)
+    return _no_content()
+
+
+@router.patch("/entities/{entity_id}", status_code=204)
+async def merge_entity(entity_id: str, request: Request) -> Response:
+    hub = hub_of(request)
+    body, media = await read_body(request, hub.settings, allow_merge_patch=True)
+    ctx = await body_context(request, hub.resolver, body, media)
+    await hub.service.merge_entity(tenant_of(request), entity_id, body, ctx)
+    return _no_content()
+
+
+@router.delete("/entities/{entity_id}", status_code=204)
+async def delete_entity(entity_id: str, request: Request) -> Response:
+    await hub_of(request).service.delete_entity(tenant_of(request), entity_id)
+    return _no_content()
+
+
+@router.post("/entities/{entity_id}/attrs")
+async def append_attrs(entity_id: str, request: Request) -> Response:
+    hub = hub_of(request)
+    body, media = await read_body(request, hub.settings)
+    ctx = await body_context(request, hub.resolver, body, media)
+    options = split_list(request.query_params.get("options"))
+    result = await hub.service.append_attrs(tenant_of(request), entity_id, body, ctx, "noOverwrite" in options)
+    return _update_result(result)
+
+
+@router.patch("/entities/{entity_id}/attrs")
+async def update_attrs(entity_id: str, request: Request) -> Response:
+    hub = hub_of(request)
+    body, media = await read_body(request, hub.settings, allow_merge_patch=True)
+    ctx = await body_context(request, hub.resolver, body, media)
+    return _update_result(await hub.service.update_attrs(tenant_of(request), entity_id, body, ctx))
+
+
+@router.patch("/entities/{entity_id}/attrs/{attr_id}", status_code=204)
+async def patch_attr(entity_id: str, attr_id: str, request: Request) -> Response:
+    hub = hub_of(request)
+    body, media = await read_body(request, hub.settings, allow_merge_patch=True)
+    ctx = await body_context(request, hub.resolver, body, media)
+    await hub.service.patch_attr(tenant_of(request), entity_id, attr_id, body, ctx)
+    return _no_content()
+
+
+@router.delete("/entities/{entity_id}/attrs/{attr_id}", status_code=204)
+async def delete_attr(entity_id: str, attr_id: str, request: Request) -> Response:
+    hub = hub_of(request)
+    ctx = await query_context(request, hub.resolver)
+    dataset_id = request.query_params.get("datasetId")
+    delete_all = parse_bool(request.query_params.get("deleteAll"), "deleteAll")
+    await hub.service.delete_attr(tenant_of(request), entity_id, attr_id, ctx, dataset_id, delete_all)
+    return _no_content()
+
+
+# ---------------------------------------------------------------------- batch
+
+
+async def _batch(request: Request, mode: str) -> Response:
+    hub = hub_of(request)
+    body, media = await read_body(request, hub.settings, allow_merge_patch=mode == "merge")
+    if isinstance(body, list) and len(body) > hub.settings.max_batch_entities:
+        raise BadRequestData(f"a batch may hold at most {hub.settings.max_batch_entities} entities "
+                             "(CITYOS_MAX_BATCH_ENTITIES)")
+    ctx = await body_context(request, hub.resolver, body, media)
+    options = set(split_list(request.query_params.get("options")))
+    result = await hub.service.batch_write(tenant_of(request), body, ctx, mode, options)
+    return _batch_response(result, created_status=mode in ("create", "upsert"))
+
+
+@router.post("/entityOperations/create")
+async def batch_create(request: Request) -> Response:
+    return await _batch(request, "create")
+
+
+@router.post("/entityOperations/upsert")
+async def batch_upsert(request: Request) -> Response:
+    return await _batch(request, "upsert")
+
+
+@router.post("/entityOperations/update")
+async def batch_update(request: Request) -> Response:
+    return await _batch(request, "update")
+
+
+@router.post("/entityOperations/merge")
+async def batch_merge(request: Request) -> Response:
+    return await _batch(request, "merge")
+
+
+@router.post("/entityOperations/delete")
+async def batch_delete(request: Request) -> Response:
+    hub = hub_of(request)
+    body, _media = await read_body(request, hub.settings)
+    return _batch_response(await hub.service.batch_delete(tenant_of(request), body), created_status=False)
+
+
+@router.post("/entityOperations/query")
+async def batch_query(request: Request) -> Response:
+    hub = hub_of(request)
+    media = accepted(request)
+    body, body_media = await read_body(request, hub.settings)
+    if not isinstance(body, dict) or body.get("type") != "Query":
+        raise BadRequestData('the body must be a Query object with "type": "Query"')
+    ctx = await body_context(request, hub.resolver, body, body_media)
+    params: dict[str, Any] = dict(request.query_params)
+    selectors = body.get("entities") or []
+    if not isinstance(selectors, list) or not all(isinstance(s, dict) for s in selectors):
+        raise BadRequestData("Query.entities must be an array of EntitySelector objects")
+    if len(selectors) > 1:
+        raise BadRequestData("one EntitySelector per query is supported")
+    for selector in selectors:
+        for key in ("type", "id", "idPattern"):
+            if key in selector:
+                value = selector[key]
+                params[key] = ",".join(value) if isinstance(value, list) else str(value)
+    if "attrs" in body:
+        params["attrs"] = ",".join(body["attrs"]) if isinstance(body["attrs"], list) else str(body["attrs"])
+    if "q" in body:
+        params["q"] = str(body["q"])
+    geo_q = body.get("geoQ")
+    if isinstance(geo_q, dict):
+        params["georel"] = geo_q.get("georel")
+        params["geometry"] = geo_q.get("geometry")
+        params["coordinates"] = orjson.dumps(geo_q.get("coordinates")).decode()
+        if geo_q.get("geoproperty"):
+            params["geoproperty"] = geo_q["geoproperty"]
+    query = build_query(request, ctx, hub.settings, params)
+    return await respond_entities(request, hub, ctx, query, view_of(request, ctx), media)
+
+
+# ---------------------------------------------------------------------- discovery
+
+
+def _list_id(kind: str, members: list[str]) -> str:
+    digest = hashlib.sha256("\n".join(members).encode()).hexdigest()[:16]
+    return f"urn:ngsi-ld:{kind}:{digest}"
+
+
+@router.get("/types")
+async def list_types(request: Request) -> Response:
+    hub = hub_of(request)
+    media = accepted(request)
+    ctx = await query_context(request, hub.resolver)
+    pairs, counts = await hub.service.discovery(tenant_of(request))
+    names = sorted(ctx.compact(t) for t in counts)
+    if parse_bool(request.query_params.get("details"), "details"):
+        by_type: dict[str, set[str]] = {t: set() for t in counts}
+        for etype, attr, _atype, _n in pairs:
+            by_type.setdefault(etype, set()).add(ctx.compact(attr))
+        payload: Any = [{"id": t, "type": "EntityType", "typeName": ctx.compact(t),
+                         "attributeNames": sorted(attrs)} for t, attrs in sorted(by_type.items())]
+    else:
+        payload = {"id": _list_id("EntityTypeList", names), "type": "EntityTypeList", "typeList": names}
+    return render(request, payload, Negotiated(media, ctx), hub.contexts)
+
+
+@router.get("/types/{type_name}")
+async def type_info(type_name: str, request: Request) -> Response:
+    hub = hub_of(request)
+    media = accepted(request)
+    ctx = await query_context(request, hub.resolver)
+    iri = ctx.expand(check_name(type_name, "entity type"))
+    pairs, counts = await hub.service.discovery(tenant_of(request))
+    if iri not in counts:
+        raise ResourceNotFound(f"no entity of type {type_name}")
+    details: dict[str, set[str]] = {}
+    for etype, attr, atype, _n in pairs:
+        if etype == iri:
+            details.setdefault(attr, set()).add(atype or "Property")
+    payload = {"id": iri, "type": "EntityTypeInfo", "typeName": ctx.compact(iri), "entityCount": counts[iri],
+               "attributeDetails": [{"id": a, "type": "Attribute", "attributeName": ctx.compact(a),
+                                     "attributeTypes": sorted(t)} for a, t in sorted(details.items())]}
+    return render(request, payload, Negotiated(media, ctx), hub.contexts)
+
+
+def _attributes(pairs: list[tuple[str, str, str, int]]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for etype, attr, atype, n in pairs:
+        entry = found.setdefault(attr, {"count": 0, "types": set(), "typeNames": set()})
+        entry["count"] += n
+        entry["types"].add(atype or "Property")
+        entry["typeNames"].add(etype)
+    return found
+
+
+def _attribute_out(iri: str, info: dict[str, Any], ctx: ActiveContext) -> dict[str, Any]:
+    return {"id": iri, "type": "Attribute", "attributeName": ctx.compact(iri), "attributeCount": info["count"],
+            "attributeTypes": sorted(info["types"]), "typeNames": sorted(ctx.compact(t) for t in info["typeNames"])}
+
+
+@router.get("/attributes")
+async def list_attributes(request: Request) -> Response:
+    hub = hub_of(request)
+    media = accepted(request)
+    ctx = await query_context(request, hub.resolver)
+    pairs, _counts = await hub.service.discovery(tenant_of(request))
+    found = _attributes(pairs)
+    if parse_bool(request.query_params.get("details"), "details"):
+        payload: Any = [_attribute_out(iri, info, ctx) for iri, info in sorted(found.items())]
+    else:
+        names = sorted(ctx.compact(a) for a in found)
+        payload = {"id": _list_id("AttributeList", names), "type": "AttributeList", "attributeList": names}
+    return render(request, payload, Negotiated(media, ctx), hub.contexts)
+
+
+@router.get("/attributes/{attr_id}")
+async def attribute_info(attr_id: str, request: Request) -> Response:
+    hub = hub_of(request)
+    media = accepted(request)
+    ctx = await query_context(request, hub.resolver)
+    iri = ctx.expand(check_name(attr_id))
+    pairs, _counts = await hub.service.discovery(tenant_of(request))
+    found = _attributes(pairs)
+    if iri not in found:
+        raise ResourceNotFound(f"no attribute {attr_id}")
+    return render(request, _attribute_out(iri, found[iri], ctx), Negotiated(media, ctx), hub.contexts)
+
+
+# ---------------------------------------------------------------------- @contexts
+
+
+def _context_entry(url: str, kind: str, created: str | None, uses: int) -> dict[str, Any]:
+    return {"URL": url, "localId": hashlib.sha256(url.encode()).hexdigest()[:32], "kind": kind,
+            "createdAt": created, "numberOfHits": uses}
+
+
+@router.get("/jsonldContexts")
+async def list_contexts(request: Request) -> Response:
+    hub = hub_of(request)
+    details = parse_bool(request.query_params.get("details"), "details")
+    entries = [_context_entry(e.url, e.kind, e.fetched_at, e.uses) for e in hub.contexts.documents.values()]
+    payload: Any = entries if details else [e["URL"] for e in entries]
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
+def _find_context(hub: Hub, context_id: str) -> tuple[str, Any] | None:
+    for url, entry in hub.contexts.documents.items():
+        if context_id in (url, url.rsplit("/", 1)[-1], hashlib.sha256(url.encode()).hexdigest()[:32]):
+            return url, entry.body
+    return None
+
+
+@router.get("/jsonldContexts/{context_id:path}")
+async def get_context(context_id: str, request: Request) -> Response:
+    found = _find_context(hub_of(request), context_id)
+    if found is None:
+        raise ResourceNotFound(f"no @context {context_id}")
+    return Response(orjson.dumps(found[1]), media_type="application/ld+json")
+
+
+@router.delete("/jsonldContexts/{context_id:path}", status_code=204)
+async def drop_context(context_id: str, request: Request) -> Response:
+    hub = hub_of(request)
+    found = _find_context(hub, context_id)
+    if found is None:
+        raise ResourceNotFound(f"no @context {context_id}")
+    hub.contexts.drop(found[0])
+    hub.resolver.invalidate()
+    return _no_content()
+
+
+@router.post("/jsonldContexts", status_code=201)
+async def add_context(request: Request) -> Response:
+    hub = hub_of(request)
+    body, _media = await read_body(request, hub.settings)
+    if not isinstance(body, dict) or "@context" not in body:
+        raise BadRequestData("the body must be a JSON object with an @context member")
+    digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    url = str(request.base_url).rstrip("/") + f"{PREFIX}/jsonldContexts/{digest}"
+    hub.contexts.put(url, body, "Hosted")
+    return Response(status_code=201, headers={"Location": url})

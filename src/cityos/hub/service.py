@@ -1,0 +1,545 @@
+"""The hub's logic: NGSI-LD operations over the store, with no HTTP in sight.
+
+Every write goes through `_commit`, which stores the entities, records attribute history and
+hands the changes to the in-transaction listeners (the notification outbox) before committing,
+then publishes them on the event bus.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cityos.core import clock
+from cityos.core.errors import (
+    AlreadyExists,
+    BadRequestData,
+    NonexistentTenant,
+    ProblemError,
+    ResourceNotFound,
+)
+from cityos.core.events import EventBus
+from cityos.hub.jsonld import ActiveContext
+from cityos.hub.model import (
+    NULL_URI,
+    Attrs,
+    check_entity_id,
+    check_name,
+    parse_attribute,
+    parse_attributes,
+    parse_entity,
+    stamp,
+)
+from cityos.hub.store import EntityQuery, EntityRecord, HistoryRow, HubStore
+
+ENTITY_CHANGED = "hub.entity.changed"
+MAX_RETRIES = 3
+
+
+@dataclass
+class Change:
+    """One entity's change inside a write: what it was, what it is, which attributes moved."""
+
+    entity_id: str
+    before: EntityRecord | None
+    after: EntityRecord | None
+    changed_attrs: set[str] = field(default_factory=set)
+
+    @property
+    def kind(self) -> str:
+        if self.before is None:
+            return "created"
+        return "deleted" if self.after is None else "updated"
+
+
+ChangeListener = Callable[[AsyncConnection, str, list[Change]], Awaitable[None]]
+WriteWork = Callable[[AsyncConnection], Awaitable[tuple[list[Change], list[EntityRecord]]]]
+
+
+@dataclass
+class UpdateResult:
+    updated: list[str] = field(default_factory=list)
+    not_updated: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class BatchResult:
+    success: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+
+    def fail(self, entity_id: Any, error: ProblemError) -> None:
+        self.errors.append({"entityId": str(entity_id), "error": error.to_problem()})
+
+
+class HubService:
+    def __init__(self, store: HubStore, bus: EventBus | None = None) -> None:
+        self.store = store
+        self.bus = bus or EventBus()
+        self.listeners: list[ChangeListener] = []
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _commit(self, conn: AsyncConnection, tenant: str, changes: list[Change],
+                      created: Sequence[EntityRecord] = ()) -> None:
+        if not changes:
+            return
+        await self.store.ensure_tenant(conn, tenant)
+        await self.store.insert(conn, tenant, created)
+        created_ids = {r.id for r in created}
+        kept = [c.after for c in changes if c.after is not None and c.entity_id not in created_ids]
+        await self.store.upsert(conn, tenant, kept)
+        gone = [c.entity_id for c in changes if c.after is None]
+        if gone:
+            await self.store.delete(conn, tenant, gone)
+        await self.store.write_history(conn, tenant, _history(changes))
+        for listener in self.listeners:
+            await listener(conn, tenant, changes)
+
+    async def _publish(self, tenant: str, changes: list[Change]) -> None:
+        for change in changes:
+            await self.bus.publish(ENTITY_CHANGED, {"tenant": tenant, "change": change})
+
+    async def _require_tenant(self, conn: AsyncConnection, tenant: str) -> None:
+        if not await self.store.tenant_exists(conn, tenant):
+            raise NonexistentTenant(f"tenant {tenant!r} does not exist")
+
+    async def _write(self, tenant: str, work: WriteWork) -> list[Change]:
+        """Run a read-modify-write; a concurrent create of the same id is retried from a fresh read."""
+        for attempt in range(MAX_RETRIES):
+            try:
+                async with self.store.write() as conn:
+                    changes, created = await work(conn)
+                    await self._commit(conn, tenant, changes, created)
+                break
+            except IntegrityError:
+                if attempt == MAX_RETRIES - 1:
+                    raise
+        await self._publish(tenant, changes)
+        return changes
+
+    async def _load(self, conn: AsyncConnection, tenant: str, entity_id: str) -> EntityRecord:
+        check_entity_id(entity_id)
+        found = await self.store.fetch(conn, tenant, [entity_id], for_update=True)
+        if entity_id not in found:
+            if not await self.store.tenant_exists(conn, tenant):
+                raise NonexistentTenant(f"tenant {tenant!r} does not exist")
+            raise ResourceNotFound(f"entity {entity_id} not found")
+        return found[entity_id]
+
+    # ------------------------------------------------------------------ entities
+
+    async def create_entity(self, tenant: str, body: Any, ctx: ActiveContext) -> str:
+        now = clock.now()
+        entity_id, types, attrs, scope = parse_entity(body, ctx.expand, clock.iso(now))
+
+        async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
+            if await self.store.fetch(conn, tenant, [entity_id]):
+                raise AlreadyExists(f"entity {entity_id} already exists")
+            record = _new_record(entity_id, types, attrs, scope, now)
+            return [Change(entity_id, None, record, set(attrs))], [record]
+
+        await self._write(tenant, work)
+        return entity_id
+
+    async def retrieve(self, tenant: str, entity_id: str) -> EntityRecord:
+        check_entity_id(entity_id)
+        async with self.store.read() as conn:
+            found = await self.store.fetch(conn, tenant, [entity_id])
+            if entity_id not in found:
+                await self._require_tenant(conn, tenant)
+                raise ResourceNotFound(f"entity {entity_id} not found")
+            return found[entity_id]
+
+    async def query(self, tenant: str, query: EntityQuery) -> tuple[list[EntityRecord], int | None]:
+        async with self.store.read() as conn:
+            await self._require_tenant(conn, tenant)
+            return await self.store.query(conn, tenant, query)
+
+    async def delete_entity(self, tenant: str, entity_id: str) -> None:
+        async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
+            record = await self._load(conn, tenant, entity_id)
+            return [Change(entity_id, record, None, set(record.attrs))], []
+
+        await self._write(tenant, work)
+
+    async def replace_entity(self, tenant: str, entity_id: str, body: Any, ctx: ActiveContext) -> None:
+        now = clock.now()
+        if not isinstance(body, dict):
+            raise BadRequestData("the body must be a JSON object")
+        body = {**body, "id": body.get("id", entity_id)}
+        new_id, types, attrs, scope = parse_entity(body, ctx.expand, clock.iso(now), require_type=False)
+        if new_id != entity_id:
+            raise BadRequestData("the id in the body differs from the id in the URL")
+
+        async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
+            record = await self._load(conn, tenant, entity_id)
+            after = EntityRecord(entity_id, types or record.types, attrs, record.created_at, now, scope)
+            stamp(after.attrs, clock.iso(now), record.attrs)
+            return [Change(entity_id, record, after, set(record.attrs) | set(attrs))], []
+
+        await self._write(tenant, work)
+
+    async def merge_entity(self, tenant: str, entity_id: str, body: Any, ctx: ActiveContext) -> None:
+        now = clock.now()
+        if not isinstance(body, dict):
+            raise BadRequestData("the body must be a JSON object")
+        if "id" in body and body["id"] != entity_id:
+            raise BadRequestData("the id in the body differs from the id in the URL")
+        fragment = parse_attributes(body, ctx.expand, clock.iso(now), allow_null=True)
+        new_types = _types_of(body, ctx)
+
+        async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
+            record = await self._load(conn, tenant, entity_id)
+            after = _copy(record, now)
+            if new_types:
+                after.types = sorted({*after.types, *new_types})
+            changed = _merge_attrs(after.attrs, fragment, clock.iso(now))
+            if "scope" in body:
+                after.scope = None if body["scope"] == NULL_URI else body["scope"]
+            return [Change(entity_id, record, after, changed)], []
+
+        await self._write(tenant, work)
+
+    # ------------------------------------------------------------------ attributes
+
+    async def append_attrs(self, tenant: str, entity_id: str, body: Any, ctx: ActiveContext,
+                           no_overwrite: bool) -> UpdateResult:
+        now = clock.now()
+        if not isinstance(body, dict):
+            raise BadRequestData("the body must be a JSON object")
+        fragment = parse_attributes(body, ctx.expand, clock.iso(now))
+        new_types = _types_of(body, ctx)
+        result = UpdateResult()
+
+        async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
+            record = await self._load(conn, tenant, entity_id)
+            after = _copy(record, now)
+            if new_types:
+                after.types = sorted({*after.types, *new_types})
+            changed: set[str] = set()
+            for iri, instances in fragment.items():
+                existing = {i.get("datasetId"): i for i in after.attrs.get(iri, [])}
+                for inst in instances:
+                    key = inst.get("datasetId")
+                    if no_overwrite and key in existing:
+                        result.not_updated.append({"attributeName": ctx.compact(iri),
+                                                   "reason": "attribute exists and noOverwrite was given"})
+                        continue
+                    old = existing.get(key)
+                    inst["createdAt"] = old.get("createdAt", clock.iso(now)) if old else clock.iso(now)
+                    inst["modifiedAt"] = clock.iso(now)
+                    existing[key] = inst
+                    changed.add(iri)
+                    result.updated.append(ctx.compact(iri))
+                after.attrs[iri] = _ordered(existing)
+            return ([Change(entity_id, record, after, changed)] if changed or new_types else []), []
+
+        await self._write(tenant, work)
+        return result
+
+    async def update_attrs(self, tenant: str, entity_id: str, body: Any, ctx: ActiveContext) -> UpdateResult:
+        now = clock.now()
+        if not isinstance(body, dict):
+            raise BadRequestData("the body must be a JSON object")
+        fragment = parse_attributes(body, ctx.expand, clock.iso(now), allow_null=True)
+        result = UpdateResult()
+
+        async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
+            record = await self._load(conn, tenant, entity_id)
+            after = _copy(record, now)
+            changed: set[str] = set()
+            for iri, instances in fragment.items():
+                existing = {i.get("datasetId"): i for i in after.attrs.get(iri, [])}
+                for inst in instances:
+                    key = inst.get("datasetId")
+                    if key not in existing:
+                        result.not_updated.append({"attributeName": ctx.compact(iri),
+                                                   "reason": "attribute (or datasetId) does not exist"})
+                        continue
+                    if _is_null(inst):
+                        existing.pop(key)
+                    else:
+                        inst["createdAt"] = existing[key].get("createdAt", clock.iso(now))
+                        inst["modifiedAt"] = clock.iso(now)
+                        existing[key] = inst
+                    changed.add(iri)
+                    result.updated.append(ctx.compact(iri))
+                _set_or_drop(after.attrs, iri, existing)
+            return ([Change(entity_id, record, after, changed)] if changed else []), []
+
+        await self._write(tenant, work)
+        return result
+
+    async def patch_attr(self, tenant: str, entity_id: str, attr: str, body: Any, ctx: ActiveContext) -> None:
+        now = clock.now()
+        iri = ctx.expand(check_name(attr))
+        if not isinstance(body, dict):
+            raise BadRequestData("the body must be a JSON object")
+
+        async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
+            record = await self._load(conn, tenant, entity_id)
+            after = _copy(record, now)
+            existing = {i.get("datasetId"): i for i in after.attrs.get(iri, [])}
+            key = body.get("datasetId")
+            if key not in existing:
+                raise ResourceNotFound(f"attribute {attr} (datasetId {key}) not found in {entity_id}")
+            old = existing[key]
+            merged_raw = _partial_fragment(old, body)
+            inst = parse_attribute(attr, merged_raw, ctx.expand, clock.iso(now), allow_null=True)[0]
+            if _is_null(inst):
+                existing.pop(key)
+            else:
+                _merge_instance(old, inst)
+                old["modifiedAt"] = clock.iso(now)
+            _set_or_drop(after.attrs, iri, existing)
+            return [Change(entity_id, record, after, {iri})], []
+
+        await self._write(tenant, work)
+
+    async def delete_attr(self, tenant: str, entity_id: str, attr: str, ctx: ActiveContext,
+                          dataset_id: str | None, delete_all: bool) -> None:
+        now = clock.now()
+        iri = ctx.expand(check_name(attr))
+
+        async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
+            record = await self._load(conn, tenant, entity_id)
+            after = _copy(record, now)
+            instances = after.attrs.get(iri)
+            if not instances:
+                raise ResourceNotFound(f"attribute {attr} not found in {entity_id}")
+            if delete_all:
+                after.attrs.pop(iri)
+            else:
+                kept = [i for i in instances if i.get("datasetId") != dataset_id]
+                if len(kept) == len(instances):
+                    raise ResourceNotFound(f"attribute {attr} with datasetId {dataset_id} not found in {entity_id}")
+                _set_or_drop(after.attrs, iri, {i.get("datasetId"): i for i in kept})
+            return [Change(entity_id, record, after, {iri})], []
+
+        await self._write(tenant, work)
+
+    # ------------------------------------------------------------------ batch
+
+    async def batch_write(self, tenant: str, bodies: Any, ctx: ActiveContext, mode: str,
+                          options: set[str]) -> BatchResult:
+        """mode: create | upsert | update | merge. One transaction for the whole batch."""
+        if not isinstance(bodies, list):
+            raise BadRequestData("a batch body must be a JSON array of entities")
+        now = clock.now()
+        result = BatchResult()
+        parsed: dict[str, tuple[list[str], Attrs, Any, dict[str, Any]]] = {}
+        for body in bodies:
+            try:
+                entity_id, types, attrs, scope = parse_entity(
+                    body, ctx.expand, clock.iso(now), require_type=mode in ("create", "upsert"),
+                    allow_null=mode in ("update", "merge"))
+            except ProblemError as exc:
+                result.fail(body.get("id") if isinstance(body, dict) else None, exc)
+                continue
+            if entity_id in parsed:
+                if mode == "create":
+                    result.fail(entity_id, AlreadyExists(f"entity {entity_id} appears twice in the batch"))
+                    continue
+                prev_types, prev_attrs, _, prev_body = parsed[entity_id]
+                _merge_attrs(prev_attrs, attrs, clock.iso(now))
+                parsed[entity_id] = (sorted({*prev_types, *types}), prev_attrs, scope, prev_body)
+                continue
+            parsed[entity_id] = (types, attrs, scope, body)
+        parse_errors = list(result.errors)
+
+        async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
+            result.success.clear()
+            result.created.clear()
+            result.errors[:] = parse_errors
+            existing = await self.store.fetch(conn, tenant, list(parsed), for_update=True)
+            changes: list[Change] = []
+            created: list[EntityRecord] = []
+            for entity_id, (types, attrs, scope, _body) in parsed.items():
+                before = existing.get(entity_id)
+                change = self._batch_change(mode, options, entity_id, before, types,
+                                            copy.deepcopy(attrs), scope, now, result)
+                if change is None:
+                    continue
+                changes.append(change)
+                result.success.append(entity_id)
+                if before is None and change.after is not None:
+                    created.append(change.after)
+                    result.created.append(entity_id)
+            return changes, created
+
+        await self._write(tenant, work)
+        return result
+
+    def _batch_change(self, mode: str, options: set[str], entity_id: str, before: EntityRecord | None,
+                      types: list[str], attrs: Attrs, scope: Any, now: Any, result: BatchResult) -> Change | None:
+        iso_now = clock.iso(now)
+        if mode == "create":
+            if before is not None:
+                result.fail(entity_id, AlreadyExists(f"entity {entity_id} already exists"))
+                return None
+            return Change(entity_id, None, _new_record(entity_id, types, attrs, scope, now), set(attrs))
+        if before is None:
+            if mode in ("update", "merge"):
+                result.fail(entity_id, ResourceNotFound(f"entity {entity_id} not found"))
+                return None
+            return Change(entity_id, None, _new_record(entity_id, types, attrs, scope, now), set(attrs))
+        after = _copy(before, now)
+        if types:
+            after.types = sorted({*after.types, *types}) if mode != "upsert" or "update" in options else types
+        if mode == "upsert" and "update" not in options:
+            after.attrs = attrs
+            stamp(after.attrs, iso_now, before.attrs)
+            return Change(entity_id, before, after, set(before.attrs) | set(attrs))
+        if mode == "update" and "noOverwrite" in options:
+            attrs = {iri: inst for iri, inst in attrs.items() if iri not in before.attrs}
+        changed = _merge_attrs(after.attrs, attrs, iso_now, replace_instances=mode != "merge")
+        return Change(entity_id, before, after, changed)
+
+    async def batch_delete(self, tenant: str, ids: Any) -> BatchResult:
+        if not isinstance(ids, list):
+            raise BadRequestData("a batch delete body must be a JSON array of entity ids")
+        result = BatchResult()
+        wanted: list[str] = []
+        for entity_id in ids:
+            try:
+                wanted.append(check_entity_id(entity_id))
+            except ProblemError as exc:
+                result.fail(entity_id, exc)
+
+        parse_errors = list(result.errors)
+
+        async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
+            result.success.clear()
+            result.errors[:] = parse_errors
+            existing = await self.store.fetch(conn, tenant, wanted, for_update=True)
+            changes = []
+            for entity_id in dict.fromkeys(wanted):
+                if entity_id not in existing:
+                    result.fail(entity_id, ResourceNotFound(f"entity {entity_id} not found"))
+                    continue
+                record = existing[entity_id]
+                changes.append(Change(entity_id, record, None, set(record.attrs)))
+                result.success.append(entity_id)
+            return changes, []
+
+        await self._write(tenant, work)
+        return result
+
+    # ------------------------------------------------------------------ discovery
+
+    async def discovery(self, tenant: str) -> tuple[list[tuple[str, str, str, int]], dict[str, int]]:
+        async with self.store.read() as conn:
+            await self._require_tenant(conn, tenant)
+            pairs = await self.store.type_attribute_pairs(conn, tenant)
+            counts = await self.store.type_counts(conn, tenant)
+            return pairs, counts
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _new_record(entity_id: str, types: list[str], attrs: Attrs, scope: Any, now: Any) -> EntityRecord:
+    stamp(attrs, clock.iso(now))
+    return EntityRecord(entity_id, types, attrs, now, now, scope)
+
+
+def _copy(record: EntityRecord, now: Any) -> EntityRecord:
+    return EntityRecord(record.id, list(record.types), copy.deepcopy(record.attrs), record.created_at, now,
+                        copy.deepcopy(record.scope))
+
+
+def _types_of(body: dict[str, Any], ctx: ActiveContext) -> list[str]:
+    raw = body.get("type")
+    if raw is None:
+        return []
+    from cityos.hub.model import expand_types
+
+    return expand_types(raw, ctx.expand)
+
+
+def _is_null(inst: dict[str, Any]) -> bool:
+    return any(inst.get(k) == NULL_URI for k in ("value", "object", "languageMap", "vocab", "json", "valueList"))
+
+
+def _ordered(by_dataset: dict[Any, dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(by_dataset.values(), key=lambda inst: inst.get("datasetId") is not None)
+
+
+def _set_or_drop(attrs: Attrs, iri: str, by_dataset: dict[Any, dict[str, Any]]) -> None:
+    if by_dataset:
+        attrs[iri] = _ordered(by_dataset)
+    else:
+        attrs.pop(iri, None)
+
+
+def _merge_instance(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Merge-patch one instance: the new members win, sub-attributes merge, NULL_URI removes."""
+    if new.get("type") != old.get("type"):
+        for key in ("value", "object", "languageMap", "vocab", "json", "valueList", "objectList"):
+            old.pop(key, None)
+    for key, value in new.items():
+        if key in ("createdAt", "modifiedAt"):
+            continue
+        if isinstance(value, dict) and value.get("value") == NULL_URI:
+            old.pop(key, None)
+        elif isinstance(value, dict) and isinstance(old.get(key), dict) and ":" in key:
+            _merge_instance(old[key], value)
+        else:
+            old[key] = value
+
+
+def _merge_attrs(target: Attrs, fragment: Attrs, now: str, replace_instances: bool = False) -> set[str]:
+    changed: set[str] = set()
+    for iri, instances in fragment.items():
+        existing = {i.get("datasetId"): i for i in target.get(iri, [])}
+        for inst in instances:
+            key = inst.get("datasetId")
+            if _is_null(inst):
+                existing.pop(key, None)
+            elif key in existing and not replace_instances:
+                _merge_instance(existing[key], inst)
+                existing[key]["modifiedAt"] = now
+            else:
+                old = existing.get(key)
+                inst["createdAt"] = old.get("createdAt", now) if old else now
+                inst["modifiedAt"] = now
+                existing[key] = inst
+        _set_or_drop(target, iri, existing)
+        changed.add(iri)
+    return changed
+
+
+def _partial_fragment(old: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """A partial attribute update may omit the type; it keeps the type of the attribute it updates."""
+    if "type" in body:
+        return body
+    return {"type": old.get("type", "Property"), **body}
+
+
+def _history(changes: list[Change]) -> list[HistoryRow]:
+    rows: list[HistoryRow] = []
+    for change in changes:
+        source = change.after or change.before
+        assert source is not None
+        entity_type = source.types[0]
+        modified = change.after.modified_at if change.after else clock.now()
+        for iri in sorted(change.changed_attrs):
+            new = change.after.attrs.get(iri, []) if change.after else []
+            old = change.before.attrs.get(iri, []) if change.before else []
+            new_keys = {i.get("datasetId") for i in new}
+            for inst in new:
+                if change.before is not None and inst in old:
+                    continue
+                rows.append(HistoryRow(change.entity_id, entity_type, iri, inst, modified))
+            for inst in old:
+                if inst.get("datasetId") not in new_keys:
+                    rows.append(HistoryRow(change.entity_id, entity_type, iri,
+                                           {**inst, "deletedAt": clock.iso(modified)}, modified, deleted=True))
+    return rows
+

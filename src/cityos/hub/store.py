@@ -1,0 +1,307 @@
+"""Persistence of hub entities: one interface over SQLite and PostgreSQL.
+
+Only the upsert statement and the geo index differ between the two databases; everything else
+is the same SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cityos.core import clock
+from cityos.hub import geoquery
+from cityos.hub.model import Attrs, geometries
+from cityos.hub.models import attribute_history, entities, entity_extra_types, tenants
+from cityos.hub.qlang import QExpr, q_to_sql
+
+DEFAULT_TENANT = ""
+
+
+@dataclass
+class EntityRecord:
+    id: str
+    types: list[str]
+    attrs: Attrs
+    created_at: datetime
+    modified_at: datetime
+    scope: Any = None
+
+    @property
+    def primary_type(self) -> str:
+        return self.types[0]
+
+
+@dataclass
+class HistoryRow:
+    entity_id: str
+    entity_type: str
+    attr: str
+    instance: dict[str, Any]
+    modified_at: datetime
+    deleted: bool = False
+
+    def as_row(self, tenant: str) -> dict[str, Any]:
+        observed = self.instance.get("observedAt")
+        ts = clock.parse_iso(observed) if isinstance(observed, str) and not self.deleted else self.modified_at
+        return {
+            "tenant": tenant, "entity_id": self.entity_id, "entity_type": self.entity_type, "attr": self.attr,
+            "instance_id": uuid.uuid4().hex, "dataset_id": self.instance.get("datasetId"), "ts": ts,
+            "modified_at": self.modified_at, "deleted": 1 if self.deleted else 0, "instance": self.instance,
+        }
+
+
+@dataclass
+class EntityQuery:
+    types: list[str] | None = None
+    ids: list[str] | None = None
+    id_pattern: str | None = None
+    attrs: list[str] | None = None
+    q: QExpr | None = None
+    geo: geoquery.GeoQuery | None = None
+    expand: Any = None
+    limit: int = 20
+    offset: int = 0
+    after: str | None = None
+    count: bool = False
+    extra: list[Any] = field(default_factory=list)
+
+
+def _record(row: Any) -> EntityRecord:
+    return EntityRecord(id=row.id, types=[row.type], attrs=row.attrs, created_at=row.created_at,
+                        modified_at=row.modified_at, scope=row.scope)
+
+
+class HubStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        # SQLite has one writer; serialising writers here avoids lock-upgrade deadlocks between
+        # deferred transactions. PostgreSQL uses row locks instead.
+        self._sqlite_write_lock = asyncio.Lock()
+        self._known_tenants: set[str] = {DEFAULT_TENANT}
+        self._has_multi_typed: dict[str, bool] = {}
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        if self.dialect == "sqlite":
+            async with self._sqlite_write_lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    # ------------------------------------------------------------------ tenants
+
+    async def tenant_exists(self, conn: AsyncConnection, tenant: str) -> bool:
+        if tenant in self._known_tenants:
+            return True
+        found = (await conn.execute(select(tenants.c.name).where(tenants.c.name == tenant))).first()
+        if found:
+            self._known_tenants.add(tenant)
+        return found is not None
+
+    async def ensure_tenant(self, conn: AsyncConnection, tenant: str) -> None:
+        if await self.tenant_exists(conn, tenant):
+            return
+        stmt = self._insert(tenants).values(name=tenant, created_at=clock.now())
+        await conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
+
+    async def list_tenants(self, conn: AsyncConnection) -> list[str]:
+        rows = await conn.execute(select(tenants.c.name).order_by(tenants.c.name))
+        return [row.name for row in rows]
+
+    # ------------------------------------------------------------------ reads
+
+    async def fetch(self, conn: AsyncConnection, tenant: str, ids: Sequence[str],
+                    for_update: bool = False) -> dict[str, EntityRecord]:
+        if not ids:
+            return {}
+        found: dict[str, EntityRecord] = {}
+        for chunk_start in range(0, len(ids), 5000):
+            chunk = list(ids[chunk_start:chunk_start + 5000])
+            stmt = select(entities).where(entities.c.tenant == tenant, entities.c.id.in_(chunk))
+            if for_update and self.dialect == "postgresql":
+                stmt = stmt.with_for_update()
+            for row in await conn.execute(stmt):
+                found[row.id] = _record(row)
+        await self._attach_extra_types(conn, tenant, found)
+        return found
+
+    async def _attach_extra_types(self, conn: AsyncConnection, tenant: str, found: dict[str, EntityRecord]) -> None:
+        if not found or not await self._tenant_has_multi_typed(conn, tenant):
+            return
+        rows = await conn.execute(
+            select(entity_extra_types.c.entity_id, entity_extra_types.c.type).where(
+                entity_extra_types.c.tenant == tenant, entity_extra_types.c.entity_id.in_(list(found))
+            )
+        )
+        for row in rows:
+            record = found[row.entity_id]
+            record.types = sorted({*record.types, row.type})
+
+    async def _tenant_has_multi_typed(self, conn: AsyncConnection, tenant: str) -> bool:
+        cached = self._has_multi_typed.get(tenant)
+        if cached:
+            return True
+        row = (await conn.execute(
+            select(entity_extra_types.c.entity_id).where(entity_extra_types.c.tenant == tenant).limit(1)
+        )).first()
+        self._has_multi_typed[tenant] = row is not None
+        return row is not None
+
+    def _conditions(self, tenant: str, query: EntityQuery, multi_typed: bool) -> list[Any]:
+        conds: list[Any] = [entities.c.tenant == tenant]
+        if query.types:
+            type_match: Any = entities.c.type.in_(query.types)
+            if multi_typed:
+                type_match = or_(type_match, exists().where(
+                    entity_extra_types.c.tenant == tenant, entity_extra_types.c.entity_id == entities.c.id,
+                    entity_extra_types.c.type.in_(query.types)))
+            conds.append(type_match)
+        if query.ids:
+            conds.append(entities.c.id.in_(query.ids))
+        if query.id_pattern:
+            conds.append(entities.c.id.regexp_match(query.id_pattern))
+        if query.attrs:
+            conds.append(or_(*(self._has_attr(iri) for iri in query.attrs)))
+        if query.q is not None:
+            conds.append(q_to_sql(query.q, entities.c.attrs, self.dialect, query.expand))
+        if query.geo is not None:
+            conds.append(geoquery.geo_filter_sql(query.geo, tenant, entities.c.id, self.dialect))
+        conds.extend(query.extra)
+        return conds
+
+    def _has_attr(self, iri: str) -> Any:
+        if self.dialect == "postgresql":
+            return entities.c.attrs.has_key(iri)
+        return func.json_type(entities.c.attrs, _json_key_path(iri)).is_not(None)
+
+    async def query(self, conn: AsyncConnection, tenant: str,
+                    query: EntityQuery) -> tuple[list[EntityRecord], int | None]:
+        multi_typed = await self._tenant_has_multi_typed(conn, tenant)
+        conds = self._conditions(tenant, query, multi_typed)
+        total: int | None = None
+        if query.count:
+            total = (await conn.execute(select(func.count()).select_from(entities).where(and_(*conds)))).scalar_one()
+        page_conds = list(conds)
+        offset = query.offset
+        if query.after is not None:
+            # Keyset paging: constant cost per page however deep the caller has paged.
+            page_conds.append(entities.c.id > query.after)
+            offset = 0
+        stmt = select(entities).where(and_(*page_conds)).order_by(entities.c.id).limit(query.limit).offset(offset)
+        found = {row.id: _record(row) for row in await conn.execute(stmt)}
+        await self._attach_extra_types(conn, tenant, found)
+        return list(found.values()), total
+
+    # ------------------------------------------------------------------ writes
+
+    def _insert(self, table: Any) -> Any:
+        return pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
+
+    async def insert(self, conn: AsyncConnection, tenant: str, records: Sequence[EntityRecord]) -> None:
+        """Plain INSERT: a concurrent create of the same id raises IntegrityError for the caller to retry."""
+        if not records:
+            return
+        await conn.execute(insert(entities), [self._row(tenant, r) for r in records])
+        await self._write_side_tables(conn, tenant, records, replace=False)
+
+    async def upsert(self, conn: AsyncConnection, tenant: str, records: Sequence[EntityRecord]) -> None:
+        if not records:
+            return
+        stmt = self._insert(entities)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["tenant", "id"],
+            set_={"type": stmt.excluded.type, "modified_at": stmt.excluded.modified_at,
+                  "attrs": stmt.excluded.attrs, "scope": stmt.excluded.scope},
+        )
+        await conn.execute(stmt, [self._row(tenant, r) for r in records])
+        await self._write_side_tables(conn, tenant, records, replace=True)
+
+    async def update_attrs_only(self, conn: AsyncConnection, tenant: str, record: EntityRecord) -> None:
+        await conn.execute(
+            update(entities).where(entities.c.tenant == tenant, entities.c.id == record.id)
+            .values(attrs=record.attrs, modified_at=record.modified_at, scope=record.scope)
+        )
+        await self._write_side_tables(conn, tenant, [record], replace=True)
+
+    def _row(self, tenant: str, record: EntityRecord) -> dict[str, Any]:
+        return {"tenant": tenant, "id": record.id, "type": record.types[0], "created_at": record.created_at,
+                "modified_at": record.modified_at, "attrs": record.attrs, "scope": record.scope}
+
+    async def _write_side_tables(self, conn: AsyncConnection, tenant: str, records: Sequence[EntityRecord],
+                                 replace: bool) -> None:
+        multi = [r for r in records if len(r.types) > 1]
+        if replace and (multi or self._has_multi_typed.get(tenant, True)):
+            await conn.execute(delete(entity_extra_types).where(
+                entity_extra_types.c.tenant == tenant, entity_extra_types.c.entity_id.in_([r.id for r in records])))
+        if multi:
+            await conn.execute(insert(entity_extra_types), [
+                {"tenant": tenant, "entity_id": r.id, "type": t} for r in multi for t in r.types[1:]])
+            self._has_multi_typed[tenant] = True
+        geo_rows = [(r.id, geometries(r.attrs)) for r in records]
+        if replace or any(g for _, g in geo_rows):
+            await geoquery.write_geometries_many(conn, tenant, geo_rows)
+
+    async def delete(self, conn: AsyncConnection, tenant: str, ids: Sequence[str]) -> None:
+        ids = list(ids)
+        await conn.execute(delete(entities).where(entities.c.tenant == tenant, entities.c.id.in_(ids)))
+        await conn.execute(delete(entity_extra_types).where(
+            entity_extra_types.c.tenant == tenant, entity_extra_types.c.entity_id.in_(ids)))
+        await geoquery.delete_geometries(conn, tenant, ids)
+
+    async def write_history(self, conn: AsyncConnection, tenant: str, rows: Sequence[HistoryRow]) -> None:
+        if rows:
+            await conn.execute(insert(attribute_history), [row.as_row(tenant) for row in rows])
+
+    # ------------------------------------------------------------------ discovery
+
+    async def type_attribute_pairs(self, conn: AsyncConnection, tenant: str) -> list[tuple[str, str, str, int]]:
+        """(entity type, attribute IRI, attribute type, entity count) over the tenant, computed in the database."""
+        if self.dialect == "postgresql":
+            sql = (
+                "SELECT e.type AS etype, a.key AS attr, a.value->0->>'type' AS atype, count(*) AS n "
+                "FROM hub_entities e CROSS JOIN LATERAL jsonb_each(e.attrs) a "
+                "WHERE e.tenant = :tenant GROUP BY 1, 2, 3"
+            )
+        else:
+            sql = (
+                "SELECT e.type AS etype, a.key AS attr, json_extract(a.value, '$[0].type') AS atype, count(*) AS n "
+                "FROM hub_entities e, json_each(e.attrs) a WHERE e.tenant = :tenant GROUP BY 1, 2, 3"
+            )
+        from sqlalchemy import text
+
+        rows = await conn.execute(text(sql), {"tenant": tenant})
+        return [(r.etype, r.attr, r.atype, int(r.n)) for r in rows]
+
+    async def type_counts(self, conn: AsyncConnection, tenant: str) -> dict[str, int]:
+        rows = await conn.execute(
+            select(entities.c.type, func.count()).where(entities.c.tenant == tenant).group_by(entities.c.type))
+        counts = {row[0]: int(row[1]) for row in rows}
+        extra = await conn.execute(
+            select(entity_extra_types.c.type, func.count()).where(entity_extra_types.c.tenant == tenant)
+            .group_by(entity_extra_types.c.type))
+        for row in extra:
+            counts[row[0]] = counts.get(row[0], 0) + int(row[1])
+        return counts
+
+
+def _json_key_path(key: str) -> str:
+    escaped = key.replace("\\", "\\\\").replace('"', '\\"')
+    return f'$."{escaped}"'

@@ -1,0 +1,112 @@
+"""Test fixtures: every hub test runs against real databases.
+
+Backends come from CITYOS_TEST_BACKENDS (comma list of sqlite, postgresql; default: sqlite, plus
+postgresql when CITYOS_TEST_POSTGRES_URL is set). PostgreSQL runs get a fresh database per session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from cityos.app import create_app
+from cityos.config import Settings
+from cityos.core import migrate
+
+POSTGRES_URL = os.environ.get("CITYOS_TEST_POSTGRES_URL")
+HUB_TABLES = ["hub_attribute_history", "hub_entity_geo", "hub_entity_types", "hub_entities", "hub_tenants",
+              "hub_jsonld_contexts"]
+
+
+def _backends() -> list[str]:
+    raw = os.environ.get("CITYOS_TEST_BACKENDS")
+    if raw:
+        return [b.strip() for b in raw.split(",") if b.strip()]
+    return ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+
+
+def _admin_sql(statement: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        assert POSTGRES_URL is not None
+        conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def _postgres_database(name: str) -> str:
+    assert POSTGRES_URL is not None
+    base, _db = POSTGRES_URL.rsplit("/", 1)
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session", params=_backends())
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    backend = request.param
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'cityos.db'}"
+        migrate.upgrade(Settings(database_url=url))
+        yield url
+        return
+    if not POSTGRES_URL:
+        pytest.skip("CITYOS_TEST_POSTGRES_URL is not set")
+    name = f"cityos_test_{uuid.uuid4().hex[:10]}"
+    _admin_sql(f'CREATE DATABASE "{name}"')
+    url = _postgres_database(name)
+    try:
+        migrate.upgrade(Settings(database_url=url))
+        yield url
+    finally:
+        _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, max_body_bytes=2 * 1024 * 1024, max_page_size=1000)
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[Any]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def _clean(application: Any) -> None:
+    engine = application.state.engine
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text(f"TRUNCATE {', '.join(HUB_TABLES)}"))
+        else:
+            for table in HUB_TABLES:
+                await conn.execute(text(f"DELETE FROM {table}"))
+            await conn.execute(text("DELETE FROM hub_entity_geo_rtree"))
+    store = application.state.hub.service.store
+    store._known_tenants = {""}
+    store._has_multi_typed.clear()
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    await _clean(app)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://cityos.test") as http:
+        yield http
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return Path(__file__).parent / "data"

@@ -1,0 +1,138 @@
+"""Hostile and malformed input: a clear 4xx with ProblemDetails, no crash, data untouched."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from hub.helpers import JSON, air
+
+E = "/ngsi-ld/v1/entities"
+B = "/ngsi-ld/v1/entityOperations"
+ERR = "https://uri.etsi.org/ngsi-ld/errors/"
+
+
+async def snapshot(client: httpx.AsyncClient) -> list[dict]:
+    r = await client.get(E, params={"type": "AirQualityObserved", "limit": "1000", "options": "sysAttrs"})
+    return r.json()
+
+
+def problem(r: httpx.Response, status: int, kind: str) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["type"] == ERR + kind, body
+    assert body["title"] and body["detail"]
+
+
+async def test_malformed_json(client: httpx.AsyncClient) -> None:
+    await client.post(E, json=air(1), headers=JSON)
+    before = await snapshot(client)
+    r = await client.post(E, content=b'{"id": "urn:x:1", "type": ', headers=JSON)
+    problem(r, 400, "InvalidRequest")
+    r = await client.patch(f"{E}/urn:ngsi-ld:AirQualityObserved:000001/attrs", content=b"[1,2", headers=JSON)
+    problem(r, 400, "InvalidRequest")
+    assert await snapshot(client) == before
+
+
+@pytest.mark.parametrize("entity", [
+    {"id": "no uri here", "type": "T"},
+    {"id": "urn:x:1"},
+    {"id": "urn:x:1", "type": ""},
+    {"id": "urn:x:1", "type": "T", "temp": {"type": "Property"}},
+    {"id": "urn:x:1", "type": "T", "temp": {"type": "Relationship", "object": "not a uri"}},
+    {"id": "urn:x:1", "type": "T", "temp": {"type": "Weird", "value": 1}},
+    {"id": "urn:x:1", "type": "T", "temp": {"type": "Property", "value": 1, "observedAt": "yesterday"}},
+    {"id": "urn:x:1", "type": "T", "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [500, 1]}}},
+    {"id": "urn:x:1", "type": "T", "location": {"type": "GeoProperty",
+                                                "value": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]}}},
+    {"id": "urn:x:1", "type": "T", "bad name": 1},
+    {"id": "urn:x:1", "type": "T", "temp": None},
+    [1, 2, 3],
+    "just a string",
+])
+async def test_wrong_shapes_are_400(client: httpx.AsyncClient, entity: object) -> None:
+    r = await client.post(E, json=entity, headers=JSON)
+    problem(r, 400, "BadRequestData")
+    assert (await client.get(E, params={"type": "T"})).json() == []
+
+
+async def test_unsupported_media_type_and_accept(client: httpx.AsyncClient) -> None:
+    r = await client.post(E, content=b"id=1", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+    r = await client.get(E, params={"type": "T"}, headers={"Accept": "text/csv"})
+    assert r.status_code == 406
+
+
+async def test_oversize_body_is_413_and_nothing_written(client: httpx.AsyncClient) -> None:
+    huge = [air(i, description={"type": "Property", "value": "x" * 2000}) for i in range(2000)]
+    r = await client.post(f"{B}/create", json=huge, headers=JSON)
+    assert r.status_code == 413
+    assert r.json()["detail"]
+    assert await snapshot(client) == []
+
+
+@pytest.mark.parametrize("q", [
+    "pm25==1;DROP TABLE hub_entities",
+    "pm25=='1' OR '1'='1'",
+    'pm25=="x\\" OR 1=1 --"',
+    "(" * 200 + "pm25>1" + ")" * 200,
+    "pm25==1.." + "9" * 400,
+    "pm25>",
+    "",
+    ";;;",
+    "pm25~=(",
+    "a" * 5000,
+])
+async def test_hostile_q_is_4xx_and_harmless(client: httpx.AsyncClient, q: str) -> None:
+    await client.post(E, json=air(1), headers=JSON)
+    before = await snapshot(client)
+    r = await client.get(E, params={"type": "AirQualityObserved", "q": q})
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        assert r.json()["type"] == ERR + "BadRequestData"
+    assert await snapshot(client) == before
+
+
+@pytest.mark.parametrize("params", [
+    {"georel": "near;maxDistance==abc", "geometry": "Point", "coordinates": "[1,2]"},
+    {"georel": "near;maxDistance==10", "geometry": "Point", "coordinates": "[1,2"},
+    {"georel": "within", "geometry": "Polygon", "coordinates": "[[[0,0],[1,0],[1,1]]]"},
+    {"georel": "within", "geometry": "Point"},
+    {"georel": "sideways", "geometry": "Point", "coordinates": "[1,2]"},
+    {"georel": "near;maxDistance==10", "geometry": "Point", "coordinates": "[1,2]", "geoproperty": "x'); DROP--"},
+    {"limit": "-1"}, {"limit": "abc"}, {"offset": "1e9"}, {"count": "maybe"}, {"options": "fancy"},
+    {"idPattern": "(unclosed"}, {"id": "not a uri"}, {"type": "bad type"},
+])
+async def test_bad_query_parameters_are_400(client: httpx.AsyncClient, params: dict[str, str]) -> None:
+    r = await client.get(E, params={"type": "AirQualityObserved", **params})
+    problem(r, 400, "BadRequestData")
+
+
+async def test_unknown_ids_are_404(client: httpx.AsyncClient) -> None:
+    problem(await client.get(f"{E}/urn:ngsi-ld:Nothing:1"), 404, "ResourceNotFound")
+    problem(await client.patch(f"{E}/urn:ngsi-ld:Nothing:1/attrs", json={"a": 1}, headers=JSON), 404,
+            "ResourceNotFound")
+    problem(await client.delete(f"{E}/urn:ngsi-ld:Nothing:1/attrs/a"), 404, "ResourceNotFound")
+    problem(await client.get(f"{E}/not-a-uri"), 400, "BadRequestData")
+
+
+async def test_unknown_route_and_method_are_problem_details(client: httpx.AsyncClient) -> None:
+    r = await client.get("/ngsi-ld/v1/nothing-here")
+    assert r.status_code == 404 and r.json()["type"].startswith(ERR)
+    r = await client.put("/ngsi-ld/v1/entities")
+    assert r.status_code == 405 and r.json()["type"].startswith(ERR)
+
+
+async def test_deeply_nested_value_is_400(client: httpx.AsyncClient) -> None:
+    value: object = 1
+    for _ in range(100):
+        value = {"a": value}
+    r = await client.post(E, json={"id": "urn:x:deep", "type": "T", "v": {"type": "Property", "value": value}},
+                          headers=JSON)
+    problem(r, 400, "BadRequestData")
+
+
+async def test_duplicate_create_in_one_batch(client: httpx.AsyncClient) -> None:
+    r = await client.post(f"{B}/create", json=[air(1), air(1)], headers=JSON)
+    assert r.status_code == 207
+    assert len(await snapshot(client)) == 1
