@@ -22,8 +22,6 @@ from cityos.config import Settings
 from cityos.core import migrate
 
 POSTGRES_URL = os.environ.get("CITYOS_TEST_POSTGRES_URL")
-HUB_TABLES = ["hub_attribute_history", "hub_entity_geo", "hub_entity_types", "hub_entities", "hub_tenants",
-              "hub_jsonld_contexts"]
 
 
 def _backends() -> list[str]:
@@ -88,12 +86,21 @@ async def app(settings: Settings) -> AsyncIterator[Any]:
 async def _clean(application: Any) -> None:
     engine = application.state.engine
     async with engine.begin() as conn:
+        # Every table but Alembic's own: domains add tables without touching this fixture.
         if engine.dialect.name == "postgresql":
-            await conn.execute(text(f"TRUNCATE {', '.join(HUB_TABLES)}"))
+            rows = await conn.execute(text(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
+                "AND c.relname NOT IN ('alembic_version', 'spatial_ref_sys')"))
+            tables = [r[0] for r in rows]
+            if tables:
+                await conn.execute(text(f"TRUNCATE {', '.join(tables)}"))
         else:
-            for table in HUB_TABLES:
-                await conn.execute(text(f"DELETE FROM {table}"))
-            await conn.execute(text("DELETE FROM hub_entity_geo_rtree"))
+            rows = await conn.execute(text(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+                "AND name != 'alembic_version' AND name NOT GLOB '*_rtree_*'"))
+            for (table,) in rows:
+                await conn.execute(text(f'DELETE FROM "{table}"'))
     store = application.state.hub.service.store
     store._known_tenants = {""}
     store._has_multi_typed.clear()

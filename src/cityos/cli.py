@@ -17,7 +17,7 @@ console = Console()
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision to upgrade to")) -> None:
+def db_upgrade(revision: str = typer.Argument("heads", help="Alembic revision to upgrade to")) -> None:
     """Run the Alembic migrations against CITYOS_DATABASE_URL."""
     from cityos.core import migrate
 

@@ -26,8 +26,6 @@ def register_sqlite_function(name: str, nargs: int, fn: Callable[..., Any]) -> N
 
 
 def _configure_sqlite(dbapi_conn: Any, _record: Any) -> None:
-    # aiosqlite hands us an adapter; the raw sqlite3 connection sits behind it.
-    raw = getattr(dbapi_conn, "_conn", None) or dbapi_conn
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -35,9 +33,9 @@ def _configure_sqlite(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
-    sqlite_raw = getattr(raw, "_connection", None) or getattr(raw, "_conn", None) or raw
+    # SQLAlchemy's aiosqlite adapter awaits the driver's create_function for us.
     for name, nargs, fn in SQLITE_FUNCTIONS:
-        sqlite_raw.create_function(name, nargs, fn, deterministic=True)
+        dbapi_conn.create_function(name, nargs, fn, deterministic=True)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:

@@ -109,11 +109,11 @@ def _infer_type(raw: dict[str, Any]) -> str:
         return declared
     if declared in GEOMETRY_TYPES and "coordinates" in raw:
         return "GeoJSON"
+    if declared is not None:
+        raise BadRequestData(f"unknown attribute type {str(declared)[:60]!r}")
     for key, attr_type in CONCISE_KEYS.items():
         if key in raw:
             return attr_type
-    if declared is not None:
-        raise BadRequestData(f"unknown attribute type {str(declared)[:60]!r}")
     return "ConciseValue"
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import String, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -189,7 +189,7 @@ class HubStore:
 
     def _has_attr(self, iri: str) -> Any:
         if self.dialect == "postgresql":
-            return entities.c.attrs.has_key(iri)
+            return entities.c.attrs.op("?")(bindparam(None, iri, type_=String))
         return func.json_type(entities.c.attrs, _json_key_path(iri)).is_not(None)
 
     async def query(self, conn: AsyncConnection, tenant: str,
