@@ -180,7 +180,41 @@ async def respond_entities(request: Request, hub: Hub, ctx: ActiveContext, query
 router = APIRouter(prefix=PREFIX, tags=["NGSI-LD"])
 
 
-@router.post("/entities", status_code=201)
+def _param(name: str, description: str, schema: dict[str, Any] | None = None,
+           where: str = "query") -> dict[str, Any]:
+    return {"name": name, "in": where, "required": False, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+TENANT = _param("NGSILD-Tenant", "tenant", where="header")
+QUERY_PARAMS = [
+    _param("type", "entity types, comma separated"), _param("id", "entity ids, comma separated"),
+    _param("idPattern", "regular expression over ids"), _param("attrs", "attribute names, comma separated"),
+    _param("q", "NGSI-LD query language"), _param("georel", "near;maxDistance==m | within | ..."),
+    _param("geometry", "Point | LineString | Polygon | Multi*"), _param("coordinates", "GeoJSON coordinates"),
+    _param("geoproperty", "GeoProperty to query"), _param("limit", "page size", {"type": "integer"}),
+    _param("offset", "page start", {"type": "integer"}), _param("count", "return NGSILD-Results-Count",
+                                                               {"type": "boolean"}),
+    _param("options", "keyValues | concise | sysAttrs"), _param("lang", "language tag"), TENANT,
+]
+ENTITY_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["id", "type"],
+    "properties": {"id": {"type": "string", "format": "uri"}, "type": {"type": "string"}},
+    "additionalProperties": True,
+}
+ENTITY_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": ENTITY_SCHEMA}}},
+               "parameters": [TENANT]}
+FRAGMENT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "additionalProperties": True}}}}, "parameters": [TENANT]}
+BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "array", "items": ENTITY_SCHEMA}}}}, "parameters": [TENANT]}
+ID_LIST_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "array", "items": {"type": "string"}}}}}, "parameters": [TENANT]}
+READ_PARAMS = {"parameters": [_param("attrs", "attribute names"), _param("options", "keyValues | concise | sysAttrs"),
+                              _param("lang", "language tag"), TENANT]}
+
+
+@router.post("/entities", status_code=201, openapi_extra=ENTITY_BODY)
 async def create_entity(request: Request) -> Response:
     hub = hub_of(request)
     body, media = await read_body(request, hub.settings)
@@ -189,7 +223,7 @@ async def create_entity(request: Request) -> Response:
     return Response(status_code=201, headers={"Location": f"{PREFIX}/entities/{entity_id}"})
 
 
-@router.get("/entities")
+@router.get("/entities", openapi_extra={"parameters": QUERY_PARAMS})
 async def query_entities(request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request, allow_geo=True)
@@ -198,7 +232,7 @@ async def query_entities(request: Request) -> Response:
     return await respond_entities(request, hub, ctx, query, view_of(request, ctx), media)
 
 
-@router.get("/entities/{entity_id}")
+@router.get("/entities/{entity_id}", openapi_extra=READ_PARAMS)
 async def retrieve_entity(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request, allow_geo=True)
@@ -211,7 +245,7 @@ async def retrieve_entity(entity_id: str, request: Request) -> Response:
     return render(request, entity_out(record, ctx, view), Negotiated(media, ctx), hub.contexts)
 
 
-@router.put("/entities/{entity_id}", status_code=204)
+@router.put("/entities/{entity_id}", status_code=204, openapi_extra=FRAGMENT_BODY)
 async def replace_entity(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
     body, media = await read_body(request, hub.settings)
@@ -220,7 +254,7 @@ async def replace_entity(entity_id: str, request: Request) -> Response:
     return _no_content()
 
 
-@router.patch("/entities/{entity_id}", status_code=204)
+@router.patch("/entities/{entity_id}", status_code=204, openapi_extra=FRAGMENT_BODY)
 async def merge_entity(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
@@ -235,7 +269,7 @@ async def delete_entity(entity_id: str, request: Request) -> Response:
     return _no_content()
 
 
-@router.post("/entities/{entity_id}/attrs")
+@router.post("/entities/{entity_id}/attrs", openapi_extra=FRAGMENT_BODY)
 async def append_attrs(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
     body, media = await read_body(request, hub.settings)
@@ -245,7 +279,7 @@ async def append_attrs(entity_id: str, request: Request) -> Response:
     return _update_result(result)
 
 
-@router.patch("/entities/{entity_id}/attrs")
+@router.patch("/entities/{entity_id}/attrs", openapi_extra=FRAGMENT_BODY)
 async def update_attrs(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
@@ -253,7 +287,7 @@ async def update_attrs(entity_id: str, request: Request) -> Response:
     return _update_result(await hub.service.update_attrs(tenant_of(request), entity_id, body, ctx))
 
 
-@router.patch("/entities/{entity_id}/attrs/{attr_id}", status_code=204)
+@router.patch("/entities/{entity_id}/attrs/{attr_id}", status_code=204, openapi_extra=FRAGMENT_BODY)
 async def patch_attr(entity_id: str, attr_id: str, request: Request) -> Response:
     hub = hub_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
@@ -287,34 +321,34 @@ async def _batch(request: Request, mode: str) -> Response:
     return _batch_response(result, created_status=mode in ("create", "upsert"))
 
 
-@router.post("/entityOperations/create")
+@router.post("/entityOperations/create", openapi_extra=BATCH_BODY)
 async def batch_create(request: Request) -> Response:
     return await _batch(request, "create")
 
 
-@router.post("/entityOperations/upsert")
+@router.post("/entityOperations/upsert", openapi_extra=BATCH_BODY)
 async def batch_upsert(request: Request) -> Response:
     return await _batch(request, "upsert")
 
 
-@router.post("/entityOperations/update")
+@router.post("/entityOperations/update", openapi_extra=BATCH_BODY)
 async def batch_update(request: Request) -> Response:
     return await _batch(request, "update")
 
 
-@router.post("/entityOperations/merge")
+@router.post("/entityOperations/merge", openapi_extra=BATCH_BODY)
 async def batch_merge(request: Request) -> Response:
     return await _batch(request, "merge")
 
 
-@router.post("/entityOperations/delete")
+@router.post("/entityOperations/delete", openapi_extra=ID_LIST_BODY)
 async def batch_delete(request: Request) -> Response:
     hub = hub_of(request)
     body, _media = await read_body(request, hub.settings)
     return _batch_response(await hub.service.batch_delete(tenant_of(request), body), created_status=False)
 
 
-@router.post("/entityOperations/query")
+@router.post("/entityOperations/query", openapi_extra=FRAGMENT_BODY)
 async def batch_query(request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
