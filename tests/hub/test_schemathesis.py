@@ -28,7 +28,7 @@ def live_server(database_url: str) -> Iterator[str]:
         [sys.executable, "-m", "cityos.cli", "serve", "--port", str(port), "--no-migrate", "--log-level", "error"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/health", timeout=1).status_code == 200:
