@@ -136,3 +136,11 @@ async def test_duplicate_create_in_one_batch(client: httpx.AsyncClient) -> None:
     r = await client.post(f"{B}/create", json=[air(1), air(1)], headers=JSON)
     assert r.status_code == 207
     assert len(await snapshot(client)) == 1
+
+
+async def test_catastrophic_id_pattern_is_answered_quickly(client: httpx.AsyncClient) -> None:
+    # (a+)+$ backtracks exponentially in Python's re; the broker must neither hang nor error.
+    await client.post(E, json={"id": "urn:x:" + "a" * 60 + "!", "type": "T"}, headers=JSON)
+    r = await client.get(E, params={"type": "T", "idPattern": "^urn:x:(a+)+$"})
+    assert r.status_code == 200
+    assert r.json() == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ from cityos.hub.http import (
 )
 from cityos.hub.jsonld import ActiveContext, ContextResolver, ContextStore
 from cityos.hub.model import check_entity_id, check_name, render_entity
-from cityos.hub.qlang import parse_q
+from cityos.hub.qlang import parse_q, python_pattern
 from cityos.hub.service import BatchResult, HubService, UpdateResult
 from cityos.hub.store import EntityQuery, EntityRecord
 
@@ -130,8 +129,8 @@ def build_query(request: Request, ctx: ActiveContext, settings: Settings, params
         if len(pattern) > 256:
             raise BadRequestData("idPattern is longer than 256 characters")
         try:
-            re.compile(pattern)
-        except re.error as exc:
+            python_pattern(pattern)
+        except ValueError as exc:
             raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from exc
     attrs = [ctx.expand(check_name(a)) for a in split_list(params.get("attrs"))]
     q_text = params.get("q")

@@ -177,7 +177,12 @@ class HubStore:
         if query.ids:
             conds.append(entities.c.id.in_(query.ids))
         if query.id_pattern:
-            conds.append(entities.c.id.regexp_match(query.id_pattern))
+            if self.dialect == "sqlite":
+                # The q language's linear-time matcher: Python's backtracking `re` could be stalled by a
+                # hostile pattern.
+                conds.append(func.cityos_q_regexp(query.id_pattern, entities.c.id) == 1)
+            else:
+                conds.append(entities.c.id.regexp_match(query.id_pattern))
         if query.attrs:
             conds.append(or_(*(self._has_attr(iri) for iri in query.attrs)))
         if query.q is not None:
