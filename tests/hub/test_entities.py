@@ -206,3 +206,23 @@ async def test_user_context_via_link_header_round_trip(client: httpx.AsyncClient
     assert compacted["level"]["value"] == 3.2
     listed = (await client.get("/ngsi-ld/v1/jsonldContexts")).json()
     assert url in listed
+
+
+async def test_multi_typed_entity_is_found_by_each_type(client: httpx.AsyncClient) -> None:
+    body = {"id": "urn:ngsi-ld:Pole:1", "type": ["Streetlight", "CameraPole"], "height": 9}
+    assert (await client.post(E, json=body, headers=JSON)).status_code == 201
+    for etype in ("Streetlight", "CameraPole", "Streetlight,Other"):
+        found = (await client.get(E, params={"type": etype})).json()
+        assert [e["id"] for e in found] == ["urn:ngsi-ld:Pole:1"], etype
+    assert sorted((await client.get(f"{E}/urn:ngsi-ld:Pole:1")).json()["type"]) == ["CameraPole", "Streetlight"]
+    types = (await client.get("/ngsi-ld/v1/types")).json()["typeList"]
+    assert {"CameraPole", "Streetlight"} <= set(types)
+
+
+async def test_merge_patch_content_type(client: httpx.AsyncClient) -> None:
+    await client.post(E, json=air(12, 10), headers=JSON)
+    r = await client.patch(f"{E}/urn:ngsi-ld:AirQualityObserved:000012", json={"pm25": 11},
+                           headers={"Content-Type": "application/merge-patch+json"})
+    assert r.status_code == 204
+    kv = (await client.get(f"{E}/urn:ngsi-ld:AirQualityObserved:000012", params={"options": "keyValues"})).json()
+    assert kv["pm25"] == 11
