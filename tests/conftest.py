@@ -92,9 +92,9 @@ async def _clean(application: Any) -> None:
                 "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
                 "AND c.relname NOT IN ('alembic_version', 'spatial_ref_sys')"))
-            tables = [r[0] for r in rows]
-            if tables:
-                await conn.execute(text(f"TRUNCATE {', '.join(tables)}"))
+            # DELETE beats TRUNCATE on tables this small: TRUNCATE rewrites files and syncs them.
+            for (table,) in rows:
+                await conn.execute(text(f'DELETE FROM "{table}"'))
         else:
             rows = await conn.execute(text(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
