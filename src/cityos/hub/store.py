@@ -20,12 +20,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
+from cityos.core.db import json_dumps
 from cityos.hub import geoquery
 from cityos.hub.model import Attrs, geometries
 from cityos.hub.models import attribute_history, entities, entity_extra_types, tenants
 from cityos.hub.qlang import QExpr, q_to_sql
 
 DEFAULT_TENANT = ""
+COPY_THRESHOLD = 200
+HISTORY_COLUMNS = ("tenant", "entity_id", "entity_type", "attr", "instance_id", "dataset_id", "ts", "modified_at",
+                   "deleted", "instance")
 
 
 @dataclass
@@ -272,8 +276,23 @@ class HubStore:
         await geoquery.delete_geometries(conn, tenant, ids)
 
     async def write_history(self, conn: AsyncConnection, tenant: str, rows: Sequence[HistoryRow]) -> None:
-        if rows:
-            await conn.execute(insert(attribute_history), [row.as_row(tenant) for row in rows])
+        if not rows:
+            return
+        records = [row.as_row(tenant) for row in rows]
+        if self.dialect == "postgresql" and len(records) >= COPY_THRESHOLD:
+            await self._copy_history(conn, records)
+        else:
+            await conn.execute(insert(attribute_history), records)
+
+    async def _copy_history(self, conn: AsyncConnection, records: list[dict[str, Any]]) -> None:
+        """COPY is several times faster than INSERT for the thousands of rows of an ingest batch."""
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        await driver.copy_records_to_table(
+            "hub_attribute_history", columns=HISTORY_COLUMNS,
+            records=[tuple(json_dumps(r[c]) if c == "instance" else r[c] for c in HISTORY_COLUMNS) for r in records],
+        )
 
     # ------------------------------------------------------------------ discovery
 
