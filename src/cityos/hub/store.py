@@ -257,7 +257,7 @@ class HubStore:
     async def _write_side_tables(self, conn: AsyncConnection, tenant: str, records: Sequence[EntityRecord],
                                  replace: bool) -> None:
         multi = [r for r in records if len(r.types) > 1]
-        if replace and (multi or self._has_multi_typed.get(tenant, True)):
+        if replace and (multi or await self._tenant_has_multi_typed(conn, tenant)):
             await conn.execute(delete(entity_extra_types).where(
                 entity_extra_types.c.tenant == tenant, entity_extra_types.c.entity_id.in_([r.id for r in records])))
         if multi:
