@@ -21,6 +21,14 @@ from cityos.hub import api as hub_api
 from cityos.hub.jsonld import ContextResolver, ContextStore
 from cityos.hub.service import HubService
 from cityos.hub.store import HubStore
+from cityos.hub.subscriptions import api as subscriptions_api
+from cityos.hub.subscriptions.worker import start_subscriptions
+from cityos.hub.temporal import api as temporal_api
+from cityos.hub.temporal.retention import start_retention
+from cityos.hub.temporal.service import TemporalService, max_instances_from_env
+from cityos.iot import api as iot_api
+from cityos.iot.ingest import start_iot
+from cityos.security import api as security_api
 
 log = logging.getLogger("cityos")
 
@@ -74,9 +82,20 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
         app.state.engine = engine
         app.state.bus = bus
         app.state.hub = hub_api.Hub(settings, service, ContextResolver(contexts), contexts)
+        stop_subscriptions = await start_subscriptions(app)
+        app.state.temporal = TemporalService(store, max_instances_from_env())
+        service.listeners.append(app.state.temporal.remember_deleted)
+        stop_retention = start_retention(app)
+        stop_iot = await start_iot(app)
+        # Security services (tokens, audit, approvals); on SQLite the audit log shares the hub's writer lock.
+        stop_security = await security_api.start_security(app, write_lock=store._sqlite_write_lock)
         try:
             yield
         finally:
+            await stop_security()
+            await stop_iot()
+            await stop_retention()
+            await stop_subscriptions()
             await engine.dispose()
 
     app = FastAPI(title="CityOS", version="0.1.0", lifespan=lifespan,
@@ -84,6 +103,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
                   **overrides)
     install_error_handlers(app)
     app.include_router(hub_api.router)
+    app.include_router(subscriptions_api.router)
+    app.include_router(temporal_api.router)
+    app.include_router(temporal_api.admin_router)
+    app.include_router(iot_api.router)
+    app.include_router(iot_api.device_router)
+    app.include_router(security_api.router)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:

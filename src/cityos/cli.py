@@ -1,9 +1,10 @@
-"""`cityos` command line: serve, db upgrade."""
+"""`cityos` command line: serve, db upgrade, simulate, demo."""
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -13,6 +14,14 @@ from cityos.config import Settings
 app = typer.Typer(help="CityOS smart-city platform", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema management", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+
+from cityos.security.cli import audit_app, keys_app, user_app  # noqa: E402
+
+app.add_typer(user_app, name="user")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+devices_app = typer.Typer(help="IoT device registry (provision, import, list)", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
 console = Console()
 
 
@@ -57,8 +66,126 @@ def serve(
     console.print(f"CityOS on http://{host}:{port}  (API docs: /docs, NGSI-LD: /ngsi-ld/v1, "
                   f"database: {_redacted(settings.database_url)})")
     os.environ.setdefault("CITYOS_DATABASE_URL", settings.database_url)
+    os.environ.setdefault("CITYOS_INGEST_WORKERS", "1")  # MQTT ingestion on by default (CITYOS_MQTT_URL)
     uvicorn.run("cityos.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)
+
+
+@app.command()
+def simulate(
+    devices: int = typer.Option(2000, help="Number of simulated devices"),
+    speed: float = typer.Option(60.0, help="Simulated seconds per real second until the replay reaches now"),
+    seed: int = typer.Option(42, help="Seed: the same seed gives the same city, devices and readings"),
+    mqtt: str = typer.Option("mqtt://127.0.0.1:1883", help="MQTT broker the devices publish to"),
+    api: str = typer.Option("http://127.0.0.1:8000", help="CityOS API (provisioning, city entities, health)"),
+    scenario: str = typer.Option("demo", help="demo (smog + flood early on) | normal | none"),
+    history_hours: float = typer.Option(24.0, help="With speed > 1, start this many hours ago and replay up to now"),
+    faults: bool = typer.Option(True, "--faults/--no-faults", help="Inject dropouts, spikes, outages, ..."),
+    duration: float | None = typer.Option(None, help="Stop after this many real seconds"),
+) -> None:
+    """Run the simulated city against a running CityOS: provision devices, publish readings over MQTT."""
+    import asyncio
+
+    from cityos.sim.demo import simulate as run
+    from cityos.sim.faults import FaultConfig
+    from cityos.sim.runner import SimOptions
+
+    options = SimOptions(devices=devices, speed=speed, seed=seed, scenario=scenario, history_hours=history_hours,
+                         faults=FaultConfig() if faults else FaultConfig.none())
+    raise typer.Exit(asyncio.run(run(options, api, mqtt, token=os.environ.get("CITYOS_IOT_ADMIN_TOKEN"),
+                                     duration=duration, console=console)))
+
+
+@app.command()
+def demo(
+    devices: int = typer.Option(2000, help="Number of simulated devices"),
+    speed: float = typer.Option(60.0, help="Simulated seconds per real second until the replay reaches now"),
+    seed: int = typer.Option(42, help="Seed for the city, devices and readings"),
+    host: str = typer.Option("127.0.0.1", help="Interface for the API and the broker"),
+    port: int = typer.Option(8000, help="API port (another free one if taken)"),
+    mqtt_port: int = typer.Option(1883, help="Embedded MQTT broker port (another free one if taken)"),
+    scenario: str = typer.Option("demo", help="demo (smog + flood early on) | normal | none"),
+    history_hours: float = typer.Option(24.0, help="Start this many hours ago and replay up to now"),
+    duration: float | None = typer.Option(None, hidden=True, help="Stop after this many real seconds"),
+) -> None:
+    """One command, no external services: embedded MQTT broker + API on SQLite + ingestion + simulated city."""
+    import asyncio
+
+    from cityos.sim.demo import DemoOptions
+    from cityos.sim.demo import demo as run
+    from cityos.sim.runner import SimOptions
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Small gateway messages: the embedded broker's ingest commits (and acknowledges) in small steps.
+    options = SimOptions(devices=devices, speed=speed, seed=seed, scenario=scenario, history_hours=history_hours,
+                         max_per_message=20)
+    raise typer.Exit(asyncio.run(run(options, DemoOptions(host=host, port=port, mqtt_port=mqtt_port,
+                                                          duration=duration), console=console)))
+
+
+def _iot_call(work: Any) -> Any:
+    """Run `work(iot_service)` against CITYOS_DATABASE_URL without serving (no MQTT workers)."""
+    import asyncio
+
+    from cityos.app import create_app
+
+    async def run() -> Any:
+        os.environ["CITYOS_INGEST_WORKERS"] = "0"
+        application = create_app(Settings())
+        async with application.router.lifespan_context(application):
+            return await work(application.state.iot)
+
+    return asyncio.run(run())
+
+
+@devices_app.command("provision")
+def devices_provision(
+    profile: str = typer.Option(..., help="Device profile id (see GET /api/iot/profiles)"),
+    name: str = typer.Option(..., help="Unique device name"),
+    lon: float | None = typer.Option(None), lat: float | None = typer.Option(None),
+    district: str | None = typer.Option(None), department: str | None = typer.Option(None),
+    gateway: bool = typer.Option(False, help="The device is a gateway"),
+) -> None:
+    """Register one device; prints its id and access token (shown only now)."""
+    from cityos.iot.models import DeviceIn
+
+    spec = DeviceIn(name=name, profile=profile, lon=lon, lat=lat, district=district, department=department,
+                    gateway=gateway)
+    device_id, token = _iot_call(lambda iot: iot.provision(spec))
+    console.print(f"{device_id}\ntoken: [bold]{token}[/bold]  (store it now: only its hash is kept)")
+
+
+@devices_app.command("import")
+def devices_import(
+    path: str = typer.Argument(..., help="CSV: name,profile,lon,lat,district,department[,firmware,gateway]"),
+) -> None:
+    """Register devices from a CSV file; prints name,token per created row and the rejected rows."""
+    from pathlib import Path
+
+    result = _iot_call(lambda iot: iot.import_csv(Path(path).read_text(encoding="utf-8-sig")))
+    print("name,token")
+    for row in result.created:
+        print(f"{row['name']},{row['token']}")
+    for error in result.errors:
+        console.print(f"[red]row {error['row']}: {error['error']['detail']}[/red]", highlight=False)
+    raise typer.Exit(1 if result.errors else 0)
+
+
+@devices_app.command("list")
+def devices_list(profile: str | None = typer.Option(None), district: str | None = typer.Option(None),
+                 status: str | None = typer.Option(None), limit: int = typer.Option(100)) -> None:
+    """List registered devices."""
+    from rich.table import Table
+
+    items, total = _iot_call(lambda iot: iot.list_devices(profile=profile, district=district, status=status,
+                                                          limit=limit))
+    table = Table("name", "profile", "district", "department", "status", "last seen", "battery")
+    for d in items:
+        p = d.public()
+        table.add_row(p["name"], p["profile"], p["district"] or "", p["department"] or "", p["status"],
+                      p["lastSeen"] or "", "" if p["battery"] is None else f"{p['battery']:g}")
+    console.print(table)
+    console.print(f"{len(items)} of {total}")
 
 
 def _redacted(url: str) -> str:

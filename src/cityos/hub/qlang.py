@@ -23,18 +23,19 @@ mismatch is false. `!=`, `!~=` and "outside a range"/"not in a list" need at lea
 value and match when none of the comparable values equals/matches. DateTime literals are normalised
 to the stored `YYYY-MM-DDTHH:MM:SS.mmmZ` form so that string order is time order.
 
-Regular expressions are a portable subset of POSIX ARE / Python syntax (literals, `.`, classes, `\\d
-\\s \\w` and their negations, anchors, groups, alternation, greedy and lazy quantifiers, a leading
-`(?i)`), validated at parse time. The evaluator and SQLite use a linear-time matcher (no backtracking,
-so no catastrophic patterns); PostgreSQL uses its native `~`. `.` also matches a newline and `$` only
-matches at the very end, as in PostgreSQL.
+Regular expressions are a portable subset of POSIX ARE and Python syntax, validated at parse time:
+literals, `.`, `[...]` classes, `\\d \\s \\w` (ASCII classes) and their negations, `^`, `$`, groups,
+`|`, greedy and lazy quantifiers, a leading `(?i)`. `.` also matches a newline and `$` only matches at
+the very end, as with PostgreSQL's `~`. The evaluator and SQLite use a built-in linear-time matcher
+(no backtracking, so no catastrophic patterns; Python's `re` needs seconds for `.*a.*b` on 4 KB);
+PostgreSQL uses `~`, with the class escapes spelled out so that no locale changes their meaning.
+Strings longer than REGEX_MAX_SUBJECT characters take no part in `~=` / `!~=`, on every backend.
 
 `q_to_sql` turns the same tree into a SQLAlchemy Core condition over the JSON `attrs` column, with
-every user value and every JSON key as a bound parameter. `evaluate_q` and the SQL agree exactly
-(the test-suite checks this on SQLite and PostgreSQL with generated expressions and entities), with
-two documented limits: an expanded name containing `"` (not a legal IRI character) never matches,
-because SQLite's JSON paths cannot address it; and PostgreSQL's regex classes may treat non-ASCII
-characters differently from the built-in matcher.
+every user value and every JSON key in a bound parameter. `evaluate_q` and the SQL agree exactly
+(the tests check this on SQLite and PostgreSQL with generated expressions and entities). One limit:
+an expanded name containing `"` (never a legal IRI) matches nothing, as SQLite's JSON paths cannot
+address such a key.
 """
 
 from __future__ import annotations
@@ -98,7 +99,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 RESERVED_SUB_ATTRIBUTES = frozenset({"observedAt", "modifiedAt", "createdAt", "unitCode", "datasetId"})
-OPERATORS = ("==", "!=", ">", ">=", "<", "<=", "~=", "!~=")
 
 
 class QExpr:
@@ -185,7 +185,7 @@ REGEX_MAX_SUBJECT = 16384
 _REGEX_MAX_STATES = 2048
 _REGEX_MAX_REPEAT = 255  # PostgreSQL's RE_DUP_MAX
 _REGEX_MAX_GROUP_DEPTH = 16
-_REGEX_DFA_CACHE = 4096
+_REGEX_DFA_CACHE = 1024
 _PUNCTUATION = frozenset(string.punctuation + " ")
 _CONTROL_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v"}
 
@@ -197,16 +197,24 @@ class _RegexSyntaxError(ValueError):
         self.position = position
 
 
+# \d \s \w are ASCII classes (what PostgreSQL's are in the C locale; in others they vary, so the
+# pattern sent to PostgreSQL spells them out, see pg_pattern).
+_DIGITS = "0123456789"
+_SPACES = " \t\n\r\f\v"
+_WORD = frozenset(string.ascii_letters + _DIGITS + "_")
+_CLASS_TEXT = {"d": "0-9", "s": _SPACES, "w": "0-9A-Za-z_"}
+
+
 def _cat_d(ch: str) -> bool:
-    return ch.isdecimal()
+    return ch in _DIGITS
 
 
 def _cat_s(ch: str) -> bool:
-    return ch.isspace()
+    return ch in _SPACES
 
 
 def _cat_w(ch: str) -> bool:
-    return ch.isalnum() or ch == "_"
+    return ch in _WORD
 
 
 _CATEGORIES: dict[str, Callable[[str], bool]] = {
@@ -233,8 +241,11 @@ class _CharSet:
             return True
         hit = self._raw(ch)
         if not hit and icase:
+            # Case-insensitive like PostgreSQL: the pattern's characters stand for their simple
+            # upper- and lower-case forms, so `ch` matches if it is such a form of a member.
             for variant in (ch.lower(), ch.upper()):
-                if len(variant) == 1 and variant != ch and self._raw(variant):
+                if (len(variant) == 1 and variant != ch and (variant.upper() == ch or variant.lower() == ch)
+                        and self._raw(variant)):
                     hit = True
                     break
         return hit != self.negated
@@ -287,6 +298,7 @@ class _RegexParser:
         self.src = src
         self.pos = 0
         self.eol_positions: list[int] = []
+        self.class_escapes: list[tuple[int, str, bool]] = []  # (position, d|s|w|D|S|W, inside [...])
 
     def fail(self, message: str, position: int | None = None) -> NoReturn:
         raise _RegexSyntaxError(message, self.pos if position is None else position)
@@ -402,6 +414,7 @@ class _RegexParser:
         d = self.src[self.pos + 1]
         self.pos += 2
         if d in "dsw" or (d in "DSW" and not in_class):
+            self.class_escapes.append((at, d, in_class))
             return _CharSet(categories=(d,))
         if d in _CONTROL_ESCAPES:
             ch = _CONTROL_ESCAPES[d]
@@ -568,7 +581,7 @@ class _Regex:
         return match_state in self._closure(current, False, True)
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=128)
 def _compile_regex(source: str) -> _Regex:
     if len(source) > REGEX_MAX_LENGTH:
         raise _RegexSyntaxError(f"the pattern is longer than {REGEX_MAX_LENGTH} characters", 0)
@@ -578,12 +591,24 @@ def _compile_regex(source: str) -> _Regex:
 
 
 def python_pattern(source: str) -> str:
-    """The equivalent Python `re` pattern (to be compiled with re.DOTALL): `$` becomes `\\Z`."""
+    """The equivalent Python `re` pattern, for re.ASCII | re.DOTALL: `$` becomes `\\Z`."""
     parser = _RegexParser(source)
     parser.parse()
     out = list(source)
     for position in parser.eol_positions:
         out[position] = "\\Z"
+    return "".join(out)
+
+
+def pg_pattern(source: str) -> str:
+    """The pattern for PostgreSQL's `~`: class escapes spelled out, so no locale can change them."""
+    parser = _RegexParser(source)
+    parser.parse()
+    out = list(source)
+    for position, letter, in_class in parser.class_escapes:
+        members = _CLASS_TEXT[letter.lower()]
+        out[position] = members if in_class else ("[^" if letter.isupper() else "[") + members + "]"
+        out[position + 1] = ""
     return "".join(out)
 
 
@@ -621,10 +646,10 @@ _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_:-")
 _VALUE_STOP = frozenset(";|(),\"")
 _WHITESPACE = frozenset(" \t\r\n")
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
-_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:[Zz]|[+-]\d{2}:?\d{2})?")
-_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
-_TIME = re.compile(r"(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?Z?")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
+_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:[Zz]|[+-]\d{2}:?\d{2})?", re.ASCII)
+_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})", re.ASCII)
+_TIME = re.compile(r"(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?Z?", re.ASCII)
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s\"<>\\^`{}|]+")
 _INT64 = 2**63
 
@@ -921,7 +946,7 @@ class _Parser:
                 self.fail("expected a regular expression (quote it if it contains ';', '|' or spaces)", i)
         try:
             _compile_regex(source)
-            re.compile(python_pattern(source), re.DOTALL)
+            re.compile(python_pattern(source), re.ASCII | re.DOTALL)
         except _RegexSyntaxError as exc:
             self.fail(f"invalid regular expression {source[:60]!r}: {exc.message} "
                       f"(at pattern character {exc.position + 1})", i)
@@ -1145,11 +1170,7 @@ def evaluate_q(expr: QExpr, attrs: dict[str, Any], expand: Callable[[str], str])
 _SQL_OPS = {"==": "=", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
 
 
-def _json_text(value: int | float | str | bool) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _json_text_any(value: Any) -> str:
+def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
@@ -1419,7 +1440,7 @@ class _PostgresBuilder(_SqlBuilder):
         if members is not None:
             chosen = case((members, self.jsonpath("strict " + program(True))), else_=chosen)
         matched = func.jsonb_path_match(self.value_node(target), chosen,
-                                        cast(self.s(_json_text_any(variables)), JSONB), self.bind(True, Boolean()))
+                                        cast(self.s(_json_text(variables)), JSONB), self.bind(True, Boolean()))
         return func.coalesce(matched, false(), type_=Boolean())
 
     def jsonpath_pred(self, pred: _Pred, variables: dict[str, Any]) -> str:
@@ -1449,7 +1470,7 @@ class _PostgresBuilder(_SqlBuilder):
         checks = [func.jsonb_typeof(value) == self.s("string"),
                   func.length(text) <= self.bind(REGEX_MAX_SUBJECT, Integer())]
         if isinstance(pred, _PRegex):
-            checks.append(text.op("~", is_comparison=True)(self.s(pred.source)))
+            checks.append(text.op("~", is_comparison=True)(self.s(pg_pattern(pred.source))))
         return and_(*checks)
 
     def any_regex(self, target: _Target, pred: _Pred) -> ColumnElement[bool]:

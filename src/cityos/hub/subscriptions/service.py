@@ -1,0 +1,423 @@
+"""Subscriptions: CRUD, matching changes against subscriptions, and writing the notification outbox.
+
+The matcher is a HubService change listener: it runs inside the write transaction of the change,
+so the outbox rows commit (or roll back) together with the change itself. Matching reads an
+in-memory cache of each tenant's subscriptions, checked against the tenant's version token in
+the same transaction, so a subscription committed by any process is seen by the next write.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cityos.core import clock
+from cityos.core.errors import AlreadyExists, NonexistentTenant, ResourceNotFound
+from cityos.core.events import Event
+from cityos.hub import geoquery
+from cityos.hub.jsonld import ActiveContext, ContextResolver
+from cityos.hub.model import check_entity_id, render_entity
+from cityos.hub.qlang import QExpr, evaluate_q, parse_q
+from cityos.hub.service import Change
+from cityos.hub.store import EntityRecord, HubStore
+from cityos.hub.subscriptions.models import (
+    NotifySettings,
+    outbox,
+    subscription_versions,
+    subscriptions,
+    utc,
+)
+from cityos.hub.subscriptions.spec import (
+    Spec,
+    apply_update,
+    parse_members,
+    parse_subscription,
+    render_subscription,
+    triggers_of,
+)
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "cityos_outbox"
+_PREVIOUS_KEY = {"Property": ("value", "previousValue"), "GeoProperty": ("value", "previousValue"),
+                 "Relationship": ("object", "previousObject"),
+                 "LanguageProperty": ("languageMap", "previousLanguageMap")}
+
+
+# ---------------------------------------------------------------------- compiled subscriptions
+
+
+@dataclass
+class Compiled:
+    """A subscription ready for matching: selectors compiled, q and geoQ parsed, @context resolved."""
+
+    tenant: str
+    id: str
+    spec: Spec
+    endpoint: str
+    ctx: ActiveContext
+    expires_at: datetime | None
+    q: QExpr | None = None
+    q_terms: dict[str, str] = field(default_factory=dict)
+    geo: geoquery.GeoQuery | None = None
+    patterns: list[tuple[str, str | None, re.Pattern[str] | None]] = field(default_factory=list)
+    watched: frozenset[str] | None = None
+    triggers: frozenset[str] = frozenset()
+
+    @property
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = self.spec["notification"]
+        return params
+
+    @property
+    def periodic(self) -> bool:
+        return "timeInterval" in self.spec
+
+    def live(self, now: datetime) -> bool:
+        return self.spec.get("isActive", True) and (self.expires_at is None or self.expires_at > now)
+
+    def expand(self, name: str) -> str:
+        return self.q_terms.get(name) or self.ctx.expand(name)
+
+    def selects(self, record: EntityRecord) -> bool:
+        if not self.patterns:
+            return True
+        return any(etype in record.types and (eid is None or eid == record.id)
+                   and (pattern is None or pattern.search(record.id) is not None)
+                   for etype, eid, pattern in self.patterns)
+
+    def filters(self, record: EntityRecord) -> bool:
+        if self.q is not None and not evaluate_q(self.q, record.attrs, self.expand):
+            return False
+        if self.geo is not None:
+            geometry = _geometry_of(record, self.geo.geoproperty)
+            if geometry is None or not geoquery.evaluate_geo(self.geo, geometry):
+                return False
+        return True
+
+    def fired(self, change: Change) -> bool:
+        """Does the change trigger this subscription (notificationTrigger and watchedAttributes)?"""
+        if change.before is None or change.after is None:
+            trigger = "entityCreated" if change.before is None else "entityDeleted"
+            state = change.after or change.before
+            assert state is not None
+            return trigger in self.triggers and (self.watched is None or bool(self.watched & set(state.attrs)))
+        changed = set(change.changed_attrs)
+        if self.watched is not None:
+            changed &= self.watched
+            if not changed:
+                return False
+        if "entityUpdated" in self.triggers:
+            return True
+        return any(_attribute_trigger(change, iri) in self.triggers for iri in changed)
+
+    def matches(self, change: Change, now: datetime) -> bool:
+        state = change.after or change.before
+        assert state is not None
+        return (not self.periodic and self.live(now) and self.selects(state) and self.fired(change)
+                and self.filters(state))
+
+
+def _attribute_trigger(change: Change, iri: str) -> str:
+    assert change.before is not None and change.after is not None
+    if iri not in change.before.attrs:
+        return "attributeCreated"
+    return "attributeDeleted" if iri not in change.after.attrs else "attributeUpdated"
+
+
+def _geometry_of(record: EntityRecord, iri: str) -> dict[str, Any] | None:
+    for inst in record.attrs.get(iri, []):
+        if inst.get("type") == "GeoProperty" and "datasetId" not in inst and isinstance(inst.get("value"), dict):
+            value: dict[str, Any] = inst["value"]
+            return value
+    return None
+
+
+def _identity(name: str) -> str:
+    return name
+
+
+async def compile_row(row: Any, resolver: ContextResolver) -> Compiled:
+    spec: Spec = row.spec
+    try:
+        ctx = await resolver.resolve(row.context)
+    except Exception as exc:  # a context that cannot be fetched must not stop notifications
+        log.warning("subscription %s: @context unavailable (%s); notifying with the core context", spec["id"], exc)
+        ctx = resolver.core
+    compiled = Compiled(tenant=row.tenant, id=spec["id"], spec=spec, endpoint=row.endpoint, ctx=ctx,
+                        expires_at=utc(row.expires_at))
+    if "q" in spec:
+        compiled.q = parse_q(spec["q"]["text"])
+        compiled.q_terms = dict(spec["q"]["terms"])
+    if "geoQ" in spec:
+        geo = spec["geoQ"]
+        # The stored geoproperty is already an IRI: expansion is the identity.
+        compiled.geo = geoquery.parse_geoquery(geo["georel"], geo["geometry"], geo["coordinates"],
+                                               geo["geoproperty"], _identity)
+    compiled.patterns = [(s["type"], s.get("id"), re.compile(s["idPattern"]) if "idPattern" in s else None)
+                         for s in spec.get("entities", [])]
+    if "watchedAttributes" in spec:
+        compiled.watched = frozenset(spec["watchedAttributes"])
+    compiled.triggers = frozenset(triggers_of(spec))
+    return compiled
+
+
+class SubscriptionCache:
+    """Each tenant's compiled subscriptions, keyed by the tenant's version token in the database."""
+
+    def __init__(self, resolver: ContextResolver) -> None:
+        self.resolver = resolver
+        self._by_tenant: dict[str, tuple[str, list[Compiled]]] = {}
+
+    async def get(self, conn: AsyncConnection, tenant: str) -> list[Compiled]:
+        version = (await conn.execute(select(subscription_versions.c.version)
+                                      .where(subscription_versions.c.tenant == tenant))).scalar_one_or_none() or ""
+        cached = self._by_tenant.get(tenant)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        compiled: list[Compiled] = []
+        if version:
+            rows = await conn.execute(select(subscriptions).where(subscriptions.c.tenant == tenant)
+                                      .order_by(subscriptions.c.id))
+            compiled = [await compile_row(row, self.resolver) for row in rows]
+        self._by_tenant[tenant] = (version, compiled)
+        return compiled
+
+    async def find(self, conn: AsyncConnection, tenant: str, sub_id: str) -> Compiled | None:
+        return next((c for c in await self.get(conn, tenant) if c.id == sub_id), None)
+
+
+# ---------------------------------------------------------------------- rendering notifications
+
+
+def render_data(sub: Compiled, change: Change, now: datetime) -> dict[str, Any]:
+    """One entity of a notification's data, in the subscription's format, attributes and @context."""
+    if change.after is None:
+        assert change.before is not None
+        types = [sub.ctx.compact(t) for t in change.before.types]
+        return {"id": change.entity_id, "type": types[0] if len(types) == 1 else types, "deletedAt": clock.iso(now)}
+    return render_record(sub, change.after, change.before if sub.params.get("showChanges") else None)
+
+
+def render_record(sub: Compiled, record: EntityRecord, before: EntityRecord | None = None) -> dict[str, Any]:
+    params = sub.params
+    out = render_entity(record.id, record.types, record.attrs, sub.ctx.compact, fmt=params["format"],
+                        sys_attrs=bool(params.get("sysAttrs")), created_at=clock.iso(record.created_at),
+                        modified_at=clock.iso(record.modified_at), only=params.get("attributes"),
+                        scope=record.scope, lang=sub.spec.get("lang"))
+    if before is not None and params["format"] != "keyValues":
+        _add_previous(out, record, before, sub.ctx.compact)
+    return out
+
+
+def _add_previous(out: dict[str, Any], record: EntityRecord, before: EntityRecord,
+                  compact: Callable[[str], str]) -> None:
+    """showChanges: the previous value of each attribute whose default instance changed."""
+    for iri, instances in before.attrs.items():
+        rendered = out.get(compact(iri))
+        old = next((i for i in instances if "datasetId" not in i), None)
+        new = next((i for i in record.attrs.get(iri, []) if "datasetId" not in i), None)
+        keys = _PREVIOUS_KEY.get(old.get("type", "")) if old else None
+        if keys is None or old is None or new is None or not isinstance(rendered, dict):
+            continue
+        value_key, previous_key = keys
+        if old.get(value_key) != new.get(value_key):
+            rendered[previous_key] = old.get(value_key)
+
+
+def notification(sub: Compiled, data: list[dict[str, Any]]) -> dict[str, Any]:
+    """A notification without notifiedAt (the sender sets it when it sends)."""
+    body: dict[str, Any] = {"id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}", "type": "Notification",
+                            "subscriptionId": sub.id, "data": data}
+    if sub.params["endpoint"].get("accept") == "application/ld+json":
+        body = {"@context": sub.ctx.response_context, **body}
+    return body
+
+
+def outbox_row(sub: Compiled, data: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    payload = notification(sub, data)
+    return {"tenant": sub.tenant, "subscription_id": sub.id, "endpoint": sub.endpoint,
+            "notification_id": payload["id"], "payload": payload, "created_at": now, "state": "pending",
+            "attempts": 0}
+
+
+def _chunks(items: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+    for start in range(0, len(items), max(1, size)):
+        yield items[start:start + size]
+
+
+# ---------------------------------------------------------------------- the service
+
+
+class SubscriptionService:
+    def __init__(self, store: HubStore, resolver: ContextResolver, settings: NotifySettings | None = None) -> None:
+        self.store = store
+        self.resolver = resolver
+        self.settings = settings or NotifySettings()
+        self.cache = SubscriptionCache(resolver)
+        # Set by the sender: called after a commit with the endpoints that got new outbox rows.
+        self.wake: Callable[[set[str]], None] | None = None
+        self._touched: dict[int, tuple[float, set[str]]] = {}
+
+    @property
+    def dialect(self) -> str:
+        return self.store.dialect
+
+    # ------------------------------------------------------------------ matching (inside the write)
+
+    async def on_changes(self, conn: AsyncConnection, tenant: str, changes: list[Change]) -> None:
+        """HubService listener: outbox rows for every subscription the changes trigger."""
+        subs = await self.cache.get(conn, tenant)
+        if not subs:
+            return
+        now = clock.now()
+        rows: list[dict[str, Any]] = []
+        for sub in subs:
+            data = [render_data(sub, change, now) for change in changes if sub.matches(change, now)]
+            for chunk in _chunks(data, self.settings.max_entities_per_notification):
+                rows.append(outbox_row(sub, chunk, now))
+        if rows:
+            await self.enqueue(conn, rows)
+            self._remember(changes, {row["endpoint"] for row in rows})
+
+    async def enqueue(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        await conn.execute(insert(outbox), rows)
+        if self.dialect == "postgresql":
+            # Delivered at commit, to every sender process: they wake at once instead of polling.
+            for endpoint in sorted({row["endpoint"] for row in rows}):
+                await conn.execute(text("SELECT pg_notify(:channel, :endpoint)"),
+                                   {"channel": NOTIFY_CHANNEL, "endpoint": endpoint[:7000]})
+
+    def _remember(self, changes: list[Change], endpoints: set[str]) -> None:
+        """Keep the endpoints until the hub publishes the change, which it does only after the commit."""
+        stamp = time.monotonic()
+        for change in changes:
+            self._touched[id(change)] = (stamp, endpoints)
+        if len(self._touched) > 10_000:
+            # Rolled-back writes are never published; drop what is surely stale.
+            self._touched = {k: v for k, v in self._touched.items() if stamp - v[0] < 60}
+
+    async def after_commit(self, event: Event) -> None:
+        """Event-bus handler (hub.entity.changed): the outbox rows of this change are now visible."""
+        touched = self._touched.pop(id(event.payload.get("change")), None)
+        if touched is not None and self.wake is not None:
+            self.wake(touched[1])
+
+    # ------------------------------------------------------------------ CRUD
+
+    async def _bump(self, conn: AsyncConnection, tenant: str) -> None:
+        stmt = self.store._insert(subscription_versions).values(tenant=tenant, version=uuid.uuid4().hex)
+        await conn.execute(stmt.on_conflict_do_update(index_elements=["tenant"],
+                                                      set_={"version": stmt.excluded.version}))
+
+    async def _require_tenant(self, conn: AsyncConnection, tenant: str) -> None:
+        if not await self.store.tenant_exists(conn, tenant):
+            raise NonexistentTenant(f"tenant {tenant!r} does not exist")
+
+    async def _row(self, conn: AsyncConnection, tenant: str, sub_id: str, for_update: bool = False) -> Any:
+        check_entity_id(sub_id)
+        stmt = select(subscriptions).where(subscriptions.c.tenant == tenant, subscriptions.c.id == sub_id)
+        if for_update and self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        row = (await conn.execute(stmt)).first()
+        if row is None:
+            await self._require_tenant(conn, tenant)
+            raise ResourceNotFound(f"subscription {sub_id} not found")
+        return row
+
+    async def create(self, tenant: str, body: Any, ctx: ActiveContext) -> str:
+        spec = parse_subscription(body, ctx)
+        context = spec.get("jsonldContext", ctx.source)
+        await self.resolver.resolve(context)  # fails now (503) rather than at every notification
+        now = clock.now()
+        values = {"tenant": tenant, "id": spec["id"], "created_at": now, **_columns(spec, context, now)}
+        async with self.store.write() as conn:
+            await self.store.ensure_tenant(conn, tenant)
+            exists = (await conn.execute(select(subscriptions.c.id).where(
+                subscriptions.c.tenant == tenant, subscriptions.c.id == spec["id"]))).first()
+            if exists:
+                raise AlreadyExists(f"subscription {spec['id']} already exists")
+            await conn.execute(insert(subscriptions).values(**values))
+            await self._bump(conn, tenant)
+        return str(spec["id"])
+
+    async def retrieve(self, tenant: str, sub_id: str, compact: Callable[[str], str]) -> dict[str, Any]:
+        async with self.store.read() as conn:
+            row = await self._row(conn, tenant, sub_id)
+        return render_subscription(row.spec, row, compact, clock.now())
+
+    async def query(self, tenant: str, compact: Callable[[str], str], limit: int, offset: int,
+                    count: bool) -> tuple[list[dict[str, Any]], int | None]:
+        async with self.store.read() as conn:
+            await self._require_tenant(conn, tenant)
+            total = None
+            if count:
+                total = (await conn.execute(select(func.count()).select_from(subscriptions)
+                                            .where(subscriptions.c.tenant == tenant))).scalar_one()
+            rows = list(await conn.execute(select(subscriptions).where(subscriptions.c.tenant == tenant)
+                                           .order_by(subscriptions.c.id).limit(limit).offset(offset)))
+        now = clock.now()
+        return [render_subscription(row.spec, row, compact, now) for row in rows], total
+
+    async def update(self, tenant: str, sub_id: str, body: Any, ctx: ActiveContext) -> None:
+        members = parse_members(body, ctx, allow_null=True)
+        if members.get("jsonldContext"):
+            await self.resolver.resolve(members["jsonldContext"])
+        now = clock.now()
+        async with self.store.write() as conn:
+            row = await self._row(conn, tenant, sub_id, for_update=True)
+            spec = apply_update(row.spec, body, members)
+            context = _context_after_update(row, spec, members, ctx)
+            values = _columns(spec, context, now)
+            if "timeInterval" not in members and row.next_periodic_at is not None:
+                values["next_periodic_at"] = row.next_periodic_at
+            # An update is how an operator answers a failed subscription: its parked notifications go out again.
+            values.update(status="ok", consecutive_failures=0)
+            await conn.execute(update(subscriptions).where(subscriptions.c.tenant == tenant,
+                                                           subscriptions.c.id == sub_id).values(**values))
+            await conn.execute(update(outbox).where(outbox.c.tenant == tenant, outbox.c.subscription_id == sub_id)
+                               .values(endpoint=values["endpoint"], state="pending", attempts=0))
+            await self._bump(conn, tenant)
+        if self.wake is not None:
+            self.wake({values["endpoint"]})
+
+    async def delete(self, tenant: str, sub_id: str) -> None:
+        async with self.store.write() as conn:
+            await self._row(conn, tenant, sub_id, for_update=True)
+            await conn.execute(delete(subscriptions).where(subscriptions.c.tenant == tenant,
+                                                           subscriptions.c.id == sub_id))
+            # Notifications of a deleted subscription are no longer wanted by anyone.
+            await conn.execute(delete(outbox).where(outbox.c.tenant == tenant, outbox.c.subscription_id == sub_id))
+            await self._bump(conn, tenant)
+
+
+def _columns(spec: Spec, context: Any, now: datetime) -> dict[str, Any]:
+    """The columns derived from a spec: what the sender and the scheduler filter on."""
+    interval = spec.get("timeInterval")
+    expires = spec.get("expiresAt")
+    return {"spec": spec, "context": context, "endpoint": spec["notification"]["endpoint"]["uri"],
+            "is_active": 1 if spec.get("isActive", True) else 0,
+            "expires_at": clock.parse_iso(expires) if expires else None,
+            "time_interval": interval, "throttling": spec.get("throttling"),
+            # A periodic subscription notifies at once, then every timeInterval seconds.
+            "next_periodic_at": now if interval else None, "modified_at": now}
+
+
+def _context_after_update(row: Any, spec: Spec, members: Spec, ctx: ActiveContext) -> Any:
+    """jsonldContext set: that URL; removed: the @context of this update; untouched: the stored one."""
+    if "jsonldContext" not in members:
+        return row.context
+    return spec.get("jsonldContext", ctx.source)
+
+
+def next_due(now: datetime, interval: float) -> datetime:
+    return now + timedelta(seconds=interval)

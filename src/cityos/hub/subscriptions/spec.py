@@ -1,0 +1,360 @@
+"""Subscription documents (ETSI GS CIM 009 v1.8.1 §5.2.12): parsing, validation and rendering.
+
+A subscription is kept in an internal form: the API members, with entity types and attribute
+names expanded to IRIs by the @context of the request that set them, so that a later request with
+another @context cannot change what an existing subscription means. The q expression keeps its
+text plus the IRIs of the names it uses (`qTerms`) for the same reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from cityos.core import clock
+from cityos.core.errors import BadRequestData
+from cityos.hub import geoquery
+from cityos.hub.jsonld import ActiveContext
+from cityos.hub.model import NULL_URI, check_entity_id, check_name, is_uri
+from cityos.hub.qlang import RESERVED_SUB_ATTRIBUTES, And, Comparison, Exists, Or, QExpr, parse_q
+from cityos.hub.subscriptions.models import utc
+
+Spec = dict[str, Any]
+Compact = Callable[[str], str]
+
+TRIGGERS = ("entityCreated", "entityUpdated", "entityDeleted", "attributeCreated", "attributeUpdated",
+            "attributeDeleted")
+DEFAULT_TRIGGERS = ["entityCreated", "entityUpdated", "attributeCreated", "attributeUpdated"]
+FORMATS = {"normalized": "normalized", "keyValues": "keyValues", "simplified": "keyValues", "concise": "concise"}
+ACCEPTS = ("application/json", "application/ld+json")
+SCHEMES = ("http", "https", "mqtt", "mqtts")
+MAX_LIST = 100
+
+
+def new_id() -> str:
+    import uuid
+
+    return f"urn:ngsi-ld:Subscription:{uuid.uuid4()}"
+
+
+# ---------------------------------------------------------------------- member parsers
+
+
+def _list_of(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise BadRequestData(f"{what} must be a non-empty array")
+    if len(value) > MAX_LIST:
+        raise BadRequestData(f"{what} may have at most {MAX_LIST} members")
+    return value
+
+
+def _string(value: Any, what: str, max_length: int = 1024) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise BadRequestData(f"{what} must be a non-empty string of at most {max_length} characters")
+    return value
+
+
+def _entities(value: Any, ctx: ActiveContext) -> list[dict[str, str]]:
+    selectors = []
+    for item in _list_of(value, "entities"):
+        if not isinstance(item, dict):
+            raise BadRequestData("each member of entities must be an EntitySelector object")
+        if "type" not in item:
+            raise BadRequestData("an EntitySelector needs a type")
+        selector = {"type": ctx.expand(check_name(item["type"], "entity type"))}
+        if "id" in item:
+            selector["id"] = check_entity_id(item["id"])
+        if "idPattern" in item:
+            selector["idPattern"] = _pattern(item["idPattern"])
+        selectors.append(selector)
+    return selectors
+
+
+def _pattern(value: Any) -> str:
+    text = _string(value, "idPattern", 256)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from exc
+    return text
+
+
+def _attr_names(value: Any, ctx: ActiveContext, what: str) -> list[str]:
+    return sorted({ctx.expand(check_name(_string(name, what, 256))) for name in _list_of(value, what)})
+
+
+def _triggers(value: Any, _ctx: ActiveContext) -> list[str]:
+    items = _list_of(value, "notificationTrigger")
+    unknown = [t for t in items if t not in TRIGGERS]
+    if unknown:
+        raise BadRequestData(f"unknown notificationTrigger {str(unknown[0])[:60]!r}; expected {', '.join(TRIGGERS)}")
+    return [t for t in TRIGGERS if t in items]
+
+
+def _q_names(expr: QExpr) -> set[str]:
+    names: set[str] = set()
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, And | Or):
+            stack.extend(node.children)
+        elif isinstance(node, Comparison | Exists):
+            names.add(node.path.attr)
+            names.update(n for n in node.path.sub_path if n not in RESERVED_SUB_ATTRIBUTES)
+    return names
+
+
+def _q(value: Any, ctx: ActiveContext) -> dict[str, Any]:
+    text = _string(value, "q", 4096)
+    expr = parse_q(text)
+    return {"text": text, "terms": {name: ctx.expand(name) for name in sorted(_q_names(expr))}}
+
+
+def _geo_q(value: Any, ctx: ActiveContext) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequestData("geoQ must be an object with georel, geometry and coordinates")
+    for key in ("georel", "geometry", "coordinates"):
+        if key not in value:
+            raise BadRequestData(f"geoQ needs {key}")
+    coordinates = value["coordinates"]
+    query = geoquery.parse_geoquery(value["georel"], value["geometry"], coordinates, value.get("geoproperty"),
+                                    ctx.expand)
+    assert query is not None
+    return {"georel": value["georel"], "geometry": query.geometry["type"], "coordinates": query.geometry["coordinates"],
+            "geoproperty": query.geoproperty}
+
+
+def _positive(value: Any, what: str, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (value == 0 and not allow_zero):
+        raise BadRequestData(f"{what} must be a {'non-negative' if allow_zero else 'positive'} number of seconds")
+    if value > 10 * 365 * 86400:
+        raise BadRequestData(f"{what} is too large")
+    return float(value)
+
+
+def _expires(value: Any, _ctx: ActiveContext) -> str:
+    try:
+        when = clock.parse_iso(value)
+    except (ValueError, TypeError) as exc:
+        raise BadRequestData("expiresAt must be an ISO 8601 DateTime") from exc
+    if when <= clock.now():
+        raise BadRequestData("expiresAt is in the past")
+    return clock.iso(when)
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequestData(f"{what} must be true or false")
+    return value
+
+
+def _key_values(value: Any, what: str) -> list[dict[str, str]]:
+    pairs = []
+    for item in _list_of(value, what):
+        if not isinstance(item, dict) or set(item) != {"key", "value"}:
+            raise BadRequestData(f"each member of {what} must be an object with key and value")
+        pairs.append({"key": _string(item["key"], f"{what}.key", 256),
+                      "value": _string(item["value"], f"{what}.value")})
+    return pairs
+
+
+def check_endpoint_uri(uri: Any) -> str:
+    text = _string(uri, "notification.endpoint.uri", 2048)
+    parts = urlsplit(text)
+    if parts.scheme not in SCHEMES or not parts.hostname:
+        raise BadRequestData(f"notification.endpoint.uri must be an http, https, mqtt or mqtts URL, not {text[:80]!r}")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port lazily
+    except ValueError as exc:
+        raise BadRequestData(f"notification.endpoint.uri has an invalid port: {text[:80]!r}") from exc
+    if parts.scheme.startswith("mqtt") and not parts.path.strip("/"):
+        raise BadRequestData("an MQTT endpoint needs a topic: mqtt://host:port/topic")
+    return text
+
+
+def _endpoint(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequestData("notification.endpoint must be an object")
+    endpoint: dict[str, Any] = {"uri": check_endpoint_uri(value.get("uri")), "accept": value.get("accept", ACCEPTS[0])}
+    if endpoint["accept"] not in ACCEPTS:
+        raise BadRequestData(f"notification.endpoint.accept must be one of {', '.join(ACCEPTS)}")
+    for key in ("receiverInfo", "notifierInfo"):
+        if key in value:
+            endpoint[key] = _key_values(value[key], f"notification.endpoint.{key}")
+    qos = next((p["value"] for p in endpoint.get("notifierInfo", []) if p["key"] == "MQTT-QoS"), "0")
+    if qos not in ("0", "1"):
+        raise BadRequestData("notifierInfo MQTT-QoS must be 0 or 1")
+    return endpoint
+
+
+def _notification(value: Any, ctx: ActiveContext) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequestData("notification must be an object")
+    if "endpoint" not in value:
+        raise BadRequestData("notification needs an endpoint")
+    params: dict[str, Any] = {"endpoint": _endpoint(value["endpoint"])}
+    fmt = value.get("format", "normalized")
+    if fmt not in FORMATS:
+        raise BadRequestData(f"notification.format must be one of {', '.join(FORMATS)}")
+    params["format"] = FORMATS[fmt]
+    if "attributes" in value:
+        params["attributes"] = _attr_names(value["attributes"], ctx, "notification.attributes")
+    for key in ("showChanges", "sysAttrs"):
+        if key in value:
+            params[key] = _bool(value[key], f"notification.{key}")
+    return params
+
+
+def _context_member(value: Any, _ctx: ActiveContext) -> str:
+    if not is_uri(value) or not str(value).startswith(("http://", "https://")):
+        raise BadRequestData("jsonldContext must be an http(s) URL of an @context")
+    return str(value)
+
+
+_PARSERS: dict[str, Callable[[Any, ActiveContext], Any]] = {
+    "subscriptionName": lambda v, _c: _string(v, "subscriptionName"),
+    "description": lambda v, _c: _string(v, "description", 4096),
+    "entities": _entities,
+    "watchedAttributes": lambda v, c: _attr_names(v, c, "watchedAttributes"),
+    "notificationTrigger": _triggers,
+    "q": _q,
+    "geoQ": _geo_q,
+    "notification": _notification,
+    "throttling": lambda v, _c: _positive(v, "throttling", allow_zero=True),
+    "timeInterval": lambda v, _c: _positive(v, "timeInterval", allow_zero=False),
+    "expiresAt": _expires,
+    "isActive": lambda v, _c: _bool(v, "isActive"),
+    "jsonldContext": _context_member,
+    "lang": lambda v, _c: _string(v, "lang", 64),
+}
+
+
+# ---------------------------------------------------------------------- documents
+
+
+def parse_members(body: Any, ctx: ActiveContext, *, allow_null: bool = False) -> Spec:
+    """The members present in a body, each validated and in internal form (unknown members are ignored).
+
+    With allow_null (an update), a member given as null is returned as None: the update removes it.
+    """
+    if not isinstance(body, dict):
+        raise BadRequestData("a subscription must be a JSON object")
+    if "type" in body and body["type"] != "Subscription":
+        raise BadRequestData('the type of a subscription must be "Subscription"')
+    members: Spec = {}
+    for key, parser in _PARSERS.items():
+        if key not in body:
+            continue
+        if body[key] is None or body[key] == NULL_URI:
+            if not allow_null:
+                raise BadRequestData(f"{key} must not be null")
+            members[key] = None
+            continue
+        members[key] = parser(body[key], ctx)
+    return members
+
+
+def parse_subscription(body: Any, ctx: ActiveContext) -> Spec:
+    """A whole subscription (create)."""
+    spec = parse_members(body, ctx)
+    raw_id = body.get("id")
+    spec["id"] = check_entity_id(raw_id) if raw_id is not None else new_id()
+    spec["type"] = "Subscription"
+    spec.setdefault("isActive", True)
+    check_whole(spec)
+    return spec
+
+
+def apply_update(spec: Spec, body: Any, members: Spec) -> Spec:
+    """A PATCH: the given top-level members replace the stored ones (null removes), then the whole is checked."""
+    if not isinstance(body, dict):
+        raise BadRequestData("a subscription update must be a JSON object")
+    if "id" in body and body["id"] != spec["id"]:
+        raise BadRequestData("the id in the body differs from the id in the URL")
+    if not members:
+        raise BadRequestData("the fragment has no member a subscription update can change")
+    merged = {**spec, **{k: v for k, v in members.items() if v is not None}}
+    for key in [k for k, v in members.items() if v is None]:
+        if key == "notification":
+            raise BadRequestData("notification cannot be removed")
+        merged.pop(key, None)
+    check_whole(merged)
+    return merged
+
+
+def check_whole(spec: Spec) -> None:
+    """Rules that span members (§5.2.12)."""
+    if "notification" not in spec:
+        raise BadRequestData("a subscription needs a notification member")
+    if not spec.get("entities") and not spec.get("watchedAttributes"):
+        raise BadRequestData("a subscription needs entities or watchedAttributes (or both)")
+    if "timeInterval" in spec and "watchedAttributes" in spec:
+        raise BadRequestData("timeInterval and watchedAttributes cannot be used together")
+    if "timeInterval" in spec and "throttling" in spec:
+        raise BadRequestData("timeInterval and throttling cannot be used together")
+    if "timeInterval" in spec and not spec.get("entities"):
+        raise BadRequestData("a periodic (timeInterval) subscription needs entities")
+
+
+def triggers_of(spec: Spec) -> list[str]:
+    triggers: list[str] = spec.get("notificationTrigger") or DEFAULT_TRIGGERS
+    return triggers
+
+
+def status_of(spec: Spec, expires_at: datetime | None, now: datetime) -> str:
+    if expires_at is not None and expires_at <= now:
+        return "expired"
+    return "active" if spec.get("isActive", True) else "paused"
+
+
+# ---------------------------------------------------------------------- rendering
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    value = utc(value)
+    return clock.iso(value) if value is not None else None
+
+
+def render_subscription(spec: Spec, row: Any, compact: Compact, now: datetime) -> dict[str, Any]:
+    """The API representation: IRIs compacted with the caller's @context, status members filled in."""
+    out: dict[str, Any] = {"id": spec["id"], "type": "Subscription"}
+    for key in ("subscriptionName", "description"):
+        if key in spec:
+            out[key] = spec[key]
+    if "entities" in spec:
+        out["entities"] = [{**s, "type": compact(s["type"])} for s in spec["entities"]]
+    if "watchedAttributes" in spec:
+        out["watchedAttributes"] = [compact(a) for a in spec["watchedAttributes"]]
+    out["notificationTrigger"] = triggers_of(spec)
+    if "q" in spec:
+        out["q"] = spec["q"]["text"]
+    if "geoQ" in spec:
+        out["geoQ"] = {**spec["geoQ"], "geoproperty": compact(spec["geoQ"]["geoproperty"])}
+    for key in ("timeInterval", "throttling", "expiresAt", "jsonldContext", "lang"):
+        if key in spec:
+            out[key] = spec[key]
+    out["isActive"] = spec.get("isActive", True)
+    out["notification"] = _render_notification(spec["notification"], row, compact)
+    out["status"] = status_of(spec, utc(row.expires_at), now)
+    out["createdAt"] = _iso_or_none(row.created_at)
+    out["modifiedAt"] = _iso_or_none(row.modified_at)
+    return out
+
+
+def _render_notification(params: dict[str, Any], row: Any, compact: Compact) -> dict[str, Any]:
+    out: dict[str, Any] = {k: v for k, v in params.items() if k != "attributes"}
+    if "attributes" in params:
+        out["attributes"] = [compact(a) for a in params["attributes"]]
+    out["status"] = row.status
+    out["timesSent"] = int(row.times_sent)
+    out["timesFailed"] = int(row.times_failed)
+    for key, value in (("lastNotification", row.last_notification), ("lastSuccess", row.last_success),
+                       ("lastFailure", row.last_failure)):
+        if value is not None:
+            out[key] = _iso_or_none(value)
+    if row.last_error_reason:
+        out["lastErrorReason"] = row.last_error_reason
+    return out

@@ -1,0 +1,108 @@
+"""Temporal representations of an entity (ETSI GS CIM 009 §4.5.7–§4.5.9, §4.5.19).
+
+- normalized: each attribute is an array of instances, each with its `instanceId`; a deletion is
+  an instance whose value is urn:ngsi-ld:null, with `deletedAt`;
+- temporalValues (simplified): ``{"type": "Property", "values": [[value, time], ...]}``;
+- aggregatedValues: ``{"type": "Property", "avg": [[value, startAt, endAt], ...], ...}``.
+
+With several datasetIds an attribute becomes an array of such objects, one per datasetId.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cityos.core import clock
+from cityos.hub.model import NULL_URI, VALUE_KEY, render_instance
+from cityos.hub.temporal.params import AGGREGATED, TEMPORAL_VALUES, TemporalQuery
+from cityos.hub.temporal.service import TemporalEntity, instance_uri
+from cityos.hub.temporal.sql import BucketRow, InstanceRow, utc
+
+Compact = Callable[[str], str]
+# The member that carries the values of each attribute type in the simplified representation.
+SIMPLIFIED_KEY = {"Property": "values", "GeoProperty": "values", "Relationship": "objects",
+                  "LanguageProperty": "languageMaps", "ListProperty": "valueLists",
+                  "ListRelationship": "objectLists", "JsonProperty": "jsons", "VocabProperty": "vocabs"}
+
+
+def _normalized(row: InstanceRow, compact: Compact, tq: TemporalQuery) -> dict[str, Any]:
+    inst = row.instance
+    kind = inst.get("type", "Property")
+    if row.deleted:
+        out: dict[str, Any] = {"type": kind, VALUE_KEY.get(kind, "value"): NULL_URI}
+        if inst.get("datasetId"):
+            out["datasetId"] = inst["datasetId"]
+        out["deletedAt"] = inst.get("deletedAt", clock.iso(row.time))
+    else:
+        out = render_instance(inst, compact, sys_attrs=tq.sys_attrs, fmt="normalized")
+    if tq.timeproperty != "observedAt" and tq.timeproperty in inst:
+        out[tq.timeproperty] = inst[tq.timeproperty]  # the instant the query was about is always shown
+    out["instanceId"] = instance_uri(row.instance_id)
+    return out
+
+
+def _simple_value(row: InstanceRow, compact: Compact) -> Any:
+    kind = row.instance.get("type", "Property")
+    if row.deleted:
+        return NULL_URI
+    value = row.instance.get(VALUE_KEY.get(kind, "value"))
+    if kind == "VocabProperty":
+        return [compact(v) for v in value] if isinstance(value, list) else compact(str(value))
+    return value
+
+
+def _by_dataset(items: list[Any], dataset_of: Callable[[Any], str | None]) -> dict[str | None, list[Any]]:
+    groups: dict[str | None, list[Any]] = {}
+    for item in items:
+        groups.setdefault(dataset_of(item), []).append(item)
+    return groups
+
+
+def _one_or_many(parts: list[dict[str, Any]]) -> Any:
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _temporal_values(rows: list[InstanceRow], compact: Compact) -> Any:
+    parts = []
+    for dataset_id, group in _by_dataset(rows, lambda r: r.instance.get("datasetId")).items():
+        kind = next((r.instance.get("type") for r in group if not r.deleted), None) or "Property"
+        part: dict[str, Any] = {"type": kind,
+                                SIMPLIFIED_KEY.get(kind, "values"): [[_simple_value(r, compact), clock.iso(r.time)]
+                                                                     for r in group]}
+        if dataset_id:
+            part["datasetId"] = dataset_id
+        parts.append(part)
+    return _one_or_many(parts)
+
+
+def _aggregated(buckets: list[BucketRow], kind: str, tq: TemporalQuery) -> Any:
+    parts = []
+    for dataset_id, group in _by_dataset(buckets, lambda b: b.dataset_id).items():
+        part: dict[str, Any] = {"type": kind}
+        for method in tq.aggr_methods:
+            part[method] = [[b.values[method], clock.iso(b.start), clock.iso(b.end)] for b in group]
+        if dataset_id:
+            part["datasetId"] = dataset_id
+        parts.append(part)
+    return _one_or_many(parts)
+
+
+def render_temporal_entity(entity: TemporalEntity, compact: Compact, tq: TemporalQuery) -> dict[str, Any]:
+    types = [compact(t) for t in entity.types]
+    out: dict[str, Any] = {"id": entity.id, "type": types[0] if len(types) == 1 else types}
+    if tq.representation == AGGREGATED:
+        for iri in sorted(entity.buckets):
+            out[compact(iri)] = _aggregated(entity.buckets[iri], entity.attr_types.get(iri, "Property"), tq)
+    elif tq.representation == TEMPORAL_VALUES:
+        for iri in sorted(entity.instances):
+            out[compact(iri)] = _temporal_values(entity.instances[iri], compact)
+    else:
+        for iri in sorted(entity.instances):
+            out[compact(iri)] = [_normalized(row, compact, tq) for row in entity.instances[iri]]
+    if tq.sys_attrs:
+        if entity.created_at is not None:
+            out["createdAt"] = clock.iso(utc(entity.created_at))
+        if entity.modified_at is not None:
+            out["modifiedAt"] = clock.iso(utc(entity.modified_at))
+    return out

@@ -1,0 +1,292 @@
+"""The IoT HTTP API: registry and operations under /api/iot, and ThingsBoard's HTTP device API under /api/v1.
+
+Management (`/api/iot`; when `CITYOS_IOT_ADMIN_TOKEN` is set it needs `Authorization: Bearer <it>`
+until the security domain provides identities):
+
+    GET  /profiles, /profiles/{id}
+    POST /devices                 DeviceIn → 201 {"id", "token"}   (the token is shown only here)
+    POST /devices/bulk            [DeviceIn] → 201 | 207 {"created": [{row,id,name,token}], "errors": [{row,error}]}
+    POST /devices/import          text/csv (header row 1) → same as bulk, rows numbered as in the file
+    GET  /devices                 ?profile&district&department&status&gateway&limit&offset → {total, items}
+    GET  /devices/{id}            id = urn:ngsi-ld:Device:<name> or <name>
+    POST /devices/{id}/token      rotate → {"id", "token"}; the old token stops working at once
+    DELETE /devices/{id}/token    revoke; DELETE /devices/{id}
+    POST /devices/{id}/rpc        RpcIn → the request with its status; GET /rpc/{id}
+    GET  /dead-letters            ?status=pending|replayed|&device&reason&limit&offset; GET /dead-letters/{id}
+    POST /dead-letters/{id}/replay  optional {"payload": <fixed JSON>, "device": name}
+    GET  /health                  device counts by status, offline per district, low batteries
+    POST /mqtt/auth, /mqtt/acl    broker hooks (EMQX HTTP authn/authz, mosquitto-go-auth HTTP backend)
+
+Devices (ThingsBoard HTTP device API): `POST /api/v1/{token}/telemetry` and `/attributes`; 200 on
+commit; 401 unknown token; 400 malformed JSON or nothing usable; 413 oversize. Every refusal but
+a bad body of a disabled device is also a dead letter.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from cityos.core.errors import BadRequestData, ProblemError, TooLarge, UnsupportedMediaType
+from cityos.iot.models import DeviceIn, ReplayIn, RpcIn
+from cityos.iot.service import BulkResult, Envelope, IngestReport, IotService, hash_token
+
+
+class Unauthorized(ProblemError):
+    status, error_type, title = 401, "https://cityos.dev/errors/Unauthorized", "Unauthorized"
+
+
+def iot_of(request: Request) -> IotService:
+    service: IotService = request.app.state.iot
+    return service
+
+
+def _admin(request: Request) -> None:
+    expected = os.environ.get("CITYOS_IOT_ADMIN_TOKEN")
+    if not expected:
+        return
+    header = request.headers.get("Authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(hash_token(given), hash_token(expected)):
+        raise Unauthorized("this API needs 'Authorization: Bearer <CITYOS_IOT_ADMIN_TOKEN>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+
+router = APIRouter(prefix="/api/iot", tags=["iot"], dependencies=[Depends(_admin)])
+device_router = APIRouter(prefix="/api/v1", tags=["iot devices"])
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _bulk(result: BulkResult) -> Response:
+    return _json({"created": result.created, "errors": result.errors}, 207 if result.errors else 201)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    raw = await _body(request, limit)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestData(f"the body is not valid JSON: {exc}") from exc
+
+
+# ---------------------------------------------------------------------- profiles
+
+
+@router.get("/profiles")
+async def list_profiles(request: Request) -> Response:
+    return _json([p.raw for p in iot_of(request).profiles.values()])
+
+
+@router.get("/profiles/{profile_id}")
+async def get_profile(request: Request, profile_id: str) -> Response:
+    return _json(iot_of(request).profile(profile_id).raw)
+
+
+# ---------------------------------------------------------------------- registry
+
+
+@router.post("/devices", status_code=201)
+async def provision(request: Request, spec: DeviceIn) -> Response:
+    device_id, token = await iot_of(request).provision(spec)
+    return _json({"id": device_id, "token": token}, 201)
+
+
+@router.post("/devices/bulk")
+async def provision_bulk(request: Request) -> Response:
+    body = await _json_body(request, request.app.state.settings.max_body_bytes)
+    if not isinstance(body, list):
+        raise BadRequestData("the body must be a JSON array of devices")
+    return _bulk(await iot_of(request).provision_many(body))
+
+
+@router.post("/devices/import")
+async def import_csv(request: Request) -> Response:
+    media = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if media not in ("text/csv", "text/plain", "application/csv"):
+        raise UnsupportedMediaType(f"Content-Type must be text/csv, not {media!r}")
+    raw = await _body(request, request.app.state.settings.max_body_bytes)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRequestData("the CSV must be UTF-8") from exc
+    return _bulk(await iot_of(request).import_csv(text))
+
+
+@router.get("/devices")
+async def list_devices(request: Request, profile: str | None = None, district: str | None = None,
+                       department: str | None = None, status: str | None = None, gateway: bool | None = None,
+                       limit: int = Query(100, ge=1), offset: int = Query(0, ge=0)) -> Response:
+    limit = min(limit, request.app.state.settings.max_page_size)
+    items, total = await iot_of(request).list_devices(profile=profile, district=district, department=department,
+                                                      status=status, gateway=gateway, limit=limit, offset=offset)
+    return _json({"total": total, "limit": limit, "offset": offset, "items": [d.public() for d in items]})
+
+
+@router.get("/devices/{device}")
+async def get_device(request: Request, device: str) -> Response:
+    return _json((await iot_of(request).get_device(device)).public())
+
+
+@router.post("/devices/{device}/token")
+async def rotate_token(request: Request, device: str) -> Response:
+    service = iot_of(request)
+    token = await service.rotate_token(device)
+    return _json({"id": (await service.get_device(device)).id, "token": token})
+
+
+@router.delete("/devices/{device}/token", status_code=204)
+async def revoke_token(request: Request, device: str) -> Response:
+    await iot_of(request).revoke_token(device)
+    return Response(status_code=204)
+
+
+@router.delete("/devices/{device}", status_code=204)
+async def delete_device(request: Request, device: str) -> Response:
+    await iot_of(request).delete_device(device)
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------------- RPC
+
+
+@router.post("/devices/{device}/rpc", status_code=201)
+async def send_rpc(request: Request, device: str, spec: RpcIn) -> Response:
+    return _json(await request.app.state.iot_commands.send(device, spec), 201)
+
+
+@router.get("/rpc/{rpc_id}")
+async def get_rpc(request: Request, rpc_id: int) -> Response:
+    return _json(await iot_of(request).get_rpc(rpc_id))
+
+
+# ---------------------------------------------------------------------- dead letters and health
+
+
+@router.get("/dead-letters")
+async def list_dead_letters(request: Request, status: str | None = "pending", device: str | None = None,
+                            reason: str | None = None, limit: int = Query(100, ge=1),
+                            offset: int = Query(0, ge=0)) -> Response:
+    limit = min(limit, request.app.state.settings.max_page_size)
+    items, total = await iot_of(request).list_dead_letters(status=status or None, device=device, reason=reason,
+                                                           limit=limit, offset=offset)
+    return _json({"total": total, "limit": limit, "offset": offset, "items": items})
+
+
+@router.get("/dead-letters/{letter_id}")
+async def get_dead_letter(request: Request, letter_id: int) -> Response:
+    return _json(await iot_of(request).get_dead_letter(letter_id))
+
+
+@router.post("/dead-letters/{letter_id}/replay")
+async def replay(request: Request, letter_id: int) -> Response:
+    raw = await _body(request, request.app.state.settings.max_body_bytes)
+    spec = ReplayIn()
+    if raw.strip():
+        try:
+            spec = ReplayIn.model_validate_json(raw)
+        except ValueError as exc:
+            raise BadRequestData(f"expected {{\"payload\": ..., \"device\": ...}}: {exc}") from exc
+    report = await iot_of(request).replay(letter_id, spec.payload, spec.device)
+    return _json({"replayed": letter_id, "readings": report.readings, "stored": report.stored,
+                  "duplicates": report.duplicates})
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    return _json(await iot_of(request).health_summary())
+
+
+# ---------------------------------------------------------------------- broker hooks
+
+
+@router.post("/mqtt/auth")
+async def mqtt_auth(request: Request) -> Response:
+    """EMQX HTTP authentication / mosquitto-go-auth `getuser`: {"username": token, ...} → allow or deny."""
+    body = await _json_body(request, 64 * 1024)
+    username = body.get("username") if isinstance(body, dict) else None
+    device = await iot_of(request).mqtt_authenticate(username if isinstance(username, str) else None)
+    if device is None:
+        return _json({"result": "deny", "ok": False, "error": "unknown token"})
+    return _json({"result": "allow", "ok": True, "is_superuser": False,
+                  "client_attrs": {"device": device.name, "gateway": str(device.gateway).lower()}})
+
+
+@router.post("/mqtt/acl")
+async def mqtt_acl(request: Request) -> Response:
+    """EMQX HTTP authorization / mosquitto-go-auth `acl_check`: may this token use this topic?"""
+    from cityos.iot.ingest import PREFIX
+
+    body = await _json_body(request, 64 * 1024)
+    if not isinstance(body, dict):
+        raise BadRequestData("expected a JSON object")
+    device = await iot_of(request).mqtt_authenticate(str(body.get("username") or ""))
+    action = str(body.get("action") or "")
+    action = {"1": "subscribe", "2": "publish", "4": "subscribe", "read": "subscribe", "write": "publish"}.get(
+        action, action)
+    allowed = device is not None and IotService.mqtt_allowed(device, str(body.get("topic") or ""), action, PREFIX)
+    return _json({"result": "allow" if allowed else "deny", "ok": allowed})
+
+
+# ---------------------------------------------------------------------- ThingsBoard HTTP device API
+
+
+async def _device_post(request: Request, token: str, kind: str) -> Response:
+    service = iot_of(request)
+    limit = service.settings.max_payload_bytes
+    oversize = False
+    try:
+        raw = await _body(request, limit)
+    except TooLarge:
+        oversize, raw = True, b""
+    device = await service.device_by_token(token)
+    name = device.name if device is not None else None
+    topic = f"/api/v1/***/{kind}"
+    if device is None:
+        await service.ingest([Envelope(None, kind, raw, "http", topic, reason="unknown_token",
+                                       detail="unknown or revoked access token")])
+        raise Unauthorized("unknown or revoked access token")
+    if oversize:
+        await service.ingest([Envelope(name, kind, raw, "http", topic, reason="oversize",
+                                       detail=f"more than {limit} bytes")])
+        raise TooLarge(f"the payload is larger than {limit} bytes")
+    report: IngestReport = await service.ingest([Envelope(name, kind, raw, "http", topic)])
+    if report.rejections and report.readings == 0:
+        first = report.rejections[0]
+        raise BadRequestData(f"{first.reason}: {first.detail}", rejected=[
+            {"reason": r.reason, "detail": r.detail} for r in report.rejections])
+    body: dict[str, Any] = {"readings": report.readings, "stored": report.stored, "duplicates": report.duplicates}
+    if report.rejections:
+        body["rejected"] = [{"reason": r.reason, "detail": r.detail} for r in report.rejections]
+    return _json(body)
+
+
+@device_router.post("/{token}/telemetry")
+async def device_telemetry(request: Request, token: str) -> Response:
+    return await _device_post(request, token, "telemetry")
+
+
+@device_router.post("/{token}/attributes")
+async def device_attributes(request: Request, token: str) -> Response:
+    return await _device_post(request, token, "attributes")

@@ -1,0 +1,414 @@
+"""MQTT ingestion workers: shared subscription, batching, acknowledgement after commit.
+
+Topics (see `cityos.iot` for why devices' `v1/...` topics are mapped):
+
+    cityos/devices/<name>/telemetry            ← v1/devices/me/telemetry
+    cityos/devices/<name>/attributes           ← v1/devices/me/attributes
+    cityos/devices/<name>/rpc/response/<id>    ← v1/devices/me/rpc/response/<id>
+    cityos/devices/<name>/gateway/<connect|disconnect|telemetry|attributes>  ← v1/gateway/...
+    cityos/devices/<name>/rpc/request/<id>     → v1/devices/me/rpc/request/<id>   (published by commands.py)
+
+A worker is a paho-mqtt 2.x client (MQTT 5, fixed client id, clean_start=False and a session
+that never expires, so QoS 1 messages wait in the broker while the worker is away) with
+`manual_ack=True`. It subscribes with `$share/cityos/...` so several workers (threads in one
+process or many processes on many hosts) split the load. Messages are batched (up to
+`CITYOS_INGEST_BATCH`, default 2,000, or `CITYOS_INGEST_BATCH_MS`, default 50 ms), committed
+with `IotService.ingest` in one transaction, and only then PUBACKed. A PUBACK is sent only on
+the connection the message came in on: after a reconnect the broker redelivers the message
+and the duplicate is stored once (same device, key and ts). A database outage makes the worker
+retry the batch with back-off without acknowledging; a message that breaks the batch for any
+other reason is isolated (one-by-one retry) and dead-lettered with reason `internal_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from cityos.core import clock
+from cityos.iot.service import Envelope, IngestReport, IotService
+
+log = logging.getLogger("cityos.iot.ingest")
+
+PREFIX = os.environ.get("CITYOS_IOT_TOPIC_PREFIX", "cityos/devices")
+SHARE_GROUP = "cityos"
+_GATEWAY_KINDS = ("connect", "disconnect", "telemetry", "attributes")
+
+
+def subscriptions(prefix: str = PREFIX, shared: bool = True) -> list[str]:
+    filters = [f"{prefix}/+/telemetry", f"{prefix}/+/attributes", f"{prefix}/+/gateway/+",
+               f"{prefix}/+/rpc/response/+"]
+    return [f"$share/{SHARE_GROUP}/{f}" for f in filters] if shared else filters
+
+
+def map_device_topic(topic: str, device_name: str, prefix: str = PREFIX) -> str | None:
+    """A device's ThingsBoard topic → the platform topic carrying its (authenticated) name; None if not allowed."""
+    if topic in ("v1/devices/me/telemetry", "v1/devices/me/attributes"):
+        return f"{prefix}/{device_name}/{topic.rsplit('/', 1)[1]}"
+    if topic.startswith("v1/devices/me/rpc/response/"):
+        return f"{prefix}/{device_name}/rpc/response/{topic.rsplit('/', 1)[1]}"
+    if topic.startswith("v1/gateway/") and topic[len("v1/gateway/"):] in _GATEWAY_KINDS:
+        return f"{prefix}/{device_name}/gateway/{topic[len('v1/gateway/'):]}"
+    return None
+
+
+def envelope_for(topic: str, payload: bytes, prefix: str = PREFIX) -> Envelope:
+    """A platform topic → an Envelope (unknown topics become `unknown_topic` dead letters)."""
+    received = clock.now()
+    rest = topic[len(prefix) + 1:] if topic.startswith(prefix + "/") else None
+    parts = rest.split("/") if rest else []
+    if len(parts) >= 2:
+        name, kind = parts[0], "/".join(parts[1:])
+        if kind in ("telemetry", "attributes") or (len(parts) == 3 and parts[1] == "gateway"
+                                                   and parts[2] in _GATEWAY_KINDS):
+            return Envelope(name, kind, payload, "mqtt", topic, received)
+        if len(parts) == 4 and parts[1:3] == ["rpc", "response"] and parts[3].isdigit():
+            return Envelope(name, "rpc/response", payload, "mqtt", topic, received, rpc_id=int(parts[3]))
+    return Envelope(parts[0] if parts else None, "unknown", payload, "mqtt", topic, received,
+                    reason="unknown_topic", detail=f"no ingestion for topic {topic[:200]!r}")
+
+
+def broker_address(url: str) -> tuple[str, int]:
+    parsed = urlparse(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 1883
+
+
+def _transient(exc: BaseException) -> bool:
+    """Errors that say the database (or the network to it) is away, not that the batch is bad."""
+    if isinstance(exc, OSError | ConnectionError | TimeoutError | OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        text = f"{exc.orig!r}".lower()
+        return any(word in text for word in ("connection", "deadlock", "serializ", "shutdown", "terminat",
+                                             "cannot connect", "starting up", "recovery"))
+    return "connection" in f"{exc!r}".lower()
+
+
+@dataclass
+class _Msg:
+    generation: int
+    mid: int
+    qos: int
+    envelope: Envelope
+
+
+@dataclass
+class WorkerStats:
+    received: int = 0
+    acked: int = 0
+    batches: int = 0
+    readings: int = 0
+    dead_letters: int = 0
+    retries: int = 0
+    connects: int = 0
+    commit_seconds: float = 0.0
+    on_commit: list[Callable[[list[Envelope], IngestReport], None]] = field(default_factory=list)
+
+
+class IngestWorker:
+    """One MQTT client feeding batches to `IotService.ingest`, acknowledging after commit."""
+
+    def __init__(self, service: IotService, url: str, client_id: str, *, shared: bool = True,
+                 batch_max: int | None = None, batch_ms: float | None = None, prefix: str = PREFIX,
+                 keepalive: int = 15) -> None:
+        self.service = service
+        self.host, self.port = broker_address(url)
+        self.client_id = client_id
+        self.topics = subscriptions(prefix, shared)
+        self.prefix = prefix
+        self.batch_max = batch_max or int(os.environ.get("CITYOS_INGEST_BATCH", "2000"))
+        self.batch_ms = batch_ms if batch_ms is not None else float(os.environ.get("CITYOS_INGEST_BATCH_MS", "50"))
+        self.keepalive = keepalive
+        self.stats = WorkerStats()
+        self._queue: asyncio.Queue[_Msg] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._generation = 0
+        self._gen_lock = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                                  manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        # The embedded broker's plugin admits the platform's own clients by this name; Mosquitto/EMQX
+        # deployments give the ingest user its ACL (subscribe to cityos/devices/#) the same way.
+        self.client.username_pw_set(os.environ.get("CITYOS_INGEST_USERNAME", "cityos-ingest"),
+                                    os.environ.get("CITYOS_INGEST_PASSWORD") or None)
+
+    # -------------------------------------------------------------- paho thread
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            log.warning("ingest %s: broker refused the connection: %s", self.client_id, reason)
+            return
+        with self._gen_lock:
+            self._generation += 1
+        self.stats.connects += 1
+        client.subscribe([(t, 1) for t in self.topics])
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
+                       _props: Any = None) -> None:
+        with self._gen_lock:
+            self._generation += 1  # nothing received before may be acknowledged on a later connection
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._connected.clear)
+        log.info("ingest %s disconnected (%s); paho reconnects by itself", self.client_id, reason)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        envelope = envelope_for(message.topic, bytes(message.payload), self.prefix)
+        msg = _Msg(self._generation, message.mid, message.qos, envelope)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, msg)
+
+    # -------------------------------------------------------------- asyncio side
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0xFFFFFFFF  # the session (and its queued QoS 1 messages) outlives us
+        props.ReceiveMaximum = 65535  # else the broker keeps only 20 unacknowledged messages in flight
+        self.client.connect_async(self.host, self.port, keepalive=self.keepalive, clean_start=False, properties=props)
+        self.client.loop_start()
+        self._task = asyncio.create_task(self._run(), name=f"ingest-{self.client_id}")
+
+    async def wait_connected(self, seconds: float = 10.0) -> None:
+        await asyncio.wait_for(self._connected.wait(), seconds)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        # Unacknowledged messages stay in the broker's session and come back on the next start.
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    async def _collect(self) -> list[_Msg]:
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self.batch_ms / 1000
+        while len(batch) < self.batch_max:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            self.stats.received += len(batch)
+            await self._commit(batch)
+            self._ack(batch)
+
+    def _ack(self, batch: list[_Msg]) -> None:
+        with self._gen_lock:
+            generation = self._generation
+        for msg in batch:
+            if msg.qos > 0 and msg.generation == generation:
+                self.client.ack(msg.mid, msg.qos)
+                self.stats.acked += 1
+
+    async def _commit(self, batch: list[_Msg]) -> None:
+        envelopes = [m.envelope for m in batch]
+        delay = 0.2
+        while True:
+            started = time.perf_counter()
+            try:
+                report = await self.service.ingest(envelopes)
+                self._record(envelopes, report, started)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if _transient(exc):
+                    self.stats.retries += 1
+                    log.warning("ingest %s: database unavailable (%s); retrying in %.1fs", self.client_id,
+                                type(exc).__name__, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                log.exception("ingest %s: batch failed; isolating the message that breaks it", self.client_id)
+                await self._one_by_one(envelopes)
+                return
+
+    async def _one_by_one(self, envelopes: list[Envelope]) -> None:
+        for env in envelopes:
+            while True:
+                try:
+                    started = time.perf_counter()
+                    self._record([env], await self.service.ingest([env]), started)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if _transient(exc):
+                        await asyncio.sleep(1.0)
+                        continue
+                    log.exception("ingest: message on %s dead-lettered as internal_error", env.topic)
+                    bad = Envelope(env.device, env.kind, env.payload, env.source, env.topic, env.received_at,
+                                   reason="internal_error", detail=f"{type(exc).__name__}: {exc}"[:500])
+                    try:
+                        self._record([bad], await self.service.ingest([bad]), time.perf_counter())
+                        break
+                    except Exception as again:
+                        if not _transient(again):
+                            raise
+                        await asyncio.sleep(1.0)
+
+    def _record(self, envelopes: list[Envelope], report: IngestReport, started: float) -> None:
+        self.stats.batches += 1
+        self.stats.readings += report.stored
+        self.stats.dead_letters += report.dead_letters
+        self.stats.commit_seconds += time.perf_counter() - started
+        for hook in self.stats.on_commit:
+            hook(envelopes, report)
+
+
+# ---------------------------------------------------------------------- embedded broker (demo)
+
+
+@functools.cache
+def amqtt_plugin_class() -> type:
+    """An amqtt auth + topic plugin: username = device token, checked against the registry.
+
+    Register it in the embedded broker's config (`plugins: {"cityos.iot.ingest.CityosBrokerPlugin": {}}`
+    for amqtt ≥ 0.12) and set `CityosBrokerPlugin.service` to the running IotService. It accepts
+    the ingest workers (username `CITYOS_INGEST_USERNAME`, default "cityos-ingest") and devices
+    whose token is valid, and lets a device publish only to its own topics. Use it with
+    `MappingBroker`, which rewrites `v1/devices/me/...` and `v1/gateway/...` into the device's
+    platform topic, since amqtt's plugins cannot change a message's topic.
+    """
+    from amqtt.contexts import Action
+    from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+
+    class CityosBrokerPlugin(BaseAuthPlugin, BaseTopicPlugin):
+        service: ClassVar[IotService | None] = None
+        devices: ClassVar[dict[str, str]] = {}  # client id → device name
+
+        async def authenticate(self, *, session: Any) -> bool | None:
+            username = session.username or ""
+            if username == os.environ.get("CITYOS_INGEST_USERNAME", "cityos-ingest"):
+                return True
+            if self.service is None:
+                return False
+            device = await self.service.mqtt_authenticate(username)
+            if device is None:
+                return False
+            type(self).devices[session.client_id] = device.name
+            return True
+
+        async def topic_filtering(self, *, session: Any = None, topic: str | None = None,
+                                  action: Any = None) -> bool | None:
+            if session is None or topic is None:
+                return False
+            name = type(self).devices.get(session.client_id)
+            if name is None:
+                return True  # the platform's own clients
+            if action == Action.PUBLISH:
+                return map_device_topic(topic, name) is not None or topic.startswith(f"{PREFIX}/{name}/")
+            return topic.startswith(("v1/devices/me/rpc/request/", f"{PREFIX}/{name}/rpc/request/"))
+
+    return CityosBrokerPlugin
+
+
+def __getattr__(name: str) -> Any:
+    """`cityos.iot.ingest.CityosBrokerPlugin` (the dotted name amqtt's config wants), built on first use."""
+    if name == "CityosBrokerPlugin":
+        return amqtt_plugin_class()
+    raise AttributeError(name)
+
+
+@functools.cache
+def mapping_broker_class() -> type:
+    """amqtt's Broker with ThingsBoard topic mapping for devices authenticated by `CityosBrokerPlugin`."""
+    from amqtt.broker import Broker
+
+    plugin: Any = amqtt_plugin_class()
+
+    class MappingBroker(Broker):
+        async def _broadcast_message(self, session: Any, topic: str | None, data: Any,
+                                     force_qos: int | None = None) -> None:
+            name = plugin.devices.get(session.client_id) if session is not None else None
+            if name is not None and topic is not None:
+                topic = map_device_topic(topic, name) or topic
+            await super()._broadcast_message(session, topic, data, force_qos)
+
+    return MappingBroker
+
+
+# ---------------------------------------------------------------------- wiring
+
+
+def ingest_worker_count() -> int:
+    return int(os.environ.get("CITYOS_INGEST_WORKERS", "0") or 0)
+
+
+def client_id_base() -> str:
+    return os.environ.get("CITYOS_INGEST_CLIENT_ID") or f"cityos-ingest-{socket.gethostname()}"
+
+
+async def start_workers(service: IotService, url: str, count: int, base: str | None = None,
+                        shared: bool = True) -> list[IngestWorker]:
+    base = base or client_id_base()
+    workers = [IngestWorker(service, url, f"{base}-{i}", shared=shared) for i in range(count)]
+    for worker in workers:
+        await worker.start()
+    return workers
+
+
+async def start_iot(app: Any) -> Callable[[], Awaitable[None]]:
+    """Called from the app's lifespan: builds `app.state.iot`, starts ingest workers, health loop and commands."""
+    from cityos.iot.commands import CommandSender
+    from cityos.iot.health import start_health
+
+    hub = app.state.hub
+    service = IotService(hub.service, app.state.engine, app.state.bus, hub.resolver.core.expand)
+    app.state.iot = service
+    url = os.environ.get("CITYOS_MQTT_URL") or app.state.settings.mqtt_url
+    count = ingest_worker_count()
+    workers: list[IngestWorker] = []
+    commands = CommandSender(service, url if count > 0 or os.environ.get("CITYOS_MQTT_URL") else None)
+    app.state.iot_commands = commands
+    if count > 0:
+        workers = await start_workers(service, url, count)
+        log.info("started %d ingest worker(s) on %s", count, url)
+    app.state.iot_workers = workers
+    stop_health = start_health(service)
+
+    async def stop() -> None:
+        await stop_health()
+        for worker in workers:
+            await worker.stop()
+        await commands.close()
+
+    return stop

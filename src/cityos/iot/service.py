@@ -1,0 +1,958 @@
+"""The IoT domain's logic: registry, provisioning, tokens, payload validation and mapping, dead letters.
+
+No HTTP and no MQTT here: `ingest(envelopes)` takes already-received messages (from the MQTT
+worker, the HTTP device API or a replay), and commits, in ONE transaction:
+
+- the readings, through `cityos.hub.observations.upsert_observations` (newest observedAt wins,
+  every reading in history, duplicates stored once);
+- the Device entities' status/battery/last-seen changes;
+- the registry rows (last seen, status, battery, data-quality state);
+- a dead letter for every message or reading that could not be used, with its reason.
+
+Only after that commit may a caller acknowledge the messages. Events (`iot.device.alarm`,
+`iot.device.online`, `iot.data.quality`) go on the event bus after the commit.
+
+Python API for in-process callers (the simulator):
+
+    iot = app.state.iot                                # an IotService
+    device_id, token = await iot.provision(DeviceIn(name="aq-1", profile="air-quality", lon=110.3, lat=20.0,
+                                                     district="Meilan", department="EPB"))
+    result = await iot.provision_many([DeviceIn(...), ...])   # BulkResult: .created [{row,id,name,token}], .errors
+    report = await iot.ingest([Envelope.telemetry("aq-1", b'{"pm25": 12}')])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import logging
+import math
+import os
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cityos.core import clock
+from cityos.core.errors import AlreadyExists, BadRequestData, Conflict, ProblemError, ResourceNotFound
+from cityos.core.events import EventBus
+from cityos.hub.model import check_name
+from cityos.hub.observations import ObservedEntity, Reading, upsert_observations
+from cityos.hub.service import HubService
+from cityos.iot.models import (
+    NAME_PATTERN,
+    Device,
+    DeviceIn,
+    KeySpec,
+    Profile,
+    RpcIn,
+    dead_letters,
+    device_id,
+    devices,
+    load_profiles,
+    rpc_requests,
+)
+
+log = logging.getLogger("cityos.iot")
+
+TOPIC_ALARM = "iot.device.alarm"
+TOPIC_ONLINE = "iot.device.online"
+TOPIC_OFFLINE = "iot.device.offline"
+TOPIC_QUALITY = "iot.data.quality"
+BATTERY_ALARM_PERCENT = 20.0
+FIRMWARE_KEYS = ("fw_version", "firmwareVersion", "firmware")
+KINDS = ("telemetry", "attributes", "gateway/connect", "gateway/disconnect", "gateway/telemetry",
+         "gateway/attributes", "rpc/response")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class IotSettings:
+    max_payload_bytes: int = field(default_factory=lambda: _env_int("CITYOS_IOT_MAX_PAYLOAD", 1024 * 1024))
+    offline_intervals: int = field(default_factory=lambda: _env_int("CITYOS_IOT_OFFLINE_INTERVALS", 3))
+    backfill_hours: int = field(default_factory=lambda: _env_int("CITYOS_IOT_BACKFILL_HOURS", 72))
+    future_skew_seconds: int = field(default_factory=lambda: _env_int("CITYOS_IOT_FUTURE_SKEW", 300))
+    # Dead letters keep at most this much of a rejected payload (an attacker's 1 MiB stays out).
+    dead_letter_bytes: int = field(default_factory=lambda: _env_int("CITYOS_IOT_DEAD_LETTER_BYTES", 64 * 1024))
+
+
+def new_token() -> str:
+    """160 random bits, URL-safe: what a device's firmware stores (ThingsBoard tokens are 20 chars)."""
+    return secrets.token_urlsafe(20)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------- messages
+
+
+@dataclass
+class Envelope:
+    """One inbound message. `device` is the authenticated sender's name (None: unknown token)."""
+
+    device: str | None
+    kind: str
+    payload: bytes
+    source: str = "mqtt"
+    topic: str | None = None
+    received_at: datetime = field(default_factory=clock.now)
+    rpc_id: int | None = None
+    reason: str | None = None  # set when the transport already knows it is bad (unknown token, oversize)
+    detail: str = ""
+    replay_of: int | None = None  # dead-letter id being replayed
+
+    @classmethod
+    def telemetry(cls, device: str, payload: bytes | Any, source: str = "api") -> Envelope:
+        raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        return cls(device, "telemetry", raw, source)
+
+
+@dataclass
+class Rejection:
+    reason: str
+    detail: str
+    device: str | None
+    kind: str
+    payload: bytes
+    topic: str | None = None
+    source: str = "mqtt"
+
+
+@dataclass
+class IngestReport:
+    messages: int = 0
+    readings: int = 0  # readings that passed validation
+    stored: int = 0  # ... and were not duplicates
+    duplicates: int = 0
+    dead_letters: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+    per_envelope: list[tuple[int, int]] = field(default_factory=list)  # (valid readings, rejections)
+
+
+@dataclass
+class BulkResult:
+    created: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ReplayRejected(ProblemError):
+    status, error_type, title = 422, "BadRequestData", "The replayed payload is still invalid"
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_series(doc: Any) -> list[tuple[Any, Any]]:
+    """ThingsBoard payload forms → [(ts or None, values)]: flat, {ts, values}, or an array of these."""
+    items = doc if isinstance(doc, list) else [doc]
+    out: list[tuple[Any, Any]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ValueError("each entry must be a JSON object")
+        if "values" in item and set(item) <= {"ts", "values"}:
+            out.append((item.get("ts"), item["values"]))
+        else:
+            out.append((None, item))
+    return out
+
+
+def _ts_of(raw: Any, received: datetime, settings: IotSettings) -> datetime:
+    if raw is None:
+        return received
+    if not _num(raw) or raw < 0:
+        raise ValueError(f"ts must be epoch milliseconds, got {str(raw)[:40]!r}")
+    ts = datetime.fromtimestamp(int(raw) / 1000, UTC)
+    if ts > received + timedelta(seconds=settings.future_skew_seconds):
+        raise ValueError(f"ts {int(raw)} is in the future")
+    if ts < received - timedelta(hours=settings.backfill_hours):
+        raise ValueError(f"ts {int(raw)} is older than the {settings.backfill_hours} h backfill window")
+    return ts
+
+
+def check_value(spec: KeySpec, value: Any) -> tuple[str, str] | None:
+    """(reason, detail) when the value does not fit the key's profile, else None."""
+    if spec.kind == "boolean":
+        return None if isinstance(value, bool) else ("wrong_type", f"{spec.key} must be a boolean")
+    if spec.kind == "string":
+        if not isinstance(value, str):
+            return "wrong_type", f"{spec.key} must be a string"
+        if spec.enum and value not in spec.enum:
+            return "out_of_range", f"{spec.key}={value[:40]!r} is not one of {', '.join(spec.enum)}"
+        return None
+    if not _num(value):
+        return "wrong_type", f"{spec.key} must be a finite number, got {type(value).__name__}"
+    if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
+        return "out_of_range", f"{spec.key}={value} is outside [{spec.min}, {spec.max}]"
+    return None
+
+
+# ---------------------------------------------------------------------- the service
+
+
+@dataclass
+class _Batch:
+    """What one ingest transaction accumulates (reset when the transaction is retried)."""
+
+    rejections: list[Rejection] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    readings: int = 0
+    per_envelope: list[tuple[int, int]] = field(default_factory=list)
+
+
+class IotService:
+    def __init__(self, hub: HubService, engine: AsyncEngine, bus: EventBus, expand: Any, tenant: str = "",
+                 settings: IotSettings | None = None) -> None:
+        self.hub = hub
+        self.engine = engine
+        self.bus = bus
+        self.expand = expand
+        self.tenant = tenant
+        self.settings = settings or IotSettings()
+        self.profiles: dict[str, Profile] = load_profiles()
+        self._postgres = engine.dialect.name == "postgresql"
+        self._type_iri: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ profiles
+
+    def profile(self, profile_id: str) -> Profile:
+        found = self.profiles.get(profile_id)
+        if found is None:
+            raise ResourceNotFound(f"device profile {profile_id!r} not found")
+        return found
+
+    def observed_id(self, profile: Profile, name: str) -> str:
+        return f"urn:ngsi-ld:{profile.entity_type}:{name}"
+
+    def _iri(self, term: str) -> str:
+        iri: str = self.expand(term)
+        return iri
+
+    # ------------------------------------------------------------------ registry
+
+    async def provision(self, spec: DeviceIn | dict[str, Any]) -> tuple[str, str]:
+        """Register one device and create its hub entities; returns (device id, token). The token is shown once."""
+        result = await self.provision_many([spec])
+        if result.errors:
+            error = result.errors[0]["error"]
+            raise (AlreadyExists if error["status"] == 409 else BadRequestData)(error["detail"])
+        row = result.created[0]
+        return row["id"], row["token"]
+
+    async def provision_many(self, specs: Sequence[DeviceIn | dict[str, Any]], first_row: int = 0) -> BulkResult:
+        """Register many devices in one transaction; invalid rows are reported with their row number."""
+        result = BulkResult()
+        valid: list[tuple[int, DeviceIn]] = []
+        names: set[str] = set()
+        for index, raw in enumerate(specs):
+            row = first_row + index
+            try:
+                spec = raw if isinstance(raw, DeviceIn) else DeviceIn.model_validate(raw)
+                if spec.profile not in self.profiles:
+                    raise BadRequestData(f"unknown device profile {spec.profile!r}")
+                if spec.name in names:
+                    raise AlreadyExists(f"device {spec.name!r} appears twice")
+            except ValidationError as exc:
+                detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+                result.errors.append({"row": row, "error": BadRequestData(detail).to_problem()})
+                continue
+            except ProblemError as exc:
+                result.errors.append({"row": row, "error": exc.to_problem()})
+                continue
+            names.add(spec.name)
+            valid.append((row, spec))
+        if not valid:
+            return result
+        tokens: dict[str, str] = {}
+
+        async def prepare(conn: AsyncConnection) -> list[ObservedEntity]:
+            result.created.clear()
+            del result.errors[len(result.errors) - sum(1 for e in result.errors if e.get("_db")):]
+            taken = {r.name for r in await conn.execute(select(devices.c.name).where(
+                devices.c.tenant == self.tenant, devices.c.name.in_([s.name for _, s in valid])))}
+            now = clock.now()
+            rows: list[dict[str, Any]] = []
+            items: list[ObservedEntity] = []
+            for row_no, spec in valid:
+                if spec.name in taken:
+                    result.errors.append({"row": row_no, "_db": True,
+                                          "error": AlreadyExists(f"device {spec.name!r} already exists").to_problem()})
+                    continue
+                token = tokens.setdefault(spec.name, new_token())
+                rows.append({"tenant": self.tenant, "id": device_id(spec.name), "name": spec.name,
+                             "profile_id": spec.profile, "lon": spec.lon, "lat": spec.lat, "district": spec.district,
+                             "department": spec.department, "status": "inactive", "firmware": spec.firmware,
+                             "token_hash": hash_token(token), "gateway": 1 if spec.gateway else 0,
+                             "gateway_name": None, "quality": {}, "created_at": now, "updated_at": now})
+                result.created.append({"row": row_no, "id": device_id(spec.name), "name": spec.name, "token": token})
+                device = Device(self.tenant, device_id(spec.name), spec.name, spec.profile, spec.lon, spec.lat,
+                                spec.district, spec.department, "inactive", spec.firmware, spec.gateway, None, None,
+                                None, None, None, {}, now)
+                items.extend(self._initial_entities(device))
+            if rows:
+                await conn.execute(insert(devices), rows)
+            return items
+
+        await upsert_observations(self.hub, self.tenant, prepare=prepare)
+        for error in result.errors:
+            error.pop("_db", None)
+        result.errors.sort(key=lambda e: e["row"])
+        return result
+
+    def _initial_entities(self, device: Device, gateway: Device | None = None) -> list[ObservedEntity]:
+        profile = self.profile(device.profile_id)
+        static = self._device_static(device, profile)
+        items = [ObservedEntity(device.id, self._iri("Device"), [], static)]
+        observed = self.observed_id(profile, device.name)
+        if observed != device.id:
+            items.append(ObservedEntity(observed, self._iri(profile.entity_type), [],
+                                        self._observed_static(device)))
+        return items
+
+    def _location(self, device: Device) -> dict[str, Any] | None:
+        if device.lon is None or device.lat is None:
+            return None
+        return {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [device.lon, device.lat]}}
+
+    def _device_static(self, device: Device, profile: Profile) -> dict[str, list[dict[str, Any]]]:
+        attrs: dict[str, list[dict[str, Any]]] = {
+            self._iri("name"): [{"type": "Property", "value": device.name}],
+            self._iri("deviceCategory"): [{"type": "Property", "value": profile.category or profile.id}],
+            self._iri("deviceProfile"): [{"type": "Property", "value": profile.id}],
+            self._iri("deviceState"): [{"type": "Property", "value": device.status}],
+            self._iri("isGateway"): [{"type": "Property", "value": device.gateway}],
+        }
+        location = self._location(device)
+        if location:
+            attrs[self._iri("location")] = [location]
+        for key, value in (("district", device.district), ("department", device.department),
+                           ("firmwareVersion", device.firmware)):
+            if value is not None:
+                attrs[self._iri(key)] = [{"type": "Property", "value": value}]
+        if device.gateway_name:
+            attrs[self._iri("refGateway")] = [{"type": "Relationship", "object": device_id(device.gateway_name)}]
+        return attrs
+
+    def _observed_static(self, device: Device) -> dict[str, list[dict[str, Any]]]:
+        attrs: dict[str, list[dict[str, Any]]] = {
+            self._iri("refDevice"): [{"type": "Relationship", "object": device.id}]}
+        location = self._location(device)
+        if location:
+            attrs[self._iri("location")] = [location]
+        if device.district is not None:
+            attrs[self._iri("district")] = [{"type": "Property", "value": device.district}]
+        return attrs
+
+    async def import_csv(self, text: str) -> BulkResult:
+        """CSV with a header row: name,profile,lon,lat,district,department[,firmware,gateway]. Row 1 is the header."""
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or not {"name", "profile"} <= {f.strip() for f in reader.fieldnames}:
+            raise BadRequestData("the CSV needs a header row with at least the columns name and profile")
+        specs: list[dict[str, Any]] = []
+        for record in reader:
+            row = {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in record.items() if k}
+            spec: dict[str, Any] = {k: v for k, v in row.items() if v not in ("", None)}
+            if "gateway" in spec:
+                spec["gateway"] = str(spec["gateway"]).lower() in ("1", "true", "yes", "y")
+            specs.append(spec)
+        return await self.provision_many(specs, first_row=2)
+
+    async def list_devices(self, *, profile: str | None = None, district: str | None = None,
+                           department: str | None = None, status: str | None = None, gateway: bool | None = None,
+                           limit: int = 100, offset: int = 0) -> tuple[list[Device], int]:
+        conds = [devices.c.tenant == self.tenant]
+        for column, value in ((devices.c.profile_id, profile), (devices.c.district, district),
+                              (devices.c.department, department), (devices.c.status, status)):
+            if value is not None:
+                conds.append(column == value)
+        if gateway is not None:
+            conds.append(devices.c.gateway == (1 if gateway else 0))
+        async with self.engine.connect() as conn:
+            total = (await conn.execute(select(func.count()).select_from(devices).where(and_(*conds)))).scalar_one()
+            rows = await conn.execute(select(devices).where(and_(*conds)).order_by(devices.c.name)
+                                      .limit(limit).offset(offset))
+            return [Device.from_row(r) for r in rows], int(total)
+
+    def _name_of(self, ident: str) -> str:
+        return ident.removeprefix("urn:ngsi-ld:Device:")
+
+    async def get_device(self, ident: str) -> Device:
+        name = self._name_of(ident)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(devices).where(devices.c.tenant == self.tenant,
+                                                            devices.c.name == name))).first()
+        if row is None:
+            raise ResourceNotFound(f"device {ident!r} not found")
+        return Device.from_row(row)
+
+    async def rotate_token(self, ident: str) -> str:
+        device = await self.get_device(ident)
+        token = new_token()
+        await self._set_token(device, hash_token(token))
+        return token
+
+    async def revoke_token(self, ident: str) -> None:
+        await self._set_token(await self.get_device(ident), None)
+
+    async def _set_token(self, device: Device, token_hash: str | None) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(devices).where(devices.c.tenant == self.tenant, devices.c.id == device.id)
+                               .values(token_hash=token_hash, updated_at=clock.now()))
+
+    async def delete_device(self, ident: str) -> None:
+        device = await self.get_device(ident)
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(devices).where(devices.c.tenant == self.tenant, devices.c.id == device.id))
+        with contextlib.suppress(ResourceNotFound):
+            await self.hub.delete_entity(self.tenant, device.id)
+
+    async def device_by_token(self, token: str) -> Device | None:
+        if not token or len(token) > 256:
+            return None
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(devices).where(devices.c.token_hash == hash_token(token)))).first()
+        return Device.from_row(row) if row is not None else None
+
+    # ------------------------------------------------------------------ broker integration
+
+    async def mqtt_authenticate(self, username: str | None) -> Device | None:
+        """The broker's authentication hook: username = device access token (ThingsBoard convention)."""
+        device = await self.device_by_token(username or "")
+        if device is None or device.status == "disabled":
+            return None
+        return device
+
+    @staticmethod
+    def mqtt_allowed(device: Device, topic: str, action: str, prefix: str) -> bool:
+        """A device may publish to its own ThingsBoard topics (or their mapped form) and read its RPC requests."""
+        own = f"{prefix}/{device.name}/"
+        if action == "publish":
+            mine = ("v1/devices/me/telemetry", "v1/devices/me/attributes", "v1/devices/me/rpc/response/", own)
+            return topic.startswith(mine) or (device.gateway and topic.startswith("v1/gateway/"))
+        return topic.startswith(("v1/devices/me/rpc/request/", own + "rpc/request/", "v1/devices/me/attributes"))
+
+    # ------------------------------------------------------------------ ingestion
+
+    async def ingest(self, envelopes: Sequence[Envelope]) -> IngestReport:
+        """Validate, map and commit a batch of messages (see the module docstring); raises only when the
+        infrastructure fails, so the caller must not acknowledge then."""
+        report = IngestReport(messages=len(envelopes))
+        parsed: list[tuple[Envelope, Any]] = []
+        names: set[str] = set()
+        early: list[Rejection] = []
+        for env in envelopes:
+            doc, rejection = self._decode(env)
+            if rejection is not None:
+                early.append(rejection)
+                parsed.append((env, None))
+                continue
+            parsed.append((env, doc))
+            if env.device:
+                names.add(env.device)
+            if env.kind in ("gateway/telemetry", "gateway/attributes") and isinstance(doc, dict):
+                names.update(k for k in doc if isinstance(k, str) and NAME_PATTERN.match(k))
+            elif (env.kind in ("gateway/connect", "gateway/disconnect") and isinstance(doc, dict)
+                  and isinstance(doc.get("device"), str) and NAME_PATTERN.match(doc["device"])):
+                names.add(doc["device"])
+        state = _Batch()
+
+        async def prepare(conn: AsyncConnection) -> list[ObservedEntity]:
+            nonlocal state
+            state = _Batch(rejections=list(early))
+            return await self._prepare(conn, parsed, names, state)
+
+        obs = await upsert_observations(self.hub, self.tenant, prepare=prepare)
+        report.readings = state.readings
+        report.stored = obs.stored
+        report.duplicates = obs.duplicates
+        report.rejections = state.rejections
+        report.dead_letters = len(state.rejections)
+        report.per_envelope = state.per_envelope
+        for topic, payload in state.events:
+            await self.bus.publish(topic, payload)
+        return report
+
+    def _decode(self, env: Envelope) -> tuple[Any, Rejection | None]:
+        if env.reason:
+            return None, Rejection(env.reason, env.detail or env.reason, env.device, env.kind,
+                                   env.payload[:self.settings.dead_letter_bytes], env.topic, env.source)
+        if env.kind not in KINDS:
+            return None, Rejection("unknown_topic", f"unknown message kind {env.kind!r}", env.device, env.kind,
+                                   env.payload[:self.settings.dead_letter_bytes], env.topic, env.source)
+        limit = self.settings.max_payload_bytes
+        if len(env.payload) > limit:
+            return None, Rejection("oversize", f"{len(env.payload)} bytes is more than {limit}", env.device,
+                                   env.kind, env.payload[:self.settings.dead_letter_bytes], env.topic, env.source)
+        try:
+            doc = orjson.loads(env.payload) if env.payload.strip() else None
+        except orjson.JSONDecodeError as exc:
+            return None, Rejection("malformed_json", f"not valid JSON: {exc}", env.device, env.kind,
+                                   env.payload[:self.settings.dead_letter_bytes], env.topic, env.source)
+        if doc is None and env.kind not in ("rpc/response", "gateway/connect", "gateway/disconnect"):
+            return None, Rejection("malformed_json", "empty payload", env.device, env.kind, env.payload, env.topic,
+                                   env.source)
+        return doc, None
+
+    async def _lock_devices(self, conn: AsyncConnection, names: Iterable[str]) -> dict[str, Device]:
+        wanted = sorted(set(names))
+        found: dict[str, Device] = {}
+        for start in range(0, len(wanted), 5000):
+            chunk = wanted[start:start + 5000]
+            stmt = (select(devices).where(devices.c.tenant == self.tenant, devices.c.name.in_(chunk))
+                    .order_by(devices.c.id))
+            if self._postgres:
+                stmt = stmt.with_for_update()
+            for row in await conn.execute(stmt):
+                found[row.name] = Device.from_row(row)
+        return found
+
+    async def _prepare(self, conn: AsyncConnection, parsed: list[tuple[Envelope, Any]], names: set[str],
+                       state: _Batch) -> list[ObservedEntity]:
+        known = await self._lock_devices(conn, names)
+        touched: dict[str, _Touch] = {}
+        replayed: list[int] = []
+
+        def touch(device: Device) -> _Touch:
+            found = touched.get(device.name)
+            if found is None:
+                found = touched[device.name] = _Touch(device, self.profile(device.profile_id))
+            return found
+
+        def reject(env: Envelope, reason: str, detail: str, device: str | None, payload: Any = None,
+                   kind: str | None = None) -> None:
+            raw = env.payload if payload is None else orjson.dumps(payload)
+            state.rejections.append(Rejection(reason, detail, device, kind or env.kind,
+                                              raw[:self.settings.dead_letter_bytes], env.topic, env.source))
+
+        for env, doc in parsed:
+            before_rej, before_readings = len(state.rejections), state.readings
+            if doc is None and env.kind not in ("rpc/response", "gateway/connect", "gateway/disconnect"):
+                state.per_envelope.append((0, 1))
+                continue
+            sender = known.get(env.device or "")
+            if sender is None:
+                reject(env, "unknown_device", f"device {env.device!r} is not registered", env.device)
+            elif sender.status == "disabled":
+                reject(env, "device_disabled", f"device {sender.name!r} is disabled", sender.name)
+            elif env.kind == "telemetry":
+                self._telemetry(env, doc, touch(sender), state, reject)
+            elif env.kind == "attributes":
+                self._attributes(env, doc, touch(sender), reject)
+            elif env.kind == "rpc/response":
+                await self._rpc_response(conn, sender, env, doc)
+                touch(sender).contact = True
+            elif not sender.gateway:
+                reject(env, "not_a_gateway", f"device {sender.name!r} is not a gateway", sender.name)
+            else:
+                touch(sender).contact = True
+                await self._gateway(conn, env, doc, sender, known, touch, state, reject)
+            if env.replay_of is not None:
+                if len(state.rejections) > before_rej:
+                    raise ReplayRejected("; ".join(f"{r.reason}: {r.detail}" for r in state.rejections[before_rej:]))
+                replayed.append(env.replay_of)
+            state.per_envelope.append((state.readings - before_readings, len(state.rejections) - before_rej))
+
+        items: list[ObservedEntity] = []
+        updates: list[dict[str, Any]] = []
+        now = clock.now()
+        for t in touched.values():
+            items.extend(self._finish(t, now, state))
+            d = t.device
+            updates.append({"b_id": d.id, "status": d.status, "last_seen": d.last_seen, "last_contact": now,
+                            "reported_at": d.reported_at, "battery": d.battery, "quality": d.quality,
+                            "firmware": d.firmware, "updated_at": now})
+        if updates:
+            await conn.execute(
+                update(devices).where(devices.c.tenant == self.tenant, devices.c.id == bindparam("b_id"))
+                .values(status=bindparam("status"), last_seen=bindparam("last_seen"),
+                        last_contact=bindparam("last_contact"), reported_at=bindparam("reported_at"),
+                        battery=bindparam("battery"), quality=bindparam("quality"), firmware=bindparam("firmware"),
+                        updated_at=bindparam("updated_at")), updates)
+        if state.rejections:
+            await conn.execute(insert(dead_letters), [
+                {"tenant": self.tenant, "received_at": now, "source": r.source, "kind": r.kind,
+                 "topic": r.topic, "device": r.device, "reason": r.reason, "detail": r.detail[:2000],
+                 "payload": r.payload, "status": "pending"} for r in state.rejections])
+        if replayed:
+            await conn.execute(update(dead_letters).where(dead_letters.c.id.in_(replayed))
+                               .values(status="replayed", replayed_at=now))
+        return items
+
+    def _telemetry(self, env: Envelope, doc: Any, t: _Touch, state: _Batch, reject: Any) -> None:
+        try:
+            series = parse_series(doc)
+        except ValueError as exc:
+            reject(env, "bad_payload", str(exc), t.device.name)
+            return
+        for raw_ts, values in series:
+            try:
+                ts = _ts_of(raw_ts, env.received_at, self.settings)
+            except ValueError as exc:
+                reject(env, "bad_timestamp", str(exc), t.device.name, {"ts": raw_ts, "values": values}, "telemetry")
+                continue
+            if not isinstance(values, dict) or not values:
+                reject(env, "bad_payload", "values must be a non-empty JSON object", t.device.name,
+                       {"ts": raw_ts, "values": values}, "telemetry")
+                continue
+            bad: dict[str, Any] = {}
+            reasons: list[tuple[str, str]] = []
+            for key, value in values.items():
+                spec = t.profile.keys.get(key)
+                problem = ("unknown_key", f"{key!r} is not a key of profile {t.profile.id}") if spec is None \
+                    else check_value(spec, value)
+                if problem is not None or spec is None:
+                    bad[key] = value
+                    reasons.append(problem or ("unknown_key", key))
+                    continue
+                t.readings.append((spec, value, ts))
+                state.readings += 1
+            if bad:
+                ts_out = raw_ts if raw_ts is not None else int(ts.timestamp() * 1000)
+                reject(env, reasons[0][0], "; ".join(d for _, d in reasons), t.device.name,
+                       {"ts": ts_out, "values": bad}, "telemetry")
+            t.contact = True
+
+    def _attributes(self, env: Envelope, doc: Any, t: _Touch, reject: Any) -> None:
+        if not isinstance(doc, dict) or not doc:
+            reject(env, "bad_payload", "attributes must be a non-empty JSON object", t.device.name)
+            return
+        bad: dict[str, Any] = {}
+        for key, value in doc.items():
+            if key in FIRMWARE_KEYS and isinstance(value, str) and len(value) <= 64:
+                t.device.firmware = value
+                t.entity_changes = True
+                continue
+            try:
+                check_name(key)
+                if key in ("id", "type", "location", "deviceState", "name") or value is None:
+                    raise BadRequestData(f"attribute {key!r} is reserved")
+                orjson.dumps(value)
+            except (ProblemError, TypeError):
+                bad[key] = value
+                continue
+            t.attributes[self._iri(key)] = [{"type": "Property", "value": value}]
+        if bad:
+            reject(env, "bad_attribute", f"attributes not accepted: {', '.join(sorted(bad))[:200]}", t.device.name,
+                   bad, "attributes")
+        t.contact = True
+
+    async def _gateway(self, conn: AsyncConnection, env: Envelope, doc: Any, gateway: Device,
+                       known: dict[str, Device], touch: Any, state: _Batch, reject: Any) -> None:
+        if env.kind in ("gateway/connect", "gateway/disconnect"):
+            name = doc.get("device") if isinstance(doc, dict) else None
+            if not isinstance(name, str) or not NAME_PATTERN.match(name):
+                reject(env, "bad_payload", 'expected {"device": "<name>"}', gateway.name)
+                return
+            child = known.get(name)
+            if child is None and env.kind == "gateway/connect":
+                profile_id = doc.get("type")
+                if profile_id not in self.profiles:
+                    reject(env, "unknown_device", f"device {name!r} is not registered and type {profile_id!r} is "
+                           "not a device profile", name)
+                    return
+                child = await self._provision_child(conn, gateway, name, str(profile_id))
+                known[name] = child
+                touch(child).created = True
+            if child is None:
+                reject(env, "unknown_device", f"device {name!r} is not registered", name)
+                return
+            touch(child).contact = env.kind == "gateway/connect"
+            return
+        if not isinstance(doc, dict) or not doc:
+            reject(env, "bad_payload", 'expected {"<device name>": ...}', gateway.name)
+            return
+        for name, body in doc.items():
+            child = known.get(name)
+            sub = Envelope(name, env.kind.removeprefix("gateway/"), orjson.dumps(body), env.source, env.topic,
+                           env.received_at)
+            if child is None:
+                reject(sub, "unknown_device", f"device {name!r} is not registered", name if isinstance(name, str)
+                       and NAME_PATTERN.match(name) else None)
+            elif child.status == "disabled":
+                reject(sub, "device_disabled", f"device {name!r} is disabled", name)
+            elif sub.kind == "telemetry":
+                self._telemetry(sub, body, touch(child), state, reject)
+            else:
+                self._attributes(sub, body, touch(child), reject)
+
+    async def _provision_child(self, conn: AsyncConnection, gateway: Device, name: str, profile_id: str) -> Device:
+        now = clock.now()
+        row: dict[str, Any] = {"tenant": self.tenant, "id": device_id(name), "name": name, "profile_id": profile_id,
+               "lon": gateway.lon, "lat": gateway.lat, "district": gateway.district,
+               "department": gateway.department, "status": "inactive", "firmware": None, "token_hash": None,
+               "gateway": 0, "gateway_name": gateway.name, "quality": {}, "created_at": now, "updated_at": now}
+        await conn.execute(insert(devices), [row])
+        return Device(self.tenant, device_id(name), name, profile_id, gateway.lon, gateway.lat, gateway.district,
+                      gateway.department, "inactive", None, False, gateway.name, None, None, None, None, {}, now)
+
+    def _finish(self, t: _Touch, now: datetime, state: _Batch) -> list[ObservedEntity]:
+        """Registry state, events and hub items for one device touched by the batch."""
+        d, profile = t.device, t.profile
+        items: list[ObservedEntity] = []
+        if t.created:
+            items.extend(self._initial_entities(d))
+        readings: list[Reading] = []
+        newest = d.last_seen
+        battery_reading: tuple[datetime, float] | None = None
+        for spec, value, ts in sorted(t.readings, key=lambda r: r[2]):
+            readings.append(Reading(self._iri(spec.attr), value, ts, spec.unit_code))
+            if newest is None or ts >= _aware(newest):
+                if spec.attr == "batteryLevel" and _num(value):
+                    battery_reading = (ts, float(value))
+                else:
+                    self._quality(d, spec, value, ts, state, profile)
+            newest = ts if newest is None or ts > _aware(newest) else newest
+        device_readings: list[Reading] = []
+        device_static: dict[str, list[dict[str, Any]]] = {}
+        observed = self.observed_id(profile, d.name)
+        if t.readings:
+            if d.status in ("inactive", "offline"):
+                if d.status == "offline":
+                    state.events.append((TOPIC_ONLINE, self._event(d)))
+                d.status = "active"
+                device_static[self._iri("deviceState")] = [{"type": "Property", "value": "active"}]
+            if newest is not None and (d.last_seen is None or newest > _aware(d.last_seen)):
+                d.last_seen = newest
+                every = timedelta(seconds=profile.interval_seconds)
+                stale = d.reported_at is None or now - _aware(d.reported_at) >= every
+                if stale or device_static:
+                    d.reported_at = now
+                    device_static[self._iri("dateLastValueReported")] = [
+                        {"type": "Property", "value": clock.iso(newest)}]
+        if battery_reading is not None:
+            ts, level = battery_reading
+            if level <= BATTERY_ALARM_PERCENT and (d.battery is None or d.battery > BATTERY_ALARM_PERCENT):
+                state.events.append((TOPIC_ALARM, {**self._event(d), "kind": "lowBattery", "battery": level,
+                                                   "observedAt": clock.iso(ts)}))
+            if d.battery != level and observed != d.id:
+                device_readings.append(Reading(self._iri("batteryLevel"), level, ts, "P1"))
+            d.battery = level
+        if t.entity_changes and d.firmware is not None:
+            device_static[self._iri("firmwareVersion")] = [{"type": "Property", "value": d.firmware}]
+        device_static.update(t.attributes)
+        if readings:
+            if observed == d.id:
+                items.append(ObservedEntity(d.id, self._iri("Device"), readings + device_readings, device_static))
+                return items
+            items.append(ObservedEntity(observed, self._iri(profile.entity_type), readings))
+        if device_readings or device_static:
+            items.append(ObservedEntity(d.id, self._iri("Device"), device_readings, device_static))
+        return items
+
+    def _quality(self, d: Device, spec: KeySpec, value: Any, ts: datetime, state: _Batch, profile: Profile) -> None:
+        if not _num(value):
+            return
+        ms = int(ts.timestamp() * 1000)
+        prev = d.quality.get(spec.key)
+        if prev is not None and ms <= prev.get("ts", 0):
+            return
+        if prev is not None and _num(prev.get("v")):
+            threshold = spec.spike_threshold
+            if threshold is not None and abs(value - prev["v"]) > threshold:
+                state.events.append((TOPIC_QUALITY, {**self._event(d), "kind": "spike", "key": spec.key,
+                                                     "attr": spec.attr, "value": value, "previous": prev["v"],
+                                                     "observedAt": clock.iso(ts)}))
+        if prev is not None and prev.get("v") == value:
+            count = int(prev.get("n", 1)) + 1
+            flagged = bool(prev.get("f"))
+            if count >= profile.frozen_intervals and not flagged:
+                flagged = True
+                state.events.append((TOPIC_QUALITY, {**self._event(d), "kind": "frozen", "key": spec.key,
+                                                     "attr": spec.attr, "value": value, "count": count,
+                                                     "observedAt": clock.iso(ts)}))
+            d.quality[spec.key] = {"v": value, "n": count, "ts": ms, "f": flagged}
+        else:
+            d.quality[spec.key] = {"v": value, "n": 1, "ts": ms, "f": False}
+
+    def _event(self, d: Device) -> dict[str, Any]:
+        return {"tenant": self.tenant, "device": d.id, "name": d.name, "profile": d.profile_id,
+                "district": d.district, "department": d.department}
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def list_dead_letters(self, *, status: str | None = "pending", device: str | None = None,
+                                reason: str | None = None, limit: int = 100,
+                                offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        conds = [dead_letters.c.tenant == self.tenant]
+        if status:
+            conds.append(dead_letters.c.status == status)
+        if device:
+            conds.append(dead_letters.c.device == self._name_of(device))
+        if reason:
+            conds.append(dead_letters.c.reason == reason)
+        async with self.engine.connect() as conn:
+            count = select(func.count()).select_from(dead_letters).where(and_(*conds))
+            total = (await conn.execute(count)).scalar_one()
+            rows = await conn.execute(select(dead_letters).where(and_(*conds)).order_by(dead_letters.c.id)
+                                      .limit(limit).offset(offset))
+            return [_dead_letter_out(r) for r in rows], int(total)
+
+    async def get_dead_letter(self, letter_id: int) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(dead_letters).where(dead_letters.c.tenant == self.tenant,
+                                                                 dead_letters.c.id == letter_id))).first()
+        if row is None:
+            raise ResourceNotFound(f"dead letter {letter_id} not found")
+        return _dead_letter_out(row)
+
+    async def replay(self, letter_id: int, payload: Any = None, device: str | None = None) -> IngestReport:
+        """Re-ingest a dead letter, as stored or with a corrected payload; it is marked replayed only if all of it
+        is now accepted (else 422 and nothing is written)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(dead_letters).where(dead_letters.c.tenant == self.tenant,
+                                                                 dead_letters.c.id == letter_id))).first()
+        if row is None:
+            raise ResourceNotFound(f"dead letter {letter_id} not found")
+        if row.status == "replayed":
+            raise Conflict(f"dead letter {letter_id} was already replayed")
+        name = self._name_of(device) if device else row.device
+        if not name:
+            raise BadRequestData("this dead letter has no device; name one in the body ({\"device\": ...})")
+        raw = orjson.dumps(payload) if payload is not None else bytes(row.payload)
+        kind = row.kind if row.kind in KINDS else "telemetry"
+        return await self.ingest([Envelope(name, kind, raw, "replay", None, clock.now(), replay_of=letter_id)])
+
+    # ------------------------------------------------------------------ health
+
+    async def mark_offline(self) -> list[Device]:
+        """Devices silent for more than offline_intervals x their profile interval become offline."""
+        now = clock.now()
+        went: list[Device] = []
+        async with self.engine.begin() as conn:
+            for profile in self.profiles.values():
+                cutoff = now - timedelta(seconds=profile.interval_seconds * self.settings.offline_intervals)
+                stmt = select(devices).where(devices.c.tenant == self.tenant, devices.c.status == "active",
+                                             devices.c.profile_id == profile.id, devices.c.last_contact < cutoff)
+                if self._postgres:
+                    stmt = stmt.with_for_update(skip_locked=True)
+                rows = [Device.from_row(r) for r in await conn.execute(stmt)]
+                if rows:
+                    await conn.execute(update(devices).where(devices.c.tenant == self.tenant,
+                                                             devices.c.id.in_([d.id for d in rows]))
+                                       .values(status="offline", updated_at=now))
+                went.extend(rows)
+        if went:
+            items = [ObservedEntity(d.id, self._iri("Device"), [],
+                                    {self._iri("deviceState"): [{"type": "Property", "value": "offline"}]})
+                     for d in went]
+            await upsert_observations(self.hub, self.tenant, items)
+            for d in went:
+                d.status = "offline"
+                await self.bus.publish(TOPIC_OFFLINE, {**self._event(d), "lastSeen": clock.iso(_aware(d.last_contact))
+                                                       if d.last_contact else None})
+        return went
+
+    async def health_summary(self) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(devices.c.status, devices.c.district, func.count())
+                                      .where(devices.c.tenant == self.tenant)
+                                      .group_by(devices.c.status, devices.c.district))
+            by_status: dict[str, int] = {}
+            offline: dict[str, int] = {}
+            total = 0
+            for status, district, count in rows:
+                total += int(count)
+                by_status[status] = by_status.get(status, 0) + int(count)
+                if status == "offline":
+                    offline[district or ""] = offline.get(district or "", 0) + int(count)
+            low = (await conn.execute(select(func.count()).select_from(devices).where(
+                devices.c.tenant == self.tenant, devices.c.battery <= BATTERY_ALARM_PERCENT))).scalar_one()
+        return {"devices": total, "byStatus": by_status, "offlineByDistrict": offline, "lowBattery": int(low)}
+
+    async def offline_by_district(self) -> dict[str, int]:
+        summary = await self.health_summary()
+        result: dict[str, int] = summary["offlineByDistrict"]
+        return result
+
+    # ------------------------------------------------------------------ RPC (server side)
+
+    async def create_rpc(self, ident: str, spec: RpcIn) -> dict[str, Any]:
+        device = await self.get_device(ident)
+        now = clock.now()
+        row = {"tenant": self.tenant, "device": device.name, "method": spec.method, "params": spec.params,
+               "oneway": 1 if spec.oneway else 0, "status": "queued", "created_at": now,
+               "expires_at": now + timedelta(milliseconds=spec.timeout), "updated_at": now}
+        async with self.engine.begin() as conn:
+            result = await conn.execute(insert(rpc_requests).values(**row).returning(rpc_requests.c.id))
+            rpc_id = int(result.scalar_one())
+        return {**row, "id": rpc_id}
+
+    async def set_rpc_status(self, rpc_id: int, status: str, error: str | None = None) -> None:
+        open_states = ("queued", "sent") if status in ("sent", "delivered") else ("queued", "sent", "delivered")
+        async with self.engine.begin() as conn:
+            await conn.execute(update(rpc_requests).where(rpc_requests.c.id == rpc_id,
+                                                          rpc_requests.c.status.in_(open_states))
+                               .values(status=status, error=error, updated_at=clock.now()))
+
+    async def get_rpc(self, rpc_id: int) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(rpc_requests).where(rpc_requests.c.tenant == self.tenant,
+                                                                 rpc_requests.c.id == rpc_id))).first()
+        if row is None:
+            raise ResourceNotFound(f"RPC request {rpc_id} not found")
+        return {"id": row.id, "device": device_id(row.device), "method": row.method, "params": row.params,
+                "oneway": bool(row.oneway), "status": row.status, "response": row.response, "error": row.error,
+                "createdAt": clock.iso(_aware(row.created_at)), "expiresAt": clock.iso(_aware(row.expires_at))}
+
+    async def _rpc_response(self, conn: AsyncConnection, device: Device, env: Envelope, doc: Any) -> None:
+        if env.rpc_id is None:
+            return
+        failed = isinstance(doc, dict) and "error" in doc
+        await conn.execute(update(rpc_requests).where(
+            rpc_requests.c.id == env.rpc_id, rpc_requests.c.device == device.name,
+            rpc_requests.c.status.in_(("queued", "sent", "delivered")))
+            .values(status="failed" if failed else "succeeded", response=doc,
+                    error=str(doc.get("error"))[:500] if failed else None, updated_at=clock.now()))
+
+    async def expire_rpcs(self) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(rpc_requests).where(
+                rpc_requests.c.status.in_(("queued", "sent", "delivered")), rpc_requests.c.oneway == 0,
+                rpc_requests.c.expires_at < clock.now()).values(status="timed_out", updated_at=clock.now()))
+            return int(result.rowcount or 0)
+
+
+@dataclass
+class _Touch:
+    device: Device
+    profile: Profile
+    readings: list[tuple[KeySpec, Any, datetime]] = field(default_factory=list)
+    attributes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    contact: bool = False
+    created: bool = False
+    entity_changes: bool = False
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _dead_letter_out(row: Any) -> dict[str, Any]:
+    raw = bytes(row.payload)
+    try:
+        payload: Any = orjson.loads(raw)
+        text = None
+    except orjson.JSONDecodeError:
+        payload, text = None, raw.decode("utf-8", "replace")
+    return {"id": row.id, "receivedAt": clock.iso(_aware(row.received_at)), "source": row.source, "kind": row.kind,
+            "topic": row.topic, "device": row.device, "reason": row.reason, "detail": row.detail, "payload": payload,
+            "payloadText": text, "status": row.status,
+            "replayedAt": clock.iso(_aware(row.replayed_at)) if row.replayed_at else None}
+
+
+__all__ = ["BulkResult", "Envelope", "IngestReport", "IntegrityError", "IotService", "IotSettings", "Rejection"]

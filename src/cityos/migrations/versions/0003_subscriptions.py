@@ -1,0 +1,31 @@
+"""NGSI-LD subscriptions and the notification outbox.
+
+Revision ID: 0003_subscriptions
+Revises: 0002_temporal
+Create Date: 2026-11-22
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+from cityos.hub.subscriptions.models import leases, outbox, subscription_versions, subscriptions
+
+revision = "0003_subscriptions"
+down_revision = "0002_temporal"
+branch_labels = None
+depends_on = None
+
+TABLES = (subscriptions, subscription_versions, outbox, leases)
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    for table in TABLES:
+        table.create(bind)
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    for table in reversed(TABLES):
+        table.drop(bind, checkfirst=True)

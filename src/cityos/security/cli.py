@@ -1,0 +1,153 @@
+"""`cityos user …`, `cityos keys …`, `cityos audit …` (mounted by `cityos.cli`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cityos.config import Settings
+from cityos.core.db import create_engine
+from cityos.security.approvals import ApprovalService
+from cityos.security.audit import AuditLog
+from cityos.security.crypto import load_keyring, reencrypt
+from cityos.security.policy import USER_ROLES, Principal
+from cityos.security.service import SecurityService
+from cityos.security.settings import SecuritySettings
+from cityos.security.tokens import TokenIssuer, load_signing_keys
+
+console = Console()
+user_app = typer.Typer(help="Users and roles", no_args_is_help=True)
+keys_app = typer.Typer(help="Field-encryption keys", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit trail", no_args_is_help=True)
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def security_service() -> AsyncIterator[SecurityService]:
+    settings = SecuritySettings()
+    engine = create_engine(Settings())
+    try:
+        yield SecurityService(engine, settings, TokenIssuer(settings, load_signing_keys(settings)),
+                              load_keyring(settings), AuditLog(engine))
+    finally:
+        await engine.dispose()
+
+
+def _run(fn: Callable[[SecurityService], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with security_service() as service:
+            return await fn(service)
+
+    return asyncio.run(main())
+
+
+CLI = Principal(id="cli", kind="service", role="sys_admin", username="cli")
+
+
+@user_app.command("add")
+def user_add(
+    username: str,
+    role: str = typer.Option("citizen", help=f"one of {', '.join(USER_ROLES)}"),
+    tenant: str = typer.Option("", help="NGSI-LD tenant"),
+    department: str | None = typer.Option(None),
+    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
+    totp: bool = typer.Option(False, help="enrol TOTP now and print the otpauth URI once"),
+) -> None:
+    """Create a user (the first administrator is created here; later ones need a two-person approval)."""
+    from cityos.security.models import users
+    from cityos.security.policy import ADMIN_ROLES
+
+    async def add(service: SecurityService) -> Any:
+        allow_admin = False
+        if role in ADMIN_ROLES:
+            from sqlalchemy import func, select
+
+            async with service.engine.connect() as conn:
+                admins = (await conn.execute(select(func.count()).select_from(users)
+                                             .where(users.c.role.in_(ADMIN_ROLES)))).scalar_one()
+            if admins:
+                raise typer.BadParameter("an administrator exists: request assign_admin_role at /auth/approvals")
+            allow_admin = True
+        return await service.create_user(username, password, role, tenant=tenant, department=department,
+                                         with_totp=totp, by=CLI, allow_admin=allow_admin)
+
+    new = _run(add)
+    console.print(f"[green]user {new.username} created[/green] (id {new.id})")
+    if new.totp_secret:
+        console.print(f"TOTP (shown once): {new.totp_uri()}")
+
+
+@user_app.command("list")
+def user_list(tenant: str | None = typer.Option(None)) -> None:
+    """List users (no secrets)."""
+    rows = _run(lambda s: s.list_users(tenant))
+    table = Table("username", "role", "tenant", "department", "totp", "locked until", "disabled")
+    for r in rows:
+        table.add_row(r["username"], r["role"], r["tenant"], r["department"] or "", "yes" if r["totp_enabled"] else "",
+                      str(r["locked_until"] or ""), "yes" if r["disabled"] else "")
+    console.print(table)
+
+
+@user_app.command("unlock")
+def user_unlock(username: str) -> None:
+    """Unlock an account locked by failed logins."""
+    _run(lambda s: s.unlock(username, by=CLI))
+    console.print(f"[green]{username} unlocked[/green]")
+
+
+@keys_app.command("rotate")
+def keys_rotate(approval: str = typer.Option(..., help="id of an approved rotate_keys request"),
+                batch: int = typer.Option(500, help="rows re-encrypted per transaction")) -> None:
+    """Execute an approved key rotation: new active key (file-backed ring), re-encrypt in batches."""
+
+    async def rotate(service: SecurityService) -> Any:
+        approvals = ApprovalService(service)
+        item = await approvals.get(approval)
+        if item["kind"] != "rotate_keys":
+            raise typer.BadParameter("not a rotate_keys approval")
+        user = await _user_by_id(service, item["requested_by"])
+        requester = Principal(id=user["id"], role=user["role"], tenant=user["tenant"], username=user["username"])
+        return await approvals.execute(requester, approval)
+
+    result = _run(rotate)
+    console.print_json(json.dumps(result, default=str))
+
+
+@keys_app.command("reencrypt")
+def keys_reencrypt(batch: int = typer.Option(500)) -> None:
+    """Re-encrypt values still under an old key with the active key (after changing CITYOS_DATA_KEYS)."""
+
+    async def run(service: SecurityService) -> Any:
+        return await reencrypt(service.engine, service.keyring, batch,
+                               progress=lambda name, n: console.print(f"{name}: {n}"))
+
+    report = _run(run)
+    console.print(f"active key {report.active}: {report.rewritten}")
+
+
+async def _user_by_id(service: SecurityService, user_id: str) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from cityos.security.models import users
+
+    async with service.engine.connect() as conn:
+        row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().first()
+    if row is None:
+        raise typer.BadParameter("the requester no longer exists")
+    return dict(row)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Walk the hash chain; report the first altered, inserted or deleted record (exit 1 if any)."""
+    report = _run(lambda s: s.audit.verify())
+    console.print_json(json.dumps(report.to_json()))
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,731 @@
+"""Identity and sessions: users, departments, tenants, OAuth clients, grants, brute-force defence.
+
+No HTTP here: `cityos.security.api` is the thin router over this service. Every login, token
+operation and administrative write lands in the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlparse
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Table, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cityos.core import clock
+from cityos.core.errors import AlreadyExists, BadRequestData, ProblemError, ResourceNotFound
+from cityos.security import crypto
+from cityos.security.audit import AuditEvent, AuditLog
+from cityos.security.models import (
+    clients,
+    departments,
+    ip_blocks,
+    login_failures,
+    rate_limits,
+    refresh_tokens,
+    revocations,
+    tenants,
+    users,
+)
+from cityos.security.policy import ADMIN_ROLES, TOTP_ROLES, USER_ROLES, Principal, Role
+from cityos.security.settings import SecuritySettings
+from cityos.security.tokens import (
+    InvalidToken,
+    OidcTrust,
+    TokenIssuer,
+    new_refresh_token,
+    sha256_hex,
+    unverified_issuer,
+)
+
+FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
+TOTP_REQUIRED_ROLES = TOTP_ROLES
+WEAK_PASSWORDS = frozenset({"admin", "admin123", "password", "password1", "123456", "12345678", "123456789",
+                            "changeme", "change-me", "cityos", "cityos123", "qwerty", "letmein", "secret",
+                            "admin@123", "p@ssw0rd", "passw0rd", "root", "toor", "default", "demo"})
+USERNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
+
+crypto.register_encrypted(users, "id", "totp_secret")
+crypto.register_encrypted(users, "id", "phone")
+crypto.register_encrypted(users, "id", "id_number")
+
+
+class OAuthError(ProblemError):
+    """An RFC 6749 §5.2 error, in a ProblemDetails body that also has `error` and `error_description`."""
+
+    status, error_type, title = 400, "https://cityos.dev/errors/OAuth", "Token request refused"
+
+    def __init__(self, error: str, description: str, status: int = 400, headers: dict[str, str] | None = None) -> None:
+        super().__init__(description, headers=headers, error=error, error_description=description)
+        self.status = status
+
+
+class Forbidden(ProblemError):
+    status, error_type, title = 403, "https://cityos.dev/errors/Forbidden", "Forbidden"
+
+
+class Unauthorized(ProblemError):
+    status, error_type, title = 401, "https://cityos.dev/errors/Unauthorized", "Authentication required"
+
+    def __init__(self, detail: str = "this operation needs a bearer token") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="cityos"'})
+
+
+class TooManyRequests(ProblemError):
+    status, error_type, title = 429, "https://cityos.dev/errors/TooManyRequests", "Too many requests"
+
+
+def weak_password_reason(password: str, username: str | None = None) -> str | None:
+    """Why `password` is too weak, or None. ≥ 12 characters, 3 of 4 character classes, not a known default."""
+    if len(password) < 12:
+        return "at least 12 characters"
+    if password.lower() in WEAK_PASSWORDS or password.lower().rstrip("!0123456789") in WEAK_PASSWORDS:
+        return "a well-known default password"
+    classes = sum([any(c.islower() for c in password), any(c.isupper() for c in password),
+                   any(c.isdigit() for c in password), any(not c.isalnum() for c in password)])
+    if classes < 3:
+        return "three of: lower case, upper case, digits, symbols"
+    if username and username.lower() in password.lower():
+        return "must not contain the user name"
+    return None
+
+
+@dataclass
+class NewUser:
+    id: str
+    username: str
+    totp_secret: str | None = None
+
+    def totp_uri(self, issuer: str = "CityOS") -> str | None:
+        if self.totp_secret is None:
+            return None
+        return pyotp.TOTP(self.totp_secret).provisioning_uri(name=self.username, issuer_name=issuer)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class SecurityService:
+    def __init__(self, engine: AsyncEngine, settings: SecuritySettings, issuer: TokenIssuer,
+                 keyring: crypto.KeyRing, audit: AuditLog, oidc: OidcTrust | None = None,
+                 write_lock: asyncio.Lock | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.issuer = issuer
+        self.keyring = keyring
+        self.audit = audit
+        self.oidc = oidc
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._write_lock = write_lock or asyncio.Lock()
+        self.hasher = PasswordHasher(time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib,
+                                     parallelism=1)
+        self._dummy_hash = self.hasher.hash(secrets.token_hex(16))
+        self._revoked: set[str] = set()
+        self._revoked_loaded = -1e18
+        # Called with the tenant's name when a two-person approved tenant deletion executes.
+        self.tenant_deletion_hooks: list[Callable[[str], Awaitable[None]]] = []
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; on SQLite serialised with the process's other writers."""
+        if self._sqlite:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    def _insert(self, table: Table) -> Any:
+        return (sqlite.insert(table) if self._sqlite else postgresql.insert(table))
+
+    async def record(self, event: AuditEvent) -> None:
+        await self.audit.record(event)
+
+    # ------------------------------------------------------------------ start-up checks
+
+    def production_problems(self) -> list[str]:
+        problems: list[str] = []
+        if not self.settings.production:
+            return problems
+        if self.settings.admin_password is not None:
+            reason = weak_password_reason(self.settings.admin_password)
+            if reason:
+                problems.append(f"CITYOS_ADMIN_PASSWORD is weak ({reason})")
+        if not self.settings.jwt_key_file:
+            problems.append("CITYOS_JWT_KEY_FILE is not set")
+        if not self.settings.data_keys:
+            problems.append("CITYOS_DATA_KEYS is not set")
+        if self.settings.issuer.startswith("http://") and "127.0.0.1" not in self.settings.issuer:
+            problems.append("CITYOS_PUBLIC_URL must be https in production")
+        return problems
+
+    async def startup(self) -> None:
+        problems = self.production_problems()
+        if problems:
+            raise RuntimeError("refusing to start in production: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ tenants and departments
+
+    async def ensure_tenant(self, name: str) -> None:
+        async with self.write() as conn:
+            await conn.execute(self._insert(tenants).values(name=name, created_at=clock.now())
+                               .on_conflict_do_nothing(index_elements=["name"]))
+
+    async def add_department(self, dept_id: str, name: str, tenant: str = "", parent: str | None = None,
+                             districts: list[str] | None = None, by: Principal | None = None) -> None:
+        async with self.write() as conn:
+            if parent is not None and (await conn.execute(
+                    select(departments.c.id).where(departments.c.id == parent))).first() is None:
+                raise BadRequestData(f"no department {parent!r}")
+            found = (await conn.execute(select(departments.c.id).where(departments.c.id == dept_id))).first()
+            if found:
+                raise AlreadyExists(f"department {dept_id!r} exists")
+            await conn.execute(insert(departments).values(id=dept_id, tenant=tenant, name=name, parent=parent,
+                                                          districts=list(districts or [])))
+        await self.record(AuditEvent.of(by, "department.create", f"department:{dept_id}", tenant=tenant,
+                                        parent=parent, districts=districts or []))
+
+    async def department_scope(self, conn: AsyncConnection, dept: str | None) -> tuple[list[str], list[str]]:
+        """The department and every department below it, and all their districts."""
+        if dept is None:
+            return [], []
+        rows = (await conn.execute(select(departments.c.id, departments.c.parent, departments.c.districts))).all()
+        children: dict[str | None, list[str]] = {}
+        districts: dict[str, list[str]] = {}
+        for row in rows:
+            children.setdefault(row.parent, []).append(row.id)
+            districts[row.id] = list(row.districts or [])
+        found, stack = [], [dept]
+        while stack:
+            current = stack.pop()
+            if current in found:
+                continue
+            found.append(current)
+            stack.extend(children.get(current, []))
+        return found, sorted({d for dep in found for d in districts.get(dep, [])})
+
+    # ------------------------------------------------------------------ users
+
+    def _check_username(self, username: str) -> None:
+        if not 1 <= len(username) <= 128 or not set(username) <= USERNAME_CHARS:
+            raise BadRequestData("a user name is 1-128 letters, digits or ._-@")
+
+    async def create_user(self, username: str, password: str | None, role: str, tenant: str = "",
+                          department: str | None = None, display_name: str | None = None,
+                          phone: str | None = None, id_number: str | None = None, with_totp: bool = False,
+                          by: Principal | None = None, allow_admin: bool = False,
+                          check_strength: bool = True) -> NewUser:
+        """Create a user. Admin roles only with `allow_admin` (CLI bootstrap or an executed approval)."""
+        self._check_username(username)
+        if role not in USER_ROLES:
+            raise BadRequestData(f"unknown role {role!r}; one of {', '.join(USER_ROLES)}")
+        if role in ADMIN_ROLES and not allow_admin:
+            raise Forbidden("an administrator role needs a two-person approval (kind assign_admin_role)")
+        if password is not None and check_strength:
+            reason = weak_password_reason(password, username)
+            if reason:
+                raise BadRequestData(f"the password is too weak: {reason}")
+        user_id = uuid.uuid4().hex
+        secret = pyotp.random_base32() if with_totp else None
+        async with self.write() as conn:
+            if (await conn.execute(select(users.c.id).where(users.c.username == username))).first():
+                raise AlreadyExists(f"user {username!r} exists")
+            await conn.execute(insert(users).values(
+                id=user_id, username=username, tenant=tenant, display_name=display_name,
+                password_hash=self.hasher.hash(password) if password is not None else None, role=role,
+                department=department, phone=self.keyring.encrypt(phone) if phone else None,
+                id_number=self.keyring.encrypt(id_number) if id_number else None,
+                totp_secret=self.keyring.encrypt(secret) if secret else None, totp_enabled=secret is not None,
+                failed_logins=0, disabled=False, created_at=clock.now()))
+        await self.record(AuditEvent.of(by, "user.create", f"user:{username}", tenant=tenant, role_assigned=role,
+                                        department=department))
+        return NewUser(user_id, username, secret)
+
+    async def list_users(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        stmt = select(users.c.id, users.c.username, users.c.tenant, users.c.role, users.c.department,
+                      users.c.display_name, users.c.totp_enabled, users.c.disabled, users.c.locked_until,
+                      users.c.failed_logins, users.c.external_iss).order_by(users.c.username)
+        if tenant is not None:
+            stmt = stmt.where(users.c.tenant == tenant)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def get_user(self, username: str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(users).where(users.c.username == username))).mappings().first()
+        if row is None:
+            raise ResourceNotFound(f"no user {username!r}")
+        return dict(row)
+
+    def personal_data(self, user: dict[str, Any]) -> dict[str, str | None]:
+        """The decrypted personal data of a user row (callers mask it unless the reader is cleared)."""
+        return {"phone": self.keyring.decrypt(user["phone"]) if user.get("phone") else None,
+                "id_number": self.keyring.decrypt(user["id_number"]) if user.get("id_number") else None}
+
+    async def unlock(self, username: str, by: Principal | None = None) -> None:
+        async with self.write() as conn:
+            result = await conn.execute(update(users).where(users.c.username == username)
+                                        .values(failed_logins=0, locked_until=None))
+        if result.rowcount == 0:
+            raise ResourceNotFound(f"no user {username!r}")
+        await self.record(AuditEvent.of(by, "user.unlock", f"user:{username}"))
+
+    async def set_role(self, username: str, role: str, by: Principal | None = None,
+                       allow_admin: bool = False) -> None:
+        if role not in USER_ROLES:
+            raise BadRequestData(f"unknown role {role!r}")
+        if role in ADMIN_ROLES and not allow_admin:
+            raise Forbidden("an administrator role needs a two-person approval (kind assign_admin_role)")
+        user = await self.get_user(username)
+        async with self.write() as conn:
+            await conn.execute(update(users).where(users.c.id == user["id"]).values(role=role))
+        await self.revoke_user_sessions(user["id"])
+        await self.record(AuditEvent.of(by, "user.role", f"user:{username}", previous=user["role"], role_set=role))
+
+    async def ensure_demo_admin(self, username: str = "admin", tenant: str = "") -> tuple[str, str] | None:
+        """Create the demo's sys_admin once; returns (username, password) to print once, else None.
+
+        The password is random; the admin enrols TOTP on first login (`POST /auth/totp/enroll`).
+        """
+        async with self.engine.connect() as conn:
+            if (await conn.execute(select(users.c.id).where(users.c.username == username))).first():
+                return None
+        password = self.settings.admin_password or (secrets.token_urlsafe(12) + "-Aa1")
+        reason = weak_password_reason(password, username)
+        if reason and self.settings.production:
+            raise RuntimeError(f"refusing a weak administrator password ({reason})")
+        try:
+            await self.create_user(username, password, Role.SYS_ADMIN.value, tenant=tenant, allow_admin=True,
+                                   check_strength=False)
+        except AlreadyExists:
+            return None
+        return username, password
+
+    # ------------------------------------------------------------------ clients (client_credentials)
+
+    async def create_client(self, client_id: str, role: str, tenant: str = "", department: str | None = None,
+                            by: Principal | None = None) -> str:
+        if role in ADMIN_ROLES or role not in USER_ROLES:
+            raise BadRequestData("a client has a non-administrator user role")
+        secret = "cs_" + secrets.token_urlsafe(32)
+        async with self.write() as conn:
+            await conn.execute(insert(clients).values(client_id=client_id, secret_hash=sha256_hex(secret),
+                                                      tenant=tenant, role=role, department=department,
+                                                      disabled=False, created_at=clock.now()))
+        await self.record(AuditEvent.of(by, "client.create", f"client:{client_id}", tenant=tenant, role_set=role))
+        return secret
+
+    # ------------------------------------------------------------------ brute force and rate limits
+
+    async def rate_limit(self, bucket: str, limit: int, window_seconds: int = 60) -> None:
+        now = clock.now()
+        window = int(now.timestamp()) // window_seconds
+        stmt = (self._insert(rate_limits).values(bucket=bucket[:256], window=window, count=1)
+                .on_conflict_do_update(index_elements=["bucket", "window"],
+                                       set_={"count": rate_limits.c.count + 1})
+                .returning(rate_limits.c.count))
+        async with self.write() as conn:
+            count = int((await conn.execute(stmt)).scalar_one())
+            if count == 1:
+                await conn.execute(delete(rate_limits).where(rate_limits.c.bucket == bucket[:256],
+                                                             rate_limits.c.window < window))
+        if count > limit:
+            retry = window_seconds - int(now.timestamp()) % window_seconds
+            raise TooManyRequests(f"more than {limit} requests in {window_seconds} s",
+                                  headers={"Retry-After": str(retry)})
+
+    async def ip_blocked(self, ip: str) -> datetime | None:
+        async with self.engine.connect() as conn:
+            until = (await conn.execute(select(ip_blocks.c.blocked_until).where(ip_blocks.c.ip == ip))).scalar()
+        until = _aware(until)
+        return until if until is not None and until > clock.now() else None
+
+    async def _login_failed(self, ip: str, username: str | None, user_id: str | None, reason: str,
+                            count_account: bool = True) -> None:
+        now = clock.now()
+        s = self.settings
+        locked = blocked = False
+        async with self.write() as conn:
+            if user_id is not None and count_account:
+                failures = int((await conn.execute(
+                    update(users).where(users.c.id == user_id).values(failed_logins=users.c.failed_logins + 1)
+                    .returning(users.c.failed_logins))).scalar_one())
+                if failures >= s.account_fail_limit:
+                    until = now + timedelta(seconds=s.account_lock_seconds) if s.account_lock_seconds else FOREVER
+                    await conn.execute(update(users).where(users.c.id == user_id, or_(
+                        users.c.locked_until.is_(None), users.c.locked_until < now)).values(locked_until=until))
+                    locked = True
+            since = now - timedelta(seconds=s.ip_fail_window)
+            await conn.execute(delete(login_failures).where(login_failures.c.ip == ip, login_failures.c.at < since))
+            await conn.execute(insert(login_failures).values(ip=ip, username=(username or "")[:128], at=now))
+            count = int((await conn.execute(select(func.count()).select_from(login_failures).where(
+                login_failures.c.ip == ip, login_failures.c.at >= since))).scalar_one())
+            if count >= s.ip_fail_limit:
+                until = now + timedelta(seconds=s.ip_block_seconds)
+                await conn.execute(self._insert(ip_blocks).values(ip=ip, blocked_until=until, reason="failed logins")
+                                   .on_conflict_do_update(index_elements=["ip"], set_={"blocked_until": until}))
+                blocked = True
+        await self.record(AuditEvent("auth.login", f"user:{username or ''}", "failure", actor=username or "anonymous",
+                                     actor_kind="user", ip=ip, detail={"reason": reason}))
+        if locked:
+            await self.record(AuditEvent("auth.account_locked", f"user:{username}", "success", actor="system",
+                                         actor_kind="system", role="system", ip=ip))
+        if blocked:
+            await self.record(AuditEvent("auth.ip_blocked", f"ip:{ip}", "success", actor="system",
+                                         actor_kind="system", role="system", ip=ip,
+                                         detail={"failures": s.ip_fail_limit}))
+
+    async def unblock_ip(self, ip: str, by: Principal | None = None) -> None:
+        async with self.write() as conn:
+            await conn.execute(delete(ip_blocks).where(ip_blocks.c.ip == ip))
+            await conn.execute(delete(login_failures).where(login_failures.c.ip == ip))
+        await self.record(AuditEvent.of(by, "auth.ip_unblock", f"ip:{ip}"))
+
+    # ------------------------------------------------------------------ grants
+
+    async def _issue(self, user: dict[str, Any], mfa: bool, family: str | None = None,
+                     conn: AsyncConnection | None = None) -> dict[str, Any]:
+        async with contextlib.AsyncExitStack() as stack:
+            if conn is None:
+                conn = await stack.enter_async_context(self.write())
+            deps, districts = await self.department_scope(conn, user["department"])
+            family = family or uuid.uuid4().hex
+            refresh = new_refresh_token()
+            now = clock.now()
+            await conn.execute(insert(refresh_tokens).values(
+                token_hash=sha256_hex(refresh), family=family, user_id=user["id"], issued_at=now,
+                expires_at=now + timedelta(seconds=self.settings.refresh_ttl)))
+        claims = {"kind": "user", "usr": user["username"], "role": user["role"], "tnt": user["tenant"],
+                  "dep": user["department"], "deps": deps, "dis": districts, "sid": family, "mfa": mfa}
+        access, _jti, ttl = self.issuer.issue(user["id"], claims)
+        return {"access_token": access, "token_type": "Bearer", "expires_in": ttl, "refresh_token": refresh}
+
+    def _check_totp(self, user: dict[str, Any], code: str) -> int | None:
+        """The time step `code` matches (±1 step), or None. A step used before does not match again."""
+        if not user.get("totp_secret") or not code or not code.isdigit() or len(code) > 10:
+            return None
+        totp = pyotp.TOTP(self.keyring.decrypt(user["totp_secret"]))
+        now = clock.now()
+        step_now = int(now.timestamp()) // totp.interval
+        for offset in (0, -1, 1):
+            step = step_now + offset
+            if secrets.compare_digest(totp.at(step * totp.interval), code):
+                if user.get("totp_last_step") is not None and step <= int(user["totp_last_step"]):
+                    return None
+                return step
+        return None
+
+    async def _password_user(self, username: str, password: str, ip: str) -> dict[str, Any]:
+        """The user row if the password is right and the account usable; counts failures otherwise."""
+        if await self.ip_blocked(ip):
+            await self.record(AuditEvent("auth.login", f"user:{username[:128]}", "denied", actor=username[:128],
+                                         actor_kind="user", ip=ip, detail={"reason": "ip blocked"}))
+            raise OAuthError("access_denied", "too many failed logins from this address; try again later", 429)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(users).where(users.c.username == username[:128]))).mappings().first()
+        user = dict(row) if row else None
+        if user is None or user["password_hash"] is None:
+            with contextlib.suppress(VerificationError, InvalidHashError):
+                self.hasher.verify(self._dummy_hash, password)  # same time as a real check
+            await self._login_failed(ip, username[:128], None, "unknown user")
+            raise OAuthError("invalid_grant", "invalid user name or password")
+        locked_until = _aware(user["locked_until"])
+        if user["disabled"] or (locked_until is not None and locked_until > clock.now()):
+            await self._login_failed(ip, username, user["id"], "account locked or disabled", count_account=False)
+            raise OAuthError("invalid_grant", "invalid user name or password")
+        try:
+            self.hasher.verify(user["password_hash"], password)
+        except (VerificationError, InvalidHashError):
+            await self._login_failed(ip, username, user["id"], "wrong password")
+            raise OAuthError("invalid_grant", "invalid user name or password") from None
+        if self.hasher.check_needs_rehash(user["password_hash"]):
+            async with self.write() as conn:
+                await conn.execute(update(users).where(users.c.id == user["id"])
+                                   .values(password_hash=self.hasher.hash(password)))
+        return user
+
+    async def password_grant(self, username: str, password: str, totp: str | None, ip: str) -> dict[str, Any]:
+        user = await self._password_user(username, password, ip)
+        step: int | None = None
+        if user["role"] in TOTP_REQUIRED_ROLES or user["totp_enabled"]:
+            if not user["totp_enabled"]:
+                await self.record(AuditEvent("auth.login", f"user:{username}", "denied", actor=username,
+                                             actor_kind="user", role=user["role"], tenant=user["tenant"], ip=ip,
+                                             detail={"reason": "totp not enrolled"}))
+                raise OAuthError("mfa_enrollment_required",
+                                 "this role needs TOTP: enrol at POST /auth/totp/enroll first")
+            if not totp:
+                raise OAuthError("mfa_required", "this account needs a TOTP code in the 'totp' field")
+            step = self._check_totp(user, totp)
+            if step is None:
+                await self._login_failed(ip, username, user["id"], "wrong totp")
+                raise OAuthError("invalid_grant", "invalid TOTP code")
+        async with self.write() as conn:
+            values: dict[str, Any] = {"failed_logins": 0, "locked_until": None}
+            if step is not None:
+                values["totp_last_step"] = step
+            await conn.execute(update(users).where(users.c.id == user["id"]).values(**values))
+            tokens = await self._issue(user, mfa=step is not None, conn=conn)
+        await self.record(AuditEvent("auth.login", f"user:{username}", "success", actor=username, actor_kind="user",
+                                     role=user["role"], tenant=user["tenant"], ip=ip,
+                                     detail={"grant": "password", "mfa": step is not None}))
+        return tokens
+
+    async def client_credentials_grant(self, client_id: str, client_secret: str, ip: str) -> dict[str, Any]:
+        if await self.ip_blocked(ip):
+            raise OAuthError("access_denied", "too many failed logins from this address; try again later", 429)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(clients).where(clients.c.client_id == client_id[:128]))).mappings().first()
+        if row is None or row["disabled"] or not secrets.compare_digest(row["secret_hash"], sha256_hex(client_secret)):
+            await self._login_failed(ip, f"client:{client_id[:100]}", None, "bad client credentials")
+            raise OAuthError("invalid_client", "client authentication failed", 401,
+                             headers={"WWW-Authenticate": 'Basic realm="cityos"'})
+        async with self.engine.connect() as conn:
+            deps, districts = await self.department_scope(conn, row["department"])
+        jti_sid = uuid.uuid4().hex
+        claims = {"kind": "service", "usr": client_id, "role": row["role"], "tnt": row["tenant"],
+                  "dep": row["department"], "deps": deps, "dis": districts, "sid": jti_sid, "mfa": False}
+        access, _jti, ttl = self.issuer.issue(f"client:{client_id}", claims)
+        await self.record(AuditEvent("auth.login", f"client:{client_id}", "success", actor=client_id,
+                                     actor_kind="service", role=row["role"], tenant=row["tenant"], ip=ip,
+                                     detail={"grant": "client_credentials"}))
+        return {"access_token": access, "token_type": "Bearer", "expires_in": ttl}
+
+    async def refresh_grant(self, token: str, ip: str) -> dict[str, Any]:
+        digest = sha256_hex(token[:512])
+        now = clock.now()
+        async with self.write() as conn:
+            row = (await conn.execute(select(refresh_tokens).where(refresh_tokens.c.token_hash == digest))
+                   ).mappings().first()
+            if row is None:
+                raise OAuthError("invalid_grant", "unknown refresh token")
+            won = (await conn.execute(update(refresh_tokens).where(
+                refresh_tokens.c.token_hash == digest, refresh_tokens.c.used_at.is_(None),
+                refresh_tokens.c.revoked_at.is_(None)).values(used_at=now))).rowcount == 1
+            replay = not won and row["revoked_at"] is None
+            expired = _aware(row["expires_at"]) is not None and _aware(row["expires_at"]) <= now  # type: ignore[operator]
+            user_row = (await conn.execute(select(users).where(users.c.id == row["user_id"]))).mappings().first()
+            user = dict(user_row) if user_row else None
+            tokens = None
+            if won and not expired and user is not None and not user["disabled"]:
+                tokens = await self._issue(user, mfa=False, family=row["family"], conn=conn)
+        if replay:
+            # A rotated token came back: someone holds a stolen copy. Revoke the whole family.
+            await self.revoke_family(row["family"])
+            await self.record(AuditEvent("auth.refresh_replay", f"session:{row['family']}", "denied",
+                                         actor=(user or {}).get("username", row["user_id"]), actor_kind="user",
+                                         ip=ip, detail={"action": "family revoked"}))
+            raise OAuthError("invalid_grant", "refresh token reuse detected; the session is revoked")
+        if tokens is None:
+            raise OAuthError("invalid_grant", "the refresh token is expired, revoked or its user disabled")
+        assert user is not None
+        await self.record(AuditEvent("auth.refresh", f"session:{row['family']}", "success", actor=user["username"],
+                                     actor_kind="user", role=user["role"], tenant=user["tenant"], ip=ip))
+        return tokens
+
+    async def jwt_bearer_grant(self, assertion: str, totp: str | None, ip: str) -> dict[str, Any]:
+        """RFC 7523: exchange a token of the trusted OIDC issuer for a CityOS session."""
+        if self.oidc is None:
+            raise OAuthError("unsupported_grant_type", "no external identity provider is configured")
+        claims = await self.oidc.verify(assertion, self.settings.max_token_bytes)
+        user = await self.external_user(claims)
+        amr = claims.get("amr") or []
+        mfa = isinstance(amr, list) and bool({"mfa", "otp", "hwk", "swk"} & {str(a) for a in amr})
+        if user["role"] in TOTP_REQUIRED_ROLES and not mfa:
+            step = self._check_totp(user, totp or "")
+            if step is None:
+                raise OAuthError("mfa_required", "the identity provider did not assert MFA; send a TOTP code")
+            mfa = True
+        tokens = await self._issue(user, mfa=mfa)
+        await self.record(AuditEvent("auth.login", f"user:{user['username']}", "success", actor=user["username"],
+                                     actor_kind="user", role=user["role"], tenant=user["tenant"], ip=ip,
+                                     detail={"grant": "jwt-bearer", "iss": claims.get("iss")}))
+        return tokens
+
+    async def external_user(self, claims: dict[str, Any]) -> dict[str, Any]:
+        """The local user for an external identity; created on first sight. Admin roles never come from outside."""
+        iss, sub = str(claims["iss"]), str(claims["sub"])[:512]
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(users).where(users.c.external_iss == iss, users.c.external_sub == sub))
+                   ).mappings().first()
+        if row is not None:
+            if row["disabled"]:
+                raise InvalidToken("this account is disabled")
+            return dict(row)
+        role = str(claims.get(self.settings.oidc_role_claim) or Role.CITIZEN.value)
+        if role not in USER_ROLES or role in ADMIN_ROLES:
+            role = Role.CITIZEN.value
+        host = urlparse(iss).hostname or "sso"
+        wanted = str(claims.get("preferred_username") or sub)
+        username = "".join(c for c in f"{wanted}@{host}" if c in USERNAME_CHARS)[:128]
+        async with self.write() as conn:
+            if (await conn.execute(select(users.c.id).where(users.c.username == username))).first():
+                username = (f"{hashlib.sha256(sub.encode()).hexdigest()[:16]}@{host}")[:128]
+            await conn.execute(insert(users).values(
+                id=uuid.uuid4().hex, username=username, tenant=self.settings.oidc_tenant,
+                display_name=str(claims.get("name") or "")[:256] or None, password_hash=None, role=role,
+                totp_enabled=False, failed_logins=0, disabled=False, external_iss=iss, external_sub=sub,
+                created_at=clock.now()))
+            created = (await conn.execute(select(users).where(users.c.external_iss == iss,
+                                                              users.c.external_sub == sub))).mappings().first()
+        assert created is not None
+        await self.record(AuditEvent("user.create", f"user:{username}", "success", actor="sso", actor_kind="system",
+                                     role="system", tenant=self.settings.oidc_tenant, detail={"iss": iss}))
+        return dict(created)
+
+    # ------------------------------------------------------------------ revocation
+
+    async def revoke_family(self, family: str) -> None:
+        now = clock.now()
+        async with self.write() as conn:
+            await conn.execute(update(refresh_tokens).where(refresh_tokens.c.family == family,
+                                                            refresh_tokens.c.revoked_at.is_(None))
+                               .values(revoked_at=now))
+            await conn.execute(self._insert(revocations).values(
+                sid=family, revoked_at=now, expires_at=now + timedelta(seconds=self.settings.access_ttl + 120))
+                .on_conflict_do_nothing(index_elements=["sid"]))
+        self._revoked.add(family)
+
+    async def revoke_user_sessions(self, user_id: str) -> None:
+        async with self.engine.connect() as conn:
+            families = {r[0] for r in await conn.execute(
+                select(refresh_tokens.c.family).where(refresh_tokens.c.user_id == user_id,
+                                                      refresh_tokens.c.revoked_at.is_(None)))}
+        for family in families:
+            await self.revoke_family(family)
+
+    async def revoke(self, token: str, ip: str, by: Principal | None = None) -> None:
+        """RFC 7009: revoke a refresh token (its family) or an access token (its session).
+
+        Unknown tokens are ignored.
+        """
+        if token.startswith("rt_"):
+            async with self.engine.connect() as conn:
+                family = (await conn.execute(select(refresh_tokens.c.family).where(
+                    refresh_tokens.c.token_hash == sha256_hex(token[:512])))).scalar()
+        else:
+            try:
+                family = self.issuer.verify(token).get("sid")
+            except InvalidToken:
+                family = None
+        if family:
+            await self.revoke_family(str(family))
+            await self.record(AuditEvent.of(by, "auth.revoke", f"session:{family}", ip=ip))
+
+    async def is_revoked(self, sid: str) -> bool:
+        if sid in self._revoked:
+            return True
+        if self.settings.revocation_cache_seconds <= 0:
+            async with self.engine.connect() as conn:
+                found = (await conn.execute(select(revocations.c.sid).where(revocations.c.sid == sid))).first()
+                return found is not None
+        if time.monotonic() - self._revoked_loaded > self.settings.revocation_cache_seconds:
+            async with self.engine.connect() as conn:
+                rows = await conn.execute(select(revocations.c.sid).where(revocations.c.expires_at > clock.now()))
+                self._revoked = {r[0] for r in rows}
+            self._revoked_loaded = time.monotonic()
+        return sid in self._revoked
+
+    # ------------------------------------------------------------------ bearer authentication
+
+    async def authenticate(self, token: str) -> Principal:
+        """The principal of a bearer token (ours, or the trusted OIDC issuer's); raises InvalidToken."""
+        if len(token) > self.settings.max_token_bytes:
+            raise InvalidToken("the token is too large")
+        if self.oidc is not None and unverified_issuer(token) == self.oidc.issuer:
+            claims = await self.oidc.verify(token, self.settings.max_token_bytes)
+            user = await self.external_user(claims)
+            async with self.engine.connect() as conn:
+                deps, districts = await self.department_scope(conn, user["department"])
+            return Principal(id=user["id"], kind="user", role=user["role"], tenant=user["tenant"],
+                             username=user["username"], department=user["department"], departments=frozenset(deps),
+                             districts=frozenset(districts), session=None, mfa=False)
+        claims = self.issuer.verify(token)
+        sid = claims.get("sid")
+        if sid and await self.is_revoked(str(sid)):
+            raise InvalidToken("the token has been revoked")
+        return principal_from_claims(claims)
+
+    # ------------------------------------------------------------------ TOTP enrolment
+
+    async def totp_enroll(self, username: str, password: str, ip: str) -> NewUser:
+        user = await self._password_user(username, password, ip)
+        if user["totp_enabled"]:
+            raise AlreadyExists("TOTP is already enrolled; an administrator resets it")
+        secret = pyotp.random_base32()
+        async with self.write() as conn:
+            await conn.execute(update(users).where(users.c.id == user["id"])
+                               .values(totp_secret=self.keyring.encrypt(secret)))
+        await self.record(AuditEvent("auth.totp_enroll", f"user:{username}", "success", actor=username,
+                                     actor_kind="user", role=user["role"], tenant=user["tenant"], ip=ip))
+        return NewUser(user["id"], username, secret)
+
+    async def totp_confirm(self, username: str, password: str, code: str, ip: str) -> None:
+        user = await self._password_user(username, password, ip)
+        if user["totp_enabled"]:
+            raise AlreadyExists("TOTP is already enrolled")
+        step = self._check_totp(user, code)
+        if step is None:
+            await self._login_failed(ip, username, user["id"], "wrong totp at enrolment")
+            raise OAuthError("invalid_grant", "invalid TOTP code")
+        async with self.write() as conn:
+            await conn.execute(update(users).where(users.c.id == user["id"])
+                               .values(totp_enabled=True, totp_last_step=step))
+        await self.record(AuditEvent("auth.totp_confirm", f"user:{username}", "success", actor=username,
+                                     actor_kind="user", role=user["role"], tenant=user["tenant"], ip=ip))
+
+    async def reset_totp(self, username: str, by: Principal | None = None) -> None:
+        async with self.write() as conn:
+            await conn.execute(update(users).where(users.c.username == username)
+                               .values(totp_secret=None, totp_enabled=False, totp_last_step=None))
+        await self.record(AuditEvent.of(by, "auth.totp_reset", f"user:{username}"))
+
+    # ------------------------------------------------------------------ tenants (executed after approval)
+
+    async def delete_tenant(self, tenant: str) -> dict[str, Any]:
+        now = clock.now()
+        async with self.write() as conn:
+            await conn.execute(self._insert(tenants).values(name=tenant, created_at=now, deleted_at=now)
+                               .on_conflict_do_update(index_elements=["name"], set_={"deleted_at": now}))
+            ids = [r[0] for r in await conn.execute(select(users.c.id).where(users.c.tenant == tenant))]
+            await conn.execute(update(users).where(users.c.tenant == tenant).values(disabled=True))
+        for user_id in ids:
+            await self.revoke_user_sessions(user_id)
+        for hook in self.tenant_deletion_hooks:
+            await hook(tenant)
+        return {"tenant": tenant, "users_disabled": len(ids), "hooks": len(self.tenant_deletion_hooks)}
+
+
+def principal_from_claims(claims: dict[str, Any]) -> Principal:
+    kind = claims.get("kind")
+    if kind not in ("user", "service"):
+        raise InvalidToken("unknown principal kind")
+    role = claims.get("role")
+    if role not in USER_ROLES:
+        raise InvalidToken("unknown role")
+    deps, dis = claims.get("deps") or [], claims.get("dis") or []
+    if not isinstance(deps, list) or not isinstance(dis, list) or not isinstance(claims.get("tnt", ""), str):
+        raise InvalidToken("malformed claims")
+    return Principal(id=str(claims["sub"]), kind=kind, role=role, tenant=claims.get("tnt") or "",
+                     username=claims.get("usr"), department=claims.get("dep"),
+                     departments=frozenset(str(d) for d in deps), districts=frozenset(str(d) for d in dis),
+                     session=claims.get("sid"), mfa=bool(claims.get("mfa")))
+

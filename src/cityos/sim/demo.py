@@ -1,0 +1,296 @@
+"""`cityos simulate` and `cityos demo`: the simulator against a running platform, or the whole city in one command.
+
+The demo runs in one process and one event loop: the embedded amqtt broker, the API (uvicorn,
+in-process, with its MQTT ingest workers pointed at that broker) and the simulator. One process
+means one Ctrl-C stops everything and nothing is left behind; the database is SQLite in the
+current directory unless CITYOS_DATABASE_URL says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from cityos.sim.platform import EmbeddedBroker, PlatformClient, PlatformStats, embedded_ingest_worker, free_port
+from cityos.sim.runner import MqttTransport, Runner, SimOptions, Simulation
+
+log = logging.getLogger("cityos.sim")
+
+
+@dataclass
+class Progress:
+    """What the live view shows. Platform figures come from the platform, not from the simulator."""
+
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0  # readings the platform committed (its ingest workers' count)
+    stored_rate: float = 0.0
+    published_rate: float = 0.0
+    platform: PlatformStats = field(default_factory=PlatformStats)
+    _last: tuple[float, int, int] = (0.0, 0, 0)
+
+    def update(self, published: int, stored: int | None) -> None:
+        now = time.monotonic()
+        t0, p0, s0 = self._last
+        if stored is not None:
+            self.stored = stored
+        if t0:
+            dt = max(1e-6, now - t0)
+            self.published_rate = (published - p0) / dt
+            self.stored_rate = (self.stored - s0) / dt
+        self._last = (now, published, self.stored)
+
+
+def _table(runner: Runner, progress: Progress, show_stored: bool) -> Table:
+    stats = runner.stats()
+    p = progress.platform
+    table = Table(title="CityOS simulated city", show_header=False, box=None, padding=(0, 2))
+    clock = stats.sim_time.strftime("%Y-%m-%d %H:%M:%S UTC")
+    pace = "real time" if runner.caught_up else f"{runner.sim.options.speed:g}× (replaying up to now)"
+    if runner.throttled:
+        pace += ", held: ingestion is catching up"
+    table.add_row("simulated time", f"{clock}  [{pace}]")
+    table.add_row("scenario", runner.sim.scenario.name)
+    table.add_row("published", f"{stats.published:,} readings  ({progress.published_rate:,.0f}/s), "
+                               f"{stats.backfilled:,} backfilled, {stats.connections} MQTT connections")
+    if show_stored:
+        table.add_row("stored by the platform", f"{progress.stored:,} values  ({progress.stored_rate:,.0f}/s)")
+    if p.ok:
+        table.add_row("devices", f"{p.online:,} online of {p.devices:,}, {p.offline:,} offline, "
+                                 f"{p.low_battery:,} low battery")
+        table.add_row("dead letters", f"{p.dead_letters:,}")
+    else:
+        table.add_row("platform", "[yellow]not answering[/yellow]")
+    return table
+
+
+def _line(runner: Runner, progress: Progress) -> str:
+    stats = runner.stats()
+    p = progress.platform
+    return (f"sim {stats.sim_time:%Y-%m-%d %H:%M} published={stats.published} stored={progress.stored} "
+            f"values ({progress.stored_rate:.0f}/s) online={p.online}/{p.devices} dead_letters={p.dead_letters}")
+
+
+async def _show(console: Console, runner: Runner, client: PlatformClient, progress: Progress,
+                stored: Callable[[], int | None], stop: asyncio.Event) -> None:
+    """Refresh the live view every second (a plain line every 10 s when stdout is not a terminal)."""
+    show_stored = stored() is not None
+    if console.is_terminal:
+        with Live(_table(runner, progress, show_stored), console=console, auto_refresh=False) as live:
+            while not stop.is_set():
+                progress.platform = await client.stats()
+                progress.update(runner.published, stored())
+                live.update(_table(runner, progress, show_stored), refresh=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        return
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 10.0)
+        progress.platform = await client.stats()
+        progress.update(runner.published, stored())
+        console.print(_line(runner, progress), highlight=False)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set `stop`: shutdown is an orderly walk back, not a KeyboardInterrupt mid-write."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _mqtt_address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 1883
+
+
+async def _run_simulator(console: Console, options: SimOptions, client: PlatformClient, mqtt_url: str,
+                         stop: asyncio.Event, *, stored: Callable[[], int | None] = lambda: None,
+                         committed: Callable[[], int] | None = None, max_backlog: int | None = None,
+                         duration: float | None = None) -> Runner:
+    sim = Simulation(options)
+    n = await client.publish_city(sim.city)
+    console.print(f"published the city to the hub: {len(sim.city.districts)} districts, {len(sim.city.roads)} roads, "
+                  f"{len(sim.city.rivers)} rivers, {len(sim.city.pois)} points of interest ({n} entities)")
+    began = time.monotonic()
+    tokens = await client.provision(sim.deployment, sim.city)
+    console.print(f"provisioned {len(sim.deployment.devices):,} devices behind {len(sim.deployment.gateways)} "
+                  f"gateways, {len(sim.deployment.direct)} direct ({time.monotonic() - began:.1f} s)")
+    host, port = _mqtt_address(mqtt_url)
+    transport = MqttTransport(host, port)
+    await transport.open({name: tokens[name] for name in sim.connections})
+    runner = Runner(sim, transport)
+    if committed is not None and max_backlog is not None:
+        def behind() -> bool:
+            # Hold the simulated clock while ingestion digests a backlog (messages the broker has
+            # acknowledged but the platform has not committed), so a slow disk slows the city down
+            # instead of filling the broker's memory.
+            return transport.sent - committed() > max_backlog
+
+        runner.throttle = behind
+    progress = Progress()
+    shown = asyncio.create_task(_show(console, runner, client, progress, stored, stop))
+    try:
+        await runner.run(stop, duration)
+    finally:
+        stop.set()
+        log.info("stopping the simulator")
+        await transport.drain(within=2.0)
+        await transport.close()
+        await shown
+        log.info("simulator stopped")
+    return runner
+
+
+async def simulate(options: SimOptions, api: str, mqtt_url: str, *, token: str | None = None,
+                   duration: float | None = None, console: Console | None = None) -> int:
+    """`cityos simulate`: provision through the API, publish over MQTT until Ctrl-C."""
+    console = console or Console()
+    stop = asyncio.Event()
+    client = PlatformClient(api, token=token)
+    try:
+        with _stop_on_signals(stop):
+            await client.wait_ready()
+            await _run_simulator(console, options, client, mqtt_url, stop, duration=duration)
+    finally:
+        await client.close()
+    console.print("simulator stopped")
+    return 0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    mqtt_port: int = 1883
+    duration: float | None = None  # wall seconds, for tests; None runs until Ctrl-C
+    # MQTT messages published but not yet committed before the clock is held. Small, because amqtt
+    # drops a QoS 1 message its subscriber has not acknowledged within 5 s.
+    max_backlog: int = 6
+
+
+class _IngestCounter:
+    """What the platform's ingest worker has committed: MQTT messages (any outcome) and stored values."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.stored = 0
+
+    def on_commit(self, envelopes: list[Any], report: Any) -> None:
+        self.messages += len(envelopes)
+        self.stored += int(report.stored)
+
+
+class _QuietServer:
+    """uvicorn in-process without its own signal handling: the demo owns SIGINT and SIGTERM."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        self.server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                            lifespan="on"))
+        self.task: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        self.task = asyncio.create_task(self.server.serve())
+        try:
+            while not self.server.started:
+                if self.task.done():
+                    self.task.result()
+                    raise RuntimeError("the API server stopped during start-up")
+                await asyncio.sleep(0.05)
+            yield
+        finally:
+            self.server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError, SystemExit):
+                await self.task
+
+
+async def demo(options: SimOptions, demo_options: DemoOptions, console: Console | None = None) -> int:
+    """`cityos demo`: broker + API + ingestion + simulator, no external services."""
+    from cityos.app import create_app
+    from cityos.config import Settings
+    from cityos.core import migrate
+
+    console = console or Console()
+    stop = asyncio.Event()
+    mqtt_port = free_port(demo_options.mqtt_port, demo_options.host)
+    api_port = free_port(demo_options.port, demo_options.host)
+    mqtt_url = f"mqtt://{demo_options.host}:{mqtt_port}"
+    api = f"http://{demo_options.host}:{api_port}"
+    # The app reads these while starting. Its own ingest workers speak MQTT 5 with shared
+    # subscriptions, which amqtt lacks, so the demo starts a 3.1.1 worker of its own (see platform.py).
+    os.environ["CITYOS_MQTT_URL"] = mqtt_url
+    os.environ["CITYOS_INGEST_WORKERS"] = "0"
+    settings = Settings()
+    with _stop_on_signals(stop):
+        began = time.monotonic()
+        await asyncio.to_thread(migrate.upgrade, settings)
+        broker = EmbeddedBroker(demo_options.host, mqtt_port)
+        await broker.start(None)  # ingest workers may connect now; devices once the registry is up
+        app = create_app(settings)
+        client = PlatformClient(api)
+        try:
+            async with _QuietServer(app, demo_options.host, api_port).running():
+                broker.plugin.service = app.state.iot
+                console.print(f"[bold]CityOS demo[/bold] up in {time.monotonic() - began:.1f} s "
+                              f"(database {_redacted(settings.database_url)}, MQTT broker {mqtt_url})")
+                console.print(f"  API            {api}\n  OpenAPI docs   {api}/docs\n"
+                              f"  NGSI-LD        {api}/ngsi-ld/v1/entities?type=AirQualityObserved\n"
+                              f"  IoT health     {api}/api/iot/health\n"
+                              f"  cockpit        (not there yet: a later issue)\n"
+                              "  Ctrl-C stops everything.")
+                counter = _IngestCounter()
+                worker = embedded_ingest_worker(app.state.iot, mqtt_url)
+                worker.stats.on_commit.append(counter.on_commit)
+                await worker.start()
+                try:
+                    if not stop.is_set():
+                        await _run_simulator(console, options, client, mqtt_url, stop,
+                                             stored=lambda: counter.stored,
+                                             committed=lambda: counter.messages, max_backlog=demo_options.max_backlog,
+                                             duration=demo_options.duration)
+                finally:
+                    # Before the app's lifespan ends: the worker commits through the app's engine.
+                    await worker.stop()
+                    # uvicorn waits for open keep-alive connections before it stops: close ours first.
+                    await client.close()
+                    log.info("ingest worker stopped; stopping the API")
+        finally:
+            log.info("API stopped; stopping the broker")
+            await client.close()
+            await broker.stop()
+            log.info("broker stopped")
+    console.print("CityOS demo stopped")
+    return 0
+
+
+def _redacted(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,265 @@
+"""The simulator's one point of contact with the platform: everything it knows about the IoT and hub APIs.
+
+When the IoT domain changes its provisioning API, its broker plugin or its statistics, this file
+is the only one in `cityos.sim` that has to follow.
+
+- Provisioning: `POST /api/iot/devices/bulk` (a JSON array of devices → `{"created": [{name, token}],
+  "errors": [...]}`); a device that already exists gets a fresh token from `POST /api/iot/devices/{name}/token`
+  (tokens are stored hashed, so the only way to learn one again is to rotate it; the simulator is
+  the device's firmware, so it may).
+- The city goes to the hub with `POST /ngsi-ld/v1/entityOperations/upsert`.
+- The embedded broker for `cityos demo` is amqtt with the IoT domain's auth/topic plugin and its
+  topic-mapping broker class (`cityos.iot.ingest`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cityos.sim.city import City
+from cityos.sim.devices import Deployment
+from cityos.sim.entities import city_entities
+
+UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
+BULK = "/api/iot/devices/bulk"
+CITY_BATCH = 500
+PROVISION_BATCH = 1000
+
+# Which city department owns each kind of device: the registry and the cockpit group by it.
+DEPARTMENTS = {
+    "air-quality": "environment", "water-quality": "environment", "noise": "environment",
+    "traffic-flow": "transport", "parking-spot": "transport", "streetlight": "urban-management",
+    "smoke": "fire-rescue", "water-level": "water-authority", "smart-meter": "energy",
+    "waste-bin": "sanitation", "wearable": "civil-affairs",
+}
+
+
+def gateway_profile(profiles: dict[str, Any]) -> str:
+    """The profile a gateway is registered with: `gateway` once the IoT domain defines one.
+
+    Until then a smart meter: every gateway cabinet has one, so the gateway's own entity is not a lie.
+    """
+    return "gateway" if "gateway" in profiles else "smart-meter"
+
+
+@dataclass
+class PlatformStats:
+    devices: int = 0
+    online: int = 0
+    offline: int = 0
+    low_battery: int = 0
+    dead_letters: int = 0
+    ok: bool = False
+
+
+class PlatformClient:
+    def __init__(self, api: str, *, token: str | None = None, tenant: str | None = None,
+                 timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if tenant:
+            headers["NGSILD-Tenant"] = tenant
+        self.http = httpx.AsyncClient(base_url=api.rstrip("/"), headers=headers, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def wait_ready(self, within: float = 30.0) -> None:
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                if (await self.http.get("/health", timeout=2.0)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the API at {self.http.base_url} did not answer within {within:.0f} s")
+            await asyncio.sleep(0.1)
+
+    async def publish_city(self, city: City) -> int:
+        entities = city_entities(city)
+        for start in range(0, len(entities), CITY_BATCH):
+            r = await self.http.post(UPSERT, json=entities[start:start + CITY_BATCH],
+                                     headers={"Content-Type": "application/json"})
+            if r.status_code not in (201, 204):
+                raise RuntimeError(f"publishing the city failed: {r.status_code} {r.text[:300]}")
+        return len(entities)
+
+    async def provision(self, deployment: Deployment, city: City) -> dict[str, str]:
+        """Register every device (and gateway); returns the tokens of those that hold MQTT connections."""
+        rows: list[dict[str, Any]] = []
+        gw_profile = gateway_profile(deployment.profiles)
+        for g in deployment.gateways:
+            centre = city.district(g.district_id).polygon.representative_point()
+            rows.append({"name": g.name, "profile": gw_profile, "gateway": True, "lon": round(centre.x, 6),
+                         "lat": round(centre.y, 6), "district": city.district(g.district_id).name,
+                         "department": "it-operations"})
+        for d in deployment.devices:
+            rows.append({"name": d.name, "profile": d.profile, "lon": d.lon, "lat": d.lat,
+                         "district": city.district(d.district_id).name, "department": DEPARTMENTS.get(d.profile),
+                         "firmware": "sim-1.0"})
+        wanted = {g.name for g in deployment.gateways} | {d.name for d in deployment.direct}
+        tokens: dict[str, str] = {}
+        existing: list[str] = []
+        for start in range(0, len(rows), PROVISION_BATCH):
+            chunk = rows[start:start + PROVISION_BATCH]
+            r = await self.http.post(BULK, json=chunk)
+            if r.status_code not in (201, 207):
+                raise RuntimeError(f"provisioning failed: {r.status_code} {r.text[:300]}")
+            body = r.json()
+            for created in body.get("created", []):
+                if created.get("name") in wanted:
+                    tokens[created["name"]] = created["token"]
+            for error in body.get("errors", []):
+                row = chunk[int(error["row"])] if 0 <= int(error["row"]) < len(chunk) else None
+                problem = error.get("error", {})
+                if row is not None and "AlreadyExists" in str(problem.get("type", "")):
+                    existing.append(row["name"])
+                else:
+                    raise RuntimeError(f"provisioning refused {row and row['name']}: {problem}")
+        for name in existing:
+            if name in wanted:
+                r = await self.http.post(f"/api/iot/devices/{name}/token")
+                r.raise_for_status()
+                tokens[name] = r.json()["token"]
+        missing = wanted - set(tokens)
+        if missing:
+            raise RuntimeError(f"no token for {sorted(missing)[:5]}")
+        return tokens
+
+    async def stats(self) -> PlatformStats:
+        """What the platform itself says: device health and dead letters, from the IoT API."""
+        try:
+            health = (await self.http.get("/api/iot/health", timeout=5.0)).json()
+            letters = (await self.http.get("/api/iot/dead-letters", params={"status": "", "limit": 1},
+                                           timeout=5.0)).json()
+        except (httpx.HTTPError, ValueError):
+            return PlatformStats()
+        by_status = health.get("byStatus", {})
+        return PlatformStats(devices=int(health.get("devices", 0)), online=int(by_status.get("active", 0)),
+                             offline=int(by_status.get("offline", 0)), low_battery=int(health.get("lowBattery", 0)),
+                             dead_letters=int(letters.get("total", 0)), ok=True)
+
+
+# ---------------------------------------------------------------------- embedded broker
+
+
+def free_port(preferred: int, host: str = "127.0.0.1") -> int:
+    """`preferred` if nothing listens there, else any free port the kernel picks."""
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            if sys.platform != "win32":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free TCP port")
+
+
+class EmbeddedBroker:
+    """amqtt with the IoT domain's token authentication and ThingsBoard topic mapping."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._broker: Any = None
+        self.plugin: Any = None
+
+    def config(self) -> dict[str, Any]:
+        from cityos.iot import ingest
+
+        plugin_path = self._register_plugin(ingest)
+        return {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 5000}},
+            "plugins": {plugin_path: {}},
+        }
+
+    def _register_plugin(self, ingest: Any) -> str:
+        # amqtt imports plugins by dotted path, and the mapping broker must consult the very plugin class
+        # that authenticated a session (it holds the client → device map). The IoT module builds both
+        # once (cached); should that ever change, bind a mapping broker to the plugin amqtt will load.
+        plugin = ingest.amqtt_plugin_class()
+        if ingest.amqtt_plugin_class() is plugin:
+            self._broker_cls = ingest.mapping_broker_class()
+        else:
+            ingest.CityosBrokerPlugin = plugin
+            self._broker_cls = _mapping_broker(plugin, ingest.map_device_topic)
+        self.plugin = plugin
+        return "cityos.iot.ingest.CityosBrokerPlugin"
+
+    async def start(self, service: Any) -> None:
+        config = self.config()
+        self.plugin.service = service
+        self._broker = self._broker_cls(config)
+        await self._broker.start()
+
+    async def stop(self) -> None:
+        if self._broker is not None:
+            await self._broker.shutdown()
+            self._broker = None
+
+
+def _mapping_broker(plugin: Any, map_topic: Any) -> type:
+    """amqtt's Broker rewriting devices' ThingsBoard topics into their platform topics.
+
+    `cityos.iot.ingest.mapping_broker_class()` does the same, but over a plugin class of its own
+    making; this one is bound to the plugin instance amqtt actually loads, so the client → device
+    map it reads is the one the authentication filled.
+    """
+    from amqtt.broker import Broker
+
+    class SimMappingBroker(Broker):
+        async def _broadcast_message(self, session: Any, topic: str | None, data: Any,
+                                     force_qos: int | None = None) -> None:
+            name = plugin.devices.get(session.client_id) if session is not None else None
+            if name is not None and topic is not None:
+                topic = map_topic(topic, name) or topic
+            await super()._broadcast_message(session, topic, data, force_qos)
+
+    return SimMappingBroker
+
+
+def embedded_ingest_worker(service: Any, url: str, client_id: str = "cityos-demo-ingest", batch_max: int = 5) -> Any:
+    """The IoT domain's ingest worker, speaking MQTT 3.1.1 to the embedded amqtt broker.
+
+    `cityos.iot.ingest.IngestWorker` connects with MQTT 5 (session expiry, receive maximum) and a
+    `$share/...` subscription; amqtt 0.12 speaks only 3.1.1 and has no shared subscriptions, so
+    the demo runs one unshared worker over 3.1.1 with a persistent session (clean_session=False,
+    so QoS 1 messages still wait in the broker while it is away). Batching, commit-then-acknowledge
+    and dead-lettering are the IoT domain's own code; only the connection differs.
+
+    Batches stay small because amqtt gives a subscriber 5 s to acknowledge a QoS 1 message and
+    then drops it for good; the demo's throttle keeps the backlog short for the same reason.
+    """
+    import os
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from cityos.iot.ingest import IngestWorker
+
+    class Mqtt311IngestWorker(IngestWorker):
+        def __init__(self) -> None:
+            super().__init__(service, url, client_id, shared=False, batch_max=batch_max)
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                                      clean_session=False, manual_ack=True)
+            self.client.username_pw_set(os.environ.get("CITYOS_INGEST_USERNAME", "cityos-ingest"))
+            self.client.on_connect = self._on_connect
+            self.client.on_message = self._on_message
+            self.client.on_disconnect = self._on_disconnect
+            self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+
+        async def start(self) -> None:
+            self._loop = asyncio.get_running_loop()
+            self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
+            self.client.loop_start()
+            self._task = asyncio.create_task(self._run(), name=f"ingest-{self.client_id}")
+
+    return Mqtt311IngestWorker()

@@ -1,0 +1,106 @@
+"""Device health with an injected clock: offline/online, KPI per district, battery alarms, data quality, RPC timeout."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import orjson
+
+from cityos.iot import health
+from cityos.iot.service import Envelope
+from conftest import ms
+
+AQ = {"name": "aq-1", "profile": "air-quality", "lon": 110.3, "lat": 20.0, "district": "Meilan", "department": "EPB"}
+
+
+def recorder(app: Any, topic: str) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+
+    async def handler(event: Any) -> None:
+        seen.append(event.payload)
+
+    app.state.bus.subscribe(topic, handler)
+    return seen
+
+
+async def test_offline_after_missed_intervals_and_back_online(client: Any, app: Any, fixed_clock: Any) -> None:
+    rows = [{**AQ, "name": f"d-{i}", "district": "Meilan" if i < 2 else "Longhua"} for i in range(3)]
+    created = (await client.post("/api/iot/devices/bulk", json=rows)).json()["created"]
+    tokens = {c["name"]: c["token"] for c in created}
+    for token in tokens.values():
+        assert (await client.post(f"/api/v1/{token}/telemetry", json={"pm25": 5})).status_code == 200
+    offline_events = recorder(app, "iot.device.offline")
+    online_events = recorder(app, "iot.device.online")
+    fixed_clock[0] += timedelta(seconds=60 * 2)  # 2 missed intervals of 60 s: still fine
+    assert (await health.run_once(app.state.iot))["offline"] == []
+    await client.post(f"/api/v1/{tokens['d-2']}/telemetry", json={"pm25": 6})
+    fixed_clock[0] += timedelta(seconds=60 * 2 + 1)  # d-0 and d-1 now silent for > 3 intervals
+    went = (await health.run_once(app.state.iot))["offline"]
+    assert sorted(went) == ["urn:ngsi-ld:Device:d-0", "urn:ngsi-ld:Device:d-1"]
+    assert len(offline_events) == 2
+    kpi = (await client.get("/api/iot/health")).json()
+    assert kpi["offlineByDistrict"] == {"Meilan": 2} and kpi["byStatus"] == {"offline": 2, "active": 1}
+    assert await app.state.iot.offline_by_district() == {"Meilan": 2}
+    entity = (await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:Device:d-0?options=keyValues")).json()
+    assert entity["deviceState"] == "offline"
+    assert (await health.run_once(app.state.iot))["offline"] == []  # once only
+    await client.post(f"/api/v1/{tokens['d-0']}/telemetry", json={"pm25": 7})
+    assert (await client.get("/api/iot/devices/d-0")).json()["status"] == "active"
+    assert [e["name"] for e in online_events] == ["d-0"]
+    entity = (await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:Device:d-0?options=keyValues")).json()
+    assert entity["deviceState"] == "active"
+
+
+async def test_low_battery_alarm_once(client: Any, app: Any, fixed_clock: Any) -> None:
+    token = (await client.post("/api/iot/devices", json=AQ)).json()["token"]
+    alarms = recorder(app, "iot.device.alarm")
+    await client.post(f"/api/v1/{token}/telemetry", json={"battery": 50})
+    assert alarms == []
+    fixed_clock[0] += timedelta(seconds=60)
+    await client.post(f"/api/v1/{token}/telemetry", json={"battery": 20})
+    fixed_clock[0] += timedelta(seconds=60)
+    await client.post(f"/api/v1/{token}/telemetry", json={"battery": 19})
+    assert len(alarms) == 1 and alarms[0]["kind"] == "lowBattery" and alarms[0]["battery"] == 20
+    assert alarms[0]["district"] == "Meilan"
+    device = (await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:Device:aq-1?options=keyValues")).json()
+    assert device["batteryLevel"] == 19
+    assert (await client.get("/api/iot/health")).json()["lowBattery"] == 1
+
+
+async def test_spike_and_frozen_flags(client: Any, app: Any, fixed_clock: Any) -> None:
+    token = (await client.post("/api/iot/devices", json=AQ)).json()["token"]
+    quality = recorder(app, "iot.data.quality")
+    await client.post(f"/api/v1/{token}/telemetry", json={"pm25": 20})
+    fixed_clock[0] += timedelta(seconds=60)
+    await client.post(f"/api/v1/{token}/telemetry", json={"pm25": 900})  # jump > half the range
+    assert [(q["kind"], q["key"]) for q in quality] == [("spike", "pm25")]
+    for _ in range(10):
+        fixed_clock[0] += timedelta(seconds=60)
+        await client.post(f"/api/v1/{token}/telemetry", json={"pm25": 900, "temperature": 20 + _})
+    assert [(q["kind"], q["key"]) for q in quality] == [("spike", "pm25"), ("frozen", "pm25")]
+
+
+async def test_rpc_without_broker_fails_and_timeout(client: Any, app: Any, fixed_clock: Any) -> None:
+    await client.post("/api/iot/devices", json=AQ)
+    sent = await client.post("/api/iot/devices/aq-1/rpc", json={"method": "reboot", "params": {"delay": 1}})
+    assert sent.status_code == 201 and sent.json()["status"] in ("failed", "sent")
+    iot = app.state.iot
+    from cityos.iot.models import RpcIn
+
+    request = await iot.create_rpc("aq-1", RpcIn(method="setLed", params={"on": True}, timeout=5000))
+    await iot.set_rpc_status(request["id"], "sent")
+    fixed_clock[0] += timedelta(seconds=6)
+    assert (await health.run_once(iot))["rpcTimedOut"] >= 1
+    assert (await client.get(f"/api/iot/rpc/{request['id']}")).json()["status"] == "timed_out"
+    other = await iot.create_rpc("aq-1", RpcIn(method="getTime", timeout=60_000))
+    await iot.set_rpc_status(other["id"], "sent")
+    await iot.ingest([Envelope("aq-1", "rpc/response", orjson.dumps({"time": ms(fixed_clock[0])}),
+                               rpc_id=other["id"])])
+    answer = (await client.get(f"/api/iot/rpc/{other['id']}")).json()
+    assert answer["status"] == "succeeded" and "time" in answer["response"]
+    failing = await iot.create_rpc("aq-1", RpcIn(method="explode"))
+    await iot.ingest([Envelope("aq-1", "rpc/response", b'{"error": "no such method"}', rpc_id=failing["id"])])
+    assert (await client.get(f"/api/iot/rpc/{failing['id']}")).json()["status"] == "failed"
+    bad = await client.post("/api/iot/devices/aq-1/rpc", json={"method": ""})
+    assert bad.status_code == 400

@@ -1,0 +1,243 @@
+"""Restarts of real services during a publishing run: no reading the platform acknowledged is lost.
+
+The shared Mosquitto (127.0.0.1:1883) and PostgreSQL cluster serve other engineers' runs too and
+were not started by these tests, so the tests start their OWN Mosquitto (same binary and the same
+kind of config as /etc/mosquitto/mosquitto.conf: persistence on) and their OWN PostgreSQL 15
+cluster on spare ports, and restart those by their process ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mqtt_support import Publisher, forget_session, history_rows, new_prefix
+
+from cityos.app import create_app
+from cityos.config import Settings
+from cityos.core import migrate
+from cityos.iot.ingest import IngestWorker
+from cityos.iot.models import DeviceIn
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.environ.get("CITYOS_TEST_MQTT_URL"),
+                                                   reason="CITYOS_TEST_MQTT_URL is not set")]
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OwnMosquitto:
+    def __init__(self, workdir: Path) -> None:
+        self.port = _free_port()
+        self.dir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(f"persistence true\npersistence_location {workdir}/\nlistener {self.port} 127.0.0.1\n"
+                             "allow_anonymous true\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # mosquitto saves its persistence file on SIGTERM
+            self.proc.wait(10)
+
+    def restart(self, down_seconds: float = 1.0) -> None:
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def own_mosquitto() -> Iterator[OwnMosquitto]:
+    if not shutil.which("mosquitto"):
+        pytest.skip("mosquitto is not installed")
+    workdir = Path(tempfile.mkdtemp(prefix="cityos-mosq-"))
+    broker = OwnMosquitto(workdir)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()  # always leave no broker of ours behind
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class OwnPostgres:
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "data"
+        self.port = _free_port()
+        self.log = workdir / "pg.log"
+
+    def _as_postgres(self, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+    def init(self) -> None:
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.dir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self.start()
+
+    def start(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-l", str(self.log), "-w", "-o",
+                          f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-m", mode, "-w", "stop")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    if not (PG_BIN / "initdb").exists() or not shutil.which("runuser") or os.geteuid() != 0:
+        pytest.skip("needs PostgreSQL 15 binaries and root (to run them as postgres)")
+    workdir = Path(tempfile.mkdtemp(prefix="cityos-pg-"))
+    shutil.chown(workdir, "postgres")
+    pg = OwnPostgres(workdir)
+    pg.init()
+    try:
+        yield pg
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg.stop("immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def publish_steadily(url: str, topics: str, names: list[str], total: int, rate: float, base_ts: int,
+                     done: threading.Event) -> None:
+    """Publish `total` readings, re-publishing any the broker has not acknowledged (a device's job)."""
+    os.environ["CITYOS_TEST_MQTT_URL_SAVED"] = os.environ.get("CITYOS_TEST_MQTT_URL", "")
+    import mqtt_support
+
+    mqtt_support.MQTT_URL = url
+    publisher = Publisher()
+    sent: dict[int, tuple[str, int]] = {}
+    try:
+        for i in range(total):
+            info = publisher.publish(f"{topics}/{names[i % len(names)]}/telemetry",
+                                     {"ts": base_ts + i, "values": {"pm25": i % 500}})
+            sent[info.mid] = (f"{topics}/{names[i % len(names)]}/telemetry", i)
+            time.sleep(1 / rate)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with publisher.lock:
+                missing = [(mid, v) for mid, v in sent.items() if mid not in publisher.acked]
+            if not missing:
+                break
+            if publisher.connected.wait(5):
+                for mid, (topic, i) in missing:
+                    info = publisher.publish(topic, {"ts": base_ts + i, "values": {"pm25": i % 500}})
+                    sent.pop(mid, None)
+                    sent[info.mid] = (topic, i)
+            time.sleep(2)
+    finally:
+        publisher.close()
+        done.set()
+
+
+async def _provision(app: Any, n: int) -> list[str]:
+    specs = [DeviceIn(name=f"r-{i:03d}", profile="air-quality", lon=110.3, lat=20.0, district="D") for i in range(n)]
+    assert not (await app.state.iot.provision_many(specs)).errors
+    return [s.name for s in specs]
+
+
+async def _wait_rows(app: Any, total: int, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    rows = 0
+    while time.monotonic() < deadline:
+        rows = await history_rows(app, "urn:ngsi-ld:AirQualityObserved:%")
+        if rows >= total:
+            break
+        await asyncio.sleep(0.5)
+    return rows
+
+
+async def test_mosquitto_restart_loses_nothing(client: Any, app: Any, own_mosquitto: OwnMosquitto) -> None:
+    names = await _provision(app, 10)
+    topics = new_prefix()
+    worker = IngestWorker(app.state.iot, own_mosquitto.url, f"restart-ingest-{os.getpid()}", prefix=topics)
+    await worker.start()
+    await worker.wait_connected()
+    await asyncio.sleep(0.3)
+    total, done = 3000, threading.Event()
+    base = int(time.time() * 1000) - 3_600_000
+    thread = threading.Thread(target=publish_steadily, args=(own_mosquitto.url, topics, names, total, 400.0, base,
+                                                            done), daemon=True)
+    thread.start()
+    try:
+        await asyncio.sleep(3)
+        await asyncio.to_thread(own_mosquitto.restart, 1.0)
+        connects_before = worker.stats.connects
+        await asyncio.to_thread(done.wait, 120)
+        rows = await _wait_rows(app, total, 60)
+        assert rows == total, f"{rows} of {total} readings stored"
+        assert worker.stats.connects >= 1 and connects_before >= 1  # reconnected by itself
+    finally:
+        await worker.stop()
+        await asyncio.to_thread(_forget, own_mosquitto.url, worker.client_id)
+
+
+def _forget(url: str, client_id: str) -> None:
+    import mqtt_support
+
+    mqtt_support.MQTT_URL = url
+    forget_session(client_id)
+
+
+async def test_postgres_restart_loses_nothing(own_postgres: OwnPostgres, own_mosquitto: OwnMosquitto) -> None:
+    settings = Settings(database_url=own_postgres.url)
+    await asyncio.to_thread(migrate.upgrade, settings)
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        names = await _provision(application, 10)
+        topics = new_prefix()
+        worker = IngestWorker(application.state.iot, own_mosquitto.url, f"pgrestart-{os.getpid()}", prefix=topics)
+        await worker.start()
+        await worker.wait_connected()
+        await asyncio.sleep(0.3)
+        total, done = 3000, threading.Event()
+        base = int(time.time() * 1000) - 3_600_000
+        thread = threading.Thread(target=publish_steadily, args=(own_mosquitto.url, topics, names, total, 400.0,
+                                                                base, done), daemon=True)
+        thread.start()
+        try:
+            await asyncio.sleep(3)
+            await asyncio.to_thread(own_postgres.stop, "fast")
+            await asyncio.sleep(2)
+            await asyncio.to_thread(own_postgres.start)
+            await asyncio.to_thread(done.wait, 120)
+            rows = await _wait_rows(application, total, 90)
+            assert rows == total, f"{rows} of {total} readings stored"
+            assert worker.stats.retries >= 1  # it did see the outage, and got over it by itself
+        finally:
+            await worker.stop()

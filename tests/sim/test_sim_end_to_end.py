@@ -1,0 +1,114 @@
+"""End to end: embedded amqtt broker + the API with MQTT ingestion + the simulator, and `cityos demo` under SIGINT.
+
+These depend on the IoT domain's ingestion (cityos.iot) and its embedded-broker plugin; they use
+no outside services.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from rich.console import Console
+
+from cityos.app import create_app
+from cityos.config import Settings
+from cityos.core.clock import parse_iso
+from cityos.sim.demo import DemoOptions, demo
+from cityos.sim.faults import FaultConfig
+from cityos.sim.platform import free_port
+from cityos.sim.runner import SimOptions
+
+pytestmark = pytest.mark.slow
+
+
+async def test_simulated_readings_reach_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'e2e.db'}"
+    monkeypatch.setenv("CITYOS_DATABASE_URL", url)
+    # demo() points the app's settings at its broker through the environment; monkeypatch restores it.
+    monkeypatch.setenv("CITYOS_MQTT_URL", "mqtt://127.0.0.1:1")
+    monkeypatch.setenv("CITYOS_INGEST_WORKERS", "0")
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+    options = SimOptions(devices=50, speed=300, seed=7, scenario="demo", start=start, max_per_message=20,
+                         faults=FaultConfig.none())
+    began = time.monotonic()
+    code = await demo(options, DemoOptions(port=free_port(0), mqtt_port=free_port(0), duration=8.0),
+                      Console(quiet=True))
+    assert code == 0 and time.monotonic() - began < 60
+
+    app = create_app(Settings(database_url=url))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://cityos.test") as http:
+            r = await http.get("/ngsi-ld/v1/entities", params={"type": "TrafficFlowObserved", "limit": 100})
+            assert r.status_code == 200, r.text
+            flows: list[dict[str, Any]] = r.json()
+            assert flows, "no traffic readings reached the hub"
+            stamps = [parse_iso(e["intensity"]["observedAt"]) for e in flows if "intensity" in e]
+            assert stamps and max(stamps) > start + timedelta(minutes=5)  # the replay moved on from its start
+            assert all(start <= t <= datetime.now(UTC) + timedelta(seconds=5) for t in stamps)
+            districts = (await http.get("/ngsi-ld/v1/entities", params={"type": "District", "limit": 50})).json()
+            assert len(districts) >= 8
+            assert districts[0]["location"]["value"]["type"] == "Polygon"
+            health = (await http.get("/api/iot/health")).json()
+            assert health["devices"] >= 50
+            assert health["byStatus"].get("active", 0) >= 25
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc to look for orphans")
+def test_demo_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    api_port, mqtt_port = free_port(0), free_port(0)
+    env = {**os.environ, "CITYOS_DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}"}
+    env.pop("CITYOS_MQTT_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cityos.cli", "demo", "--devices", "100", "--port", str(api_port),
+         "--mqtt-port", str(mqtt_port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.2)
+        else:
+            pytest.fail("the demo's API did not answer within 60 s")
+        time.sleep(4)  # let provisioning and publishing start
+        children = _children(proc.pid)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert time.monotonic() - began < 30
+        assert "CityOS demo stopped" in out
+        assert not any(Path(f"/proc/{c}").exists() for c in children), "orphan processes left behind"
+        for port in (api_port, mqtt_port):
+            assert free_port(port) == port, f"port {port} still bound"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
