@@ -7,11 +7,11 @@ then publishes them on the event bus.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -363,7 +363,7 @@ class HubService:
             for entity_id, (types, attrs, scope, _body) in parsed.items():
                 before = existing.get(entity_id)
                 change = self._batch_change(mode, options, entity_id, before, types,
-                                            copy.deepcopy(attrs), scope, now, result)
+                                            _clone(attrs), scope, now, result)
                 if change is None:
                     continue
                 changes.append(change)
@@ -450,8 +450,13 @@ def _new_record(entity_id: str, types: list[str], attrs: Attrs, scope: Any, now:
 
 
 def _copy(record: EntityRecord, now: Any) -> EntityRecord:
-    return EntityRecord(record.id, list(record.types), copy.deepcopy(record.attrs), record.created_at, now,
-                        copy.deepcopy(record.scope))
+    return EntityRecord(record.id, list(record.types), _clone(record.attrs), record.created_at, now,
+                        _clone(record.scope))
+
+
+def _clone(value: Any) -> Any:
+    """A deep copy of a JSON document; an orjson round trip is an order of magnitude faster than deepcopy."""
+    return orjson.loads(orjson.dumps(value)) if value is not None else None
 
 
 def _types_of(body: dict[str, Any], ctx: ActiveContext) -> list[str]:
