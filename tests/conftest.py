@@ -104,6 +104,7 @@ async def _clean(application: Any) -> None:
     store = application.state.hub.service.store
     store._known_tenants = {""}
     store._has_multi_typed.clear()
+    store._known_tenants = {""}
 
 
 @pytest.fixture

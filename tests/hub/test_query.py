@@ -92,3 +92,22 @@ async def test_limit_over_maximum_is_400(client: httpx.AsyncClient) -> None:
     r = await client.get(E, params={"type": "AirQualityObserved", "limit": "100000"})
     assert r.status_code == 400
     assert r.json()["type"].endswith("BadRequestData")
+
+
+async def test_geo_index_follows_location_updates_only_when_they_change(client: httpx.AsyncClient) -> None:
+    await client.post(E, json=air(1, lon=116.40, lat=39.90), headers=JSON)
+    url = f"{E}/urn:ngsi-ld:AirQualityObserved:000001/attrs"
+    near_new = {"georel": "near;maxDistance==100", "geometry": "Point", "coordinates": "[121.47, 31.23]"}
+    assert await ids(client, **near_new) == []
+    # A value-only update leaves the geometry where it was.
+    assert (await client.patch(url, json={"pm25": {"type": "Property", "value": 50}}, headers=JSON)).status_code == 204
+    assert await ids(client, georel="near;maxDistance==100", geometry="Point", coordinates="[116.40, 39.90]") == [
+        "urn:ngsi-ld:AirQualityObserved:000001"]
+    moved = {"location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [121.47, 31.23]}}}
+    assert (await client.patch(url, json=moved, headers=JSON)).status_code == 204
+    assert await ids(client, **near_new) == ["urn:ngsi-ld:AirQualityObserved:000001"]
+    r = await client.post(f"{BATCH}/upsert", json=[air(1, lon=110.0, lat=20.0)], headers=JSON)
+    assert r.status_code == 204
+    assert await ids(client, **near_new) == []
+    assert await ids(client, georel="near;maxDistance==100", geometry="Point", coordinates="[110.0, 20.0]") == [
+        "urn:ngsi-ld:AirQualityObserved:000001"]

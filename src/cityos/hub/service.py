@@ -30,12 +30,13 @@ from cityos.hub.model import (
     Attrs,
     check_entity_id,
     check_name,
+    geometries,
     parse_attribute,
     parse_attributes,
     parse_entity,
     stamp,
 )
-from cityos.hub.store import EntityQuery, EntityRecord, HistoryRow, HubStore
+from cityos.hub.store import EntityQuery, EntityRecord, HistoryRow, HubStore, SideTableChanges
 
 ENTITY_CHANGED = "hub.entity.changed"
 MAX_RETRIES = 3
@@ -92,8 +93,8 @@ class HubService:
         await self.store.ensure_tenant(conn, tenant)
         await self.store.insert(conn, tenant, created)
         created_ids = {r.id for r in created}
-        kept = [c.after for c in changes if c.after is not None and c.entity_id not in created_ids]
-        await self.store.upsert(conn, tenant, kept)
+        kept = [c for c in changes if c.after is not None and c.entity_id not in created_ids]
+        await self.store.upsert(conn, tenant, [c.after for c in kept if c.after is not None], _side_changes(kept))
         gone = [c.entity_id for c in changes if c.after is None]
         if gone:
             await self.store.delete(conn, tenant, gone)
@@ -389,13 +390,14 @@ class HubService:
                 result.fail(entity_id, ResourceNotFound(f"entity {entity_id} not found"))
                 return None
             return Change(entity_id, None, _new_record(entity_id, types, attrs, scope, now), set(attrs))
-        after = _copy(before, now)
-        if types:
-            after.types = sorted({*after.types, *types}) if mode != "upsert" or "update" in options else types
         if mode == "upsert" and "update" not in options:
-            after.attrs = attrs
+            # Replace: the stored attributes are discarded, so they need no copy.
+            after = EntityRecord(entity_id, types or list(before.types), attrs, before.created_at, now, scope)
             stamp(after.attrs, iso_now, before.attrs)
             return Change(entity_id, before, after, set(before.attrs) | set(attrs))
+        after = _copy(before, now)
+        if types:
+            after.types = sorted({*after.types, *types})
         if mode == "update" and "noOverwrite" in options:
             attrs = {iri: inst for iri, inst in attrs.items() if iri not in before.attrs}
         changed = _merge_attrs(after.attrs, attrs, iso_now, replace_instances=mode != "merge")
@@ -442,6 +444,18 @@ class HubService:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _side_changes(changes: list[Change]) -> SideTableChanges:
+    """Only entities whose types or geometries really changed get their side tables rewritten."""
+    dirty = SideTableChanges()
+    for change in changes:
+        before, after = change.before, change.after
+        if before is None or after is None or before.types != after.types:
+            dirty.types.add(change.entity_id)
+        if before is None or after is None or geometries(before.attrs) != geometries(after.attrs):
+            dirty.geometries.add(change.entity_id)
+    return dirty
 
 
 def _new_record(entity_id: str, types: list[str], attrs: Attrs, scope: Any, now: Any) -> EntityRecord:

@@ -7,7 +7,8 @@ is the same SQLAlchemy Core.
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from cityos.hub.qlang import QExpr, q_to_sql
 
 DEFAULT_TENANT = ""
 COPY_THRESHOLD = 200
+MULTI_TYPE_TTL = 2.0
 HISTORY_COLUMNS = ("tenant", "entity_id", "entity_type", "attr", "instance_id", "dataset_id", "ts", "modified_at",
                    "deleted", "instance")
 
@@ -60,9 +62,17 @@ class HistoryRow:
         ts = clock.parse_iso(observed) if isinstance(observed, str) and not self.deleted else self.modified_at
         return {
             "tenant": tenant, "entity_id": self.entity_id, "entity_type": self.entity_type, "attr": self.attr,
-            "instance_id": uuid.uuid4().hex, "dataset_id": self.instance.get("datasetId"), "ts": ts,
+            "instance_id": os.urandom(16).hex(), "dataset_id": self.instance.get("datasetId"), "ts": ts,
             "modified_at": self.modified_at, "deleted": 1 if self.deleted else 0, "instance": self.instance,
         }
+
+
+@dataclass
+class SideTableChanges:
+    """Entities whose extra types or geometries must be rewritten by a write."""
+
+    types: set[str] = field(default_factory=set)
+    geometries: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -94,11 +104,15 @@ class HubStore:
         # deferred transactions. PostgreSQL uses row locks instead.
         self._sqlite_write_lock = asyncio.Lock()
         self._known_tenants: set[str] = {DEFAULT_TENANT}
-        self._has_multi_typed: dict[str, bool] = {}
+        # tenant -> (has multi-typed entities, when we looked). A short TTL bounds how long another
+        # process's first multi-typed entity can go unseen by this process's type filters.
+        self._has_multi_typed: dict[str, tuple[bool, float]] = {}
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
+        # Autocommit: a read needs no BEGIN/ROLLBACK round trips around its one statement.
         async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
     @asynccontextmanager
@@ -161,12 +175,12 @@ class HubStore:
 
     async def _tenant_has_multi_typed(self, conn: AsyncConnection, tenant: str) -> bool:
         cached = self._has_multi_typed.get(tenant)
-        if cached:
-            return True
+        if cached is not None and (cached[0] or time.monotonic() - cached[1] < MULTI_TYPE_TTL):
+            return cached[0]
         row = (await conn.execute(
             select(entity_extra_types.c.entity_id).where(entity_extra_types.c.tenant == tenant).limit(1)
         )).first()
-        self._has_multi_typed[tenant] = row is not None
+        self._has_multi_typed[tenant] = (row is not None, time.monotonic())
         return row is not None
 
     def _conditions(self, tenant: str, query: EntityQuery, multi_typed: bool) -> list[Any]:
@@ -231,7 +245,10 @@ class HubStore:
         await conn.execute(insert(entities), [self._row(tenant, r) for r in records])
         await self._write_side_tables(conn, tenant, records, replace=False)
 
-    async def upsert(self, conn: AsyncConnection, tenant: str, records: Sequence[EntityRecord]) -> None:
+    async def upsert(self, conn: AsyncConnection, tenant: str, records: Sequence[EntityRecord],
+                     dirty: SideTableChanges | None = None) -> None:
+        """Insert or replace rows. `dirty` names the entities whose types or geometries changed
+        (None: assume all did), so that updates of plain values do not rewrite the geo index."""
         if not records:
             return
         stmt = self._insert(entities)
@@ -241,7 +258,7 @@ class HubStore:
                   "attrs": stmt.excluded.attrs, "scope": stmt.excluded.scope},
         )
         await conn.execute(stmt, [self._row(tenant, r) for r in records])
-        await self._write_side_tables(conn, tenant, records, replace=True)
+        await self._write_side_tables(conn, tenant, records, replace=True, dirty=dirty)
 
     async def update_attrs_only(self, conn: AsyncConnection, tenant: str, record: EntityRecord) -> None:
         await conn.execute(
@@ -255,17 +272,18 @@ class HubStore:
                 "modified_at": record.modified_at, "attrs": record.attrs, "scope": record.scope}
 
     async def _write_side_tables(self, conn: AsyncConnection, tenant: str, records: Sequence[EntityRecord],
-                                 replace: bool) -> None:
-        multi = [r for r in records if len(r.types) > 1]
-        if replace and (multi or await self._tenant_has_multi_typed(conn, tenant)):
+                                 replace: bool, dirty: SideTableChanges | None = None) -> None:
+        typed = [r for r in records if dirty is None or r.id in dirty.types]
+        multi = [r for r in typed if len(r.types) > 1]
+        if replace and typed and (multi or dirty is not None or await self._tenant_has_multi_typed(conn, tenant)):
             await conn.execute(delete(entity_extra_types).where(
-                entity_extra_types.c.tenant == tenant, entity_extra_types.c.entity_id.in_([r.id for r in records])))
+                entity_extra_types.c.tenant == tenant, entity_extra_types.c.entity_id.in_([r.id for r in typed])))
         if multi:
             await conn.execute(insert(entity_extra_types), [
                 {"tenant": tenant, "entity_id": r.id, "type": t} for r in multi for t in r.types[1:]])
-            self._has_multi_typed[tenant] = True
-        geo_rows = [(r.id, geometries(r.attrs)) for r in records]
-        if replace or any(g for _, g in geo_rows):
+            self._has_multi_typed[tenant] = (True, time.monotonic())
+        geo_rows = [(r.id, geometries(r.attrs)) for r in records if dirty is None or r.id in dirty.geometries]
+        if geo_rows and (replace or any(g for _, g in geo_rows)):
             await geoquery.write_geometries_many(conn, tenant, geo_rows)
 
     async def delete(self, conn: AsyncConnection, tenant: str, ids: Sequence[str]) -> None:

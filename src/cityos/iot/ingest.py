@@ -89,17 +89,29 @@ def broker_address(url: str) -> tuple[str, int]:
     return parsed.hostname or "127.0.0.1", parsed.port or 1883
 
 
+_TRANSIENT_SQLSTATE = ("08", "57P", "53", "40001", "40P01", "55P03", "58")
+_TRANSIENT_WORDS = ("connection", "deadlock", "serializ", "shutdown", "shutting down", "terminat",
+                    "cannot connect", "starting up", "recovery", "connect call failed", "timeout")
+
+
 def _transient(exc: BaseException) -> bool:
-    """Errors that say the database (or the network to it) is away, not that the batch is bad."""
+    """Errors that say the database (or the network to it) is away or busy, not that the batch is bad."""
     if isinstance(exc, OSError | ConnectionError | TimeoutError | OperationalError | InterfaceError):
         return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
+    seen: BaseException | None = exc
+    while seen is not None:
+        state = str(getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None) or "")
+        if state.startswith(_TRANSIENT_SQLSTATE):
             return True
-        text = f"{exc.orig!r}".lower()
-        return any(word in text for word in ("connection", "deadlock", "serializ", "shutdown", "terminat",
-                                             "cannot connect", "starting up", "recovery"))
-    return "connection" in f"{exc!r}".lower()
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        name = type(seen).__name__
+        if name in ("CannotConnectNowError", "AdminShutdownError", "ConnectionDoesNotExistError",
+                    "InterfaceError", "ConnectionFailureError"):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    text = f"{exc!r} {getattr(exc, 'orig', '')!r}".lower()
+    return any(word in text for word in _TRANSIENT_WORDS)
 
 
 @dataclass
@@ -280,9 +292,10 @@ class IngestWorker:
                     try:
                         self._record([bad], await self.service.ingest([bad]), time.perf_counter())
                         break
-                    except Exception as again:
-                        if not _transient(again):
-                            raise
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # never give up on a message: it stays unacknowledged until stored
+                        log.exception("ingest: could not even dead-letter a message; retrying")
                         await asyncio.sleep(1.0)
 
     def _record(self, envelopes: list[Envelope], report: IngestReport, started: float) -> None:
@@ -377,9 +390,16 @@ def client_id_base() -> str:
     return os.environ.get("CITYOS_INGEST_CLIENT_ID") or f"cityos-ingest-{socket.gethostname()}"
 
 
+def shared_default() -> bool:
+    """CITYOS_INGEST_SHARED=0 for a single ingest worker on Mosquitto: its plain subscription survives a broker
+    restart, while Mosquitto 2.0 forgets shared subscriptions (see deploy/iot.md)."""
+    return os.environ.get("CITYOS_INGEST_SHARED", "1") not in ("0", "false", "no")
+
+
 async def start_workers(service: IotService, url: str, count: int, base: str | None = None,
-                        shared: bool = True) -> list[IngestWorker]:
+                        shared: bool | None = None) -> list[IngestWorker]:
     base = base or client_id_base()
+    shared = shared_default() if shared is None else shared
     workers = [IngestWorker(service, url, f"{base}-{i}", shared=shared) for i in range(count)]
     for worker in workers:
         await worker.start()

@@ -19,22 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, not_, or_, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.config import async_url
 from cityos.core import clock
+from cityos.core.db import create_engine
 from cityos.hub.service import ENTITY_CHANGED
 from cityos.hub.store import EntityQuery, EntityRecord
 from cityos.hub.subscriptions.delivery import DeliveryError, Transport, build_message, transport_for
@@ -48,6 +50,9 @@ from cityos.hub.subscriptions.service import (
 )
 
 log = logging.getLogger(__name__)
+
+SENDER_POOL_SIZE = 4
+MAX_IDLE_POLL = 5.0
 
 
 def wall_now() -> datetime:
@@ -125,7 +130,10 @@ class EndpointWorker:
             return
         if idle == 0:
             return
-        timeout = min(self.settings.poll_seconds * (2 ** min(idle - 1, 5)), 30.0)
+        # Idle endpoints poll less and less often, as commits wake them; without the PostgreSQL LISTEN
+        # connection (across processes, only polling finds new rows) they keep to the base interval.
+        cap = MAX_IDLE_POLL if self.sender.wakes_reliable else self.settings.poll_seconds
+        timeout = min(self.settings.poll_seconds * (2 ** min(idle - 1, 5)), cap)
         due = [t - time.monotonic() for t in self.throttle_due.values()]
         if due:
             timeout = max(0.0, min(timeout, *due))
@@ -252,7 +260,7 @@ class EndpointWorker:
             return
         now = clock.now()
         ids = [head.id for head in outcome.delivered]
-        async with self.sender.service.store.write() as conn:
+        async with self.sender.write() as conn:
             for start in range(0, len(ids), 1000):
                 await conn.execute(delete(outbox).where(outbox.c.id.in_(ids[start:start + 1000])))
             for (tenant, sub_id), count in outcome.per_subscription().items():
@@ -266,7 +274,7 @@ class EndpointWorker:
         delay = min(self.settings.backoff_base * (2 ** min(self.failures - 1, 30)), self.settings.backoff_cap)
         self.retry_at = time.monotonic() + delay
         now = clock.now()
-        async with self.sender.service.store.write() as conn:
+        async with self.sender.write() as conn:
             await conn.execute(update(outbox).where(outbox.c.id.in_([h.id for h in heads])).values(
                 attempts=outbox.c.attempts + 1, last_error=reason[:1000]))
             result = await conn.execute(update(subscriptions).where(
@@ -280,7 +288,7 @@ class EndpointWorker:
         log.warning("notification to %s failed (%s); retry in %.1fs", self.endpoint, reason, delay)
 
     async def _park(self, ids: list[int], reason: str) -> None:
-        async with self.sender.service.store.write() as conn:
+        async with self.sender.write() as conn:
             await conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(state="failed",
                                                                                  last_error=reason[:1000]))
 
@@ -333,10 +341,22 @@ class Sender:
         self._tasks: list[asyncio.Task[None]] = []
         # Endpoints another process owns: their commits must not make us rebalance (monotonic expiry).
         self._foreign: dict[str, float] = {}
+        # SQLite has one process; on PostgreSQL other processes' commits reach us only through LISTEN.
+        self.wakes_reliable = engine.dialect.name != "postgresql"
 
     @property
     def settings(self) -> NotifySettings:
         return self.service.settings
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: on our own pool on PostgreSQL; through the hub's single-writer lock on SQLite."""
+        if self.engine is self.service.store.engine:
+            async with self.service.store.write() as conn:
+                yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
 
     def holds(self, endpoint: str) -> bool:
         return endpoint in self.workers and time.monotonic() < self._lease_until
@@ -372,7 +392,7 @@ class Sender:
         self.workers.clear()
         with contextlib.suppress(Exception):
             # Hand our endpoints over at once instead of after the lease runs out.
-            async with self.service.store.write() as conn:
+            async with self.write() as conn:
                 await conn.execute(delete(leases).where(leases.c.owner == self.owner))
 
     # ------------------------------------------------------------------ leases and workers
@@ -407,7 +427,7 @@ class Sender:
 
     async def _renew(self) -> set[str]:
         until = wall_now() + timedelta(seconds=self.settings.lease_seconds)
-        async with self.service.store.write() as conn:
+        async with self.write() as conn:
             rows = await conn.execute(update(leases).where(leases.c.owner == self.owner)
                                       .values(lease_until=until).returning(leases.c.endpoint))
             return {row.endpoint for row in rows}
@@ -424,7 +444,7 @@ class Sender:
         stmt = stmt.on_conflict_do_update(
             index_elements=["endpoint"], set_={"owner": stmt.excluded.owner, "lease_until": stmt.excluded.lease_until},
             where=or_(leases.c.lease_until < now, leases.c.owner == self.owner)).returning(leases.c.owner)
-        async with self.service.store.write() as conn:
+        async with self.write() as conn:
             return (await conn.execute(stmt)).first() is not None
 
     def _start_worker(self, endpoint: str) -> None:
@@ -463,8 +483,12 @@ class Sender:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(NOTIFY_CHANNEL, lambda _c, _pid, _ch, payload: self.wake({payload}))
+        self.wakes_reliable = True
         self.wake_all()  # anything committed while we were not listening
-        await lost.wait()
+        try:
+            await lost.wait()
+        finally:
+            self.wakes_reliable = False
 
     # ------------------------------------------------------------------ periodic notifications
 
@@ -490,7 +514,7 @@ class Sender:
 
     async def _periodic_one(self, tenant: str, sub_id: str, interval: float, now: datetime) -> set[str]:
         store = self.service.store
-        async with store.write() as conn:
+        async with self.write() as conn:
             # Whoever moves next_periodic_at first sends this period; other processes find nothing due.
             claimed = await conn.execute(update(subscriptions).where(
                 subscriptions.c.tenant == tenant, subscriptions.c.id == sub_id,
@@ -531,8 +555,10 @@ async def start_subscriptions(app: Any) -> Callable[[], Awaitable[None]]:
     hub.service.listeners.append(service.on_changes)
     unsubscribe = app.state.bus.subscribe(ENTITY_CHANGED, service.after_commit)
     sender: Sender | None = None
+    engine: AsyncEngine | None = None
     if service.settings.worker:
-        sender = Sender(app.state.engine, service, app.state.settings.database_url)
+        engine = _sender_engine(app)
+        sender = Sender(engine, service, app.state.settings.database_url)
         await sender.start()
     app.state.notification_sender = sender
 
@@ -542,8 +568,22 @@ async def start_subscriptions(app: Any) -> Callable[[], Awaitable[None]]:
             hub.service.listeners.remove(service.on_changes)
         if sender is not None:
             await sender.stop()
+        if engine is not None and engine is not app.state.engine:
+            await engine.dispose()
 
     return stop
+
+
+def _sender_engine(app: Any) -> AsyncEngine:
+    """PostgreSQL: a small pool of its own, so a busy API never makes the sender queue for connections.
+
+    SQLite keeps the app's engine: it has one writer anyway, serialised by the hub store's lock.
+    """
+    engine: AsyncEngine = app.state.engine
+    if engine.dialect.name != "postgresql":
+        return engine
+    settings = dataclasses.replace(app.state.settings, db_pool_size=SENDER_POOL_SIZE)
+    return create_engine(settings)
 
 
 __all__ = ["EndpointWorker", "Sender", "start_subscriptions"]

@@ -145,7 +145,9 @@ async def purge_expired(engine: AsyncEngine, now: datetime) -> int:
         return await _purge_rows(engine, [attribute_history.name], now, policies, default)
     async with engine.connect() as lock:
         # Several API workers run this loop; one purge at a time is enough.
-        if not (await lock.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _ADVISORY_KEY})).scalar():
+        got = (await lock.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _ADVISORY_KEY})).scalar()
+        await lock.commit()  # the lock belongs to the session; no transaction stays open meanwhile
+        if not got:
             return 0
         try:
             longest = max([p.days for p in policies] + ([default] if default else []))

@@ -108,6 +108,10 @@ def _from_record(record: EntityRecord) -> TemporalEntity:
                           {iri: insts[0].get("type", "Property") for iri, insts in record.attrs.items() if insts})
 
 
+def _from_registry(row: Any) -> TemporalEntity:
+    return TemporalEntity(row.entity_id, [row.entity_type], row.created_at)
+
+
 def cut_to_cap(grouped: dict[tuple[str, str], list[InstanceRow]], tq: TemporalQuery,
                cap: int) -> tuple[dict[tuple[str, str], list[InstanceRow]], ContentRange | None]:
     """Apply the per-attribute cap to rows fetched in query order (oldest first, or newest first for lastN).
@@ -192,7 +196,7 @@ class TemporalService:
             return _from_record(found[entity_id])
         row = (await conn.execute(select(registry).where(registry.c.tenant == tenant,
                                                          registry.c.entity_id == entity_id))).first()
-        return TemporalEntity(row.entity_id, [row.entity_type], row.created_at) if row else None
+        return _from_registry(row) if row else None
 
     async def _select(self, conn: AsyncConnection, tenant: str, query: EntityQuery,
                       attrs: list[str] | None) -> tuple[list[TemporalEntity], int | None]:
@@ -212,7 +216,7 @@ class TemporalService:
         rows = await conn.execute(select(registry).where(*page_conds).order_by(registry.c.entity_id)
                                   .limit(skip + query.limit))
         heads = [_from_record(r) for r in records]
-        heads += [TemporalEntity(r.entity_id, [r.entity_type], r.created_at) for r in rows]
+        heads += [_from_registry(r) for r in rows]
         heads.sort(key=lambda head: head.id)
         if total is not None:
             total += (await conn.execute(select(func.count()).select_from(registry).where(*conds))).scalar_one()

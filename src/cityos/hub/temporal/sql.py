@@ -202,6 +202,7 @@ _SQLITE_AGGREGATES = {
     "stddev": "sum(num * num) * 1.0 / count(num) - avg(num) * avg(num)",
     "sumsq": "sum(num * num) * 1.0",
 }
+# time_column() as SQL text, for the hand-written aggregate.
 _PG_TIME = {"observedAt": "ts", "modifiedAt": "modified_at", "createdAt": "(instance->>'createdAt')::timestamptz"}
 _SQLITE_TIME = {"observedAt": "ts", "modifiedAt": "modified_at", "createdAt": "json_extract(instance, '$.createdAt')"}
 
