@@ -548,14 +548,15 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 class PgRaw:
     """Raw asyncpg baselines over the benchmark database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_size: int) -> None:
         self.url = url
+        self.max_size = max_size
         self.pool: Any = None
 
     async def open(self) -> None:
         import asyncpg
 
-        self.pool = await asyncpg.create_pool(self.url, min_size=2, max_size=40)
+        self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.max_size)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -570,7 +571,20 @@ class PgRaw:
             await conn.execute(sql, *args)
 
     async def sessions(self, n: int) -> list[Any]:
-        return [await self.pool.acquire() for _ in range(n)]
+        import asyncpg
+
+        # The PostgreSQL server may be shared (max_connections): wait for free slots instead of failing.
+        conns: list[Any] = []
+        deadline = time.monotonic() + 180
+        while len(conns) < n:
+            try:
+                conns.append(await self.pool.acquire())
+            except asyncpg.TooManyConnectionsError:
+                if time.monotonic() > deadline:
+                    raise
+                log("  PostgreSQL has no free connection slot; waiting")
+                await asyncio.sleep(2)
+        return conns
 
     async def release(self, sessions: list[Any]) -> None:
         for conn in sessions:
@@ -1201,7 +1215,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args=args, backend=backend, clients=Clients(args.client, "127.0.0.1", port),
                       cpu=CpuMeter(proc.pid, None if args.sqlite else name),
                       profiler=Profiler(Path(args.profile_dir) if args.profile_dir else None, proc.pid),
-                      raw=SqliteRaw(db_path) if args.sqlite else PgRaw(database_url),
+                      raw=SqliteRaw(db_path) if args.sqlite else PgRaw(
+                          database_url, max(args.patch_concurrency, args.load_concurrency, 8) + 2),
                       city=City(args.entities, args.seed))
         out: dict[str, Any] = {"bench": "hub", "backend": backend, "entities": args.entities,
                                "attrs_per_entity": ATTRS_PER_ENTITY, "client": args.client,

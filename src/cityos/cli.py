@@ -66,7 +66,13 @@ def serve(
     console.print(f"CityOS on http://{host}:{port}  (API docs: /docs, NGSI-LD: /ngsi-ld/v1, "
                   f"database: {_redacted(settings.database_url)})")
     os.environ.setdefault("CITYOS_DATABASE_URL", settings.database_url)
-    os.environ.setdefault("CITYOS_INGEST_WORKERS", "1")  # MQTT ingestion on by default (CITYOS_MQTT_URL)
+    # MQTT ingestion on by default (CITYOS_MQTT_URL), with a client id stable across restarts (its broker
+    # session keeps the unacknowledged messages) and distinct per server on this host. Forked uvicorn
+    # workers would share the id: run dedicated ingest processes then (deploy/iot.md).
+    os.environ.setdefault("CITYOS_INGEST_WORKERS", "1" if workers == 1 else "0")
+    import socket
+
+    os.environ.setdefault("CITYOS_INGEST_CLIENT_ID", f"cityos-ingest-{socket.gethostname()}-{port}")
     uvicorn.run("cityos.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)
 

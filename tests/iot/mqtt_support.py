@@ -30,9 +30,10 @@ def new_prefix() -> str:
 class Publisher:
     """A device-side QoS 1 publisher that remembers which messages the broker acknowledged."""
 
-    def __init__(self, client_id: str | None = None) -> None:
-        assert MQTT_URL is not None
-        self.host, self.port = broker_address(MQTT_URL)
+    def __init__(self, client_id: str | None = None, url: str | None = None) -> None:
+        url = url or MQTT_URL
+        assert url is not None
+        self.host, self.port = broker_address(url)
         self.acked: set[int] = set()
         self.lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}",
@@ -61,10 +62,11 @@ class Publisher:
         self.client.loop_stop()
 
 
-def forget_session(client_id: str) -> None:
+def forget_session(client_id: str, url: str | None = None) -> None:
     """Drop a persistent session a test left in the broker."""
-    assert MQTT_URL is not None
-    host, port = broker_address(MQTT_URL)
+    url = url or MQTT_URL
+    assert url is not None
+    host, port = broker_address(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     try:
         client.connect(host, port, 10, clean_start=True)

@@ -48,7 +48,10 @@ class OwnMosquitto:
         self.dir = workdir
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(f"persistence true\npersistence_location {workdir}/\nlistener {self.port} 127.0.0.1\n"
-                             "allow_anonymous true\n")
+                             "allow_anonymous true\n"
+                             # what deploy/iot.md asks for: Mosquitto's default (1000) drops QoS 1 messages
+                             # beyond it while the ingest session is away
+                             "max_queued_messages 1000000\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -82,6 +85,10 @@ def own_mosquitto() -> Iterator[OwnMosquitto]:
     if not shutil.which("mosquitto"):
         pytest.skip("mosquitto is not installed")
     workdir = Path(tempfile.mkdtemp(prefix="cityos-mosq-"))
+    if os.geteuid() == 0:
+        # mosquitto started as root drops to the mosquitto user, which must be able to write its database
+        with contextlib.suppress(LookupError):
+            shutil.chown(workdir, "mosquitto")
     broker = OwnMosquitto(workdir)
     broker.start()
     try:
@@ -136,11 +143,7 @@ def own_postgres() -> Iterator[OwnPostgres]:
 def publish_steadily(url: str, topics: str, names: list[str], total: int, rate: float, base_ts: int,
                      done: threading.Event) -> None:
     """Publish `total` readings, re-publishing any the broker has not acknowledged (a device's job)."""
-    os.environ["CITYOS_TEST_MQTT_URL_SAVED"] = os.environ.get("CITYOS_TEST_MQTT_URL", "")
-    import mqtt_support
-
-    mqtt_support.MQTT_URL = url
-    publisher = Publisher()
+    publisher = Publisher(url=url)
     sent: dict[int, tuple[str, int]] = {}
     try:
         for i in range(total):
@@ -185,7 +188,11 @@ async def _wait_rows(app: Any, total: int, seconds: float) -> int:
 async def test_mosquitto_restart_loses_nothing(client: Any, app: Any, own_mosquitto: OwnMosquitto) -> None:
     names = await _provision(app, 10)
     topics = new_prefix()
-    worker = IngestWorker(app.state.iot, own_mosquitto.url, f"restart-ingest-{os.getpid()}", prefix=topics)
+    # One worker, plain (not shared) persistent subscription: Mosquitto 2.0 does not persist SHARED
+    # subscriptions, so after its restart messages published before the worker re-subscribes match
+    # nothing and are dropped (see deploy/iot.md); a plain subscription is restored with the session.
+    worker = IngestWorker(app.state.iot, own_mosquitto.url, f"restart-ingest-{os.getpid()}", prefix=topics,
+                          shared=False)
     await worker.start()
     await worker.wait_connected()
     await asyncio.sleep(0.3)
@@ -199,7 +206,7 @@ async def test_mosquitto_restart_loses_nothing(client: Any, app: Any, own_mosqui
         await asyncio.to_thread(own_mosquitto.restart, 1.0)
         connects_before = worker.stats.connects
         await asyncio.to_thread(done.wait, 120)
-        rows = await _wait_rows(app, total, 60)
+        rows = await _wait_rows(app, total, 120)
         assert rows == total, f"{rows} of {total} readings stored"
         assert worker.stats.connects >= 1 and connects_before >= 1  # reconnected by itself
     finally:
@@ -208,10 +215,7 @@ async def test_mosquitto_restart_loses_nothing(client: Any, app: Any, own_mosqui
 
 
 def _forget(url: str, client_id: str) -> None:
-    import mqtt_support
-
-    mqtt_support.MQTT_URL = url
-    forget_session(client_id)
+    forget_session(client_id, url)
 
 
 async def test_postgres_restart_loses_nothing(own_postgres: OwnPostgres, own_mosquitto: OwnMosquitto) -> None:
@@ -221,7 +225,8 @@ async def test_postgres_restart_loses_nothing(own_postgres: OwnPostgres, own_mos
     async with application.router.lifespan_context(application):
         names = await _provision(application, 10)
         topics = new_prefix()
-        worker = IngestWorker(application.state.iot, own_mosquitto.url, f"pgrestart-{os.getpid()}", prefix=topics)
+        worker = IngestWorker(application.state.iot, own_mosquitto.url, f"pgrestart-{os.getpid()}", prefix=topics,
+                              shared=False)
         await worker.start()
         await worker.wait_connected()
         await asyncio.sleep(0.3)
@@ -236,7 +241,7 @@ async def test_postgres_restart_loses_nothing(own_postgres: OwnPostgres, own_mos
             await asyncio.sleep(2)
             await asyncio.to_thread(own_postgres.start)
             await asyncio.to_thread(done.wait, 120)
-            rows = await _wait_rows(application, total, 90)
+            rows = await _wait_rows(application, total, 120)
             assert rows == total, f"{rows} of {total} readings stored"
             assert worker.stats.retries >= 1  # it did see the outage, and got over it by itself
         finally:

@@ -29,12 +29,14 @@ import os
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from cityos.core.errors import BadRequestData, ProblemError, TooLarge, UnsupportedMediaType
 from cityos.iot.models import DeviceIn, ReplayIn, RpcIn
 from cityos.iot.service import BulkResult, Envelope, IngestReport, IotService, hash_token
+
+MAX_INT = 2**53  # ids, limits and offsets beyond this are not ours (and overflow the databases' integers)
 
 
 class Unauthorized(ProblemError):
@@ -137,7 +139,7 @@ async def import_csv(request: Request) -> Response:
 @router.get("/devices")
 async def list_devices(request: Request, profile: str | None = None, district: str | None = None,
                        department: str | None = None, status: str | None = None, gateway: bool | None = None,
-                       limit: int = Query(100, ge=1), offset: int = Query(0, ge=0)) -> Response:
+                       limit: int = Query(100, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT)) -> Response:
     limit = min(limit, request.app.state.settings.max_page_size)
     items, total = await iot_of(request).list_devices(profile=profile, district=district, department=department,
                                                       status=status, gateway=gateway, limit=limit, offset=offset)
@@ -177,7 +179,7 @@ async def send_rpc(request: Request, device: str, spec: RpcIn) -> Response:
 
 
 @router.get("/rpc/{rpc_id}")
-async def get_rpc(request: Request, rpc_id: int) -> Response:
+async def get_rpc(request: Request, rpc_id: int = Path(ge=1, le=MAX_INT)) -> Response:
     return _json(await iot_of(request).get_rpc(rpc_id))
 
 
@@ -186,8 +188,8 @@ async def get_rpc(request: Request, rpc_id: int) -> Response:
 
 @router.get("/dead-letters")
 async def list_dead_letters(request: Request, status: str | None = "pending", device: str | None = None,
-                            reason: str | None = None, limit: int = Query(100, ge=1),
-                            offset: int = Query(0, ge=0)) -> Response:
+                            reason: str | None = None, limit: int = Query(100, ge=1, le=MAX_INT),
+                            offset: int = Query(0, ge=0, le=MAX_INT)) -> Response:
     limit = min(limit, request.app.state.settings.max_page_size)
     items, total = await iot_of(request).list_dead_letters(status=status or None, device=device, reason=reason,
                                                            limit=limit, offset=offset)
@@ -195,12 +197,12 @@ async def list_dead_letters(request: Request, status: str | None = "pending", de
 
 
 @router.get("/dead-letters/{letter_id}")
-async def get_dead_letter(request: Request, letter_id: int) -> Response:
+async def get_dead_letter(request: Request, letter_id: int = Path(ge=1, le=MAX_INT)) -> Response:
     return _json(await iot_of(request).get_dead_letter(letter_id))
 
 
 @router.post("/dead-letters/{letter_id}/replay")
-async def replay(request: Request, letter_id: int) -> Response:
+async def replay(request: Request, letter_id: int = Path(ge=1, le=MAX_INT)) -> Response:
     raw = await _body(request, request.app.state.settings.max_body_bytes)
     spec = ReplayIn()
     if raw.strip():

@@ -51,7 +51,8 @@ async def test_mqtt_notifications(client: httpx.AsyncClient, qos: str) -> None:
         for n in range(3):
             assert (await client.post(E, json=air(n, 10 + n), headers=JSON)).status_code == 201
         got = await _collect(mqtt, 3)
-    assert [m["body"]["data"][0]["pm25"] for m in got] == [10, 11, 12]
+    # Different entities may be notified concurrently: only each entity's own order is guaranteed.
+    assert sorted(m["body"]["data"][0]["pm25"] for m in got) == [10, 11, 12]
     first = got[0]
     assert first["body"]["type"] == "Notification" and first["body"]["subscriptionId"] == sub_id
     assert first["metadata"]["Content-Type"] == "application/json"

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from cityos.core import clock
+from cityos.hub.temporal import sql
 from hub.temporal.temporal_helpers import (
     JSON,
     T0,
@@ -169,6 +170,15 @@ async def test_query_selects_entities_like_the_entity_api(client: httpx.AsyncCli
                                           "attrs": "temperature"})).json()
     assert {e["id"]: values_of(e) for e in window if "temperature" in e} == {
         sensor(4): [40], sensor(5): [50], sensor(9): [99]}
+
+
+async def test_many_entities_in_one_read(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite reads the (entity, attribute) pairs in statements of a bounded size: cross a boundary.
+    monkeypatch.setattr(sql, "SQLITE_PAIRS_PER_STATEMENT", 2)
+    for n in range(5):
+        await post_series(client, sensor(n), [(n, at(1)), (n + 10, at(2))])
+    body = (await client.get(T, params={"type": "Sensor", "lastN": "1"})).json()
+    assert [values_of(e) for e in body] == [[n + 10] for n in range(5)]
 
 
 async def test_tenants(client: httpx.AsyncClient) -> None:

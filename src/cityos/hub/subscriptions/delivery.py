@@ -68,9 +68,10 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, connections: int) -> None:
         self.client = httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                                        limits=httpx.Limits(max_connections=4, max_keepalive_connections=2))
+                                        limits=httpx.Limits(max_connections=connections,
+                                                            max_keepalive_connections=connections))
 
     async def send(self, message: Message) -> None:
         try:
@@ -127,7 +128,7 @@ class MqttTransport:
                 await asyncio.wait_for(client.__aexit__(None, None, None), 2)
 
 
-def transport_for(uri: str, timeout: float) -> Transport:
+def transport_for(uri: str, timeout: float, connections: int = 8) -> Transport:
     if uri.startswith(("mqtt://", "mqtts://")):
         return MqttTransport(uri, timeout)
-    return HttpTransport(timeout)
+    return HttpTransport(timeout, max(1, connections))

@@ -135,5 +135,7 @@ class NotifySettings:
     # A safety net only: commits wake the sender at once (in process, and by NOTIFY on PostgreSQL).
     poll_seconds: float = field(default_factory=lambda: _env_float("CITYOS_NOTIFY_POLL_SECONDS", 1.0))
     batch: int = field(default_factory=lambda: _env_int("CITYOS_NOTIFY_BATCH", 200))
+    # Notifications in flight at once per endpoint, never two about the same entity.
+    concurrency: int = field(default_factory=lambda: _env_int("CITYOS_NOTIFY_CONCURRENCY", 8))
     max_entities_per_notification: int = field(
         default_factory=lambda: _env_int("CITYOS_NOTIFY_MAX_ENTITIES", 1000))

@@ -96,7 +96,7 @@ class EndpointWorker:
         self.sender = sender
         self.endpoint = endpoint
         self.event = asyncio.Event()
-        self.transport: Transport = transport_for(endpoint, sender.settings.timeout)
+        self.transport: Transport = transport_for(endpoint, sender.settings.timeout, sender.settings.concurrency)
         self.failures = 0
         self.retry_at = 0.0
         # Throttled subscriptions with rows waiting: when each may be notified next (monotonic seconds);
@@ -156,9 +156,12 @@ class EndpointWorker:
         subs = await self._subscriptions(heads)
         outcome = Outcome()
         try:
-            for head in heads:
-                if not await self._deliver_one(head, subs.get(head.key), outcome):
+            # After a failure only the head goes, alone: one probe per backoff, not a wave of attempts.
+            for wave in _waves(heads, 1 if self.failures else self.settings.concurrency):
+                sent = await asyncio.gather(*(self._deliver_one(h, subs.get(h.key), outcome) for h in wave))
+                if not all(sent):
                     break
+                self.failures, self.retry_at = 0, 0.0
         finally:
             await self._record_success(outcome)
         return True
@@ -204,7 +207,6 @@ class EndpointWorker:
         except DeliveryError as exc:
             await self._record_failure([head], head, str(exc))
             return False
-        self.failures, self.retry_at = 0, 0.0
         outcome.delivered.append(head)
         return True
 
@@ -306,6 +308,28 @@ class EndpointWorker:
 
     async def close(self) -> None:
         await self.transport.close()
+
+
+def _entity_ids(head: Head) -> set[str]:
+    return {str(entity.get("id")) for entity in head.payload.get("data", [])}
+
+
+def _waves(heads: list[Head], size: int) -> list[list[Head]]:
+    """Consecutive rows about different entities, sent concurrently; a row about an entity already in
+    the wave starts the next wave, so each entity's notifications still go strictly in commit order."""
+    waves: list[list[Head]] = []
+    wave: list[Head] = []
+    busy: set[str] = set()
+    for head in heads:
+        ids = _entity_ids(head)
+        if wave and (len(wave) >= size or ids & busy):
+            waves.append(wave)
+            wave, busy = [], set()
+        wave.append(head)
+        busy |= ids
+    if wave:
+        waves.append(wave)
+    return waves
 
 
 def _stamped(payload: dict[str, Any]) -> dict[str, Any]:
