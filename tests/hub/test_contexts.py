@@ -22,7 +22,7 @@ class ContextServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 server.hits += 1
                 if self.path == "/ctx.jsonld":
                     payload = json.dumps(server.body).encode()

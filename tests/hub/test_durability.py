@@ -43,6 +43,7 @@ async def test_acknowledged_writes_survive_sigkill(database_url: str) -> None:
     port = _free_port()
     server = _start(database_url, port)
     acknowledged: set[str] = set()
+    enough = asyncio.Event()
     tenant = {"NGSILD-Tenant": f"kill{port}"}
 
     async def writer(http: httpx.AsyncClient, start: int) -> None:
@@ -53,11 +54,12 @@ async def test_acknowledged_writes_survive_sigkill(database_url: str) -> None:
                 return
             if r.status_code == 201:
                 acknowledged.add(air(i)["id"])
+                if len(acknowledged) >= 150:
+                    enough.set()
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
         tasks = [asyncio.create_task(writer(http, k)) for k in range(4)]
-        while len(acknowledged) < 150:
-            await asyncio.sleep(0.02)
+        await asyncio.wait_for(enough.wait(), timeout=120)
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
         await asyncio.gather(*tasks)

@@ -75,7 +75,7 @@ async def test_paging_count_and_links(client: httpx.AsyncClient) -> None:
     assert r.headers["NGSILD-Results-Count"] == "30"
     seen = [e["id"] for e in r.json()]
     while 'rel="next"' in r.headers.get("Link", ""):
-        next_link = [p for p in r.headers["Link"].split(", <") if 'rel="next"' in p][0]
+        next_link = next(p for p in r.headers["Link"].split(", <") if 'rel="next"' in p)
         url = next_link[next_link.index("/ngsi-ld"):next_link.index(">")]
         r = await client.get(url)
         assert r.status_code == 200
