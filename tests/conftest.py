@@ -6,8 +6,6 @@ postgresql when CITYOS_TEST_POSTGRES_URL is set). PostgreSQL runs get a fresh da
 
 from __future__ import annotations
 
-import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,41 +15,17 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from backends import POSTGRES_URL, admin_sql, postgres_database_url, selected_backends
 from cityos.app import create_app
 from cityos.config import Settings
 from cityos.core import migrate
 
-POSTGRES_URL = os.environ.get("CITYOS_TEST_POSTGRES_URL")
+# Kept importable under their old names for test modules that use them.
+_admin_sql = admin_sql
+_postgres_database = postgres_database_url
 
 
-def _backends() -> list[str]:
-    raw = os.environ.get("CITYOS_TEST_BACKENDS")
-    if raw:
-        return [b.strip() for b in raw.split(",") if b.strip()]
-    return ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
-
-
-def _admin_sql(statement: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        assert POSTGRES_URL is not None
-        conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://"))
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-def _postgres_database(name: str) -> str:
-    assert POSTGRES_URL is not None
-    base, _db = POSTGRES_URL.rsplit("/", 1)
-    return f"{base}/{name}"
-
-
-@pytest.fixture(scope="session", params=_backends())
+@pytest.fixture(scope="session", params=selected_backends())
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     backend = request.param
     if backend == "sqlite":

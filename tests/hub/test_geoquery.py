@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from backends import postgres_test_url
 from cityos.config import Settings, async_url
 from cityos.core.db import SQLITE_FUNCTIONS, create_engine
 from cityos.core.errors import BadRequestData
@@ -45,7 +45,7 @@ from cityos.hub.models import entities, entity_geo, metadata
 
 LOC = DEFAULT_GEOPROPERTY
 AREA = "https://example.org/area"
-PG_URL = os.environ.get("CITYOS_TEST_POSTGRES_URL")
+PG_URL = postgres_test_url()
 PG_DB = "cityos_geo_test"
 
 # Paris, Île de la Cité.
