@@ -6,10 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 
 from cityos.core import clock
-from cityos.hub.models import attribute_history
 
 
 @pytest.fixture
@@ -28,16 +26,3 @@ def fixed_clock() -> Iterator[list[Any]]:
         yield now
     finally:
         clock.reset_clock()
-
-
-async def history_count(app: Any, entity_id: str, attr_suffix: str | None = None) -> int:
-    t = attribute_history.c
-    stmt = select(func.count()).select_from(attribute_history).where(t.entity_id == entity_id)
-    if attr_suffix:
-        stmt = stmt.where(t.attr.like(f"%{attr_suffix}"))
-    async with app.state.engine.connect() as conn:
-        return int((await conn.execute(stmt)).scalar_one())
-
-
-def ms(dt: Any) -> int:
-    return int(dt.timestamp() * 1000)

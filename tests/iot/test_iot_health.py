@@ -6,10 +6,10 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+from iot_helpers import ms
 
 from cityos.iot import health
 from cityos.iot.service import Envelope
-from conftest import ms
 
 AQ = {"name": "aq-1", "profile": "air-quality", "lon": 110.3, "lat": 20.0, "district": "Meilan", "department": "EPB"}
 

@@ -24,13 +24,13 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from backends import admin_sql, postgres_database_url, selected_backends
 from cityos.config import Settings
 from cityos.core.db import create_engine
 from hub.helpers import JSON, air
 from hub.subscriptions.notify_helpers import E, Receiver, S, receiver_fixture, subscription  # noqa: F401
 
-POSTGRES_URL = os.environ.get("CITYOS_TEST_POSTGRES_URL")
-BACKENDS = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+BACKENDS = selected_backends()
 ENTITIES = [f"urn:ngsi-ld:AirQualityObserved:{n:06d}" for n in range(2)]
 PM25 = "https://uri.etsi.org/ngsi-ld/default-context/pm25"
 
@@ -46,14 +46,12 @@ def kill_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'kill.db'}"
         return
-    from conftest import _admin_sql, _postgres_database
-
     name = f"cityos_kill_{uuid.uuid4().hex[:10]}"
-    _admin_sql(f'CREATE DATABASE "{name}"')
+    admin_sql(f'CREATE DATABASE "{name}"')
     try:
-        yield _postgres_database(name)
+        yield postgres_database_url(name)
     finally:
-        _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Server:
@@ -153,8 +151,8 @@ def _notified(sink: Receiver) -> tuple[set[tuple[str, int]], int]:
 
 async def test_kill_and_restart_loses_nothing(kill_db: str, receiver: Receiver) -> None:
     server = Server(kill_db)
-    await server.start()
     try:
+        await server.start()
         async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
             r = await http.post(S, json=subscription(receiver.url, watchedAttributes=["pm25"]), headers=JSON)
             assert r.status_code == 201, r.text
