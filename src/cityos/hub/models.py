@@ -9,10 +9,8 @@ an R*Tree on SQLite). Every attribute change also lands in `attribute_history`.
 from __future__ import annotations
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Column,
-    DateTime,
     Index,
     Integer,
     MetaData,
@@ -21,12 +19,11 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+
+from cityos.core.sqltypes import JsonDoc, Timestamp
 
 metadata = MetaData()
 
-JsonDoc = JSON().with_variant(JSONB(), "postgresql")
-Timestamp = DateTime(timezone=True)
 
 tenants = Table(
     "hub_tenants",

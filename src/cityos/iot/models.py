@@ -17,10 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import (
-    JSON,
-    BigInteger,
     Column,
-    DateTime,
     Float,
     Index,
     Integer,
@@ -31,12 +28,10 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+
+from cityos.core.sqltypes import AutoId, JsonDoc, Timestamp
 
 metadata = MetaData()
-JsonDoc = JSON().with_variant(JSONB(), "postgresql")
-Timestamp = DateTime(timezone=True)
-AutoId = BigInteger().with_variant(Integer(), "sqlite")
 
 # Device status: inactive (provisioned, never reported), active (reporting), offline (missed
 # N intervals), disabled (switched off by an operator: its readings are refused).

@@ -10,11 +10,9 @@ Signing and data keys live in files or the environment, never here.
 from __future__ import annotations
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     Column,
-    DateTime,
     Index,
     Integer,
     MetaData,
@@ -23,12 +21,10 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+
+from cityos.core.sqltypes import AutoId, JsonDoc, Timestamp
 
 metadata = MetaData()
-JsonDoc = JSON().with_variant(JSONB(), "postgresql")
-Timestamp = DateTime(timezone=True)
-AutoId = BigInteger().with_variant(Integer(), "sqlite")
 
 tenants = Table(
     "sec_tenants",

@@ -32,12 +32,11 @@ from sqlalchemy import (
     Text,
 )
 
-from cityos.hub.models import JsonDoc, Timestamp
+from cityos.core.sqltypes import AutoId, JsonDoc, Timestamp
 
 metadata = MetaData()
 
-# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a bigint identity.
-OutboxId = BigInteger().with_variant(Integer(), "sqlite")
+OutboxId = AutoId
 
 subscriptions = Table(
     "hub_subscriptions",
