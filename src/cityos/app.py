@@ -44,6 +44,19 @@ _HTTP_PROBLEMS: dict[int, tuple[str, str]] = {
 }
 
 
+def install_input_guard(app: FastAPI) -> None:
+    """Refuse NUL characters in the URL up front: PostgreSQL cannot store them in text, so they
+    would otherwise surface deep in a query as a database error."""
+
+    @app.middleware("http")
+    async def refuse_nul(request: Request, call_next: Any) -> Response:
+        if "\x00" in request.url.path or b"%00" in request.scope.get("query_string", b"") or \
+                "\x00" in request.url.query:
+            return problem_response(BadRequestData("NUL characters are not allowed in the URL"))
+        response: Response = await call_next(request)
+        return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def on_problem(_request: Request, exc: ProblemError) -> Response:
@@ -102,6 +115,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
                   description="CityOS smart-city platform: NGSI-LD context broker (ETSI GS CIM 009) and domains.",
                   **overrides)
     install_error_handlers(app)
+    install_input_guard(app)
     app.include_router(hub_api.router)
     app.include_router(subscriptions_api.router)
     app.include_router(temporal_api.router)

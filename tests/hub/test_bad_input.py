@@ -145,3 +145,15 @@ async def test_catastrophic_id_pattern_is_answered_quickly(client: httpx.AsyncCl
     r = await client.get(E, params={"type": "T", "idPattern": "^urn:x:(a+)+$"})
     assert r.status_code == 200
     assert r.json() == []
+
+
+async def test_nul_characters_are_refused_everywhere(client: httpx.AsyncClient) -> None:
+    # PostgreSQL cannot store NUL in text or jsonb: it must be a 400, never a database error.
+    r = await client.post(E, content=b'{"id": "urn:x:nul", "type": "T", "name": "a\\u0000b"}', headers=JSON)
+    problem(r, 400, "BadRequestData")
+    assert (await client.get(f"{E}/urn:x:nul")).status_code == 404
+    r = await client.get(E, params={"type": "T", "q": "name==\"a\x00b\""})
+    problem(r, 400, "BadRequestData")
+    r = await client.get("/api/iot/devices", params={"department": "\x00x"})
+    assert r.status_code == 400
+    assert r.json()["type"].endswith("BadRequestData")

@@ -75,6 +75,9 @@ async def read_body(request: Request, settings: Settings, allow_merge_patch: boo
     raw = b"".join(chunks)
     if not raw.strip():
         raise InvalidRequest("the request body is empty")
+    if b"\\u0000" in raw or b"\x00" in raw:
+        # PostgreSQL's jsonb and text types cannot hold NUL; refuse it before it reaches the store.
+        raise BadRequestData("NUL characters are not allowed in the body")
     try:
         return orjson.loads(raw), media
     except orjson.JSONDecodeError as exc:
