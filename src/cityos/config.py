@@ -7,14 +7,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
+    """An integer setting; unset or empty means the default. Every domain's settings read through here."""
     raw = os.environ.get(name)
     return int(raw) if raw else default
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
+
+
+def env_optional(name: str) -> str | None:
+    return os.environ.get(name) or None
 
 
 def default_database_url() -> str:
@@ -25,14 +30,14 @@ def default_database_url() -> str:
 class Settings:
     database_url: str = field(default_factory=lambda: os.environ.get("CITYOS_DATABASE_URL") or default_database_url())
     mqtt_url: str = field(default_factory=lambda: os.environ.get("CITYOS_MQTT_URL", "mqtt://127.0.0.1:1883"))
-    max_page_size: int = field(default_factory=lambda: _env_int("CITYOS_MAX_PAGE_SIZE", 1000))
-    default_page_size: int = field(default_factory=lambda: _env_int("CITYOS_DEFAULT_PAGE_SIZE", 20))
+    max_page_size: int = field(default_factory=lambda: env_int("CITYOS_MAX_PAGE_SIZE", 1000))
+    default_page_size: int = field(default_factory=lambda: env_int("CITYOS_DEFAULT_PAGE_SIZE", 20))
     # Orion-LD and Scorpio cap batches at 1,000 entities; we bound the request size instead.
-    max_body_bytes: int = field(default_factory=lambda: _env_int("CITYOS_MAX_BODY_BYTES", 64 * 1024 * 1024))
-    max_batch_entities: int = field(default_factory=lambda: _env_int("CITYOS_MAX_BATCH_ENTITIES", 100_000))
-    context_fetch_timeout: float = field(default_factory=lambda: _env_float("CITYOS_CONTEXT_FETCH_TIMEOUT", 5.0))
-    context_cache_seconds: int = field(default_factory=lambda: _env_int("CITYOS_CONTEXT_CACHE_SECONDS", 3600))
-    db_pool_size: int = field(default_factory=lambda: _env_int("CITYOS_DB_POOL_SIZE", 10))
+    max_body_bytes: int = field(default_factory=lambda: env_int("CITYOS_MAX_BODY_BYTES", 64 * 1024 * 1024))
+    max_batch_entities: int = field(default_factory=lambda: env_int("CITYOS_MAX_BATCH_ENTITIES", 100_000))
+    context_fetch_timeout: float = field(default_factory=lambda: env_float("CITYOS_CONTEXT_FETCH_TIMEOUT", 5.0))
+    context_cache_seconds: int = field(default_factory=lambda: env_int("CITYOS_CONTEXT_CACHE_SECONDS", 3600))
+    db_pool_size: int = field(default_factory=lambda: env_int("CITYOS_DB_POOL_SIZE", 10))
 
     @property
     def is_postgres(self) -> bool:

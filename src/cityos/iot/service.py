@@ -29,7 +29,6 @@ import hashlib
 import io
 import logging
 import math
-import os
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,9 @@ from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from cityos.config import env_int
 from cityos.core import clock
+from cityos.core.clock import as_utc
 from cityos.core.errors import AlreadyExists, BadRequestData, Conflict, ProblemError, ResourceNotFound
 from cityos.core.events import EventBus
 from cityos.hub.model import check_name
@@ -74,19 +75,15 @@ KINDS = ("telemetry", "attributes", "gateway/connect", "gateway/disconnect", "ga
          "gateway/attributes", "rpc/response")
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw else default
-
 
 @dataclass(frozen=True)
 class IotSettings:
-    max_payload_bytes: int = field(default_factory=lambda: _env_int("CITYOS_IOT_MAX_PAYLOAD", 1024 * 1024))
-    offline_intervals: int = field(default_factory=lambda: _env_int("CITYOS_IOT_OFFLINE_INTERVALS", 3))
-    backfill_hours: int = field(default_factory=lambda: _env_int("CITYOS_IOT_BACKFILL_HOURS", 72))
-    future_skew_seconds: int = field(default_factory=lambda: _env_int("CITYOS_IOT_FUTURE_SKEW", 300))
+    max_payload_bytes: int = field(default_factory=lambda: env_int("CITYOS_IOT_MAX_PAYLOAD", 1024 * 1024))
+    offline_intervals: int = field(default_factory=lambda: env_int("CITYOS_IOT_OFFLINE_INTERVALS", 3))
+    backfill_hours: int = field(default_factory=lambda: env_int("CITYOS_IOT_BACKFILL_HOURS", 72))
+    future_skew_seconds: int = field(default_factory=lambda: env_int("CITYOS_IOT_FUTURE_SKEW", 300))
     # Dead letters keep at most this much of a rejected payload (an attacker's 1 MiB stays out).
-    dead_letter_bytes: int = field(default_factory=lambda: _env_int("CITYOS_IOT_DEAD_LETTER_BYTES", 64 * 1024))
+    dead_letter_bytes: int = field(default_factory=lambda: env_int("CITYOS_IOT_DEAD_LETTER_BYTES", 64 * 1024))
 
 
 def new_token() -> str:
@@ -711,12 +708,12 @@ class IotService:
         battery_reading: tuple[datetime, float] | None = None
         for spec, value, ts in sorted(t.readings, key=lambda r: r[2]):
             readings.append(Reading(self._iri(spec.attr), value, ts, spec.unit_code))
-            if newest is None or ts >= _aware(newest):
+            if newest is None or ts >= as_utc(newest):
                 if spec.attr == "batteryLevel" and _num(value):
                     battery_reading = (ts, float(value))
                 else:
                     self._quality(d, spec, value, ts, state, profile)
-            newest = ts if newest is None or ts > _aware(newest) else newest
+            newest = ts if newest is None or ts > as_utc(newest) else newest
         device_readings: list[Reading] = []
         device_static: dict[str, list[dict[str, Any]]] = {}
         observed = self.observed_id(profile, d.name)
@@ -726,10 +723,10 @@ class IotService:
                     state.events.append((TOPIC_ONLINE, self._event(d)))
                 d.status = "active"
                 device_static[self._iri("deviceState")] = [{"type": "Property", "value": "active"}]
-            if newest is not None and (d.last_seen is None or newest > _aware(d.last_seen)):
+            if newest is not None and (d.last_seen is None or newest > as_utc(d.last_seen)):
                 d.last_seen = newest
                 every = timedelta(seconds=profile.interval_seconds)
-                stale = d.reported_at is None or now - _aware(d.reported_at) >= every
+                stale = d.reported_at is None or now - as_utc(d.reported_at) >= every
                 if stale or device_static:
                     d.reported_at = now
                     device_static[self._iri("dateLastValueReported")] = [
@@ -853,7 +850,7 @@ class IotService:
             await upsert_observations(self.hub, self.tenant, items)
             for d in went:
                 d.status = "offline"
-                await self.bus.publish(TOPIC_OFFLINE, {**self._event(d), "lastSeen": clock.iso(_aware(d.last_contact))
+                await self.bus.publish(TOPIC_OFFLINE, {**self._event(d), "lastSeen": clock.iso(as_utc(d.last_contact))
                                                        if d.last_contact else None})
         return went
 
@@ -907,7 +904,7 @@ class IotService:
             raise ResourceNotFound(f"RPC request {rpc_id} not found")
         return {"id": row.id, "device": device_id(row.device), "method": row.method, "params": row.params,
                 "oneway": bool(row.oneway), "status": row.status, "response": row.response, "error": row.error,
-                "createdAt": clock.iso(_aware(row.created_at)), "expiresAt": clock.iso(_aware(row.expires_at))}
+                "createdAt": clock.iso(as_utc(row.created_at)), "expiresAt": clock.iso(as_utc(row.expires_at))}
 
     async def _rpc_response(self, conn: AsyncConnection, device: Device, env: Envelope, doc: Any) -> None:
         if env.rpc_id is None:
@@ -938,10 +935,6 @@ class _Touch:
     entity_changes: bool = False
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _dead_letter_out(row: Any) -> dict[str, Any]:
     raw = bytes(row.payload)
     try:
@@ -949,10 +942,10 @@ def _dead_letter_out(row: Any) -> dict[str, Any]:
         text = None
     except orjson.JSONDecodeError:
         payload, text = None, raw.decode("utf-8", "replace")
-    return {"id": row.id, "receivedAt": clock.iso(_aware(row.received_at)), "source": row.source, "kind": row.kind,
+    return {"id": row.id, "receivedAt": clock.iso(as_utc(row.received_at)), "source": row.source, "kind": row.kind,
             "topic": row.topic, "device": row.device, "reason": row.reason, "detail": row.detail, "payload": payload,
             "payloadText": text, "status": row.status,
-            "replayedAt": clock.iso(_aware(row.replayed_at)) if row.replayed_at else None}
+            "replayedAt": clock.iso(as_utc(row.replayed_at)) if row.replayed_at else None}
 
 
 __all__ = ["BulkResult", "Envelope", "IngestReport", "IntegrityError", "IotService", "IotSettings", "Rejection"]

@@ -6,19 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw else default
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw else default
-
-
-def _opt(name: str) -> str | None:
-    return os.environ.get(name) or None
+from cityos.config import env_float, env_int, env_optional
 
 
 def default_data_dir() -> Path:
@@ -34,32 +22,32 @@ class SecuritySettings:
     env: str = field(default_factory=lambda: os.environ.get("CITYOS_ENV", "development"))
     # Where development mode keeps the keys it generates (never the database, never the source tree).
     data_dir: Path = field(default_factory=lambda: default_data_dir())
-    jwt_key_file: str | None = field(default_factory=lambda: _opt("CITYOS_JWT_KEY_FILE"))
+    jwt_key_file: str | None = field(default_factory=lambda: env_optional("CITYOS_JWT_KEY_FILE"))
     # "kid:alg:base64key,..." (first is active) or "@/path/to/keys.json"
-    data_keys: str | None = field(default_factory=lambda: _opt("CITYOS_DATA_KEYS"))
+    data_keys: str | None = field(default_factory=lambda: env_optional("CITYOS_DATA_KEYS"))
     issuer: str = field(default_factory=lambda: os.environ.get("CITYOS_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"))
     audience: str = field(default_factory=lambda: os.environ.get("CITYOS_JWT_AUDIENCE", "cityos"))
-    access_ttl: int = field(default_factory=lambda: _int("CITYOS_ACCESS_TOKEN_SECONDS", 300))
-    refresh_ttl: int = field(default_factory=lambda: _int("CITYOS_REFRESH_TOKEN_SECONDS", 30 * 86400))
-    max_token_bytes: int = field(default_factory=lambda: _int("CITYOS_MAX_TOKEN_BYTES", 8192))
+    access_ttl: int = field(default_factory=lambda: env_int("CITYOS_ACCESS_TOKEN_SECONDS", 300))
+    refresh_ttl: int = field(default_factory=lambda: env_int("CITYOS_REFRESH_TOKEN_SECONDS", 30 * 86400))
+    max_token_bytes: int = field(default_factory=lambda: env_int("CITYOS_MAX_TOKEN_BYTES", 8192))
     # Brute force: REQUIREMENTS "50 failed passwords from one IP within 1 h".
-    ip_fail_limit: int = field(default_factory=lambda: _int("CITYOS_IP_FAIL_LIMIT", 50))
-    ip_fail_window: int = field(default_factory=lambda: _int("CITYOS_IP_FAIL_WINDOW_SECONDS", 3600))
-    ip_block_seconds: int = field(default_factory=lambda: _int("CITYOS_IP_BLOCK_SECONDS", 3600))
-    account_fail_limit: int = field(default_factory=lambda: _int("CITYOS_ACCOUNT_FAIL_LIMIT", 5))
+    ip_fail_limit: int = field(default_factory=lambda: env_int("CITYOS_IP_FAIL_LIMIT", 50))
+    ip_fail_window: int = field(default_factory=lambda: env_int("CITYOS_IP_FAIL_WINDOW_SECONDS", 3600))
+    ip_block_seconds: int = field(default_factory=lambda: env_int("CITYOS_IP_BLOCK_SECONDS", 3600))
+    account_fail_limit: int = field(default_factory=lambda: env_int("CITYOS_ACCOUNT_FAIL_LIMIT", 5))
     # 0 = locked until an administrator unlocks the account.
-    account_lock_seconds: int = field(default_factory=lambda: _int("CITYOS_ACCOUNT_LOCK_SECONDS", 900))
-    auth_rate_per_minute: int = field(default_factory=lambda: _int("CITYOS_AUTH_RATE_PER_MINUTE", 120))
-    revocation_cache_seconds: float = field(default_factory=lambda: _float("CITYOS_REVOCATION_CACHE_SECONDS", 2.0))
-    oidc_issuer: str | None = field(default_factory=lambda: _opt("CITYOS_OIDC_ISSUER"))
-    oidc_audience: str | None = field(default_factory=lambda: _opt("CITYOS_OIDC_AUDIENCE"))
+    account_lock_seconds: int = field(default_factory=lambda: env_int("CITYOS_ACCOUNT_LOCK_SECONDS", 900))
+    auth_rate_per_minute: int = field(default_factory=lambda: env_int("CITYOS_AUTH_RATE_PER_MINUTE", 120))
+    revocation_cache_seconds: float = field(default_factory=lambda: env_float("CITYOS_REVOCATION_CACHE_SECONDS", 2.0))
+    oidc_issuer: str | None = field(default_factory=lambda: env_optional("CITYOS_OIDC_ISSUER"))
+    oidc_audience: str | None = field(default_factory=lambda: env_optional("CITYOS_OIDC_AUDIENCE"))
     oidc_role_claim: str = field(default_factory=lambda: os.environ.get("CITYOS_OIDC_ROLE_CLAIM", "cityos_role"))
     oidc_tenant: str = field(default_factory=lambda: os.environ.get("CITYOS_OIDC_TENANT", ""))
-    admin_password: str | None = field(default_factory=lambda: _opt("CITYOS_ADMIN_PASSWORD"))
+    admin_password: str | None = field(default_factory=lambda: env_optional("CITYOS_ADMIN_PASSWORD"))
     # argon2id parameters (OWASP minimum: m=19 MiB, t=2, p=1); tests lower them.
-    argon2_time_cost: int = field(default_factory=lambda: _int("CITYOS_ARGON2_TIME_COST", 2))
-    argon2_memory_kib: int = field(default_factory=lambda: _int("CITYOS_ARGON2_MEMORY_KIB", 19456))
-    approval_ttl: int = field(default_factory=lambda: _int("CITYOS_APPROVAL_SECONDS", 86400))
+    argon2_time_cost: int = field(default_factory=lambda: env_int("CITYOS_ARGON2_TIME_COST", 2))
+    argon2_memory_kib: int = field(default_factory=lambda: env_int("CITYOS_ARGON2_MEMORY_KIB", 19456))
+    approval_ttl: int = field(default_factory=lambda: env_int("CITYOS_APPROVAL_SECONDS", 86400))
 
     @property
     def production(self) -> bool:

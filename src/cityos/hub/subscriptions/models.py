@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
@@ -32,6 +31,7 @@ from sqlalchemy import (
     Text,
 )
 
+from cityos.config import env_float, env_int
 from cityos.core.sqltypes import AutoId, JsonDoc, Timestamp
 
 metadata = MetaData()
@@ -102,21 +102,6 @@ leases = Table(
 )
 
 
-def utc(value: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back without a zone; every timestamp we store is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw else default
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw else default
 
 
 @dataclass(frozen=True)
@@ -126,15 +111,15 @@ class NotifySettings:
     worker: bool = field(default_factory=lambda: os.environ.get("CITYOS_NOTIFY_WORKER", "1") not in ("0", "false"))
     # A stable id lets a restarted process take its endpoints back at once instead of after the lease.
     worker_id: str = field(default_factory=lambda: os.environ.get("CITYOS_NOTIFY_WORKER_ID", ""))
-    max_failures: int = field(default_factory=lambda: _env_int("CITYOS_NOTIFY_MAX_FAILURES", 20))
-    timeout: float = field(default_factory=lambda: _env_float("CITYOS_NOTIFY_TIMEOUT", 5.0))
-    backoff_base: float = field(default_factory=lambda: _env_float("CITYOS_NOTIFY_BACKOFF_BASE", 0.2))
-    backoff_cap: float = field(default_factory=lambda: _env_float("CITYOS_NOTIFY_BACKOFF_CAP", 10.0))
-    lease_seconds: float = field(default_factory=lambda: _env_float("CITYOS_NOTIFY_LEASE_SECONDS", 10.0))
+    max_failures: int = field(default_factory=lambda: env_int("CITYOS_NOTIFY_MAX_FAILURES", 20))
+    timeout: float = field(default_factory=lambda: env_float("CITYOS_NOTIFY_TIMEOUT", 5.0))
+    backoff_base: float = field(default_factory=lambda: env_float("CITYOS_NOTIFY_BACKOFF_BASE", 0.2))
+    backoff_cap: float = field(default_factory=lambda: env_float("CITYOS_NOTIFY_BACKOFF_CAP", 10.0))
+    lease_seconds: float = field(default_factory=lambda: env_float("CITYOS_NOTIFY_LEASE_SECONDS", 10.0))
     # A safety net only: commits wake the sender at once (in process, and by NOTIFY on PostgreSQL).
-    poll_seconds: float = field(default_factory=lambda: _env_float("CITYOS_NOTIFY_POLL_SECONDS", 1.0))
-    batch: int = field(default_factory=lambda: _env_int("CITYOS_NOTIFY_BATCH", 200))
+    poll_seconds: float = field(default_factory=lambda: env_float("CITYOS_NOTIFY_POLL_SECONDS", 1.0))
+    batch: int = field(default_factory=lambda: env_int("CITYOS_NOTIFY_BATCH", 200))
     # Notifications in flight at once per endpoint, never two about the same entity.
-    concurrency: int = field(default_factory=lambda: _env_int("CITYOS_NOTIFY_CONCURRENCY", 8))
+    concurrency: int = field(default_factory=lambda: env_int("CITYOS_NOTIFY_CONCURRENCY", 8))
     max_entities_per_notification: int = field(
-        default_factory=lambda: _env_int("CITYOS_NOTIFY_MAX_ENTITIES", 1000))
+        default_factory=lambda: env_int("CITYOS_NOTIFY_MAX_ENTITIES", 1000))
