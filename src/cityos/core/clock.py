@@ -27,12 +27,18 @@ def iso(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+def as_utc(value: datetime) -> datetime:
+    """Drivers hand timestamps back aware (asyncpg) or naive (SQLite); every stored timestamp is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def as_utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else as_utc(value)
+
+
 def parse_iso(value: str) -> datetime:
     """Parse an ISO 8601 DateTime; raises ValueError on anything else."""
     if not isinstance(value, str) or len(value) < 10 or len(value) > 40:
         raise ValueError("not an ISO 8601 DateTime")
     text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
-    dt = datetime.fromisoformat(text)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    return as_utc(datetime.fromisoformat(text)).astimezone(UTC)

@@ -72,9 +72,7 @@ _MS = timedelta(milliseconds=1)
 
 def _ms(dt: datetime) -> int:
     """Milliseconds since the epoch (observedAt has millisecond precision); naive means UTC (SQLite)."""
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (dt - _EPOCH) // _MS
+    return (clock.as_utc(dt) - _EPOCH) // _MS
 
 
 def _instance(reading: Reading, now: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
 )
 
+from cityos.core.clock import as_utc, as_utc_or_none
 from cityos.core.sqltypes import AutoId, JsonDoc, Timestamp
 
 metadata = MetaData()
@@ -222,9 +223,10 @@ class Device:
     def from_row(cls, row: Any) -> Device:
         return cls(tenant=row.tenant, id=row.id, name=row.name, profile_id=row.profile_id, lon=row.lon, lat=row.lat,
                    district=row.district, department=row.department, status=row.status, firmware=row.firmware,
-                   gateway=bool(row.gateway), gateway_name=row.gateway_name, last_seen=_opt(row.last_seen),
-                   last_contact=_opt(row.last_contact), reported_at=_opt(row.reported_at), battery=row.battery,
-                   quality=dict(row.quality or {}), created_at=_utc(row.created_at))
+                   gateway=bool(row.gateway), gateway_name=row.gateway_name, last_seen=as_utc_or_none(row.last_seen),
+                   last_contact=as_utc_or_none(row.last_contact), reported_at=as_utc_or_none(row.reported_at),
+                   battery=row.battery,
+                   quality=dict(row.quality or {}), created_at=as_utc(row.created_at))
 
     def public(self) -> dict[str, Any]:
         from cityos.core.clock import iso
@@ -233,18 +235,8 @@ class Device:
                 "location": None if self.lon is None or self.lat is None else {"lon": self.lon, "lat": self.lat},
                 "district": self.district, "department": self.department, "status": self.status,
                 "firmware": self.firmware, "gateway": self.gateway, "gatewayName": self.gateway_name,
-                "lastSeen": iso(_utc(self.last_seen)) if self.last_seen else None,
-                "battery": self.battery, "createdAt": iso(_utc(self.created_at))}
-
-
-def _utc(value: datetime) -> datetime:
-    from datetime import UTC
-
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _opt(value: datetime | None) -> datetime | None:
-    return None if value is None else _utc(value)
+                "lastSeen": iso(as_utc(self.last_seen)) if self.last_seen else None,
+                "battery": self.battery, "createdAt": iso(as_utc(self.created_at))}
 
 
 def device_id(name: str) -> str:

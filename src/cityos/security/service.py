@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
+from cityos.core.clock import as_utc_or_none
 from cityos.core.errors import AlreadyExists, BadRequestData, ProblemError, ResourceNotFound
 from cityos.security import crypto
 from cityos.security.audit import AuditEvent, AuditLog
@@ -113,12 +114,6 @@ class NewUser:
         if self.totp_secret is None:
             return None
         return pyotp.TOTP(self.totp_secret).provisioning_uri(name=self.username, issuer_name=issuer)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class SecurityService:
@@ -355,7 +350,7 @@ class SecurityService:
     async def ip_blocked(self, ip: str) -> datetime | None:
         async with self.engine.connect() as conn:
             until = (await conn.execute(select(ip_blocks.c.blocked_until).where(ip_blocks.c.ip == ip))).scalar()
-        until = _aware(until)
+        until = as_utc_or_none(until)
         return until if until is not None and until > clock.now() else None
 
     async def _login_failed(self, ip: str, username: str | None, user_id: str | None, reason: str,
@@ -447,7 +442,7 @@ class SecurityService:
                 self.hasher.verify(self._dummy_hash, password)  # same time as a real check
             await self._login_failed(ip, username[:128], None, "unknown user")
             raise OAuthError("invalid_grant", "invalid user name or password")
-        locked_until = _aware(user["locked_until"])
+        locked_until = as_utc_or_none(user["locked_until"])
         if user["disabled"] or (locked_until is not None and locked_until > clock.now()):
             await self._login_failed(ip, username, user["id"], "account locked or disabled", count_account=False)
             raise OAuthError("invalid_grant", "invalid user name or password")
@@ -521,7 +516,7 @@ class SecurityService:
                 refresh_tokens.c.token_hash == digest, refresh_tokens.c.used_at.is_(None),
                 refresh_tokens.c.revoked_at.is_(None)).values(used_at=now))).rowcount == 1
             replay = not won and row["revoked_at"] is None
-            expired = _aware(row["expires_at"]) is not None and _aware(row["expires_at"]) <= now  # type: ignore[operator]
+            expired = as_utc_or_none(row["expires_at"]) is not None and as_utc_or_none(row["expires_at"]) <= now  # type: ignore[operator]
             user_row = (await conn.execute(select(users).where(users.c.id == row["user_id"]))).mappings().first()
             user = dict(user_row) if user_row else None
             tokens = None

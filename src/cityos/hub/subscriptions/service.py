@@ -21,6 +21,7 @@ from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cityos.core import clock
+from cityos.core.clock import as_utc_or_none
 from cityos.core.errors import AlreadyExists, NonexistentTenant, ResourceNotFound
 from cityos.core.events import Event
 from cityos.hub import geoquery
@@ -34,7 +35,6 @@ from cityos.hub.subscriptions.models import (
     outbox,
     subscription_versions,
     subscriptions,
-    utc,
 )
 from cityos.hub.subscriptions.spec import (
     Spec,
@@ -154,7 +154,7 @@ async def compile_row(row: Any, resolver: ContextResolver) -> Compiled:
         log.warning("subscription %s: @context unavailable (%s); notifying with the core context", spec["id"], exc)
         ctx = resolver.core
     compiled = Compiled(tenant=row.tenant, id=spec["id"], spec=spec, endpoint=row.endpoint, ctx=ctx,
-                        expires_at=utc(row.expires_at))
+                        expires_at=as_utc_or_none(row.expires_at))
     if "q" in spec:
         compiled.q = parse_q(spec["q"]["text"])
         compiled.q_terms = dict(spec["q"]["terms"])

@@ -15,12 +15,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cityos.core import clock
+from cityos.core.clock import as_utc_or_none
 from cityos.core.errors import BadRequestData
 from cityos.hub import geoquery
 from cityos.hub.jsonld import ActiveContext
 from cityos.hub.model import NULL_URI, check_entity_id, check_name, is_uri
 from cityos.hub.qlang import RESERVED_SUB_ATTRIBUTES, And, Comparison, Exists, Or, QExpr, parse_q
-from cityos.hub.subscriptions.models import utc
 
 Spec = dict[str, Any]
 Compact = Callable[[str], str]
@@ -314,7 +314,7 @@ def status_of(spec: Spec, expires_at: datetime | None, now: datetime) -> str:
 
 
 def _iso_or_none(value: datetime | None) -> str | None:
-    value = utc(value)
+    value = as_utc_or_none(value)
     return clock.iso(value) if value is not None else None
 
 
@@ -338,7 +338,7 @@ def render_subscription(spec: Spec, row: Any, compact: Compact, now: datetime) -
             out[key] = spec[key]
     out["isActive"] = spec.get("isActive", True)
     out["notification"] = _render_notification(spec["notification"], row, compact)
-    out["status"] = status_of(spec, utc(row.expires_at), now)
+    out["status"] = status_of(spec, as_utc_or_none(row.expires_at), now)
     out["createdAt"] = _iso_or_none(row.created_at)
     out["modifiedAt"] = _iso_or_none(row.modified_at)
     return out

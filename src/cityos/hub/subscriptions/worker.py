@@ -36,11 +36,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.config import async_url
 from cityos.core import clock
+from cityos.core.clock import as_utc_or_none
 from cityos.core.db import create_engine
 from cityos.hub.service import ENTITY_CHANGED
 from cityos.hub.store import EntityQuery, EntityRecord
 from cityos.hub.subscriptions.delivery import DeliveryError, Transport, build_message, transport_for
-from cityos.hub.subscriptions.models import NotifySettings, leases, outbox, subscriptions, utc
+from cityos.hub.subscriptions.models import NotifySettings, leases, outbox, subscriptions
 from cityos.hub.subscriptions.service import (
     NOTIFY_CHANNEL,
     Compiled,
@@ -178,7 +179,8 @@ class EndpointWorker:
             stmt = stmt.where(not_(or_(*deferred)))
         async with self.sender.engine.connect() as conn:
             rows = await conn.execute(stmt)
-            return [Head(r.id, r.tenant, r.subscription_id, r.payload, r.status, utc(r.last_failure)) for r in rows]
+            return [Head(r.id, r.tenant, r.subscription_id, r.payload, r.status, as_utc_or_none(r.last_failure))
+                    for r in rows]
 
     async def _subscriptions(self, heads: list[Head]) -> dict[tuple[str, str], Compiled]:
         found: dict[tuple[str, str], Compiled] = {}
