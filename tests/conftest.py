@@ -15,10 +15,13 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from auth_tokens import Auth, auth
 from backends import POSTGRES_URL, admin_sql, postgres_database_url, selected_backends
 from cityos.app import create_app
 from cityos.config import Settings
 from cityos.core import migrate
+
+__all__ = ["Auth", "auth"]
 
 # Kept importable under their old names for test modules that use them.
 _admin_sql = admin_sql

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cityos import web
 from cityos.config import Settings
 from cityos.core.db import create_engine
 from cityos.core.errors import BadRequestData, InternalError, ProblemError
@@ -28,9 +29,22 @@ from cityos.hub.temporal.retention import start_retention
 from cityos.hub.temporal.service import TemporalService, max_instances_from_env
 from cityos.iot import api as iot_api
 from cityos.iot.ingest import start_iot
+from cityos.ops.environment import api as environment_api
+from cityos.ops.incidents import api as incidents_api
+from cityos.ops.open311 import api as open311_api
+from cityos.ops.rules import api as rules_api
 from cityos.security import api as security_api
+from cityos.services import api as services_api
+from cityos.services.licences import api as licences_api
+from cityos.services.notify import api as notify_api
+from cityos.services.ratings import api as ratings_api
 
 log = logging.getLogger("cityos")
+
+# The domains above hub and security. Each module offers `routers` and `start(app) -> stop`; they
+# start in this order (after the hub, IoT and security) and stop in reverse.
+DOMAINS: tuple[Any, ...] = (rules_api, incidents_api, open311_api, environment_api,
+                            notify_api, licences_api, ratings_api, services_api)
 
 
 def problem_response(error: ProblemError) -> Response:
@@ -102,9 +116,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
         stop_iot = await start_iot(app)
         # Security services (tokens, audit, approvals); on SQLite the audit log shares the hub's writer lock.
         stop_security = await security_api.start_security(app, write_lock=store._sqlite_write_lock)
+        stop_domains = [await domain.start(app) for domain in DOMAINS]
         try:
             yield
         finally:
+            for stop_domain in reversed(stop_domains):
+                await stop_domain()
             await stop_security()
             await stop_iot()
             await stop_retention()
@@ -123,6 +140,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
     app.include_router(iot_api.router)
     app.include_router(iot_api.device_router)
     app.include_router(security_api.router)
+    for domain in DOMAINS:
+        for router in domain.routers:
+            app.include_router(router)
+    web.mount(app)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:

@@ -1,0 +1,21 @@
+"""Services: catalogue, applications, materials, workflow state, tasks.
+
+Revision ID: 0008_services
+Revises: 0007_ops_incidents
+Create Date: 2026-11-21
+"""
+
+from __future__ import annotations
+
+revision = "0008_services"
+down_revision = "0007_ops_incidents"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

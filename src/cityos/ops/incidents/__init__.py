@@ -1,0 +1,1 @@
+"""Incidents and work orders: routing, lifecycle, SLA clocks, escalation, reports."""

@@ -1,0 +1,1 @@
+"""Rules over live hub data and the alarms they raise."""

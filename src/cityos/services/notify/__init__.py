@@ -1,0 +1,1 @@
+"""Notifications to applicants: in-app inbox and pluggable SMS / email senders."""

@@ -1,0 +1,1 @@
+"""好差评: ratings, satisfaction and rectification tasks."""
