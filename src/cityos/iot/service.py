@@ -62,6 +62,7 @@ from cityos.iot.models import (
     load_profiles,
     rpc_requests,
 )
+from cityos.iot.units import UnitError, to_canonical
 
 log = logging.getLogger("cityos.iot")
 
@@ -608,12 +609,20 @@ class IotService:
                 continue
             bad: dict[str, Any] = {}
             reasons: list[tuple[str, str]] = []
-            for key, value in values.items():
+            for raw_key, raw_value in values.items():
+                try:  # "<key>@<unit>": converted to the profile's canonical unit first (cityos.iot.units)
+                    key, value = to_canonical(t.profile, raw_key, raw_value)
+                except UnitError as exc:
+                    bad[raw_key] = raw_value
+                    reasons.append((exc.reason, exc.detail))
+                    continue
                 spec = t.profile.keys.get(key)
                 problem = ("unknown_key", f"{key!r} is not a key of profile {t.profile.id}") if spec is None \
                     else check_value(spec, value)
+                if problem is not None and raw_key != key:
+                    problem = (problem[0], f"{problem[1]} (reported as {raw_key}={raw_value})")
                 if problem is not None or spec is None:
-                    bad[key] = value
+                    bad[raw_key] = raw_value
                     reasons.append(problem or ("unknown_key", key))
                     continue
                 t.readings.append((spec, value, ts))
