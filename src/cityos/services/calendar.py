@@ -1,0 +1,100 @@
+"""Working-day calendar for statutory deadlines (承诺时限).
+
+China's public holidays come from the `holidays` package, including the adjusted working weekends
+(调休): `holidays.China().is_working_day(d)` is False on a holiday or an ordinary weekend and True on
+a weekend that was declared a working day. Local overrides (a city's own closures or extra working
+days) win over both; they come from ``CITYOS_SERVICES_CALENDAR``: comma-separated ``YYYY-MM-DD=off``
+or ``YYYY-MM-DD=on`` entries.
+
+Conventions (as 政务服务 counts them): the day of acceptance does not count; a limit of N working
+days ends at the close of the N-th working day after it. A paused interval (补正, the applicant
+supplying missing materials) adds its working days to the limit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import holidays
+
+YELLOW_AT = 0.8  # share of the limit used at which a case turns yellow
+
+
+@lru_cache(maxsize=64)
+def _china(year: int) -> holidays.HolidayBase:
+    return holidays.China(years=year)
+
+
+def parse_overrides(text: str | None) -> dict[date, bool]:
+    """``2026-03-02=off,2026-03-07=on`` → {date: is_working_day}."""
+    overrides: dict[date, bool] = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        day, _, flag = item.partition("=")
+        if flag.strip().lower() not in ("on", "off"):
+            raise ValueError(f"calendar override {item!r}: expected YYYY-MM-DD=on|off")
+        overrides[date.fromisoformat(day.strip())] = flag.strip().lower() == "on"
+    return overrides
+
+
+@dataclass
+class WorkCalendar:
+    tz: ZoneInfo
+    overrides: dict[date, bool]
+
+    @classmethod
+    def from_env(cls) -> WorkCalendar:
+        return cls(ZoneInfo(os.environ.get("CITYOS_SERVICES_TZ", "Asia/Shanghai")),
+                   parse_overrides(os.environ.get("CITYOS_SERVICES_CALENDAR")))
+
+    def is_working_day(self, day: date) -> bool:
+        if day in self.overrides:
+            return self.overrides[day]
+        return bool(_china(day.year).is_working_day(day))
+
+    def local_date(self, moment: datetime) -> date:
+        return moment.astimezone(self.tz).date()
+
+    def add_working_days(self, start: date, days: int) -> date:
+        """The `days`-th working day after `start` (start itself never counts)."""
+        day, left = start, days
+        while left > 0:
+            day += timedelta(days=1)
+            if self.is_working_day(day):
+                left -= 1
+        return day
+
+    def working_days_between(self, start: date, end: date) -> int:
+        """Working days d with start < d <= end (0 when end <= start)."""
+        count, day = 0, start
+        while day < end:
+            day += timedelta(days=1)
+            if self.is_working_day(day):
+                count += 1
+        return count
+
+    def due_at(self, submitted_at: datetime, limit_days: int, paused_days: int = 0) -> datetime:
+        """The end (local midnight) of the last working day allowed."""
+        last = self.add_working_days(self.local_date(submitted_at), limit_days + paused_days)
+        return datetime.combine(last + timedelta(days=1), time(0), self.tz)
+
+    def deadline(self, *, submitted_at: datetime, limit_days: int, paused_days: int, paused_since: datetime | None,
+                 completed_at: datetime | None, now: datetime) -> dict[str, object]:
+        """The deadline view: {limitDays, usedDays, leftDays, state: green|yellow|red, paused, dueAt}."""
+        due = self.due_at(submitted_at, limit_days, paused_days)
+        ref = completed_at or paused_since or now
+        used = max(0, self.working_days_between(self.local_date(submitted_at), self.local_date(ref)) - paused_days)
+        if ref >= due:
+            state = "red"
+        elif limit_days > 0 and used >= YELLOW_AT * limit_days:
+            state = "yellow"
+        else:
+            state = "green"
+        return {"limitDays": limit_days, "usedDays": used, "leftDays": limit_days - used, "state": state,
+                "paused": paused_since is not None and completed_at is None, "dueAt": due.isoformat()}

@@ -1,0 +1,145 @@
+"""Tables of 一网通办: managed catalogue entries, uploads, applications, workflow state, tasks, bundles.
+
+Indexes are shaped by the hot reads:
+
+- an official's inbox: open tasks of a department ordered by due time
+  (`ix_svc_tasks_inbox`: tenant, department, status, due_at), joined to applications by id;
+- a citizen's list: `ix_svc_applications_applicant` (tenant, applicant, submitted_at);
+- a department's list and the supervision sweep: `ix_svc_applications_dept` (tenant, department,
+  status, due_at);
+- the timer sweep: `ix_svc_applications_timer` (next_timer_at), NULL once nothing waits.
+
+Workflow state (SpiffWorkflow's serializer output, gzip-compressed) lives in its own table so that
+listing applications never reads it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+from cityos.core.sqltypes import JsonDoc, Timestamp
+
+metadata = MetaData()
+
+# Application statuses. `submitted` only exists inside the submitting transaction.
+IN_REVIEW, SUPPLEMENT, APPROVED, REJECTED = "in_review", "supplement", "approved", "rejected"
+STATUSES = (IN_REVIEW, SUPPLEMENT, APPROVED, REJECTED)
+OPEN_STATUSES = (IN_REVIEW, SUPPLEMENT)
+
+services = Table(
+    "svc_services",
+    metadata,
+    Column("tenant", String(256), nullable=False),
+    Column("code", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("doc", JsonDoc, nullable=False),  # the definition, with its BPMN and DMN sources
+    Column("updated_at", Timestamp, nullable=False),
+    Column("updated_by", String(256), nullable=True),
+    PrimaryKeyConstraint("tenant", "code", name="pk_svc_services"),
+)
+
+uploads = Table(
+    "svc_uploads",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(256), nullable=False),
+    Column("owner", String(256), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("content_type", String(128), nullable=False),
+    Column("filename", String(256), nullable=True),  # shown to staff only; never used as a path
+    Column("created_at", Timestamp, nullable=False),
+)
+
+applications = Table(
+    "svc_applications",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(256), nullable=False),
+    Column("receipt", String(32), nullable=False),
+    Column("service_code", String(64), nullable=False),
+    Column("department", String(128), nullable=False),  # the lead (accepting) department
+    Column("applicant", String(256), nullable=False),
+    Column("applicant_kind", String(16), nullable=False),  # citizen | enterprise
+    Column("channel", String(16), nullable=False),  # online | hall
+    Column("status", String(16), nullable=False),
+    Column("instant", Boolean, nullable=False, default=False),
+    Column("escalated", Boolean, nullable=False, default=False),
+    Column("form", JsonDoc, nullable=False),
+    Column("materials", JsonDoc, nullable=False),
+    Column("steps", JsonDoc, nullable=False),
+    Column("licence_ids", JsonDoc, nullable=False),
+    Column("outcome_reason", Text, nullable=True),
+    Column("bundle_id", String(32), nullable=True),
+    Column("limit_days", Integer, nullable=False),
+    Column("paused_days", Integer, nullable=False, default=0),
+    Column("paused_since", Timestamp, nullable=True),
+    Column("trips_saved", Integer, nullable=False, default=0),
+    Column("submitted_at", Timestamp, nullable=False),
+    Column("due_at", Timestamp, nullable=False),
+    Column("completed_at", Timestamp, nullable=True),
+    Column("handling_seconds", Float, nullable=True),
+    Column("next_timer_at", Timestamp, nullable=True),
+    Column("updated_at", Timestamp, nullable=False),
+    Index("ux_svc_applications_receipt", "receipt", unique=True),
+    Index("ix_svc_applications_applicant", "tenant", "applicant", "submitted_at"),
+    Index("ix_svc_applications_dept", "tenant", "department", "status", "due_at"),
+    Index("ix_svc_applications_service", "tenant", "service_code"),
+    Index("ix_svc_applications_timer", "next_timer_at"),
+    Index("ix_svc_applications_bundle", "bundle_id"),
+)
+
+workflows = Table(
+    "svc_workflows",
+    metadata,
+    Column("application_id", String(32), primary_key=True),
+    Column("version", Integer, nullable=False),  # optimistic lock: every step bumps it
+    Column("state", LargeBinary, nullable=False),  # gzip(BpmnWorkflowSerializer JSON)
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+tasks = Table(
+    "svc_tasks",
+    metadata,
+    Column("id", String(36), primary_key=True),  # the SpiffWorkflow task id
+    Column("tenant", String(256), nullable=False),
+    Column("application_id", String(32), nullable=False),
+    Column("name", String(128), nullable=False),  # BPMN element id
+    Column("title", String(256), nullable=False),
+    Column("department", String(128), nullable=False),  # the lane; "applicant" for 补正 tasks
+    Column("status", String(16), nullable=False),  # open | completed | cancelled
+    Column("outcome", String(16), nullable=True),  # approve | reject | supplement | supplied
+    Column("comment", Text, nullable=True),
+    Column("actor", String(256), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("due_at", Timestamp, nullable=False),
+    Column("completed_at", Timestamp, nullable=True),
+    Index("ix_svc_tasks_inbox", "tenant", "department", "status", "due_at"),
+    Index("ix_svc_tasks_application", "application_id"),
+)
+
+bundles = Table(
+    "svc_bundles",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(256), nullable=False),
+    Column("bundle_code", String(64), nullable=False),
+    Column("applicant", String(256), nullable=False),
+    Column("application_ids", JsonDoc, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Index("ix_svc_bundles_applicant", "tenant", "applicant"),
+)
+
+TABLES = (services, uploads, applications, workflows, tasks, bundles)
