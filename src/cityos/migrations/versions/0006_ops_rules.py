@@ -7,6 +7,10 @@ Create Date: 2026-11-21
 
 from __future__ import annotations
 
+from alembic import op
+
+from cityos.ops.rules.models import TABLES
+
 revision = "0006_ops_rules"
 down_revision = "0005_security"
 branch_labels = None
@@ -14,8 +18,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    bind = op.get_bind()
+    for table in TABLES:
+        table.create(bind)
 
 
 def downgrade() -> None:
-    pass
+    bind = op.get_bind()
+    for table in reversed(TABLES):
+        table.drop(bind, checkfirst=True)
