@@ -1,0 +1,18 @@
+"""一网通办 One-stop services in the web UI.
+
+- `/portal`: citizens and companies: search, guides, apply, track, supplement, rate, wallet;
+- `/workbench`: officials' task inbox (department scope) with approve / reject / supplement;
+- `/supervision`: overdue work and rating dashboards;
+- `/verify`: public e-licence verification (QR link target).
+
+Importing this package registers the pages (`@ui.page`) and their navigation entries.
+"""
+
+from __future__ import annotations
+
+from cityos.web.portal import portal, supervision, verify, workbench
+from cityos.web.portal.common import register_nav
+
+register_nav()
+
+__all__ = ["portal", "supervision", "verify", "workbench"]

@@ -1,0 +1,276 @@
+"""End-to-end harness for the 一网通办 portal: a REAL `cityos serve` process and headless Chromium.
+
+SQLite in a temporary directory; its own data directory (keys, UI sessions); no MQTT ingest;
+cheap argon2. The first administrator is made with `cityos user add --totp`, everybody else
+through `POST /auth/users`; TOTP codes are computed with pyotp from the `otpauth://` URIs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pyotp
+import pytest
+
+SCREENS = Path("/tmp/cityos-screens")
+DOCS_SCREENS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+PASSWORD = "Portal-Pass-Word-2025"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def secret_of(uri: str) -> str:
+    return parse_qs(urlsplit(uri).query)["secret"][0]
+
+
+@dataclass
+class Portal:
+    url: str
+    log: Path
+    admin_secret: str
+    used: dict[str, set[str]] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+    _admin: str | None = None
+
+    def code(self, username: str) -> str:
+        """A TOTP code of `username` not used yet (the server refuses a time step twice)."""
+        used = self.used.setdefault(username, set())
+        totp = pyotp.TOTP(self.secrets[username] if username != "admin" else self.admin_secret)
+        while True:
+            code = totp.now()
+            if code not in used:
+                used.add(code)
+                return code
+            time.sleep(1.0)
+
+    def http(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60.0,
+                            headers={"Authorization": f"Bearer {token}"} if token else {})
+
+    def token(self, username: str) -> str:
+        form = {"grant_type": "password", "username": username, "password": PASSWORD}
+        if username == "admin" or username in self.secrets:
+            form["totp"] = self.code(username)
+        with self.http() as http:
+            reply = http.post("/auth/token", data=form)
+        assert reply.status_code == 200, reply.text
+        return str(reply.json()["access_token"])
+
+    @property
+    def admin(self) -> str:
+        if self._admin is None:
+            self._admin = self.token("admin")
+        return self._admin
+
+    def add_user(self, username: str, role: str, department: str | None = None) -> None:
+        staff = role in ("official", "operator", "dept_admin", "sys_admin")
+        body: dict[str, Any] = {"username": username, "password": PASSWORD, "role": role, "totp": staff,
+                                "display_name": username}
+        if department:
+            body["department"] = department
+        with self.http(self.admin) as http:
+            reply = http.post("/auth/users", json=body)
+        assert reply.status_code == 201, reply.text
+        if staff:
+            self.secrets[username] = secret_of(reply.json()["otpauth_uri"])
+
+
+@pytest.fixture(scope="module")
+def portal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
+    root = tmp_path_factory.mktemp("portal-e2e")
+    port = free_port()
+    env = {**os.environ,
+           "CITYOS_DATABASE_URL": f"sqlite:///{root / 'cityos.db'}",
+           "CITYOS_DATA_DIR": str(root / "data"),
+           "CITYOS_PUBLIC_URL": f"http://127.0.0.1:{port}",
+           "CITYOS_INGEST_WORKERS": "0",
+           "CITYOS_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}",
+           "CITYOS_WEB": "1",
+           "CITYOS_ARGON2_TIME_COST": "1",
+           "CITYOS_ARGON2_MEMORY_KIB": "8192",
+           "CITYOS_AUTH_RATE_PER_MINUTE": "1000",
+           "COLUMNS": "500",
+           "NO_COLOR": "1"}
+    for name in ("CITYOS_WEB_STORAGE_SECRET", "CITYOS_IOT_ADMIN_TOKEN"):
+        env.pop(name, None)
+    cli = [sys.executable, "-m", "cityos.cli"]
+    subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=300)
+    made = subprocess.run([*cli, "user", "add", "admin", "--role", "sys_admin", "--password", PASSWORD, "--totp"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stdout + made.stderr
+    uri = next(word for word in made.stdout.split() if word.startswith("otpauth://"))
+    log = root / "server.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen([*cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-migrate",
+                                    "--log-level", "warning"], env=env, stdout=sink, stderr=subprocess.STDOUT)
+    portal = Portal(f"http://127.0.0.1:{port}", log, secret_of(uri))
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited: {log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{portal.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield portal
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        pytest.skip("the portal's browser test needs /usr/bin/chromium and /usr/bin/chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1600,1000", "--lang=zh-CN", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(90)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Browser:
+    """Small selenium helpers for NiceGUI/Quasar pages."""
+
+    def __init__(self, driver: Any, portal: Portal) -> None:
+        self.driver = driver
+        self.portal = portal
+
+    def wait(self, condition: Callable[[Any], Any], timeout: float = 60.0, what: str = "") -> Any:
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        try:
+            return WebDriverWait(self.driver, timeout, poll_frequency=0.25,
+                                 ignored_exceptions=[StaleElementReferenceException]).until(condition)
+        except TimeoutException:
+            self.shot(f"failure-{what or 'wait'}")
+            raise AssertionError(f"timed out waiting for {what}; at {self.driver.current_url}\n"
+                                 f"{self.text()[:3000]}") from None
+
+    def find(self, css: str, timeout: float = 60.0) -> Any:
+        from selenium.webdriver.common.by import By
+
+        def visible(driver: Any) -> Any:
+            for element in driver.find_elements(By.CSS_SELECTOR, css):
+                if element.is_displayed():
+                    return element
+            return None
+
+        return self.wait(visible, timeout, css)
+
+    def all(self, css: str) -> list[Any]:
+        from selenium.webdriver.common.by import By
+
+        return [e for e in self.driver.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
+
+    def text(self) -> str:
+        from selenium.webdriver.common.by import By
+
+        try:
+            return str(self.driver.find_element(By.TAG_NAME, "body").text)
+        except Exception:
+            return ""
+
+    def wait_text(self, text: str, timeout: float = 60.0) -> None:
+        self.wait(lambda _d: text in self.text(), timeout, repr(text))
+
+    def click(self, css: str, timeout: float = 60.0) -> None:
+        element = self.find(css, timeout)
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+        element.click()
+
+    def type(self, css: str, value: str) -> None:
+        """Replace the field's text by typing (selenium's clear() bypasses Vue's input events)."""
+        from selenium.webdriver.common.keys import Keys
+
+        element = self.find(css)
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+        element.send_keys(Keys.CONTROL, "a")
+        element.send_keys(Keys.DELETE)
+        element.send_keys(value)
+
+    def choose(self, css: str, option_text: str) -> None:
+        """Open a Quasar select and click the option containing `option_text`."""
+        from selenium.webdriver.common.by import By
+
+        def option(driver: Any) -> Any:
+            for item in driver.find_elements(By.CSS_SELECTOR, ".q-menu .q-item"):
+                if item.is_displayed() and option_text in item.text:
+                    return item
+            return None
+
+        for attempt in range(3):  # a menu opened while the page still updates may close again
+            self.click(css)
+            try:
+                self.wait(option, 8 if attempt < 2 else 30, f"option {option_text!r}").click()
+                break
+            except AssertionError:
+                if attempt == 2:
+                    raise
+        self.wait(lambda d: not any(m.is_displayed() for m in d.find_elements(By.CSS_SELECTOR, ".q-menu")), 10,
+                  "menu closed")
+
+    def go(self, path: str) -> None:
+        self.driver.get(self.portal.url + path)
+
+    def login(self, username: str, next_path: str) -> None:
+        self.go("/logout")
+        self.driver.delete_all_cookies()
+        self.go(f"/login?next={next_path}")
+        self.type(".login-username input", username)
+        self.type(".login-password input", PASSWORD)
+        if username in self.portal.secrets:
+            self.type(".login-totp input", self.portal.code(username))
+        self.click(".login-submit")
+        self.wait(lambda d: "/login" not in d.current_url, 60, f"login of {username}")
+
+    def shot(self, name: str, keep: bool = False, at: str | None = None) -> Path:
+        """A screenshot; scrolled to the top, or to the element `at`."""
+        if at:
+            self.driver.execute_script("arguments[0].scrollIntoView({block: 'start'}); window.scrollBy(0, -80);",
+                                       self.find(at))
+        else:
+            self.driver.execute_script("window.scrollTo(0, 0);")
+        time.sleep(0.4)
+        SCREENS.mkdir(parents=True, exist_ok=True)
+        path = SCREENS / f"portal-{name}.png"
+        self.driver.save_screenshot(str(path))
+        if keep:
+            DOCS_SCREENS.mkdir(parents=True, exist_ok=True)
+            (DOCS_SCREENS / path.name).write_bytes(path.read_bytes())
+        return path
