@@ -1,0 +1,184 @@
+"""Incidents from other domains, through the event bus and the hub (never their tables).
+
+- ``ops.alarm.raised`` / ``ops.alarm.updated`` with an ``incident`` spec open (or raise the level of)
+  the alarm's incident, deduplicated by the alarm id while open; ``ops.alarm.cleared`` notes it.
+- ``ops.incident.requested`` (environment) opens an incident for the environment department,
+  deduplicated by its ``dedupKey`` while open.
+- ``hub.entity.changed`` on an active ``Alert`` entity carrying ``incidentCategory``, and a
+  reconciliation at start-up over the hub's active Alerts, cover a crash between the alarm's
+  commit and the incident's (the dedup key makes the replays harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from cityos.core.errors import NonexistentTenant, ProblemError
+from cityos.core.events import Event, EventBus
+from cityos.hub.service import ENTITY_CHANGED
+from cityos.hub.store import EntityQuery
+from cityos.ops.incidents.models import CATEGORY_PATTERN, LEVELS
+from cityos.ops.incidents.routing import level_of
+from cityos.ops.incidents.service import SYSTEM, IncidentService, NewIncident
+
+log = logging.getLogger(__name__)
+
+ALERT_PREFIX = "urn:ngsi-ld:Alert:alarm-"
+_CATEGORY = re.compile(CATEGORY_PATTERN)
+
+
+def _short(iri: str) -> str:
+    return iri.rsplit("/", 1)[-1].rsplit("#", 1)[-1]
+
+
+def _text(value: Any, limit: int) -> str | None:
+    return str(value)[:limit] if value is not None else None
+
+
+def _location(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) and "type" in value and "coordinates" in value else None
+
+
+def alarm_incident(alarm: dict[str, Any]) -> NewIncident | None:
+    spec = alarm.get("incident")
+    if not isinstance(spec, dict) or not isinstance(spec.get("category"), str):
+        return None
+    category = spec["category"]
+    if not _CATEGORY.match(category):
+        log.warning("alarm %s: bad incident category %r", alarm.get("id"), category)
+        return None
+    message = _text(alarm.get("message"), 1000) or ""
+    title = f"Alarm: {message or alarm.get('ruleId') or category}"[:200]
+    return NewIncident(
+        category=category, title=title, description=message, source="alarm",
+        level=level_of(_text(alarm.get("severity"), 24), _text(spec.get("level"), 24)),
+        severity=_text(alarm.get("severity"), 24), location=_location(alarm.get("location")),
+        entity_id=_text(alarm.get("entityId"), 512), dedup_key=f"alarm:{alarm.get('id')}"[:300],
+        fallback_department=_text(alarm.get("department"), 128), district=_text(alarm.get("district"), 256))
+
+
+def environment_incident(payload: dict[str, Any]) -> NewIncident | None:
+    category = payload.get("category")
+    if not isinstance(category, str) or not _CATEGORY.match(category):
+        return None
+    key = payload.get("dedupKey")
+    level = payload.get("level")
+    return NewIncident(
+        category=category, title=(_text(payload.get("title"), 200) or category),
+        description=_text(payload.get("description"), 4000) or "", source="environment",
+        level=level if level in LEVELS else level_of(None, _text(level, 24)),
+        location=_location(payload.get("location")), entity_id=_text(payload.get("entityId"), 512),
+        dedup_key=f"env:{key}"[:300] if key else None, department="environment")
+
+
+def alert_alarm(entity_id: str, values: dict[str, Any]) -> dict[str, Any] | None:
+    """An active Alert entity (short attribute names → values) as the alarm event would carry it."""
+    if not entity_id.startswith(ALERT_PREFIX) or values.get("alarmStatus") != "active":
+        return None
+    category = values.get("incidentCategory")
+    if not isinstance(category, str):
+        return None
+    return {"id": entity_id[len(ALERT_PREFIX):], "severity": values.get("alarmSeverity") or values.get("severity"),
+            "message": values.get("description"), "entityId": values.get("alertSource"),
+            "location": values.get("location"), "district": values.get("district"),
+            "department": values.get("department"),
+            "incident": {"category": category, "level": values.get("incidentLevel")}}
+
+
+def _values(attrs: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for iri, instances in attrs.items():
+        if instances:
+            inst = instances[0]
+            out[_short(iri)] = inst.get("value", inst.get("object"))
+    return out
+
+
+class Listeners:
+    def __init__(self, service: IncidentService, bus: EventBus) -> None:
+        self.service = service
+        self.bus = bus
+        self._unsubscribe = [
+            bus.subscribe("ops.alarm.raised", self.on_alarm),
+            bus.subscribe("ops.alarm.updated", self.on_alarm),
+            bus.subscribe("ops.alarm.cleared", self.on_alarm_cleared),
+            bus.subscribe("ops.incident.requested", self.on_requested),
+            bus.subscribe(ENTITY_CHANGED, self.on_entity),
+        ]
+
+    def close(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+
+    async def _open(self, tenant: str, new: NewIncident) -> None:
+        try:
+            await self.service.create(tenant, new, actor=SYSTEM)
+        except ProblemError as exc:
+            log.warning("incident for %s refused: %s", new.dedup_key, exc.detail)
+
+    async def on_alarm(self, event: Event) -> None:
+        alarm = event.payload.get("alarm")
+        if not isinstance(alarm, dict) or alarm.get("id") is None:
+            return
+        new = alarm_incident(alarm)
+        if new is not None:
+            await self._open(str(event.payload.get("tenant") or ""), new)
+
+    async def on_alarm_cleared(self, event: Event) -> None:
+        alarm = event.payload.get("alarm")
+        if isinstance(alarm, dict) and alarm.get("id") is not None:
+            await self.service.note(str(event.payload.get("tenant") or ""), f"alarm:{alarm['id']}"[:300],
+                                    "alarm.cleared", "the alarm was cleared")
+
+    async def on_requested(self, event: Event) -> None:
+        new = environment_incident(event.payload)
+        if new is not None:
+            await self._open(str(event.payload.get("tenant") or ""), new)
+
+    async def on_entity(self, event: Event) -> None:
+        change = event.payload.get("change")
+        after = getattr(change, "after", None)
+        record = after or getattr(change, "before", None)
+        if record is not None and any(t == self.service.district_type for t in record.types):
+            self.service.forget_districts(str(event.payload.get("tenant") or ""))
+            return
+        if after is None or not after.id.startswith(ALERT_PREFIX):
+            return
+        if not any(_short(t) == "Alert" for t in after.types):
+            return
+        alarm = alert_alarm(after.id, _values(after.attrs))
+        if alarm is not None:
+            new = alarm_incident(alarm)
+            if new is not None:
+                await self._open(str(event.payload.get("tenant") or ""), new)
+
+    async def reconcile(self) -> int:
+        return await reconcile(self.service)
+
+
+async def reconcile(service: IncidentService) -> int:
+    """Open the incidents of active Alert entities that have none (after a crash); returns how many."""
+    hub = service.hub
+    async with hub.store.read() as conn:
+        tenants = sorted({"", *await hub.store.list_tenants(conn)})
+    opened = 0
+    alert_type = service.ctx.expand("Alert")
+    for tenant in tenants:
+        offset = 0
+        while True:
+            try:
+                records, _ = await hub.query(tenant, EntityQuery(types=[alert_type], limit=1000, offset=offset))
+            except NonexistentTenant:
+                break
+            for record in records:
+                alarm = alert_alarm(record.id, _values(record.attrs))
+                new = alarm_incident(alarm) if alarm else None
+                if new is not None:
+                    result = await service.create(tenant, new, actor=SYSTEM)
+                    opened += result.outcome == "created"
+            if len(records) < 1000:
+                break
+            offset += 1000
+    return opened

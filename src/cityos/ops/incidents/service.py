@@ -1,0 +1,963 @@
+"""Incidents: intake (alarms, Open311, hotline, manual), routing, merging, lifecycle, SLA clocks, hub view.
+
+No HTTP here. Authorisation with the real resource happens in the API (it has the request);
+the service records who did what (timeline + audit) and publishes every change:
+
+- on the bus: ``ops.incident.changed`` {"tenant", "incident": <view>} after every committed change,
+  ``ops.incident.sla`` {"tenant", "incident", "clock", "state": "yellow"} and
+  ``ops.incident.escalated`` {"tenant", "incident", "clock", "from", "to"} from the sweep;
+- in the hub: every incident as an ``Incident`` entity (``urn:ngsi-ld:Incident:<id>``) without
+  personal data, written by an outbox publisher (`sync_hub`). Closed incidents stay in the hub
+  with status ``closed`` (the temporal history and the KPIs need them); a report merged into
+  another incident is removed from the hub while merged (its incident stands for it) and comes
+  back when it is split out again.
+
+SLA: the response clock runs from reported until accepted; the resolution clock from reported
+(or the last reopen) until resolved. `tick(now)` turns a clock yellow at 80 % of its span and,
+at the deadline, marks it breached and escalates the incident one level. Clocks use
+`cityos.core.clock.now()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import shapely
+from shapely.geometry import shape
+from sqlalchemy import Row, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cityos.config import env_float
+from cityos.core import clock
+from cityos.core.errors import BadRequestData, Conflict, NonexistentTenant, ProblemError, ResourceNotFound
+from cityos.core.events import EventBus
+from cityos.hub.geoquery import DEFAULT_GEOPROPERTY, GeoQuery, haversine, validate_geojson
+from cityos.hub.jsonld import ActiveContext
+from cityos.hub.service import HubService
+from cityos.hub.store import EntityQuery
+from cityos.ops.incidents.models import (
+    LEVELS,
+    MERGING_SOURCES,
+    OPEN_STATUSES,
+    TRANSITIONS,
+    incidents,
+    sla_policies,
+    steps,
+)
+from cityos.ops.incidents.routing import Policy, Routing, best_policy, clock_state, default_policies, level_up
+from cityos.security.audit import AuditEvent
+from cityos.security.crypto import ENCRYPTED_COLUMNS, KeyRing, register_encrypted
+from cityos.security.models import departments
+from cityos.security.policy import Principal
+
+log = logging.getLogger(__name__)
+
+CHANGED = "ops.incident.changed"
+SLA_EVENT = "ops.incident.sla"
+ESCALATED = "ops.incident.escalated"
+ENTITY_PREFIX = "urn:ngsi-ld:Incident:"
+CLOSED_FOR_OPEN311 = frozenset({"resolved", "closed"})
+MAX_ID = 2**53
+
+if not any(c.table is incidents for c in ENCRYPTED_COLUMNS):
+    register_encrypted(incidents, "id", "reporter_enc")
+
+
+@dataclass
+class NewIncident:
+    category: str
+    title: str
+    description: str = ""
+    source: str = "manual"
+    level: str = "general"
+    severity: str | None = None
+    location: dict[str, Any] | None = None
+    address: str | None = None
+    reporter: dict[str, str] | None = None  # personal data: encrypted at rest, never published
+    reporter_id: str | None = None  # the principal who reported (own-scope reads)
+    service_code: str | None = None
+    attributes: dict[str, Any] | None = None
+    media_url: str | None = None
+    entity_id: str | None = None
+    dedup_key: str | None = None
+    department: str | None = None  # forced department (before the sub-department step)
+    fallback_department: str | None = None  # when the routing table has no route for the category
+    district: str | None = None  # used when the location finds no District entity
+    token: str | None = None
+
+
+@dataclass
+class Actor:
+    label: str
+    role: str
+    principal: Principal | None = None
+
+    @classmethod
+    def of(cls, principal: Principal | None) -> Actor:
+        if principal is None:
+            return cls("anonymous", "anonymous")
+        return cls(principal.label, principal.role, principal)
+
+
+SYSTEM = Actor("system", "system")
+
+
+@dataclass
+class Plan:
+    location: dict[str, Any] | None
+    lon: float | None
+    lat: float | None
+    district: str | None
+    department: str
+
+
+@dataclass
+class Created:
+    incident: dict[str, Any]
+    outcome: str  # created | merged | updated | unchanged
+    parent: dict[str, Any] | None = None
+
+
+@dataclass
+class SweepResult:
+    yellow: int = 0
+    breached: int = 0
+    escalated: list[str] = field(default_factory=list)
+    closed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"yellow": self.yellow, "breached": self.breached, "escalated": self.escalated,
+                "closed": self.closed}
+
+
+def parse_id(raw: str | int) -> int:
+    text = str(raw)
+    if not text.isdigit() or len(text) > 15 or int(text) >= MAX_ID:
+        raise ResourceNotFound(f"incident {text[:40]!r} not found")
+    return int(text)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return clock.iso(clock.as_utc(value)) if value is not None else None
+
+
+def _point(location: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    if location is None:
+        return None, None
+    geometry = shape(location)
+    point = geometry if geometry.geom_type == "Point" else shapely.point_on_surface(geometry)
+    return float(point.x), float(point.y)
+
+
+def overall_sla(response_state: str, resolution_state: str) -> str:
+    states = {response_state, resolution_state}
+    for state in ("breached", "yellow", "ok"):
+        if state in states:
+            return state
+    return "met"
+
+
+def next_check(row: dict[str, Any]) -> datetime | None:
+    """The next moment one of the running clocks changes colour (stored as `sla_next_at`)."""
+    if row["status"] not in OPEN_STATUSES:
+        return None
+    moments = []
+    for start, due, done, state in ((row["reported_at"], row["response_due"], row["accepted_at"],
+                                     row["response_state"]),
+                                    (row["sla_start"], row["resolution_due"], row["resolved_at"],
+                                     row["resolution_state"])):
+        if due is None or done is not None or state in ("breached", "met"):
+            continue
+        start, due = clock.as_utc(start), clock.as_utc(due)
+        if state == "yellow":
+            moments.append(due)
+        else:
+            moments.append(start + (due - start) * 0.8)
+    return min(moments) if moments else None
+
+
+class IncidentService:
+    def __init__(self, engine: AsyncEngine, hub: HubService, ctx: ActiveContext, bus: EventBus,
+                 security: Any, write_lock: asyncio.Lock | None = None, routing: Routing | None = None,
+                 auto_close_hours: float = 72.0) -> None:
+        self.engine = engine
+        self.hub = hub
+        self.ctx = ctx
+        self.bus = bus
+        self.security = security  # cityos.security.service.SecurityService: audit + key ring
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._lock = write_lock or asyncio.Lock()
+        self.routing = routing or Routing.load()
+        self.defaults = default_policies()
+        self.auto_close = timedelta(hours=auto_close_hours)
+        self._policy_cache: dict[str, tuple[float, list[Policy]]] = {}
+        self.hub_wake = asyncio.Event()
+        self.district_type = ctx.expand("District")
+        self.district_ttl = env_float("CITYOS_INCIDENT_DISTRICT_CACHE_SECONDS", 60.0)
+        self._districts: dict[str, tuple[float, list[tuple[str, Any]]]] = {}
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def keyring(self) -> KeyRing:
+        ring: KeyRing = self.security.keyring
+        return ring
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        if self._sqlite:
+            async with self._lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    async def _row(self, conn: AsyncConnection, tenant: str, incident_id: int, lock: bool = False) -> Row[Any]:
+        stmt = select(incidents).where(incidents.c.tenant == tenant, incidents.c.id == incident_id)
+        if lock and not self._sqlite:
+            stmt = stmt.with_for_update()
+        row = (await conn.execute(stmt)).first()
+        if row is None:
+            raise ResourceNotFound(f"incident {incident_id} not found")
+        return row
+
+    async def _step(self, conn: AsyncConnection, tenant: str, incident_id: int, action: str, actor: Actor,
+                    now: datetime, from_status: str | None = None, to_status: str | None = None,
+                    note: str | None = None, **detail: Any) -> None:
+        await conn.execute(insert(steps).values(
+            tenant=tenant, incident_id=incident_id, at=now, action=action, actor=actor.label[:256],
+            role=actor.role[:32], from_status=from_status, to_status=to_status, note=note, detail=detail or None))
+
+    async def _audit(self, actor: Actor, action: str, tenant: str, incident_id: int | str, **detail: Any) -> None:
+        if actor.principal is not None:
+            event = AuditEvent.of(actor.principal, action, f"incident:{incident_id}", tenant=tenant, **detail)
+        else:
+            event = AuditEvent(action, f"incident:{incident_id}", actor=actor.label, actor_kind="service"
+                               if actor is SYSTEM else "anonymous", role=actor.role, tenant=tenant, detail=detail)
+        await self.security.record(event)
+
+    async def _announce(self, tenant: str, ids: Iterable[int]) -> list[dict[str, Any]]:
+        """Publish `ops.incident.changed` for each id (after commit) and wake the hub publisher."""
+        self.hub_wake.set()
+        views = []
+        for incident_id in dict.fromkeys(ids):
+            try:
+                view = await self.get(tenant, incident_id)
+            except ResourceNotFound:
+                continue
+            views.append(view)
+            await self.bus.publish(CHANGED, {"tenant": tenant, "incident": view})
+        return views
+
+    # ------------------------------------------------------------------ views
+
+    def view(self, row: Any, parent: Any | None = None) -> dict[str, Any]:
+        effective = parent if parent is not None else row
+        return {
+            "id": str(row.id), "tenant": row.tenant, "category": row.category, "title": row.title,
+            "description": row.description, "source": row.source, "status": row.status,
+            "level": row.level, "severity": row.severity, "location": row.location, "address": row.address,
+            "district": row.district, "department": row.department,
+            "parentId": str(row.parent_id) if row.parent_id is not None else None,
+            "reportCount": row.report_count, "serviceCode": row.service_code, "attributes": row.attributes,
+            "mediaUrl": row.media_url, "entityId": row.entity_id, "hasReporter": row.reporter_enc is not None,
+            "statusNotes": effective.status_notes,
+            "open311Status": "closed" if effective.status in CLOSED_FOR_OPEN311 else "open",
+            "reportedAt": _iso(row.reported_at), "updatedAt": _iso(row.updated_at),
+            "dispatchedAt": _iso(row.dispatched_at), "acceptedAt": _iso(row.accepted_at),
+            "onSiteAt": _iso(row.on_site_at), "resolvedAt": _iso(row.resolved_at), "closedAt": _iso(row.closed_at),
+            "sla": {"responseDue": _iso(row.response_due), "resolutionDue": _iso(row.resolution_due),
+                    "responseState": row.response_state, "resolutionState": row.resolution_state,
+                    "state": overall_sla(row.response_state, row.resolution_state)},
+            "escalations": row.escalations,
+        }
+
+    async def get(self, tenant: str, incident_id: int | str, timeline: bool = False) -> dict[str, Any]:
+        ident = parse_id(incident_id)
+        async with self.engine.connect() as conn:
+            row = await self._row(conn, tenant, ident)
+            parent = await self._row(conn, tenant, row.parent_id) if row.parent_id is not None else None
+            view = self.view(row, parent)
+            if timeline:
+                view["timeline"] = await self._timeline(conn, ident)
+                children = await conn.execute(select(incidents.c.id).where(incidents.c.parent_id == ident)
+                                              .order_by(incidents.c.id))
+                view["merged"] = [str(c.id) for c in children]
+        return view
+
+    async def _timeline(self, conn: AsyncConnection, incident_id: int) -> list[dict[str, Any]]:
+        rows = await conn.execute(select(steps).where(steps.c.incident_id == incident_id).order_by(steps.c.id))
+        return [{"at": _iso(r.at), "action": r.action, "actor": r.actor, "role": r.role, "from": r.from_status,
+                 "to": r.to_status, "note": r.note, **({"detail": r.detail} if r.detail else {})} for r in rows]
+
+    async def timeline(self, tenant: str, incident_id: int | str) -> list[dict[str, Any]]:
+        ident = parse_id(incident_id)
+        async with self.engine.connect() as conn:
+            await self._row(conn, tenant, ident)
+            return await self._timeline(conn, ident)
+
+    async def reporter(self, tenant: str, incident_id: int | str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            row = await self._row(conn, tenant, parse_id(incident_id))
+        if row.reporter_enc is None:
+            return {}
+        data: dict[str, Any] = orjson.loads(self.keyring.decrypt(row.reporter_enc))
+        return data
+
+    async def search(self, tenant: str, *, departments_in: Iterable[str] | None = None,
+                   reporter_id: str | None = None, status: list[str] | None = None,
+                   category: str | None = None, department: str | None = None, district: str | None = None,
+                   level: str | None = None, source: str | None = None, open_only: bool = False,
+                   include_merged: bool = False, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        t = incidents
+        conds: list[Any] = [t.c.tenant == tenant]
+        if departments_in is not None:
+            conds.append(t.c.department.in_(list(departments_in)))
+        if reporter_id is not None:
+            conds.append(t.c.reporter_id == reporter_id)
+        if status:
+            conds.append(t.c.status.in_(status))
+        if open_only:
+            conds.append(t.c.status.in_(OPEN_STATUSES))
+        for column, value in ((t.c.category, category), (t.c.department, department), (t.c.district, district),
+                              (t.c.level, level), (t.c.source, source)):
+            if value is not None:
+                conds.append(column == value)
+        if not include_merged:
+            conds.append(t.c.parent_id.is_(None))
+        async with self.engine.connect() as conn:
+            total = (await conn.execute(select(func.count()).select_from(t).where(and_(*conds)))).scalar_one()
+            rows = (await conn.execute(select(t).where(and_(*conds)).order_by(t.c.id.desc())
+                                       .limit(limit).offset(offset))).all()
+            parent_ids = {r.parent_id for r in rows if r.parent_id is not None}
+            parents = {}
+            if parent_ids:
+                parents = {p.id: p for p in await conn.execute(select(t).where(t.c.id.in_(parent_ids)))}
+        return [self.view(r, parents.get(r.parent_id)) for r in rows], int(total)
+
+    # ------------------------------------------------------------------ routing
+
+    async def district_at(self, tenant: str, lon: float, lat: float) -> str | None:
+        """The District entity of the hub whose geometry contains the point.
+
+        With the district cache on (CITYOS_INCIDENT_DISTRICT_CACHE_SECONDS > 0, default 60) the
+        tenant's District polygons are read from the hub once and tested locally (shapely, prepared
+        geometries); a District change seen on the bus drops the cache at once, and another
+        process's change is seen within the TTL. With the cache off, each call is a hub geo-query
+        (`intersects` the point)."""
+        if self.district_ttl > 0:
+            return await self._cached_district(tenant, lon, lat)
+        query = EntityQuery(types=[self.district_type],
+                            geo=GeoQuery("intersects", {"type": "Point", "coordinates": [lon, lat]}, None, None),
+                            limit=10)
+        try:
+            found, _ = await self.hub.query(tenant, query)
+        except NonexistentTenant:
+            return None
+        return min(r.id for r in found) if found else None
+
+    async def _cached_district(self, tenant: str, lon: float, lat: float) -> str | None:
+        moment = asyncio.get_running_loop().time()
+        cached = self._districts.get(tenant)
+        if cached is None or moment - cached[0] > self.district_ttl:
+            shapes: list[tuple[str, Any]] = []
+            offset = 0
+            while True:
+                try:
+                    found, _ = await self.hub.query(tenant, EntityQuery(types=[self.district_type], limit=1000,
+                                                                         offset=offset))
+                except NonexistentTenant:
+                    found = []
+                for record in found:
+                    for inst in record.attrs.get(DEFAULT_GEOPROPERTY, [])[:1]:
+                        with contextlib.suppress(Exception):
+                            geometry = shape(inst["value"])
+                            shapely.prepare(geometry)
+                            shapes.append((record.id, geometry))
+                if len(found) < 1000:
+                    break
+                offset += 1000
+            cached = (moment, sorted(shapes, key=lambda item: item[0]))
+            self._districts[tenant] = cached
+        probe = shapely.Point(lon, lat)
+        for district_id, geometry in cached[1]:
+            if geometry.intersects(probe):
+                return district_id
+        return None
+
+    def forget_districts(self, tenant: str | None = None) -> None:
+        if tenant is None:
+            self._districts.clear()
+        else:
+            self._districts.pop(tenant, None)
+
+    async def sub_department(self, conn: AsyncConnection, tenant: str, department: str,
+                             district: str | None) -> str:
+        """The deepest department below `department` (security tree) that covers `district`."""
+        if district is None:
+            return department
+        rows = (await conn.execute(select(departments.c.id, departments.c.parent, departments.c.districts)
+                                   .where(departments.c.tenant == tenant))).all()
+        children: dict[str, list[Any]] = {}
+        for row in rows:
+            if row.parent is not None:
+                children.setdefault(row.parent, []).append(row)
+        current, seen = department, {department}
+        while True:
+            covering = sorted(r.id for r in children.get(current, []) if district in (r.districts or [])
+                              and r.id not in seen)
+            if not covering:
+                return current
+            current = covering[0]
+            seen.add(current)
+
+    # ------------------------------------------------------------------ SLA policies
+
+    async def policies(self, tenant: str) -> list[Policy]:
+        """Defaults from `sla_defaults.yaml` plus the tenant's custom policies (cached 5 s)."""
+        cached = self._policy_cache.get(tenant)
+        moment = asyncio.get_running_loop().time()
+        if cached is not None and moment - cached[0] < 5.0:
+            return cached[1]
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(sla_policies).where(sla_policies.c.tenant == tenant)
+                                       .order_by(sla_policies.c.id))).all()
+        custom = [Policy(r.category, r.level, r.response_minutes, r.resolution_minutes, "custom", r.id) for r in rows]
+        overridden = {(p.category, p.level) for p in custom}
+        merged = [p for p in self.defaults if (p.category, p.level) not in overridden] + custom
+        self._policy_cache[tenant] = (moment, merged)
+        return merged
+
+    async def policy_for(self, tenant: str, category: str, level: str) -> Policy | None:
+        return best_policy(await self.policies(tenant), category, level)
+
+    async def set_policy(self, tenant: str, category: str, level: str, response: float,
+                         resolution: float | None, by: Principal | None) -> dict[str, Any]:
+        now = clock.now()
+        actor = Actor.of(by)
+        async with self.write() as conn:
+            found = (await conn.execute(select(sla_policies.c.id).where(
+                sla_policies.c.tenant == tenant, sla_policies.c.category == category,
+                sla_policies.c.level == level))).first()
+            values = {"response_minutes": response, "resolution_minutes": resolution, "updated_at": now,
+                      "updated_by": actor.label[:256]}
+            if found is None:
+                policy_id = (await conn.execute(insert(sla_policies).values(
+                    tenant=tenant, category=category, level=level, **values).returning(sla_policies.c.id))).scalar_one()
+            else:
+                policy_id = found.id
+                await conn.execute(update(sla_policies).where(sla_policies.c.id == policy_id).values(**values))
+        self._policy_cache.pop(tenant, None)
+        await self.security.record(AuditEvent.of(by, "sla.policy.set", f"sla-policy:{policy_id}", tenant=tenant,
+                                                 category=category, level=level, response=response,
+                                                 resolution=resolution))
+        return Policy(category, level, response, resolution, "custom", policy_id).to_json()
+
+    async def delete_policy(self, tenant: str, policy_id: str, by: Principal | None) -> None:
+        ident = parse_id(policy_id)
+        async with self.write() as conn:
+            result = await conn.execute(delete(sla_policies).where(sla_policies.c.tenant == tenant,
+                                                                   sla_policies.c.id == ident))
+        if not result.rowcount:
+            raise ResourceNotFound(f"SLA policy {policy_id} not found")
+        self._policy_cache.pop(tenant, None)
+        await self.security.record(AuditEvent.of(by, "sla.policy.delete", f"sla-policy:{ident}", tenant=tenant))
+
+    def _deadlines(self, policy: Policy | None, start: datetime) -> tuple[datetime | None, datetime | None]:
+        if policy is None:
+            return None, None
+        response = start + timedelta(minutes=policy.response_minutes)
+        resolution = start + timedelta(minutes=policy.resolution_minutes) if policy.resolution_minutes else None
+        return response, resolution
+
+    # ------------------------------------------------------------------ intake
+
+    async def plan(self, tenant: str, new: NewIncident) -> Plan:
+        """Where an incident goes: its location's District (hub geo-query) and the department."""
+        if new.level not in LEVELS:
+            raise BadRequestData(f"level must be one of {', '.join(LEVELS)}")
+        location = validate_geojson(new.location) if new.location is not None else None
+        lon, lat = _point(location)
+        district = await self.district_at(tenant, lon, lat) if lon is not None and lat is not None else None
+        district = district or new.district
+        routed = new.department or self.routing.department_for(new.category) or new.fallback_department \
+            or self.routing.default
+        async with self.engine.connect() as conn:
+            department = await self.sub_department(conn, tenant, routed, district)
+        return Plan(location, lon, lat, district, department)
+
+    async def create(self, tenant: str, new: NewIncident, by: Principal | None = None,
+                     actor: Actor | None = None,
+                     check: Callable[[Plan], Awaitable[None]] | None = None) -> Created:
+        """Open an incident (or merge the report into a nearby open one, or refresh the open
+        incident of the same dedup key). `check(plan)` may refuse before anything is written."""
+        actor = actor or Actor.of(by)
+        plan = await self.plan(tenant, new)
+        if check is not None:
+            await check(plan)
+        policy = await self.policy_for(tenant, new.category, new.level)
+        reporter_enc = self.keyring.encrypt(orjson.dumps(new.reporter).decode()) if new.reporter else None
+        for attempt in range(3):
+            try:
+                result = await self._create_row(tenant, new, actor, plan, policy, reporter_enc)
+                break
+            except IntegrityError:
+                # A concurrent writer opened the incident of the same dedup key (or took the token).
+                if attempt == 2:
+                    raise
+                new.token = secrets.token_hex(16) if new.token else None
+        outcome, incident_id, parent_id = result
+        if outcome != "unchanged":
+            await self._audit(actor, f"incident.{'report' if outcome == 'merged' else outcome}", tenant,
+                              incident_id, source=new.source, category=new.category,
+                              **({"mergedInto": str(parent_id)} if parent_id is not None else {}))
+            views = await self._announce(tenant, [incident_id] + ([parent_id] if parent_id is not None else []))
+        else:
+            views = [await self.get(tenant, incident_id)]
+        return Created(views[0], outcome, views[1] if len(views) > 1 else None)
+
+    async def _create_row(self, tenant: str, new: NewIncident, actor: Actor, plan: Plan,
+                          policy: Policy | None, reporter_enc: str | None) -> tuple[str, int, int | None]:
+        now = clock.now()
+        location, lon, lat, district, department = plan.location, plan.lon, plan.lat, plan.district, \
+            plan.department
+        t = incidents
+        async with self.write() as conn:
+            if new.dedup_key:
+                stmt = select(t).where(t.c.tenant == tenant, t.c.dedup_open == new.dedup_key)
+                existing = (await conn.execute(stmt if self._sqlite else stmt.with_for_update())).first()
+                if existing is not None:
+                    return await self._refresh(conn, existing, new, actor, now), existing.id, None
+            parent = None
+            if new.source in MERGING_SOURCES and lon is not None and lat is not None:
+                parent = await self._merge_candidate(conn, tenant, new.category, lon, lat, now)
+            response_due, resolution_due = self._deadlines(policy, now)
+            values: dict[str, Any] = {
+                "tenant": tenant, "category": new.category, "title": new.title[:200],
+                "description": new.description, "source": new.source, "status": "reported",
+                "level": new.level, "severity": new.severity, "lon": lon, "lat": lat, "location": location,
+                "address": new.address, "district": district, "department": department, "report_count": 1,
+                "dedup_key": new.dedup_key, "dedup_open": new.dedup_key, "service_code": new.service_code,
+                "attributes": new.attributes, "media_url": new.media_url, "entity_id": new.entity_id,
+                "reporter_id": new.reporter_id, "reporter_enc": reporter_enc, "token": new.token,
+                "reported_at": now, "updated_at": now, "sla_start": now, "response_due": response_due,
+                "resolution_due": resolution_due, "response_state": "ok", "resolution_state": "ok",
+                "escalations": 0, "version": 1, "hub_dirty": 1, "accepted_at": None, "resolved_at": None,
+            }
+            if parent is not None:
+                values.update(status="merged", parent_id=parent.id, response_due=None, resolution_due=None,
+                              dedup_open=None)
+            values["sla_next_at"] = next_check(values)
+            values.pop("accepted_at")
+            values.pop("resolved_at")
+            new_id = (await conn.execute(insert(t).values(**values).returning(t.c.id))).scalar_one()
+            await self._step(conn, tenant, new_id, "report", actor, now, None, "reported", source=new.source)
+            if parent is None:
+                return "created", new_id, None
+            await self._step(conn, tenant, new_id, "merge", actor, now, "reported", "merged",
+                             into=str(parent.id), automatic=True)
+            await conn.execute(update(t).where(t.c.id == parent.id).values(
+                report_count=t.c.report_count + 1, updated_at=now, version=t.c.version + 1, hub_dirty=1))
+            await self._step(conn, tenant, parent.id, "merge", actor, now, parent.status, parent.status,
+                             child=str(new_id), automatic=True)
+            return "merged", new_id, parent.id
+
+    async def _refresh(self, conn: AsyncConnection, row: Row[Any], new: NewIncident, actor: Actor,
+                       now: datetime) -> str:
+        """The dedup key's incident is open: raise its level if the new one is higher."""
+        old = LEVELS.index(row.level) if row.level in LEVELS else 0
+        if LEVELS.index(new.level) <= old:
+            return "unchanged"
+        await conn.execute(update(incidents).where(incidents.c.id == row.id).values(
+            level=new.level, severity=new.severity or row.severity, updated_at=now,
+            version=incidents.c.version + 1, hub_dirty=1))
+        await self._step(conn, row.tenant, row.id, "update", actor, now, row.status, row.status,
+                         level={"from": row.level, "to": new.level}, source=new.source)
+        return "updated"
+
+    async def _merge_candidate(self, conn: AsyncConnection, tenant: str, category: str, lon: float, lat: float,
+                               now: datetime) -> Row[Any] | None:
+        metres = self.routing.merge_metres
+        dlat = metres / 111_195.0 * 1.01
+        dlon = dlat / max(0.01, abs(math.cos(math.radians(lat))))
+        t = incidents
+        rows = (await conn.execute(select(t).where(
+            t.c.tenant == tenant, t.c.category == category, t.c.parent_id.is_(None),
+            t.c.status.in_(OPEN_STATUSES),
+            t.c.reported_at >= now - timedelta(minutes=self.routing.merge_minutes),
+            t.c.lat.between(lat - dlat, lat + dlat), t.c.lon.between(lon - dlon, lon + dlon)))).all()
+        best: tuple[float, int] | None = None
+        chosen = None
+        for row in rows:
+            distance = haversine(lon, lat, row.lon, row.lat)
+            if distance <= metres and (best is None or (distance, row.id) < best):
+                best, chosen = (distance, row.id), row
+        return chosen
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def act(self, tenant: str, incident_id: int | str, action: str, by: Principal | None,
+                  note: str | None = None, department: str | None = None, actor: Actor | None = None,
+                  detail: dict[str, Any] | None = None) -> dict[str, Any]:
+        if action not in TRANSITIONS:
+            raise ResourceNotFound(f"no action {action[:40]!r}")
+        actor = actor or Actor.of(by)
+        ident = parse_id(incident_id)
+        now = clock.now()
+        sources, target = TRANSITIONS[action]
+        try:
+            async with self.write() as conn:
+                row = await self._row(conn, tenant, ident, lock=True)
+                if row.status == "merged":
+                    raise Conflict(f"incident {ident} is merged into {row.parent_id}; act on that incident or "
+                                   "split it out first")
+                if row.status not in sources:
+                    raise Conflict(f"cannot {action} an incident that is {row.status} "
+                                   f"(allowed from: {', '.join(sorted(sources))})")
+                current = row._asdict()
+                values: dict[str, Any] = {"status": target, "updated_at": now}
+                if note:
+                    values["status_notes"] = note
+                step_detail: dict[str, Any] = dict(detail or {})
+                if action == "dispatch":
+                    values["dispatched_at"] = now
+                    if department and department != row.department:
+                        values["department"] = department
+                        step_detail["department"] = {"from": row.department, "to": department}
+                elif action == "accept":
+                    if row.accepted_at is None:
+                        values["accepted_at"] = now
+                elif action == "arrive":
+                    values["on_site_at"] = now
+                elif action == "resolve":
+                    values["resolved_at"] = now
+                elif action == "close":
+                    values["closed_at"] = now
+                    values["dedup_open"] = None
+                elif action == "reopen":
+                    policy = await self.policy_for(tenant, row.category, row.level)
+                    _response, resolution_due = self._deadlines(policy, now)
+                    values.update(resolved_at=None, closed_at=None, sla_start=now, resolution_due=resolution_due,
+                                  resolution_state="ok", dedup_open=row.dedup_key)
+                current.update(values)
+                for clock_name, start, due, done in (("response", "reported_at", "response_due", "accepted_at"),
+                                                     ("resolution", "sla_start", "resolution_due", "resolved_at")):
+                    if current[done] is not None and current[due] is not None:
+                        state, _next = clock_state(clock.as_utc(current[start]), clock.as_utc(current[due]),
+                                                   clock.as_utc(current[done]), now, current[f"{clock_name}_state"])
+                        values[f"{clock_name}_state"] = current[f"{clock_name}_state"] = state
+                values["sla_next_at"] = next_check(current)
+                await conn.execute(update(incidents).where(incidents.c.id == ident).values(
+                    **values, version=incidents.c.version + 1, hub_dirty=1))
+                await self._step(conn, tenant, ident, action, actor, now, row.status, target, note, **step_detail)
+        except IntegrityError as exc:
+            raise Conflict("another open incident has the same source key; it cannot be reopened") from exc
+        await self._audit(actor, f"incident.{action}", tenant, ident, **{"from": row.status, "to": target})
+        return (await self._announce(tenant, [ident]))[0]
+
+    async def confirm(self, tenant: str, incident_id: int | str, by: Principal | None, satisfied: bool,
+                      note: str | None = None) -> dict[str, Any]:
+        """The reporter confirms the resolution (→ closed) or rejects it (→ reopened)."""
+        action = "close" if satisfied else "reopen"
+        return await self.act(tenant, incident_id, action, by, note, detail={"confirmation": satisfied,
+                                                                              "by": "reporter"})
+
+    async def merge(self, tenant: str, incident_id: int | str, into: int | str, by: Principal | None) -> dict[str, Any]:
+        child_id, parent_id = parse_id(incident_id), parse_id(into)
+        if child_id == parent_id:
+            raise Conflict("an incident cannot be merged into itself")
+        actor = Actor.of(by)
+        now = clock.now()
+        t = incidents
+        async with self.write() as conn:
+            child = await self._row(conn, tenant, child_id, lock=True)
+            parent = await self._row(conn, tenant, parent_id, lock=True)
+            if child.status not in OPEN_STATUSES or child.parent_id is not None:
+                raise Conflict(f"incident {child_id} is {child.status}; only an open incident can be merged")
+            if parent.status not in OPEN_STATUSES or parent.parent_id is not None:
+                raise Conflict(f"incident {parent_id} is {parent.status}; reports merge only into an open incident")
+            has_children = (await conn.execute(select(t.c.id).where(t.c.parent_id == child_id).limit(1))).first()
+            if has_children:
+                raise Conflict(f"incident {child_id} has merged reports of its own; split them out first")
+            await conn.execute(update(t).where(t.c.id == child_id).values(
+                status="merged", parent_id=parent_id, dedup_open=None, sla_next_at=None, updated_at=now,
+                version=t.c.version + 1, hub_dirty=1))
+            await conn.execute(update(t).where(t.c.id == parent_id).values(
+                report_count=t.c.report_count + child.report_count, updated_at=now, version=t.c.version + 1,
+                hub_dirty=1))
+            await self._step(conn, tenant, child_id, "merge", actor, now, child.status, "merged",
+                             into=str(parent_id), previous=child.status)
+            await self._step(conn, tenant, parent_id, "merge", actor, now, parent.status, parent.status,
+                             child=str(child_id))
+        await self._audit(actor, "incident.merge", tenant, child_id, into=str(parent_id))
+        return (await self._announce(tenant, [child_id, parent_id]))[0]
+
+    async def split(self, tenant: str, incident_id: int | str, by: Principal | None) -> dict[str, Any]:
+        """Undo a merge: the report becomes an incident of its own again (status reported, fresh clocks)."""
+        child_id = parse_id(incident_id)
+        actor = Actor.of(by)
+        now = clock.now()
+        t = incidents
+        async with self.write() as conn:
+            child = await self._row(conn, tenant, child_id, lock=True)
+            if child.status != "merged" or child.parent_id is None:
+                raise Conflict(f"incident {child_id} is not merged into another incident")
+            parent = await self._row(conn, tenant, child.parent_id, lock=True)
+            policy = await self.policy_for(tenant, child.category, child.level)
+            response_due, resolution_due = self._deadlines(policy, now)
+            values: dict[str, Any] = {
+                "status": "reported", "parent_id": None, "dedup_open": child.dedup_key, "sla_start": now,
+                "response_due": response_due, "resolution_due": resolution_due, "response_state": "ok",
+                "resolution_state": "ok", "updated_at": now}
+            current = {**child._asdict(), **values, "reported_at": now}
+            values["sla_next_at"] = next_check(current)
+            values["reported_at"] = now
+            await conn.execute(update(t).where(t.c.id == child_id).values(**values, version=t.c.version + 1,
+                                                                          hub_dirty=1))
+            await conn.execute(update(t).where(t.c.id == parent.id).values(
+                report_count=t.c.report_count - child.report_count, updated_at=now, version=t.c.version + 1,
+                hub_dirty=1))
+            await self._step(conn, tenant, child_id, "split", actor, now, "merged", "reported",
+                             **{"from": str(parent.id)})
+            await self._step(conn, tenant, parent.id, "split", actor, now, parent.status, parent.status,
+                             child=str(child_id))
+        await self._audit(actor, "incident.split", tenant, child_id, **{"from": str(parent.id)})
+        return (await self._announce(tenant, [child_id, parent.id]))[0]
+
+    async def note(self, tenant: str, dedup_key: str, action: str, note: str) -> dict[str, Any] | None:
+        """A timeline entry on the open incident of `dedup_key` (e.g. its alarm cleared)."""
+        now = clock.now()
+        async with self.write() as conn:
+            row = (await conn.execute(select(incidents).where(incidents.c.tenant == tenant,
+                                                              incidents.c.dedup_open == dedup_key))).first()
+            if row is None:
+                return None
+            await self._step(conn, tenant, row.id, action, SYSTEM, now, row.status, row.status, note)
+            await conn.execute(update(incidents).where(incidents.c.id == row.id).values(updated_at=now))
+        return (await self._announce(tenant, [row.id]))[0]
+
+    # ------------------------------------------------------------------ SLA sweep
+
+    async def tick(self, now: datetime | None = None) -> SweepResult:
+        """Advance every SLA clock due by `now` (default: the clock); auto-close unconfirmed resolutions."""
+        now = now or clock.now()
+        result = SweepResult()
+        t = incidents
+        while True:
+            async with self.engine.connect() as conn:
+                due = (await conn.execute(select(t.c.tenant, t.c.id).where(t.c.sla_next_at <= now)
+                                          .order_by(t.c.sla_next_at).limit(500))).all()
+            if not due:
+                break
+            for tenant, ident in due:
+                await self._sweep_one(tenant, ident, now, result)
+        async with self.engine.connect() as conn:
+            stale = (await conn.execute(select(t.c.tenant, t.c.id).where(
+                t.c.status == "resolved", t.c.resolved_at <= now - self.auto_close).limit(1000))).all()
+        hours = self.auto_close.total_seconds() / 3600
+        for tenant, ident in stale:
+            with contextlib.suppress(Conflict, ResourceNotFound):
+                await self.act(tenant, ident, "close", None,
+                               f"closed automatically: no confirmation within {hours:g} h",
+                               actor=SYSTEM, detail={"automatic": True})
+                result.closed += 1
+        return result
+
+    async def _sweep_one(self, tenant: str, ident: int, now: datetime, result: SweepResult) -> None:
+        events: list[tuple[str, dict[str, Any]]] = []
+        async with self.write() as conn:
+            try:
+                row = await self._row(conn, tenant, ident, lock=True)
+            except ResourceNotFound:
+                return
+            current = row._asdict()
+            if row.sla_next_at is None or clock.as_utc(row.sla_next_at) > now:
+                return
+            values: dict[str, Any] = {}
+            level = row.level
+            for name, start, due, done in (("response", "reported_at", "response_due", "accepted_at"),
+                                           ("resolution", "sla_start", "resolution_due", "resolved_at")):
+                if current[due] is None or current[done] is not None:
+                    continue
+                old = current[f"{name}_state"]
+                state, _next = clock_state(clock.as_utc(current[start]), clock.as_utc(current[due]), None, now, old)
+                if state == old:
+                    continue
+                values[f"{name}_state"] = current[f"{name}_state"] = state
+                if state == "yellow":
+                    result.yellow += 1
+                    await self._step(conn, tenant, ident, "sla.yellow", SYSTEM, now, row.status, row.status,
+                                     f"{name} deadline at 80 %", clock=name, due=_iso(current[due]))
+                    events.append((SLA_EVENT, {"clock": name, "state": "yellow"}))
+                elif state == "breached":
+                    result.breached += 1
+                    new_level = level_up(level)
+                    await self._step(conn, tenant, ident, "escalate", SYSTEM, now, row.status, row.status,
+                                     f"{name} deadline breached", clock=name, due=_iso(current[due]),
+                                     level={"from": level, "to": new_level})
+                    events.append((ESCALATED, {"clock": name, "from": level, "to": new_level}))
+                    level = new_level
+                    values["escalations"] = current["escalations"] = current["escalations"] + 1
+                    result.escalated.append(str(ident))
+            values["level"] = level
+            values["sla_next_at"] = next_check(current)
+            await conn.execute(update(incidents).where(incidents.c.id == ident).values(
+                **values, version=incidents.c.version + 1, hub_dirty=1))
+        for topic, detail in events:
+            if topic == ESCALATED:
+                await self._audit(SYSTEM, "incident.escalate", tenant, ident, **detail)
+        views = await self._announce(tenant, [ident])
+        for topic, detail in events:
+            await self.bus.publish(topic, {"tenant": tenant, "incident": views[0] if views else None, **detail})
+
+    # ------------------------------------------------------------------ reports
+
+    async def sla_report(self, tenant: str, by: str, start: datetime, end: datetime,
+                         departments_in: Iterable[str] | None = None) -> dict[str, Any]:
+        if by not in ("department", "category", "district"):
+            raise BadRequestData("by must be department, category or district")
+        t = incidents
+        conds = [t.c.tenant == tenant, t.c.parent_id.is_(None), t.c.reported_at >= start, t.c.reported_at < end]
+        if departments_in is not None:
+            conds.append(t.c.department.in_(list(departments_in)))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(
+                t.c.department, t.c.category, t.c.district, t.c.reported_at, t.c.accepted_at, t.c.sla_start,
+                t.c.resolved_at, t.c.response_state, t.c.resolution_state).where(and_(*conds)))).all()
+        groups: dict[str, list[Any]] = {}
+        for row in rows:
+            groups.setdefault(getattr(row, by) or "(none)", []).append(row)
+
+        def summary(items: list[Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {"incidents": len(items)}
+            for name in ("response", "resolution"):
+                met = sum(1 for r in items if getattr(r, f"{name}_state") == "met")
+                breached = sum(1 for r in items if getattr(r, f"{name}_state") == "breached")
+                out[name] = {"met": met, "breached": breached, "pending": len(items) - met - breached,
+                             "compliance": round(100.0 * met / (met + breached), 2) if met + breached else None}
+            responses = [(clock.as_utc(r.accepted_at) - clock.as_utc(r.reported_at)).total_seconds() / 60
+                         for r in items if r.accepted_at is not None]
+            resolutions = [(clock.as_utc(r.resolved_at) - clock.as_utc(r.sla_start)).total_seconds() / 60
+                           for r in items if r.resolved_at is not None]
+            out["meanResponseMinutes"] = round(sum(responses) / len(responses), 2) if responses else None
+            out["meanResolutionMinutes"] = round(sum(resolutions) / len(resolutions), 2) if resolutions else None
+            return out
+
+        return {"by": by, "from": clock.iso(start), "to": clock.iso(end), "total": summary(list(rows)),
+                "groups": [{"key": key, **summary(items)} for key, items in sorted(groups.items())]}
+
+    # ------------------------------------------------------------------ hub view
+
+    def hub_entity(self, row: Any) -> dict[str, Any]:
+        def prop(value: Any) -> dict[str, Any]:
+            return {"type": "Property", "value": value}
+
+        def moment(value: datetime | None) -> dict[str, Any] | None:
+            if value is None:
+                return None
+            return {"type": "Property", "value": {"@type": "DateTime", "@value": _iso(value)}}
+
+        entity: dict[str, Any] = {
+            "id": f"{ENTITY_PREFIX}{row.id}", "type": "Incident",
+            "category": prop(row.category), "status": prop(row.status), "level": prop(row.level),
+            "source": prop(row.source), "title": prop(row.title), "department": prop(row.department),
+            "reportCount": prop(row.report_count), "escalations": prop(row.escalations),
+            "slaState": prop(overall_sla(row.response_state, row.resolution_state)),
+            "responseState": prop(row.response_state), "resolutionState": prop(row.resolution_state),
+        }
+        if row.source != "hotline" and row.description:
+            entity["description"] = prop(row.description[:1000])
+        if row.severity:
+            entity["severity"] = prop(row.severity)
+        if row.location:
+            entity["location"] = {"type": "GeoProperty", "value": row.location}
+        if row.district:
+            entity["district"] = prop(row.district)
+        if row.entity_id:
+            entity["alertSource"] = prop(row.entity_id)
+        for name, value in (("dateReported", row.reported_at), ("dateModified", row.updated_at),
+                            ("dateDispatched", row.dispatched_at), ("dateAccepted", row.accepted_at),
+                            ("dateResolved", row.resolved_at), ("dateClosed", row.closed_at),
+                            ("responseDue", row.response_due), ("resolutionDue", row.resolution_due)):
+            rendered = moment(value)
+            if rendered is not None:
+                entity[name] = rendered
+        return entity
+
+    async def sync_hub(self, batch: int = 500) -> int:
+        """Write every incident whose hub view is behind (the outbox); returns how many were written."""
+        t = incidents
+        written = 0
+        clear = update(t).where(t.c.id == bindparam("b_id"), t.c.version == bindparam("b_version")) \
+            .values(hub_dirty=0)
+        after = 0
+        while True:
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(select(t).where(t.c.hub_dirty == 1, t.c.id > after)
+                                           .order_by(t.c.id).limit(batch))).all()
+            if not rows:
+                return written
+            after = rows[-1].id
+            by_tenant: dict[str, list[Any]] = {}
+            for row in rows:
+                by_tenant.setdefault(row.tenant, []).append(row)
+            for tenant, items in by_tenant.items():
+                bodies = [self.hub_entity(r) for r in items if r.status != "merged"]
+                gone = [f"{ENTITY_PREFIX}{r.id}" for r in items if r.status == "merged"]
+                if bodies:
+                    result = await self.hub.batch_write(tenant, bodies, self.ctx, "upsert", set())
+                    for error in result.errors:
+                        log.error("incident hub view refused: %s", error)
+                if gone:
+                    with contextlib.suppress(ProblemError):
+                        await self.hub.batch_delete(tenant, gone)
+            async with self.write() as conn:
+                await conn.execute(clear, [{"b_id": r.id, "b_version": r.version} for r in rows])
+            written += len(rows)
+
+    # ------------------------------------------------------------------ Open311 support
+
+    async def by_token(self, token: str) -> tuple[str, int] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(incidents.c.tenant, incidents.c.id)
+                                      .where(incidents.c.token == token))).first()
+        return (row.tenant, row.id) if row else None
+
+    async def open311_rows(self, tenant: str, *, ids: list[int] | None = None, service_codes: list[str] | None = None,
+                           start: datetime | None = None, end: datetime | None = None,
+                           status: set[str] | None = None, limit: int = 1000) -> list[Any]:
+        """Open311 service requests (source open311) with their effective incident (the parent if merged)."""
+        t = incidents
+        p = incidents.alias("p")
+        effective = func.coalesce(p.c.status, t.c.status)
+        conds: list[Any] = [t.c.tenant == tenant, t.c.source == "open311"]
+        if ids is not None:
+            conds.append(t.c.id.in_(ids))
+        else:
+            if start is not None:
+                conds.append(t.c.reported_at >= start)
+            if end is not None:
+                conds.append(t.c.reported_at <= end)
+        if service_codes:
+            conds.append(t.c.service_code.in_(service_codes))
+        if status == {"open"}:
+            conds.append(~effective.in_(CLOSED_FOR_OPEN311))
+        elif status == {"closed"}:
+            conds.append(effective.in_(CLOSED_FOR_OPEN311))
+        stmt = (select(t, p.c.status.label("p_status"), p.c.status_notes.label("p_notes"),
+                       p.c.updated_at.label("p_updated"), p.c.department.label("p_department"),
+                       p.c.resolution_due.label("p_due"))
+                .select_from(t.outerjoin(p, t.c.parent_id == p.c.id)).where(and_(*conds))
+                .order_by(t.c.reported_at.desc(), t.c.id.desc()).limit(limit))
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(stmt)).all())
