@@ -34,7 +34,7 @@ async def issue(service: Any, holder: str = "u1", department: str = "dept-market
 async def test_issue_wallet_get_and_encrypted_storage(app: Any, client: Any, auth: Any, service: Any) -> None:
     doc = await issue(service, application_id="app-1")
     assert doc["holder"] == "u1" and doc["proof"]["alg"] == "EdDSA" and doc["subject"] == SUBJECT
-    assert doc["verifyUrl"].endswith(f"{BASE}/verify/{doc['id']}")
+    assert doc["verifyUrl"].endswith(f"/verify?id={doc['id']}")
     assert await issue(service, application_id="app-1") == doc  # idempotent per application and type
     holder = auth.headers("citizen", user_id="u1")
     wallet = (await client.get(f"{BASE}/wallet", headers=holder)).json()

@@ -45,9 +45,11 @@ async def test_only_the_applicant_and_only_completed_applications(client: Any, a
     pending = await complete("u1", status="in_review")
     refused = await client.post(RATINGS, json={"applicationId": pending["id"], "score": 4}, headers=applicant(auth))
     assert refused.status_code == 409 and "in_review" in refused.json()["detail"]
-    rejected = await complete("u1", status="rejected")
-    assert (await client.post(RATINGS, json={"applicationId": rejected["id"], "score": 1},
-                              headers=applicant(auth))).status_code == 409
+    # Every finished outcome is rated (好差评 covers refusals too); the core finishes as approved/rejected.
+    for finished in ("rejected", "approved"):
+        done = await complete("u1", status=finished)
+        assert (await client.post(RATINGS, json={"applicationId": done["id"], "score": 3},
+                                  headers=applicant(auth))).status_code == 201
     unknown = await client.post(RATINGS, json={"applicationId": "no-such-app", "score": 4}, headers=applicant(auth))
     assert unknown.status_code == 404
     # A later event completes the pending one: now it may be rated.

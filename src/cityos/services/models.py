@@ -9,8 +9,12 @@ Indexes are shaped by the hot reads:
   status, due_at);
 - the timer sweep: `ix_svc_applications_timer` (next_timer_at), NULL once nothing waits.
 
-Workflow state (SpiffWorkflow's serializer output, gzip-compressed) lives in its own table so that
-listing applications never reads it.
+Workflow state (SpiffWorkflow's serializer output) lives in its own table so that
+listing applications never reads it. The state names its process spec by reference
+(`svc_workflow_specs`, one row per distinct compiled definition) instead of carrying it.
+
+The inbox has its own partial index over open tasks only (`ix_svc_tasks_open`: tenant, department,
+due_at, id WHERE status = 'open'), so its size follows the work in progress, not the history.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from cityos.core.sqltypes import JsonDoc, Timestamp
@@ -127,7 +132,17 @@ tasks = Table(
     Column("due_at", Timestamp, nullable=False),
     Column("completed_at", Timestamp, nullable=True),
     Index("ix_svc_tasks_inbox", "tenant", "department", "status", "due_at"),
+    Index("ix_svc_tasks_open", "tenant", "department", "due_at", "id",
+          postgresql_where=text("status = 'open'"), sqlite_where=text("status = 'open'")),
     Index("ix_svc_tasks_application", "application_id"),
+)
+
+workflow_specs = Table(
+    "svc_workflow_specs",
+    metadata,
+    Column("ref", String(64), primary_key=True),  # sha256 of the spec's canonical serialization
+    Column("doc", LargeBinary, nullable=False),  # gzip(JSON {spec, subprocess_specs})
+    Column("created_at", Timestamp, nullable=False),
 )
 
 bundles = Table(
@@ -142,4 +157,4 @@ bundles = Table(
     Index("ix_svc_bundles_applicant", "tenant", "applicant"),
 )
 
-TABLES = (services, uploads, applications, workflows, tasks, bundles)
+TABLES = (services, uploads, applications, workflows, workflow_specs, tasks, bundles)

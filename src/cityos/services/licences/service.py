@@ -148,7 +148,9 @@ class LicenceService:
                 "canonicalization": CANONICALIZATION, "algorithm": "EdDSA (Ed25519)"}
 
     def verify_url(self, licence_id: str) -> str:
-        return f"{self.public_url}/api/services/licences/verify/{licence_id}"
+        # The QR code is scanned by people: it opens the portal's verify page, which shows the result of
+        # GET /api/services/licences/verify/{id} (machines call that endpoint directly).
+        return f"{self.public_url}/verify?id={licence_id}"
 
     def _sign(self, body: dict[str, Any]) -> dict[str, Any]:
         key = self.signing_key

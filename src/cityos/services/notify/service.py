@@ -80,12 +80,29 @@ class Notifier:
     # ------------------------------------------------------------------ the contract
 
     async def notify(self, tenant: str, user_id: str, subject: str, body: str, *, email: str | None = None,
-                     phone: str | None = None, link: str | None = None) -> dict[str, Any]:
+                     phone: str | None = None, link: str | None = None,
+                     conn: AsyncConnection | None = None) -> dict[str, Any]:
         """Store an in-app message for `user_id`; queue e-mail / SMS when an address is given.
 
         Returns the stored message (with ``deliveries``: the channels queued). Sending happens in
-        the background and its failures are retried, never raised here.
+        the background and its failures are retried, never raised here. With `conn`, the rows are
+        written in the caller's transaction (one commit for the caller's change and its message);
+        the caller then calls `wake` after its commit when ``deliveries`` is not empty.
         """
+        message, rows, result = self.prepare(tenant, user_id, subject, body, email=email, phone=phone, link=link)
+        if conn is not None:
+            await self._insert(conn, message, rows)
+        else:
+            async with self._write() as own:
+                await self._insert(own, message, rows)
+            if rows:
+                self.wake()
+        return result
+
+    def prepare(self, tenant: str, user_id: str, subject: str, body: str, *, email: str | None = None,
+                phone: str | None = None, link: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                                                             dict[str, Any]]:
+        """The rows `notify` writes (message, outbox rows) and what it returns, for a caller that writes them."""
         if not isinstance(user_id, str) or not user_id:
             raise BadRequestData("a notification needs a user id")
         subject = (subject or "")[:MAX_SUBJECT]
@@ -99,16 +116,21 @@ class Notifier:
                 rows.append({"tenant": tenant, "notification_id": message_id, "channel": channel,
                              "address": self.keyring.encrypt(address.strip()), "subject": subject, "body": text,
                              "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now})
-        async with self._write() as conn:
-            await conn.execute(notifications.insert().values(
-                id=message_id, tenant=tenant, user_id=user_id, subject=subject, body=body,
-                link=(link or None) and link[:2048], created_at=now, read_at=None))
-            if rows:
-                await conn.execute(outbox.insert(), rows)
+        message = {"id": message_id, "tenant": tenant, "user_id": user_id, "subject": subject, "body": body,
+                   "link": (link or None) and link[:2048], "created_at": now, "read_at": None}
+        result = {"id": message_id, "subject": subject, "body": body, "link": link, "createdAt": iso(now),
+                  "read": False, "readAt": None, "deliveries": [r["channel"] for r in rows]}
+        return message, rows, result
+
+    @staticmethod
+    async def _insert(conn: AsyncConnection, message: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        await conn.execute(notifications.insert(), message)
         if rows:
-            self._wake.set()
-        return {"id": message_id, "subject": subject, "body": body, "link": link, "createdAt": iso(now),
-                "read": False, "readAt": None, "deliveries": [r["channel"] for r in rows]}
+            await conn.execute(outbox.insert(), rows)
+
+    def wake(self) -> None:
+        """Wake the delivery loop (new outbox rows were committed)."""
+        self._wake.set()
 
     # ------------------------------------------------------------------ the inbox
 

@@ -39,6 +39,9 @@ from cityos.security.policy import Principal
 from cityos.services.ratings.models import applications, ratings, rectifications
 
 log = logging.getLogger(__name__)
+# Application statuses after which the applicant may rate: the services core finishes an
+# application as approved or rejected (a rejection is rated too: 好差评 covers every outcome).
+FINISHED = frozenset({"completed", "approved", "rejected"})
 
 CHINA = timezone(timedelta(hours=8), "Asia/Shanghai")  # no daylight saving time
 _DEADLINE = re.compile(r"^\s*(\d{1,4})\s*(wd|h)\s*$")
@@ -177,7 +180,7 @@ class RatingService:
             with contextlib.suppress(ValueError):
                 completed_at = clock.parse_iso(app["completedAt"])
         now = clock.now()
-        if status == "completed" and completed_at is None:
+        if status in FINISHED and completed_at is None:
             completed_at = now
         await self.record_application(tenant, application_id, _text_or_none(app.get("serviceCode")) or "",
                                       _text_or_none(app.get("department")), applicant, status, completed_at)
@@ -226,8 +229,8 @@ class RatingService:
                     raise ResourceNotFound(f"no application {application_id!r}")
                 if app.applicant != applicant:
                     raise Conflict("only the applicant may rate an application")  # the API checks first (403)
-                if app.status != "completed":
-                    raise Conflict(f"application {application_id} is {app.status}; only completed ones are rated")
+                if app.status not in FINISHED:
+                    raise Conflict(f"application {application_id} is {app.status}; only finished ones are rated")
                 row = {"id": rating_id, "tenant": tenant, "application_id": application_id,
                        "service_code": app.service_code, "department": app.department, "applicant": applicant,
                        "score": score, "comment": comment, "created_at": now}

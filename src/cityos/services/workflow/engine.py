@@ -5,7 +5,12 @@
   resolves no entities and fetches nothing.
 - A user task belongs to a department through its lane: the lane's `name` is the department id;
   the lane named ``applicant`` holds the applicant's 补正 (supplement) tasks.
-- Persistence: `BpmnWorkflowSerializer` with the Camunda configuration; JSON, gzip-compressed.
+- Persistence: `BpmnWorkflowSerializer` with the Camunda configuration; JSON (orjson), gzip-compressed.
+  The process spec is *not* repeated in every workflow's state: the state names it by
+  ``spec_ref`` (sha256 of the spec's serialization) and the spec itself is stored once
+  (`svc_workflow_specs`, see `Engine.spec_ref`). A running case therefore keeps the definition it
+  started with even when the catalogue's BPMN changes later. States written before this (with the
+  whole ``spec`` inside) still load.
 - Timers: SpiffWorkflow compares timer events against `datetime.now(timezone.utc)` inside
   `SpiffWorkflow.bpmn.specs.event_definitions.timer`. `install_clock()` points that module's
   `datetime` at a subclass whose `now()` is `cityos.core.clock.now()`, so BPMN timers follow the
@@ -18,14 +23,22 @@ from __future__ import annotations
 
 import builtins
 import gzip
+import hashlib
+import json
 import re
+import uuid
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
+import orjson
 from lxml import etree
 from SpiffWorkflow.bpmn.parser.BpmnParser import BpmnValidator
 from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine, TaskDataEnvironment
+from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter, WorkflowConverter
+from SpiffWorkflow.bpmn.serializer.helpers.encoder import create_encoder
+from SpiffWorkflow.bpmn.serializer.workflow import VERSION as SERIALIZER_VERSION
 from SpiffWorkflow.bpmn.serializer.workflow import BpmnWorkflowSerializer
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
@@ -141,13 +154,86 @@ def parse_definition(bpmn: str | bytes, dmns: list[tuple[str, str | bytes]], fil
     return spec, info
 
 
+class _SpecRefWorkflowConverter(BpmnWorkflowConverter):  # type: ignore[misc]
+    """The workflow without its spec: ``spec_ref`` names it (the caller passes `spec_ref` in)."""
+
+    def to_dict(self, workflow: Any, spec_ref: str = "") -> dict[str, Any]:  # type: ignore[override]
+        dct: dict[str, Any] = WorkflowConverter.to_dict(self, workflow)
+        dct["spec_ref"] = spec_ref
+        dct["subprocesses"] = self.mapping_to_dict(workflow.subprocesses)
+        dct["bpmn_events"] = self.registry.convert(workflow.bpmn_events)
+        return dct
+
+    def from_dict(self, dct: dict[str, Any], spec: Any = None,  # type: ignore[override]
+                  subprocess_specs: Any = None) -> Any:
+        if spec is None:  # a state that carries its own spec (the earlier format)
+            return super().from_dict(dct)
+        dct.pop("spec_ref", None)
+        workflow = self.target_class(spec, subprocess_specs or {}, deserializing=True)
+        workflow.tasks = self.mapping_from_dict(dct["tasks"], _uuid_class(), workflow=workflow)
+        workflow.task_tree = workflow.tasks.get(_uuid(dct["root"]))
+        self.set_default_attributes(workflow, dct)
+        self.subprocesses_from_dict(dct["subprocesses"], workflow)
+        workflow.bpmn_events = self.registry.restore(dct.pop("bpmn_events", []))
+        return workflow
+
+
+@dataclass
+class _SpecEntry:
+    spec: Any
+    subprocess_specs: dict[str, Any]
+    ref: str
+    doc: bytes  # gzip(JSON {"spec", "subprocess_specs"}): what `svc_workflow_specs` stores
+
+
 class Engine:
-    """Runs and persists workflows; stateless apart from the serializer."""
+    """Runs and persists workflows; stateless apart from the serializer and the spec cache."""
 
     def __init__(self) -> None:
         install_clock()
-        self.serializer = BpmnWorkflowSerializer(BpmnWorkflowSerializer.configure(CAMUNDA_CONFIG))
+        config = dict(CAMUNDA_CONFIG)
+        config[BpmnWorkflow] = _SpecRefWorkflowConverter
+        self.serializer = BpmnWorkflowSerializer(BpmnWorkflowSerializer.configure(config))
+        self._encoder = create_encoder(self.serializer.registry)()
         self.script_engine = PythonScriptEngine(environment=TaskDataEnvironment({"__builtins__": _SAFE_BUILTINS}))
+        self._by_spec: dict[int, _SpecEntry] = {}  # id(spec) → entry (specs live as long as the process)
+        self._by_ref: dict[str, _SpecEntry] = {}
+
+    # ------------------------------------------------------------------ specs, stored once
+
+    def spec_entry(self, spec: Any, subprocess_specs: dict[str, Any] | None = None) -> _SpecEntry:
+        """The spec's reference and stored form (computed once per spec object)."""
+        entry = self._by_spec.get(id(spec))
+        if entry is None or entry.spec is not spec:
+            registry = self.serializer.registry
+            doc = {"spec": registry.convert(spec),
+                   "subprocess_specs": {k: registry.convert(v) for k, v in (subprocess_specs or {}).items()}}
+            text = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+            ref = hashlib.sha256(text).hexdigest()
+            entry = self._by_ref.get(ref)
+            if entry is None:
+                entry = _SpecEntry(spec, dict(subprocess_specs or {}), ref, gzip.compress(text, compresslevel=6))
+                self._by_ref[ref] = entry
+            self._by_spec[id(spec)] = entry
+        return entry
+
+    def spec_ref(self, spec: Any) -> str:
+        return self.spec_entry(spec).ref
+
+    def has_spec(self, ref: str) -> bool:
+        return ref in self._by_ref
+
+    def add_spec_doc(self, ref: str, doc: bytes) -> None:
+        """Register a stored spec (from `svc_workflow_specs`) so that states naming `ref` load."""
+        if ref in self._by_ref:
+            return
+        dct = orjson.loads(gzip.decompress(doc))
+        registry = self.serializer.registry
+        spec = registry.restore(dct["spec"])
+        subs = {k: registry.restore(v) for k, v in dct.get("subprocess_specs", {}).items()}
+        entry = _SpecEntry(spec, subs, ref, doc)
+        self._by_ref[ref] = entry
+        self._by_spec[id(spec)] = entry
 
     def start(self, spec: Any, data: dict[str, Any]) -> BpmnWorkflow:
         workflow = BpmnWorkflow(spec, script_engine=self.script_engine)
@@ -162,12 +248,53 @@ class Engine:
         workflow.do_engine_steps()
 
     def dump(self, workflow: BpmnWorkflow) -> bytes:
-        return gzip.compress(self.serializer.serialize_json(workflow).encode(), compresslevel=1)
+        """The workflow's state without its spec (see `spec_ref`): gzip(JSON)."""
+        ref = self.spec_entry(workflow.spec, workflow.subprocess_specs).ref
+        registry = self.serializer.registry
+        registry._encoder_mode = True  # data dicts are cleaned, nested values left to the encoder
+        try:
+            to_dict = registry.convert_to_dict[registry.typenames[BpmnWorkflow]]
+            dct = to_dict(workflow, spec_ref=ref)
+        finally:
+            registry._encoder_mode = False
+        dct[BpmnWorkflowSerializer.VERSION_KEY] = SERIALIZER_VERSION
+        try:
+            text = orjson.dumps(dct, default=self._encoder.default,
+                                option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS)
+        except TypeError:  # something orjson will not take: the serializer's own JSON encoder
+            text = json.dumps(dct, cls=type(self._encoder)).encode()
+        # gzip format through zlib directly: `gzip.compress` builds a GzipFile around a BytesIO, whose set-up
+        # cost dominated at this size.
+        return zlib.compress(text, 1, wbits=31)
 
-    def load(self, blob: bytes) -> BpmnWorkflow:
-        workflow = self.serializer.deserialize_json(gzip.decompress(blob).decode())
+    @staticmethod
+    def decode(blob: bytes) -> dict[str, Any]:
+        """A stored state as a dict (gzip(JSON); plain JSON is accepted too)."""
+        dct: dict[str, Any] = orjson.loads(zlib.decompress(blob, wbits=47) if blob[:2] == b"\x1f\x8b" else blob)
+        return dct
+
+    @staticmethod
+    def needed_spec(dct: dict[str, Any]) -> str | None:
+        """The spec reference a decoded state needs (None: it carries its own spec)."""
+        ref = dct.get("spec_ref")
+        return ref if isinstance(ref, str) else None
+
+    def restore(self, dct: dict[str, Any]) -> BpmnWorkflow:
+        """A workflow from `decode`'s output; its spec must be known (`add_spec_doc`) unless it carries it."""
+        self.serializer.migrate(dct)
+        ref = self.needed_spec(dct)
+        if ref is None:
+            workflow = self.serializer.from_dict(dct)
+        else:
+            entry = self._by_ref.get(ref)
+            if entry is None:
+                raise WorkflowDefinitionError(f"the process definition {ref[:12]}… of this case is not loaded")
+            workflow = self.serializer.from_dict(dct, spec=entry.spec, subprocess_specs=entry.subprocess_specs)
         workflow.script_engine = self.script_engine
         return workflow
+
+    def load(self, blob: bytes) -> BpmnWorkflow:
+        return self.restore(self.decode(blob))
 
     @staticmethod
     def ready_user_tasks(workflow: BpmnWorkflow) -> list[Any]:
@@ -200,6 +327,8 @@ class Engine:
 
 
 def _uuid(value: str) -> Any:
-    import uuid
-
     return uuid.UUID(value)
+
+
+def _uuid_class() -> Any:
+    return uuid.UUID
