@@ -61,10 +61,15 @@ async def test_environment_request_is_deduplicated(app: Any, client: httpx.Async
         await app.state.bus.publish("ops.incident.requested", event)
     await app.state.bus.publish("ops.incident.requested", {**event, "dedupKey": "air:s5"})
     await app.state.bus.publish("ops.incident.requested", {**event, "category": None})  # refused quietly
-    items = (await client.get(BASE, headers=auth.headers("operator"))).json()["items"]
+    # The second station's episode at the same place merges into the first: one incident to work on.
+    assert len((await client.get(BASE, headers=auth.headers("operator"))).json()["items"]) == 1
+    items = (await client.get(BASE, headers=auth.headers("operator"), params={"includeMerged": "true"})).json()["items"]
     assert len(items) == 2
     assert {i["department"] for i in items} == {"environment"} and {i["level"] for i in items} == {"large"}
-    assert items[0]["sla"]["responseDue"] is not None
+    parent = next(i for i in items if i["status"] != "merged")
+    child = next(i for i in items if i["status"] == "merged")
+    assert str(child["parentId"]) == str(parent["id"]) and parent["reportCount"] == 2
+    assert parent["sla"]["responseDue"] is not None
 
 
 async def test_alert_entities_open_incidents_and_reconcile(app: Any, client: httpx.AsyncClient, auth: Any,
@@ -97,8 +102,10 @@ async def test_alert_entities_open_incidents_and_reconcile(app: Any, client: htt
         await conn.execute(incidents.delete().where(incidents.c.dedup_key == "alarm:22"))  # "lost" in a crash
     assert await reconcile(app.state.ops_incidents) == 1
     assert await reconcile(app.state.ops_incidents) == 0
-    keys = sorted(i["title"] for i in (await client.get(BASE, headers=operator)).json()["items"])
-    assert keys == ["Alarm: river level high", "Alarm: river level high"]
+    listed = (await client.get(BASE, headers=operator, params={"includeMerged": "true"})).json()["items"]
+    assert sorted(i["title"] for i in listed) == ["Alarm: river level high", "Alarm: river level high"]
+    # both alarms are at the same place: the re-created one merges into the first
+    assert sorted(i["status"] for i in listed) == ["merged", "reported"]
 
 
 async def test_hub_view_of_incidents(app: Any, client: httpx.AsyncClient, auth: Any, districts: list[str],

@@ -159,7 +159,7 @@ class Listeners:
 
 
 async def reconcile(service: IncidentService) -> int:
-    """Open the incidents of active Alert entities that have none (after a crash); returns how many."""
+    """Open (or merge) the incidents of active Alert entities that have none (after a crash); returns how many."""
     hub = service.hub
     async with hub.store.read() as conn:
         tenants = sorted({"", *await hub.store.list_tenants(conn)})
@@ -177,7 +177,7 @@ async def reconcile(service: IncidentService) -> int:
                 new = alarm_incident(alarm) if alarm else None
                 if new is not None:
                     result = await service.create(tenant, new, actor=SYSTEM)
-                    opened += result.outcome == "created"
+                    opened += result.outcome in ("created", "merged")
             if len(records) < 1000:
                 break
             offset += 1000

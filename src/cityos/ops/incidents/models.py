@@ -4,8 +4,8 @@
   own row, status ``merged``, `parent_id` = the incident it joined; split undoes that). Personal
   data of the reporter (hotline caller, Open311 e-mail/name/phone) lives only in `reporter_enc`,
   field-encrypted with the security key ring and never published.
-- `dedup_open` holds `dedup_key` while the incident is open and NULL once it is closed: its unique
-  index makes "one open incident per alarm / per environment event" hold across processes.
+- `dedup_open` holds `dedup_key` while the incident (or the one it is merged into) is open and
+  NULL once closed: its unique index makes "one open incident per alarm / per environment event" hold across processes.
 - `sla_next_at` is the next moment an SLA clock may change colour, so the sweep reads only the
   rows that are due.
 - `hub_dirty` marks rows whose hub view (`Incident` entity) is behind: the publisher (an outbox)
@@ -38,8 +38,10 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
 # Emergency levels, lowest first: 一般, 较大, 重大, 特别重大.
 LEVELS = ("general", "large", "major", "especially_major")
 SOURCES = ("alarm", "open311", "hotline", "manual", "environment")
-# Sources whose reports merge into a nearby open incident of the same category.
-MERGING_SOURCES = frozenset({"open311", "hotline"})
+# Sources whose reports merge into a nearby open incident of the same category. Machine sources merge
+# too: a smog episode seen by a PM2.5 rule and by the AQI check (or by three nearby stations) is one
+# incident for the environment department, not several; a merge can be undone.
+MERGING_SOURCES = frozenset({"open311", "hotline", "alarm", "environment"})
 SLA_STATES = ("ok", "yellow", "breached", "met")
 CATEGORY_PATTERN = r"^[a-z0-9][a-z0-9_.\-]{0,63}$"
 

@@ -555,8 +555,8 @@ class IncidentService:
                 "escalations": 0, "version": 1, "hub_dirty": 1, "accepted_at": None, "resolved_at": None,
             }
             if parent is not None:
-                values.update(status="merged", parent_id=parent.id, response_due=None, resolution_due=None,
-                              dedup_open=None)
+                # A merged report keeps its open dedup key: a repeat of its alarm must find it, not merge again.
+                values.update(status="merged", parent_id=parent.id, response_due=None, resolution_due=None)
             values["sla_next_at"] = next_check(values)
             values.pop("accepted_at")
             values.pop("resolved_at")
@@ -659,6 +659,9 @@ class IncidentService:
                 values["sla_next_at"] = next_check(current)
                 await conn.execute(update(incidents).where(incidents.c.id == ident).values(
                     **values, version=incidents.c.version + 1, hub_dirty=1))
+                if action == "close":  # the merged reports close with it: their sources may open anew
+                    await conn.execute(update(incidents).where(incidents.c.parent_id == ident)
+                                       .values(dedup_open=None, updated_at=now))
                 await self._step(conn, tenant, ident, action, actor, now, row.status, target, note, **step_detail)
         except IntegrityError as exc:
             raise Conflict("another open incident has the same source key; it cannot be reopened") from exc
@@ -690,7 +693,7 @@ class IncidentService:
             if has_children:
                 raise Conflict(f"incident {child_id} has merged reports of its own; split them out first")
             await conn.execute(update(t).where(t.c.id == child_id).values(
-                status="merged", parent_id=parent_id, dedup_open=None, sla_next_at=None, updated_at=now,
+                status="merged", parent_id=parent_id, sla_next_at=None, updated_at=now,
                 version=t.c.version + 1, hub_dirty=1))
             await conn.execute(update(t).where(t.c.id == parent_id).values(
                 report_count=t.c.report_count + child.report_count, updated_at=now, version=t.c.version + 1,
