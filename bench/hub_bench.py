@@ -59,6 +59,7 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+from bench_auth import bearer
 
 T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +76,10 @@ NEAR_METRES = 500
 
 TARGETS = {"upsert_attr_updates_per_s": 20_000, "patch_per_s_c32": 2_000, "get_p99_ms": 10.0,
            "near_p99_ms": 50.0, "q_p99_ms": 100.0}
+
+
+# The hub API needs a bearer token (issue #5): a sys_admin token the benchmarked server accepts.
+AUTH = bearer()
 
 
 def log(message: str) -> None:
@@ -187,7 +192,7 @@ class RawHttp:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self._host_header = f"Host: {host}:{port}\r\n".encode()
+        self._host_header = f"Host: {host}:{port}\r\nAuthorization: {AUTH['Authorization']}\r\n".encode()
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
@@ -284,7 +289,7 @@ class Clients:
         if self._httpx is None:
             limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
             self._httpx = httpx.AsyncClient(base_url=f"http://{self.host}:{self.port}", limits=limits,
-                                            timeout=600)
+                                            timeout=600, headers=AUTH)
         return [HttpxSession(self._httpx) for _ in range(n)]
 
     async def close(self) -> None:

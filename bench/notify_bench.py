@@ -45,6 +45,7 @@ from typing import Any
 
 import httpx
 import orjson
+from bench_auth import bearer
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTITY = "urn:ngsi-ld:AirQualityObserved:{:06d}"
@@ -301,7 +302,7 @@ async def latency_phase(server: Server, receiver: Receiver, rate: int, seconds: 
             queue.task_done()
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits, headers=bearer()) as http:
         for k in range(requests):
             queue.put_nowait(k)
         tasks = [asyncio.create_task(worker(http)) for _ in range(concurrency)]
@@ -351,7 +352,7 @@ async def loss_phase(victims: list[Server], server: Server, a: Receiver, b: Rece
     events: list[str] = []
 
     async def writer() -> None:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, headers=bearer()) as http:
             for k in next_k:
                 value = base + k * batch
                 ids = [(k * batch + j) % entities for j in range(batch)]
@@ -441,13 +442,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result: dict[str, Any] = {"bench": "notify", "database": "postgresql", "server_workers": args.workers,
                                   "sender": args.sender, "cpus": os.cpu_count()}
         result["baseline_raw_http_post"] = await baseline(receivers[0].url, 1000)
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, headers=bearer()) as http:
             await setup_entities(http, args.entities)
             await subscribe(http, receivers[0].url)
         log(f"latency: {args.rate} changes/s for {args.seconds}s, batch {args.batch}")
         result["latency"] = await latency_phase(server, receivers[0], args.rate, args.seconds, args.batch,
                                                 args.entities, args.concurrency)
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, headers=bearer()) as http:
             r = await http.get("/ngsi-ld/v1/subscriptions")
             for sub in r.json():
                 await http.delete(f"/ngsi-ld/v1/subscriptions/{sub['id']}")

@@ -15,6 +15,16 @@
    dependency, over httpx's ASGI transport (no sockets), sequential requests; plus the bare
    ``verify`` + ``authorize`` call in a loop.
 
+3. The hub with security ON against the same hub with security OFF (`disable_for_benchmark`: no
+   `require` gates, no masking, no auditing), two instances of the real app on the same PostgreSQL
+   database, in this process over httpx's ASGI transport, rounds alternating between them:
+   (a) ``GET /ngsi-ld/v1/entities/{id}`` latency (sequential; median and p95 of per-round medians);
+   (b) ``POST /entityOperations/upsert`` throughput (batches of 100, 8 concurrent requests) of a type
+       no domain listens to (the ops domains react to AirQualityObserved); with security ON each request
+       is authenticated (operator bearer token), gated, and audited (one hash-chained record per
+       request, committed before the response).
+   Target: ≤ 15 % overhead.
+
 Prints exactly one JSON line on stdout; progress goes to stderr.
 """
 
@@ -170,10 +180,114 @@ async def bench_auth(url: str, requests: int) -> dict[str, Any]:
             "bare_verify_authorize_us": round(bare_us, 1)}
 
 
+def _air(i: int, value: float) -> dict[str, Any]:
+    return {"id": f"urn:ngsi-ld:BenchSensor:bench-{i}", "type": "BenchSensor",
+            "pm25": {"type": "Property", "value": value, "unitCode": "GQ"},
+            "no2": {"type": "Property", "value": value * 2, "unitCode": "GQ"},
+            "batteryLevel": {"type": "Property", "value": 90},
+            "district": {"type": "Property", "value": f"d{i % 10}"},
+            "department": {"type": "Property", "value": "environment"},
+            "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [110.3, 20.0]}}}
+
+
+async def bench_hub(url: str, reads: int, batches: int, rounds: int = 5) -> dict[str, Any]:
+    from cityos.app import create_app
+    from cityos.hub.access import disable_for_benchmark
+
+    settings = Settings(database_url=url)
+    on, off = create_app(settings), create_app(settings)
+    disable_for_benchmark(off)
+    upsert = "/ngsi-ld/v1/entityOperations/upsert"
+    json_headers = {"Content-Type": "application/json"}
+    async with on.router.lifespan_context(on), off.router.lifespan_context(off):
+        issuer = on.state.security.service.issuer
+        token, _jti, _ttl = issuer.issue("bench-op", {"kind": "user", "usr": "bench-operator", "role": "operator",
+                                                      "tnt": "", "dep": "environment", "deps": ["environment"],
+                                                      "dis": [], "sid": uuid.uuid4().hex, "mfa": True}, ttl=3600)
+        clients = {
+            "on": httpx.AsyncClient(transport=httpx.ASGITransport(app=on), base_url="http://bench",
+                                    headers={"Authorization": f"Bearer {token}"}),
+            "off": httpx.AsyncClient(transport=httpx.ASGITransport(app=off), base_url="http://bench")}
+        try:
+            seed = [_air(i, 1.0) for i in range(1000)]
+            for start in range(0, len(seed), 100):
+                r = await clients["on"].post(upsert, content=orjson.dumps(seed[start:start + 100]),
+                                             headers=json_headers)
+                assert r.status_code in (201, 204), r.text
+            latency: dict[str, list[float]] = {"on": [], "off": []}
+            p95: dict[str, list[float]] = {"on": [], "off": []}
+            throughput: dict[str, list[float]] = {"on": [], "off": []}
+            cpu_us: dict[str, list[float]] = {"on": [], "off": []}
+            cpu_batch: dict[str, list[float]] = {"on": [], "off": []}
+            for name in ("on", "off"):  # warm-up
+                for i in range(200):
+                    assert (await clients[name].get(f"/ngsi-ld/v1/entities/{seed[i]['id']}")).status_code == 200
+            counter = 0
+            for _round in range(rounds):
+                for name in ("on", "off") if _round % 2 == 0 else ("off", "on"):
+                    http = clients[name]
+                    samples = []
+                    cpu = time.process_time()
+                    for i in range(reads // rounds):
+                        t = time.perf_counter()
+                        r = await http.get(f"/ngsi-ld/v1/entities/{seed[i % 1000]['id']}")
+                        samples.append(time.perf_counter() - t)
+                        assert r.status_code == 200
+                    cpu_us[name].append((time.process_time() - cpu) / (reads // rounds) * 1e6)
+                    samples.sort()
+                    latency[name].append(statistics.median(samples) * 1e6)
+                    p95[name].append(samples[int(0.95 * (len(samples) - 1))] * 1e6)
+                    todo = list(range(batches // rounds))
+
+                    async def writer(http: httpx.AsyncClient = http, todo: list[int] = todo) -> None:
+                        nonlocal counter
+                        while todo:
+                            todo.pop()
+                            counter += 1
+                            body = [_air((counter * 100 + k) % 1000, float(counter)) for k in range(100)]
+                            r = await http.post(upsert, content=orjson.dumps(body), headers=json_headers)
+                            assert r.status_code in (201, 204), r.text
+
+                    t, cpu = time.perf_counter(), time.process_time()
+                    await asyncio.gather(*(writer() for _ in range(8)))
+                    throughput[name].append((batches // rounds) * 100 / (time.perf_counter() - t))
+                    cpu_batch[name].append((time.process_time() - cpu) / (batches // rounds) * 1e3)
+            audited = await on.state.security.audit.count()
+        finally:
+            for http in clients.values():
+                await http.aclose()
+    get_on, get_off = statistics.median(latency["on"]), statistics.median(latency["off"])
+    up_on, up_off = statistics.median(throughput["on"]), statistics.median(throughput["off"])
+    result = {"get_entity_us_median_on": round(get_on, 1), "get_entity_us_median_off": round(get_off, 1),
+              "get_entity_us_p95_on": round(statistics.median(p95["on"]), 1),
+              "get_entity_us_p95_off": round(statistics.median(p95["off"]), 1),
+              "get_entity_overhead_pct": round((get_on / get_off - 1) * 100, 1),
+              "upsert_entities_per_s_on": round(up_on), "upsert_entities_per_s_off": round(up_off),
+              "upsert_overhead_pct": round((up_off / up_on - 1) * 100, 1),
+              "audit_records_written": audited, "rounds": rounds,
+              # CPU time of this process (client + server) per request: robust against a loaded machine.
+              "get_entity_cpu_us_on": round(statistics.median(cpu_us["on"]), 1),
+              "get_entity_cpu_us_off": round(statistics.median(cpu_us["off"]), 1),
+              "get_entity_cpu_overhead_pct": round((statistics.median(cpu_us["on"]) /
+                                                    statistics.median(cpu_us["off"]) - 1) * 100, 1),
+              "upsert_cpu_ms_per_batch_on": round(statistics.median(cpu_batch["on"]), 2),
+              "upsert_cpu_ms_per_batch_off": round(statistics.median(cpu_batch["off"]), 2),
+              "upsert_cpu_overhead_pct": round((statistics.median(cpu_batch["on"]) /
+                                                statistics.median(cpu_batch["off"]) - 1) * 100, 1)}
+    result["target_15pct_met"] = result["get_entity_overhead_pct"] <= 15 and result["upsert_overhead_pct"] <= 15
+    result["target_15pct_met_cpu"] = (result["get_entity_cpu_overhead_pct"] <= 15
+                                      and result["upsert_cpu_overhead_pct"] <= 15)
+    log(f"hub: GET {get_on:.0f} µs on / {get_off:.0f} µs off; upsert {up_on:,.0f}/s on / {up_off:,.0f}/s off")
+    return result
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--requests", type=int, default=5_000)
+    parser.add_argument("--reads", type=int, default=2_000, help="GET /entities/{id} per side")
+    parser.add_argument("--batches", type=int, default=100, help="upserts of 100 entities per side")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: audit, auth, hub")
     parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     name = f"cityos_bench_sec_{uuid.uuid4().hex[:8]}"
@@ -182,12 +296,15 @@ async def main() -> None:
     url = args.pg_admin_url.rsplit("/", 1)[0] + "/" + name
     try:
         await asyncio.to_thread(migrate.upgrade, Settings(database_url=url))
-        audit = await bench_audit(url, args.records)
-        auth = await bench_auth(url, args.requests)
+        skip = set(args.skip.split(","))
+        audit = await bench_audit(url, args.records) if "audit" not in skip else None
+        auth = await bench_auth(url, args.requests) if "auth" not in skip else None
+        hub = await bench_hub(url, args.reads, args.batches) if "hub" not in skip else None
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
-    print(orjson.dumps({"bench": "security", "database": "postgresql", "audit": audit, "auth": auth}).decode())
+    print(orjson.dumps({"bench": "security", "database": "postgresql", "audit": audit, "auth": auth,
+                      "hub": hub}).decode())
 
 
 if __name__ == "__main__":

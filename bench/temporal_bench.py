@@ -33,6 +33,7 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
+from bench_auth import bearer
 
 from cityos.app import create_app
 from cityos.config import Settings
@@ -130,7 +131,7 @@ async def measure(url: str, dsn: str, entities: int, day: datetime, runs: int) -
     figures: dict[str, Any] = {}
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench", headers=bearer(app)) as client:
             agg_params = {"type": "Sensor", "attrs": "temperature", "timerel": "between",
                           "timeAt": clock.iso(day), "endTimeAt": clock.iso(day + timedelta(days=1)),
                           "options": "aggregatedValues", "aggrMethods": "avg", "aggrPeriodDuration": "PT1H",

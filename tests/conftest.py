@@ -83,12 +83,29 @@ async def _clean(application: Any) -> None:
     store = application.state.hub.service.store
     store._known_tenants = {""}
     store._has_multi_typed.clear()
-    store._known_tenants = {""}
+    registry = getattr(application.state, "data_classes", None)
+    if registry is not None:
+        registry._tenants.clear()
+        registry._invalidate()
 
 
 @pytest.fixture
 async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client acting as a sys_admin of the default tenant (a real signed token).
+
+    Pass other `headers=auth.headers(role, ...)` per request to act as someone else, or use
+    `anon_client` for calls without a token.
+    """
     await _clean(app)
+    transport = httpx.ASGITransport(app=app)
+    headers = Auth(app).headers("sys_admin", username="test-admin")
+    async with httpx.AsyncClient(transport=transport, base_url="http://cityos.test", headers=headers) as http:
+        yield http
+
+
+@pytest.fixture
+async def anon_client(app: Any, client: httpx.AsyncClient) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client without any token (anonymous). Shares `client`'s clean database."""
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://cityos.test") as http:
         yield http

@@ -63,7 +63,7 @@ def serve(
     if workers > 1 and not settings.is_postgres:
         console.print("[yellow]SQLite allows one writer: running a single worker[/yellow]")
         workers = 1
-    console.print(f"CityOS on http://{host}:{port}  (API docs: /docs, NGSI-LD: /ngsi-ld/v1, "
+    console.print(f"CityOS on http://{host}:{port}  (cockpit: /cockpit, API docs: /docs, NGSI-LD: /ngsi-ld/v1, "
                   f"database: {_redacted(settings.database_url)})")
     os.environ.setdefault("CITYOS_DATABASE_URL", settings.database_url)
     # MQTT ingestion on by default (CITYOS_MQTT_URL), with a client id stable across restarts (its broker
@@ -73,6 +73,7 @@ def serve(
     import socket
 
     os.environ.setdefault("CITYOS_INGEST_CLIENT_ID", f"cityos-ingest-{socket.gethostname()}-{port}")
+    os.environ.setdefault("CITYOS_WEB", "1")  # the cockpit and portal (CITYOS_WEB=0: API only)
     uvicorn.run("cityos.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)
 
@@ -89,7 +90,11 @@ def simulate(
     faults: bool = typer.Option(True, "--faults/--no-faults", help="Inject dropouts, spikes, outages, ..."),
     duration: float | None = typer.Option(None, help="Stop after this many real seconds"),
 ) -> None:
-    """Run the simulated city against a running CityOS: provision devices, publish readings over MQTT."""
+    """Run the simulated city against a running CityOS: provision devices, publish readings over MQTT.
+
+    It authenticates as an OAuth client (CITYOS_SIM_CLIENT_ID / CITYOS_SIM_CLIENT_SECRET; create one
+    with role operator) or with a bearer token (CITYOS_TOKEN).
+    """
     import asyncio
 
     from cityos.sim.demo import simulate as run
@@ -98,7 +103,9 @@ def simulate(
 
     options = SimOptions(devices=devices, speed=speed, seed=seed, scenario=scenario, history_hours=history_hours,
                          faults=FaultConfig() if faults else FaultConfig.none())
-    raise typer.Exit(asyncio.run(run(options, api, mqtt, token=os.environ.get("CITYOS_IOT_ADMIN_TOKEN"),
+    raise typer.Exit(asyncio.run(run(options, api, mqtt, token=os.environ.get("CITYOS_TOKEN"),
+                                     client_id=os.environ.get("CITYOS_SIM_CLIENT_ID"),
+                                     client_secret=os.environ.get("CITYOS_SIM_CLIENT_SECRET"),
                                      duration=duration, console=console)))
 
 

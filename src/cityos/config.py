@@ -38,6 +38,10 @@ class Settings:
     context_fetch_timeout: float = field(default_factory=lambda: env_float("CITYOS_CONTEXT_FETCH_TIMEOUT", 5.0))
     context_cache_seconds: int = field(default_factory=lambda: env_int("CITYOS_CONTEXT_CACHE_SECONDS", 3600))
     db_pool_size: int = field(default_factory=lambda: env_int("CITYOS_DB_POOL_SIZE", 10))
+    # The web UI (NiceGUI cockpit and portal): `cityos serve` and `cityos demo` switch it on (CITYOS_WEB=1);
+    # API-only processes and the API tests leave it off (NiceGUI is process-global).
+    web_enabled: bool = field(default_factory=lambda: os.environ.get("CITYOS_WEB", "").lower() in
+                              ("1", "true", "yes", "on"))
 
     @property
     def is_postgres(self) -> bool:

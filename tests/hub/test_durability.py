@@ -12,6 +12,7 @@ import time
 
 import httpx
 
+from auth_tokens import server_headers
 from hub.helpers import JSON, air
 
 E = "/ngsi-ld/v1/entities"
@@ -57,7 +58,8 @@ async def test_acknowledged_writes_survive_sigkill(database_url: str) -> None:
                 if len(acknowledged) >= 150:
                     enough.set()
 
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+    headers = server_headers()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5, headers=headers) as http:
         tasks = [asyncio.create_task(writer(http, k)) for k in range(4)]
         await asyncio.wait_for(enough.wait(), timeout=120)
         os.kill(server.pid, signal.SIGKILL)
@@ -67,7 +69,7 @@ async def test_acknowledged_writes_survive_sigkill(database_url: str) -> None:
 
     server = _start(database_url, port)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers) as http:
             stored: set[str] = set()
             url = f"{E}?type=AirQualityObserved&limit=1000"
             while url:

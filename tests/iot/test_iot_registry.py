@@ -131,13 +131,24 @@ async def test_delete_device(client: Any) -> None:
     assert (await client.post(f"/api/v1/{token}/telemetry", json={"pm25": 1})).status_code == 401
 
 
-async def test_admin_token_guards_management_api(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CITYOS_IOT_ADMIN_TOKEN", "s3cret-admin-token")
-    assert (await client.get("/api/iot/devices")).status_code == 401
-    wrong = await client.get("/api/iot/devices", headers={"Authorization": "Bearer nope"})
+async def test_management_api_needs_device_manage(client: Any, anon_client: Any, auth: Any) -> None:
+    assert (await anon_client.get("/api/iot/devices")).status_code == 401
+    wrong = await anon_client.get("/api/iot/devices", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
-    right = await client.get("/api/iot/devices", headers={"Authorization": "Bearer s3cret-admin-token"})
+    citizen = await client.get("/api/iot/devices", headers=auth.headers("citizen"))
+    assert citizen.status_code == 403
+    operator = await client.get("/api/iot/devices", headers=auth.headers("operator"))
+    assert operator.status_code == 200
+
+
+async def test_broker_hooks_take_the_broker_secret(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYOS_IOT_ADMIN_TOKEN", "s3cret-admin-token")
+    wrong = await client.post("/api/iot/mqtt/auth", json={"username": "x"})
+    assert wrong.status_code == 401
+    right = await client.post("/api/iot/mqtt/auth", json={"username": "x"},
+                              headers={"Authorization": "Bearer s3cret-admin-token"})
     assert right.status_code == 200
+    assert right.json()["result"] == "deny"
 
 
 async def test_mqtt_auth_and_acl_hooks(client: Any) -> None:

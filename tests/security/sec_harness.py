@@ -95,6 +95,8 @@ async def build_state(app: Any, settings: SecuritySettings) -> SecurityState:
 @pytest.fixture
 async def sec(app: Any, client: httpx.AsyncClient, tmp_path: Path, now: list[datetime]) -> AsyncIterator[Harness]:
     original = app.state.security
+    # The security tests speak for themselves: no default sys_admin token (it is the other issuer's).
+    client.headers.pop("Authorization", None)
     state = await build_state(app, test_settings(tmp_path))
     app.state.security = state
     try:

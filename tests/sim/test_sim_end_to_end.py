@@ -19,6 +19,7 @@ import httpx
 import pytest
 from rich.console import Console
 
+from auth_tokens import Auth
 from cityos.app import create_app
 from cityos.config import Settings
 from cityos.core.clock import parse_iso
@@ -58,7 +59,10 @@ async def test_simulated_readings_reach_the_hub(tmp_path: Path, monkeypatch: pyt
             districts = (await http.get("/ngsi-ld/v1/entities", params={"type": "District", "limit": 50})).json()
             assert len(districts) >= 8
             assert districts[0]["location"]["value"]["type"] == "Polygon"
-            health = (await http.get("/api/iot/health")).json()
+            # Device health is for staff who manage devices; readings and districts above are public.
+            operator = Auth(app).headers("operator")
+            assert (await http.get("/api/iot/health")).status_code == 401
+            health = (await http.get("/api/iot/health", headers=operator)).json()
             assert health["devices"] >= 50
             assert health["byStatus"].get("active", 0) >= 25
 

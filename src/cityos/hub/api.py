@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from cityos.config import Settings
 from cityos.core.errors import BadRequestData, ResourceNotFound
 from cityos.hub import geoquery
+from cityos.hub.access import Access, access_of, batch_audit_detail, denied_in
 from cityos.hub.http import (
     GEO_JSON,
     Negotiated,
@@ -25,13 +26,13 @@ from cityos.hub.http import (
     read_body,
     render,
     split_list,
-    tenant_of,
 )
 from cityos.hub.jsonld import ActiveContext, ContextResolver, ContextStore
 from cityos.hub.model import check_entity_id, check_name, render_entity
 from cityos.hub.qlang import parse_q, python_pattern
 from cityos.hub.service import BatchResult, HubService, UpdateResult
 from cityos.hub.store import EntityQuery, EntityRecord
+from cityos.security.api import require
 
 PREFIX = "/ngsi-ld/v1"
 FORMATS = {"keyValues": "keyValues", "simplified": "keyValues", "concise": "concise", "normalized": "normalized"}
@@ -152,14 +153,18 @@ def build_query(request: Request, ctx: ActiveContext, settings: Settings, params
 
 async def respond_entities(request: Request, hub: Hub, ctx: ActiveContext, query: EntityQuery, view: View,
                            media: str) -> Response:
-    tenant = tenant_of(request)
+    access = await access_of(request)
+    tenant = access.tenant
     records, total = await hub.service.query(tenant, query) if query.limit or query.count else ([], None)
     if query.limit == 0:
         records = []
+    last_id, returned = (records[-1].id if records else None), len(records)
+    records = access.view_all(records)
+    await access.finish()
     headers: dict[str, str] = {}
     if total is not None:
         headers["NGSILD-Results-Count"] = str(total)
-    links = page_links(request, query.offset, query.limit, len(records), records[-1].id if records else None, total)
+    links = page_links(request, query.offset, query.limit, returned, last_id, total)
     if tenant:
         headers["NGSILD-Tenant"] = tenant
     neg = Negotiated(media, ctx)
@@ -213,16 +218,23 @@ READ_PARAMS = {"parameters": [_param("attrs", "attribute names"), _param("option
                               _param("lang", "language tag"), TENANT]}
 
 
-@router.post("/entities", status_code=201, openapi_extra=ENTITY_BODY)
+READ = [Depends(require("entity.read"))]
+WRITE = [Depends(require("entity.write"))]
+DELETE = [Depends(require("entity.delete"))]
+
+
+@router.post("/entities", status_code=201, openapi_extra=ENTITY_BODY, dependencies=WRITE)
 async def create_entity(request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     body, media = await read_body(request, hub.settings)
     ctx = await body_context(request, hub.resolver, body, media)
-    entity_id = await hub.service.create_entity(tenant_of(request), body, ctx)
+    entity_id = await access.audited("entity.create", str(body.get("id", "")) if isinstance(body, dict) else "",
+                                     hub.service.create_entity(access.tenant, body, ctx))
     return Response(status_code=201, headers={"Location": f"{PREFIX}/entities/{entity_id}"})
 
 
-@router.get("/entities", openapi_extra={"parameters": QUERY_PARAMS})
+@router.get("/entities", openapi_extra={"parameters": QUERY_PARAMS}, dependencies=READ)
 async def query_entities(request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request, allow_geo=True)
@@ -231,123 +243,161 @@ async def query_entities(request: Request) -> Response:
     return await respond_entities(request, hub, ctx, query, view_of(request, ctx), media)
 
 
-@router.get("/entities/{entity_id}", openapi_extra=READ_PARAMS)
+async def visible_record(access: Access, hub: Hub, entity_id: str) -> EntityRecord:
+    """The entity as the caller may see it; 404 when it may see none of it (its existence is not told)."""
+    record = access.view(await hub.service.retrieve(access.tenant, entity_id))
+    if record is None:
+        raise ResourceNotFound(f"entity {entity_id} not found")
+    await access.finish()
+    return record
+
+
+@router.get("/entities/{entity_id}", openapi_extra=READ_PARAMS, dependencies=READ)
 async def retrieve_entity(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request, allow_geo=True)
     ctx = await query_context(request, hub.resolver)
     view = view_of(request, ctx)
-    record = await hub.service.retrieve(tenant_of(request), entity_id)
+    record = await visible_record(await access_of(request), hub, entity_id)
     if media == GEO_JSON:
         geo_attr = ctx.expand(request.query_params.get("geometryProperty") or "location")
         return render(request, geojson_feature(record, ctx, view, geo_attr), Negotiated(media, ctx), hub.contexts)
     return render(request, entity_out(record, ctx, view), Negotiated(media, ctx), hub.contexts)
 
 
-@router.put("/entities/{entity_id}", status_code=204, openapi_extra=FRAGMENT_BODY)
+@router.put("/entities/{entity_id}", status_code=204, openapi_extra=FRAGMENT_BODY, dependencies=WRITE)
 async def replace_entity(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     body, media = await read_body(request, hub.settings)
     ctx = await body_context(request, hub.resolver, body, media)
-    await hub.service.replace_entity(tenant_of(request), entity_id, body, ctx)
+    await access.audited("entity.replace", entity_id, hub.service.replace_entity(access.tenant, entity_id, body, ctx))
     return _no_content()
 
 
-@router.patch("/entities/{entity_id}", status_code=204, openapi_extra=FRAGMENT_BODY)
+@router.patch("/entities/{entity_id}", status_code=204, openapi_extra=FRAGMENT_BODY, dependencies=WRITE)
 async def merge_entity(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
     ctx = await body_context(request, hub.resolver, body, media)
-    await hub.service.merge_entity(tenant_of(request), entity_id, body, ctx)
+    await access.audited("entity.merge", entity_id, hub.service.merge_entity(access.tenant, entity_id, body, ctx))
     return _no_content()
 
 
-@router.delete("/entities/{entity_id}", status_code=204)
+@router.delete("/entities/{entity_id}", status_code=204, dependencies=DELETE)
 async def delete_entity(entity_id: str, request: Request) -> Response:
-    await hub_of(request).service.delete_entity(tenant_of(request), entity_id)
+    hub = hub_of(request)
+    access = await access_of(request)
+    await access.audited("entity.delete", entity_id, hub.service.delete_entity(access.tenant, entity_id))
     return _no_content()
 
 
-@router.post("/entities/{entity_id}/attrs", openapi_extra=FRAGMENT_BODY)
+@router.post("/entities/{entity_id}/attrs", openapi_extra=FRAGMENT_BODY, dependencies=WRITE)
 async def append_attrs(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     body, media = await read_body(request, hub.settings)
     ctx = await body_context(request, hub.resolver, body, media)
     options = split_list(request.query_params.get("options"))
-    result = await hub.service.append_attrs(tenant_of(request), entity_id, body, ctx, "noOverwrite" in options)
+    result = await access.audited("entity.append_attrs", entity_id, hub.service.append_attrs(
+        access.tenant, entity_id, body, ctx, "noOverwrite" in options))
     return _update_result(result)
 
 
-@router.patch("/entities/{entity_id}/attrs", openapi_extra=FRAGMENT_BODY)
+@router.patch("/entities/{entity_id}/attrs", openapi_extra=FRAGMENT_BODY, dependencies=WRITE)
 async def update_attrs(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
     ctx = await body_context(request, hub.resolver, body, media)
-    return _update_result(await hub.service.update_attrs(tenant_of(request), entity_id, body, ctx))
+    return _update_result(await access.audited("entity.update_attrs", entity_id, hub.service.update_attrs(
+        access.tenant, entity_id, body, ctx)))
 
 
-@router.patch("/entities/{entity_id}/attrs/{attr_id}", status_code=204, openapi_extra=FRAGMENT_BODY)
+@router.patch("/entities/{entity_id}/attrs/{attr_id}", status_code=204, openapi_extra=FRAGMENT_BODY,
+              dependencies=WRITE)
 async def patch_attr(entity_id: str, attr_id: str, request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
     ctx = await body_context(request, hub.resolver, body, media)
-    await hub.service.patch_attr(tenant_of(request), entity_id, attr_id, body, ctx)
+    await access.audited("entity.patch_attr", entity_id, hub.service.patch_attr(
+        access.tenant, entity_id, attr_id, body, ctx), attr=attr_id[:256])
     return _no_content()
 
 
-@router.delete("/entities/{entity_id}/attrs/{attr_id}", status_code=204)
+@router.delete("/entities/{entity_id}/attrs/{attr_id}", status_code=204, dependencies=WRITE)
 async def delete_attr(entity_id: str, attr_id: str, request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     ctx = await query_context(request, hub.resolver)
     dataset_id = request.query_params.get("datasetId")
     delete_all = parse_bool(request.query_params.get("deleteAll"), "deleteAll")
-    await hub.service.delete_attr(tenant_of(request), entity_id, attr_id, ctx, dataset_id, delete_all)
+    await access.audited("entity.delete_attr", entity_id, hub.service.delete_attr(
+        access.tenant, entity_id, attr_id, ctx, dataset_id, delete_all), attr=attr_id[:256])
     return _no_content()
 
 
 # ---------------------------------------------------------------------- batch
 
 
+async def _audit_batch(access: Access, action: str, result: BatchResult) -> None:
+    denied = denied_in(result.errors)
+    if denied:
+        await access.record(action, f"{len(denied)} entities", "denied", ids=denied[:100])
+    if result.success:
+        await access.record(action, result.success[0] if len(result.success) == 1 else
+                            f"{len(result.success)} entities", **batch_audit_detail(result.success, result.errors))
+
+
 async def _batch(request: Request, mode: str) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=mode == "merge")
     if isinstance(body, list) and len(body) > hub.settings.max_batch_entities:
         raise BadRequestData(f"a batch may hold at most {hub.settings.max_batch_entities} entities "
                              "(CITYOS_MAX_BATCH_ENTITIES)")
     ctx = await body_context(request, hub.resolver, body, media)
     options = set(split_list(request.query_params.get("options")))
-    result = await hub.service.batch_write(tenant_of(request), body, ctx, mode, options)
+    with access.guarding():
+        result = await hub.service.batch_write(access.tenant, body, ctx, mode, options)
+    await _audit_batch(access, f"entity.batch_{mode}", result)
     return _batch_response(result, created_status=mode in ("create", "upsert"))
 
 
-@router.post("/entityOperations/create", openapi_extra=BATCH_BODY)
+@router.post("/entityOperations/create", openapi_extra=BATCH_BODY, dependencies=WRITE)
 async def batch_create(request: Request) -> Response:
     return await _batch(request, "create")
 
 
-@router.post("/entityOperations/upsert", openapi_extra=BATCH_BODY)
+@router.post("/entityOperations/upsert", openapi_extra=BATCH_BODY, dependencies=WRITE)
 async def batch_upsert(request: Request) -> Response:
     return await _batch(request, "upsert")
 
 
-@router.post("/entityOperations/update", openapi_extra=BATCH_BODY)
+@router.post("/entityOperations/update", openapi_extra=BATCH_BODY, dependencies=WRITE)
 async def batch_update(request: Request) -> Response:
     return await _batch(request, "update")
 
 
-@router.post("/entityOperations/merge", openapi_extra=BATCH_BODY)
+@router.post("/entityOperations/merge", openapi_extra=BATCH_BODY, dependencies=WRITE)
 async def batch_merge(request: Request) -> Response:
     return await _batch(request, "merge")
 
 
-@router.post("/entityOperations/delete", openapi_extra=ID_LIST_BODY)
+@router.post("/entityOperations/delete", openapi_extra=ID_LIST_BODY, dependencies=DELETE)
 async def batch_delete(request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     body, _media = await read_body(request, hub.settings)
-    return _batch_response(await hub.service.batch_delete(tenant_of(request), body), created_status=False)
+    with access.guarding():
+        result = await hub.service.batch_delete(access.tenant, body)
+    await _audit_batch(access, "entity.batch_delete", result)
+    return _batch_response(result, created_status=False)
 
 
-@router.post("/entityOperations/query", openapi_extra=FRAGMENT_BODY)
+@router.post("/entityOperations/query", openapi_extra=FRAGMENT_BODY, dependencies=READ)
 async def batch_query(request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
@@ -389,12 +439,12 @@ def _list_id(kind: str, members: list[str]) -> str:
     return f"urn:ngsi-ld:{kind}:{digest}"
 
 
-@router.get("/types")
+@router.get("/types", dependencies=READ)
 async def list_types(request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
     ctx = await query_context(request, hub.resolver)
-    pairs, counts = await hub.service.discovery(tenant_of(request))
+    pairs, counts = await hub.service.discovery((await access_of(request)).tenant)
     names = sorted(ctx.compact(t) for t in counts)
     if parse_bool(request.query_params.get("details"), "details"):
         by_type: dict[str, set[str]] = {t: set() for t in counts}
@@ -407,13 +457,13 @@ async def list_types(request: Request) -> Response:
     return render(request, payload, Negotiated(media, ctx), hub.contexts)
 
 
-@router.get("/types/{type_name}")
+@router.get("/types/{type_name}", dependencies=READ)
 async def type_info(type_name: str, request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
     ctx = await query_context(request, hub.resolver)
     iri = ctx.expand(check_name(type_name, "entity type"))
-    pairs, counts = await hub.service.discovery(tenant_of(request))
+    pairs, counts = await hub.service.discovery((await access_of(request)).tenant)
     if iri not in counts:
         raise ResourceNotFound(f"no entity of type {type_name}")
     details: dict[str, set[str]] = {}
@@ -441,12 +491,12 @@ def _attribute_out(iri: str, info: dict[str, Any], ctx: ActiveContext) -> dict[s
             "attributeTypes": sorted(info["types"]), "typeNames": sorted(ctx.compact(t) for t in info["typeNames"])}
 
 
-@router.get("/attributes")
+@router.get("/attributes", dependencies=READ)
 async def list_attributes(request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
     ctx = await query_context(request, hub.resolver)
-    pairs, _counts = await hub.service.discovery(tenant_of(request))
+    pairs, _counts = await hub.service.discovery((await access_of(request)).tenant)
     found = _attributes(pairs)
     if parse_bool(request.query_params.get("details"), "details"):
         payload: Any = [_attribute_out(iri, info, ctx) for iri, info in sorted(found.items())]
@@ -456,13 +506,13 @@ async def list_attributes(request: Request) -> Response:
     return render(request, payload, Negotiated(media, ctx), hub.contexts)
 
 
-@router.get("/attributes/{attr_id}")
+@router.get("/attributes/{attr_id}", dependencies=READ)
 async def attribute_info(attr_id: str, request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
     ctx = await query_context(request, hub.resolver)
     iri = ctx.expand(check_name(attr_id))
-    pairs, _counts = await hub.service.discovery(tenant_of(request))
+    pairs, _counts = await hub.service.discovery((await access_of(request)).tenant)
     found = _attributes(pairs)
     if iri not in found:
         raise ResourceNotFound(f"no attribute {attr_id}")
@@ -477,7 +527,7 @@ def _context_entry(url: str, kind: str, created: str | None, uses: int) -> dict[
             "createdAt": created, "numberOfHits": uses}
 
 
-@router.get("/jsonldContexts")
+@router.get("/jsonldContexts", dependencies=READ)
 async def list_contexts(request: Request) -> Response:
     hub = hub_of(request)
     details = parse_bool(request.query_params.get("details"), "details")
@@ -493,7 +543,7 @@ def _find_context(hub: Hub, context_id: str) -> tuple[str, Any] | None:
     return None
 
 
-@router.get("/jsonldContexts/{context_id:path}")
+@router.get("/jsonldContexts/{context_id:path}", dependencies=READ)
 async def get_context(context_id: str, request: Request) -> Response:
     found = _find_context(hub_of(request), context_id)
     if found is None:
@@ -501,7 +551,8 @@ async def get_context(context_id: str, request: Request) -> Response:
     return Response(orjson.dumps(found[1]), media_type="application/ld+json")
 
 
-@router.delete("/jsonldContexts/{context_id:path}", status_code=204)
+@router.delete("/jsonldContexts/{context_id:path}", status_code=204,
+               dependencies=[Depends(require("tenant.manage"))])
 async def drop_context(context_id: str, request: Request) -> Response:
     hub = hub_of(request)
     found = _find_context(hub, context_id)
@@ -509,10 +560,11 @@ async def drop_context(context_id: str, request: Request) -> Response:
         raise ResourceNotFound(f"no @context {context_id}")
     hub.contexts.drop(found[0])
     hub.resolver.invalidate()
+    await (await access_of(request)).record("context.delete", found[0][:512])
     return _no_content()
 
 
-@router.post("/jsonldContexts", status_code=201)
+@router.post("/jsonldContexts", status_code=201, dependencies=WRITE)
 async def add_context(request: Request) -> Response:
     hub = hub_of(request)
     body, _media = await read_body(request, hub.settings)
@@ -521,4 +573,5 @@ async def add_context(request: Request) -> Response:
     digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
     url = str(request.base_url).rstrip("/") + f"{PREFIX}/jsonldContexts/{digest}"
     hub.contexts.put(url, body, "Hosted")
+    await (await access_of(request)).record("context.create", url[:512])
     return Response(status_code=201, headers={"Location": url})

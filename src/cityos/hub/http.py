@@ -32,6 +32,13 @@ _TENANT = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
 
 
 def tenant_of(request: Request) -> str:
+    """The request's tenant. Once the caller is known (the routers' `require` gate ran), a header naming
+    another tenant than the token's is refused (403); only sys_admin may name any tenant."""
+    principal = getattr(request.state, "principal", ...)
+    if principal is not ...:
+        from cityos.security.api import request_tenant
+
+        return request_tenant(request, principal)
     raw = request.headers.get("NGSILD-Tenant")
     if raw is None or raw == "":
         return ""

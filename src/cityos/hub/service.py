@@ -8,6 +8,7 @@ then publishes them on the event bus.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,20 @@ class Change:
 
 ChangeListener = Callable[[AsyncConnection, str, list[Change]], Awaitable[None]]
 WriteWork = Callable[[AsyncConnection], Awaitable[tuple[list[Change], list[EntityRecord]]]]
+# (action, change) → None when allowed, else the reason of the refusal. Set per request by the API
+# (`cityos.hub.access`); pure and in memory: it runs inside the write transaction.
+WriteGuard = Callable[[str, Change], str | None]
+write_guard: ContextVar[WriteGuard | None] = ContextVar("cityos_hub_write_guard", default=None)
+
+
+class AccessDenied(ProblemError):
+    """The caller may not change this entity (department, ownership or data-class policy)."""
+
+    status, error_type, title = 403, "https://cityos.dev/errors/Forbidden", "Forbidden"
+
+
+def _action_of(change: Change, deleting: bool) -> str:
+    return "entity.delete" if deleting and change.after is None else "entity.write"
 
 
 @dataclass
@@ -110,12 +125,18 @@ class HubService:
         if not await self.store.tenant_exists(conn, tenant):
             raise NonexistentTenant(f"tenant {tenant!r} does not exist")
 
-    async def _write(self, tenant: str, work: WriteWork) -> list[Change]:
+    async def _write(self, tenant: str, work: WriteWork, deleting: bool = False) -> list[Change]:
         """Run a read-modify-write; a concurrent create of the same id is retried from a fresh read."""
+        guard = write_guard.get()
         for attempt in range(MAX_RETRIES):
             try:
                 async with self.store.write() as conn:
                     changes, created = await work(conn)
+                    if guard is not None:
+                        for change in changes:
+                            reason = guard(_action_of(change, deleting), change)
+                            if reason is not None:
+                                raise AccessDenied(f"{change.entity_id}: {reason}", entityId=change.entity_id)
                     await self._commit(conn, tenant, changes, created)
                 break
             except IntegrityError:
@@ -167,7 +188,7 @@ class HubService:
             record = await self._load(conn, tenant, entity_id)
             return [Change(entity_id, record, None, set(record.attrs))], []
 
-        await self._write(tenant, work)
+        await self._write(tenant, work, deleting=True)
 
     async def replace_entity(self, tenant: str, entity_id: str, body: Any, ctx: ActiveContext) -> None:
         now = clock.now()
@@ -353,6 +374,7 @@ class HubService:
                 continue
             parsed[entity_id] = (types, attrs, scope, body)
         parse_errors = list(result.errors)
+        guard = write_guard.get()
 
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
             result.success.clear()
@@ -366,6 +388,10 @@ class HubService:
                 change = self._batch_change(mode, options, entity_id, before, types,
                                             _clone(attrs), scope, now, result)
                 if change is None:
+                    continue
+                reason = guard("entity.write", change) if guard is not None else None
+                if reason is not None:
+                    result.fail(entity_id, AccessDenied(f"{entity_id}: {reason}"))
                     continue
                 changes.append(change)
                 result.success.append(entity_id)
@@ -415,6 +441,7 @@ class HubService:
                 result.fail(entity_id, exc)
 
         parse_errors = list(result.errors)
+        guard = write_guard.get()
 
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
             result.success.clear()
@@ -426,11 +453,16 @@ class HubService:
                     result.fail(entity_id, ResourceNotFound(f"entity {entity_id} not found"))
                     continue
                 record = existing[entity_id]
-                changes.append(Change(entity_id, record, None, set(record.attrs)))
+                change = Change(entity_id, record, None, set(record.attrs))
+                reason = guard("entity.delete", change) if guard is not None else None
+                if reason is not None:
+                    result.fail(entity_id, AccessDenied(f"{entity_id}: {reason}"))
+                    continue
+                changes.append(change)
                 result.success.append(entity_id)
             return changes, []
 
-        await self._write(tenant, work)
+        await self._write(tenant, work, deleting=True)
         return result
 
     # ------------------------------------------------------------------ discovery

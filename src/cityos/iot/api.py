@@ -1,7 +1,8 @@
 """The IoT HTTP API: registry and operations under /api/iot, and ThingsBoard's HTTP device API under /api/v1.
 
-Management (`/api/iot`; when `CITYOS_IOT_ADMIN_TOKEN` is set it needs `Authorization: Bearer <it>`
-until the security domain provides identities):
+Management (`/api/iot`): a bearer token whose role may `device.manage` (operator, dept_admin,
+sys_admin); every change is audited. The broker hooks (`/mqtt/auth`, `/mqtt/acl`) are called by the
+MQTT broker, not by people: when `CITYOS_IOT_ADMIN_TOKEN` is set they need `Authorization: Bearer <it>`.
 
     GET  /profiles, /profiles/{id}
     POST /devices                 DeviceIn → 201 {"id", "token"}   (the token is shown only here)
@@ -35,6 +36,9 @@ from fastapi.responses import Response
 from cityos.core.errors import BadRequestData, ProblemError, TooLarge, UnsupportedMediaType
 from cityos.iot.models import DeviceIn, ReplayIn, RpcIn
 from cityos.iot.service import BulkResult, Envelope, IngestReport, IotService, hash_token
+from cityos.security.api import client_ip, require, security_of
+from cityos.security.audit import AuditEvent
+from cityos.security.policy import Principal, Resource, authorize
 
 MAX_INT = 2**53  # ids, limits and offsets beyond this are not ours (and overflow the databases' integers)
 
@@ -48,7 +52,8 @@ def iot_of(request: Request) -> IotService:
     return service
 
 
-def _admin(request: Request) -> None:
+def _broker(request: Request) -> None:
+    """The broker hooks' shared secret (the broker is configured with it)."""
     expected = os.environ.get("CITYOS_IOT_ADMIN_TOKEN")
     if not expected:
         return
@@ -59,8 +64,16 @@ def _admin(request: Request) -> None:
                            headers={"WWW-Authenticate": "Bearer"})
 
 
-router = APIRouter(prefix="/api/iot", tags=["iot"], dependencies=[Depends(_admin)])
+router = APIRouter(prefix="/api/iot", tags=["iot"])
+MANAGE = [Depends(require("device.manage"))]
+BROKER = [Depends(_broker)]
 device_router = APIRouter(prefix="/api/v1", tags=["iot devices"])
+
+
+async def _audit(request: Request, action: str, resource: str, **detail: Any) -> None:
+    principal = getattr(request.state, "principal", None)
+    await security_of(request).service.record(AuditEvent.of(principal, action, resource, ip=client_ip(request),
+                                                            **detail))
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -96,12 +109,12 @@ async def _json_body(request: Request, limit: int) -> Any:
 # ---------------------------------------------------------------------- profiles
 
 
-@router.get("/profiles")
+@router.get("/profiles", dependencies=MANAGE)
 async def list_profiles(request: Request) -> Response:
     return _json([p.raw for p in iot_of(request).profiles.values()])
 
 
-@router.get("/profiles/{profile_id}")
+@router.get("/profiles/{profile_id}", dependencies=MANAGE)
 async def get_profile(request: Request, profile_id: str) -> Response:
     return _json(iot_of(request).profile(profile_id).raw)
 
@@ -109,21 +122,25 @@ async def get_profile(request: Request, profile_id: str) -> Response:
 # ---------------------------------------------------------------------- registry
 
 
-@router.post("/devices", status_code=201)
+@router.post("/devices", status_code=201, dependencies=MANAGE)
 async def provision(request: Request, spec: DeviceIn) -> Response:
     device_id, token = await iot_of(request).provision(spec)
+    await _audit(request, "device.provision", device_id)
     return _json({"id": device_id, "token": token}, 201)
 
 
-@router.post("/devices/bulk")
+@router.post("/devices/bulk", dependencies=MANAGE)
 async def provision_bulk(request: Request) -> Response:
     body = await _json_body(request, request.app.state.settings.max_body_bytes)
     if not isinstance(body, list):
         raise BadRequestData("the body must be a JSON array of devices")
-    return _bulk(await iot_of(request).provision_many(body))
+    result = await iot_of(request).provision_many(body)
+    await _audit(request, "device.provision_bulk", f"{len(result.created)} devices",
+                 ids=[c["id"] for c in result.created[:100]])
+    return _bulk(result)
 
 
-@router.post("/devices/import")
+@router.post("/devices/import", dependencies=MANAGE)
 async def import_csv(request: Request) -> Response:
     media = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if media not in ("text/csv", "text/plain", "application/csv"):
@@ -133,10 +150,13 @@ async def import_csv(request: Request) -> Response:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BadRequestData("the CSV must be UTF-8") from exc
-    return _bulk(await iot_of(request).import_csv(text))
+    result = await iot_of(request).import_csv(text)
+    await _audit(request, "device.import", f"{len(result.created)} devices",
+                 ids=[c["id"] for c in result.created[:100]])
+    return _bulk(result)
 
 
-@router.get("/devices")
+@router.get("/devices", dependencies=MANAGE)
 async def list_devices(request: Request, profile: str | None = None, district: str | None = None,
                        department: str | None = None, status: str | None = None, gateway: bool | None = None,
                        limit: int = Query(100, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT)) -> Response:
@@ -146,39 +166,44 @@ async def list_devices(request: Request, profile: str | None = None, district: s
     return _json({"total": total, "limit": limit, "offset": offset, "items": [d.public() for d in items]})
 
 
-@router.get("/devices/{device}")
+@router.get("/devices/{device}", dependencies=MANAGE)
 async def get_device(request: Request, device: str) -> Response:
     return _json((await iot_of(request).get_device(device)).public())
 
 
-@router.post("/devices/{device}/token")
+@router.post("/devices/{device}/token", dependencies=MANAGE)
 async def rotate_token(request: Request, device: str) -> Response:
     service = iot_of(request)
     token = await service.rotate_token(device)
+    await _audit(request, "device.token_rotate", device[:256])
     return _json({"id": (await service.get_device(device)).id, "token": token})
 
 
-@router.delete("/devices/{device}/token", status_code=204)
+@router.delete("/devices/{device}/token", status_code=204, dependencies=MANAGE)
 async def revoke_token(request: Request, device: str) -> Response:
     await iot_of(request).revoke_token(device)
+    await _audit(request, "device.token_revoke", device[:256])
     return Response(status_code=204)
 
 
-@router.delete("/devices/{device}", status_code=204)
+@router.delete("/devices/{device}", status_code=204, dependencies=MANAGE)
 async def delete_device(request: Request, device: str) -> Response:
     await iot_of(request).delete_device(device)
+    await _audit(request, "device.delete", device[:256])
     return Response(status_code=204)
 
 
 # ---------------------------------------------------------------------- RPC
 
 
-@router.post("/devices/{device}/rpc", status_code=201)
+@router.post("/devices/{device}/rpc", status_code=201, dependencies=MANAGE)
 async def send_rpc(request: Request, device: str, spec: RpcIn) -> Response:
-    return _json(await request.app.state.iot_commands.send(device, spec), 201)
+    sent = await request.app.state.iot_commands.send(device, spec)
+    await _audit(request, "device.rpc", device[:256], method=spec.method)
+    return _json(sent, 201)
 
 
-@router.get("/rpc/{rpc_id}")
+@router.get("/rpc/{rpc_id}", dependencies=MANAGE)
 async def get_rpc(request: Request, rpc_id: int = Path(ge=1, le=MAX_INT)) -> Response:
     return _json(await iot_of(request).get_rpc(rpc_id))
 
@@ -186,7 +211,7 @@ async def get_rpc(request: Request, rpc_id: int = Path(ge=1, le=MAX_INT)) -> Res
 # ---------------------------------------------------------------------- dead letters and health
 
 
-@router.get("/dead-letters")
+@router.get("/dead-letters", dependencies=MANAGE)
 async def list_dead_letters(request: Request, status: str | None = "pending", device: str | None = None,
                             reason: str | None = None, limit: int = Query(100, ge=1, le=MAX_INT),
                             offset: int = Query(0, ge=0, le=MAX_INT)) -> Response:
@@ -196,12 +221,12 @@ async def list_dead_letters(request: Request, status: str | None = "pending", de
     return _json({"total": total, "limit": limit, "offset": offset, "items": items})
 
 
-@router.get("/dead-letters/{letter_id}")
+@router.get("/dead-letters/{letter_id}", dependencies=MANAGE)
 async def get_dead_letter(request: Request, letter_id: int = Path(ge=1, le=MAX_INT)) -> Response:
     return _json(await iot_of(request).get_dead_letter(letter_id))
 
 
-@router.post("/dead-letters/{letter_id}/replay")
+@router.post("/dead-letters/{letter_id}/replay", dependencies=MANAGE)
 async def replay(request: Request, letter_id: int = Path(ge=1, le=MAX_INT)) -> Response:
     raw = await _body(request, request.app.state.settings.max_body_bytes)
     spec = ReplayIn()
@@ -211,11 +236,12 @@ async def replay(request: Request, letter_id: int = Path(ge=1, le=MAX_INT)) -> R
         except ValueError as exc:
             raise BadRequestData(f"expected {{\"payload\": ..., \"device\": ...}}: {exc}") from exc
     report = await iot_of(request).replay(letter_id, spec.payload, spec.device)
+    await _audit(request, "device.dead_letter_replay", str(letter_id))
     return _json({"replayed": letter_id, "readings": report.readings, "stored": report.stored,
                   "duplicates": report.duplicates})
 
 
-@router.get("/health")
+@router.get("/health", dependencies=MANAGE)
 async def health(request: Request) -> Response:
     return _json(await iot_of(request).health_summary())
 
@@ -223,7 +249,7 @@ async def health(request: Request) -> Response:
 # ---------------------------------------------------------------------- broker hooks
 
 
-@router.post("/mqtt/auth")
+@router.post("/mqtt/auth", dependencies=BROKER)
 async def mqtt_auth(request: Request) -> Response:
     """EMQX HTTP authentication / mosquitto-go-auth `getuser`: {"username": token, ...} → allow or deny."""
     body = await _json_body(request, 64 * 1024)
@@ -235,7 +261,7 @@ async def mqtt_auth(request: Request) -> Response:
                   "client_attrs": {"device": device.name, "gateway": str(device.gateway).lower()}})
 
 
-@router.post("/mqtt/acl")
+@router.post("/mqtt/acl", dependencies=BROKER)
 async def mqtt_acl(request: Request) -> Response:
     """EMQX HTTP authorization / mosquitto-go-auth `acl_check`: may this token use this topic?"""
     from cityos.iot.ingest import PREFIX
@@ -273,6 +299,10 @@ async def _device_post(request: Request, token: str, kind: str) -> Response:
         await service.ingest([Envelope(name, kind, raw, "http", topic, reason="oversize",
                                        detail=f"more than {limit} bytes")])
         raise TooLarge(f"the payload is larger than {limit} bytes")
+    assert device is not None
+    principal = Principal.device(device.id, device.tenant, device.department, device.district)
+    if not authorize(principal, "telemetry.write", Resource("device", device.tenant, id=device.id, owner=device.id)):
+        raise Unauthorized("this device may not send telemetry")
     report: IngestReport = await service.ingest([Envelope(name, kind, raw, "http", topic)])
     if report.rejections and report.readings == 0:
         first = report.rejections[0]

@@ -154,6 +154,10 @@ class IngestWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0
         self._gen_lock = threading.Lock()
+        # Messages from the paho thread wait here until the event loop moves them to `_queue`: one
+        # loop wake-up per burst instead of one per message.
+        self._inbox: list[_Msg] = []
+        self._inbox_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
@@ -192,7 +196,17 @@ class IngestWorker:
         envelope = envelope_for(message.topic, bytes(message.payload), self.prefix)
         msg = _Msg(self._generation, message.mid, message.qos, envelope)
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, msg)
+        with self._inbox_lock:
+            self._inbox.append(msg)
+            if len(self._inbox) > 1:
+                return  # a wake-up is already scheduled and will take this one too
+        self._loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        with self._inbox_lock:
+            msgs, self._inbox = self._inbox, []
+        for msg in msgs:
+            self._queue.put_nowait(msg)
 
     # -------------------------------------------------------------- asyncio side
 
@@ -406,6 +420,24 @@ async def start_workers(service: IotService, url: str, count: int, base: str | N
     return workers
 
 
+# Attributes of an observed entity that say where and from what a reading comes: public like the readings
+# of a public profile. The Device entity itself (registry data: state, firmware, battery) is internal.
+OBSERVED_PUBLIC = ("location", "district", "refDevice", "dateObserved", "name", "address")
+
+
+def declare_data_classes(app: Any, service: IotService) -> None:
+    """Feed the profiles' `dataClass` per attribute to the security domain's class registry."""
+    from cityos.security.classes import class_registry
+
+    registry = class_registry(app)
+    registry.declare("Device", {}, "internal")
+    for profile in service.profiles.values():
+        classes = {spec.attr: spec.data_class for spec in profile.keys.values()}
+        public = any(c == "public" for c in classes.values())
+        context = {name: "public" if public else "internal" for name in OBSERVED_PUBLIC}
+        registry.declare(profile.entity_type, {**context, **classes}, "internal", stricter_only=True)
+
+
 async def start_iot(app: Any) -> Callable[[], Awaitable[None]]:
     """Called from the app's lifespan: builds `app.state.iot`, starts ingest workers, health loop and commands."""
     from cityos.iot.commands import CommandSender
@@ -414,6 +446,7 @@ async def start_iot(app: Any) -> Callable[[], Awaitable[None]]:
     hub = app.state.hub
     service = IotService(hub.service, app.state.engine, app.state.bus, hub.resolver.core.expand)
     app.state.iot = service
+    declare_data_classes(app, service)
     url = os.environ.get("CITYOS_MQTT_URL") or app.state.settings.mqtt_url
     count = ingest_worker_count()
     workers: list[IngestWorker] = []

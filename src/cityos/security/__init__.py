@@ -14,51 +14,33 @@ Modules
 - ``api``: the router (`/auth/*`, `/audit*`, `/.well-known/*`) and the dependencies
   `current_principal`, `require(action)`, `request_tenant`, `enforce`.
 
-Authentication is NOT enforced on the hub, IoT or other APIs yet. Wiring it in is one step:
+- ``classes``: the data-class registry (IoT profiles' ``dataClass``, domain declarations,
+  ``CITYOS_DATA_CLASSES_FILE``, per-tenant ``DataClassPolicy`` hub entities managed through
+  ``PUT/GET/DELETE /admin/data-classes/{type}`` with ``tenant.manage``) and owning departments.
 
-1. Routers. Add the coarse gate to each router (FastAPI dependencies run before the handler)::
+Enforcement (issue #5) is wired in:
 
-       from fastapi import Depends
-       from cityos.security.api import require
-       # hub/api.py: reads and writes differ, so per route, e.g.
-       @router.get("/entities", dependencies=[Depends(require("entity.read"))])
-       @router.post("/entities", dependencies=[Depends(require("entity.write"))])
-       @router.delete("/entities/{entity_id}", dependencies=[Depends(require("entity.delete"))])
-       # hub/subscriptions/api.py: APIRouter(..., dependencies=[Depends(require("subscription.manage"))])
-       # hub/temporal/api.py: router → require("entity.read"); admin_router → require("tenant.manage")
-       # iot/api.py: router (management) → require("device.manage"); device_router keeps its device
-       #   tokens and builds `Principal.device(device_id, tenant, department, district)` for `authorize`.
+- every hub route has ``require(entity.read|entity.write|entity.delete)``; subscriptions
+  ``subscription.manage``; temporal reads ``entity.read``, writes ``entity.write``/``entity.delete``;
+  ``/admin/*`` (retention, data classes) ``tenant.manage``; ``/jsonldContexts`` writes
+  ``entity.write`` (delete: ``tenant.manage``); the IoT management API ``device.manage`` (the broker
+  hooks keep ``CITYOS_IOT_ADMIN_TOKEN``, the device API its device tokens + ``telemetry.write``);
+- ``cityos.hub.access``: per request, the tenant comes from ``request_tenant`` (tampering → 403),
+  every record leaving the hub goes through the registry's masking (query, retrieval, batch query,
+  GeoJSON, temporal, notifications — masked for the subscription's creator, kept with it), a
+  record the caller may see nothing of is withheld (404 / absent), and writes are checked per
+  entity in the hub service's transaction (department / owner scopes; ``DataClassPolicy`` needs
+  ``tenant.manage``) via the ``write_guard`` context variable;
+- audit: every write after its commit, every refusal (401 bad token, 403), every sensitive or
+  confidential value shown in clear (``entity.read.sensitive``, ``entity.notify.sensitive``);
+- verified tokens are cached by token until they expire (revocation is still checked each time).
 
-   `require` also refuses (403) an ``NGSILD-Tenant`` header naming another tenant than the token's
-   (only sys_admin may name any tenant); handlers then read the tenant with
-   ``request_tenant(request, await current_principal(request))`` instead of ``hub.http.tenant_of``.
+Domains declare the classes of the entity types they publish at start-up::
 
-2. Policy in the service layer, with the real resource (department-scoped actions)::
+    from cityos.security.classes import class_registry
+    class_registry(app).declare("Alert", {"description": "internal", "reporterPhone": "sensitive"},
+                                default="public", department="ops")
 
-       from cityos.security.api import enforce, current_principal
-       from cityos.security.policy import Resource
-       await enforce(request, principal, "entity.write",
-                     Resource("entity", tenant, id=entity_id, department=dept, district=district, owner=owner))
-
-3. Masking. Call `mask_entity` on every entity leaving the hub: `respond_entities`/`retrieve_entity`
-   (after `entity_out`, before `render`), notification payloads in `hub/subscriptions/delivery.py`,
-   temporal results and exports::
-
-       from cityos.security.masking import mask_entity_report
-       result = mask_entity_report(entity, classes, principal, owning_department=dept)
-       if result.revealed:   # sensitive/confidential shown in clear → audit the read
-           await security.service.record(AuditEvent.of(principal, "entity.read.sensitive", entity["id"],
-                                                        attrs=result.revealed))
-
-   `classes` maps attribute names to data classes (from the IoT profiles' ``dataClass`` or a
-   per-type registry); unlisted attributes default to "internal" (fail-closed; pass
-   ``default="public"`` for types whose unlisted attributes are public).
-
-4. Audit writes: after each committed write, ``await app.state.security.service.record(
-   AuditEvent.of(principal, "entity.write", entity_id, ip=client_ip(request)))``. Never call it
-   while holding the hub store's SQLite write lock (the audit log shares that lock).
-
-5. Tests: on PostgreSQL the audit table refuses DELETE; `tests/conftest.py::_clean` must run
-   ``SET LOCAL session_replication_role = replica`` before its DELETEs (superuser), or call
-   `cityos.security.audit.purge_for_tests(engine)`.
+Tests: on PostgreSQL the audit table refuses DELETE; `tests/conftest.py::_clean` runs
+``SET LOCAL session_replication_role = replica`` before its DELETEs (superuser).
 """

@@ -219,6 +219,13 @@ class AuditLog:
                 if not fut.done():
                     fut.set_result(seq)
 
+    def submit(self, event: AuditEvent) -> None:
+        """Queue one record without waiting for its commit (callers that may hold a write lock)."""
+        if self._writer is None or self._queue is None:
+            asyncio.get_running_loop().create_task(self.append_many([event]))
+            return
+        self._queue.put_nowait((event, asyncio.get_running_loop().create_future()))
+
     async def record(self, event: AuditEvent) -> int:
         """Append one record; returns once it is committed."""
         if self._writer is None or self._queue is None:

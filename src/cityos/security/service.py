@@ -57,6 +57,7 @@ TOTP_REQUIRED_ROLES = TOTP_ROLES
 WEAK_PASSWORDS = frozenset({"admin", "admin123", "password", "password1", "123456", "12345678", "123456789",
                             "changeme", "change-me", "cityos", "cityos123", "qwerty", "letmein", "secret",
                             "admin@123", "p@ssw0rd", "passw0rd", "root", "toor", "default", "demo"})
+VERIFIED_CACHE_SIZE = 10_000
 USERNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 
 crypto.register_encrypted(users, "id", "totp_secret")
@@ -132,6 +133,7 @@ class SecurityService:
                                      parallelism=1)
         self._dummy_hash = self.hasher.hash(secrets.token_hex(16))
         self._revoked: set[str] = set()
+        self._verified: dict[str, tuple[Principal, float]] = {}
         self._revoked_loaded = -1e18
         # Called with the tenant's name when a two-person approved tenant deletion executes.
         self.tenant_deletion_hooks: list[Callable[[str], Awaitable[None]]] = []
@@ -653,11 +655,20 @@ class SecurityService:
             return Principal(id=user["id"], kind="user", role=user["role"], tenant=user["tenant"],
                              username=user["username"], department=user["department"], departments=frozenset(deps),
                              districts=frozenset(districts), session=None, mfa=False)
-        claims = self.issuer.verify(token)
-        sid = claims.get("sid")
-        if sid and await self.is_revoked(str(sid)):
+        cached = self._verified.get(token)
+        if cached is not None and clock.now().timestamp() < cached[1]:
+            principal = cached[0]
+        else:
+            # Verifying an Ed25519 signature costs more than the rest of a small request: a token is
+            # verified once and its principal kept until it expires (revocation is checked every time).
+            claims = self.issuer.verify(token)
+            principal = principal_from_claims(claims)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = (principal, float(claims["exp"]))
+        if principal.session and await self.is_revoked(principal.session):
             raise InvalidToken("the token has been revoked")
-        return principal_from_claims(claims)
+        return principal
 
     # ------------------------------------------------------------------ TOTP enrolment
 

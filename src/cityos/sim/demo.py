@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -161,11 +162,12 @@ async def _run_simulator(console: Console, options: SimOptions, client: Platform
 
 
 async def simulate(options: SimOptions, api: str, mqtt_url: str, *, token: str | None = None,
+                   client_id: str | None = None, client_secret: str | None = None,
                    duration: float | None = None, console: Console | None = None) -> int:
     """`cityos simulate`: provision through the API, publish over MQTT until Ctrl-C."""
     console = console or Console()
     stop = asyncio.Event()
-    client = PlatformClient(api, token=token)
+    client = PlatformClient(api, token=token, client_id=client_id, client_secret=client_secret)
     try:
         with _stop_on_signals(stop):
             await client.wait_ready()
@@ -246,6 +248,7 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
     # subscriptions, which amqtt lacks, so the demo starts a 3.1.1 worker of its own (see platform.py).
     os.environ["CITYOS_MQTT_URL"] = mqtt_url
     os.environ["CITYOS_INGEST_WORKERS"] = "0"
+    os.environ.setdefault("CITYOS_WEB", "1")  # the cockpit and portal
     settings = Settings()
     with _stop_on_signals(stop):
         began = time.monotonic()
@@ -257,12 +260,13 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
         try:
             async with _QuietServer(app, demo_options.host, api_port).running():
                 broker.plugin.service = app.state.iot
+                await _authenticate(console, app, client)
                 console.print(f"[bold]CityOS demo[/bold] up in {time.monotonic() - began:.1f} s "
                               f"(database {_redacted(settings.database_url)}, MQTT broker {mqtt_url})")
                 console.print(f"  API            {api}\n  OpenAPI docs   {api}/docs\n"
                               f"  NGSI-LD        {api}/ngsi-ld/v1/entities?type=AirQualityObserved\n"
                               f"  IoT health     {api}/api/iot/health\n"
-                              f"  cockpit        (not there yet: a later issue)\n"
+                              f"  cockpit        {api}/cockpit\n"
                               "  Ctrl-C stops everything.")
                 counter = _IngestCounter()
                 worker = embedded_ingest_worker(app.state.iot, mqtt_url)
@@ -287,6 +291,21 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
             log.info("broker stopped")
     console.print("CityOS demo stopped")
     return 0
+
+
+async def _authenticate(console: Console, app: Any, client: PlatformClient) -> None:
+    """The demo's administrator (created once; its password is shown only now) and the simulator's OAuth client."""
+    security = app.state.security.service
+    created = await security.ensure_demo_admin()
+    if created is not None:
+        username, password = created
+        console.print(f"[bold yellow]Administrator created[/bold yellow] (shown once, store it now): "
+                      f"user [bold]{username}[/bold] password [bold]{password}[/bold]\n"
+                      "  enrol TOTP first: POST /auth/totp/enroll and /auth/totp/confirm, then POST /auth/token")
+    # A fresh client per run: its secret lives only in this process's memory.
+    client_id = f"simulator-{secrets.token_hex(4)}"
+    secret = await security.create_client(client_id, "operator")
+    client.use_client(client_id, secret)
 
 
 def _redacted(url: str) -> str:

@@ -8,6 +8,10 @@ is the only one in `cityos.sim` that has to follow.
   (tokens are stored hashed, so the only way to learn one again is to rotate it; the simulator is
   the device's firmware, so it may).
 - The city goes to the hub with `POST /ngsi-ld/v1/entityOperations/upsert`.
+- Authentication: a bearer token given as is (`token=`), or an OAuth 2.0 client (`client_id=`,
+  `client_secret=`; RFC 6749 client_credentials at `POST /auth/token`), whose access token is
+  fetched on first use and again before it expires or after a 401. `cityos demo` creates such a
+  client (role operator: hub writes and device management) each time it starts.
 - The embedded broker for `cityos demo` is amqtt with the IoT domain's auth/topic plugin and its
   topic-mapping broker class (`cityos.iot.ingest`).
 """
@@ -15,6 +19,7 @@ is the only one in `cityos.sim` that has to follow.
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import sys
 import time
@@ -28,6 +33,7 @@ from cityos.sim.devices import Deployment
 from cityos.sim.entities import city_entities
 
 UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
+TOKEN_PATH = "/auth/token"  # noqa: S105 - the OAuth token endpoint, not a secret
 BULK = "/api/iot/devices/bulk"
 CITY_BATCH = 500
 PROVISION_BATCH = 1000
@@ -59,13 +65,56 @@ class PlatformStats:
     ok: bool = False
 
 
+class ClientCredentials(httpx.Auth):
+    """OAuth 2.0 client_credentials: a bearer token fetched when needed, renewed before it expires."""
+
+    requires_response_body = True
+
+    def __init__(self, client_id: str, client_secret: str, token_path: str = TOKEN_PATH) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.token_path = token_path
+        self.token: str | None = None
+        self.renew_at = 0.0
+
+    def _token_request(self, request: httpx.Request) -> httpx.Request:
+        url = request.url.copy_with(path=self.token_path, query=None)
+        basic = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+        return httpx.Request("POST", url, data={"grant_type": "client_credentials"},
+                             headers={"Authorization": f"Basic {basic}"})
+
+    async def async_auth_flow(self, request: httpx.Request) -> Any:
+        for attempt in range(2):
+            if self.token is None or time.monotonic() >= self.renew_at or attempt:
+                response = yield self._token_request(request)
+                await response.aread()
+                if response.status_code != 200:
+                    raise RuntimeError(f"the platform refused the simulator's client credentials: "
+                                       f"{response.status_code} {response.text[:200]}")
+                body = response.json()
+                self.token = str(body["access_token"])
+                # Renew at 80 % of the lifetime, so a token never expires in flight.
+                self.renew_at = time.monotonic() + 0.8 * float(body.get("expires_in", 300))
+            request.headers["Authorization"] = f"Bearer {self.token}"
+            response = yield request
+            if response.status_code != 401:
+                return
+
+
 class PlatformClient:
     def __init__(self, api: str, *, token: str | None = None, tenant: str | None = None,
-                 timeout: float = 60.0) -> None:
+                 client_id: str | None = None, client_secret: str | None = None, timeout: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if tenant:
             headers["NGSILD-Tenant"] = tenant
         self.http = httpx.AsyncClient(base_url=api.rstrip("/"), headers=headers, timeout=timeout)
+        if client_id and client_secret:
+            self.use_client(client_id, client_secret)
+
+    def use_client(self, client_id: str, client_secret: str) -> None:
+        """Authenticate as this OAuth client from now on (client_credentials grant)."""
+        self.http.headers.pop("Authorization", None)
+        self.http.auth = ClientCredentials(client_id, client_secret)
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -74,7 +123,7 @@ class PlatformClient:
         deadline = time.monotonic() + within
         while True:
             try:
-                if (await self.http.get("/health", timeout=2.0)).status_code == 200:
+                if (await self.http.get("/health", timeout=2.0, auth=None)).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -168,7 +168,8 @@ async def test_rolled_back_change_has_no_notification(app: Any, client: httpx.As
     app.state.hub.service.listeners.append(explode)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://cityos.test") as plain:
+        async with httpx.AsyncClient(transport=transport, base_url="http://cityos.test",
+                                     headers=dict(client.headers)) as plain:
             r = await plain.post(E, json=air(1), headers=JSON)
         assert r.status_code == 500
     finally:

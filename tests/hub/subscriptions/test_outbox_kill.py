@@ -24,6 +24,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from auth_tokens import server_headers
 from backends import admin_sql, postgres_database_url, selected_backends
 from cityos.config import Settings
 from cityos.core.db import create_engine
@@ -104,7 +105,7 @@ class Writers:
         self.counter = 1000
 
     async def run(self, entity_id: str) -> None:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=5) as http:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=5, headers=server_headers()) as http:
             while self.running:
                 self.counter += 1
                 value = self.counter
@@ -153,7 +154,7 @@ async def test_kill_and_restart_loses_nothing(kill_db: str, receiver: Receiver) 
     server = Server(kill_db)
     try:
         await server.start()
-        async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=5, headers=server_headers()) as http:
             r = await http.post(S, json=subscription(receiver.url, watchedAttributes=["pm25"]), headers=JSON)
             assert r.status_code == 201, r.text
             for n in range(len(ENTITIES)):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from cityos.hub.access import access_of
 from cityos.hub.api import PREFIX, hub_of
 from cityos.hub.http import (
     Negotiated,
@@ -18,9 +19,11 @@ from cityos.hub.http import (
     render,
     tenant_of,
 )
-from cityos.hub.subscriptions.service import SubscriptionService
+from cityos.hub.subscriptions.service import SubscriptionService, owner_claims
+from cityos.security.api import require
 
-router = APIRouter(prefix=PREFIX, tags=["NGSI-LD subscriptions"])
+router = APIRouter(prefix=PREFIX, tags=["NGSI-LD subscriptions"],
+                   dependencies=[Depends(require("subscription.manage"))])
 
 
 def subscriptions_of(request: Request) -> SubscriptionService:
@@ -33,7 +36,10 @@ async def create_subscription(request: Request) -> Response:
     hub = hub_of(request)
     body, media = await read_body(request, hub.settings)
     ctx = await body_context(request, hub.resolver, body, media)
-    sub_id = await subscriptions_of(request).create(tenant_of(request), body, ctx)
+    access = await access_of(request)
+    # Notifications are masked for the subscriber: the creator's role and departments travel with it.
+    sub_id = await subscriptions_of(request).create(access.tenant, body, ctx, owner=owner_claims(access.principal))
+    await access.record("subscription.create", sub_id)
     return Response(status_code=201, headers={"Location": f"{PREFIX}/subscriptions/{sub_id}"})
 
 
@@ -72,11 +78,15 @@ async def update_subscription(sub_id: str, request: Request) -> Response:
     hub = hub_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
     ctx = await body_context(request, hub.resolver, body, media)
-    await subscriptions_of(request).update(tenant_of(request), sub_id, body, ctx)
+    access = await access_of(request)
+    await subscriptions_of(request).update(access.tenant, sub_id, body, ctx, owner=owner_claims(access.principal))
+    await access.record("subscription.update", sub_id)
     return Response(status_code=204)
 
 
 @router.delete("/subscriptions/{sub_id}", status_code=204)
 async def delete_subscription(sub_id: str, request: Request) -> Response:
-    await subscriptions_of(request).delete(tenant_of(request), sub_id)
+    access = await access_of(request)
+    await subscriptions_of(request).delete(access.tenant, sub_id)
+    await access.record("subscription.delete", sub_id)
     return Response(status_code=204)

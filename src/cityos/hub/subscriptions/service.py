@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -199,13 +199,36 @@ class SubscriptionCache:
 # ---------------------------------------------------------------------- rendering notifications
 
 
-def render_data(sub: Compiled, change: Change, now: datetime) -> dict[str, Any]:
+# (subscription, record) → the record as the subscriber may see it (masked by data class), or None.
+Masker = Callable[["Compiled", EntityRecord], EntityRecord | None]
+OWNER_KEY = "_owner"
+
+
+def owner_claims(principal: Any) -> dict[str, Any] | None:
+    """What a subscription keeps of its creator, so its notifications are masked for them."""
+    if principal is None:
+        return None
+    return {"id": principal.id, "kind": principal.kind, "role": principal.role, "tenant": principal.tenant,
+            "username": principal.username, "department": principal.department,
+            "departments": sorted(principal.departments), "districts": sorted(principal.districts)}
+
+
+def render_data(sub: Compiled, change: Change, now: datetime, masker: Masker | None = None) -> dict[str, Any] | None:
     """One entity of a notification's data, in the subscription's format, attributes and @context."""
     if change.after is None:
         assert change.before is not None
+        if masker is not None and masker(sub, change.before) is None:
+            return None
         types = [sub.ctx.compact(t) for t in change.before.types]
         return {"id": change.entity_id, "type": types[0] if len(types) == 1 else types, "deletedAt": clock.iso(now)}
-    return render_record(sub, change.after, change.before if sub.params.get("showChanges") else None)
+    before = change.before if sub.params.get("showChanges") else None
+    if masker is not None:
+        seen = masker(sub, change.after)
+        if seen is None:
+            return None
+        before = masker(sub, before) if before is not None else None
+        return render_record(sub, seen, before)
+    return render_record(sub, change.after, before)
 
 
 def render_record(sub: Compiled, record: EntityRecord, before: EntityRecord | None = None) -> dict[str, Any]:
@@ -266,6 +289,9 @@ class SubscriptionService:
         self.cache = SubscriptionCache(resolver)
         # Set by the sender: called after a commit with the endpoints that got new outbox rows.
         self.wake: Callable[[set[str]], None] | None = None
+        # Set by `start_subscriptions`: masks each notified entity for the subscription's creator.
+        self.masker: Masker | None = None
+        self.prepare_masking: Callable[[AsyncConnection, str], Awaitable[None]] | None = None
         self._touched: dict[int, tuple[float, set[str]]] = {}
 
     @property
@@ -279,10 +305,13 @@ class SubscriptionService:
         subs = await self.cache.get(conn, tenant)
         if not subs:
             return
+        if self.prepare_masking is not None:
+            await self.prepare_masking(conn, tenant)
         now = clock.now()
         rows: list[dict[str, Any]] = []
         for sub in subs:
-            data = [render_data(sub, change, now) for change in changes if sub.matches(change, now)]
+            rendered = (render_data(sub, change, now, self.masker) for change in changes if sub.matches(change, now))
+            data = [item for item in rendered if item is not None]
             for chunk in _chunks(data, self.settings.max_entities_per_notification):
                 rows.append(outbox_row(sub, chunk, now))
         if rows:
@@ -334,8 +363,11 @@ class SubscriptionService:
             raise ResourceNotFound(f"subscription {sub_id} not found")
         return row
 
-    async def create(self, tenant: str, body: Any, ctx: ActiveContext) -> str:
+    async def create(self, tenant: str, body: Any, ctx: ActiveContext, owner: dict[str, Any] | None = None) -> str:
         spec = parse_subscription(body, ctx)
+        spec.pop(OWNER_KEY, None)
+        if owner is not None:
+            spec[OWNER_KEY] = owner
         context = spec.get("jsonldContext", ctx.source)
         await self.resolver.resolve(context)  # fails now (503) rather than at every notification
         now = clock.now()
@@ -368,7 +400,8 @@ class SubscriptionService:
         now = clock.now()
         return [render_subscription(row.spec, row, compact, now) for row in rows], total
 
-    async def update(self, tenant: str, sub_id: str, body: Any, ctx: ActiveContext) -> None:
+    async def update(self, tenant: str, sub_id: str, body: Any, ctx: ActiveContext,
+                     owner: dict[str, Any] | None = None) -> None:
         members = parse_members(body, ctx, allow_null=True)
         if members.get("jsonldContext"):
             await self.resolver.resolve(members["jsonldContext"])
@@ -376,6 +409,8 @@ class SubscriptionService:
         async with self.store.write() as conn:
             row = await self._row(conn, tenant, sub_id, for_update=True)
             spec = apply_update(row.spec, body, members)
+            if owner is not None:
+                spec[OWNER_KEY] = owner  # whoever changes it last is who it now notifies for
             context = _context_after_update(row, spec, members, ctx)
             values = _columns(spec, context, now)
             if "timeInterval" not in members and row.next_periodic_at is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -44,11 +45,14 @@ from cityos.hub.subscriptions.delivery import DeliveryError, Transport, build_me
 from cityos.hub.subscriptions.models import NotifySettings, leases, outbox, subscriptions
 from cityos.hub.subscriptions.service import (
     NOTIFY_CHANNEL,
+    OWNER_KEY,
     Compiled,
+    Masker,
     SubscriptionService,
     outbox_row,
     render_record,
 )
+from cityos.security.policy import Principal, PrincipalKind
 
 log = logging.getLogger(__name__)
 
@@ -539,7 +543,8 @@ class Sender:
             self.wake(endpoints)
 
     async def _periodic_one(self, tenant: str, sub_id: str, interval: float, now: datetime) -> set[str]:
-        store = self.service.store
+        service = self.service
+        store = service.store
         async with self.write() as conn:
             # Whoever moves next_periodic_at first sends this period; other processes find nothing due.
             claimed = await conn.execute(update(subscriptions).where(
@@ -553,6 +558,8 @@ class Sender:
             records = await _current_entities(store, conn, sub, self.settings.max_entities_per_notification)
             if not records:
                 return set()
+            if service.masker is not None:
+                records = [m for m in (service.masker(sub, r) for r in records) if m is not None]
             data = [render_record(sub, record) for record in records]
             await self.service.enqueue(conn, [outbox_row(sub, data, now)])
         return {sub.endpoint}
@@ -578,6 +585,8 @@ async def start_subscriptions(app: Any) -> Callable[[], Awaitable[None]]:
     hub = app.state.hub
     service = SubscriptionService(hub.service.store, hub.resolver, NotifySettings())
     app.state.subscriptions = service
+    service.masker = notification_masker(app)
+    service.prepare_masking = functools.partial(_refresh_classes, app)
     hub.service.listeners.append(service.on_changes)
     unsubscribe = app.state.bus.subscribe(ENTITY_CHANGED, service.after_commit)
     sender: Sender | None = None
@@ -598,6 +607,54 @@ async def start_subscriptions(app: Any) -> Callable[[], Awaitable[None]]:
             await engine.dispose()
 
     return stop
+
+
+async def _refresh_classes(app: Any, conn: AsyncConnection, tenant: str) -> None:
+    from cityos.hub.access import refresh_classes
+    from cityos.security.classes import class_registry
+
+    await refresh_classes(class_registry(app), app.state.hub.service.store, conn, tenant)
+
+
+def principal_of_owner(owner: Any) -> Principal | None:
+    """The subscription creator's principal as stored with it; None (anonymous: fail closed) if unknown."""
+    if not isinstance(owner, dict) or not isinstance(owner.get("role"), str):
+        return None
+    kind: PrincipalKind = "service" if owner.get("kind") == "service" else "user"
+    return Principal(id=str(owner.get("id")), kind=kind, role=owner["role"], tenant=str(owner.get("tenant") or ""),
+                     username=owner.get("username"), department=owner.get("department"),
+                     departments=frozenset(str(d) for d in owner.get("departments") or []),
+                     districts=frozenset(str(d) for d in owner.get("districts") or []))
+
+
+def notification_masker(app: Any) -> Masker:
+    """Masks notified entities for the subscription's creator; sensitive values sent in clear are audited."""
+    from cityos.hub.access import Access
+    from cityos.security.audit import AuditEvent
+    from cityos.security.classes import class_registry
+
+    registry = class_registry(app)
+    owners: dict[tuple[str, str], tuple[int, Principal | None]] = {}
+
+    def masker(sub: Compiled, record: EntityRecord) -> EntityRecord | None:
+        owner = sub.spec.get(OWNER_KEY)
+        key = (sub.tenant, sub.id)
+        cached = owners.get(key)
+        if cached is None or cached[0] != id(owner):
+            if len(owners) > 10_000:
+                owners.clear()
+            cached = (id(owner), principal_of_owner(owner))
+            owners[key] = cached
+        access = Access(cached[1], sub.tenant, registry)
+        seen = access.view(record)
+        security = getattr(app.state, "security", None)
+        if access.revealed and security is not None:
+            # Inside the hub's write transaction: queue the audit record, never wait for it here.
+            security.audit.submit(AuditEvent.of(cached[1], "entity.notify.sensitive", record.id, tenant=sub.tenant,
+                                                subscription=sub.id, attrs=access.revealed[0][1]))
+        return seen
+
+    return masker
 
 
 def _sender_engine(app: Any) -> AsyncEngine:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from cityos.core.errors import BadRequestData, ResourceNotFound
+from cityos.core.errors import BadRequestData, ProblemError, ResourceNotFound
+from cityos.hub.access import Access, access_of
 from cityos.hub.api import Hub, build_query, hub_of
 from cityos.hub.http import (
     Negotiated,
@@ -22,14 +23,20 @@ from cityos.hub.http import (
     tenant_of,
 )
 from cityos.hub.model import check_name
+from cityos.hub.service import AccessDenied
 from cityos.hub.temporal.params import TemporalQuery, parse_temporal_query
 from cityos.hub.temporal.render import render_temporal_entity
 from cityos.hub.temporal.retention import MAX_DAYS, default_days, drop_policy, list_policies, set_policy
 from cityos.hub.temporal.service import TemporalResult, TemporalService
+from cityos.security.api import require
+from cityos.security.policy import Scope, role_of, scope_for
 
 PREFIX = "/ngsi-ld/v1/temporal"
 router = APIRouter(prefix=PREFIX, tags=["NGSI-LD temporal"])
-admin_router = APIRouter(prefix="/admin", tags=["admin"])
+admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require("tenant.manage"))])
+READ = [Depends(require("entity.read"))]
+WRITE = [Depends(require("entity.write"))]
+DELETE = [Depends(require("entity.delete"))]
 
 
 def temporal_of(request: Request) -> TemporalService:
@@ -54,7 +61,7 @@ def _respond(request: Request, hub: Hub, neg: Negotiated, result: TemporalResult
 # ---------------------------------------------------------------------- reads
 
 
-@router.get("/entities")
+@router.get("/entities", dependencies=READ)
 async def query_temporal(request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
@@ -62,91 +69,139 @@ async def query_temporal(request: Request) -> Response:
     params = dict(request.query_params)
     tq = parse_temporal_query(params, ctx.expand)
     query = build_query(request, ctx, hub.settings, params)
-    result = await temporal_of(request).query(tenant_of(request), query, tq)
+    access = await access_of(request)
+    result = await temporal_of(request).query(access.tenant, query, tq)
     entities = result.entities if query.limit else []
+    last_id, returned = (entities[-1].id if entities else None), len(entities)
+    entities = [seen for seen in (access.view_temporal(e) for e in entities) if seen is not None]
+    await access.finish()
     headers: dict[str, str] = {}
     if result.total is not None:
         headers["NGSILD-Results-Count"] = str(result.total)
     payload = [render_temporal_entity(e, ctx.compact, tq) for e in entities]
     response = _respond(request, hub, Negotiated(media, ctx), result, tq, payload, headers)
-    links = page_links(request, query.offset, query.limit, len(entities), entities[-1].id if entities else None,
-                       result.total)
+    links = page_links(request, query.offset, query.limit, returned, last_id, result.total)
     if links:
         existing = response.headers.get("Link")
         response.headers["Link"] = f"{existing}, {links}" if existing else links
     return response
 
 
-@router.get("/entities/{entity_id}")
+@router.get("/entities/{entity_id}", dependencies=READ)
 async def retrieve_temporal(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
     ctx = await query_context(request, hub.resolver)
     tq = parse_temporal_query(dict(request.query_params), ctx.expand)
-    result = await temporal_of(request).retrieve(tenant_of(request), entity_id, tq)
-    payload = render_temporal_entity(result.entities[0], ctx.compact, tq)
+    access = await access_of(request)
+    result = await temporal_of(request).retrieve(access.tenant, entity_id, tq)
+    seen = access.view_temporal(result.entities[0])
+    if seen is None:
+        raise ResourceNotFound(f"entity {entity_id} not found")
+    await access.finish()
+    payload = render_temporal_entity(seen, ctx.compact, tq)
     return _respond(request, hub, Negotiated(media, ctx), result, tq, payload, {})
 
 
 # ---------------------------------------------------------------------- writes
 
 
-@router.post("/entities")
+async def _may_change(request: Request, access: Access, action: str, entity_id: Any) -> None:
+    """Department / ownership check of a history write against the entity's current state."""
+    if not isinstance(entity_id, str):
+        return
+    hub = hub_of(request)
+    try:
+        record = await hub.service.retrieve(access.tenant, entity_id)
+    except ProblemError:
+        record = None
+    from cityos.hub.service import Change
+
+    if record is None:
+        # No current state to take a department or owner from: only tenant-wide writers may.
+        narrow = scope_for(role_of(access.principal), action) not in (Scope.TENANT, Scope.ALL)
+        reason = "the history of an entity without a current state needs a tenant-wide role" if narrow else None
+    else:
+        reason = access.guard(action, Change(entity_id, record, record))
+    if reason is not None:
+        await access.record(action, entity_id, "denied", reason=reason)
+        raise AccessDenied(f"{entity_id}: {reason}")
+
+
+@router.post("/entities", dependencies=WRITE)
 async def upsert_temporal(request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     body, media = await read_body(request, hub.settings)
     ctx = await body_context(request, hub.resolver, body, media)
-    created = await temporal_of(request).upsert_evolution(tenant_of(request), body, ctx)
+    await _may_change(request, access, "entity.write", body.get("id") if isinstance(body, dict) else None)
+    created = await temporal_of(request).upsert_evolution(access.tenant, body, ctx)
+    await access.record("temporal.upsert", str(body.get("id", ""))[:256] if isinstance(body, dict) else "")
     if created:
         return _no_content(201, {"Location": f"{PREFIX}/entities/{body.get('id', body.get('@id'))}"})
     return _no_content()
 
 
-@router.post("/entities/{entity_id}/attrs")
+@router.post("/entities/{entity_id}/attrs", dependencies=WRITE)
 async def append_temporal_attrs(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     body, media = await read_body(request, hub.settings)
     ctx = await body_context(request, hub.resolver, body, media)
-    await temporal_of(request).append_instances(tenant_of(request), entity_id, body, ctx)
+    await _may_change(request, access, "entity.write", entity_id)
+    await temporal_of(request).append_instances(access.tenant, entity_id, body, ctx)
+    await access.record("temporal.append", entity_id)
     return _no_content()
 
 
-@router.delete("/entities/{entity_id}")
+@router.delete("/entities/{entity_id}", dependencies=DELETE)
 async def delete_temporal(entity_id: str, request: Request) -> Response:
-    await temporal_of(request).delete_evolution(tenant_of(request), entity_id)
+    access = await access_of(request)
+    await _may_change(request, access, "entity.delete", entity_id)
+    await temporal_of(request).delete_evolution(access.tenant, entity_id)
+    await access.record("temporal.delete", entity_id)
     return _no_content()
 
 
-@router.delete("/entities/{entity_id}/attrs/{attr_id}")
+@router.delete("/entities/{entity_id}/attrs/{attr_id}", dependencies=WRITE)
 async def delete_temporal_attr(entity_id: str, attr_id: str, request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     ctx = await query_context(request, hub.resolver)
     delete_all = parse_bool(request.query_params.get("deleteAll"), "deleteAll")
-    await temporal_of(request).delete_attr(tenant_of(request), entity_id, attr_id, ctx,
+    await _may_change(request, access, "entity.write", entity_id)
+    await temporal_of(request).delete_attr(access.tenant, entity_id, attr_id, ctx,
                                            request.query_params.get("datasetId"), delete_all)
+    await access.record("temporal.delete_attr", entity_id, attr=attr_id[:256])
     return _no_content()
 
 
-@router.patch("/entities/{entity_id}/attrs/{attr_id}/{instance_id}")
+@router.patch("/entities/{entity_id}/attrs/{attr_id}/{instance_id}", dependencies=WRITE)
 async def patch_temporal_instance(entity_id: str, attr_id: str, instance_id: str, request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
     ctx = await body_context(request, hub.resolver, body, media)
-    await temporal_of(request).patch_instance(tenant_of(request), entity_id, attr_id, instance_id, body, ctx)
+    await _may_change(request, access, "entity.write", entity_id)
+    await temporal_of(request).patch_instance(access.tenant, entity_id, attr_id, instance_id, body, ctx)
+    await access.record("temporal.patch_instance", entity_id, attr=attr_id[:256])
     return _no_content()
 
 
-@router.delete("/entities/{entity_id}/attrs/{attr_id}/{instance_id}")
+@router.delete("/entities/{entity_id}/attrs/{attr_id}/{instance_id}", dependencies=WRITE)
 async def delete_temporal_instance(entity_id: str, attr_id: str, instance_id: str, request: Request) -> Response:
     hub = hub_of(request)
+    access = await access_of(request)
     ctx = await query_context(request, hub.resolver)
-    await temporal_of(request).delete_instance(tenant_of(request), entity_id, attr_id, instance_id, ctx)
+    await _may_change(request, access, "entity.write", entity_id)
+    await temporal_of(request).delete_instance(access.tenant, entity_id, attr_id, instance_id, ctx)
+    await access.record("temporal.delete_instance", entity_id, attr=attr_id[:256])
     return _no_content()
 
 
 # ---------------------------------------------------------------------- retention admin
 # Policies of the tenant named by NGSILD-Tenant. Entity types are expanded with the @context of
-# the Link header, as in the NGSI-LD API. (Access control arrives with the security domain.)
+# the Link header, as in the NGSI-LD API. The router needs tenant.manage.
 
 
 @admin_router.get("/history-retention")
@@ -176,6 +231,7 @@ async def put_retention(request: Request) -> Response:
     async with hub.service.store.write() as conn:
         await hub.service.store.ensure_tenant(conn, tenant_of(request))
         await set_policy(conn, tenant_of(request), entity_type, days)
+    await (await access_of(request)).record("retention.set", entity_type or "*", days=days)
     return _no_content()
 
 
@@ -187,6 +243,7 @@ async def delete_retention(request: Request) -> Response:
     async with hub.service.store.write() as conn:
         if not await drop_policy(conn, tenant_of(request), entity_type):
             raise ResourceNotFound("no such retention policy")
+    await (await access_of(request)).record("retention.delete", entity_type or "*")
     return _no_content()
 
 
@@ -194,3 +251,79 @@ def _policy_type(raw: Any, expand: Any) -> str:
     if raw is None:
         return ""
     return str(expand(check_name(raw, "entity type")))
+
+
+# ---------------------------------------------------------------------- data classes admin
+# The data class of each attribute of an entity type, for this tenant (see cityos.security.classes).
+# Kept as DataClassPolicy entities in the hub, so every process sees them.
+
+
+@admin_router.get("/data-classes")
+async def get_data_classes(request: Request) -> Response:
+    hub = hub_of(request)
+    ctx = await query_context(request, hub.resolver)
+    access = await access_of(request)
+    found = access.registry.describe(access.tenant)
+    body = {ctx.compact(iri): tc.to_json(ctx.compact) for iri, tc in sorted(found.items())}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _policy_id(type_iri: str) -> str:
+    import hashlib
+
+    return f"urn:ngsi-ld:DataClassPolicy:{hashlib.sha256(type_iri.encode()).hexdigest()[:24]}"
+
+
+@admin_router.put("/data-classes/{entity_type}", status_code=204)
+async def put_data_classes(entity_type: str, request: Request) -> Response:
+    """Body: {"attributes": {"name": "sensitive", ...}, "default": "internal", "owningDepartment": "civil"}."""
+    from cityos.security.classes import check_class
+
+    hub = hub_of(request)
+    access = await access_of(request)
+    body, _media = await read_body(request, hub.settings)
+    ctx = await query_context(request, hub.resolver)
+    if not isinstance(body, dict) or set(body) - {"attributes", "default", "owningDepartment"}:
+        raise BadRequestData('the body is {"attributes": {"attr": "class"}, "default": "class", '
+                             '"owningDepartment": "dept"}')
+    attrs = body.get("attributes") or {}
+    dept = body.get("owningDepartment")
+    try:
+        if not isinstance(attrs, dict) or len(attrs) > 1000:
+            raise ValueError("attributes must be an object of at most 1000 attribute names")
+        classes = {ctx.expand(check_name(str(k))): check_class(v) for k, v in attrs.items()}
+        default = check_class(body.get("default", "internal"))
+        if dept is not None and (not isinstance(dept, str) or not 0 < len(dept) <= 128):
+            raise ValueError("owningDepartment must be a string of 1-128 characters")
+    except ValueError as exc:
+        raise BadRequestData(str(exc)) from exc
+    type_iri = ctx.expand(check_name(entity_type, "entity type"))
+    entity: dict[str, Any] = {
+        "id": _policy_id(type_iri), "type": "DataClassPolicy",
+        "entityType": {"type": "Property", "value": type_iri},
+        "defaultClass": {"type": "Property", "value": default},
+        "attributeClasses": {"type": "Property", "value": [{"attribute": k, "dataClass": v}
+                                                            for k, v in sorted(classes.items())]}}
+    if dept:
+        entity["owningDepartment"] = {"type": "Property", "value": dept}
+    with access.guarding():
+        result = await hub.service.batch_write(access.tenant, [entity], hub.resolver.core, "upsert", set())
+    if result.errors:
+        raise BadRequestData(str(result.errors[0]["error"].get("detail")))
+    access.registry.forget_tenant(access.tenant)
+    await access.record("dataclass.set", type_iri, attributes={k: v for k, v in sorted(classes.items())},
+                        default=default, owningDepartment=dept)
+    return _no_content()
+
+
+@admin_router.delete("/data-classes/{entity_type}", status_code=204)
+async def delete_data_classes(entity_type: str, request: Request) -> Response:
+    hub = hub_of(request)
+    access = await access_of(request)
+    ctx = await query_context(request, hub.resolver)
+    type_iri = ctx.expand(check_name(entity_type, "entity type"))
+    with access.guarding():
+        await hub.service.delete_entity(access.tenant, _policy_id(type_iri))
+    access.registry.forget_tenant(access.tenant)
+    await access.record("dataclass.delete", type_iri)
+    return _no_content()
