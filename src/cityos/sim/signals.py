@@ -295,6 +295,8 @@ class SignalModel:
             "co": round(max(0.1, 0.4 + 0.9 * traffic + 0.1 * s.noise), 2),
             "temperature": round(self.temperature(ts) + 0.3 * s.noise, 1),
             "humidity": round(min(100.0, max(0.0, self.humidity(ts) + s.noise)), 1),
+            # hPa: a rain band arrives with low pressure
+            "pressure": round(1012.0 - 0.15 * self.rain(ts) + 0.2 * s.noise, 1),
         }
 
     def _water_quality(self, d: SimDevice, s: DeviceState, ts: float) -> dict[str, Any]:

@@ -107,6 +107,9 @@ class EnvironmentSettings:
     min_hours_8h: int = field(default_factory=lambda: env_int("CITYOS_ENV_MIN_HOURS_8H", 6))
     min_hours_24h: int = field(default_factory=lambda: env_int("CITYOS_ENV_MIN_HOURS_24H", 20))
     alert_aqi_level: int = 4  # 中度污染
+    # Which entities are monitoring stations: "devices" (those fed by a registered device, i.e. with a
+    # refDevice relationship, the default) or "all" (also entities integrators write directly).
+    stations: str = field(default_factory=lambda: _env_str("CITYOS_ENV_STATIONS", "devices"))
 
     def zone(self) -> Any:
         try:
@@ -162,6 +165,7 @@ class EnvironmentService:
         self.zone_default = noise.zone_class(self.settings.noise_zone)
         self.type_iris = {self.iri(t): t for t in (AIR, WATER, NOISE)}
         self.output_iris = frozenset(self.iri(a) for a in OUTPUTS)
+        self.ref_device_iri = self.iri("refDevice")
 
     def iri(self, term: str) -> str:
         return self.ctx.expand(term)

@@ -67,6 +67,8 @@ class EnvironmentWorker:
             return
         if not any(t in self.service.type_iris for t in change.after.types):
             return
+        if self.service.settings.stations != "all" and self.service.ref_device_iri not in change.after.attrs:
+            return  # not a monitoring station (see EnvironmentSettings.stations)
         if change.changed_attrs and change.changed_attrs <= self.service.output_iris:
             return  # our own write-back
         self.offer((str(event.payload.get("tenant", "")), change.entity_id))
