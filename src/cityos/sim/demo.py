@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import secrets
@@ -20,10 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import qrcode
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cityos.core.errors import AlreadyExists
+from cityos.ops.rules.api import install_default_rules
 from cityos.sim.platform import EmbeddedBroker, PlatformClient, PlatformStats, embedded_ingest_worker, free_port
 from cityos.sim.runner import MqttTransport, Runner, SimOptions, Simulation
 
@@ -302,10 +306,37 @@ async def _authenticate(console: Console, app: Any, client: PlatformClient) -> N
         console.print(f"[bold yellow]Administrator created[/bold yellow] (shown once, store it now): "
                       f"user [bold]{username}[/bold] password [bold]{password}[/bold]\n"
                       "  enrol TOTP first: POST /auth/totp/enroll and /auth/totp/confirm, then POST /auth/token")
+    await _demo_operator(console, security)
+    installed = await install_default_rules(app)
+    if installed:
+        console.print(f"Installed {len(installed)} default alarm rules (PM2.5, river level, smoke, noise, devices …)")
     # A fresh client per run: its secret lives only in this process's memory.
     client_id = f"simulator-{secrets.token_hex(4)}"
     secret = await security.create_client(client_id, "operator")
     client.use_client(client_id, secret)
+
+
+async def _demo_operator(console: Console, security: Any) -> None:
+    """An operator for the cockpit, created once: password and TOTP secret are shown only now.
+
+    Operators need a second factor; the QR code below enrols it in any authenticator app.
+    """
+    password = secrets.token_urlsafe(12) + "-Op1"
+    try:
+        new = await security.create_user("operator", password, "operator", with_totp=True,
+                                         display_name="Demo operator")
+    except AlreadyExists:
+        return
+    uri = new.totp_uri()
+    console.print(f"[bold yellow]Cockpit operator created[/bold yellow] (shown once, store it now): "
+                  f"user [bold]operator[/bold] password [bold]{password}[/bold]\n"
+                  f"  TOTP secret [bold]{new.totp_secret}[/bold] (scan the QR code, or: "
+                  f"uv run python -c \"import pyotp; print(pyotp.TOTP('{new.totp_secret}').now())\")")
+    qr = qrcode.QRCode(border=1)
+    qr.add_data(uri)
+    buffer = io.StringIO()
+    qr.print_ascii(out=buffer, invert=True)
+    console.print(buffer.getvalue(), highlight=False, markup=False)
 
 
 def _redacted(url: str) -> str:
