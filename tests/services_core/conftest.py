@@ -25,6 +25,9 @@ def fake_clock() -> Iterator[Clock]:
 def desk(app: Any, client: httpx.AsyncClient, tmp_path: Path, fake_clock: Clock) -> Iterator[Any]:
     """The app's ServiceDesk with uploads stored under a temp dir (and the clock at START)."""
     service = app.state.services
+    # The shared `client` fixture empties every table: forget what this process remembers of them.
+    service._stored_specs.clear()
+    service._uploads.clear()
     previous = service.settings.upload_dir
     service.settings.upload_dir = tmp_path / "uploads"
     yield service

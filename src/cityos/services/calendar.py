@@ -14,7 +14,7 @@ supplying missing materials) adds its working days to the limit.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -47,6 +47,9 @@ def parse_overrides(text: str | None) -> dict[date, bool]:
 class WorkCalendar:
     tz: ZoneInfo
     overrides: dict[date, bool]
+    # Day arithmetic is asked the same questions all day long (every inbox row shows a deadline): memoised.
+    _added: dict[tuple[date, int], date] = field(default_factory=dict, repr=False, compare=False)
+    _between: dict[tuple[date, date], int] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_env(cls) -> WorkCalendar:
@@ -63,20 +66,34 @@ class WorkCalendar:
 
     def add_working_days(self, start: date, days: int) -> date:
         """The `days`-th working day after `start` (start itself never counts)."""
+        key = (start, days)
+        found = self._added.get(key)
+        if found is not None:
+            return found
         day, left = start, days
         while left > 0:
             day += timedelta(days=1)
             if self.is_working_day(day):
                 left -= 1
+        if len(self._added) > 50_000:
+            self._added.clear()
+        self._added[key] = day
         return day
 
     def working_days_between(self, start: date, end: date) -> int:
         """Working days d with start < d <= end (0 when end <= start)."""
+        key = (start, end)
+        found = self._between.get(key)
+        if found is not None:
+            return found
         count, day = 0, start
         while day < end:
             day += timedelta(days=1)
             if self.is_working_day(day):
                 count += 1
+        if len(self._between) > 50_000:
+            self._between.clear()
+        self._between[key] = count
         return count
 
     def due_at(self, submitted_at: datetime, limit_days: int, paused_days: int = 0) -> datetime:

@@ -2,8 +2,10 @@
 
 Indexes are shaped by the hot reads:
 
-- an official's inbox: open tasks of a department ordered by due time
-  (`ix_svc_tasks_inbox`: tenant, department, status, due_at), joined to applications by id;
+- an official's inbox: open tasks of a department ordered by due time, served by a partial index
+  over open tasks only (`ix_svc_tasks_open`: tenant, department, due_at, id WHERE status = 'open'),
+  so its size follows the work in progress, not the history; joined to applications by id. The
+  completed / cancelled lists use `ix_svc_tasks_inbox` (tenant, department, status, due_at);
 - a citizen's list: `ix_svc_applications_applicant` (tenant, applicant, submitted_at);
 - a department's list and the supervision sweep: `ix_svc_applications_dept` (tenant, department,
   status, due_at);
@@ -12,9 +14,6 @@ Indexes are shaped by the hot reads:
 Workflow state (SpiffWorkflow's serializer output) lives in its own table so that
 listing applications never reads it. The state names its process spec by reference
 (`svc_workflow_specs`, one row per distinct compiled definition) instead of carrying it.
-
-The inbox has its own partial index over open tasks only (`ix_svc_tasks_open`: tenant, department,
-due_at, id WHERE status = 'open'), so its size follows the work in progress, not the history.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import Any
 import filetype
 import orjson
 from jsonschema import Draft202012Validator
-from sqlalchemy import JSON, and_, case, func, or_, select, update
+from sqlalchemy import JSON, and_, bindparam, case, func, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -113,6 +113,7 @@ class ServiceDesk:
         self._stored_specs: set[str] = set()  # spec refs known to be in svc_workflow_specs
         self._uploads: dict[str, dict[str, Any]] = {}  # upload rows are immutable: a bounded read cache
         self._pg = engine.dialect.name == "postgresql"
+        self._inbox_statements: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -172,7 +173,7 @@ class ServiceDesk:
     async def service(self, tenant: str, code: str) -> Service:
         if code in self.services:
             return self.services[code]
-        async with self.db.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(select(m.services).where(
                 m.services.c.tenant == tenant, m.services.c.code == code))).mappings().first()
         if row is None:
@@ -184,7 +185,7 @@ class ServiceDesk:
         return cached
 
     async def _managed_services(self, tenant: str) -> list[Service]:
-        async with self.db.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(select(m.services.c.code).where(m.services.c.tenant == tenant))).all()
         return [await self.service(tenant, code) for (code,) in rows]
 
@@ -291,11 +292,18 @@ class ServiceDesk:
         await asyncio.to_thread(self._store_blob, digest, data)
         upload_id = uuid.uuid4().hex
         safe_name = os.path.basename((filename or "").replace("\\", "/"))[:256] or None
+        upload_row = {"id": upload_id, "tenant": tenant, "owner": principal.id, "sha256": digest, "size": len(data),
+                      "content_type": detected, "filename": safe_name, "created_at": clock.now()}
         async with self.write() as conn:
-            await conn.execute(m.uploads.insert().values(
-                id=upload_id, tenant=tenant, owner=principal.id, sha256=digest, size=len(data),
-                content_type=detected, filename=safe_name, created_at=clock.now()))
+            await conn.execute(m.uploads.insert(), upload_row)
+        self._remember_upload(upload_row)
         return {"uploadId": upload_id, "sha256": digest, "size": len(data), "contentType": detected}
+
+    def _remember_upload(self, row: dict[str, Any]) -> None:
+        """Upload rows are written once and never change: keep the recent ones (bounded, oldest out first)."""
+        if len(self._uploads) >= 10_000:
+            self._uploads.pop(next(iter(self._uploads)))
+        self._uploads[row["id"]] = row
 
     def _blob_path(self, digest: str) -> Path:
         return self.settings.upload_dir / digest[:2] / digest
@@ -321,7 +329,8 @@ class ServiceDesk:
             return [], [{"field": prefix, "message": "must be a list of {name, uploadId} or {name, licenceId}"}]
         declared = {mat.name: mat for mat in svc.definition.materials}
         seen: set[str] = set()
-        upload_ids = [g.get("uploadId") for g in given if isinstance(g, dict) and isinstance(g.get("uploadId"), str)]
+        upload_ids: list[str] = [g["uploadId"] for g in given
+                                 if isinstance(g, dict) and isinstance(g.get("uploadId"), str)]
         uploads: dict[str, Any] = {}
         for upload_id in upload_ids:
             cached = self._uploads.get(upload_id)
@@ -334,9 +343,7 @@ class ServiceDesk:
                     m.uploads.c.id.in_(missing), m.uploads.c.tenant == tenant))).mappings().all()
             for r in rows:
                 uploads[r["id"]] = dict(r)
-                if len(self._uploads) >= 10_000:
-                    self._uploads.pop(next(iter(self._uploads)))
-                self._uploads[r["id"]] = dict(r)
+                self._remember_upload(dict(r))
         for i, item in enumerate(given):
             where = f"{prefix}[{i}]"
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
@@ -436,6 +443,28 @@ class ServiceDesk:
         row = await self._start(svc, principal, tenant, form, materials, channel, bundle_id)
         return await self._after_change(row, svc, principal, submitted=True)
 
+    @staticmethod
+    def _receipt_notice(row: dict[str, Any], svc: Service) -> tuple[str, str]:
+        return f"已受理:{svc.definition.name}", f"您的申请已受理,受理号 {row['receipt']}。"
+
+    @staticmethod
+    def _final_notice(row: dict[str, Any], svc: Service) -> tuple[str, str] | None:
+        name = svc.definition.name
+        if row["status"] == m.APPROVED:
+            return f"已办结:{name}", f"受理号 {row['receipt']} 已核准" + ("(秒批)" if row["instant"] else "") + "。"
+        if row["status"] == m.REJECTED:
+            return f"不予办理:{name}", f"受理号 {row['receipt']} 不予办理。理由:{row['outcome_reason'] or ''}"
+        return None
+
+    def _start_notices(self, row: dict[str, Any], svc: Service) -> list[tuple[str, str]]:
+        """The notices written with a new application: the receipt, and the outcome when the workflow has
+        already decided (秒批) and no licence has to be issued first (its notice comes in between)."""
+        notices = [self._receipt_notice(row, svc)]
+        final = self._final_notice(row, svc)
+        if final is not None and not (row["status"] == m.APPROVED and svc.definition.licence):
+            notices.append(final)
+        return notices
+
     async def _start(self, svc: Service, principal: Principal, tenant: str, form: dict[str, Any],
                      materials: list[dict[str, Any]], channel: str, bundle_id: str | None) -> dict[str, Any]:
         now = clock.now()
@@ -457,14 +486,18 @@ class ServiceDesk:
                                                       "updated_at": now})
             if new_tasks:
                 await conn.execute(m.tasks.insert(), new_tasks)
-            notice = await self._notify_in(conn, tenant, principal.id, f"已受理:{svc.definition.name}",
-                                           f"您的申请已受理,受理号 {row['receipt']}。")
+            written = []
+            for subject, body in self._start_notices(row, svc):
+                notice = await self._notify_in(conn, tenant, principal.id, subject, body)
+                if notice is None:
+                    break
+                written.append(notice)
         if stored:
             self._stored_specs.add(stored)
-        if notice is not None:
-            if notice.get("deliveries"):
+        if written:
+            if any(n.get("deliveries") for n in written):
                 self._peer("notifier").wake()
-            row["_receipt_notified"] = True
+            row["_notified"] = len(written)
         return row
 
     async def _insert_pg(self, row: dict[str, Any], blob: bytes, new_tasks: list[dict[str, Any]], spec: Any,
@@ -484,24 +517,27 @@ class ServiceDesk:
             parts.append(_pg_values(m.workflow_specs, [{"ref": entry.ref, "doc": entry.doc, "created_at": now}],
                                     params) + " ON CONFLICT (ref) DO NOTHING")
         deliveries: list[Any] = []
-        if notifier is not None:
-            message, outbox_rows, result = notifier.prepare(
-                row["tenant"], row["applicant"], f"已受理:{svc.definition.name}",
-                f"您的申请已受理,受理号 {row['receipt']}。")
-            parts.append(_pg_values(notify_models.notifications, [message], params))
-            if outbox_rows:
-                parts.append(_pg_values(notify_models.outbox, outbox_rows, params))
-            deliveries = result["deliveries"]
+        notices = self._start_notices(row, svc) if notifier is not None else []
+        messages, outbox_rows = [], []
+        for subject, body in notices:
+            message, outbox_part, result = notifier.prepare(row["tenant"], row["applicant"], subject, body)
+            messages.append(message)
+            outbox_rows.extend(outbox_part)
+            deliveries.extend(result["deliveries"])
+        if messages:
+            parts.append(_pg_values(notify_models.notifications, messages, params))
+        if outbox_rows:
+            parts.append(_pg_values(notify_models.outbox, outbox_rows, params))
         main = _pg_values(m.applications, [row], params)
         sql = "WITH " + ", ".join(f"w{i} AS ({part})" for i, part in enumerate(parts)) + " " + main
         async with self.db.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.exec_driver_sql(sql, tuple(params))
         self._stored_specs.add(entry.ref)
-        if notifier is not None:
-            if deliveries:
-                notifier.wake()
-            row["_receipt_notified"] = True
+        if deliveries:
+            notifier.wake()
+        if notices:
+            row["_notified"] = len(notices)
 
     # ------------------------------------------------------------------ reconciling workflow and rows
 
@@ -522,7 +558,8 @@ class ServiceDesk:
         cancelled = [tid for tid in open_tasks if tid not in ready]
         steps = list(row["steps"])
         recorded = {s["step"] for s in steps if s.get("outcome") in ("escalated", "decided")}
-        for task in self.workflow.completed(wf):
+        completed = self.workflow.completed(wf)
+        for task in completed:
             name = task.task_spec.name
             if name.endswith("_escalate") and name not in recorded:
                 recorded.add(name)
@@ -542,7 +579,7 @@ class ServiceDesk:
             row["handling_seconds"] = (now - as_utc(row["submitted_at"])).total_seconds()
             row["next_timer_at"] = None
             if not rejected and not row["instant"] and \
-                    any(t.task_spec.name == "auto_approve" for t in self.workflow.completed(wf)):
+                    any(t.task_spec.name == "auto_approve" for t in completed):
                 row["instant"] = True
                 steps.append({"step": "auto_approve", "title": "自动核准(秒批)", "at": now.isoformat(),
                               "department": row["department"], "outcome": "approved"})
@@ -569,7 +606,7 @@ class ServiceDesk:
     async def _load(self, tenant: str, app_id: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]], int,
                                                              dict[str, Any]]:
         """The application row, its open tasks, the workflow version and the decoded state (spec loaded)."""
-        async with self.db.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(select(m.applications).where(
                 m.applications.c.id == app_id, m.applications.c.tenant == tenant))).mappings().first()
             if row is None:
@@ -626,18 +663,14 @@ class ServiceDesk:
                             submitted: bool = False) -> dict[str, Any]:
         """Side effects after a committed change: licence, notifications, event."""
         tenant, applicant = row["tenant"], row["applicant"]
-        name = svc.definition.name
-        if submitted and not row.pop("_receipt_notified", False):
-            await self._notify(tenant, applicant, f"已受理:{name}",
-                               f"您的申请已受理,受理号 {row['receipt']}。")
+        notified = int(row.pop("_notified", 0))  # notices already written with the new application
+        if submitted and notified < 1:
+            await self._notify(tenant, applicant, *self._receipt_notice(row, svc))
         if row["status"] == m.APPROVED and svc.definition.licence and not row["licence_ids"]:
             await self._issue_licence(row, svc)
-        if row["status"] == m.APPROVED:
-            await self._notify(tenant, applicant, f"已办结:{name}",
-                               f"受理号 {row['receipt']} 已核准" + ("(秒批)" if row["instant"] else "") + "。")
-        elif row["status"] == m.REJECTED:
-            await self._notify(tenant, applicant, f"不予办理:{name}",
-                               f"受理号 {row['receipt']} 不予办理。理由:{row['outcome_reason'] or ''}")
+        final = self._final_notice(row, svc)
+        if final is not None and not (submitted and notified >= 2):
+            await self._notify(tenant, applicant, *final)
         await self._publish(row)
         return self.view(row, svc)
 
@@ -755,7 +788,7 @@ class ServiceDesk:
     async def sweep(self, now: datetime | None = None) -> int:
         """Fire due BPMN timers (escalation on the deadline); returns how many applications moved."""
         now = now or clock.now()
-        async with self.db.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(select(m.applications.c.tenant, m.applications.c.id).where(
                 m.applications.c.next_timer_at <= now, m.applications.c.status.in_(m.OPEN_STATUSES))
                 .order_by(m.applications.c.next_timer_at).limit(500))).all()
@@ -808,7 +841,7 @@ class ServiceDesk:
         return out
 
     async def _task_row(self, tenant: str, task_id: str) -> dict[str, Any]:
-        async with self.db.connect() as conn:
+        async with self._read() as conn:
             task = (await conn.execute(select(m.tasks).where(
                 m.tasks.c.id == task_id, m.tasks.c.tenant == tenant))).mappings().first()
         if task is None:
@@ -817,7 +850,7 @@ class ServiceDesk:
 
     async def application(self, principal: Principal | None, tenant: str, app_id: str,
                           check: Check) -> dict[str, Any]:
-        async with self.db.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(select(m.applications).where(
                 m.applications.c.id == app_id, m.applications.c.tenant == tenant))).mappings().first()
             if row is None:
@@ -848,7 +881,7 @@ class ServiceDesk:
             raise Forbidden(f"role {principal.role} may not list applications")
         if status:
             query = query.where(a.c.status == status)
-        async with self.db.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(query.order_by(a.c.submitted_at.desc(), a.c.id)
                                        .limit(limit).offset(offset))).mappings().all()
         items = []
@@ -858,7 +891,7 @@ class ServiceDesk:
             items.append(item)
         return {"items": items, "limit": limit, "offset": offset}
 
-    def _task_item(self, t: dict[str, Any]) -> dict[str, Any]:
+    def _task_item(self, t: Any) -> dict[str, Any]:
         app_row = {"submitted_at": t["submitted_at"], "limit_days": t["limit_days"], "paused_days": t["paused_days"],
                    "paused_since": t["paused_since"], "completed_at": t["app_completed_at"]}
         return {"id": t["id"], "applicationId": t["application_id"], "receipt": t["receipt"],
@@ -874,6 +907,28 @@ class ServiceDesk:
                       a.c.paused_since, a.c.completed_at.label("app_completed_at"),
                       a.c.status.label("app_status")).select_from(t.join(a, a.c.id == t.c.application_id))
 
+    def _inbox_statement(self, status: str) -> Any:
+        """The inbox query for `status`, built once: bind parameters, and for open tasks the literal
+        ``status = 'open'`` (so PostgreSQL can use the partial index `ix_svc_tasks_open` also under a
+        generic plan) with the open total as a scalar subquery (one round trip, no COUNT over history)."""
+        stmt = self._inbox_statements.get(status)
+        if stmt is not None:
+            return stmt
+        t = m.tasks
+        where = [t.c.tenant == bindparam("tenant"), t.c.department.in_(bindparam("depts", expanding=True))]
+        if status == "open":
+            where.append(t.c.status == literal_column("'open'"))
+        elif status != "all":
+            where.append(t.c.status == bindparam("status"))
+        order = [t.c.due_at, t.c.id] if status == "open" else [t.c.due_at.desc(), t.c.id]
+        query = self._task_query()
+        if status == "open":
+            total = select(func.count()).select_from(t).where(*where).scalar_subquery()
+            query = query.add_columns(total.label("open_total"))
+        stmt = query.where(*where).order_by(*order).limit(bindparam("limit")).offset(bindparam("offset"))
+        self._inbox_statements[status] = stmt
+        return stmt
+
     async def inbox(self, principal: Principal, tenant: str, *, status: str, limit: int, offset: int,
                     department: str | None = None) -> dict[str, Any]:
         t = m.tasks
@@ -884,21 +939,22 @@ class ServiceDesk:
             depts = [department]
         if not depts:
             return {"items": [], "total": 0, "limit": limit, "offset": offset}
-        where = [t.c.tenant == tenant, t.c.department.in_(depts)]
-        if status != "all":
-            where.append(t.c.status == status)
-        order = [t.c.due_at, t.c.id] if status == "open" else [t.c.due_at.desc(), t.c.id]
+        params = {"tenant": tenant, "depts": depts, "limit": limit, "offset": offset, "status": status}
         async with self._read() as conn:
-            rows = (await conn.execute(self._task_query().where(*where).order_by(*order)
-                                       .limit(limit).offset(offset))).mappings().all()
+            rows = (await conn.execute(self._inbox_statement(status), params)).mappings().all()
             total = None
             if status == "open":
-                total = (await conn.execute(select(func.count()).select_from(t).where(*where))).scalar_one()
-        return {"items": [self._task_item(dict(r)) for r in rows], "total": total, "limit": limit,
-                "offset": offset}
+                if rows:
+                    total = int(rows[0]["open_total"])
+                elif offset == 0:
+                    total = 0
+                else:  # a page past the end: the total still counts the open tasks
+                    total = (await conn.execute(select(func.count()).select_from(t).where(
+                        t.c.tenant == tenant, t.c.department.in_(depts), t.c.status == "open"))).scalar_one()
+        return {"items": [self._task_item(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
     async def task(self, principal: Principal, tenant: str, task_id: str, check: Check) -> dict[str, Any]:
-        async with self.db.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(self._task_query().where(
                 m.tasks.c.id == task_id, m.tasks.c.tenant == tenant))).mappings().first()
             if row is None:
@@ -917,7 +973,7 @@ class ServiceDesk:
         return item
 
     async def upload_blob(self, principal: Principal, tenant: str, upload_id: str) -> tuple[bytes, str]:
-        async with self.db.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(select(m.uploads).where(
                 m.uploads.c.id == upload_id, m.uploads.c.tenant == tenant))).mappings().first()
         if row is None or (principal.role not in STAFF_ROLES and row["owner"] != principal.id):
@@ -988,7 +1044,7 @@ class ServiceDesk:
                                                      "deadline", "licenceIds")} for v in views]}
 
     async def bundle(self, principal: Principal | None, tenant: str, case_id: str, check: Check) -> dict[str, Any]:
-        async with self.db.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(select(m.bundles).where(
                 m.bundles.c.id == case_id, m.bundles.c.tenant == tenant))).mappings().first()
             if row is None:
@@ -1018,7 +1074,7 @@ class ServiceDesk:
             where.append(a.c.department == department)
         if principal.role in (Role.DEPT_ADMIN, Role.OFFICIAL):
             where.append(a.c.department.in_(sorted(principal.departments)))
-        async with self.db.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(select(a).where(*where).order_by(a.c.due_at).limit(limit))).mappings().all()
             counts = (await conn.execute(select(a.c.department, func.count()).where(*where)
                                          .group_by(a.c.department))).all()
@@ -1049,7 +1105,7 @@ class ServiceDesk:
                        func.avg(a.c.handling_seconds).label("avg_seconds"),
                        func.sum(overdue).label("overdue"),
                        func.sum(a.c.trips_saved).label("trips_saved")).where(a.c.tenant == tenant).group_by(key)
-        async with self.db.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(query)).mappings().all()
         satisfaction = await self._satisfaction(tenant)
         items = []

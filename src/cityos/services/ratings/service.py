@@ -26,7 +26,7 @@ from typing import Any
 
 import holidays
 from sqlalchemy import and_, case, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -130,6 +130,14 @@ def _stats(count: int, total: int, satisfied: int, promoters: int, detractors: i
             "detractors": detractors}
 
 
+_UPSERT_COLUMNS = ("tenant", "application_id", "service_code", "department", "applicant", "status", "completed_at",
+                   "updated_at")
+_PG_UPSERT = (f"INSERT INTO {applications.name} ({', '.join(_UPSERT_COLUMNS)}) "
+              f"VALUES ({', '.join(f'${i}' for i in range(1, len(_UPSERT_COLUMNS) + 1))}) "
+              f"ON CONFLICT (tenant, application_id) DO UPDATE SET "
+              + ", ".join(f"{k} = EXCLUDED.{k}" for k in _UPSERT_COLUMNS[2:]))
+
+
 class RatingService:
     def __init__(self, engine: AsyncEngine, bus: EventBus | None = None, settings: RatingSettings | None = None,
                  audit: AuditSink | None = None, notify: NotifySink | None = None,
@@ -191,9 +199,14 @@ class RatingService:
         values = {"tenant": tenant, "application_id": application_id, "service_code": service_code,
                   "department": department, "applicant": applicant, "status": status,
                   "completed_at": completed_at, "updated_at": clock.now()}
-        insert = (sqlite.insert(applications) if self._sqlite else postgresql.insert(applications)).values(**values)
-        changed = {k: insert.excluded[k] for k in ("service_code", "department", "applicant", "status",
-                                                   "completed_at", "updated_at")}
+        if not self._sqlite:
+            # One statement in autocommit: one round trip (this runs on every application change).
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.exec_driver_sql(_PG_UPSERT, tuple(values[k] for k in _UPSERT_COLUMNS))
+            return
+        insert = sqlite.insert(applications).values(**values)
+        changed = {k: insert.excluded[k] for k in _UPSERT_COLUMNS[2:]}
         async with self._write() as conn:
             await conn.execute(insert.on_conflict_do_update(index_elements=["tenant", "application_id"],
                                                             set_=changed))
