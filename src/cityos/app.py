@@ -58,17 +58,27 @@ _HTTP_PROBLEMS: dict[int, tuple[str, str]] = {
 }
 
 
-def install_input_guard(app: FastAPI) -> None:
+class RefuseNulInUrl:
     """Refuse NUL characters in the URL up front: PostgreSQL cannot store them in text, so they
-    would otherwise surface deep in a query as a database error."""
+    would otherwise surface deep in a query as a database error.
 
-    @app.middleware("http")
-    async def refuse_nul(request: Request, call_next: Any) -> Response:
-        if "\x00" in request.url.path or b"%00" in request.scope.get("query_string", b"") or \
-                "\x00" in request.url.query:
-            return problem_response(BadRequestData("NUL characters are not allowed in the URL"))
-        response: Response = await call_next(request)
-        return response
+    A plain ASGI middleware: Starlette's BaseHTTPMiddleware costs about a tenth of a small request.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and ("\x00" in scope.get("path", "") or
+                                        b"%00" in scope.get("query_string", b"") or
+                                        b"\x00" in scope.get("query_string", b"")):
+            await problem_response(BadRequestData("NUL characters are not allowed in the URL"))(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def install_input_guard(app: FastAPI) -> None:
+    app.add_middleware(RefuseNulInUrl)
 
 
 def install_error_handlers(app: FastAPI) -> None:
