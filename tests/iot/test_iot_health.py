@@ -81,6 +81,16 @@ async def test_spike_and_frozen_flags(client: Any, app: Any, fixed_clock: Any) -
     assert [(q["kind"], q["key"]) for q in quality] == [("spike", "pm25"), ("frozen", "pm25")]
 
 
+async def test_a_repeated_floor_value_is_not_frozen(client: Any, app: Any, fixed_clock: Any) -> None:
+    """Zero PM2.5 (or no smoke, an empty road at night) repeated is a quiet world, not a stuck sensor."""
+    token = (await client.post("/api/iot/devices", json=AQ)).json()["token"]
+    quality = recorder(app, "iot.data.quality")
+    for minute in range(12):
+        fixed_clock[0] += timedelta(seconds=60)
+        await client.post(f"/api/v1/{token}/telemetry", json={"pm25": 0, "temperature": 20 + minute})
+    assert quality == []
+
+
 async def test_rpc_without_broker_fails_and_timeout(client: Any, app: Any, fixed_clock: Any) -> None:
     await client.post("/api/iot/devices", json=AQ)
     sent = await client.post("/api/iot/devices/aq-1/rpc", json={"method": "reboot", "params": {"delay": 1}})

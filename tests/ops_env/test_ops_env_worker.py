@@ -204,3 +204,17 @@ async def test_changes_to_other_entity_types_are_ignored(app: Any, client: Any, 
         token = await provision(client, auth, "tf-env-1", "traffic-flow")
         await send(client, token, {"intensity": 300})
         assert worker.queued == set() and worker.deferred == {}
+
+
+async def test_indices_describe_the_hour_of_the_newest_reading(app: Any, client: Any, auth: Any,
+                                                               env: dict[str, Any]) -> None:
+    """A gateway's backfill (or a replayed day) gets the AQI of the hour its readings belong to,
+    not an empty current hour."""
+    worker = env["worker"]
+    with fixed_clock() as now:
+        token = await provision(client, auth, "aq-env-late", "air-quality")
+        three_hours_ago = now[0] - timedelta(hours=3)
+        await send(client, token, {"ts": ms(three_hours_ago), "values": {"pm25": 130, **BASE}})
+        await worker.drain()
+        body = await entity(client, auth, "urn:ngsi-ld:AirQualityObserved:aq-env-late")
+        assert body["aqi"] == 172 and body["aqiCategory"] == "中度污染"

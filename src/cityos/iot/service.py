@@ -62,7 +62,7 @@ from cityos.iot.models import (
     load_profiles,
     rpc_requests,
 )
-from cityos.iot.units import UnitError, to_canonical
+from cityos.iot.units import UNIT_SEPARATOR, UnitError, to_canonical
 
 log = logging.getLogger("cityos.iot")
 
@@ -152,6 +152,9 @@ class ReplayRejected(ProblemError):
     status, error_type, title = 422, "BadRequestData", "The replayed payload is still invalid"
 
 
+_PLAIN_NUMBERS = (int, float)  # exact types: bool is an int subclass and is not a number here
+
+
 def _num(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -225,6 +228,7 @@ class IotService:
         self.profiles: dict[str, Profile] = load_profiles()
         self._postgres = engine.dialect.name == "postgresql"
         self._type_iri: dict[str, str] = {}
+        self._iris: dict[str, str] = {}
 
     # ------------------------------------------------------------------ profiles
 
@@ -238,8 +242,10 @@ class IotService:
         return f"urn:ngsi-ld:{profile.entity_type}:{name}"
 
     def _iri(self, term: str) -> str:
-        iri: str = self.expand(term)
-        return iri
+        found = self._iris.get(term)
+        if found is None:  # the core context is fixed: a term always expands to the same IRI
+            found = self._iris[term] = self.expand(term)
+        return found
 
     # ------------------------------------------------------------------ registry
 
@@ -574,7 +580,9 @@ class IotService:
             updates.append({"b_id": d.id, "status": d.status, "last_seen": d.last_seen, "last_contact": now,
                             "reported_at": d.reported_at, "battery": d.battery, "quality": d.quality,
                             "firmware": d.firmware, "updated_at": now})
-        if updates:
+        if updates and self._postgres and len(updates) >= _PG_UNNEST_MIN:
+            await _update_devices_pg(conn, self.tenant, updates)
+        elif updates:
             await conn.execute(
                 update(devices).where(devices.c.tenant == self.tenant, devices.c.id == bindparam("b_id"))
                 .values(status=bindparam("status"), last_seen=bindparam("last_seen"),
@@ -609,7 +617,18 @@ class IotService:
                 continue
             bad: dict[str, Any] = {}
             reasons: list[tuple[str, str]] = []
+            keys = t.profile.keys
             for raw_key, raw_value in values.items():
+                spec = keys.get(raw_key)
+                if spec is not None and spec.kind == "number" and type(raw_value) in _PLAIN_NUMBERS \
+                        and UNIT_SEPARATOR not in raw_key \
+                        and math.isfinite(raw_value) and (spec.min is None or raw_value >= spec.min) \
+                        and (spec.max is None or raw_value <= spec.max):
+                    # The common case, a known numeric key without a unit suffix and in range: what
+                    # to_canonical and check_value below would accept unchanged, without their cost.
+                    t.readings.append((spec, raw_value, ts))
+                    state.readings += 1
+                    continue
                 try:  # "<key>@<unit>": converted to the profile's canonical unit first (cityos.iot.units)
                     key, value = to_canonical(t.profile, raw_key, raw_value)
                 except UnitError as exc:
@@ -713,16 +732,17 @@ class IotService:
         if t.created:
             items.extend(self._initial_entities(d))
         readings: list[Reading] = []
-        newest = d.last_seen
+        newest = as_utc(d.last_seen) if d.last_seen is not None else None
         battery_reading: tuple[datetime, float] | None = None
+        iri = self._iri
         for spec, value, ts in sorted(t.readings, key=lambda r: r[2]):
-            readings.append(Reading(self._iri(spec.attr), value, ts, spec.unit_code))
-            if newest is None or ts >= as_utc(newest):
+            readings.append(Reading(iri(spec.attr), value, ts, spec.unit_code))
+            if newest is None or ts >= newest:
                 if spec.attr == "batteryLevel" and _num(value):
                     battery_reading = (ts, float(value))
                 else:
                     self._quality(d, spec, value, ts, state, profile)
-            newest = ts if newest is None or ts > as_utc(newest) else newest
+                newest = ts
         device_readings: list[Reading] = []
         device_static: dict[str, list[dict[str, Any]]] = {}
         observed = self.observed_id(profile, d.name)
@@ -761,19 +781,25 @@ class IotService:
         return items
 
     def _quality(self, d: Device, spec: KeySpec, value: Any, ts: datetime, state: _Batch, profile: Profile) -> None:
-        if not _num(value):
+        if not (type(value) in _PLAIN_NUMBERS and math.isfinite(value)) and not _num(value):
             return
         ms = int(ts.timestamp() * 1000)
         prev = d.quality.get(spec.key)
-        if prev is not None and ms <= prev.get("ts", 0):
+        if prev is None:
+            d.quality[spec.key] = {"v": value, "n": 1, "ts": ms, "f": False}
             return
-        if prev is not None and _num(prev.get("v")):
+        if ms <= prev.get("ts", 0):
+            return
+        previous = prev.get("v")
+        if _num(previous):
             threshold = spec.spike_threshold
-            if threshold is not None and abs(value - prev["v"]) > threshold:
+            if threshold is not None and abs(value - previous) > threshold:
                 state.events.append((TOPIC_QUALITY, {**self._event(d), "kind": "spike", "key": spec.key,
-                                                     "attr": spec.attr, "value": value, "previous": prev["v"],
+                                                     "attr": spec.attr, "value": value, "previous": previous,
                                                      "observedAt": clock.iso(ts)}))
-        if prev is not None and prev.get("v") == value:
+        # A repeated floor value (no smoke, an empty road at night, no rain) is a quiet world, not a
+        # stuck sensor: only repeats above the attribute's floor count towards "frozen".
+        if previous == value and value != (spec.min if spec.min is not None else 0) and value != 0:
             count = int(prev.get("n", 1)) + 1
             flagged = bool(prev.get("f"))
             if count >= profile.frozen_intervals and not flagged:
@@ -931,6 +957,32 @@ class IotService:
                 rpc_requests.c.status.in_(("queued", "sent", "delivered")), rpc_requests.c.oneway == 0,
                 rpc_requests.c.expires_at < clock.now()).values(status="timed_out", updated_at=clock.now()))
             return int(result.rowcount or 0)
+
+
+_PG_UNNEST_MIN = 20
+_PG_DEVICE_UPDATE = (
+    "UPDATE iot_devices AS d SET status = u.status, last_seen = u.last_seen, last_contact = u.last_contact, "
+    "reported_at = u.reported_at, battery = u.battery, quality = u.quality::jsonb, firmware = u.firmware, "
+    "updated_at = u.updated_at "
+    "FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[], $7::float8[], "
+    "$8::text[], $9::text[], $10::timestamptz[]) "
+    "AS u(id, status, last_seen, last_contact, reported_at, battery, quality, firmware, updated_at) "
+    "WHERE d.tenant = $1 AND d.id = u.id"
+)
+
+
+async def _update_devices_pg(conn: AsyncConnection, tenant: str, updates: list[dict[str, Any]]) -> None:
+    """The batch's registry rows in ONE statement. PostgreSQL runs an executemany row by row: about 170 µs
+    of server CPU per row measured for these 1,000-row batches, against about 25 µs with unnest."""
+    raw = await conn.get_raw_connection()  # the same connection and transaction, as for the history COPY
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.execute(
+        _PG_DEVICE_UPDATE, tenant, [u["b_id"] for u in updates], [u["status"] for u in updates],
+        [u["last_seen"] for u in updates], [u["last_contact"] for u in updates], [u["reported_at"] for u in updates],
+        [None if u["battery"] is None else float(u["battery"]) for u in updates],
+        [orjson.dumps(u["quality"]).decode() for u in updates], [u["firmware"] for u in updates],
+        [u["updated_at"] for u in updates])
 
 
 @dataclass

@@ -296,7 +296,7 @@ class SignalModel:
             "temperature": round(self.temperature(ts) + 0.3 * s.noise, 1),
             "humidity": round(min(100.0, max(0.0, self.humidity(ts) + s.noise)), 1),
             # hPa: a rain band arrives with low pressure
-            "pressure": round(1012.0 - 0.15 * self.rain(ts) + 0.2 * s.noise, 1),
+            "pressure": round(1012.0 - 0.15 * self.rain(ts) + 0.8 * s.noise, 1),
         }
 
     def _water_quality(self, d: SimDevice, s: DeviceState, ts: float) -> dict[str, Any]:

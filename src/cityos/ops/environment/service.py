@@ -321,12 +321,33 @@ class EnvironmentService:
 
     # ------------------------------------------------------------------ recompute one station
 
+    def reference_time(self, record: EntityRecord, kind: str) -> datetime:
+        """The moment the indices describe: the station's newest observation, never after the clock.
+
+        Event time, not arrival time: a gateway's backfill or a replayed day gets the AQI of the hour
+        its readings belong to, and a station that went quiet keeps describing its last hour.
+        """
+        now = clock.now()
+        inputs = AIR_INPUTS if kind == AIR else WATER_INPUTS if kind == WATER else NOISE_INPUTS
+        newest: datetime | None = None
+        for attr in inputs:
+            for instance in record.attrs.get(self.iri(attr)) or ():
+                observed = instance.get("observedAt")
+                if isinstance(observed, str):
+                    try:
+                        moment = clock.parse_iso(observed)
+                    except ValueError:
+                        continue
+                    if newest is None or moment > newest:
+                        newest = moment
+        return now if newest is None or newest > now else newest
+
     async def recompute(self, tenant: str, entity_id: str) -> Recomputed:
         record = await self._record(tenant, entity_id)
         kind = self.kind_of(record)
         if kind is None:
             raise BadRequestData(f"{entity_id} is not an {AIR}, {WATER} or {NOISE} entity")
-        now = clock.now()
+        now = self.reference_time(record, kind)
         out = Recomputed(entity_id, kind)
         condition: bool | None = None
         title = description = ""
