@@ -32,6 +32,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from cityos.core import clock
 from cityos.core.errors import BadRequestData, TooLarge, UnsupportedMediaType
+from cityos.core.responses import json_response, read_json_object
 from cityos.security.approvals import ApprovalService
 from cityos.security.audit import OUTCOMES, AuditEvent, AuditLog, AuditQuery, ts_text
 from cityos.security.crypto import load_keyring
@@ -165,13 +166,10 @@ def require(action: str) -> Callable[[Request], Awaitable[Principal | None]]:
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS), status_code=status,
-                    media_type="application/json", headers=headers)
 
 
 def _no_store(payload: Any) -> Response:
-    return _json(payload, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+    return json_response(payload, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -202,17 +200,6 @@ def _need(form: dict[str, str], *names: str) -> list[str]:
     return [form[n] for n in names]
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > 256 * 1024:
-        raise TooLarge("body too large")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestData("the body is not valid JSON") from exc
-    if not isinstance(doc, dict):
-        raise BadRequestData("the body must be a JSON object")
-    return doc
 
 
 def _str(doc: dict[str, Any], key: str, required: bool = True, limit: int = 256) -> str | None:
@@ -236,13 +223,13 @@ router = APIRouter(tags=["security"])
 
 @router.get("/.well-known/jwks.json")
 async def jwks(request: Request) -> Response:
-    return _json(security_of(request).service.issuer.jwks(), headers={"Cache-Control": "max-age=300"})
+    return json_response(security_of(request).service.issuer.jwks(), headers={"Cache-Control": "max-age=300"})
 
 
 @router.get("/.well-known/openid-configuration")
 async def openid_configuration(request: Request) -> Response:
     base = security_of(request).settings.issuer
-    return _json({
+    return json_response({
         "issuer": base, "token_endpoint": f"{base}/auth/token", "jwks_uri": f"{base}/.well-known/jwks.json",
         "revocation_endpoint": f"{base}/auth/revoke", "userinfo_endpoint": f"{base}/auth/me",
         "grant_types_supported": ["password", "client_credentials", "refresh_token", JWT_BEARER],
@@ -305,7 +292,7 @@ async def totp_confirm(request: Request) -> Response:
     form = await _form(request)
     username, password, code = _need(form, "username", "password", "totp")
     await security_of(request).service.totp_confirm(username, password, code, client_ip(request))
-    return _json({"totp_enabled": True})
+    return json_response({"totp_enabled": True})
 
 
 @router.get("/auth/me")
@@ -314,7 +301,7 @@ async def me(principal: Principal | None = Depends(current_principal)) -> Respon
         raise Unauthorized()
     out = asdict(principal)
     out["departments"], out["districts"] = sorted(principal.departments), sorted(principal.districts)
-    return _json(out)
+    return json_response(out)
 
 
 @router.get("/auth/users")
@@ -324,13 +311,13 @@ async def list_users(request: Request, principal: Principal | None = Depends(req
     rows = await security_of(request).service.list_users(tenant)
     if principal.role == "dept_admin":
         rows = [r for r in rows if r["department"] in principal.departments]
-    return _json(rows)
+    return json_response(rows)
 
 
 @router.post("/auth/users", status_code=201)
 async def create_user(request: Request, principal: Principal | None = Depends(require("user.manage"))) -> Response:
     assert principal is not None
-    doc = await _json_body(request)
+    doc = await read_json_object(request)
     department = _str(doc, "department", required=False, limit=128)
     tenant = request_tenant(request, principal)
     await enforce(request, principal, "user.manage", Resource("user", tenant, department=department))
@@ -339,7 +326,7 @@ async def create_user(request: Request, principal: Principal | None = Depends(re
         tenant=tenant, department=department, display_name=_str(doc, "display_name", required=False),
         phone=_str(doc, "phone", required=False, limit=32), id_number=_str(doc, "id_number", required=False, limit=32),
         with_totp=bool(doc.get("totp")), by=principal)
-    return _json({"id": new.id, "username": new.username, "otpauth_uri": new.totp_uri()}, 201)
+    return json_response({"id": new.id, "username": new.username, "otpauth_uri": new.totp_uri()}, 201)
 
 
 @router.post("/auth/users/{username}/unlock")
@@ -354,14 +341,14 @@ async def unlock_user(username: str, request: Request,
 
 @router.post("/auth/approvals", status_code=201)
 async def request_approval(request: Request, principal: Principal | None = Depends(current_principal)) -> Response:
-    doc = await _json_body(request)
+    doc = await read_json_object(request)
     params = doc.get("params") or {}
     if not isinstance(params, dict):
         raise BadRequestData("params must be an object")
     item = await security_of(request).approvals.request(
         principal, _str(doc, "kind", limit=64) or "", params, _str(doc, "reason", limit=2000) or "",
         tenant=request_tenant(request, principal))
-    return _json(item, 201)
+    return json_response(item, 201)
 
 
 @router.get("/auth/approvals")
@@ -373,7 +360,7 @@ async def list_approvals(request: Request, status: str | None = None,
     items = await security_of(request).approvals.list(status)
     if principal.role != "sys_admin":
         items = [i for i in items if i["tenant"] == principal.tenant]
-    return _json(items)
+    return json_response(items)
 
 
 @router.get("/auth/approvals/{approval_id}")
@@ -383,7 +370,7 @@ async def get_approval(approval_id: str, request: Request,
     assert principal is not None
     if principal.role != "sys_admin" and item["tenant"] != principal.tenant:
         raise Forbidden("another tenant's approval")
-    return _json(item)
+    return json_response(item)
 
 
 @router.post("/auth/approvals/{approval_id}/{verb}")
@@ -391,11 +378,11 @@ async def decide_approval(approval_id: str, verb: str, request: Request,
                           principal: Principal | None = Depends(current_principal)) -> Response:
     approvals = security_of(request).approvals
     if verb == "approve":
-        return _json(await approvals.decide(principal, approval_id, True))
+        return json_response(await approvals.decide(principal, approval_id, True))
     if verb == "refuse":
-        return _json(await approvals.decide(principal, approval_id, False))
+        return json_response(await approvals.decide(principal, approval_id, False))
     if verb == "execute":
-        return _json(await approvals.execute(principal, approval_id))
+        return json_response(await approvals.execute(principal, approval_id))
     raise BadRequestData("verb must be approve, refuse or execute")
 
 
@@ -448,7 +435,7 @@ async def search_audit(request: Request, principal: Principal | None = Depends(r
     rows = await state.audit.search(q, masked=True)
     await state.service.record(AuditEvent.of(principal, "audit.search", "audit", ip=client_ip(request),
                                              results=len(rows), query={k: v for k, v in asdict(q).items() if v}))
-    return _json(rows)
+    return json_response(rows)
 
 
 @router.get("/audit/export")
@@ -485,4 +472,4 @@ async def export_audit(request: Request, principal: Principal | None = Depends(r
 @router.get("/audit/verify")
 async def verify_audit(request: Request, principal: Principal | None = Depends(require("audit.read"))) -> Response:
     report = await security_of(request).audit.verify()
-    return _json(report.to_json())
+    return json_response(report.to_json())

@@ -17,11 +17,11 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from cityos.core.errors import BadRequestData
+from cityos.core.responses import json_response
 from cityos.hub.service import ENTITY_CHANGED
 from cityos.ops.environment import aqi_cn, aqi_us, noise, water
 from cityos.ops.environment.models import AqiRequest, NoiseRequest, WaterRequest
@@ -41,8 +41,6 @@ def service_of(request: Request) -> EnvironmentService:
     return found
 
 
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
 def _district_summary(stations: list[dict[str, Any]], standard: str) -> list[dict[str, Any]]:
@@ -82,26 +80,27 @@ async def air(request: Request, district: str | None = None, standard: Literal["
                              "iaqi": v.get("iaqi"), "aqi24h": v.get("aqi24h"),
                              "category24h": v.get("aqi24hCategory"),
                              "primaryPollutant24h": v.get("primaryPollutant24h")})
-    return _json({"standard": standard, "stations": stations, "districts": _district_summary(stations, standard)})
+    districts = _district_summary(stations, standard)
+    return json_response({"standard": standard, "stations": stations, "districts": districts})
 
 
 @router.get("/water")
 async def water_quality(request: Request, district: str | None = None,
                         principal: Principal | None = READ) -> Response:
     stations = await service_of(request).stations(request_tenant(request, principal), WATER, district)
-    return _json({"standard": "GB 3838-2002", "stations": stations})
+    return json_response({"standard": "GB 3838-2002", "stations": stations})
 
 
 @router.get("/noise")
 async def noise_levels(request: Request, district: str | None = None,
                        principal: Principal | None = READ) -> Response:
     stations = await service_of(request).stations(request_tenant(request, principal), NOISE, district)
-    return _json({"standard": "GB 3096-2008", "stations": stations})
+    return json_response({"standard": "GB 3096-2008", "stations": stations})
 
 
 @router.get("/stations/{entity_id:path}")
 async def station(request: Request, entity_id: str, principal: Principal | None = READ) -> Response:
-    return _json(await service_of(request).station(request_tenant(request, principal), entity_id))
+    return json_response(await service_of(request).station(request_tenant(request, principal), entity_id))
 
 
 def _calculate_aqi(spec: AqiRequest) -> dict[str, Any]:
@@ -128,7 +127,7 @@ async def calculate(spec: AqiRequest, _principal: Principal | None = READ) -> Re
     if not given:
         raise BadRequestData("give at least one concentration")
     try:
-        return _json(_calculate_aqi(spec))
+        return json_response(_calculate_aqi(spec))
     except ValueError as exc:
         raise BadRequestData(str(exc)) from exc
 
@@ -142,7 +141,7 @@ async def classify(spec: WaterRequest, _principal: Principal | None = READ) -> R
         result = water.classify(spec.values, spec.body)
     except ValueError as exc:
         raise BadRequestData(str(exc)) from exc
-    return _json({"standard": "GB 3838-2002", "body": spec.body, **result.as_dict(),
+    return json_response({"standard": "GB 3838-2002", "body": spec.body, **result.as_dict(),
                   "target": water.class_name(target), "compliant": result.meets(target)})
 
 
@@ -152,7 +151,7 @@ async def assess(spec: NoiseRequest, _principal: Principal | None = READ) -> Res
         result = noise.assess(spec.zone, spec.period, spec.leq, spec.lamax)
     except ValueError as exc:
         raise BadRequestData(str(exc)) from exc
-    return _json({"standard": "GB 3096-2008", **result.as_dict()})
+    return json_response({"standard": "GB 3096-2008", **result.as_dict()})
 
 
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:

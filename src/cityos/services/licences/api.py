@@ -27,7 +27,8 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
-from cityos.core.errors import BadRequestData, ResourceNotFound, TooLarge
+from cityos.core.errors import BadRequestData, ResourceNotFound
+from cityos.core.responses import json_response, read_json_object
 from cityos.security.api import client_ip, current_principal, enforce, request_tenant, require
 from cityos.security.policy import Principal, Resource
 from cityos.security.service import Unauthorized
@@ -47,28 +48,13 @@ def licences_of(request: Request) -> LicenceService:
     return service
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise TooLarge(f"the body is larger than {MAX_BODY} bytes")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestData("the body is not valid JSON") from exc
-    if not isinstance(doc, dict):
-        raise BadRequestData("the body must be a JSON object")
-    return doc
 
 
 def _verification(result: Verification, status: str | None = None) -> Response:
     view = public_view(result.licence, status) if result.licence is not None else None
-    return _json({"valid": result.valid, "reason": result.reason, "detail": result.detail, "licence": view},
+    return json_response({"valid": result.valid, "reason": result.reason, "detail": result.detail, "licence": view},
                  headers={"Cache-Control": "no-store"})
 
 
@@ -80,7 +66,7 @@ def _licence_id(licence_id: str) -> str:
 
 @router.get("/public-key")
 async def public_key(request: Request) -> Response:
-    return _json(licences_of(request).public_key_document(), headers={"Cache-Control": "max-age=300"})
+    return json_response(licences_of(request).public_key_document(), headers={"Cache-Control": "max-age=300"})
 
 
 @router.get("/public-key.pem")
@@ -92,7 +78,7 @@ async def public_key_pem(request: Request) -> Response:
 
 @router.post("/verify", dependencies=[Depends(require("licence.verify"))])
 async def verify(request: Request) -> Response:
-    body = await _json_object(request)
+    body = await read_json_object(request, MAX_BODY)
     document: Any = body
     if "proof" not in body:
         if isinstance(body.get("document"), dict):
@@ -117,7 +103,7 @@ async def verify_by_id(request: Request, licence_id: str) -> Response:
 @router.get("/revocations")
 async def revocations(request: Request) -> Response:
     tenant = request_tenant(request, await current_principal(request))
-    return _json(await licences_of(request).revocation_list(tenant), headers={"Cache-Control": "max-age=60"})
+    return json_response(await licences_of(request).revocation_list(tenant), headers={"Cache-Control": "max-age=60"})
 
 
 async def _caller(request: Request) -> tuple[Principal, str]:
@@ -131,7 +117,7 @@ async def _caller(request: Request) -> tuple[Principal, str]:
 async def wallet(request: Request) -> Response:
     principal, tenant = await _caller(request)
     items = await licences_of(request).wallet(tenant, principal.id)
-    return _json({"total": len(items), "items": items}, headers={"Cache-Control": "no-store"})
+    return json_response({"total": len(items), "items": items}, headers={"Cache-Control": "no-store"})
 
 
 async def _readable(request: Request, licence_id: str) -> dict[str, Any]:
@@ -145,7 +131,7 @@ async def _readable(request: Request, licence_id: str) -> dict[str, Any]:
 
 @router.get("/{licence_id}")
 async def get_licence(request: Request, licence_id: str) -> Response:
-    return _json(await _readable(request, licence_id), headers={"Cache-Control": "no-store"})
+    return json_response(await _readable(request, licence_id), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/{licence_id}/qr.svg")
@@ -161,7 +147,7 @@ async def licence_qr(request: Request, licence_id: str,
 async def revoke(request: Request, licence_id: str,
                  principal: Principal | None = Depends(require("licence.revoke"))) -> Response:
     tenant = request_tenant(request, principal)
-    body = await _json_object(request)
+    body = await read_json_object(request, MAX_BODY)
     service = licences_of(request)
     record = await service.get(tenant, _licence_id(licence_id))
     await enforce(request, principal, "licence.revoke",
@@ -170,7 +156,7 @@ async def revoke(request: Request, licence_id: str,
     if not isinstance(reason, str) or not reason.strip():
         raise BadRequestData("reason must be a non-empty string")
     revoked = await service.revoke(tenant, licence_id, reason, principal, ip=client_ip(request))
-    return _json({k: v for k, v in revoked.items() if k != "document"})
+    return json_response({k: v for k, v in revoked.items() if k != "document"})
 
 
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:

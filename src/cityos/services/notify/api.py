@@ -11,12 +11,11 @@ Both need a bearer token (401 otherwise). E-mail and SMS are sent by `app.state.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import orjson
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import Response
 
+from cityos.core.responses import json_response
 from cityos.security.api import current_principal, request_tenant
 from cityos.security.policy import Principal
 from cityos.security.service import Unauthorized
@@ -31,8 +30,6 @@ def notifier_of(request: Request) -> Notifier:
     return notifier
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
 async def _caller(request: Request) -> tuple[Principal, str]:
@@ -46,13 +43,13 @@ async def _caller(request: Request) -> tuple[Principal, str]:
 async def inbox(request: Request, unread: bool = False, limit: int = Query(50, ge=1, le=500),
                 offset: int = Query(0, ge=0, le=2**31)) -> Response:
     principal, tenant = await _caller(request)
-    return _json(await notifier_of(request).inbox(tenant, principal.id, unread, limit, offset))
+    return json_response(await notifier_of(request).inbox(tenant, principal.id, unread, limit, offset))
 
 
 @router.post("/{message_id}/read")
 async def mark_read(request: Request, message_id: str) -> Response:
     principal, tenant = await _caller(request)
-    return _json(await notifier_of(request).mark_read(tenant, principal.id, message_id[:64]))
+    return json_response(await notifier_of(request).mark_read(tenant, principal.id, message_id[:64]))
 
 
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:

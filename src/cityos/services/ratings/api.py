@@ -17,13 +17,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
-from cityos.core.errors import BadRequestData, ResourceNotFound, TooLarge
+from cityos.core.errors import BadRequestData, ResourceNotFound
+from cityos.core.responses import json_response, read_json_object
 from cityos.security.api import client_ip, current_principal, enforce, request_tenant, require
 from cityos.security.policy import Principal, Resource, Scope, authorize, role_of, scope_for
 from cityos.security.service import Unauthorized
@@ -41,23 +40,8 @@ def ratings_of(request: Request) -> RatingService:
     return service
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise TooLarge(f"the body is larger than {MAX_BODY} bytes")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestData("the body is not valid JSON") from exc
-    if not isinstance(doc, dict):
-        raise BadRequestData("the body must be a JSON object")
-    return doc
 
 
 async def _who(request: Request) -> tuple[Principal | None, str]:
@@ -78,7 +62,7 @@ async def _gate(request: Request, principal: Principal | None, tenant: str, acti
 async def submit_rating(request: Request) -> Response:
     principal, tenant = await _who(request)
     await _gate(request, principal, tenant, "rating.submit")
-    body = await _json_object(request)
+    body = await read_json_object(request, MAX_BODY)
     application_id = body.get("applicationId")
     if not isinstance(application_id, str) or not application_id or len(application_id) > MAX_ID:
         raise BadRequestData(f"applicationId must be a non-empty string of at most {MAX_ID} characters")
@@ -90,7 +74,7 @@ async def submit_rating(request: Request) -> Response:
                   Resource("application", tenant, id=application_id, department=application["department"],
                            owner=application["applicant"]))
     assert principal is not None
-    return _json(await service.submit(tenant, application_id, principal.id, score, comment), 201)
+    return json_response(await service.submit(tenant, application_id, principal.id, score, comment), 201)
 
 
 @router.get("/ratings")
@@ -108,7 +92,7 @@ async def rating_of_application(request: Request, application_id: str = Query(..
     rating = await service.rating_of(tenant, application_id)
     if rating is None:
         raise ResourceNotFound(f"application {application_id} has not been rated")
-    return _json(rating)
+    return json_response(rating)
 
 
 def _departments(principal: Principal | None, *actions: str) -> frozenset[str] | None:
@@ -127,7 +111,7 @@ async def summary(request: Request, by: str = Query("department"),
     tenant = request_tenant(request, principal)
     result = await ratings_of(request).satisfaction(tenant, _departments(principal, "supervision.read"))
     items = result["byService"] if by == "service" else result["byDepartment"]
-    return _json({"by": by, "overall": result["overall"], "items": items, "target": {"satisfaction": 95.0}})
+    return json_response({"by": by, "overall": result["overall"], "items": items, "target": {"satisfaction": 95.0}})
 
 
 # ---------------------------------------------------------------------------------- rectifications
@@ -153,7 +137,7 @@ async def list_rectifications(request: Request, department: str | None = Query(N
     if department is not None and departments is not None and department not in departments:
         await enforce(request, principal, "supervision.read",
                       Resource("rectification", tenant, department=department))
-    return _json(await ratings_of(request).rectifications(tenant, department=department, status=status,
+    return json_response(await ratings_of(request).rectifications(tenant, department=department, status=status,
                                                           departments=departments, limit=limit, offset=offset))
 
 
@@ -164,19 +148,19 @@ async def get_rectification(request: Request, rectification_id: str) -> Response
     resource = Resource("rectification", tenant, id=task["id"], department=task["department"])
     if not any(authorize(principal, action, resource) for action in _RECTIFY_READ):
         await enforce(request, principal, "rectification.act", resource)
-    return _json(task)
+    return json_response(task)
 
 
 @router.post("/rectifications/{rectification_id}/reply")
 async def reply(request: Request, rectification_id: str,
                 principal: Principal | None = Depends(require("rectification.act"))) -> Response:
     tenant = request_tenant(request, principal)
-    body = await _json_object(request)
+    body = await read_json_object(request, MAX_BODY)
     service = ratings_of(request)
     task = await service.rectification(tenant, rectification_id[:MAX_ID])
     await enforce(request, principal, "rectification.act",
                   Resource("rectification", tenant, id=task["id"], department=task["department"]))
-    return _json(await service.reply(tenant, task["id"], body.get("reply"), principal,  # type: ignore[arg-type]
+    return json_response(await service.reply(tenant, task["id"], body.get("reply"), principal,  # type: ignore[arg-type]
                                      ip=client_ip(request)))
 
 
