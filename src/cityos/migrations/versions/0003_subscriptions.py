@@ -7,9 +7,8 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
-from alembic import op
-
 from cityos.hub.subscriptions.models import leases, outbox, subscription_versions, subscriptions
+from cityos.migrations import create_tables, drop_tables
 
 revision = "0003_subscriptions"
 down_revision = "0002_temporal"
@@ -20,12 +19,8 @@ TABLES = (subscriptions, subscription_versions, outbox, leases)
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    for table in TABLES:
-        table.create(bind)
+    create_tables(TABLES)
 
 
 def downgrade() -> None:
-    bind = op.get_bind()
-    for table in reversed(TABLES):
-        table.drop(bind, checkfirst=True)
+    drop_tables(TABLES)

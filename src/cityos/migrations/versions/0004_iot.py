@@ -7,9 +7,8 @@ Create Date: 2026-11-21
 
 from __future__ import annotations
 
-from alembic import op
-
 from cityos.iot.models import TABLES
+from cityos.migrations import create_tables, drop_tables
 
 revision = "0004_iot"
 down_revision = "0003_subscriptions"
@@ -18,12 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    for table in TABLES:
-        table.create(bind)
+    create_tables(TABLES)
 
 
 def downgrade() -> None:
-    bind = op.get_bind()
-    for table in reversed(TABLES):
-        table.drop(bind, checkfirst=True)
+    drop_tables(TABLES)

@@ -7,8 +7,7 @@ Create Date: 2026-11-21
 
 from __future__ import annotations
 
-from alembic import op
-
+from cityos.migrations import create_tables, drop_tables
 from cityos.services.models import TABLES
 
 revision = "0008_services"
@@ -18,12 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    for table in TABLES:
-        table.create(bind)
+    create_tables(TABLES)
 
 
 def downgrade() -> None:
-    bind = op.get_bind()
-    for table in reversed(TABLES):
-        table.drop(bind, checkfirst=True)
+    drop_tables(TABLES)

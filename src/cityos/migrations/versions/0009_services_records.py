@@ -10,8 +10,7 @@ Create Date: 2026-11-21
 
 from __future__ import annotations
 
-from alembic import op
-
+from cityos.migrations import create_tables, drop_tables
 from cityos.services.licences.models import TABLES as LICENCE_TABLES
 from cityos.services.notify.models import TABLES as NOTIFY_TABLES
 from cityos.services.ratings.models import TABLES as RATING_TABLES
@@ -25,12 +24,8 @@ TABLES = (*NOTIFY_TABLES, *LICENCE_TABLES, *RATING_TABLES)
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    for table in TABLES:
-        table.create(bind)
+    create_tables(TABLES)
 
 
 def downgrade() -> None:
-    bind = op.get_bind()
-    for table in reversed(TABLES):
-        table.drop(bind, checkfirst=True)
+    drop_tables(TABLES)
