@@ -580,7 +580,7 @@ class IotService:
             updates.append({"b_id": d.id, "status": d.status, "last_seen": d.last_seen, "last_contact": now,
                             "reported_at": d.reported_at, "battery": d.battery, "quality": d.quality,
                             "firmware": d.firmware, "updated_at": now})
-        if updates and self._postgres and len(updates) >= _PG_UNNEST_MIN:
+        if updates and self._postgres:
             await _update_devices_pg(conn, self.tenant, updates)
         elif updates:
             await conn.execute(
@@ -797,9 +797,10 @@ class IotService:
                 state.events.append((TOPIC_QUALITY, {**self._event(d), "kind": "spike", "key": spec.key,
                                                      "attr": spec.attr, "value": value, "previous": previous,
                                                      "observedAt": clock.iso(ts)}))
-        # A repeated floor value (no smoke, an empty road at night, no rain) is a quiet world, not a
-        # stuck sensor: only repeats above the attribute's floor count towards "frozen".
-        if previous == value and value != (spec.min if spec.min is not None else 0) and value != 0:
+        # A repeated floor or ceiling value (no smoke, an empty road at night, a lamp at full power,
+        # saturated humidity in rain) is the world, not a stuck sensor: only values strictly inside
+        # the range count towards "frozen".
+        if previous == value and value != 0 and value != spec.min and value != spec.max:
             count = int(prev.get("n", 1)) + 1
             flagged = bool(prev.get("f"))
             if count >= profile.frozen_intervals and not flagged:
@@ -959,7 +960,6 @@ class IotService:
             return int(result.rowcount or 0)
 
 
-_PG_UNNEST_MIN = 20
 _PG_DEVICE_UPDATE = (
     "UPDATE iot_devices AS d SET status = u.status, last_seen = u.last_seen, last_contact = u.last_contact, "
     "reported_at = u.reported_at, battery = u.battery, quality = u.quality::jsonb, firmware = u.firmware, "

@@ -253,6 +253,8 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
     os.environ["CITYOS_MQTT_URL"] = mqtt_url
     os.environ["CITYOS_INGEST_WORKERS"] = "0"
     os.environ.setdefault("CITYOS_WEB", "1")  # the cockpit and portal
+    # The simulated noise stations stand along roads: GB 3096-2008 zone 4a (traffic-side) limits.
+    os.environ.setdefault("CITYOS_ENV_NOISE_ZONE", "4a")
     settings = Settings()
     with _stop_on_signals(stop):
         began = time.monotonic()
