@@ -52,8 +52,13 @@ def _host_port(url: str) -> tuple[str, int]:
     return parsed.hostname or "127.0.0.1", parsed.port or 1883
 
 
-def publisher(url: str, topics: list[str], count: int, rate: float, readings: int, out: Any) -> None:
-    """Runs in its own process: publish `count` QoS 1 messages (paced at `rate` msg/s if > 0)."""
+def publisher(url: str, topics: list[str], count: int, rate: float, readings: int, out: Any,
+              frozen: bool = False) -> None:
+    """Runs in its own process: publish `count` QoS 1 messages (paced at `rate` msg/s if > 0).
+
+    Each device's values change from one message to the next (+1 mod 50), as a live sensor's do; with
+    `frozen` every device repeats the same values, which makes every device a frozen sensor after
+    `frozenIntervals` messages (an alarm storm through the rules engine, not ingest throughput)."""
     host, port = _host_port(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{secrets.token_hex(4)}",
                          protocol=mqtt.MQTTv5)
@@ -66,7 +71,8 @@ def publisher(url: str, topics: list[str], count: int, rate: float, readings: in
     started = time.time()
     for i in range(count):
         now_ms = int(time.time() * 1000)
-        values = {k: (i % 50) + j for j, k in enumerate(READING_KEYS[:readings])}
+        step = i if frozen else i + i // len(topics)
+        values = {k: (step % 50) + j for j, k in enumerate(READING_KEYS[:readings])}
         client.publish(topics[i % len(topics)], orjson.dumps({"ts": now_ms, "values": values}), qos=1)
         if rate > 0:
             target = started + (i + 1) / rate
@@ -150,6 +156,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     url = f"{base}/{name}"
     os.environ["CITYOS_IOT_HEALTH_SECONDS"] = "0"
     result: dict[str, Any] = {"bench": "ingest", "db": "postgresql", "broker": args.mqtt_url,
+                              "frozen_values": args.frozen_values,
                               "loadavg_start": os.getloadavg(), "cpus": os.cpu_count()}
     try:
         await asyncio.to_thread(migrate.upgrade, Settings(database_url=url))
@@ -191,7 +198,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 topics = [f"{prefix}/{n}/telemetry" for n in names]
                 queue: Any = mp.Queue()
                 proc = mp.Process(target=publisher, args=(args.mqtt_url, topics, count, rate, len(READING_KEYS),
-                                                          queue))
+                                                          queue, args.frozen_values))
                 cpu0 = os.times()
                 proc.start()
                 deadline = time.monotonic() + 600
@@ -260,6 +267,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--batch-ms", type=float, default=50.0)
+    parser.add_argument("--frozen-values", action="store_true",
+                        help="every device repeats the same values (the payload of the runs before 2026-11-22)")
     args = parser.parse_args()
     print(orjson.dumps(asyncio.run(run(args))).decode(), flush=True)
 

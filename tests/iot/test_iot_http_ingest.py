@@ -221,3 +221,20 @@ async def test_loop_survives_garbage_batch(client: Any, app: Any) -> None:
     report = await iot.ingest(junk)
     assert report.readings == 1 and report.dead_letters == 5
     assert (await entity(client))["pm25"]["value"] == 4
+
+
+async def test_redelivered_reading_without_ts_is_a_duplicate(client: Any, app: Any) -> None:
+    """A reading without "ts" is observed at its receive time, which has microseconds; its history row,
+    whether written as the latest value or as an older reading of the batch, keeps observedAt's
+    millisecond, so a redelivery of the same message is recognised."""
+    await setup_device(client)
+    received = (clock.now() - timedelta(seconds=30)).replace(microsecond=123456)
+    first = Envelope("aq-1", "telemetry", b'{"pm25": 7}', "mqtt", None, received)
+    second = Envelope("aq-1", "telemetry", b'{"pm25": 8}', "mqtt", None, received + timedelta(seconds=1))
+    report = await app.state.iot.ingest([first, second])
+    assert report.stored == 2
+    for envelope in (first, second):
+        again = await app.state.iot.ingest([envelope])
+        assert again.stored == 0 and again.duplicates == 1
+    assert await history_count(app, OBS, "pm25") == 2
+    assert (await entity(client))["pm25"]["value"] == 8

@@ -75,10 +75,25 @@ def _ms(dt: datetime) -> int:
     return (clock.as_utc(dt) - _EPOCH) // _MS
 
 
-def _instance(reading: Reading, now: str) -> dict[str, Any]:
+def _iso_cached(cache: dict[datetime, str], dt: datetime) -> str:
+    """clock.iso, memoised per batch: the readings of one message share their observedAt."""
+    found = cache.get(dt)
+    if found is None:
+        found = cache[dt] = clock.iso(dt)
+    return found
+
+
+def _ms_floor(dt: datetime) -> datetime:
+    """The datetime that clock.iso(dt) denotes: UTC, truncated to the millisecond (the history's ts)."""
+    utc = dt.astimezone(UTC)
+    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
+
+
+def _instance(reading: Reading, now: str, iso_cache: dict[datetime, str] | None = None) -> dict[str, Any]:
     inst: dict[str, Any] = {"type": reading.kind}
     inst["object" if reading.kind == "Relationship" else "value"] = reading.value
-    inst["observedAt"] = clock.iso(reading.observed_at)
+    inst["observedAt"] = clock.iso(reading.observed_at) if iso_cache is None \
+        else _iso_cached(iso_cache, reading.observed_at)
     if reading.unit_code:
         inst["unitCode"] = reading.unit_code
     inst["createdAt"] = now
@@ -99,6 +114,11 @@ def _observed_ms(inst: dict[str, Any] | None) -> int | None:
     observed = inst.get("observedAt")
     if not isinstance(observed, str):
         return None
+    if len(observed) == 24 and observed[-1] == "Z":  # what clock.iso writes: the fast path
+        try:
+            return (datetime.fromisoformat(observed) - _EPOCH) // _MS
+        except ValueError:
+            pass
     try:
         return _ms(clock.parse_iso(observed))
     except ValueError:
@@ -170,7 +190,9 @@ async def upsert_observations(service: HubService, tenant: str, items: Sequence[
         # Pass 1: drop in-batch duplicates and readings equal to the current value's time; collect
         # older readings whose duplicates could only be in the history.
         plans: dict[str, dict[str, list[tuple[int, Reading]]]] = {}
+        current_of: dict[tuple[str, str], int | None] = {}
         older: dict[tuple[str, str], list[int]] = {}
+        iso_cache: dict[datetime, str] = {}
         for entity_id in ids:
             item = merged[entity_id]
             before = existing.get(entity_id)
@@ -185,6 +207,7 @@ async def upsert_observations(service: HubService, tenant: str, items: Sequence[
             plan: dict[str, list[tuple[int, Reading]]] = {}
             for attr, slot in per_attr.items():
                 current_ms = _observed_ms(_default_instance(before.attrs.get(attr, []))) if before else None
+                current_of[(entity_id, attr)] = current_ms
                 kept = []
                 for ms, reading in sorted(slot.items()):
                     if current_ms is not None and ms == current_ms:
@@ -207,7 +230,9 @@ async def upsert_observations(service: HubService, tenant: str, items: Sequence[
             if before is None:
                 after = EntityRecord(entity_id, [item.entity_type], {}, now, now, None)
             else:
-                after = EntityRecord(before.id, list(before.types), copy.deepcopy(before.attrs), before.created_at,
+                # A shallow copy is enough: an attribute that changes gets a new list of new instances
+                # below; the unchanged instances are shared with `before` and never modified in place.
+                after = EntityRecord(before.id, list(before.types), dict(before.attrs), before.created_at,
                                      now, copy.deepcopy(before.scope))
             entity_type = after.types[0]
             changed: set[str] = set()
@@ -217,16 +242,17 @@ async def upsert_observations(service: HubService, tenant: str, items: Sequence[
                 if not kept:
                     continue
                 current = _default_instance(after.attrs.get(attr, []))
-                current_ms = _observed_ms(current)
+                current_ms = current_of[(entity_id, attr)] if before is not None else _observed_ms(current)
                 newest_ms, newest = kept[-1]
                 becomes_latest = current_ms is None or newest_ms > current_ms
                 for ms, reading in kept:
                     result.stored += 1
                     if becomes_latest and ms == newest_ms:
                         continue  # written to history by _commit as the attribute's new value
-                    extra_rows.append(HistoryRow(entity_id, entity_type, attr, _instance(reading, now_iso), now))
+                    extra_rows.append(HistoryRow(entity_id, entity_type, attr, _instance(reading, now_iso, iso_cache),
+                                                 now, ts=_ms_floor(reading.observed_at)))
                 if becomes_latest:
-                    inst = _instance(newest, now_iso)
+                    inst = _instance(newest, now_iso, iso_cache)
                     if current is not None:
                         inst["createdAt"] = current.get("createdAt", now_iso)
                     others = [i for i in after.attrs.get(attr, []) if "datasetId" in i]

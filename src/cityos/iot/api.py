@@ -36,9 +36,9 @@ from fastapi.responses import Response
 from cityos.core.errors import BadRequestData, ProblemError, TooLarge, UnsupportedMediaType
 from cityos.iot.models import DeviceIn, ReplayIn, RpcIn
 from cityos.iot.service import BulkResult, Envelope, IngestReport, IotService, hash_token
-from cityos.security.api import client_ip, require, security_of
+from cityos.security.api import client_ip, current_principal, enforce, require, security_of
 from cityos.security.audit import AuditEvent
-from cityos.security.policy import Principal, Resource, authorize
+from cityos.security.policy import Principal, Resource, Scope, authorize, role_of, scope_for
 
 MAX_INT = 2**53  # ids, limits and offsets beyond this are not ours (and overflow the databases' integers)
 
@@ -74,6 +74,42 @@ async def _audit(request: Request, action: str, resource: str, **detail: Any) ->
     principal = getattr(request.state, "principal", None)
     await security_of(request).service.record(AuditEvent.of(principal, action, resource, ip=client_ip(request),
                                                             **detail))
+
+
+# ---------------------------------------------------------------------- department scope of device.manage
+
+
+async def _scoped(request: Request) -> Principal | None:
+    """The caller when its `device.manage` is department-scoped (dept_admin), else None (tenant-wide)."""
+    principal = await current_principal(request)
+    return principal if scope_for(role_of(principal), "device.manage") is Scope.DEPARTMENT else None
+
+
+async def _may_manage(request: Request, device: str | None, department: str | None,
+                      district: str | None, tenant: str) -> None:
+    """A dept_admin manages only the devices of its departments (or, without a department, its districts)."""
+    principal = await _scoped(request)
+    if principal is not None:
+        await enforce(request, principal, "device.manage", Resource("device", tenant, id=device,
+                                                                    department=department, district=district))
+
+
+async def _device_in_scope(request: Request, ident: str) -> None:
+    if await _scoped(request) is None:
+        return
+    found = await iot_of(request).get_device(ident)
+    await _may_manage(request, found.id, found.department, found.district, found.tenant)
+
+
+async def _specs_in_scope(request: Request, specs: list[Any]) -> None:
+    """Every row of a bulk provisioning must be in the caller's scope (the whole request is refused)."""
+    if await _scoped(request) is None:
+        return
+    for spec in specs:
+        if isinstance(spec, dict):
+            dept, district = spec.get("department") or None, spec.get("district") or None
+            await _may_manage(request, str(spec.get("name", ""))[:256], dept if isinstance(dept, str) else None,
+                              district if isinstance(district, str) else None, iot_of(request).tenant)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -124,6 +160,7 @@ async def get_profile(request: Request, profile_id: str) -> Response:
 
 @router.post("/devices", status_code=201, dependencies=MANAGE)
 async def provision(request: Request, spec: DeviceIn) -> Response:
+    await _may_manage(request, spec.name, spec.department, spec.district, iot_of(request).tenant)
     device_id, token = await iot_of(request).provision(spec)
     await _audit(request, "device.provision", device_id)
     return _json({"id": device_id, "token": token}, 201)
@@ -134,6 +171,7 @@ async def provision_bulk(request: Request) -> Response:
     body = await _json_body(request, request.app.state.settings.max_body_bytes)
     if not isinstance(body, list):
         raise BadRequestData("the body must be a JSON array of devices")
+    await _specs_in_scope(request, body)
     result = await iot_of(request).provision_many(body)
     await _audit(request, "device.provision_bulk", f"{len(result.created)} devices",
                  ids=[c["id"] for c in result.created[:100]])
@@ -150,6 +188,11 @@ async def import_csv(request: Request) -> Response:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BadRequestData("the CSV must be UTF-8") from exc
+    if await _scoped(request) is not None:
+        import csv
+        import io
+
+        await _specs_in_scope(request, list(csv.DictReader(io.StringIO(text))))
     result = await iot_of(request).import_csv(text)
     await _audit(request, "device.import", f"{len(result.created)} devices",
                  ids=[c["id"] for c in result.created[:100]])
@@ -161,6 +204,11 @@ async def list_devices(request: Request, profile: str | None = None, district: s
                        department: str | None = None, status: str | None = None, gateway: bool | None = None,
                        limit: int = Query(100, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT)) -> Response:
     limit = min(limit, request.app.state.settings.max_page_size)
+    scoped = await _scoped(request)
+    if scoped is not None:
+        # A dept_admin lists the devices of one of its departments (its own unless it names another).
+        department = department or scoped.department
+        await _may_manage(request, None, department or "", None, iot_of(request).tenant)
     items, total = await iot_of(request).list_devices(profile=profile, district=district, department=department,
                                                       status=status, gateway=gateway, limit=limit, offset=offset)
     return _json({"total": total, "limit": limit, "offset": offset, "items": [d.public() for d in items]})
@@ -168,12 +216,14 @@ async def list_devices(request: Request, profile: str | None = None, district: s
 
 @router.get("/devices/{device}", dependencies=MANAGE)
 async def get_device(request: Request, device: str) -> Response:
+    await _device_in_scope(request, device)
     return _json((await iot_of(request).get_device(device)).public())
 
 
 @router.post("/devices/{device}/token", dependencies=MANAGE)
 async def rotate_token(request: Request, device: str) -> Response:
     service = iot_of(request)
+    await _device_in_scope(request, device)
     token = await service.rotate_token(device)
     await _audit(request, "device.token_rotate", device[:256])
     return _json({"id": (await service.get_device(device)).id, "token": token})
@@ -181,6 +231,7 @@ async def rotate_token(request: Request, device: str) -> Response:
 
 @router.delete("/devices/{device}/token", status_code=204, dependencies=MANAGE)
 async def revoke_token(request: Request, device: str) -> Response:
+    await _device_in_scope(request, device)
     await iot_of(request).revoke_token(device)
     await _audit(request, "device.token_revoke", device[:256])
     return Response(status_code=204)
@@ -188,6 +239,7 @@ async def revoke_token(request: Request, device: str) -> Response:
 
 @router.delete("/devices/{device}", status_code=204, dependencies=MANAGE)
 async def delete_device(request: Request, device: str) -> Response:
+    await _device_in_scope(request, device)
     await iot_of(request).delete_device(device)
     await _audit(request, "device.delete", device[:256])
     return Response(status_code=204)
@@ -198,6 +250,7 @@ async def delete_device(request: Request, device: str) -> Response:
 
 @router.post("/devices/{device}/rpc", status_code=201, dependencies=MANAGE)
 async def send_rpc(request: Request, device: str, spec: RpcIn) -> Response:
+    await _device_in_scope(request, device)
     sent = await request.app.state.iot_commands.send(device, spec)
     await _audit(request, "device.rpc", device[:256], method=spec.method)
     return _json(sent, 201)
@@ -205,7 +258,10 @@ async def send_rpc(request: Request, device: str, spec: RpcIn) -> Response:
 
 @router.get("/rpc/{rpc_id}", dependencies=MANAGE)
 async def get_rpc(request: Request, rpc_id: int = Path(ge=1, le=MAX_INT)) -> Response:
-    return _json(await iot_of(request).get_rpc(rpc_id))
+    found = await iot_of(request).get_rpc(rpc_id)
+    if isinstance(found, dict) and isinstance(found.get("device"), str):
+        await _device_in_scope(request, found["device"])
+    return _json(found)
 
 
 # ---------------------------------------------------------------------- dead letters and health
