@@ -380,6 +380,9 @@ class EnvironmentService:
                 condition = not out.values["noiseCompliant"]
                 title = (f"Noise over the zone {out.values['noiseZone']} {out.values['noisePeriod']} limit by "
                          f"{out.values['noiseExceedance']} dB")
+                if not out.values["noiseExceedance"] and out.values.get("noiseLAmaxExceedance"):
+                    title = (f"Night noise peak (LAmax) over the zone {out.values['noiseZone']} limit + 15 dB by "
+                             f"{out.values['noiseLAmaxExceedance']} dB")
                 description = (f"Station {entity_id}: {out.values['noisePeriod']} Leq "
                                f"{out.values['noiseLeqPeriod']} dB(A) against {out.values['noiseLimit']} dB(A) "
                                f"(GB 3096-2008 zone class {out.values['noiseZone']})"

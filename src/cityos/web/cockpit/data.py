@@ -202,9 +202,12 @@ class RateMeter:
 
     async def _on_change(self, event: Any) -> None:
         change = event.payload.get("change")
-        if not str(getattr(change, "entity_id", "")).startswith("urn:ngsi-ld:Device:"):
+        attrs = getattr(getattr(change, "after", None), "attrs", None) or {}
+        # Readings land on the devices' observed entities (they carry refDevice) and on Device entities.
+        if not (str(getattr(change, "entity_id", "")).startswith("urn:ngsi-ld:Device:")
+                or any(name.endswith("refDevice") for name in attrs)):
             return
-        # Each moved attribute of a device entity is one reading (battery level included).
+        # Each moved attribute is one reading (battery level included).
         count = len(getattr(change, "changed_attrs", ()) or ()) or 1
         self._events.append((time.monotonic(), count))
 

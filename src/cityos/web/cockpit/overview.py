@@ -206,7 +206,8 @@ async def _refresh(session: Session, city: CityMap, tiles: dict[str, Tile], alar
     by_name = {str(d.get("name")): d for d in devices}
     features = []
     for d in districts:
-        value = (aqi.get(d["key"]) or {}).get("aqi")
+        # The environment domain names districts by their `name`; seeded cities may use the id's key.
+        value = (aqi.get(d["key"]) or aqi.get(data.district_key(d["name"])) or {}).get("aqi")
         label, colour = data.aqi_category(value)
         features.append({"type": "Feature", "geometry": d["geometry"],
                          "properties": {"key": d["key"], "fill": colour,
