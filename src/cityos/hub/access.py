@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cityos.hub.models import entities
+from cityos.hub.qlang import And, Comparison, Exists, Or, QExpr
 from cityos.hub.service import AccessDenied, Change, write_guard
 from cityos.hub.store import EntityQuery, EntityRecord, HubStore
 from cityos.hub.temporal.service import TemporalEntity
@@ -33,6 +35,41 @@ from cityos.security.policy import Principal, Resource, Scope, Visibility, autho
 
 T = TypeVar("T")
 MAX_IDS_AUDITED = 100
+
+# What a query filter needs of an attribute: its value in clear (q comparisons, geo-queries), or only
+# that the caller sees it at all, masked or not (q existence tests, attrs=).
+NEED_VALUE = "value"
+NEED_PRESENT = "present"
+# How far a caller sees (a type's entities, an attribute's values) over the owning departments an
+# entity may have: always, never, or depending on the entity's department.
+ALWAYS, NEVER, SOME = "always", "never", "some"
+_OUTSIDE = "\x00outside"  # a department that is nobody's
+_NOT_ATTRIBUTES = frozenset({"id", "type", "createdAt", "modifiedAt", "deletedAt", "scope"})
+
+
+def _q_refs(expr: QExpr, expand: Any, out: dict[str, str]) -> None:
+    if isinstance(expr, And | Or):
+        for child in expr.children:
+            _q_refs(child, expand, out)
+    elif isinstance(expr, Comparison | Exists) and expr.path.attr not in _NOT_ATTRIBUTES:
+        iri = expand(expr.path.attr) if expand is not None else expr.path.attr
+        if isinstance(expr, Comparison):
+            out[iri] = NEED_VALUE
+        else:
+            out.setdefault(iri, NEED_PRESENT)
+
+
+@dataclass
+class QueryPlan:
+    """A query as the caller may run it (see `Access.plan_query`)."""
+
+    query: EntityQuery
+    # The store's count is what the caller sees: no matching entity is withheld or dropped.
+    exact: bool = True
+    # Attributes filtered on whose visibility depends on the entity's owning department: an entity
+    # whose value the caller may not see there is treated as not matching.
+    checks: dict[str, str] = field(default_factory=dict)
+    empty: bool = False  # nothing of the queried types is ever shown to the caller
 
 
 async def refresh_classes(registry: ClassRegistry, store: HubStore, conn: AsyncConnection | None,
@@ -111,6 +148,138 @@ class Access:
                                    attr_types={k: v for k, v in entity.attr_types.items()
                                                if k in instances or k in buckets})
 
+    # ------------------------------------------------------------------ query filters and counts
+
+    def _departments(self) -> tuple[str | None, ...]:
+        if self.principal is None:
+            return (None,)
+        inside = tuple(sorted(self.principal.departments)[:1])
+        return (None, _OUTSIDE, *inside)
+
+    def _reach(self, checks: list[bool]) -> str:
+        return ALWAYS if all(checks) else NEVER if not any(checks) else SOME
+
+    def _sees(self, data_class: str, need: str, dept: str | None) -> bool:
+        seen = visible_class(self.principal, data_class, dept)
+        return seen is Visibility.CLEAR if need == NEED_VALUE else seen is not Visibility.HIDDEN
+
+    def attr_reach(self, classes: TypeClasses, iri: str, need: str) -> str:
+        data_class = classes.attrs.get(iri, classes.default)
+        return self._reach([self._sees(data_class, need, d) for d in self._departments()])
+
+    def type_reach(self, classes: TypeClasses) -> str:
+        """Does the caller see something of entities with these classes: always, never, or by department?"""
+        key = ("type", self.principal.role if self.principal else None,
+               self.principal.departments if self.principal else None, tuple(sorted(classes.attrs.items())),
+               classes.default, classes.department)
+        found: str | None = self.registry.view_cache.get(key)
+        if found is None:
+            found = self._reach([not self.registry.invisible(self.principal, classes, d)
+                                 for d in self._departments()])
+            if len(self.registry.view_cache) > 10_000:
+                self.registry.view_cache.clear()
+            self.registry.view_cache[key] = found
+        return found
+
+    def _candidates(self) -> tuple[dict[str, TypeClasses], dict[str, str], str]:
+        """The tenant's declared types, how far the caller sees each, and how far undeclared ones."""
+        key = ("untyped", self.tenant, self.principal.role if self.principal else None,
+               self.principal.departments if self.principal else None)
+        found: tuple[dict[str, TypeClasses], dict[str, str], str] | None = self.registry.view_cache.get(key)
+        if found is None:
+            declared = self.registry.describe(self.tenant)
+            found = declared, {t: self.type_reach(tc) for t, tc in declared.items()}, self.type_reach(TypeClasses())
+            self.registry.view_cache[key] = found
+        return found
+
+    async def refuse(self, detail: str) -> AccessDenied:
+        await self.record("entity.query", self.path, "denied", reason=detail)
+        return AccessDenied(detail)
+
+    async def plan_query(self, query: EntityQuery, restrict_sql: bool = True) -> QueryPlan:
+        """Fit `query` to what the caller may see, or refuse it (403).
+
+        - Entities of types the caller never sees anything of are left out in SQL (``restrict_sql``),
+          so that the count and the pages hold only what is shown.
+        - A filter (q, attrs=, geoproperty) on an attribute the caller may not see (or, for a value
+          filter, not see in clear) for a queried type is refused: its matches would tell the value.
+          Where that depends on each entity's owning department, the entity is checked one by one
+          and treated as not matching.
+        - ``exact`` is False when some matching entity may still be withheld or dropped: the caller
+          then gets no NGSILD-Results-Count (a count of what it cannot see would leak).
+        """
+        if isinstance(self, _Unenforced):
+            return QueryPlan(query)
+        refs: dict[str, str] = {}
+        if query.q is not None:
+            _q_refs(query.q, query.expand, refs)
+        for iri in query.attrs or ():
+            refs.setdefault(iri, NEED_PRESENT)
+        if query.geo is not None:
+            refs[query.geo.geoproperty] = NEED_VALUE
+        plan = QueryPlan(query)
+        # (type classes, the type explicitly queried or declaring the attribute)
+        if query.types:
+            reach = {t: self.type_reach(self.registry.for_types(self.tenant, [t])) for t in query.types}
+            keep = [t for t in query.types if reach[t] != NEVER]
+            if not keep:
+                plan.empty = True
+                return plan
+            if len(keep) < len(query.types):
+                plan.query = dataclasses.replace(query, types=keep)
+            plan.exact = all(reach[t] == ALWAYS for t in keep)
+            typed = [(self.registry.for_types(self.tenant, [t]), True) for t in keep]
+        else:
+            declared, reach, default_reach = self._candidates()
+            seen = [t for t in declared if reach[t] != NEVER]
+            never = [t for t in declared if reach[t] == NEVER]
+            typed = [(declared[t], False) for t in seen]
+            if default_reach == NEVER:
+                if restrict_sql:
+                    if not seen:
+                        plan.empty = True
+                        return plan
+                    plan.query = dataclasses.replace(query, extra=[*query.extra, entities.c.type.in_(seen)])
+                plan.exact = restrict_sql and all(reach[t] == ALWAYS for t in seen)
+            else:
+                typed.append((TypeClasses(), False))
+                if never and restrict_sql:
+                    plan.query = dataclasses.replace(query, extra=[*query.extra, entities.c.type.not_in(never)])
+                plan.exact = ((restrict_sql or not never) and default_reach == ALWAYS
+                              and all(reach[t] == ALWAYS for t in seen))
+        for iri, need in refs.items():
+            for classes, explicit in typed:
+                how = self.attr_reach(classes, iri, need)
+                if how == ALWAYS:
+                    continue
+                if how == NEVER and (explicit or iri in classes.attrs):
+                    what = "filter on the value of" if need == NEED_VALUE else "filter on"
+                    raise await self.refuse(f"you may not {what} the attribute {iri}: its data class is "
+                                            f"{classes.attrs.get(iri, classes.default)}")
+                plan.checks[iri] = NEED_VALUE if NEED_VALUE in (need, plan.checks.get(iri)) else need
+                plan.exact = False
+        return plan
+
+    def matches(self, plan: QueryPlan, record: EntityRecord) -> bool:
+        """Does `record` still match once the filters the caller may not use on it are taken away?"""
+        return self.matches_attrs(plan, record.types, record.attrs)
+
+    def matches_attrs(self, plan: QueryPlan, types: list[str], attrs: dict[str, Any]) -> bool:
+        if not plan.checks:
+            return True
+        classes = self.registry.for_types(self.tenant, types)
+        dept = self.registry.department_of(attrs, classes)
+        return all(self._sees(classes.attrs.get(iri, classes.default), need, dept)
+                   for iri, need in plan.checks.items())
+
+    def visible_attr(self, type_iri: str, attr_iri: str) -> bool:
+        """Discovery: may the caller see `attr_iri` on some entity of `type_iri`?"""
+        classes = self.registry.for_types(self.tenant, [type_iri])
+        return self.attr_reach(classes, attr_iri, NEED_PRESENT) != NEVER
+
+    def visible_type(self, type_iri: str) -> bool:
+        return self.type_reach(self.registry.for_types(self.tenant, [type_iri])) != NEVER
+
     async def finish(self) -> None:
         """Audit the sensitive or confidential values this request showed in clear."""
         if not self.revealed:
@@ -178,6 +347,15 @@ class _Unenforced(Access):
     def view_temporal(self, entity: TemporalEntity) -> TemporalEntity | None:
         return entity
 
+    def matches_attrs(self, plan: QueryPlan, types: list[str], attrs: dict[str, Any]) -> bool:
+        return True
+
+    def visible_attr(self, type_iri: str, attr_iri: str) -> bool:
+        return True
+
+    def visible_type(self, type_iri: str) -> bool:
+        return True
+
     def guard(self, action: str, change: Change) -> str | None:
         return None
 
@@ -227,4 +405,4 @@ def denied_in(errors: list[dict[str, Any]]) -> list[str]:
     return [str(e.get("entityId")) for e in errors if e.get("error", {}).get("status") == 403]
 
 
-__all__ = ["Access", "TypeClasses", "access_of", "refresh_classes", "security_of"]
+__all__ = ["Access", "QueryPlan", "TypeClasses", "access_of", "refresh_classes", "security_of"]

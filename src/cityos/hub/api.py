@@ -155,12 +155,25 @@ async def respond_entities(request: Request, hub: Hub, ctx: ActiveContext, query
                            media: str) -> Response:
     access = await access_of(request)
     tenant = access.tenant
-    records, total = await hub.service.query(tenant, query) if query.limit or query.count else ([], None)
+    # Filters on attributes the caller may not see are refused (403); types it never sees are left
+    # out in SQL so that the count and the pages hold only what it is shown.
+    plan = await access.plan_query(query)
+    query = plan.query
+    records: list[EntityRecord]
+    total: int | None
+    if plan.empty:
+        records, total = [], (0 if query.count else None)
+    else:
+        records, total = await hub.service.query(tenant, query) if query.limit or query.count else ([], None)
     if query.limit == 0:
         records = []
     last_id, returned = (records[-1].id if records else None), len(records)
+    if plan.checks:
+        records = [r for r in records if access.matches(plan, r)]
     records = access.view_all(records)
     await access.finish()
+    if not plan.exact:
+        total = None  # some matches may be withheld from this caller: a count would tell of them
     headers: dict[str, str] = {}
     if total is not None:
         headers["NGSILD-Results-Count"] = str(total)
@@ -434,6 +447,15 @@ async def batch_query(request: Request) -> Response:
 # ---------------------------------------------------------------------- discovery
 
 
+async def _discovery(request: Request, hub: Hub) -> tuple[list[tuple[str, str, str, int]], dict[str, int]]:
+    """The tenant's types and attributes, less what the caller never sees (types none of whose
+    attributes it may see, attributes hidden from it by data class)."""
+    access = await access_of(request)
+    pairs, counts = await hub.service.discovery(access.tenant)
+    types = {t: n for t, n in counts.items() if access.visible_type(t)}
+    return [p for p in pairs if p[0] in types and access.visible_attr(p[0], p[1])], types
+
+
 def _list_id(kind: str, members: list[str]) -> str:
     digest = hashlib.sha256("\n".join(members).encode()).hexdigest()[:16]
     return f"urn:ngsi-ld:{kind}:{digest}"
@@ -444,7 +466,7 @@ async def list_types(request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
     ctx = await query_context(request, hub.resolver)
-    pairs, counts = await hub.service.discovery((await access_of(request)).tenant)
+    pairs, counts = await _discovery(request, hub)
     names = sorted(ctx.compact(t) for t in counts)
     if parse_bool(request.query_params.get("details"), "details"):
         by_type: dict[str, set[str]] = {t: set() for t in counts}
@@ -463,7 +485,7 @@ async def type_info(type_name: str, request: Request) -> Response:
     media = accepted(request)
     ctx = await query_context(request, hub.resolver)
     iri = ctx.expand(check_name(type_name, "entity type"))
-    pairs, counts = await hub.service.discovery((await access_of(request)).tenant)
+    pairs, counts = await _discovery(request, hub)
     if iri not in counts:
         raise ResourceNotFound(f"no entity of type {type_name}")
     details: dict[str, set[str]] = {}
@@ -496,7 +518,7 @@ async def list_attributes(request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
     ctx = await query_context(request, hub.resolver)
-    pairs, _counts = await hub.service.discovery((await access_of(request)).tenant)
+    pairs, _counts = await _discovery(request, hub)
     found = _attributes(pairs)
     if parse_bool(request.query_params.get("details"), "details"):
         payload: Any = [_attribute_out(iri, info, ctx) for iri, info in sorted(found.items())]
@@ -512,7 +534,7 @@ async def attribute_info(attr_id: str, request: Request) -> Response:
     media = accepted(request)
     ctx = await query_context(request, hub.resolver)
     iri = ctx.expand(check_name(attr_id))
-    pairs, _counts = await hub.service.discovery((await access_of(request)).tenant)
+    pairs, _counts = await _discovery(request, hub)
     found = _attributes(pairs)
     if iri not in found:
         raise ResourceNotFound(f"no attribute {attr_id}")

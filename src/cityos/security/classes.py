@@ -101,6 +101,9 @@ class ClassRegistry:
         self._tenants: dict[str, _Tenant] = {}
         self._resolved: dict[tuple[str, tuple[str, ...]], TypeClasses] = {}
         self._clear_cache: dict[tuple[str, frozenset[str]], bool] = {}
+        # Per-caller derived views (cityos.hub.access: which types a caller may see at all), cleared with
+        # the declarations they derive from.
+        self.view_cache: dict[Any, Any] = {}
         self.policy_type = expand(POLICY_TYPE)
         self.department_iris = (expand("owningDepartment"), expand("department"))
         self.district_iri = expand("district")
@@ -148,6 +151,7 @@ class ClassRegistry:
 
     def _invalidate(self) -> None:
         self._resolved.clear()
+        self.view_cache.clear()
 
     # ------------------------------------------------------------------ per-tenant declarations (hub)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
@@ -20,10 +22,42 @@ from cityos.hub.http import (
     tenant_of,
 )
 from cityos.hub.subscriptions.service import SubscriptionService, owner_claims
-from cityos.security.api import require
+from cityos.security.api import current_principal, enforce, require
+from cityos.security.policy import Principal, Resource, Scope, authorize, role_of, scope_for
 
 router = APIRouter(prefix=PREFIX, tags=["NGSI-LD subscriptions"],
                    dependencies=[Depends(require("subscription.manage"))])
+
+
+def _resource(tenant: str, sub_id: str | None, owner: dict[str, Any] | None) -> Resource:
+    """A subscription as a resource of its creator's department. One created by someone without a
+    department (or before owners were kept) belongs to no department: tenant-wide roles only."""
+    owner = owner if isinstance(owner, dict) else {}
+    dept = owner.get("department")
+    return Resource("subscription", tenant, id=sub_id, department=dept if isinstance(dept, str) and dept else "",
+                    owner=owner.get("id") if isinstance(owner.get("id"), str) else None)
+
+
+def _mine(principal: Principal, tenant: str, owner: dict[str, Any] | None) -> bool:
+    resource = _resource(tenant, None, owner)
+    return resource.owner == principal.id or bool(authorize(principal, "subscription.manage", resource))
+
+
+async def _scoped(request: Request) -> Principal | None:
+    """The caller when its subscription.manage is department-scoped (official, dept_admin)."""
+    principal = await current_principal(request)
+    return principal if scope_for(role_of(principal), "subscription.manage") is Scope.DEPARTMENT else None
+
+
+async def _may_change(request: Request, tenant: str, sub_id: str) -> None:
+    """An official or dept_admin sees and changes only subscriptions it or its department created (403)."""
+    principal = await _scoped(request)
+    if principal is None:
+        return
+    owner = await subscriptions_of(request).owner(tenant, sub_id)
+    if _resource(tenant, sub_id, owner).owner == principal.id:
+        return
+    await enforce(request, principal, "subscription.manage", _resource(tenant, sub_id, owner))
 
 
 def subscriptions_of(request: Request) -> SubscriptionService:
@@ -53,7 +87,9 @@ async def list_subscriptions(request: Request) -> Response:
     limit = parse_int(params.get("limit"), "limit", hub.settings.default_page_size, 0, hub.settings.max_page_size)
     offset = parse_int(params.get("offset"), "offset", 0, 0, 1_000_000_000)
     tenant = tenant_of(request)
-    items, total = await subscriptions_of(request).query(tenant, ctx.compact, limit, offset, count)
+    scoped = await _scoped(request)
+    visible = None if scoped is None else (lambda owner: _mine(scoped, tenant, owner))
+    items, total = await subscriptions_of(request).query(tenant, ctx.compact, limit, offset, count, visible)
     headers: dict[str, str] = {}
     if total is not None:
         headers["NGSILD-Results-Count"] = str(total)
@@ -69,6 +105,7 @@ async def retrieve_subscription(sub_id: str, request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
     ctx = await query_context(request, hub.resolver)
+    await _may_change(request, tenant_of(request), sub_id)
     item = await subscriptions_of(request).retrieve(tenant_of(request), sub_id, ctx.compact)
     return render(request, item, Negotiated(media, ctx), hub.contexts)
 
@@ -79,6 +116,7 @@ async def update_subscription(sub_id: str, request: Request) -> Response:
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
     ctx = await body_context(request, hub.resolver, body, media)
     access = await access_of(request)
+    await _may_change(request, access.tenant, sub_id)
     await subscriptions_of(request).update(access.tenant, sub_id, body, ctx, owner=owner_claims(access.principal))
     await access.record("subscription.update", sub_id)
     return Response(status_code=204)
@@ -87,6 +125,7 @@ async def update_subscription(sub_id: str, request: Request) -> Response:
 @router.delete("/subscriptions/{sub_id}", status_code=204)
 async def delete_subscription(sub_id: str, request: Request) -> Response:
     access = await access_of(request)
+    await _may_change(request, access.tenant, sub_id)
     await subscriptions_of(request).delete(access.tenant, sub_id)
     await access.record("subscription.delete", sub_id)
     return Response(status_code=204)

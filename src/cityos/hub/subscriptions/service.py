@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cityos.core import clock
@@ -171,6 +171,20 @@ async def compile_row(row: Any, resolver: ContextResolver) -> Compiled:
     return compiled
 
 
+_VERSION = select(subscription_versions.c.version).where(subscription_versions.c.tenant == bindparam("tenant"))
+_PG_VERSION = "SELECT version FROM hub_subscription_versions WHERE tenant = $1"
+
+
+async def _version_of(conn: AsyncConnection, tenant: str) -> str:
+    """The tenant's subscription version token; it is read on every write, so on PostgreSQL it is a
+    statement asyncpg prepares once per connection."""
+    if conn.dialect.name == "postgresql":
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        return await driver.fetchval(_PG_VERSION, tenant) or ""
+    return (await conn.execute(_VERSION, {"tenant": tenant})).scalar_one_or_none() or ""
+
+
 class SubscriptionCache:
     """Each tenant's compiled subscriptions, keyed by the tenant's version token in the database."""
 
@@ -179,8 +193,7 @@ class SubscriptionCache:
         self._by_tenant: dict[str, tuple[str, list[Compiled]]] = {}
 
     async def get(self, conn: AsyncConnection, tenant: str) -> list[Compiled]:
-        version = (await conn.execute(select(subscription_versions.c.version)
-                                      .where(subscription_versions.c.tenant == tenant))).scalar_one_or_none() or ""
+        version = await _version_of(conn, tenant)
         cached = self._by_tenant.get(tenant)
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -387,10 +400,27 @@ class SubscriptionService:
             row = await self._row(conn, tenant, sub_id)
         return render_subscription(row.spec, row, compact, clock.now())
 
+    async def owner(self, tenant: str, sub_id: str) -> dict[str, Any] | None:
+        """The stored claims of the subscription's creator (or last updater); 404 when there is none."""
+        async with self.store.read() as conn:
+            row = await self._row(conn, tenant, sub_id)
+        found = (row.spec or {}).get(OWNER_KEY)
+        return found if isinstance(found, dict) else None
+
     async def query(self, tenant: str, compact: Callable[[str], str], limit: int, offset: int,
-                    count: bool) -> tuple[list[dict[str, Any]], int | None]:
+                    count: bool, visible: Callable[[dict[str, Any] | None], bool] | None = None,
+                    ) -> tuple[list[dict[str, Any]], int | None]:
         async with self.store.read() as conn:
             await self._require_tenant(conn, tenant)
+            if visible is not None:
+                # Department-scoped callers: only the subscriptions their scope owns, counted and paged
+                # after that filter (a tenant holds few subscriptions; the filter runs in Python).
+                mine = [row for row in await conn.execute(select(subscriptions).where(
+                    subscriptions.c.tenant == tenant).order_by(subscriptions.c.id))
+                    if visible((row.spec or {}).get(OWNER_KEY))]
+                now = clock.now()
+                return ([render_subscription(row.spec, row, compact, now) for row in mine[offset:offset + limit]],
+                        len(mine) if count else None)
             total = None
             if count:
                 total = (await conn.execute(select(func.count()).select_from(subscriptions)

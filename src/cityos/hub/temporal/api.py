@@ -70,13 +70,22 @@ async def query_temporal(request: Request) -> Response:
     tq = parse_temporal_query(params, ctx.expand)
     query = build_query(request, ctx, hub.settings, params)
     access = await access_of(request)
-    result = await temporal_of(request).query(access.tenant, query, tq)
+    # The same refusal of filters on attributes hidden from the caller as for entity queries (403).
+    plan = await access.plan_query(query, restrict_sql=False)
+    query = plan.query
+    if plan.empty:
+        result = TemporalResult([], 0 if query.count else None, None)
+    else:
+        result = await temporal_of(request).query(access.tenant, query, tq)
     entities = result.entities if query.limit else []
     last_id, returned = (entities[-1].id if entities else None), len(entities)
+    if plan.checks:
+        entities = [e for e in entities if access.matches_attrs(
+            plan, e.types, {iri: [rows[-1].instance] for iri, rows in e.instances.items() if rows})]
     entities = [seen for seen in (access.view_temporal(e) for e in entities) if seen is not None]
     await access.finish()
     headers: dict[str, str] = {}
-    if result.total is not None:
+    if result.total is not None and plan.exact:
         headers["NGSILD-Results-Count"] = str(result.total)
     payload = [render_temporal_entity(e, ctx.compact, tq) for e in entities]
     response = _respond(request, hub, Negotiated(media, ctx), result, tq, payload, headers)
