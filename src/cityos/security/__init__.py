@@ -33,7 +33,12 @@ Enforcement (issue #5) is wired in:
   ``tenant.manage``) via the ``write_guard`` context variable;
 - audit: every write after its commit, every refusal (401 bad token, 403), every sensitive or
   confidential value shown in clear (``entity.read.sensitive``, ``entity.notify.sensitive``);
-- verified tokens are cached by token until they expire (revocation is still checked each time).
+- verified tokens are cached by token until they expire (revocation is still checked each time);
+- filters (``q``, ``attrs``, geo-queries' ``geoproperty``, batch and temporal ``q``) on an attribute
+  the caller cannot see are refused (403, audited); masked attributes may be tested for existence
+  only; discovery (``/types``, ``/attributes``) and ``NGSILD-Results-Count`` show only what the
+  caller sees (the count is omitted where visibility depends on each entity's department);
+- ``device.manage`` and ``subscription.manage`` are department-scoped for dept_admin / official.
 
 Domains declare the classes of the entity types they publish at start-up::
 
