@@ -17,6 +17,7 @@ from cityos.core import clock
 def _fresh_district_cache(app: Any) -> None:
     """The `client` fixture empties the tables behind the hub's back: drop the cached District polygons."""
     app.state.ops_incidents.forget_districts()
+    app.state.ops_incidents.forget_departments()
 
 
 @pytest.fixture

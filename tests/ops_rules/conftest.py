@@ -29,7 +29,10 @@ def now() -> Iterator[list[datetime]]:
 async def rules(app: Any, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     """The app's RulesService with an empty memory and empty tables (a fresh start per test)."""
     service = app.state.ops_rules
-    service.discard()  # before the tables are emptied, so nothing stale is written back
+    # Before the tables are emptied, so nothing stale is written back; under the flush lock, so a
+    # flush already in flight (the background loop) lands before the tables are emptied, not after.
+    async with service._flush_lock:
+        service.discard()
     request.getfixturevalue("client")  # empties every table
     await service.reload()
     yield service

@@ -283,5 +283,6 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     async def stop() -> None:
         listeners.close()
         await stop_loops(tasks)
+        service.close()
 
     return stop

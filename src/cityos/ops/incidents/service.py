@@ -33,12 +33,14 @@ from typing import Any
 import orjson
 import shapely
 from shapely.geometry import shape
-from sqlalchemy import Row, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, insert, literal_column, select, update
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.config import env_float
 from cityos.core import clock
+from cityos.core.db import _configure_sqlite, json_dumps
 from cityos.core.errors import BadRequestData, Conflict, NonexistentTenant, ProblemError, ResourceNotFound
 from cityos.core.events import EventBus
 from cityos.hub.geoquery import DEFAULT_GEOPROPERTY, GeoQuery, haversine, validate_geojson
@@ -154,6 +156,11 @@ def _iso(value: datetime | None) -> str | None:
 def _point(location: dict[str, Any] | None) -> tuple[float | None, float | None]:
     if location is None:
         return None, None
+    if location.get("type") == "Point":  # validated GeoJSON: the common case needs no geometry object
+        coordinates = location.get("coordinates")
+        if isinstance(coordinates, list | tuple) and len(coordinates) >= 2 \
+                and all(type(c) in (int, float) for c in coordinates[:2]):
+            return float(coordinates[0]), float(coordinates[1])
     geometry = shape(location)
     point = geometry if geometry.geom_type == "Point" else shapely.point_on_surface(geometry)
     return float(point.x), float(point.y)
@@ -197,6 +204,17 @@ class IncidentService:
         self.security = security  # cityos.security.service.SecurityService: audit + key ring
         self._sqlite = engine.dialect.name == "sqlite"
         self._lock = write_lock or asyncio.Lock()
+        # SQLite: write transactions of the report path run as one function on a plain (pysqlite)
+        # connection in a worker thread, so the process-wide write lock is held for one thread hop
+        # instead of one hop per driver call (cursor, execute, fetch, commit, reset: ~12 per report
+        # through aiosqlite). PostgreSQL runs the same function on the async connection (run_sync).
+        self._sync_engine = None
+        database = engine.url.database or ""
+        if self._sqlite and database and database != ":memory:" and not database.startswith("file:"):
+            self._sync_engine = create_sync_engine(
+                engine.url.set(drivername="sqlite"), json_serializer=json_dumps, json_deserializer=orjson.loads,
+                connect_args={"check_same_thread": False}, pool_size=2, max_overflow=2)
+            event.listen(self._sync_engine, "connect", _configure_sqlite)
         self.routing = routing or Routing.load()
         self.defaults = default_policies()
         self.auto_close = timedelta(hours=auto_close_hours)
@@ -205,6 +223,21 @@ class IncidentService:
         self.district_type = ctx.expand("District")
         self.district_ttl = env_float("CITYOS_INCIDENT_DISTRICT_CACHE_SECONDS", 60.0)
         self._districts: dict[str, tuple[float, list[tuple[str, Any]]]] = {}
+        # The report path's statements, built once: no per-call construction, cache-key generation or
+        # expanding-IN post-processing (the open statuses are constants).
+        t = incidents
+        self._merge_stmt = select(t).where(
+            t.c.tenant == bindparam("m_tenant"), t.c.category == bindparam("m_category"), t.c.parent_id.is_(None),
+            t.c.status.in_([literal_column(f"'{status}'") for status in OPEN_STATUSES]),
+            t.c.reported_at >= bindparam("m_since"),
+            t.c.lat.between(bindparam("m_lat0"), bindparam("m_lat1")),
+            t.c.lon.between(bindparam("m_lon0"), bindparam("m_lon1")))
+        self._insert_stmt = insert(t).returning(*t.c)
+        self._steps_stmt = insert(steps)
+        # The department tree (security's table) per tenant, read at most every few seconds: routing
+        # every report must not cost a query. 0 turns the cache off.
+        self.department_ttl = env_float("CITYOS_INCIDENT_DEPARTMENT_CACHE_SECONDS", 5.0)
+        self._departments: dict[str, tuple[float, dict[str, list[Any]]]] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -222,6 +255,23 @@ class IncidentService:
             async with self.engine.begin() as conn:
                 yield conn
 
+    async def write_tx(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(conn, *args)` (synchronous SQLAlchemy Core) in one write transaction."""
+        if self._sync_engine is not None:
+            async with self._lock:
+                return await asyncio.to_thread(self._in_thread, fn, *args)
+        async with self.write() as conn:
+            return await conn.run_sync(fn, *args)
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return fn(conn, *args)
+
+    def close(self) -> None:
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+
     async def _row(self, conn: AsyncConnection, tenant: str, incident_id: int, lock: bool = False) -> Row[Any]:
         stmt = select(incidents).where(incidents.c.tenant == tenant, incidents.c.id == incident_id)
         if lock and not self._sqlite:
@@ -238,6 +288,16 @@ class IncidentService:
             tenant=tenant, incident_id=incident_id, at=now, action=action, actor=actor.label[:256],
             role=actor.role[:32], from_status=from_status, to_status=to_status, note=note, detail=detail or None))
 
+    def _steps(self, conn: Connection,
+                     items: list[tuple[str, int, str, Actor, datetime, str | None, str | None, str | None,
+                                       dict[str, Any]]]) -> None:
+        """Timeline steps, in one statement (inside a `write_tx` function)."""
+        rows = [{"tenant": tenant, "incident_id": incident_id, "at": now, "action": action,
+                 "actor": actor.label[:256], "role": actor.role[:32], "from_status": from_status,
+                 "to_status": to_status, "note": note, "detail": detail or None}
+                for tenant, incident_id, action, actor, now, from_status, to_status, note, detail in items]
+        conn.execute(self._steps_stmt, rows[0] if len(rows) == 1 else rows)
+
     async def _audit(self, actor: Actor, action: str, tenant: str, incident_id: int | str, **detail: Any) -> None:
         if actor.principal is not None:
             event = AuditEvent.of(actor.principal, action, f"incident:{incident_id}", tenant=tenant, **detail)
@@ -245,6 +305,13 @@ class IncidentService:
             event = AuditEvent(action, f"incident:{incident_id}", actor=actor.label, actor_kind="service"
                                if actor is SYSTEM else "anonymous", role=actor.role, tenant=tenant, detail=detail)
         await self.security.record(event)
+
+    async def _announce_views(self, tenant: str, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Publish `ops.incident.changed` for views built from committed rows and wake the hub publisher."""
+        self.hub_wake.set()
+        for view in views:
+            await self.bus.publish(CHANGED, {"tenant": tenant, "incident": view})
+        return views
 
     async def _announce(self, tenant: str, ids: Iterable[int]) -> list[dict[str, Any]]:
         """Publish `ops.incident.changed` for each id (after commit) and wake the hub publisher."""
@@ -389,9 +456,8 @@ class IncidentService:
                 offset += 1000
             cached = (moment, sorted(shapes, key=lambda item: item[0]))
             self._districts[tenant] = cached
-        probe = shapely.Point(lon, lat)
         for district_id, geometry in cached[1]:
-            if geometry.intersects(probe):
+            if shapely.intersects_xy(geometry, lon, lat):
                 return district_id
         return None
 
@@ -401,17 +467,33 @@ class IncidentService:
         else:
             self._districts.pop(tenant, None)
 
-    async def sub_department(self, conn: AsyncConnection, tenant: str, department: str,
-                             district: str | None) -> str:
-        """The deepest department below `department` (security tree) that covers `district`."""
-        if district is None:
-            return department
-        rows = (await conn.execute(select(departments.c.id, departments.c.parent, departments.c.districts)
-                                   .where(departments.c.tenant == tenant))).all()
+    async def _department_children(self, tenant: str) -> dict[str, list[Any]]:
+        moment = asyncio.get_running_loop().time()
+        cached = self._departments.get(tenant)
+        if cached is not None and moment - cached[0] < self.department_ttl:
+            return cached[1]
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(departments.c.id, departments.c.parent, departments.c.districts)
+                                       .where(departments.c.tenant == tenant))).all()
         children: dict[str, list[Any]] = {}
         for row in rows:
             if row.parent is not None:
                 children.setdefault(row.parent, []).append(row)
+        if self.department_ttl > 0:
+            self._departments[tenant] = (moment, children)
+        return children
+
+    def forget_departments(self, tenant: str | None = None) -> None:
+        if tenant is None:
+            self._departments.clear()
+        else:
+            self._departments.pop(tenant, None)
+
+    async def sub_department(self, tenant: str, department: str, district: str | None) -> str:
+        """The deepest department below `department` (security tree) that covers `district`."""
+        if district is None:
+            return department
+        children = await self._department_children(tenant)
         current, seen = department, {department}
         while True:
             covering = sorted(r.id for r in children.get(current, []) if district in (r.districts or [])
@@ -492,8 +574,7 @@ class IncidentService:
         district = district or new.district
         routed = new.department or self.routing.department_for(new.category) or new.fallback_department \
             or self.routing.default
-        async with self.engine.connect() as conn:
-            department = await self.sub_department(conn, tenant, routed, district)
+        department = await self.sub_department(tenant, routed, district)
         return Plan(location, lon, lat, district, department)
 
     async def create(self, tenant: str, new: NewIncident, by: Principal | None = None,
@@ -516,86 +597,99 @@ class IncidentService:
                 if attempt == 2:
                     raise
                 new.token = secrets.token_hex(16) if new.token else None
-        outcome, incident_id, parent_id = result
+        outcome, incident_id, parent_id, rows = result
         if outcome != "unchanged":
             await self._audit(actor, f"incident.{'report' if outcome == 'merged' else outcome}", tenant,
                               incident_id, source=new.source, category=new.category,
                               **({"mergedInto": str(parent_id)} if parent_id is not None else {}))
-            views = await self._announce(tenant, [incident_id] + ([parent_id] if parent_id is not None else []))
+            if rows:
+                # The rows as committed (INSERT/UPDATE … RETURNING): no read-back.
+                views = await self._announce_views(tenant, [self.view(row, parent) for row, parent in rows])
+            else:
+                views = await self._announce(tenant, [incident_id] + ([parent_id] if parent_id is not None else []))
         else:
             views = [await self.get(tenant, incident_id)]
         return Created(views[0], outcome, views[1] if len(views) > 1 else None)
 
     async def _create_row(self, tenant: str, new: NewIncident, actor: Actor, plan: Plan,
-                          policy: Policy | None, reporter_enc: str | None) -> tuple[str, int, int | None]:
-        now = clock.now()
+                          policy: Policy | None, reporter_enc: str | None,
+                          ) -> tuple[str, int, int | None, list[tuple[Any, Any]]]:
+        """(outcome, id, parent id, [(row, its parent row)] of the rows written, as committed)."""
+        result: tuple[str, int, int | None, list[tuple[Any, Any]]] = await self.write_tx(
+            self._create_tx, tenant, new, actor, plan, policy, reporter_enc, clock.now())
+        return result
+
+    def _create_tx(self, conn: Connection, tenant: str, new: NewIncident, actor: Actor, plan: Plan,
+                   policy: Policy | None, reporter_enc: str | None, now: datetime,
+                   ) -> tuple[str, int, int | None, list[tuple[Any, Any]]]:
         location, lon, lat, district, department = plan.location, plan.lon, plan.lat, plan.district, \
             plan.department
         t = incidents
-        async with self.write() as conn:
-            if new.dedup_key:
-                stmt = select(t).where(t.c.tenant == tenant, t.c.dedup_open == new.dedup_key)
-                existing = (await conn.execute(stmt if self._sqlite else stmt.with_for_update())).first()
-                if existing is not None:
-                    return await self._refresh(conn, existing, new, actor, now), existing.id, None
-            parent = None
-            if new.source in MERGING_SOURCES and lon is not None and lat is not None:
-                parent = await self._merge_candidate(conn, tenant, new.category, lon, lat, now)
-            response_due, resolution_due = self._deadlines(policy, now)
-            values: dict[str, Any] = {
-                "tenant": tenant, "category": new.category, "title": new.title[:200],
-                "description": new.description, "source": new.source, "status": "reported",
-                "level": new.level, "severity": new.severity, "lon": lon, "lat": lat, "location": location,
-                "address": new.address, "district": district, "department": department, "report_count": 1,
-                "dedup_key": new.dedup_key, "dedup_open": new.dedup_key, "service_code": new.service_code,
-                "attributes": new.attributes, "media_url": new.media_url, "entity_id": new.entity_id,
-                "reporter_id": new.reporter_id, "reporter_enc": reporter_enc, "token": new.token,
-                "reported_at": now, "updated_at": now, "sla_start": now, "response_due": response_due,
-                "resolution_due": resolution_due, "response_state": "ok", "resolution_state": "ok",
-                "escalations": 0, "version": 1, "hub_dirty": 1, "accepted_at": None, "resolved_at": None,
-            }
-            if parent is not None:
-                # A merged report keeps its open dedup key: a repeat of its alarm must find it, not merge again.
-                values.update(status="merged", parent_id=parent.id, response_due=None, resolution_due=None)
-            values["sla_next_at"] = next_check(values)
-            values.pop("accepted_at")
-            values.pop("resolved_at")
-            new_id = (await conn.execute(insert(t).values(**values).returning(t.c.id))).scalar_one()
-            await self._step(conn, tenant, new_id, "report", actor, now, None, "reported", source=new.source)
-            if parent is None:
-                return "created", new_id, None
-            await self._step(conn, tenant, new_id, "merge", actor, now, "reported", "merged",
-                             into=str(parent.id), automatic=True)
-            await conn.execute(update(t).where(t.c.id == parent.id).values(
-                report_count=t.c.report_count + 1, updated_at=now, version=t.c.version + 1, hub_dirty=1))
-            await self._step(conn, tenant, parent.id, "merge", actor, now, parent.status, parent.status,
-                             child=str(new_id), automatic=True)
-            return "merged", new_id, parent.id
+        if new.dedup_key:
+            stmt = select(t).where(t.c.tenant == tenant, t.c.dedup_open == new.dedup_key)
+            existing = (conn.execute(stmt if self._sqlite else stmt.with_for_update())).first()
+            if existing is not None:
+                return self._refresh(conn, existing, new, actor, now), existing.id, None, []
+        parent = None
+        if new.source in MERGING_SOURCES and lon is not None and lat is not None:
+            parent = self._merge_candidate(conn, tenant, new.category, lon, lat, now)
+        response_due, resolution_due = self._deadlines(policy, now)
+        values: dict[str, Any] = {
+            "tenant": tenant, "category": new.category, "title": new.title[:200],
+            "description": new.description, "source": new.source, "status": "reported",
+            "level": new.level, "severity": new.severity, "lon": lon, "lat": lat, "location": location,
+            "address": new.address, "district": district, "department": department, "report_count": 1,
+            "dedup_key": new.dedup_key, "dedup_open": new.dedup_key, "service_code": new.service_code,
+            "attributes": new.attributes, "media_url": new.media_url, "entity_id": new.entity_id,
+            "reporter_id": new.reporter_id, "reporter_enc": reporter_enc, "token": new.token,
+            "reported_at": now, "updated_at": now, "sla_start": now, "response_due": response_due,
+            "resolution_due": resolution_due, "response_state": "ok", "resolution_state": "ok",
+            "escalations": 0, "version": 1, "hub_dirty": 1, "accepted_at": None, "resolved_at": None,
+        }
+        if parent is not None:
+            # A merged report keeps its open dedup key: a repeat of its alarm must find it, not merge again.
+            values.update(status="merged", parent_id=parent.id, response_due=None, resolution_due=None)
+        values["sla_next_at"] = next_check(values)
+        values.pop("accepted_at")
+        values.pop("resolved_at")
+        row = conn.execute(self._insert_stmt, values).one()
+        new_id = row.id
+        if parent is None:
+            self._steps(conn, [(tenant, new_id, "report", actor, now, None, "reported", None,
+                                {"source": new.source})])
+            return "created", new_id, None, [(row, None)]
+        self._steps(conn, [
+            (tenant, new_id, "report", actor, now, None, "reported", None, {"source": new.source}),
+            (tenant, new_id, "merge", actor, now, "reported", "merged", None,
+             {"into": str(parent.id), "automatic": True}),
+            (tenant, parent.id, "merge", actor, now, parent.status, parent.status, None,
+             {"child": str(new_id), "automatic": True})])
+        parent_row = (conn.execute(update(t).where(t.c.id == parent.id).values(
+            report_count=t.c.report_count + 1, updated_at=now, version=t.c.version + 1, hub_dirty=1)
+            .returning(*t.c))).one()
+        return "merged", new_id, parent.id, [(row, parent_row), (parent_row, None)]
 
-    async def _refresh(self, conn: AsyncConnection, row: Row[Any], new: NewIncident, actor: Actor,
-                       now: datetime) -> str:
+    def _refresh(self, conn: Connection, row: Row[Any], new: NewIncident, actor: Actor, now: datetime) -> str:
         """The dedup key's incident is open: raise its level if the new one is higher."""
         old = LEVELS.index(row.level) if row.level in LEVELS else 0
         if LEVELS.index(new.level) <= old:
             return "unchanged"
-        await conn.execute(update(incidents).where(incidents.c.id == row.id).values(
+        conn.execute(update(incidents).where(incidents.c.id == row.id).values(
             level=new.level, severity=new.severity or row.severity, updated_at=now,
             version=incidents.c.version + 1, hub_dirty=1))
-        await self._step(conn, row.tenant, row.id, "update", actor, now, row.status, row.status,
-                         level={"from": row.level, "to": new.level}, source=new.source)
+        self._steps(conn, [(row.tenant, row.id, "update", actor, now, row.status, row.status, None,
+                            {"level": {"from": row.level, "to": new.level}, "source": new.source})])
         return "updated"
 
-    async def _merge_candidate(self, conn: AsyncConnection, tenant: str, category: str, lon: float, lat: float,
-                               now: datetime) -> Row[Any] | None:
+    def _merge_candidate(self, conn: Connection, tenant: str, category: str, lon: float, lat: float,
+                         now: datetime) -> Row[Any] | None:
         metres = self.routing.merge_metres
         dlat = metres / 111_195.0 * 1.01
         dlon = dlat / max(0.01, abs(math.cos(math.radians(lat))))
-        t = incidents
-        rows = (await conn.execute(select(t).where(
-            t.c.tenant == tenant, t.c.category == category, t.c.parent_id.is_(None),
-            t.c.status.in_(OPEN_STATUSES),
-            t.c.reported_at >= now - timedelta(minutes=self.routing.merge_minutes),
-            t.c.lat.between(lat - dlat, lat + dlat), t.c.lon.between(lon - dlon, lon + dlon)))).all()
+        rows = conn.execute(self._merge_stmt, {
+            "m_tenant": tenant, "m_category": category,
+            "m_since": now - timedelta(minutes=self.routing.merge_minutes),
+            "m_lat0": lat - dlat, "m_lat1": lat + dlat, "m_lon0": lon - dlon, "m_lon1": lon + dlon}).all()
         best: tuple[float, int] | None = None
         chosen = None
         for row in rows:

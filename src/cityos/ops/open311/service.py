@@ -14,6 +14,7 @@ import math
 import os
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ import yaml
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from cityos.config import env_int
+from cityos.config import env_float, env_int
 from cityos.core import clock
 from cityos.ops.incidents.models import CATEGORY_PATTERN
 from cityos.ops.incidents.service import IncidentService, NewIncident, Plan
@@ -201,6 +202,10 @@ class Open311Service:
         self._sqlite = engine.dialect.name == "sqlite"
         self._lock = write_lock
         self.max_requests = env_int("CITYOS_OPEN311_MAX_REQUESTS", 1000)
+        # Verified keys (by digest) → (tenant, read at): a report must not cost a key query. A revocation
+        # here drops the cache at once; one made by another process takes effect within the TTL.
+        self.key_ttl = env_float("CITYOS_OPEN311_KEY_CACHE_SECONDS", 10.0)
+        self._keys: dict[str, tuple[str, float]] = {}
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -245,6 +250,7 @@ class Open311Service:
             result = await conn.execute(update(api_keys).where(
                 api_keys.c.tenant == tenant, api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=clock.now()))
+        self._keys.clear()
         if result.rowcount:
             await self.security.record(AuditEvent.of(by, "open311.key.revoke", f"open311-key:{key_id}",
                                                      tenant=tenant))
@@ -253,11 +259,21 @@ class Open311Service:
     async def key_tenant(self, key: str | None) -> str:
         if not key:
             raise Open311Error(400, "api_key is required")
+        digest = hash_key(key)
+        moment = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and moment - cached[1] < self.key_ttl:
+            return cached[0]
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(api_keys.c.tenant).where(
-                api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None)))).first()
+                api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)))).first()
         if row is None:
+            self._keys.pop(digest, None)
             raise Open311Error(403, "invalid api_key")
+        if self.key_ttl > 0:
+            if len(self._keys) >= 10_000:
+                self._keys.clear()
+            self._keys[digest] = (str(row.tenant), moment)
         return str(row.tenant)
 
     # ------------------------------------------------------------------ POST requests

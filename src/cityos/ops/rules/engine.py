@@ -62,14 +62,24 @@ def attr_value(attrs: Mapping[str, list[dict[str, Any]]], iri: str) -> Any:
     return inst.get("valueList", inst.get("languageMap", MISSING))
 
 
+_PARSED: dict[str, float] = {}  # observedAt text → epoch s; readings of one batch share their timestamps
+
+
 def _observed(attrs: Mapping[str, list[dict[str, Any]]], iri: str, default: float) -> float:
     instances = attrs.get(iri)
     observed = instances[0].get("observedAt") if instances else None
     if isinstance(observed, str):
+        found = _PARSED.get(observed)
+        if found is not None:
+            return found
         try:
-            return clock.parse_iso(observed).timestamp()
+            found = clock.parse_iso(observed).timestamp()
         except ValueError:
             return default
+        if len(_PARSED) >= 4096:
+            _PARSED.clear()
+        _PARSED[observed] = found
+        return found
     return default
 
 
@@ -259,22 +269,35 @@ class Rate(Node):
 
     def eval(self, ctx: Ctx) -> bool | None:
         attrs = ctx.attrs
+        path = self.path
         if attrs is None or self.iri not in ctx.changed:
-            return ctx.stored(self.path)
-        value = attr_value(attrs, self.iri)
-        if not _number(value):
-            return ctx.stored(self.path)
+            return ctx.stored(path)
+        instances = attrs.get(self.iri)
+        if not instances:
+            return ctx.stored(path)
+        inst = instances[0]
+        value: Any = inst["value"] if "value" in inst else inst.get("object")
+        kind = type(value)
+        if not (kind is int or (kind is float and math.isfinite(value))):
+            return ctx.stored(path)
         t = ctx.observed(self.iri)
-        samples = ctx.bucket("p")
-        previous = samples.get(self.path)
+        state = ctx.state
+        assert state is not None
+        samples = state.get("p")
+        if samples is None:
+            samples = state["p"] = {}
+        previous = samples.get(path)
         if previous is not None and t <= previous[0]:
-            return ctx.stored(self.path)  # a late reading: it says nothing about the current rate
-        samples[self.path] = [t, value]
+            return ctx.stored(path)  # a late reading: it says nothing about the current rate
+        samples[path] = [t, value]
         ctx.dirty = True
         if previous is None:
-            return ctx.stored(self.path)
+            return ctx.stored(path)
         result = self.test((value - previous[1]) / (t - previous[0]) * self.per)
-        ctx.remember(self.path, result)
+        results = state.get("r")
+        if results is None:
+            results = state["r"] = {}
+        results[path] = result
         return result
 
 
@@ -384,6 +407,12 @@ class CompiledRule:
     stateful: bool
     device: str | None
     value_attrs: list[tuple[str, str]]  # (short name, IRI) of the compared attributes
+    # Stateless rules: the condition compiled into one closure (short-circuiting, cheap children first).
+    fast: Callable[[Ctx], bool | None] | None = None
+    # `sustained` over one threshold: the threshold alone and its path; while it is not true and the
+    # window is idle (no start, no timer), evaluation cannot change anything and is skipped.
+    guard: Callable[[Ctx], bool | None] | None = None
+    guard_path: str = ""
 
     @property
     def name(self) -> str:
@@ -454,6 +483,70 @@ class _Compiler:
         raise ValueError(f"unknown condition {kind}")
 
 
+Fast = Callable[[Ctx], bool | None]
+
+
+def _fast_compare(node: Compare) -> Fast:
+    iri, test, ref = node.iri, node.test, node.ref
+    if node.op in _ORDER and _number(ref):
+        # The comparison inlined (one closure call per threshold, no second call for the operator).
+        if node.op == ">":
+            def above(ctx: Ctx) -> bool | None:
+                instances = ctx.attrs.get(iri)  # type: ignore[union-attr]
+                if not instances:
+                    return None
+                inst = instances[0]
+                v = inst["value"] if "value" in inst else inst.get("object")
+                kind = type(v)
+                return v > ref if kind is float or kind is int else None
+            return above
+        if node.op == "<":
+            def below(ctx: Ctx) -> bool | None:
+                instances = ctx.attrs.get(iri)  # type: ignore[union-attr]
+                if not instances:
+                    return None
+                inst = instances[0]
+                v = inst["value"] if "value" in inst else inst.get("object")
+                kind = type(v)
+                return v < ref if kind is float or kind is int else None
+            return below
+
+    def compare(ctx: Ctx) -> bool | None:
+        instances = ctx.attrs.get(iri)  # type: ignore[union-attr]
+        if not instances:
+            return None
+        inst = instances[0]
+        if "value" in inst:
+            return test(inst["value"])
+        return test(inst["object"]) if "object" in inst else None
+
+    return compare
+
+
+def _fast(node: Node) -> Fast:
+    """A stateless node as one closure. Three-valued AND/OR are commutative and stateless children
+    remember nothing, so children run cheapest first and stop at the first deciding result."""
+    if isinstance(node, Compare):
+        return _fast_compare(node)
+    if isinstance(node, All | AnyOf):
+        children = [_fast(c) for c in sorted(node.children, key=lambda c: not isinstance(c, Compare))]
+        stop = node.__class__ is All  # All stops at False, AnyOf at True
+        decided = not stop
+
+        def combine(ctx: Ctx) -> bool | None:
+            result: bool | None = stop
+            for child in children:
+                r = child(ctx)
+                if r is decided:
+                    return decided
+                if r is None:
+                    result = None
+            return result
+
+        return combine
+    return node.eval
+
+
 def compile_rule(tenant: str, doc: dict[str, Any], version: int, expand: Expand,
                  lookup: Callable[[str], Mapping[str, Any] | None]) -> CompiledRule:
     cond = doc["condition"]
@@ -464,8 +557,14 @@ def compile_rule(tenant: str, doc: dict[str, Any], version: int, expand: Expand,
                             cond["device"], [])
     compiler = _Compiler(expand, lookup)
     root = compiler.node(cond, "c", (doc["id"],))
-    return CompiledRule(tenant, doc["id"], version, doc, types, pattern, root, frozenset(compiler.attrs),
+    rule = CompiledRule(tenant, doc["id"], version, doc, types, pattern, root, frozenset(compiler.attrs),
                         compiler.any_change, compiler.stateful, None, list(compiler.value_attrs.items()))
+    if not rule.stateful:
+        rule.fast = _fast(root)
+    elif isinstance(root, Sustained) and isinstance(root.child, Compare):
+        rule.guard = _fast_compare(root.child)
+        rule.guard_path = root.child.path
+    return rule
 
 
 class AttrRules:
@@ -509,6 +608,18 @@ class AttrRules:
                 out[id(rule)] = rule
 
 
+@dataclass(slots=True)
+class Plan:
+    """What one shape of change (entity types, changed attributes) is checked against."""
+
+    rules: list[CompiledRule]  # every rule to evaluate (plain thresholds excepted)
+    fast: list[CompiledRule]  # of which stateless, without id pattern
+    guarded: list[CompiledRule]  # `sustained` over one threshold, without id pattern
+    slow: list[CompiledRule]  # the others
+    bisect_on: list[tuple[str, AttrRules]]  # attributes with sorted plain thresholds
+    ids: frozenset[int]  # id() of `rules`
+
+
 @dataclass
 class TenantIndex:
     rules: dict[str, CompiledRule] = field(default_factory=dict)
@@ -516,6 +627,40 @@ class TenantIndex:
     by_type_any: dict[str, list[CompiledRule]] = field(default_factory=dict)
     by_type: dict[str, list[CompiledRule]] = field(default_factory=dict)
     device: dict[str, list[CompiledRule]] = field(default_factory=dict)
+    # (types, changed attributes) → (rules to evaluate, (attribute, sorted thresholds) to bisect)
+    plans: dict[tuple[tuple[str, ...], frozenset[str]], Plan] = field(default_factory=dict)
+
+    def plan(self, types: list[str], changed: set[str] | frozenset[str]) -> Plan:
+        """The candidate list of one shape of change, computed once: devices send the same attributes
+        again and again, so the per-change work is a dict lookup."""
+        key = (tuple(types), frozenset(changed))
+        found = self.plans.get(key)
+        if found is not None:
+            return found
+        general: dict[int, CompiledRule] = {}
+        bisect_on: list[tuple[str, AttrRules]] = []
+        for t in types:
+            per_attr = self.by_type_attr.get(t)
+            if per_attr is not None:
+                for attr in changed:
+                    attr_rules = per_attr.get(attr)
+                    if attr_rules is None:
+                        continue
+                    for rule in attr_rules.general:
+                        general[id(rule)] = rule
+                    if attr_rules.sorted:
+                        bisect_on.append((attr, attr_rules))
+            for rule in self.by_type_any.get(t, ()):
+                general[id(rule)] = rule
+        if len(self.plans) >= 4096:
+            self.plans.clear()
+        rules = list(general.values())
+        fast = [r for r in rules if r.fast is not None and r.id_pattern is None]
+        guarded = [r for r in rules if r.guard is not None and r.id_pattern is None]
+        chosen = {id(r) for r in fast} | {id(r) for r in guarded}
+        found = self.plans[key] = Plan(rules, fast, guarded, [r for r in rules if id(r) not in chosen],
+                                       bisect_on, frozenset(id(r) for r in rules))
+        return found
 
     def add(self, rule: CompiledRule) -> None:
         self.rules[rule.id] = rule
@@ -630,6 +775,10 @@ class Engine:
         index = self.tenants.get(tenant)
         if index is None:
             return []
+        if crossed is not None and attrs is not None:
+            plan = index.plan(types, changed)
+            self._cross(plan, attrs, crossed)
+            return list(plan.rules)
         found: dict[int, CompiledRule] = {}
         for t in types:
             per_attr = index.by_type_attr.get(t)
@@ -656,6 +805,18 @@ class Engine:
                     found[id(rule)] = rule
         return list(found.values())
 
+    @staticmethod
+    def _cross(plan: Plan, attrs: Mapping[str, list[dict[str, Any]]], crossed: dict[int, CompiledRule]) -> None:
+        for attr, attr_rules in plan.bisect_on:
+            instances = attrs.get(attr)
+            if not instances:
+                continue
+            inst = instances[0]
+            value: Any = inst["value"] if "value" in inst else inst.get("object")
+            kind = type(value)
+            if kind is int or (kind is float and math.isfinite(value)):
+                attr_rules.crossed(value, crossed)
+
     def evaluate(self, tenant: str, change: Any, now: float) -> list[Outcome]:
         """Outcomes of one hub change (a `cityos.hub.service.Change`)."""
         entity_id: str = change.entity_id
@@ -666,34 +827,76 @@ class Engine:
         if index is None or entity_id.startswith(ALERT_PREFIX):
             return []
         crossed: dict[int, CompiledRule] = {}
-        rules = self.candidates(tenant, after.types, change.changed_attrs, after.attrs, crossed)
+        attrs = after.attrs
+        plan = index.plan(after.types, change.changed_attrs)
+        if plan.bisect_on:
+            self._cross(plan, attrs, crossed)
+        rules = plan.slow
         open_here = self.open.get((tenant, entity_id))
+        ctx = Ctx(attrs, change.changed_attrs, now)
+        if plan.guarded:
+            # `sustained` over a threshold: an idle window (no start, no timer, the threshold's last
+            # result unchanged) that stays idle needs no evaluation: nothing to remember or report.
+            states = self.states
+            busy: list[CompiledRule] = []
+            for rule in plan.guarded:
+                if open_here is None or rule.id not in open_here:
+                    inner = rule.guard(ctx)  # type: ignore[misc]
+                    if inner is not True:
+                        state = states.get((tenant, rule.id, entity_id))
+                        if state is None:
+                            continue
+                        if not state.get("s") and state.get("due") is None and "m" in state:
+                            results = state.get("r")
+                            if results is not None and results.get(rule.guard_path, MISSING) is inner:
+                                continue
+                busy.append(rule)
+            if busy:
+                rules = rules + busy
         if open_here:
             # Plain thresholds with an open alarm that the value no longer crosses: evaluate them (to clear).
-            listed = {id(r) for r in rules}
+            listed = plan.ids
+            extra: list[CompiledRule] = []
             for rule_id in list(open_here):
-                rule = index.rules.get(rule_id)
-                if (rule is not None and rule.root is not None and id(rule) not in crossed and id(rule) not in listed
-                        and rule.types.intersection(after.types) and rule.attrs.intersection(change.changed_attrs)):
-                    rules.append(rule)
-        if not rules and not crossed:
+                opened = index.rules.get(rule_id)
+                if (opened is not None and opened.root is not None and id(opened) not in crossed
+                        and id(opened) not in listed and opened.types.intersection(after.types)
+                        and opened.attrs.intersection(change.changed_attrs)):
+                    extra.append(opened)
+            if extra:
+                rules = rules + extra
+        if not rules and not plan.fast and not crossed:
             return []
         outcomes: list[Outcome] = []
-        ctx = Ctx(after.attrs, change.changed_attrs, now)
         meta: dict[str, Any] | None = None
         for rule in crossed.values():
             if meta is None:
                 meta = self.meta(after)
             self.mark_open(tenant, entity_id, rule.id)
-            outcomes.append(Outcome(rule, tenant, entity_id, True, self.value(rule, after.attrs), meta, at=now))
+            outcomes.append(Outcome(rule, tenant, entity_id, True, self.value(rule, attrs), meta, at=now))
+        for rule in plan.fast:  # stateless, compiled: the common case, kept tight
+            result = rule.fast(ctx)  # type: ignore[misc]
+            if result is True:
+                if meta is None:
+                    meta = self.meta(after)
+                self.mark_open(tenant, entity_id, rule.id)
+                outcomes.append(Outcome(rule, tenant, entity_id, True, self.value(rule, attrs), meta, at=now))
+            elif result is False and open_here and rule.id in open_here:
+                self.mark_closed(tenant, entity_id, rule.id)
+                outcomes.append(Outcome(rule, tenant, entity_id, False, self.value(rule, attrs),
+                                        meta or self.meta(after), "condition no longer holds", now))
+        states = self.states
         for rule in rules:
             if rule.id_pattern is not None and rule.id_pattern.fullmatch(entity_id) is None:
                 continue
             assert rule.root is not None
             key: Key | None = None
-            if rule.stateful:
+            fast = rule.fast
+            if fast is not None:
+                result = fast(ctx)
+            elif rule.stateful:
                 key = (tenant, rule.id, entity_id)
-                state = self.states.get(key)
+                state = states.get(key)
                 if state is None:
                     state = {}
                 ctx.state = state
