@@ -196,8 +196,9 @@ def test_web_cockpit_reading_to_incident_dispatch_resolve(server: Server, browse
     assert any(s.get("actor") and "op-wang" in str(s.get("actor")) for s in final["timeline"])
 
     # The incident list with filters.
+    # (The smog reading's AQI incident merged into the rule's one: nothing else is open now.)
     browser.get(f"{server.url}/cockpit/incidents")
-    wait_for(lambda: css(browser, ".cityos-incident-table tbody tr"), what="the open incidents")
+    wait_for(lambda: css(browser, ".cityos-f-status"), what="the incident filters")
     click(browser, ".cityos-f-status")
     wait_for(lambda: next(e for e in css(browser, ".q-menu .q-item") if "Resolved" in e.text).click() or True,
              what="choosing resolved")
