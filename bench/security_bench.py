@@ -7,9 +7,10 @@
    database, migrated, dropped at the end):
    (a) ``AuditLog.record`` from 256 concurrent producers through the group-commit writer task
        (each call returns after its record is committed);
-   (b) ``AuditLog.append_many`` in batches of 1,000 (head row locked FOR UPDATE each batch);
+   (b) ``AuditLog.append_many`` in batches of 1,000;
    baseline: asyncpg ``executemany`` of the same rows (hashes precomputed) into a copy of
    ``sec_audit`` in batches of 1,000, one transaction each. Target: (a) and (b) ≥ 10,000/s.
+   Three alternating rounds (medians), with client and server CPU µs per record.
 2. Per-request cost of bearer-JWT verification (Ed25519) + revocation check + ``authorize`` through
    a FastAPI dependency (``require("entity.read")``), against the same route without the
    dependency, over httpx's ASGI transport (no sockets), sequential requests; plus the bare
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -70,61 +72,115 @@ def events(n: int) -> list[AuditEvent]:
                        detail={"attrs": ["pm25", "no2"], "n": i}) for i in range(n)]
 
 
-async def bench_audit(url: str, n: int) -> dict[str, Any]:
+def _backend_cpu(pids: list[int]) -> float | None:
+    """CPU seconds used so far by these PostgreSQL backends (None when the server is not local)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def bench_audit(url: str, n: int, rounds: int = 3) -> dict[str, Any]:
+    """The three ways of writing, in alternating rounds of n / rounds records each (a loaded machine's
+    drift hits them alike); rates are medians over rounds. CPU per record: this process (client:
+    hashing, encoding, the asyncio plumbing, and for (a) the 256 producer tasks themselves) and the
+    database backends serving it (read from /proc, local server only)."""
+    raw_url = url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(raw_url)
+    name = await admin.fetchval("SELECT current_database()")
     engine = create_engine(Settings(database_url=url, db_pool_size=8))
     audit = AuditLog(engine)
-    await audit.start()
-    # (a) concurrent producers through the writer task
+    conn = await asyncpg.connect(raw_url)
+    await conn.execute("CREATE TABLE bench_raw_audit (LIKE sec_audit INCLUDING ALL)")
+    sql = ("INSERT INTO bench_raw_audit (seq, ts, actor, actor_kind, role, tenant, action, resource, outcome, ip,"
+           " detail, prev_hash, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)")
     evs = events(n)
-    queue = list(evs)
-
-    async def producer() -> None:
-        while queue:
-            await audit.record(queue.pop())
-
-    t = time.perf_counter()
-    await asyncio.gather(*(producer() for _ in range(256)))
-    a_rate = n / (time.perf_counter() - t)
-    await audit.stop()
-    log(f"audit record (group commit): {a_rate:,.0f}/s")
-    # (b) append_many in batches of 1,000
-    t = time.perf_counter()
-    for i in range(0, n, 1000):
-        await audit.append_many(evs[i:i + 1000])
-    b_rate = n / (time.perf_counter() - t)
-    log(f"audit append_many(1000): {b_rate:,.0f}/s")
-    report = await audit.verify()
-    t = time.perf_counter()
-    await audit.verify()
-    verify_rate = report.checked / (time.perf_counter() - t)
-    await engine.dispose()
-    # baseline: raw executemany of the same rows
-    raw = url.replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(raw)
-    try:
-        await conn.execute("CREATE TABLE bench_raw_audit (LIKE sec_audit INCLUDING ALL)")
-        prev = GENESIS_HASH
-        rows = []
-        for seq, e in enumerate(evs, 1):
-            row = _row(e, seq, prev)
-            prev = row["hash"]
-            rows.append(tuple(row[c] for c in ("seq", "ts", "actor", "actor_kind", "role", "tenant", "action",
+    # baseline rows: hashes precomputed outside the timing
+    prev, raw_rows = GENESIS_HASH, []
+    for seq, e in enumerate(evs, 1):
+        row = _row(e, seq, prev)
+        prev = row["hash"]
+        raw_rows.append(tuple(row[c] for c in ("seq", "ts", "actor", "actor_kind", "role", "tenant", "action",
                                                "resource", "outcome", "ip", "detail", "prev_hash", "hash")))
-        sql = ("INSERT INTO bench_raw_audit (seq, ts, actor, actor_kind, role, tenant, action, resource, outcome, ip,"
-               " detail, prev_hash, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)")
+    per_round = n // rounds
+    rates: dict[str, list[float]] = {"a": [], "b": [], "raw": []}
+    client: dict[str, list[float]] = {"a": [], "b": [], "raw": []}
+    server: dict[str, list[float]] = {"a": [], "b": [], "raw": []}
+
+    async def timed(key: str, count: int, work: Any) -> None:
+        pids = [r[0] for r in await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1 "
+                                                "AND pid <> pg_backend_pid()", name)]
+        srv0, cpu0, t = _backend_cpu(pids), time.process_time(), time.perf_counter()
+        await work()
+        rates[key].append(count / (time.perf_counter() - t))
+        client[key].append((time.process_time() - cpu0) / count * 1e6)
+        srv1 = _backend_cpu(pids)
+        if srv0 is not None and srv1 is not None:
+            server[key].append((srv1 - srv0) / count * 1e6)
+
+    try:
+        async with engine.connect():
+            pass  # the pool's first connection (so that its backend's CPU is counted)
+        for r in range(rounds):
+            chunk = evs[r * per_round:(r + 1) * per_round]
+            # (a) concurrent producers through the writer task
+            queue = list(chunk)
+
+            async def producer(queue: list[AuditEvent] = queue) -> None:
+                while queue:
+                    await audit.record(queue.pop())
+
+            async def group_commit() -> None:
+                await audit.start()
+                await asyncio.gather(*(producer() for _ in range(256)))
+                await audit.stop()
+
+            await timed("a", len(chunk), group_commit)
+
+            # (b) append_many in batches of 1,000
+            async def batches(chunk: list[AuditEvent] = chunk) -> None:
+                for i in range(0, len(chunk), 1000):
+                    await audit.append_many(chunk[i:i + 1000])
+
+            await timed("b", len(chunk), batches)
+
+            # baseline: raw executemany of the same rows
+            async def raw(rows: list[tuple[Any, ...]] = raw_rows[r * per_round:(r + 1) * per_round]) -> None:
+                for i in range(0, len(rows), 1000):
+                    async with conn.transaction():
+                        await conn.executemany(sql, rows[i:i + 1000])
+
+            await timed("raw", len(chunk), raw)
+            log(f"round {r + 1}: group commit {rates['a'][-1]:,.0f}/s, append_many(1000) {rates['b'][-1]:,.0f}/s, "
+                f"raw executemany(1000) {rates['raw'][-1]:,.0f}/s")
+        report = await audit.verify()
         t = time.perf_counter()
-        for i in range(0, n, 1000):
-            async with conn.transaction():
-                await conn.executemany(sql, rows[i:i + 1000])
-        raw_rate = n / (time.perf_counter() - t)
+        await audit.verify()
+        verify_rate = report.checked / (time.perf_counter() - t)
     finally:
         await conn.close()
-    log(f"raw executemany(1000): {raw_rate:,.0f}/s")
-    return {"records": n, "record_group_commit_per_s": round(a_rate), "append_many_1000_per_s": round(b_rate),
+        await admin.close()
+        await engine.dispose()
+
+    def med(values: list[float], digits: int = 0) -> float | None:
+        return round(statistics.median(values), digits) if values else None
+
+    a_rate, b_rate, raw_rate = (statistics.median(rates[k]) for k in ("a", "b", "raw"))
+    log(f"median: group commit {a_rate:,.0f}/s, append_many(1000) {b_rate:,.0f}/s, raw {raw_rate:,.0f}/s")
+    return {"records": per_round * rounds, "rounds": rounds,
+            "record_group_commit_per_s": round(a_rate), "append_many_1000_per_s": round(b_rate),
             "baseline_raw_executemany_1000_per_s": round(raw_rate),
             "ratio_group_commit_vs_raw": round(a_rate / raw_rate, 3),
             "ratio_append_many_vs_raw": round(b_rate / raw_rate, 3),
-            "verify_records_per_s": round(verify_rate), "chain_ok": report.ok and report.checked == 2 * n,
+            "client_cpu_us_per_record": {k: med(v, 1) for k, v in client.items()},
+            "server_cpu_us_per_record": {k: med(v, 1) for k, v in server.items()},
+            "verify_records_per_s": round(verify_rate),
+            "chain_ok": report.ok and report.checked == 2 * per_round * rounds,
             "target_10k_per_s_met": min(a_rate, b_rate) >= 10_000}
 
 

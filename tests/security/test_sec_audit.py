@@ -190,3 +190,98 @@ async def test_injection_in_user_creation(sec: Harness, field: str) -> None:
         assert r.status_code in (201, 400, 403), (field, payload, r.text)
     users = await sec.service.list_users()
     assert all(u["role"] in ("citizen", "sys_admin") for u in users)
+
+
+# ---------------------------------------------------------------- the batched writer (issue #5)
+
+
+def test_fast_row_builder_hashes_the_canonical_bytes() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from cityos.security.audit import COLUMNS, _row, _rows, ts_text
+    from cityos.security.models import GENESIS_HASH
+
+    shanghai = timezone(timedelta(hours=8))
+    events = [AuditEvent("entity.write", "urn:e:1", actor="张三", actor_kind="user", role="operator", tenant="city",
+                         ip="10.0.0.1", detail={"z": 1, "a": [1, {"y": "é", "b": None}], "t": datetime(2026, 1, 1)},
+                         at=datetime(2026, 3, 4, 5, 6, 7, tzinfo=shanghai)),
+              AuditEvent("login", at=datetime(2026, 3, 4, 5, 6, 7, 123, tzinfo=UTC)),
+              AuditEvent("x" * 500, "r" * 5000, at=datetime(2026, 3, 4, 5, 6, 7, 999999, tzinfo=UTC))]
+    rows = _rows(events, 41, GENESIS_HASH)
+    prev = GENESIS_HASH
+    for seq, (event, row) in enumerate(zip(events, rows, strict=True), 42):
+        slow = _row(event, seq, prev)
+        assert dict(zip(COLUMNS, row, strict=True)) == slow
+        assert record_hash(slow) == row[-1]
+        prev = slow["hash"]
+    assert rows[0][1] == "2026-03-03T21:06:07.000000Z"
+    moment = datetime(2026, 3, 4, 5, 6, 7, tzinfo=shanghai)
+    assert ts_text(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+async def test_burst_from_many_tasks_and_another_writer_keeps_one_chain(sec: Harness) -> None:
+    """Hundreds of awaiting tasks, fire-and-forget records and a second AuditLog (as another process
+    would: its own cached head, so its writes race the first one's) interleave; large batches go
+    through COPY on PostgreSQL. The chain stays linear, contiguous and verifiable."""
+    other = AuditLog(sec.engine, write_lock=sec.app.state.hub.service.store._sqlite_write_lock)
+    await other.start()
+    try:
+        log = sec.state.audit
+        for i in range(40):
+            log.submit(AuditEvent("x.submitted", f"s{i}"))
+        seqs = await asyncio.gather(*(log.record(AuditEvent("x.burst", f"a{i}")) for i in range(400)),
+                                    *(other.record(AuditEvent("x.other", f"b{i}")) for i in range(200)),
+                                    other.append_many([AuditEvent("x.bulk", f"c{i}") for i in range(300)]),
+                                    log.append_many([AuditEvent("x.bulk", f"d{i}") for i in range(5)]))
+    finally:
+        await other.stop()
+    flat = [s for s in seqs if isinstance(s, int)] + [s for s in seqs if isinstance(s, list) for s in s]
+    assert len(flat) == len(set(flat)) == 905
+    # The first log's cached head is now stale (the other one wrote last): it must notice, not fork.
+    await log.record(AuditEvent("x.after", "z"))
+    await log.stop()  # flushes the 40 fire-and-forget records if any were still queued
+    report = await log.verify()
+    assert report.ok, report
+    assert report.checked == report.head_seq == 40 + 400 + 200 + 300 + 5 + 1
+    assert await log.count() == report.checked
+
+
+async def test_records_queued_before_stop_are_all_committed(sec: Harness) -> None:
+    log = sec.state.audit
+    waiting = [asyncio.ensure_future(log.record(AuditEvent("x.waiting", f"w{i}"))) for i in range(150)]
+    for i in range(150):
+        log.submit(AuditEvent("x.fire-and-forget", f"f{i}"))
+    await log.stop()  # nothing awaited the records yet: stop alone must commit them all
+    assert all(task.done() for task in waiting)
+    assert sorted(task.result() for task in waiting) == sorted(set(task.result() for task in waiting))
+    assert await log.count() == 300
+    report = await log.verify()
+    assert report.ok and report.checked == 300, report
+    # After stop, records go straight to the database (still chained).
+    assert await log.record(AuditEvent("x.late")) == 301
+    assert (await log.verify()).ok
+
+
+async def test_head_moved_behind_the_writers_back_is_noticed(sec: Harness) -> None:
+    """The writer keeps the head in memory; a head reset or rewritten outside it must not be
+    overwritten blindly (compare-and-set fails, the writer re-reads the head under lock)."""
+    from cityos.security.audit import purge_for_tests
+
+    log = sec.state.audit
+    await log.append_many([AuditEvent("x.big", f"r{i}") for i in range(200)])  # COPY path on PostgreSQL
+    await log.record(AuditEvent("x.small"))
+    await purge_for_tests(sec.engine)  # head back to (0, genesis)
+    assert await log.record(AuditEvent("x.first")) == 1
+    await log.append_many([AuditEvent("x.big", f"r{i}") for i in range(200)])
+    await _tamper(sec, "DELETE FROM sec_audit_head")  # head row gone: rebuilt from the newest record
+    assert await log.record(AuditEvent("x.next")) == 202
+    report = await log.verify()
+    assert report.ok and report.checked == 202, report
+
+
+async def test_tampering_inside_a_large_batch_is_reported(sec: Harness) -> None:
+    await sec.state.audit.append_many([AuditEvent("entity.write", f"urn:e:{i}", detail={"i": i})
+                                       for i in range(500)])
+    await _tamper(sec, "UPDATE sec_audit SET actor = 'mallory' WHERE seq = 321")
+    report = await sec.state.audit.verify()
+    assert (report.ok, report.problem, report.seq) == (False, "altered", 321)
