@@ -270,7 +270,8 @@ class Browser:
         SCREENS.mkdir(parents=True, exist_ok=True)
         path = SCREENS / f"portal-{name}.png"
         self.driver.save_screenshot(str(path))
-        if keep:
+        # Tests never rewrite tracked files by default: CITYOS_DOC_SCREENSHOTS=1 refreshes docs/screenshots.
+        if keep and os.environ.get("CITYOS_DOC_SCREENSHOTS") == "1":
             DOCS_SCREENS.mkdir(parents=True, exist_ok=True)
             (DOCS_SCREENS / path.name).write_bytes(path.read_bytes())
         return path
