@@ -2,6 +2,7 @@
 
 - `/portal`: citizens and companies: search, guides, apply, track, supplement, rate, wallet;
 - `/workbench`: officials' task inbox (department scope) with approve / reject / supplement;
+- `/portal/bundle/{code}`, `/portal/bundles/{caseId}`: 一件事一次办 one-thing bundles;
 - `/supervision`: overdue work and rating dashboards;
 - `/verify`: public e-licence verification (QR link target).
 
@@ -10,9 +11,9 @@ Importing this package registers the pages (`@ui.page`) and their navigation ent
 
 from __future__ import annotations
 
-from cityos.web.portal import portal, supervision, verify, workbench
+from cityos.web.portal import bundle, portal, supervision, verify, workbench
 from cityos.web.portal.common import register_nav
 
 register_nav()
 
-__all__ = ["portal", "supervision", "verify", "workbench"]
+__all__ = ["bundle", "portal", "supervision", "verify", "workbench"]

@@ -65,6 +65,7 @@ STATUS_LABELS: dict[str, tuple[str, str]] = {
     "done": ("已办结 Completed", "green"),
     "issued": ("已出证 Licence issued", "green"),
     "rejected": ("不予许可 Rejected", "red"),
+    "partially_rejected": ("部分不予许可 Partly rejected", "deep-orange"),
     "withdrawn": ("已撤回 Withdrawn", "grey"),
 }
 

@@ -14,6 +14,7 @@ from nicegui import ui
 
 from cityos.web.auth import Session
 from cityos.web.portal import common, labels
+from cityos.web.portal.bundle import BUNDLE_BADGE, bundle_card
 from cityos.web.portal.common import call, deadline_badge, first, frame, get, items_of, problem_text, status_chip, when
 from cityos.web.portal.forms import SchemaForm
 
@@ -133,6 +134,16 @@ async def _search_page(q: str, lifeEvent: str, audience: str) -> Any:
             params = {k: v for k, v in state.items() if v}
             body = await get("/api/services/catalogue", params=params)
             services = items_of(body, "services")
+            bundles = [x for x in (body.get("bundles") if isinstance(body, dict) else None) or []
+                       if isinstance(x, dict)]
+            if bundles:
+                names = {str(s.get("code")): str(s.get("name")) for s in services if isinstance(s, dict)}
+                if any(str(c) not in names for b in bundles for c in b.get("services") or []):
+                    names = await service_names()
+                ui.label(f"{BUNDLE_BADGE} · {len(bundles)} 项").classes("section-title t-bundles")
+                with ui.grid(columns=2).classes("w-full gap-4"):
+                    for bundle in bundles:
+                        bundle_card(bundle, names)
             ui.label(f"共 {len(services)} 项服务 {len(services)} services").classes("section-title")
             if not services:
                 ui.label("没有找到匹配的事项 No matching service").classes("text-grey-8")
@@ -176,6 +187,9 @@ async def portal_guide(code: str) -> Any:
         return session
     with frame(session, "办事指南 Guide", active="/portal/services"):
         guide = await get(f"/api/services/catalogue/{quote(code)}")
+        if isinstance(guide, dict) and first(guide, "bundle", default=False):
+            ui.navigate.to(f"/portal/bundle/{quote(code)}")
+            return
         if not isinstance(guide, dict):
             ui.label("事项不存在 Unknown service").classes("text-negative")
             return
@@ -300,6 +314,9 @@ async def portal_apply(code: str) -> Any:
         return session
     with frame(session, "在线申请 Apply", active="/portal/services"):
         guide = await get(f"/api/services/catalogue/{quote(code)}")
+        if isinstance(guide, dict) and first(guide, "bundle", default=False):
+            ui.navigate.to(f"/portal/bundle/{quote(code)}")
+            return
         if not isinstance(guide, dict):
             ui.label("事项不存在 Unknown service").classes("text-negative")
             return
@@ -423,6 +440,10 @@ async def _application_view(item: dict[str, Any], refresh: Any) -> None:
                 .classes("text-2xl gov-title")
             status_chip(status).classes("t-status")
         ui.label(f"受理回执 Receipt: {first(item, 'receipt', default='')}").classes("text-grey-8")
+        case_id = first(item, "bundleId")
+        if case_id:
+            ui.link(f"{BUNDLE_BADGE}: 查看整个办件 View the whole case →", f"/portal/bundles/{quote(str(case_id))}") \
+                .classes("t-bundle-case-link")
         if status == "rejected" and first(item, "outcomeReason"):
             ui.label(f"不予许可理由 Reason: {first(item, 'outcomeReason')}").classes("text-negative text-lg")
         open_tasks = [t for t in first(item, "openTasks", default=[]) or [] if isinstance(t, dict)]
