@@ -109,11 +109,20 @@ class HubService:
         await self.store.insert(conn, tenant, created)
         created_ids = {r.id for r in created}
         kept = [c for c in changes if c.after is not None and c.entity_id not in created_ids]
-        await self.store.upsert(conn, tenant, [c.after for c in kept if c.after is not None], _side_changes(kept))
+        # An entity read in this transaction (FOR UPDATE on PostgreSQL, under the writer lock on SQLite)
+        # still exists: a plain UPDATE. Anything else goes through the upsert.
+        existed = [c for c in kept if c.before is not None]
+        if existed:
+            await self.store.update(conn, tenant, [c.after for c in existed if c.after is not None],
+                                    _side_changes(existed))
+        if len(existed) != len(kept):
+            others = [c for c in kept if c.before is None]
+            await self.store.upsert(conn, tenant, [c.after for c in others if c.after is not None],
+                                    _side_changes(others))
         gone = [c.entity_id for c in changes if c.after is None]
         if gone:
             await self.store.delete(conn, tenant, gone)
-        await self.store.write_history(conn, tenant, _history(changes))
+        await self.store.insert_history(conn, tenant, _history(changes))
         for listener in self.listeners:
             await listener(conn, tenant, changes)
 
@@ -147,12 +156,12 @@ class HubService:
 
     async def _load(self, conn: AsyncConnection, tenant: str, entity_id: str) -> EntityRecord:
         check_entity_id(entity_id)
-        found = await self.store.fetch(conn, tenant, [entity_id], for_update=True)
-        if entity_id not in found:
+        found = await self.store.fetch_one(conn, tenant, entity_id, for_update=True)
+        if found is None:
             if not await self.store.tenant_exists(conn, tenant):
                 raise NonexistentTenant(f"tenant {tenant!r} does not exist")
             raise ResourceNotFound(f"entity {entity_id} not found")
-        return found[entity_id]
+        return found
 
     # ------------------------------------------------------------------ entities
 
@@ -241,7 +250,8 @@ class HubService:
 
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
             record = await self._load(conn, tenant, entity_id)
-            after = _copy(record, now)
+            # Instances are replaced, never changed in place: the stored ones can be shared.
+            after = _shallow_copy(record, now)
             if new_types:
                 after.types = sorted({*after.types, *new_types})
             changed: set[str] = set()
@@ -274,7 +284,8 @@ class HubService:
 
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
             record = await self._load(conn, tenant, entity_id)
-            after = _copy(record, now)
+            # Instances are replaced or dropped, never changed in place: the stored ones can be shared.
+            after = _shallow_copy(record, now)
             changed: set[str] = set()
             for iri, instances in fragment.items():
                 existing = {i.get("datasetId"): i for i in after.attrs.get(iri, [])}
@@ -306,8 +317,9 @@ class HubService:
 
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
             record = await self._load(conn, tenant, entity_id)
-            after = _copy(record, now)
-            existing = {i.get("datasetId"): i for i in after.attrs.get(iri, [])}
+            after = _shallow_copy(record, now)
+            # Only this attribute's instances are merged in place: only they need a copy.
+            existing = {i.get("datasetId"): i for i in _clone(after.attrs.get(iri, []))}
             key = body.get("datasetId")
             if key not in existing:
                 raise ResourceNotFound(f"attribute {attr} (datasetId {key}) not found in {entity_id}")
@@ -375,18 +387,24 @@ class HubService:
             parsed[entity_id] = (types, attrs, scope, body)
         parse_errors = list(result.errors)
         guard = write_guard.get()
+        iso_now = clock.iso(now)
+        attempts = [0]
 
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
             result.success.clear()
             result.created.clear()
             result.errors[:] = parse_errors
+            # The first attempt may consume the parsed attributes: a change only adds createdAt and
+            # modifiedAt to them, which a retry (from a fresh read) sets again on its own copy.
+            retry = attempts[0] > 0
+            attempts[0] += 1
             existing = await self.store.fetch(conn, tenant, list(parsed), for_update=True)
             changes: list[Change] = []
             created: list[EntityRecord] = []
             for entity_id, (types, attrs, scope, _body) in parsed.items():
                 before = existing.get(entity_id)
                 change = self._batch_change(mode, options, entity_id, before, types,
-                                            _clone(attrs), scope, now, result)
+                                            _clone(attrs) if retry else attrs, scope, now, result, iso_now)
                 if change is None:
                     continue
                 reason = guard("entity.write", change) if guard is not None else None
@@ -404,23 +422,23 @@ class HubService:
         return result
 
     def _batch_change(self, mode: str, options: set[str], entity_id: str, before: EntityRecord | None,
-                      types: list[str], attrs: Attrs, scope: Any, now: Any, result: BatchResult) -> Change | None:
-        iso_now = clock.iso(now)
+                      types: list[str], attrs: Attrs, scope: Any, now: Any, result: BatchResult,
+                      iso_now: str) -> Change | None:
         if mode == "create":
             if before is not None:
                 result.fail(entity_id, AlreadyExists(f"entity {entity_id} already exists"))
                 return None
-            return Change(entity_id, None, _new_record(entity_id, types, attrs, scope, now), set(attrs))
+            return Change(entity_id, None, _new_record(entity_id, types, attrs, scope, now, iso_now), set(attrs))
         if before is None:
             if mode in ("update", "merge"):
                 result.fail(entity_id, ResourceNotFound(f"entity {entity_id} not found"))
                 return None
-            return Change(entity_id, None, _new_record(entity_id, types, attrs, scope, now), set(attrs))
+            return Change(entity_id, None, _new_record(entity_id, types, attrs, scope, now, iso_now), set(attrs))
         if mode == "upsert" and "update" not in options:
             # Replace: the stored attributes are discarded, so they need no copy.
             after = EntityRecord(entity_id, types or list(before.types), attrs, before.created_at, now, scope)
-            stamp(after.attrs, iso_now, before.attrs)
-            return Change(entity_id, before, after, set(before.attrs) | set(attrs))
+            _stamp(after.attrs, iso_now, before.attrs)
+            return Change(entity_id, before, after, before.attrs.keys() | attrs.keys())
         after = _copy(before, now)
         if types:
             after.types = sorted({*after.types, *types})
@@ -490,14 +508,39 @@ def _side_changes(changes: list[Change]) -> SideTableChanges:
     return dirty
 
 
-def _new_record(entity_id: str, types: list[str], attrs: Attrs, scope: Any, now: Any) -> EntityRecord:
-    stamp(attrs, clock.iso(now))
+def _new_record(entity_id: str, types: list[str], attrs: Attrs, scope: Any, now: Any,
+                iso_now: str | None = None) -> EntityRecord:
+    _stamp(attrs, iso_now or clock.iso(now))
     return EntityRecord(entity_id, types, attrs, now, now, scope)
+
+
+def _stamp(attrs: Attrs, now: str, previous: Attrs | None = None) -> None:
+    """`model.stamp` with fast paths for the common cases (no previous instances, or one)."""
+    for iri, instances in attrs.items():
+        prev = previous.get(iri) if previous else None
+        if not prev:
+            for inst in instances:
+                inst["createdAt"] = now
+                inst["modifiedAt"] = now
+        elif len(prev) == 1:
+            only = prev[0]
+            key = only.get("datasetId")
+            for inst in instances:
+                inst["createdAt"] = only.get("createdAt", now) if inst.get("datasetId") == key else now
+                inst["modifiedAt"] = now
+        else:
+            stamp({iri: instances}, now, previous)
 
 
 def _copy(record: EntityRecord, now: Any) -> EntityRecord:
     return EntityRecord(record.id, list(record.types), _clone(record.attrs), record.created_at, now,
                         _clone(record.scope))
+
+
+def _shallow_copy(record: EntityRecord, now: Any) -> EntityRecord:
+    """A copy whose attribute map and type list are new but whose instances are the stored ones:
+    for changes that replace instances rather than modify them."""
+    return EntityRecord(record.id, list(record.types), dict(record.attrs), record.created_at, now, record.scope)
 
 
 def _clone(value: Any) -> Any:
@@ -580,14 +623,19 @@ def _history(changes: list[Change]) -> list[HistoryRow]:
         assert source is not None
         entity_type = source.types[0]
         modified = change.after.modified_at if change.after else clock.now()
+        after_attrs = change.after.attrs if change.after else {}
+        before_attrs = change.before.attrs if change.before else {}
         for iri in sorted(change.changed_attrs):
-            new = change.after.attrs.get(iri, []) if change.after else []
-            old = change.before.attrs.get(iri, []) if change.before else []
-            new_keys = {i.get("datasetId") for i in new}
+            new = after_attrs.get(iri, ())
+            old = before_attrs.get(iri)
+            if not old:
+                rows.extend(HistoryRow(change.entity_id, entity_type, iri, inst, modified) for inst in new)
+                continue
             for inst in new:
-                if change.before is not None and inst in old:
+                if inst in old:
                     continue
                 rows.append(HistoryRow(change.entity_id, entity_type, iri, inst, modified))
+            new_keys = {i.get("datasetId") for i in new}
             for inst in old:
                 if inst.get("datasetId") not in new_keys:
                     rows.append(HistoryRow(change.entity_id, entity_type, iri,

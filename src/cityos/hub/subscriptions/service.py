@@ -29,7 +29,7 @@ from cityos.hub.jsonld import ActiveContext, ContextResolver
 from cityos.hub.model import check_entity_id, render_entity
 from cityos.hub.qlang import QExpr, evaluate_q, parse_q
 from cityos.hub.service import Change
-from cityos.hub.store import EntityRecord, HubStore
+from cityos.hub.store import EntityRecord, HubStore, pg_driver
 from cityos.hub.subscriptions.models import (
     NotifySettings,
     outbox,
@@ -179,8 +179,7 @@ async def _version_of(conn: AsyncConnection, tenant: str) -> str:
     """The tenant's subscription version token; it is read on every write, so on PostgreSQL it is a
     statement asyncpg prepares once per connection."""
     if conn.dialect.name == "postgresql":
-        raw = await conn.get_raw_connection()
-        driver: Any = raw.driver_connection
+        driver = await pg_driver(conn)
         return await driver.fetchval(_PG_VERSION, tenant) or ""
     return (await conn.execute(_VERSION, {"tenant": tenant})).scalar_one_or_none() or ""
 
