@@ -22,7 +22,8 @@ async def test_routing_by_category_and_district(client: httpx.AsyncClient, auth:
         incident = (await create(client, operator, category=category, location=point(*IN_D2)))["incident"]
         assert (incident["category"], incident["department"], incident["district"]) == (category, department, D2)
     routing = (await client.get(f"{BASE}/routing", headers=operator)).json()
-    assert routing["merge"] == {"distanceMetres": 200.0, "windowMinutes": 120.0}
+    assert routing["merge"]["distanceMetres"] == 200.0 and routing["merge"]["windowMinutes"] == 120.0
+    assert routing["merge"]["distanceMetresByCategory"]["flood"] == 2000.0
 
 
 async def test_sub_department_covering_the_district_gets_the_incident(

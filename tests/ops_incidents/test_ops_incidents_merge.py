@@ -89,3 +89,17 @@ async def test_split_and_manual_merge(app: Any, client: httpx.AsyncClient, auth:
     sanitation = auth.headers("official", department="sanitation")
     response = await client.post(f"{BASE}/{other}/merge", headers=sanitation, json={"into": parent_id})
     assert response.status_code == 403  # the target is transport's
+
+
+async def test_area_wide_categories_merge_over_a_wider_radius(client: httpx.AsyncClient, auth: Any,
+                                                              districts: list[str], fixed_clock: Clock,
+                                                              service: Any) -> None:
+    """Smog seen by two stations about 1.1 km apart is one incident; two potholes that far apart are two."""
+    one_km_north = (110.31, 20.02)
+    first = await _report(service, HERE, category="environment.air", source="environment")
+    second = await _report(service, one_km_north, category="environment.air", source="environment")
+    assert second.outcome == "merged" and second.parent["id"] == first.incident["id"]
+    assert (await _report(service, HERE)).outcome == "created"
+    assert (await _report(service, one_km_north)).outcome == "created"
+    routing = (await client.get(f"{BASE}/routing", headers=auth.headers("operator"))).json()
+    assert routing["merge"]["distanceMetresByCategory"]["environment.air"] == 3000

@@ -31,6 +31,8 @@ class Routing:
     default: str
     merge_metres: float
     merge_minutes: float
+    # (category pattern, metres): wider merge radii for events that cover an area (smog, floods)
+    merge_by_category: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def load(cls) -> Routing:
@@ -40,7 +42,15 @@ class Routing:
         merge = doc.get("merge") or {}
         metres = float(os.environ.get("CITYOS_INCIDENT_MERGE_METRES") or merge.get("distance_m", 200))
         minutes = float(os.environ.get("CITYOS_INCIDENT_MERGE_MINUTES") or merge.get("window_minutes", 120))
-        return cls(routes, str(doc.get("default", "city-operations")), metres, minutes)
+        by_category = tuple((str(p), float(m)) for p, m in (merge.get("distance_m_by_category") or {}).items())
+        return cls(routes, str(doc.get("default", "city-operations")), metres, minutes, by_category)
+
+    def merge_distance(self, category: str) -> float:
+        """The merge radius for `category`: the first matching pattern's, else the default."""
+        for pattern, metres in self.merge_by_category:
+            if fnmatch.fnmatchcase(category, pattern):
+                return metres
+        return self.merge_metres
 
     def department_for(self, category: str) -> str | None:
         for pattern, department in self.routes:
@@ -50,7 +60,8 @@ class Routing:
 
     def to_json(self) -> dict[str, Any]:
         return {"routes": [{"pattern": p, "department": d} for p, d in self.routes], "default": self.default,
-                "merge": {"distanceMetres": self.merge_metres, "windowMinutes": self.merge_minutes}}
+                "merge": {"distanceMetres": self.merge_metres, "windowMinutes": self.merge_minutes,
+                          "distanceMetresByCategory": dict(self.merge_by_category)}}
 
 
 @dataclass(frozen=True)

@@ -683,7 +683,7 @@ class IncidentService:
 
     def _merge_candidate(self, conn: Connection, tenant: str, category: str, lon: float, lat: float,
                          now: datetime) -> Row[Any] | None:
-        metres = self.routing.merge_metres
+        metres = self.routing.merge_distance(category)
         dlat = metres / 111_195.0 * 1.01
         dlon = dlat / max(0.01, abs(math.cos(math.radians(lat))))
         rows = conn.execute(self._merge_stmt, {
