@@ -15,7 +15,7 @@ from nicegui import ui
 
 from cityos.web.auth import Session
 from cityos.web.portal import common, labels
-from cityos.web.portal.common import call, deadline_badge, first, frame, get, problem_text, status_chip, when
+from cityos.web.portal.common import call, deadline_badge, first, frame, get, status_chip, when
 from cityos.web.portal.forms import SchemaForm
 
 BUNDLE_BADGE = "一件事一次办 One-thing bundle"
@@ -49,7 +49,7 @@ async def portal_bundle(code: str) -> Any:
     if not isinstance(session, Session):
         return session
     # Imported here: `portal` imports this module for the search page's cards.
-    from cityos.web.portal.portal import MaterialPicker, _kv, _materials, _wallet
+    from cityos.web.portal.portal import SubmissionPanel, _kv, _wallet
 
     with frame(session, "一件事一次办 One-thing bundle", active="/portal/services"):
         guide = await get(f"/api/services/catalogue/{quote(code)}")
@@ -93,41 +93,20 @@ async def portal_bundle(code: str) -> Any:
                 .classes("text-grey-8 text-sm")
             form = SchemaForm(first(guide, "form"), one_per_step=simple)
             form.render()
-        pickers = [MaterialPicker(m, wallet) for m in _materials(guide)]
-        with ui.card().classes("gov-card w-full p-6") as materials_card:
-            ui.label("② 提交材料 Materials (一次提交，多部门共享 submitted once, shared)").classes("section-title")
-            if not pickers:
-                ui.label("无需提交材料 No materials needed").classes("text-grey-8")
-            for picker in pickers:
-                picker.render()
-        with ui.row().classes("items-center gap-4") as submit_row:
-            submit = ui.button("③ 一次提交 Submit all", icon="send").props("size=lg no-caps").classes("t-submit")
-            general_error = ui.label().classes("text-negative t-bundle-error")
-
-        if simple:
-            def on_last(last: bool) -> None:
-                materials_card.set_visibility(last)
-                submit_row.set_visibility(last)
-
-            form.on_last_step = on_last
-            on_last(form.is_last_step)
+        panel = SubmissionPanel(guide, wallet, form, simple,
+                                "② 提交材料 Materials (一次提交，多部门共享 submitted once, shared)",
+                                "③ 一次提交 Submit all", error_classes="text-negative t-bundle-error")
 
         async def send() -> None:
-            doc, errors = form.submit()
-            general_error.text = ""
-            if errors:
-                general_error.text = "请修改标红的项目 Please correct the marked fields"
+            doc = panel.collect()
+            if doc is None:
                 return
-            missing = [p.name for p in pickers if p.required and p.choice is None]
-            if missing:
-                general_error.text = "缺少材料 Missing materials: " + ", ".join(missing)
-                return
-            submit.disable()
+            panel.submit.disable()
             try:
                 reply = await call("POST", "/api/services/bundles", json={
-                    "bundleCode": code, "form": doc, "materials": [p.choice for p in pickers if p.choice]})
+                    "bundleCode": code, "form": doc, "materials": panel.materials})
             finally:
-                submit.enable()
+                panel.submit.enable()
             if reply.ok and isinstance(reply.body, dict):
                 case_id = str(first(reply.body, "caseId", default=""))
                 apps = [a for a in first(reply.body, "applications", default=[]) or [] if isinstance(a, dict)]
@@ -139,12 +118,9 @@ async def portal_bundle(code: str) -> Any:
                         .props("no-caps").classes("t-track")
                 dialog.open()
                 return
-            leftover = form.show_problem(reply.body)
-            general_error.text = "; ".join(leftover) if leftover else problem_text(reply.body, reply.status)
-            if not leftover and any(lbl.visible for lbl in form.error_labels.values()):
-                general_error.text = "请修改标红的项目 Please correct the marked fields"
+            panel.show_refusal(reply)
 
-        submit.on_click(send)
+        panel.submit.on_click(send)
 
 
 # ---------------------------------------------------------------------------------- the case

@@ -307,6 +307,61 @@ class MaterialPicker:
             self.status.text = text
 
 
+class SubmissionPanel:
+    """The materials (upload or wallet licence) and the submit button under a service or bundle form.
+
+    In the simple (elderly) mode they appear only after the form's last question.
+    """
+
+    def __init__(self, guide: dict[str, Any], wallet: list[dict[str, Any]], form: SchemaForm, simple: bool,
+                 materials_title: str, submit_label: str, error_classes: str = "text-negative") -> None:
+        self.form = form
+        self.pickers = [MaterialPicker(m, wallet) for m in _materials(guide)]
+        with ui.card().classes("gov-card w-full p-6") as materials_card:
+            ui.label(materials_title).classes("section-title")
+            if not self.pickers:
+                ui.label("无需提交材料 No materials needed").classes("text-grey-8")
+            for picker in self.pickers:
+                picker.render()
+        with ui.row().classes("items-center gap-4") as submit_row:
+            self.submit = ui.button(submit_label, icon="send").props("size=lg no-caps").classes("t-submit")
+            self.error = ui.label().classes(error_classes)
+        if simple:
+            def on_last(last: bool) -> None:
+                materials_card.set_visibility(last)
+                submit_row.set_visibility(last)
+
+            form.on_last_step = on_last
+            on_last(form.is_last_step)
+
+    def collect(self) -> dict[str, Any] | None:
+        """The filled form, or None with the reason shown (marked fields, missing materials)."""
+        doc, errors = self.form.submit()
+        self.error.text = ""
+        if errors:
+            self.error.text = "请修改标红的项目 Please correct the marked fields"
+            return None
+        missing = [p.name for p in self.pickers if p.required and p.choice is None]
+        if missing:
+            self.error.text = "缺少材料 Missing materials: " + ", ".join(missing)
+            return None
+        return dict(doc)
+
+    @property
+    def materials(self) -> list[Any]:
+        return [p.choice for p in self.pickers if p.choice]
+
+    def show_refusal(self, reply: Any) -> None:
+        """The server's refusal: field errors next to their fields, anything else under the button."""
+        leftover = self.form.show_problem(reply.body)
+        if leftover:
+            self.error.text = "; ".join(leftover)
+        elif any(label.visible for label in self.form.error_labels.values()):
+            self.error.text = "请修改标红的项目 Please correct the marked fields"
+        else:
+            self.error.text = problem_text(reply.body, reply.status)
+
+
 @ui.page("/portal/apply/{code}")
 async def portal_apply(code: str) -> Any:
     session = await common.login()
@@ -327,42 +382,18 @@ async def portal_apply(code: str) -> Any:
             ui.label("① 填写表单 Fill in the form").classes("section-title")
             form = SchemaForm(first(guide, "form", "formSchema", "schema"), one_per_step=simple)
             form.render()
-        pickers = [MaterialPicker(m, wallet) for m in _materials(guide)]
-        with ui.card().classes("gov-card w-full p-6") as materials_card:
-            ui.label("② 提交材料 Materials").classes("section-title")
-            if not pickers:
-                ui.label("无需提交材料 No materials needed").classes("text-grey-8")
-            for picker in pickers:
-                picker.render()
-        with ui.row().classes("items-center gap-4") as submit_row:
-            submit = ui.button("③ 提交申请 Submit", icon="send").props("size=lg no-caps").classes("t-submit")
-            general_error = ui.label().classes("text-negative")
-
-        if simple:
-            # One question per step: the materials and the submit button come after the last question.
-            def on_last(last: bool) -> None:
-                materials_card.set_visibility(last)
-                submit_row.set_visibility(last)
-
-            form.on_last_step = on_last
-            on_last(form.is_last_step)
+        panel = SubmissionPanel(guide, wallet, form, simple, "② 提交材料 Materials", "③ 提交申请 Submit")
 
         async def send() -> None:
-            doc, errors = form.submit()
-            general_error.text = ""
-            if errors:
-                general_error.text = "请修改标红的项目 Please correct the marked fields"
+            doc = panel.collect()
+            if doc is None:
                 return
-            missing = [p.name for p in pickers if p.required and p.choice is None]
-            if missing:
-                general_error.text = "缺少材料 Missing materials: " + ", ".join(missing)
-                return
-            submit.disable()
+            panel.submit.disable()
             try:
                 reply = await call("POST", "/api/services/applications", json={
-                    "serviceCode": code, "form": doc, "materials": [p.choice for p in pickers if p.choice]})
+                    "serviceCode": code, "form": doc, "materials": panel.materials})
             finally:
-                submit.enable()
+                panel.submit.enable()
             if reply.status == 201 or reply.ok:
                 receipt = first(reply.body, "receipt", "receiptNo", default="")
                 app_id = first(reply.body, "id", "applicationId", default="")
@@ -374,14 +405,9 @@ async def portal_apply(code: str) -> Any:
                         .props("no-caps").classes("t-track")
                 dialog.open()
                 return
-            leftover = form.show_problem(reply.body)
-            general_error.text = "; ".join(leftover) if leftover else (
-                "请修改标红的项目 Please correct the marked fields" if form.error_labels else
-                problem_text(reply.body, reply.status))
-            if not leftover and not any(lbl.visible for lbl in form.error_labels.values()):
-                general_error.text = problem_text(reply.body, reply.status)
+            panel.show_refusal(reply)
 
-        submit.on_click(send)
+        panel.submit.on_click(send)
 
 
 # ---------------------------------------------------------------------------------- my applications
