@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from portal_harness import Browser, Portal
+from selenium.webdriver.common.by import By
 
 pytestmark = pytest.mark.slow
 
@@ -106,3 +107,22 @@ def test_newborn_birth_bundle(portal_server: Portal, chromium: Any, tmp_path: Pa
     assert len(in_case) == 4
     assert {a["serviceCode"] for a in in_case} == MEMBERS
     assert {a["id"] for a in in_case} == {a["id"] for a in apps}
+
+    # 6. "My applications" shows the bundle as ONE case: its badge, overall status and progress, the four
+    #    member services with their departments, and the way to the case page.
+    b.go("/portal/applications")
+    row = b.find(f".case-{case_id}")
+    b.wait(lambda _d: len(row.find_elements(By.CSS_SELECTOR, ".bundle-member")) == 4, 60, "four members")
+    assert len(b.all(".bundle-row")) == 1 and len(b.all(".application-row")) == 1, b.text()
+    text = row.text
+    for needed in ("新生儿出生一件事", "一件事一次办 One-thing bundle", "审批中", "已办结 0 / 4", "卫健委",
+                   "出生医学证明", "新生儿入户", "新生儿医保参保登记", "社会保障卡申领"):
+        assert needed in text, (needed, text)
+    path = b.shot("my-applications", at=f".case-{case_id}")
+    assert path == Path("/tmp/cityos-screens/portal-my-applications.png")
+    b.click(f".case-{case_id} .t-case-link")
+    b.wait(lambda d: f"/portal/bundles/{case_id}" in d.current_url, 60, "the case page from the list")
+    b.find(".t-bundle-case")
+    with portal.http(portal.token(CITIZEN)) as http:
+        grouped = http.get("/api/services/applications", params={"group": "case"}).json()["items"]
+    assert [(i["kind"], i["caseId"], len(i["applications"])) for i in grouped] == [("bundle", case_id, 4)]

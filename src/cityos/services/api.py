@@ -7,7 +7,8 @@
     POST   /api/services/uploads                  multipart `file` → 201 {uploadId, sha256, size, contentType}
     GET    /api/services/uploads/{id}             the bytes (owner or staff)
     POST   /api/services/applications             {serviceCode, form, materials, channel?} → 201
-    GET    /api/services/applications             ?status=&limit=&offset= (mine / my departments' / tenant)
+    GET    /api/services/applications             ?status=&limit=&offset= (mine / my departments' / tenant);
+                                                  &group=case: a one-thing bundle is one item (kind bundle)
     GET    /api/services/applications/{id}
     POST   /api/services/applications/{id}/supplement   {form, materials} answers a 补正 request
     GET    /api/services/tasks                    ?status=open|completed|cancelled|all&department=&limit=&offset=
@@ -193,10 +194,11 @@ async def submit(request: Request, principal: Principal | None = Depends(require
 @router.get("/applications")
 async def list_applications(request: Request, status: str | None = Query(None, max_length=16),
                             limit: int | None = Query(None), offset: int = Query(0),
+                            group: str | None = Query(None, pattern="^case$"),
                             principal: Principal | None = Depends(require("application.read"))) -> Response:
     size, start = _page(request, limit, offset)
     return _json(await desk_of(request).applications(_user(principal), request_tenant(request, principal),
-                                                     status=status, limit=size, offset=start))
+                                                     status=status, limit=size, offset=start, group=group))
 
 
 @router.get("/applications/{app_id}")

@@ -101,6 +101,21 @@ class WorkCalendar:
         last = self.add_working_days(self.local_date(submitted_at), limit_days + paused_days)
         return datetime.combine(last + timedelta(days=1), time(0), self.tz)
 
+    def shift(self, moment: datetime, days: int) -> datetime:
+        """`moment` moved on by `days` working days: where a deadline lands after a pause (补正) of that many.
+
+        A deadline written as local midnight is the end of the day before it, and that day moves:
+        ``shift(due_at(s, n, p), k) == due_at(s, n, p + k)``. Any other moment keeps its time of day on
+        the `days`-th working day after its date.
+        """
+        if days <= 0:
+            return moment
+        local = moment.astimezone(self.tz)
+        if local.time() == time(0):
+            last = self.add_working_days(local.date() - timedelta(days=1), days)
+            return datetime.combine(last + timedelta(days=1), time(0), self.tz)
+        return datetime.combine(self.add_working_days(local.date(), days), local.time(), self.tz)
+
     def deadline(self, *, submitted_at: datetime, limit_days: int, paused_days: int, paused_since: datetime | None,
                  completed_at: datetime | None, now: datetime) -> dict[str, object]:
         """The deadline view: {limitDays, usedDays, leftDays, state: green|yellow|red, paused, dueAt}."""

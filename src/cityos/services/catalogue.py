@@ -13,7 +13,9 @@ cannot compile (XSD errors, missing decisions, user tasks outside lanes, forbidd
 
 from __future__ import annotations
 
+import numbers
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -100,6 +102,100 @@ class BundleDef(_Model):
     keywords: list[str] = Field(default_factory=list)
 
 
+class _Unsupported(Exception):
+    pass
+
+
+_ANNOTATIONS = frozenset({"title", "description", "$comment", "default", "examples", "readOnly", "writeOnly",
+                          "deprecated", "format"})  # format: asserted only with a format checker, and ours has none
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) is int or type(value) is float or (
+        not isinstance(value, bool) and isinstance(value, numbers.Number))
+
+
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+    "number": _is_number,
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+
+
+def _compile_node(schema: Any) -> Callable[[Any], bool]:
+    if schema is True or schema is False:
+        return (lambda _v: True) if schema else (lambda _v: False)
+    if not isinstance(schema, dict):
+        raise _Unsupported
+    checks: list[Callable[[Any], bool]] = []
+    for key, value in schema.items():
+        if key in _ANNOTATIONS:
+            continue
+        checks.append(_compile_keyword(key, value, schema))
+    if len(checks) == 1:
+        return checks[0]
+    return lambda v: all(check(v) for check in checks)
+
+
+def _compile_keyword(key: str, value: Any, schema: dict[str, Any]) -> Callable[[Any], bool]:
+    """One keyword, valid exactly when `Draft202012Validator` (no format checker) finds no error for it."""
+    if key == "type":
+        try:
+            kinds = [_TYPES[t] for t in (value if isinstance(value, list) else [value])]
+        except (KeyError, TypeError) as exc:
+            raise _Unsupported from exc
+        return kinds[0] if len(kinds) == 1 else (lambda v: any(kind(v) for kind in kinds))
+    if key == "enum":
+        if not isinstance(value, list) or not all(isinstance(e, str) for e in value):
+            raise _Unsupported  # jsonschema's `equal` tells 1 from True and 1.0; only text enums here
+        allowed = frozenset(value)
+        return lambda v: isinstance(v, str) and v in allowed
+    if key == "pattern" and isinstance(value, str):
+        search = re.compile(value).search
+        return lambda v: not isinstance(v, str) or search(v) is not None
+    if key in ("minLength", "maxLength") and isinstance(value, int) and not isinstance(value, bool):
+        if key == "minLength":
+            return lambda v: not isinstance(v, str) or not len(v) < value
+        return lambda v: not isinstance(v, str) or not len(v) > value
+    if key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") and _is_number(value):
+        # the same comparison jsonschema makes to find an error, negated
+        if key == "minimum":
+            return lambda v: not _is_number(v) or not v < value
+        if key == "maximum":
+            return lambda v: not _is_number(v) or not v > value
+        if key == "exclusiveMinimum":
+            return lambda v: not _is_number(v) or not v <= value
+        return lambda v: not _is_number(v) or not v >= value
+    if key == "required" and isinstance(value, list):
+        names = list(value)
+        return lambda v: not isinstance(v, dict) or all(name in v for name in names)
+    if key == "properties" and isinstance(value, dict):
+        subs = [(name, _compile_node(sub)) for name, sub in value.items()]
+        return lambda v: not isinstance(v, dict) or all(check(v[name]) for name, check in subs if name in v)
+    if key == "additionalProperties" and isinstance(value, bool) and "patternProperties" not in schema:
+        if value:
+            return lambda _v: True
+        known = frozenset(schema.get("properties") or {})
+        return lambda v: not isinstance(v, dict) or all(name in known for name in v)
+    raise _Unsupported
+
+
+def compile_form_check(schema: Any) -> Callable[[Any], bool] | None:
+    """A fast validity test for the JSON Schemas that service forms use (types, text enums, patterns, lengths,
+    bounds, required, properties, additionalProperties: false): True exactly when `Draft202012Validator(schema)`
+    reports no error. `jsonschema` builds a validator object per property visited, a valid form cost tens of
+    microseconds; a form that fails this test still goes through `jsonschema` for the field-by-field messages.
+    None when the schema uses anything else (then `jsonschema` alone decides)."""
+    try:
+        return _compile_node(schema)
+    except (_Unsupported, re.error):
+        return None
+
+
 @dataclass
 class Service:
     definition: ServiceDef
@@ -111,6 +207,7 @@ class Service:
     origin: str = "file"  # file | api
     version: int = 1
     tenant: str | None = None  # None: every tenant (shipped with the code)
+    form_check: Callable[[Any], bool] | None = None  # `compile_form_check(definition.form)`
 
     @property
     def code(self) -> str:
@@ -219,7 +316,8 @@ def build_service(doc: dict[str, Any], base: Path, what: str, origin: str = "fil
         raise CatalogueError(f"{what}: process refused: {exc}") from exc
     if definition.instant_approval and not info.decisions:
         raise CatalogueError(f"{what}: instantApproval needs a DMN decision (business rule task) in the process")
-    return Service(definition, spec, info, Draft202012Validator(definition.form), bpmn, dmns, origin, version, tenant)
+    return Service(definition, spec, info, Draft202012Validator(definition.form), bpmn, dmns, origin, version, tenant,
+                   compile_form_check(definition.form))
 
 
 def build_bundle(doc: dict[str, Any], services: dict[str, Service], what: str,

@@ -157,3 +157,26 @@ bundles = Table(
 )
 
 TABLES = (services, uploads, applications, workflows, workflow_specs, tasks, bundles)
+
+# Fired BPMN timer events (deadline warning / escalation / overdue), one row per firing: the
+# primary key is the fired timer's workflow task id, so the department and supervisors are notified
+# once per event even when the sweep ticks again, two sweepers race, or the process restarts.
+# Written in the same transaction as the workflow step that fired the timer (with its notices).
+# Not in TABLES: migration 0011 creates it.
+timer_events = Table(
+    "svc_timer_events",
+    metadata,
+    Column("application_id", String(32), nullable=False),
+    Column("event_id", String(36), nullable=False),  # the fired timer's SpiffWorkflow task id
+    Column("tenant", String(256), nullable=False),
+    Column("kind", String(16), nullable=False),  # warning | escalation | overdue
+    Column("name", String(128), nullable=False),  # BPMN element id of the timer
+    Column("department", String(128), nullable=False),  # the lane: the department responsible
+    Column("due_at", Timestamp, nullable=True),  # when the timer was due
+    Column("fired_at", Timestamp, nullable=False),
+    Column("notified", JsonDoc, nullable=False),  # user ids notified
+    PrimaryKeyConstraint("application_id", "event_id", name="pk_svc_timer_events"),
+    Index("ix_svc_timer_events_dept", "tenant", "department", "fired_at"),
+)
+
+DEADLINE_TABLES = (timer_events,)

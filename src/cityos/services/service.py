@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import filetype
 import orjson
 from jsonschema import Draft202012Validator
@@ -49,6 +50,7 @@ from cityos.services.catalogue import (
     load_directory,
     matches,
 )
+from cityos.services.deadlines import TIMER_LABELS, FiredTimer, fired_timers, freeze_timers, thaw_timers
 from cityos.services.notify import models as notify_models
 from cityos.services.workflow import APPLICANT_LANE, Engine
 
@@ -397,7 +399,8 @@ class ServiceDesk:
     async def _validate_submission(self, svc: Service, principal: Principal, tenant: str, form: Any,
                                    materials: Any, prefix: str = "") -> tuple[list[dict[str, Any]],
                                                                               list[dict[str, str]]]:
-        errors = form_errors(svc.validator, form, f"{prefix}form")
+        check = svc.form_check  # compiled: a valid form skips jsonschema's per-property validator objects
+        errors = [] if check is not None and check(form) else form_errors(svc.validator, form, f"{prefix}form")
         if not isinstance(form, dict):
             return [], errors or [{"field": f"{prefix}form", "message": "must be an object"}]
         out, material_errors = await self._materials(svc, principal, tenant, materials, f"{prefix}materials")
@@ -530,9 +533,7 @@ class ServiceDesk:
             parts.append(_pg_values(notify_models.outbox, outbox_rows, params))
         main = _pg_values(m.applications, [row], params)
         sql = "WITH " + ", ".join(f"w{i} AS ({part})" for i, part in enumerate(parts)) + " " + main
-        async with self.db.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.exec_driver_sql(sql, tuple(params))
+        await _pg_autocommit(self.db, sql, params)
         self._stored_specs.add(entry.ref)
         if deliveries:
             notifier.wake()
@@ -656,8 +657,11 @@ class ServiceDesk:
             await conn.execute(update(m.applications).where(m.applications.c.id == row["id"]).values(**values))
             await conn.execute(update(m.tasks).where(m.tasks.c.application_id == row["id"],
                                                      m.tasks.c.status == "open").values(due_at=row["due_at"]))
+            wake = await self._record_timer_events(conn, row, wf)
         if stored:
             self._stored_specs.add(stored)
+        if wake:
+            self._peer("notifier").wake()
 
     async def _after_change(self, row: dict[str, Any], svc: Service, principal: Principal | None,
                             submitted: bool = False) -> dict[str, Any]:
@@ -736,6 +740,9 @@ class ServiceDesk:
         row["steps"] = [*row["steps"], step]
         open_tasks.pop(task_id, None)
         new_tasks, cancelled = self._reconcile(row, svc, wf, open_tasks, now, rejected=outcome == "reject")
+        if row["status"] == m.SUPPLEMENT:  # 补正: the clock stops on every branch until the applicant answers
+            freeze_timers(wf, as_utc(row["due_at"]))
+            row["next_timer_at"] = None
         await self._save(row, wf, version, new_tasks, cancelled, [(task_id, {
             "status": "completed", "outcome": outcome, "comment": reason or None, "actor": principal.id,
             "completed_at": now})])
@@ -769,7 +776,10 @@ class ServiceDesk:
         row["materials"] = [x for x in row["materials"] if x["name"] not in replaced] + new_materials
         wf = self.workflow.restore(state)
         now = clock.now()
+        paused_before = int(row["paused_days"])
         self._resume(row, now)
+        # Every branch's timers move on by the paused working days, not only the asking branch's.
+        thaw_timers(wf, self.calendar, int(row["paused_days"]) - paused_before, row["due_at"])
         applicant_tasks = [t for t in self.workflow.ready_user_tasks(wf) if t.task_spec.lane == APPLICANT_LANE]
         completed = []
         for task in applicant_tasks:
@@ -789,8 +799,9 @@ class ServiceDesk:
         """Fire due BPMN timers (escalation on the deadline); returns how many applications moved."""
         now = now or clock.now()
         async with self._read() as conn:
+            # Not paused cases (补正): their clock stands still, and so do their timers.
             rows = (await conn.execute(select(m.applications.c.tenant, m.applications.c.id).where(
-                m.applications.c.next_timer_at <= now, m.applications.c.status.in_(m.OPEN_STATUSES))
+                m.applications.c.next_timer_at <= now, m.applications.c.status == m.IN_REVIEW)
                 .order_by(m.applications.c.next_timer_at).limit(500))).all()
         moved = 0
         for tenant, app_id in rows:
@@ -813,6 +824,54 @@ class ServiceDesk:
                                        {"tenant": tenant, "application": self._summary(row)})
                 await self._publish(row)
         return moved
+
+    async def _record_timer_events(self, conn: AsyncConnection, row: dict[str, Any], wf: Any) -> bool:
+        """The step's newly fired timers (warning / escalation / overdue): one `svc_timer_events` row each
+        and a notice to the responsible department's staff and to the supervisors, in the step's own
+        transaction. A firing is known by its timer task id, so it is told once: not again on the next
+        sweep tick, by a racing sweeper (its step conflicts and rolls back) or after a restart.
+        Returns whether e-mail / SMS deliveries were queued (the caller wakes the notifier)."""
+        fired = fired_timers(wf)
+        if not fired:
+            return False
+        e = m.timer_events
+        known = set((await conn.execute(select(e.c.event_id).where(e.c.application_id == row["id"]))).scalars())
+        fresh = [f for f in fired if f.event_id not in known]
+        if not fresh:
+            return False
+        notifier = self._peer("notifier")
+        svc = self.services.get(row["service_code"])
+        name = svc.definition.name if svc else row["service_code"]
+        wake = False
+        for event in fresh:
+            department = event.lane if event.lane and event.lane != APPLICANT_LANE else row["department"]
+            notified: list[str] = []
+            if notifier is not None and hasattr(notifier, "department_recipients"):
+                for who in await notifier.department_recipients(conn, row["tenant"], department):
+                    subject, body, link = self._timer_notice(row, name, event, department, who.role)
+                    result = await notifier.notify(row["tenant"], who.user_id, subject, body, email=who.email,
+                                                   phone=who.phone, link=link, conn=conn)
+                    wake = wake or bool(result.get("deliveries"))
+                    notified.append(who.user_id)
+            await conn.execute(e.insert().values(
+                application_id=row["id"], event_id=event.event_id, tenant=row["tenant"], kind=event.kind,
+                name=event.name[:128], department=department, due_at=event.due_at, fired_at=row["updated_at"],
+                notified=notified))
+        return wake
+
+    def _timer_notice(self, row: dict[str, Any], name: str, event: FiredTimer, department: str,
+                      role: str) -> tuple[str, str, str]:
+        label = TIMER_LABELS.get(event.kind, "超时督办")
+        due = event.due_at or as_utc(row["due_at"])
+        due_text = due.astimezone(self.calendar.tz).strftime("%Y-%m-%d %H:%M")
+        what = f"{name}「{event.title}」(受理号 {row['receipt']},承办部门 {department})"
+        if event.kind == "warning":
+            text = f"{what}临近承诺时限 {due_text},请及时办理。"
+        else:
+            text = f"{what}已超过承诺时限 {due_text},请尽快办理。"
+        if role == "supervisor":
+            return f"督办提醒·{label}:{name}", f"{text}请督促{department}办结。", "/supervision"
+        return f"{label}:{name}", text, "/workbench"
 
     # ------------------------------------------------------------------ reads
 
@@ -867,7 +926,10 @@ class ServiceDesk:
         return self.view(dict(row), svc, [dict(t) for t in task_rows if t["status"] == "open"])
 
     async def applications(self, principal: Principal, tenant: str, *, status: str | None, limit: int,
-                           offset: int) -> dict[str, Any]:
+                           offset: int, group: str | None = None) -> dict[str, Any]:
+        """The applications the caller may list, newest first. With ``group="case"`` a one-thing bundle
+        (一件事) is one item (kind ``bundle``: its overall status, progress and member applications, and
+        the link to its page) and paging counts cases; other items are kind ``application``."""
         a = m.applications
         query = select(a).where(a.c.tenant == tenant)
         if principal.role in (Role.CITIZEN, Role.ENTERPRISE):
@@ -879,6 +941,8 @@ class ServiceDesk:
             query = query.where(or_(a.c.department.in_(depts), a.c.id.in_(involved)))
         elif principal.role not in (Role.AUDITOR, Role.SYS_ADMIN):
             raise Forbidden(f"role {principal.role} may not list applications")
+        if group == "case":
+            return await self._cases(query, tenant, status, limit, offset)
         if status:
             query = query.where(a.c.status == status)
         async with self._read() as conn:
@@ -890,6 +954,49 @@ class ServiceDesk:
             item["deadline"] = self.deadline(dict(r))
             items.append(item)
         return {"items": items, "limit": limit, "offset": offset}
+
+    async def _cases(self, query: Any, tenant: str, status: str | None, limit: int, offset: int) -> dict[str, Any]:
+        """`applications` grouped by case: a bundle's members under one item (see `applications`)."""
+        a = m.applications
+        key = func.coalesce(a.c.bundle_id, a.c.id)
+        keyed = query.where(a.c.status == status) if status else query
+        page = (keyed.with_only_columns(key.label("case_key"), func.max(a.c.submitted_at).label("latest"))
+                .group_by(key).order_by(literal_column("latest").desc(), literal_column("case_key"))
+                .limit(limit).offset(offset))
+        async with self._read() as conn:
+            keys = [k for k, _ in (await conn.execute(page)).all()]
+            rows = (await conn.execute(query.where(or_(a.c.id.in_(keys), a.c.bundle_id.in_(keys)))
+                                       .order_by(a.c.submitted_at, a.c.id))).mappings().all() if keys else []
+            found_cases = (await conn.execute(select(m.bundles).where(
+                m.bundles.c.tenant == tenant, m.bundles.c.id.in_(keys)))).mappings().all() if keys else []
+        cases = {r["id"]: dict(r) for r in found_cases}
+        members: dict[str, list[dict[str, Any]]] = {}
+        for found_row in rows:
+            members.setdefault(found_row["bundle_id"] or found_row["id"], []).append(dict(found_row))
+        items: list[dict[str, Any]] = []
+        for k in keys:
+            case, bundle = cases.get(k), None
+            if case is not None:
+                bundle = self.bundles.get(case["bundle_code"])
+            found = members.get(k, [])
+            if case is None or bundle is None:  # a plain application (or a case being created right now)
+                for r in found:
+                    items.append({"kind": "application", **self._summary(r), "deadline": self.deadline(r)})
+                continue
+            order = {app_id: i for i, app_id in enumerate(case["application_ids"])}
+            found.sort(key=lambda r: order.get(r["id"], len(order)))
+            views = [{**self._summary(r), "deadline": self.deadline(r)} for r in found]
+            item = self._bundle_view(k, bundle, case["applicant"], views, as_utc(case["created_at"]))
+            names = {v["id"]: self.services[v["serviceCode"]].definition.name
+                     for v in views if v["serviceCode"] in self.services}
+            for view in item["applications"]:
+                view["serviceName"] = names.get(view["id"])
+            done = sum(1 for v in views if v["status"] in (m.APPROVED, m.REJECTED))
+            item.update({"kind": "bundle", "nameEn": bundle.definition.name_en, "submittedAt": item["createdAt"],
+                         "progress": {"completed": done, "total": len(views)},
+                         "link": f"/portal/bundles/{k}"})
+            items.append(item)
+        return {"items": items, "limit": limit, "offset": offset, "group": "case"}
 
     def _task_item(self, t: Any) -> dict[str, Any]:
         app_row = {"submitted_at": t["submitted_at"], "limit_days": t["limit_days"], "paused_days": t["paused_days"],
@@ -1134,6 +1241,23 @@ class ServiceDesk:
 
 
 _JSON_COLUMNS: dict[str, frozenset[str]] = {}
+# asyncpg errors after which the connection is not reused (what SQLAlchemy's own error handling would do).
+_PG_DISCONNECTS = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.InterfaceError,
+                   asyncpg.exceptions.OperatorInterventionError, OSError)
+
+
+async def _pg_autocommit(db: AsyncEngine, sql: str, params: list[Any]) -> None:
+    """One statement on PostgreSQL, committed on its own, on a pooled connection's asyncpg connection directly:
+    SQLAlchemy's cursor layer and isolation-level switching cost more CPU than the statement itself. No
+    transaction is opened (asyncpg runs a statement outside a block in autocommit), so the pool's reset on
+    return has nothing to roll back. asyncpg's statement cache serves the prepared statement."""
+    async with db.connect() as conn:
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        try:
+            await driver.execute(sql, *params)
+        except _PG_DISCONNECTS:
+            await conn.invalidate()
+            raise
 
 
 def _pg_values(table: Any, rows: list[dict[str, Any]], params: list[Any]) -> str:

@@ -4,7 +4,15 @@
     POST /api/services/notifications/{id}/read    → the message (idempotent); 404 for an id that is
                                                    not the caller's own (no existence leak)
 
-Both need a bearer token (401 otherwise). E-mail and SMS are sent by `app.state.notifier`
+    GET  /api/services/notifications/contacts/{department}   the department's duty contacts (service.manage)
+    PUT  /api/services/notifications/contacts/{department}   {"contacts": [{userId, role: staff|supervisor,
+                                                   email?, phone?}]} replaces them; department "*" holds the
+                                                   tenant-wide supervisors (tenant-scoped service.manage only)
+
+Deadline timers (warning / escalation / overdue) notify the department's staff accounts, its
+contacts and the supervisors, in-app and by e-mail / SMS where the roster has an address.
+
+All need a bearer token (401 otherwise). E-mail and SMS are sent by `app.state.notifier`
 (`Notifier.notify`), which other services call; there is no HTTP endpoint to send.
 """
 
@@ -12,12 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, FastAPI, Query, Request
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
+from cityos.core.errors import BadRequestData, TooLarge
 from cityos.core.responses import json_response
-from cityos.security.api import current_principal, request_tenant
-from cityos.security.policy import Principal
+from cityos.security.api import current_principal, enforce, request_tenant, require
+from cityos.security.policy import Principal, Resource
 from cityos.security.service import Unauthorized
 from cityos.services.notify.service import Notifier
 
@@ -28,7 +38,6 @@ routers: list[APIRouter] = [router]
 def notifier_of(request: Request) -> Notifier:
     notifier: Notifier = request.app.state.notifier
     return notifier
-
 
 
 
@@ -50,6 +59,35 @@ async def inbox(request: Request, unread: bool = False, limit: int = Query(50, g
 async def mark_read(request: Request, message_id: str) -> Response:
     principal, tenant = await _caller(request)
     return json_response(await notifier_of(request).mark_read(tenant, principal.id, message_id[:64]))
+
+
+async def _contacts_access(request: Request, principal: Principal | None, department: str) -> str:
+    tenant = request_tenant(request, principal)
+    # "*" (the tenant-wide supervisors) is nobody's department: only a tenant-wide manager passes.
+    await enforce(request, principal, "service.manage", Resource("contacts", tenant, id=department[:128],
+                                                                 department=department[:128]))
+    return tenant
+
+
+@router.get("/contacts/{department}")
+async def get_contacts(request: Request, department: str,
+                       principal: Principal | None = Depends(require("service.manage"))) -> Response:
+    tenant = await _contacts_access(request, principal, department)
+    return json_response(await notifier_of(request).contacts(tenant, department))
+
+
+@router.put("/contacts/{department}")
+async def put_contacts(request: Request, department: str,
+                       principal: Principal | None = Depends(require("service.manage"))) -> Response:
+    tenant = await _contacts_access(request, principal, department)
+    raw = await request.body()
+    if len(raw) > 256 * 1024:
+        raise TooLarge("the contact list is larger than 256 KiB")
+    try:
+        body = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestData(f"malformed JSON: {exc}") from exc
+    return json_response(await notifier_of(request).set_contacts(tenant, department, body))
 
 
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:

@@ -57,3 +57,25 @@ outbox = Table(
 register_encrypted(outbox, "id", "address")
 
 TABLES = (notifications, outbox)
+
+# Who hears about a department's deadlines besides its staff accounts: the duty roster (值班通讯录)
+# with the e-mail / phone to reach them. `department` is a department id, or "*" for tenant-wide
+# supervisors (效能监督). role: staff | supervisor. Not in TABLES: migration 0011 creates it.
+contacts = Table(
+    "svc_notify_contacts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(256), nullable=False),
+    Column("department", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("email", Text, nullable=True),  # field-encrypted
+    Column("phone", Text, nullable=True),  # field-encrypted
+    Column("updated_at", Timestamp, nullable=False),
+    Index("ux_svc_notify_contacts", "tenant", "department", "user_id", unique=True),
+)
+register_encrypted(contacts, "id", "email")
+register_encrypted(contacts, "id", "phone")
+
+CONTACT_ROLES = ("staff", "supervisor")
+CONTACT_TABLES = (contacts,)

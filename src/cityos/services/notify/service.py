@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.config import env_float, env_int
@@ -29,13 +30,30 @@ from cityos.core import clock
 from cityos.core.clock import as_utc, as_utc_or_none, iso
 from cityos.core.errors import BadRequestData, ResourceNotFound
 from cityos.security.crypto import KeyRing
-from cityos.services.notify.models import notifications, outbox
+from cityos.security.models import users
+from cityos.security.policy import Role
+from cityos.services.notify.models import CONTACT_ROLES, contacts, notifications, outbox
 from cityos.services.notify.senders import OutgoingMessage, Sender, default_senders
 
 log = logging.getLogger(__name__)
 
 MAX_SUBJECT = 256
 MAX_BODY = 8000
+MAX_CONTACTS = 200
+ALL_DEPARTMENTS = "*"  # a contact for every department: the tenant's supervisors (效能监督)
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$")
+_PHONE = re.compile(r"^\+?[0-9]{5,20}$")
+_STAFF_ROLES = (Role.OFFICIAL.value, Role.DEPT_ADMIN.value)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Someone to tell about a department's work: in-app by user id, plus e-mail / SMS when known."""
+
+    user_id: str
+    role: str  # staff | supervisor
+    email: str | None = None
+    phone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,90 @@ class Notifier:
     def wake(self) -> None:
         """Wake the delivery loop (new outbox rows were committed)."""
         self._wake.set()
+
+    # ------------------------------------------------------------------ departments: staff, supervisors, contacts
+
+    async def department_recipients(self, conn: AsyncConnection, tenant: str, department: str) -> list[Recipient]:
+        """Who hears about `department`'s deadlines, read in the caller's transaction: its staff accounts
+        (officials and department administrators; the administrators supervise it), its duty contacts,
+        and the tenant-wide supervisors (contacts of department "*"). One entry per user, supervisor
+        before staff, with the contact's e-mail / phone when the roster has one."""
+        found: dict[str, Recipient] = {}
+        rows = (await conn.execute(select(users.c.id, users.c.role).where(
+            users.c.tenant == tenant, users.c.department == department, users.c.role.in_(_STAFF_ROLES),
+            users.c.disabled.is_(False)).order_by(users.c.id))).all()
+        for user_id, role in rows:
+            found[user_id] = Recipient(user_id, "supervisor" if role == Role.DEPT_ADMIN.value else "staff")
+        roster = (await conn.execute(select(contacts).where(
+            contacts.c.tenant == tenant, contacts.c.department.in_((department, ALL_DEPARTMENTS)))
+            .order_by(contacts.c.department, contacts.c.user_id))).mappings().all()
+        for row in roster:
+            known = found.get(row["user_id"])
+            role = "supervisor" if "supervisor" in (row["role"], known.role if known else "") else "staff"
+            found[row["user_id"]] = Recipient(
+                row["user_id"], role,
+                self.keyring.decrypt(row["email"]) if row["email"] else (known.email if known else None),
+                self.keyring.decrypt(row["phone"]) if row["phone"] else (known.phone if known else None))
+        return sorted(found.values(), key=lambda r: (r.role != "supervisor", r.user_id))
+
+    async def contacts(self, tenant: str, department: str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(contacts).where(
+                contacts.c.tenant == tenant, contacts.c.department == department)
+                .order_by(contacts.c.user_id))).mappings().all()
+        return {"department": department, "contacts": [
+            {"userId": r["user_id"], "role": r["role"],
+             "email": self.keyring.decrypt(r["email"]) if r["email"] else None,
+             "phone": self.keyring.decrypt(r["phone"]) if r["phone"] else None} for r in rows]}
+
+    async def set_contacts(self, tenant: str, department: str, body: Any) -> dict[str, Any]:
+        """Replace `department`'s duty contacts: ``{"contacts": [{userId, role, email?, phone?}]}``."""
+        if not department or len(department) > 128:
+            raise BadRequestData("a department id is 1-128 characters")
+        items = body.get("contacts") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise BadRequestData("the body is {\"contacts\": [{userId, role, email, phone}]}",
+                                 errors=[{"field": "contacts", "message": "must be a list"}])
+        if len(items) > MAX_CONTACTS:
+            raise BadRequestData(f"at most {MAX_CONTACTS} contacts", errors=[
+                {"field": "contacts", "message": f"at most {MAX_CONTACTS}"}])
+        errors: list[dict[str, str]] = []
+        rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        now = clock.now()
+        for i, item in enumerate(items):
+            where = f"contacts[{i}]"
+            if not isinstance(item, dict):
+                errors.append({"field": where, "message": "must be an object {userId, role, email, phone}"})
+                continue
+            user_id, role = item.get("userId"), item.get("role", "staff")
+            email, phone = item.get("email"), item.get("phone")
+            if not isinstance(user_id, str) or not 1 <= len(user_id.strip()) <= 128:
+                errors.append({"field": f"{where}.userId", "message": "required, 1-128 characters"})
+                continue
+            user_id = user_id.strip()
+            if user_id in seen:
+                errors.append({"field": f"{where}.userId", "message": f"{user_id!r} is listed twice"})
+                continue
+            seen.add(user_id)
+            if role not in CONTACT_ROLES:
+                errors.append({"field": f"{where}.role", "message": f"one of {', '.join(CONTACT_ROLES)}"})
+            if email is not None and (not isinstance(email, str) or not _EMAIL.match(email.strip())):
+                errors.append({"field": f"{where}.email", "message": "not an e-mail address"})
+            if phone is not None and (not isinstance(phone, str) or not _PHONE.match(phone.strip())):
+                errors.append({"field": f"{where}.phone", "message": "not a phone number"})
+            rows.append({"id": uuid.uuid4().hex, "tenant": tenant, "department": department, "user_id": user_id,
+                         "role": role, "email": self.keyring.encrypt(email.strip()) if isinstance(email, str) else None,
+                         "phone": self.keyring.encrypt(phone.strip()) if isinstance(phone, str) else None,
+                         "updated_at": now})
+        if errors:
+            raise BadRequestData("; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]), errors=errors)
+        async with self._write() as conn:
+            await conn.execute(delete(contacts).where(contacts.c.tenant == tenant,
+                                                      contacts.c.department == department))
+            if rows:
+                await conn.execute(contacts.insert(), rows)
+        return await self.contacts(tenant, department)
 
     # ------------------------------------------------------------------ the inbox
 

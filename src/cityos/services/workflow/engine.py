@@ -17,6 +17,12 @@
   injectable clock like every other deadline (tests move the clock; nothing sleeps).
 - Scripts and expressions run with a short list of builtins; definitions are refused at load when
   an expression reaches for dunders or imports (`check_expressions`).
+- Cost (issue #7: a submission runs a case to its first user task and stores it): `install_fast_paths`
+  replaces SpiffWorkflow's task walks with `_walk` (same tasks, same order, tested against the
+  library's iterators in tests/services_core/test_services_engine_fastpaths.py), expressions are
+  compiled once and DMN cells parsed once, `dump` writes the task map directly (`_tasks_to_dict`, the
+  same JSON as the library's converters) and lets orjson write the UUIDs, and the ``spiff`` loggers
+  stay at WARNING (`quiet_library_logs`).
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 import uuid
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
@@ -41,17 +49,20 @@ import orjson
 from lxml import etree
 from SpiffWorkflow.bpmn.parser.BpmnParser import BpmnValidator
 from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine, TaskDataEnvironment
-from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter, WorkflowConverter
+from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter, TaskConverter, WorkflowConverter
 from SpiffWorkflow.bpmn.serializer.helpers.encoder import create_encoder
 from SpiffWorkflow.bpmn.serializer.workflow import VERSION as SERIALIZER_VERSION
 from SpiffWorkflow.bpmn.serializer.workflow import BpmnWorkflowSerializer
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
+from SpiffWorkflow.bpmn.util.subworkflow import BpmnBaseWorkflow
+from SpiffWorkflow.bpmn.util.task import BpmnTaskIterator
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.camunda.parser.CamundaParser import CamundaParser
 from SpiffWorkflow.camunda.serializer.config import CAMUNDA_CONFIG
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
+from SpiffWorkflow.workflow import Workflow
 
 from cityos.core import clock
 
@@ -107,10 +118,96 @@ _task_logger = logging.getLogger("spiff.task")
 
 
 def install_fast_paths() -> None:
-    """Cheaper equivalents of two SpiffWorkflow hot spots (idempotent): `TaskState.get_name` (it built a
-    dict per call) memoised, and `Task._set_state` without eager log formatting."""
+    """Cheaper equivalents of SpiffWorkflow hot spots (idempotent): `TaskState.get_name` (it built a dict per
+    call) memoised, `Task._set_state` without eager log formatting, task walks without the iterator objects
+    (`_walk`: same tasks, same order) and no workflow log extras nobody logs. Together they were most of
+    starting a case."""
     TaskState.get_name = staticmethod(_state_name)
+    BpmnBaseWorkflow.get_tasks_iterator = _get_tasks_iterator
+    Workflow.update_waiting_tasks = _update_waiting_tasks
+    Workflow.collect_log_extras = _collect_log_extras
     Task._set_state = _set_state
+
+
+_PREDICTED = TaskState.PREDICTED_MASK
+_DEFINITE = TaskState.DEFINITE_MASK
+_MAX_DEPTH = 1000  # `TaskIterator`'s default
+
+
+def _walk(root: Task, state: int, subprocesses: dict[Any, Any] | None) -> Iterator[Task]:
+    """The tasks under `root` in `state`, in exactly the order and with the same pruning as SpiffWorkflow's
+    `TaskIterator` (``subprocesses`` None) or `BpmnTaskIterator` (the top workflow's subprocesses: it descends
+    into them) with only a state filter, and just as lazy: a task's children are taken when the task is
+    reached, before it is handed out. Without the filter objects, the depth bookkeeping and the list
+    shuffling (``task_list.pop(0)``, ``children + task_list``) that made the iteration most of a case step."""
+    min_state = TaskState.MAYBE if state & _PREDICTED else TaskState.FUTURE if state & _DEFINITE \
+        else TaskState.COMPLETED
+    stack: list[tuple[Task, int]] = [(root, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        task, depth = pop()
+        sub = subprocesses.get(task.id) if subprocesses is not None else None
+        if sub is None:
+            children = task._children
+            if children and task._state >= min_state and depth < _MAX_DEPTH:
+                tasks = task.workflow.tasks
+                for child in reversed(children):
+                    push((tasks.get(child), depth + 1))
+        elif depth < _MAX_DEPTH:
+            tasks = task.workflow.tasks
+            for child in reversed(task._children):
+                push((tasks.get(child), depth + 1))
+            push((sub.task_tree, depth + 1))
+        if task._state & state:
+            yield task
+
+
+def _get_tasks_iterator(self: Any, first_task: Task | None = None, **kwargs: Any) -> Any:
+    """`BpmnBaseWorkflow.get_tasks_iterator` with `_walk` when the only filter is the state (what the engine's
+    own calls use: ready tasks on every engine step, prediction), `BpmnTaskIterator` otherwise."""
+    if not kwargs or (len(kwargs) == 1 and "state" in kwargs):
+        return _walk(first_task or self.task_tree, kwargs.get("state", TaskState.ANY_MASK),
+                     self.top_workflow.subprocesses)
+    return BpmnTaskIterator(first_task or self.task_tree, **kwargs)
+
+
+def _update_waiting_tasks(self: Any) -> None:
+    """`Workflow.update_waiting_tasks` (run after every completed task) with `_walk`."""
+    for task in _walk(self.task_tree, TaskState.WAITING, None):
+        task.task_spec._update(task)
+
+
+def _collect_log_extras(self: Any, dct: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`Workflow.collect_log_extras` only when ``spiff.workflow`` logs at INFO: it lists every task of the tree
+    (an unset logger level counts as "debug" there) for records that are dropped anyway."""
+    if _workflow_logger.isEnabledFor(logging.INFO):
+        extras: dict[str, Any] = _original_collect_log_extras(self, dct)
+        return extras
+    return dct or {}
+
+
+_workflow_logger = logging.getLogger("spiff.workflow")
+_original_collect_log_extras = Workflow.collect_log_extras
+# What `install_fast_paths` replaces, as SpiffWorkflow has it (the tests compare the two).
+LIBRARY_METHODS: list[tuple[type, str, Any]] = [
+    (BpmnBaseWorkflow, "get_tasks_iterator", BpmnBaseWorkflow.get_tasks_iterator),
+    (Workflow, "update_waiting_tasks", Workflow.update_waiting_tasks),
+    (Workflow, "collect_log_extras", Workflow.collect_log_extras),
+    (Task, "_set_state", Task._set_state),
+]
+
+
+def quiet_library_logs() -> None:
+    """SpiffWorkflow logs every task state change at INFO (17 records to start one case, each with the task's
+    details); under `cityos serve` (root logger at INFO) that was log noise and a tenth of a submission. Its
+    ``spiff`` loggers therefore log from WARNING up unless ``CITYOS_WORKFLOW_LOG_LEVEL`` says otherwise (e.g.
+    ``INFO`` to trace a process) or someone set their level already."""
+    logger = logging.getLogger("spiff")
+    if logger.level == logging.NOTSET:
+        try:
+            logger.setLevel(os.environ.get("CITYOS_WORKFLOW_LOG_LEVEL", "WARNING").strip().upper() or "WARNING")
+        except ValueError:
+            logger.setLevel(logging.WARNING)
 
 
 def install_clock() -> None:
@@ -203,8 +300,20 @@ def _compiled(source: str, mode: str) -> Any:
 
 
 @functools.lru_cache(maxsize=4096)
+def _syntax_error(expression: str) -> tuple[Any, ...] | None:
+    """None when `expression` parses, else the arguments of its SyntaxError. Failures are remembered too: DMN
+    asks whether each rule cell (``>= 3``) parses on its own on every evaluation, and most do not."""
+    try:
+        ast.parse(expression)
+    except SyntaxError as exc:
+        return exc.args
+    return None
+
+
 def _parses(expression: str) -> bool:
-    ast.parse(expression)  # a SyntaxError propagates and is not cached
+    error = _syntax_error(expression)
+    if error is not None:
+        raise SyntaxError(*error)  # a fresh exception each time (a shared one would pile up tracebacks)
     return True
 
 
@@ -240,8 +349,21 @@ class _ScriptEngine(PythonScriptEngine):
 class _SpecRefWorkflowConverter(BpmnWorkflowConverter):
     """The workflow without its spec: ``spec_ref`` names it (the caller passes `spec_ref` in)."""
 
-    def to_dict(self, workflow: Any, spec_ref: str = "") -> dict[str, Any]:
-        dct: dict[str, Any] = WorkflowConverter.to_dict(self, workflow)
+    def to_dict(self, workflow: Any, spec_ref: str = "", uuid_ids: bool = False) -> dict[str, Any]:
+        """`uuid_ids`: task ids may stay UUID objects (the caller writes the dict with orjson)."""
+        registry = self.registry
+        task_converter = _task_converter(registry)
+        if registry._encoder_mode and not workflow.subprocesses and task_converter is not None:
+            # `WorkflowConverter.to_dict` with the task map written by `_tasks_to_dict`: the same dict.
+            last = workflow.last_task
+            dct: dict[str, Any] = {
+                "data": registry.convert(registry.clean(workflow.data)), "correlations": workflow.correlations,
+                "last_task": str(last.id) if last is not None else None, "success": workflow.success,
+                "completed": workflow.completed,
+                "tasks": _tasks_to_dict(workflow, task_converter, _same if uuid_ids else str),
+                "root": str(workflow.task_tree.id)}
+        else:
+            dct = WorkflowConverter.to_dict(self, workflow)
         dct["spec_ref"] = spec_ref
         dct["subprocesses"] = self.mapping_to_dict(workflow.subprocesses)
         dct["bpmn_events"] = self.registry.convert(workflow.bpmn_events)
@@ -261,6 +383,52 @@ class _SpecRefWorkflowConverter(BpmnWorkflowConverter):
         return workflow
 
 
+def _task_converter(registry: Any) -> Any:
+    """The registry's converter for `Task` when it is SpiffWorkflow's own `TaskConverter` (None otherwise)."""
+    to_dict = registry.convert_to_dict.get(registry.typenames.get(Task, ""))
+    converter = getattr(to_dict.args[1], "__self__", None) if isinstance(to_dict, functools.partial) \
+        and len(to_dict.args) == 2 else None
+    return converter if type(converter) is TaskConverter else None
+
+
+def _tasks_to_dict(workflow: Any, converter: Any, ids: Callable[[Any], Any] = str) -> dict[Any, Any]:
+    """``mapping_to_dict(workflow.tasks)`` in the registry's encoder mode, built directly: for each task exactly
+    the dict `TaskConverter.to_dict` returns plus its ``typename`` (data as a delta against the parent's), without
+    the registry's per-object dispatch. A task of another class goes through the registry as before.
+
+    `ids` turns a task id into what the dict holds: its text (the library's dict), or the UUID itself for
+    orjson, which writes a UUID (value or key) as exactly that text, in C."""
+    registry = converter.registry
+    typename = converter.typename
+    convert = registry.convert
+    tasks = workflow.tasks
+    result: dict[Any, Any] = {}
+    for key, task in tasks.items():
+        if type(task) is not Task:
+            result[ids(key)] = convert(task)
+            continue
+        parent = tasks.get(task._parent)
+        if parent is None:
+            data, delta = task.data, {}
+        else:
+            before, after = parent.data, task.data
+            data = {}
+            delta = {"updates": {k: v for k, v in after.items() if k not in before or v != before[k]},
+                     "deletions": [k for k in before if k not in after]}
+        internal = task.internal_data
+        result[ids(key)] = {
+            "id": ids(task.id), "parent": ids(task._parent) if parent is not None else None,
+            "children": [ids(child) for child in task._children], "last_state_change": task.last_state_change,
+            "state": task._state, "task_spec": task.task_spec.name, "triggered": task.triggered,
+            "internal_data": convert(internal) if internal else {}, "data": data, "delta": delta,
+            "typename": typename}
+    return result
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
 @dataclass
 class _SpecEntry:
     spec: Any
@@ -275,6 +443,7 @@ class Engine:
     def __init__(self) -> None:
         install_clock()
         install_fast_paths()
+        quiet_library_logs()
         config = dict(CAMUNDA_CONFIG)
         config[BpmnWorkflow] = _SpecRefWorkflowConverter
         self.serializer = BpmnWorkflowSerializer(BpmnWorkflowSerializer.configure(config))
@@ -329,25 +498,28 @@ class Engine:
 
     def advance(self, workflow: BpmnWorkflow) -> None:
         workflow.do_engine_steps()
-        workflow.refresh_waiting_tasks()
+        workflow.refresh_timers()  # what the deprecated `refresh_waiting_tasks` does, without its warning
         workflow.do_engine_steps()
 
-    def dump(self, workflow: BpmnWorkflow) -> bytes:
-        """The workflow's state without its spec (see `spec_ref`): gzip(JSON)."""
-        ref = self.spec_entry(workflow.spec, workflow.subprocess_specs).ref
+    def _to_dict(self, workflow: BpmnWorkflow, ref: str, uuid_ids: bool) -> dict[str, Any]:
         registry = self.serializer.registry
         registry._encoder_mode = True  # data dicts are cleaned, nested values left to the encoder
         try:
             to_dict = registry.convert_to_dict[registry.typenames[BpmnWorkflow]]
-            dct = to_dict(workflow, spec_ref=ref)
+            dct: dict[str, Any] = to_dict(workflow, spec_ref=ref, uuid_ids=uuid_ids)
         finally:
             registry._encoder_mode = False
         dct[BpmnWorkflowSerializer.VERSION_KEY] = SERIALIZER_VERSION
+        return dct
+
+    def dump(self, workflow: BpmnWorkflow) -> bytes:
+        """The workflow's state without its spec (see `spec_ref`): gzip(JSON)."""
+        ref = self.spec_entry(workflow.spec, workflow.subprocess_specs).ref
         try:
-            text = orjson.dumps(dct, default=self._encoder.default,
+            text = orjson.dumps(self._to_dict(workflow, ref, uuid_ids=True), default=self._encoder.default,
                                 option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS)
         except TypeError:  # something orjson will not take: the serializer's own JSON encoder
-            text = json.dumps(dct, cls=type(self._encoder)).encode()
+            text = json.dumps(self._to_dict(workflow, ref, uuid_ids=False), cls=type(self._encoder)).encode()
         # gzip format through zlib directly: `gzip.compress` builds a GzipFile around a BytesIO, whose set-up
         # cost dominated at this size.
         return zlib.compress(text, 1, wbits=31)

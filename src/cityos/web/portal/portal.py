@@ -420,12 +420,15 @@ async def portal_applications() -> Any:
         return session
     with frame(session, "我的办件 My applications", active="/portal/applications"):
         ui.label("我的办件 My applications").classes("text-2xl gov-title")
-        body = await get("/api/services/applications")
+        body = await get("/api/services/applications", params={"group": "case"})
         apps = [a for a in items_of(body, "applications") if isinstance(a, dict)]
         names = await service_names()
         if not apps:
             ui.label("暂无办件 No applications yet").classes("text-grey-8")
         for item in apps:
+            if first(item, "kind") == "bundle":
+                _bundle_case_row(item, names)
+                continue
             app_id = first(item, "id", default="")
             with ui.card().classes(f"gov-card w-full p-4 cursor-pointer application-row app-{app_id}") \
                     .on("click", lambda i=app_id: ui.navigate.to(f"/portal/applications/{i}")):
@@ -439,6 +442,41 @@ async def portal_applications() -> Any:
                 submitted = when(first(item, "submittedAt", "createdAt", "created_at"))
                 ui.label(f"回执 Receipt {first(item, 'receipt', default='')} · 提交于 submitted {submitted}") \
                     .classes("text-grey-8 text-sm")
+
+
+def _bundle_case_row(item: dict[str, Any], names: dict[str, str]) -> None:
+    """One 一件事 case in "my applications": its overall status and progress, each member service with the
+    department handling it and its own status; the whole card opens the case page."""
+    case_id = str(first(item, "caseId", default=""))
+    link = f"/portal/bundles/{quote(case_id)}"
+    members = [a for a in first(item, "applications", default=[]) or [] if isinstance(a, dict)]
+    progress = first(item, "progress", default={}) or {}
+    done = progress.get("completed", sum(1 for a in members if first(a, "status") in common.DONE_STATES))
+    total = progress.get("total", len(members))
+    with ui.card().classes(f"gov-card w-full p-4 cursor-pointer application-row bundle-row case-{case_id}") \
+            .style("border-left: 6px solid #b71c1c").on("click", lambda: ui.navigate.to(link)):
+        with ui.row().classes("items-center w-full gap-3"):
+            ui.label(str(first(item, "name", default=""))).classes("text-lg font-bold gov-title")
+            ui.badge(BUNDLE_BADGE, color="red-9").classes("text-sm")
+            status_chip(first(item, "status")).classes("t-case-status")
+            ui.space()
+            ui.label(f"已办结 {done} / {total} 项 {done} of {total} done").classes("font-medium t-case-progress")
+        ui.label(f"一次提交，{total} 个部门同时办理 Submitted once, {total} departments work on it at the same time"
+                 f" · 提交于 submitted {when(first(item, 'submittedAt', 'createdAt'))}").classes("text-grey-8 text-sm")
+        with ui.column().classes("w-full gap-1 mt-1"):
+            for member in members:
+                code = str(first(member, "serviceCode", default=""))
+                with ui.row().classes("items-center w-full gap-3 bundle-member pl-2 no-wrap"):
+                    ui.icon("subdirectory_arrow_right", color="grey-7")
+                    ui.label(str(first(member, "serviceName", default=None) or names.get(code, code))) \
+                        .classes("font-medium").style("min-width: 10rem")
+                    ui.label(labels.department(first(member, "department", default=""))) \
+                        .classes("text-grey-8 text-sm").style("min-width: 20rem")
+                    status_chip(first(member, "status"))
+                    ui.label(f"回执 Receipt {first(member, 'receipt', default='')}").classes("text-grey-8 text-sm")
+                    ui.space()
+                    deadline_badge(first(member, "deadline"), compact=True)
+        ui.link("查看整个办件 View the whole case →", link).classes("text-sm t-case-link")
 
 
 @ui.page("/portal/applications/{app_id}")
