@@ -14,6 +14,13 @@ from cityos.iot.service import Envelope
 AQ = {"name": "aq-1", "profile": "air-quality", "lon": 110.3, "lat": 20.0, "district": "Meilan", "department": "EPB"}
 
 
+async def telemetry(client: Any, app: Any, token: str, payload: dict[str, Any]) -> Any:
+    """POST a reading, then wait for the IoT events it raised: they are published off the ingest path."""
+    response = await client.post(f"/api/v1/{token}/telemetry", json=payload)
+    await app.state.iot.events.drain()
+    return response
+
+
 def recorder(app: Any, topic: str) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
 
@@ -29,12 +36,12 @@ async def test_offline_after_missed_intervals_and_back_online(client: Any, app: 
     created = (await client.post("/api/iot/devices/bulk", json=rows)).json()["created"]
     tokens = {c["name"]: c["token"] for c in created}
     for token in tokens.values():
-        assert (await client.post(f"/api/v1/{token}/telemetry", json={"pm25": 5})).status_code == 200
+        assert (await telemetry(client, app, token, {"pm25": 5})).status_code == 200
     offline_events = recorder(app, "iot.device.offline")
     online_events = recorder(app, "iot.device.online")
     fixed_clock[0] += timedelta(seconds=60 * 2)  # 2 missed intervals of 60 s: still fine
     assert (await health.run_once(app.state.iot))["offline"] == []
-    await client.post(f"/api/v1/{tokens['d-2']}/telemetry", json={"pm25": 6})
+    await telemetry(client, app, tokens["d-2"], {"pm25": 6})
     fixed_clock[0] += timedelta(seconds=60 * 2 + 1)  # d-0 and d-1 now silent for > 3 intervals
     went = (await health.run_once(app.state.iot))["offline"]
     assert sorted(went) == ["urn:ngsi-ld:Device:d-0", "urn:ngsi-ld:Device:d-1"]
@@ -45,7 +52,7 @@ async def test_offline_after_missed_intervals_and_back_online(client: Any, app: 
     entity = (await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:Device:d-0?options=keyValues")).json()
     assert entity["deviceState"] == "offline"
     assert (await health.run_once(app.state.iot))["offline"] == []  # once only
-    await client.post(f"/api/v1/{tokens['d-0']}/telemetry", json={"pm25": 7})
+    await telemetry(client, app, tokens["d-0"], {"pm25": 7})
     assert (await client.get("/api/iot/devices/d-0")).json()["status"] == "active"
     assert [e["name"] for e in online_events] == ["d-0"]
     entity = (await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:Device:d-0?options=keyValues")).json()
@@ -55,12 +62,12 @@ async def test_offline_after_missed_intervals_and_back_online(client: Any, app: 
 async def test_low_battery_alarm_once(client: Any, app: Any, fixed_clock: Any) -> None:
     token = (await client.post("/api/iot/devices", json=AQ)).json()["token"]
     alarms = recorder(app, "iot.device.alarm")
-    await client.post(f"/api/v1/{token}/telemetry", json={"battery": 50})
+    await telemetry(client, app, token, {"battery": 50})
     assert alarms == []
     fixed_clock[0] += timedelta(seconds=60)
-    await client.post(f"/api/v1/{token}/telemetry", json={"battery": 20})
+    await telemetry(client, app, token, {"battery": 20})
     fixed_clock[0] += timedelta(seconds=60)
-    await client.post(f"/api/v1/{token}/telemetry", json={"battery": 19})
+    await telemetry(client, app, token, {"battery": 19})
     assert len(alarms) == 1 and alarms[0]["kind"] == "lowBattery" and alarms[0]["battery"] == 20
     assert alarms[0]["district"] == "Meilan"
     device = (await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:Device:aq-1?options=keyValues")).json()
@@ -71,13 +78,13 @@ async def test_low_battery_alarm_once(client: Any, app: Any, fixed_clock: Any) -
 async def test_spike_and_frozen_flags(client: Any, app: Any, fixed_clock: Any) -> None:
     token = (await client.post("/api/iot/devices", json=AQ)).json()["token"]
     quality = recorder(app, "iot.data.quality")
-    await client.post(f"/api/v1/{token}/telemetry", json={"pm25": 20})
+    await telemetry(client, app, token, {"pm25": 20})
     fixed_clock[0] += timedelta(seconds=60)
-    await client.post(f"/api/v1/{token}/telemetry", json={"pm25": 900})  # jump > half the range
+    await telemetry(client, app, token, {"pm25": 900})  # jump > half the range
     assert [(q["kind"], q["key"]) for q in quality] == [("spike", "pm25")]
     for _ in range(10):
         fixed_clock[0] += timedelta(seconds=60)
-        await client.post(f"/api/v1/{token}/telemetry", json={"pm25": 900, "temperature": 20 + _})
+        await telemetry(client, app, token, {"pm25": 900, "temperature": 20 + _})
     assert [(q["kind"], q["key"]) for q in quality] == [("spike", "pm25"), ("frozen", "pm25")]
 
 
@@ -87,7 +94,7 @@ async def test_a_repeated_floor_value_is_not_frozen(client: Any, app: Any, fixed
     quality = recorder(app, "iot.data.quality")
     for minute in range(12):
         fixed_clock[0] += timedelta(seconds=60)
-        await client.post(f"/api/v1/{token}/telemetry", json={"pm25": 0, "temperature": 20 + minute})
+        await telemetry(client, app, token, {"pm25": 0, "temperature": 20 + minute})
     assert quality == []
 
 
@@ -114,3 +121,51 @@ async def test_rpc_without_broker_fails_and_timeout(client: Any, app: Any, fixed
     assert (await client.get(f"/api/iot/rpc/{failing['id']}")).json()["status"] == "failed"
     bad = await client.post("/api/iot/devices/aq-1/rpc", json={"method": ""})
     assert bad.status_code == 400
+
+
+async def test_a_slow_event_handler_does_not_hold_up_ingestion(client: Any, app: Any, fixed_clock: Any) -> None:
+    """An alarm storm through slow handlers must not stall ingestion (its broker waits for acks)."""
+    import asyncio
+
+    token = (await client.post("/api/iot/devices", json=AQ)).json()["token"]
+    release = asyncio.Event()
+    handled: list[str] = []
+
+    async def slow(event: Any) -> None:
+        await release.wait()
+        handled.append(event.payload["kind"])
+
+    undo = app.state.bus.subscribe("iot.data.quality", slow)
+    try:
+        await telemetry(client, app, token, {"pm25": 20})
+        fixed_clock[0] += timedelta(seconds=60)
+        r = await client.post(f"/api/v1/{token}/telemetry", json={"pm25": 900})  # a spike: one quality event
+        assert r.status_code == 200 and handled == []  # committed and answered while the handler still waits
+        stored = (await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:AirQualityObserved:aq-1?options=keyValues"))
+        assert stored.json()["pm25"] == 900
+        release.set()
+        await app.state.iot.events.drain()
+        assert handled == ["spike"]
+    finally:
+        release.set()
+        undo()
+
+
+async def test_date_last_value_reported_is_refreshed_every_few_minutes(client: Any, app: Any,
+                                                                        fixed_clock: Any) -> None:
+    """Rewriting the Device entity on every report doubled ingestion's entity writes; it lags ≤ 5 min."""
+    token = (await client.post("/api/iot/devices", json=AQ)).json()["token"]
+
+    async def reported() -> str:
+        body = (await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:Device:aq-1?options=keyValues")).json()
+        return str(body["dateLastValueReported"])
+
+    await telemetry(client, app, token, {"pm25": 10})
+    first = await reported()
+    fixed_clock[0] += timedelta(seconds=60)  # one reporting interval later
+    await telemetry(client, app, token, {"pm25": 11})
+    assert await reported() == first
+    assert (await client.get("/api/iot/devices/aq-1")).json()["status"] == "active"
+    fixed_clock[0] += timedelta(seconds=241)  # 301 s after the first report
+    await telemetry(client, app, token, {"pm25": 12})
+    assert await reported() > first

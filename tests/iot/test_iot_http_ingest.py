@@ -238,3 +238,28 @@ async def test_redelivered_reading_without_ts_is_a_duplicate(client: Any, app: A
         assert again.stored == 0 and again.duplicates == 1
     assert await history_count(app, OBS, "pm25") == 2
     assert (await entity(client))["pm25"]["value"] == 8
+
+
+async def test_gateway_parts_dead_letter_their_own_payload(client: Any, app: Any) -> None:
+    """Each device's part of a gateway message is checked on its own; a refused part keeps its own
+    JSON as the dead letter's payload (validated before or under the batch's locks alike)."""
+    gw = await client.post("/api/iot/devices", json={**AQ, "name": "gw-2", "profile": "smart-meter", "gateway": True})
+    assert gw.status_code == 201
+    await setup_device(client)
+    iot = app.state.iot
+    for attempt in range(2):  # the second time the devices' profiles are known before the locks
+        ts = ms(clock.now()) - 1000 * (2 - attempt)
+        report = await iot.ingest([Envelope("gw-2", "gateway/telemetry", orjson.dumps({
+            "aq-1": [{"ts": ts, "values": {"pm25": 7, "pm10": -3}}],
+            "ghost": [{"ts": ts, "values": {"pm25": 1}}],
+        })), Envelope("gw-2", "gateway/telemetry", orjson.dumps({"aq-1": ["not an object"]}))])
+        assert report.readings == 1
+        reasons = sorted(r.reason for r in report.rejections)
+        assert reasons == ["bad_payload", "out_of_range", "unknown_device"], reasons
+        payloads = {r.reason: orjson.loads(r.payload) for r in report.rejections}
+        assert payloads["out_of_range"] == {"ts": ts, "values": {"pm10": -3}}
+        assert payloads["unknown_device"] == [{"ts": ts, "values": {"pm25": 1}}]
+        assert payloads["bad_payload"] == ["not an object"]
+    assert (await entity(client))["pm25"]["value"] == 7
+    letters = (await client.get("/api/iot/dead-letters", params={"device": "aq-1"})).json()
+    assert {item["reason"] for item in letters["items"]} == {"out_of_range", "bad_payload"}

@@ -56,7 +56,8 @@ def events(app: Any) -> Iterator[list[Event]]:
 class Api:
     """Short-hands for calling the CityOS APIs in tests."""
 
-    def __init__(self, client: httpx.AsyncClient, auth: Auth, anon: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, auth: Auth, anon: httpx.AsyncClient, app: Any = None) -> None:
+        self.app = app
         self.client = client
         self.anon = anon  # no Authorization header at all
         self.auth = auth
@@ -85,5 +86,5 @@ class Api:
 async def api(app: Any, client: httpx.AsyncClient, auth: Auth, rules: Any) -> AsyncIterator[Api]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://cityos.test") as anon:
-        yield Api(client, auth, anon)
+        yield Api(client, auth, anon, app)
 

@@ -166,3 +166,38 @@ async def test_officials_see_only_their_departments_subscriptions(client: httpx.
     assert (await client.get(S, headers=transport)).json() == []
     assert len((await client.get(S)).json()) == 2  # sys_admin: tenant-wide
     assert (await client.delete(sub, headers=env2)).status_code == 204
+
+
+async def test_dept_admin_sees_only_its_dead_letters_and_health(client: httpx.AsyncClient, auth: Auth) -> None:
+    env = auth.headers("dept_admin", department="environment", districts=["d1"])
+    tokens = {}
+    for name, department in (("env-dl", "environment"), ("tr-dl", "transport")):
+        r = await client.post("/api/iot/devices", json={**AQ, "name": name, "department": department})
+        assert r.status_code == 201, r.text
+        tokens[name] = r.json()["token"]
+        bad = await client.post(f"/api/v1/{tokens[name]}/telemetry", json={"pm25": -5})  # out of range
+        assert bad.status_code == 400
+    assert (await client.post("/api/v1/not-a-token/telemetry", json={"pm25": 1})).status_code == 401
+    everything = (await client.get("/api/iot/dead-letters")).json()  # sys_admin: tenant-wide
+    by_device = {item["device"]: item["id"] for item in everything["items"]}
+    assert {"env-dl", "tr-dl", None} <= set(by_device)
+    mine = (await client.get("/api/iot/dead-letters", headers=env)).json()
+    assert [item["device"] for item in mine["items"]] == ["env-dl"] and mine["total"] == 1
+    _problem(await client.get("/api/iot/dead-letters", params={"department": "transport"}, headers=env))
+    assert (await client.get(f"/api/iot/dead-letters/{by_device['env-dl']}", headers=env)).status_code == 200
+    _problem(await client.get(f"/api/iot/dead-letters/{by_device['tr-dl']}", headers=env))
+    _problem(await client.get(f"/api/iot/dead-letters/{by_device[None]}", headers=env))  # no known device
+    _problem(await client.post(f"/api/iot/dead-letters/{by_device['tr-dl']}/replay", headers=env,
+                               json={"payload": {"pm25": 5}}))
+    _problem(await client.post(f"/api/iot/dead-letters/{by_device[None]}/replay", headers=env,
+                               json={"payload": {"pm25": 5}, "device": "tr-dl"}))
+    replayed = await client.post(f"/api/iot/dead-letters/{by_device['env-dl']}/replay", headers=env,
+                                 json={"payload": {"pm25": 5}})
+    assert replayed.status_code == 200, replayed.text
+    # The transport letter was not touched by the refused replays.
+    still = (await client.get(f"/api/iot/dead-letters/{by_device['tr-dl']}")).json()
+    assert still["status"] == "pending"
+    health = (await client.get("/api/iot/health", headers=env)).json()
+    assert health["devices"] == 1
+    assert (await client.get("/api/iot/health")).json()["devices"] == 2
+    _problem(await client.get("/api/iot/health", params={"department": "transport"}, headers=env))

@@ -23,8 +23,8 @@ def reset_clock() -> None:
 
 def iso(dt: datetime) -> str:
     """NGSI-LD DateTime: UTC with millisecond precision and a Z suffix."""
-    dt = dt.astimezone(UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    # isoformat is C all the way (strftime was most of an ingested reading's cost); it ends in "+00:00"
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def as_utc(value: datetime) -> datetime:

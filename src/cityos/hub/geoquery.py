@@ -54,7 +54,6 @@ from sqlalchemy import (
     String,
     Text,
     and_,
-    any_,
     bindparam,
     cast,
     column,
@@ -66,9 +65,9 @@ from sqlalchemy import (
     or_,
     select,
     table,
+    text,
     true,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import UserDefinedType
 
@@ -623,10 +622,9 @@ async def delete_geometries(conn: AsyncConnection, tenant: str, entity_ids: list
     if not ids:
         return
     if conn.dialect.name == "postgresql":
-        await conn.execute(delete(entity_geo).where(
-            entity_geo.c.tenant == tenant,
-            entity_geo.c.entity_id == any_(bindparam("geo_ids", ids, type_=ARRAY(String))),
-        ))
+        # A join with the id list, not `entity_id = ANY(:ids)`: on a table without statistics yet (a bulk
+        # provisioning) the planner scans it and compared every row with every id, 0.8 s per 2,000 ids.
+        await conn.execute(_PG_DELETE_GEO, {"tenant": tenant, "ids": ids})
         return
     for chunk in _chunks(ids, _SQLITE_CHUNK):
         gids = select(entity_geo.c.gid).where(entity_geo.c.tenant == tenant, entity_geo.c.entity_id.in_(chunk))
@@ -634,6 +632,11 @@ async def delete_geometries(conn: AsyncConnection, tenant: str, entity_ids: list
         await conn.execute(delete(entity_geo).where(entity_geo.c.tenant == tenant,
                                                     entity_geo.c.entity_id.in_(chunk)))
 
+
+_PG_DELETE_GEO = text(
+    "DELETE FROM hub_entity_geo AS g USING unnest(CAST(:ids AS text[])) AS u(id) "
+    "WHERE g.tenant = :tenant AND g.entity_id = u.id"
+)
 
 _PG_INSERT = insert(_geo).values(
     tenant=bindparam("tenant"),

@@ -21,7 +21,6 @@ write, and to build the batch from what it read under those locks.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,6 +35,14 @@ from cityos.hub.models import attribute_history
 from cityos.hub.service import Change, HubService
 from cityos.hub.store import EntityRecord, HistoryRow
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def _ms(dt: datetime) -> int:
+    """Milliseconds since the epoch (observedAt has millisecond precision); naive means UTC (SQLite)."""
+    return (clock.as_utc(dt) - _EPOCH) // _MS
+
 
 @dataclass
 class Reading:
@@ -44,6 +51,24 @@ class Reading:
     observed_at: datetime  # UTC
     unit_code: str | None = None
     kind: str = "Property"  # Property | GeoProperty | Relationship (value is then the object URI)
+    # Derived once when the reading is made, which for ingestion is before the write transaction and
+    # its row locks: milliseconds since the epoch, the ISO form, and the history's timestamp.
+    ms: int = field(init=False)
+    iso: str = field(init=False)
+    ts: datetime = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ms = ms = _ms(self.observed_at)
+        self.ts = _EPOCH + ms * _MS
+        found = _ISO_BY_MS.get(ms)
+        if found is None:  # the readings of one message share their time
+            if len(_ISO_BY_MS) >= 4096:
+                _ISO_BY_MS.clear()
+            found = _ISO_BY_MS[ms] = clock.iso(self.ts)
+        self.iso = found
+
+
+_ISO_BY_MS: dict[int, str] = {}
 
 
 @dataclass
@@ -66,34 +91,10 @@ class ObservationResult:
 Prepare = Callable[[AsyncConnection], Awaitable[Sequence[ObservedEntity]]]
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
-
-
-def _ms(dt: datetime) -> int:
-    """Milliseconds since the epoch (observedAt has millisecond precision); naive means UTC (SQLite)."""
-    return (clock.as_utc(dt) - _EPOCH) // _MS
-
-
-def _iso_cached(cache: dict[datetime, str], dt: datetime) -> str:
-    """clock.iso, memoised per batch: the readings of one message share their observedAt."""
-    found = cache.get(dt)
-    if found is None:
-        found = cache[dt] = clock.iso(dt)
-    return found
-
-
-def _ms_floor(dt: datetime) -> datetime:
-    """The datetime that clock.iso(dt) denotes: UTC, truncated to the millisecond (the history's ts)."""
-    utc = dt.astimezone(UTC)
-    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
-
-
-def _instance(reading: Reading, now: str, iso_cache: dict[datetime, str] | None = None) -> dict[str, Any]:
+def _instance(reading: Reading, now: str) -> dict[str, Any]:
     inst: dict[str, Any] = {"type": reading.kind}
     inst["object" if reading.kind == "Relationship" else "value"] = reading.value
-    inst["observedAt"] = clock.iso(reading.observed_at) if iso_cache is None \
-        else _iso_cached(iso_cache, reading.observed_at)
+    inst["observedAt"] = reading.iso
     if reading.unit_code:
         inst["unitCode"] = reading.unit_code
     inst["createdAt"] = now
@@ -192,13 +193,12 @@ async def upsert_observations(service: HubService, tenant: str, items: Sequence[
         plans: dict[str, dict[str, list[tuple[int, Reading]]]] = {}
         current_of: dict[tuple[str, str], int | None] = {}
         older: dict[tuple[str, str], list[int]] = {}
-        iso_cache: dict[datetime, str] = {}
         for entity_id in ids:
             item = merged[entity_id]
             before = existing.get(entity_id)
             per_attr: dict[str, dict[int, Reading]] = {}
             for reading in item.readings:
-                ms = _ms(reading.observed_at)
+                ms = reading.ms
                 slot = per_attr.setdefault(reading.attr, {})
                 if ms in slot:
                     result.duplicates += 1
@@ -233,12 +233,13 @@ async def upsert_observations(service: HubService, tenant: str, items: Sequence[
                 # A shallow copy is enough: an attribute that changes gets a new list of new instances
                 # below; the unchanged instances are shared with `before` and never modified in place.
                 after = EntityRecord(before.id, list(before.types), dict(before.attrs), before.created_at,
-                                     now, copy.deepcopy(before.scope))
+                                     now, before.scope)  # readings never change the scope
             entity_type = after.types[0]
             changed: set[str] = set()
             for attr, kept in plans[entity_id].items():
-                kept = [(ms, r) for ms, r in kept if (entity_id, attr, ms) not in in_history]
-                result.duplicates += len(plans[entity_id][attr]) - len(kept)
+                if in_history:
+                    kept = [(ms, r) for ms, r in kept if (entity_id, attr, ms) not in in_history]
+                    result.duplicates += len(plans[entity_id][attr]) - len(kept)
                 if not kept:
                     continue
                 current = _default_instance(after.attrs.get(attr, []))
@@ -249,10 +250,10 @@ async def upsert_observations(service: HubService, tenant: str, items: Sequence[
                     result.stored += 1
                     if becomes_latest and ms == newest_ms:
                         continue  # written to history by _commit as the attribute's new value
-                    extra_rows.append(HistoryRow(entity_id, entity_type, attr, _instance(reading, now_iso, iso_cache),
-                                                 now, ts=_ms_floor(reading.observed_at)))
+                    extra_rows.append(HistoryRow(entity_id, entity_type, attr, _instance(reading, now_iso), now,
+                                                 ts=reading.ts))
                 if becomes_latest:
-                    inst = _instance(newest, now_iso, iso_cache)
+                    inst = _instance(newest, now_iso)
                     if current is not None:
                         inst["createdAt"] = current.get("createdAt", now_iso)
                     others = [i for i in after.attrs.get(attr, []) if "datasetId" in i]

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import String, and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -179,9 +180,18 @@ class HubStore:
         found: dict[str, EntityRecord] = {}
         for chunk_start in range(0, len(ids), 5000):
             chunk = list(ids[chunk_start:chunk_start + 5000])
-            stmt = select(entities).where(entities.c.tenant == tenant, entities.c.id.in_(chunk))
-            if for_update and self.dialect == "postgresql":
-                stmt = stmt.with_for_update()
+            if self.dialect == "postgresql":
+                # A join with the id list rather than `id IN (...)`: on a table that grew faster than its
+                # statistics (a bulk load) the planner scans it, comparing every row with every id. Locks
+                # are taken in id order, as every writer takes them.
+                wanted = (func.unnest(bindparam("fetch_ids", chunk, type_=ARRAY(String)))
+                          .table_valued("id").render_derived())
+                stmt = (select(entities).join(wanted, entities.c.id == wanted.c.id)
+                        .where(entities.c.tenant == tenant).order_by(entities.c.id))
+                if for_update:
+                    stmt = stmt.with_for_update(of=entities)
+            else:
+                stmt = select(entities).where(entities.c.tenant == tenant, entities.c.id.in_(chunk))
             for row in await conn.execute(stmt):
                 found[row.id] = _record(row)
         await self._attach_extra_types(conn, tenant, found)

@@ -13,9 +13,11 @@ MQTT broker, not by people: when `CITYOS_IOT_ADMIN_TOKEN` is set they need `Auth
     POST /devices/{id}/token      rotate → {"id", "token"}; the old token stops working at once
     DELETE /devices/{id}/token    revoke; DELETE /devices/{id}
     POST /devices/{id}/rpc        RpcIn → the request with its status; GET /rpc/{id}
-    GET  /dead-letters            ?status=pending|replayed|&device&reason&limit&offset; GET /dead-letters/{id}
+    GET  /dead-letters            ?status=pending|replayed|&device&reason&department&limit&offset
+    GET  /dead-letters/{id}
     POST /dead-letters/{id}/replay  optional {"payload": <fixed JSON>, "device": name}
-    GET  /health                  device counts by status, offline per district, low batteries
+    GET  /health                  ?department: device counts by status, offline per district, low batteries
+    (a dept_admin sees only its departments' devices, dead letters and health)
     POST /mqtt/auth, /mqtt/acl    broker hooks (EMQX HTTP authn/authz, mosquitto-go-auth HTTP backend)
 
 Devices (ThingsBoard HTTP device API): `POST /api/v1/{token}/telemetry` and `/attributes`; 200 on
@@ -33,12 +35,13 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
-from cityos.core.errors import BadRequestData, ProblemError, TooLarge, UnsupportedMediaType
+from cityos.core.errors import BadRequestData, ProblemError, ResourceNotFound, TooLarge, UnsupportedMediaType
 from cityos.iot.models import DeviceIn, ReplayIn, RpcIn
 from cityos.iot.service import BulkResult, Envelope, IngestReport, IotService, hash_token
 from cityos.security.api import client_ip, current_principal, enforce, require, security_of
 from cityos.security.audit import AuditEvent
 from cityos.security.policy import Principal, Resource, Scope, authorize, role_of, scope_for
+from cityos.security.service import Forbidden
 
 MAX_INT = 2**53  # ids, limits and offsets beyond this are not ours (and overflow the databases' integers)
 
@@ -204,11 +207,7 @@ async def list_devices(request: Request, profile: str | None = None, district: s
                        department: str | None = None, status: str | None = None, gateway: bool | None = None,
                        limit: int = Query(100, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT)) -> Response:
     limit = min(limit, request.app.state.settings.max_page_size)
-    scoped = await _scoped(request)
-    if scoped is not None:
-        # A dept_admin lists the devices of one of its departments (its own unless it names another).
-        department = department or scoped.department
-        await _may_manage(request, None, department or "", None, iot_of(request).tenant)
+    department = await _department_in_scope(request, department)
     items, total = await iot_of(request).list_devices(profile=profile, district=district, department=department,
                                                       status=status, gateway=gateway, limit=limit, offset=offset)
     return _json({"total": total, "limit": limit, "offset": offset, "items": [d.public() for d in items]})
@@ -269,17 +268,43 @@ async def get_rpc(request: Request, rpc_id: int = Path(ge=1, le=MAX_INT)) -> Res
 
 @router.get("/dead-letters", dependencies=MANAGE)
 async def list_dead_letters(request: Request, status: str | None = "pending", device: str | None = None,
-                            reason: str | None = None, limit: int = Query(100, ge=1, le=MAX_INT),
+                            reason: str | None = None, department: str | None = None,
+                            limit: int = Query(100, ge=1, le=MAX_INT),
                             offset: int = Query(0, ge=0, le=MAX_INT)) -> Response:
     limit = min(limit, request.app.state.settings.max_page_size)
+    department = await _department_in_scope(request, department)
     items, total = await iot_of(request).list_dead_letters(status=status or None, device=device, reason=reason,
-                                                           limit=limit, offset=offset)
+                                                           limit=limit, offset=offset, department=department)
     return _json({"total": total, "limit": limit, "offset": offset, "items": items})
 
 
 @router.get("/dead-letters/{letter_id}", dependencies=MANAGE)
 async def get_dead_letter(request: Request, letter_id: int = Path(ge=1, le=MAX_INT)) -> Response:
-    return _json(await iot_of(request).get_dead_letter(letter_id))
+    letter = await iot_of(request).get_dead_letter(letter_id)
+    await _letter_in_scope(request, letter.get("device"))
+    return _json(letter)
+
+
+async def _department_in_scope(request: Request, department: str | None) -> str | None:
+    """A dept_admin sees one of its departments (its own unless it names another); None is tenant-wide."""
+    scoped = await _scoped(request)
+    if scoped is None:
+        return department
+    department = department or scoped.department or ""
+    await _may_manage(request, None, department, None, iot_of(request).tenant)
+    return department
+
+
+async def _letter_in_scope(request: Request, device: str | None) -> None:
+    """A dead letter belongs to its device's department; one of no known device only to tenant-wide roles."""
+    if await _scoped(request) is None:
+        return
+    if not device:
+        raise Forbidden("a dead letter of no known device is for tenant-wide device managers")
+    try:
+        await _device_in_scope(request, device)
+    except ResourceNotFound as exc:
+        raise Forbidden("a dead letter of no known device is for tenant-wide device managers") from exc
 
 
 @router.post("/dead-letters/{letter_id}/replay", dependencies=MANAGE)
@@ -291,6 +316,9 @@ async def replay(request: Request, letter_id: int = Path(ge=1, le=MAX_INT)) -> R
             spec = ReplayIn.model_validate_json(raw)
         except ValueError as exc:
             raise BadRequestData(f"expected {{\"payload\": ..., \"device\": ...}}: {exc}") from exc
+    await _letter_in_scope(request, (await iot_of(request).get_dead_letter(letter_id)).get("device"))
+    if spec.device:
+        await _letter_in_scope(request, spec.device)
     report = await iot_of(request).replay(letter_id, spec.payload, spec.device)
     await _audit(request, "device.dead_letter_replay", str(letter_id))
     return _json({"replayed": letter_id, "readings": report.readings, "stored": report.stored,
@@ -298,8 +326,8 @@ async def replay(request: Request, letter_id: int = Path(ge=1, le=MAX_INT)) -> R
 
 
 @router.get("/health", dependencies=MANAGE)
-async def health(request: Request) -> Response:
-    return _json(await iot_of(request).health_summary())
+async def health(request: Request, department: str | None = None) -> Response:
+    return _json(await iot_of(request).health_summary(await _department_in_scope(request, department)))
 
 
 # ---------------------------------------------------------------------- broker hooks

@@ -12,7 +12,8 @@ A worker is a paho-mqtt 2.x client (MQTT 5, fixed client id, clean_start=False a
 that never expires, so QoS 1 messages wait in the broker while the worker is away) with
 `manual_ack=True`. It subscribes with `$share/cityos/...` so several workers (threads in one
 process or many processes on many hosts) split the load. Messages are batched (up to
-`CITYOS_INGEST_BATCH`, default 2,000, or `CITYOS_INGEST_BATCH_MS`, default 50 ms), committed
+`CITYOS_INGEST_BATCH`, default 2,000, or `CITYOS_INGEST_BATCH_BYTES` of payload, default 512 KiB,
+or `CITYOS_INGEST_BATCH_MS`, default 50 ms), committed
 with `IotService.ingest` in one transaction, and only then PUBACKed. A PUBACK is sent only on
 the connection the message came in on: after a reconnect the broker redelivers the message
 and the duplicate is stored once (same device, key and ts). A database outage makes the worker
@@ -140,7 +141,7 @@ class IngestWorker:
 
     def __init__(self, service: IotService, url: str, client_id: str, *, shared: bool = True,
                  batch_max: int | None = None, batch_ms: float | None = None, prefix: str = PREFIX,
-                 keepalive: int = 15) -> None:
+                 keepalive: int = 15, committers: int | None = None) -> None:
         self.service = service
         self.host, self.port = broker_address(url)
         self.client_id = client_id
@@ -148,6 +149,8 @@ class IngestWorker:
         self.prefix = prefix
         self.batch_max = batch_max or int(os.environ.get("CITYOS_INGEST_BATCH", "2000"))
         self.batch_ms = batch_ms if batch_ms is not None else float(os.environ.get("CITYOS_INGEST_BATCH_MS", "50"))
+        self.batch_bytes = int(os.environ.get("CITYOS_INGEST_BATCH_BYTES", str(512 * 1024)))
+        self.committers = committers or int(os.environ.get("CITYOS_INGEST_COMMITTERS", "2"))
         self.keepalive = keepalive
         self.stats = WorkerStats()
         self._queue: asyncio.Queue[_Msg] = asyncio.Queue()
@@ -232,29 +235,43 @@ class IngestWorker:
         self.client.loop_stop()
 
     async def _collect(self) -> list[_Msg]:
+        """Up to `batch_max` messages or `batch_bytes` of payload (a gateway message carries the
+        readings of many devices), waiting at most `batch_ms` for more after the first."""
         batch = [await self._queue.get()]
+        size = len(batch[0].envelope.payload)
         deadline = time.monotonic() + self.batch_ms / 1000
-        while len(batch) < self.batch_max:
+        while len(batch) < self.batch_max and size < self.batch_bytes:
             try:
-                batch.append(self._queue.get_nowait())
-                continue
+                msg = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    msg = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            batch.append(msg)
+            size += len(msg.envelope.payload)
         return batch
 
     async def _run(self) -> None:
         while True:
             batch = await self._collect()
             self.stats.received += len(batch)
-            await self._commit(batch)
+            await asyncio.gather(*(self._commit(part) for part in self._partition(batch)))
             self._ack(batch)
+
+    def _partition(self, batch: list[_Msg]) -> list[list[_Msg]]:
+        """Split a batch by sender into `committers` parts, committed concurrently: their devices do not
+        overlap, so neither waits for the other's row locks, and one part's Python work runs while the
+        other waits for the database. All parts commit before any message is acknowledged."""
+        if self.committers <= 1 or len(batch) < 2 * self.committers:
+            return [batch]
+        parts: list[list[_Msg]] = [[] for _ in range(self.committers)]
+        for msg in batch:
+            parts[hash(msg.envelope.device) % self.committers].append(msg)
+        return [part for part in parts if part]
 
     def _ack(self, batch: list[_Msg]) -> None:
         with self._gen_lock:
@@ -341,6 +358,20 @@ def amqtt_plugin_class() -> type:
     class CityosBrokerPlugin(BaseAuthPlugin, BaseTopicPlugin):
         service: ClassVar[IotService | None] = None
         devices: ClassVar[dict[str, str]] = {}  # client id → device name
+        epochs: ClassVar[dict[str, int]] = {}  # client id → the device's credential epoch when it connected
+        broker: ClassVar[Any] = None  # the mapping broker that ends sessions (set by `watch_credentials`)
+
+        @classmethod
+        def device_of(cls, client_id: str | None) -> tuple[str | None, bool]:
+            """(device name or None for the platform's clients, whether its token still holds)."""
+            name = cls.devices.get(client_id or "")
+            if name is None or cls.service is None:
+                return name, True
+            return name, cls.service.token_epoch.get(name, 0) == cls.epochs.get(client_id or "", 0)
+
+        @classmethod
+        def clients_of(cls, device: str) -> list[str]:
+            return [client for client, name in cls.devices.items() if name == device]
 
         async def authenticate(self, *, session: Any) -> bool | None:
             username = session.username or ""
@@ -352,15 +383,20 @@ def amqtt_plugin_class() -> type:
             if device is None:
                 return False
             type(self).devices[session.client_id] = device.name
+            type(self).epochs[session.client_id] = self.service.token_epoch.get(device.name, 0)
             return True
 
         async def topic_filtering(self, *, session: Any = None, topic: str | None = None,
                                   action: Any = None) -> bool | None:
             if session is None or topic is None:
                 return False
-            name = type(self).devices.get(session.client_id)
+            name, valid = type(self).device_of(session.client_id)
             if name is None:
                 return True  # the platform's own clients
+            if not valid:
+                if cls_broker := type(self).broker:
+                    cls_broker.disconnect_device(name)
+                return False
             if action == Action.PUBLISH:
                 return map_device_topic(topic, name) is not None or topic.startswith(f"{PREFIX}/{name}/")
             return topic.startswith(("v1/devices/me/rpc/request/", f"{PREFIX}/{name}/rpc/request/"))
@@ -378,19 +414,53 @@ def __getattr__(name: str) -> Any:
 @functools.cache
 def mapping_broker_class() -> type:
     """amqtt's Broker with ThingsBoard topic mapping for devices authenticated by `CityosBrokerPlugin`."""
-    from amqtt.broker import Broker
+    return mapping_broker(amqtt_plugin_class(), map_device_topic)
 
-    plugin: Any = amqtt_plugin_class()
+
+def mapping_broker(plugin: Any, map_topic: Callable[[str, str], str | None]) -> type:
+    """amqtt's Broker that rewrites an authenticated device's ThingsBoard topics into its platform
+    topic, drops what a device sends after its token changed, and ends such sessions when the IoT
+    service announces the change (`watch_credentials`)."""
+    from amqtt.broker import Broker
 
     class MappingBroker(Broker):
         async def _broadcast_message(self, session: Any, topic: str | None, data: Any,
                                      force_qos: int | None = None) -> None:
-            name = plugin.devices.get(session.client_id) if session is not None else None
+            name, valid = plugin.device_of(session.client_id) if session is not None else (None, True)
+            if not valid:
+                log.info("dropped a message of %s: its token was rotated or revoked", name)
+                self.disconnect_device(str(name))
+                return
             if name is not None and topic is not None:
-                topic = map_device_topic(topic, name) or topic
+                topic = map_topic(topic, name) or topic
             await super()._broadcast_message(session, topic, data, force_qos)
 
+        def disconnect_device(self, device: str) -> int:
+            """Close every session of the device now; it must reconnect, and authenticate again."""
+            closed = 0
+            for client_id in plugin.clients_of(device):
+                plugin.devices.pop(client_id, None)
+                found = self._sessions.get(client_id)
+                if found is not None and found[1] is not None:
+                    task = asyncio.ensure_future(found[1].stop())
+                    _CLOSING.add(task)
+                    task.add_done_callback(_CLOSING.discard)
+                    closed += 1
+            return closed
+
+        def watch_credentials(self, service: IotService) -> Callable[[], None]:
+            from cityos.iot.service import TOPIC_CREDENTIALS
+
+            async def on_change(event: Any) -> None:
+                self.disconnect_device(str(event.payload.get("name")))
+
+            plugin.broker = self
+            return service.bus.subscribe(TOPIC_CREDENTIALS, on_change)
+
     return MappingBroker
+
+
+_CLOSING: set[asyncio.Future[Any]] = set()  # sessions being closed (a reference, so the tasks finish)
 
 
 # ---------------------------------------------------------------------- wiring
@@ -463,5 +533,6 @@ async def start_iot(app: Any) -> Callable[[], Awaitable[None]]:
         for worker in workers:
             await worker.stop()
         await commands.close()
+        await service.events.close()
 
     return stop

@@ -10,7 +10,8 @@ worker, the HTTP device API or a replay), and commits, in ONE transaction:
 - a dead letter for every message or reading that could not be used, with its reason.
 
 Only after that commit may a caller acknowledge the messages. Events (`iot.device.alarm`,
-`iot.device.online`, `iot.data.quality`) go on the event bus after the commit.
+`iot.device.online`, `iot.data.quality`) go on the event bus after the commit, through a bounded
+background publisher (`self.events`), so slow handlers never hold up the acknowledgements.
 
 Python API for in-process callers (the simulator):
 
@@ -37,7 +38,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -45,7 +46,7 @@ from cityos.config import env_int
 from cityos.core import clock
 from cityos.core.clock import as_utc
 from cityos.core.errors import AlreadyExists, BadRequestData, Conflict, ProblemError, ResourceNotFound
-from cityos.core.events import EventBus
+from cityos.core.events import BackgroundPublisher, EventBus
 from cityos.hub.model import check_name
 from cityos.hub.observations import ObservedEntity, Reading, upsert_observations
 from cityos.hub.service import HubService
@@ -70,6 +71,7 @@ TOPIC_ALARM = "iot.device.alarm"
 TOPIC_ONLINE = "iot.device.online"
 TOPIC_OFFLINE = "iot.device.offline"
 TOPIC_QUALITY = "iot.data.quality"
+TOPIC_CREDENTIALS = "iot.device.credentials"  # a token rotated or revoked, or the device deleted
 BATTERY_ALARM_PERCENT = 20.0
 FIRMWARE_KEYS = ("fw_version", "firmwareVersion", "firmware")
 KINDS = ("telemetry", "attributes", "gateway/connect", "gateway/disconnect", "gateway/telemetry",
@@ -85,6 +87,10 @@ class IotSettings:
     future_skew_seconds: int = field(default_factory=lambda: env_int("CITYOS_IOT_FUTURE_SKEW", 300))
     # Dead letters keep at most this much of a rejected payload (an attacker's 1 MiB stays out).
     dead_letter_bytes: int = field(default_factory=lambda: env_int("CITYOS_IOT_DEAD_LETTER_BYTES", 64 * 1024))
+    # The Device entity's dateLastValueReported is refreshed at most every max(reporting interval, this):
+    # rewriting it on every report doubled the entity writes of ingestion. The registry's last_seen,
+    # which health uses, is exact.
+    reported_every_seconds: int = field(default_factory=lambda: env_int("CITYOS_IOT_REPORTED_SECONDS", 300))
 
 
 def new_token() -> str:
@@ -216,12 +222,16 @@ class _Batch:
     per_envelope: list[tuple[int, int]] = field(default_factory=list)
 
 
+LAST_PROFILE_CACHE = 500_000  # device names remembered for early validation (a city-size registry)
+
+
 class IotService:
     def __init__(self, hub: HubService, engine: AsyncEngine, bus: EventBus, expand: Any, tenant: str = "",
                  settings: IotSettings | None = None) -> None:
         self.hub = hub
         self.engine = engine
         self.bus = bus
+        self.events = BackgroundPublisher(bus)
         self.expand = expand
         self.tenant = tenant
         self.settings = settings or IotSettings()
@@ -229,6 +239,10 @@ class IotService:
         self._postgres = engine.dialect.name == "postgresql"
         self._type_iri: dict[str, str] = {}
         self._iris: dict[str, str] = {}
+        # device name → its profile when last read under lock: a hint for validating early (`_check_early`)
+        self._last_profile: dict[str, str] = {}
+        # device name → how often its credentials changed in this process (sessions remember the epoch they began in)
+        self.token_epoch: dict[str, int] = {}
 
     # ------------------------------------------------------------------ profiles
 
@@ -287,8 +301,7 @@ class IotService:
         async def prepare(conn: AsyncConnection) -> list[ObservedEntity]:
             result.created.clear()
             del result.errors[len(result.errors) - sum(1 for e in result.errors if e.get("_db")):]
-            taken = {r.name for r in await conn.execute(select(devices.c.name).where(
-                devices.c.tenant == self.tenant, devices.c.name.in_([s.name for _, s in valid])))}
+            taken = await self._existing_names(conn, [s.name for _, s in valid])
             now = clock.now()
             rows: list[dict[str, Any]] = []
             items: list[ObservedEntity] = []
@@ -317,6 +330,16 @@ class IotService:
             error.pop("_db", None)
         result.errors.sort(key=lambda e: e["row"])
         return result
+
+    async def _existing_names(self, conn: AsyncConnection, names: list[str]) -> set[str]:
+        if self._postgres:  # a join, not IN: see geoquery.delete_geometries on bulk loads without statistics
+            rows = await conn.execute(text(
+                "SELECT d.name FROM iot_devices AS d JOIN unnest(CAST(:names AS text[])) AS u(name) "
+                "ON d.name = u.name WHERE d.tenant = :tenant"), {"names": names, "tenant": self.tenant})
+        else:
+            rows = await conn.execute(select(devices.c.name).where(devices.c.tenant == self.tenant,
+                                                                   devices.c.name.in_(names)))
+        return {r.name for r in rows}
 
     def _initial_entities(self, device: Device, gateway: Device | None = None) -> list[ObservedEntity]:
         profile = self.profile(device.profile_id)
@@ -417,11 +440,20 @@ class IotService:
         async with self.engine.begin() as conn:
             await conn.execute(update(devices).where(devices.c.tenant == self.tenant, devices.c.id == device.id)
                                .values(token_hash=token_hash, updated_at=clock.now()))
+        await self._credentials_changed(device)
+
+    async def _credentials_changed(self, device: Device) -> None:
+        """Sessions opened with the device's old token must end now, not at their next reconnect: an
+        embedded broker in this process checks `token_epoch` on every message and drops the session
+        on the event; an outside broker re-asks `/mqtt/acl`, which checks the token (deploy/iot.md)."""
+        self.token_epoch[device.name] = self.token_epoch.get(device.name, 0) + 1
+        await self.bus.publish(TOPIC_CREDENTIALS, {**self._event(device), "epoch": self.token_epoch[device.name]})
 
     async def delete_device(self, ident: str) -> None:
         device = await self.get_device(ident)
         async with self.engine.begin() as conn:
             await conn.execute(delete(devices).where(devices.c.tenant == self.tenant, devices.c.id == device.id))
+        await self._credentials_changed(device)
         with contextlib.suppress(ResourceNotFound):
             await self.hub.delete_entity(self.tenant, device.id)
 
@@ -473,12 +505,13 @@ class IotService:
             elif (env.kind in ("gateway/connect", "gateway/disconnect") and isinstance(doc, dict)
                   and isinstance(doc.get("device"), str) and NAME_PATTERN.match(doc["device"])):
                 names.add(doc["device"])
+        checked = self._check_early(parsed)
         state = _Batch()
 
         async def prepare(conn: AsyncConnection) -> list[ObservedEntity]:
             nonlocal state
             state = _Batch(rejections=list(early))
-            return await self._prepare(conn, parsed, names, state)
+            return await self._prepare(conn, parsed, names, state, checked)
 
         obs = await upsert_observations(self.hub, self.tenant, prepare=prepare)
         report.readings = state.readings
@@ -487,9 +520,32 @@ class IotService:
         report.rejections = state.rejections
         report.dead_letters = len(state.rejections)
         report.per_envelope = state.per_envelope
-        for topic, payload in state.events:
-            await self.bus.publish(topic, payload)
+        for topic, payload in state.events:  # off the ingest path: the broker is waiting for our acks
+            await self.events.put(topic, payload)
         return report
+
+    def _check_early(self, parsed: list[tuple[Envelope, Any]]) -> dict[Any, _Checked]:
+        """Validate telemetry before the transaction, against the profile each sender had when last seen.
+
+        The batch's transaction holds its devices' and entities' row locks, which serialise ingest
+        workers sharing devices; the less it does, the more workers run in parallel. Under the
+        locks `_prepare` uses these results only if the sender still has the same profile."""
+        out: dict[Any, _Checked] = {}  # by message index, or (index, device) for a gateway's devices
+        last = self._last_profile
+        for index, (env, doc) in enumerate(parsed):
+            if doc is None:
+                continue
+            if env.kind == "telemetry":
+                profile = self.profiles.get(last.get(env.device or "", ""))
+                if profile is not None:
+                    out[index] = self._check_telemetry(env, doc, profile, env.device or "")
+            elif env.kind == "gateway/telemetry" and isinstance(doc, dict):
+                for name, body in doc.items():
+                    profile = self.profiles.get(last.get(name, ""))
+                    if profile is not None:
+                        out[(index, name)] = self._check_telemetry(_child_envelope(env, name, body), body, profile,
+                                                                   name)
+        return out
 
     def _decode(self, env: Envelope) -> tuple[Any, Rejection | None]:
         if env.reason:
@@ -523,10 +579,13 @@ class IotService:
                 stmt = stmt.with_for_update()
             for row in await conn.execute(stmt):
                 found[row.name] = Device.from_row(row)
+        if len(self._last_profile) > LAST_PROFILE_CACHE:
+            self._last_profile.clear()
+        self._last_profile.update((name, d.profile_id) for name, d in found.items())
         return found
 
     async def _prepare(self, conn: AsyncConnection, parsed: list[tuple[Envelope, Any]], names: set[str],
-                       state: _Batch) -> list[ObservedEntity]:
+                       state: _Batch, checked: dict[Any, _Checked]) -> list[ObservedEntity]:
         known = await self._lock_devices(conn, names)
         touched: dict[str, _Touch] = {}
         replayed: list[int] = []
@@ -539,11 +598,9 @@ class IotService:
 
         def reject(env: Envelope, reason: str, detail: str, device: str | None, payload: Any = None,
                    kind: str | None = None) -> None:
-            raw = env.payload if payload is None else orjson.dumps(payload)
-            state.rejections.append(Rejection(reason, detail, device, kind or env.kind,
-                                              raw[:self.settings.dead_letter_bytes], env.topic, env.source))
+            state.rejections.append(self._rejection(env, reason, detail, device, payload, kind))
 
-        for env, doc in parsed:
+        for index, (env, doc) in enumerate(parsed):
             before_rej, before_readings = len(state.rejections), state.readings
             if doc is None and env.kind not in ("rpc/response", "gateway/connect", "gateway/disconnect"):
                 state.per_envelope.append((0, 1))
@@ -554,7 +611,9 @@ class IotService:
             elif sender.status == "disabled":
                 reject(env, "device_disabled", f"device {sender.name!r} is disabled", sender.name)
             elif env.kind == "telemetry":
-                self._telemetry(env, doc, touch(sender), state, reject)
+                early = checked.get(index)
+                self._telemetry(env, doc, touch(sender), state,
+                                early if early is not None and early.profile_id == sender.profile_id else None)
             elif env.kind == "attributes":
                 self._attributes(env, doc, touch(sender), reject)
             elif env.kind == "rpc/response":
@@ -564,7 +623,7 @@ class IotService:
                 reject(env, "not_a_gateway", f"device {sender.name!r} is not a gateway", sender.name)
             else:
                 touch(sender).contact = True
-                await self._gateway(conn, env, doc, sender, known, touch, state, reject)
+                await self._gateway(conn, env, doc, sender, known, touch, state, reject, index, checked)
             if env.replay_of is not None:
                 if len(state.rejections) > before_rej:
                     raise ReplayRejected("; ".join(f"{r.reason}: {r.detail}" for r in state.rejections[before_rej:]))
@@ -599,25 +658,45 @@ class IotService:
                                .values(status="replayed", replayed_at=now))
         return items
 
-    def _telemetry(self, env: Envelope, doc: Any, t: _Touch, state: _Batch, reject: Any) -> None:
+    def _rejection(self, env: Envelope, reason: str, detail: str, device: str | None, payload: Any = None,
+                   kind: str | None = None) -> Rejection:
+        raw = env.payload if payload is None else orjson.dumps(payload)
+        return Rejection(reason, detail, device, kind or env.kind, raw[:self.settings.dead_letter_bytes], env.topic,
+                         env.source)
+
+    def _telemetry(self, env: Envelope, doc: Any, t: _Touch, state: _Batch, checked: _Checked | None = None) -> None:
+        """Apply a telemetry message to its device's touch: checked now, or before the batch's locks."""
+        if checked is None:
+            checked = self._check_telemetry(env, doc, t.profile, t.device.name)
+        t.readings.extend(checked.readings)
+        state.readings += len(checked.readings)
+        state.rejections.extend(checked.rejections)
+        t.contact = t.contact or checked.contact
+
+    def _check_telemetry(self, env: Envelope, doc: Any, profile: Profile, device: str) -> _Checked:
+        """Validate one telemetry payload against a profile; pure, so it can run outside the transaction."""
+        out = _Checked(profile.id)
         try:
             series = parse_series(doc)
         except ValueError as exc:
-            reject(env, "bad_payload", str(exc), t.device.name)
-            return
+            out.rejections.append(self._rejection(env, "bad_payload", str(exc), device, None if env.payload else doc))
+            out.contact = False
+            return out
+        iri = self._iri
+        keys = profile.keys
         for raw_ts, values in series:
             try:
                 ts = _ts_of(raw_ts, env.received_at, self.settings)
             except ValueError as exc:
-                reject(env, "bad_timestamp", str(exc), t.device.name, {"ts": raw_ts, "values": values}, "telemetry")
+                out.rejections.append(self._rejection(env, "bad_timestamp", str(exc), device,
+                                                      {"ts": raw_ts, "values": values}, "telemetry"))
                 continue
             if not isinstance(values, dict) or not values:
-                reject(env, "bad_payload", "values must be a non-empty JSON object", t.device.name,
-                       {"ts": raw_ts, "values": values}, "telemetry")
+                out.rejections.append(self._rejection(env, "bad_payload", "values must be a non-empty JSON object",
+                                                      device, {"ts": raw_ts, "values": values}, "telemetry"))
                 continue
             bad: dict[str, Any] = {}
             reasons: list[tuple[str, str]] = []
-            keys = t.profile.keys
             for raw_key, raw_value in values.items():
                 spec = keys.get(raw_key)
                 if spec is not None and spec.kind == "number" and type(raw_value) in _PLAIN_NUMBERS \
@@ -626,17 +705,16 @@ class IotService:
                         and (spec.max is None or raw_value <= spec.max):
                     # The common case, a known numeric key without a unit suffix and in range: what
                     # to_canonical and check_value below would accept unchanged, without their cost.
-                    t.readings.append((spec, raw_value, ts))
-                    state.readings += 1
+                    out.readings.append((spec, raw_value, ts, Reading(iri(spec.attr), raw_value, ts, spec.unit_code)))
                     continue
                 try:  # "<key>@<unit>": converted to the profile's canonical unit first (cityos.iot.units)
-                    key, value = to_canonical(t.profile, raw_key, raw_value)
+                    key, value = to_canonical(profile, raw_key, raw_value)
                 except UnitError as exc:
                     bad[raw_key] = raw_value
                     reasons.append((exc.reason, exc.detail))
                     continue
-                spec = t.profile.keys.get(key)
-                problem = ("unknown_key", f"{key!r} is not a key of profile {t.profile.id}") if spec is None \
+                spec = keys.get(key)
+                problem = ("unknown_key", f"{key!r} is not a key of profile {profile.id}") if spec is None \
                     else check_value(spec, value)
                 if problem is not None and raw_key != key:
                     problem = (problem[0], f"{problem[1]} (reported as {raw_key}={raw_value})")
@@ -644,13 +722,12 @@ class IotService:
                     bad[raw_key] = raw_value
                     reasons.append(problem or ("unknown_key", key))
                     continue
-                t.readings.append((spec, value, ts))
-                state.readings += 1
+                out.readings.append((spec, value, ts, Reading(iri(spec.attr), value, ts, spec.unit_code)))
             if bad:
                 ts_out = raw_ts if raw_ts is not None else int(ts.timestamp() * 1000)
-                reject(env, reasons[0][0], "; ".join(d for _, d in reasons), t.device.name,
-                       {"ts": ts_out, "values": bad}, "telemetry")
-            t.contact = True
+                out.rejections.append(self._rejection(env, reasons[0][0], "; ".join(d for _, d in reasons), device,
+                                                      {"ts": ts_out, "values": bad}, "telemetry"))
+        return out
 
     def _attributes(self, env: Envelope, doc: Any, t: _Touch, reject: Any) -> None:
         if not isinstance(doc, dict) or not doc:
@@ -677,7 +754,8 @@ class IotService:
         t.contact = True
 
     async def _gateway(self, conn: AsyncConnection, env: Envelope, doc: Any, gateway: Device,
-                       known: dict[str, Device], touch: Any, state: _Batch, reject: Any) -> None:
+                       known: dict[str, Device], touch: Any, state: _Batch, reject: Any, index: int,
+                       checked: dict[Any, _Checked]) -> None:
         if env.kind in ("gateway/connect", "gateway/disconnect"):
             name = doc.get("device") if isinstance(doc, dict) else None
             if not isinstance(name, str) or not NAME_PATTERN.match(name):
@@ -703,15 +781,16 @@ class IotService:
             return
         for name, body in doc.items():
             child = known.get(name)
-            sub = Envelope(name, env.kind.removeprefix("gateway/"), orjson.dumps(body), env.source, env.topic,
-                           env.received_at)
+            sub = _child_envelope(env, name, body)
             if child is None:
                 reject(sub, "unknown_device", f"device {name!r} is not registered", name if isinstance(name, str)
-                       and NAME_PATTERN.match(name) else None)
+                       and NAME_PATTERN.match(name) else None, body)
             elif child.status == "disabled":
-                reject(sub, "device_disabled", f"device {name!r} is disabled", name)
+                reject(sub, "device_disabled", f"device {name!r} is disabled", name, body)
             elif sub.kind == "telemetry":
-                self._telemetry(sub, body, touch(child), state, reject)
+                early = checked.get((index, name))
+                self._telemetry(sub, body, touch(child), state,
+                                early if early is not None and early.profile_id == child.profile_id else None)
             else:
                 self._attributes(sub, body, touch(child), reject)
 
@@ -734,9 +813,8 @@ class IotService:
         readings: list[Reading] = []
         newest = as_utc(d.last_seen) if d.last_seen is not None else None
         battery_reading: tuple[datetime, float] | None = None
-        iri = self._iri
-        for spec, value, ts in sorted(t.readings, key=lambda r: r[2]):
-            readings.append(Reading(iri(spec.attr), value, ts, spec.unit_code))
+        for spec, value, ts, reading in sorted(t.readings, key=_by_time):
+            readings.append(reading)
             if newest is None or ts >= newest:
                 if spec.attr == "batteryLevel" and _num(value):
                     battery_reading = (ts, float(value))
@@ -754,7 +832,7 @@ class IotService:
                 device_static[self._iri("deviceState")] = [{"type": "Property", "value": "active"}]
             if newest is not None and (d.last_seen is None or newest > as_utc(d.last_seen)):
                 d.last_seen = newest
-                every = timedelta(seconds=profile.interval_seconds)
+                every = timedelta(seconds=max(profile.interval_seconds, self.settings.reported_every_seconds))
                 stale = d.reported_at is None or now - as_utc(d.reported_at) >= every
                 if stale or device_static:
                     d.reported_at = now
@@ -819,9 +897,13 @@ class IotService:
     # ------------------------------------------------------------------ dead letters
 
     async def list_dead_letters(self, *, status: str | None = "pending", device: str | None = None,
-                                reason: str | None = None, limit: int = 100,
-                                offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+                                reason: str | None = None, limit: int = 100, offset: int = 0,
+                                department: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """`department`: only letters of that department's devices (letters of no known device are tenant-wide)."""
         conds = [dead_letters.c.tenant == self.tenant]
+        if department is not None:
+            conds.append(dead_letters.c.device.in_(select(devices.c.name).where(
+                devices.c.tenant == self.tenant, devices.c.department == department)))
         if status:
             conds.append(dead_letters.c.status == status)
         if device:
@@ -890,10 +972,14 @@ class IotService:
                                                        if d.last_contact else None})
         return went
 
-    async def health_summary(self) -> dict[str, Any]:
+    async def health_summary(self, department: str | None = None) -> dict[str, Any]:
+        """Device counts by status, offline devices per district, low batteries: of one department, or all."""
+        scope = [devices.c.tenant == self.tenant]
+        if department is not None:
+            scope.append(devices.c.department == department)
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(devices.c.status, devices.c.district, func.count())
-                                      .where(devices.c.tenant == self.tenant)
+                                      .where(*scope)
                                       .group_by(devices.c.status, devices.c.district))
             by_status: dict[str, int] = {}
             offline: dict[str, int] = {}
@@ -904,7 +990,7 @@ class IotService:
                 if status == "offline":
                     offline[district or ""] = offline.get(district or "", 0) + int(count)
             low = (await conn.execute(select(func.count()).select_from(devices).where(
-                devices.c.tenant == self.tenant, devices.c.battery <= BATTERY_ALARM_PERCENT))).scalar_one()
+                *scope, devices.c.battery <= BATTERY_ALARM_PERCENT))).scalar_one()
         return {"devices": total, "byStatus": by_status, "offlineByDistrict": offline, "lowBattery": int(low)}
 
     async def offline_by_district(self) -> dict[str, int]:
@@ -985,11 +1071,36 @@ async def _update_devices_pg(conn: AsyncConnection, tenant: str, updates: list[d
         [u["updated_at"] for u in updates])
 
 
+def _child_envelope(gateway: Envelope, device: Any, body: Any) -> Envelope:
+    """One device's part of a gateway message. A telemetry part keeps no bytes of its own (serialising
+    every part cost more than validating it): a dead letter of it is written from the parsed body."""
+    kind = gateway.kind.removeprefix("gateway/")
+    payload = b"" if kind == "telemetry" else orjson.dumps(body)
+    return Envelope(device, kind, payload, gateway.source, gateway.topic, gateway.received_at)
+
+
+_Valid = tuple[KeySpec, Any, datetime, Reading]  # a reading that passed its profile: (spec, value, ts, hub reading)
+
+
+def _by_time(valid: _Valid) -> datetime:
+    return valid[2]
+
+
+@dataclass
+class _Checked:
+    """One telemetry message validated against a profile (possibly before the batch's locks were taken)."""
+
+    profile_id: str
+    readings: list[_Valid] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    contact: bool = True
+
+
 @dataclass
 class _Touch:
     device: Device
     profile: Profile
-    readings: list[tuple[KeySpec, Any, datetime]] = field(default_factory=list)
+    readings: list[_Valid] = field(default_factory=list)
     attributes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     contact: bool = False
     created: bool = False

@@ -216,8 +216,10 @@ class _QuietServer:
             def capture_signals(self) -> Iterator[None]:
                 yield
 
+        # A request still open at Ctrl-C (a browser tab, a long provisioning call) gets 10 s, then the
+        # server stops anyway: the demo must always stop when asked.
         self.server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                            lifespan="on"))
+                                            lifespan="on", timeout_graceful_shutdown=10))
         self.task: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
@@ -265,7 +267,7 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
         client = PlatformClient(api)
         try:
             async with _QuietServer(app, demo_options.host, api_port).running():
-                broker.plugin.service = app.state.iot
+                broker.attach(app.state.iot)
                 await _authenticate(console, app, client)
                 console.print(f"[bold]CityOS demo[/bold] up in {time.monotonic() - began:.1f} s "
                               f"(database {_redacted(settings.database_url)}, MQTT broker {mqtt_url})")

@@ -220,6 +220,7 @@ class EmbeddedBroker:
         self.host, self.port = host, port
         self._broker: Any = None
         self.plugin: Any = None
+        self._unwatch: Any = None
 
     def config(self) -> dict[str, Any]:
         from cityos.iot import ingest
@@ -239,40 +240,31 @@ class EmbeddedBroker:
             self._broker_cls = ingest.mapping_broker_class()
         else:
             ingest.CityosBrokerPlugin = plugin
-            self._broker_cls = _mapping_broker(plugin, ingest.map_device_topic)
+            self._broker_cls = ingest.mapping_broker(plugin, ingest.map_device_topic)
         self.plugin = plugin
         return "cityos.iot.ingest.CityosBrokerPlugin"
 
     async def start(self, service: Any) -> None:
         config = self.config()
-        self.plugin.service = service
         self._broker = self._broker_cls(config)
         await self._broker.start()
+        if service is not None:
+            self.attach(service)
+
+    def attach(self, service: Any) -> None:
+        """Authenticate devices against this IoT service from now on, and follow its token changes."""
+        self.plugin.service = service
+        if self._unwatch is not None:
+            self._unwatch()
+        self._unwatch = self._broker.watch_credentials(service)
 
     async def stop(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
         if self._broker is not None:
             await self._broker.shutdown()
             self._broker = None
-
-
-def _mapping_broker(plugin: Any, map_topic: Any) -> type:
-    """amqtt's Broker rewriting devices' ThingsBoard topics into their platform topics.
-
-    `cityos.iot.ingest.mapping_broker_class()` does the same, but over a plugin class of its own
-    making; this one is bound to the plugin instance amqtt actually loads, so the client → device
-    map it reads is the one the authentication filled.
-    """
-    from amqtt.broker import Broker
-
-    class SimMappingBroker(Broker):
-        async def _broadcast_message(self, session: Any, topic: str | None, data: Any,
-                                     force_qos: int | None = None) -> None:
-            name = plugin.devices.get(session.client_id) if session is not None else None
-            if name is not None and topic is not None:
-                topic = map_topic(topic, name) or topic
-            await super()._broadcast_message(session, topic, data, force_qos)
-
-    return SimMappingBroker
 
 
 def embedded_ingest_worker(service: Any, url: str, client_id: str = "cityos-demo-ingest", batch_max: int = 5) -> Any:
