@@ -29,12 +29,14 @@ def now() -> Iterator[list[datetime]]:
 async def rules(app: Any, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     """The app's RulesService with an empty memory and empty tables (a fresh start per test)."""
     service = app.state.ops_rules
-    # Before the tables are emptied, so nothing stale is written back; under the flush lock, so a
-    # flush already in flight (the background loop) lands before the tables are emptied, not after.
-    async with service._flush_lock:
+    # Memory is dropped before the tables are emptied, so nothing stale is written back. Both locks
+    # are held until the tables are empty: a background tick already in flight (it reads due rows,
+    # applies them, then flushes) must land before the emptying, not write the last test's window
+    # state into this one's tables.
+    async with service._tick_lock, service._flush_lock:
         service.discard()
-    request.getfixturevalue("client")  # empties every table
-    await service.reload()
+        request.getfixturevalue("client")  # empties every table
+        await service.reload()
     yield service
 
 

@@ -105,7 +105,14 @@ def test_demo_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         children = _children(proc.pid)
         began = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # the demo prints every thread's and task's stack
+            time.sleep(3)
+            proc.kill()
+            pytest.fail("the demo did not stop within 30 s of SIGINT; its output and stacks:\n"
+                        + proc.communicate()[0])
         assert proc.returncode == 0, out
         assert time.monotonic() - began < 30
         assert "CityOS demo stopped" in out

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import io
 import logging
 import os
 import secrets
 import signal
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,16 +112,35 @@ async def _show(console: Console, runner: Runner, client: PlatformClient, progre
 
 @contextlib.contextmanager
 def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set `stop`: shutdown is an orderly walk back, not a KeyboardInterrupt mid-write."""
+    """SIGINT and SIGTERM set `stop`: shutdown is an orderly walk back, not a KeyboardInterrupt mid-write.
+
+    SIGUSR1 prints what every thread and task is doing, for a demo that seems stuck.
+    """
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _print_stacks)
     try:
         yield
     finally:
-        for sig in signals:
+        for sig in (*signals, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+
+
+def _print_stacks() -> None:
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
+async def _within(seconds: float, what: str, step: Awaitable[Any]) -> None:
+    """One shutdown step, given at most `seconds`: Ctrl-C must stop the demo even when a part hangs."""
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        log.warning("%s did not stop within %.0f s; stopping the rest anyway", what, seconds)
 
 
 def _mqtt_address(url: str) -> tuple[str, int]:
@@ -160,7 +181,7 @@ async def _run_simulator(console: Console, options: SimOptions, client: Platform
         log.info("stopping the simulator")
         await transport.drain(within=2.0)
         await transport.close()
-        await shown
+        await _within(12, "the live view", shown)
         log.info("simulator stopped")
     return runner
 
@@ -234,8 +255,9 @@ class _QuietServer:
             yield
         finally:
             self.server.should_exit = True
+            # Open requests get 10 s (above); the app's own shutdown (workers, engines) gets the rest.
             with contextlib.suppress(asyncio.CancelledError, SystemExit):
-                await self.task
+                await _within(15, "the API server", self.task)
 
 
 async def demo(options: SimOptions, demo_options: DemoOptions, console: Console | None = None) -> int:
@@ -288,14 +310,14 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
                                              duration=demo_options.duration)
                 finally:
                     # Before the app's lifespan ends: the worker commits through the app's engine.
-                    await worker.stop()
+                    await _within(5, "the ingest worker", worker.stop())
                     # uvicorn waits for open keep-alive connections before it stops: close ours first.
                     await client.close()
                     log.info("ingest worker stopped; stopping the API")
         finally:
             log.info("API stopped; stopping the broker")
             await client.close()
-            await broker.stop()
+            await _within(5, "the MQTT broker", broker.stop())
             log.info("broker stopped")
     console.print("CityOS demo stopped")
     return 0

@@ -233,11 +233,21 @@ class MqttTransport:
         while self.pending() and time.monotonic() < deadline:  # noqa: ASYNC110 (polling a few queues is simplest)
             await asyncio.sleep(0.05)
 
-    async def close(self) -> None:
-        for task in self._tasks:
+    async def close(self, within: float = 5.0) -> None:
+        """Disconnect every connection, waiting at most `within` seconds.
+
+        aiomqtt's disconnect waits without a limit for the socket to close, and a broker that has
+        stopped reading never lets the DISCONNECT packet out: a second cancellation ends that wait.
+        """
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        _, stuck = await asyncio.wait(tasks, timeout=within) if tasks else (set(), set())
+        if stuck:
+            log.warning("%d MQTT connections did not disconnect within %.0f s; dropping them", len(stuck), within)
+            for task in stuck:
+                task.cancel()
+            await asyncio.wait(stuck, timeout=1.0)
 
 
 @dataclass
