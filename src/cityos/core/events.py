@@ -8,12 +8,13 @@ breaks the publisher. Cross-process delivery goes through the database outbox, n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from cityos.core.tasks import StepGuard
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class BackgroundPublisher:
         self.bus = bus
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize)
         self._task: asyncio.Task[None] | None = None
+        self._steps = StepGuard("background publisher")
 
     async def put(self, topic: str, payload: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
@@ -72,7 +74,7 @@ class BackgroundPublisher:
         while True:
             topic, payload = await self._queue.get()
             try:
-                await self.bus.publish(topic, payload)
+                await self._steps.step(self.bus.publish(topic, payload))
             finally:
                 self._queue.task_done()
 
@@ -88,7 +90,5 @@ class BackgroundPublisher:
         except TimeoutError:
             log.warning("background publisher closed with %d event(s) unpublished", self._queue.qsize())
         if self._task is not None and self._task.get_loop() is asyncio.get_running_loop():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._steps.stop([self._task])
             self._task = None

@@ -16,12 +16,12 @@ Several processes may run the loop: the offline UPDATE only takes rows that are 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cityos.core.tasks import StepGuard
 from cityos.iot.service import IotService
 
 log = logging.getLogger("cityos.iot.health")
@@ -36,11 +36,13 @@ async def run_once(service: IotService) -> dict[str, Any]:
 def start_health(service: IotService, interval: float | None = None) -> Callable[[], Awaitable[None]]:
     seconds = interval if interval is not None else float(os.environ.get("CITYOS_IOT_HEALTH_SECONDS", "30"))
 
+    steps = StepGuard("device health")
+
     async def loop() -> None:
         while True:
             await asyncio.sleep(seconds)
             try:
-                await run_once(service)
+                await steps.step(run_once(service))
             except asyncio.CancelledError:
                 raise
             except Exception:  # a database hiccup must not end the loop
@@ -49,9 +51,6 @@ def start_health(service: IotService, interval: float | None = None) -> Callable
     task = asyncio.create_task(loop(), name="iot-health") if seconds > 0 else None
 
     async def stop() -> None:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await steps.stop([task])
 
     return stop

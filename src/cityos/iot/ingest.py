@@ -24,7 +24,6 @@ other reason is isolated (one-by-one retry) and dead-lettered with reason `inter
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -43,6 +42,7 @@ from paho.mqtt.properties import Properties
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cityos.core import clock
+from cityos.core.tasks import StepGuard
 from cityos.iot.service import Envelope, IngestReport, IotService
 
 log = logging.getLogger("cityos.iot.ingest")
@@ -162,6 +162,7 @@ class IngestWorker:
         self._inbox: list[_Msg] = []
         self._inbox_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._steps = StepGuard(f"ingest {client_id}")  # a stop never cuts a batch's commit short
         self._connected = asyncio.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                                   manual_ack=True)
@@ -225,11 +226,13 @@ class IngestWorker:
     async def wait_connected(self, seconds: float = 10.0) -> None:
         await asyncio.wait_for(self._connected.wait(), seconds)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def stop(self, within: float = 10.0) -> None:
+        """Stop taking messages; the batch being committed gets `within` seconds to commit and be acknowledged.
+
+        Cancelling a transaction half-way is what stop avoids: on SQLite a connection cancelled inside
+        its transaction can leave the database's write lock held, and every other writer waits for it.
+        """
+        await self._steps.stop([self._task], within)
         # Unacknowledged messages stay in the broker's session and come back on the next start.
         self.client.disconnect()
         self.client.loop_stop()
@@ -259,8 +262,11 @@ class IngestWorker:
         while True:
             batch = await self._collect()
             self.stats.received += len(batch)
-            await asyncio.gather(*(self._commit(part) for part in self._partition(batch)))
-            self._ack(batch)
+            await self._steps.step(self._commit_and_ack(batch))
+
+    async def _commit_and_ack(self, batch: list[_Msg]) -> None:
+        await asyncio.gather(*(self._commit(part) for part in self._partition(batch)))
+        self._ack(batch)
 
     def _partition(self, batch: list[_Msg]) -> list[list[_Msg]]:
         """Split a batch by sender into `committers` parts, committed concurrently: their devices do not

@@ -7,10 +7,10 @@ racing on one application make one step and one harmless 409.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from cityos.core.tasks import StepGuard
 from cityos.services.service import ServiceDesk
 
 log = logging.getLogger(__name__)
@@ -24,11 +24,13 @@ def start_sweeper(desk: ServiceDesk) -> Callable[[], Awaitable[None]]:
             return None
         return noop
 
+    steps = StepGuard("services timer sweep")
+
     async def loop() -> None:
         while True:
             await asyncio.sleep(interval)
             try:
-                moved = await desk.sweep()
+                moved = await steps.step(desk.sweep())
                 if moved:
                     log.info("timer sweep moved %d application(s)", moved)
             except Exception:
@@ -37,8 +39,6 @@ def start_sweeper(desk: ServiceDesk) -> Callable[[], Awaitable[None]]:
     task = asyncio.create_task(loop(), name="services-timer-sweep")
 
     async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await steps.stop([task])
 
     return stop

@@ -136,11 +136,21 @@ def _print_stacks() -> None:
 
 
 async def _within(seconds: float, what: str, step: Awaitable[Any]) -> None:
-    """One shutdown step, given at most `seconds`: Ctrl-C must stop the demo even when a part hangs."""
-    try:
-        await asyncio.wait_for(step, seconds)
-    except TimeoutError:
-        log.warning("%s did not stop within %.0f s; stopping the rest anyway", what, seconds)
+    """One shutdown step, given at most `seconds`: Ctrl-C must stop the demo even when a part hangs.
+
+    A step that overruns is reported with every task's stack (taken before it is cancelled), then
+    cancelled and left behind.
+    """
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done:
+        task.result()
+        return
+    log.warning("%s did not stop within %.0f s; stopping the rest anyway. What every task was doing:",
+                what, seconds)
+    _print_stacks()
+    task.cancel()
+    await asyncio.wait({task}, timeout=2.0)
 
 
 def _mqtt_address(url: str) -> tuple[str, int]:

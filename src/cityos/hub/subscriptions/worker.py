@@ -39,6 +39,7 @@ from cityos.config import async_url
 from cityos.core import clock
 from cityos.core.clock import as_utc_or_none
 from cityos.core.db import create_engine
+from cityos.core.tasks import StepGuard, cancel_and_wait
 from cityos.hub.service import ENTITY_CHANGED
 from cityos.hub.store import EntityQuery, EntityRecord
 from cityos.hub.subscriptions.delivery import DeliveryError, Transport, build_message, transport_for
@@ -109,6 +110,7 @@ class EndpointWorker:
         self.throttle_due: dict[tuple[str, str], float] = {}
         self.throttle_sent: dict[tuple[str, str], float] = {}
         self.task: asyncio.Task[None] | None = None
+        self.steps = StepGuard(f"notifications to {endpoint[:60]}")
 
     @property
     def settings(self) -> NotifySettings:
@@ -118,7 +120,7 @@ class EndpointWorker:
         idle = 0
         while True:
             try:
-                worked = await self.round()
+                worked = await self.steps.step(self.round())
             except asyncio.CancelledError:
                 raise
             except Exception:  # a database hiccup must not kill the endpoint's worker
@@ -369,6 +371,8 @@ class Sender:
         self._lease_until = 0.0  # monotonic time until which our leases are surely valid
         self._dispatch = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._steps = StepGuard("notification dispatcher")
+        self._periodic_steps = StepGuard("periodic notifications")
         # Endpoints another process owns: their commits must not make us rebalance (monotonic expiry).
         self._foreign: dict[str, float] = {}
         # SQLite has one process; on PostgreSQL other processes' commits reach us only through LISTEN.
@@ -413,10 +417,10 @@ class Sender:
 
     async def stop(self) -> None:
         self.service.wake = None
-        tasks = [*self._tasks, *(w.task for w in self.workers.values() if w.task is not None)]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        dispatcher, scheduler = [*self._tasks, None, None][:2]  # None if never started
+        await asyncio.gather(self._steps.stop([dispatcher]), self._periodic_steps.stop([scheduler]),
+                             cancel_and_wait(self._tasks[2:]),
+                             *(w.steps.stop([w.task]) for w in self.workers.values()))
         for worker in self.workers.values():
             await worker.close()
         self.workers.clear()
@@ -430,7 +434,7 @@ class Sender:
     async def _dispatcher(self) -> None:
         while True:
             try:
-                await self._rebalance()
+                await self._steps.step(self._rebalance())
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -484,9 +488,7 @@ class Sender:
 
     async def _stop_worker(self, endpoint: str) -> None:
         worker = self.workers.pop(endpoint)
-        if worker.task is not None:
-            worker.task.cancel()
-            await asyncio.gather(worker.task, return_exceptions=True)
+        await worker.steps.stop([worker.task])
         await worker.close()
 
     # ------------------------------------------------------------------ PostgreSQL NOTIFY
@@ -525,7 +527,7 @@ class Sender:
     async def _scheduler(self) -> None:
         while True:
             try:
-                await self._run_periodic()
+                await self._periodic_steps.step(self._run_periodic())
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -17,7 +17,6 @@ How rows go:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -34,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from cityos.core import clock
+from cityos.core.tasks import StepGuard
 from cityos.hub.models import attribute_history
 from cityos.hub.partitions import ensure_history_partitions
 from cityos.hub.temporal.models import ALL_TYPES, history_retention
@@ -276,11 +276,13 @@ def start_retention(app: FastAPI) -> Callable[[], Awaitable[None]]:
     if interval <= 0:
         return stop_nothing
 
+    steps = StepGuard("history retention")
+
     async def loop() -> None:
         await asyncio.sleep(min(interval, FIRST_RUN_DELAY))
         while True:
             try:
-                await run_once(app.state.engine)
+                await steps.step(run_once(app.state.engine))
             except Exception:  # a failed purge must not stop the next one
                 log.exception("history retention failed")
             await asyncio.sleep(interval)
@@ -288,8 +290,6 @@ def start_retention(app: FastAPI) -> Callable[[], Awaitable[None]]:
     task = asyncio.create_task(loop(), name="cityos-history-retention")
 
     async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await steps.stop([task])
 
     return stop

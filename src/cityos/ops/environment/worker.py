@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from cityos.core import clock
 from cityos.core.errors import ResourceNotFound
 from cityos.core.events import Event
+from cityos.core.tasks import StepGuard
 from cityos.hub.service import Change
 from cityos.ops.environment.service import AIR, HOUR, EnvironmentService
 
@@ -58,6 +59,7 @@ class EnvironmentWorker:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._steps = StepGuard("environment indices")
 
     # ------------------------------------------------------------------ intake (on the publisher's path: cheap)
 
@@ -169,17 +171,14 @@ class EnvironmentWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
             self._wake.clear()
-            await self._work()
+            await self._steps.step(self._work())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="cityos-environment")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._steps.stop([self._task])
+        self._task = None
 
     def reset(self) -> None:
         """Forget the throttle state (tests that reuse station ids with a moved clock)."""

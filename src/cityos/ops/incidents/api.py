@@ -35,7 +35,7 @@ from cityos.core import clock
 from cityos.core.errors import BadRequestData
 from cityos.ops.incidents.listeners import Listeners
 from cityos.ops.incidents.models import STATUSES, ActionIn, ConfirmIn, IncidentIn, MergeIn, PolicyIn, incidents
-from cityos.ops.incidents.scheduled import start_loops, stop_loops
+from cityos.ops.incidents.scheduled import start_loops
 from cityos.ops.incidents.service import IncidentService, NewIncident, Plan, parse_id
 from cityos.security.api import current_principal, enforce, request_tenant, require
 from cityos.security.audit import AuditEvent
@@ -278,11 +278,11 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
         await listeners.reconcile()
     except Exception:
         log.exception("reconciling incidents from Alert entities failed")
-    tasks = start_loops(service)
+    stop_loops = start_loops(service)
 
     async def stop() -> None:
         listeners.close()
-        await stop_loops(tasks)
+        await stop_loops()
         service.close()
 
     return stop

@@ -29,6 +29,7 @@ from cityos.config import env_float, env_int
 from cityos.core import clock
 from cityos.core.clock import as_utc, as_utc_or_none, iso
 from cityos.core.errors import BadRequestData, ResourceNotFound
+from cityos.core.tasks import StepGuard
 from cityos.security.crypto import KeyRing
 from cityos.security.models import users
 from cityos.security.policy import Role
@@ -85,6 +86,7 @@ class Notifier:
         self._run_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._steps = StepGuard("notification outbox")
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -335,11 +337,8 @@ class Notifier:
             self._task = asyncio.create_task(self._loop(), name="cityos-notify-outbox")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._steps.stop([self._task])
+        self._task = None
 
     async def _loop(self) -> None:
         while True:
@@ -347,7 +346,7 @@ class Notifier:
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
             self._wake.clear()
             try:
-                await self.run_once()
+                await self._steps.step(self.run_once())
             except asyncio.CancelledError:
                 raise
             except Exception:  # a database hiccup: try again on the next tick

@@ -1,0 +1,57 @@
+"""Background loops that stop between steps, never in the middle of one.
+
+Cancelling a task that is inside a database transaction is not safe on every driver: on SQLite a
+connection cancelled mid-statement can keep the database's write lock until the statement ends
+and the pool gets round to closing it, and every other writer waits on the busy timeout meanwhile.
+A loop runs each unit of work through `StepGuard.step`, which shields it; stopping the loop
+cancels only the waiting between steps, then gives the step in flight time to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
+
+log = logging.getLogger("cityos.tasks")
+
+T = TypeVar("T")
+
+
+class StepGuard:
+    """Shields a loop's steps from the loop's cancellation and waits for the last one at stop."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._current: asyncio.Future[Any] | None = None
+
+    async def step(self, work: Awaitable[T]) -> T:
+        future = asyncio.ensure_future(work)
+        self._current = future
+        return await asyncio.shield(future)
+
+    async def stop(self, tasks: Iterable[asyncio.Future[Any] | None], within: float = 10.0) -> None:
+        """Cancel the loop's tasks, then give the step in flight `within` seconds before cancelling it too."""
+        await cancel_and_wait(tasks)
+        current = self._current
+        if current is None or current.done():
+            return
+        _, late = await asyncio.wait({current}, timeout=within)
+        if late:
+            log.warning("%s: the step in flight did not finish within %.0f s; cancelling it", self.name, within)
+            current.cancel()
+            await asyncio.wait({current}, timeout=2.0)
+        elif not current.cancelled() and current.exception() is not None:
+            log.warning("%s: the last step failed while stopping: %r", self.name, current.exception())
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
+    """Cancel tasks and wait until each has ended (their own errors are theirs: not raised here)."""
+    pending = [t for t in tasks if t is not None]
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
