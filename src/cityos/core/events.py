@@ -59,22 +59,25 @@ class BackgroundPublisher:
 
     def __init__(self, bus: EventBus, maxsize: int = 10_000) -> None:
         self.bus = bus
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize)
+        self._queue: asyncio.Queue[tuple[str, dict[str, Any], Callable[[], None] | None]] = asyncio.Queue(maxsize)
         self._task: asyncio.Task[None] | None = None
         self._steps = StepGuard("background publisher")
 
-    async def put(self, topic: str, payload: dict[str, Any]) -> None:
+    async def put(self, topic: str, payload: dict[str, Any], published: Callable[[], None] | None = None) -> None:
+        """Queue an event; `published` is called once every handler has had it (an outbox's delete)."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._queue = asyncio.Queue(self._queue.maxsize)  # a queue belongs to the loop that first uses it
             self._task = asyncio.create_task(self._run(), name="cityos-background-publisher")
-        await self._queue.put((topic, payload))
+        await self._queue.put((topic, payload, published))
 
     async def _run(self) -> None:
         while True:
-            topic, payload = await self._queue.get()
+            topic, payload, published = await self._queue.get()
             try:
                 await self._steps.step(self.bus.publish(topic, payload))
+                if published is not None:
+                    published()
             finally:
                 self._queue.task_done()
 

@@ -30,7 +30,8 @@ log = logging.getLogger("cityos.iot.health")
 async def run_once(service: IotService) -> dict[str, Any]:
     went = await service.mark_offline()
     expired = await service.expire_rpcs()
-    return {"offline": [d.id for d in went], "rpcTimedOut": expired}
+    recovered = await service.outbox.recover()
+    return {"offline": [d.id for d in went], "rpcTimedOut": expired, "eventsRecovered": recovered}
 
 
 def start_health(service: IotService, interval: float | None = None) -> Callable[[], Awaitable[None]]:

@@ -103,7 +103,22 @@ rpc_requests = Table(
     Index("ix_iot_rpc_open", "status", "expires_at"),
 )
 
+# Device events (online, offline, low battery, spike, frozen) written in the transaction that caused
+# them and deleted once published on the event bus: a process that dies between its commit and the
+# publication leaves the row, and another round publishes it (at least once; handlers are idempotent).
+event_outbox = Table(
+    "iot_event_outbox",
+    metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("tenant", String(256), nullable=False),
+    Column("topic", String(64), nullable=False),
+    Column("payload", JsonDoc, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Index("ix_iot_event_outbox_created", "created_at"),
+)
+
 TABLES = (devices, dead_letters, rpc_requests)
+OUTBOX_TABLES = (event_outbox,)
 
 # ---------------------------------------------------------------------- profiles
 

@@ -63,6 +63,7 @@ from cityos.iot.models import (
     load_profiles,
     rpc_requests,
 )
+from cityos.iot.outbox import EventOutbox
 from cityos.iot.units import UNIT_SEPARATOR, UnitError, to_canonical
 
 log = logging.getLogger("cityos.iot")
@@ -91,6 +92,8 @@ class IotSettings:
     # rewriting it on every report doubled the entity writes of ingestion. The registry's last_seen,
     # which health uses, is exact.
     reported_every_seconds: int = field(default_factory=lambda: env_int("CITYOS_IOT_REPORTED_SECONDS", 300))
+    # Device events still in the outbox after this long were left by a process that died: republished.
+    event_redeliver_seconds: int = field(default_factory=lambda: env_int("CITYOS_IOT_EVENT_REDELIVER_SECONDS", 60))
 
 
 def new_token() -> str:
@@ -218,6 +221,7 @@ class _Batch:
 
     rejections: list[Rejection] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    outbox_ids: list[int] = field(default_factory=list)  # the events' rows in the outbox
     readings: int = 0
     per_envelope: list[tuple[int, int]] = field(default_factory=list)
 
@@ -235,6 +239,8 @@ class IotService:
         self.expand = expand
         self.tenant = tenant
         self.settings = settings or IotSettings()
+        self.outbox = EventOutbox(engine, bus, self.events, tenant, hub.store.write,
+                                  self.settings.event_redeliver_seconds)
         self.profiles: dict[str, Profile] = load_profiles()
         self._postgres = engine.dialect.name == "postgresql"
         self._type_iri: dict[str, str] = {}
@@ -520,8 +526,8 @@ class IotService:
         report.rejections = state.rejections
         report.dead_letters = len(state.rejections)
         report.per_envelope = state.per_envelope
-        for topic, payload in state.events:  # off the ingest path: the broker is waiting for our acks
-            await self.events.put(topic, payload)
+        # Off the ingest path (the broker is waiting for our acks); the outbox has them if we die first.
+        await self.outbox.publish(state.outbox_ids, state.events)
         return report
 
     def _check_early(self, parsed: list[tuple[Envelope, Any]]) -> dict[Any, _Checked]:
@@ -656,6 +662,7 @@ class IotService:
         if replayed:
             await conn.execute(update(dead_letters).where(dead_letters.c.id.in_(replayed))
                                .values(status="replayed", replayed_at=now))
+        state.outbox_ids = await self.outbox.record(conn, state.events)
         return items
 
     def _rejection(self, env: Envelope, reason: str, detail: str, device: str | None, payload: Any = None,
@@ -948,7 +955,7 @@ class IotService:
         """Devices silent for more than offline_intervals x their profile interval become offline."""
         now = clock.now()
         went: list[Device] = []
-        async with self.engine.begin() as conn:
+        async with self.hub.store.write() as conn:
             for profile in self.profiles.values():
                 cutoff = now - timedelta(seconds=profile.interval_seconds * self.settings.offline_intervals)
                 stmt = select(devices).where(devices.c.tenant == self.tenant, devices.c.status == "active",
@@ -961,6 +968,9 @@ class IotService:
                                                              devices.c.id.in_([d.id for d in rows]))
                                        .values(status="offline", updated_at=now))
                 went.extend(rows)
+            events = [(TOPIC_OFFLINE, {**self._event(d), "lastSeen": clock.iso(as_utc(d.last_contact))
+                                       if d.last_contact else None}) for d in went]
+            outbox_ids = await self.outbox.record(conn, events)
         if went:
             items = [ObservedEntity(d.id, self._iri("Device"), [],
                                     {self._iri("deviceState"): [{"type": "Property", "value": "offline"}]})
@@ -968,8 +978,7 @@ class IotService:
             await upsert_observations(self.hub, self.tenant, items)
             for d in went:
                 d.status = "offline"
-                await self.bus.publish(TOPIC_OFFLINE, {**self._event(d), "lastSeen": clock.iso(as_utc(d.last_contact))
-                                                       if d.last_contact else None})
+            await self.outbox.publish_now(outbox_ids, events)
         return went
 
     async def health_summary(self, department: str | None = None) -> dict[str, Any]:
