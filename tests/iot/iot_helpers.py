@@ -20,3 +20,14 @@ async def history_count(app: Any, entity_id: str, attr_suffix: str | None = None
 
 def ms(dt: Any) -> int:
     return int(dt.timestamp() * 1000)
+
+
+def recorder(app: Any, topic: str) -> list[dict[str, Any]]:
+    """Every payload published on `topic` from now on."""
+    seen: list[dict[str, Any]] = []
+
+    async def handler(event: Any) -> None:
+        seen.append(event.payload)
+
+    app.state.bus.subscribe(topic, handler)
+    return seen

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from iot_helpers import recorder
 from sqlalchemy import func, select
 
 from cityos.iot import health
@@ -13,16 +14,6 @@ from cityos.iot.models import event_outbox
 
 AQ = {"name": "aq-out", "profile": "air-quality", "lon": 110.3, "lat": 20.0, "district": "Meilan",
       "department": "EPB"}
-
-
-def recorder(app: Any, topic: str) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-
-    async def handler(event: Any) -> None:
-        seen.append(event.payload)
-
-    app.state.bus.subscribe(topic, handler)
-    return seen
 
 
 async def outbox_rows(app: Any) -> int:

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
-from iot_helpers import ms
+from iot_helpers import ms, recorder
 
 from cityos.iot import health
 from cityos.iot.service import Envelope
@@ -19,16 +19,6 @@ async def telemetry(client: Any, app: Any, token: str, payload: dict[str, Any]) 
     response = await client.post(f"/api/v1/{token}/telemetry", json=payload)
     await app.state.iot.events.drain()
     return response
-
-
-def recorder(app: Any, topic: str) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-
-    async def handler(event: Any) -> None:
-        seen.append(event.payload)
-
-    app.state.bus.subscribe(topic, handler)
-    return seen
 
 
 async def test_offline_after_missed_intervals_and_back_online(client: Any, app: Any, fixed_clock: Any) -> None:
