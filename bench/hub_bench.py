@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import math
 import os
@@ -44,7 +43,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -59,7 +57,7 @@ from urllib.parse import quote
 
 import orjson
 from bench_auth import bearer
-from bench_server import launch, stop_server
+from bench_server import CpuMeter, RawHttp, free_port, launch, stop_server
 
 T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,87 +179,9 @@ def q_cases(rng: random.Random, n: int) -> list[QCase]:
 # ------------------------------------------------------------------------------------ HTTP clients
 
 
-class RawHttp:
-    """A minimal HTTP/1.1 keep-alive client: one connection, one request at a time.
-
-    Per request it costs a small fraction of httpx's CPU, which matters on a 2-core machine where
-    the client shares the CPU with the server and the database (see --client httpx to compare).
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self._host_header = f"Host: {host}:{port}\r\nAuthorization: {AUTH['Authorization']}\r\n".encode()
-
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
-        return self.reader, self.writer
-
-    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        reused = self.writer is not None
-        try:
-            return await self._request(method, path, body)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            # The server may close an idle keep-alive connection (uvicorn: after 5 s); retry once on a
-            # fresh one, as any HTTP client does, but only if nothing at all came back.
-            if not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
-                raise
-            return await self._request(method, path, body)
-
-    async def _request(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
-        if self.reader is None or self.writer is None:
-            reader, writer = await self._open()
-        else:
-            reader, writer = self.reader, self.writer
-        head = [f"{method} {path} HTTP/1.1\r\n".encode(), self._host_header]
-        if body is not None:
-            head.append(b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body))
-        head.append(b"\r\n")
-        try:
-            writer.write(b"".join(head))
-            if body is not None:
-                writer.write(body)
-            await writer.drain()
-            raw = await reader.readuntil(b"\r\n\r\n")
-            status = int(raw[9:12])
-            length, chunked, close = 0, False, False
-            for line in raw.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                    chunked = True
-                elif name == b"connection" and b"close" in value.lower():
-                    close = True
-            if chunked:
-                parts = []
-                while True:
-                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                    data = await reader.readexactly(size + 2)
-                    if size == 0:
-                        break
-                    parts.append(data[:-2])
-                payload = b"".join(parts)
-            else:
-                payload = await reader.readexactly(length) if length else b""
-        except BaseException:
-            await self.close()
-            raise
-        if close:
-            await self.close()
-        return status, payload
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
-        self.reader = self.writer = None
-
-
 class HttpxSession:
+    """httpx instead of bench_server.RawHttp (--client httpx), to compare the client's CPU."""
+
     def __init__(self, client: Any) -> None:
         self.client = client
 
@@ -275,7 +195,11 @@ class HttpxSession:
 
 
 class Clients:
-    """Opens `n` sessions of the chosen client kind; each worker of a closed loop owns one."""
+    """Opens `n` sessions of the chosen client kind; each worker of a closed loop owns one.
+
+    "raw" is bench_server.RawHttp: per request a small fraction of httpx's CPU, which matters on a 2-core
+    machine where the client shares the CPU with the server and the database.
+    """
 
     def __init__(self, kind: str, host: str, port: int) -> None:
         self.kind, self.host, self.port = kind, host, port
@@ -283,7 +207,7 @@ class Clients:
 
     async def sessions(self, n: int) -> list[Any]:
         if self.kind == "raw":
-            return [RawHttp(self.host, self.port) for _ in range(n)]
+            return [RawHttp(self.host, self.port, AUTH) for _ in range(n)]
         import httpx
 
         if self._httpx is None:
@@ -362,90 +286,6 @@ async def closed_loop(sessions: Sequence[Any], op: Op, *, total: int | None = No
     return Run(latencies, len(errors), elapsed, errors[:3])
 
 
-class CpuMeter:
-    """CPU use per phase, in cores: this client, the server (and its children), the PostgreSQL
-    processes serving the benchmark database (plus PostgreSQL's shared background processes), and
-    everything else on the machine ("other": the whole machine's busy time minus those three, so
-    it also counts processes that came and went, e.g. other people's test runs)."""
-
-    def __init__(self, server_pid: int | None, database: str | None) -> None:
-        self.server_pid = server_pid
-        self.database = database
-        self.tick = os.sysconf("SC_CLK_TCK")
-
-    def _classify(self, pid: int, comm: str, ppid: int, server: set[int]) -> str | None:
-        if pid == os.getpid():
-            return "client"
-        if pid in server:
-            return "server"
-        if comm != "postgres":
-            return None
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            return None
-        backend = any(word in title for word in (" idle", " SELECT", " INSERT", " UPDATE", " DELETE", " COPY",
-                                                   " BEGIN", " COMMIT", " VACUUM", " ANALYZE", "127.0.0.1",
-                                                   "[local]", "autovacuum worker"))
-        if not backend:
-            return "postgres"  # checkpointer, walwriter, background writer, ...: shared, counted as ours
-        return "postgres" if self.database and self.database in title else None
-
-    def snapshot(self) -> dict[str, Any]:
-        procs: dict[int, tuple[int, str, float]] = {}
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                raw = Path(f"/proc/{name}/stat").read_text()
-            except OSError:
-                continue
-            comm = raw[raw.index("(") + 1:raw.rindex(")")]
-            fields = raw[raw.rindex(")") + 2:].split()
-            procs[int(name)] = (int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / self.tick)
-        server: set[int] = set()
-        if self.server_pid is not None:
-            server.add(self.server_pid)
-            grew = True
-            while grew:
-                grew = False
-                for pid, (ppid, _comm, _cpu) in procs.items():
-                    if ppid in server and pid not in server:
-                        server.add(pid)
-                        grew = True
-        ours: dict[int, tuple[str, float]] = {}
-        for pid, (ppid, comm, cpu) in procs.items():
-            kind = self._classify(pid, comm, ppid, server)
-            if kind is not None:
-                ours[pid] = (kind, cpu)
-        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        busy = (sum(ticks) - ticks[3] - ticks[4]) / self.tick
-        return {"procs": ours, "busy": busy, "t": time.perf_counter()}
-
-    @staticmethod
-    def cores(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
-        wall = after["t"] - before["t"]
-        used = {"client": 0.0, "server": 0.0, "postgres": 0.0}
-        for pid, (kind, cpu) in after["procs"].items():
-            previous = before["procs"].get(pid)
-            used[kind] += cpu - (previous[1] if previous and previous[0] == kind else 0.0)
-        busy = after["busy"] - before["busy"]
-        out = {k: round(v / wall, 2) for k, v in used.items()}
-        out["other"] = round(max(0.0, busy - sum(used.values())) / wall, 2)
-        out["wall_s"] = round(wall, 1)
-        return out
-
-    async def wait_quiet(self, max_wait: float, threshold: float = 0.3) -> float:
-        """Wait (at most max_wait s) until processes other than ours use < threshold cores; return the last level."""
-        deadline = time.perf_counter() + max_wait
-        while True:
-            before = self.snapshot()
-            await asyncio.sleep(1.0)
-            other = self.cores(before, self.snapshot())["other"]
-            if other < threshold or time.perf_counter() >= deadline:
-                return other
-
-
 class Profiler:
     """py-spy record of the server during each measured phase (only with --profile-dir)."""
 
@@ -478,12 +318,6 @@ class Profiler:
 
 
 # ------------------------------------------------------------------------------------ process plumbing
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def admin_sql(admin_url: str, statement: str) -> None:
@@ -1191,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.app_factory)
         log(f"City of {args.entities:,} entities: generating positions")
         bench = Bench(args=args, backend=backend, clients=Clients(args.client, "127.0.0.1", port),
-                      cpu=CpuMeter(proc.pid, None if args.sqlite else name),
+                      cpu=CpuMeter(proc.pid, None if args.sqlite else name, shared_postgres=True),
                       profiler=Profiler(Path(args.profile_dir) if args.profile_dir else None, proc.pid),
                       raw=SqliteRaw(db_path) if args.sqlite else PgRaw(
                           database_url, max(args.patch_concurrency, args.load_concurrency, 8) + 2),

@@ -39,7 +39,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,7 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-from bench_server import launch, stop_server
+from bench_server import CpuMeter, RawHttp, free_port, launch, stop_server
 
 from cityos.app import create_app
 from cityos.config import Settings
@@ -164,12 +163,6 @@ async def raw_insert_baseline(dsn: str, n: int, concurrency: int) -> float:
 # ------------------------------------------------------------------------------------ a real server
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(dsn: str, port: int, workers: int, pool_size: int, log_path: Path) -> subprocess.Popen[bytes]:
     """``cityos serve --workers N`` on the benchmark database (same CITYOS_DATA_DIR as this process, so the
     tokens signed here verify there), API only, no MQTT ingest, no deadline sweeps."""
@@ -178,114 +171,6 @@ def start_server(dsn: str, port: int, workers: int, pool_size: int, log_path: Pa
     command = [sys.executable, "-m", "cityos.cli", "serve", "--port", str(port), "--no-migrate",
                "--log-level", "warning", "--workers", str(workers)]
     return launch(command, env, log_path, port, 120)
-
-
-class RawHttp:
-    """A minimal HTTP/1.1 keep-alive client, one request at a time per connection (as in hub_bench.py): per
-    request a small fraction of httpx's CPU, which matters where client, server and database share 2 cores."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(self, method: str, path: str, headers: dict[str, str],
-                      body: bytes | None = None) -> tuple[int, bytes]:
-        reused = self.writer is not None
-        try:
-            return await self._request(method, path, headers, body)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            # uvicorn closes idle keep-alive connections after 5 s: retry once, only if nothing came back
-            if not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
-                raise
-            return await self._request(method, path, headers, body)
-
-    async def _request(self, method: str, path: str, headers: dict[str, str],
-                       body: bytes | None) -> tuple[int, bytes]:
-        if self.reader is None or self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 20)
-        reader, writer = self.reader, self.writer
-        head = [f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"]
-        head.extend(f"{k}: {v}\r\n" for k, v in headers.items())
-        if body is not None:
-            head.append(f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n")
-        head.append("\r\n")
-        try:
-            writer.write("".join(head).encode() + (body or b""))
-            await writer.drain()
-            raw = await reader.readuntil(b"\r\n\r\n")
-            status = int(raw[9:12])
-            length, close = 0, False
-            for line in raw.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"transfer-encoding":
-                    raise RuntimeError("chunked answers are not expected here")
-                elif name == b"connection" and b"close" in value.lower():
-                    close = True
-            payload = await reader.readexactly(length) if length else b""
-        except BaseException:
-            await self.close()
-            raise
-        if close:
-            await self.close()
-        return status, payload
-
-    async def close(self) -> None:
-        writer, self.reader, self.writer = self.writer, None, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-
-class CpuMeter:
-    """CPU seconds used so far by the server (the process and its children), PostgreSQL's backends of the
-    benchmark database, and this process (as in hub_bench.py, from /proc)."""
-
-    def __init__(self, server_pid: int, database: str) -> None:
-        self.server_pid = server_pid
-        self.database = database
-        self.tick = os.sysconf("SC_CLK_TCK")
-
-    def snapshot(self) -> dict[str, Any]:
-        procs: dict[int, tuple[int, str, float, float]] = {}
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                raw = Path(f"/proc/{name}/stat").read_text()
-            except OSError:
-                continue
-            comm = raw[raw.index("(") + 1:raw.rindex(")")]
-            fields = raw[raw.rindex(")") + 2:].split()
-            # utime + stime, plus cutime + cstime: the CPU of children it has reaped (a worker uvicorn replaced)
-            procs[int(name)] = (int(fields[1]), comm, sum(int(x) for x in fields[11:15]) / self.tick,
-                                (int(fields[12]) + int(fields[14])) / self.tick)
-        server = {self.server_pid}
-        grew = True
-        while grew:
-            grew = False
-            for pid, (ppid, *_rest) in procs.items():
-                if ppid in server and pid not in server:
-                    server.add(pid)
-                    grew = True
-        out: dict[str, Any] = {"server": 0.0, "server_sys": 0.0, "postgres": 0.0, "client": time.process_time(),
-                               "t": time.perf_counter(), "server_pids": frozenset(server)}
-        for pid, (_ppid, comm, cpu, sys_cpu) in procs.items():
-            if pid in server:
-                out["server"] += cpu
-                out["server_sys"] += sys_cpu
-            elif comm == "postgres":
-                try:
-                    title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-                except OSError:
-                    continue
-                if f" {self.database} " in title.replace("\0", " "):
-                    out["postgres"] += cpu
-        return out
 
 
 class InProcess:
@@ -304,16 +189,16 @@ class InProcess:
 
 
 class Served:
-    """A real server over HTTP/1.1 keep-alive connections (one per concurrent caller)."""
+    """A real server over HTTP/1.1 keep-alive connections (bench_server.RawHttp, one per concurrent caller)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.idle: list[RawHttp] = []
 
     async def _call(self, method: str, path: str, headers: dict[str, str], body: bytes | None) -> tuple[int, Any]:
-        conn = self.idle.pop() if self.idle else RawHttp(self.port)
+        conn = self.idle.pop() if self.idle else RawHttp("127.0.0.1", self.port)
         try:
-            status, payload = await conn.request(method, path, headers, body)
+            status, payload = await conn.request(method, path, body, headers)
         except BaseException:
             await conn.close()
             raise
