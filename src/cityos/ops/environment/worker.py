@@ -105,11 +105,11 @@ class EnvironmentWorker:
         return True
 
     def promote(self) -> None:
-        """Queue the deferred stations that are due."""
+        """Queue the deferred stations that are due, the longest waiting first."""
         now = clock.now()
-        for key, due in sorted(self.deferred.items(), key=lambda item: item[1]):
-            if due > now:
-                continue
+        # Only the due ones are sorted: a city's stations are mostly waiting out their interval.
+        ready = sorted(((due, key) for key, due in self.deferred.items() if due <= now))
+        for _, key in ready:
             if key in self.queued:
                 self.deferred.pop(key, None)
             elif not self._enqueue(key):
@@ -156,9 +156,11 @@ class EnvironmentWorker:
     async def _work(self) -> None:
         async with self._lock:
             while True:
-                self.promote()
                 if self.queue.empty():
-                    break
+                    # Once per emptied queue, not per station: promoting walks every deferred station.
+                    self.promote()
+                    if self.queue.empty():
+                        break
                 await self._process(self.queue.get_nowait())
             await self._districts()
 
