@@ -185,6 +185,8 @@ def test_web_cockpit_reading_to_incident_dispatch_resolve(server: Server, browse
             screenshot(browser, "04-incident-resolve-dialog")
         click(browser, ".cityos-action-dialog .cityos-confirm")
         wait_for(lambda status=status: css(browser, f".cityos-status[data-status={status}]"), what=status)
+        # The closed dialog is deleted: the next step must not find (and click) this one's buttons.
+        wait_for(lambda: not css(browser, ".cityos-action-dialog"), what=f"the {action} dialog gone")
     steps = wait_for(lambda: [e.text for e in css(browser, ".cityos-timeline .q-timeline__title")
                               if len(css(browser, ".cityos-timeline .q-timeline__title")) >= 5], what="timeline")
     assert "处置完成 Resolved" in steps[-1] or any("Resolved" in s for s in steps), steps

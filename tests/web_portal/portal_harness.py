@@ -8,35 +8,28 @@ through `POST /auth/users`; TOTP codes are computed with pyotp from the `otpauth
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import pyotp
 import pytest
+
+from web_harness import (
+    bootstrap_admin,
+    free_port,
+    fresh_code,
+    headless_chromium,
+    running_server,
+    server_env,
+    totp_secret,
+)
 
 SCREENS = Path("/tmp/cityos-screens")
 DOCS_SCREENS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 PASSWORD = "Portal-Pass-Word-2025"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def secret_of(uri: str) -> str:
-    return parse_qs(urlsplit(uri).query)["secret"][0]
 
 
 @dataclass
@@ -50,14 +43,8 @@ class Portal:
 
     def code(self, username: str) -> str:
         """A TOTP code of `username` not used yet (the server refuses a time step twice)."""
-        used = self.used.setdefault(username, set())
-        totp = pyotp.TOTP(self.secrets[username] if username != "admin" else self.admin_secret)
-        while True:
-            code = totp.now()
-            if code not in used:
-                used.add(code)
-                return code
-            time.sleep(1.0)
+        secret = self.secrets[username] if username != "admin" else self.admin_secret
+        return fresh_code(secret, self.used.setdefault(username, set()))
 
     def http(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60.0,
@@ -88,79 +75,25 @@ class Portal:
             reply = http.post("/auth/users", json=body)
         assert reply.status_code == 201, reply.text
         if staff:
-            self.secrets[username] = secret_of(reply.json()["otpauth_uri"])
+            self.secrets[username] = totp_secret(reply.json()["otpauth_uri"])
 
 
 @pytest.fixture(scope="module")
 def portal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
     root = tmp_path_factory.mktemp("portal-e2e")
     port = free_port()
-    env = {**os.environ,
-           "CITYOS_DATABASE_URL": f"sqlite:///{root / 'cityos.db'}",
-           "CITYOS_DATA_DIR": str(root / "data"),
-           "CITYOS_PUBLIC_URL": f"http://127.0.0.1:{port}",
-           "CITYOS_INGEST_WORKERS": "0",
-           "CITYOS_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}",
-           "CITYOS_WEB": "1",
-           "CITYOS_ARGON2_TIME_COST": "1",
-           "CITYOS_ARGON2_MEMORY_KIB": "8192",
-           "CITYOS_AUTH_RATE_PER_MINUTE": "1000",
-           "COLUMNS": "500",
-           "NO_COLOR": "1"}
-    for name in ("CITYOS_WEB_STORAGE_SECRET", "CITYOS_IOT_ADMIN_TOKEN"):
-        env.pop(name, None)
-    cli = [sys.executable, "-m", "cityos.cli"]
-    subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=300)
-    made = subprocess.run([*cli, "user", "add", "admin", "--role", "sys_admin", "--password", PASSWORD, "--totp"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stdout + made.stderr
-    uri = next(word for word in made.stdout.split() if word.startswith("otpauth://"))
+    env = server_env(root, port)
+    admin_secret = bootstrap_admin(env, PASSWORD, upgrade_timeout=300, add_timeout=300)
     log = root / "server.log"
-    with open(log, "wb") as sink:
-        process = subprocess.Popen([*cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-migrate",
-                                    "--log-level", "warning"], env=env, stdout=sink, stderr=subprocess.STDOUT)
-    portal = Portal(f"http://127.0.0.1:{port}", log, secret_of(uri))
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{portal.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield portal
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    with running_server(env, port, log, start_timeout=180, poll_interval=0.5):
+        yield Portal(f"http://127.0.0.1:{port}", log, admin_secret)
 
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        pytest.skip("the portal's browser test needs /usr/bin/chromium and /usr/bin/chromedriver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1600,1000", "--lang=zh-CN", "--force-device-scale-factor=1"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(90)
-    try:
+    needed = "the portal's browser test needs /usr/bin/chromium and /usr/bin/chromedriver"
+    with headless_chromium(window_size=(1600, 1000), page_load_timeout=90, skip_reason=needed) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 class Browser:

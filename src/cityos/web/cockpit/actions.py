@@ -89,6 +89,9 @@ async def _action_dialog(session: Session, item: dict[str, Any], action: str, la
 
             ui.button("确认 Confirm", on_click=confirm).props("unelevated color=cyan-7 no-caps") \
                 .classes("cityos-confirm")
+    # A fresh dialog per action: once hidden it is deleted, so an operator's long session does not
+    # pile up closed dialogs (and the next action's dialog is the only one on the page).
+    dialog.on("hide", dialog.delete)
     dialog.open()
 
 

@@ -110,13 +110,12 @@ async def portal_bundle(code: str) -> Any:
             if reply.ok and isinstance(reply.body, dict):
                 case_id = str(first(reply.body, "caseId", default=""))
                 apps = [a for a in first(reply.body, "applications", default=[]) or [] if isinstance(a, dict)]
-                with ui.dialog().props("persistent") as dialog, ui.card().classes("p-6 t-receipt"):
-                    ui.label("✓ 提交成功 Submitted").classes("text-2xl text-positive font-bold")
+
+                def case_lines() -> None:
                     ui.label(f"一件事办件号 Case: {case_id}").classes("text-lg case-no")
                     ui.label(f"已分发 {len(apps)} 个部门办件 {len(apps)} applications started").classes("text-grey-8")
-                    ui.button("查看进度 Track", on_click=lambda: ui.navigate.to(f"/portal/bundles/{quote(case_id)}")) \
-                        .props("no-caps").classes("t-track")
-                dialog.open()
+
+                panel.show_submitted(case_lines, f"/portal/bundles/{quote(case_id)}")
                 return
             panel.show_refusal(reply)
 

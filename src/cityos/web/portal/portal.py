@@ -7,6 +7,7 @@ track applications, answer supplement requests, rate, and the e-licence wallet w
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -180,18 +181,26 @@ def _service_card(service: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------- guide
 
 
+async def _single_service(code: str) -> dict[str, Any] | None:
+    """A service's catalogue entry; None (with the page sent elsewhere or told) for a bundle or an unknown code."""
+    guide = await get(f"/api/services/catalogue/{quote(code)}")
+    if isinstance(guide, dict) and first(guide, "bundle", default=False):
+        ui.navigate.to(f"/portal/bundle/{quote(code)}")
+        return None
+    if not isinstance(guide, dict):
+        ui.label("事项不存在 Unknown service").classes("text-negative")
+        return None
+    return guide
+
+
 @ui.page("/portal/service/{code}")
 async def portal_guide(code: str) -> Any:
     session = await common.login()
     if not isinstance(session, Session):
         return session
     with frame(session, "办事指南 Guide", active="/portal/services"):
-        guide = await get(f"/api/services/catalogue/{quote(code)}")
-        if isinstance(guide, dict) and first(guide, "bundle", default=False):
-            ui.navigate.to(f"/portal/bundle/{quote(code)}")
-            return
-        if not isinstance(guide, dict):
-            ui.label("事项不存在 Unknown service").classes("text-negative")
+        guide = await _single_service(code)
+        if guide is None:
             return
         with ui.card().classes("gov-card w-full p-6"):
             with ui.row().classes("items-center gap-3"):
@@ -351,6 +360,14 @@ class SubmissionPanel:
     def materials(self) -> list[Any]:
         return [p.choice for p in self.pickers if p.choice]
 
+    def show_submitted(self, lines: Callable[[], None], track_url: str) -> None:
+        """The receipt dialog after a successful submission: what `lines` shows, and a button to track it."""
+        with ui.dialog().props("persistent") as dialog, ui.card().classes("p-6 t-receipt"):
+            ui.label("✓ 提交成功 Submitted").classes("text-2xl text-positive font-bold")
+            lines()
+            ui.button("查看进度 Track", on_click=lambda: ui.navigate.to(track_url)).props("no-caps").classes("t-track")
+        dialog.open()
+
     def show_refusal(self, reply: Any) -> None:
         """The server's refusal: field errors next to their fields, anything else under the button."""
         leftover = self.form.show_problem(reply.body)
@@ -368,12 +385,8 @@ async def portal_apply(code: str) -> Any:
     if not isinstance(session, Session):
         return session
     with frame(session, "在线申请 Apply", active="/portal/services"):
-        guide = await get(f"/api/services/catalogue/{quote(code)}")
-        if isinstance(guide, dict) and first(guide, "bundle", default=False):
-            ui.navigate.to(f"/portal/bundle/{quote(code)}")
-            return
-        if not isinstance(guide, dict):
-            ui.label("事项不存在 Unknown service").classes("text-negative")
+        guide = await _single_service(code)
+        if guide is None:
             return
         wallet = await _wallet()
         simple = common.elderly()
@@ -397,13 +410,13 @@ async def portal_apply(code: str) -> Any:
             if reply.status == 201 or reply.ok:
                 receipt = first(reply.body, "receipt", "receiptNo", default="")
                 app_id = first(reply.body, "id", "applicationId", default="")
-                with ui.dialog().props("persistent") as dialog, ui.card().classes("p-6 t-receipt"):
-                    ui.label("✓ 提交成功 Submitted").classes("text-2xl text-positive font-bold")
+                body = reply.body
+
+                def receipt_lines() -> None:
                     ui.label(f"受理回执 Receipt: {receipt}").classes("text-lg receipt-no")
-                    status_chip(first(reply.body, "status"))
-                    ui.button("查看进度 Track", on_click=lambda: ui.navigate.to(f"/portal/applications/{app_id}")) \
-                        .props("no-caps").classes("t-track")
-                dialog.open()
+                    status_chip(first(body, "status"))
+
+                panel.show_submitted(receipt_lines, f"/portal/applications/{app_id}")
                 return
             panel.show_refusal(reply)
 
