@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 from mqtt_support import Publisher, forget_session, history_rows, new_prefix
+from sqlalchemy import text
 
 from cityos.app import create_app
 from cityos.config import Settings
@@ -246,3 +248,81 @@ async def test_postgres_restart_loses_nothing(own_postgres: OwnPostgres, own_mos
             assert worker.stats.retries >= 1  # it did see the outage, and got over it by itself
         finally:
             await worker.stop()
+
+
+class IngestProcess:
+    """`cityos serve` as deployed for ingestion (one worker, plain persistent subscription), in its own
+    process group so the test can SIGKILL it and start it again with the same client id (its session)."""
+
+    def __init__(self, database_url: str, broker_url: str, prefix: str, workdir: Path) -> None:
+        self.port = _free_port()
+        self.log = workdir / "ingest.log"
+        self.client_id = f"kill-ingest-{os.getpid()}"
+        self.env = {**os.environ, "CITYOS_DATABASE_URL": database_url, "CITYOS_MQTT_URL": broker_url,
+                    "CITYOS_IOT_TOPIC_PREFIX": prefix, "CITYOS_INGEST_WORKERS": "1", "CITYOS_INGEST_SHARED": "0",
+                    "CITYOS_INGEST_CLIENT_ID": self.client_id, "CITYOS_WEB": "0", "CITYOS_IOT_HEALTH_SECONDS": "0"}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cityos.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", "1", "--no-migrate", "--log-level", "warning"],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)  # no shutdown code runs: as if the host lost power
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+async def test_a_killed_ingest_process_loses_no_acknowledged_reading(client: Any, app: Any, settings: Settings,
+                                                                     own_mosquitto: OwnMosquitto,
+                                                                     tmp_path: Path) -> None:
+    """SIGKILL mid-run, then the same deployment starts again: the broker redelivers what the dead
+    process had not acknowledged, and what it had committed but not yet acknowledged is stored once."""
+    names = await _provision(app, 10)
+    topics = new_prefix()
+    ingest = IngestProcess(settings.database_url, own_mosquitto.url, topics, tmp_path)
+    ingest.start()
+    try:
+        # Its subscription exists once a probe reading is stored; only then may devices publish.
+        base = int(time.time() * 1000) - 3_600_000
+        probe = Publisher(url=own_mosquitto.url)
+        deadline = time.monotonic() + 90
+        while await _wait_rows(app, 1, 1.0) < 1:
+            assert ingest.proc is not None and ingest.proc.poll() is None, ingest.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the ingest process never stored the probe reading"
+            probe.publish(f"{topics}/{names[0]}/telemetry", {"ts": base - 1, "values": {"pm25": 1}})
+        probe.close()
+        total, done = 3000, threading.Event()
+        thread = threading.Thread(target=publish_steadily, args=(own_mosquitto.url, topics, names, total, 400.0, base,
+                                                                done), daemon=True)
+        thread.start()
+        await asyncio.sleep(3)  # about 1,200 readings in: some committed, some in flight
+        stored_before_kill = await _wait_rows(app, 0, 0.1)
+        await asyncio.to_thread(ingest.kill)
+        await asyncio.sleep(1)
+        ingest.start()
+        await asyncio.to_thread(done.wait, 120)
+        rows = await _wait_rows(app, total + 1, 120)
+        assert 0 < stored_before_kill < total + 1  # the kill did land mid-run
+        assert rows == total + 1, f"{rows - 1} of {total} readings stored"  # each once: no loss, no duplicate
+        async with app.state.engine.connect() as conn:
+            counts = (await conn.execute(text(
+                "SELECT count(*) FROM hub_attribute_history WHERE entity_id LIKE :like AND attr LIKE '%/pm25' "
+                "GROUP BY entity_id, ts HAVING count(*) > 1"), {"like": "urn:ngsi-ld:AirQualityObserved:%"}
+            )).all()
+        assert counts == []
+    finally:
+        await asyncio.to_thread(ingest.stop)
+        await asyncio.to_thread(_forget, own_mosquitto.url, f"{ingest.client_id}-0")
