@@ -23,6 +23,7 @@ from typing import Protocol
 
 import orjson
 
+from cityos.core.mqtt import settle_disconnect
 from cityos.sim.city import City, build_city
 from cityos.sim.devices import Deployment, place_devices
 from cityos.sim.faults import FaultConfig, FaultInjector, GatewayOutages, Reading
@@ -200,9 +201,10 @@ class MqttTransport:
 
         while True:
             retry: list[Message] = []
+            client = aiomqtt.Client(self.host, self.port, username=token, identifier=name, keepalive=30,
+                                    max_inflight_messages=self.inflight)
             try:
-                async with aiomqtt.Client(self.host, self.port, username=token, identifier=name, keepalive=30,
-                                          max_inflight_messages=self.inflight) as client:
+                async with client:
                     self.connected.add(name)
                     while True:
                         batch = [await queue.get()]
@@ -221,6 +223,7 @@ class MqttTransport:
                 log.warning("MQTT connection %s: %s; reconnecting", name, exc)
             finally:
                 self.connected.discard(name)
+                settle_disconnect(client)
             # Re-send what may not have been acknowledged: QoS 1 is at-least-once, duplicates are allowed.
             for m in retry:
                 with contextlib.suppress(asyncio.QueueFull):

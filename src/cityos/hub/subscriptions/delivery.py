@@ -17,6 +17,7 @@ import aiomqtt
 import httpx
 import orjson
 
+from cityos.core.mqtt import settle_disconnect
 from cityos.hub.jsonld import CORE_CONTEXT_URL
 from cityos.hub.subscriptions.service import Compiled
 
@@ -126,6 +127,7 @@ class MqttTransport:
         if client is not None:
             with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
                 await asyncio.wait_for(client.__aexit__(None, None, None), 2)
+            settle_disconnect(client)
 
 
 def transport_for(uri: str, timeout: float, connections: int = 8) -> Transport:
