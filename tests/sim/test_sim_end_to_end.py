@@ -37,6 +37,8 @@ async def test_simulated_readings_reach_the_hub(tmp_path: Path, monkeypatch: pyt
     # demo() points the app's settings at its broker through the environment; monkeypatch restores it.
     monkeypatch.setenv("CITYOS_MQTT_URL", "mqtt://127.0.0.1:1")
     monkeypatch.setenv("CITYOS_INGEST_WORKERS", "0")
+    monkeypatch.setenv("CITYOS_COAP_PORT", str(free_port(0, udp=True)))
+    monkeypatch.setenv("CITYOS_COAP_HOST", "127.0.0.1")
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
     options = SimOptions(devices=50, speed=300, seed=7, scenario="demo", start=start, max_per_message=20,
                          faults=FaultConfig.none())

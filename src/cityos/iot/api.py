@@ -37,10 +37,10 @@ from fastapi.responses import Response
 
 from cityos.core.errors import BadRequestData, ProblemError, ResourceNotFound, TooLarge, UnsupportedMediaType
 from cityos.iot.models import DeviceIn, ReplayIn, RpcIn
-from cityos.iot.service import BulkResult, Envelope, IngestReport, IotService, hash_token
+from cityos.iot.service import BulkResult, IotService, hash_token
 from cityos.security.api import client_ip, current_principal, enforce, require, security_of
 from cityos.security.audit import AuditEvent
-from cityos.security.policy import Principal, Resource, Scope, authorize, role_of, scope_for
+from cityos.security.policy import Principal, Resource, Scope, role_of, scope_for
 from cityos.security.service import Forbidden
 
 MAX_INT = 2**53  # ids, limits and offsets beyond this are not ours (and overflow the databases' integers)
@@ -366,36 +366,19 @@ async def mqtt_acl(request: Request) -> Response:
 
 async def _device_post(request: Request, token: str, kind: str) -> Response:
     service = iot_of(request)
-    limit = service.settings.max_payload_bytes
     oversize = False
     try:
-        raw = await _body(request, limit)
+        raw = await _body(request, service.settings.max_payload_bytes)
     except TooLarge:
         oversize, raw = True, b""
-    device = await service.device_by_token(token)
-    name = device.name if device is not None else None
-    topic = f"/api/v1/***/{kind}"
-    if device is None:
-        await service.ingest([Envelope(None, kind, raw, "http", topic, reason="unknown_token",
-                                       detail="unknown or revoked access token")])
-        raise Unauthorized("unknown or revoked access token")
-    if oversize:
-        await service.ingest([Envelope(name, kind, raw, "http", topic, reason="oversize",
-                                       detail=f"more than {limit} bytes")])
-        raise TooLarge(f"the payload is larger than {limit} bytes")
-    assert device is not None
-    principal = Principal.device(device.id, device.tenant, device.department, device.district)
-    if not authorize(principal, "telemetry.write", Resource("device", device.tenant, id=device.id, owner=device.id)):
-        raise Unauthorized("this device may not send telemetry")
-    report: IngestReport = await service.ingest([Envelope(name, kind, raw, "http", topic)])
-    if report.rejections and report.readings == 0:
-        first = report.rejections[0]
-        raise BadRequestData(f"{first.reason}: {first.detail}", rejected=[
-            {"reason": r.reason, "detail": r.detail} for r in report.rejections])
-    body: dict[str, Any] = {"readings": report.readings, "stored": report.stored, "duplicates": report.duplicates}
-    if report.rejections:
-        body["rejected"] = [{"reason": r.reason, "detail": r.detail} for r in report.rejections]
-    return _json(body)
+    call = await service.device_report(token, kind, raw, "http", oversize)
+    if call.outcome == "unauthorized":
+        raise Unauthorized(call.detail)
+    if call.outcome == "oversize":
+        raise TooLarge(call.detail)
+    if call.outcome == "rejected":
+        raise BadRequestData(call.detail, rejected=call.body()["rejected"])
+    return _json(call.body())
 
 
 @device_router.post("/{token}/telemetry")

@@ -533,8 +533,11 @@ async def start_iot(app: Any) -> Callable[[], Awaitable[None]]:
         log.info("started %d ingest worker(s) on %s", count, url)
     app.state.iot_workers = workers
     stop_health = start_health(service)
+    stop_coap = await _start_coap(service)
 
     async def stop() -> None:
+        if stop_coap is not None:
+            await stop_coap()
         await stop_health()
         for worker in workers:
             await worker.stop()
@@ -542,3 +545,17 @@ async def start_iot(app: Any) -> Callable[[], Awaitable[None]]:
         await service.events.close()
 
     return stop
+
+
+async def _start_coap(service: IotService) -> Callable[[], Awaitable[None]] | None:
+    """The CoAP device API when CITYOS_COAP_PORT is set; a port already taken is logged, not fatal."""
+    from cityos.iot.coap import coap_address, start_coap
+
+    address = coap_address()
+    if address is None:
+        return None
+    try:
+        return await start_coap(service, *address)
+    except OSError as exc:
+        log.error("CoAP device API not started on %s:%d: %s", address[0], address[1], exc)
+        return None

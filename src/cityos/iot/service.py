@@ -65,6 +65,7 @@ from cityos.iot.models import (
 )
 from cityos.iot.outbox import EventOutbox
 from cityos.iot.units import UNIT_SEPARATOR, UnitError, to_canonical
+from cityos.security.policy import Principal, Resource, authorize
 
 log = logging.getLogger("cityos.iot")
 
@@ -224,6 +225,29 @@ class _Batch:
     outbox_ids: list[int] = field(default_factory=list)  # the events' rows in the outbox
     readings: int = 0
     per_envelope: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class DeviceCall:
+    """What a device's report over HTTP or CoAP comes to: ok, unauthorized, oversize or rejected."""
+
+    outcome: str
+    detail: str = ""
+    report: IngestReport | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The answer's JSON body when the report was taken (ok), or the rejections' list."""
+        report = self.report
+        if report is None:
+            return {}
+        rejected = [{"reason": r.reason, "detail": r.detail} for r in report.rejections]
+        if self.outcome != "ok":
+            return {"rejected": rejected}
+        body: dict[str, Any] = {"readings": report.readings, "stored": report.stored,
+                                "duplicates": report.duplicates}
+        if rejected:
+            body["rejected"] = rejected
+        return body
 
 
 LAST_PROFILE_CACHE = 500_000  # device names remembered for early validation (a city-size registry)
@@ -469,6 +493,32 @@ class IotService:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(devices).where(devices.c.token_hash == hash_token(token)))).first()
         return Device.from_row(row) if row is not None else None
+
+    async def device_report(self, token: str, kind: str, raw: bytes, source: str,
+                            oversize: bool = False) -> DeviceCall:
+        """A device's own report over a request/response protocol (HTTP, CoAP): authenticate its token,
+        ingest, and say what to answer. What is refused is dead-lettered like an MQTT message."""
+        device = await self.device_by_token(token)
+        name = device.name if device is not None else None
+        topic = f"/api/v1/***/{kind}"
+        limit = self.settings.max_payload_bytes
+        if device is None:
+            await self.ingest([Envelope(None, kind, raw, source, topic, reason="unknown_token",
+                                        detail="unknown or revoked access token")])
+            return DeviceCall("unauthorized", "unknown or revoked access token")
+        if oversize or len(raw) > limit:
+            await self.ingest([Envelope(name, kind, raw[:self.settings.dead_letter_bytes], source, topic,
+                                        reason="oversize", detail=f"more than {limit} bytes")])
+            return DeviceCall("oversize", f"the payload is larger than {limit} bytes")
+        principal = Principal.device(device.id, device.tenant, device.department, device.district)
+        if not authorize(principal, "telemetry.write", Resource("device", device.tenant, id=device.id,
+                                                                owner=device.id)):
+            return DeviceCall("unauthorized", "this device may not send telemetry")
+        report = await self.ingest([Envelope(name, kind, raw, source, topic)])
+        if report.rejections and report.readings == 0:
+            first = report.rejections[0]
+            return DeviceCall("rejected", f"{first.reason}: {first.detail}", report)
+        return DeviceCall("ok", "", report)
 
     # ------------------------------------------------------------------ broker integration
 

@@ -286,6 +286,9 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
     # subscriptions, which amqtt lacks, so the demo starts a 3.1.1 worker of its own (see platform.py).
     os.environ["CITYOS_MQTT_URL"] = mqtt_url
     os.environ["CITYOS_INGEST_WORKERS"] = "0"
+    # NB-IoT devices' CoAP API (ThingsBoard's), on 5683 or another free UDP port.
+    coap_port = int(os.environ.setdefault("CITYOS_COAP_PORT", str(free_port(5683, demo_options.host, udp=True))))
+    os.environ.setdefault("CITYOS_COAP_HOST", demo_options.host)
     os.environ.setdefault("CITYOS_WEB", "1")  # the cockpit and portal
     # The simulated noise stations stand along roads: GB 3096-2008 zone 4a (traffic-side) limits.
     os.environ.setdefault("CITYOS_ENV_NOISE_ZONE", "4a")
@@ -306,6 +309,7 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
                 console.print(f"  API            {api}\n  OpenAPI docs   {api}/docs\n"
                               f"  NGSI-LD        {api}/ngsi-ld/v1/entities?type=AirQualityObserved\n"
                               f"  IoT health     {api}/api/iot/health\n"
+                              f"  CoAP devices   coap://{demo_options.host}:{coap_port}/api/v1/{{token}}/telemetry\n"
                               f"  cockpit        {api}/cockpit\n"
                               "  Ctrl-C stops everything.")
                 counter = _IngestCounter()

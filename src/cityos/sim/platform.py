@@ -199,18 +199,18 @@ class PlatformClient:
 # ---------------------------------------------------------------------- embedded broker
 
 
-def free_port(preferred: int, host: str = "127.0.0.1") -> int:
-    """`preferred` if nothing listens there, else any free port the kernel picks."""
+def free_port(preferred: int, host: str = "127.0.0.1", udp: bool = False) -> int:
+    """`preferred` if nothing listens there, else any free port the kernel picks (TCP, or UDP)."""
     for port in (preferred, 0):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            if sys.platform != "win32":
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
+            if sys.platform != "win32" and not udp:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:
                 continue
             return int(s.getsockname()[1])
-    raise OSError("no free TCP port")
+    raise OSError("no free port")
 
 
 class EmbeddedBroker:
