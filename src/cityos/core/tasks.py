@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 log = logging.getLogger("cityos.tasks")
@@ -38,13 +38,28 @@ class StepGuard:
         current = self._current
         if current is None or current.done():
             return
-        _, late = await asyncio.wait({current}, timeout=within)
-        if late:
-            log.warning("%s: the step in flight did not finish within %.0f s; cancelling it", self.name, within)
-            current.cancel()
-            await asyncio.wait({current}, timeout=2.0)
-        elif not current.cancelled() and current.exception() is not None:
+        finished = await finish_within({current}, within, f"{self.name}: the step in flight")
+        if finished and not current.cancelled() and current.exception() is not None:
             log.warning("%s: the last step failed while stopping: %r", self.name, current.exception())
+
+
+async def finish_within(futures: Collection[asyncio.Future[Any]], within: float, what: str,
+                        before_cancel: Callable[[], None] | None = None) -> bool:
+    """Wait at most `within` seconds for `futures` to end; True if they all did. Those still running
+    are reported (and `before_cancel` called, e.g. to dump stacks while they are stuck), cancelled and
+    given 2 s more: a stop must end even when a part of it hangs."""
+    if not futures:
+        return True
+    _, late = await asyncio.wait(futures, timeout=within)
+    if not late:
+        return True
+    log.warning("%s did not finish within %.0f s; cancelling (%d left)", what, within, len(late))
+    if before_cancel is not None:
+        before_cancel()
+    for future in late:
+        future.cancel()
+    await asyncio.wait(late, timeout=2.0)
+    return False
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:

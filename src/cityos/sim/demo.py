@@ -29,6 +29,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cityos.core.errors import AlreadyExists
+from cityos.core.tasks import finish_within
 from cityos.ops.rules.api import install_default_rules
 from cityos.sim.platform import EmbeddedBroker, PlatformClient, PlatformStats, embedded_ingest_worker, free_port
 from cityos.sim.runner import MqttTransport, Runner, SimOptions, Simulation
@@ -142,15 +143,9 @@ async def _within(seconds: float, what: str, step: Awaitable[Any]) -> None:
     cancelled and left behind.
     """
     task = asyncio.ensure_future(step)
-    done, _ = await asyncio.wait({task}, timeout=seconds)
-    if done:
+    if await finish_within({task}, seconds, f"{what} (stopping the rest anyway; every task's stack follows)",
+                           _print_stacks):
         task.result()
-        return
-    log.warning("%s did not stop within %.0f s; stopping the rest anyway. What every task was doing:",
-                what, seconds)
-    _print_stacks()
-    task.cancel()
-    await asyncio.wait({task}, timeout=2.0)
 
 
 def _mqtt_address(url: str) -> tuple[str, int]:

@@ -24,6 +24,7 @@ from typing import Protocol
 import orjson
 
 from cityos.core.mqtt import settle_disconnect
+from cityos.core.tasks import finish_within
 from cityos.sim.city import City, build_city
 from cityos.sim.devices import Deployment, place_devices
 from cityos.sim.faults import FaultConfig, FaultInjector, GatewayOutages, Reading
@@ -245,12 +246,7 @@ class MqttTransport:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        _, stuck = await asyncio.wait(tasks, timeout=within) if tasks else (set(), set())
-        if stuck:
-            log.warning("%d MQTT connections did not disconnect within %.0f s; dropping them", len(stuck), within)
-            for task in stuck:
-                task.cancel()
-            await asyncio.wait(stuck, timeout=1.0)
+        await finish_within(tasks, within, "the simulator's MQTT connections (disconnecting)")
 
 
 @dataclass
