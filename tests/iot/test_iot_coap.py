@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +13,7 @@ from aiocoap import Code, Context, Message
 from iot_helpers import history_count
 
 from cityos.iot.coap import start_coap
+from cityos.sim.platform import free_port
 
 AQ = {"name": "aq-coap", "profile": "air-quality", "lon": 110.3, "lat": 20.0, "district": "Meilan",
       "department": "EPB"}
@@ -21,16 +21,10 @@ OBS = "urn:ngsi-ld:AirQualityObserved:aq-coap"
 AN_HOUR_AGO = int(time.time() * 1000) - 3_600_000
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def coap(app: Any) -> AsyncIterator[Any]:
     """The app's CoAP device API on a free UDP port, and a client context: `await coap(method, path, payload)`."""
-    port = free_udp_port()
+    port = free_port(0, udp=True)
     stop = await start_coap(app.state.iot, "127.0.0.1", port)
     client = await Context.create_client_context()
 

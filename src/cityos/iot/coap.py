@@ -51,7 +51,7 @@ class DeviceApi(resource.Resource, resource.PathCapable):
 
 
 def _answer(call: DeviceCall) -> Message:
-    body = call.body() if call.outcome in ("ok", "rejected") else {}
+    body = call.body()  # empty when nothing was ingested (unauthorized, oversize)
     if call.detail:
         body["detail"] = call.detail
     return Message(code=_CODES[call.outcome], payload=orjson.dumps(body),
