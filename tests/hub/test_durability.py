@@ -41,8 +41,11 @@ def _start(database_url: str, port: int) -> subprocess.Popen[bytes]:
 
 
 async def test_acknowledged_writes_survive_sigkill(database_url: str) -> None:
+    # The blocking waits on the server process run in a thread: this test shares its event loop (and its
+    # SQLite file) with the session's app, whose background loops must be able to finish a transaction
+    # they have begun; a frozen loop would keep SQLite's write lock from the server being waited for.
     port = _free_port()
-    server = _start(database_url, port)
+    server = await asyncio.to_thread(_start, database_url, port)
     acknowledged: set[str] = set()
     enough = asyncio.Event()
     tenant = {"NGSILD-Tenant": f"kill{port}"}
@@ -63,11 +66,11 @@ async def test_acknowledged_writes_survive_sigkill(database_url: str) -> None:
         tasks = [asyncio.create_task(writer(http, k)) for k in range(4)]
         await asyncio.wait_for(enough.wait(), timeout=120)
         os.kill(server.pid, signal.SIGKILL)
-        server.wait()
+        await asyncio.to_thread(server.wait)
         await asyncio.gather(*tasks)
     assert len(acknowledged) >= 150
 
-    server = _start(database_url, port)
+    server = await asyncio.to_thread(_start, database_url, port)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers) as http:
             stored: set[str] = set()
@@ -85,7 +88,7 @@ async def test_acknowledged_writes_survive_sigkill(database_url: str) -> None:
             assert all(e["pm25"] == 10.0 and e["location"]["type"] == "Point" for e in sample.json())
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        await asyncio.to_thread(server.wait, 10)
 
 
 async def test_concurrent_attribute_updates_lose_nothing(client: httpx.AsyncClient) -> None:
