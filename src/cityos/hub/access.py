@@ -47,6 +47,10 @@ _OUTSIDE = "\x00outside"  # a department that is nobody's
 _NOT_ATTRIBUTES = frozenset({"id", "type", "createdAt", "modifiedAt", "deletedAt", "scope"})
 
 
+def _ownership(resource: Resource) -> tuple[str | None, str | None, str | None]:
+    return resource.department, resource.owner, resource.district
+
+
 def _q_refs(expr: QExpr, expand: Any, out: dict[str, str]) -> None:
     if isinstance(expr, And | Or):
         for child in expr.children:
@@ -115,12 +119,21 @@ class Access:
     def view_all(self, records: list[EntityRecord]) -> list[EntityRecord]:
         return [seen for seen in (self.view(r) for r in records) if seen is not None]
 
+    def temporal_department(self, entity: TemporalEntity, classes: TypeClasses) -> str | None:
+        """The owning department a temporal answer is shown for: the entity's *current* state in the
+        store, exactly as the entity API decides it. History never decides it (a past or future-dated
+        instance of owningDepartment must not open the entity to another department). An entity
+        without a current state belongs to no caller's department: department-bound roles see its
+        sensitive history masked and its confidential history not at all."""
+        if entity.current_attrs is None:
+            return _OUTSIDE
+        return self.registry.department_of(entity.current_attrs, classes)
+
     def view_temporal(self, entity: TemporalEntity) -> TemporalEntity | None:
         classes = self.registry.for_types(self.tenant, entity.types)
         if self.registry.all_clear(self.principal, classes.levels):
             return entity
-        latest = {iri: [rows[-1].instance] for iri, rows in entity.instances.items() if rows}
-        dept = self.registry.department_of(latest, classes)
+        dept = self.temporal_department(entity, classes)
         if self.registry.invisible(self.principal, classes, dept):
             return None
         instances: dict[str, Any] = {}
@@ -147,6 +160,15 @@ class Access:
         return dataclasses.replace(entity, instances=instances, buckets=buckets,
                                    attr_types={k: v for k, v in entity.attr_types.items()
                                                if k in instances or k in buckets})
+
+    def matches_temporal(self, plan: QueryPlan, entity: TemporalEntity) -> bool:
+        """`matches` for a temporal answer: the filters are judged on the entity's current ownership."""
+        if not plan.checks:
+            return True
+        classes = self.registry.for_types(self.tenant, entity.types)
+        dept = self.temporal_department(entity, classes)
+        return all(self._sees(classes.attrs.get(iri, classes.default), need, dept)
+                   for iri, need in plan.checks.items())
 
     # ------------------------------------------------------------------ query filters and counts
 
@@ -196,7 +218,8 @@ class Access:
         await self.record("entity.query", self.path, "denied", reason=detail)
         return AccessDenied(detail)
 
-    async def plan_query(self, query: EntityQuery, restrict_sql: bool = True) -> QueryPlan:
+    async def plan_query(self, query: EntityQuery, restrict_sql: bool = True,
+                         watched: list[str] | None = None) -> QueryPlan:
         """Fit `query` to what the caller may see, or refuse it (403).
 
         - Entities of types the caller never sees anything of are left out in SQL (``restrict_sql``),
@@ -208,9 +231,22 @@ class Access:
         - ``exact`` is False when some matching entity may still be withheld or dropped: the caller
           then gets no NGSILD-Results-Count (a count of what it cannot see would leak).
         """
+        plan, refusal = self.fit_query(query, restrict_sql, watched)
+        if refusal is not None:
+            raise await self.refuse(refusal)
+        return plan
+
+    def fit_query(self, query: EntityQuery, restrict_sql: bool = True,
+                  watched: list[str] | None = None) -> tuple[QueryPlan, str | None]:
+        """`plan_query` without I/O: the plan, or the reason of the refusal. Also used where no
+        request is at hand (a subscription's filters, re-checked at each notification with its
+        owner's current rights). `watched` (a subscription's watchedAttributes) are attributes whose
+        changes would tell of their values: they need the value in clear, like a q comparison."""
         if isinstance(self, _Unenforced):
-            return QueryPlan(query)
+            return QueryPlan(query), None
         refs: dict[str, str] = {}
+        for iri in watched or ():
+            refs[iri] = NEED_VALUE
         if query.q is not None:
             _q_refs(query.q, query.expand, refs)
         for iri in query.attrs or ():
@@ -224,7 +260,7 @@ class Access:
             keep = [t for t in query.types if reach[t] != NEVER]
             if not keep:
                 plan.empty = True
-                return plan
+                return plan, None
             if len(keep) < len(query.types):
                 plan.query = dataclasses.replace(query, types=keep)
             plan.exact = all(reach[t] == ALWAYS for t in keep)
@@ -238,7 +274,7 @@ class Access:
                 if restrict_sql:
                     if not seen:
                         plan.empty = True
-                        return plan
+                        return plan, None
                     plan.query = dataclasses.replace(query, extra=[*query.extra, entities.c.type.in_(seen)])
                 plan.exact = restrict_sql and all(reach[t] == ALWAYS for t in seen)
             else:
@@ -254,11 +290,11 @@ class Access:
                     continue
                 if how == NEVER and (explicit or iri in classes.attrs):
                     what = "filter on the value of" if need == NEED_VALUE else "filter on"
-                    raise await self.refuse(f"you may not {what} the attribute {iri}: its data class is "
-                                            f"{classes.attrs.get(iri, classes.default)}")
+                    return plan, (f"you may not {what} the attribute {iri}: its data class is "
+                                  f"{classes.attrs.get(iri, classes.default)}")
                 plan.checks[iri] = NEED_VALUE if NEED_VALUE in (need, plan.checks.get(iri)) else need
                 plan.exact = False
-        return plan
+        return plan, None
 
     def matches(self, plan: QueryPlan, record: EntityRecord) -> bool:
         """Does `record` still match once the filters the caller may not use on it are taken away?"""
@@ -304,12 +340,21 @@ class Access:
         if any(policy in s.types for s in states) and not authorize(
                 self.principal, "tenant.manage", Resource("tenant", self.tenant)):
             return "data-class policies are changed with tenant.manage"
-        if scope_for(role_of(self.principal), action) in (Scope.TENANT, Scope.ALL):
+        scope = scope_for(role_of(self.principal), action)
+        if scope in (Scope.TENANT, Scope.ALL):
             return None
-        for state in states:
-            decision = authorize(self.principal, action, self._resource(state))
+        if not states:
+            # A temporal write to an entity without a current state: no department or owner to check.
+            return "the history of an entity without a current state needs a tenant-wide role"
+        resources = [self._resource(state) for state in states]
+        for resource in resources:
+            decision = authorize(self.principal, action, resource)
             if not decision:
                 return decision.reason
+        if scope is Scope.OWN and len(resources) == 2 and _ownership(resources[0]) != _ownership(resources[1]):
+            # Who owns an entity decides who reads its sensitive and confidential values: a caller whose
+            # right reaches only its own records (a citizen) may not hand one to a department or district.
+            return "only the owning department or a tenant-wide role may change who owns an entity"
         return None
 
     @contextlib.contextmanager

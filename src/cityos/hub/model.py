@@ -227,14 +227,40 @@ def _object_of(item: Any) -> Any:
     return item.get("object") if isinstance(item, dict) else item
 
 
+def attribute_iri(name: str, expand: Expand) -> str:
+    """An attribute name expanded by the @context; a name that a context maps to a JSON-LD keyword
+    (``{"ident": "@id"}``) is refused: the hub reads the id and type only from ``id``/``@id`` and
+    ``type``/``@type``, so such an alias must not slip past them as an attribute."""
+    iri = expand(check_name(name))
+    if iri.startswith("@"):
+        raise BadRequestData(f"attribute name {name[:80]!r} expands to the JSON-LD keyword {iri[:40]!r}")
+    return iri
+
+
 def parse_attributes(body: dict[str, Any], expand: Expand, now: str, *, allow_null: bool = False) -> Attrs:
     attrs: Attrs = {}
     for name, raw in body.items():
         if name in ENTITY_MEMBERS:
             continue
-        iri = expand(check_name(name))
+        iri = attribute_iri(name, expand)
         attrs[iri] = parse_attribute(name, raw, expand, now, allow_null=allow_null)
     return attrs
+
+
+def body_id(body: dict[str, Any]) -> Any:
+    """The entity id a body names, through ``id`` or its JSON-LD form ``@id``; both given and
+    different is refused (the access check and the write must be about one entity)."""
+    if "id" in body and "@id" in body and body["id"] != body["@id"]:
+        raise BadRequestData("the body gives two different entity ids (id and @id)")
+    return body.get("id", body.get("@id"))
+
+
+def check_body_id(body: Any, entity_id: str) -> None:
+    """A body sent to an entity's URL may repeat the entity's id, never name another one (400)."""
+    if isinstance(body, dict):
+        named = body_id(body)
+        if named is not None and named != entity_id:
+            raise BadRequestData("the id in the body differs from the id in the URL")
 
 
 def parse_entity(body: Any, expand: Expand, now: str, *, require_type: bool = True,
@@ -242,7 +268,7 @@ def parse_entity(body: Any, expand: Expand, now: str, *, require_type: bool = Tr
     """An entity body → (id, expanded types, internal attrs, scope)."""
     if not isinstance(body, dict):
         raise BadRequestData("an entity must be a JSON object")
-    entity_id = check_entity_id(body.get("id", body.get("@id")))
+    entity_id = check_entity_id(body_id(body))
     raw_type = body.get("type", body.get("@type"))
     if raw_type is None:
         if require_type:

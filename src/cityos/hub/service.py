@@ -29,6 +29,8 @@ from cityos.hub.jsonld import ActiveContext
 from cityos.hub.model import (
     NULL_URI,
     Attrs,
+    attribute_iri,
+    check_body_id,
     check_entity_id,
     check_name,
     geometries,
@@ -203,10 +205,10 @@ class HubService:
         now = clock.now()
         if not isinstance(body, dict):
             raise BadRequestData("the body must be a JSON object")
-        body = {**body, "id": body.get("id", entity_id)}
-        new_id, types, attrs, scope = parse_entity(body, ctx.expand, clock.iso(now), require_type=False)
-        if new_id != entity_id:
-            raise BadRequestData("the id in the body differs from the id in the URL")
+        check_body_id(body, entity_id)
+        body = {**body, "id": entity_id}
+        body.pop("@id", None)
+        _id, types, attrs, scope = parse_entity(body, ctx.expand, clock.iso(now), require_type=False)
 
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
             record = await self._load(conn, tenant, entity_id)
@@ -220,8 +222,7 @@ class HubService:
         now = clock.now()
         if not isinstance(body, dict):
             raise BadRequestData("the body must be a JSON object")
-        if "id" in body and body["id"] != entity_id:
-            raise BadRequestData("the id in the body differs from the id in the URL")
+        check_body_id(body, entity_id)
         fragment = parse_attributes(body, ctx.expand, clock.iso(now), allow_null=True)
         new_types = _types_of(body, ctx)
 
@@ -244,6 +245,7 @@ class HubService:
         now = clock.now()
         if not isinstance(body, dict):
             raise BadRequestData("the body must be a JSON object")
+        check_body_id(body, entity_id)
         fragment = parse_attributes(body, ctx.expand, clock.iso(now))
         new_types = _types_of(body, ctx)
         result = UpdateResult()
@@ -279,6 +281,7 @@ class HubService:
         now = clock.now()
         if not isinstance(body, dict):
             raise BadRequestData("the body must be a JSON object")
+        check_body_id(body, entity_id)
         fragment = parse_attributes(body, ctx.expand, clock.iso(now), allow_null=True)
         result = UpdateResult()
 
@@ -311,7 +314,7 @@ class HubService:
 
     async def patch_attr(self, tenant: str, entity_id: str, attr: str, body: Any, ctx: ActiveContext) -> None:
         now = clock.now()
-        iri = ctx.expand(check_name(attr))
+        iri = attribute_iri(attr, ctx.expand)
         if not isinstance(body, dict):
             raise BadRequestData("the body must be a JSON object")
 

@@ -8,8 +8,8 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from cityos.core.errors import BadRequestData, ProblemError, ResourceNotFound
-from cityos.hub.access import Access, access_of
+from cityos.core.errors import BadRequestData, ResourceNotFound
+from cityos.hub.access import access_of
 from cityos.hub.api import Hub, build_query, hub_of
 from cityos.hub.http import (
     Negotiated,
@@ -22,14 +22,12 @@ from cityos.hub.http import (
     render,
     tenant_of,
 )
-from cityos.hub.model import check_name
-from cityos.hub.service import AccessDenied
+from cityos.hub.model import body_id, check_name
 from cityos.hub.temporal.params import TemporalQuery, parse_temporal_query
 from cityos.hub.temporal.render import render_temporal_entity
 from cityos.hub.temporal.retention import MAX_DAYS, default_days, drop_policy, list_policies, set_policy
 from cityos.hub.temporal.service import TemporalResult, TemporalService
 from cityos.security.api import require
-from cityos.security.policy import Scope, role_of, scope_for
 
 PREFIX = "/ngsi-ld/v1/temporal"
 router = APIRouter(prefix=PREFIX, tags=["NGSI-LD temporal"])
@@ -80,8 +78,7 @@ async def query_temporal(request: Request) -> Response:
     entities = result.entities if query.limit else []
     last_id, returned = (entities[-1].id if entities else None), len(entities)
     if plan.checks:
-        entities = [e for e in entities if access.matches_attrs(
-            plan, e.types, {iri: [rows[-1].instance] for iri, rows in e.instances.items() if rows})]
+        entities = [e for e in entities if access.matches_temporal(plan, e)]
     entities = [seen for seen in (access.view_temporal(e) for e in entities) if seen is not None]
     await access.finish()
     headers: dict[str, str] = {}
@@ -115,26 +112,9 @@ async def retrieve_temporal(entity_id: str, request: Request) -> Response:
 # ---------------------------------------------------------------------- writes
 
 
-async def _may_change(request: Request, access: Access, action: str, entity_id: Any) -> None:
-    """Department / ownership check of a history write against the entity's current state."""
-    if not isinstance(entity_id, str):
-        return
-    hub = hub_of(request)
-    try:
-        record = await hub.service.retrieve(access.tenant, entity_id)
-    except ProblemError:
-        record = None
-    from cityos.hub.service import Change
-
-    if record is None:
-        # No current state to take a department or owner from: only tenant-wide writers may.
-        narrow = scope_for(role_of(access.principal), action) not in (Scope.TENANT, Scope.ALL)
-        reason = "the history of an entity without a current state needs a tenant-wide role" if narrow else None
-    else:
-        reason = access.guard(action, Change(entity_id, record, record))
-    if reason is not None:
-        await access.record(action, entity_id, "denied", reason=reason)
-        raise AccessDenied(f"{entity_id}: {reason}")
+# Every history write runs under the caller's write guard (`Access.audited`): the temporal service
+# checks the entity id it actually writes (after parsing `id`/`@id`) against the entity's current
+# state, inside the write transaction.
 
 
 @router.post("/entities", dependencies=WRITE)
@@ -143,11 +123,11 @@ async def upsert_temporal(request: Request) -> Response:
     access = await access_of(request)
     body, media = await read_body(request, hub.settings)
     ctx = await body_context(request, hub.resolver, body, media)
-    await _may_change(request, access, "entity.write", body.get("id") if isinstance(body, dict) else None)
-    created = await temporal_of(request).upsert_evolution(access.tenant, body, ctx)
-    await access.record("temporal.upsert", str(body.get("id", ""))[:256] if isinstance(body, dict) else "")
+    named = body_id(body) if isinstance(body, dict) else None
+    entity_id, created = await access.audited("temporal.upsert", str(named or "")[:256],
+                                              temporal_of(request).upsert_evolution(access.tenant, body, ctx))
     if created:
-        return _no_content(201, {"Location": f"{PREFIX}/entities/{body.get('id', body.get('@id'))}"})
+        return _no_content(201, {"Location": f"{PREFIX}/entities/{entity_id}"})
     return _no_content()
 
 
@@ -157,18 +137,15 @@ async def append_temporal_attrs(entity_id: str, request: Request) -> Response:
     access = await access_of(request)
     body, media = await read_body(request, hub.settings)
     ctx = await body_context(request, hub.resolver, body, media)
-    await _may_change(request, access, "entity.write", entity_id)
-    await temporal_of(request).append_instances(access.tenant, entity_id, body, ctx)
-    await access.record("temporal.append", entity_id)
+    await access.audited("temporal.append", entity_id,
+                         temporal_of(request).append_instances(access.tenant, entity_id, body, ctx))
     return _no_content()
 
 
 @router.delete("/entities/{entity_id}", dependencies=DELETE)
 async def delete_temporal(entity_id: str, request: Request) -> Response:
     access = await access_of(request)
-    await _may_change(request, access, "entity.delete", entity_id)
-    await temporal_of(request).delete_evolution(access.tenant, entity_id)
-    await access.record("temporal.delete", entity_id)
+    await access.audited("temporal.delete", entity_id, temporal_of(request).delete_evolution(access.tenant, entity_id))
     return _no_content()
 
 
@@ -178,10 +155,9 @@ async def delete_temporal_attr(entity_id: str, attr_id: str, request: Request) -
     access = await access_of(request)
     ctx = await query_context(request, hub.resolver)
     delete_all = parse_bool(request.query_params.get("deleteAll"), "deleteAll")
-    await _may_change(request, access, "entity.write", entity_id)
-    await temporal_of(request).delete_attr(access.tenant, entity_id, attr_id, ctx,
-                                           request.query_params.get("datasetId"), delete_all)
-    await access.record("temporal.delete_attr", entity_id, attr=attr_id[:256])
+    await access.audited("temporal.delete_attr", entity_id, temporal_of(request).delete_attr(
+        access.tenant, entity_id, attr_id, ctx, request.query_params.get("datasetId"), delete_all),
+        attr=attr_id[:256])
     return _no_content()
 
 
@@ -191,9 +167,8 @@ async def patch_temporal_instance(entity_id: str, attr_id: str, instance_id: str
     access = await access_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
     ctx = await body_context(request, hub.resolver, body, media)
-    await _may_change(request, access, "entity.write", entity_id)
-    await temporal_of(request).patch_instance(access.tenant, entity_id, attr_id, instance_id, body, ctx)
-    await access.record("temporal.patch_instance", entity_id, attr=attr_id[:256])
+    await access.audited("temporal.patch_instance", entity_id, temporal_of(request).patch_instance(
+        access.tenant, entity_id, attr_id, instance_id, body, ctx), attr=attr_id[:256])
     return _no_content()
 
 
@@ -202,9 +177,8 @@ async def delete_temporal_instance(entity_id: str, attr_id: str, instance_id: st
     hub = hub_of(request)
     access = await access_of(request)
     ctx = await query_context(request, hub.resolver)
-    await _may_change(request, access, "entity.write", entity_id)
-    await temporal_of(request).delete_instance(access.tenant, entity_id, attr_id, instance_id, ctx)
-    await access.record("temporal.delete_instance", entity_id, attr=attr_id[:256])
+    await access.audited("temporal.delete_instance", entity_id, temporal_of(request).delete_instance(
+        access.tenant, entity_id, attr_id, instance_id, ctx), attr=attr_id[:256])
     return _no_content()
 
 

@@ -31,11 +31,14 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from cityos.core import clock
 from cityos.core.errors import BadRequestData, NonexistentTenant, ResourceNotFound
-from cityos.hub.jsonld import ActiveContext
+from cityos.hub.jsonld import DEFAULT_VOCAB, ActiveContext
 from cityos.hub.model import (
     ENTITY_MEMBERS,
     VALUE_KEY,
     Attrs,
+    attribute_iri,
+    body_id,
+    check_body_id,
     check_entity_id,
     check_name,
     expand_types,
@@ -44,7 +47,7 @@ from cityos.hub.model import (
 )
 from cityos.hub.models import attribute_history as h
 from cityos.hub.models import entities
-from cityos.hub.service import Change
+from cityos.hub.service import AccessDenied, Change, write_guard
 from cityos.hub.store import EntityQuery, EntityRecord, HistoryRow, HubStore
 from cityos.hub.temporal import sql
 from cityos.hub.temporal.models import temporal_entities as registry
@@ -52,6 +55,8 @@ from cityos.hub.temporal.params import AGGREGATED, TemporalQuery
 from cityos.hub.temporal.sql import BucketRow, InstanceRow
 
 INSTANCE_PREFIX = "urn:ngsi-ld:attribute:instance:"
+# The terms whose values say who owns an entity (cityos.security.classes.ClassRegistry).
+OWNERSHIP_TERMS = ("owningDepartment", "department", "owner", "district")
 _INSTANCE_KEY = re.compile(r"[0-9A-Za-z]{1,64}")
 DEFAULT_MAX_INSTANCES = 1000
 
@@ -71,6 +76,9 @@ class TemporalEntity:
     attr_types: dict[str, str] = field(default_factory=dict)
     instances: dict[str, list[InstanceRow]] = field(default_factory=dict)
     buckets: dict[str, list[BucketRow]] = field(default_factory=dict)
+    # The attributes of the entity's current state (None: it has none). Who may see what of the
+    # history is decided from them, as in the entity API, never from the history itself.
+    current_attrs: Attrs | None = None
 
 
 @dataclass
@@ -105,7 +113,8 @@ def instance_key(raw: str) -> str:
 
 def _from_record(record: EntityRecord) -> TemporalEntity:
     return TemporalEntity(record.id, record.types, record.created_at, record.modified_at,
-                          {iri: insts[0].get("type", "Property") for iri, insts in record.attrs.items() if insts})
+                          {iri: insts[0].get("type", "Property") for iri, insts in record.attrs.items() if insts},
+                          current_attrs=record.attrs)
 
 
 def _from_registry(row: Any) -> TemporalEntity:
@@ -140,7 +149,7 @@ def parse_temporal_attrs(body: dict[str, Any], ctx: ActiveContext, now: str) -> 
     for name, raw in body.items():
         if name in ENTITY_MEMBERS:
             continue
-        iri = ctx.expand(check_name(name))
+        iri = attribute_iri(name, ctx.expand)
         items = raw if isinstance(raw, list) else [raw]
         if not items:
             raise BadRequestData(f"attribute {name!r} has no instances")
@@ -163,9 +172,14 @@ def _merge_instance(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 class TemporalService:
-    def __init__(self, store: HubStore, max_instances: int = DEFAULT_MAX_INSTANCES) -> None:
+    def __init__(self, store: HubStore, max_instances: int = DEFAULT_MAX_INSTANCES,
+                 ownership_iris: Sequence[str] | None = None) -> None:
         self.store = store
         self.max_instances = max_instances
+        # The attributes that decide who owns an entity (cityos.security.classes: department_of,
+        # owner_of, district_of), as the core @context expands them.
+        self.ownership_iris = frozenset(ownership_iris if ownership_iris is not None else
+                                        (DEFAULT_VOCAB + term for term in OWNERSHIP_TERMS))
 
     # ------------------------------------------------------------------ reads
 
@@ -258,16 +272,50 @@ class TemporalService:
             raise ResourceNotFound(f"no temporal evolution of entity {entity_id}")
         return known
 
-    async def upsert_evolution(self, tenant: str, body: Any, ctx: ActiveContext) -> bool:
-        """Create a temporal evolution or add instances to it; True when it was created."""
+    def _no_future_ownership(self, attrs: Attrs, now: datetime) -> None:
+        """History may not date an owner, department or district after now: the newest instance of
+        an attribute is what a reader of the history takes for its present value."""
+        for iri in self.ownership_iris & attrs.keys():
+            for inst in attrs[iri]:
+                observed = inst.get("observedAt")
+                if isinstance(observed, str) and clock.parse_iso(observed) > now:
+                    raise BadRequestData(f"an instance of {iri.rsplit('/', 1)[-1]} may not be observed in the "
+                                         "future: who owns an entity is not set ahead of time")
+
+    async def _guard(self, conn: AsyncConnection, tenant: str, entity_id: str, action: str,
+                     written: Attrs | None = None) -> None:
+        """The caller's write guard (cityos.hub.access), inside the write transaction, on the entity's
+        current state: a history write is allowed to whoever may write the entity itself. Instances
+        of ownership attributes count as setting them, so a caller who may not give the entity away
+        may not write them into its history either. No current state: tenant-wide roles only."""
+        guard = write_guard.get()
+        if guard is None:
+            return
+        record = await self.store.fetch_one(conn, tenant, entity_id, for_update=True)
+        changes = [Change(entity_id, record, record)] if record is not None else [Change(entity_id, None, None)]
+        if record is not None:
+            # Each written instance of an ownership attribute, as if it were the current value.
+            changes += [Change(entity_id, record, EntityRecord(record.id, record.types, {**record.attrs, iri: [inst]},
+                                                               record.created_at, record.modified_at, record.scope),
+                               {iri})
+                        for iri, insts in (written or {}).items() if iri in self.ownership_iris for inst in insts]
+        for change in changes:
+            reason = guard(action, change)
+            if reason is not None:
+                raise AccessDenied(f"{entity_id}: {reason}", entityId=entity_id)
+
+    async def upsert_evolution(self, tenant: str, body: Any, ctx: ActiveContext) -> tuple[str, bool]:
+        """Create a temporal evolution or add instances to it: (the entity id, True when it was created)."""
         now = clock.now()
         if not isinstance(body, dict):
             raise BadRequestData("a temporal entity must be a JSON object")
-        entity_id = check_entity_id(body.get("id", body.get("@id")))
+        entity_id = check_entity_id(body_id(body))
         raw_type = body.get("type", body.get("@type"))
         types = expand_types(raw_type, ctx.expand) if raw_type is not None else []
         attrs = parse_temporal_attrs(body, ctx, clock.iso(now))
+        self._no_future_ownership(attrs, now)
         async with self.store.write() as conn:
+            await self._guard(conn, tenant, entity_id, "entity.write", attrs)
             known = await self._known_type(conn, tenant, entity_id)
             if known is None:
                 if not types:
@@ -276,17 +324,20 @@ class TemporalService:
                 await conn.execute(_registry_upsert(conn.dialect.name, update_type=False), [
                     {"tenant": tenant, "entity_id": entity_id, "entity_type": types[0], "created_at": now}])
             await self.store.write_history(conn, tenant, _rows(entity_id, known or types[0], attrs, now))
-        return known is None
+        return entity_id, known is None
 
     async def append_instances(self, tenant: str, entity_id: str, body: Any, ctx: ActiveContext) -> None:
         check_entity_id(entity_id)
         now = clock.now()
         if not isinstance(body, dict):
             raise BadRequestData("the body must be a JSON object")
+        check_body_id(body, entity_id)
         attrs = parse_temporal_attrs(body, ctx, clock.iso(now))
         if not attrs:
             raise BadRequestData("the body has no attribute instances")
+        self._no_future_ownership(attrs, now)
         async with self.store.write() as conn:
+            await self._guard(conn, tenant, entity_id, "entity.write", attrs)
             known = await self._require_known(conn, tenant, entity_id)
             await self.store.write_history(conn, tenant, _rows(entity_id, known, attrs, now))
 
@@ -294,6 +345,7 @@ class TemporalService:
         """Drop the whole history of an entity; its current state, if any, stays."""
         check_entity_id(entity_id)
         async with self.store.write() as conn:
+            await self._guard(conn, tenant, entity_id, "entity.delete")
             await self._require_known(conn, tenant, entity_id)
             await conn.execute(delete(h).where(h.c.tenant == tenant, h.c.entity_id == entity_id))
             await conn.execute(delete(registry).where(registry.c.tenant == tenant, registry.c.entity_id == entity_id))
@@ -308,6 +360,7 @@ class TemporalService:
         if not delete_all:
             conds.append(h.c.dataset_id == dataset_id if dataset_id is not None else h.c.dataset_id.is_(None))
         async with self.store.write() as conn:
+            await self._guard(conn, tenant, entity_id, "entity.write")
             await self._require_known(conn, tenant, entity_id)
             if (await conn.execute(delete(h).where(*conds))).rowcount == 0:
                 which = f" with datasetId {dataset_id}" if dataset_id and not delete_all else ""
@@ -316,7 +369,7 @@ class TemporalService:
     async def patch_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str, body: Any,
                              ctx: ActiveContext) -> None:
         check_entity_id(entity_id)
-        iri = ctx.expand(check_name(attr))
+        iri = attribute_iri(attr, ctx.expand)
         key = instance_key(instance_id)
         if not isinstance(body, dict) or not body:
             raise BadRequestData("the body must be a non-empty JSON object (an attribute fragment)")
@@ -328,12 +381,16 @@ class TemporalService:
                 stmt = stmt.with_for_update()
             row = (await conn.execute(stmt)).first()
             if row is None:
+                await self._guard(conn, tenant, entity_id, "entity.write")
                 await self._require_known(conn, tenant, entity_id)
                 raise ResourceNotFound(f"no instance {instance_id} of {attr} in {entity_id}")
             if row.deleted:
+                await self._guard(conn, tenant, entity_id, "entity.write")
                 raise BadRequestData(f"instance {instance_id} records a deletion and cannot be modified")
             merged = _merge_instance(row.instance, _parse_patch(attr, row.instance, body, ctx, clock.iso(now)))
             merged["modifiedAt"] = clock.iso(now)
+            self._no_future_ownership({iri: [merged]}, now)
+            await self._guard(conn, tenant, entity_id, "entity.write", {iri: [merged]})
             observed = merged.get("observedAt")
             ts = clock.parse_iso(observed) if isinstance(observed, str) else row.ts
             await conn.execute(update(h).where(*conds).values(
@@ -345,6 +402,7 @@ class TemporalService:
         iri = ctx.expand(check_name(attr))
         key = instance_key(instance_id)
         async with self.store.write() as conn:
+            await self._guard(conn, tenant, entity_id, "entity.write")
             if (await conn.execute(delete(h).where(*_instance_conditions(tenant, entity_id, iri, key)))).rowcount == 0:
                 await self._require_known(conn, tenant, entity_id)
                 raise ResourceNotFound(f"no instance {instance_id} of {attr} in {entity_id}")
