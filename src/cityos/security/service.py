@@ -719,6 +719,39 @@ class SecurityService:
             await hook(tenant)
         return {"tenant": tenant, "users_disabled": len(ids), "hooks": len(self.tenant_deletion_hooks)}
 
+    # ------------------------------------------------------------------ standing grants (subscriptions)
+
+    async def current_owner_claims(self, user_id: str, conn: AsyncConnection | None = None) -> dict[str, Any] | None:
+        """What a standing grant of `user_id` (a subscription it owns) may do *now*: the same shape as
+        `cityos.hub.subscriptions.service.owner_claims`, from the user's (or OAuth client's, for a
+        ``client:<id>`` subject) current row: role, department and the departments and districts below
+        it. None when the principal no longer exists or is disabled (``disabled``, or a ``disabled_at``
+        column that is set). `conn` lets a caller inside a transaction read on its own connection."""
+        async with contextlib.AsyncExitStack() as stack:
+            if conn is None:
+                conn = await stack.enter_async_context(self.engine.connect())
+            if user_id.startswith("client:"):
+                client_id = user_id[len("client:"):]
+                kind: str
+                username: str | None
+                row = (await conn.execute(select(clients.c.client_id, clients.c.tenant, clients.c.role,
+                                                 clients.c.department, clients.c.disabled)
+                                          .where(clients.c.client_id == client_id[:128]))).mappings().first()
+                kind, username = "service", client_id
+            else:
+                columns = [users.c.id, users.c.username, users.c.tenant, users.c.role, users.c.department,
+                           users.c.disabled]
+                disabled_at = getattr(users.c, "disabled_at", None)  # an account-lifecycle column, where present
+                if disabled_at is not None:
+                    columns.append(disabled_at.label("disabled_at"))
+                row = (await conn.execute(select(*columns).where(users.c.id == user_id[:64]))).mappings().first()
+                kind, username = "user", row["username"] if row is not None else None
+            if row is None or row["disabled"] or row.get("disabled_at") is not None:
+                return None
+            deps, districts = await self.department_scope(conn, row["department"])
+        return {"id": user_id, "kind": kind, "role": row["role"], "tenant": row["tenant"], "username": username,
+                "department": row["department"], "departments": sorted(deps), "districts": sorted(districts)}
+
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
     kind = claims.get("kind")

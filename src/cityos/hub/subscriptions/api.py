@@ -21,6 +21,7 @@ from cityos.hub.http import (
     render,
     tenant_of,
 )
+from cityos.hub.service import AccessDenied
 from cityos.hub.subscriptions.service import SubscriptionService, owner_claims
 from cityos.security.api import current_principal, enforce, require
 from cityos.security.policy import Principal, Resource, Scope, authorize, role_of, scope_for
@@ -72,7 +73,13 @@ async def create_subscription(request: Request) -> Response:
     ctx = await body_context(request, hub.resolver, body, media)
     access = await access_of(request)
     # Notifications are masked for the subscriber: the creator's role and departments travel with it.
-    sub_id = await subscriptions_of(request).create(access.tenant, body, ctx, owner=owner_claims(access.principal))
+    # Filters on attributes it may not read in clear are refused (403, audited).
+    try:
+        sub_id = await subscriptions_of(request).create(access.tenant, body, ctx, owner=owner_claims(access.principal))
+    except AccessDenied as exc:
+        named = str(body.get("id") or "")[:256] if isinstance(body, dict) else ""
+        await access.record("subscription.create", named, "denied", reason=exc.detail)
+        raise
     await access.record("subscription.create", sub_id)
     return Response(status_code=201, headers={"Location": f"{PREFIX}/subscriptions/{sub_id}"})
 
@@ -89,7 +96,9 @@ async def list_subscriptions(request: Request) -> Response:
     tenant = tenant_of(request)
     scoped = await _scoped(request)
     visible = None if scoped is None else (lambda owner: _mine(scoped, tenant, owner))
-    items, total = await subscriptions_of(request).query(tenant, ctx.compact, limit, offset, count, visible)
+    viewer = await current_principal(request)
+    items, total = await subscriptions_of(request).query(tenant, ctx.compact, limit, offset, count, visible,
+                                                         viewer=viewer.id if viewer is not None else None)
     headers: dict[str, str] = {}
     if total is not None:
         headers["NGSILD-Results-Count"] = str(total)
@@ -106,7 +115,9 @@ async def retrieve_subscription(sub_id: str, request: Request) -> Response:
     media = accepted(request)
     ctx = await query_context(request, hub.resolver)
     await _may_change(request, tenant_of(request), sub_id)
-    item = await subscriptions_of(request).retrieve(tenant_of(request), sub_id, ctx.compact)
+    viewer = await current_principal(request)
+    item = await subscriptions_of(request).retrieve(tenant_of(request), sub_id, ctx.compact,
+                                                    viewer=viewer.id if viewer is not None else None)
     return render(request, item, Negotiated(media, ctx), hub.contexts)
 
 
@@ -117,8 +128,8 @@ async def update_subscription(sub_id: str, request: Request) -> Response:
     ctx = await body_context(request, hub.resolver, body, media)
     access = await access_of(request)
     await _may_change(request, access.tenant, sub_id)
-    await subscriptions_of(request).update(access.tenant, sub_id, body, ctx, owner=owner_claims(access.principal))
-    await access.record("subscription.update", sub_id)
+    await access.audited("subscription.update", sub_id, subscriptions_of(request).update(
+        access.tenant, sub_id, body, ctx, owner=owner_claims(access.principal)))
     return Response(status_code=204)
 
 

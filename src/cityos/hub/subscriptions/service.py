@@ -28,13 +28,21 @@ from cityos.hub import geoquery
 from cityos.hub.jsonld import ActiveContext, ContextResolver
 from cityos.hub.model import check_entity_id, render_entity
 from cityos.hub.qlang import QExpr, evaluate_q, parse_q
-from cityos.hub.service import Change
+from cityos.hub.service import AccessDenied, Change
 from cityos.hub.store import EntityRecord, HubStore, pg_driver
 from cityos.hub.subscriptions.models import (
     NotifySettings,
     outbox,
     subscription_versions,
     subscriptions,
+)
+from cityos.hub.subscriptions.rights import (
+    OWNER_KEY,
+    VERIFIED_KEY,
+    EntityCheck,
+    FilterCheck,
+    OwnerRights,
+    principal_of_owner,
 )
 from cityos.hub.subscriptions.spec import (
     Spec,
@@ -213,7 +221,6 @@ class SubscriptionCache:
 
 # (subscription, record) → the record as the subscriber may see it (masked by data class), or None.
 Masker = Callable[["Compiled", EntityRecord], EntityRecord | None]
-OWNER_KEY = "_owner"
 
 
 def owner_claims(principal: Any) -> dict[str, Any] | None:
@@ -305,6 +312,10 @@ class SubscriptionService:
         self.masker: Masker | None = None
         self.prepare_masking: Callable[[AsyncConnection, str], Awaitable[None]] | None = None
         self._touched: dict[int, tuple[float, set[str]]] = {}
+        # Set by `start_subscriptions`: the owners' current rights, and the data-class checks of filters.
+        self.owners = OwnerRights()
+        self.filter_refused: FilterCheck | None = None
+        self.filter_allowed: EntityCheck | None = None
 
     @property
     def dialect(self) -> str:
@@ -319,16 +330,51 @@ class SubscriptionService:
             return
         if self.prepare_masking is not None:
             await self.prepare_masking(conn, tenant)
+        await self.owners.refresh((sub.spec.get(OWNER_KEY) for sub in subs), conn)
         now = clock.now()
         rows: list[dict[str, Any]] = []
         for sub in subs:
-            rendered = (render_data(sub, change, now, self.masker) for change in changes if sub.matches(change, now))
+            if not self.may_notify(sub):
+                continue
+            rendered = (render_data(sub, change, now, self.masker) for change in changes
+                        if sub.matches(change, now) and self.filters_allowed(sub, change.after or change.before))
             data = [item for item in rendered if item is not None]
             for chunk in _chunks(data, self.settings.max_entities_per_notification):
                 rows.append(outbox_row(sub, chunk, now))
         if rows:
             await self.enqueue(conn, rows)
             self._remember(changes, {row["endpoint"] for row in rows})
+
+    def may_notify(self, sub: Compiled) -> bool:
+        """Not suspended (its owner exists and is enabled), and its filters are still the owner's to use."""
+        owner = self.owners.now(sub.spec.get(OWNER_KEY))
+        if owner.suspended:
+            return False
+        return self.filter_refused is None or self.filter_refused(sub.tenant, sub.spec, owner.principal) is None
+
+    def filters_allowed(self, sub: Compiled, state: EntityRecord | None) -> bool:
+        """May the subscription's filters be evaluated on this entity for its owner (by data class, for
+        the entity's owning department)? If not, the entity does not match: its match would tell."""
+        if self.filter_allowed is None or state is None:
+            return True
+        return self.filter_allowed(sub.tenant, sub.spec, self.owners.now(sub.spec.get(OWNER_KEY)).principal, state)
+
+    def _check_filters(self, tenant: str, spec: Spec, owner: dict[str, Any] | None) -> None:
+        if self.filter_refused is None:
+            return
+        reason = self.filter_refused(tenant, spec, principal_of_owner(owner))
+        if reason is not None:
+            raise AccessDenied(f"subscription filter refused: {reason}")
+
+    async def _verified(self, owner: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The owner's claims, marked when they belong to a principal stored in the security tables."""
+        if owner is None or self.owners.lookup is None or not isinstance(owner.get("id"), str):
+            return owner
+        self.owners.forget(owner["id"])
+        try:
+            return {**owner, VERIFIED_KEY: await self.owners.lookup(owner["id"], None) is not None}
+        except LookupError:
+            return owner
 
     async def enqueue(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         await conn.execute(insert(outbox), rows)
@@ -378,6 +424,8 @@ class SubscriptionService:
     async def create(self, tenant: str, body: Any, ctx: ActiveContext, owner: dict[str, Any] | None = None) -> str:
         spec = parse_subscription(body, ctx)
         spec.pop(OWNER_KEY, None)
+        self._check_filters(tenant, spec, owner)
+        owner = await self._verified(owner)
         if owner is not None:
             spec[OWNER_KEY] = owner
         context = spec.get("jsonldContext", ctx.source)
@@ -394,10 +442,19 @@ class SubscriptionService:
             await self._bump(conn, tenant)
         return str(spec["id"])
 
-    async def retrieve(self, tenant: str, sub_id: str, compact: Callable[[str], str]) -> dict[str, Any]:
+    async def retrieve(self, tenant: str, sub_id: str, compact: Callable[[str], str],
+                       viewer: str | None = None) -> dict[str, Any]:
+        """The subscription as `viewer` (a principal id) sees it: its secrets only if it is the owner."""
         async with self.store.read() as conn:
             row = await self._row(conn, tenant, sub_id)
-        return render_subscription(row.spec, row, compact, clock.now())
+            await self.owners.refresh([(row.spec or {}).get(OWNER_KEY)], conn)
+        return self._render(row, compact, clock.now(), viewer)
+
+    def _render(self, row: Any, compact: Callable[[str], str], now: datetime, viewer: str | None) -> dict[str, Any]:
+        owner = (row.spec or {}).get(OWNER_KEY)
+        mine = viewer is not None and isinstance(owner, dict) and owner.get("id") == viewer
+        return render_subscription(row.spec, row, compact, now, suspended=self.owners.now(owner).suspended,
+                                   secrets=mine)
 
     async def owner(self, tenant: str, sub_id: str) -> dict[str, Any] | None:
         """The stored claims of the subscription's creator (or last updater); 404 when there is none."""
@@ -408,38 +465,49 @@ class SubscriptionService:
 
     async def query(self, tenant: str, compact: Callable[[str], str], limit: int, offset: int,
                     count: bool, visible: Callable[[dict[str, Any] | None], bool] | None = None,
-                    ) -> tuple[list[dict[str, Any]], int | None]:
+                    viewer: str | None = None) -> tuple[list[dict[str, Any]], int | None]:
         async with self.store.read() as conn:
             await self._require_tenant(conn, tenant)
+            total = None
             if visible is not None:
                 # Department-scoped callers: only the subscriptions their scope owns, counted and paged
                 # after that filter (a tenant holds few subscriptions; the filter runs in Python).
                 mine = [row for row in await conn.execute(select(subscriptions).where(
                     subscriptions.c.tenant == tenant).order_by(subscriptions.c.id))
                     if visible((row.spec or {}).get(OWNER_KEY))]
-                now = clock.now()
-                return ([render_subscription(row.spec, row, compact, now) for row in mine[offset:offset + limit]],
-                        len(mine) if count else None)
-            total = None
-            if count:
-                total = (await conn.execute(select(func.count()).select_from(subscriptions)
-                                            .where(subscriptions.c.tenant == tenant))).scalar_one()
-            rows = list(await conn.execute(select(subscriptions).where(subscriptions.c.tenant == tenant)
-                                           .order_by(subscriptions.c.id).limit(limit).offset(offset)))
+                rows = mine[offset:offset + limit]
+                total = len(mine) if count else None
+            else:
+                if count:
+                    total = (await conn.execute(select(func.count()).select_from(subscriptions)
+                                                .where(subscriptions.c.tenant == tenant))).scalar_one()
+                rows = list(await conn.execute(select(subscriptions).where(subscriptions.c.tenant == tenant)
+                                               .order_by(subscriptions.c.id).limit(limit).offset(offset)))
+            await self.owners.refresh([(row.spec or {}).get(OWNER_KEY) for row in rows], conn)
         now = clock.now()
-        return [render_subscription(row.spec, row, compact, now) for row in rows], total
+        return [self._render(row, compact, now, viewer) for row in rows], total
 
     async def update(self, tenant: str, sub_id: str, body: Any, ctx: ActiveContext,
                      owner: dict[str, Any] | None = None) -> None:
         members = parse_members(body, ctx, allow_null=True)
         if members.get("jsonldContext"):
             await self.resolver.resolve(members["jsonldContext"])
+        owner = await self._verified(owner)
         now = clock.now()
         async with self.store.write() as conn:
             row = await self._row(conn, tenant, sub_id, for_update=True)
             spec = apply_update(row.spec, body, members)
             if owner is not None:
+                previous = (row.spec or {}).get(OWNER_KEY)
+                if "notification" not in members and (not isinstance(previous, dict)
+                                                       or previous.get("id") != owner.get("id")):
+                    # The endpoint's secrets were given by the previous owner: they do not pass to
+                    # whoever takes the subscription over (who would then be shown them).
+                    endpoint = spec["notification"]["endpoint"]
+                    spec["notification"] = {**spec["notification"], "endpoint": {
+                        k: v for k, v in endpoint.items() if k != "receiverInfo"}}
                 spec[OWNER_KEY] = owner  # whoever changes it last is who it now notifies for
+            self._check_filters(tenant, spec, owner)
             context = _context_after_update(row, spec, members, ctx)
             values = _columns(spec, context, now)
             if "timeInterval" not in members and row.next_periodic_at is not None:

@@ -304,9 +304,15 @@ def triggers_of(spec: Spec) -> list[str]:
     return triggers
 
 
-def status_of(spec: Spec, expires_at: datetime | None, now: datetime) -> str:
+SECRET_MASK = "***"  # noqa: S105 - the mask shown in place of a secret, not a secret
+SECRET_MEMBERS = ("receiverInfo", "notifierInfo")
+
+
+def status_of(spec: Spec, expires_at: datetime | None, now: datetime, suspended: bool = False) -> str:
     if expires_at is not None and expires_at <= now:
         return "expired"
+    if suspended:
+        return "suspended"  # its owner is gone or disabled: it sends nothing (isActive is left as it was)
     return "active" if spec.get("isActive", True) else "paused"
 
 
@@ -318,8 +324,12 @@ def _iso_or_none(value: datetime | None) -> str | None:
     return clock.iso(value) if value is not None else None
 
 
-def render_subscription(spec: Spec, row: Any, compact: Compact, now: datetime) -> dict[str, Any]:
-    """The API representation: IRIs compacted with the caller's @context, status members filled in."""
+def render_subscription(spec: Spec, row: Any, compact: Compact, now: datetime, *, suspended: bool = False,
+                        secrets: bool = False) -> dict[str, Any]:
+    """The API representation: IRIs compacted with the caller's @context, status members filled in.
+
+    receiverInfo and notifierInfo may carry credentials for the endpoint (an API key header): their
+    values are write-only, shown only with `secrets` (to the subscription's owner), else masked."""
     out: dict[str, Any] = {"id": spec["id"], "type": "Subscription"}
     for key in ("subscriptionName", "description"):
         if key in spec:
@@ -337,15 +347,19 @@ def render_subscription(spec: Spec, row: Any, compact: Compact, now: datetime) -
         if key in spec:
             out[key] = spec[key]
     out["isActive"] = spec.get("isActive", True)
-    out["notification"] = _render_notification(spec["notification"], row, compact)
-    out["status"] = status_of(spec, as_utc_or_none(row.expires_at), now)
+    out["notification"] = _render_notification(spec["notification"], row, compact, secrets)
+    out["status"] = status_of(spec, as_utc_or_none(row.expires_at), now, suspended)
     out["createdAt"] = _iso_or_none(row.created_at)
     out["modifiedAt"] = _iso_or_none(row.modified_at)
     return out
 
 
-def _render_notification(params: dict[str, Any], row: Any, compact: Compact) -> dict[str, Any]:
+def _render_notification(params: dict[str, Any], row: Any, compact: Compact, secrets: bool) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in params.items() if k != "attributes"}
+    endpoint = params.get("endpoint")
+    if not secrets and isinstance(endpoint, dict) and any(k in endpoint for k in SECRET_MEMBERS):
+        out["endpoint"] = {k: ([{"key": p["key"], "value": SECRET_MASK} for p in v] if k in SECRET_MEMBERS else v)
+                           for k, v in endpoint.items()}
     if "attributes" in params:
         out["attributes"] = [compact(a) for a in params["attributes"]]
     out["status"] = row.status

@@ -44,6 +44,7 @@ from cityos.hub.service import ENTITY_CHANGED
 from cityos.hub.store import EntityQuery, EntityRecord
 from cityos.hub.subscriptions.delivery import DeliveryError, Transport, build_message, transport_for
 from cityos.hub.subscriptions.models import NotifySettings, leases, outbox, subscriptions
+from cityos.hub.subscriptions.rights import OwnerRights, filter_checks
 from cityos.hub.subscriptions.service import (
     NOTIFY_CHANNEL,
     OWNER_KEY,
@@ -53,7 +54,6 @@ from cityos.hub.subscriptions.service import (
     outbox_row,
     render_record,
 )
-from cityos.security.policy import Principal, PrincipalKind
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,9 @@ class EndpointWorker:
             return False
         if sub is None:
             return True  # deleted meanwhile: its rows went with it
+        if not await self._may_send(sub):
+            await self._drop([head.id])
+            return True
         if sub.spec.get("throttling"):
             last = self.throttle_sent.get(head.key)
             due = time.monotonic() if last is None else last + float(sub.spec["throttling"])
@@ -242,6 +245,10 @@ class EndpointWorker:
         heads = await self._rows_of(tenant, sub_id)
         sub = (await self._subscriptions(heads)).get(key) if heads else None
         if sub is None or not heads:
+            self.throttle_due.pop(key, None)
+            return True
+        if not await self._may_send(sub):
+            await self._drop([h.id for h in heads])
             self.throttle_due.pop(key, None)
             return True
         try:
@@ -296,6 +303,18 @@ class EndpointWorker:
             if failures >= self.settings.max_failures:
                 await self._park_in(conn, head, reason, first=failures == self.settings.max_failures)
         log.warning("notification to %s failed (%s); retry in %.1fs", self.endpoint, reason, delay)
+
+    async def _may_send(self, sub: Compiled) -> bool:
+        """The owner's rights are read again at sending time (cached a few seconds): a subscription
+        whose owner was disabled or deleted, or who may no longer use its filters, sends nothing."""
+        service = self.sender.service
+        await service.owners.refresh([sub.spec.get(OWNER_KEY)])
+        return service.may_notify(sub)
+
+    async def _drop(self, ids: list[int]) -> None:
+        """Rows of a suspended subscription: never sent (they hold data masked for rights its owner lost)."""
+        async with self.sender.write() as conn:
+            await conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
 
     async def _park(self, ids: list[int], reason: str) -> None:
         async with self.sender.write() as conn:
@@ -557,7 +576,13 @@ class Sender:
             sub = await self.service.cache.find(conn, tenant, sub_id)
             if sub is None or not sub.live(now):
                 return set()
+            await service.owners.refresh([sub.spec.get(OWNER_KEY)], conn)
+            if service.prepare_masking is not None:
+                await service.prepare_masking(conn, tenant)
+            if not service.may_notify(sub):
+                return set()
             records = await _current_entities(store, conn, sub, self.settings.max_entities_per_notification)
+            records = [r for r in records if service.filters_allowed(sub, r)]
             if not records:
                 return set()
             if service.masker is not None:
@@ -587,7 +612,9 @@ async def start_subscriptions(app: Any) -> Callable[[], Awaitable[None]]:
     hub = app.state.hub
     service = SubscriptionService(hub.service.store, hub.resolver, NotifySettings())
     app.state.subscriptions = service
-    service.masker = notification_masker(app)
+    service.owners = OwnerRights(functools.partial(_current_owner_claims, app))
+    service.filter_refused, service.filter_allowed = filter_checks(app)
+    service.masker = notification_masker(app, service.owners)
     service.prepare_masking = functools.partial(_refresh_classes, app)
     hub.service.listeners.append(service.on_changes)
     unsubscribe = app.state.bus.subscribe(ENTITY_CHANGED, service.after_commit)
@@ -611,6 +638,16 @@ async def start_subscriptions(app: Any) -> Callable[[], Awaitable[None]]:
     return stop
 
 
+async def _current_owner_claims(app: Any, owner_id: str, conn: AsyncConnection | None) -> dict[str, Any] | None:
+    """The owner's current claims from the app's security service (looked up at call time: the
+    security state can be replaced). Without one, nothing is known: the stored claims are used."""
+    security = getattr(app.state, "security", None)
+    if security is None:
+        raise LookupError("no security service")
+    found: dict[str, Any] | None = await security.service.current_owner_claims(owner_id, conn)
+    return found
+
+
 async def _refresh_classes(app: Any, conn: AsyncConnection, tenant: str) -> None:
     from cityos.hub.access import refresh_classes
     from cityos.security.classes import class_registry
@@ -618,42 +655,27 @@ async def _refresh_classes(app: Any, conn: AsyncConnection, tenant: str) -> None
     await refresh_classes(class_registry(app), app.state.hub.service.store, conn, tenant)
 
 
-def principal_of_owner(owner: Any) -> Principal | None:
-    """The subscription creator's principal as stored with it; None (anonymous: fail closed) if unknown."""
-    if not isinstance(owner, dict) or not isinstance(owner.get("role"), str):
-        return None
-    kind: PrincipalKind = "service" if owner.get("kind") == "service" else "user"
-    return Principal(id=str(owner.get("id")), kind=kind, role=owner["role"], tenant=str(owner.get("tenant") or ""),
-                     username=owner.get("username"), department=owner.get("department"),
-                     departments=frozenset(str(d) for d in owner.get("departments") or []),
-                     districts=frozenset(str(d) for d in owner.get("districts") or []))
-
-
-def notification_masker(app: Any) -> Masker:
-    """Masks notified entities for the subscription's creator; sensitive values sent in clear are audited."""
+def notification_masker(app: Any, owners: OwnerRights) -> Masker:
+    """Masks notified entities for the subscription's owner with the owner's *current* rights
+    (`OwnerRights`, refreshed before matching); sensitive values sent in clear are audited."""
     from cityos.hub.access import Access
     from cityos.security.audit import AuditEvent
     from cityos.security.classes import class_registry
 
     registry = class_registry(app)
-    owners: dict[tuple[str, str], tuple[int, Principal | None]] = {}
 
     def masker(sub: Compiled, record: EntityRecord) -> EntityRecord | None:
-        owner = sub.spec.get(OWNER_KEY)
-        key = (sub.tenant, sub.id)
-        cached = owners.get(key)
-        if cached is None or cached[0] != id(owner):
-            if len(owners) > 10_000:
-                owners.clear()
-            cached = (id(owner), principal_of_owner(owner))
-            owners[key] = cached
-        access = Access(cached[1], sub.tenant, registry)
+        owner = owners.now(sub.spec.get(OWNER_KEY))
+        if owner.suspended:
+            return None
+        access = Access(owner.principal, sub.tenant, registry)
         seen = access.view(record)
         security = getattr(app.state, "security", None)
         if access.revealed and security is not None:
             # Inside the hub's write transaction: queue the audit record, never wait for it here.
-            security.audit.submit(AuditEvent.of(cached[1], "entity.notify.sensitive", record.id, tenant=sub.tenant,
-                                                subscription=sub.id, attrs=access.revealed[0][1]))
+            security.audit.submit(AuditEvent.of(owner.principal, "entity.notify.sensitive", record.id,
+                                                tenant=sub.tenant, subscription=sub.id,
+                                                attrs=access.revealed[0][1]))
         return seen
 
     return masker
