@@ -307,3 +307,23 @@ async def test_periodic_subscription_of_a_disabled_owner_stops(client: httpx.Asy
     await asyncio.sleep(1.2)  # a period that may have been matched before the change
     count = len(receiver.received)
     await quiet(receiver, count, 2.5)
+
+
+async def test_disabled_owner_suspends_subscriptions_stored_before_owners_were_verified(
+        client: httpx.AsyncClient, auth: Auth, app: Any, residents: None, receiver: Receiver) -> None:
+    from cityos.hub.subscriptions.models import subscriptions
+
+    civil = await real_user(app, auth, "legacy-owner", "official", "civil")
+    r = await client.post(S, json=sub(receiver.url, id="urn:ngsi-ld:Subscription:old"), headers=civil | JSON)
+    assert r.status_code == 201, r.text
+    async with app.state.engine.begin() as conn:
+        row = (await conn.execute(subscriptions.select())).first()
+        spec = dict(row.spec)
+        spec["_owner"] = {k: v for k, v in spec["_owner"].items() if k != "verified"}  # as stored before
+        await conn.execute(subscriptions.update().values(spec=spec))
+        await conn.execute(update(users).where(users.c.username == "legacy-owner").values(disabled=True))
+        await app.state.subscriptions._bump(conn, "")
+    forget_owners(app)
+    await touch(client, CIVIL, "b")
+    await quiet(receiver, 0)
+    assert (await client.get(f"{S}/urn:ngsi-ld:Subscription:old")).json()["status"] == "suspended"

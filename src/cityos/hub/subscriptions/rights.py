@@ -31,8 +31,9 @@ from cityos.hub.qlang import parse_q
 from cityos.hub.store import EntityQuery, EntityRecord
 from cityos.security.policy import Principal, PrincipalKind
 
-# (owner id, a connection to read on or None) → the owner's current claims, None when gone or disabled;
-# LookupError when nothing can be known (no security service): the stored claims are used.
+# (owner id, a connection to read on or None) → the owner's current claims, None when it is disabled;
+# OwnerAbsent when no such principal is stored; LookupError when nothing can be known (no security
+# service): the stored claims are used.
 Lookup = Callable[[str, AsyncConnection | None], Awaitable[dict[str, Any] | None]]
 OWNER_KEY = "_owner"
 # Set in the stored owner when its claims were found in the user (or client) table when it was stored:
@@ -40,6 +41,11 @@ OWNER_KEY = "_owner"
 # (minted outside the login, as tests do) keeps its stored claims.
 VERIFIED_KEY = "verified"
 TTL_SECONDS = 5.0
+
+
+class OwnerAbsent(LookupError):
+    """No user or client with this id is stored (deleted, or never stored)."""
+
 MAX_CACHED = 10_000
 
 
@@ -67,8 +73,9 @@ class OwnerRights:
     def __init__(self, lookup: Lookup | None = None, ttl: float = TTL_SECONDS) -> None:
         self.lookup = lookup
         self.ttl = ttl
-        # owner id → (valid until, found: False when nothing could be known, claims, their principal)
-        self._cache: dict[str, tuple[float, bool, dict[str, Any] | None, Principal | None]] = {}
+        # owner id → (valid until, state, claims, their principal); state is "found" (claims, or None when
+        # disabled), "absent" (no such principal stored) or "unknown" (nothing could be known).
+        self._cache: dict[str, tuple[float, str, dict[str, Any] | None, Principal | None]] = {}
 
     @staticmethod
     def _id(stored: Any) -> str | None:
@@ -85,9 +92,11 @@ class OwnerRights:
             if cached is not None and cached[0] > now:
                 continue
             try:
-                claims, found = await self.lookup(owner_id, conn), True
+                claims, found = await self.lookup(owner_id, conn), "found"
+            except OwnerAbsent:
+                claims, found = None, "absent"
             except LookupError:
-                claims, found = None, False
+                claims, found = None, "unknown"
             if len(self._cache) >= MAX_CACHED:
                 self._cache.clear()
             self._cache[owner_id] = (now + self.ttl, found, claims, principal_of_owner(claims))
@@ -105,14 +114,14 @@ class OwnerRights:
         if self.lookup is None or owner_id is None:
             return OwnerNow(False, principal_of_owner(stored), stored if isinstance(stored, dict) else None)
         cached = self._cache.get(owner_id)
-        if cached is None or not cached[1]:
+        if cached is None or cached[1] == "unknown":
             # Not refreshed, or nothing could be known: act on the stored claims.
             return OwnerNow(False, principal_of_owner(stored), stored)
-        _until, _found, claims, principal = cached
+        _until, state, claims, principal = cached
+        if state == "absent" and not stored.get(VERIFIED_KEY):
+            return OwnerNow(False, principal_of_owner(stored), stored)  # never a stored principal
         if claims is None:
-            if stored.get(VERIFIED_KEY):
-                return OwnerNow(True, None, None)
-            return OwnerNow(False, principal_of_owner(stored), stored)
+            return OwnerNow(True, None, None)  # disabled, or deleted since the subscription was stored
         return OwnerNow(False, principal, claims)
 
 

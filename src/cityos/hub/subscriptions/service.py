@@ -41,6 +41,7 @@ from cityos.hub.subscriptions.rights import (
     VERIFIED_KEY,
     EntityCheck,
     FilterCheck,
+    OwnerAbsent,
     OwnerRights,
     principal_of_owner,
 )
@@ -372,9 +373,12 @@ class SubscriptionService:
             return owner
         self.owners.forget(owner["id"])
         try:
-            return {**owner, VERIFIED_KEY: await self.owners.lookup(owner["id"], None) is not None}
+            await self.owners.lookup(owner["id"], None)
+        except OwnerAbsent:
+            return {**owner, VERIFIED_KEY: False}
         except LookupError:
             return owner
+        return {**owner, VERIFIED_KEY: True}
 
     async def enqueue(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         await conn.execute(insert(outbox), rows)

@@ -44,7 +44,7 @@ from cityos.hub.service import ENTITY_CHANGED
 from cityos.hub.store import EntityQuery, EntityRecord
 from cityos.hub.subscriptions.delivery import DeliveryError, Transport, build_message, transport_for
 from cityos.hub.subscriptions.models import NotifySettings, leases, outbox, subscriptions
-from cityos.hub.subscriptions.rights import OwnerRights, filter_checks
+from cityos.hub.subscriptions.rights import OwnerAbsent, OwnerRights, filter_checks
 from cityos.hub.subscriptions.service import (
     NOTIFY_CHANNEL,
     OWNER_KEY,
@@ -645,7 +645,23 @@ async def _current_owner_claims(app: Any, owner_id: str, conn: AsyncConnection |
     if security is None:
         raise LookupError("no security service")
     found: dict[str, Any] | None = await security.service.current_owner_claims(owner_id, conn)
+    if found is None and not await _stored_principal(security.service.engine, owner_id, conn):
+        raise OwnerAbsent(owner_id)
     return found
+
+
+async def _stored_principal(engine: AsyncEngine, owner_id: str, conn: AsyncConnection | None) -> bool:
+    """Is there a user (or, for ``client:<id>``, an OAuth client) with this id, disabled or not?"""
+    from cityos.security.models import clients, users
+
+    if owner_id.startswith("client:"):
+        stmt = select(clients.c.client_id).where(clients.c.client_id == owner_id[len("client:"):][:128])
+    else:
+        stmt = select(users.c.id).where(users.c.id == owner_id[:64])
+    if conn is not None:
+        return (await conn.execute(stmt)).first() is not None
+    async with engine.connect() as own:
+        return (await own.execute(stmt)).first() is not None
 
 
 async def _refresh_classes(app: Any, conn: AsyncConnection, tenant: str) -> None:
