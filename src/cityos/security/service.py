@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import secrets
 import time
 import uuid
@@ -102,7 +103,12 @@ def weak_password_reason(password: str, username: str | None = None, user_inputs
         return "a well-known default password"
     if username and username.lower() in password.lower():
         return "must not contain the user name"
-    inputs = [str(v) for v in (username, *user_inputs) if v]
+    inputs: list[str] = []
+    for value in (username, *user_inputs):
+        if value:
+            # "Olga Wang" is matched as olga, wang and olgawang; "olga.w@x" as olga, w and x.
+            words = [w for w in re.split(r"[\s._@+-]+", str(value).lower()) if w]
+            inputs.extend([str(value).lower(), *words, "".join(words)])
     # zxcvbn's matching is superlinear in the length; 72 characters is its own default cap.
     result = zxcvbn(password[:72], user_inputs=inputs)
     if int(result["score"]) < min_score:
