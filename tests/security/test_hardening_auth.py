@@ -590,5 +590,8 @@ async def test_personal_data_counts_against_a_password(sec: Harness) -> None:
     r = await sec.client.post("/auth/users", headers=await sec.bearer(admin),
                               json={**body, "password": "13987654321zhangwei"})
     assert r.status_code == 400
+    for password in ("Zhangwei13987654321!", "Correct-Horse-13987654321", "Battery-Staple-ZhangWei-9"):
+        r = await sec.client.post("/auth/users", headers=await sec.bearer(admin), json={**body, "password": password})
+        assert r.status_code == 400 and "phone" in r.json()["detail"], password
     r = await sec.client.post("/auth/users", headers=await sec.bearer(admin), json={**body, "password": PASSWORD})
     assert r.status_code == 201

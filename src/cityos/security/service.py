@@ -109,6 +109,11 @@ def weak_password_reason(password: str, username: str | None = None, user_inputs
             # "Olga Wang" is matched as olga, wang and olgawang; "olga.w@x" as olga, w and x.
             words = [w for w in re.split(r"[\s._@+-]+", str(value).lower()) if w]
             inputs.extend([str(value).lower(), *words, "".join(words)])
+    # zxcvbn still rates personal data generously when it is one of several parts (its score grows
+    # with the number of parts): a password holds none of it (ASVS 2.1.7's context-specific words).
+    lowered = password.lower()
+    if any(len(word) >= 4 and word in lowered for word in inputs):
+        return "must not contain the user's name, user name or phone number"
     # zxcvbn's matching is superlinear in the length; 72 characters is its own default cap.
     result = zxcvbn(password[:72], user_inputs=inputs)
     if int(result["score"]) < min_score:
