@@ -116,6 +116,7 @@ login_failures = Table(
     Column("username", String(128), nullable=True),
     Column("at", Timestamp, nullable=False),
     Index("ix_sec_login_failures_ip", "ip", "at"),
+    Index("ix_sec_login_failures_user", "username", "at"),  # per-account sliding window (revision 0013)
 )
 
 ip_blocks = Table(
