@@ -181,6 +181,25 @@ async def test_x_forwarded_for_only_from_trusted_proxies(sec: Harness) -> None:
     assert [row["resource"] for row in blocked] == ["ip:203.0.113.50"]
 
 
+async def test_known_device_passes_a_shared_address_block(sec: Harness) -> None:
+    """Behind a proxy nobody declared trusted, everyone shares one address: a stranger's failures
+    block it, but a device that logged in before still gets in (and is not delayed)."""
+    admin = await sec.user("root", "sys_admin")
+    async with _stranger(sec, "10.0.0.5") as shared:
+        first = await _login(shared, "root", PASSWORD, sec.code(admin))
+        device = first.json()["device_token"]
+        shared.cookies.clear()
+        sec.now[0] += timedelta(seconds=31)
+        for i in range(50):
+            assert (await _login(shared, f"guess{i}", "guess")).status_code == 400
+            sec.now[0] += timedelta(seconds=60)
+        assert await sec.service.ip_blocked("10.0.0.5") is not None
+        await sec.user("colleague")
+        assert (await _login(shared, "colleague", PASSWORD)).status_code == 429
+        r = await _login(shared, "root", PASSWORD, sec.code(admin), device=device)
+        assert r.status_code == 200, r.text
+
+
 async def test_admin_lifts_a_lock(sec: Harness) -> None:
     await sec.user("lockee")
     swap_settings(sec, account_lock_seconds=0)
