@@ -330,6 +330,28 @@ async def test_tenant_wide_role_change_needs_approval(sec: Harness) -> None:
     assert (await sec.service.get_user("cit"))["role"] == "operator"
 
 
+async def test_appointment_bad_input_and_other_tenants(sec: Harness) -> None:
+    admin = await sec.user("root", "sys_admin", tenant="t1")
+    headers = await sec.bearer(admin)
+    for params in ({"username": "x", "role": "citizen"}, {"username": "x", "role": "official", "department": "d1"},
+                   {"username": "x", "role": "emperor"}, {"role": "auditor"}, {"username": "", "role": "auditor"},
+                   {"username": "x", "role": "auditor", "department": 7}):
+        r = await sec.client.post("/auth/approvals", headers=headers,
+                                  json={"kind": "create_user", "params": params, "reason": "x"})
+        assert r.status_code == 400 and r.json()["status"] == 400, params
+    # A dept_admin of another tenant neither sees nor touches this tenant's staff.
+    await sec.user("t1-off", "official", tenant="t1", department="d1")
+    other = await sec.user("t2-boss", "dept_admin", tenant="t2", department="d1")
+    other_headers = await sec.bearer(other)
+    for path in ("disable", "enable", "unlock", "enrolment-code", "totp/reset"):
+        r = await sec.client.post(f"/auth/users/t1-off/{path}", headers=other_headers)
+        assert r.status_code == 404, path
+    r = await sec.client.post("/auth/users/t1-off/disable", content=b"{not json",
+                              headers={**headers, "Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert (await sec.service.get_user("t1-off"))["disabled_at"] is None
+
+
 # ------------------------------------------------------------------------------ finding 9: second factor
 
 

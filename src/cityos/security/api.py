@@ -415,7 +415,7 @@ async def unlock_user(username: str, request: Request,
 async def disable_user(username: str, request: Request,
                        principal: Principal | None = Depends(require("user.disable"))) -> Response:
     await _target(request, principal, username)
-    doc = await read_json_object(request) if int(request.headers.get("Content-Length") or 0) else {}
+    doc = await read_json_object(request) if request.headers.get("Content-Length", "0") != "0" else {}
     reason = _str(doc, "reason", required=False, limit=500) or ""
     return json_response(await security_of(request).accounts.disable(username, by=principal, reason=reason))
 
