@@ -69,6 +69,19 @@ def server_env(root: Path, port: int) -> dict[str, str]:
     return env
 
 
+def cli_add_user(env: dict[str, str], username: str, role: str, password: str, department: str | None = None,
+                 timeout: float = 120) -> str:
+    """`cityos user add --totp` (the installation's root path, e.g. for tenant-wide roles such as
+    operator and auditor, which the API gives only with a two-person approval); the TOTP secret."""
+    command = [*CLI, "user", "add", username, "--role", role, "--password", password, "--totp"]
+    if department:
+        command += ["--department", department]
+    made = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert made.returncode == 0, made.stdout + made.stderr
+    uri = next(word for word in made.stdout.split() if word.startswith("otpauth://"))
+    return totp_secret(uri)
+
+
 def bootstrap_admin(env: dict[str, str], password: str, *, upgrade_timeout: float, add_timeout: float) -> str:
     """`cityos db upgrade`, then the sys_admin `admin` with `--totp`; returns its TOTP secret."""
     subprocess.run([*CLI, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=upgrade_timeout)

@@ -15,10 +15,11 @@ app = typer.Typer(help="CityOS smart-city platform", no_args_is_help=True, add_c
 db_app = typer.Typer(help="Database schema management", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-from cityos.security.cli import audit_app, keys_app, user_app  # noqa: E402
+from cityos.security.cli import audit_app, client_app, keys_app, user_app  # noqa: E402
 
 app.add_typer(user_app, name="user")
 app.add_typer(keys_app, name="keys")
+app.add_typer(client_app, name="client")
 app.add_typer(audit_app, name="audit")
 devices_app = typer.Typer(help="IoT device registry (provision, import, list)", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
@@ -74,8 +75,10 @@ def serve(
 
     os.environ.setdefault("CITYOS_INGEST_CLIENT_ID", f"cityos-ingest-{socket.gethostname()}-{port}")
     os.environ.setdefault("CITYOS_WEB", "1")  # the cockpit and portal (CITYOS_WEB=0: API only)
+    # proxy_headers=False: X-Forwarded-For is read by `cityos.security.api.client_ip`, from the proxies
+    # CITYOS_TRUSTED_PROXIES names only (uvicorn would otherwise trust 127.0.0.1 by default).
     uvicorn.run("cityos.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False)
+                log_level=log_level, access_log=False, proxy_headers=False)
 
 
 @app.command()

@@ -80,11 +80,32 @@ async def _users(http: httpx.AsyncClient, who: Caller) -> httpx.Response:
     return await http.get("/auth/users", headers=who.headers)
 
 
+async def _staff_member(http: httpx.AsyncClient) -> str:
+    """An official of DEPT, created with the client's own (sys_admin) token; its name."""
+    name = f"target-{uuid.uuid4().hex[:8]}"
+    await http.post("/auth/users", json={"username": name, "password": "Correct-Horse-9-battery",
+                                         "role": "official", "department": DEPT})
+    return name
+
+
+async def _disable(http: httpx.AsyncClient, who: Caller) -> httpx.Response:
+    return await http.post(f"/auth/users/{await _staff_member(http)}/disable", headers=who.headers)
+
+
+async def _enrol(http: httpx.AsyncClient, who: Caller) -> httpx.Response:
+    return await http.post(f"/auth/users/{await _staff_member(http)}/enrolment-code", headers=who.headers)
+
+
+async def _reset_totp(http: httpx.AsyncClient, who: Caller) -> httpx.Response:
+    return await http.post(f"/auth/users/{await _staff_member(http)}/totp/reset", headers=who.headers)
+
+
 # One representative endpoint per hub / IoT / admin action. The expected outcome comes from MATRIX.
 ENDPOINTS: dict[str, Call] = {
     "entity.read": _read, "entity.write": _write, "entity.delete": _delete,
     "subscription.manage": _subscriptions, "device.manage": _devices, "tenant.manage": _tenant,
-    "audit.read": _audit, "user.read": _users,
+    "audit.read": _audit, "user.read": _users, "user.disable": _disable, "user.enrol": _enrol,
+    "user.reset_totp": _reset_totp,
 }
 
 

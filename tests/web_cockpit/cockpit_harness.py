@@ -6,7 +6,8 @@ slowest tests in the tree for no UI coverage.
 
 The server gets its own data directory (keys, UI session store), no MQTT ingest workers, cheap
 argon2 parameters, and users made the way an operator makes them: the first administrator with
-`cityos user add --totp`, the others through `POST /auth/users` (TOTP enrolled; codes computed
+`cityos user add --totp`, tenant-wide roles (operator, auditor) the same way (the API gives them only
+with a two-person approval), the others through `POST /auth/users` (TOTP enrolled; codes computed
 with pyotp from the returned `otpauth://` URI).
 """
 
@@ -22,8 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
+from cityos.security.policy import appointment_approval
 from web_harness import (
     bootstrap_admin,
+    cli_add_user,
     free_port,
     fresh_code,
     headless_chromium,
@@ -68,7 +71,13 @@ class Server:
         return self._admin_token
 
     def create_user(self, username: str, role: str, department: str | None = None) -> str | None:
-        """A user with PASSWORD; returns the TOTP secret when the role needs one."""
+        """A user with PASSWORD; returns the TOTP secret when the role needs one.
+
+        Tenant-wide roles (operator, auditor, an official without department) need two persons
+        through the API: the harness makes them with the CLI, as an installer would.
+        """
+        if appointment_approval(role, department) is not None:
+            return cli_add_user(self.env, username, role, PASSWORD, department)
         staff = role in ("official", "operator", "dept_admin", "auditor", "sys_admin")
         body: dict[str, Any] = {"username": username, "password": PASSWORD, "role": role, "totp": staff}
         if department:

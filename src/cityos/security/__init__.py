@@ -7,7 +7,14 @@ Modules
   data-class `VISIBILITY` table are data.
 - ``masking``: `mask_entity(entity, classes, principal, owning_department=None, default="internal")`.
 - ``tokens``: Ed25519 JWT access tokens, JWKS, trust in an external OIDC issuer.
-- ``service``: users, departments, tenants, OAuth clients, grants, TOTP, brute-force defence.
+- ``service``: users, departments, tenants, grants, TOTP login, password hashing (bounded thread
+  pool, bounded login concurrency), zxcvbn password strength.
+- ``logins``: brute-force defence (sliding windows per account and source, progressive delays,
+  known-device tokens that pass lockouts, IP blocks); ``api.client_ip`` believes
+  ``X-Forwarded-For`` only from ``CITYOS_TRUSTED_PROXIES``.
+- ``accounts``: account lifecycle (disable/enable, role and department, unlock, TOTP enrolment
+  codes and reset, OAuth clients, the break-glass recovery code); dept_admins reach only
+  department staff of their departments, tenant-wide and admin roles need two persons.
 - ``audit``: the SHA-256 hash-chained, append-only audit trail.
 - ``crypto``: AES-256-GCM / SM4-GCM field encryption with a key ring.
 - ``approvals``: two-person approval (双人双锁).

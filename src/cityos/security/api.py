@@ -7,9 +7,11 @@
                                           urn:ietf:params:oauth:grant-type:jwt-bearer (assertion = a token
                                           of the trusted OIDC issuer, RFC 7523)
     POST /auth/revoke                     RFC 7009 (token)
-    POST /auth/totp/enroll|confirm        TOTP enrolment (username, password[, totp])
+    POST /auth/totp/enroll|confirm        TOTP enrolment (username, password, enrolment_code | totp)
     GET  /auth/me                         the caller's principal
-    GET|POST /auth/users, POST /auth/users/{username}/unlock
+    GET|POST /auth/users, POST /auth/users/{username}/unlock|disable|enable|enrolment-code|totp/reset,
+    PUT  /auth/users/{username}/role      {"role", "department"?}
+    GET|POST /auth/clients, POST /auth/clients/{client_id}/disable
     POST /auth/approvals, GET /auth/approvals[/{id}], POST /auth/approvals/{id}/approve|refuse|execute
     GET  /audit, /audit/export (ndjson|csv), /audit/verify     auditors; values masked
     GET  /.well-known/jwks.json, /.well-known/openid-configuration
@@ -20,6 +22,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import ipaddress
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -31,8 +34,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from cityos.core import clock
-from cityos.core.errors import BadRequestData, TooLarge, UnsupportedMediaType
+from cityos.core.errors import BadRequestData, ResourceNotFound, TooLarge, UnsupportedMediaType
 from cityos.core.responses import json_response, read_json_object
+from cityos.security.accounts import AccountService
 from cityos.security.approvals import ApprovalService
 from cityos.security.audit import OUTCOMES, AuditEvent, AuditLog, AuditQuery, ts_text
 from cityos.security.crypto import load_keyring
@@ -44,6 +48,7 @@ from cityos.security.tokens import InvalidToken, OidcTrust, TokenIssuer, load_si
 _TENANT = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
 MAX_FORM_BYTES = 16 * 1024
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+DEVICE_COOKIE = "cityos_device"
 
 
 @dataclass
@@ -52,6 +57,10 @@ class SecurityState:
     service: SecurityService
     approvals: ApprovalService
     audit: AuditLog
+
+    @property
+    def accounts(self) -> AccountService:
+        return self.approvals.accounts
 
 
 async def start_security(app: FastAPI, settings: SecuritySettings | None = None,
@@ -68,7 +77,12 @@ async def start_security(app: FastAPI, settings: SecuritySettings | None = None,
     await service.startup()
     await audit.start()
     app.state.security = SecurityState(settings, service, ApprovalService(service), audit)
-    return audit.stop
+
+    async def stop() -> None:
+        await audit.stop()
+        service.close()
+
+    return stop
 
 
 def security_of(request: Request) -> SecurityState:
@@ -76,9 +90,51 @@ def security_of(request: Request) -> SecurityState:
     return state
 
 
+def parse_networks(spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """`CITYOS_TRUSTED_PROXIES`: comma-separated addresses or CIDRs; a bad entry stops the start."""
+    nets = []
+    for part in spec.split(","):
+        if part.strip():
+            try:
+                nets.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError as exc:
+                raise RuntimeError(f"CITYOS_TRUSTED_PROXIES: {part.strip()!r} is not an address or CIDR") from exc
+    return tuple(nets)
+
+
+_NETS: dict[str, tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]] = {}
+
+
+def _trusted(address: str, spec: str) -> bool:
+    nets = _NETS.get(spec)
+    if nets is None:
+        nets = _NETS[spec] = parse_networks(spec)
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in nets)
+
+
 def client_ip(request: Request) -> str:
-    # Behind a proxy, run uvicorn with --proxy-headers/--forwarded-allow-ips so this is the real client.
-    return (request.client.host if request.client else "") or "unknown"
+    """The caller's address. `X-Forwarded-For` is believed only when the peer is a trusted proxy
+    (`CITYOS_TRUSTED_PROXIES`); then the right-most address that is not a trusted proxy is the
+    client (addresses further left were written by the client and prove nothing)."""
+    peer = (request.client.host if request.client else "") or "unknown"
+    state = getattr(request.app.state, "security", None)
+    spec = state.settings.trusted_proxies if state is not None else ""
+    if not spec or not _trusted(peer, spec):
+        return peer
+    hops = [h.strip() for value in request.headers.getlist("X-Forwarded-For") for h in value.split(",")]
+    for hop in reversed([h for h in hops if h]):
+        if not _trusted(hop, spec):
+            try:
+                return str(ipaddress.ip_address(hop.strip("[]")))
+            except ValueError:
+                return peer  # garbage in the header: fall back to the proxy's own address
+    return peer
 
 
 # ---------------------------------------------------------------------------------- dependencies
@@ -247,7 +303,15 @@ async def token(request: Request) -> Response:
     grant = form.get("grant_type", "")
     if grant == "password":
         username, password = _need(form, "username", "password")
-        return _no_store(await service.password_grant(username, password, form.get("totp"), ip))
+        device = form.get("device_token") or request.cookies.get(DEVICE_COOKIE)
+        tokens = await service.password_grant(username, password, form.get("totp"), ip, device=device)
+        response = _no_store(tokens)
+        if tokens.get("device_token"):
+            # OWASP device cookie: this browser passes lockouts that strangers' failures cause.
+            response.set_cookie(DEVICE_COOKIE, tokens["device_token"], max_age=service.settings.device_token_seconds,
+                                path="/auth/token", secure=service.settings.issuer.startswith("https://"),
+                                httponly=True, samesite="strict")
+        return response
     if grant == "client_credentials":
         client_id, secret = form.get("client_id"), form.get("client_secret")
         auth = request.headers.get("Authorization", "")
@@ -282,7 +346,8 @@ async def revoke(request: Request) -> Response:
 async def totp_enroll(request: Request) -> Response:
     form = await _form(request)
     username, password = _need(form, "username", "password")
-    new = await security_of(request).service.totp_enroll(username, password, client_ip(request))
+    new = await security_of(request).accounts.totp_enroll(username, password, client_ip(request),
+                                                           form.get("enrolment_code"))
     return _no_store({"secret": new.totp_secret, "otpauth_uri": new.totp_uri(),
                       "next": "POST /auth/totp/confirm with username, password and totp"})
 
@@ -291,7 +356,7 @@ async def totp_enroll(request: Request) -> Response:
 async def totp_confirm(request: Request) -> Response:
     form = await _form(request)
     username, password, code = _need(form, "username", "password", "totp")
-    await security_of(request).service.totp_confirm(username, password, code, client_ip(request))
+    await security_of(request).accounts.totp_confirm(username, password, code, client_ip(request))
     return json_response({"totp_enabled": True})
 
 
@@ -329,13 +394,92 @@ async def create_user(request: Request, principal: Principal | None = Depends(re
     return json_response({"id": new.id, "username": new.username, "otpauth_uri": new.totp_uri()}, 201)
 
 
+async def _target(request: Request, principal: Principal | None, username: str) -> dict[str, Any]:
+    """The user `username` if in the caller's tenant (a sys_admin reaches every tenant); 404 otherwise."""
+    assert principal is not None
+    user = await security_of(request).service.get_user(username[:128])
+    if principal.role != "sys_admin" and user["tenant"] != principal.tenant:
+        raise ResourceNotFound(f"no user {username!r}")
+    return user
+
+
 @router.post("/auth/users/{username}/unlock")
 async def unlock_user(username: str, request: Request,
                       principal: Principal | None = Depends(require("user.manage"))) -> Response:
-    service = security_of(request).service
-    user = await service.get_user(username)
-    await enforce(request, principal, "user.manage", Resource("user", user["tenant"], department=user["department"]))
-    await service.unlock(username, by=principal)
+    await _target(request, principal, username)
+    await security_of(request).accounts.unlock(username, by=principal)
+    return Response(status_code=204)
+
+
+@router.post("/auth/users/{username}/disable")
+async def disable_user(username: str, request: Request,
+                       principal: Principal | None = Depends(require("user.disable"))) -> Response:
+    await _target(request, principal, username)
+    doc = await read_json_object(request) if request.headers.get("Content-Length", "0") != "0" else {}
+    reason = _str(doc, "reason", required=False, limit=500) or ""
+    return json_response(await security_of(request).accounts.disable(username, by=principal, reason=reason))
+
+
+@router.post("/auth/users/{username}/enable")
+async def enable_user(username: str, request: Request,
+                      principal: Principal | None = Depends(require("user.disable"))) -> Response:
+    await _target(request, principal, username)
+    return json_response(await security_of(request).accounts.enable(username, by=principal))
+
+
+@router.put("/auth/users/{username}/role")
+async def set_user_role(username: str, request: Request,
+                        principal: Principal | None = Depends(require("user.manage"))) -> Response:
+    await _target(request, principal, username)
+    doc = await read_json_object(request)
+    role = _str(doc, "role", limit=32) or ""
+    department = _str(doc, "department", required=False, limit=128)
+    await security_of(request).accounts.set_role(username, role, by=principal, department=department)
+    user = await security_of(request).service.get_user(username)
+    return json_response({"username": username, "role": user["role"], "department": user["department"]})
+
+
+@router.post("/auth/users/{username}/totp/reset")
+async def reset_user_totp(username: str, request: Request,
+                          principal: Principal | None = Depends(require("user.reset_totp"))) -> Response:
+    await _target(request, principal, username)
+    return _no_store(await security_of(request).accounts.reset_totp(username, by=principal))
+
+
+@router.post("/auth/users/{username}/enrolment-code")
+async def enrolment_code(username: str, request: Request,
+                         principal: Principal | None = Depends(require("user.enrol"))) -> Response:
+    await _target(request, principal, username)
+    return _no_store(await security_of(request).accounts.issue_enrolment_code(username, by=principal))
+
+
+@router.get("/auth/clients")
+async def list_clients(request: Request, principal: Principal | None = Depends(require("client.read"))) -> Response:
+    assert principal is not None
+    return json_response(await security_of(request).accounts.list_clients(request_tenant(request, principal)))
+
+
+@router.post("/auth/clients", status_code=201)
+async def create_client(request: Request, principal: Principal | None = Depends(require("client.manage"))) -> Response:
+    doc = await read_json_object(request)
+    tenant = request_tenant(request, principal)
+    client_id = _str(doc, "client_id", limit=128) or ""
+    secret = await security_of(request).accounts.create_client(
+        client_id, _str(doc, "role", limit=32) or "", tenant=tenant,
+        department=_str(doc, "department", required=False, limit=128), by=principal)
+    return json_response({"client_id": client_id, "client_secret": secret}, 201,
+                         headers={"Cache-Control": "no-store"})
+
+
+@router.post("/auth/clients/{client_id}/disable")
+async def disable_client(client_id: str, request: Request,
+                         principal: Principal | None = Depends(require("client.manage"))) -> Response:
+    assert principal is not None
+    accounts = security_of(request).accounts
+    client = await accounts.get_client(client_id)
+    if principal.role != "sys_admin" and client["tenant"] != principal.tenant:
+        raise ResourceNotFound(f"no client {client_id!r}")
+    await accounts.disable_client(client_id, by=principal)
     return Response(status_code=204)
 
 

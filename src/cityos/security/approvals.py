@@ -8,9 +8,19 @@ the requester, once, before the request expires). Every step is audited.
 - delete_tenant (tenant.delete; {"tenant"}): tenant marked deleted, its users disabled, the
   domains' `tenant_deletion_hooks` run;
 - rotate_keys (keys.rotate; {}): a new active data key (file-backed ring), re-encryption;
-- assign_admin_role (role.assign_admin; {"username", "role"}): role set, sessions revoked.
+- assign_admin_role (role.assign_admin; {"username", "role"}): role set, sessions revoked;
+- assign_role (role.assign_tenant_wide; {"username", "role", "department"?}): a tenant-wide role
+  (operator, auditor, an official without a department) set, sessions revoked;
+- create_user (role.assign_admin or role.assign_tenant_wide by role; {"username", "role",
+  "department"?, "display_name"?}): the account is created without a password and the execution's
+  answer carries a one-time enrolment code (shown once, never stored in the approval), with which
+  the new user sets a password and enrols TOTP (POST /auth/totp/enroll).
 
-The approver must be allowed `approval.decide` and the kind's action on the same resource.
+The approver must be allowed `approval.decide` and the kind's action on the same resource; for
+role appointments (三权分立) the second person is another sys_admin or a dept_admin of the tenant
+(`role.approve`), never the person appointed. When no second administrator exists yet, the
+break-glass recovery code created with the first administrator stands in for the second person
+(`approve_with_recovery_code`, CLI `cityos user approve --recovery-code`).
 An export grant is consumed by the exporting code: `await approvals.consume_grant(grant_id, principal)`.
 """
 
@@ -26,9 +36,10 @@ from sqlalchemy import insert, select, update
 from cityos.core import clock
 from cityos.core.errors import BadRequestData, Conflict, ResourceNotFound
 from cityos.security import crypto
+from cityos.security.accounts import AccountService
 from cityos.security.audit import AuditEvent
 from cityos.security.models import approvals, grants
-from cityos.security.policy import ADMIN_ROLES, Principal, Resource, authorize
+from cityos.security.policy import ADMIN_ROLES, USER_ROLES, Principal, Resource, appointment_approval, authorize
 from cityos.security.service import Forbidden, SecurityService, Unauthorized
 
 KINDS: dict[str, str] = {
@@ -36,14 +47,34 @@ KINDS: dict[str, str] = {
     "delete_tenant": "tenant.delete",
     "rotate_keys": "keys.rotate",
     "assign_admin_role": "role.assign_admin",
+    "assign_role": "role.assign_tenant_wide",
+    "create_user": "role.assign_tenant_wide",
 }
+ROLE_KINDS = frozenset({"assign_admin_role", "assign_role", "create_user"})
+# Keys of an executor's result that are shown once to the executing requester and never stored.
+ONCE_KEYS = frozenset({"enrolment_code"})
 
 Executor = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def _resource(kind: str, tenant: str, params: dict[str, Any]) -> Resource:
     dept = params.get("department")
+    if kind in ROLE_KINDS:
+        dept = None  # the appointment is tenant-wide business whatever the department
     return Resource(kind=kind, tenant=tenant, department=str(dept) if dept else None)
+
+
+def _action(kind: str, params: dict[str, Any]) -> str:
+    """The action a request of `kind` needs from its requester."""
+    if kind == "create_user" and params.get("role") in ADMIN_ROLES:
+        return "role.assign_admin"
+    return KINDS[kind]
+
+
+def _approver_actions(kind: str, params: dict[str, Any]) -> tuple[str, ...]:
+    if kind in ROLE_KINDS:
+        return ("approval.decide", "role.approve")
+    return ("approval.decide", _action(kind, params))
 
 
 def _clean_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -60,17 +91,37 @@ def _clean_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(params.get("username"), str) or params.get("role") not in ADMIN_ROLES:
             raise BadRequestData(f"assign_admin_role needs params.username and params.role in {sorted(ADMIN_ROLES)}")
         return {"username": params["username"][:128], "role": params["role"]}
+    if kind in ("assign_role", "create_user"):
+        department = params.get("department")
+        if department is not None and (not isinstance(department, str) or not department):
+            raise BadRequestData("params.department must be a non-empty string")
+        role = params.get("role")
+        needed = appointment_approval(str(role), department) if role in USER_ROLES else None
+        allowed = (needed is not None) if kind == "create_user" else (needed == "role.assign_tenant_wide")
+        if not isinstance(params.get("username"), str) or not params["username"] or not allowed:
+            raise BadRequestData(f"{kind} needs params.username and a role that needs two persons "
+                                 "(operator, auditor, an official without department"
+                                 f"{', dept_admin, sys_admin' if kind == 'create_user' else ''})")
+        out: dict[str, Any] = {"username": params["username"][:128], "role": role}
+        if department:
+            out["department"] = department[:128]
+        if kind == "create_user" and isinstance(params.get("display_name"), str):
+            out["display_name"] = params["display_name"][:256]
+        return out
     return {}
 
 
 class ApprovalService:
-    def __init__(self, security: SecurityService) -> None:
+    def __init__(self, security: SecurityService, accounts: AccountService | None = None) -> None:
         self.security = security
+        self.accounts = accounts or AccountService(security)
         self.executors: dict[str, Executor] = {
             "export_sensitive": self._grant_export,
             "delete_tenant": self._delete_tenant,
             "rotate_keys": self._rotate_keys,
             "assign_admin_role": self._assign_admin,
+            "assign_role": self._assign_admin,
+            "create_user": self._create_user,
         }
 
     async def _audit(self, principal: Principal, action: str, approval_id: str, outcome: str = "success",
@@ -86,7 +137,7 @@ class ApprovalService:
         params = _clean_params(kind, params)
         tenant = principal.tenant if tenant is None else tenant
         resource = _resource(kind, tenant, params)
-        for action in ("approval.request", KINDS[kind]):
+        for action in ("approval.request", _action(kind, params)):
             decision = authorize(principal, action, resource)
             if not decision:
                 await self._audit(principal, f"approval.request.{kind}", "-", "denied", reason=decision.reason)
@@ -127,12 +178,19 @@ class ApprovalService:
         if item["requested_by"] == principal.id:
             await self._audit(principal, f"approval.{verb}", approval_id, "denied", reason="self-approval")
             raise Forbidden("the requester cannot decide their own request (two-person rule)")
+        if item["kind"] in ROLE_KINDS and principal.username == item["params"].get("username"):
+            await self._audit(principal, f"approval.{verb}", approval_id, "denied", reason="own appointment")
+            raise Forbidden("the person appointed cannot decide their own appointment")
         resource = _resource(item["kind"], item["tenant"], item["params"])
-        for action in ("approval.decide", KINDS[item["kind"]]):
+        for action in _approver_actions(item["kind"], item["params"]):
             decision = authorize(principal, action, resource)
             if not decision:
                 await self._audit(principal, f"approval.{verb}", approval_id, "denied", reason=decision.reason)
                 raise Forbidden(f"{action}: {decision.reason}")
+        return await self._decide(principal, item, approve)
+
+    async def _decide(self, principal: Principal, item: dict[str, Any], approve: bool) -> dict[str, Any]:
+        approval_id, verb = item["id"], "approve" if approve else "refuse"
         now = clock.now()
         async with self.security.write() as conn:
             changed = (await conn.execute(update(approvals).where(
@@ -142,6 +200,20 @@ class ApprovalService:
             raise Conflict(f"approval {approval_id} is {item['status']} or expired")
         await self._audit(principal, f"approval.{verb}", approval_id, kind=item["kind"])
         return await self.get(approval_id)
+
+    async def approve_with_recovery_code(self, approval_id: str, code: str) -> dict[str, Any]:
+        """Break-glass: the offline recovery code stands in for the second person of a role appointment.
+
+        Only role appointments, only while pending; the code is spent (once) and the step audited.
+        """
+        item = await self.get(approval_id)
+        if item["kind"] not in ROLE_KINDS:
+            raise Forbidden("the recovery code only approves role appointments")
+        if item["status"] != "pending":
+            raise Conflict(f"approval {approval_id} is {item['status']}")
+        await self.accounts.use_recovery_code(code, approval_id)
+        glass = Principal(id="break-glass", kind="service", role="sys_admin", username="break-glass")
+        return await self._decide(glass, item, True)
 
     async def execute(self, principal: Principal | None, approval_id: str) -> dict[str, Any]:
         if principal is None:
@@ -158,7 +230,8 @@ class ApprovalService:
             await self._audit(principal, "approval.execute", approval_id, "denied", status=item["status"])
             raise Conflict(f"approval {approval_id} is {item['status']}, not approved (or it expired)")
         try:
-            result = await self.executors[item["kind"]](item["params"], item)
+            shown = await self.executors[item["kind"]](item["params"], item)
+            result = {k: v for k, v in shown.items() if k not in ONCE_KEYS}
         except Exception as exc:
             async with self.security.write() as conn:
                 await conn.execute(update(approvals).where(approvals.c.id == approval_id)
@@ -170,7 +243,7 @@ class ApprovalService:
             await conn.execute(update(approvals).where(approvals.c.id == approval_id)
                                .values(status="executed", result=result))
         await self._audit(principal, "approval.execute", approval_id, kind=item["kind"], result=result)
-        return await self.get(approval_id)
+        return {**await self.get(approval_id), "result": shown}
 
     # ------------------------------------------------------------------ executors
 
@@ -208,6 +281,15 @@ class ApprovalService:
         report = await crypto.reencrypt(self.security.engine, ring)
         return {"active": report.active, "added": added, "rewritten": report.rewritten}
 
-    async def _assign_admin(self, params: dict[str, Any], _item: dict[str, Any]) -> dict[str, Any]:
-        await self.security.set_role(params["username"], params["role"], allow_admin=True)
+    async def _assign_admin(self, params: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+        # assign_role names the department the role has (none: tenant-wide); an admin keeps theirs.
+        department = params.get("department") if item["kind"] == "assign_role" else ...
+        await self.accounts.set_role(params["username"], params["role"], allow_admin=True, department=department)
         return {"username": params["username"], "role": params["role"]}
+
+    async def _create_user(self, params: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+        await self.security.create_user(params["username"], None, params["role"], tenant=item["tenant"],
+                                        department=params.get("department"),
+                                        display_name=params.get("display_name"), allow_admin=True)
+        code = await self.accounts.issue_enrolment_code(params["username"])
+        return {"username": params["username"], "role": params["role"], **code}

@@ -63,6 +63,9 @@ users = Table(
     Column("failed_logins", Integer, nullable=False, default=0),
     Column("locked_until", Timestamp, nullable=True),
     Column("disabled", Boolean, nullable=False, default=False),
+    # When the account was disabled (None: active). Set together with `disabled`; readers outside the
+    # security service (the hub's subscription worker) test this column.
+    Column("disabled_at", Timestamp, nullable=True),
     Column("external_iss", String(512), nullable=True),
     Column("external_sub", String(512), nullable=True),
     Column("created_at", Timestamp, nullable=False),
@@ -113,6 +116,7 @@ login_failures = Table(
     Column("username", String(128), nullable=True),
     Column("at", Timestamp, nullable=False),
     Index("ix_sec_login_failures_ip", "ip", "at"),
+    Index("ix_sec_login_failures_user", "username", "at"),  # per-account sliding window (revision 0013)
 )
 
 ip_blocks = Table(
@@ -196,6 +200,45 @@ grants = Table(
     Column("expires_at", Timestamp, nullable=False),
     Column("used_at", Timestamp, nullable=True),
 )
+
+# One-time codes an administrator issues so that a staff member can enrol their first TOTP factor
+# (a password alone must not be enough to bind a new second factor). Stored as SHA-256 digests.
+enrolment_codes = Table(
+    "sec_enrolment_codes",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("code_hash", String(64), nullable=False),
+    Column("issued_by", String(256), nullable=False),
+    Column("issued_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+)
+
+# Devices that completed a login before (OWASP "device cookie"): such a device passes an account
+# lock, IP blocks and login delays that strangers' failures caused. Stored as SHA-256 digests.
+known_devices = Table(
+    "sec_known_devices",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", String(64), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+    Index("ix_sec_known_devices_user", "user_id"),
+)
+
+# Break-glass recovery codes (created with the first administrator, printed once, kept offline):
+# one can stand in for the second person of an administrator appointment. Argon2id hashes.
+recovery_codes = Table(
+    "sec_recovery_codes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("code_hash", String(256), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("used_at", Timestamp, nullable=True),
+    Column("used_for", String(64), nullable=True),
+)
+
+# Added by revision 0013 (0005 creates TABLES as declared at the time).
+LIFECYCLE_TABLES = [enrolment_codes, known_devices, recovery_codes]
 
 TABLES = [tenants, departments, users, clients, refresh_tokens, revocations, login_failures, ip_blocks,
           rate_limits, audit, audit_head, approvals, grants]

@@ -43,7 +43,13 @@ ANONYMOUS = "anonymous"
 USER_ROLES: tuple[str, ...] = tuple(r.value for r in Role if r is not Role.DEVICE)
 ADMIN_ROLES = frozenset({Role.DEPT_ADMIN.value, Role.SYS_ADMIN.value})
 # Roles that must present a TOTP code at the password grant.
-TOTP_ROLES = frozenset({Role.OFFICIAL.value, Role.OPERATOR.value, Role.DEPT_ADMIN.value, Role.SYS_ADMIN.value})
+TOTP_ROLES = frozenset({Role.OFFICIAL.value, Role.OPERATOR.value, Role.DEPT_ADMIN.value, Role.AUDITOR.value,
+                        Role.SYS_ADMIN.value})
+# Roles bound to a department: the only ones a dept_admin may give, inside its own departments.
+DEPARTMENT_ROLES = frozenset({Role.OFFICIAL.value})
+# Roles acting across the whole tenant: appointed by the sys_admin plus a second person (三权分立:
+# the administrator does not appoint the auditor alone). An official without a department too.
+TENANT_WIDE_ROLES = frozenset({Role.OPERATOR.value, Role.AUDITOR.value})
 STAFF_ROLES = frozenset({Role.OFFICIAL.value, Role.OPERATOR.value, Role.DEPT_ADMIN.value, Role.AUDITOR.value,
                          Role.SYS_ADMIN.value})
 
@@ -67,8 +73,15 @@ ACTIONS: tuple[str, ...] = (
     "audit.read",
     "audit.export",
     "user.read",
-    "user.manage",             # create users, unlock accounts, assign non-admin roles
+    "user.manage",             # create users, unlock accounts, assign department roles
+    "user.disable",            # disable / enable an account (its sessions are revoked)
+    "user.reset_totp",         # forget a user's TOTP (a new enrolment code is issued)
+    "user.enrol",              # issue a one-time TOTP enrolment code
+    "client.read",             # list OAuth clients
+    "client.manage",           # create / disable OAuth clients (client_credentials)
     "role.assign_admin",       # give someone dept_admin or sys_admin (two-person)
+    "role.assign_tenant_wide",  # give someone operator, auditor or a department-less role (two-person)
+    "role.approve",            # be the second person of a role appointment
     "tenant.manage",
     "tenant.delete",           # two-person
     "keys.rotate",             # two-person
@@ -99,7 +112,8 @@ ACTIONS: tuple[str, ...] = (
 )
 
 # Actions that, once authorised, still need a second person's approval (双人双锁).
-TWO_PERSON_ACTIONS = frozenset({"data.export_sensitive", "tenant.delete", "keys.rotate", "role.assign_admin"})
+TWO_PERSON_ACTIONS = frozenset({"data.export_sensitive", "tenant.delete", "keys.rotate", "role.assign_admin",
+                                "role.assign_tenant_wide"})
 
 _N, _P, _O, _D, _T, _A = Scope.NONE, Scope.PUBLIC, Scope.OWN, Scope.DEPARTMENT, Scope.TENANT, Scope.ALL
 
@@ -123,8 +137,9 @@ MATRIX: dict[str, dict[str, Scope]] = {
                     "incident.create": _T, "incident.act": _T, "report.submit": _T, "sla.manage": _T,
                     "service.read": _T, "licence.verify": _T},
     Role.DEPT_ADMIN: {"entity.read": _T, "entity.write": _D, "entity.delete": _D, "subscription.manage": _D,
-                      "device.manage": _D, "user.read": _D, "user.manage": _D, "data.export_sensitive": _D,
-                      "approval.request": _D, "approval.decide": _D,
+                      "device.manage": _D, "user.read": _D, "user.manage": _D, "user.disable": _D,
+                      "user.reset_totp": _D, "user.enrol": _D, "data.export_sensitive": _D,
+                      "approval.request": _D, "approval.decide": _D, "role.approve": _T,
                       "rule.read": _T, "rule.manage": _D, "alarm.read": _T, "alarm.act": _D, "incident.read": _D,
                       "incident.create": _D, "incident.act": _D, "report.submit": _T, "sla.manage": _D,
                       "service.read": _T, "service.manage": _D, "application.read": _D, "task.act": _D,
@@ -136,7 +151,9 @@ MATRIX: dict[str, dict[str, Scope]] = {
                    "rule.read": _T, "alarm.read": _T, "incident.read": _T, "service.read": _T,
                    "application.read": _T, "licence.verify": _T, "supervision.read": _T},
     Role.SYS_ADMIN: {"entity.read": _A, "entity.write": _A, "entity.delete": _A, "subscription.manage": _A,
-                     "device.manage": _A, "user.read": _A, "user.manage": _A, "role.assign_admin": _A,
+                     "device.manage": _A, "user.read": _A, "user.manage": _A, "user.disable": _A,
+                     "user.reset_totp": _A, "user.enrol": _A, "client.read": _A, "client.manage": _A,
+                     "role.assign_admin": _A, "role.assign_tenant_wide": _A, "role.approve": _A,
                      "tenant.manage": _A, "tenant.delete": _A, "keys.rotate": _A, "approval.request": _A,
                      "approval.decide": _A,
                      "rule.read": _A, "rule.manage": _A, "alarm.read": _A, "alarm.act": _A, "incident.read": _A,
@@ -272,6 +289,31 @@ def authorize(principal: Principal | None, action: str, resource: Resource) -> D
     if in_department(principal, resource):
         return Decision(True, "department", scope, approval)
     return Decision(False, "outside the principal's department", scope)
+
+
+def appointment_approval(role: str, department: str | None) -> str | None:
+    """The two-person action that giving someone `role` (in `department`) needs, or None."""
+    if role in ADMIN_ROLES:
+        return "role.assign_admin"
+    if role in TENANT_WIDE_ROLES or (role in DEPARTMENT_ROLES and department is None):
+        return "role.assign_tenant_wide"
+    return None
+
+
+def may_manage_user(principal: Principal | None, action: str, tenant: str, role: str,
+                    department: str | None) -> Decision:
+    """May `principal` do `action` to (or give) an account of `role` in `department`?
+
+    A department-scoped administrator reaches only department roles of its own departments: not
+    administrators, operators, auditors, citizens, nor anyone without a department.
+    """
+    decision = authorize(principal, action, Resource("user", tenant, department=department))
+    if decision and decision.scope is Scope.DEPARTMENT:
+        assert principal is not None
+        if role not in DEPARTMENT_ROLES or department is None or department not in principal.departments:
+            return Decision(False, "a department administrator manages only department staff "
+                                   f"({', '.join(sorted(DEPARTMENT_ROLES))}) of its own departments", decision.scope)
+    return decision
 
 
 def visible_class(principal: Principal | None, data_class: str, owning_department: str | None) -> Visibility:

@@ -34,9 +34,32 @@ class SecuritySettings:
     ip_fail_limit: int = field(default_factory=lambda: env_int("CITYOS_IP_FAIL_LIMIT", 50))
     ip_fail_window: int = field(default_factory=lambda: env_int("CITYOS_IP_FAIL_WINDOW_SECONDS", 3600))
     ip_block_seconds: int = field(default_factory=lambda: env_int("CITYOS_IP_BLOCK_SECONDS", 3600))
+    # Per account (OWASP ASVS 2.2.1): failures are counted in a sliding window and age out, so a
+    # trickle of wrong guesses never keeps an account locked; a lock is passed by the right password
+    # (+ TOTP) from a device that logged in before (`device_token`), or lifted by an administrator.
     account_fail_limit: int = field(default_factory=lambda: env_int("CITYOS_ACCOUNT_FAIL_LIMIT", 5))
-    # 0 = locked until an administrator unlocks the account.
+    account_fail_window: int = field(default_factory=lambda: env_int("CITYOS_ACCOUNT_FAIL_WINDOW_SECONDS", 900))
+    # 0 = locked (for unknown devices) until an administrator unlocks the account.
     account_lock_seconds: int = field(default_factory=lambda: env_int("CITYOS_ACCOUNT_LOCK_SECONDS", 900))
+    # Progressive delay: after `login_delay_after` failures in the window (per account or per source),
+    # the next attempt must wait base * 2^(n - after) seconds, at most `login_delay_max`.
+    login_delay_after: int = field(default_factory=lambda: env_int("CITYOS_LOGIN_DELAY_AFTER", 3))
+    login_delay_base: float = field(default_factory=lambda: env_float("CITYOS_LOGIN_DELAY_BASE_SECONDS", 1.0))
+    login_delay_max: float = field(default_factory=lambda: env_float("CITYOS_LOGIN_DELAY_MAX_SECONDS", 60.0))
+    ip_delay_after: int = field(default_factory=lambda: env_int("CITYOS_IP_DELAY_AFTER", 10))
+    # How long a known-device token (issued at a successful login) stays valid.
+    device_token_seconds: int = field(default_factory=lambda: env_int("CITYOS_DEVICE_TOKEN_SECONDS", 90 * 86400))
+    # Reverse proxies whose X-Forwarded-For is believed (comma-separated CIDRs); empty: none.
+    trusted_proxies: str = field(default_factory=lambda: os.environ.get("CITYOS_TRUSTED_PROXIES", ""))
+    # Password hashing runs in a bounded thread pool; logins beyond `login_concurrency` wait at most
+    # `login_queue_seconds`, then get 503 + Retry-After, so the rest of the API stays responsive.
+    hash_workers: int = field(default_factory=lambda: env_int("CITYOS_HASH_WORKERS", 2))
+    login_concurrency: int = field(default_factory=lambda: env_int("CITYOS_LOGIN_CONCURRENCY", 8))
+    login_queue_seconds: float = field(default_factory=lambda: env_float("CITYOS_LOGIN_QUEUE_SECONDS", 2.0))
+    # One-time TOTP enrolment codes issued by an administrator.
+    enrolment_code_seconds: int = field(default_factory=lambda: env_int("CITYOS_ENROLMENT_CODE_SECONDS", 72 * 3600))
+    # zxcvbn score (0-4) a new password needs.
+    password_min_score: int = field(default_factory=lambda: env_int("CITYOS_PASSWORD_MIN_SCORE", 3))
     auth_rate_per_minute: int = field(default_factory=lambda: env_int("CITYOS_AUTH_RATE_PER_MINUTE", 120))
     revocation_cache_seconds: float = field(default_factory=lambda: env_float("CITYOS_REVOCATION_CACHE_SECONDS", 2.0))
     oidc_issuer: str | None = field(default_factory=lambda: env_optional("CITYOS_OIDC_ISSUER"))

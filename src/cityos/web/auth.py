@@ -154,6 +154,9 @@ class Session:
         self.storage["access_token"] = tokens["access_token"]
         if tokens.get("refresh_token"):
             self.storage["refresh_token"] = tokens["refresh_token"]
+        if tokens.get("device_token"):
+            # Kept across sign-outs: this browser is a known device that passes lockouts (OWASP device cookie).
+            self.storage["device_token"] = tokens["device_token"]
         self.storage["expires_at"] = time.time() + float(tokens.get("expires_in") or 0)
 
     def forget(self) -> None:
@@ -165,6 +168,8 @@ class Session:
         form = {"grant_type": "password", "username": username, "password": password}
         if totp:
             form["totp"] = totp
+        if self.storage.get("device_token"):
+            form["device_token"] = self.storage["device_token"]
         response = await self._send("POST", "/auth/token", None, data=form)
         if response.status_code != 200:
             raise ApiError(response)
@@ -252,7 +257,8 @@ async def login_page(next: str = "/cockpit") -> None:
                     if code == "mfa_required":
                         error.text = "请输入动态口令 Enter your TOTP code"
                     elif code == "mfa_enrollment_required":
-                        error.text = "该角色需先绑定动态口令 TOTP enrolment needed: POST /auth/totp/enroll"
+                        error.text = ("该角色需先用管理员发放的绑定码绑定动态口令 TOTP enrolment needed: "
+                                      "POST /auth/totp/enroll with the enrolment code from an administrator")
                     else:
                         error.text = f"登录失败 Sign-in refused: {exc.detail}"
                     error.set_visibility(True)
