@@ -32,6 +32,7 @@ from cityos.config import Settings
 from cityos.core import migrate
 from cityos.iot.ingest import IngestWorker
 from cityos.iot.models import DeviceIn
+from own_services import OwnMosquitto
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.environ.get("CITYOS_TEST_MQTT_URL"),
                                                    reason="CITYOS_TEST_MQTT_URL is not set")]
@@ -42,62 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class OwnMosquitto:
-    def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
-        self.dir = workdir
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"persistence true\npersistence_location {workdir}/\nlistener {self.port} 127.0.0.1\n"
-                             "allow_anonymous true\n"
-                             # what deploy/iot.md asks for: Mosquitto's default (1000) drops QoS 1 messages
-                             # beyond it while the ingest session is away
-                             "max_queued_messages 1000000\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # mosquitto saves its persistence file on SIGTERM
-            self.proc.wait(10)
-
-    def restart(self, down_seconds: float = 1.0) -> None:
-        self.stop()
-        time.sleep(down_seconds)
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-
-@pytest.fixture
-def own_mosquitto() -> Iterator[OwnMosquitto]:
-    if not shutil.which("mosquitto"):
-        pytest.skip("mosquitto is not installed")
-    workdir = Path(tempfile.mkdtemp(prefix="cityos-mosq-"))
-    if os.geteuid() == 0:
-        # mosquitto started as root drops to the mosquitto user, which must be able to write its database
-        with contextlib.suppress(LookupError):
-            shutil.chown(workdir, "mosquitto")
-    broker = OwnMosquitto(workdir)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()  # always leave no broker of ours behind
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class OwnPostgres:

@@ -96,6 +96,8 @@ ACTIONS: tuple[str, ...] = (
     "rating.submit",
     "supervision.read",        # overdue work, ratings and metrics dashboards
     "rectification.act",       # reply to a 整改 task opened by a bad rating
+    # operations of the platform itself
+    "platform.monitor",        # scrape /metrics (a Prometheus server uses CITYOS_METRICS_TOKEN instead)
 )
 
 # Actions that, once authorised, still need a second person's approval (双人双锁).
@@ -121,7 +123,7 @@ MATRIX: dict[str, dict[str, Scope]] = {
                     "approval.request": _T,
                     "rule.read": _T, "rule.manage": _T, "alarm.read": _T, "alarm.act": _T, "incident.read": _T,
                     "incident.create": _T, "incident.act": _T, "report.submit": _T, "sla.manage": _T,
-                    "service.read": _T, "licence.verify": _T},
+                    "service.read": _T, "licence.verify": _T, "platform.monitor": _T},
     Role.DEPT_ADMIN: {"entity.read": _T, "entity.write": _D, "entity.delete": _D, "subscription.manage": _D,
                       "device.manage": _D, "user.read": _D, "user.manage": _D, "data.export_sensitive": _D,
                       "approval.request": _D, "approval.decide": _D,
@@ -142,7 +144,7 @@ MATRIX: dict[str, dict[str, Scope]] = {
                      "rule.read": _A, "rule.manage": _A, "alarm.read": _A, "alarm.act": _A, "incident.read": _A,
                      "incident.create": _A, "incident.act": _A, "sla.manage": _A, "service.read": _A,
                      "service.manage": _A, "application.read": _A, "licence.verify": _A, "licence.revoke": _A,
-                     "supervision.read": _A},
+                     "supervision.read": _A, "platform.monitor": _A},
     Role.DEVICE: {"telemetry.write": _O},
 }
 
