@@ -20,6 +20,9 @@ from cityos.security.cli import audit_app, keys_app, user_app  # noqa: E402
 app.add_typer(user_app, name="user")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+from cityos.operations.cli import backup_app  # noqa: E402
+
+app.add_typer(backup_app, name="backup")
 devices_app = typer.Typer(help="IoT device registry (provision, import, list)", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
 console = Console()
