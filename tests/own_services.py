@@ -86,3 +86,66 @@ def own_mosquitto() -> Iterator[OwnMosquitto]:
     finally:
         broker.stop()  # always leave no broker of ours behind
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class OwnPostgres:
+    """A PostgreSQL 15 cluster of the test's own (initdb in a temporary folder, run as the postgres user)."""
+
+    def __init__(self, workdir: Path, name: str = "data") -> None:
+        self.dir = workdir / name
+        self.port = free_port()
+        self.log = workdir / f"{name}.log"
+
+    def _as_postgres(self, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+    def init(self, settings: str = "") -> None:
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.dir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        if settings:
+            with (self.dir / "postgresql.conf").open("a") as conf:
+                conf.write(settings)
+        self.start()
+
+    def clone_as_standby(self, primary: OwnPostgres, settings: str = "") -> None:
+        """A streaming replica of `primary` (pg_basebackup -R writes standby.signal and primary_conninfo).
+        `settings` are appended to the copied postgresql.conf (they apply once it is promoted)."""
+        self._as_postgres(str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port), "-U",
+                          "postgres", "-D", str(self.dir), "-R", "-X", "stream", "-c", "fast")
+        if settings:
+            with (self.dir / "postgresql.conf").open("a") as conf:
+                conf.write(settings)
+        self.start()
+
+    def promote(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-w", "promote")
+
+    def start(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-l", str(self.log), "-w", "-o",
+                          f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-m", mode, "-w", "stop")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    if not (PG_BIN / "initdb").exists() or not shutil.which("runuser") or os.geteuid() != 0:
+        pytest.skip("needs PostgreSQL 15 binaries and root (to run them as postgres)")
+    workdir = Path(tempfile.mkdtemp(prefix="cityos-pg-"))
+    shutil.chown(workdir, "postgres")
+    pg = OwnPostgres(workdir)
+    pg.init()
+    try:
+        yield pg
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg.stop("immediate")
+        shutil.rmtree(workdir, ignore_errors=True)

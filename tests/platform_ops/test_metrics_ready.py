@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from own_services import OwnMosquitto, free_port, wait_for_port
 from sqlalchemy import text
 
 from backends import admin_sql, postgres_database_url, postgres_test_url
+from own_services import OwnMosquitto, free_port, wait_for_port
 
 
 def _value(exposition: str, name: str, **labels: str) -> float | None:
