@@ -19,6 +19,7 @@ from cityos.core.db import create_engine
 from cityos.core.errors import BadRequestData, InternalError, ProblemError
 from cityos.core.events import EventBus
 from cityos.core.metrics import HttpMetrics, StateGauges, instrument_engine
+from cityos.core.requestid import RequestIdMiddleware, current_request_id
 from cityos.hub import api as hub_api
 from cityos.hub.jsonld import ContextResolver, ContextStore
 from cityos.hub.service import HubService
@@ -63,7 +64,11 @@ def install_metrics(app: FastAPI, engine: Any) -> None:
 
 
 def problem_response(error: ProblemError) -> Response:
-    return Response(orjson.dumps(error.to_problem()), status_code=error.status, media_type="application/json",
+    body = error.to_problem()
+    request_id = current_request_id()
+    if request_id:
+        body.setdefault("requestId", request_id)  # quoted by a caller, it finds the log lines and audit rows
+    return Response(orjson.dumps(body), status_code=error.status, media_type="application/json",
                     headers=error.headers or None)
 
 
@@ -201,6 +206,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
     install_error_handlers(app)
     install_input_guard(app)
     app.add_middleware(HttpMetrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, errors of the guards too, has its id
     app.include_router(hub_api.router)
     app.include_router(subscriptions_api.router)
     app.include_router(temporal_api.router)

@@ -60,7 +60,9 @@ def serve(
     from cityos.core import migrate
 
     settings = Settings()
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from cityos.core.requestid import configure_logging
+
+    configure_logging(log_level, os.environ.get("CITYOS_LOG_FORMAT", "text"))
     if migrate_first:
         migrate.upgrade(settings)
     if workers > 1 and not settings.is_postgres:
