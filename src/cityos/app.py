@@ -51,16 +51,16 @@ DOMAINS: tuple[Any, ...] = (rules_api, incidents_api, open311_api, environment_a
 
 def install_metrics(app: FastAPI, engine: Any) -> None:
     """Time the database's statements and collect each domain's `/metrics` probe (over its own tables)."""
-    from cityos.hub.metrics import hub_samples
-    from cityos.iot.metrics import iot_samples, watch_ingest
-    from cityos.ops.incidents.metrics import incident_samples
-    from cityos.security.metrics import security_samples
-    from cityos.services.metrics import services_samples
+    from cityos.hub.metrics import HUB_PROBE
+    from cityos.iot.metrics import IOT_PROBE, watch_ingest
+    from cityos.ops.incidents.metrics import INCIDENT_PROBE
+    from cityos.security.metrics import SECURITY_PROBE
+    from cityos.services.metrics import SERVICES_PROBE
 
     instrument_engine(engine)
     watch_ingest(getattr(app.state, "iot_workers", []))
-    app.state.metric_gauges = StateGauges()
-    app.state.metric_probes = [hub_samples, iot_samples, security_samples, incident_samples, services_samples]
+    app.state.metric_probes = [HUB_PROBE, IOT_PROBE, SECURITY_PROBE, INCIDENT_PROBE, SERVICES_PROBE]
+    app.state.metric_gauges = StateGauges(app.state.metric_probes)
 
 
 def problem_response(error: ProblemError) -> Response:

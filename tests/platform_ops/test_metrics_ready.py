@@ -239,3 +239,32 @@ def test_a_prometheus_server_scrapes_cityos(tmp_path: Path) -> None:
         finally:
             proc.terminate()
             proc.wait(20)
+
+
+MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
+
+
+def test_the_shipped_alert_rules_are_valid() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("Debian's prometheus (promtool) is not installed")
+    checked = subprocess.run([promtool, "check", "rules", str(MONITORING / "cityos-alerts.yml")],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_alerts_and_dashboard_name_only_metrics_that_exist(client: httpx.AsyncClient) -> None:
+    import json
+
+    await client.get("/ngsi-ld/v1/types")
+    exposition = (await client.get("/metrics")).text
+    exported = {line.split()[2] for line in exposition.splitlines() if line.startswith("# TYPE cityos_")}
+    # histogram and counter families appear with suffixes; the family names count too
+    families = {re.sub(r"_(bucket|count|sum|total|created)$", "", name) for name in exported} | exported
+    used: set[str] = set()
+    for text_ in ((MONITORING / "cityos-alerts.yml").read_text(),
+                  json.dumps(json.loads((MONITORING / "grafana-dashboard.json").read_text()))):
+        used |= set(re.findall(r"cityos_[a-z_]+", text_))
+    missing = {name for name in used if name not in exported and re.sub(r"_(bucket|count|sum|total)$", "", name)
+               not in families}
+    assert not missing, f"alerts or dashboard name metrics that /metrics does not export: {sorted(missing)}"

@@ -56,16 +56,28 @@ RULE_EVALUATION = Histogram("cityos_rule_evaluation_duration_seconds",
 
 @dataclass(frozen=True)
 class Sample:
-    """One value of a gauge read from the database at scrape time."""
+    """One value of a gauge read from the database at scrape time (a family its probe declared)."""
 
     name: str
-    help: str
     value: float
     labels: dict[str, str] = field(default_factory=dict)
 
 
-# A domain's probe: reads its own tables on the given connection and returns its current figures.
-MetricProbe = Callable[[AsyncConnection], Awaitable[Iterable[Sample]]]
+@dataclass(frozen=True)
+class Family:
+    """A gauge a probe reports: declared up front, so it is exposed (HELP and TYPE) even with no samples."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricProbe:
+    """A domain's figures: the gauges it reports, and how to read them from its own tables."""
+
+    families: tuple[Family, ...]
+    read: Callable[[AsyncConnection], Awaitable[Iterable[Sample]]]
 
 
 def age_seconds(moment: datetime | None, now: datetime | None = None) -> float:
@@ -81,18 +93,25 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+OUTBOX_DEPTH = Family("cityos_outbox_depth", "Rows waiting in an outbox", ("outbox", "state"))
+POOL_FAMILIES = (Family("cityos_db_pool_size", "Connections the database pool keeps"),
+                 Family("cityos_db_pool_checked_out", "Pool connections in use"),
+                 Family("cityos_db_pool_overflow", "Connections opened beyond the pool"))
+
+
 class StateGauges:
     """Gauges whose values are read from the database when scraped (one registry per app)."""
 
-    def __init__(self) -> None:
+    def __init__(self, probes: Iterable[MetricProbe]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._gauges: dict[str, Gauge] = {}
+        for family in (*POOL_FAMILIES, *(f for probe in probes for f in probe.families)):
+            if family.name not in self._gauges:
+                self._gauges[family.name] = Gauge(family.name, family.help, list(family.labels),
+                                                  registry=self.registry)
 
     def set(self, sample: Sample) -> None:
-        gauge = self._gauges.get(sample.name)
-        if gauge is None:
-            gauge = Gauge(sample.name, sample.help, sorted(sample.labels), registry=self.registry)
-            self._gauges[sample.name] = gauge
+        gauge = self._gauges[sample.name]  # a probe reporting a family it did not declare is a bug
         (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
 
     def clear(self) -> None:
@@ -104,12 +123,11 @@ class StateGauges:
 def pool_samples(engine: AsyncEngine) -> list[Sample]:
     pool: Any = engine.sync_engine.pool
     samples: list[Sample] = []
-    for name, attr, help_text in (("cityos_db_pool_size", "size", "Connections the database pool keeps"),
-                                  ("cityos_db_pool_checked_out", "checkedout", "Pool connections in use"),
-                                  ("cityos_db_pool_overflow", "overflow", "Connections opened beyond the pool")):
+    for name, attr in (("cityos_db_pool_size", "size"), ("cityos_db_pool_checked_out", "checkedout"),
+                       ("cityos_db_pool_overflow", "overflow")):
         reader = getattr(pool, attr, None)
         if callable(reader):
-            samples.append(Sample(name, help_text, float(reader())))
+            samples.append(Sample(name, float(reader())))
     return samples
 
 
@@ -193,10 +211,10 @@ async def render(engine: AsyncEngine, probes: Iterable[MetricProbe], gauges: Sta
     async with engine.connect() as conn:
         for probe in probes:
             try:
-                for sample in await probe(conn):
+                for sample in await probe.read(conn):
                     gauges.set(sample)
             except Exception:  # one broken probe must not hide the others' figures
-                log.exception("metrics probe %s failed", getattr(probe, "__qualname__", probe))
+                log.exception("metrics probe %s failed", getattr(probe.read, "__qualname__", probe))
                 await conn.rollback()
     body = generate_latest(process_registry()) + generate_latest(gauges.registry)
     return body, CONTENT_TYPE_LATEST

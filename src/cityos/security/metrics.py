@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cityos.core.metrics import Sample
+from cityos.core.metrics import Family, MetricProbe, Sample
 from cityos.security.models import ip_blocks, login_failures, users
 
 
-async def security_samples(conn: AsyncConnection) -> list[Sample]:
+async def _read(conn: AsyncConnection) -> list[Sample]:
     now = datetime.now(UTC)
     failures = (await conn.execute(select(func.count()).select_from(login_failures)
                                    .where(login_failures.c.at >= now - timedelta(hours=1)))).scalar_one()
@@ -19,6 +19,10 @@ async def security_samples(conn: AsyncConnection) -> list[Sample]:
                                  .where(users.c.locked_until > now))).scalar_one()
     blocked = (await conn.execute(select(func.count()).select_from(ip_blocks)
                                   .where(ip_blocks.c.blocked_until > now))).scalar_one()
-    return [Sample("cityos_login_failures_last_hour", "Failed logins in the last hour", float(failures)),
-            Sample("cityos_accounts_locked", "Accounts locked after failed logins", float(locked)),
-            Sample("cityos_ip_blocked", "Source addresses blocked after failed logins", float(blocked))]
+    return [Sample("cityos_login_failures_last_hour", float(failures)),
+            Sample("cityos_accounts_locked", float(locked)), Sample("cityos_ip_blocked", float(blocked))]
+
+
+SECURITY_PROBE = MetricProbe((Family("cityos_login_failures_last_hour", "Failed logins in the last hour"),
+                              Family("cityos_accounts_locked", "Accounts locked after failed logins"),
+                              Family("cityos_ip_blocked", "Source addresses blocked after failed logins")), _read)
