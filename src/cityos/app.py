@@ -18,8 +18,10 @@ from cityos.config import Settings
 from cityos.core.db import create_engine
 from cityos.core.errors import BadRequestData, InternalError, ProblemError
 from cityos.core.events import EventBus
+from cityos.core.indicators import IndicatorSource
 from cityos.core.metrics import HttpMetrics, StateGauges, instrument_engine
 from cityos.core.requestid import RequestIdMiddleware, current_request_id
+from cityos.evaluation import api as evaluation_api
 from cityos.hub import api as hub_api
 from cityos.hub.jsonld import ContextResolver, ContextStore
 from cityos.hub.service import HubService
@@ -46,7 +48,18 @@ log = logging.getLogger("cityos")
 # The domains above hub and security. Each module offers `routers` and `start(app) -> stop`; they
 # start in this order (after the hub, IoT and security) and stop in reverse.
 DOMAINS: tuple[Any, ...] = (rules_api, incidents_api, open311_api, environment_api,
-                            notify_api, licences_api, ratings_api, services_api)
+                            notify_api, licences_api, ratings_api, services_api, evaluation_api)
+
+
+def indicator_sources() -> dict[str, IndicatorSource]:
+    """Every domain's KPI sources (each over its own tables) for the evaluation domain."""
+    from cityos.hub.indicators import SOURCES as hub_sources
+    from cityos.iot.indicators import SOURCES as iot_sources
+    from cityos.ops.incidents.indicators import SOURCES as incident_sources
+    from cityos.security.indicators import SOURCES as security_sources
+    from cityos.services.indicators import SOURCES as services_sources
+
+    return {**hub_sources, **iot_sources, **incident_sources, **security_sources, **services_sources}
 
 
 def install_metrics(app: FastAPI, engine: Any) -> None:
@@ -187,6 +200,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
         stop_iot = await start_iot(app)
         # Security services (tokens, audit, approvals); on SQLite the audit log shares the hub's writer lock.
         stop_security = await security_api.start_security(app, write_lock=store._sqlite_write_lock)
+        app.state.indicator_sources = indicator_sources()
         stop_domains = [await domain.start(app) for domain in DOMAINS]
         install_metrics(app, engine)
         try:
