@@ -37,7 +37,7 @@ STATUS_COLOURS = {"green": colors.HexColor("#2e7d32"), "yellow": colors.HexColor
                   "red": colors.HexColor("#c62828"), "no_data": colors.grey, "no_source": colors.lightgrey,
                   "info": colors.HexColor("#1565c0")}
 STATUS_TEXT = {"green": "达标 met", "yellow": "预警 warning", "red": "未达标 missed", "no_data": "无数据 no data",
-               "no_source": "暂无数据源 no source yet", "info": "监测 tracked"}
+               "no_source": "暂无数据源 no source", "info": "监测 tracked"}
 PERIOD_TEXT = {"week": "周调度 Weekly", "month": "月通报 Monthly", "quarter": "季评估 Quarterly",
                "day": "日报 Daily"}
 
@@ -97,7 +97,7 @@ def build_pdf(title: str, kind: str, maturity: dict[str, Any], radar: dict[str, 
                          _value(item), _target(item), STATUS_TEXT.get(item["status"], item["status"])])
             styles.append(("TEXTCOLOR", (4, len(rows) - 1), (4, len(rows) - 1),
                            STATUS_COLOURS.get(item["status"], colors.black)))
-    table = Table(rows, colWidths=[22 * mm, 78 * mm, 25 * mm, 25 * mm, 30 * mm], repeatRows=1)
+    table = Table(rows, colWidths=[20 * mm, 76 * mm, 24 * mm, 24 * mm, 36 * mm], repeatRows=1)
     table.setStyle(TableStyle(styles))
     story.append(table)
     story.append(Spacer(1, 6))
@@ -122,12 +122,14 @@ def build_pdf(title: str, kind: str, maturity: dict[str, Any], radar: dict[str, 
 
 
 def _category_chart(radar: dict[str, Any], font: str) -> Drawing:
-    categories = [c for c in radar["categories"]]
+    categories = list(radar["categories"])
     drawing = Drawing(170 * mm, 60 * mm)
     chart = HorizontalBarChart()
-    chart.x, chart.y, chart.width, chart.height = 40 * mm, 5 * mm, 120 * mm, 50 * mm
+    chart.x, chart.y, chart.width, chart.height = 62 * mm, 5 * mm, 105 * mm, 50 * mm
     chart.data = [[c["score"] if c["score"] is not None else 0 for c in categories]]
-    chart.categoryAxis.categoryNames = [f"{c['name']['zh']} {c['name']['en']}" for c in categories]
+    # a category without data is labelled so, not drawn as a score of zero
+    chart.categoryAxis.categoryNames = [f"{c['name']['zh']} {c['name']['en']}"
+                                        + ("" if c["score"] is not None else " · 无数据 no data") for c in categories]
     chart.categoryAxis.labels.fontName = font
     chart.categoryAxis.labels.fontSize = 7
     chart.valueAxis.valueMin, chart.valueAxis.valueMax, chart.valueAxis.valueStep = 0, 100, 20
