@@ -20,6 +20,7 @@ from backends import POSTGRES_URL, admin_sql, postgres_database_url, selected_ba
 from cityos.app import create_app
 from cityos.config import Settings
 from cityos.core import migrate
+from own_services import own_mosquitto, own_postgres  # noqa: F401 (fixtures every test directory may use)
 
 __all__ = ["Auth", "auth"]
 

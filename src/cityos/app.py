@@ -18,6 +18,10 @@ from cityos.config import Settings
 from cityos.core.db import create_engine
 from cityos.core.errors import BadRequestData, InternalError, ProblemError
 from cityos.core.events import EventBus
+from cityos.core.indicators import IndicatorSource
+from cityos.core.metrics import HttpMetrics, StateGauges, instrument_engine
+from cityos.core.requestid import RequestIdMiddleware, current_request_id
+from cityos.evaluation import api as evaluation_api
 from cityos.hub import api as hub_api
 from cityos.hub.jsonld import ContextResolver, ContextStore
 from cityos.hub.service import HubService
@@ -44,11 +48,40 @@ log = logging.getLogger("cityos")
 # The domains above hub and security. Each module offers `routers` and `start(app) -> stop`; they
 # start in this order (after the hub, IoT and security) and stop in reverse.
 DOMAINS: tuple[Any, ...] = (rules_api, incidents_api, open311_api, environment_api,
-                            notify_api, licences_api, ratings_api, services_api)
+                            notify_api, licences_api, ratings_api, services_api, evaluation_api)
+
+
+def indicator_sources() -> dict[str, IndicatorSource]:
+    """Every domain's KPI sources (each over its own tables) for the evaluation domain."""
+    from cityos.hub.indicators import SOURCES as hub_sources
+    from cityos.iot.indicators import SOURCES as iot_sources
+    from cityos.ops.incidents.indicators import SOURCES as incident_sources
+    from cityos.security.indicators import SOURCES as security_sources
+    from cityos.services.indicators import SOURCES as services_sources
+
+    return {**hub_sources, **iot_sources, **incident_sources, **security_sources, **services_sources}
+
+
+def install_metrics(app: FastAPI, engine: Any) -> None:
+    """Time the database's statements and collect each domain's `/metrics` probe (over its own tables)."""
+    from cityos.hub.metrics import HUB_PROBE
+    from cityos.iot.metrics import IOT_PROBE, watch_ingest
+    from cityos.ops.incidents.metrics import INCIDENT_PROBE
+    from cityos.security.metrics import SECURITY_PROBE
+    from cityos.services.metrics import SERVICES_PROBE
+
+    instrument_engine(engine)
+    watch_ingest(getattr(app.state, "iot_workers", []))
+    app.state.metric_probes = [HUB_PROBE, IOT_PROBE, SECURITY_PROBE, INCIDENT_PROBE, SERVICES_PROBE]
+    app.state.metric_gauges = StateGauges(app.state.metric_probes)
 
 
 def problem_response(error: ProblemError) -> Response:
-    return Response(orjson.dumps(error.to_problem()), status_code=error.status, media_type="application/json",
+    body = error.to_problem()
+    request_id = current_request_id()
+    if request_id:
+        body.setdefault("requestId", request_id)  # quoted by a caller, it finds the log lines and audit rows
+    return Response(orjson.dumps(body), status_code=error.status, media_type="application/json",
                     headers=error.headers or None)
 
 
@@ -105,6 +138,47 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(InternalError("an internal error occurred; it has been logged"))
 
 
+async def allow_scrape(request: Request) -> None:
+    """A Prometheus server presents `CITYOS_METRICS_TOKEN`; anyone else needs `platform.monitor`."""
+    import hmac
+    import os
+
+    from cityos.security.api import current_principal, enforce
+    from cityos.security.policy import Resource
+
+    expected = os.environ.get("CITYOS_METRICS_TOKEN")
+    header = request.headers.get("Authorization", "")
+    if expected and hmac.compare_digest(header.encode(), f"Bearer {expected}".encode()):
+        return
+    principal = await current_principal(request)
+    await enforce(request, principal, "platform.monitor", Resource("platform", principal.tenant if principal else ""))
+
+
+def install_operations_routes(app: FastAPI) -> None:
+    """`/health` (the process answers), `/ready` (it can serve: database, schema, broker) and `/metrics`."""
+    from cityos.core import readiness
+    from cityos.core.metrics import render
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["ops"])
+    async def ready(request: Request) -> Response:
+        report = await readiness.check(request.app)
+        return Response(orjson.dumps(report), status_code=200 if report["ready"] else 503,
+                        media_type="application/json")
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics(request: Request) -> Response:
+        """Prometheus exposition. Scraped with `CITYOS_METRICS_TOKEN` as a bearer token, or by a
+        signed-in principal allowed `platform.monitor`."""
+        await allow_scrape(request)
+        body, media_type = await render(request.app.state.engine, request.app.state.metric_probes,
+                                        request.app.state.metric_gauges)
+        return Response(body, media_type=media_type)
+
+
 def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
     settings = settings or Settings()
 
@@ -126,7 +200,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
         stop_iot = await start_iot(app)
         # Security services (tokens, audit, approvals); on SQLite the audit log shares the hub's writer lock.
         stop_security = await security_api.start_security(app, write_lock=store._sqlite_write_lock)
+        app.state.indicator_sources = indicator_sources()
         stop_domains = [await domain.start(app) for domain in DOMAINS]
+        install_metrics(app, engine)
         try:
             yield
         finally:
@@ -143,6 +219,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
                   **overrides)
     install_error_handlers(app)
     install_input_guard(app)
+    app.add_middleware(HttpMetrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, errors of the guards too, has its id
     app.include_router(hub_api.router)
     app.include_router(subscriptions_api.router)
     app.include_router(temporal_api.router)
@@ -155,8 +233,5 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
             app.include_router(router)
     web.mount(app)
 
-    @app.get("/health", tags=["ops"])
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
+    install_operations_routes(app)
     return app

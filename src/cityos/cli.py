@@ -21,6 +21,9 @@ app.add_typer(user_app, name="user")
 app.add_typer(keys_app, name="keys")
 app.add_typer(client_app, name="client")
 app.add_typer(audit_app, name="audit")
+from cityos.operations.cli import backup_app  # noqa: E402
+
+app.add_typer(backup_app, name="backup")
 devices_app = typer.Typer(help="IoT device registry (provision, import, list)", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
 console = Console()
@@ -58,7 +61,9 @@ def serve(
     from cityos.core import migrate
 
     settings = Settings()
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from cityos.core.requestid import configure_logging
+
+    configure_logging(log_level, os.environ.get("CITYOS_LOG_FORMAT", "text"))
     if migrate_first:
         migrate.upgrade(settings)
     if workers > 1 and not settings.is_postgres:

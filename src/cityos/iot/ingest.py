@@ -223,6 +223,11 @@ class IngestWorker:
         self.client.loop_start()
         self._task = asyncio.create_task(self._run(), name=f"ingest-{self.client_id}")
 
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker now (`/ready` asks)."""
+        return self._connected.is_set()
+
     async def wait_connected(self, seconds: float = 10.0) -> None:
         await asyncio.wait_for(self._connected.wait(), seconds)
 

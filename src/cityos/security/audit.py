@@ -42,6 +42,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
+from cityos.core.requestid import current_request_id
 from cityos.security.masking import mask_json_text, mask_text
 from cityos.security.models import GENESIS_HASH, audit, audit_head
 from cityos.security.policy import Principal
@@ -72,6 +73,9 @@ class AuditEvent:
     @classmethod
     def of(cls, principal: Principal | None, action: str, resource: str = "", outcome: str = "success",
            ip: str = "", tenant: str | None = None, **detail: Any) -> AuditEvent:
+        request_id = current_request_id()
+        if request_id and "requestId" not in detail:
+            detail["requestId"] = request_id  # ties the record to the request's log lines and error answer
         if principal is None:
             return cls(action, resource, outcome, ip=ip, tenant=tenant or "", detail=detail)
         return cls(action, resource, outcome, actor=principal.username or principal.id, actor_kind=principal.kind,

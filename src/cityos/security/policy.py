@@ -109,6 +109,12 @@ ACTIONS: tuple[str, ...] = (
     "rating.submit",
     "supervision.read",        # overdue work, ratings and metrics dashboards
     "rectification.act",       # reply to a 整改 task opened by a bad rating
+    # operations of the platform itself
+    "platform.monitor",        # scrape /metrics (a Prometheus server uses CITYOS_METRICS_TOKEN instead)
+    # 运营评估 (evaluation): aggregate indicators, no personal data
+    "evaluation.read",         # indicators, radar, maturity, reports, the decision cockpit
+    "evaluation.compute",      # recompute a period on demand
+    "evaluation.assess",       # record a mystery-shopper visit
 )
 
 # Actions that, once authorised, still need a second person's approval (双人双锁).
@@ -135,7 +141,8 @@ MATRIX: dict[str, dict[str, Scope]] = {
                     "approval.request": _T,
                     "rule.read": _T, "rule.manage": _T, "alarm.read": _T, "alarm.act": _T, "incident.read": _T,
                     "incident.create": _T, "incident.act": _T, "report.submit": _T, "sla.manage": _T,
-                    "service.read": _T, "licence.verify": _T},
+                    "service.read": _T, "licence.verify": _T, "platform.monitor": _T,
+                    "evaluation.read": _T, "evaluation.compute": _T, "evaluation.assess": _T},
     Role.DEPT_ADMIN: {"entity.read": _T, "entity.write": _D, "entity.delete": _D, "subscription.manage": _D,
                       "device.manage": _D, "user.read": _D, "user.manage": _D, "user.disable": _D,
                       "user.reset_totp": _D, "user.enrol": _D, "data.export_sensitive": _D,
@@ -144,12 +151,13 @@ MATRIX: dict[str, dict[str, Scope]] = {
                       "incident.create": _D, "incident.act": _D, "report.submit": _T, "sla.manage": _D,
                       "service.read": _T, "service.manage": _D, "application.read": _D, "task.act": _D,
                       "licence.verify": _T, "licence.revoke": _D, "supervision.read": _D,
-                      "rectification.act": _D},
+                      "rectification.act": _D, "evaluation.read": _T},
     # Separation of duties (三权分立): the auditor reads the audit trail and nothing is written by it;
     # the system administrator administers but cannot read the audit trail.
     Role.AUDITOR: {"entity.read": _T, "audit.read": _T, "audit.export": _T, "user.read": _T,
                    "rule.read": _T, "alarm.read": _T, "incident.read": _T, "service.read": _T,
-                   "application.read": _T, "licence.verify": _T, "supervision.read": _T},
+                   "application.read": _T, "licence.verify": _T, "supervision.read": _T,
+                   "evaluation.read": _T},
     Role.SYS_ADMIN: {"entity.read": _A, "entity.write": _A, "entity.delete": _A, "subscription.manage": _A,
                      "device.manage": _A, "user.read": _A, "user.manage": _A, "user.disable": _A,
                      "user.reset_totp": _A, "user.enrol": _A, "client.read": _A, "client.manage": _A,
@@ -159,7 +167,8 @@ MATRIX: dict[str, dict[str, Scope]] = {
                      "rule.read": _A, "rule.manage": _A, "alarm.read": _A, "alarm.act": _A, "incident.read": _A,
                      "incident.create": _A, "incident.act": _A, "sla.manage": _A, "service.read": _A,
                      "service.manage": _A, "application.read": _A, "licence.verify": _A, "licence.revoke": _A,
-                     "supervision.read": _A},
+                     "supervision.read": _A, "platform.monitor": _A,
+                     "evaluation.read": _A, "evaluation.compute": _A, "evaluation.assess": _A},
     Role.DEVICE: {"telemetry.write": _O},
 }
 

@@ -34,6 +34,7 @@ from cityos.core import clock
 from cityos.core.clock import as_utc
 from cityos.core.errors import AlreadyExists, Conflict, ProblemError, ResourceNotFound
 from cityos.core.events import Event, EventBus
+from cityos.core.metrics import RULE_EVALUATION
 from cityos.hub import service as hub_service_module
 from cityos.hub.service import HubService
 from cityos.ops.rules import spec
@@ -397,7 +398,8 @@ class RulesService:
         change = event.payload.get("change")
         if change is None:
             return
-        outcomes = self.engine.evaluate(tenant, change, clock.now().timestamp())
+        with RULE_EVALUATION.time():
+            outcomes = self.engine.evaluate(tenant, change, clock.now().timestamp())
         battery = self._battery_recovered(tenant, change)
         if battery:
             outcomes.extend(battery)
