@@ -1,7 +1,7 @@
 """Evaluation: KPI values with history, mystery-shopper assessments.
 
-Revision ID: 0013_evaluation
-Revises: 0012_iot_event_outbox
+Revision ID: 0014_evaluation
+Revises: 0013_security_lifecycle
 Create Date: 2026-12-05
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from cityos.evaluation.models import TABLES
 from cityos.migrations import create_tables, drop_tables
 
-revision = "0013_evaluation"
-down_revision = "0012_iot_event_outbox"
+revision = "0014_evaluation"
+down_revision = "0013_security_lifecycle"
 branch_labels = None
 depends_on = None
 
