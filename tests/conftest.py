@@ -6,6 +6,7 @@ postgresql when CITYOS_TEST_POSTGRES_URL is set). PostgreSQL runs get a fresh da
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,6 +24,10 @@ from cityos.core import migrate
 from own_services import own_mosquitto, own_postgres  # noqa: F401 (fixtures every test directory may use)
 
 __all__ = ["Auth", "auth"]
+
+# Tests compute indicators when they mean to: a scheduled round would publish KPI entities into the
+# hub in the middle of other tests.
+os.environ.setdefault("CITYOS_EVALUATION_INTERVAL_SECONDS", "0")
 
 # Kept importable under their old names for test modules that use them.
 _admin_sql = admin_sql

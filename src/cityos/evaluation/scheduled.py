@@ -1,7 +1,9 @@
-"""Compute the indicators on schedule (周调度、月通报、季评估): every CITYOS_EVALUATION_INTERVAL_SECONDS
-(default 3600; 0 turns it off), the current day, week, month and quarter of each evaluated tenant
-(CITYOS_EVALUATION_TENANTS, comma separated; default the default tenant) are recomputed, so the cockpit
-and the reports show the period so far, and a closed period keeps its last computation."""
+"""Compute the indicators on schedule (周调度、月通报、季评估).
+
+Every CITYOS_EVALUATION_INTERVAL_SECONDS (default 3600; 0 turns it off; the first round after
+CITYOS_EVALUATION_FIRST_DELAY_SECONDS, 60) the current day, week, month and quarter of each evaluated
+tenant (CITYOS_EVALUATION_TENANTS, comma separated; default the default tenant) are recomputed, so the
+cockpit and the reports show the period so far, and a closed period keeps its last computation."""
 
 from __future__ import annotations
 
@@ -31,9 +33,12 @@ async def compute_all(service: EvaluationService) -> None:
 
 def start_schedule(service: EvaluationService) -> Callable[[], Awaitable[None]]:
     interval = env_int("CITYOS_EVALUATION_INTERVAL_SECONDS", 3600)
+    # Not at once: a process that just started (or restarts in a loop) should not recompute everything.
+    first = env_int("CITYOS_EVALUATION_FIRST_DELAY_SECONDS", 60)
     steps = StepGuard("evaluation")
 
     async def loop() -> None:
+        await asyncio.sleep(first)
         while True:
             try:
                 await steps.step(compute_all(service))
