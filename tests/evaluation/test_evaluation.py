@@ -129,6 +129,7 @@ async def test_indicators_come_from_real_data(client: httpx.AsyncClient, auth: A
     assert maturity["score"] == round(expected, 1)
     assert maturity["band"]["zh"] == band_of(maturity["score"])[1]
     assert maturity["coverage"]["radarIndicators"] == 32
+    assert maturity["provisional"] is (maturity["coverage"]["measured"] < 32 * 2 / 3)
     assert maturity["coverage"]["measured"] == sum(c["measured"] for c in maturity["categories"])
 
 
@@ -143,6 +144,7 @@ async def test_history_drill_down_and_what_moved(client: httpx.AsyncClient, auth
     trend = (await client.get(f"{BASE}/indicators/ops.pollution_response_minutes/history",
                               params={"period": "month"}, headers=operator)).json()
     assert [p["value"] for p in trend["points"]] == [10.0, 35.0]
+    assert [p["label"] for p in trend["points"]] == ["2026-02-01", "2026-03-01"]  # the city's months
     maturity = (await client.get(f"{BASE}/maturity", params={"period": "month"}, headers=operator)).json()
     moved = {m["indicator"]: m for m in maturity["moved"]}
     assert moved["ops.pollution_response_minutes"]["before"] == 100.0

@@ -84,7 +84,8 @@ def build_pdf(title: str, kind: str, maturity: dict[str, Any], radar: dict[str, 
         f"成熟度 Maturity: <b>{'—' if score is None else score}</b> "
         f"{'' if band is None else band['zh'] + ' ' + band['en']} · "
         f"依据 {cov['measured']}/{cov['radarIndicators']} 项有数据的雷达指标 "
-        f"(based on {cov['measured']} of {cov['radarIndicators']} radar indicators with data)", sub))
+        f"(based on {cov['measured']} of {cov['radarIndicators']} radar indicators with data)"
+        + ("。暂定：数据不足 Provisional: too few indicators measured" if maturity.get("provisional") else ""), sub))
     story.append(_category_chart(radar, font))
     story.append(Paragraph("风险雷达 Risk radar", sub))
     rows: list[list[Any]] = [["类别 Category", "指标 Indicator", "数值 Value", "目标 Target", "状态 Status"]]

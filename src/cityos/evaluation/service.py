@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 CITY = ("city", "")
 STATUS_LEVEL = {"green": 0, "yellow": 1, "red": 2}
 MYSTERY_SHOPPER = "evaluation.mystery_shopper_score"
+PROVISIONAL_BELOW = 2 / 3
 
 
 class EvaluationError(ValueError):
@@ -222,8 +223,10 @@ class EvaluationService:
                 values.c.scope_kind == scope_kind, values.c.scope_id == scope_id)
                 .order_by(values.c.period_start.desc()).limit(limit))).mappings().all()
         return {"indicator": indicator_id, "periodKind": kind,
-                "points": [{"start": clock.as_utc(r["period_start"]).isoformat(), "value": r["value"],
-                            "status": r["status"]} for r in reversed(rows)]}
+                "points": [{"start": clock.as_utc(r["period_start"]).isoformat(),
+                            # the period's first day as the city names it (a month starts at local midnight)
+                            "label": clock.as_utc(r["period_start"]).astimezone(clock.city_zone()).date().isoformat(),
+                            "value": r["value"], "status": r["status"]} for r in reversed(rows)]}
 
     async def breakdown(self, tenant: str, indicator_id: str, kind: str) -> dict[str, Any]:
         """The latest period's values per district and department (the drill-down)."""
@@ -269,6 +272,8 @@ class EvaluationService:
         band = band_of(total) if total is not None else None
         measured = sum(c["measured"] for c in radar["categories"])
         return {"periodKind": kind, "score": total,
+                # resting on fewer than two thirds of the radar, the score is provisional, and says so
+                "provisional": measured < PROVISIONAL_BELOW * radar["radarIndicators"],
                 "band": {"en": band[0], "zh": band[1]} if band else None,
                 "coverage": {"measured": measured, "radarIndicators": radar["radarIndicators"],
                              "categoriesWithData": len(scored), "categories": len(radar["categories"])},

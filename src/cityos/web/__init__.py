@@ -34,7 +34,7 @@ log = logging.getLogger("cityos.web")
 
 # Path prefixes that belong to the API: the UI never answers under them.
 API_PREFIXES: tuple[str, ...] = ("/ngsi-ld", "/api", "/auth", "/open311", "/docs", "/redoc", "/openapi.json",
-                                 "/health", "/metrics", "/audit", "/.well-known")
+                                 "/health", "/ready", "/metrics", "/audit", "/.well-known")
 
 _mounted: FastAPI | None = None
 
@@ -44,6 +44,7 @@ def _register_pages() -> None:
     from cityos.web import (  # noqa: F401
         auth,
         cockpit,
+        decision,
         portal,
     )
 
