@@ -154,8 +154,9 @@ class DecisionCockpit:
                                          params={"period": self.period, "limit": 12})
         split = await self.session.api("GET", f"/api/evaluation/indicators/{item['id']}/breakdown",
                                        params={"period": self.period})
-        with ui.dialog() as dialog, panel(f"{item['name']['zh']} {item['name']['en']}",
-                                          classes="w-[720px] max-w-[95vw] cityos-detail").style("background:#0d1a30 !important"):
+        title = f"{item['name']['zh']} {item['name']['en']}"
+        with ui.dialog() as dialog, panel(title, classes="w-[720px] max-w-[95vw] cityos-detail") \
+                .style("background:#0d1a30 !important"):  # opaque: the page behind must not show through
             ui.label(f"目标 Target {_target(item)} · 负责 Owner {item['owner']} · 依据 {item['plan']}") \
                 .classes("text-xs text-slate-400")
             ui.echart(trend_options(item, history["points"])).classes("w-full h-64")
