@@ -11,6 +11,7 @@ platforms); one walk after each vehicle, and after the origin.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -62,8 +63,9 @@ class ConnectionScan:
         served_set = set(served)
         self.change: dict[str, int] = defaultdict(int)
         for r in tables.transfers.itertuples(index=False):
-            sources = [r.from_stop_id] if r.from_stop_id in served_set else children.get(r.from_stop_id, [r.from_stop_id])
-            targets = [r.to_stop_id] if r.to_stop_id in served_set else children.get(r.to_stop_id, [r.to_stop_id])
+            a_id, b_id = r.from_stop_id, r.to_stop_id
+            sources = [a_id] if a_id in served_set else children.get(a_id, [a_id])
+            targets = [b_id] if b_id in served_set else children.get(b_id, [b_id])
             for a in sources:
                 for b in targets:
                     if a == b:
@@ -113,7 +115,7 @@ class ConnectionScan:
                     if shift > 0 and stops[0][2] + start >= 12 * 3600:
                         continue
                     instance = (trip, shift + start)
-                    for position, (a, b) in enumerate(zip(stops, stops[1:], strict=False)):
+                    for position, (a, b) in enumerate(itertools.pairwise(stops)):
                         out.append((a[2] + start + shift, b[1] + start + shift, a[0], b[0], instance,
                                     a[3] != 1, b[4] != 1, position))
         out.sort(key=lambda c: (c[0], c[1]))

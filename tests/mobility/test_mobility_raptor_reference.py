@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference_csa import ConnectionScan, gtfs_data_dir
 
 from cityos.mobility import raptor
 from cityos.mobility.gtfs import read_feed
 from cityos.mobility.timetable import build_timetable
-from reference_csa import ConnectionScan, gtfs_data_dir
 
 DATA = gtfs_data_dir() or Path("/nonexistent")
 HORIZON = 3 * 3600

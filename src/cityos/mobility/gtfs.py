@@ -73,7 +73,7 @@ class Notices:
                                               "sampleNotices": []})
         group["totalNotices"] += len(hits)
         for index, row in hits.head(MAX_SAMPLES - len(group["sampleNotices"])).iterrows():
-            sample: dict[str, Any] = {"filename": filename, "csvRowNumber": int(index) + 2}  # type: ignore[call-overload]
+            sample: dict[str, Any] = {"filename": filename, "csvRowNumber": int(index) + 2}
             sample.update({key: _plain(row[col]) for key, col in columns.items() if col in row})
             group["sampleNotices"].append(sample)
 
@@ -187,13 +187,14 @@ def _read_files(data: bytes, notices: Notices, workdir: Path) -> dict[str, pd.Da
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
-            best = from_bytes(raw).best()
-            if best is None:
+            decoded = decode_non_utf8(raw)
+            if decoded is None:
                 notices.add("i_o_error", "ERROR", filename=name, exception="UnicodeDecodeError",
                             message="the file is neither UTF-8 nor another encoding that could be detected")
                 continue
-            notices.add("non_utf8_encoding", "INFO", filename=name, encoding=best.encoding)
-            raw = str(best).encode("utf-8")
+            text, encoding = decoded
+            notices.add("non_utf8_encoding", "INFO", filename=name, encoding=encoding)
+            raw = text.encode("utf-8")
         (workdir / name).write_bytes(raw)
     if notices.has_errors:
         return None
@@ -216,6 +217,31 @@ def _read_files(data: bytes, notices: Notices, workdir: Path) -> dict[str, pd.Da
             continue
         frames[name] = frame
     return frames
+
+
+def _mostly_chinese(text: str) -> bool:
+    wide = [c for c in text if ord(c) > 127]
+    cjk = sum(1 for c in wide if "\u4e00" <= c <= "\u9fff" or "\u3000" <= c <= "\u303f" or "\uff00" <= c <= "\uffef")
+    return bool(wide) and cjk >= 0.9 * len(wide)
+
+
+def decode_non_utf8(raw: bytes) -> tuple[str, str] | None:
+    """(text, encoding) of a file that is not UTF-8, or None.
+
+    Chinese feeds come in GBK / GB18030: a strict GB18030 decode that yields mostly Chinese characters is
+    taken first, because statistical detection often mistakes short Chinese files for Korean or Big5.
+    Anything else goes to charset-normalizer.
+    """
+    try:
+        text = raw.decode("gb18030")
+    except UnicodeDecodeError:
+        text = ""
+    if text and _mostly_chinese(text):
+        return text, "gb18030"
+    best = from_bytes(raw).best()
+    if best is None:
+        return None
+    return str(best), best.encoding
 
 
 def read_feed(data: bytes, today: dt.date | None = None) -> tuple[FeedTables | None, Notices]:
@@ -267,7 +293,7 @@ def _foreign(notices: Notices, child: str, frame: pd.DataFrame, column: str, par
     for index, value in hits[column].head(MAX_SAMPLES).items():
         notices.add("foreign_key_violation", "ERROR", childFilename=child, childFieldName=column,
                     parentFilename=parent, parentFieldName=column if column != "parent_station" else "stop_id",
-                    fieldValue=value, csvRowNumber=int(index) + 2)  # type: ignore[call-overload]
+                    fieldValue=value, csvRowNumber=int(index) + 2)
     extra = len(hits) - min(len(hits), MAX_SAMPLES)
     if extra:
         notices.groups["foreign_key_violation"]["totalNotices"] += extra
@@ -444,7 +470,7 @@ def _parents(notices: Notices, ids: list[str], parents: list[str], types: list[i
             seen.add(cur)
             cur = by_id[cur][0]
         if cur in seen and stop_id not in reported:
-            cycle = chain[chain.index(cur):] + [cur]
+            cycle = [*chain[chain.index(cur):], cur]
             reported.update(cycle)
             notices.add("wrong_parent_location_type", "ERROR", filename="stops.txt", csvRowNumber=row + 2,
                         stopId=stop_id, parentStation=parent, message="circular parent_station chain: "

@@ -164,7 +164,7 @@ def run(day: DayTimetable, sources: list[tuple[int, int]], max_rounds: int = 16,
     _walk(tt, r0, origin, r0.arr_a, best_a, best_b, b_round, 0, BIG)
     rounds = [r0]
     marked = np.flatnonzero(r0.kind_b > 0)
-    fp_from, fp_to = tt.fp_from, tt.fp_to
+    fp_from = tt.fp_from
     change = tt.change_time
     for k in range(1, max_rounds + 1):
         if not len(marked):

@@ -16,6 +16,7 @@ forbids the transfer; a transfer between stations applies to their platforms.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,7 +163,7 @@ def build_timetable(tables: FeedTables, walk: WalkSettings | None = None) -> Tim
     trip_headsign: list[str] = []
     groups: dict[tuple[bytes, bytes, bytes], list[tuple[int, np.ndarray, np.ndarray]]] = {}
     keys: dict[tuple[bytes, bytes, bytes], tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         trip_id = str(st_trip[a])
         route, service, headsign = trip_meta[trip_id]
         seq = st_stop[a:b]

@@ -1,0 +1,24 @@
+"""Mobility: GTFS feeds and their timetables.
+
+Revision ID: 0013_mobility
+Revises: 0012_iot_event_outbox
+Create Date: 2026-12-05
+"""
+
+from __future__ import annotations
+
+from cityos.migrations import create_tables, drop_tables
+from cityos.mobility.models import TABLES
+
+revision = "0013_mobility"
+down_revision = "0012_iot_event_outbox"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    create_tables(TABLES)
+
+
+def downgrade() -> None:
+    drop_tables(TABLES)
