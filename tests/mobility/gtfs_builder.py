@@ -13,7 +13,8 @@ BASE: dict[str, str] = {
                   "P2,Market,31.2200,121.4700,0,\n"
                   "P3,South Gate,31.2100,121.4700,0,\n"
                   "P4,East Park,31.2100,121.4800,0,\n"),
-    "routes.txt": "route_id,agency_id,route_short_name,route_long_name,route_type\nR1,A,1,North-South,3\nR2,A,2,Cross,3\n",
+    "routes.txt": ("route_id,agency_id,route_short_name,route_long_name,route_type\n"
+                   "R1,A,1,North-South,3\nR2,A,2,Cross,3\n"),
     "trips.txt": ("route_id,service_id,trip_id,trip_headsign\n"
                   "R1,WK,T1,South Gate\nR1,WK,T2,South Gate\nR2,WK,T3,East Park\n"),
     "stop_times.txt": ("trip_id,arrival_time,departure_time,stop_id,stop_sequence\n"

@@ -81,8 +81,8 @@ def test_circular_parents_name_the_chain() -> None:
 
 
 def test_notice_samples_locate_the_row() -> None:
-    data = gtfs_zip({"stop_times.txt": BASE["stop_times.txt"].replace("T3,08:35:00,08:35:00,P4", "T3,08:35:00,08:35:00,P9")})
-    _, notices = read_feed(data, TODAY)
+    times = BASE["stop_times.txt"].replace("T3,08:35:00,08:35:00,P4", "T3,08:35:00,08:35:00,P9")
+    _, notices = read_feed(gtfs_zip({"stop_times.txt": times}), TODAY)
     sample = notices.groups["foreign_key_violation"]["sampleNotices"][0]
     assert sample == {"childFilename": "stop_times.txt", "childFieldName": "stop_id", "parentFilename": "stops.txt",
                       "parentFieldName": "stop_id", "fieldValue": "P9", "csvRowNumber": 9}
@@ -92,7 +92,6 @@ def test_warnings_do_not_refuse() -> None:
     expired = gtfs_zip({"calendar.txt": BASE["calendar.txt"].replace("20271231", "20260301")})
     found = codes(expired)
     assert found == {"expired_calendar": "WARNING"}
-    one_stop = gtfs_zip({"stop_times.txt": BASE["stop_times.txt"] + "", "trips.txt": BASE["trips.txt"] + "R2,WK,T4,x\n"})
     one_stop = gtfs_zip({"trips.txt": BASE["trips.txt"] + "R2,WK,T4,x\n",
                          "stop_times.txt": BASE["stop_times.txt"] + "T4,09:00:00,09:00:00,P4,1\n"})
     assert codes(one_stop) == {"unusable_trip": "WARNING"}

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Awaitable, Callable
 
@@ -26,6 +27,9 @@ from cityos.mobility.planner import Query as PlanQuery
 from cityos.mobility.service import MobilityService, validate_feed_id
 from cityos.security.api import request_tenant, require
 from cityos.security.policy import Principal
+
+# GTFS zips of big cities pass the generic body limit (tens of MB); CITYOS_MOBILITY_MAX_FEED_BYTES sets it.
+MAX_FEED_BYTES = int(os.environ.get("CITYOS_MOBILITY_MAX_FEED_BYTES", str(256 * 1024 * 1024)))
 
 router = APIRouter(prefix="/api/mobility", tags=["mobility"])
 routers: list[APIRouter] = [router]
@@ -42,7 +46,7 @@ async def upload_feed(request: Request, feed_id: str = Query(..., alias="feedId"
                       principal: Principal | None = Depends(require("mobility.manage"))) -> Response:
     tenant = request_tenant(request, principal)
     validate_feed_id(feed_id)
-    data = await read_body(request, request.app.state.settings.max_body_bytes)
+    data = await read_body(request, MAX_FEED_BYTES)
     if not data:
         raise BadRequestData("the body must be a GTFS zip file")
     return json_response(await mobility_of(request).import_feed(principal, tenant, feed_id, data, name), 201)

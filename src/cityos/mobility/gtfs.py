@@ -484,7 +484,13 @@ def _parents(notices: Notices, ids: list[str], parents: list[str], types: list[i
                         expectedLocationType=expected)
 
 
+def _error_count(notices: Notices) -> int:
+    return sum(g["totalNotices"] for g in notices.groups.values() if g["severity"] == "ERROR")
+
+
 def _stop_times(notices: Notices, frame: pd.DataFrame) -> pd.DataFrame:
+    """Parse, order and check stop times; other files' errors do not stop these checks."""
+    before = _error_count(notices)
     seq = pd.to_numeric(frame["stop_sequence"], errors="coerce")
     notices.add_rows("invalid_integer", "ERROR", "stop_times.txt", frame, seq.isna().to_numpy(), tripId="trip_id",
                      fieldName="stop_sequence")
@@ -496,7 +502,7 @@ def _stop_times(notices: Notices, frame: pd.DataFrame) -> pd.DataFrame:
     dropoff = pd.to_numeric(_column(frame, "drop_off_type", "0").replace("", "0"), errors="coerce")
     notices.add_rows("number_out_of_range", "ERROR", "stop_times.txt", frame,
                      (~pickup.isin([0, 1, 2, 3]) | ~dropoff.isin([0, 1, 2, 3])).to_numpy(), tripId="trip_id")
-    if notices.has_errors:
+    if _error_count(notices) > before:
         return frame
     out = pd.DataFrame({"trip_id": frame["trip_id"].astype(str), "stop_id": frame["stop_id"].astype(str),
                         "stop_sequence": seq.astype(np.int64).to_numpy(), "arrival": arrival, "departure": departure,
@@ -513,7 +519,7 @@ def _stop_times(notices: Notices, frame: pd.DataFrame) -> pd.DataFrame:
     sizes = out.groupby("trip_id", sort=False).size()
     for trip_id in sizes[sizes < 2].index[:MAX_SAMPLES]:
         notices.add("unusable_trip", "WARNING", filename="trips.txt", tripId=trip_id)
-    if notices.has_errors:
+    if _error_count(notices) > before:
         return out
     out = out[out["trip_id"].map(sizes) >= 2].reset_index(drop=True)
     # Blank intermediate times (timepoint=0): interpolate by stop order within the trip, as consumers do.
