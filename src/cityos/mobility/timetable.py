@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,7 @@ class Timetable:
     _calendar: dict[int, tuple[np.ndarray, dt.date, dt.date]] = field(default_factory=dict)
     _exceptions: dict[dt.date, list[tuple[int, int]]] = field(default_factory=dict)
     _days: dict[dt.date, DayTimetable] = field(default_factory=dict)
+    _days_lock: threading.Lock = field(default_factory=threading.Lock)  # plans run in worker threads
     stop_index: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -109,12 +111,13 @@ class Timetable:
 
     def day(self, date: dt.date) -> DayTimetable:
         """The view for `date`, cached (a few per timetable: today, tomorrow, a queried date)."""
-        view = self._days.get(date)
-        if view is None:
-            if len(self._days) >= 8:
-                self._days.pop(next(iter(self._days)))
-            view = self._days[date] = DayTimetable.build(self, date)
-        return view
+        with self._days_lock:
+            view = self._days.get(date)
+            if view is None:
+                if len(self._days) >= 8:
+                    self._days.pop(next(iter(self._days)))
+                view = self._days[date] = DayTimetable.build(self, date)
+            return view
 
 
 def build_timetable(tables: FeedTables, walk: WalkSettings | None = None) -> Timetable:
