@@ -6,6 +6,11 @@
     GET  /api/mobility/feeds                 the tenant's feeds (mobility.read, public)
     GET  /api/mobility/feeds/{feedId}        one feed; 404 unknown
     GET  /api/mobility/stops?near=lat,lon&radius=&limit=&feedId=   stops by distance
+    POST /api/mobility/bikeshare/systems      {"systemId", "url": gbfs.json} (mobility.manage) → 201 after the
+                                             feeds were read; 400 bad URL, 409 known id, 502 unreadable feed
+    GET  /api/mobility/bikeshare/systems[/{systemId}]
+    POST /api/mobility/bikeshare/systems/{systemId}/refresh        (mobility.manage)
+    GET  /api/mobility/bikeshare/stations?near=lat,lon&radius=&limit=   stations with bikes and docks
     GET  /api/mobility/plan?fromPlace=lat,lon&toPlace=lat,lon&date=&time=&arriveBy=&maxTransfers=&mode(s)=&feedId=
                                              OpenTripPlanner-style plan (see planner.py)
 """
@@ -21,7 +26,8 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
 from cityos.core.errors import BadRequestData
-from cityos.core.responses import json_response, read_body
+from cityos.core.responses import json_response, read_body, read_json_object
+from cityos.mobility.bikes import BikePoller, BikeService
 from cityos.mobility.planner import MAX_TRANSFERS, parse_modes, parse_place
 from cityos.mobility.planner import Query as PlanQuery
 from cityos.mobility.service import MobilityService, validate_feed_id
@@ -121,13 +127,62 @@ async def plan(request: Request, from_place: str = Query(..., alias="fromPlace",
                                                          feed_id))
 
 
+def bikes_of(request: Request) -> BikeService:
+    service: BikeService = request.app.state.bikes
+    return service
+
+
+@router.post("/bikeshare/systems", status_code=201)
+async def register_bike_system(request: Request,
+                               principal: Principal | None = Depends(require("mobility.manage"))) -> Response:
+    tenant = request_tenant(request, principal)
+    body = await read_json_object(request, 16 * 1024)
+    system_id = body.get("systemId")
+    if not isinstance(system_id, str):
+        raise BadRequestData("systemId must be a string")
+    return json_response(await bikes_of(request).register(principal, tenant, system_id, body.get("url")), 201)
+
+
+@router.get("/bikeshare/systems")
+async def list_bike_systems(request: Request,
+                            principal: Principal | None = Depends(require("mobility.read"))) -> Response:
+    return json_response(await bikes_of(request).systems(principal, request_tenant(request, principal)))
+
+
+@router.get("/bikeshare/systems/{system_id}")
+async def get_bike_system(request: Request, system_id: str,
+                          principal: Principal | None = Depends(require("mobility.read"))) -> Response:
+    return json_response(await bikes_of(request).system(principal, request_tenant(request, principal),
+                                                        system_id[:64]))
+
+
+@router.post("/bikeshare/systems/{system_id}/refresh")
+async def refresh_bike_system(request: Request, system_id: str,
+                              principal: Principal | None = Depends(require("mobility.manage"))) -> Response:
+    return json_response(await bikes_of(request).refresh(request_tenant(request, principal), system_id[:64]))
+
+
+@router.get("/bikeshare/stations")
+async def bike_stations(request: Request, near: str = Query(..., max_length=64),
+                        radius: float = Query(500.0, gt=0, le=5000), limit: int = Query(50, ge=1, le=500),
+                        principal: Principal | None = Depends(require("mobility.read"))) -> Response:
+    lat, lon = parse_place(near, "near")
+    return json_response(await bikes_of(request).stations_near(principal, request_tenant(request, principal),
+                                                               lat, lon, radius, limit))
+
+
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
-    """Build `app.state.mobility`; returns the shutdown function."""
+    """Build `app.state.mobility` and `app.state.bikes`, start the GBFS poller; returns the shutdown function."""
     store = app.state.hub.service.store
+    lock = getattr(store, "_sqlite_write_lock", None)
     app.state.mobility = MobilityService(app.state.engine, app.state.hub.service, app.state.hub.resolver.core,
-                                         write_lock=getattr(store, "_sqlite_write_lock", None))
+                                         write_lock=lock)
+    app.state.bikes = BikeService(app.state.engine, app.state.hub.service, app.state.hub.resolver.core,
+                                  write_lock=lock)
+    poller = BikePoller(app.state.bikes)
+    poller.start()
 
     async def stop() -> None:
-        return None
+        await poller.stop()
 
     return stop

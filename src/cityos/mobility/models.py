@@ -114,5 +114,40 @@ frequencies = Table(
     PrimaryKeyConstraint("tenant", "feed_id", "seq", name="pk_mob_frequencies"),
 )
 
+# GBFS bike-share systems (configured by URL) and their stations' latest counts.
+bike_systems = Table(
+    "mob_bike_systems", metadata,
+    Column("tenant", String(256), nullable=False),
+    Column("system_id", String(64), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("name", Text, nullable=True),
+    Column("ttl", Integer, nullable=False),
+    Column("stations", Integer, nullable=False),
+    Column("free_bikes", Integer, nullable=False),
+    Column("skipped", JsonDoc, nullable=False),         # station ids in the status feed but not the information
+    Column("last_error", Text, nullable=True),
+    Column("fetched_at", Timestamp, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("tenant", "system_id", name="pk_mob_bike_systems"),
+)
+
+bike_stations = Table(
+    "mob_bike_stations", metadata,
+    Column("tenant", String(256), nullable=False),
+    Column("system_id", String(64), nullable=False),
+    Column("station_id", String(256), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("lat", Float, nullable=False),
+    Column("lon", Float, nullable=False),
+    Column("capacity", Integer, nullable=True),
+    Column("bikes", Integer, nullable=False),
+    Column("docks", Integer, nullable=True),
+    Column("is_renting", Integer, nullable=False),
+    Column("is_returning", Integer, nullable=False),
+    Column("last_reported", Timestamp, nullable=True),
+    PrimaryKeyConstraint("tenant", "system_id", "station_id", name="pk_mob_bike_stations"),
+)
+
 FEED_TABLES = (stops, routes, trips, calendars, calendar_dates, transfers, frequencies)
 TABLES = (feeds, *FEED_TABLES)
+ALL_TABLES = (*TABLES, bike_systems, bike_stations)

@@ -1,4 +1,4 @@
-"""Mobility: GTFS feeds and their timetables.
+"""Mobility: GTFS feeds and their timetables, GBFS bike-share systems and stations.
 
 Revision ID: 0013_mobility
 Revises: 0012_iot_event_outbox
@@ -8,7 +8,7 @@ Create Date: 2026-12-05
 from __future__ import annotations
 
 from cityos.migrations import create_tables, drop_tables
-from cityos.mobility.models import TABLES
+from cityos.mobility.models import ALL_TABLES
 
 revision = "0013_mobility"
 down_revision = "0012_iot_event_outbox"
@@ -17,8 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    create_tables(TABLES)
+    create_tables(ALL_TABLES)
 
 
 def downgrade() -> None:
-    drop_tables(TABLES)
+    drop_tables(ALL_TABLES)
