@@ -206,3 +206,31 @@ async def test_nyc_feed_imports_and_plans(client: httpx.AsyncClient, app: Any) -
         "time": "23:55"})).json()["plan"]
     assert late["itineraries"] and late["itineraries"][0]["endTime"].startswith("2025-01-09T")
     assert dt.date(2025, 1, 9).isoformat() in late["itineraries"][0]["endTime"]
+
+
+async def test_gtfs_rt_trip_updates_schedule_only(client: httpx.AsyncClient) -> None:
+    from google.transit import gtfs_realtime_pb2
+
+    from cityos.core import clock
+
+    assert (await upload(client, gtfs_zip())).status_code == 201
+    now = dt.datetime(2026, 12, 9, 8, 5, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    clock.set_clock(lambda: now.astimezone(dt.UTC))
+    try:
+        r = await client.get("/api/mobility/gtfs-rt/city/trip-updates", headers={"Accept": "application/x-protobuf"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/x-protobuf"
+        message = gtfs_realtime_pb2.FeedMessage()
+        message.ParseFromString(r.content)
+        trips = {e.trip_update.trip.trip_id: e.trip_update for e in message.entity}
+        # T1 (08:00–08:20) is running, T3 starts at 08:25 (within 30 minutes); T2 (23:50) is not.
+        assert set(trips) == {"T1", "T3"}
+        t1 = trips["T1"]
+        assert t1.trip.start_date == "20261209" and t1.trip.route_id == "R1"
+        assert [u.stop_id for u in t1.stop_time_update] == ["P2", "P3"]
+        assert t1.stop_time_update[0].arrival.time == int(now.replace(minute=10).timestamp())
+        as_json = (await client.get("/api/mobility/gtfs-rt/city/trip-updates")).json()
+        assert as_json["header"]["gtfsRealtimeVersion"] == "2.0" and len(as_json["entity"]) == 2
+    finally:
+        clock.reset_clock()
+    problem(await client.get("/api/mobility/gtfs-rt/nope/trip-updates"), 404)
+    problem(await client.get("/api/mobility/gtfs-rt/city/trip-updates", params={"format": "xml"}), 400)

@@ -11,6 +11,9 @@
     GET  /api/mobility/bikeshare/systems[/{systemId}]
     POST /api/mobility/bikeshare/systems/{systemId}/refresh        (mobility.manage)
     GET  /api/mobility/bikeshare/stations?near=lat,lon&radius=&limit=   stations with bikes and docks
+    GET  /api/mobility/gtfs-rt/{feedId}/trip-updates   GTFS-Realtime TripUpdates, protobuf
+                                             (Accept: application/x-protobuf or ?format=pb) or JSON (default);
+                                             schedule-only (no predictions yet)
     GET  /api/mobility/plan?fromPlace=lat,lon&toPlace=lat,lon&date=&time=&arriveBy=&maxTransfers=&mode(s)=&feedId=
                                              OpenTripPlanner-style plan (see planner.py)
 """
@@ -24,6 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
+from google.protobuf import json_format
 
 from cityos.core.errors import BadRequestData
 from cityos.core.responses import json_response, read_body, read_json_object
@@ -125,6 +129,16 @@ async def plan(request: Request, from_place: str = Query(..., alias="fromPlace",
                       max_transfers=max_transfers, modes=parse_modes(modes or mode))
     return json_response(await mobility_of(request).plan(principal, request_tenant(request, principal), query,
                                                          feed_id))
+
+
+@router.get("/gtfs-rt/{feed_id}/trip-updates")
+async def gtfs_rt_trip_updates(request: Request, feed_id: str, format: str | None = Query(None, pattern="^(pb|json)$"),
+                               principal: Principal | None = Depends(require("mobility.read"))) -> Response:
+    message = await mobility_of(request).trip_updates(principal, request_tenant(request, principal), feed_id[:64])
+    wants_pb = format == "pb" or (format is None and "application/x-protobuf" in request.headers.get("accept", ""))
+    if wants_pb:
+        return Response(message.SerializeToString(), media_type="application/x-protobuf")
+    return json_response(json_format.MessageToDict(message))
 
 
 def bikes_of(request: Request) -> BikeService:

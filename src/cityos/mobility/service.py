@@ -34,6 +34,7 @@ from cityos.hub.service import HubService
 from cityos.mobility import models
 from cityos.mobility.gtfs import DAYS, FeedTables, read_feed
 from cityos.mobility.planner import Planner, Query, covers
+from cityos.mobility.realtime import trip_updates
 from cityos.mobility.timetable import Timetable, WalkSettings, build_timetable, haversine_m
 from cityos.security.policy import Principal, Resource, authorize
 from cityos.security.service import Forbidden
@@ -303,6 +304,13 @@ class MobilityService:
             **({"messages": ["no transit connection found; try another time or more transfers"]}
                if not itineraries else {}),
         }
+
+    async def trip_updates(self, principal: Principal | None, tenant: str, feed_id: str) -> Any:
+        """The feed's GTFS-Realtime TripUpdates (schedule-only, see realtime.py)."""
+        check_allowed(principal, "mobility.read", tenant)
+        [(_feed, timetable)] = await self.timetables(tenant, feed_id)
+        now = clock.now()
+        return await asyncio.to_thread(trip_updates, feed_id, timetable, now)
 
     async def _load_tables(self, tenant: str, feed: Any) -> FeedTables:
         feed_id = feed["feed_id"]
