@@ -17,7 +17,7 @@ import contextlib
 import datetime as dt
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -239,13 +239,18 @@ class MobilityService:
         found.sort(key=lambda f: (f["distance"], f["feedId"], f["stopId"]))
         return found[:limit]
 
-    async def timetables(self, tenant: str, feed_id: str | None = None) -> list[tuple[dict[str, Any], Timetable]]:
-        """(feed, timetable) for the tenant's feeds (or one), loading any whose version changed."""
+    async def timetables(self, tenant: str, feed_id: str | None = None,
+                         keep: Callable[[dict[str, Any]], bool] | None = None
+                         ) -> list[tuple[dict[str, Any], Timetable]]:
+        """(feed, timetable) for the tenant's feeds (or one; or those `keep` accepts), loading any whose
+        version changed."""
         rows = await self._feed_rows(tenant)
         if feed_id is not None:
             rows = [r for r in rows if r["feed_id"] == feed_id]
             if not rows:
                 raise ResourceNotFound(f"no GTFS feed {feed_id!r}")
+        if keep is not None:
+            rows = [r for r in rows if keep(self._feed_view(r))]
         out = []
         for row in rows:
             key = (tenant, row["feed_id"])
@@ -264,12 +269,11 @@ class MobilityService:
                    feed_id: str | None = None) -> dict[str, Any]:
         """Itineraries over every feed whose area holds both places (or the one feed asked for)."""
         check_allowed(principal, "mobility.read", tenant)
-        loaded = await self.timetables(tenant, feed_id)
-        if not loaded:
+        if feed_id is None and not await self._feed_rows(tenant):
             raise ResourceNotFound("no GTFS feed has been imported")
         margin = self.walk.max_access_m
-        usable = [(f, t) for f, t in loaded
-                  if covers(f, *query.origin, margin) and covers(f, *query.destination, margin)]
+        usable = await self.timetables(tenant, feed_id, keep=lambda f: covers(f, *query.origin, margin)
+                                       and covers(f, *query.destination, margin))
         if not usable:
             raise BadRequestData("fromPlace and toPlace are not both within the area of "
                                  + (f"feed {feed_id}" if feed_id else "any imported GTFS feed"))
@@ -290,7 +294,10 @@ class MobilityService:
             raise BadRequestData("; ".join(refused))
         itineraries.sort(key=lambda i: (i["endTime"], i["transfers"]))
         planner = Planner(*usable[0])
-        date, seconds = planner.when(query, now)
+        try:
+            date, seconds = planner.when(query, now)
+        except BadRequestData:  # the first feed does not run that day; another one answered
+            date, seconds = query.date or now.date(), 0
         return {
             "requestParameters": {"fromPlace": f"{query.origin[0]},{query.origin[1]}",
                                   "toPlace": f"{query.destination[0]},{query.destination[1]}",
