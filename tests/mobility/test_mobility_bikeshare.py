@@ -169,3 +169,31 @@ async def test_bad_requests(client: httpx.AsyncClient, anon_client: httpx.AsyncC
     assert (await client.post(post, json={"systemId": "hk", "url": url})).status_code == 409
     assert (await client.post("/api/mobility/bikeshare/systems/nope/refresh")).status_code == 404
     assert (await client.get("/api/mobility/bikeshare/stations", params={"near": "x"})).status_code == 400
+
+
+async def test_plan_with_a_rented_bike(client: httpx.AsyncClient, gbfs_server: tuple[str, Path]) -> None:
+    """BICYCLE_RENT: walk to the station with bikes (A), ride to the one with docks (B), walk on."""
+    from gtfs_builder import BASE, gtfs_zip
+
+    base, _ = gbfs_server
+    stops = (BASE["stops.txt"].replace("31.23", "20.05").replace("31.22", "20.04").replace("31.21", "20.03")
+             .replace("121.47", "110.34").replace("121.48", "110.35"))
+    assert (await client.post("/api/mobility/feeds?feedId=hk", content=gtfs_zip({"stops.txt": stops}),
+                              headers={"Content-Type": "application/zip"})).status_code == 201
+    assert (await client.post("/api/mobility/bikeshare/systems",
+                              json={"systemId": "hk", "url": f"{base}/gbfs.json"})).status_code == 201
+    params = {"fromPlace": "20.031,110.332", "toPlace": "20.049,110.349", "date": "2026-12-09", "time": "09:00",
+              "modes": "BICYCLE_RENT,WALK"}
+    r = await client.get("/api/mobility/plan", params=params)
+    assert r.status_code == 200, r.text
+    rides = [i for i in r.json()["plan"]["itineraries"] if any(leg["mode"] == "BICYCLE" for leg in i["legs"])]
+    assert len(rides) == 1
+    legs = rides[0]["legs"]
+    assert [leg["mode"] for leg in legs] == ["WALK", "BICYCLE", "WALK"]
+    assert legs[1]["from"]["bikeShareId"] == "hk:A" and legs[1]["to"]["bikeShareId"] == "hk:B"
+    assert legs[1]["rentedBike"] is True and legs[0]["endTime"] == legs[1]["startTime"]
+    assert rides[0]["startTime"] == "2026-12-09T09:00:00+08:00"
+    # Without BICYCLE_RENT no bike leg.
+    params["modes"] = "WALK,TRANSIT"
+    r = await client.get("/api/mobility/plan", params=params)
+    assert all(leg["mode"] != "BICYCLE" for i in r.json()["plan"]["itineraries"] for leg in i["legs"])

@@ -127,6 +127,14 @@ async def plan(request: Request, from_place: str = Query(..., alias="fromPlace",
     query = PlanQuery(origin=parse_place(from_place, "fromPlace"), destination=parse_place(to_place, "toPlace"),
                       date=parse_date(date), time=parse_time(time), arrive_by=arrive_by,
                       max_transfers=max_transfers, modes=parse_modes(modes or mode))
+    if "BICYCLE_RENT" in query.modes:
+        tenant = request_tenant(request, principal)
+        radius = mobility_of(request).walk.max_access_m
+        near_origin = await bikes_of(request).stations_near(principal, tenant, *query.origin, radius, 10)
+        near_destination = await bikes_of(request).stations_near(principal, tenant, *query.destination, radius, 10)
+        query.bike_pickups = tuple(s for s in near_origin if s["isRenting"] and s["bikesAvailable"] > 0)
+        query.bike_dropoffs = tuple(s for s in near_destination if s["isReturning"]
+                                    and (s["docksAvailable"] is None or s["docksAvailable"] > 0))
     return json_response(await mobility_of(request).plan(principal, request_tenant(request, principal), query,
                                                          feed_id))
 

@@ -30,6 +30,8 @@ from cityos.mobility import raptor
 from cityos.mobility.timetable import BIG, DayTimetable, Timetable, haversine_m
 
 ARRIVE_BY_WINDOW = 4 * 3600
+BIKE_SPEED_MPS = 4.5
+BIKE_HANDLING_S = 60  # taking a bike out or docking it
 MAX_TRANSFERS = 8
 
 # OTP mode names a query may ask for (TRANSIT: all of them).
@@ -56,6 +58,10 @@ class Query:
     arrive_by: bool
     max_transfers: int
     modes: frozenset[str]
+    # BICYCLE_RENT: bike-share stations near the origin (with bikes) and the destination (with docks),
+    # as listed by the bike-share service ({"stationId", "name", "lat", "lon", ...}).
+    bike_pickups: tuple[dict[str, Any], ...] = ()
+    bike_dropoffs: tuple[dict[str, Any], ...] = ()
 
 
 def parse_place(value: str, name: str) -> tuple[float, float]:
@@ -75,9 +81,9 @@ def parse_modes(value: str | None) -> frozenset[str]:
     if not value:
         return frozenset({"TRANSIT", "WALK"})
     modes = frozenset(m.strip().upper() for m in value.split(",") if m.strip())
-    unknown = sorted(modes - {"TRANSIT", "WALK", *MODES})
+    unknown = sorted(modes - {"TRANSIT", "WALK", "BICYCLE_RENT", *MODES})
     if unknown or not modes:
-        raise BadRequestData(f"unknown mode(s) {', '.join(unknown) or '(none)'}; use WALK, TRANSIT or "
+        raise BadRequestData(f"unknown mode(s) {', '.join(unknown) or '(none)'}; use WALK, TRANSIT, BICYCLE_RENT or "
                              + ", ".join(sorted(MODES)))
     return modes
 
@@ -130,7 +136,7 @@ class Planner:
     def plan(self, query: Query, now: dt.datetime) -> list[dict[str, Any]]:
         date, seconds = self.when(query, now)
         itineraries: list[dict[str, Any]] = []
-        transit = bool(query.modes - {"WALK"})
+        transit = bool(query.modes & {"TRANSIT", *MODES})
         access = self._near(*query.origin)
         egress = self._near(*query.destination)
         if transit and access and egress:
@@ -153,6 +159,10 @@ class Planner:
             walk = self._walk_only(query, date, seconds)
             if walk is not None:
                 itineraries.append(walk)
+        if "BICYCLE_RENT" in query.modes:
+            ride = self._bike_rental(query, date, seconds)
+            if ride is not None:
+                itineraries.append(ride)
         itineraries.sort(key=lambda i: (i["endTime"], i["transfers"]))
         return itineraries
 
@@ -258,6 +268,47 @@ class Planner:
                 "endTime": self._iso(date, end), "transfers": max(0, transit_legs - 1), "walkTime": walk_time,
                 "transitTime": transit_time, "waitingTime": end - start - walk_time - transit_time,
                 "walkDistance": round(sum(leg["distance"] for leg in out if leg["mode"] == "WALK"), 1), "legs": out}
+
+    def _bike_rental(self, query: Query, date: dt.date, seconds: int) -> dict[str, Any] | None:
+        """Walk to a station with a bike, ride to a station with a free dock, walk on (no transit legs).
+
+        The pair of stations minimising the total time is taken; riding is the straight line × the
+        walking detour factor at BIKE_SPEED_MPS.
+        """
+        walk = self.tt.walk
+        best: tuple[int, dict[str, Any], dict[str, Any]] | None = None
+        for pick in query.bike_pickups:
+            to_pick = int(walk.seconds(float(haversine_m(*query.origin, pick["lat"], pick["lon"]))))
+            for drop in query.bike_dropoffs:
+                if (pick["systemId"], pick["stationId"]) == (drop["systemId"], drop["stationId"]):
+                    continue
+                ride = int(np.ceil(float(haversine_m(pick["lat"], pick["lon"], drop["lat"], drop["lon"]))
+                                   * walk.detour / BIKE_SPEED_MPS))
+                on_foot = int(walk.seconds(float(haversine_m(drop["lat"], drop["lon"], *query.destination))))
+                total = to_pick + BIKE_HANDLING_S + ride + BIKE_HANDLING_S + on_foot
+                if best is None or total < best[0]:
+                    best = (total, pick, drop)
+        if best is None:
+            return None
+        total, pick, drop = best
+        start = seconds - total if query.arrive_by else seconds
+        origin = self._point("Origin", *query.origin)
+        destination = self._point("Destination", *query.destination)
+        a = {**self._point(pick["name"], pick["lat"], pick["lon"]), "vertexType": "BIKESHARE",
+             "bikeShareId": f"{pick['systemId']}:{pick['stationId']}"}
+        b = {**self._point(drop["name"], drop["lat"], drop["lon"]), "vertexType": "BIKESHARE",
+             "bikeShareId": f"{drop['systemId']}:{drop['stationId']}"}
+        t1 = start + int(walk.seconds(float(haversine_m(*query.origin, pick["lat"], pick["lon"])))) + BIKE_HANDLING_S
+        leg1 = self._walk_leg(date, start, t1, origin, a)
+        t2 = start + total - int(walk.seconds(float(haversine_m(drop["lat"], drop["lon"], *query.destination))))
+        ride_leg = self._walk_leg(date, t1, t2, a, b)
+        ride_leg.update({"mode": "BICYCLE", "rentedBike": True})
+        leg3 = self._walk_leg(date, t2, start + total, b, destination)
+        legs = [leg1, ride_leg, leg3]
+        walking = leg1["duration"] + leg3["duration"]
+        return {"feedId": None, "duration": total, "startTime": leg1["startTime"], "endTime": leg3["endTime"],
+                "transfers": 0, "walkTime": walking, "transitTime": 0, "waitingTime": 0,
+                "walkDistance": round(leg1["distance"] + leg3["distance"], 1), "legs": legs}
 
     def _walk_only(self, query: Query, date: dt.date, seconds: int) -> dict[str, Any] | None:
         distance = float(haversine_m(*query.origin, *query.destination))
