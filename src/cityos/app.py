@@ -33,6 +33,7 @@ from cityos.hub.temporal.retention import start_retention
 from cityos.hub.temporal.service import TemporalService, max_instances_from_env
 from cityos.iot import api as iot_api
 from cityos.iot.ingest import start_iot
+from cityos.mobility import api as mobility_api
 from cityos.ops.environment import api as environment_api
 from cityos.ops.incidents import api as incidents_api
 from cityos.ops.open311 import api as open311_api
@@ -48,7 +49,7 @@ log = logging.getLogger("cityos")
 # The domains above hub and security. Each module offers `routers` and `start(app) -> stop`; they
 # start in this order (after the hub, IoT and security) and stop in reverse.
 DOMAINS: tuple[Any, ...] = (rules_api, incidents_api, open311_api, environment_api,
-                            notify_api, licences_api, ratings_api, services_api, evaluation_api)
+                            notify_api, licences_api, ratings_api, services_api, mobility_api, evaluation_api)
 
 
 def indicator_sources() -> dict[str, IndicatorSource]:

@@ -67,6 +67,14 @@ async def test_simulated_readings_reach_the_hub(tmp_path: Path, monkeypatch: pyt
             health = (await http.get("/api/iot/health", headers=operator)).json()
             assert health["devices"] >= 50
             assert health["byStatus"].get("active", 0) >= 25
+            # The demo imported the city's own GTFS feed: the journey planner answers across the city.
+            feeds = (await http.get("/api/mobility/feeds")).json()
+            assert [f["feedId"] for f in feeds] == ["city"] and feeds[0]["notices"] == []
+            plan = await http.get("/api/mobility/plan", params={
+                "fromPlace": "19.96,110.21", "toPlace": "20.09,110.44", "time": "10:00", "maxTransfers": 3,
+                "date": (datetime.now(UTC) + timedelta(days=1)).date().isoformat()})
+            assert plan.status_code == 200, plan.text
+            assert any(leg["transitLeg"] for i in plan.json()["plan"]["itineraries"] for leg in i["legs"])
 
 
 def _children(pid: int) -> set[int]:

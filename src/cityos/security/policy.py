@@ -115,6 +115,9 @@ ACTIONS: tuple[str, ...] = (
     "evaluation.read",         # indicators, radar, maturity, reports, the decision cockpit
     "evaluation.compute",      # recompute a period on demand
     "evaluation.assess",       # record a mystery-shopper visit
+    # 智慧出行 (mobility)
+    "mobility.read",           # feeds, stops, journey plans (public transport data is public)
+    "mobility.manage",         # import or replace a GTFS feed
 )
 
 # Actions that, once authorised, still need a second person's approval (双人双锁).
@@ -125,24 +128,27 @@ _N, _P, _O, _D, _T, _A = Scope.NONE, Scope.PUBLIC, Scope.OWN, Scope.DEPARTMENT, 
 
 # role → action → scope. An action missing from a role's row is Scope.NONE.
 MATRIX: dict[str, dict[str, Scope]] = {
-    ANONYMOUS: {"entity.read": _P, "report.submit": _P, "service.read": _P, "licence.verify": _P},
+    ANONYMOUS: {"entity.read": _P, "report.submit": _P, "service.read": _P, "licence.verify": _P,
+                "mobility.read": _P},
     Role.CITIZEN: {"entity.read": _T, "entity.write": _O, "incident.read": _O, "report.submit": _T,
                    "service.read": _T, "application.submit": _O, "application.read": _O, "licence.verify": _T,
-                   "rating.submit": _O},
+                   "rating.submit": _O, "mobility.read": _T},
     Role.ENTERPRISE: {"entity.read": _T, "entity.write": _O, "incident.read": _O, "report.submit": _T,
                       "service.read": _T, "application.submit": _O, "application.read": _O,
-                      "licence.verify": _T, "rating.submit": _O},
+                      "licence.verify": _T, "rating.submit": _O, "mobility.read": _T},
     Role.OFFICIAL: {"entity.read": _T, "entity.write": _D, "entity.delete": _D, "subscription.manage": _D,
                     "data.export_sensitive": _D, "approval.request": _D,
                     "rule.read": _T, "alarm.read": _T, "alarm.act": _D, "incident.read": _D, "incident.create": _D,
                     "incident.act": _D, "report.submit": _T, "service.read": _T, "application.read": _D,
-                    "task.act": _D, "licence.verify": _T, "licence.revoke": _D, "rectification.act": _D},
+                    "task.act": _D, "licence.verify": _T, "licence.revoke": _D, "rectification.act": _D,
+                    "mobility.read": _T},
     Role.OPERATOR: {"entity.read": _T, "entity.write": _T, "subscription.manage": _T, "device.manage": _T,
                     "approval.request": _T,
                     "rule.read": _T, "rule.manage": _T, "alarm.read": _T, "alarm.act": _T, "incident.read": _T,
                     "incident.create": _T, "incident.act": _T, "report.submit": _T, "sla.manage": _T,
                     "service.read": _T, "licence.verify": _T, "platform.monitor": _T,
-                    "evaluation.read": _T, "evaluation.compute": _T, "evaluation.assess": _T},
+                    "evaluation.read": _T, "evaluation.compute": _T, "evaluation.assess": _T,
+                    "mobility.read": _T, "mobility.manage": _T},
     Role.DEPT_ADMIN: {"entity.read": _T, "entity.write": _D, "entity.delete": _D, "subscription.manage": _D,
                       "device.manage": _D, "user.read": _D, "user.manage": _D, "user.disable": _D,
                       "user.reset_totp": _D, "user.enrol": _D, "data.export_sensitive": _D,
@@ -151,13 +157,13 @@ MATRIX: dict[str, dict[str, Scope]] = {
                       "incident.create": _D, "incident.act": _D, "report.submit": _T, "sla.manage": _D,
                       "service.read": _T, "service.manage": _D, "application.read": _D, "task.act": _D,
                       "licence.verify": _T, "licence.revoke": _D, "supervision.read": _D,
-                      "rectification.act": _D, "evaluation.read": _T},
+                      "rectification.act": _D, "evaluation.read": _T, "mobility.read": _T},
     # Separation of duties (三权分立): the auditor reads the audit trail and nothing is written by it;
     # the system administrator administers but cannot read the audit trail.
     Role.AUDITOR: {"entity.read": _T, "audit.read": _T, "audit.export": _T, "user.read": _T,
                    "rule.read": _T, "alarm.read": _T, "incident.read": _T, "service.read": _T,
                    "application.read": _T, "licence.verify": _T, "supervision.read": _T,
-                   "evaluation.read": _T},
+                   "evaluation.read": _T, "mobility.read": _T},
     Role.SYS_ADMIN: {"entity.read": _A, "entity.write": _A, "entity.delete": _A, "subscription.manage": _A,
                      "device.manage": _A, "user.read": _A, "user.manage": _A, "user.disable": _A,
                      "user.reset_totp": _A, "user.enrol": _A, "client.read": _A, "client.manage": _A,
@@ -168,7 +174,8 @@ MATRIX: dict[str, dict[str, Scope]] = {
                      "incident.create": _A, "incident.act": _A, "sla.manage": _A, "service.read": _A,
                      "service.manage": _A, "application.read": _A, "licence.verify": _A, "licence.revoke": _A,
                      "supervision.read": _A, "platform.monitor": _A,
-                     "evaluation.read": _A, "evaluation.compute": _A, "evaluation.assess": _A},
+                     "evaluation.read": _A, "evaluation.compute": _A, "evaluation.assess": _A,
+                     "mobility.read": _A, "mobility.manage": _A},
     Role.DEVICE: {"telemetry.write": _O},
 }
 

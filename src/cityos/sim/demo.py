@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cityos.core import clock
 from cityos.core.errors import AlreadyExists
 from cityos.core.tasks import finish_within
 from cityos.ops.rules.api import install_default_rules
@@ -300,6 +302,7 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
             async with _QuietServer(app, demo_options.host, api_port).running():
                 broker.attach(app.state.iot)
                 await _authenticate(console, app, client)
+                await _import_city_transit(console, app, options.seed)
                 console.print(f"[bold]CityOS demo[/bold] up in {time.monotonic() - began:.1f} s "
                               f"(database {_redacted(settings.database_url)}, MQTT broker {mqtt_url})")
                 console.print(f"  API            {api}\n  OpenAPI docs   {api}/docs\n"
@@ -331,6 +334,20 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
             log.info("broker stopped")
     console.print("CityOS demo stopped")
     return 0
+
+
+async def _import_city_transit(console: Console, app: Any, seed: int) -> None:
+    """The simulated city's buses and metro as GTFS feed `city` (one year from today), for the planner."""
+    from cityos.security.policy import Principal
+    from cityos.sim.city import build_city
+    from cityos.sim.transit import city_gtfs
+
+    today = clock.now().date()
+    data = await asyncio.to_thread(city_gtfs, build_city(seed), today - timedelta(days=7), today + timedelta(days=365))
+    system = Principal("cityos-demo", kind="service", role="sys_admin")
+    feed = await app.state.mobility.import_feed(system, "", "city", data, "City transit / 城市公交地铁")
+    console.print(f"  transit        GTFS feed 'city': {feed['counts']['stops']} stops, "
+                  f"{feed['counts']['stopTimes']} stop times (/api/mobility/plan)")
 
 
 async def _authenticate(console: Console, app: Any, client: PlatformClient) -> None:
