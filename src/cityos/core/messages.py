@@ -47,6 +47,18 @@ CATEGORIES: dict[str, str] = {
     "device.battery": "电池低电量 Low battery",
     "device.data": "数据质量 Data quality",
     "storm": "告警风暴 Alarm storm",
+    # alarm category.subCategory (rules without an incident category)
+    "device.lowBattery": "电池低电量 Low battery",
+    "device.dataSpike": "数据突变 Data spike",
+    "device.dataFrozen": "数据冻结 Frozen data",
+    "environment.airPollution": "空气污染 Air pollution",
+    "environment.waterPollution": "水质污染 Water pollution",
+    "environment.noisePollution": "噪声扰民 Noise",
+    "environment.wasteContainerFull": "垃圾满溢 Waste bin full",
+    "naturalDisaster.flood": "洪水 Flood",
+    "security.fire": "火灾 Fire",
+    "traffic.trafficJam": "交通拥堵 Congestion",
+    "traffic.parkingSensor": "车位传感器离线 Parking sensor silent",
     "cityOperations": "城市运行 City operations",
     "naturalDisaster": "自然灾害 Natural disaster",
     "security": "安全 Safety",
@@ -118,13 +130,19 @@ PLACES: dict[str, str] = {
     "Nandu River": "南渡江", "Meishe River": "美舍河", "Wuyuan River": "五源河",
 }
 
+ROLES: dict[str, str] = {
+    "system": "系统 System", "operator": "值班员 Operator", "official": "部门人员 Official",
+    "sys_admin": "系统管理员 Administrator", "auditor": "审计员 Auditor", "citizen": "市民 Citizen",
+    "company": "企业 Company", "anonymous": "匿名 Anonymous", "service": "服务 Service",
+}
+
 SLA: dict[str, str] = {
     "ok": "正常 On time", "yellow": "临期 At risk", "breached": "超时 Breached", "met": "达标 Met",
 }
 
 _KINDS: dict[str, dict[str, str]] = {
     "category": CATEGORIES, "level": LEVELS, "severity": SEVERITIES, "status": STATUSES, "source": SOURCES,
-    "action": ACTIONS, "department": DEPARTMENTS, "place": PLACES, "sla": SLA,
+    "action": ACTIONS, "department": DEPARTMENTS, "place": PLACES, "sla": SLA, "role": ROLES,
 }
 
 
