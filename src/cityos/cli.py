@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from cityos.config import Settings
+from cityos.config import Settings, listen_url
 
 app = typer.Typer(help="CityOS smart-city platform", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema management", no_args_is_help=True)
@@ -74,6 +74,8 @@ def serve(
 
     os.environ.setdefault("CITYOS_INGEST_CLIENT_ID", f"cityos-ingest-{socket.gethostname()}-{port}")
     os.environ.setdefault("CITYOS_WEB", "1")  # the cockpit and portal (CITYOS_WEB=0: API only)
+    # The token issuer and absolute URLs follow the address actually served unless CITYOS_PUBLIC_URL says otherwise.
+    os.environ["CITYOS_LISTEN_URL"] = listen_url(host, port)
     uvicorn.run("cityos.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)
 

@@ -280,6 +280,10 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
     # The app reads these while starting. Its own ingest workers speak MQTT 5 with shared
     # subscriptions, which amqtt lacks, so the demo starts a 3.1.1 worker of its own (see platform.py).
     os.environ["CITYOS_MQTT_URL"] = mqtt_url
+    # The token issuer, OIDC discovery and e-licence issuer name this port (unless CITYOS_PUBLIC_URL is set),
+    # not the default 8000 the demo may not have got.
+    previous_listen = os.environ.get("CITYOS_LISTEN_URL")
+    os.environ["CITYOS_LISTEN_URL"] = api
     os.environ["CITYOS_INGEST_WORKERS"] = "0"
     # NB-IoT devices' CoAP API (ThingsBoard's), on 5683 or another free UDP port.
     coap_port = int(os.environ.setdefault("CITYOS_COAP_PORT", str(free_port(5683, demo_options.host, udp=True))))
@@ -328,6 +332,10 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
             await client.close()
             await _within(5, "the MQTT broker", broker.stop())
             log.info("broker stopped")
+            if previous_listen is None:
+                os.environ.pop("CITYOS_LISTEN_URL", None)
+            else:
+                os.environ["CITYOS_LISTEN_URL"] = previous_listen
     console.print("CityOS demo stopped")
     return 0
 
