@@ -82,6 +82,17 @@ STATUSES: dict[str, str] = {
     "active": "活动 Active", "acknowledged": "已确认 Acknowledged", "cleared": "已清除 Cleared",
     # devices
     "offline": "离线 Offline", "inactive": "未激活 Inactive", "disabled": "已停用 Disabled",
+    "normal": "正常 Normal", "alarm": "告警 Alarm",
+}
+
+# Device profiles (cityos/iot/profiles.json ids).
+PROFILES: dict[str, str] = {
+    "air-quality": "空气质量微站 Air quality station", "water-quality": "水质探头 Water-quality probe",
+    "noise": "噪声监测 Noise monitor", "traffic-flow": "车流检测器 Traffic detector",
+    "parking-spot": "车位传感器 Parking sensor", "smoke": "烟感 Smoke detector",
+    "water-level": "水位计 Water-level gauge", "smart-meter": "智能电表 Smart meter",
+    "waste-bin": "智能垃圾桶 Smart waste bin", "streetlight": "智慧路灯 Smart streetlight",
+    "wearable": "智能手环 Wristband", "gateway": "网关 Gateway",
 }
 
 SOURCES: dict[str, str] = {
@@ -143,6 +154,7 @@ SLA: dict[str, str] = {
 _KINDS: dict[str, dict[str, str]] = {
     "category": CATEGORIES, "level": LEVELS, "severity": SEVERITIES, "status": STATUSES, "source": SOURCES,
     "action": ACTIONS, "department": DEPARTMENTS, "place": PLACES, "sla": SLA, "role": ROLES,
+    "profile": PROFILES,
 }
 
 

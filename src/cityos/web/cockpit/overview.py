@@ -225,7 +225,8 @@ async def _refresh(session: Session, city: CityMap, tiles: dict[str, Tile], alar
                                         "popup": f"{d['name']} — AQI "
                                                  f"{'—' if value is None else f'{value:.0f}'} {label}"}})
     device_points = [[d["location"]["lat"], d["location"]["lon"], states.get(str(d.get("name")), "normal"),
-                      f"{d.get('name')} · {d.get('profile')} · {states.get(str(d.get('name')), 'normal')}"]
+                      f"{d.get('name')} · {messages.label('profile', d.get('profile'))} · "
+                      f"{messages.label('status', states.get(str(d.get('name')), 'normal'))}"]
                      for d in devices if d.get("location")]
     alarm_points = []
     for alarm in alarms:
