@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 
-from cityos.config import Settings
+from cityos.config import Settings, listen_url
 
 app = typer.Typer(help="CityOS smart-city platform", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema management", no_args_is_help=True)
@@ -80,6 +80,8 @@ def serve(
 
     os.environ.setdefault("CITYOS_INGEST_CLIENT_ID", f"cityos-ingest-{socket.gethostname()}-{port}")
     os.environ.setdefault("CITYOS_WEB", "1")  # the cockpit and portal (CITYOS_WEB=0: API only)
+    # The token issuer and absolute URLs follow the address actually served unless CITYOS_PUBLIC_URL says otherwise.
+    os.environ["CITYOS_LISTEN_URL"] = listen_url(host, port)
     # proxy_headers=False: X-Forwarded-For is read by `cityos.security.api.client_ip`, from the proxies
     # CITYOS_TRUSTED_PROXIES names only (uvicorn would otherwise trust 127.0.0.1 by default).
     uvicorn.run("cityos.app:create_app", factory=True, host=host, port=port, workers=workers,
@@ -127,21 +129,29 @@ def demo(
     mqtt_port: int = typer.Option(1883, help="Embedded MQTT broker port (another free one if taken)"),
     scenario: str = typer.Option("demo", help="demo (smog + flood early on) | normal | none"),
     history_hours: float = typer.Option(24.0, help="Start this many hours ago and replay up to now"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder for the demo's database and log "
+                                         "(default: the platform data path, e.g. ~/.local/share/cityos/demo)"),
     duration: float | None = typer.Option(None, hidden=True, help="Stop after this many real seconds"),
 ) -> None:
     """One command, no external services: embedded MQTT broker + API on SQLite + ingestion + simulated city."""
     import asyncio
 
-    from cityos.sim.demo import DemoOptions
+    from cityos.security.settings import default_data_dir
+    from cityos.sim.demo import DemoOptions, configure_logging
     from cityos.sim.demo import demo as run
     from cityos.sim.runner import SimOptions
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    folder = (data_dir or default_data_dir() / "demo").expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    # The database lives in the data folder, not wherever the command was typed (CITYOS_DATABASE_URL wins).
+    os.environ.setdefault("CITYOS_DATABASE_URL", f"sqlite:///{folder / 'cityos-demo.db'}")
+    log_path = folder / "demo.log"
+    configure_logging(log_path)
     # Small gateway messages: the embedded broker's ingest commits (and acknowledges) in small steps.
     options = SimOptions(devices=devices, speed=speed, seed=seed, scenario=scenario, history_hours=history_hours,
                          max_per_message=20)
     raise typer.Exit(asyncio.run(run(options, DemoOptions(host=host, port=port, mqtt_port=mqtt_port,
-                                                          duration=duration), console=console)))
+                                                          duration=duration, log_path=log_path), console=console)))
 
 
 def _iot_call(work: Any) -> Any:

@@ -22,6 +22,31 @@ def env_optional(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+
+
+def listen_url(host: str, port: int, scheme: str = "http") -> str:
+    """The URL of a server bound to host:port; a wildcard bind is reached by the machine's name."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the wildcard, not binding to it
+        import socket
+
+        host = socket.gethostname()
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def public_url() -> str:
+    """The platform's public base URL (token issuer, OIDC discovery, e-licence issuer, absolute links).
+
+    CITYOS_PUBLIC_URL when set (behind a proxy: the address people use); else the address the server
+    actually listens on (CITYOS_LISTEN_URL, which `cityos serve` and `cityos demo` set from their bound
+    host and port); else http://127.0.0.1:8000."""
+    for name in ("CITYOS_PUBLIC_URL", "CITYOS_LISTEN_URL"):
+        value = (os.environ.get(name) or "").strip()
+        if value:
+            return value.rstrip("/")
+    return DEFAULT_PUBLIC_URL
+
+
 def default_database_url() -> str:
     return f"sqlite:///{Path.cwd() / 'cityos.db'}"
 

@@ -163,3 +163,15 @@ async def test_mqtt_auth_and_acl_hooks(client: Any) -> None:
     other = await client.post("/api/iot/mqtt/acl", json={"username": token, "topic": "cityos/devices/zz/telemetry",
                                                           "action": "publish"})
     assert other.json()["result"] == "deny"
+
+
+async def test_a_device_names_the_gateway_it_reports_through(client: Any) -> None:
+    await provision(client, name="gw-a", profile="smart-meter", gateway=True)
+    await provision(client, name="aq-g", gatewayName="gw-a")
+    device = (await client.get("/api/iot/devices/aq-g")).json()
+    assert device["gatewayName"] == "gw-a" and device["gateway"] is False
+    entity = (await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:Device:aq-g?options=keyValues")).json()
+    assert entity["refGateway"] == "urn:ngsi-ld:Device:gw-a"  # what the incident correlation follows
+    bad = await client.post("/api/iot/devices", json={**AQ, "name": "aq-h", "gatewayName": "not a name!"})
+    assert bad.status_code in (400, 422) and bad.json()["title"]
+    assert (await client.get("/api/iot/devices/aq-h")).status_code == 404  # nothing half-made

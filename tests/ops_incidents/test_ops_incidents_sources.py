@@ -103,7 +103,8 @@ async def test_alert_entities_open_incidents_and_reconcile(app: Any, client: htt
     assert await reconcile(app.state.ops_incidents) == 1
     assert await reconcile(app.state.ops_incidents) == 0
     listed = (await client.get(BASE, headers=operator, params={"includeMerged": "true"})).json()["items"]
-    assert sorted(i["title"] for i in listed) == ["Alarm: river level high", "Alarm: river level high"]
+    # Titles come from the category and the place (the catalogue), never from a rule or its message.
+    assert sorted(i["title"] for i in listed) == ["洪水 Flood · d1", "洪水 Flood · d1"]
     # both alarms are at the same place: the re-created one merges into the first
     assert sorted(i["status"] for i in listed) == ["merged", "reported"]
 

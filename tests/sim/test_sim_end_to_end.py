@@ -93,11 +93,13 @@ def _children(pid: int) -> set[int]:
 @pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc to look for orphans")
 def test_demo_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     api_port, mqtt_port = free_port(0), free_port(0)
-    env = {**os.environ, "CITYOS_DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}"}
+    env = dict(os.environ)
     env.pop("CITYOS_MQTT_URL", None)
+    env.pop("CITYOS_DATABASE_URL", None)  # the demo keeps its database in its data folder
+    data = tmp_path / "data"
     proc = subprocess.Popen(
         [sys.executable, "-m", "cityos.cli", "demo", "--devices", "100", "--port", str(api_port),
-         "--mqtt-port", str(mqtt_port)],
+         "--mqtt-port", str(mqtt_port), "--data-dir", str(data)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -126,6 +128,11 @@ def test_demo_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         assert proc.returncode == 0, out
         assert time.monotonic() - began < 30
         assert "CityOS demo stopped" in out
+        # Database and log in the data folder, both named on the console; no traceback on the console.
+        assert (data / "cityos-demo.db").exists() and (data / "demo.log").exists()
+        compact = "".join(out.split())  # rich wraps long paths at the console's width
+        assert str(data / "cityos-demo.db") in compact and str(data / "demo.log") in compact, out
+        assert "historykept24h" in compact and "Traceback" not in out, out
         assert not any(Path(f"/proc/{c}").exists() for c in children), "orphan processes left behind"
         for port in (api_port, mqtt_port):
             assert free_port(port) == port, f"port {port} still bound"

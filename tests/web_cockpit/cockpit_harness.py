@@ -94,6 +94,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("cockpit-e2e")
     port = free_port()
     env = server_env(root, port)
+    # A low storm threshold, so a test can raise a storm with a few reports; the city's zone spelt out.
+    env.update(CITYOS_INCIDENT_STORM_PER_MINUTE="3", CITYOS_TIMEZONE="Asia/Shanghai")
     admin_secret = bootstrap_admin(env, PASSWORD, upgrade_timeout=180, add_timeout=120)
     log = root / "server.log"
     with running_server(env, port, log, start_timeout=90, poll_interval=0.3) as process:

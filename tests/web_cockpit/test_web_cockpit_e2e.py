@@ -116,8 +116,37 @@ def test_web_cockpit_map_and_tiles(server: Server, browser: Any, seeded: Seeded,
     online = wait_for(lambda: css(browser, ".cityos-kpi-online .cityos-kpi-value")[0].text.strip("—"),
                       what="devices online tile")
     assert online.endswith("%")
+    # The tile counts what the IoT health round says: the same figures as /api/iot/health and the
+    # demo console (PlatformClient.stats, online of devices).
+    import asyncio
+
+    from cityos.sim.platform import PlatformClient
+
+    async def console_figures() -> Any:
+        client = PlatformClient(server.url, token=server.admin)
+        try:
+            return await client.stats()
+        finally:
+            await client.close()
+
+    stats = asyncio.run(console_figures())
+    with server.http(server.admin) as http:
+        health = http.get("/api/iot/health").json()
+    assert stats.ok and (stats.online, stats.devices) == (health["byStatus"].get("active", 0), health["devices"])
+    assert 0 < stats.online < stats.devices  # some never reported: a 100 % tile would be wrong
+    note = css(browser, ".cityos-kpi-online .text-xs")[0].text
+    assert note.startswith(f"{stats.online:,}/{stats.devices:,} 在线 online"), note
+    assert online == f"{100.0 * stats.online / stats.devices:.1f}%"
     labels = " ".join(e.text for e in css(browser, ".cityos-district-label"))
-    assert "Xiuying" in labels
+    assert "秀英区 Xiuying" in labels  # Chinese name first, from the catalogue
+    # The clock is the city's (CITYOS_TIMEZONE, Asia/Shanghai here) with the zone shown, not the server's UTC.
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    shown = wait_for(lambda: css(browser, ".cityos-clock")[0].text, what="the clock")
+    city_now = datetime.now(UTC).astimezone(ZoneInfo("Asia/Shanghai"))
+    assert shown.endswith(" CST") and shown[:16] in {
+        (city_now - timedelta(minutes=m)).strftime("%Y-%m-%d %H:%M") for m in (0, 1)}, shown
     time.sleep(1.0)
     screenshot(browser, "02-cockpit-map")
 
@@ -168,6 +197,13 @@ def test_web_cockpit_reading_to_incident_dispatch_resolve(server: Server, browse
     wait_for(lambda: css(browser, ".cityos-kpi-open .cityos-kpi-value")[0].text == str(opened), what="open tile")
     time.sleep(1.5)
     screenshot(browser, "03-cockpit-incident")
+    # Chinese first, English beside, from the catalogue; times in the city's zone with the zone shown.
+    from cityos.core.messages import local_time
+
+    row = css(browser, ".cityos-incident-row")[0].text
+    assert "空气污染 Air pollution" in row and local_time(incident["reportedAt"]) in row, row
+    assert local_time(incident["reportedAt"]).endswith(" CST")
+    assert "environment.air" not in browser.find_element("tag name", "body").text
 
     # Acknowledge the alarm from the list.
     click(browser, ".cityos-ack")
@@ -190,6 +226,12 @@ def test_web_cockpit_reading_to_incident_dispatch_resolve(server: Server, browse
     steps = wait_for(lambda: [e.text for e in css(browser, ".cityos-timeline .q-timeline__title")
                               if len(css(browser, ".cityos-timeline .q-timeline__title")) >= 5], what="timeline")
     assert "处置完成 Resolved" in steps[-1] or any("Resolved" in s for s in steps), steps
+    # The merge of the episode's second report: one entry saying what merged.
+    assert [s for s in steps if s.startswith("合并")] == ["合并 1 条告警 Merged 1 alarm"], steps
+    subtitles = [e.text for e in css(browser, ".cityos-timeline .q-timeline__subtitle")]
+    assert subtitles and all(" CST" in s for s in subtitles), subtitles
+    grid = css(browser, ".cityos-title")[0].find_element("xpath", "../..").text
+    assert "生态环境局 Ecology & Environment" in grid and "一般 General" in grid, grid
     assert not css(browser, ".cityos-action-dispatch")
     assert css(browser, ".cityos-action-close")
     time.sleep(1.0)
@@ -275,3 +317,24 @@ def test_web_cockpit_department_scope(server: Server, browser: Any, seeded: Seed
     assert not [e for e in css(browser, ".cityos-save-rule") if e.is_displayed()]
     assert not css(browser, ".cityos-new-rule")
     screenshot(browser, "09-official-scope")
+
+
+def test_web_cockpit_storm_banner(server: Server, browser: Any, operator: str) -> None:
+    """Above CITYOS_INCIDENT_STORM_PER_MINUTE (3 here) new incidents a minute of one category are grouped;
+    the cockpit says so in a banner, and every member stays listed in the group."""
+    with server.http(server.admin) as http:
+        for n in range(5):
+            made = http.post("/api/ops/incidents", json={
+                "category": "graffiti", "title": f"涂鸦 Graffiti {n}",
+                "location": {"type": "Point", "coordinates": [110.22 + 0.04 * n, 19.97 + 0.02 * n]}})
+            assert made.status_code == 201, made.text
+        listed = http.get("/api/ops/incidents", params={"open": "true", "category": "graffiti"}).json()["items"]
+    storms = [i for i in listed if i["kind"] == "storm"]
+    assert len(storms) == 1 and storms[0]["reportCount"] == 2 and len(listed) == 4
+    browser.delete_all_cookies()
+    sign_in(browser, server, "op-wang", operator)
+    banner = wait_for(lambda: [e.text for e in css(browser, ".cityos-storm-banner") if e.is_displayed() and e.text],
+                      what="the storm banner")[0]
+    assert "告警风暴 Alarm storm" in banner and "乱涂乱画 Graffiti" in banner and f"#{storms[0]['id']}" in banner
+    time.sleep(1.0)
+    screenshot(browser, "10-cockpit-storm-banner")

@@ -192,6 +192,10 @@ class DeviceIn(BaseModel):
     department: str | None = Field(default=None, max_length=128)
     firmware: str | None = Field(default=None, max_length=64)
     gateway: bool = False
+    # The gateway a child device reports through: its Device entity gets `refGateway`, which lets the
+    # incident correlation see a gateway's silence as the root cause of its devices' silence.
+    gatewayName: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+                                    description="the gateway this device reports through, if any")
 
     @field_validator("name")
     @classmethod

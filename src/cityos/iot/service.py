@@ -345,11 +345,12 @@ class IotService:
                              "profile_id": spec.profile, "lon": spec.lon, "lat": spec.lat, "district": spec.district,
                              "department": spec.department, "status": "inactive", "firmware": spec.firmware,
                              "token_hash": hash_token(token), "gateway": 1 if spec.gateway else 0,
-                             "gateway_name": None, "quality": {}, "created_at": now, "updated_at": now})
+                             "gateway_name": spec.gatewayName, "quality": {}, "created_at": now,
+                             "updated_at": now})
                 result.created.append({"row": row_no, "id": device_id(spec.name), "name": spec.name, "token": token})
                 device = Device(self.tenant, device_id(spec.name), spec.name, spec.profile, spec.lon, spec.lat,
-                                spec.district, spec.department, "inactive", spec.firmware, spec.gateway, None, None,
-                                None, None, None, {}, now)
+                                spec.district, spec.department, "inactive", spec.firmware, spec.gateway,
+                                spec.gatewayName, None, None, None, None, {}, now)
                 items.extend(self._initial_entities(device))
             if rows:
                 await conn.execute(insert(devices), rows)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cityos.config import env_float, env_int, env_optional
+from cityos.config import env_float, env_int, env_optional, public_url
 
 
 def default_data_dir() -> Path:
@@ -25,7 +25,7 @@ class SecuritySettings:
     jwt_key_file: str | None = field(default_factory=lambda: env_optional("CITYOS_JWT_KEY_FILE"))
     # "kid:alg:base64key,..." (first is active) or "@/path/to/keys.json"
     data_keys: str | None = field(default_factory=lambda: env_optional("CITYOS_DATA_KEYS"))
-    issuer: str = field(default_factory=lambda: os.environ.get("CITYOS_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"))
+    issuer: str = field(default_factory=public_url)  # CITYOS_PUBLIC_URL, else where the server listens
     audience: str = field(default_factory=lambda: os.environ.get("CITYOS_JWT_AUDIENCE", "cityos"))
     access_ttl: int = field(default_factory=lambda: env_int("CITYOS_ACCESS_TOKEN_SECONDS", 300))
     refresh_ttl: int = field(default_factory=lambda: env_int("CITYOS_REFRESH_TOKEN_SECONDS", 30 * 86400))

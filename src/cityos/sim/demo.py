@@ -2,8 +2,18 @@
 
 The demo runs in one process and one event loop: the embedded amqtt broker, the API (uvicorn,
 in-process, with its MQTT ingest workers pointed at that broker) and the simulator. One process
-means one Ctrl-C stops everything and nothing is left behind; the database is SQLite in the
-current directory unless CITYOS_DATABASE_URL says otherwise.
+means one Ctrl-C stops everything and nothing is left behind. `cityos demo` keeps its database
+(SQLite, unless CITYOS_DATABASE_URL says otherwise) and its log under a data folder (`--data-dir`,
+default the platform data path, e.g. ~/.local/share/cityos/demo) and bounds the demo tenant's
+history to 24 h (`DemoOptions.retention_days`).
+
+The console shows the live table and warnings of CityOS itself, one line each; everything else
+(library messages, every traceback) goes to the log file the console names (`configure_logging`).
+Among them the embedded broker's "Timeout waiting for PUBACK": amqtt gives a QoS 1 subscriber a
+fixed 5 s to acknowledge, and the demo's ingest worker acknowledges only after its commit, so a
+commit slower than 5 s (SQLite on a busy laptop) makes amqtt give up on that delivery; the
+simulator's throttle (`max_backlog`) keeps such waits rare, and the readings' next delivery or the
+gateway's next message carries on.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +48,58 @@ from cityos.sim.platform import EmbeddedBroker, PlatformClient, PlatformStats, e
 from cityos.sim.runner import MqttTransport, Runner, SimOptions, Simulation
 
 log = logging.getLogger("cityos.sim")
+
+
+class _OneLine(logging.Formatter):
+    """A console line without the traceback: that is in the log file, which the line names."""
+
+    def __init__(self, log_path: Path) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+        self.log_path = log_path
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            text = super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+        return f"{text} (details in {self.log_path})" if saved[0] or saved[2] else text
+
+
+def configure_logging(log_path: Path, console_level: int = logging.WARNING) -> None:
+    """Everything (INFO and up, with tracebacks) to `log_path`; CityOS's own warnings, one line each, to stderr.
+
+    Libraries (amqtt, aiomqtt, paho, uvicorn, asyncio) write to the file only: the live table stays readable."""
+    from logging.handlers import RotatingFileHandler
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    to_file = RotatingFileHandler(log_path, maxBytes=20_000_000, backupCount=3, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    to_file.setLevel(logging.INFO)
+    to_console = logging.StreamHandler(sys.stderr)
+    to_console.setLevel(console_level)
+    to_console.addFilter(lambda record: record.name == "cityos" or record.name.startswith("cityos."))
+    to_console.setFormatter(_OneLine(log_path))
+    root.addHandler(to_file)
+    root.addHandler(to_console)
+    root.setLevel(logging.INFO)
+
+
+def database_size(url: str) -> str:
+    """The size of a SQLite database with its WAL ("1.2 GB"); "" for another database."""
+    if not url.startswith("sqlite"):
+        return ""
+    path = Path(url.split("///", 1)[-1])
+    total = float(sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists()))
+    for unit in ("B", "kB", "MB", "GB"):
+        if total < 1000 or unit == "GB":
+            return f"{total:.0f} {unit}" if unit == "B" else f"{total:.1f} {unit}"
+        total /= 1000
+    return ""
 
 
 @dataclass
@@ -219,6 +282,9 @@ class DemoOptions:
     # MQTT messages published but not yet committed before the clock is held. Small, because amqtt
     # drops a QoS 1 message its subscriber has not acknowledged within 5 s.
     max_backlog: int = 6
+    # History kept for the demo tenant (the hub's retention policy for it); 0 leaves the policy alone.
+    retention_days: int = 1
+    log_path: Path | None = None  # named on the console when set (cityos demo sets it)
 
 
 class _IngestCounter:
@@ -283,6 +349,10 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
     # The app reads these while starting. Its own ingest workers speak MQTT 5 with shared
     # subscriptions, which amqtt lacks, so the demo starts a 3.1.1 worker of its own (see platform.py).
     os.environ["CITYOS_MQTT_URL"] = mqtt_url
+    # The token issuer, OIDC discovery and e-licence issuer name this port (unless CITYOS_PUBLIC_URL is set),
+    # not the default 8000 the demo may not have got.
+    previous_listen = os.environ.get("CITYOS_LISTEN_URL")
+    os.environ["CITYOS_LISTEN_URL"] = api
     os.environ["CITYOS_INGEST_WORKERS"] = "0"
     # NB-IoT devices' CoAP API (ThingsBoard's), on 5683 or another free UDP port.
     coap_port = int(os.environ.setdefault("CITYOS_COAP_PORT", str(free_port(5683, demo_options.host, udp=True))))
@@ -303,8 +373,13 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
                 broker.attach(app.state.iot)
                 await _authenticate(console, app, client)
                 await _import_city_transit(console, app, options.seed)
+                await _bound_history(app, demo_options.retention_days)
+                size = database_size(settings.database_url)
                 console.print(f"[bold]CityOS demo[/bold] up in {time.monotonic() - began:.1f} s "
-                              f"(database {_redacted(settings.database_url)}, MQTT broker {mqtt_url})")
+                              f"(database {_redacted(settings.database_url)}{f', {size}' if size else ''}, "
+                              f"history kept {demo_options.retention_days * 24} h, MQTT broker {mqtt_url})")
+                if demo_options.log_path is not None:
+                    console.print(f"  log file       {demo_options.log_path} (library messages and tracebacks)")
                 console.print(f"  API            {api}\n  OpenAPI docs   {api}/docs\n"
                               f"  NGSI-LD        {api}/ngsi-ld/v1/entities?type=AirQualityObserved\n"
                               f"  IoT health     {api}/api/iot/health\n"
@@ -332,7 +407,12 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
             await client.close()
             await _within(5, "the MQTT broker", broker.stop())
             log.info("broker stopped")
-    console.print("CityOS demo stopped")
+            if previous_listen is None:
+                os.environ.pop("CITYOS_LISTEN_URL", None)
+            else:
+                os.environ["CITYOS_LISTEN_URL"] = previous_listen
+    size = database_size(settings.database_url)
+    console.print(f"CityOS demo stopped{f' (database {size})' if size else ''}")
     return 0
 
 
@@ -348,6 +428,16 @@ async def _import_city_transit(console: Console, app: Any, seed: int) -> None:
     feed = await app.state.mobility.import_feed(system, "", "city", data, "City transit / 城市公交地铁")
     console.print(f"  transit        GTFS feed 'city': {feed['counts']['stops']} stops, "
                   f"{feed['counts']['stopTimes']} stop times (/api/mobility/plan)")
+async def _bound_history(app: Any, days: int) -> None:
+    """The demo tenant's history retention (the hub's purge loop applies it), so the database stops growing."""
+    if days <= 0:
+        return
+    from cityos.hub.temporal.retention import set_policy
+
+    store = app.state.hub.service.store
+    async with store.write() as conn:
+        await store.ensure_tenant(conn, "")
+        await set_policy(conn, "", "", days)
 
 
 async def _authenticate(console: Console, app: Any, client: PlatformClient) -> None:

@@ -152,7 +152,7 @@ class PlatformClient:
         for d in deployment.devices:
             rows.append({"name": d.name, "profile": d.profile, "lon": d.lon, "lat": d.lat,
                          "district": city.district(d.district_id).name, "department": DEPARTMENTS.get(d.profile),
-                         "firmware": "sim-1.0"})
+                         "firmware": "sim-1.0", **({"gatewayName": d.gateway} if d.gateway else {})})
         wanted = {g.name for g in deployment.gateways} | {d.name for d in deployment.direct}
         tokens: dict[str, str] = {}
         existing: list[str] = []

@@ -113,9 +113,10 @@ def frame(session: Session | None, title: str, active: str = "", dark: bool = Tr
 
 
 def _now_text() -> str:
-    from datetime import datetime
+    """The city's clock (CITYOS_TIMEZONE) with its zone, whatever zone the server or the browser is in."""
+    from cityos.core import clock, messages
 
-    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    return messages.local_time(clock.now(), "%Y-%m-%d %H:%M:%S")
 
 
 def panel(title: str | None = None, classes: str = "") -> ui.card:

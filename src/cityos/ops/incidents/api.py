@@ -100,6 +100,9 @@ async def list_incidents(request: Request, principal: Principal | None = Depends
                          level: str | None = Query(None, max_length=24),
                          source: str | None = Query(None, max_length=16),
                          open: bool = False, includeMerged: bool = False,
+                         kind: str | None = Query(None, pattern="^(incident|maintenance)$",
+                                                  description="incident: city incidents only; maintenance: only "
+                                                              "device work orders (IT operations)"),
                          limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=2**31)) -> Response:
     tenant = request_tenant(request, principal)
     statuses = [s for s in status.split(",") if s] if status else None
@@ -109,7 +112,7 @@ async def list_incidents(request: Request, principal: Principal | None = Depends
     items, total = await incidents_of(request).search(
         tenant, departments_in=departments_in, reporter_id=reporter_id, status=statuses, category=category,
         department=department, district=district, level=level, source=source, open_only=open,
-        include_merged=includeMerged, limit=limit, offset=offset)
+        include_merged=includeMerged, limit=limit, offset=offset, kind=kind)
     return _json({"total": total, "items": items})
 
 

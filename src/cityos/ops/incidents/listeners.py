@@ -7,6 +7,10 @@
 - ``hub.entity.changed`` on an active ``Alert`` entity carrying ``incidentCategory``, and a
   reconciliation at start-up over the hub's active Alerts, cover a crash between the alarm's
   commit and the incident's (the dedup key makes the replays harmless).
+
+With correlation on (`correlation.py`) titles come from the category and the place, and a device
+alarm is enriched from the device's hub entity: its gateway (`refGateway`) is its network segment,
+and a gateway's own offline alarm becomes its segment's outage incident (root cause first).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from cityos.core.errors import NonexistentTenant, ProblemError
 from cityos.core.events import Event, EventBus
 from cityos.hub.service import ENTITY_CHANGED
 from cityos.hub.store import EntityQuery
+from cityos.ops.incidents import correlation as corr
 from cityos.ops.incidents.models import CATEGORY_PATTERN, LEVELS
 from cityos.ops.incidents.routing import level_of
 from cityos.ops.incidents.service import SYSTEM, IncidentService, NewIncident
@@ -56,7 +61,8 @@ def alarm_incident(alarm: dict[str, Any]) -> NewIncident | None:
         level=level_of(_text(alarm.get("severity"), 24), _text(spec.get("level"), 24)),
         severity=_text(alarm.get("severity"), 24), location=_location(alarm.get("location")),
         entity_id=_text(alarm.get("entityId"), 512), dedup_key=f"alarm:{alarm.get('id')}"[:300],
-        fallback_department=_text(alarm.get("department"), 128), district=_text(alarm.get("district"), 256))
+        fallback_department=_text(alarm.get("department"), 128), district=_text(alarm.get("district"), 256),
+        fault=_text(alarm.get("subCategory"), 64) if alarm.get("category") == "device" else None)
 
 
 def environment_incident(payload: dict[str, Any]) -> NewIncident | None:
@@ -70,7 +76,8 @@ def environment_incident(payload: dict[str, Any]) -> NewIncident | None:
         description=_text(payload.get("description"), 4000) or "", source="environment",
         level=level if level in LEVELS else level_of(None, _text(level, 24)),
         location=_location(payload.get("location")), entity_id=_text(payload.get("entityId"), 512),
-        dedup_key=f"env:{key}"[:300] if key else None, department="environment")
+        dedup_key=f"env:{key}"[:300] if key else None, department="environment",
+        district=_text(payload.get("district"), 256))
 
 
 def alert_alarm(entity_id: str, values: dict[str, Any]) -> dict[str, Any] | None:
@@ -83,7 +90,8 @@ def alert_alarm(entity_id: str, values: dict[str, Any]) -> dict[str, Any] | None
     return {"id": entity_id[len(ALERT_PREFIX):], "severity": values.get("alarmSeverity") or values.get("severity"),
             "message": values.get("description"), "entityId": values.get("alertSource"),
             "location": values.get("location"), "district": values.get("district"),
-            "department": values.get("department"),
+            "department": values.get("department"), "category": values.get("category"),
+            "subCategory": values.get("subCategory"),
             "incident": {"category": category, "level": values.get("incidentLevel")}}
 
 
@@ -113,6 +121,8 @@ class Listeners:
             unsubscribe()
 
     async def _open(self, tenant: str, new: NewIncident) -> None:
+        if self.service.correlation.enabled:
+            await correlate(self.service, tenant, new)
         try:
             await self.service.create(tenant, new, actor=SYSTEM)
         except ProblemError as exc:
@@ -158,6 +168,48 @@ class Listeners:
         return await reconcile(self.service)
 
 
+def _device_name(entity_id: str | None) -> str | None:
+    prefix = "urn:ngsi-ld:Device:"
+    return entity_id[len(prefix):] if entity_id and entity_id.startswith(prefix) else None
+
+
+async def correlate(service: IncidentService, tenant: str, new: NewIncident) -> None:
+    """Prepare a machine report for correlation: a generated title; for a device fault, its segment.
+
+    The device's hub entity says whether it is a gateway and which gateway it reports through; a
+    device without a gateway belongs to its district's segment."""
+    if new.source not in corr.MACHINE_SOURCES:
+        return
+    new.auto_title = True
+    if not corr.is_maintenance(new.category):
+        return
+    name = _device_name(new.entity_id)
+    new.place = name or new.entity_id
+    values: dict[str, Any] = {}
+    if new.entity_id:
+        try:
+            record = await service.hub.retrieve(tenant, new.entity_id)
+        except ProblemError:
+            record = None
+        if record is not None:
+            values = _values(record.attrs)
+    gateway = values.get("refGateway")
+    if isinstance(gateway, str):
+        new.segment = f"gateway:{_device_name(gateway) or gateway}"
+    elif values.get("isGateway") is True and name:
+        new.segment = f"gateway:{name}"
+    elif new.district or isinstance(values.get("district"), str):
+        new.segment = f"district:{new.district or values.get('district')}"
+    if values.get("isGateway") is True and name and new.fault == "offline":
+        # Root cause first: the gateway's silence is the incident; its devices' faults join it.
+        new.category = corr.SEGMENT_CATEGORY
+        new.segment_root = True
+        new.level = "large"
+        new.dedup_key = f"{corr.SEGMENT_PREFIX}{new.segment}"[:300]
+        new.department = None
+        new.fallback_department = None
+
+
 async def reconcile(service: IncidentService) -> int:
     """Open (or merge) the incidents of active Alert entities that have none (after a crash); returns how many."""
     hub = service.hub
@@ -176,6 +228,8 @@ async def reconcile(service: IncidentService) -> int:
                 alarm = alert_alarm(record.id, _values(record.attrs))
                 new = alarm_incident(alarm) if alarm else None
                 if new is not None:
+                    if service.correlation.enabled:
+                        await correlate(service, tenant, new)
                     result = await service.create(tenant, new, actor=SYSTEM)
                     opened += result.outcome in ("created", "merged")
             if len(records) < 1000:

@@ -33,6 +33,9 @@ class Routing:
     merge_minutes: float
     # (category pattern, metres): wider merge radii for events that cover an area (smog, floods)
     merge_by_category: tuple[tuple[str, float], ...] = ()
+    # (category pattern, area kind): machine reports of these categories merge by area, not by radius:
+    # "district" (one incident per district) or "river" (one per river reach: river and district)
+    area_by_category: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def load(cls) -> Routing:
@@ -43,7 +46,18 @@ class Routing:
         metres = float(os.environ.get("CITYOS_INCIDENT_MERGE_METRES") or merge.get("distance_m", 200))
         minutes = float(os.environ.get("CITYOS_INCIDENT_MERGE_MINUTES") or merge.get("window_minutes", 120))
         by_category = tuple((str(p), float(m)) for p, m in (merge.get("distance_m_by_category") or {}).items())
-        return cls(routes, str(doc.get("default", "city-operations")), metres, minutes, by_category)
+        areas = tuple((str(p), str(a)) for p, a in (merge.get("area_by_category") or {}).items())
+        for pattern, area in areas:
+            if area not in ("district", "river"):
+                raise ValueError(f"routing: area of {pattern!r} must be district or river, not {area!r}")
+        return cls(routes, str(doc.get("default", "city-operations")), metres, minutes, by_category, areas)
+
+    def area_kind(self, category: str) -> str | None:
+        """How machine reports of `category` merge by area: "district", "river" or None (by radius)."""
+        for pattern, area in self.area_by_category:
+            if fnmatch.fnmatchcase(category, pattern):
+                return area
+        return None
 
     def merge_distance(self, category: str) -> float:
         """The merge radius for `category`: the first matching pattern's, else the default."""
@@ -61,7 +75,8 @@ class Routing:
     def to_json(self) -> dict[str, Any]:
         return {"routes": [{"pattern": p, "department": d} for p, d in self.routes], "default": self.default,
                 "merge": {"distanceMetres": self.merge_metres, "windowMinutes": self.merge_minutes,
-                          "distanceMetresByCategory": dict(self.merge_by_category)}}
+                          "distanceMetresByCategory": dict(self.merge_by_category),
+                          "areaByCategory": dict(self.area_by_category)}}
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,14 @@ from typing import Any
 import orjson
 import shapely
 from shapely.geometry import shape
+from shapely.ops import nearest_points
 from sqlalchemy import Connection, Row, and_, bindparam, delete, event, func, insert, literal_column, select, update
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.config import env_float
-from cityos.core import clock
+from cityos.core import clock, messages
 from cityos.core.db import _configure_sqlite, json_dumps
 from cityos.core.errors import BadRequestData, Conflict, NonexistentTenant, ProblemError, ResourceNotFound
 from cityos.core.events import EventBus
@@ -47,6 +48,7 @@ from cityos.hub.geoquery import DEFAULT_GEOPROPERTY, GeoQuery, haversine, valida
 from cityos.hub.jsonld import ActiveContext
 from cityos.hub.service import HubService
 from cityos.hub.store import EntityQuery
+from cityos.ops.incidents import correlation as corr
 from cityos.ops.incidents.models import (
     LEVELS,
     MERGING_SOURCES,
@@ -96,6 +98,14 @@ class NewIncident:
     fallback_department: str | None = None  # when the routing table has no route for the category
     district: str | None = None  # used when the location finds no District entity
     token: str | None = None
+    # Correlation (see correlation.py): a title made from the category and the place instead of `title`;
+    # the device a work order is for; its network segment (gateway, else district); whether this report
+    # is the segment's own outage (its gateway went silent); the device fault (offline, lowBattery, ...).
+    auto_title: bool = False
+    place: str | None = None
+    segment: str | None = None
+    segment_root: bool = False
+    fault: str | None = None
 
 
 @dataclass
@@ -121,6 +131,11 @@ class Plan:
     lat: float | None
     district: str | None
     department: str
+    area: str | None = None  # the area this report merges by (correlation), e.g. "district:<id>"
+    places: list[str] = field(default_factory=list)  # display places for the title, biggest last
+    title: str | None = None  # the generated title (auto_title)
+    segment_policy: Policy | None = None
+    segment_department: str | None = None
 
 
 @dataclass
@@ -223,6 +238,9 @@ class IncidentService:
         self.district_type = ctx.expand("District")
         self.district_ttl = env_float("CITYOS_INCIDENT_DISTRICT_CACHE_SECONDS", 60.0)
         self._districts: dict[str, tuple[float, list[tuple[str, Any]]]] = {}
+        self._district_names: dict[str, dict[str, str]] = {}
+        self._rivers: dict[str, tuple[float, list[tuple[str, str, Any]]]] = {}
+        self.correlation = corr.CorrelationSettings()
         # The report path's statements, built once: no per-call construction, cache-key generation or
         # expanding-IN post-processing (the open statuses are constants).
         t = incidents
@@ -347,6 +365,7 @@ class IncidentService:
                     "responseState": row.response_state, "resolutionState": row.resolution_state,
                     "state": overall_sla(row.response_state, row.resolution_state)},
             "escalations": row.escalations,
+            "kind": corr.kind_of(row.category, row.dedup_key),
         }
 
     async def get(self, tenant: str, incident_id: int | str, timeline: bool = False) -> dict[str, Any]:
@@ -363,9 +382,19 @@ class IncidentService:
         return view
 
     async def _timeline(self, conn: AsyncConnection, incident_id: int) -> list[dict[str, Any]]:
+        """The incident's steps, oldest first; consecutive merges are one entry listing what merged."""
         rows = await conn.execute(select(steps).where(steps.c.incident_id == incident_id).order_by(steps.c.id))
-        return [{"at": _iso(r.at), "action": r.action, "actor": r.actor, "role": r.role, "from": r.from_status,
-                 "to": r.to_status, "note": r.note, **({"detail": r.detail} if r.detail else {})} for r in rows]
+        entries = [{"at": _iso(r.at), "action": r.action, "actor": r.actor, "role": r.role, "from": r.from_status,
+                    "to": r.to_status, "note": r.note, **({"detail": r.detail} if r.detail else {})} for r in rows]
+        children = {int(c) for e in entries if e["action"] == "merge"
+                    for c in [*(e.get("detail") or {}).get("children", []), (e.get("detail") or {}).get("child")]
+                    if c is not None and str(c).isdigit()}
+        titles: dict[str, str] = {}
+        if children:
+            found = await conn.execute(select(incidents.c.id, incidents.c.title)
+                                       .where(incidents.c.id.in_(sorted(children))))
+            titles = {str(r.id): r.title for r in found}
+        return corr.collapse_merges(entries, titles)
 
     async def timeline(self, tenant: str, incident_id: int | str) -> list[dict[str, Any]]:
         ident = parse_id(incident_id)
@@ -385,9 +414,17 @@ class IncidentService:
                    reporter_id: str | None = None, status: list[str] | None = None,
                    category: str | None = None, department: str | None = None, district: str | None = None,
                    level: str | None = None, source: str | None = None, open_only: bool = False,
-                   include_merged: bool = False, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+                   include_merged: bool = False, limit: int = 50, offset: int = 0,
+                   kind: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """`kind`: "incident" (city incidents, device work orders left out) or "maintenance" (only those)."""
         t = incidents
         conds: list[Any] = [t.c.tenant == tenant]
+        if kind == "incident":
+            conds.append(~corr.maintenance_condition())
+        elif kind == "maintenance":
+            conds.append(corr.maintenance_condition())
+        elif kind is not None:
+            raise BadRequestData("kind must be incident or maintenance")
         if departments_in is not None:
             conds.append(t.c.department.in_(list(departments_in)))
         if reporter_id is not None:
@@ -431,7 +468,49 @@ class IncidentService:
             found, _ = await self.hub.query(tenant, query)
         except NonexistentTenant:
             return None
+        names = self._district_names.setdefault(tenant, {})
+        for record in found:
+            names[record.id] = self._name_of(record)
         return min(r.id for r in found) if found else None
+
+    def _name_of(self, record: Any) -> str:
+        for inst in record.attrs.get(self.ctx.expand("name"), [])[:1]:
+            value = inst.get("value")
+            if isinstance(value, str) and value:
+                return value
+        return str(record.id).rsplit(":", 1)[-1]
+
+    def district_name(self, tenant: str, district: str | None) -> str | None:
+        """The name of a District entity (as the hub has it), else `district` itself (a plain name)."""
+        if district is None:
+            return None
+        return self._district_names.get(tenant, {}).get(district, district)
+
+    async def river_near(self, tenant: str, lon: float, lat: float, metres: float = 1500.0) -> tuple[str, str] | None:
+        """(id, name) of the hub's nearest `River` within `metres` of the point (cached like districts)."""
+        moment = asyncio.get_running_loop().time()
+        cached = self._rivers.get(tenant)
+        if cached is None or moment - cached[0] > max(self.district_ttl, 1.0):
+            lines: list[tuple[str, str, Any]] = []
+            try:
+                found, _ = await self.hub.query(tenant, EntityQuery(types=[self.ctx.expand("River")], limit=1000))
+            except NonexistentTenant:
+                found = []
+            for record in found:
+                for inst in record.attrs.get(DEFAULT_GEOPROPERTY, [])[:1]:
+                    with contextlib.suppress(Exception):
+                        lines.append((record.id, self._name_of(record), shape(inst["value"])))
+            cached = (moment, sorted(lines, key=lambda item: item[0]))
+            self._rivers[tenant] = cached
+        point = shapely.Point(lon, lat)
+        best: tuple[float, str, str] | None = None
+        for river_id, name, geometry in cached[1]:
+            # Degrees to metres near the point: good enough to tell which river a gauge stands on.
+            nearest = nearest_points(geometry, point)[0]
+            distance = haversine(lon, lat, nearest.x, nearest.y)
+            if distance <= metres and (best is None or distance < best[0]):
+                best = (distance, river_id, name)
+        return (best[1], best[2]) if best else None
 
     async def _cached_district(self, tenant: str, lon: float, lat: float) -> str | None:
         moment = asyncio.get_running_loop().time()
@@ -445,7 +524,9 @@ class IncidentService:
                                                                          offset=offset))
                 except NonexistentTenant:
                     found = []
+                names = self._district_names.setdefault(tenant, {})
                 for record in found:
+                    names[record.id] = self._name_of(record)
                     for inst in record.attrs.get(DEFAULT_GEOPROPERTY, [])[:1]:
                         with contextlib.suppress(Exception):
                             geometry = shape(inst["value"])
@@ -464,8 +545,10 @@ class IncidentService:
     def forget_districts(self, tenant: str | None = None) -> None:
         if tenant is None:
             self._districts.clear()
+            self._rivers.clear()
         else:
             self._districts.pop(tenant, None)
+            self._rivers.pop(tenant, None)
 
     async def _department_children(self, tenant: str) -> dict[str, list[Any]]:
         moment = asyncio.get_running_loop().time()
@@ -575,7 +658,44 @@ class IncidentService:
         routed = new.department or self.routing.department_for(new.category) or new.fallback_department \
             or self.routing.default
         department = await self.sub_department(tenant, routed, district)
-        return Plan(location, lon, lat, district, department)
+        plan = Plan(location, lon, lat, district, department)
+        if self.correlation.enabled:
+            await self._correlate_plan(tenant, new, plan)
+        return plan
+
+    async def _correlate_plan(self, tenant: str, new: NewIncident, plan: Plan) -> None:
+        """The area a machine report merges by, the places of its title, the segment incident's terms."""
+        district_name = self.district_name(tenant, plan.district)
+        area_kind = self.routing.area_kind(new.category) if new.source in corr.MACHINE_SOURCES else None
+        if area_kind is not None and plan.district is not None:
+            plan.area = f"district:{plan.district}"
+            plan.places = [district_name or plan.district]
+            if area_kind == "river" and plan.lon is not None and plan.lat is not None:
+                river = await self.river_near(tenant, plan.lon, plan.lat)
+                if river is not None:
+                    plan.area = f"river:{river[0]}|{plan.district}"
+                    plan.places = [river[1], district_name or plan.district]
+        elif district_name:
+            plan.places = [district_name]
+        if new.auto_title:
+            if new.segment_root:
+                plan.title = messages.incident_title(corr.SEGMENT_CATEGORY, *self._segment_places(new.segment,
+                                                                                                district_name))
+            else:
+                plan.title = messages.incident_title(new.category, new.place, *plan.places)
+        if new.segment and corr.is_maintenance(new.category):
+            routed = self.routing.department_for(corr.SEGMENT_CATEGORY) or plan.department
+            plan.segment_department = await self.sub_department(tenant, routed, plan.district)
+            plan.segment_policy = await self.policy_for(tenant, corr.SEGMENT_CATEGORY, "large")
+
+    @staticmethod
+    def _segment_places(segment: str | None, district_name: str | None) -> list[str]:
+        places = []
+        if segment and segment.startswith("gateway:"):
+            places.append(f"网关 Gateway {segment.removeprefix('gateway:')}")
+        if district_name:
+            places.append(district_name)
+        return places
 
     async def create(self, tenant: str, new: NewIncident, by: Principal | None = None,
                      actor: Actor | None = None,
@@ -586,6 +706,8 @@ class IncidentService:
         plan = await self.plan(tenant, new)
         if check is not None:
             await check(plan)
+        if plan.title:
+            new.title = plan.title
         policy = await self.policy_for(tenant, new.category, new.level)
         reporter_enc = self.keyring.encrypt(orjson.dumps(new.reporter).decode()) if new.reporter else None
         for attempt in range(3):
@@ -630,9 +752,27 @@ class IncidentService:
             existing = (conn.execute(stmt if self._sqlite else stmt.with_for_update())).first()
             if existing is not None:
                 return self._refresh(conn, existing, new, actor, now), existing.id, None, []
+        correlate = self.correlation.enabled
+        maintenance = corr.is_maintenance(new.category)
         parent = None
-        if new.source in MERGING_SOURCES and lon is not None and lat is not None:
+        attributes = dict(new.attributes) if new.attributes else None
+        if correlate:
+            extra = {k: v for k, v in (("area", plan.area), ("segment", new.segment), ("device", new.place),
+                                       ("fault", new.fault)) if v}
+            if extra:
+                attributes = {**(attributes or {}), **extra}
+            if plan.area is not None:
+                parent = corr.area_candidate(conn, tenant, new.category, plan.area,
+                                             now - timedelta(minutes=self.routing.merge_minutes))
+            elif maintenance and new.segment and new.fault == "offline":
+                parent = corr.open_by_key(conn, tenant, f"{corr.SEGMENT_PREFIX}{new.segment}", self._sqlite)
+        if parent is None and new.source in MERGING_SOURCES and lon is not None and lat is not None \
+                and not (correlate and (maintenance or new.segment_root or plan.area is not None)):
             parent = self._merge_candidate(conn, tenant, new.category, lon, lat, now)
+        if parent is None and correlate and not maintenance and not new.segment_root \
+                and corr.storm_load(conn, tenant, new.category, now) >= self.correlation.storm_per_minute:
+            parent = self._storm_group(conn, tenant, new, actor, plan, policy, now)
+            attributes = {**(attributes or {}), "storm": True}
         response_due, resolution_due = self._deadlines(policy, now)
         values: dict[str, Any] = {
             "tenant": tenant, "category": new.category, "title": new.title[:200],
@@ -640,7 +780,7 @@ class IncidentService:
             "level": new.level, "severity": new.severity, "lon": lon, "lat": lat, "location": location,
             "address": new.address, "district": district, "department": department, "report_count": 1,
             "dedup_key": new.dedup_key, "dedup_open": new.dedup_key, "service_code": new.service_code,
-            "attributes": new.attributes, "media_url": new.media_url, "entity_id": new.entity_id,
+            "attributes": attributes, "media_url": new.media_url, "entity_id": new.entity_id,
             "reporter_id": new.reporter_id, "reporter_enc": reporter_enc, "token": new.token,
             "reported_at": now, "updated_at": now, "sla_start": now, "response_due": response_due,
             "resolution_due": resolution_due, "response_state": "ok", "resolution_state": "ok",
@@ -657,6 +797,17 @@ class IncidentService:
         if parent is None:
             self._steps(conn, [(tenant, new_id, "report", actor, now, None, "reported", None,
                                 {"source": new.source})])
+            if correlate and new.segment_root:
+                row = self._fold_segment(conn, row, corr.segment_orders(conn, tenant, new.segment or "", None),
+                                         actor, now)
+            elif correlate and maintenance and new.segment and new.fault == "offline":
+                since = now - timedelta(minutes=self.correlation.segment_minutes)
+                orders = corr.segment_orders(conn, tenant, new.segment, since)
+                if len(orders) >= max(1, self.correlation.segment_min_devices):
+                    segment_row = self._open_segment(conn, tenant, new, actor, plan, now)
+                    segment_row = self._fold_segment(conn, segment_row, orders, actor, now)
+                    row = conn.execute(select(t).where(t.c.id == new_id)).one()
+                    return "merged", new_id, segment_row.id, [(row, segment_row), (segment_row, None)]
             return "created", new_id, None, [(row, None)]
         self._steps(conn, [
             (tenant, new_id, "report", actor, now, None, "reported", None, {"source": new.source}),
@@ -664,10 +815,89 @@ class IncidentService:
              {"into": str(parent.id), "automatic": True}),
             (tenant, parent.id, "merge", actor, now, parent.status, parent.status, None,
              {"child": str(new_id), "automatic": True})])
+        extra_values: dict[str, Any] = {}
+        if correlate and corr.kind_of(parent.category, parent.dedup_key) == "segment" and new.place:
+            extra_values["attributes"] = corr.with_affected(parent.attributes, [new.place])
         parent_row = (conn.execute(update(t).where(t.c.id == parent.id).values(
-            report_count=t.c.report_count + 1, updated_at=now, version=t.c.version + 1, hub_dirty=1)
+            report_count=t.c.report_count + 1, updated_at=now, version=t.c.version + 1, hub_dirty=1, **extra_values)
             .returning(*t.c))).one()
         return "merged", new_id, parent.id, [(row, parent_row), (parent_row, None)]
+
+    def _open_segment(self, conn: Connection, tenant: str, new: NewIncident, actor: Actor, plan: Plan,
+                      now: datetime) -> Row[Any]:
+        """The network-segment incident of `new.segment` (its devices went silent together)."""
+        segment = new.segment or ""
+        category = corr.SEGMENT_CATEGORY
+        title = messages.incident_title(category, *self._segment_places(segment, self.district_name(
+            tenant, plan.district)))
+        response_due, resolution_due = self._deadlines(plan.segment_policy, now)
+        key = f"{corr.SEGMENT_PREFIX}{segment}"
+        values: dict[str, Any] = {
+            "tenant": tenant, "category": category, "title": title, "source": "alarm", "status": "reported",
+            "description": f"{self.correlation.segment_min_devices}+ devices of {segment} went silent together",
+            "level": "large", "severity": new.severity, "lon": plan.lon, "lat": plan.lat, "location": plan.location,
+            "district": plan.district, "department": plan.segment_department or plan.department, "report_count": 1,
+            "dedup_key": key, "dedup_open": key, "attributes": {"segment": segment, "affectedDevices": [],
+                                                                 "affectedCount": 0},
+            "reported_at": now, "updated_at": now, "sla_start": now, "response_due": response_due,
+            "resolution_due": resolution_due, "response_state": "ok", "resolution_state": "ok",
+            "escalations": 0, "version": 1, "hub_dirty": 1, "accepted_at": None, "resolved_at": None}
+        values["sla_next_at"] = next_check(values)
+        values.pop("accepted_at")
+        values.pop("resolved_at")
+        row = conn.execute(self._insert_stmt, values).one()
+        self._steps(conn, [(tenant, row.id, "report", actor, now, None, "reported", None,
+                            {"source": "correlation", "segment": segment})])
+        return row
+
+    def _fold_segment(self, conn: Connection, segment_row: Row[Any], orders: list[Row[Any]], actor: Actor,
+                      now: datetime) -> Row[Any]:
+        """Merge device work orders into their segment's incident: one timeline entry listing them."""
+        t = incidents
+        orders = [o for o in orders if o.id != segment_row.id]
+        if not orders:
+            return segment_row
+        ids = [o.id for o in orders]
+        conn.execute(update(t).where(t.c.id.in_(ids)).values(
+            status="merged", parent_id=segment_row.id, sla_next_at=None, response_due=None, resolution_due=None,
+            updated_at=now, version=t.c.version + 1, hub_dirty=1))
+        devices = [str((o.attributes or {}).get("device") or o.entity_id or o.id) for o in orders]
+        self._steps(conn, [(segment_row.tenant, o.id, "merge", actor, now, o.status, "merged", None,
+                            {"into": str(segment_row.id), "automatic": True, "rootCause": True}) for o in orders]
+                    + [(segment_row.tenant, segment_row.id, "merge", actor, now, segment_row.status,
+                        segment_row.status, None, {"children": [str(i) for i in ids], "automatic": True,
+                                                   "rootCause": True})])
+        return conn.execute(update(t).where(t.c.id == segment_row.id).values(
+            report_count=t.c.report_count + sum(o.report_count for o in orders),
+            attributes=corr.with_affected(segment_row.attributes, devices), updated_at=now,
+            version=t.c.version + 1, hub_dirty=1).returning(*t.c)).one()
+
+    def _storm_group(self, conn: Connection, tenant: str, new: NewIncident, actor: Actor, plan: Plan,
+                     policy: Policy | None, now: datetime) -> Row[Any]:
+        """The open storm group of `new.category`, opened now if there is none."""
+        key = f"{corr.STORM_PREFIX}{new.category}"
+        found = corr.open_by_key(conn, tenant, key, self._sqlite)
+        if found is not None:
+            return found
+        response_due, resolution_due = self._deadlines(policy, now)
+        values: dict[str, Any] = {
+            "tenant": tenant, "category": new.category, "source": new.source, "status": "reported",
+            "title": f"{messages.label('category', 'storm')} · {messages.category(new.category)}"[:200],
+            "description": f"more than {self.correlation.storm_per_minute} new incidents a minute; "
+                           "the next ones are grouped here",
+            "level": new.level, "severity": new.severity, "lon": plan.lon, "lat": plan.lat,
+            "location": plan.location, "district": plan.district, "department": plan.department, "report_count": 0,
+            "dedup_key": key, "dedup_open": key, "attributes": {"storm": "group"}, "reported_at": now,
+            "updated_at": now, "sla_start": now, "response_due": response_due, "resolution_due": resolution_due,
+            "response_state": "ok", "resolution_state": "ok", "escalations": 0, "version": 1, "hub_dirty": 1,
+            "accepted_at": None, "resolved_at": None}
+        values["sla_next_at"] = next_check(values)
+        values.pop("accepted_at")
+        values.pop("resolved_at")
+        row = conn.execute(self._insert_stmt, values).one()
+        self._steps(conn, [(tenant, row.id, "storm", actor, now, None, "reported", None,
+                            {"category": new.category, "perMinute": self.correlation.storm_per_minute})])
+        return row
 
     def _refresh(self, conn: Connection, row: Row[Any], new: NewIncident, actor: Actor, now: datetime) -> str:
         """The dedup key's incident is open: raise its level if the new one is higher."""

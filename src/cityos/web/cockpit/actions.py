@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from nicegui import ui
 
+from cityos.core import messages
 from cityos.web.auth import ApiError, Session
 from cityos.web.cockpit import data
 from cityos.web.cockpit.common import fmt_time
@@ -95,6 +96,16 @@ async def _action_dialog(session: Session, item: dict[str, Any], action: str, la
     dialog.open()
 
 
+def alarm_title(alarm: dict[str, Any]) -> str:
+    """An alarm's display name from the catalogue: what it is about and where, never a rule id."""
+    incident = alarm.get("incident") if isinstance(alarm.get("incident"), dict) else {}
+    code = (incident or {}).get("category") or ".".join(
+        str(x) for x in (alarm.get("category"), alarm.get("subCategory")) if x)
+    what = messages.category(code) if code else str(alarm.get("title") or alarm.get("id"))
+    where = str(alarm.get("device") or alarm.get("entityId") or "").rsplit(":", 1)[-1]
+    return " · ".join(x for x in (what, messages.place(alarm.get("district")) or where) if x)
+
+
 def alarm_row(session: Session, alarm: dict[str, Any]) -> None:
     """One alarm in the live list, with its acknowledge button."""
     severity = str(alarm.get("severity") or "")
@@ -103,10 +114,9 @@ def alarm_row(session: Session, alarm: dict[str, Any]) -> None:
         ui.element("span").style(f"display:inline-block;width:10px;height:10px;border-radius:50%;"
                                  f"background:{colour};box-shadow:0 0 6px {colour}")
         with ui.column().classes("gap-0 flex-1 min-w-0"):
-            ui.label(str(alarm.get("title") or alarm.get("message") or alarm.get("ruleName") or alarm.get("rule")
-                         or alarm.get("id"))).classes("text-slate-100 ellipsis w-full")
+            ui.label(alarm_title(alarm)).classes("text-slate-100 ellipsis w-full")
             where = alarm.get("device") or alarm.get("entityId") or alarm.get("entity_id") or ""
-            ui.label(f"{severity} · {str(where).rsplit(':', 1)[-1]} · "
+            ui.label(f"{messages.label('severity', severity)} · {str(where).rsplit(':', 1)[-1]} · "
                      f"{fmt_time(alarm.get('raisedAt') or alarm.get('raised_at') or alarm.get('createdAt'))}") \
                 .classes("text-xs text-slate-400")
         status = str(alarm.get("status") or "")

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
+from cityos.core import messages
 from cityos.web.auth import COCKPIT_ROLES
 
 __all__ = ["COCKPIT_ROLES", "fmt_minutes", "fmt_time", "incident_location", "incident_title"]
 
 
 def fmt_time(value: Any) -> str:
-    """An ISO time as local `MM-DD HH:MM` (the operations centre reads local time)."""
-    if not value:
-        return ""
-    try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return str(value)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone()
-    return moment.strftime("%m-%d %H:%M")
+    """An ISO time as `MM-DD HH:MM CST` in the city's zone (CITYOS_TIMEZONE), whatever the server's zone."""
+    return messages.local_time(value)
 
 
 def fmt_minutes(minutes: float | None) -> str:

@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from cityos.core import messages
 from cityos.web.auth import ApiError, Session
 
 log = logging.getLogger("cityos.web")
@@ -33,14 +34,11 @@ SEVERITY_COLOURS = {"critical": "#dc2626", "major": "#f97316", "minor": "#eab308
                     "info": "#38bdf8"}
 
 OPEN_STATUSES = ("reported", "dispatched", "accepted", "on_site", "reopened")
-INCIDENT_STATUS_LABELS = {
-    "reported": "已上报 Reported", "dispatched": "已派遣 Dispatched", "accepted": "已接单 Accepted",
-    "on_site": "已到场 On site", "resolved": "已处置 Resolved", "closed": "已关闭 Closed",
-    "reopened": "已重开 Reopened", "merged": "已合并 Merged",
-}
-SLA_LABELS = {"ok": "正常 On time", "on_time": "正常 On time", "yellow": "临期 At risk", "at_risk": "临期 At risk",
-              "warning": "临期 At risk",
-              "breached": "超时 Breached", "met": "达标 Met", "paused": "暂停 Paused"}
+# Display names from the one message catalogue (cityos.core.messages).
+INCIDENT_STATUS_LABELS = {status: messages.label("status", status) for status in (
+    "reported", "dispatched", "accepted", "on_site", "resolved", "closed", "reopened", "merged")}
+SLA_LABELS = {**messages.SLA, "on_time": messages.SLA["ok"], "at_risk": messages.SLA["yellow"],
+              "warning": messages.SLA["yellow"], "paused": "暂停 Paused"}
 SLA_COLOURS = {"ok": "positive", "on_time": "positive", "met": "positive", "yellow": "warning", "at_risk": "warning",
                "warning": "warning", "breached": "negative", "paused": "grey"}
 
@@ -102,7 +100,8 @@ async def districts(session: Session) -> list[dict[str, Any]]:
         if not isinstance(geometry, dict) or geometry.get("type") not in ("Polygon", "MultiPolygon"):
             continue
         out.append({"id": entity.get("id"), "key": district_key(entity.get("id")),
-                    "name": str(_value(entity.get("name")) or district_key(entity.get("id"))),
+                    # Chinese name first when the catalogue knows the place ("秀英区 Xiuying").
+                    "name": messages.place(str(_value(entity.get("name")) or district_key(entity.get("id")))),
                     "geometry": geometry, "population": _value(entity.get("population"))})
     return out
 
@@ -123,6 +122,13 @@ async def devices(session: Session, limit: int = 2000) -> list[dict[str, Any]]:
 async def device_health(session: Session) -> dict[str, Any]:
     body = await _get(session, "/api/iot/health")
     return body if isinstance(body, dict) else {}
+
+
+def devices_online(health: dict[str, Any]) -> tuple[int, int, int]:
+    """(online, devices, offline) as the IoT health round counts them (`/api/iot/health`): online is the
+    devices whose state is active, out of every registered device. The demo console shows the same."""
+    by_status = health.get("byStatus") or {}
+    return int(by_status.get("active") or 0), int(health.get("devices") or 0), int(by_status.get("offline") or 0)
 
 
 async def alarms(session: Session, active_only: bool = True) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi.responses import RedirectResponse
 from nicegui import ui
 
+from cityos.core import messages
 from cityos.web.auth import ApiError, Session, fastapi_app, require_login
 from cityos.web.cockpit import actions, data
 from cityos.web.cockpit.citymap import CityMap
@@ -21,18 +22,33 @@ from cityos.web.cockpit.common import (
 from cityos.web.shell import frame, panel
 
 STATUS_OPTIONS = {"": "全部 All", "open": "在办 Open", **data.INCIDENT_STATUS_LABELS}
-SLA_OPTIONS = {"": "全部 All", "ok": "正常 On time", "yellow": "临期 At risk", "breached": "超时 Breached",
-               "met": "达标 Met"}
-ACTION_LABELS = {"report": "上报 Reported", "create": "上报 Reported", "dispatch": "派遣 Dispatched",
-                 "accept": "接单 Accepted", "arrive": "到场 On site", "resolve": "处置完成 Resolved",
-                 "close": "关闭 Closed", "reopen": "重开 Reopened", "merge": "合并 Merged", "split": "拆分 Split",
-                 "escalate": "升级 Escalated", "sla": "SLA", "comment": "备注 Note"}
+SLA_OPTIONS = {"": "全部 All", **{k: messages.SLA[k] for k in ("ok", "yellow", "breached", "met")}}
+KIND_OPTIONS = {"incident": "城市事件 City incidents", "maintenance": "设备维护工单 Device work orders",
+                "": "全部 All"}
+
+
+def step_text(step: dict[str, Any]) -> tuple[str, str]:
+    """(title, text) of a timeline entry: its action from the catalogue; a merge lists what merged, once."""
+    action = str(step.get("action") or step.get("to") or "")
+    found = step.get("detail")
+    detail: dict[str, Any] = found if isinstance(found, dict) else {}
+    children = detail.get("children") if isinstance(detail.get("children"), list) else None
+    if action == "merge" and children:
+        titles = "; ".join(f"#{c.get('id')} {c.get('title') or ''}".strip() for c in children[:8]
+                           if isinstance(c, dict))
+        more = f" … (+{len(children) - 8})" if len(children) > 8 else ""
+        plural = "" if len(children) == 1 else "s"
+        return f"合并 {len(children)} 条告警 Merged {len(children)} alarm{plural}", f"{titles}{more}"
+    if action == "merge" and detail.get("into"):
+        return messages.label("action", action), f"并入 merged into #{detail['into']}"
+    return messages.label("action", action), str(step.get("note") or "")
 
 
 def _rows(items: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
-    return [{"id": i.get("id"), "title": incident_title(i), "category": i.get("category") or "",
+    return [{"id": i.get("id"), "title": incident_title(i), "category": messages.category(i.get("category")),
              "status": data.INCIDENT_STATUS_LABELS.get(str(i.get("status")), i.get("status")),
-             "level": i.get("level") or "", "department": i.get("department") or "",
+             "level": messages.label("level", i.get("level")),
+             "department": messages.department(i.get("department")),
              "district": names.get(data.district_key(i.get("district")), i.get("district") or ""),
              "sla": data.SLA_LABELS.get(incident_sla(i), incident_sla(i)),
              "reported": fmt_time(incident_time(i))} for i in items]
@@ -44,9 +60,12 @@ async def incidents_page() -> RedirectResponse | None:
     if not isinstance(session, Session):
         return session
     data.attach_bus(fastapi_app())
-    filters: dict[str, Any] = {"status": "open", "category": "", "department": "", "district": "", "sla": ""}
+    filters: dict[str, Any] = {"status": "open", "category": "", "department": "", "district": "", "sla": "",
+                               "kind": "incident"}
     with frame(session, "事件处置 Incidents", active="/cockpit/incidents"):
         with panel(classes="w-full"), ui.row().classes("w-full items-end gap-3"):
+            kind_select = ui.select(KIND_OPTIONS, label="列表 List").bind_value(filters, "kind") \
+                    .props("dark outlined dense options-dense").classes("w-48 cityos-f-kind")
             status_select = ui.select(STATUS_OPTIONS, label="状态 Status").bind_value(filters, "status") \
                     .props("dark outlined dense options-dense").classes("w-48 cityos-f-status")
             category = ui.select([], label="类别 Category", with_input=True, clearable=True) \
@@ -77,7 +96,7 @@ async def incidents_page() -> RedirectResponse | None:
             table = ui.table(columns=columns, rows=[], row_key="id", pagination=25) \
                 .props("dark flat dense").classes("w-full cityos-incident-table")
             table.on("rowClick", lambda e: ui.navigate.to(f"/cockpit/incidents/{e.args[1]['id']}"))
-    filter_selects = (status_select, category, department, district, sla_select)
+    filter_selects = (kind_select, status_select, category, department, district, sla_select)
     seen: dict[str, set[str]] = {"category": set(), "department": set(), "district": set()}
     names: dict[str, str] = {}
     last: dict[str, Any] = {"rows": None, "pulse": -1, "filters": None}
@@ -104,7 +123,10 @@ async def incidents_page() -> RedirectResponse | None:
             values = {str(i.get(name)) for i in items if i.get(name)}
             if not values <= seen[name]:
                 seen[name] |= values
-                select.set_options(sorted(seen[name]), value=filters.get(name) or None)
+                shown = {v: (messages.category(v) if name == "category" else messages.department(v)
+                             if name == "department" else names.get(data.district_key(v), v))
+                         for v in sorted(seen[name])}
+                select.set_options(shown, value=filters.get(name) or None)
         if not names:
             names.update({d["key"]: d["name"] for d in await data.districts(session)})
         rows = _rows(items, names)
@@ -175,9 +197,12 @@ async def _detail(session: Session, item: dict[str, Any], reload: Any) -> None:
                 ui.label(str(item["description"])).classes("text-slate-300")
             with ui.grid(columns=4).classes("w-full gap-x-6 gap-y-1 text-sm mt-2"):
                 for label, value in (
-                        ("类别 Category", item.get("category")), ("等级 Level", item.get("level")),
-                        ("严重度 Severity", item.get("severity")), ("来源 Source", item.get("source")),
-                        ("部门 Department", item.get("department")), ("区域 District", district_name),
+                        ("类别 Category", messages.category(item.get("category"))),
+                        ("等级 Level", messages.label("level", item.get("level"))),
+                        ("严重度 Severity", messages.label("severity", item.get("severity"))),
+                        ("来源 Source", messages.label("source", item.get("source"))),
+                        ("部门 Department", messages.department(item.get("department"))),
+                        ("区域 District", messages.place(district_name)),
                         ("上报 Reported", fmt_time(incident_time(item))),
                         ("地址 Address", item.get("address")),
                         ("响应时限 Response due", fmt_time(sla_info.get("responseDue"))),
@@ -187,6 +212,12 @@ async def _detail(session: Session, item: dict[str, Any], reload: Any) -> None:
                     with ui.column().classes("gap-0"):
                         ui.label(label).classes("text-slate-500 text-xs")
                         ui.label("—" if value in (None, "") else str(value)).classes("text-slate-200")
+            affected = (item.get("attributes") or {}).get("affectedDevices") \
+                if isinstance(item.get("attributes"), dict) else None
+            if affected:
+                count = int((item.get("attributes") or {}).get("affectedCount") or len(affected))
+                ui.label(f"受影响设备 Affected devices ({count}): {', '.join(map(str, affected[:40]))}"
+                         f"{' …' if count > 40 else ''}").classes("text-sm text-slate-300 mt-2 cityos-affected")
             with ui.row().classes("w-full gap-2 mt-3 cityos-actions"):
                 actions.incident_buttons(session, item, reload, departments)
         where = incident_location(item)
@@ -200,13 +231,14 @@ async def _detail(session: Session, item: dict[str, Any], reload: Any) -> None:
             ui.label("暂无记录 No steps yet").classes("text-slate-500")
         with ui.timeline(side="right", color="cyan").classes("cityos-timeline"):
             for step in steps:
-                action = str(step.get("action") or step.get("to") or step.get("toStatus") or "")
+                title, text = step_text(step)
                 who = str(step.get("actor") or step.get("by") or "").split(":", 1)[-1]
                 role = str(step.get("role") or "")
-                subtitle = " · ".join(x for x in (fmt_time(step.get("at") or step.get("time")), who,
-                                                   "" if role.lower() == who.lower() else role) if x)
-                ui.timeline_entry(str(step.get("note") or ""), title=ACTION_LABELS.get(action, action),
-                                  subtitle=subtitle)
+                subtitle = " · ".join(x for x in (fmt_time(step.get("at") or step.get("time")),
+                                                   messages.label("role", who) if who == role else who,
+                                                   "" if role.lower() == who.lower() else messages.label("role", role))
+                                      if x)
+                ui.timeline_entry(text, title=title, subtitle=subtitle)
     if city is not None and where is not None:  # last: it waits for the browser to draw the map
         await city.update({"districts": {"type": "FeatureCollection", "features": [
             {"type": "Feature", "geometry": d["geometry"],

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi.responses import RedirectResponse
 from nicegui import ui
 
+from cityos.core import messages
 from cityos.web.auth import ApiError, Session, fastapi_app, require_login
 from cityos.web.cockpit import actions, data
 from cityos.web.cockpit.citymap import CityMap
@@ -109,6 +110,10 @@ async def cockpit_page() -> RedirectResponse | None:
         return session
     data.attach_bus(fastapi_app())
     with frame(session, "城市运行一张图 City operations", active="/cockpit"):
+        # Shown while a storm group is open: new incidents of a category are being grouped, none lost.
+        storm_banner = ui.label("").classes("w-full px-3 py-2 rounded font-semibold cityos-storm-banner") \
+            .style("background:#7f1d1d;color:#fecaca;border:1px solid #ef4444")
+        storm_banner.set_visibility(False)
         with ui.row().classes("w-full gap-3 no-wrap"):
             tiles = {
                 "open": Tile("open", "在办事件 Open incidents", "report", "#f87171"),
@@ -139,7 +144,7 @@ async def cockpit_page() -> RedirectResponse | None:
             return
         state.update(busy=True, pulse=data.Pulse.version, last=now)
         try:
-            await _refresh(session, city, tiles, alarm_box, incident_box, aqi_box, state)
+            await _refresh(session, city, tiles, alarm_box, incident_box, aqi_box, state, storm_banner)
         except ApiError as exc:
             ui.notify(f"数据刷新失败 Refresh failed: {exc.detail}", type="negative")
         finally:
@@ -172,13 +177,14 @@ def _legend() -> None:
 
 
 async def _refresh(session: Session, city: CityMap, tiles: dict[str, Tile], alarm_box: ui.column,
-                   incident_box: ui.column, aqi_box: ui.row, state: dict[str, Any]) -> None:
+                   incident_box: ui.column, aqi_box: ui.row, state: dict[str, Any],
+                   storm_banner: ui.label | None = None) -> None:
     now = time.monotonic()
     want_districts = not state["districts"] or now - state["districts_at"] > DISTRICT_SECONDS
     (districts, devices, health, alarms, incidents, report, aqi) = await data.gather(
         data.districts(session) if want_districts else _const(state["districts"]),
         data.devices(session), data.device_health(session), data.alarms(session),
-        data.incidents(session, open="true"), data.sla_report(session), data.aqi(session))
+        data.incidents(session, open="true", kind="incident"), data.sla_report(session), data.aqi(session))
     if want_districts and districts is not None:
         state.update(districts=districts, districts_at=now)
     districts = state["districts"]
@@ -192,13 +198,17 @@ async def _refresh(session: Session, city: CityMap, tiles: dict[str, Tile], alar
     compliance, response, note = sla_figures(report)
     tiles["sla"].set("—" if compliance is None else f"{compliance:.1f}%", note or "近30天 last 30 days")
     tiles["response"].set(fmt_minutes(response), "上报→接单 report → accept")
-    by_status = health.get("byStatus") or {}
-    total = int(health.get("devices") or 0)
-    active = int(by_status.get("active") or 0)
-    offline = int(by_status.get("offline") or 0)
-    reporting = active + offline
-    tiles["online"].set("—" if not reporting else f"{100.0 * active / reporting:.1f}%",
-                        f"{active}/{reporting} 在线 online · {total} 台 devices" if total else "")
+    online, total, offline = data.devices_online(health)
+    tiles["online"].set("—" if not total else f"{100.0 * online / total:.1f}%",
+                        f"{online:,}/{total:,} 在线 online · {offline:,} 离线 offline" if total else "")
+    storms = [i for i in open_items if i.get("kind") == "storm"]
+    if storm_banner is not None:
+        text = " ; ".join(f"告警风暴 Alarm storm: {messages.category(i.get('category'))} — "
+                          f"{int(i.get('reportCount') or 0)} 起新事件已归组 new incidents grouped (#{i.get('id')})"
+                          for i in storms)
+        if storm_banner.text != text:
+            storm_banner.text = text
+        storm_banner.set_visibility(bool(storms))
     tiles["rate"].set(f"{data.RATE.rate():,.1f}", "近10秒 last 10 s")
 
     # ---- map
@@ -215,7 +225,8 @@ async def _refresh(session: Session, city: CityMap, tiles: dict[str, Tile], alar
                                         "popup": f"{d['name']} — AQI "
                                                  f"{'—' if value is None else f'{value:.0f}'} {label}"}})
     device_points = [[d["location"]["lat"], d["location"]["lon"], states.get(str(d.get("name")), "normal"),
-                      f"{d.get('name')} · {d.get('profile')} · {states.get(str(d.get('name')), 'normal')}"]
+                      f"{d.get('name')} · {messages.label('profile', d.get('profile'))} · "
+                      f"{messages.label('status', states.get(str(d.get('name')), 'normal'))}"]
                      for d in devices if d.get("location")]
     alarm_points = []
     for alarm in alarms:
@@ -273,8 +284,7 @@ async def _const(value: Any) -> Any:
 
 
 def _alarm_title(alarm: dict[str, Any]) -> str:
-    return str(alarm.get("title") or alarm.get("message") or alarm.get("ruleName") or alarm.get("rule")
-               or alarm.get("id"))
+    return actions.alarm_title(alarm)
 
 
 def _incident_row(item: dict[str, Any], names: dict[str, str]) -> None:
@@ -285,7 +295,8 @@ def _incident_row(item: dict[str, Any], names: dict[str, str]) -> None:
         ui.icon("report", color="red-4")
         with ui.column().classes("gap-0 flex-1 min-w-0"):
             ui.label(incident_title(item)).classes("text-slate-100 ellipsis w-full")
-            ui.label(f"{data.INCIDENT_STATUS_LABELS.get(str(item.get('status')), item.get('status'))} · "
+            ui.label(f"{messages.category(item.get('category'))} · "
+                     f"{data.INCIDENT_STATUS_LABELS.get(str(item.get('status')), item.get('status'))} · "
                      f"{names.get(data.district_key(item.get('district')), item.get('district') or '')} · "
                      f"{fmt_time(incident_time(item))}") \
                 .classes("text-xs text-slate-400")

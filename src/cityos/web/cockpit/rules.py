@@ -13,6 +13,7 @@ import yaml
 from fastapi.responses import RedirectResponse
 from nicegui import ui
 
+from cityos.core import messages
 from cityos.web.auth import ApiError, Session, require_login
 from cityos.web.cockpit import data
 from cityos.web.cockpit.common import COCKPIT_ROLES, fmt_time
@@ -94,7 +95,8 @@ async def rules_page(rule: str | None = None) -> RedirectResponse | None:
                     ui.icon("rule", color="cyan-4" if enabled else "grey-6")
                     with ui.column().classes("gap-0 flex-1 min-w-0"):
                         ui.label(str(item.get("name") or item.get("id"))).classes("text-slate-100 ellipsis w-full")
-                        ui.label(f"{item.get('id')} · v{item.get('version', 1)} · {item.get('severity') or ''}") \
+                        ui.label(f"{item.get('id')} · v{item.get('version', 1)} · "
+                                 f"{messages.label('severity', item.get('severity'))}") \
                             .classes("text-xs text-slate-400")
                     ui.badge("启用 On" if enabled else "停用 Off", color="positive" if enabled else "grey") \
                         .props("outline")

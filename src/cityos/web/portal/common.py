@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from nicegui import app, ui
+
+from cityos.core import messages
 
 PORTAL_CSS = """
 :root { --gov-red: #b71c1c; --gov-navy: #0d3b66; --gov-bg: #f4f6f9; }
@@ -86,16 +87,8 @@ def status_chip(status: str | None) -> ui.chip:
 
 
 def when(value: Any) -> str:
-    """An ISO timestamp as local 'YYYY-MM-DD HH:MM' ('' when missing)."""
-    if not value:
-        return ""
-    try:
-        moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return str(value)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone()
-    return moment.strftime("%Y-%m-%d %H:%M")
+    """An ISO timestamp as 'YYYY-MM-DD HH:MM CST' in the city's zone, CITYOS_TIMEZONE ('' when missing)."""
+    return messages.local_time(value, "%Y-%m-%d %H:%M")
 
 
 def deadline_badge(deadline: dict[str, Any] | None, *, compact: bool = False) -> None:

@@ -3,19 +3,10 @@ types, enumeration values, life events). Unknown codes are shown as they are."""
 
 from __future__ import annotations
 
-DEPARTMENTS: dict[str, str] = {
-    "market-regulation": "市场监管局 Market Regulation",
-    "public-security": "公安局 Public Security",
-    "tax": "税务局 Taxation",
-    "human-resources-social-security": "人社局 Human Resources & Social Security",
-    "housing-construction": "住建局 Housing & Construction",
-    "natural-resources": "自然资源局 Natural Resources",
-    "fire-rescue": "消防救援支队 Fire & Rescue",
-    "health": "卫健委 Health Commission",
-    "housing-fund": "公积金中心 Housing Provident Fund",
-    "medical-insurance": "医保局 Medical Insurance",
-    "applicant": "申请人 Applicant",
-}
+from cityos.core import messages
+
+# Departments come from the one message catalogue (cityos.core.messages), shared with the cockpit.
+DEPARTMENTS: dict[str, str] = messages.DEPARTMENTS
 
 LICENCE_TYPES: dict[str, str] = {
     "business-licence": "营业执照 Business licence",
