@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
 
 _now: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
 
@@ -46,13 +43,3 @@ def parse_iso(value: str) -> datetime:
     text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
     return as_utc(datetime.fromisoformat(text)).astimezone(UTC)
 
-
-def city_zone() -> ZoneInfo:
-    """The city's time zone (CITYOS_TIMEZONE, default Asia/Shanghai): days, weeks and months of reports
-    begin at the city's midnight; storage stays in UTC."""
-    return _zone(os.environ.get("CITYOS_TIMEZONE") or "Asia/Shanghai")
-
-
-@functools.cache
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)

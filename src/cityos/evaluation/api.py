@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from cityos.core import clock
 from cityos.core.errors import BadRequestData, ResourceNotFound
+from cityos.core.messages import city_zone
 from cityos.core.responses import json_response, read_json_object
 from cityos.evaluation import reports
 from cityos.evaluation.models import PERIOD_KINDS, AssessmentIn
@@ -140,7 +141,7 @@ async def report(name: str, request: Request) -> Response:
                   for c in radar_view["categories"] for i in c["indicators"] if i.get("value") is not None}
         body = await asyncio.to_thread(reports.build_xlsx, kind, radar_view, series)
         media = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-    stamp = clock.now().astimezone(clock.city_zone()).strftime("%Y%m%d")
+    stamp = clock.now().astimezone(city_zone()).strftime("%Y%m%d")
     await _audit(request, "evaluation.report", name)
     return Response(body, media_type=media,
                     headers={"Content-Disposition": f'attachment; filename="cityos-{kind}-{stamp}.{extension}"'})

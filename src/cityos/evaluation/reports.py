@@ -27,6 +27,7 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from cityos.core import clock
+from cityos.core.messages import city_zone
 
 FONT_CANDIDATES = (
     ("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", 0),
@@ -78,7 +79,7 @@ def build_pdf(title: str, kind: str, maturity: dict[str, Any], radar: dict[str, 
                             bottomMargin=15 * mm, title=title)
     story: list[Any] = [Paragraph(title, head),
                         Paragraph(f"{PERIOD_TEXT.get(kind, kind)} · 生成时间 Generated "
-                                  f"{clock.now().astimezone(clock.city_zone()):%Y-%m-%d %H:%M %Z}", base)]
+                                  f"{clock.now().astimezone(city_zone()):%Y-%m-%d %H:%M %Z}", base)]
     score, band, cov = maturity["score"], maturity["band"], maturity["coverage"]
     story.append(Paragraph(
         f"成熟度 Maturity: <b>{'—' if score is None else score}</b> "
@@ -179,5 +180,5 @@ def build_xlsx(kind: str, radar: dict[str, Any], history: dict[str, list[dict[st
 
 
 def report_title(kind: str, moment: datetime) -> str:
-    local = moment.astimezone(clock.city_zone())
+    local = moment.astimezone(city_zone())
     return f"城市运营评估报告 City operations evaluation · {local:%Y-%m-%d} · {PERIOD_TEXT.get(kind, kind)}"

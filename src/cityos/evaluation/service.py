@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
 from cityos.core.indicators import IndicatorSource, Measure, Period
+from cityos.core.messages import city_zone
 from cityos.evaluation.models import (
     PERIOD_KINDS,
     AssessmentIn,
@@ -77,7 +78,7 @@ def period_bounds(kind: str, moment: datetime) -> tuple[datetime, datetime]:
     """The calendar period of `kind` holding `moment`, in the city's time zone, as UTC instants."""
     if kind not in PERIOD_KINDS:
         raise EvaluationError(f"period must be one of {', '.join(PERIOD_KINDS)}")
-    local = moment.astimezone(clock.city_zone())
+    local = moment.astimezone(city_zone())
     day = local.replace(hour=0, minute=0, second=0, microsecond=0)
     if kind == "day":
         start, end = day, day + timedelta(days=1)
@@ -225,7 +226,7 @@ class EvaluationService:
         return {"indicator": indicator_id, "periodKind": kind,
                 "points": [{"start": clock.as_utc(r["period_start"]).isoformat(),
                             # the period's first day as the city names it (a month starts at local midnight)
-                            "label": clock.as_utc(r["period_start"]).astimezone(clock.city_zone()).date().isoformat(),
+                            "label": clock.as_utc(r["period_start"]).astimezone(city_zone()).date().isoformat(),
                             "value": r["value"], "status": r["status"]} for r in reversed(rows)]}
 
     async def breakdown(self, tenant: str, indicator_id: str, kind: str) -> dict[str, Any]:
