@@ -438,6 +438,18 @@ async def search_audit(request: Request, principal: Principal | None = Depends(r
     return json_response(rows)
 
 
+FORMULA_LEADS = frozenset("=+-@\t\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell with spreadsheet formulas neutralised (CSV injection, OWASP): a text starting
+    with = + - @ tab or CR gets a leading apostrophe. An empty text stays empty (a missing field,
+    e.g. no IP, must not turn into a stray apostrophe)."""
+    if isinstance(value, str) and value and value[0] in FORMULA_LEADS:
+        return "'" + value
+    return value
+
+
 @router.get("/audit/export")
 async def export_audit(request: Request, principal: Principal | None = Depends(require("audit.export"))) -> Response:
     assert principal is not None
@@ -459,9 +471,7 @@ async def export_audit(request: Request, principal: Principal | None = Depends(r
             else:
                 buf = io.StringIO()
                 values = [orjson.dumps(row[c]).decode() if c == "detail" else row[c] for c in columns]
-                # Neutralise spreadsheet formulas (CSV injection).
-                csv.writer(buf).writerow([f"'{v}" if isinstance(v, str) and v[:1] in "=+-@\t\r" else v
-                                          for v in values])
+                csv.writer(buf).writerow([csv_cell(v) for v in values])
                 yield buf.getvalue().encode()
 
     media = "application/x-ndjson" if fmt == "ndjson" else "text/csv"

@@ -419,7 +419,7 @@ class AuditLog:
             columns = [audit.c[c] for c in COLUMNS]
             while True:
                 rows = (await conn.execute(select(*columns).where(audit.c.seq > after).order_by(audit.c.seq)
-                                           .limit(chunk))).tuples().all()
+                                           .limit(chunk))).all()
                 if not rows:
                     break
                 for (seq, ts, actor, actor_kind, role, tenant, action, resource, outcome, ip, detail, prev_hash,

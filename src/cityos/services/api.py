@@ -5,7 +5,8 @@
     POST   /api/services/catalogue                a definition with inline BPMN/DMN (service.manage) → 201
     PUT    /api/services/catalogue/{code}         replace it; DELETE removes it (managed services only)
     POST   /api/services/uploads                  multipart `file` → 201 {uploadId, sha256, size, contentType}
-    GET    /api/services/uploads/{id}             the bytes (owner or staff)
+    GET    /api/services/uploads/{id}             the bytes (uploader, or whoever may read an application
+                                                  holding it); audited
     POST   /api/services/applications             {serviceCode, form, materials, channel?} → 201
     GET    /api/services/applications             ?status=&limit=&offset= (mine / my departments' / tenant);
                                                   &group=case: a one-thing bundle is one item (kind bundle)
@@ -172,8 +173,9 @@ async def upload(request: Request, principal: Principal | None = Depends(require
 @router.get("/uploads/{upload_id}")
 async def download(request: Request, upload_id: str,
                    principal: Principal | None = Depends(require("application.read"))) -> Response:
-    data, content_type = await desk_of(request).upload_blob(_user(principal), request_tenant(request, principal),
-                                                            upload_id)
+    data, content_type, applications = await desk_of(request).upload_blob(
+        _user(principal), request_tenant(request, principal), upload_id[:64], _check(request, principal))
+    await _audit(request, principal, "upload.download", f"upload:{upload_id[:64]}", applications=applications)
     return Response(data, media_type=content_type, headers={"Content-Disposition": "attachment",
                                                             "X-Content-Type-Options": "nosniff"})
 
@@ -282,7 +284,7 @@ async def overdue(request: Request, department: str | None = Query(None, max_len
 @router.get("/metrics")
 async def metrics(request: Request, by: str = Query("service", pattern="^(service|department)$"),
                   principal: Principal | None = Depends(require("supervision.read"))) -> Response:
-    return _json(await desk_of(request).metrics(request_tenant(request, principal), by))
+    return _json(await desk_of(request).metrics(principal, request_tenant(request, principal), by))
 
 
 # ------------------------------------------------------------------------------ start-up

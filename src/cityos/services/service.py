@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,7 +37,7 @@ from cityos.core import clock
 from cityos.core.clock import as_utc, as_utc_or_none
 from cityos.core.errors import AlreadyExists, BadRequestData, Conflict, ResourceNotFound
 from cityos.core.events import EventBus
-from cityos.security.policy import STAFF_ROLES, Principal, Resource, Role
+from cityos.security.policy import STAFF_ROLES, Principal, Resource, Role, Scope, authorize, role_of, scope_for
 from cityos.security.service import Forbidden
 from cityos.services import models as m
 from cityos.services.calendar import WorkCalendar
@@ -907,6 +907,16 @@ class ServiceDesk:
             raise ResourceNotFound(f"no task {task_id!r}")
         return dict(task)
 
+    @staticmethod
+    def _read_resource(principal: Principal | None, tenant: str, row: Any, task_departments: Iterable[str]) -> Resource:
+        """The resource `application.read` is checked on: the application's department, or, for staff,
+        whichever involved department (the lead's or a task's) is one of theirs."""
+        department = row["department"]
+        if principal is not None and principal.role in STAFF_ROLES:
+            involved = set(task_departments) | {department}
+            department = next((d for d in sorted(involved, key=str) if d in principal.departments), department)
+        return Resource("application", tenant, id=row["id"], department=department, owner=row["applicant"])
+
     async def application(self, principal: Principal | None, tenant: str, app_id: str,
                           check: Check) -> dict[str, Any]:
         async with self._read() as conn:
@@ -916,12 +926,8 @@ class ServiceDesk:
                 raise ResourceNotFound(f"no application {app_id!r}")
             task_rows = (await conn.execute(select(m.tasks).where(m.tasks.c.application_id == app_id)
                                             .order_by(m.tasks.c.created_at))).mappings().all()
-        department = row["department"]
-        if principal is not None and principal.role in STAFF_ROLES:
-            involved = {t["department"] for t in task_rows} | {department}
-            department = next((d for d in involved if d in principal.departments), department)
-        await check("application.read", Resource("application", tenant, id=app_id, department=department,
-                                                 owner=row["applicant"]))
+        await check("application.read", self._read_resource(principal, tenant, row,
+                                                            (t["department"] for t in task_rows)))
         svc = self.services.get(row["service_code"])
         return self.view(dict(row), svc, [dict(t) for t in task_rows if t["status"] == "open"])
 
@@ -1079,14 +1085,39 @@ class ServiceDesk:
                      "actions": ["approve", "reject", "request-supplement"] if row["status"] == "open" else []})
         return item
 
-    async def upload_blob(self, principal: Principal, tenant: str, upload_id: str) -> tuple[bytes, str]:
+    async def upload_blob(self, principal: Principal, tenant: str, upload_id: str,
+                          check: Check) -> tuple[bytes, str, list[str]]:
+        """The bytes of an upload, for whoever may read it: its uploader, or anyone who may read an
+        application it is attached to (the same `application.read` check as reading the application).
+        An upload attached to nothing yet is its uploader's alone. Returns (bytes, content type, ids of
+        the applications it belongs to) so that the caller can audit the download."""
         async with self._read() as conn:
             row = (await conn.execute(select(m.uploads).where(
                 m.uploads.c.id == upload_id, m.uploads.c.tenant == tenant))).mappings().first()
-        if row is None or (principal.role not in STAFF_ROLES and row["owner"] != principal.id):
+            attached: list[Any] = []
+            tasks: dict[str, list[str]] = {}
+            if row is not None and row["owner"] != principal.id:
+                # Materials are always the applicant's own uploads (see `_materials`), so the
+                # applications holding this one are among its owner's (served by the applicant index).
+                candidates = (await conn.execute(select(
+                    m.applications.c.id, m.applications.c.department, m.applications.c.applicant,
+                    m.applications.c.materials).where(m.applications.c.tenant == tenant,
+                                                      m.applications.c.applicant == row["owner"]))).mappings().all()
+                attached = [a for a in candidates if _holds_upload(a["materials"], upload_id)]
+                if attached:
+                    for app_id, dept in (await conn.execute(select(m.tasks.c.application_id, m.tasks.c.department)
+                                                            .where(m.tasks.c.application_id.in_(
+                                                                [a["id"] for a in attached])))).all():
+                        tasks.setdefault(app_id, []).append(dept)
+        if row is None or (row["owner"] != principal.id and not attached):
             raise ResourceNotFound(f"no upload {upload_id!r}")
+        if row["owner"] != principal.id:
+            resources = [self._read_resource(principal, tenant, a, tasks.get(a["id"], ())) for a in attached]
+            allowed = next((r for r in resources if authorize(principal, "application.read", r)), None)
+            # The refusal goes through `check` (audited, 403) with the first application's resource.
+            await check("application.read", allowed or resources[0])
         data = await asyncio.to_thread(self._blob_path(row["sha256"]).read_bytes)
-        return data, row["content_type"]
+        return data, row["content_type"], [a["id"] for a in attached]
 
     # ------------------------------------------------------------------ bundles
 
@@ -1199,8 +1230,12 @@ class ServiceDesk:
                           "waitingOn": sorted(set(waiting.get(r["id"], [])))})
         return {"asOf": now.isoformat(), "byDepartment": {dept: n for dept, n in counts}, "items": items}
 
-    async def metrics(self, tenant: str, by: str) -> dict[str, Any]:
+    async def metrics(self, principal: Principal | None, tenant: str, by: str) -> dict[str, Any]:
+        """Per service or department. A caller whose `supervision.read` is department-scoped (a
+        dept_admin) sees only its own departments' applications and ratings."""
         a = m.applications
+        departments = None if scope_for(role_of(principal), "supervision.read") in (Scope.TENANT, Scope.ALL) \
+            else sorted(principal.departments if principal is not None else ())
         key = a.c.service_code if by == "service" else a.c.department
         now = clock.now()
         overdue = case((and_(a.c.completed_at.is_not(None), a.c.completed_at > a.c.due_at), 1),
@@ -1212,9 +1247,11 @@ class ServiceDesk:
                        func.avg(a.c.handling_seconds).label("avg_seconds"),
                        func.sum(overdue).label("overdue"),
                        func.sum(a.c.trips_saved).label("trips_saved")).where(a.c.tenant == tenant).group_by(key)
+        if departments is not None:
+            query = query.where(a.c.department.in_(departments))
         async with self._read() as conn:
             rows = (await conn.execute(query)).mappings().all()
-        satisfaction = await self._satisfaction(tenant)
+        satisfaction = await self._satisfaction(tenant, departments)
         items = []
         for r in rows:
             total = int(r["total"])
@@ -1229,15 +1266,20 @@ class ServiceDesk:
         items.sort(key=lambda x: str(x[by]))
         return {"by": by, "asOf": now.isoformat(), "items": items, "satisfaction": satisfaction}
 
-    async def _satisfaction(self, tenant: str) -> Any:
+    async def _satisfaction(self, tenant: str, departments: list[str] | None = None) -> Any:
         ratings = self._peer("ratings")
         if ratings is None or not hasattr(ratings, "satisfaction"):
             return None
         try:
-            return await ratings.satisfaction(tenant)
+            return await ratings.satisfaction(tenant, departments)
         except Exception:
             log.exception("ratings.satisfaction failed")
             return None
+
+
+def _holds_upload(materials: Any, upload_id: str) -> bool:
+    return isinstance(materials, list) and any(isinstance(item, dict) and item.get("uploadId") == upload_id
+                                               for item in materials)
 
 
 _JSON_COLUMNS: dict[str, frozenset[str]] = {}

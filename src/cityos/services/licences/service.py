@@ -78,10 +78,24 @@ def qr_svg(data: str) -> bytes:
     return svg
 
 
+# Names of organisations and things, which verifiers see in clear (a licence's purpose is to show
+# them). Every other member whose name ends in "name" names a person (applicantName, childName,
+# motherName, holderName, …): personal data of the sensitive class, which anonymous verifiers see
+# masked (张*), as the class rules mask a sensitive value for anyone outside the owning department.
+PUBLIC_NAME_KEYS = frozenset(k.lower() for k in (
+    "companyName", "enterpriseName", "organisationName", "organizationName", "businessName", "shopName",
+    "projectName", "serviceName", "licenceName", "productName", "siteName", "buildingName"))
+
+
+def _sensitive_key(key: str) -> bool:
+    lowered = key.lower()
+    return lowered in SENSITIVE_SUBJECT_KEYS or (lowered.endswith("name") and lowered not in PUBLIC_NAME_KEYS)
+
+
 def mask_subject(subject: Any) -> Any:
     if not isinstance(subject, dict):
         return mask_json_text(subject)
-    return {key: (mask_value(value) if key.lower() in SENSITIVE_SUBJECT_KEYS else mask_subject(value))
+    return {key: (mask_value(value) if _sensitive_key(key) else mask_subject(value))
             for key, value in subject.items()}
 
 
