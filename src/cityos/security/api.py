@@ -35,6 +35,7 @@ from cityos.core.errors import BadRequestData, TooLarge, UnsupportedMediaType
 from cityos.core.responses import json_response, read_json_object
 from cityos.security.approvals import ApprovalService
 from cityos.security.audit import OUTCOMES, AuditEvent, AuditLog, AuditQuery, ts_text
+from cityos.security.audit_anchor import Checkpointer, CheckpointStore, checkpoint_store, verify_anchored
 from cityos.security.crypto import load_keyring
 from cityos.security.policy import Principal, Resource, authorize, effective_tenant
 from cityos.security.service import Forbidden, OAuthError, SecurityService, Unauthorized
@@ -52,6 +53,7 @@ class SecurityState:
     service: SecurityService
     approvals: ApprovalService
     audit: AuditLog
+    checkpoints: CheckpointStore | None = None  # signed checkpoints of the audit chain (audit_anchor)
 
 
 async def start_security(app: FastAPI, settings: SecuritySettings | None = None,
@@ -67,8 +69,16 @@ async def start_security(app: FastAPI, settings: SecuritySettings | None = None,
                               load_keyring(settings), audit, oidc, write_lock)
     await service.startup()
     await audit.start()
-    app.state.security = SecurityState(settings, service, ApprovalService(service), audit)
-    return audit.stop
+    checkpoints = checkpoint_store(settings)
+    checkpointer = Checkpointer(engine, checkpoints)
+    checkpointer.start()
+    app.state.security = SecurityState(settings, service, ApprovalService(service), audit, checkpoints)
+
+    async def stop() -> None:
+        await audit.stop()
+        await checkpointer.stop()  # after the writer's last commit, so that the checkpoint covers it
+
+    return stop
 
 
 def security_of(request: Request) -> SecurityState:
@@ -481,5 +491,7 @@ async def export_audit(request: Request, principal: Principal | None = Depends(r
 
 @router.get("/audit/verify")
 async def verify_audit(request: Request, principal: Principal | None = Depends(require("audit.read"))) -> Response:
-    report = await security_of(request).audit.verify()
+    state = security_of(request)
+    report = await (verify_anchored(state.audit, state.checkpoints) if state.checkpoints is not None
+                    else state.audit.verify())
     return json_response(report.to_json())

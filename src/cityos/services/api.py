@@ -166,7 +166,8 @@ async def upload(request: Request, principal: Principal | None = Depends(require
                                                                                  "message": "required"}])
     data = await part.read(limit + 1)
     await form.close()
-    result = await desk.upload(user, request_tenant(request, principal), data, part.content_type, part.filename)
+    result = await desk.upload(user, request_tenant(request, principal), data, part.content_type, part.filename,
+                               ip=client_ip(request))
     return _json(result, 201)
 
 

@@ -37,6 +37,7 @@ from cityos.core import clock
 from cityos.core.clock import as_utc, as_utc_or_none
 from cityos.core.errors import AlreadyExists, BadRequestData, Conflict, ResourceNotFound
 from cityos.core.events import EventBus
+from cityos.security.audit import AuditEvent
 from cityos.security.policy import STAFF_ROLES, Principal, Resource, Role, Scope, authorize, role_of, scope_for
 from cityos.security.service import Forbidden
 from cityos.services import models as m
@@ -276,7 +277,7 @@ class ServiceDesk:
     # ------------------------------------------------------------------ uploads
 
     async def upload(self, principal: Principal, tenant: str, data: bytes, declared: str | None,
-                     filename: str | None) -> dict[str, Any]:
+                     filename: str | None, ip: str = "") -> dict[str, Any]:
         if not data:
             raise FieldErrors([{"field": "file", "message": "the file is empty"}])
         if len(data) > self.settings.max_upload_bytes:
@@ -296,8 +297,14 @@ class ServiceDesk:
         safe_name = os.path.basename((filename or "").replace("\\", "/"))[:256] or None
         upload_row = {"id": upload_id, "tenant": tenant, "owner": principal.id, "sha256": digest, "size": len(data),
                       "content_type": detected, "filename": safe_name, "created_at": clock.now()}
+        security = self._peer("security")
         async with self.write() as conn:
             await conn.execute(m.uploads.insert(), upload_row)
+            if security is not None:
+                # Personal documents: the upload and its audit record commit together.
+                await security.audit.append_in(conn, [AuditEvent.of(
+                    principal, "upload.create", f"upload:{upload_id}", ip=ip, tenant=tenant, sha256=digest,
+                    size=len(data), contentType=detected)])
         self._remember_upload(upload_row)
         return {"uploadId": upload_id, "sha256": digest, "size": len(data), "contentType": detected}
 

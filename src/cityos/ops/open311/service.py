@@ -257,8 +257,9 @@ class Open311Service:
             await conn.execute(insert(api_keys).values(
                 id=key_id, tenant=tenant, name=name, key_hash=hash_key(key), created_at=now,
                 created_by=by.label if by else "anonymous"))
-        await self.security.record(AuditEvent.of(by, "open311.key.create", f"open311-key:{key_id}", tenant=tenant,
-                                                 name=name))
+            # In the same transaction: a key never exists without its audit record.
+            await self.security.audit.append_in(conn, [AuditEvent.of(
+                by, "open311.key.create", f"open311-key:{key_id}", tenant=tenant, name=name)])
         return {"id": key_id, "name": name, "api_key": key, "createdAt": clock.iso(now)}
 
     async def list_keys(self, tenant: str) -> list[dict[str, Any]]:
@@ -273,10 +274,10 @@ class Open311Service:
             result = await conn.execute(update(api_keys).where(
                 api_keys.c.tenant == tenant, api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=clock.now()))
+            if result.rowcount:
+                await self.security.audit.append_in(conn, [AuditEvent.of(
+                    by, "open311.key.revoke", f"open311-key:{key_id}", tenant=tenant)])
         self._keys.clear()
-        if result.rowcount:
-            await self.security.record(AuditEvent.of(by, "open311.key.revoke", f"open311-key:{key_id}",
-                                                     tenant=tenant))
         return bool(result.rowcount)
 
     async def key_tenant(self, key: str | None) -> str:
