@@ -122,8 +122,7 @@ async def create_service(request: Request,
                          principal: Principal | None = Depends(require("service.manage"))) -> Response:
     tenant = request_tenant(request, principal)
     guide_doc = await desk_of(request).put_service(principal, tenant, await _body(request),
-                                                   _check(request, principal))
-    await _audit(request, principal, "service.manage", f"service:{guide_doc['code']}", op="create")
+                                                   _check(request, principal), ip=client_ip(request))
     return _json(guide_doc, 201)
 
 
@@ -132,16 +131,15 @@ async def replace_service(request: Request, code: str,
                           principal: Principal | None = Depends(require("service.manage"))) -> Response:
     tenant = request_tenant(request, principal)
     guide_doc = await desk_of(request).put_service(principal, tenant, await _body(request),
-                                                   _check(request, principal), code=code)
-    await _audit(request, principal, "service.manage", f"service:{code}", op="replace")
+                                                   _check(request, principal), code=code, ip=client_ip(request))
     return _json(guide_doc)
 
 
 @router.delete("/catalogue/{code}", status_code=204)
 async def delete_service(request: Request, code: str,
                          principal: Principal | None = Depends(require("service.manage"))) -> Response:
-    await desk_of(request).delete_service(request_tenant(request, principal), code, _check(request, principal))
-    await _audit(request, principal, "service.manage", f"service:{code}", op="delete")
+    await desk_of(request).delete_service(request_tenant(request, principal), code, _check(request, principal),
+                                          principal, ip=client_ip(request))
     return Response(status_code=204)
 
 

@@ -223,8 +223,14 @@ class ServiceDesk:
             return self.bundles[code].guide(self.services)
         return (await self.service(tenant, code)).guide()
 
+    async def _audit_in(self, conn: AsyncConnection, event: AuditEvent) -> None:
+        """The audit record of an administrative write, in the write's own transaction."""
+        security = self._peer("security")
+        if security is not None:
+            await security.audit.append_in(conn, [event])
+
     async def put_service(self, principal: Principal | None, tenant: str, doc: Any, check: Check,
-                          code: str | None = None) -> dict[str, Any]:
+                          code: str | None = None, ip: str = "") -> dict[str, Any]:
         if not isinstance(doc, dict):
             raise BadRequestData("a service definition is a JSON object")
         if code is not None and doc.get("code", code) != code:
@@ -261,17 +267,23 @@ class ServiceDesk:
             else:
                 await conn.execute(update(m.services).where(m.services.c.tenant == tenant,
                                                            m.services.c.code == svc.code).values(**values))
+            await self._audit_in(conn, AuditEvent.of(principal, "service.manage", f"service:{svc.code}", ip=ip,
+                                                     tenant=tenant, op="create" if row is None else "replace",
+                                                     version=version))
         svc.version = version
         self._managed[(tenant, svc.code)] = svc
         return svc.guide()
 
-    async def delete_service(self, tenant: str, code: str, check: Check) -> None:
+    async def delete_service(self, tenant: str, code: str, check: Check, principal: Principal | None = None,
+                             ip: str = "") -> None:
         if code in self.services:
             raise Forbidden(f"service {code!r} is part of the shipped catalogue; change it in the repository")
         svc = await self.service(tenant, code)
         await check("service.manage", Resource("service", tenant, id=code, department=svc.definition.department))
         async with self.write() as conn:
             await conn.execute(m.services.delete().where(m.services.c.tenant == tenant, m.services.c.code == code))
+            await self._audit_in(conn, AuditEvent.of(principal, "service.manage", f"service:{code}", ip=ip,
+                                                     tenant=tenant, op="delete"))
         self._managed.pop((tenant, code), None)
 
     # ------------------------------------------------------------------ uploads
@@ -297,14 +309,12 @@ class ServiceDesk:
         safe_name = os.path.basename((filename or "").replace("\\", "/"))[:256] or None
         upload_row = {"id": upload_id, "tenant": tenant, "owner": principal.id, "sha256": digest, "size": len(data),
                       "content_type": detected, "filename": safe_name, "created_at": clock.now()}
-        security = self._peer("security")
         async with self.write() as conn:
             await conn.execute(m.uploads.insert(), upload_row)
-            if security is not None:
-                # Personal documents: the upload and its audit record commit together.
-                await security.audit.append_in(conn, [AuditEvent.of(
-                    principal, "upload.create", f"upload:{upload_id}", ip=ip, tenant=tenant, sha256=digest,
-                    size=len(data), contentType=detected)])
+            # Personal documents: the upload and its audit record commit together.
+            await self._audit_in(conn, AuditEvent.of(principal, "upload.create", f"upload:{upload_id}", ip=ip,
+                                                     tenant=tenant, sha256=digest, size=len(data),
+                                                     contentType=detected))
         self._remember_upload(upload_row)
         return {"uploadId": upload_id, "sha256": digest, "size": len(data), "contentType": detected}
 
