@@ -401,7 +401,7 @@ class Open311Service:
             "requested_datetime": iso_or_none(row.reported_at),
             "updated_datetime": iso_or_none(row.p_updated if merged else row.updated_at),
             "expected_datetime": iso_or_none(row.p_due if merged else row.resolution_due),
-            "address": row.address,
+            "address": _public(row.address),
             "address_id": attributes.get("address_id"),
             "zipcode": None,
             "lat": row.lat,
