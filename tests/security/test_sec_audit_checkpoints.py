@@ -172,3 +172,26 @@ async def test_open311_key_and_upload_are_audited_in_their_transaction(sec: Harn
     actions = [r["action"] for r in await sec.state.audit.search(AuditQuery(resource=f"open311-key:{key['id']}"))]
     assert actions == ["open311.key.revoke", "open311.key.create"]
     assert (await sec.state.audit.verify()).ok
+
+
+async def test_the_periodic_checkpointer_and_its_last_checkpoint_at_stop(sec: Harness, tmp_path: Path) -> None:
+    import asyncio
+    from dataclasses import replace
+
+    store = _store(tmp_path)
+    store.settings = replace(store.settings, seconds=1)
+    checkpointer = Checkpointer(sec.engine, store)
+    await _fill(sec, 2)
+    checkpointer.start()
+    try:
+        for _ in range(100):  # the first period ends after about a second
+            if store.latest().checkpoint is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert store.latest().checkpoint is not None and store.latest().checkpoint.seq == 2  # type: ignore[union-attr]
+        await _fill(sec, 1, start=2)
+    finally:
+        await checkpointer.stop()
+    latest = store.latest()
+    assert latest.checkpoint is not None and latest.checkpoint.seq == 3 and latest.lines == 2
+    assert (await verify_anchored(sec.state.audit, store)).ok
