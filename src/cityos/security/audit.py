@@ -25,8 +25,10 @@ into an append-only file outside the database (and the log), and `verify(anchor=
 chain that no longer reaches or extends the latest checkpoint as ``truncated``.
 
 Crash between a change and its audit record: administrative writes append their records with
-`append_in`, in the change's own transaction; busy paths (entity writes, telemetry) use `record`
-after their commit, so the chain's head is not a lock every write of the platform waits on.
+`append_in`, in the change's own transaction; busy paths (entity writes, telemetry, submissions) use
+`record` after their commit, so the chain's head is not a lock every write of the platform waits on.
+A domain can find what a crash lost at start with `recorded` (submissions:
+`ServiceDesk.reconcile_audit`).
 """
 
 from __future__ import annotations
@@ -431,6 +433,17 @@ class AuditLog:
             for r in rows:
                 yield present(dict(r), masked)
             after = int(rows[-1]["seq"])
+
+    async def recorded(self, action: str, resources: Sequence[str], since: datetime) -> set[str]:
+        """Those of `resources` that have an `action` record at or after `since` (for reconciliation)."""
+        found: set[str] = set()
+        wanted = list(dict.fromkeys(resources))
+        async with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = await conn.execute(select(audit.c.resource).where(
+                    audit.c.action == action, audit.c.ts >= ts_text(since), audit.c.resource.in_(wanted[i:i + 500])))
+                found.update(str(r[0]) for r in rows)
+        return found
 
     async def count(self) -> int:
         async with self.engine.connect() as conn:

@@ -26,6 +26,7 @@ service checks the real resource (owner, department) through `enforce`, so refus
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ from cityos.security.service import Unauthorized
 from cityos.services.scheduled import start_sweeper
 from cityos.services.service import Check, ServiceDesk
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/services", tags=["services"])
 routers: list[APIRouter] = [router]
 MAX_JSON = 1024 * 1024
@@ -297,6 +299,10 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
         lock = getattr(hub.service.store, "_sqlite_write_lock", None)
     desk = ServiceDesk(app.state.engine, app.state.bus, app.state, write_lock=lock)
     app.state.services = desk
+    try:
+        await desk.reconcile_audit()  # submissions whose audit record a crash lost
+    except Exception:
+        log.exception("audit reconciliation of submissions failed; the service starts anyway")
     stop_sweeper = start_sweeper(desk)
 
     async def stop() -> None:

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +285,42 @@ class ServiceDesk:
             await self._audit_in(conn, AuditEvent.of(principal, "service.manage", f"service:{code}", ip=ip,
                                                      tenant=tenant, op="delete"))
         self._managed.pop((tenant, code), None)
+
+    async def reconcile_audit(self, window: timedelta = timedelta(days=2),
+                              settle: timedelta = timedelta(minutes=1)) -> int:
+        """Record `application.submit` for submissions committed in the last `window` whose audit record
+        is missing: the process died between the application's commit and its audit record (which the
+        API writes after the commit, so that the one-statement insert stays fast). Runs at start; only
+        submissions older than `settle` count, so another process's record still in flight is not
+        doubled. Recovered records say so (``recovered: true``). Returns how many were recorded."""
+        security = self._peer("security")
+        if security is None:
+            return 0
+        now = clock.now()
+        a = m.applications
+        async with self._read() as conn:
+            rows = (await conn.execute(select(a.c.id, a.c.tenant, a.c.applicant, a.c.service_code, a.c.receipt,
+                                              a.c.bundle_id, a.c.submitted_at)
+                                       .where(a.c.submitted_at >= now - window, a.c.submitted_at < now - settle)
+                                       )).mappings().all()
+        if not rows:
+            return 0
+        resource = {r["id"]: f"case:{r['bundle_id']}" if r["bundle_id"] else f"application:{r['id']}" for r in rows}
+        # A record written before its application's commit time cannot exist: search from the window's start.
+        present = await security.audit.recorded("application.submit", list(resource.values()),
+                                                now - window - settle)
+        missing: dict[str, AuditEvent] = {}
+        for r in rows:
+            if resource[r["id"]] in present or resource[r["id"]] in missing:
+                continue
+            missing[resource[r["id"]]] = AuditEvent(
+                "application.submit", resource[r["id"]], actor=r["applicant"], actor_kind="user", role="unknown",
+                tenant=r["tenant"], detail={"service": r["service_code"], "receipt": r["receipt"], "recovered": True,
+                                            "submittedAt": _iso(r["submitted_at"])})
+        if missing:
+            log.warning("audit: %d submissions had no audit record (lost in a crash); recorded now", len(missing))
+            await security.audit.append_many(list(missing.values()))
+        return len(missing)
 
     # ------------------------------------------------------------------ uploads
 
