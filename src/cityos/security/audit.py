@@ -495,10 +495,9 @@ class AuditLog:
                         anchored = digest
                 after = last_seq
         if anchor is not None and anchor[0] > 0:
-            if last_seq < anchor[0] or head_seq < anchor[0]:
-                first = min(last_seq, head_seq) + 1
-                return VerifyReport(False, checked, head_seq, "truncated", first,
-                                    f"records {first}..{anchor[0]} were in the chain at the last checkpoint "
+            if last_seq < anchor[0]:
+                return VerifyReport(False, checked, head_seq, "truncated", last_seq + 1,
+                                    f"records {last_seq + 1}..{anchor[0]} were in the chain at the last checkpoint "
                                     "and are missing now")
             if anchored != anchor[1]:
                 return VerifyReport(False, checked, head_seq, "truncated", anchor[0],
