@@ -7,6 +7,7 @@ postgresql when CITYOS_TEST_POSTGRES_URL is set). PostgreSQL runs get a fresh da
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +29,12 @@ __all__ = ["Auth", "auth"]
 # Tests compute indicators when they mean to: a scheduled round would publish KPI entities into the
 # hub in the middle of other tests.
 os.environ.setdefault("CITYOS_EVALUATION_INTERVAL_SECONDS", "0")
+# Tests empty every table between tests, so signed audit checkpoints of the session's app would
+# (rightly) report the chain as truncated: the session app writes none, into a file of its own.
+# The checkpoint tests (tests/security/test_sec_audit_checkpoints.py) use their own stores.
+os.environ.setdefault("CITYOS_AUDIT_CHECKPOINT_SECONDS", "0")
+os.environ.setdefault("CITYOS_AUDIT_CHECKPOINT_FILE",
+                      os.path.join(tempfile.mkdtemp(prefix="cityos-checkpoints-"), "audit-checkpoints.jsonl"))
 
 # Kept importable under their old names for test modules that use them.
 _admin_sql = admin_sql

@@ -39,6 +39,7 @@ from cityos.core.responses import json_response, read_json_object
 from cityos.security.accounts import AccountService
 from cityos.security.approvals import ApprovalService
 from cityos.security.audit import OUTCOMES, AuditEvent, AuditLog, AuditQuery, ts_text
+from cityos.security.audit_anchor import Checkpointer, CheckpointStore, checkpoint_store, verify_anchored
 from cityos.security.crypto import load_keyring
 from cityos.security.policy import Principal, Resource, authorize, effective_tenant
 from cityos.security.service import Forbidden, OAuthError, SecurityService, Unauthorized
@@ -57,6 +58,7 @@ class SecurityState:
     service: SecurityService
     approvals: ApprovalService
     audit: AuditLog
+    checkpoints: CheckpointStore | None = None  # signed checkpoints of the audit chain (audit_anchor)
 
     @property
     def accounts(self) -> AccountService:
@@ -76,10 +78,14 @@ async def start_security(app: FastAPI, settings: SecuritySettings | None = None,
                               load_keyring(settings), audit, oidc, write_lock)
     await service.startup()
     await audit.start()
-    app.state.security = SecurityState(settings, service, ApprovalService(service), audit)
+    checkpoints = checkpoint_store(settings)
+    checkpointer = Checkpointer(engine, checkpoints)
+    checkpointer.start()
+    app.state.security = SecurityState(settings, service, ApprovalService(service), audit, checkpoints)
 
     async def stop() -> None:
         await audit.stop()
+        await checkpointer.stop()  # after the writer's last commit, so that the checkpoint covers it
         service.close()
 
     return stop
@@ -582,6 +588,18 @@ async def search_audit(request: Request, principal: Principal | None = Depends(r
     return json_response(rows)
 
 
+FORMULA_LEADS = frozenset("=+-@\t\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell with spreadsheet formulas neutralised (CSV injection, OWASP): a text starting
+    with = + - @ tab or CR gets a leading apostrophe. An empty text stays empty (a missing field,
+    e.g. no IP, must not turn into a stray apostrophe)."""
+    if isinstance(value, str) and value and value[0] in FORMULA_LEADS:
+        return "'" + value
+    return value
+
+
 @router.get("/audit/export")
 async def export_audit(request: Request, principal: Principal | None = Depends(require("audit.export"))) -> Response:
     assert principal is not None
@@ -603,9 +621,7 @@ async def export_audit(request: Request, principal: Principal | None = Depends(r
             else:
                 buf = io.StringIO()
                 values = [orjson.dumps(row[c]).decode() if c == "detail" else row[c] for c in columns]
-                # Neutralise spreadsheet formulas (CSV injection).
-                csv.writer(buf).writerow([f"'{v}" if isinstance(v, str) and v[:1] in "=+-@\t\r" else v
-                                          for v in values])
+                csv.writer(buf).writerow([csv_cell(v) for v in values])
                 yield buf.getvalue().encode()
 
     media = "application/x-ndjson" if fmt == "ndjson" else "text/csv"
@@ -615,5 +631,7 @@ async def export_audit(request: Request, principal: Principal | None = Depends(r
 
 @router.get("/audit/verify")
 async def verify_audit(request: Request, principal: Principal | None = Depends(require("audit.read"))) -> Response:
-    report = await security_of(request).audit.verify()
+    state = security_of(request)
+    report = await (verify_anchored(state.audit, state.checkpoints) if state.checkpoints is not None
+                    else state.audit.verify())
     return json_response(report.to_json())

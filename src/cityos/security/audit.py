@@ -20,7 +20,15 @@ after that commit (durable before acknowledged); `submit` does not wait, and `st
 everything still queued.
 
 Limits, honestly: an unkeyed chain proves integrity against anyone who cannot rewrite the whole
-tail *and* the head. Anchor the head hash elsewhere (a log shipper, a notary) for more.
+tail *and* the head. `cityos.security.audit_anchor` therefore signs checkpoints of the head (Ed25519)
+into an append-only file outside the database (and the log), and `verify(anchor=…)` reports a
+chain that no longer reaches or extends the latest checkpoint as ``truncated``.
+
+Crash between a change and its audit record: administrative writes append their records with
+`append_in`, in the change's own transaction; busy paths (entity writes, telemetry, submissions) use
+`record` after their commit, so the chain's head is not a lock every write of the platform waits on.
+A domain can find what a crash lost at start with `recorded` (submissions:
+`ServiceDesk.reconcile_audit`).
 """
 
 from __future__ import annotations
@@ -163,9 +171,10 @@ class VerifyReport:
     ok: bool
     checked: int
     head_seq: int
-    problem: str | None = None  # altered | inserted | deleted
+    problem: str | None = None  # altered | inserted | deleted | truncated | checkpoint
     seq: int | None = None
     detail: str = ""
+    checkpoint: int | None = None  # seq of the signed checkpoint the chain was checked against
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,6 +248,28 @@ class AuditLog:
                 rows.append(row)
             await conn.execute(insert(audit), rows)
             await conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+        return [row["seq"] for row in rows]
+
+    async def append_in(self, conn: AsyncConnection, events: Sequence[AuditEvent]) -> list[int]:
+        """Append `events` inside the caller's transaction `conn`: the records commit if and only if
+        the caller's change does, so a crash between the two cannot lose them.
+
+        The chain head stays locked until the caller commits (a row lock on PostgreSQL; on SQLite the
+        caller already holds the write lock, which is why the caller must write through the process's
+        shared write lock). Meant for low-volume administrative writes; busy paths use `record`
+        (group commit after the change's own commit)."""
+        if not events:
+            return []
+        self._head = None  # this process's hint is stale once the caller commits
+        seq, prev = await self._lock_head(conn)
+        rows = []
+        for event in events:
+            seq += 1
+            row = _row(event, seq, prev)
+            prev = row["hash"]
+            rows.append(row)
+        await conn.execute(insert(audit), rows)
+        await conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
         return [row["seq"] for row in rows]
 
     async def _append_pg(self, events: Sequence[AuditEvent]) -> list[int]:
@@ -407,14 +438,30 @@ class AuditLog:
                 yield present(dict(r), masked)
             after = int(rows[-1]["seq"])
 
+    async def recorded(self, action: str, resources: Sequence[str], since: datetime) -> set[str]:
+        """Those of `resources` that have an `action` record at or after `since` (for reconciliation)."""
+        found: set[str] = set()
+        wanted = list(dict.fromkeys(resources))
+        async with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = await conn.execute(select(audit.c.resource).where(
+                    audit.c.action == action, audit.c.ts >= ts_text(since), audit.c.resource.in_(wanted[i:i + 500])))
+                found.update(str(r[0]) for r in rows)
+        return found
+
     async def count(self) -> int:
         async with self.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(audit))).scalar_one())
 
-    async def verify(self, chunk: int = 5000) -> VerifyReport:
-        """Walk the chain; report the first altered, inserted or deleted record."""
+    async def verify(self, chunk: int = 5000, anchor: tuple[int, str] | None = None) -> VerifyReport:
+        """Walk the chain; report the first altered, inserted or deleted record.
+
+        `anchor` = (seq, hash) of a trusted checkpoint kept outside the database (see
+        `cityos.security.audit_anchor`): the chain must still hold that record with that hash,
+        otherwise its tail was cut off (and perhaps re-grown): problem ``truncated``."""
         prev1, prev2 = GENESIS_HASH, None  # hashes of the last two records seen
         last_seq, checked, after = 0, 0, -1
+        anchored: str | None = None  # the hash found at the anchor's seq
         async with self.engine.connect() as conn:
             head = (await conn.execute(select(audit_head.c.seq, audit_head.c.hash)
                                        .where(audit_head.c.id == 1))).first()
@@ -423,7 +470,7 @@ class AuditLog:
             columns = [audit.c[c] for c in COLUMNS]
             while True:
                 rows = (await conn.execute(select(*columns).where(audit.c.seq > after).order_by(audit.c.seq)
-                                           .limit(chunk))).tuples().all()
+                                           .limit(chunk))).all()
                 if not rows:
                     break
                 for (seq, ts, actor, actor_kind, role, tenant, action, resource, outcome, ip, detail, prev_hash,
@@ -448,7 +495,18 @@ class AuditLog:
                         return VerifyReport(False, checked, head_seq, "inserted", seq,
                                             "sequence numbers are not contiguous")
                     prev2, prev1, last_seq = prev1, digest, seq
+                    if anchor is not None and seq == anchor[0]:
+                        anchored = digest
                 after = last_seq
+        if anchor is not None and anchor[0] > 0:
+            if last_seq < anchor[0]:
+                return VerifyReport(False, checked, head_seq, "truncated", last_seq + 1,
+                                    f"records {last_seq + 1}..{anchor[0]} were in the chain at the last checkpoint "
+                                    "and are missing now")
+            if anchored != anchor[1]:
+                return VerifyReport(False, checked, head_seq, "truncated", anchor[0],
+                                    f"record {anchor[0]} no longer has the hash of the last checkpoint: the chain "
+                                    "does not extend the checkpointed head (its tail was cut off and re-written)")
         if head_seq > last_seq:
             return VerifyReport(False, checked, head_seq, "deleted", last_seq + 1,
                                 f"records {last_seq + 1}..{head_seq} are missing from the end")

@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import typer
@@ -22,6 +23,7 @@ from cityos.core.db import create_engine
 from cityos.security.accounts import AccountService
 from cityos.security.approvals import ApprovalService
 from cityos.security.audit import AuditLog
+from cityos.security.audit_anchor import checkpoint_store, verify_anchored, write_checkpoint
 from cityos.security.crypto import load_keyring, reencrypt
 from cityos.security.policy import USER_ROLES, Principal
 from cityos.security.service import SecurityService
@@ -236,8 +238,17 @@ async def _user_by_id(service: SecurityService, user_id: str) -> dict[str, Any]:
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Walk the hash chain; report the first altered, inserted or deleted record (exit 1 if any)."""
-    report = _run(lambda s: s.audit.verify())
+    """Walk the hash chain and check it against the newest signed checkpoint (CITYOS_AUDIT_CHECKPOINT_FILE);
+    report the first altered, inserted or deleted record, or a truncated tail (exit 1 if any)."""
+    report = _run(lambda s: verify_anchored(s.audit, checkpoint_store(s.settings)))
     console.print_json(json.dumps(report.to_json()))
     if not report.ok:
         raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign the chain's current head and append it to the checkpoint file now (e.g. from cron)."""
+    written = _run(lambda s: write_checkpoint(s.engine, checkpoint_store(s.settings)))
+    console.print_json(json.dumps(asdict(written) if written is not None else {"written": False,
+                                                                                 "reason": "the chain is empty"}))

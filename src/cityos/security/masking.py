@@ -76,6 +76,28 @@ def mask_text(text: str) -> str:
     return MOBILE_IN_TEXT.sub(lambda m: m.group(1) + "****" + m.group(2), text)
 
 
+# Public free text (Open311 descriptions, incident titles and descriptions published to the hub):
+# what people type, separators and all. Resident ID numbers (GB 11643-1999: 6-digit region code,
+# birth date 18xx/19xx/20xx, 3-digit sequence, check digit 0-9 or X), mobile numbers (1[3-9] + 9
+# digits, optionally +86 and spaces or dashes in 3-4-4 groups), landlines (0 + 2-3 digit area code,
+# 7-8 digit number, optionally in parentheses or with a dash/space, optionally an extension).
+PUBLIC_ID = re.compile(r"(?<![0-9A-Za-z])(\d{3})\d{3}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"
+                       r"(\d{3}[\dXx])(?![0-9A-Za-z])")
+PUBLIC_MOBILE = re.compile(r"(?<![\d+])((?:\+?86[ -]?)?1[3-9]\d)[ -]?\d{4}[ -]?(\d{4})(?!\d)")
+PUBLIC_LANDLINE = re.compile(r"(?<![\d(])(\(?0\d{2,3}\)?)[ -]?\d{3,4}[ -]?\d{2}(\d{2})"
+                             r"(?:[ -]?(?:转|ext\.?|x)\s?\d{1,6})?(?!\d)", re.IGNORECASE)
+
+
+def mask_public_text(text: str) -> str:
+    """Mask resident ID numbers and phone numbers (mobile and landline) in free text shown to anyone.
+
+    Stricter than `mask_text` (which serves audit details): it also finds numbers written with
+    separators and landlines, and checks an ID number's birth date so that order numbers are left alone."""
+    text = PUBLIC_ID.sub(lambda m: m.group(1) + "*" * 11 + m.group(2), text)
+    text = PUBLIC_MOBILE.sub(lambda m: m.group(1) + "****" + m.group(2), text)
+    return PUBLIC_LANDLINE.sub(lambda m: m.group(1) + "-****" + m.group(2), text)
+
+
 def mask_json_text(value: Any) -> Any:
     """`mask_text` over every string of a JSON value (audit details, export rows)."""
     if isinstance(value, str):

@@ -89,11 +89,21 @@ def load_signing_keys(settings: SecuritySettings) -> list[SigningKey]:
         raise RuntimeError("production needs CITYOS_JWT_KEY_FILE")
     else:
         path = settings.data_dir / "jwt-signing.pem"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(SigningKey.from_private(Ed25519PrivateKey.generate()).pem())
+        generate_key_file(path)
+    return load_key_file(path)
+
+
+def generate_key_file(path: Path) -> None:
+    """Create `path` (mode 0600) holding a new Ed25519 private key, unless it exists."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(SigningKey.from_private(Ed25519PrivateKey.generate()).pem())
+
+
+def load_key_file(path: Path) -> list[SigningKey]:
+    """The Ed25519 keys of a PEM file of PKCS#8 private keys, the signing one first."""
     keys: list[SigningKey] = []
     for block in _PEM_BLOCK.findall(path.read_bytes()):
         private = serialization.load_pem_private_key(block, password=None)

@@ -5,7 +5,8 @@
     POST   /api/services/catalogue                a definition with inline BPMN/DMN (service.manage) → 201
     PUT    /api/services/catalogue/{code}         replace it; DELETE removes it (managed services only)
     POST   /api/services/uploads                  multipart `file` → 201 {uploadId, sha256, size, contentType}
-    GET    /api/services/uploads/{id}             the bytes (owner or staff)
+    GET    /api/services/uploads/{id}             the bytes (uploader, or whoever may read an application
+                                                  holding it); audited
     POST   /api/services/applications             {serviceCode, form, materials, channel?} → 201
     GET    /api/services/applications             ?status=&limit=&offset= (mine / my departments' / tenant);
                                                   &group=case: a one-thing bundle is one item (kind bundle)
@@ -25,6 +26,7 @@ service checks the real resource (owner, department) through `enforce`, so refus
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +42,7 @@ from cityos.security.service import Unauthorized
 from cityos.services.scheduled import start_sweeper
 from cityos.services.service import Check, ServiceDesk
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/services", tags=["services"])
 routers: list[APIRouter] = [router]
 MAX_JSON = 1024 * 1024
@@ -121,8 +124,7 @@ async def create_service(request: Request,
                          principal: Principal | None = Depends(require("service.manage"))) -> Response:
     tenant = request_tenant(request, principal)
     guide_doc = await desk_of(request).put_service(principal, tenant, await _body(request),
-                                                   _check(request, principal))
-    await _audit(request, principal, "service.manage", f"service:{guide_doc['code']}", op="create")
+                                                   _check(request, principal), ip=client_ip(request))
     return _json(guide_doc, 201)
 
 
@@ -131,16 +133,15 @@ async def replace_service(request: Request, code: str,
                           principal: Principal | None = Depends(require("service.manage"))) -> Response:
     tenant = request_tenant(request, principal)
     guide_doc = await desk_of(request).put_service(principal, tenant, await _body(request),
-                                                   _check(request, principal), code=code)
-    await _audit(request, principal, "service.manage", f"service:{code}", op="replace")
+                                                   _check(request, principal), code=code, ip=client_ip(request))
     return _json(guide_doc)
 
 
 @router.delete("/catalogue/{code}", status_code=204)
 async def delete_service(request: Request, code: str,
                          principal: Principal | None = Depends(require("service.manage"))) -> Response:
-    await desk_of(request).delete_service(request_tenant(request, principal), code, _check(request, principal))
-    await _audit(request, principal, "service.manage", f"service:{code}", op="delete")
+    await desk_of(request).delete_service(request_tenant(request, principal), code, _check(request, principal),
+                                          principal, ip=client_ip(request))
     return Response(status_code=204)
 
 
@@ -165,15 +166,17 @@ async def upload(request: Request, principal: Principal | None = Depends(require
                                                                                  "message": "required"}])
     data = await part.read(limit + 1)
     await form.close()
-    result = await desk.upload(user, request_tenant(request, principal), data, part.content_type, part.filename)
+    result = await desk.upload(user, request_tenant(request, principal), data, part.content_type, part.filename,
+                               ip=client_ip(request))
     return _json(result, 201)
 
 
 @router.get("/uploads/{upload_id}")
 async def download(request: Request, upload_id: str,
                    principal: Principal | None = Depends(require("application.read"))) -> Response:
-    data, content_type = await desk_of(request).upload_blob(_user(principal), request_tenant(request, principal),
-                                                            upload_id)
+    data, content_type, applications = await desk_of(request).upload_blob(
+        _user(principal), request_tenant(request, principal), upload_id[:64], _check(request, principal))
+    await _audit(request, principal, "upload.download", f"upload:{upload_id[:64]}", applications=applications)
     return Response(data, media_type=content_type, headers={"Content-Disposition": "attachment",
                                                             "X-Content-Type-Options": "nosniff"})
 
@@ -282,7 +285,7 @@ async def overdue(request: Request, department: str | None = Query(None, max_len
 @router.get("/metrics")
 async def metrics(request: Request, by: str = Query("service", pattern="^(service|department)$"),
                   principal: Principal | None = Depends(require("supervision.read"))) -> Response:
-    return _json(await desk_of(request).metrics(request_tenant(request, principal), by))
+    return _json(await desk_of(request).metrics(principal, request_tenant(request, principal), by))
 
 
 # ------------------------------------------------------------------------------ start-up
@@ -296,6 +299,10 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
         lock = getattr(hub.service.store, "_sqlite_write_lock", None)
     desk = ServiceDesk(app.state.engine, app.state.bus, app.state, write_lock=lock)
     app.state.services = desk
+    try:
+        await desk.reconcile_audit()  # submissions whose audit record a crash lost
+    except Exception:
+        log.exception("audit reconciliation of submissions failed; the service starts anyway")
     stop_sweeper = start_sweeper(desk)
 
     async def stop() -> None:

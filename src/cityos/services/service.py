@@ -16,10 +16,10 @@ import logging
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ from cityos.core import clock
 from cityos.core.clock import as_utc, as_utc_or_none
 from cityos.core.errors import AlreadyExists, BadRequestData, Conflict, ResourceNotFound
 from cityos.core.events import EventBus
-from cityos.security.policy import STAFF_ROLES, Principal, Resource, Role
+from cityos.security.audit import AuditEvent
+from cityos.security.policy import STAFF_ROLES, Principal, Resource, Role, Scope, authorize, role_of, scope_for
 from cityos.security.service import Forbidden
 from cityos.services import models as m
 from cityos.services.calendar import WorkCalendar
@@ -222,8 +223,14 @@ class ServiceDesk:
             return self.bundles[code].guide(self.services)
         return (await self.service(tenant, code)).guide()
 
+    async def _audit_in(self, conn: AsyncConnection, event: AuditEvent) -> None:
+        """The audit record of an administrative write, in the write's own transaction."""
+        security = self._peer("security")
+        if security is not None:
+            await security.audit.append_in(conn, [event])
+
     async def put_service(self, principal: Principal | None, tenant: str, doc: Any, check: Check,
-                          code: str | None = None) -> dict[str, Any]:
+                          code: str | None = None, ip: str = "") -> dict[str, Any]:
         if not isinstance(doc, dict):
             raise BadRequestData("a service definition is a JSON object")
         if code is not None and doc.get("code", code) != code:
@@ -260,23 +267,65 @@ class ServiceDesk:
             else:
                 await conn.execute(update(m.services).where(m.services.c.tenant == tenant,
                                                            m.services.c.code == svc.code).values(**values))
+            await self._audit_in(conn, AuditEvent.of(principal, "service.manage", f"service:{svc.code}", ip=ip,
+                                                     tenant=tenant, op="create" if row is None else "replace",
+                                                     version=version))
         svc.version = version
         self._managed[(tenant, svc.code)] = svc
         return svc.guide()
 
-    async def delete_service(self, tenant: str, code: str, check: Check) -> None:
+    async def delete_service(self, tenant: str, code: str, check: Check, principal: Principal | None = None,
+                             ip: str = "") -> None:
         if code in self.services:
             raise Forbidden(f"service {code!r} is part of the shipped catalogue; change it in the repository")
         svc = await self.service(tenant, code)
         await check("service.manage", Resource("service", tenant, id=code, department=svc.definition.department))
         async with self.write() as conn:
             await conn.execute(m.services.delete().where(m.services.c.tenant == tenant, m.services.c.code == code))
+            await self._audit_in(conn, AuditEvent.of(principal, "service.manage", f"service:{code}", ip=ip,
+                                                     tenant=tenant, op="delete"))
         self._managed.pop((tenant, code), None)
+
+    async def reconcile_audit(self, window: timedelta = timedelta(days=2),
+                              settle: timedelta = timedelta(minutes=1)) -> int:
+        """Record `application.submit` for submissions committed in the last `window` whose audit record
+        is missing: the process died between the application's commit and its audit record (which the
+        API writes after the commit, so that the one-statement insert stays fast). Runs at start; only
+        submissions older than `settle` count, so another process's record still in flight is not
+        doubled. Recovered records say so (``recovered: true``). Returns how many were recorded."""
+        security = self._peer("security")
+        if security is None:
+            return 0
+        now = clock.now()
+        a = m.applications
+        async with self._read() as conn:
+            rows = (await conn.execute(select(a.c.id, a.c.tenant, a.c.applicant, a.c.service_code, a.c.receipt,
+                                              a.c.bundle_id, a.c.submitted_at)
+                                       .where(a.c.submitted_at >= now - window, a.c.submitted_at < now - settle)
+                                       )).mappings().all()
+        if not rows:
+            return 0
+        resource = {r["id"]: f"case:{r['bundle_id']}" if r["bundle_id"] else f"application:{r['id']}" for r in rows}
+        # A record written before its application's commit time cannot exist: search from the window's start.
+        present = await security.audit.recorded("application.submit", list(resource.values()),
+                                                now - window - settle)
+        missing: dict[str, AuditEvent] = {}
+        for r in rows:
+            if resource[r["id"]] in present or resource[r["id"]] in missing:
+                continue
+            missing[resource[r["id"]]] = AuditEvent(
+                "application.submit", resource[r["id"]], actor=r["applicant"], actor_kind="user", role="unknown",
+                tenant=r["tenant"], detail={"service": r["service_code"], "receipt": r["receipt"], "recovered": True,
+                                            "submittedAt": _iso(r["submitted_at"])})
+        if missing:
+            log.warning("audit: %d submissions had no audit record (lost in a crash); recorded now", len(missing))
+            await security.audit.append_many(list(missing.values()))
+        return len(missing)
 
     # ------------------------------------------------------------------ uploads
 
     async def upload(self, principal: Principal, tenant: str, data: bytes, declared: str | None,
-                     filename: str | None) -> dict[str, Any]:
+                     filename: str | None, ip: str = "") -> dict[str, Any]:
         if not data:
             raise FieldErrors([{"field": "file", "message": "the file is empty"}])
         if len(data) > self.settings.max_upload_bytes:
@@ -298,6 +347,10 @@ class ServiceDesk:
                       "content_type": detected, "filename": safe_name, "created_at": clock.now()}
         async with self.write() as conn:
             await conn.execute(m.uploads.insert(), upload_row)
+            # Personal documents: the upload and its audit record commit together.
+            await self._audit_in(conn, AuditEvent.of(principal, "upload.create", f"upload:{upload_id}", ip=ip,
+                                                     tenant=tenant, sha256=digest, size=len(data),
+                                                     contentType=detected))
         self._remember_upload(upload_row)
         return {"uploadId": upload_id, "sha256": digest, "size": len(data), "contentType": detected}
 
@@ -907,6 +960,16 @@ class ServiceDesk:
             raise ResourceNotFound(f"no task {task_id!r}")
         return dict(task)
 
+    @staticmethod
+    def _read_resource(principal: Principal | None, tenant: str, row: Any, task_departments: Iterable[str]) -> Resource:
+        """The resource `application.read` is checked on: the application's department, or, for staff,
+        whichever involved department (the lead's or a task's) is one of theirs."""
+        department = row["department"]
+        if principal is not None and principal.role in STAFF_ROLES:
+            involved = set(task_departments) | {department}
+            department = next((d for d in sorted(involved, key=str) if d in principal.departments), department)
+        return Resource("application", tenant, id=row["id"], department=department, owner=row["applicant"])
+
     async def application(self, principal: Principal | None, tenant: str, app_id: str,
                           check: Check) -> dict[str, Any]:
         async with self._read() as conn:
@@ -916,12 +979,8 @@ class ServiceDesk:
                 raise ResourceNotFound(f"no application {app_id!r}")
             task_rows = (await conn.execute(select(m.tasks).where(m.tasks.c.application_id == app_id)
                                             .order_by(m.tasks.c.created_at))).mappings().all()
-        department = row["department"]
-        if principal is not None and principal.role in STAFF_ROLES:
-            involved = {t["department"] for t in task_rows} | {department}
-            department = next((d for d in involved if d in principal.departments), department)
-        await check("application.read", Resource("application", tenant, id=app_id, department=department,
-                                                 owner=row["applicant"]))
+        await check("application.read", self._read_resource(principal, tenant, row,
+                                                            (t["department"] for t in task_rows)))
         svc = self.services.get(row["service_code"])
         return self.view(dict(row), svc, [dict(t) for t in task_rows if t["status"] == "open"])
 
@@ -1079,14 +1138,39 @@ class ServiceDesk:
                      "actions": ["approve", "reject", "request-supplement"] if row["status"] == "open" else []})
         return item
 
-    async def upload_blob(self, principal: Principal, tenant: str, upload_id: str) -> tuple[bytes, str]:
+    async def upload_blob(self, principal: Principal, tenant: str, upload_id: str,
+                          check: Check) -> tuple[bytes, str, list[str]]:
+        """The bytes of an upload, for whoever may read it: its uploader, or anyone who may read an
+        application it is attached to (the same `application.read` check as reading the application).
+        An upload attached to nothing yet is its uploader's alone. Returns (bytes, content type, ids of
+        the applications it belongs to) so that the caller can audit the download."""
         async with self._read() as conn:
             row = (await conn.execute(select(m.uploads).where(
                 m.uploads.c.id == upload_id, m.uploads.c.tenant == tenant))).mappings().first()
-        if row is None or (principal.role not in STAFF_ROLES and row["owner"] != principal.id):
+            attached: list[Any] = []
+            tasks: dict[str, list[str]] = {}
+            if row is not None and row["owner"] != principal.id:
+                # Materials are always the applicant's own uploads (see `_materials`), so the
+                # applications holding this one are among its owner's (served by the applicant index).
+                candidates = (await conn.execute(select(
+                    m.applications.c.id, m.applications.c.department, m.applications.c.applicant,
+                    m.applications.c.materials).where(m.applications.c.tenant == tenant,
+                                                      m.applications.c.applicant == row["owner"]))).mappings().all()
+                attached = [a for a in candidates if _holds_upload(a["materials"], upload_id)]
+                if attached:
+                    for app_id, dept in (await conn.execute(select(m.tasks.c.application_id, m.tasks.c.department)
+                                                            .where(m.tasks.c.application_id.in_(
+                                                                [a["id"] for a in attached])))).all():
+                        tasks.setdefault(app_id, []).append(dept)
+        if row is None or (row["owner"] != principal.id and not attached):
             raise ResourceNotFound(f"no upload {upload_id!r}")
+        if row["owner"] != principal.id:
+            resources = [self._read_resource(principal, tenant, a, tasks.get(a["id"], ())) for a in attached]
+            allowed = next((r for r in resources if authorize(principal, "application.read", r)), None)
+            # The refusal goes through `check` (audited, 403) with the first application's resource.
+            await check("application.read", allowed or resources[0])
         data = await asyncio.to_thread(self._blob_path(row["sha256"]).read_bytes)
-        return data, row["content_type"]
+        return data, row["content_type"], [a["id"] for a in attached]
 
     # ------------------------------------------------------------------ bundles
 
@@ -1199,8 +1283,12 @@ class ServiceDesk:
                           "waitingOn": sorted(set(waiting.get(r["id"], [])))})
         return {"asOf": now.isoformat(), "byDepartment": {dept: n for dept, n in counts}, "items": items}
 
-    async def metrics(self, tenant: str, by: str) -> dict[str, Any]:
+    async def metrics(self, principal: Principal | None, tenant: str, by: str) -> dict[str, Any]:
+        """Per service or department. A caller whose `supervision.read` is department-scoped (a
+        dept_admin) sees only its own departments' applications and ratings."""
         a = m.applications
+        departments = None if scope_for(role_of(principal), "supervision.read") in (Scope.TENANT, Scope.ALL) \
+            else sorted(principal.departments if principal is not None else ())
         key = a.c.service_code if by == "service" else a.c.department
         now = clock.now()
         overdue = case((and_(a.c.completed_at.is_not(None), a.c.completed_at > a.c.due_at), 1),
@@ -1212,9 +1300,11 @@ class ServiceDesk:
                        func.avg(a.c.handling_seconds).label("avg_seconds"),
                        func.sum(overdue).label("overdue"),
                        func.sum(a.c.trips_saved).label("trips_saved")).where(a.c.tenant == tenant).group_by(key)
+        if departments is not None:
+            query = query.where(a.c.department.in_(departments))
         async with self._read() as conn:
             rows = (await conn.execute(query)).mappings().all()
-        satisfaction = await self._satisfaction(tenant)
+        satisfaction = await self._satisfaction(tenant, departments)
         items = []
         for r in rows:
             total = int(r["total"])
@@ -1229,15 +1319,20 @@ class ServiceDesk:
         items.sort(key=lambda x: str(x[by]))
         return {"by": by, "asOf": now.isoformat(), "items": items, "satisfaction": satisfaction}
 
-    async def _satisfaction(self, tenant: str) -> Any:
+    async def _satisfaction(self, tenant: str, departments: list[str] | None = None) -> Any:
         ratings = self._peer("ratings")
         if ratings is None or not hasattr(ratings, "satisfaction"):
             return None
         try:
-            return await ratings.satisfaction(tenant)
+            return await ratings.satisfaction(tenant, departments)
         except Exception:
             log.exception("ratings.satisfaction failed")
             return None
+
+
+def _holds_upload(materials: Any, upload_id: str) -> bool:
+    return isinstance(materials, list) and any(isinstance(item, dict) and item.get("uploadId") == upload_id
+                                               for item in materials)
 
 
 _JSON_COLUMNS: dict[str, frozenset[str]] = {}

@@ -61,6 +61,7 @@ from cityos.ops.incidents.models import (
 from cityos.ops.incidents.routing import Policy, Routing, best_policy, clock_state, default_policies, level_up
 from cityos.security.audit import AuditEvent
 from cityos.security.crypto import ENCRYPTED_COLUMNS, KeyRing, register_encrypted
+from cityos.security.masking import mask_public_text
 from cityos.security.models import departments
 from cityos.security.policy import Principal
 
@@ -1197,13 +1198,16 @@ class IncidentService:
         entity: dict[str, Any] = {
             "id": f"{ENTITY_PREFIX}{row.id}", "type": "Incident",
             "category": prop(row.category), "status": prop(row.status), "level": prop(row.level),
-            "source": prop(row.source), "title": prop(row.title), "department": prop(row.department),
+            # Titles and descriptions are typed by people (hotline staff, citizens): the hub copy is
+            # shared with other domains and may be public, so phone and ID numbers in them are masked.
+            "source": prop(row.source), "title": prop(mask_public_text(row.title) if row.title else row.title),
+            "department": prop(row.department),
             "reportCount": prop(row.report_count), "escalations": prop(row.escalations),
             "slaState": prop(overall_sla(row.response_state, row.resolution_state)),
             "responseState": prop(row.response_state), "resolutionState": prop(row.resolution_state),
         }
         if row.source != "hotline" and row.description:
-            entity["description"] = prop(row.description[:1000])
+            entity["description"] = prop(mask_public_text(row.description[:1000]))
         if row.severity:
             entity["severity"] = prop(row.severity)
         if row.location:

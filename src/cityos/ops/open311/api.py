@@ -17,7 +17,8 @@
     shown once and stored as SHA-256 digests.
 
 Errors use the GeoReport format with the HTTP status as code. The tenant of a POST is its api_key's;
-GETs read the tenant of the NGSILD-Tenant header (default tenant without it). A citizen's Bearer
+anonymous GETs read the jurisdiction's tenant (CITYOS_OPEN311_TENANT, default ""; a header naming another
+tenant is refused), signed-in callers their token's tenant. A citizen's Bearer
 token on a POST makes the citizen the reporter, who may then follow the incident under
 /api/ops/incidents and confirm its resolution.
 """
@@ -37,7 +38,7 @@ from cityos.core.errors import ProblemError, ResourceNotFound
 from cityos.ops.incidents.service import IncidentService, Plan
 from cityos.ops.open311.formats import FORMATS, error, render
 from cityos.ops.open311.service import Open311Error, Open311Service
-from cityos.security.api import current_principal, enforce, request_tenant, require
+from cityos.security.api import current_principal, enforce, header_tenant, request_tenant, require
 from cityos.security.policy import Principal, Resource
 
 PREFIX = "/open311/v2"
@@ -74,7 +75,7 @@ async def guarded(fmt: str, handler: Handler) -> Response:
 
 async def _tenant(request: Request) -> str:
     principal = await current_principal(request)
-    tenant = request_tenant(request, principal)
+    tenant = open311_of(request).reader_tenant(principal, header_tenant(request), request_tenant(request, principal))
     jurisdiction = request.query_params.get("jurisdiction_id")
     if jurisdiction is not None:
         _check_jurisdiction(request, jurisdiction)

@@ -32,6 +32,7 @@ from cityos.ops.incidents.models import CATEGORY_PATTERN
 from cityos.ops.incidents.service import IncidentService, NewIncident, Plan
 from cityos.ops.open311.models import api_keys
 from cityos.security.audit import AuditEvent
+from cityos.security.masking import mask_public_text
 from cityos.security.policy import Principal
 
 DATATYPES = ("string", "number", "datetime", "text", "singlevaluelist", "multivaluelist")
@@ -98,6 +99,9 @@ class Catalogue:
     contact: str
     key_service: str
     services: dict[str, Service] = field(default_factory=dict)
+    # The tenant whose requests this jurisdiction publishes: what anonymous GETs read (the catalogue's
+    # `tenant`, overridden by CITYOS_OPEN311_TENANT; default the default tenant "").
+    tenant: str = ""
 
     @classmethod
     def load(cls) -> Catalogue:
@@ -124,8 +128,9 @@ class Catalogue:
                 str(raw["service_code"]), str(raw["service_name"]), str(raw.get("description", "")), category,
                 str(raw.get("type", "realtime")), tuple(raw.get("keywords") or ()), str(raw.get("group", "")),
                 tuple(attributes))
+        tenant = os.environ.get("CITYOS_OPEN311_TENANT", str(doc.get("tenant") or ""))
         return cls(str(doc.get("jurisdiction", "cityos")), str(doc.get("contact", "")),
-                   str(doc.get("key_service", "")), services)
+                   str(doc.get("key_service", "")), services, tenant)
 
 
 def hash_key(key: str) -> str:
@@ -188,6 +193,10 @@ def _attribute_value(attr: Attribute, values: list[str]) -> Any:
     return value
 
 
+def _public(text: str | None) -> str | None:
+    return mask_public_text(text) if text else None
+
+
 def iso_or_none(value: datetime | None) -> str | None:
     return clock.iso(clock.as_utc(value)) if value is not None else None
 
@@ -218,6 +227,20 @@ class Open311Service:
 
     # ------------------------------------------------------------------ catalogue
 
+    def reader_tenant(self, principal: Principal | None, header_tenant: str | None,
+                      request_tenant: str) -> str:
+        """The tenant whose service requests a GET reads.
+
+        Anonymous callers read the jurisdiction's tenant only: an NGSILD-Tenant header naming another
+        tenant is refused (Open311 has no tenants; without this, anyone could read every tenant's
+        requests by naming it). Signed-in callers read their token's tenant (`request_tenant`, already
+        checked against the header)."""
+        if principal is not None:
+            return request_tenant
+        if header_tenant is not None and header_tenant != self.catalogue.tenant:
+            raise Open311Error(404, f"no jurisdiction for tenant {header_tenant[:64]!r}")
+        return self.catalogue.tenant
+
     def service(self, code: str) -> Service:
         found = self.catalogue.services.get(code)
         if found is None:
@@ -234,8 +257,9 @@ class Open311Service:
             await conn.execute(insert(api_keys).values(
                 id=key_id, tenant=tenant, name=name, key_hash=hash_key(key), created_at=now,
                 created_by=by.label if by else "anonymous"))
-        await self.security.record(AuditEvent.of(by, "open311.key.create", f"open311-key:{key_id}", tenant=tenant,
-                                                 name=name))
+            # In the same transaction: a key never exists without its audit record.
+            await self.security.audit.append_in(conn, [AuditEvent.of(
+                by, "open311.key.create", f"open311-key:{key_id}", tenant=tenant, name=name)])
         return {"id": key_id, "name": name, "api_key": key, "createdAt": clock.iso(now)}
 
     async def list_keys(self, tenant: str) -> list[dict[str, Any]]:
@@ -250,10 +274,10 @@ class Open311Service:
             result = await conn.execute(update(api_keys).where(
                 api_keys.c.tenant == tenant, api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=clock.now()))
+            if result.rowcount:
+                await self.security.audit.append_in(conn, [AuditEvent.of(
+                    by, "open311.key.revoke", f"open311-key:{key_id}", tenant=tenant)])
         self._keys.clear()
-        if result.rowcount:
-            await self.security.record(AuditEvent.of(by, "open311.key.revoke", f"open311-key:{key_id}",
-                                                     tenant=tenant))
         return bool(result.rowcount)
 
     async def key_tenant(self, key: str | None) -> str:
@@ -367,16 +391,17 @@ class Open311Service:
         return {
             "service_request_id": str(row.id),
             "status": "closed" if status in ("resolved", "closed") else "open",
-            "status_notes": (row.p_notes if merged else row.status_notes),
+            # Public: anyone may GET requests, so phone and ID numbers typed into free text are masked.
+            "status_notes": _public(row.p_notes if merged else row.status_notes),
             "service_name": service.name if service else row.title,
             "service_code": row.service_code,
-            "description": row.description or None,
+            "description": _public(row.description),
             "agency_responsible": row.p_department if merged else row.department,
             "service_notice": (f"Merged into request {row.parent_id}" if merged else None),
             "requested_datetime": iso_or_none(row.reported_at),
             "updated_datetime": iso_or_none(row.p_updated if merged else row.updated_at),
             "expected_datetime": iso_or_none(row.p_due if merged else row.resolution_due),
-            "address": row.address,
+            "address": _public(row.address),
             "address_id": attributes.get("address_id"),
             "zipcode": None,
             "lat": row.lat,

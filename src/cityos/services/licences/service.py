@@ -35,7 +35,7 @@ from cityos.core.errors import BadRequestData, Conflict, OperationNotSupported, 
 from cityos.core.events import EventBus
 from cityos.security.audit import AuditEvent
 from cityos.security.crypto import CryptoError, KeyRing
-from cityos.security.masking import mask_json_text, mask_value
+from cityos.security.masking import mask_json_text, mask_public_text, mask_text, mask_value
 from cityos.security.policy import Principal
 from cityos.services.licences.keys import LicenceKey
 from cityos.services.licences.models import licences
@@ -78,10 +78,33 @@ def qr_svg(data: str) -> bytes:
     return svg
 
 
+# Names of organisations and things, which verifiers see in clear (a licence's purpose is to show
+# them). Every other member whose name ends in "name" names a person (applicantName, childName,
+# motherName, holderName, …): personal data of the sensitive class, which anonymous verifiers see
+# masked (张*), as the class rules mask a sensitive value for anyone outside the owning department.
+PUBLIC_NAME_KEYS = frozenset(k.lower() for k in (
+    "companyName", "enterpriseName", "organisationName", "organizationName", "businessName", "shopName",
+    "projectName", "serviceName", "licenceName", "productName", "siteName", "buildingName"))
+
+
+def _sensitive_key(key: str) -> bool:
+    lowered = key.lower()
+    return lowered in SENSITIVE_SUBJECT_KEYS or (lowered.endswith("name") and lowered not in PUBLIC_NAME_KEYS)
+
+
+def _mask_free(value: Any) -> Any:
+    """Free text shown to anyone: ID and phone numbers masked, in every spelling `mask_public_text` knows."""
+    if isinstance(value, str):
+        return mask_public_text(mask_text(value))
+    if isinstance(value, list):
+        return [_mask_free(v) for v in value]
+    return mask_json_text(value)
+
+
 def mask_subject(subject: Any) -> Any:
     if not isinstance(subject, dict):
-        return mask_json_text(subject)
-    return {key: (mask_value(value) if key.lower() in SENSITIVE_SUBJECT_KEYS else mask_subject(value))
+        return _mask_free(subject)
+    return {key: (mask_value(value) if _sensitive_key(key) else mask_subject(value))
             for key, value in subject.items()}
 
 
