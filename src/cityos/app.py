@@ -18,8 +18,9 @@ from cityos.config import Settings
 from cityos.core.db import create_engine
 from cityos.core.errors import BadRequestData, InternalError, ProblemError
 from cityos.core.events import EventBus
+from cityos.core.outbound import Outbound
 from cityos.hub import api as hub_api
-from cityos.hub.jsonld import ContextResolver, ContextStore
+from cityos.hub.jsonld import ContextLimits, ContextResolver, ContextStore
 from cityos.hub.service import HubService
 from cityos.hub.store import HubStore
 from cityos.hub.subscriptions import api as subscriptions_api
@@ -113,9 +114,15 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
         engine = create_engine(settings)
         bus = EventBus()
         store = HubStore(engine)
-        contexts = ContextStore(settings.context_fetch_timeout, settings.context_cache_seconds)
+        # The one way out for caller-named URLs (@contexts, subscription endpoints, webhooks, OIDC).
+        outbound = Outbound.from_settings(settings.outbound_allow, settings.outbound_timeout,
+                                          max_redirects=settings.outbound_max_redirects)
+        contexts = ContextStore(settings.context_fetch_timeout, settings.context_cache_seconds, outbound,
+                                ContextLimits(settings.context_max_bytes, settings.context_max_depth,
+                                              settings.context_cache_entries, settings.context_cache_bytes))
         service = HubService(store, bus)
         app.state.settings = settings
+        app.state.outbound = outbound
         app.state.engine = engine
         app.state.bus = bus
         app.state.hub = hub_api.Hub(settings, service, ContextResolver(contexts), contexts)
