@@ -18,6 +18,7 @@ from cityos.config import Settings
 from cityos.core.db import create_engine
 from cityos.core.errors import BadRequestData, InternalError, ProblemError
 from cityos.core.events import EventBus
+from cityos.core.limits import RequestLimits
 from cityos.core.outbound import Outbound
 from cityos.hub import api as hub_api
 from cityos.hub.jsonld import ContextLimits, ContextResolver, ContextStore
@@ -150,6 +151,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
                   **overrides)
     install_error_handlers(app)
     install_input_guard(app)
+    # Outermost of ours: a body too large or too slow is cut off before any route reads it.
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes,
+                       max_anon_body_bytes=settings.max_anon_body_bytes,
+                       body_idle_timeout=settings.body_idle_timeout, body_timeout=settings.body_timeout)
     app.include_router(hub_api.router)
     app.include_router(subscriptions_api.router)
     app.include_router(temporal_api.router)

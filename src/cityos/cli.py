@@ -74,8 +74,11 @@ def serve(
 
     os.environ.setdefault("CITYOS_INGEST_CLIENT_ID", f"cityos-ingest-{socket.gethostname()}-{port}")
     os.environ.setdefault("CITYOS_WEB", "1")  # the cockpit and portal (CITYOS_WEB=0: API only)
+    from cityos.core.serving import uvicorn_options
+
+    # Slow clients are cut off: request head (CITYOS_HEADER_TIMEOUT), idle keep-alive; bodies in RequestLimits.
     uvicorn.run("cityos.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False)
+                log_level=log_level, access_log=False, **uvicorn_options(settings))
 
 
 @app.command()

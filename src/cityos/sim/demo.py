@@ -244,8 +244,12 @@ class _QuietServer:
 
         # A request still open at Ctrl-C (a browser tab, a long provisioning call) gets 10 s, then the
         # server stops anyway: the demo must always stop when asked.
+        from cityos.config import Settings
+        from cityos.core.serving import uvicorn_options
+
         self.server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                            lifespan="on", timeout_graceful_shutdown=10))
+                                            lifespan="on", timeout_graceful_shutdown=10,
+                                            **uvicorn_options(Settings())))
         self.task: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
