@@ -62,7 +62,9 @@ async def server(request: pytest.FixtureRequest, app: Any) -> AsyncIterator[int]
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", **options)
     instance = uvicorn.Server(config)
     task = asyncio.create_task(instance.serve())
-    while not instance.started:
+    for _ in range(500):
+        if instance.started:
+            break
         await asyncio.sleep(0.02)
     app.middleware_stack = app.middleware_stack or app.build_middleware_stack()
     with _short_timeouts(app):
@@ -114,7 +116,8 @@ async def test_the_head_timeout_applies_again_after_each_answer(server: int) -> 
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
     assert head.startswith(b"HTTP/1.1 200")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
     assert orjson.loads(await reader.readexactly(length)) == {"status": "ok"}
     # The keep-alive connection now receives a second head, too slowly.
     writer.write(b"GET /health HTTP/1.1\r\n")

@@ -360,3 +360,38 @@ async def _wait_failed(client: httpx.AsyncClient, sub_id: str) -> dict[str, Any]
             return status
         await asyncio.sleep(0.05)
     raise AssertionError(status)
+
+
+# ------------------------------------------------------------------ OIDC
+
+
+async def test_oidc_keys_are_fetched_only_from_allowed_hosts() -> None:
+    """The configured issuer is reachable (the operator chose it); a jwks_uri it names elsewhere is checked."""
+    from cityos.security.tokens import InvalidToken, OidcTrust
+
+    victim = Internal()  # an internal service the discovery document points at
+
+    class Discovery(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = orjson.dumps({"issuer": idp_url, "jwks_uri": f"{victim.url}/ctx.jsonld"})
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    idp = ThreadingHTTPServer(("127.0.0.1", 0), Discovery)
+    idp_url = f"http://127.0.0.1:{idp.server_address[1]}"
+    threading.Thread(target=idp.serve_forever, daemon=True).start()
+    try:
+        trust = OidcTrust(idp_url, "cityos-app", refetch_interval=0.0)
+        with pytest.raises(InvalidToken, match="cannot be reached"):
+            await trust.key_for("any")
+        assert victim.hits == []
+    finally:
+        idp.shutdown()
+        idp.server_close()
+        victim.httpd.shutdown()
+        victim.httpd.server_close()
