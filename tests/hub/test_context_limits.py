@@ -114,3 +114,32 @@ def test_term_memos_are_bounded(app: Any) -> None:
         core.compact(f"https://example.org/anonymous/{n}")
     assert len(core._expanded) <= MAX_MEMO_TERMS and len(core._compacted) <= MAX_MEMO_TERMS
     assert core.expand("location") == "https://uri.etsi.org/ngsi-ld/location"
+
+
+async def test_hosted_contexts_are_capped(client: httpx.AsyncClient, small_cache: ContextResolver) -> None:
+    """Hosted documents are never evicted (their URLs are handed out): past the cap a new one is refused."""
+    urls = []
+    for n in range(8):
+        r = await client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": {f"t{n}": "https://example.org/t"}},
+                              headers=JSON)
+        assert r.status_code == 201, r.text
+        urls.append(r.headers["Location"])
+    again = await client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": {"t0": "https://example.org/t"}},
+                              headers=JSON)
+    assert again.status_code == 201 and again.headers["Location"] == urls[0]
+    r = await client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": {"t8": "https://example.org/t"}},
+                          headers=JSON)
+    assert r.status_code == 507 and "store is full" in r.json()["detail"] and r.json()["status"] == 507
+    assert len(small_cache.store.hosted) == 8
+    local_id = urls[3].rsplit("/", 1)[1]
+    assert (await client.delete(f"/ngsi-ld/v1/jsonldContexts/{local_id}")).status_code == 204
+    r = await client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": {"t8": "https://example.org/t"}},
+                          headers=JSON)
+    assert r.status_code == 201
+    # Bytes count too: one document of 200 KB leaves no room for another of the same size.
+    assert (await client.delete(f"/ngsi-ld/v1/jsonldContexts/{urls[4].rsplit('/', 1)[1]}")).status_code == 204
+    assert (await client.delete(f"/ngsi-ld/v1/jsonldContexts/{urls[5].rsplit('/', 1)[1]}")).status_code == 204
+    r = await client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": context_of(190 * 1024, "a")}, headers=JSON)
+    assert r.status_code == 201, r.text[:200]
+    r = await client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": context_of(190 * 1024, "b")}, headers=JSON)
+    assert r.status_code == 507

@@ -224,12 +224,13 @@ class Outbound:
         except ValueError as exc:
             raise OutboundRefused("the URL has an invalid port") from exc
         try:
-            await self.admit(parts.hostname or "", port)
+            async with asyncio.timeout(self.timeout):  # a resolver that hangs must not hold the caller
+                await self.admit(parts.hostname or "", port)
         except OutboundRefused:
             raise
-        except OutboundError:
+        except (OutboundError, TimeoutError) as exc:
             if not unresolved_ok:
-                raise
+                raise exc if isinstance(exc, OutboundError) else OutboundError("name resolution timed out") from exc
 
     # ------------------------------------------------------------------ HTTP
 

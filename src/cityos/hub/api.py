@@ -598,6 +598,9 @@ async def add_context(request: Request) -> Response:
     check_shape(body, hub.contexts.limits, "the @context document")
     digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
     url = str(request.base_url).rstrip("/") + f"{PREFIX}/jsonldContexts/{digest}"
+    existing = hub.contexts.get(url)
+    if existing is None or existing.kind != "Hosted":  # posting the same document again takes no room
+        hub.contexts.check_room(size)
     hub.contexts.put(url, body, "Hosted", size)
     await (await access_of(request)).record("context.create", url[:512])
     return Response(status_code=201, headers={"Location": url})

@@ -25,7 +25,7 @@ from pyld import jsonld
 from pyld.context_resolver import ContextResolver as PyldContextResolver
 
 from cityos.core import clock
-from cityos.core.errors import BadRequestData, LdContextNotAvailable
+from cityos.core.errors import BadRequestData, LdContextNotAvailable, ProblemError
 from cityos.core.outbound import Outbound, OutboundError, log_failure
 
 log = logging.getLogger("cityos.hub.jsonld")
@@ -89,6 +89,10 @@ def digest_of(source: Any) -> str:
     return hashlib.sha256(orjson.dumps(source, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
+class ContextStoreFull(ProblemError):
+    status, error_type, title = 507, "OperationNotSupported", "Insufficient storage"
+
+
 @dataclass
 class CachedContext:
     url: str
@@ -136,6 +140,15 @@ class ContextStore:
             self.hosted.pop(url, None)
             self.cached[url] = entry
         return entry
+
+    def check_room(self, size: int) -> None:
+        """Hosted documents are never evicted (their URLs are handed out), so their number and bytes are
+        capped instead: a new one past either cap is refused until unused ones are deleted."""
+        used = sum(entry.size for entry in self.hosted.values())
+        if len(self.hosted) >= self.limits.cache_entries or used + size > self.limits.cache_bytes:
+            raise ContextStoreFull(f"the hosted @context store is full ({len(self.hosted)} documents, {used} "
+                                   f"bytes; at most {self.limits.cache_entries} and {self.limits.cache_bytes}); "
+                                   "delete unused ones first")
 
     def drop(self, url: str) -> bool:
         return (self.hosted.pop(url, None) or self.cached.pop(url, None)) is not None
