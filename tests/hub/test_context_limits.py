@@ -76,15 +76,15 @@ async def test_oversized_and_deep_contexts_are_refused_before_processing(client:
 
 async def test_the_context_cache_is_bounded_in_entries_and_bytes(anon_client: httpx.AsyncClient,
                                                                  small_cache: ContextResolver) -> None:
-    for n in range(30):  # 30 distinct ~40 KB inline contexts, anonymously
-        r = await anon_client.post(Q, json=query(context_of(40 * 1024, tag=f"c{n}_")), headers=LD)
+    for n in range(30):  # 30 distinct ~20 KB inline contexts, anonymously
+        r = await anon_client.post(Q, json=query(context_of(20 * 1024, tag=f"c{n}_")), headers=LD)
         assert r.status_code == 200, r.text[:300]
     active = small_cache._active
-    assert 0 < len(active) <= 8 and active.currsize <= 256 * 1024
+    assert 1 < len(active) <= 8 and active.currsize <= 256 * 1024
     cached = small_cache.store.cached  # the documents hosted for the Link headers of those answers
-    assert 0 < len(cached) <= 8 and cached.currsize <= 256 * 1024
+    assert 1 < len(cached) <= 8 and cached.currsize <= 256 * 1024
     # The most recent one is still a cache hit: the same processed context is used again.
-    last = context_of(40 * 1024, tag="c29_")
+    last = context_of(20 * 1024, tag="c29_")
     assert await small_cache.resolve(last, may_fetch=False) is await small_cache.resolve(last, may_fetch=False)
     # A small context weighs at least an equal share, so the count stays bounded too.
     for n in range(30):
@@ -136,10 +136,10 @@ async def test_hosted_contexts_are_capped(client: httpx.AsyncClient, small_cache
     r = await client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": {"t8": "https://example.org/t"}},
                           headers=JSON)
     assert r.status_code == 201
-    # Bytes count too: one document of 200 KB leaves no room for another of the same size.
+    # Bytes count too (as memory, about 6× the JSON): one document of 25 KB leaves no room for another.
     assert (await client.delete(f"/ngsi-ld/v1/jsonldContexts/{urls[4].rsplit('/', 1)[1]}")).status_code == 204
     assert (await client.delete(f"/ngsi-ld/v1/jsonldContexts/{urls[5].rsplit('/', 1)[1]}")).status_code == 204
-    r = await client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": context_of(190 * 1024, "a")}, headers=JSON)
+    r = await client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": context_of(25 * 1024, "a")}, headers=JSON)
     assert r.status_code == 201, r.text[:200]
-    r = await client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": context_of(190 * 1024, "b")}, headers=JSON)
+    r = await client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": context_of(25 * 1024, "b")}, headers=JSON)
     assert r.status_code == 507
