@@ -304,6 +304,9 @@ async def test_subscription_endpoints_on_internal_addresses_are_refused(client: 
         assert problem["type"] == ERR + "BadRequestData"
         assert "notification.endpoint.uri" in problem["detail"] and "CITYOS_OUTBOUND_ALLOW" in problem["detail"]
     assert (await client.get(S)).json() == []
+    # A name that does not resolve yet is accepted (its receiver may not be up); delivery checks it.
+    r = await client.post(S, json=subscription("http://receiver.invalid/notify"), headers=JSON)
+    assert r.status_code == 201, r.text
     # A public endpoint is accepted; changing it to an internal one is refused and changes nothing.
     r = await client.post(S, json=subscription("http://8.8.8.8:9/notify", id="urn:ngsi-ld:Subscription:pub"),
                           headers=JSON)
