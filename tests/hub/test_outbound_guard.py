@@ -398,3 +398,53 @@ async def test_oidc_keys_are_fetched_only_from_allowed_hosts() -> None:
         idp.server_close()
         victim.httpd.shutdown()
         victim.httpd.server_close()
+
+
+# ------------------------------------------------------------------ TLS
+
+
+def _tls_pair(tmp: Any, name: str) -> tuple[Any, Any]:
+    """A throw-away CA and a server certificate for `name`, as (client context, server context)."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp / "server.pem")
+    client = ssl.create_default_context(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
+    return client, server
+
+
+async def test_tls_is_verified_against_the_name_not_the_address(internal: Internal, tmp_path: Any) -> None:
+    """The guard connects to the checked IP, yet TLS still checks the certificate against the URL's name."""
+    client_tls, server_tls = _tls_pair(tmp_path, "svc.invalid")
+    internal.httpd.socket = server_tls.wrap_socket(internal.httpd.socket, server_side=True)
+
+    async def resolver(host: str, port: int) -> list[Any]:
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    guard = Outbound(parse_allow_list("127.0.0.1/32"), tls=client_tls, _resolver=resolver)
+    answer = await guard.get(f"https://svc.invalid:{internal.port}/ctx.jsonld")
+    assert answer.status == 200 and orjson.loads(answer.content) == CTX
+    with pytest.raises(OutboundError):  # another name at the same address: the certificate does not match
+        await guard.get(f"https://other.invalid:{internal.port}/ctx.jsonld")
+    assert [path for path, _host in internal.hits] == ["/ctx.jsonld"]

@@ -10,7 +10,8 @@ guard they make the server reach its own loopback, the cloud metadata service or
   loopback, private, link-local, multicast, reserved, unspecified, shared (100.64/10), and IPv6
   forms that embed such an IPv4 address (mapped, 6to4, Teredo, NAT64);
 - connects to the address it checked (the URL is rewritten to the IP, with the original Host header
-  and TLS server name), so a DNS answer that changes between check and connect changes nothing;
+  and TLS server name, and the certificate verified against the name), so a DNS answer that changes
+  between check and connect changes nothing;
 - follows redirects itself (GET only, bounded), checking every hop again;
 - bounds the time of the whole exchange and the size of the answer;
 - ignores proxy environment variables (a proxy would connect on our behalf, unchecked).
@@ -29,6 +30,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,7 +158,14 @@ class Outbound:
     timeout: float = 10.0
     max_bytes: int = 1024 * 1024
     max_redirects: int = 5
+    # TLS trust: None means the system's defaults, honouring SSL_CERT_FILE / SSL_CERT_DIR (a private CA).
+    tls: ssl.SSLContext | None = field(default=None, repr=False)
     _resolver: Any = field(default=None, repr=False)  # tests may swap in a fake resolver
+
+    def tls_context(self) -> ssl.SSLContext:
+        if self.tls is None:
+            self.tls = httpx.create_ssl_context(trust_env=True)
+        return self.tls
 
     @classmethod
     def from_settings(cls, allow: str, timeout: float = 10.0, max_bytes: int = 1024 * 1024,
@@ -265,7 +274,9 @@ class OutboundClient:
     def __init__(self, outbound: Outbound, timeout: float, connections: int) -> None:
         self.outbound = outbound
         self.timeout = timeout
+        # trust_env=False: proxy variables are ignored (the TLS context above still honours SSL_CERT_FILE).
         self.http = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False,
+                                      verify=outbound.tls_context(),
                                       limits=httpx.Limits(max_connections=connections,
                                                           max_keepalive_connections=connections))
 
