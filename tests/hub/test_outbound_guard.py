@@ -448,3 +448,20 @@ async def test_tls_is_verified_against_the_name_not_the_address(internal: Intern
     with pytest.raises(OutboundError):  # another name at the same address: the certificate does not match
         await guard.get(f"https://other.invalid:{internal.port}/ctx.jsonld")
     assert [path for path, _host in internal.hits] == ["/ctx.jsonld"]
+
+
+async def test_a_notification_receiver_answering_with_a_big_page_still_took_it(client: httpx.AsyncClient,
+                                                                               internal: Internal) -> None:
+    """Only the status of a receiver's answer counts: 2 MB of it are not read, and not a failure."""
+    r = await client.post(S, json=subscription(f"{internal.url}/big", id="urn:ngsi-ld:Subscription:big"),
+                          headers=JSON)
+    assert r.status_code == 201
+    await client.post(E, json=air(1), headers=JSON)
+    status: dict[str, Any] = {}
+    for _ in range(200):
+        status = (await client.get(f"{S}/urn:ngsi-ld:Subscription:big")).json()["notification"]
+        if status.get("timesSent") or status.get("timesFailed"):
+            break
+        await asyncio.sleep(0.05)
+    assert status["timesSent"] == 1 and status["timesFailed"] == 0, status
+    assert [path for path, _host in internal.hits] == ["/big"]

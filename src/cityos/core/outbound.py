@@ -290,16 +290,21 @@ class OutboundClient:
         await self.http.aclose()
 
     async def request(self, method: str, url: str, *, content: bytes | None = None,
-                      headers: dict[str, str] | None = None, max_bytes: int | None = None) -> Response:
-        """One request, no redirects; the whole exchange (resolution, connection, answer) within the timeout."""
+                      headers: dict[str, str] | None = None, max_bytes: int | None = None,
+                      truncate: bool = False) -> Response:
+        """One request, no redirects; the whole exchange (resolution, connection, answer) within the timeout.
+
+        An answer past `max_bytes` is an error, or with `truncate` cut there (when only the status matters).
+        """
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._request(method, url, content, headers, max_bytes or self.outbound.max_bytes)
+                return await self._request(method, url, content, headers, max_bytes or self.outbound.max_bytes,
+                                           truncate)
         except TimeoutError as exc:
             raise OutboundError(f"{method} {url}: no complete answer within {self.timeout} s") from exc
 
     async def _request(self, method: str, url: str, content: bytes | None, headers: dict[str, str] | None,
-                       limit: int) -> Response:
+                       limit: int, truncate: bool) -> Response:
         try:
             target = httpx.URL(url)
         except (httpx.InvalidURL, TypeError, ValueError) as exc:
@@ -323,7 +328,7 @@ class OutboundClient:
             except httpx.HTTPError as exc:
                 raise OutboundError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
             try:
-                return await _read_bounded(response, limit, url)
+                return await _read_bounded(response, limit, url, truncate)
             except httpx.HTTPError as exc:
                 raise OutboundError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
             finally:
@@ -331,15 +336,18 @@ class OutboundClient:
         raise OutboundError(f"{method} {url}: cannot connect: {last}")
 
 
-async def _read_bounded(response: httpx.Response, limit: int, url: str) -> Response:
+async def _read_bounded(response: httpx.Response, limit: int, url: str, truncate: bool) -> Response:
     declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if not truncate and declared and declared.isdigit() and int(declared) > limit:
         raise OutboundTooLarge(f"{url}: answer of {declared} bytes, more than {limit}")
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > limit:
+            if truncate:
+                chunks.append(chunk[:limit - size])
+                break  # the rest is never read; closing the response drops the connection
             raise OutboundTooLarge(f"{url}: answer larger than {limit} bytes")
         chunks.append(chunk)
     return Response(response.status_code, response.headers, b"".join(chunks), url)

@@ -4,7 +4,9 @@ pyld processes @contexts exactly as JSON-LD 1.1 says. Running full expansion on 
 would cost milliseconds each, so we let pyld build the active context once per distinct
 @context and then expand and compact terms through it, caching every answer. Remote contexts
 are fetched asynchronously before pyld sees them, so pyld never blocks on the network, and the
-NGSI-LD core context is built in and never fetched.
+NGSI-LD core context is built in and never fetched. Fetches go through the outbound guard
+(cityos.core.outbound) and only for authenticated callers; every cache here is bounded, and a
+caller's inline @context is capped in size and depth and processed in a thread when big.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ class ContextLimits:
     cache_bytes: int = 32 * 1024 * 1024
 
     def weigher(self) -> Callable[[Any], int]:
-        """The cache's weight of an entry: its bytes, but at least an equal share of the byte budget, so one
-        LRU bounds both the number of entries (≤ cache_entries) and their bytes (≤ cache_bytes)."""
+        """The cache's weight of an entry: its estimated memory, but at least an equal share of the budget, so
+        one LRU bounds both the number of entries (≤ cache_entries) and their memory (≤ cache_bytes)."""
         floor = max(1, self.cache_bytes // max(1, self.cache_entries))
         return lambda entry: max(floor, int(getattr(entry, "size", 0)) * MEMORY_FACTOR)
 
@@ -142,8 +144,7 @@ class ContextStore:
         if kind == "Hosted":
             self.cached.pop(url, None)
             self.hosted[url] = entry
-        elif self.limits.fits(size):
-            self.hosted.pop(url, None)
+        elif url not in self.hosted and self.limits.fits(size):  # a hosted document is never replaced here
             self.cached[url] = entry
         return entry
 

@@ -85,7 +85,8 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    # An endpoint's answer is not read beyond this: receivers answer with nothing or a short text.
+    # An endpoint's answer is not read beyond this (only its status counts): a receiver that answers
+    # with a big page still took the notification.
     MAX_ANSWER = 64 * 1024
 
     def __init__(self, outbound: Outbound, timeout: float, connections: int) -> None:
@@ -94,7 +95,7 @@ class HttpTransport:
     async def send(self, message: Message) -> None:
         try:
             response = await self.client.request("POST", message.uri, content=orjson.dumps(message.body),
-                                                 headers=message.headers, max_bytes=self.MAX_ANSWER)
+                                                 headers=message.headers, max_bytes=self.MAX_ANSWER, truncate=True)
         except OutboundError as exc:
             raise _failed(message.uri, exc) from exc
         if not 200 <= response.status < 300:
