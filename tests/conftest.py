@@ -63,7 +63,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, max_body_bytes=2 * 1024 * 1024, max_page_size=1000)
+    # Notification receivers and @context servers of the tests listen on loopback: allow it explicitly
+    # (the default outbound policy refuses loopback; tests/hub/test_outbound_guard.py checks that).
+    return Settings(database_url=database_url, max_body_bytes=2 * 1024 * 1024, max_page_size=1000,
+                    outbound_allow="127.0.0.0/8,::1")
 
 
 @pytest.fixture(scope="session")

@@ -19,11 +19,13 @@ from cityos.core.db import create_engine
 from cityos.core.errors import BadRequestData, InternalError, ProblemError
 from cityos.core.events import EventBus
 from cityos.core.indicators import IndicatorSource
+from cityos.core.limits import RequestLimits
 from cityos.core.metrics import HttpMetrics, StateGauges, instrument_engine
+from cityos.core.outbound import Outbound
 from cityos.core.requestid import RequestIdMiddleware, current_request_id
 from cityos.evaluation import api as evaluation_api
 from cityos.hub import api as hub_api
-from cityos.hub.jsonld import ContextResolver, ContextStore
+from cityos.hub.jsonld import ContextLimits, ContextResolver, ContextStore
 from cityos.hub.service import HubService
 from cityos.hub.store import HubStore
 from cityos.hub.subscriptions import api as subscriptions_api
@@ -188,9 +190,15 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
         engine = create_engine(settings)
         bus = EventBus()
         store = HubStore(engine)
-        contexts = ContextStore(settings.context_fetch_timeout, settings.context_cache_seconds)
+        # The one way out for caller-named URLs (@contexts, subscription endpoints, webhooks, OIDC).
+        outbound = Outbound.from_settings(settings.outbound_allow, settings.outbound_timeout,
+                                          max_redirects=settings.outbound_max_redirects)
+        contexts = ContextStore(settings.context_fetch_timeout, settings.context_cache_seconds, outbound,
+                                ContextLimits(settings.context_max_bytes, settings.context_max_depth,
+                                              settings.context_cache_entries, settings.context_cache_bytes))
         service = HubService(store, bus)
         app.state.settings = settings
+        app.state.outbound = outbound
         app.state.engine = engine
         app.state.bus = bus
         app.state.hub = hub_api.Hub(settings, service, ContextResolver(contexts), contexts)
@@ -221,6 +229,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
     install_error_handlers(app)
     install_input_guard(app)
     app.add_middleware(HttpMetrics)
+    # A body too large or too slow is cut off before any route reads it.
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes,
+                       max_anon_body_bytes=settings.max_anon_body_bytes,
+                       body_idle_timeout=settings.body_idle_timeout, body_timeout=settings.body_timeout)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, errors of the guards too, has its id
     app.include_router(hub_api.router)
     app.include_router(subscriptions_api.router)

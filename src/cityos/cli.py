@@ -82,10 +82,13 @@ def serve(
     os.environ.setdefault("CITYOS_WEB", "1")  # the cockpit and portal (CITYOS_WEB=0: API only)
     # The token issuer and absolute URLs follow the address actually served unless CITYOS_PUBLIC_URL says otherwise.
     os.environ["CITYOS_LISTEN_URL"] = listen_url(host, port)
+    from cityos.core.serving import uvicorn_options
+
+    # Slow clients are cut off: request head (CITYOS_HEADER_TIMEOUT), idle keep-alive; bodies in RequestLimits.
     # proxy_headers=False: X-Forwarded-For is read by `cityos.security.api.client_ip`, from the proxies
     # CITYOS_TRUSTED_PROXIES names only (uvicorn would otherwise trust 127.0.0.1 by default).
     uvicorn.run("cityos.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False, proxy_headers=False)
+                log_level=log_level, access_log=False, proxy_headers=False, **uvicorn_options(settings))
 
 
 @app.command()

@@ -62,6 +62,24 @@ class Settings:
     max_batch_entities: int = field(default_factory=lambda: env_int("CITYOS_MAX_BATCH_ENTITIES", 100_000))
     context_fetch_timeout: float = field(default_factory=lambda: env_float("CITYOS_CONTEXT_FETCH_TIMEOUT", 5.0))
     context_cache_seconds: int = field(default_factory=lambda: env_int("CITYOS_CONTEXT_CACHE_SECONDS", 3600))
+    # The outbound policy (cityos.core.outbound): what a caller-named URL may reach besides public
+    # addresses, e.g. "10.0.0.0/8,[fd00::/8]:443,idp.internal:8443". Empty: public addresses only.
+    outbound_allow: str = field(default_factory=lambda: os.environ.get("CITYOS_OUTBOUND_ALLOW", ""))
+    outbound_timeout: float = field(default_factory=lambda: env_float("CITYOS_OUTBOUND_TIMEOUT", 10.0))
+    outbound_max_redirects: int = field(default_factory=lambda: env_int("CITYOS_OUTBOUND_MAX_REDIRECTS", 5))
+    # @context limits: one document (fetched or inline), its nesting, and the cache of processed contexts.
+    context_max_bytes: int = field(default_factory=lambda: env_int("CITYOS_CONTEXT_MAX_BYTES", 1024 * 1024))
+    context_max_depth: int = field(default_factory=lambda: env_int("CITYOS_CONTEXT_MAX_DEPTH", 16))
+    context_cache_entries: int = field(default_factory=lambda: env_int("CITYOS_CONTEXT_CACHE_ENTRIES", 256))
+    context_cache_bytes: int = field(default_factory=lambda: env_int("CITYOS_CONTEXT_CACHE_BYTES", 32 * 1024 * 1024))
+    # Callers without a token get a much smaller body than authenticated ones (CITYOS_MAX_BODY_BYTES).
+    max_anon_body_bytes: int = field(default_factory=lambda: env_int("CITYOS_MAX_ANON_BODY_BYTES", 1024 * 1024))
+    # Slow clients: the request head must arrive within header_timeout; the body may pause at most
+    # body_idle_timeout between chunks and take body_timeout in all; idle keep-alive connections close.
+    header_timeout: float = field(default_factory=lambda: env_float("CITYOS_HEADER_TIMEOUT", 10.0))
+    body_idle_timeout: float = field(default_factory=lambda: env_float("CITYOS_BODY_IDLE_TIMEOUT", 15.0))
+    body_timeout: float = field(default_factory=lambda: env_float("CITYOS_BODY_TIMEOUT", 120.0))
+    keep_alive_timeout: int = field(default_factory=lambda: env_int("CITYOS_KEEP_ALIVE_TIMEOUT", 5))
     db_pool_size: int = field(default_factory=lambda: env_int("CITYOS_DB_POOL_SIZE", 10))
     # The web UI (NiceGUI cockpit and portal): `cityos serve` and `cityos demo` switch it on (CITYOS_WEB=1);
     # API-only processes and the API tests leave it off (NiceGUI is process-global).

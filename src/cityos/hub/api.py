@@ -27,7 +27,7 @@ from cityos.hub.http import (
     render,
     split_list,
 )
-from cityos.hub.jsonld import ActiveContext, ContextResolver, ContextStore
+from cityos.hub.jsonld import ActiveContext, ContextResolver, ContextStore, check_shape
 from cityos.hub.model import check_entity_id, check_name, render_entity
 from cityos.hub.qlang import parse_q, python_pattern
 from cityos.hub.service import BatchResult, HubService, UpdateResult
@@ -592,8 +592,15 @@ async def add_context(request: Request) -> Response:
     body, _media = await read_body(request, hub.settings)
     if not isinstance(body, dict) or "@context" not in body:
         raise BadRequestData("the body must be a JSON object with an @context member")
+    size = len(orjson.dumps(body))
+    if size > hub.contexts.limits.max_bytes:
+        raise BadRequestData(f"the @context document is larger than {hub.contexts.limits.max_bytes} bytes")
+    check_shape(body, hub.contexts.limits, "the @context document")
     digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
     url = str(request.base_url).rstrip("/") + f"{PREFIX}/jsonldContexts/{digest}"
-    hub.contexts.put(url, body, "Hosted")
+    existing = hub.contexts.get(url)
+    if existing is None or existing.kind != "Hosted":  # posting the same document again takes no room
+        hub.contexts.check_room(size)
+    hub.contexts.put(url, body, "Hosted", size)
     await (await access_of(request)).record("context.create", url[:512])
     return Response(status_code=201, headers={"Location": url})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from cityos.core.errors import (
     TooLarge,
     UnsupportedMediaType,
 )
-from cityos.hub.jsonld import ActiveContext, ContextResolver, ContextStore
+from cityos.hub.jsonld import ActiveContext, ContextResolver, ContextStore, digest_of
 
 JSON = "application/json"
 JSON_LD = "application/ld+json"
@@ -64,20 +63,33 @@ def _media_type(request: Request) -> str:
     return request.headers.get("Content-Type", "").split(";")[0].strip().lower()
 
 
+def authenticated(request: Request) -> bool:
+    """Whether the routers' `require` gate found a valid token (anonymous callers get tighter limits)."""
+    return getattr(request.state, "principal", None) is not None
+
+
+def body_limit(request: Request, settings: Settings) -> int:
+    return settings.max_body_bytes if authenticated(request) else min(settings.max_anon_body_bytes,
+                                                                       settings.max_body_bytes)
+
+
 async def read_body(request: Request, settings: Settings, allow_merge_patch: bool = False) -> tuple[Any, str]:
     media = _media_type(request)
     allowed = {JSON, JSON_LD} | ({MERGE_PATCH} if allow_merge_patch else set())
     if media not in allowed:
         raise UnsupportedMediaType(f"Content-Type must be one of {', '.join(sorted(allowed))}, not {media!r}")
+    limit = body_limit(request, settings)
+    too_large = TooLarge(f"the body is larger than {limit} bytes" +
+                         ("" if authenticated(request) else " (the limit for callers without a token)"))
     declared = request.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise TooLarge(f"the body is larger than {settings.max_body_bytes} bytes")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > settings.max_body_bytes:
-            raise TooLarge(f"the body is larger than {settings.max_body_bytes} bytes")
+        if size > limit:
+            raise too_large
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():
@@ -101,14 +113,14 @@ async def body_context(request: Request, resolver: ContextResolver, body: Any, m
             raise BadRequestData("application/ld+json carries its @context in the body, not in a Link header")
         if in_body is None and isinstance(first, dict):
             raise BadRequestData("an application/ld+json body must contain an @context")
-        return await resolver.resolve(in_body)
+        return await resolver.resolve(in_body, authenticated(request))
     if in_body is not None:
         raise BadRequestData("an application/json body must not contain @context; use the Link header")
-    return await resolver.resolve(linked)
+    return await resolver.resolve(linked, authenticated(request))
 
 
 async def query_context(request: Request, resolver: ContextResolver) -> ActiveContext:
-    return await resolver.resolve(link_context(request))
+    return await resolver.resolve(link_context(request), authenticated(request))
 
 
 def accepted(request: Request, allow_geo: bool = False) -> str:
@@ -148,10 +160,10 @@ def context_link(request: Request, ctx: ActiveContext, contexts: ContextStore) -
         url = source
     else:
         # A Link header can only carry a URL, so an inline @context is hosted here (spec §5.13.4).
-        digest = hashlib.sha256(orjson.dumps(source, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+        digest = ctx.digest or digest_of(source)
         url = str(request.base_url).rstrip("/") + f"/ngsi-ld/v1/jsonldContexts/{digest}"
         if contexts.get(url) is None:
-            contexts.put(url, {"@context": source}, "ImplicitlyCreated")
+            contexts.put(url, {"@context": source}, "ImplicitlyCreated", ctx.size or None)
     return f'<{url}>; rel="{CONTEXT_REL}"; type="application/ld+json"'
 
 

@@ -73,7 +73,8 @@ async def start_security(app: FastAPI, settings: SecuritySettings | None = None,
     audit = AuditLog(engine, write_lock=write_lock)
     oidc = None
     if settings.oidc_issuer:
-        oidc = OidcTrust(settings.oidc_issuer, settings.oidc_audience or settings.audience)
+        oidc = OidcTrust(settings.oidc_issuer, settings.oidc_audience or settings.audience,
+                         outbound=getattr(app.state, "outbound", None))
     service = SecurityService(engine, settings, TokenIssuer(settings, load_signing_keys(settings)),
                               load_keyring(settings), audit, oidc, write_lock)
     await service.startup()

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -33,7 +35,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from cityos.core import clock
 from cityos.core.errors import ProblemError
+from cityos.core.outbound import DEFAULT_PORTS, AllowRule, Outbound, OutboundError
 from cityos.security.settings import SecuritySettings
+
+log = logging.getLogger("cityos.security.oidc")
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN PRIVATE KEY-----.+?-----END PRIVATE KEY-----", re.S)
 LEEWAY = 30  # seconds of clock skew tolerated on exp/iat/nbf
@@ -191,8 +196,15 @@ class OidcTrust:
     """
 
     def __init__(self, issuer: str, audience: str, cache_seconds: float = 3600.0,
-                 refetch_interval: float = 10.0, timeout: float = 5.0) -> None:
+                 refetch_interval: float = 10.0, timeout: float = 5.0, outbound: Outbound | None = None) -> None:
         self.issuer = issuer.rstrip("/")
+        # Fetches go through the outbound guard. The configured issuer is the operator's own choice, so its
+        # host:port is reachable whatever it resolves to (an IdP is often internal); any other host that
+        # its discovery document names (jwks_uri) must pass the policy like every caller-named URL.
+        base = outbound or Outbound()
+        parts = httpx.URL(self.issuer)
+        issuer_rule = AllowRule(host=parts.host.lower().rstrip("."), port=parts.port or DEFAULT_PORTS.get(parts.scheme))
+        self.outbound = dataclasses.replace(base, allow=(*base.allow, issuer_rule))
         self.audience = audience
         self.cache_seconds = cache_seconds
         self.refetch_interval = refetch_interval
@@ -202,12 +214,19 @@ class OidcTrust:
         self._lock = asyncio.Lock()
         self.fetches = 0
 
+    async def _get_json(self, url: str) -> Any:
+        # A client per URL: a pooled connection is never reused for another host name.
+        async with self.outbound.client(timeout=self.timeout, connections=1) as http:
+            answer = await http.request("GET", url, headers={"Accept": "application/json"}, max_bytes=1024 * 1024)
+        if answer.status != 200:
+            raise ValueError(f"{url}: HTTP {answer.status}")
+        return json.loads(answer.content)
+
     async def _fetch(self) -> None:
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as http:
-            disc = (await http.get(self.issuer + "/.well-known/openid-configuration")).raise_for_status().json()
-            if str(disc.get("issuer", "")).rstrip("/") != self.issuer:
-                raise InvalidToken("the OIDC discovery document names another issuer")
-            jwks = (await http.get(str(disc["jwks_uri"]))).raise_for_status().json()
+        disc = await self._get_json(self.issuer + "/.well-known/openid-configuration")
+        if str(disc.get("issuer", "")).rstrip("/") != self.issuer:
+            raise InvalidToken("the OIDC discovery document names another issuer")
+        jwks = await self._get_json(str(disc["jwks_uri"]))
         keys: dict[str, jwt.PyJWK] = {}
         for spec in jwks.get("keys", []):
             if spec.get("use", "sig") != "sig" or "kid" not in spec:
@@ -226,7 +245,9 @@ class OidcTrust:
             if age > self.cache_seconds or (kid not in self._keys and age > self.refetch_interval):
                 try:
                     await self._fetch()
-                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                except (OutboundError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                    log.warning("OIDC keys of %s not fetched: %s", self.issuer,
+                                exc.reason if isinstance(exc, OutboundError) else exc)
                     if not self._keys:
                         raise InvalidToken("the identity provider cannot be reached") from exc
             key = self._keys.get(kid)

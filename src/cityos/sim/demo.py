@@ -312,9 +312,13 @@ class _QuietServer:
 
         # A request still open at Ctrl-C (a browser tab, a long provisioning call) gets 10 s, then the
         # server stops anyway: the demo must always stop when asked.
+        from cityos.config import Settings
+        from cityos.core.serving import uvicorn_options
+
         # proxy_headers=False: only CITYOS_TRUSTED_PROXIES decides whose X-Forwarded-For is believed.
         self.server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                            lifespan="on", timeout_graceful_shutdown=10, proxy_headers=False))
+                                            lifespan="on", timeout_graceful_shutdown=10, proxy_headers=False,
+                                            **uvicorn_options(Settings())))
         self.task: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager

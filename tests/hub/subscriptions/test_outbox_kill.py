@@ -60,7 +60,9 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "CITYOS_DATABASE_URL": database_url, "CITYOS_NOTIFY_LEASE_SECONDS": "2",
-                    "CITYOS_NOTIFY_BACKOFF_CAP": "0.5", "CITYOS_NOTIFY_WORKER": "1"}
+                    "CITYOS_NOTIFY_BACKOFF_CAP": "0.5", "CITYOS_NOTIFY_WORKER": "1",
+                    # the receiver listens on loopback, which the default outbound policy refuses
+                    "CITYOS_OUTBOUND_ALLOW": "127.0.0.0/8"}
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:

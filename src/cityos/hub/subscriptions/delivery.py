@@ -1,23 +1,28 @@
-"""Transports for notifications: HTTP(S) POST with httpx, MQTT publish with aiomqtt.
+"""Transports for notifications: HTTP(S) POST through the outbound guard, MQTT publish with aiomqtt.
 
 A transport belongs to one endpoint worker, so a slow or dead endpoint holds only its own
-connection. Every failure becomes a DeliveryError with a short reason for `lastErrorReason`.
+connection. Every failure becomes a DeliveryError with a short reason for `lastErrorReason`. That
+reason is generic ("could not be reached") and the socket-level cause goes to the log only: a
+"connection refused" against "timed out" would tell a subscriber which ports are open behind the
+server. Both transports connect only to addresses the outbound policy admits, checked at each
+connection (DNS may have changed since the subscription was created).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
-import httpx
 import orjson
 
 from cityos.core.mqtt import settle_disconnect
+from cityos.core.outbound import DEFAULT_PORTS, Outbound, OutboundError, OutboundRefused
 from cityos.hub.jsonld import CORE_CONTEXT_URL
 from cityos.hub.subscriptions.service import Compiled
 
@@ -27,8 +32,19 @@ CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 NOTIFICATION_ID_HEADER = "NGSILD-Notification-Id"
 
 
+log = logging.getLogger("cityos.hub.notify")
+UNREACHABLE = "the endpoint could not be reached or did not answer in time"
+REFUSED = "the endpoint is not an allowed destination (outbound policy)"
+
+
 class DeliveryError(Exception):
     """The endpoint did not take the notification; the reason goes to lastErrorReason."""
+
+
+def _failed(uri: str, exc: Exception) -> DeliveryError:
+    """The caller-facing reason, with the real cause logged here."""
+    log.warning("notification to %s: %s", uri[:120], exc.reason if isinstance(exc, OutboundError) else repr(exc))
+    return DeliveryError(REFUSED if isinstance(exc, OutboundRefused) else UNREACHABLE)
 
 
 @dataclass
@@ -69,19 +85,21 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    def __init__(self, timeout: float, connections: int) -> None:
-        self.client = httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                                        limits=httpx.Limits(max_connections=connections,
-                                                            max_keepalive_connections=connections))
+    # An endpoint's answer is not read beyond this (only its status counts): a receiver that answers
+    # with a big page still took the notification.
+    MAX_ANSWER = 64 * 1024
+
+    def __init__(self, outbound: Outbound, timeout: float, connections: int) -> None:
+        self.client = outbound.client(timeout=timeout, connections=connections)
 
     async def send(self, message: Message) -> None:
         try:
-            response = await self.client.post(message.uri, content=orjson.dumps(message.body),
-                                              headers=message.headers)
-        except httpx.HTTPError as exc:
-            raise DeliveryError(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-        if not 200 <= response.status_code < 300:
-            raise DeliveryError(f"HTTP {response.status_code} from the endpoint")
+            response = await self.client.request("POST", message.uri, content=orjson.dumps(message.body),
+                                                 headers=message.headers, max_bytes=self.MAX_ANSWER, truncate=True)
+        except OutboundError as exc:
+            raise _failed(message.uri, exc) from exc
+        if not 200 <= response.status < 300:
+            raise DeliveryError(f"HTTP {response.status} from the endpoint")
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -93,11 +111,13 @@ class MqttTransport:
     The MQTT message is the NGSI-LD MQTT binding's envelope: {"metadata": headers, "body": notification}.
     """
 
-    def __init__(self, uri: str, timeout: float) -> None:
+    def __init__(self, uri: str, outbound: Outbound, timeout: float) -> None:
         parts = urlsplit(uri)
+        self.uri = uri
+        self.outbound = outbound
         self.secure = parts.scheme == "mqtts"
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or (8883 if self.secure else 1883)
+        self.host = parts.hostname or ""
+        self.port = parts.port or DEFAULT_PORTS[parts.scheme]
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         self.topic = unquote(parts.path.lstrip("/"))
@@ -106,9 +126,12 @@ class MqttTransport:
 
     async def _connected(self) -> aiomqtt.Client:
         if self.client is None:
-            client = aiomqtt.Client(self.host, self.port, username=self.username, password=self.password,
-                                    timeout=self.timeout, tls_context=ssl.create_default_context() if self.secure
-                                    else None)
+            # Connect to the address the policy checked, not to the name (no rebinding in between);
+            # TLS still verifies the certificate against the name.
+            address = str((await self.outbound.admit(self.host, self.port))[0])
+            client = aiomqtt.Client(address, self.port, username=self.username, password=self.password,
+                                    timeout=self.timeout,
+                                    tls_context=_named_tls(self.host) if self.secure else None)
             await asyncio.wait_for(client.__aenter__(), self.timeout)
             self.client = client
         return self.client
@@ -118,9 +141,9 @@ class MqttTransport:
         try:
             client = await self._connected()
             await client.publish(self.topic, orjson.dumps(envelope), qos=message.qos, timeout=self.timeout)
-        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        except (aiomqtt.MqttError, OSError, TimeoutError, OutboundError) as exc:
             await self.close()
-            raise DeliveryError(f"MQTT {type(exc).__name__}: {str(exc)[:200]}") from exc
+            raise _failed(self.uri, exc) from exc
 
     async def close(self) -> None:
         client, self.client = self.client, None
@@ -130,7 +153,25 @@ class MqttTransport:
             settle_disconnect(client)
 
 
-def transport_for(uri: str, timeout: float, connections: int = 8) -> Transport:
+class _NamedTls(ssl.SSLContext):
+    """A TLS client context that verifies the server as `name` whatever address the socket was opened to
+    (paho passes the host it connects to, here the checked IP, as the server name)."""
+
+    name = ""
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["server_hostname"] = self.name
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def _named_tls(name: str) -> ssl.SSLContext:
+    context = _NamedTls(ssl.PROTOCOL_TLS_CLIENT)  # certificate and host name checks on
+    context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    context.name = name
+    return context
+
+
+def transport_for(uri: str, outbound: Outbound, timeout: float, connections: int = 8) -> Transport:
     if uri.startswith(("mqtt://", "mqtts://")):
-        return MqttTransport(uri, timeout)
-    return HttpTransport(timeout, max(1, connections))
+        return MqttTransport(uri, outbound, timeout)
+    return HttpTransport(outbound, timeout, max(1, connections))

@@ -22,8 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cityos.core import clock
 from cityos.core.clock import as_utc_or_none
-from cityos.core.errors import AlreadyExists, NonexistentTenant, ResourceNotFound
+from cityos.core.errors import AlreadyExists, BadRequestData, NonexistentTenant, ResourceNotFound
 from cityos.core.events import Event
+from cityos.core.outbound import Outbound, OutboundRefused
 from cityos.hub import geoquery
 from cityos.hub.jsonld import ActiveContext, ContextResolver
 from cityos.hub.model import check_entity_id, render_entity
@@ -302,10 +303,13 @@ def _chunks(items: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, A
 
 
 class SubscriptionService:
-    def __init__(self, store: HubStore, resolver: ContextResolver, settings: NotifySettings | None = None) -> None:
+    def __init__(self, store: HubStore, resolver: ContextResolver, settings: NotifySettings | None = None,
+                 outbound: Outbound | None = None) -> None:
         self.store = store
         self.resolver = resolver
         self.settings = settings or NotifySettings()
+        # The outbound policy endpoints must pass (the app's, set by `start_subscriptions`).
+        self.outbound = outbound or resolver.store.outbound
         self.cache = SubscriptionCache(resolver)
         # Set by the sender: called after a commit with the endpoints that got new outbox rows.
         self.wake: Callable[[set[str]], None] | None = None
@@ -433,6 +437,7 @@ class SubscriptionService:
         if owner is not None:
             spec[OWNER_KEY] = owner
         context = spec.get("jsonldContext", ctx.source)
+        await self.check_endpoint(spec)
         await self.resolver.resolve(context)  # fails now (503) rather than at every notification
         now = clock.now()
         values = {"tenant": tenant, "id": spec["id"], "created_at": now, **_columns(spec, context, now)}
@@ -445,6 +450,18 @@ class SubscriptionService:
             await conn.execute(insert(subscriptions).values(**values))
             await self._bump(conn, tenant)
         return str(spec["id"])
+
+    async def check_endpoint(self, spec: dict[str, Any]) -> None:
+        """400 for an endpoint the outbound policy refuses (loopback, private, … unless allow-listed).
+
+        Checked again at every delivery: a name may resolve elsewhere by then. A name that does not
+        resolve now is accepted (its receiver may not be up yet) and checked when used.
+        """
+        uri = str(spec.get("notification", {}).get("endpoint", {}).get("uri", ""))
+        try:
+            await self.outbound.check_url(uri, schemes=("http", "https", "mqtt", "mqtts"), unresolved_ok=True)
+        except OutboundRefused as exc:
+            raise BadRequestData(f"notification.endpoint.uri: {exc.reason}") from exc
 
     async def retrieve(self, tenant: str, sub_id: str, compact: Callable[[str], str],
                        viewer: str | None = None) -> dict[str, Any]:
@@ -494,6 +511,8 @@ class SubscriptionService:
     async def update(self, tenant: str, sub_id: str, body: Any, ctx: ActiveContext,
                      owner: dict[str, Any] | None = None) -> None:
         members = parse_members(body, ctx, allow_null=True)
+        if members.get("notification"):  # replaced whole; checked before the write (DNS may take a while)
+            await self.check_endpoint(members)
         if members.get("jsonldContext"):
             await self.resolver.resolve(members["jsonldContext"])
         owner = await self._verified(owner)

@@ -102,7 +102,8 @@ class EndpointWorker:
         self.sender = sender
         self.endpoint = endpoint
         self.event = asyncio.Event()
-        self.transport: Transport = transport_for(endpoint, sender.settings.timeout, sender.settings.concurrency)
+        self.transport: Transport = transport_for(endpoint, sender.service.outbound, sender.settings.timeout,
+                                                  sender.settings.concurrency)
         self.failures = 0
         self.retry_at = 0.0
         # Throttled subscriptions with rows waiting: when each may be notified next (monotonic seconds);
@@ -610,7 +611,7 @@ async def _current_entities(store: Any, conn: Any, sub: Compiled, limit: int) ->
 async def start_subscriptions(app: Any) -> Callable[[], Awaitable[None]]:
     """Register the matcher on the hub, start the sender (unless CITYOS_NOTIFY_WORKER=0); returns stop()."""
     hub = app.state.hub
-    service = SubscriptionService(hub.service.store, hub.resolver, NotifySettings())
+    service = SubscriptionService(hub.service.store, hub.resolver, NotifySettings(), app.state.outbound)
     app.state.subscriptions = service
     service.owners = OwnerRights(functools.partial(_current_owner_claims, app))
     service.filter_refused, service.filter_allowed = filter_checks(app)
