@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from auth_tokens import Auth
+from cityos.core.outbound import Outbound
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -23,7 +24,6 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def gbfs_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
-    monkeypatch.setenv("CITYOS_MOBILITY_GBFS_ALLOW_HOSTS", "127.0.0.1")
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(tmp_path)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -160,11 +160,11 @@ async def test_bad_requests(client: httpx.AsyncClient, anon_client: httpx.AsyncC
                  {"systemId": "bad id", "url": url}, {"url": url}, {"systemId": "hk", "url": 5}):
         r = await client.post(post, json=body)
         assert r.status_code == 400, (body, r.text)
-    # Loopback is refused unless allow-listed.
-    monkeypatch.setenv("CITYOS_MOBILITY_GBFS_ALLOW_HOSTS", "")
+    # Loopback is refused unless CITYOS_OUTBOUND_ALLOW lists it (the test app allows 127.0.0.0/8).
+    monkeypatch.setattr(app.state.bikes, "outbound", Outbound())
     r = await client.post(post, json={"systemId": "hk", "url": url})
-    assert r.status_code == 400 and "non-public" in r.json()["detail"]
-    monkeypatch.setenv("CITYOS_MOBILITY_GBFS_ALLOW_HOSTS", "127.0.0.1")
+    assert r.status_code == 400 and "not allowed" in r.json()["detail"]
+    monkeypatch.undo()
     assert (await client.post(post, json={"systemId": "hk", "url": url})).status_code == 201
     assert (await client.post(post, json={"systemId": "hk", "url": url})).status_code == 409
     assert (await client.post("/api/mobility/bikeshare/systems/nope/refresh")).status_code == 404

@@ -200,7 +200,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     app.state.mobility = MobilityService(app.state.engine, app.state.hub.service, app.state.hub.resolver.core,
                                          write_lock=lock)
     app.state.bikes = BikeService(app.state.engine, app.state.hub.service, app.state.hub.resolver.core,
-                                  write_lock=lock)
+                                  write_lock=lock, outbound=app.state.outbound)
     poller = BikePoller(app.state.bikes)
     poller.start()
 

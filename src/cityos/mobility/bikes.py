@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
 from cityos.core.errors import AlreadyExists, BadRequestData, ProblemError, ResourceNotFound
+from cityos.core.outbound import Outbound
 from cityos.core.tasks import StepGuard
 from cityos.hub.jsonld import ActiveContext
 from cityos.hub.service import HubService
@@ -45,13 +46,18 @@ def station_entity_id(system_id: str, station_id: str) -> str:
 
 class BikeService:
     def __init__(self, engine: AsyncEngine, hub: HubService | None, ctx: ActiveContext | None,
-                 write_lock: asyncio.Lock | None = None, reader: Reader = read_system) -> None:
+                 write_lock: asyncio.Lock | None = None, outbound: Outbound | None = None,
+                 reader: Reader | None = None) -> None:
         self.engine = engine
         self.hub = hub
         self.ctx = ctx
-        self.reader = reader
+        self.outbound = outbound or Outbound()  # the app passes its own (CITYOS_OUTBOUND_ALLOW)
+        self.reader = reader or self._read
         self._sqlite = engine.dialect.name == "sqlite"
         self._write_lock = write_lock or asyncio.Lock()
+
+    async def _read(self, url: str) -> System:
+        return await read_system(url, self.outbound)
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:

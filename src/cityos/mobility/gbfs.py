@@ -6,26 +6,25 @@ Anything malformed (not JSON, a required field missing or of the wrong type, a p
 globe, negative counts) raises `GbfsError` naming the file and the field; a station in the status
 feed that the information feed does not know is skipped and counted.
 
-Outbound requests: this branch has no shared guarded HTTP client yet (another change adds one), so
-`fetch_json` guards its own: http(s) only, no redirects, a size limit and a timeout, and the host must
-resolve to public addresses unless it is listed in CITYOS_MOBILITY_GBFS_ALLOW_HOSTS (comma list; the
-tests allow 127.0.0.1). When the platform's guarded client lands, it replaces `fetch_json`'s body.
+Outbound requests go through the platform's guarded client (`cityos.core.outbound`): http(s) only,
+public addresses unless CITYOS_OUTBOUND_ALLOW lists the target, every redirect checked, bounded in
+size and time. A refused URL is the caller's mistake (400); a feed that cannot be fetched is the
+upstream's (502), with the cause in the server log only.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import os
-import socket
+import logging
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
-import httpx
 import orjson
 
 from cityos.core.errors import BadRequestData, ProblemError
+from cityos.core.outbound import Outbound, OutboundError, OutboundRefused
+
+log = logging.getLogger(__name__)
 
 MAX_BYTES = 5 * 1024 * 1024
 TIMEOUT_S = 10.0
@@ -37,46 +36,20 @@ class GbfsError(ProblemError):
     status, error_type, title = 502, "https://cityos.example/errors/UpstreamFeedInvalid", "GBFS feed invalid"
 
 
-def allowed_hosts() -> frozenset[str]:
-    raw = os.environ.get("CITYOS_MOBILITY_GBFS_ALLOW_HOSTS", "")
-    return frozenset(h.strip().lower() for h in raw.split(",") if h.strip())
-
-
-async def check_url(url: str) -> None:
-    """400 for a URL that is not http(s) or points at a private address (unless allow-listed)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadRequestData("the GBFS URL must be an http(s) URL with a host")
-    host = parts.hostname.lower()
-    if host in allowed_hosts():
-        return
+async def fetch_json(outbound: Outbound, url: str, what: str) -> dict[str, Any]:
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise BadRequestData(f"the GBFS host {host} does not resolve") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise BadRequestData(f"the GBFS host {host} resolves to a non-public address ({address}); "
-                                 "allow it in CITYOS_MOBILITY_GBFS_ALLOW_HOSTS")
-
-
-async def fetch_json(client: httpx.AsyncClient, url: str, what: str) -> dict[str, Any]:
-    await check_url(url)
+        await outbound.check_url(url)
+        response = await outbound.get(url, headers={"Accept": "application/json"}, timeout=TIMEOUT_S,
+                                      max_bytes=MAX_BYTES)
+    except OutboundRefused as exc:
+        raise BadRequestData(f"{what}: {exc.reason}") from exc
+    except OutboundError as exc:
+        log.warning("GBFS %s at %s: %s", what, url, exc.reason)
+        raise GbfsError(f"{what}: could not fetch {url}") from exc
+    if response.status != 200:
+        raise GbfsError(f"{what}: HTTP {response.status} from {url}")
     try:
-        async with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
-            if response.status_code != 200:
-                raise GbfsError(f"{what}: HTTP {response.status_code} from {url}")
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_BYTES:
-                    raise GbfsError(f"{what} is larger than {MAX_BYTES} bytes")
-                chunks.append(chunk)
-    except httpx.HTTPError as exc:
-        raise GbfsError(f"{what}: could not fetch {url} ({type(exc).__name__})") from exc
-    try:
-        body = orjson.loads(b"".join(chunks))
+        body = orjson.loads(response.content)
     except orjson.JSONDecodeError as exc:
         raise GbfsError(f"{what} is not JSON") from exc
     if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
@@ -205,27 +178,21 @@ def discover(body: dict[str, Any], base: str) -> dict[str, str]:
     return feeds
 
 
-async def read_system(url: str, client: httpx.AsyncClient | None = None) -> System:
-    own = client is None
-    http = client or httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False)
-    try:
-        root = await fetch_json(http, url, "gbfs.json")
-        feeds = discover(root, url)
-        for required in ("station_information", "station_status"):
-            if required not in feeds:
-                raise GbfsError(f"gbfs.json lists no {required} feed")
-        stations = parse_information(await fetch_json(http, feeds["station_information"], "station_information"))
-        skipped = apply_status(stations, await fetch_json(http, feeds["station_status"], "station_status"))
-        free = 0
-        if "free_bike_status" in feeds:
-            free = count_free_bikes(await fetch_json(http, feeds["free_bike_status"], "free_bike_status"))
-        name = None
-        if "system_information" in feeds:
-            info = await fetch_json(http, feeds["system_information"], "system_information")
-            name = info["data"].get("name") if isinstance(info["data"].get("name"), str) else None
-        raw_ttl = root.get("ttl")
-        ttl = int(raw_ttl) if isinstance(raw_ttl, int) and not isinstance(raw_ttl, bool) and raw_ttl >= 0 else 60
-        return System(name, ttl, stations, free, skipped)
-    finally:
-        if own:
-            await http.aclose()
+async def read_system(url: str, http: Outbound) -> System:
+    root = await fetch_json(http, url, "gbfs.json")
+    feeds = discover(root, url)
+    for required in ("station_information", "station_status"):
+        if required not in feeds:
+            raise GbfsError(f"gbfs.json lists no {required} feed")
+    stations = parse_information(await fetch_json(http, feeds["station_information"], "station_information"))
+    skipped = apply_status(stations, await fetch_json(http, feeds["station_status"], "station_status"))
+    free = 0
+    if "free_bike_status" in feeds:
+        free = count_free_bikes(await fetch_json(http, feeds["free_bike_status"], "free_bike_status"))
+    name = None
+    if "system_information" in feeds:
+        info = await fetch_json(http, feeds["system_information"], "system_information")
+        name = info["data"].get("name") if isinstance(info["data"].get("name"), str) else None
+    raw_ttl = root.get("ttl")
+    ttl = int(raw_ttl) if isinstance(raw_ttl, int) and not isinstance(raw_ttl, bool) and raw_ttl >= 0 else 60
+    return System(name, ttl, stations, free, skipped)
