@@ -29,6 +29,7 @@ from cityos.hub.store import EntityQuery, EntityRecord, HubStore
 from cityos.hub.temporal.service import TemporalEntity
 from cityos.security.api import client_ip, current_principal, request_tenant, security_of
 from cityos.security.audit import AuditEvent
+from cityos.security.audit_intents import Intent, announce
 from cityos.security.classes import ClassRegistry, TypeClasses, class_registry
 from cityos.security.masking import _mask_instance
 from cityos.security.policy import Principal, Resource, Scope, Visibility, authorize, role_of, scope_for, visible_class
@@ -99,6 +100,7 @@ class Access:
     path: str = ""
     revealed: list[tuple[str, list[str]]] = field(default_factory=list)
     state: Any = None
+    intents: list[Intent] = field(default_factory=list)
 
     # ------------------------------------------------------------------ reads
 
@@ -358,22 +360,40 @@ class Access:
         return None
 
     @contextlib.contextmanager
-    def guarding(self) -> Iterator[None]:
+    def guarding(self, action: str | None = None, resource: str = "") -> Iterator[None]:
+        """Writes in this block are checked against the caller's scope; with `action`, their audit record
+        is announced to the write transactions (`security.audit_intents`), settled by `settle()` once
+        the full record is chained."""
         token = write_guard.set(self.guard)
         try:
-            yield
+            if action is None:
+                yield
+            else:
+                with announce(AuditEvent.of(self.principal, action, resource[:1024], ip=self.ip,
+                                            tenant=self.tenant)) as intent:
+                    self.intents.append(intent)
+                    yield
         finally:
             write_guard.reset(token)
+
+    async def settle(self) -> None:
+        """The records of this request's writes are chained: drop their intents."""
+        intents, self.intents = self.intents, []
+        keeper = getattr(self.state, "intents", None) if self.state is not None else None
+        if keeper is not None:
+            for intent in intents:
+                await keeper.settle(intent)
 
     async def audited(self, action: str, resource: str, work: Awaitable[T], **detail: Any) -> T:
         """Run a write with the guard set; audit its refusal or (after the commit) its success."""
         try:
-            with self.guarding():
+            with self.guarding(action, resource):
                 result = await work
         except AccessDenied as exc:
             await self.record(action, resource, "denied", reason=exc.detail)
             raise
         await self.record(action, resource, **detail)
+        await self.settle()
         return result
 
     async def record(self, action: str, resource: str, outcome: str = "success", **detail: Any) -> None:
@@ -405,7 +425,7 @@ class _Unenforced(Access):
         return None
 
     @contextlib.contextmanager
-    def guarding(self) -> Iterator[None]:
+    def guarding(self, action: str | None = None, resource: str = "") -> Iterator[None]:
         yield
 
     async def record(self, action: str, resource: str, outcome: str = "success", **detail: Any) -> None:

@@ -362,6 +362,7 @@ async def _audit_batch(access: Access, action: str, result: BatchResult) -> None
     if result.success:
         await access.record(action, result.success[0] if len(result.success) == 1 else
                             f"{len(result.success)} entities", **batch_audit_detail(result.success, result.errors))
+    await access.settle()
 
 
 async def _batch(request: Request, mode: str) -> Response:
@@ -373,7 +374,7 @@ async def _batch(request: Request, mode: str) -> Response:
                              "(CITYOS_MAX_BATCH_ENTITIES)")
     ctx = await body_context(request, hub.resolver, body, media)
     options = set(split_list(request.query_params.get("options")))
-    with access.guarding():
+    with access.guarding(f"entity.batch_{mode}", "batch"):
         result = await hub.service.batch_write(access.tenant, body, ctx, mode, options)
     await _audit_batch(access, f"entity.batch_{mode}", result)
     return _batch_response(result, created_status=mode in ("create", "upsert"))
@@ -404,7 +405,7 @@ async def batch_delete(request: Request) -> Response:
     hub = hub_of(request)
     access = await access_of(request)
     body, _media = await read_body(request, hub.settings)
-    with access.guarding():
+    with access.guarding("entity.batch_delete", "batch"):
         result = await hub.service.batch_delete(access.tenant, body)
     await _audit_batch(access, "entity.batch_delete", result)
     return _batch_response(result, created_status=False)

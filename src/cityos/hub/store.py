@@ -29,6 +29,7 @@ from cityos.hub import geoquery
 from cityos.hub.model import Attrs, geometries
 from cityos.hub.models import attribute_history, entities, entity_extra_types, tenants
 from cityos.hub.qlang import QExpr, q_to_sql
+from cityos.security.audit_intents import write_pending
 
 DEFAULT_TENANT = ""
 COPY_THRESHOLD = 200
@@ -144,12 +145,16 @@ class HubStore:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. The audit record the caller announced (`security.audit_intents`) is
+        persisted in it, so a change never commits without a trace of who made it."""
         if self.dialect == "sqlite":
             async with self._sqlite_write_lock, self.engine.begin() as conn:
                 yield conn
+                await write_pending(conn)
         else:
             async with self._pg_write_slots, self.engine.begin() as conn:
                 yield conn
+                await write_pending(conn)
 
     # ------------------------------------------------------------------ tenants
 

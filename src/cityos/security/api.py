@@ -40,6 +40,7 @@ from cityos.security.accounts import AccountService
 from cityos.security.approvals import ApprovalService
 from cityos.security.audit import OUTCOMES, AuditEvent, AuditLog, AuditQuery, ts_text
 from cityos.security.audit_anchor import Checkpointer, CheckpointStore, checkpoint_store, verify_anchored
+from cityos.security.audit_intents import AuditIntents
 from cityos.security.crypto import load_keyring
 from cityos.security.policy import Principal, Resource, authorize, effective_tenant
 from cityos.security.service import Forbidden, OAuthError, SecurityService, Unauthorized
@@ -59,6 +60,7 @@ class SecurityState:
     approvals: ApprovalService
     audit: AuditLog
     checkpoints: CheckpointStore | None = None  # signed checkpoints of the audit chain (audit_anchor)
+    intents: AuditIntents | None = None  # audit records announced in the writes' transactions
 
     @property
     def accounts(self) -> AccountService:
@@ -82,9 +84,12 @@ async def start_security(app: FastAPI, settings: SecuritySettings | None = None,
     checkpoints = checkpoint_store(settings)
     checkpointer = Checkpointer(engine, checkpoints)
     checkpointer.start()
-    app.state.security = SecurityState(settings, service, ApprovalService(service), audit, checkpoints)
+    intents = AuditIntents(engine, audit, write_lock)
+    intents.start()
+    app.state.security = SecurityState(settings, service, ApprovalService(service), audit, checkpoints, intents)
 
     async def stop() -> None:
+        await intents.stop()
         await audit.stop()
         await checkpointer.stop()  # after the writer's last commit, so that the checkpoint covers it
         service.close()

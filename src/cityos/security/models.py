@@ -159,6 +159,18 @@ audit = Table(
     Index("ix_sec_audit_action", "action", "seq"),
 )
 
+# Audit intents: a write's audit record, announced inside the write's own transaction and removed
+# once the record is chained (security/audit_intents.py). One left behind by a process that died
+# between the two is chained at recovery, so a committed change never goes unaudited.
+audit_intents = Table(
+    "sec_audit_intents",
+    metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("event", JsonDoc, nullable=False),
+    Index("ix_sec_audit_intents_created", "created_at"),
+)
+
 # One row (id = 1): the newest record's seq and hash. Appenders lock it, so concurrent writers
 # (threads, processes) keep a single chain.
 audit_head = Table(
