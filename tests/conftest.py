@@ -29,6 +29,9 @@ __all__ = ["Auth", "auth"]
 # Tests compute indicators when they mean to: a scheduled round would publish KPI entities into the
 # hub in the middle of other tests.
 os.environ.setdefault("CITYOS_EVALUATION_INTERVAL_SECONDS", "0")
+# One token issuer for this process and the servers it starts (`auth_tokens.server_headers` mints tokens
+# for them): otherwise each server's issuer would be the address it happens to listen on.
+os.environ.setdefault("CITYOS_PUBLIC_URL", "http://cityos.test")
 # Tests empty every table between tests, so signed audit checkpoints of the session's app would
 # (rightly) report the chain as truncated: the session app writes none, into a file of its own.
 # The checkpoint tests (tests/security/test_sec_audit_checkpoints.py) use their own stores.
