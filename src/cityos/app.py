@@ -20,6 +20,7 @@ from cityos.core.errors import BadRequestData, InternalError, ProblemError
 from cityos.core.events import EventBus
 from cityos.hub import api as hub_api
 from cityos.hub.jsonld import ContextResolver, ContextStore
+from cityos.hub.paths import NgsiLdPaths
 from cityos.hub.service import HubService
 from cityos.hub.store import HubStore
 from cityos.hub.subscriptions import api as subscriptions_api
@@ -78,6 +79,7 @@ class RefuseNulInUrl:
 
 
 def install_input_guard(app: FastAPI) -> None:
+    app.add_middleware(NgsiLdPaths)
     app.add_middleware(RefuseNulInUrl)
 
 

@@ -29,6 +29,7 @@ from cityos.hub.http import (
 )
 from cityos.hub.jsonld import ActiveContext, ContextResolver, ContextStore
 from cityos.hub.model import check_entity_id, check_name, render_entity
+from cityos.hub.projection import project_core, projection_of
 from cityos.hub.qlang import parse_q, python_pattern
 from cityos.hub.service import BatchResult, HubService, UpdateResult
 from cityos.hub.store import EntityQuery, EntityRecord
@@ -59,6 +60,10 @@ class View:
     sys_attrs: bool
     attrs: list[str] | None
     lang: str | None
+    # v1.8 projection (§4.21): `pick` keeps only the named members, `omit` drops them; both may name
+    # id, type and scope besides attributes. Attribute names are expanded; core members stay as they are.
+    pick: frozenset[str] | None = None
+    omit: frozenset[str] = frozenset()
 
 
 def view_of(request: Request, ctx: ActiveContext) -> View:
@@ -74,9 +79,10 @@ def view_of(request: Request, ctx: ActiveContext) -> View:
         if explicit not in FORMATS:
             raise BadRequestData(f"unknown format {explicit!r}")
         fmt = FORMATS[explicit]
-    names = split_list(request.query_params.get("attrs")) or split_list(request.query_params.get("pick"))
+    names = split_list(request.query_params.get("attrs"))
     attrs = [ctx.expand(check_name(n)) for n in names if n not in ("id", "type")] if names else None
-    return View(fmt, "sysAttrs" in options, attrs, request.query_params.get("lang"))
+    pick, omit = projection_of(request.query_params, ctx.expand)
+    return View(fmt, "sysAttrs" in options, attrs, request.query_params.get("lang"), pick, omit)
 
 
 def _iso_created(record: EntityRecord) -> tuple[str, str]:
@@ -87,9 +93,15 @@ def _iso_created(record: EntityRecord) -> tuple[str, str]:
 
 def entity_out(record: EntityRecord, ctx: ActiveContext, view: View) -> dict[str, Any]:
     created, modified = _iso_created(record)
-    return render_entity(record.id, record.types, record.attrs, ctx.compact, fmt=view.fmt, sys_attrs=view.sys_attrs,
-                         created_at=created, modified_at=modified, only=view.attrs, scope=record.scope,
-                         lang=view.lang)
+    attrs = record.attrs
+    only = view.attrs
+    if view.pick is not None:
+        only = [iri for iri in attrs if iri in view.pick]
+    if view.omit:
+        attrs = {iri: instances for iri, instances in attrs.items() if iri not in view.omit}
+    out = render_entity(record.id, record.types, attrs, ctx.compact, fmt=view.fmt, sys_attrs=view.sys_attrs,
+                        created_at=created, modified_at=modified, only=only, scope=record.scope, lang=view.lang)
+    return project_core(out, view.pick, view.omit)
 
 
 def geojson_feature(record: EntityRecord, ctx: ActiveContext, view: View, geo_attr: str) -> dict[str, Any]:
@@ -186,7 +198,8 @@ async def respond_entities(request: Request, hub: Hub, ctx: ActiveContext, query
         payload: Any = {"type": "FeatureCollection",
                         "features": [geojson_feature(r, ctx, view, geo_attr) for r in records]}
     else:
-        payload = [entity_out(r, ctx, view) for r in records]
+        # An entity that projection leaves without any member is not returned (§4.21).
+        payload = [out for out in (entity_out(r, ctx, view) for r in records) if out]
     response = render(request, payload, neg, hub.contexts, headers=headers)
     if links:
         existing = response.headers.get("Link")
@@ -275,7 +288,10 @@ async def retrieve_entity(entity_id: str, request: Request) -> Response:
     if media == GEO_JSON:
         geo_attr = ctx.expand(request.query_params.get("geometryProperty") or "location")
         return render(request, geojson_feature(record, ctx, view, geo_attr), Negotiated(media, ctx), hub.contexts)
-    return render(request, entity_out(record, ctx, view), Negotiated(media, ctx), hub.contexts)
+    out = entity_out(record, ctx, view)
+    if not out:
+        raise ResourceNotFound(f"pick/omit leave nothing of entity {entity_id}")
+    return render(request, out, Negotiated(media, ctx), hub.contexts)
 
 
 @router.put("/entities/{entity_id}", status_code=204, openapi_extra=FRAGMENT_BODY, dependencies=WRITE)
