@@ -21,7 +21,7 @@ async def two(client: httpx.AsyncClient) -> httpx.AsyncClient:
 
 async def test_pick_on_retrieve(two: httpx.AsyncClient) -> None:
     assert (await two.get(f"{E}/{AIR1}", params={"pick": "pm25"})).json() == {
-        "pm25": {"type": "Property", "value": 10.0, "unitCode": "GQ", "observedAt": "2026-11-20T08:00:00.000Z"}}
+        "pm25": {"type": "Property", "value": 10.0, "unitCode": "GQ", "observedAt": "2026-11-20T08:00:00Z"}}
     assert (await two.get(f"{E}/{AIR1}", params={"pick": "id"})).json() == {"id": AIR1}
     body = (await two.get(f"{E}/{AIR1}", params={"pick": "id,type,location", "options": "keyValues"})).json()
     assert body == {"id": AIR1, "type": "AirQualityObserved",

@@ -28,6 +28,7 @@ from cityos.core.events import EventBus
 from cityos.hub.jsonld import ActiveContext
 from cityos.hub.model import (
     NULL_URI,
+    WRITTEN_OBSERVED_AT,
     Attrs,
     check_entity_id,
     check_name,
@@ -577,6 +578,8 @@ def _merge_instance(old: dict[str, Any], new: dict[str, Any]) -> None:
     if new.get("type") != old.get("type"):
         for key in ("value", "object", "languageMap", "vocab", "json", "valueList", "objectList"):
             old.pop(key, None)
+    if "observedAt" in new:
+        old.pop(WRITTEN_OBSERVED_AT, None)  # the new spelling, if any, comes with the new value
     for key, value in new.items():
         if key in ("createdAt", "modifiedAt"):
             continue
