@@ -21,6 +21,7 @@ from cityos.core.events import EventBus
 from cityos.hub import api as hub_api
 from cityos.hub.jsonld import ContextResolver, ContextStore
 from cityos.hub.paths import NgsiLdPaths
+from cityos.hub.paths import fallback_router as ngsi_ld_fallback
 from cityos.hub.service import HubService
 from cityos.hub.store import HubStore
 from cityos.hub.subscriptions import api as subscriptions_api
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
     app.include_router(subscriptions_api.router)
     app.include_router(temporal_api.router)
     app.include_router(temporal_api.admin_router)
+    app.include_router(ngsi_ld_fallback)  # after every NGSI-LD router: see cityos.hub.paths
     app.include_router(iot_api.router)
     app.include_router(iot_api.device_router)
     app.include_router(security_api.router)

@@ -44,3 +44,27 @@ async def test_missing_ids_on_other_collections_are_method_not_allowed(client: h
     assert r.status_code == 405
     assert r.json()["type"].startswith("https://uri.etsi.org/ngsi-ld/errors/")
 
+
+
+async def test_unknown_path_is_problem_details(client: httpx.AsyncClient) -> None:
+    for method in ("GET", "POST", "DELETE"):
+        r = await client.request(method, f"{V1}/nowhere/at/all")
+        assert r.status_code == 404, (method, r.text)
+        assert r.json() == {"type": "https://uri.etsi.org/ngsi-ld/errors/ResourceNotFound",
+                            "title": "Resource not found", "status": 404,
+                            "detail": f"no NGSI-LD resource at {V1}/nowhere/at/all"}
+
+
+async def test_known_path_with_other_method_is_405_with_allow(client: httpx.AsyncClient) -> None:
+    r = await client.put(f"{V1}/subscriptions", json={}, headers=JSON)
+    assert r.status_code == 405
+    assert set(r.headers["Allow"].split(", ")) >= {"GET", "POST"}
+    assert r.json()["status"] == 405 and r.json()["type"].startswith("https://uri.etsi.org/ngsi-ld/errors/")
+
+
+async def test_empty_segment_in_path_is_bad_request(client: httpx.AsyncClient) -> None:
+    for method, path in (("POST", "/entities//attrs"), ("PATCH", "/entities//attrs/speed"),
+                         ("DELETE", "/entities//attrs/speed"), ("DELETE", "/temporal/entities//attrs/speed")):
+        r = await client.request(method, V1 + path, json={"speed": 1}, headers=JSON)
+        assert r.status_code == 400, (method, path, r.text)
+        assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"

@@ -269,6 +269,49 @@ async def query_entities(request: Request) -> Response:
     return await respond_entities(request, hub, ctx, query, view_of(request, ctx), media)
 
 
+PURGE_SELECTORS = ("type", "id", "idPattern", "q", "georel", "scopeQ")
+
+
+@router.delete("/entities", status_code=204, dependencies=DELETE)
+async def purge_entities(request: Request) -> Response:
+    """Purge entities (v1.8.1 §5.6.21): delete every matching entity, or with `drop`/`keep` only
+    some of their attributes. An unfiltered purge must say `local=true`, so that a bare DELETE on the
+    collection never empties the hub by accident."""
+    hub = hub_of(request)
+    access = await access_of(request)
+    params = dict(request.query_params)
+    drop, keep = params.pop("drop", None), params.pop("keep", None)
+    if drop is not None and keep is not None:
+        raise BadRequestData("drop and keep cannot be used together")
+    local = parse_bool(params.pop("local", None), "local")
+    if not local and not any(params.get(name) for name in PURGE_SELECTORS):
+        raise BadRequestData("purge needs type, id, idPattern, q or a geo-query (or local=true for all entities)")
+    ctx = await query_context(request, hub.resolver)
+    names = split_list(drop if drop is not None else keep)
+    if (drop is not None or keep is not None) and not names:
+        raise BadRequestData("drop and keep need attribute names")
+    chosen = {ctx.expand(check_name(n)) for n in names}
+    params.update(limit=str(hub.settings.max_page_size), offset="0")
+    query = build_query(request, ctx, hub.settings, params)
+    plan = await access.plan_query(query)
+    matched: list[EntityRecord] = []
+    while not plan.empty:
+        page, _total = await hub.service.query(access.tenant, plan.query)
+        matched += [r for r in page if not plan.checks or access.matches(plan, r)]
+        if len(page) < plan.query.limit:
+            break
+        plan.query.after = page[-1].id
+    for record in matched:
+        if drop is None and keep is None:
+            await access.audited("entity.delete", record.id, hub.service.delete_entity(access.tenant, record.id))
+            continue
+        doomed = [iri for iri in record.attrs if (iri in chosen) == (drop is not None)]
+        for iri in doomed:
+            await access.audited("entity.delete_attr", record.id, hub.service.delete_attr(
+                access.tenant, record.id, iri, ctx, None, True), attr=iri[:256])
+    return _no_content()
+
+
 async def visible_record(access: Access, hub: Hub, entity_id: str) -> EntityRecord:
     """The entity as the caller may see it; 404 when it may see none of it (its existence is not told)."""
     record = access.view(await hub.service.retrieve(access.tenant, entity_id))
@@ -352,6 +395,18 @@ async def patch_attr(entity_id: str, attr_id: str, request: Request) -> Response
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
     ctx = await body_context(request, hub.resolver, body, media)
     await access.audited("entity.patch_attr", entity_id, hub.service.patch_attr(
+        access.tenant, entity_id, attr_id, body, ctx), attr=attr_id[:256])
+    return _no_content()
+
+
+@router.put("/entities/{entity_id}/attrs/{attr_id}", status_code=204, openapi_extra=FRAGMENT_BODY,
+            dependencies=WRITE)
+async def replace_attr(entity_id: str, attr_id: str, request: Request) -> Response:
+    hub = hub_of(request)
+    access = await access_of(request)
+    body, media = await read_body(request, hub.settings)
+    ctx = await body_context(request, hub.resolver, body, media)
+    await access.audited("entity.replace_attr", entity_id, hub.service.replace_attr(
         access.tenant, entity_id, attr_id, body, ctx), attr=attr_id[:256])
     return _no_content()
 
@@ -495,7 +550,7 @@ async def list_types(request: Request) -> Response:
     return render(request, payload, Negotiated(media, ctx), hub.contexts)
 
 
-@router.get("/types/{type_name}", dependencies=READ)
+@router.get("/types/{type_name:path}", dependencies=READ)
 async def type_info(type_name: str, request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
@@ -544,7 +599,7 @@ async def list_attributes(request: Request) -> Response:
     return render(request, payload, Negotiated(media, ctx), hub.contexts)
 
 
-@router.get("/attributes/{attr_id}", dependencies=READ)
+@router.get("/attributes/{attr_id:path}", dependencies=READ)
 async def attribute_info(attr_id: str, request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)

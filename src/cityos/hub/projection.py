@@ -21,7 +21,7 @@ CORE_MEMBERS = frozenset({"id", "type", "scope"})
 def _members(raw: str, what: str) -> list[str]:
     """Top-level names of a pick/omit list; braces group a nested projection."""
     names: list[str] = []
-    depth, current = 0, []
+    depth, current = 0, list[str]()
     for ch in raw:
         if ch == "{":
             depth += 1

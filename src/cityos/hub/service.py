@@ -27,6 +27,7 @@ from cityos.core.errors import (
 from cityos.core.events import EventBus
 from cityos.hub.jsonld import ActiveContext
 from cityos.hub.model import (
+    ENTITY_MEMBERS,
     NULL_URI,
     WRITTEN_OBSERVED_AT,
     Attrs,
@@ -333,6 +334,33 @@ class HubService:
                 _merge_instance(old, inst)
                 old["modifiedAt"] = clock.iso(now)
             _set_or_drop(after.attrs, iri, existing)
+            return [Change(entity_id, record, after, {iri})], []
+
+        await self._write(tenant, work)
+
+    async def replace_attr(self, tenant: str, entity_id: str, attr: str, body: Any, ctx: ActiveContext) -> None:
+        """Replace one attribute instance (§5.6.19): the instance with the body's datasetId must exist;
+        its createdAt is kept, everything else is the body's."""
+        now = clock.now()
+        check_entity_id(entity_id)
+        if attr.startswith("@") or attr in ENTITY_MEMBERS:
+            raise BadRequestData(f"{attr!r} is not an attribute name")
+        iri = ctx.expand(check_name(attr))
+        if not isinstance(body, dict):
+            raise BadRequestData("the body must be a JSON object")
+        inst = parse_attribute(attr, body, ctx.expand, clock.iso(now))[0]
+
+        async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
+            record = await self._load(conn, tenant, entity_id)
+            after = _shallow_copy(record, now)
+            existing = {i.get("datasetId"): i for i in after.attrs.get(iri, [])}
+            key = inst.get("datasetId")
+            if key not in existing:
+                raise ResourceNotFound(f"attribute {attr} (datasetId {key}) not found in {entity_id}")
+            inst["createdAt"] = existing[key].get("createdAt", clock.iso(now))
+            inst["modifiedAt"] = clock.iso(now)
+            existing[key] = inst
+            after.attrs[iri] = _ordered(existing)
             return [Change(entity_id, record, after, {iri})], []
 
         await self._write(tenant, work)

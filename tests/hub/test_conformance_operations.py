@@ -1,0 +1,95 @@
+"""Operations the ETSI suite found missing: replace attribute (v1.8.1 §5.6.19), purge entities
+(§5.6.21) and discovery of types/attributes named by an expanded IRI (§5.7.6, §5.7.9)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from hub.helpers import JSON, air
+
+E = "/ngsi-ld/v1/entities"
+AIR1 = "urn:ngsi-ld:AirQualityObserved:000001"
+PROBLEM = "https://uri.etsi.org/ngsi-ld/errors/"
+
+
+async def test_replace_attribute_keeps_created_at(client: httpx.AsyncClient) -> None:
+    await client.post(E, json=air(1), headers=JSON)
+    before = (await client.get(f"{E}/{AIR1}", params={"options": "sysAttrs"})).json()["pm25"]
+    r = await client.put(f"{E}/{AIR1}/attrs/pm25", json={"type": "Relationship", "object": "urn:ngsi-ld:X:1"},
+                         headers=JSON)
+    assert r.status_code == 204, r.text
+    after = (await client.get(f"{E}/{AIR1}", params={"options": "sysAttrs"})).json()["pm25"]
+    assert after["type"] == "Relationship" and after["object"] == "urn:ngsi-ld:X:1"
+    assert "unitCode" not in after and "value" not in after  # replaced, not merged
+    assert after["createdAt"] == before["createdAt"]
+
+
+@pytest.mark.parametrize(("entity", "attr", "status", "error"), [
+    ("invalidUri", "pm25", 400, "BadRequestData"),
+    ("urn:ngsi-ld:AirQualityObserved:nope", "pm25", 404, "ResourceNotFound"),
+    (AIR1, "@invalid", 400, "BadRequestData"),
+    (AIR1, "scope", 400, "BadRequestData"),
+    (AIR1, "brandName", 404, "ResourceNotFound"),
+])
+async def test_replace_attribute_refusals(client: httpx.AsyncClient, entity: str, attr: str, status: int,
+                                          error: str) -> None:
+    await client.post(E, json=air(1), headers=JSON)
+    r = await client.put(f"{E}/{entity}/attrs/{attr}", json={"type": "Property", "value": 1}, headers=JSON)
+    assert r.status_code == status, r.text
+    assert r.json()["type"] == PROBLEM + error
+    assert (await client.get(f"{E}/{AIR1}")).json()["pm25"]["value"] == 10.0
+
+
+async def test_replace_attribute_of_another_dataset_is_404(client: httpx.AsyncClient) -> None:
+    await client.post(E, json=air(1), headers=JSON)
+    r = await client.put(f"{E}/{AIR1}/attrs/pm25", json={"type": "Property", "value": 1,
+                                                        "datasetId": "urn:ngsi-ld:Dataset:other"}, headers=JSON)
+    assert r.status_code == 404
+
+
+async def test_purge_by_type_and_q(client: httpx.AsyncClient) -> None:
+    for n in (1, 2, 3):
+        await client.post(E, json=air(n, pm25=10.0 * n), headers=JSON)
+    await client.post(E, json={"id": "urn:ngsi-ld:Vehicle:1", "type": "Vehicle"}, headers=JSON)
+    r = await client.delete(E, params={"type": "AirQualityObserved", "q": "pm25>15"})
+    assert r.status_code == 204, r.text
+    left = (await client.get(E, params={"type": "AirQualityObserved,Vehicle"})).json()
+    assert sorted(e["id"] for e in left) == [AIR1, "urn:ngsi-ld:Vehicle:1"]
+    assert (await client.delete(E, params={"type": "Vehicle"})).status_code == 204
+    assert [e["id"] for e in (await client.get(E, params={"type": "AirQualityObserved,Vehicle"})).json()] == [AIR1]
+
+
+async def test_purge_drop_and_keep_attributes(client: httpx.AsyncClient) -> None:
+    await client.post(E, json=air(1), headers=JSON)
+    await client.post(E, json=air(2), headers=JSON)
+    assert (await client.delete(E, params={"id": AIR1, "drop": "pm25"})).status_code == 204
+    assert set((await client.get(f"{E}/{AIR1}")).json()) == {"id", "type", "location"}
+    r = await client.delete(E, params={"type": "AirQualityObserved", "keep": "pm25"})
+    assert r.status_code == 204
+    assert set((await client.get(f"{E}/urn:ngsi-ld:AirQualityObserved:000002")).json()) == {"id", "type", "pm25"}
+    assert set((await client.get(f"{E}/{AIR1}")).json()) == {"id", "type"}
+
+
+async def test_purge_all_needs_local(client: httpx.AsyncClient) -> None:
+    await client.post(E, json=air(1), headers=JSON)
+    r = await client.delete(E)
+    assert r.status_code == 400 and r.json()["type"] == PROBLEM + "BadRequestData"
+    assert (await client.get(f"{E}/{AIR1}")).status_code == 200
+    r = await client.delete(E, params={"type": "AirQualityObserved", "drop": "pm25", "keep": "location"})
+    assert r.status_code == 400
+    assert (await client.get(f"{E}/{AIR1}")).json()["pm25"]["value"] == 10.0
+    assert (await client.delete(E, params={"local": "true"})).status_code == 204
+    assert (await client.get(f"{E}/{AIR1}")).status_code == 404
+
+
+async def test_type_and_attribute_by_expanded_iri(client: httpx.AsyncClient) -> None:
+    await client.post(E, json=air(1), headers=JSON)
+    iri = "https://uri.etsi.org/ngsi-ld/default-context/AirQualityObserved"
+    r = await client.get(f"/ngsi-ld/v1/types/{iri}")
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == iri and r.json()["entityCount"] == 1
+    attr = "https://uri.etsi.org/ngsi-ld/default-context/pm25"
+    r = await client.get(f"/ngsi-ld/v1/attributes/{attr}")
+    assert r.status_code == 200 and r.json()["id"] == attr
+    assert (await client.get("/ngsi-ld/v1/types/https://example.org/Nothing")).status_code == 404
