@@ -11,11 +11,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from cityos.config import Settings
-from cityos.core.errors import BadRequestData, ResourceNotFound
+from cityos.core.errors import BadRequestData, LdContextNotAvailable, ResourceNotFound
 from cityos.hub import geoquery
 from cityos.hub.access import Access, access_of, batch_audit_detail, denied_in
 from cityos.hub.http import (
     GEO_JSON,
+    JSON_LD,
     Negotiated,
     accepted,
     body_context,
@@ -435,6 +436,23 @@ async def _audit_batch(access: Access, action: str, result: BatchResult) -> None
                             f"{len(result.success)} entities", **batch_audit_detail(result.success, result.errors))
 
 
+def _batch_context_errors(body: list[Any], media: str) -> tuple[list[Any], BatchResult]:
+    """Entities whose @context does not fit the Content-Type fail on their own (207, §6.3.5),
+    not the whole batch: JSON carries no @context in the body, JSON-LD must."""
+    kept, refused = [], BatchResult()
+    for entity in body:
+        has_context = isinstance(entity, dict) and "@context" in entity
+        entity_id = entity.get("id") if isinstance(entity, dict) else None
+        if media == JSON_LD and not has_context:
+            refused.fail(entity_id, BadRequestData("an application/ld+json entity must contain an @context"))
+        elif media != JSON_LD and has_context:
+            refused.fail(entity_id, BadRequestData("an application/json entity must not contain @context; "
+                                                   "use the Link header"))
+        else:
+            kept.append(entity)
+    return kept, refused
+
+
 async def _batch(request: Request, mode: str) -> Response:
     hub = hub_of(request)
     access = await access_of(request)
@@ -442,10 +460,24 @@ async def _batch(request: Request, mode: str) -> Response:
     if isinstance(body, list) and len(body) > hub.settings.max_batch_entities:
         raise BadRequestData(f"a batch may hold at most {hub.settings.max_batch_entities} entities "
                              "(CITYOS_MAX_BATCH_ENTITIES)")
-    ctx = await body_context(request, hub.resolver, body, media)
+    if isinstance(body, list) and not body:
+        raise BadRequestData("a batch needs at least one entity")
+    refused = BatchResult()
+    if isinstance(body, list):
+        body, refused = _batch_context_errors(body, media)
+        if not body:
+            return _batch_response(refused, created_status=False)
+    try:
+        ctx = await body_context(request, hub.resolver, body, media)
+    except LdContextNotAvailable as exc:
+        # Each entity fails on its own (§6.3.5: 207 with the reason per entity), not the batch.
+        for entity in body if isinstance(body, list) else []:
+            refused.fail(entity.get("id") if isinstance(entity, dict) else None, exc)
+        return _batch_response(refused, created_status=False)
     options = set(split_list(request.query_params.get("options")))
     with access.guarding():
         result = await hub.service.batch_write(access.tenant, body, ctx, mode, options)
+    result.errors[:0] = refused.errors
     await _audit_batch(access, f"entity.batch_{mode}", result)
     return _batch_response(result, created_status=mode in ("create", "upsert"))
 
@@ -475,6 +507,8 @@ async def batch_delete(request: Request) -> Response:
     hub = hub_of(request)
     access = await access_of(request)
     body, _media = await read_body(request, hub.settings)
+    if isinstance(body, list) and not body:
+        raise BadRequestData("a batch needs at least one entity id")
     with access.guarding():
         result = await hub.service.batch_delete(access.tenant, body)
     await _audit_batch(access, "entity.batch_delete", result)

@@ -472,7 +472,12 @@ class HubService:
         if types:
             after.types = sorted({*after.types, *types})
         if mode == "update" and "noOverwrite" in options:
-            attrs = {iri: inst for iri, inst in attrs.items() if iri not in before.attrs}
+            kept = {iri: inst for iri, inst in attrs.items() if iri not in before.attrs}
+            if len(kept) < len(attrs):
+                # The entity is updated with what is new, and the batch says what was left alone (207).
+                result.fail(entity_id, BadRequestData(f"{len(attrs) - len(kept)} attribute(s) exist and "
+                                                      "noOverwrite was given"))
+            attrs = kept
         changed = _merge_attrs(after.attrs, attrs, iso_now, replace_instances=mode != "merge")
         return Change(entity_id, before, after, changed)
 
@@ -495,7 +500,12 @@ class HubService:
             result.errors[:] = parse_errors
             existing = await self.store.fetch(conn, tenant, wanted, for_update=True)
             changes = []
-            for entity_id in dict.fromkeys(wanted):
+            seen: set[str] = set()
+            for entity_id in wanted:
+                if entity_id in seen:
+                    result.fail(entity_id, ResourceNotFound(f"entity {entity_id} is deleted earlier in this batch"))
+                    continue
+                seen.add(entity_id)
                 if entity_id not in existing:
                     result.fail(entity_id, ResourceNotFound(f"entity {entity_id} not found"))
                     continue
