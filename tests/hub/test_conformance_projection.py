@@ -49,6 +49,7 @@ async def test_nothing_left_on_retrieve_is_404(two: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize("params", [{"pick": "id", "omit": "type"}, {"pick": "pm25", "attrs": "pm25"},
+                                    {"omit": "pm25", "attrs": "location"},
                                     {"pick": "a{b"}, {"omit": "a,,b"}, {"pick": "bad name"}])
 async def test_invalid_projection_is_400(two: httpx.AsyncClient, params: dict[str, str]) -> None:
     for url in (E, f"{E}/{AIR1}"):
@@ -57,6 +58,14 @@ async def test_invalid_projection_is_400(two: httpx.AsyncClient, params: dict[st
         assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"
     # nothing was changed by the refused reads
     assert (await two.get(f"{E}/{AIR1}")).json()["pm25"]["value"] == 10.0
+
+
+@pytest.mark.parametrize("params", [{"options": "bogus"}, {"format": "bogus"}, {"options": "keyValues,bogus"}])
+async def test_unknown_format_or_option_is_invalid_request(two: httpx.AsyncClient, params: dict[str, str]) -> None:
+    for url in (E, f"{E}/{AIR1}"):
+        r = await two.get(url, params={"type": "Vehicle", **params} if url == E else params)
+        assert r.status_code == 400, (url, params, r.text)
+        assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/InvalidRequest"
 
 
 async def test_nested_projection_is_accepted_at_top_level(two: httpx.AsyncClient) -> None:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from cityos.config import Settings
-from cityos.core.errors import BadRequestData, LdContextNotAvailable, ResourceNotFound
+from cityos.core.errors import BadRequestData, InvalidRequest, LdContextNotAvailable, ResourceNotFound
 from cityos.hub import geoquery
 from cityos.hub.access import Access, access_of, batch_audit_detail, denied_in
 from cityos.hub.http import (
@@ -74,11 +74,11 @@ def view_of(request: Request, ctx: ActiveContext) -> View:
         if option in FORMATS:
             fmt = FORMATS[option]
         elif option not in ("sysAttrs", "normalized"):
-            raise BadRequestData(f"unknown option {option!r}")
+            raise InvalidRequest(f"unknown option {option!r}")
     explicit = request.query_params.get("format")
     if explicit:
         if explicit not in FORMATS:
-            raise BadRequestData(f"unknown format {explicit!r}")
+            raise InvalidRequest(f"unknown format {explicit!r}")
         fmt = FORMATS[explicit]
     names = split_list(request.query_params.get("attrs"))
     attrs = [ctx.expand(check_name(n)) for n in names if n not in ("id", "type")] if names else None

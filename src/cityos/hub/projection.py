@@ -1,8 +1,8 @@
 """Projection of entity members with `pick` and `omit` (ETSI GS CIM 009 v1.8.1 §4.21).
 
 `pick` lists the members to keep, `omit` those to drop; either may name the core members `id`,
-`type` and `scope` as well as attributes. They exclude each other, and `pick` excludes `attrs`
-(which also filters a query): a request naming both is refused with 400. A member list may carry a
+`type` and `scope` as well as attributes. They exclude each other and `attrs` (which also filters
+a query): a request naming two of them is refused with 400. A member list may carry a
 nested projection for linked entities (`locatedAt{id,name}`); the part in braces is only accepted
 here, since linked-entity retrieval (`join`) is not offered.
 """
@@ -53,8 +53,8 @@ def projection_of(params: Mapping[str, str], expand: Callable[[str], str]) -> tu
     raw_pick, raw_omit = params.get("pick"), params.get("omit")
     if raw_pick is not None and raw_omit is not None:
         raise BadRequestData("pick and omit cannot be used together")
-    if raw_pick is not None and params.get("attrs") is not None:
-        raise BadRequestData("pick and attrs cannot be used together")
+    if params.get("attrs") is not None and (raw_pick is not None or raw_omit is not None):
+        raise BadRequestData("pick and omit cannot be used together with attrs")
     pick = _expanded(_members(raw_pick, "pick"), expand) if raw_pick is not None else None
     omit = _expanded(_members(raw_omit, "omit"), expand) if raw_omit is not None else frozenset()
     return pick, omit
@@ -65,4 +65,19 @@ def project_core(out: dict[str, Any], pick: frozenset[str] | None, omit: frozens
     for member in CORE_MEMBERS:
         if member in out and ((pick is not None and member not in pick) or member in omit):
             del out[member]
+    return out
+
+
+def project_rendered(out: dict[str, Any], pick: frozenset[str] | None, omit: frozenset[str],
+                     expand: Callable[[str], str]) -> dict[str, Any]:
+    """The same projection on an already rendered entity (temporal representations), whose
+    attribute names are compacted: they are expanded again to compare. System members stay."""
+    if pick is None and not omit:
+        return out
+    for key in list(out):
+        if key in ("createdAt", "modifiedAt", "deletedAt", "@context"):
+            continue
+        member = key if key in CORE_MEMBERS else expand(key)
+        if (pick is not None and member not in pick) or member in omit:
+            del out[key]
     return out
