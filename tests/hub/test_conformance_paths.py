@@ -68,3 +68,26 @@ async def test_empty_segment_in_path_is_bad_request(client: httpx.AsyncClient) -
         r = await client.request(method, V1 + path, json={"speed": 1}, headers=JSON)
         assert r.status_code == 400, (method, path, r.text)
         assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"
+
+
+async def test_unknown_query_parameter_is_invalid_request(client: httpx.AsyncClient) -> None:
+    # §6.3.20: checked before the body, so even a create with a bad body answers InvalidRequest.
+    cases = (("GET", f"{V1}/entities?invalidParams=x&type=Building"), ("POST", f"{V1}/entities?invalidParams=x"),
+             ("GET", f"{V1}/temporal/entities?invalidParams=x&type=Building"), ("GET", f"{V1}/types?bogus=1"),
+             ("GET", f"{V1}/subscriptions?invalidParams=x"), ("DELETE", f"{V1}/entities?invalidParams=x"),
+             ("GET", f"{V1}/entities/{AIR1}?bogus=1"))
+    for method, url in cases:
+        r = await client.request(method, url, content=b'"not an entity"', headers=JSON)
+        assert r.status_code == 400, (method, url, r.text)
+        assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/InvalidRequest", (method, url)
+    assert (await client.post(f"{V1}/entities", json=air(1), headers=JSON)).status_code == 201
+
+
+async def test_defined_parameters_pass(client: httpx.AsyncClient) -> None:
+    await client.post(f"{V1}/entities", json=air(1), headers=JSON)
+    r = await client.get(f"{V1}/entities", params={"type": "AirQualityObserved", "limit": "5", "offset": "0",
+                                                   "count": "true", "options": "keyValues", "pick": "id"})
+    assert r.status_code == 200, r.text
+    r = await client.get(f"{V1}/temporal/entities/{AIR1}", params={"timerel": "after", "timeAt": "2020-01-01T00:00:00Z",
+                                                                   "lastN": "2"})
+    assert r.status_code == 200, r.text

@@ -14,6 +14,7 @@ tenth of a small request.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from typing import Any
 
 import orjson
@@ -21,13 +22,53 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.routing import Match
 
-from cityos.core.errors import BadRequestData, ProblemError, ResourceNotFound
+from cityos.core.errors import BadRequestData, InvalidRequest, ProblemError, ResourceNotFound
 
 PREFIX = "/ngsi-ld/v1"
 _EMPTY_ENTITY_ID = {("PUT", PREFIX + "/entities/"), ("PATCH", PREFIX + "/entities/")}
 # An empty segment inside the path (`/entities//attrs`) is a missing identifier; `//` after a colon
 # belongs to an IRI given as an identifier (`/types/https://example.org/Building`).
 _EMPTY_SEGMENT = re.compile(r"(?<!:)//")
+
+
+# Query parameters each operation defines (v1.8.1 §6.3.x); anything else is InvalidRequest (§6.3.20).
+# `after` (keyset paging) is CityOS's own, in the Link headers it hands out.
+_PAGING = frozenset({"limit", "offset", "count", "after"})
+_GEO = frozenset({"georel", "geometry", "coordinates", "geoproperty"})
+_SELECT = frozenset({"type", "id", "idPattern", "q", "scopeQ", "csf", "local", "via"}) | _GEO
+_SHOW = frozenset({"attrs", "pick", "omit", "options", "format", "lang", "geometryProperty", "datasetId", "join",
+                   "joinLevel", "containedBy", "entityMap", "expandValues", "jsonKeys", "local", "via"})
+_TEMPORAL = frozenset({"timerel", "timeAt", "endTimeAt", "timeproperty", "timeProperty", "lastN", "aggrMethods",
+                       "aggrPeriodDuration"})
+_QUERY = _SELECT | _SHOW | _PAGING | {"orderBy", "collation"}
+_WRITE = frozenset({"options", "local", "via"})
+_ALLOWED: list[tuple[re.Pattern[str], dict[str, frozenset[str]]]] = [
+    (re.compile(r"/entities"), {"GET": _QUERY, "POST": _WRITE,
+                                "DELETE": _SELECT | {"drop", "keep", "attrs"}}),
+    (re.compile(r"/entities/[^/]+"), {"GET": _SHOW, "PUT": _WRITE, "PATCH": _WRITE, "DELETE": _WRITE}),
+    (re.compile(r"/temporal/entities"), {"GET": _QUERY | _TEMPORAL, "POST": _WRITE}),
+    (re.compile(r"/temporal/entities/[^/]+"), {"GET": _SHOW | _TEMPORAL, "DELETE": _WRITE}),
+    (re.compile(r"/(types|attributes)(/.+)?"), {"GET": frozenset({"details", "local", "via"})}),
+    (re.compile(r"/subscriptions"), {"GET": _PAGING | {"local", "via"}, "POST": frozenset()}),
+    (re.compile(r"/entityOperations/query"), {"POST": _QUERY}),
+    (re.compile(r"/temporal/entityOperations/query"), {"POST": _QUERY | _TEMPORAL}),
+]
+
+
+def unknown_parameters(method: str, path: str, query_string: bytes) -> list[str]:
+    """The query parameters the NGSI-LD operation at (method, path) does not define."""
+    if not query_string:
+        return []
+    tail = path[len(PREFIX):]
+    for pattern, by_method in _ALLOWED:
+        if pattern.fullmatch(tail):
+            allowed = by_method.get(method)
+            if allowed is None:
+                return []
+            names = [part.split(b"=", 1)[0] for part in query_string.split(b"&") if part]
+            decoded = [urllib.parse.unquote_plus(n.decode("latin-1")) for n in names]
+            return [name for name in decoded if name not in allowed]
+    return []
 
 
 class NgsiLdPaths:
@@ -46,10 +87,15 @@ class NgsiLdPaths:
             if path.startswith(PREFIX + "/") and _EMPTY_SEGMENT.search(scope["path"]):
                 await _problem(BadRequestData("an identifier in the path is empty"), send)
                 return
+            if path.startswith(PREFIX + "/"):
+                unknown = unknown_parameters(scope.get("method", ""), scope["path"], scope.get("query_string", b""))
+                if unknown:
+                    await _problem(InvalidRequest(f"unknown query parameter(s): {', '.join(unknown)[:200]}"), send)
+                    return
         await self.app(scope, receive, send)
 
 
-async def _problem(error: BadRequestData, send: Any) -> None:
+async def _problem(error: ProblemError, send: Any) -> None:
     body = orjson.dumps(error.to_problem())
     await send({"type": "http.response.start", "status": error.status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
