@@ -49,7 +49,8 @@ _ALLOWED: list[tuple[re.Pattern[str], dict[str, frozenset[str]]]] = [
     (re.compile(r"/temporal/entities"), {"GET": _QUERY | _TEMPORAL, "POST": _WRITE}),
     (re.compile(r"/temporal/entities/[^/]+"), {"GET": _SHOW | _TEMPORAL, "DELETE": _WRITE}),
     (re.compile(r"/(types|attributes)(/.+)?"), {"GET": frozenset({"details", "local", "via"})}),
-    (re.compile(r"/subscriptions"), {"GET": _PAGING | {"local", "via"}, "POST": frozenset()}),
+    (re.compile(r"/subscriptions"), {"GET": _PAGING | {"local", "via", "options"}, "POST": frozenset()}),
+    (re.compile(r"/subscriptions/[^/]+"), {"GET": frozenset({"options"})}),
     (re.compile(r"/entityOperations/query"), {"POST": _QUERY}),
     (re.compile(r"/temporal/entityOperations/query"), {"POST": _QUERY | _TEMPORAL}),
 ]

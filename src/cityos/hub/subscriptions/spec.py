@@ -132,7 +132,7 @@ def _positive(value: Any, what: str, allow_zero: bool) -> float:
         raise BadRequestData(f"{what} must be a {'non-negative' if allow_zero else 'positive'} number of seconds")
     if value > 10 * 365 * 86400:
         raise BadRequestData(f"{what} is too large")
-    return float(value)
+    return value  # kept as given: 5 stays 5, not 5.0
 
 
 def _expires(value: Any, _ctx: ActiveContext) -> str:
@@ -263,7 +263,8 @@ def parse_subscription(body: Any, ctx: ActiveContext) -> Spec:
     raw_id = body.get("id")
     spec["id"] = check_entity_id(raw_id) if raw_id is not None else new_id()
     spec["type"] = "Subscription"
-    spec.setdefault("isActive", True)
+    # isActive stays absent unless given (it defaults to true wherever it is read): the
+    # representation returns what the subscriber wrote.
     check_whole(spec)
     return spec
 
@@ -336,9 +337,11 @@ def render_subscription(spec: Spec, row: Any, compact: Compact, now: datetime) -
     for key in ("timeInterval", "throttling", "expiresAt", "jsonldContext", "lang"):
         if key in spec:
             out[key] = spec[key]
-    out["isActive"] = spec.get("isActive", True)
+    if "isActive" in spec:
+        out["isActive"] = spec["isActive"]
     out["notification"] = _render_notification(spec["notification"], row, compact)
     out["status"] = status_of(spec, as_utc_or_none(row.expires_at), now)
+    # System attributes; the API keeps them only for options=sysAttrs (see subscriptions.api).
     out["createdAt"] = _iso_or_none(row.created_at)
     out["modifiedAt"] = _iso_or_none(row.modified_at)
     return out
@@ -348,7 +351,11 @@ def _render_notification(params: dict[str, Any], row: Any, compact: Compact) -> 
     out: dict[str, Any] = {k: v for k, v in params.items() if k != "attributes"}
     if "attributes" in params:
         out["attributes"] = [compact(a) for a in params["attributes"]]
-    out["status"] = row.status
+    if row.last_notification is not None:
+        # "failed" when the last attempt failed (§5.2.15), not only once the sender parks the queue.
+        failure, success = as_utc_or_none(row.last_failure), as_utc_or_none(row.last_success)
+        last_failed = failure is not None and (success is None or failure >= success)
+        out["status"] = "failed" if row.status == "failed" or last_failed else "ok"
     out["timesSent"] = int(row.times_sent)
     out["timesFailed"] = int(row.times_failed)
     for key, value in (("lastNotification", row.last_notification), ("lastSuccess", row.last_success),
