@@ -93,3 +93,44 @@ async def test_type_and_attribute_by_expanded_iri(client: httpx.AsyncClient) -> 
     r = await client.get(f"/ngsi-ld/v1/attributes/{attr}")
     assert r.status_code == 200 and r.json()["id"] == attr
     assert (await client.get("/ngsi-ld/v1/types/https://example.org/Nothing")).status_code == 404
+
+
+async def test_query_with_several_id_selectors(client: httpx.AsyncClient) -> None:
+    for n in (1, 2, 3):
+        await client.post(E, json=air(n), headers=JSON)
+    body = {"type": "Query", "entities": [{"id": air(1)["id"], "type": "AirQualityObserved"},
+                                          {"id": air(3)["id"], "type": "AirQualityObserved"}]}
+    r = await client.post("/ngsi-ld/v1/entityOperations/query", json=body, headers=JSON)
+    assert r.status_code == 200, r.text
+    assert sorted(e["id"] for e in r.json()) == [air(1)["id"], air(3)["id"]]
+    mixed = {"type": "Query", "entities": [{"id": air(1)["id"]}, {"type": "AirQualityObserved", "idPattern": ".*"}]}
+    r = await client.post("/ngsi-ld/v1/entityOperations/query", json=mixed, headers=JSON)
+    assert r.status_code == 400 and r.json()["type"] == PROBLEM + "BadRequestData"
+
+
+async def test_query_by_post_as_geojson(client: httpx.AsyncClient) -> None:
+    await client.post(E, json=air(1), headers=JSON)
+    r = await client.post("/ngsi-ld/v1/entityOperations/query", json={"type": "Query", "entities": [
+        {"type": "AirQualityObserved"}]}, headers=JSON | {"Accept": "application/geo+json"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["type"] == "FeatureCollection" and body["features"][0]["geometry"]["type"] == "Point"
+
+
+async def test_temporal_query_by_post(client: httpx.AsyncClient) -> None:
+    series = {"id": "urn:ngsi-ld:Vehicle:q1", "type": "Vehicle",
+              "speed": [{"type": "Property", "value": 120, "observedAt": "2020-08-01T12:03:00Z"},
+                        {"type": "Property", "value": 80, "observedAt": "2020-08-01T12:05:00Z"}]}
+    r = await client.post("/ngsi-ld/v1/temporal/entities", json=series, headers=JSON)
+    assert r.status_code in (201, 204), r.text
+    body = {"type": "Query", "entities": [{"type": "Vehicle"}], "attrs": ["speed"],
+            "temporalQ": {"timerel": "after", "timeAt": "2020-08-01T12:04:00Z"}}
+    r = await client.post("/ngsi-ld/v1/temporal/entityOperations/query", json=body, headers=JSON)
+    assert r.status_code == 200, r.text
+    [found] = r.json()
+    assert found["id"] == "urn:ngsi-ld:Vehicle:q1" and [i["value"] for i in found["speed"]] == [80]
+    r = await client.post("/ngsi-ld/v1/temporal/entityOperations/query", json={"type": "Nope"}, headers=JSON)
+    assert r.status_code == 400 and r.json()["type"] == PROBLEM + "BadRequestData"
+    bad_time = {**body, "temporalQ": {"timerel": "after", "timeAt": "yesterday"}}
+    r = await client.post("/ngsi-ld/v1/temporal/entityOperations/query", json=bad_time, headers=JSON)
+    assert r.status_code == 400

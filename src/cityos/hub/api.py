@@ -515,25 +515,32 @@ async def batch_delete(request: Request) -> Response:
     return _batch_response(result, created_status=False)
 
 
-@router.post("/entityOperations/query", openapi_extra=FRAGMENT_BODY, dependencies=READ)
-async def batch_query(request: Request) -> Response:
-    hub = hub_of(request)
-    media = accepted(request)
-    body, body_media = await read_body(request, hub.settings)
-    if not isinstance(body, dict) or body.get("type") != "Query":
-        raise BadRequestData('the body must be a Query object with "type": "Query"')
-    ctx = await body_context(request, hub.resolver, body, body_media)
-    params: dict[str, Any] = dict(request.query_params)
+def _selectors_params(selectors: list[dict[str, Any]]) -> dict[str, str]:
+    """Several EntitySelectors are served when their union is one filter: all name ids (ids and
+    types are joined), or all name only types."""
+    if len(selectors) == 1:
+        return {key: ",".join(value) if isinstance(value, list) else str(value)
+                for key, value in selectors[0].items() if key in ("type", "id", "idPattern")}
+    def joined(key: str) -> str:
+        items: list[str] = []
+        for selector in selectors:
+            value = selector.get(key)
+            items += value if isinstance(value, list) else [str(value)] if value is not None else []
+        return ",".join(dict.fromkeys(items))
+    if all("id" in s and "idPattern" not in s for s in selectors):
+        return {k: v for k, v in (("id", joined("id")), ("type", joined("type"))) if v}
+    if all(set(s) <= {"type"} for s in selectors):
+        return {"type": joined("type")}
+    raise BadRequestData("several EntitySelectors are supported when all give ids or all give only types")
+
+
+def query_body_params(body: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The query parameters a Query body (§5.2.23) stands for, over those of the URL."""
     selectors = body.get("entities") or []
     if not isinstance(selectors, list) or not all(isinstance(s, dict) for s in selectors):
         raise BadRequestData("Query.entities must be an array of EntitySelector objects")
-    if len(selectors) > 1:
-        raise BadRequestData("one EntitySelector per query is supported")
-    for selector in selectors:
-        for key in ("type", "id", "idPattern"):
-            if key in selector:
-                value = selector[key]
-                params[key] = ",".join(value) if isinstance(value, list) else str(value)
+    if selectors:
+        params.update(_selectors_params(selectors))
     if "attrs" in body:
         params["attrs"] = ",".join(body["attrs"]) if isinstance(body["attrs"], list) else str(body["attrs"])
     if "q" in body:
@@ -545,6 +552,23 @@ async def batch_query(request: Request) -> Response:
         params["coordinates"] = orjson.dumps(geo_q.get("coordinates")).decode()
         if geo_q.get("geoproperty"):
             params["geoproperty"] = geo_q["geoproperty"]
+    temporal_q = body.get("temporalQ")
+    if isinstance(temporal_q, dict):
+        for key in ("timerel", "timeAt", "endTimeAt", "timeproperty", "lastN"):
+            if temporal_q.get(key) is not None:
+                params[key] = str(temporal_q[key])
+    return params
+
+
+@router.post("/entityOperations/query", openapi_extra=FRAGMENT_BODY, dependencies=READ)
+async def batch_query(request: Request) -> Response:
+    hub = hub_of(request)
+    media = accepted(request, allow_geo=True)
+    body, body_media = await read_body(request, hub.settings)
+    if not isinstance(body, dict) or body.get("type") != "Query":
+        raise BadRequestData('the body must be a Query object with "type": "Query"')
+    ctx = await body_context(request, hub.resolver, body, body_media)
+    params = query_body_params(body, dict(request.query_params))
     query = build_query(request, ctx, hub.settings, params)
     return await respond_entities(request, hub, ctx, query, view_of(request, ctx), media)
 
