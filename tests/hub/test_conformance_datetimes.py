@@ -75,3 +75,17 @@ async def test_bad_datetime_is_refused(client: httpx.AsyncClient) -> None:
     assert r.status_code == 400
     assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"
     assert (await client.get(f"{E}/{CAR}")).status_code == 404
+
+
+async def test_language_property_deleted_by_its_null(client: httpx.AsyncClient) -> None:
+    # Not a DateTime: kept here with the other provision details the suite checks (§4.5.18).
+    street = {"type": "LanguageProperty", "languageMap": {"fr": "Avenue", "en": "Avenue"}}
+    body = {"id": CAR, "type": "Vehicle", "street": street,
+            "name": {"type": "Property", "value": "x"}}
+    assert (await client.post(E, json=body, headers=JSON)).status_code == 201
+    null = {"type": "LanguageProperty", "languageMap": {"@none": "urn:ngsi-ld:null"}}
+    r = await client.patch(f"{E}/{CAR}/attrs", json={"street": null}, headers=JSON)
+    assert r.status_code == 204, r.text
+    assert "street" not in (await client.get(f"{E}/{CAR}")).json()
+    r = await client.post(E, json={**body, "id": CAR + "b", "street": null}, headers=JSON)
+    assert r.status_code == 400  # only merge and update may carry NGSI-LD Null

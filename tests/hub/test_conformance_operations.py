@@ -134,3 +134,29 @@ async def test_temporal_query_by_post(client: httpx.AsyncClient) -> None:
     bad_time = {**body, "temporalQ": {"timerel": "after", "timeAt": "yesterday"}}
     r = await client.post("/ngsi-ld/v1/temporal/entityOperations/query", json=bad_time, headers=JSON)
     assert r.status_code == 400
+
+
+async def test_update_attrs_adds_types(client: httpx.AsyncClient) -> None:
+    await client.post(E, json=air(1), headers=JSON)
+    r = await client.patch(f"{E}/{AIR1}/attrs", json={"type": ["Sensor", "AirQualityObserved"]}, headers=JSON)
+    assert r.status_code == 204, r.text
+    assert sorted((await client.get(f"{E}/{AIR1}")).json()["type"]) == ["AirQualityObserved", "Sensor"]
+    assert [e["id"] for e in (await client.get(E, params={"type": "Sensor"})).json()] == [AIR1]
+    r = await client.patch(f"{E}/{AIR1}/attrs", json={"type": "bad type"}, headers=JSON)
+    assert r.status_code == 400
+
+
+async def test_partial_update_of_a_sub_attribute_only(client: httpx.AsyncClient) -> None:
+    parked = {"id": "urn:ngsi-ld:Vehicle:p1", "type": "Vehicle",
+              "isParked": {"type": "Relationship", "object": "urn:ngsi-ld:Parking:1"}}
+    await client.post(E, json=parked, headers=JSON)
+    r = await client.patch(f"{E}/urn:ngsi-ld:Vehicle:p1/attrs/isParked",
+                           json={"providedBy": {"type": "Relationship", "object": "urn:ngsi-ld:Person:J"}},
+                           headers=JSON)
+    assert r.status_code == 204, r.text
+    got = (await client.get(f"{E}/urn:ngsi-ld:Vehicle:p1")).json()["isParked"]
+    assert got["object"] == "urn:ngsi-ld:Parking:1"
+    assert got["providedBy"]["object"] == "urn:ngsi-ld:Person:J"
+    # a new type needs its own value
+    r = await client.patch(f"{E}/urn:ngsi-ld:Vehicle:p1/attrs/isParked", json={"type": "Property"}, headers=JSON)
+    assert r.status_code == 400

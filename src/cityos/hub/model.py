@@ -197,6 +197,8 @@ def _geometry(name: str, value: Any) -> dict[str, Any]:
 def _parse_value(name: str, kind: str, value: Any, expand: Expand, allow_null: bool) -> Any:
     if value is None:
         raise BadRequestData(f"attribute {name!r} has a null value")
+    if kind == "LanguageProperty" and value == {"@none": NULL_URI}:
+        value = NULL_URI  # a LanguageProperty's NGSI-LD Null is a languageMap of it (§4.5.18)
     if value == NULL_URI:
         if allow_null:
             return value

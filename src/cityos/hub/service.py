@@ -29,6 +29,7 @@ from cityos.hub.jsonld import ActiveContext
 from cityos.hub.model import (
     ENTITY_MEMBERS,
     NULL_URI,
+    VALUE_KEY,
     WRITTEN_OBSERVED_AT,
     Attrs,
     check_entity_id,
@@ -282,12 +283,16 @@ class HubService:
         if not isinstance(body, dict):
             raise BadRequestData("the body must be a JSON object")
         fragment = parse_attributes(body, ctx.expand, clock.iso(now), allow_null=True)
+        new_types = _types_of(body, ctx)  # a type in the fragment is added to the entity's types (§5.6.2)
         result = UpdateResult()
 
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
             record = await self._load(conn, tenant, entity_id)
             # Instances are replaced or dropped, never changed in place: the stored ones can be shared.
             after = _shallow_copy(record, now)
+            added_types = set(new_types) - set(after.types)
+            if added_types:
+                after.types = sorted({*after.types, *added_types})
             changed: set[str] = set()
             for iri, instances in fragment.items():
                 existing = {i.get("datasetId"): i for i in after.attrs.get(iri, [])}
@@ -306,7 +311,7 @@ class HubService:
                     changed.add(iri)
                     result.updated.append(ctx.compact(iri))
                 _set_or_drop(after.attrs, iri, existing)
-            return ([Change(entity_id, record, after, changed)] if changed else []), []
+            return ([Change(entity_id, record, after, changed)] if changed or added_types else []), []
 
         await self._write(tenant, work)
         return result
@@ -651,10 +656,14 @@ def _merge_attrs(target: Attrs, fragment: Attrs, now: str, replace_instances: bo
 
 
 def _partial_fragment(old: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-    """A partial attribute update may omit the type; it keeps the type of the attribute it updates."""
-    if "type" in body:
-        return body
-    return {"type": old.get("type", "Property"), **body}
+    """A partial attribute update may omit the type and even the value (only a sub-attribute or
+    observedAt, say): it keeps those of the attribute it updates (§5.6.4)."""
+    kind = body.get("type", old.get("type", "Property"))
+    merged = {"type": kind, **body}
+    value_key = VALUE_KEY.get(kind, "value")
+    if kind == old.get("type") and value_key not in merged and value_key in old:
+        merged[value_key] = old[value_key]
+    return merged
 
 
 def _history(changes: list[Change]) -> list[HistoryRow]:
