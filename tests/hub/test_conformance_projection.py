@@ -71,3 +71,10 @@ async def test_unknown_format_or_option_is_invalid_request(two: httpx.AsyncClien
 async def test_nested_projection_is_accepted_at_top_level(two: httpx.AsyncClient) -> None:
     r = await two.get(f"{E}/{AIR1}", params={"pick": "id,location{id,name}"})
     assert r.status_code == 200 and set(r.json()) == {"id", "location"}
+
+
+async def test_retrieve_with_only_unknown_attrs_is_404(two: httpx.AsyncClient) -> None:
+    r = await two.get(f"{E}/{AIR1}", params={"attrs": "unknownAttr"})
+    assert r.status_code == 404 and r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/ResourceNotFound"
+    r = await two.get(f"{E}/{AIR1}", params={"attrs": "unknownAttr,pm25", "options": "keyValues"})
+    assert r.status_code == 200 and r.json() == {"id": AIR1, "type": "AirQualityObserved", "pm25": 10.0}

@@ -7,9 +7,15 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from hub.helpers import JSON, air
-from hub.subscriptions.notify_helpers import S, subscription
+from hub.subscriptions.notify_helpers import (  # noqa: F401 - the fixture is used by name
+    Receiver,
+    S,
+    receiver_fixture,
+    subscription,
+)
 
 E = "/ngsi-ld/v1/entities"
 CLOSED = "http://127.0.0.1:9/notify"  # nothing listens on the discard port: every delivery fails at once
@@ -64,3 +70,36 @@ async def test_status_failed_after_one_failed_delivery(client: httpx.AsyncClient
         await asyncio.sleep(0.1)
     assert notification["status"] == "failed", notification
     assert notification["timesFailed"] >= 1 and "lastSuccess" not in notification
+
+
+@pytest.mark.parametrize("notification", [{"pick": ["id"], "omit": ["id"]}, {"pick": ["id"], "attributes": ["pm25"]},
+                                          {"omit": ["pm25"], "attributes": ["pm25"]}, {"pick": []},
+                                          {"omit": ["bad name"]}])
+async def test_invalid_notification_projection_is_400(client: httpx.AsyncClient,
+                                                      notification: dict[str, object]) -> None:
+    body = subscription(CLOSED)
+    body["notification"] = {**body["notification"], **notification}
+    r = await client.post(S, json=body, headers=JSON)
+    assert r.status_code == 400, r.text
+    assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"
+    assert (await client.get(S)).json() == []
+
+
+async def test_notification_pick_and_omit(client: httpx.AsyncClient, receiver: Receiver) -> None:
+    body = subscription(receiver.url)
+    body["notification"] = {**body["notification"], "pick": ["id", "pm25"]}
+    assert (await client.post(S, json=body, headers=JSON)).status_code == 201
+    other = subscription(receiver.url, entities=[{"type": "Vehicle"}])
+    other["notification"] = {**other["notification"], "omit": ["type", "brand"]}
+    assert (await client.post(S, json=other, headers=JSON)).status_code == 201
+    listed = {s["entities"][0]["type"]: s["notification"] for s in (await client.get(S)).json()}
+    assert set(listed["AirQualityObserved"]["pick"]) == {"id", "pm25"}
+    assert set(listed["Vehicle"]["omit"]) == {"brand", "type"}
+    await client.post(E, json=air(1), headers=JSON)
+    await client.post(E, json={"id": "urn:ngsi-ld:Vehicle:n1", "type": "Vehicle",
+                               "brand": {"type": "Property", "value": "X"}, "speed": {"type": "Property", "value": 3}},
+                      headers=JSON)
+    await receiver.wait_count(2)
+    by_id = {entity["id"]: entity for entity in receiver.data()}
+    assert set(by_id[air(1)["id"]]) == {"id", "pm25"}
+    assert set(by_id["urn:ngsi-ld:Vehicle:n1"]) == {"id", "speed"}

@@ -329,6 +329,8 @@ async def retrieve_entity(entity_id: str, request: Request) -> Response:
     ctx = await query_context(request, hub.resolver)
     view = view_of(request, ctx)
     record = await visible_record(await access_of(request), hub, entity_id)
+    if view.attrs is not None and not any(iri in record.attrs for iri in view.attrs):
+        raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")  # §5.7.1
     if media == GEO_JSON:
         geo_attr = ctx.expand(request.query_params.get("geometryProperty") or "location")
         return render(request, geojson_feature(record, ctx, view, geo_attr), Negotiated(media, ctx), hub.contexts)

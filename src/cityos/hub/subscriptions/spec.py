@@ -20,6 +20,7 @@ from cityos.core.errors import BadRequestData
 from cityos.hub import geoquery
 from cityos.hub.jsonld import ActiveContext
 from cityos.hub.model import NULL_URI, check_entity_id, check_name, is_uri
+from cityos.hub.projection import projection_of
 from cityos.hub.qlang import RESERVED_SUB_ATTRIBUTES, And, Comparison, Exists, Or, QExpr, parse_q
 
 Spec = dict[str, Any]
@@ -202,6 +203,18 @@ def _notification(value: Any, ctx: ActiveContext) -> dict[str, Any]:
     params["format"] = FORMATS[fmt]
     if "attributes" in value:
         params["attributes"] = _attr_names(value["attributes"], ctx, "notification.attributes")
+    # v1.8.1 §4.21 projection of the notified entities: pick/omit exclude each other and attributes.
+    if "pick" in value and "omit" in value:
+        raise BadRequestData("notification.pick and notification.omit cannot be used together")
+    for key in ("pick", "omit"):
+        if key in value:
+            if "attributes" in value:
+                raise BadRequestData(f"notification.{key} cannot be used together with notification.attributes")
+            names = value[key] if isinstance(value[key], list) else str(value[key]).split(",")
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise BadRequestData(f"notification.{key} must be a list of member names")
+            pick, omit = projection_of({key: ",".join(names)}, ctx.expand)
+            params[key] = sorted(pick if pick is not None else omit)
     for key in ("showChanges", "sysAttrs"):
         if key in value:
             params[key] = _bool(value[key], f"notification.{key}")
@@ -348,9 +361,10 @@ def render_subscription(spec: Spec, row: Any, compact: Compact, now: datetime) -
 
 
 def _render_notification(params: dict[str, Any], row: Any, compact: Compact) -> dict[str, Any]:
-    out: dict[str, Any] = {k: v for k, v in params.items() if k != "attributes"}
-    if "attributes" in params:
-        out["attributes"] = [compact(a) for a in params["attributes"]]
+    out: dict[str, Any] = {k: v for k, v in params.items() if k not in ("attributes", "pick", "omit")}
+    for key in ("attributes", "pick", "omit"):
+        if key in params:
+            out[key] = [compact(a) for a in params[key]]
     if row.last_notification is not None:
         # "failed" when the last attempt failed (§5.2.15), not only once the sender parks the queue.
         failure, success = as_utc_or_none(row.last_failure), as_utc_or_none(row.last_success)
