@@ -26,11 +26,14 @@ from cityos.core.requestid import RequestIdMiddleware, current_request_id
 from cityos.evaluation import api as evaluation_api
 from cityos.hub import api as hub_api
 from cityos.hub.jsonld import ContextLimits, ContextResolver, ContextStore
+from cityos.hub.paths import NgsiLdPaths
+from cityos.hub.paths import fallback_router as ngsi_ld_fallback
 from cityos.hub.service import HubService
 from cityos.hub.store import HubStore
 from cityos.hub.subscriptions import api as subscriptions_api
 from cityos.hub.subscriptions.worker import start_subscriptions
 from cityos.hub.temporal import api as temporal_api
+from cityos.hub.temporal import query as temporal_query
 from cityos.hub.temporal.retention import start_retention
 from cityos.hub.temporal.service import TemporalService, max_instances_from_env
 from cityos.iot import api as iot_api
@@ -114,6 +117,7 @@ class RefuseNulInUrl:
 
 
 def install_input_guard(app: FastAPI) -> None:
+    app.add_middleware(NgsiLdPaths)
     app.add_middleware(RefuseNulInUrl)
 
 
@@ -238,6 +242,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
     app.include_router(subscriptions_api.router)
     app.include_router(temporal_api.router)
     app.include_router(temporal_api.admin_router)
+    app.include_router(temporal_query.router)
+    app.include_router(ngsi_ld_fallback)  # after every NGSI-LD router: see cityos.hub.paths
     app.include_router(iot_api.router)
     app.include_router(iot_api.device_router)
     app.include_router(security_api.router)

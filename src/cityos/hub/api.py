@@ -11,11 +11,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from cityos.config import Settings
-from cityos.core.errors import BadRequestData, ResourceNotFound
+from cityos.core.errors import BadRequestData, InvalidRequest, LdContextNotAvailable, ResourceNotFound
 from cityos.hub import geoquery
 from cityos.hub.access import Access, access_of, batch_audit_detail, denied_in
 from cityos.hub.http import (
     GEO_JSON,
+    JSON_LD,
     Negotiated,
     accepted,
     body_context,
@@ -29,6 +30,7 @@ from cityos.hub.http import (
 )
 from cityos.hub.jsonld import ActiveContext, ContextResolver, ContextStore, check_shape
 from cityos.hub.model import check_entity_id, check_name, render_entity
+from cityos.hub.projection import project_core, projection_of
 from cityos.hub.qlang import parse_q, python_pattern
 from cityos.hub.service import BatchResult, HubService, UpdateResult
 from cityos.hub.store import EntityQuery, EntityRecord
@@ -59,6 +61,10 @@ class View:
     sys_attrs: bool
     attrs: list[str] | None
     lang: str | None
+    # v1.8 projection (§4.21): `pick` keeps only the named members, `omit` drops them; both may name
+    # id, type and scope besides attributes. Attribute names are expanded; core members stay as they are.
+    pick: frozenset[str] | None = None
+    omit: frozenset[str] = frozenset()
 
 
 def view_of(request: Request, ctx: ActiveContext) -> View:
@@ -68,15 +74,16 @@ def view_of(request: Request, ctx: ActiveContext) -> View:
         if option in FORMATS:
             fmt = FORMATS[option]
         elif option not in ("sysAttrs", "normalized"):
-            raise BadRequestData(f"unknown option {option!r}")
+            raise InvalidRequest(f"unknown option {option!r}")
     explicit = request.query_params.get("format")
     if explicit:
         if explicit not in FORMATS:
-            raise BadRequestData(f"unknown format {explicit!r}")
+            raise InvalidRequest(f"unknown format {explicit!r}")
         fmt = FORMATS[explicit]
-    names = split_list(request.query_params.get("attrs")) or split_list(request.query_params.get("pick"))
+    names = split_list(request.query_params.get("attrs"))
     attrs = [ctx.expand(check_name(n)) for n in names if n not in ("id", "type")] if names else None
-    return View(fmt, "sysAttrs" in options, attrs, request.query_params.get("lang"))
+    pick, omit = projection_of(request.query_params, ctx.expand)
+    return View(fmt, "sysAttrs" in options, attrs, request.query_params.get("lang"), pick, omit)
 
 
 def _iso_created(record: EntityRecord) -> tuple[str, str]:
@@ -87,9 +94,15 @@ def _iso_created(record: EntityRecord) -> tuple[str, str]:
 
 def entity_out(record: EntityRecord, ctx: ActiveContext, view: View) -> dict[str, Any]:
     created, modified = _iso_created(record)
-    return render_entity(record.id, record.types, record.attrs, ctx.compact, fmt=view.fmt, sys_attrs=view.sys_attrs,
-                         created_at=created, modified_at=modified, only=view.attrs, scope=record.scope,
-                         lang=view.lang)
+    attrs = record.attrs
+    only = view.attrs
+    if view.pick is not None:
+        only = [iri for iri in attrs if iri in view.pick]
+    if view.omit:
+        attrs = {iri: instances for iri, instances in attrs.items() if iri not in view.omit}
+    out = render_entity(record.id, record.types, attrs, ctx.compact, fmt=view.fmt, sys_attrs=view.sys_attrs,
+                        created_at=created, modified_at=modified, only=only, scope=record.scope, lang=view.lang)
+    return project_core(out, view.pick, view.omit)
 
 
 def geojson_feature(record: EntityRecord, ctx: ActiveContext, view: View, geo_attr: str) -> dict[str, Any]:
@@ -186,7 +199,8 @@ async def respond_entities(request: Request, hub: Hub, ctx: ActiveContext, query
         payload: Any = {"type": "FeatureCollection",
                         "features": [geojson_feature(r, ctx, view, geo_attr) for r in records]}
     else:
-        payload = [entity_out(r, ctx, view) for r in records]
+        # An entity that projection leaves without any member is not returned (§4.21).
+        payload = [out for out in (entity_out(r, ctx, view) for r in records) if out]
     response = render(request, payload, neg, hub.contexts, headers=headers)
     if links:
         existing = response.headers.get("Link")
@@ -256,6 +270,49 @@ async def query_entities(request: Request) -> Response:
     return await respond_entities(request, hub, ctx, query, view_of(request, ctx), media)
 
 
+PURGE_SELECTORS = ("type", "id", "idPattern", "q", "georel", "scopeQ")
+
+
+@router.delete("/entities", status_code=204, dependencies=DELETE)
+async def purge_entities(request: Request) -> Response:
+    """Purge entities (v1.8.1 §5.6.21): delete every matching entity, or with `drop`/`keep` only
+    some of their attributes. An unfiltered purge must say `local=true`, so that a bare DELETE on the
+    collection never empties the hub by accident."""
+    hub = hub_of(request)
+    access = await access_of(request)
+    params = dict(request.query_params)
+    drop, keep = params.pop("drop", None), params.pop("keep", None)
+    if drop is not None and keep is not None:
+        raise BadRequestData("drop and keep cannot be used together")
+    local = parse_bool(params.pop("local", None), "local")
+    if not local and not any(params.get(name) for name in PURGE_SELECTORS):
+        raise BadRequestData("purge needs type, id, idPattern, q or a geo-query (or local=true for all entities)")
+    ctx = await query_context(request, hub.resolver)
+    names = split_list(drop if drop is not None else keep)
+    if (drop is not None or keep is not None) and not names:
+        raise BadRequestData("drop and keep need attribute names")
+    chosen = {ctx.expand(check_name(n)) for n in names}
+    params.update(limit=str(hub.settings.max_page_size), offset="0")
+    query = build_query(request, ctx, hub.settings, params)
+    plan = await access.plan_query(query)
+    matched: list[EntityRecord] = []
+    while not plan.empty:
+        page, _total = await hub.service.query(access.tenant, plan.query)
+        matched += [r for r in page if not plan.checks or access.matches(plan, r)]
+        if len(page) < plan.query.limit:
+            break
+        plan.query.after = page[-1].id
+    for record in matched:
+        if drop is None and keep is None:
+            await access.audited("entity.delete", record.id, hub.service.delete_entity(access.tenant, record.id))
+            continue
+        doomed = [iri for iri in record.attrs if (iri in chosen) == (drop is not None)]
+        for iri in doomed:
+            await access.audited("entity.delete_attr", record.id, hub.service.delete_attr(
+                access.tenant, record.id, iri, ctx, None, True), attr=iri[:256])
+    return _no_content()
+
+
 async def visible_record(access: Access, hub: Hub, entity_id: str) -> EntityRecord:
     """The entity as the caller may see it; 404 when it may see none of it (its existence is not told)."""
     record = access.view(await hub.service.retrieve(access.tenant, entity_id))
@@ -272,10 +329,15 @@ async def retrieve_entity(entity_id: str, request: Request) -> Response:
     ctx = await query_context(request, hub.resolver)
     view = view_of(request, ctx)
     record = await visible_record(await access_of(request), hub, entity_id)
+    if view.attrs is not None and not any(iri in record.attrs for iri in view.attrs):
+        raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")  # §5.7.1
     if media == GEO_JSON:
         geo_attr = ctx.expand(request.query_params.get("geometryProperty") or "location")
         return render(request, geojson_feature(record, ctx, view, geo_attr), Negotiated(media, ctx), hub.contexts)
-    return render(request, entity_out(record, ctx, view), Negotiated(media, ctx), hub.contexts)
+    out = entity_out(record, ctx, view)
+    if not out:
+        raise ResourceNotFound(f"pick/omit leave nothing of entity {entity_id}")
+    return render(request, out, Negotiated(media, ctx), hub.contexts)
 
 
 @router.put("/entities/{entity_id}", status_code=204, openapi_extra=FRAGMENT_BODY, dependencies=WRITE)
@@ -340,6 +402,18 @@ async def patch_attr(entity_id: str, attr_id: str, request: Request) -> Response
     return _no_content()
 
 
+@router.put("/entities/{entity_id}/attrs/{attr_id}", status_code=204, openapi_extra=FRAGMENT_BODY,
+            dependencies=WRITE)
+async def replace_attr(entity_id: str, attr_id: str, request: Request) -> Response:
+    hub = hub_of(request)
+    access = await access_of(request)
+    body, media = await read_body(request, hub.settings)
+    ctx = await body_context(request, hub.resolver, body, media)
+    await access.audited("entity.replace_attr", entity_id, hub.service.replace_attr(
+        access.tenant, entity_id, attr_id, body, ctx), attr=attr_id[:256])
+    return _no_content()
+
+
 @router.delete("/entities/{entity_id}/attrs/{attr_id}", status_code=204, dependencies=WRITE)
 async def delete_attr(entity_id: str, attr_id: str, request: Request) -> Response:
     hub = hub_of(request)
@@ -365,6 +439,23 @@ async def _audit_batch(access: Access, action: str, result: BatchResult) -> None
     await access.settle()
 
 
+def _batch_context_errors(body: list[Any], media: str) -> tuple[list[Any], BatchResult]:
+    """Entities whose @context does not fit the Content-Type fail on their own (207, §6.3.5),
+    not the whole batch: JSON carries no @context in the body, JSON-LD must."""
+    kept, refused = [], BatchResult()
+    for entity in body:
+        has_context = isinstance(entity, dict) and "@context" in entity
+        entity_id = entity.get("id") if isinstance(entity, dict) else None
+        if media == JSON_LD and not has_context:
+            refused.fail(entity_id, BadRequestData("an application/ld+json entity must contain an @context"))
+        elif media != JSON_LD and has_context:
+            refused.fail(entity_id, BadRequestData("an application/json entity must not contain @context; "
+                                                   "use the Link header"))
+        else:
+            kept.append(entity)
+    return kept, refused
+
+
 async def _batch(request: Request, mode: str) -> Response:
     hub = hub_of(request)
     access = await access_of(request)
@@ -372,10 +463,24 @@ async def _batch(request: Request, mode: str) -> Response:
     if isinstance(body, list) and len(body) > hub.settings.max_batch_entities:
         raise BadRequestData(f"a batch may hold at most {hub.settings.max_batch_entities} entities "
                              "(CITYOS_MAX_BATCH_ENTITIES)")
-    ctx = await body_context(request, hub.resolver, body, media)
+    if isinstance(body, list) and not body:
+        raise BadRequestData("a batch needs at least one entity")
+    refused = BatchResult()
+    if isinstance(body, list):
+        body, refused = _batch_context_errors(body, media)
+        if not body:
+            return _batch_response(refused, created_status=False)
+    try:
+        ctx = await body_context(request, hub.resolver, body, media)
+    except LdContextNotAvailable as exc:
+        # Each entity fails on its own (§6.3.5: 207 with the reason per entity), not the batch.
+        for entity in body if isinstance(body, list) else []:
+            refused.fail(entity.get("id") if isinstance(entity, dict) else None, exc)
+        return _batch_response(refused, created_status=False)
     options = set(split_list(request.query_params.get("options")))
     with access.guarding(f"entity.batch_{mode}", "batch"):
         result = await hub.service.batch_write(access.tenant, body, ctx, mode, options)
+    result.errors[:0] = refused.errors
     await _audit_batch(access, f"entity.batch_{mode}", result)
     return _batch_response(result, created_status=mode in ("create", "upsert"))
 
@@ -405,31 +510,40 @@ async def batch_delete(request: Request) -> Response:
     hub = hub_of(request)
     access = await access_of(request)
     body, _media = await read_body(request, hub.settings)
+    if isinstance(body, list) and not body:
+        raise BadRequestData("a batch needs at least one entity id")
     with access.guarding("entity.batch_delete", "batch"):
         result = await hub.service.batch_delete(access.tenant, body)
     await _audit_batch(access, "entity.batch_delete", result)
     return _batch_response(result, created_status=False)
 
 
-@router.post("/entityOperations/query", openapi_extra=FRAGMENT_BODY, dependencies=READ)
-async def batch_query(request: Request) -> Response:
-    hub = hub_of(request)
-    media = accepted(request)
-    body, body_media = await read_body(request, hub.settings)
-    if not isinstance(body, dict) or body.get("type") != "Query":
-        raise BadRequestData('the body must be a Query object with "type": "Query"')
-    ctx = await body_context(request, hub.resolver, body, body_media)
-    params: dict[str, Any] = dict(request.query_params)
+def _selectors_params(selectors: list[dict[str, Any]]) -> dict[str, str]:
+    """Several EntitySelectors are served when their union is one filter: all name ids (ids and
+    types are joined), or all name only types."""
+    if len(selectors) == 1:
+        return {key: ",".join(value) if isinstance(value, list) else str(value)
+                for key, value in selectors[0].items() if key in ("type", "id", "idPattern")}
+    def joined(key: str) -> str:
+        items: list[str] = []
+        for selector in selectors:
+            value = selector.get(key)
+            items += value if isinstance(value, list) else [str(value)] if value is not None else []
+        return ",".join(dict.fromkeys(items))
+    if all("id" in s and "idPattern" not in s for s in selectors):
+        return {k: v for k, v in (("id", joined("id")), ("type", joined("type"))) if v}
+    if all(set(s) <= {"type"} for s in selectors):
+        return {"type": joined("type")}
+    raise BadRequestData("several EntitySelectors are supported when all give ids or all give only types")
+
+
+def query_body_params(body: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The query parameters a Query body (§5.2.23) stands for, over those of the URL."""
     selectors = body.get("entities") or []
     if not isinstance(selectors, list) or not all(isinstance(s, dict) for s in selectors):
         raise BadRequestData("Query.entities must be an array of EntitySelector objects")
-    if len(selectors) > 1:
-        raise BadRequestData("one EntitySelector per query is supported")
-    for selector in selectors:
-        for key in ("type", "id", "idPattern"):
-            if key in selector:
-                value = selector[key]
-                params[key] = ",".join(value) if isinstance(value, list) else str(value)
+    if selectors:
+        params.update(_selectors_params(selectors))
     if "attrs" in body:
         params["attrs"] = ",".join(body["attrs"]) if isinstance(body["attrs"], list) else str(body["attrs"])
     if "q" in body:
@@ -441,6 +555,23 @@ async def batch_query(request: Request) -> Response:
         params["coordinates"] = orjson.dumps(geo_q.get("coordinates")).decode()
         if geo_q.get("geoproperty"):
             params["geoproperty"] = geo_q["geoproperty"]
+    temporal_q = body.get("temporalQ")
+    if isinstance(temporal_q, dict):
+        for key in ("timerel", "timeAt", "endTimeAt", "timeproperty", "lastN"):
+            if temporal_q.get(key) is not None:
+                params[key] = str(temporal_q[key])
+    return params
+
+
+@router.post("/entityOperations/query", openapi_extra=FRAGMENT_BODY, dependencies=READ)
+async def batch_query(request: Request) -> Response:
+    hub = hub_of(request)
+    media = accepted(request, allow_geo=True)
+    body, body_media = await read_body(request, hub.settings)
+    if not isinstance(body, dict) or body.get("type") != "Query":
+        raise BadRequestData('the body must be a Query object with "type": "Query"')
+    ctx = await body_context(request, hub.resolver, body, body_media)
+    params = query_body_params(body, dict(request.query_params))
     query = build_query(request, ctx, hub.settings, params)
     return await respond_entities(request, hub, ctx, query, view_of(request, ctx), media)
 
@@ -480,7 +611,7 @@ async def list_types(request: Request) -> Response:
     return render(request, payload, Negotiated(media, ctx), hub.contexts)
 
 
-@router.get("/types/{type_name}", dependencies=READ)
+@router.get("/types/{type_name:path}", dependencies=READ)
 async def type_info(type_name: str, request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)
@@ -529,7 +660,7 @@ async def list_attributes(request: Request) -> Response:
     return render(request, payload, Negotiated(media, ctx), hub.contexts)
 
 
-@router.get("/attributes/{attr_id}", dependencies=READ)
+@router.get("/attributes/{attr_id:path}", dependencies=READ)
 async def attribute_info(attr_id: str, request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request)

@@ -182,13 +182,16 @@ def render(request: Request, payload: Any, neg: Negotiated, contexts: ContextSto
 
 
 def page_links(request: Request, offset: int, limit: int, returned: int, last_id: str | None,
-               total: int | None) -> str | None:
+               total: int | None, keyset: bool = True) -> str | None:
+    """Link headers for the next and previous pages. With `keyset`, the next link carries `after`."""
     params = dict(request.query_params)
     links = []
     more = returned == limit and limit > 0 and (total is None or offset + limit < total)
-    if more and last_id is not None:
+    if more and (last_id is not None or not keyset):
         # `after` lets the next page start from the last id seen: deep pages cost the same as the first.
-        nxt = {**params, "offset": str(offset + limit), "limit": str(limit), "after": last_id}
+        nxt = {**params, "offset": str(offset + limit), "limit": str(limit)}
+        if keyset and last_id is not None:
+            nxt["after"] = last_id
         links.append(f'<{request.url.path}?{urlencode(nxt)}>; rel="next"; type="application/ld+json"')
     if offset > 0:
         prev = {k: v for k, v in params.items() if k != "after"}

@@ -46,6 +46,10 @@ SYSTEM_KEYS = frozenset({"createdAt", "modifiedAt", "deletedAt", "instanceId"})
 ENTITY_MEMBERS = frozenset({"id", "@id", "type", "@type", "@context", "scope", "createdAt", "modifiedAt",
                             "deletedAt", "location_geojson"})
 NULL_URI = "urn:ngsi-ld:null"
+# observedAt is kept in UTC with milliseconds, the form q compares as text and history indexes; when
+# the writer spelled it otherwise (no fraction, microseconds, an offset), that spelling is kept here
+# and returned instead, so a DateTime comes back as it was written. Never rendered under this name.
+WRITTEN_OBSERVED_AT = "@observedAt"
 GEO_PROPERTIES_DEFAULT = ("https://uri.etsi.org/ngsi-ld/location", "https://uri.etsi.org/ngsi-ld/observationSpace",
                           "https://uri.etsi.org/ngsi-ld/operationSpace")
 
@@ -160,6 +164,8 @@ def parse_instance(name: str, raw: Any, expand: Expand, now: str, *, allow_null:
             continue  # system attributes are set by the broker, never by the caller
         if key == "observedAt":
             instance["observedAt"] = normalize_datetime(item, f"{name}.observedAt")
+            if item != instance["observedAt"]:
+                instance[WRITTEN_OBSERVED_AT] = item
         elif key == "unitCode":
             if not isinstance(item, str) or not item or len(item) > 64:
                 raise BadRequestData(f"{name}.unitCode must be a short string")
@@ -191,6 +197,8 @@ def _geometry(name: str, value: Any) -> dict[str, Any]:
 def _parse_value(name: str, kind: str, value: Any, expand: Expand, allow_null: bool) -> Any:
     if value is None:
         raise BadRequestData(f"attribute {name!r} has a null value")
+    if kind == "LanguageProperty" and value == {"@none": NULL_URI}:
+        value = NULL_URI  # a LanguageProperty's NGSI-LD Null is a languageMap of it (§4.5.18)
     if value == NULL_URI:
         if allow_null:
             return value
@@ -311,6 +319,11 @@ def geometries(attrs: Attrs) -> dict[str, dict[str, Any]]:
 Compact = Callable[[str], str]
 
 
+def written_observed_at(inst: dict[str, Any]) -> Any:
+    """observedAt as the writer spelled it (see WRITTEN_OBSERVED_AT)."""
+    return inst.get(WRITTEN_OBSERVED_AT, inst.get("observedAt"))
+
+
 def is_sub_attribute(key: str) -> bool:
     return ":" in key
 
@@ -332,9 +345,11 @@ def render_instance(inst: dict[str, Any], compact: Compact, *, sys_attrs: bool, 
     else:
         out[value_key] = value
     for key, item in inst.items():
-        if key in ("type", value_key):
+        if key in ("type", value_key, WRITTEN_OBSERVED_AT):
             continue
-        if is_sub_attribute(key):
+        if key == "observedAt":
+            out[key] = inst.get(WRITTEN_OBSERVED_AT, item)
+        elif is_sub_attribute(key):
             out[compact(key)] = render_instance(item, compact, sys_attrs=sys_attrs, fmt=fmt, lang=lang)
         elif key in SYSTEM_KEYS:
             if sys_attrs:

@@ -27,7 +27,10 @@ from cityos.core.errors import (
 from cityos.core.events import EventBus
 from cityos.hub.jsonld import ActiveContext
 from cityos.hub.model import (
+    ENTITY_MEMBERS,
     NULL_URI,
+    VALUE_KEY,
+    WRITTEN_OBSERVED_AT,
     Attrs,
     attribute_iri,
     check_body_id,
@@ -283,12 +286,16 @@ class HubService:
             raise BadRequestData("the body must be a JSON object")
         check_body_id(body, entity_id)
         fragment = parse_attributes(body, ctx.expand, clock.iso(now), allow_null=True)
+        new_types = _types_of(body, ctx)  # a type in the fragment is added to the entity's types (§5.6.2)
         result = UpdateResult()
 
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
             record = await self._load(conn, tenant, entity_id)
             # Instances are replaced or dropped, never changed in place: the stored ones can be shared.
             after = _shallow_copy(record, now)
+            added_types = set(new_types) - set(after.types)
+            if added_types:
+                after.types = sorted({*after.types, *added_types})
             changed: set[str] = set()
             for iri, instances in fragment.items():
                 existing = {i.get("datasetId"): i for i in after.attrs.get(iri, [])}
@@ -307,7 +314,7 @@ class HubService:
                     changed.add(iri)
                     result.updated.append(ctx.compact(iri))
                 _set_or_drop(after.attrs, iri, existing)
-            return ([Change(entity_id, record, after, changed)] if changed else []), []
+            return ([Change(entity_id, record, after, changed)] if changed or added_types else []), []
 
         await self._write(tenant, work)
         return result
@@ -335,6 +342,33 @@ class HubService:
                 _merge_instance(old, inst)
                 old["modifiedAt"] = clock.iso(now)
             _set_or_drop(after.attrs, iri, existing)
+            return [Change(entity_id, record, after, {iri})], []
+
+        await self._write(tenant, work)
+
+    async def replace_attr(self, tenant: str, entity_id: str, attr: str, body: Any, ctx: ActiveContext) -> None:
+        """Replace one attribute instance (§5.6.19): the instance with the body's datasetId must exist;
+        its createdAt is kept, everything else is the body's."""
+        now = clock.now()
+        check_entity_id(entity_id)
+        if attr.startswith("@") or attr in ENTITY_MEMBERS:
+            raise BadRequestData(f"{attr!r} is not an attribute name")
+        iri = ctx.expand(check_name(attr))
+        if not isinstance(body, dict):
+            raise BadRequestData("the body must be a JSON object")
+        inst = parse_attribute(attr, body, ctx.expand, clock.iso(now))[0]
+
+        async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
+            record = await self._load(conn, tenant, entity_id)
+            after = _shallow_copy(record, now)
+            existing = {i.get("datasetId"): i for i in after.attrs.get(iri, [])}
+            key = inst.get("datasetId")
+            if key not in existing:
+                raise ResourceNotFound(f"attribute {attr} (datasetId {key}) not found in {entity_id}")
+            inst["createdAt"] = existing[key].get("createdAt", clock.iso(now))
+            inst["modifiedAt"] = clock.iso(now)
+            existing[key] = inst
+            after.attrs[iri] = _ordered(existing)
             return [Change(entity_id, record, after, {iri})], []
 
         await self._write(tenant, work)
@@ -446,7 +480,12 @@ class HubService:
         if types:
             after.types = sorted({*after.types, *types})
         if mode == "update" and "noOverwrite" in options:
-            attrs = {iri: inst for iri, inst in attrs.items() if iri not in before.attrs}
+            kept = {iri: inst for iri, inst in attrs.items() if iri not in before.attrs}
+            if len(kept) < len(attrs):
+                # The entity is updated with what is new, and the batch says what was left alone (207).
+                result.fail(entity_id, BadRequestData(f"{len(attrs) - len(kept)} attribute(s) exist and "
+                                                      "noOverwrite was given"))
+            attrs = kept
         changed = _merge_attrs(after.attrs, attrs, iso_now, replace_instances=mode != "merge")
         return Change(entity_id, before, after, changed)
 
@@ -469,7 +508,12 @@ class HubService:
             result.errors[:] = parse_errors
             existing = await self.store.fetch(conn, tenant, wanted, for_update=True)
             changes = []
-            for entity_id in dict.fromkeys(wanted):
+            seen: set[str] = set()
+            for entity_id in wanted:
+                if entity_id in seen:
+                    result.fail(entity_id, ResourceNotFound(f"entity {entity_id} is deleted earlier in this batch"))
+                    continue
+                seen.add(entity_id)
                 if entity_id not in existing:
                     result.fail(entity_id, ResourceNotFound(f"entity {entity_id} not found"))
                     continue
@@ -580,6 +624,8 @@ def _merge_instance(old: dict[str, Any], new: dict[str, Any]) -> None:
     if new.get("type") != old.get("type"):
         for key in ("value", "object", "languageMap", "vocab", "json", "valueList", "objectList"):
             old.pop(key, None)
+    if "observedAt" in new:
+        old.pop(WRITTEN_OBSERVED_AT, None)  # the new spelling, if any, comes with the new value
     for key, value in new.items():
         if key in ("createdAt", "modifiedAt"):
             continue
@@ -613,10 +659,14 @@ def _merge_attrs(target: Attrs, fragment: Attrs, now: str, replace_instances: bo
 
 
 def _partial_fragment(old: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-    """A partial attribute update may omit the type; it keeps the type of the attribute it updates."""
-    if "type" in body:
-        return body
-    return {"type": old.get("type", "Property"), **body}
+    """A partial attribute update may omit the type and even the value (only a sub-attribute or
+    observedAt, say): it keeps those of the attribute it updates (§5.6.4)."""
+    kind = body.get("type", old.get("type", "Property"))
+    merged = {"type": kind, **body}
+    value_key = VALUE_KEY.get(kind, "value")
+    if kind == old.get("type") and value_key not in merged and value_key in old:
+        merged[value_key] = old[value_key]
+    return merged
 
 
 def _history(changes: list[Change]) -> list[HistoryRow]:

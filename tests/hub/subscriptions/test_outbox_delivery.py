@@ -217,7 +217,9 @@ async def test_failed_subscription_recovers_after_update(app: Any, client: httpx
     for n in range(3):
         await client.post(E, json=air(n), headers=JSON)
     for _ in range(100):
-        if (await client.get(f"{S}/{sub_id}")).json()["notification"]["status"] == "failed":
+        # "failed" shows from the first failed attempt; wait for the third, after which the rows are parked.
+        notification = (await client.get(f"{S}/{sub_id}")).json()["notification"]
+        if notification.get("status") == "failed" and notification["timesFailed"] >= 3:
             break
         await asyncio.sleep(0.05)
     status = (await client.get(f"{S}/{sub_id}")).json()["notification"]

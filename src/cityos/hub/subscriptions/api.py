@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from cityos.core.errors import InvalidRequest
 from cityos.hub.access import access_of
 from cityos.hub.api import PREFIX, hub_of
 from cityos.hub.http import (
@@ -19,6 +20,7 @@ from cityos.hub.http import (
     query_context,
     read_body,
     render,
+    split_list,
     tenant_of,
 )
 from cityos.hub.service import AccessDenied
@@ -66,6 +68,18 @@ def subscriptions_of(request: Request) -> SubscriptionService:
     return service
 
 
+def _with_sys_attrs(request: Request, item: dict[str, Any]) -> dict[str, Any]:
+    """createdAt and modifiedAt are system attributes: shown only with options=sysAttrs (§5.2.12)."""
+    options = split_list(request.query_params.get("options"))
+    unknown = [o for o in options if o != "sysAttrs"]
+    if unknown:
+        raise InvalidRequest(f"unknown option {unknown[0]!r}")
+    if "sysAttrs" not in options:
+        item.pop("createdAt", None)
+        item.pop("modifiedAt", None)
+    return item
+
+
 @router.post("/subscriptions", status_code=201)
 async def create_subscription(request: Request) -> Response:
     hub = hub_of(request)
@@ -102,8 +116,10 @@ async def list_subscriptions(request: Request) -> Response:
     headers: dict[str, str] = {}
     if total is not None:
         headers["NGSILD-Results-Count"] = str(total)
+    items = [_with_sys_attrs(request, item) for item in items]
     response = render(request, items, Negotiated(media, ctx), hub.contexts, headers=headers)
-    links = page_links(request, offset, limit, len(items), items[-1]["id"] if items else None, total)
+    # Subscriptions are paged by offset only (a tenant holds few): no `after` in the links.
+    links = page_links(request, offset, limit, len(items), items[-1]["id"] if items else None, total, keyset=False)
     if links:
         response.headers["Link"] = f"{response.headers['Link']}, {links}" if "Link" in response.headers else links
     return response
@@ -118,7 +134,7 @@ async def retrieve_subscription(sub_id: str, request: Request) -> Response:
     viewer = await current_principal(request)
     item = await subscriptions_of(request).retrieve(tenant_of(request), sub_id, ctx.compact,
                                                     viewer=viewer.id if viewer is not None else None)
-    return render(request, item, Negotiated(media, ctx), hub.contexts)
+    return render(request, _with_sys_attrs(request, item), Negotiated(media, ctx), hub.contexts)
 
 
 @router.patch("/subscriptions/{sub_id}", status_code=204)

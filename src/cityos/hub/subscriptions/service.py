@@ -28,6 +28,7 @@ from cityos.core.outbound import Outbound, OutboundRefused
 from cityos.hub import geoquery
 from cityos.hub.jsonld import ActiveContext, ContextResolver
 from cityos.hub.model import check_entity_id, render_entity
+from cityos.hub.projection import project_rendered
 from cityos.hub.qlang import QExpr, evaluate_q, parse_q
 from cityos.hub.service import AccessDenied, Change
 from cityos.hub.store import EntityRecord, HubStore, pg_driver
@@ -260,6 +261,9 @@ def render_record(sub: Compiled, record: EntityRecord, before: EntityRecord | No
                         scope=record.scope, lang=sub.spec.get("lang"))
     if before is not None and params["format"] != "keyValues":
         _add_previous(out, record, before, sub.ctx.compact)
+    if "pick" in params or "omit" in params:
+        pick = frozenset(params["pick"]) if "pick" in params else None
+        out = project_rendered(out, pick, frozenset(params.get("omit", ())), sub.ctx.expand)
     return out
 
 

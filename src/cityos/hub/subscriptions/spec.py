@@ -20,6 +20,7 @@ from cityos.core.errors import BadRequestData
 from cityos.hub import geoquery
 from cityos.hub.jsonld import ActiveContext
 from cityos.hub.model import NULL_URI, check_entity_id, check_name, is_uri
+from cityos.hub.projection import projection_of
 from cityos.hub.qlang import RESERVED_SUB_ATTRIBUTES, And, Comparison, Exists, Or, QExpr, parse_q
 
 Spec = dict[str, Any]
@@ -132,7 +133,7 @@ def _positive(value: Any, what: str, allow_zero: bool) -> float:
         raise BadRequestData(f"{what} must be a {'non-negative' if allow_zero else 'positive'} number of seconds")
     if value > 10 * 365 * 86400:
         raise BadRequestData(f"{what} is too large")
-    return float(value)
+    return value  # kept as given: 5 stays 5, not 5.0
 
 
 def _expires(value: Any, _ctx: ActiveContext) -> str:
@@ -202,6 +203,18 @@ def _notification(value: Any, ctx: ActiveContext) -> dict[str, Any]:
     params["format"] = FORMATS[fmt]
     if "attributes" in value:
         params["attributes"] = _attr_names(value["attributes"], ctx, "notification.attributes")
+    # v1.8.1 §4.21 projection of the notified entities: pick/omit exclude each other and attributes.
+    if "pick" in value and "omit" in value:
+        raise BadRequestData("notification.pick and notification.omit cannot be used together")
+    for key in ("pick", "omit"):
+        if key in value:
+            if "attributes" in value:
+                raise BadRequestData(f"notification.{key} cannot be used together with notification.attributes")
+            names = value[key] if isinstance(value[key], list) else str(value[key]).split(",")
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise BadRequestData(f"notification.{key} must be a list of member names")
+            pick, omit = projection_of({key: ",".join(names)}, ctx.expand)
+            params[key] = sorted(pick if pick is not None else omit)
     for key in ("showChanges", "sysAttrs"):
         if key in value:
             params[key] = _bool(value[key], f"notification.{key}")
@@ -263,7 +276,8 @@ def parse_subscription(body: Any, ctx: ActiveContext) -> Spec:
     raw_id = body.get("id")
     spec["id"] = check_entity_id(raw_id) if raw_id is not None else new_id()
     spec["type"] = "Subscription"
-    spec.setdefault("isActive", True)
+    # isActive stays absent unless given (it defaults to true wherever it is read): the
+    # representation returns what the subscriber wrote.
     check_whole(spec)
     return spec
 
@@ -346,23 +360,30 @@ def render_subscription(spec: Spec, row: Any, compact: Compact, now: datetime, *
     for key in ("timeInterval", "throttling", "expiresAt", "jsonldContext", "lang"):
         if key in spec:
             out[key] = spec[key]
-    out["isActive"] = spec.get("isActive", True)
+    if "isActive" in spec:
+        out["isActive"] = spec["isActive"]
     out["notification"] = _render_notification(spec["notification"], row, compact, secrets)
     out["status"] = status_of(spec, as_utc_or_none(row.expires_at), now, suspended)
+    # System attributes; the API keeps them only for options=sysAttrs (see subscriptions.api).
     out["createdAt"] = _iso_or_none(row.created_at)
     out["modifiedAt"] = _iso_or_none(row.modified_at)
     return out
 
 
 def _render_notification(params: dict[str, Any], row: Any, compact: Compact, secrets: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {k: v for k, v in params.items() if k != "attributes"}
+    out: dict[str, Any] = {k: v for k, v in params.items() if k not in ("attributes", "pick", "omit")}
     endpoint = params.get("endpoint")
     if not secrets and isinstance(endpoint, dict) and any(k in endpoint for k in SECRET_MEMBERS):
         out["endpoint"] = {k: ([{"key": p["key"], "value": SECRET_MASK} for p in v] if k in SECRET_MEMBERS else v)
                            for k, v in endpoint.items()}
-    if "attributes" in params:
-        out["attributes"] = [compact(a) for a in params["attributes"]]
-    out["status"] = row.status
+    for key in ("attributes", "pick", "omit"):
+        if key in params:
+            out[key] = [compact(a) for a in params[key]]
+    if row.last_notification is not None:
+        # "failed" when the last attempt failed (§5.2.15), not only once the sender parks the queue.
+        failure, success = as_utc_or_none(row.last_failure), as_utc_or_none(row.last_success)
+        last_failed = failure is not None and (success is None or failure >= success)
+        out["status"] = "failed" if row.status == "failed" or last_failed else "ok"
     out["timesSent"] = int(row.times_sent)
     out["timesFailed"] = int(row.times_failed)
     for key, value in (("lastNotification", row.last_notification), ("lastSuccess", row.last_success),

@@ -23,6 +23,7 @@ from cityos.hub.http import (
     tenant_of,
 )
 from cityos.hub.model import body_id, check_name
+from cityos.hub.projection import project_rendered, projection_of
 from cityos.hub.temporal.params import TemporalQuery, parse_temporal_query
 from cityos.hub.temporal.render import render_temporal_entity
 from cityos.hub.temporal.retention import MAX_DAYS, default_days, drop_policy, list_policies, set_policy
@@ -84,7 +85,9 @@ async def query_temporal(request: Request) -> Response:
     headers: dict[str, str] = {}
     if result.total is not None and plan.exact:
         headers["NGSILD-Results-Count"] = str(result.total)
-    payload = [render_temporal_entity(e, ctx.compact, tq) for e in entities]
+    pick, omit = projection_of(params, ctx.expand)
+    payload = [out for out in (project_rendered(render_temporal_entity(e, ctx.compact, tq), pick, omit, ctx.expand)
+                               for e in entities) if out]
     response = _respond(request, hub, Negotiated(media, ctx), result, tq, payload, headers)
     links = page_links(request, query.offset, query.limit, returned, last_id, result.total)
     if links:
@@ -99,13 +102,16 @@ async def retrieve_temporal(entity_id: str, request: Request) -> Response:
     media = accepted(request)
     ctx = await query_context(request, hub.resolver)
     tq = parse_temporal_query(dict(request.query_params), ctx.expand)
+    pick, omit = projection_of(request.query_params, ctx.expand)
     access = await access_of(request)
     result = await temporal_of(request).retrieve(access.tenant, entity_id, tq)
     seen = access.view_temporal(result.entities[0])
     if seen is None:
         raise ResourceNotFound(f"entity {entity_id} not found")
     await access.finish()
-    payload = render_temporal_entity(seen, ctx.compact, tq)
+    payload = project_rendered(render_temporal_entity(seen, ctx.compact, tq), pick, omit, ctx.expand)
+    if not payload:
+        raise ResourceNotFound(f"pick/omit leave nothing of entity {entity_id}")
     return _respond(request, hub, Negotiated(media, ctx), result, tq, payload, {})
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import isodate
 
 from cityos.core import clock
-from cityos.core.errors import BadRequestData
+from cityos.core.errors import BadRequestData, InvalidRequest
 from cityos.hub.model import check_name
 
 TIMERELS = frozenset({"before", "after", "between"})
@@ -96,12 +96,13 @@ def _representation(params: Mapping[str, str]) -> tuple[str, bool]:
         elif option in _REPRESENTATIONS:
             chosen.add(_REPRESENTATIONS[option])
         else:
-            raise BadRequestData(f"unknown option {option!r}")
+            raise InvalidRequest(f"unknown option {option!r}")
     explicit = params.get("format")
     if explicit:
         if explicit not in _REPRESENTATIONS:
-            raise BadRequestData(f"unknown format {explicit!r}")
-        chosen.add(_REPRESENTATIONS[explicit])
+            raise InvalidRequest(f"unknown format {explicit!r}")
+        # format, when given, decides the representation over options (§6.3.7).
+        chosen = {_REPRESENTATIONS[explicit]}
     if len(chosen) > 1:
         chosen.discard(NORMALIZED)  # "normalized" beside another representation is only the default restated
     if len(chosen) > 1:

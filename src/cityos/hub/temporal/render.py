@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cityos.core import clock
-from cityos.hub.model import NULL_URI, VALUE_KEY, render_instance
+from cityos.hub.model import NULL_URI, VALUE_KEY, render_instance, written_observed_at
 from cityos.hub.temporal.params import AGGREGATED, TEMPORAL_VALUES, TemporalQuery
 from cityos.hub.temporal.service import TemporalEntity, instance_uri
 from cityos.hub.temporal.sql import BucketRow, InstanceRow, utc
@@ -63,12 +63,21 @@ def _one_or_many(parts: list[dict[str, Any]]) -> Any:
     return parts[0] if len(parts) == 1 else parts
 
 
-def _temporal_values(rows: list[InstanceRow], compact: Compact) -> Any:
+def _time_of(row: InstanceRow, tq: TemporalQuery) -> str:
+    """The instant of a value as it was written (the instance's own DateTime), else the recorded one."""
+    if tq.timeproperty == "observedAt" and not row.deleted:
+        written = written_observed_at(row.instance)
+        if isinstance(written, str):
+            return written
+    return clock.iso(row.time)
+
+
+def _temporal_values(rows: list[InstanceRow], compact: Compact, tq: TemporalQuery) -> Any:
     parts = []
     for dataset_id, group in _by_dataset(rows, lambda r: r.instance.get("datasetId")).items():
         kind = next((r.instance.get("type") for r in group if not r.deleted), None) or "Property"
         part: dict[str, Any] = {"type": kind,
-                                SIMPLIFIED_KEY.get(kind, "values"): [[_simple_value(r, compact), clock.iso(r.time)]
+                                SIMPLIFIED_KEY.get(kind, "values"): [[_simple_value(r, compact), _time_of(r, tq)]
                                                                      for r in group]}
         if dataset_id:
             part["datasetId"] = dataset_id
@@ -96,7 +105,7 @@ def render_temporal_entity(entity: TemporalEntity, compact: Compact, tq: Tempora
             out[compact(iri)] = _aggregated(entity.buckets[iri], entity.attr_types.get(iri, "Property"), tq)
     elif tq.representation == TEMPORAL_VALUES:
         for iri in sorted(entity.instances):
-            out[compact(iri)] = _temporal_values(entity.instances[iri], compact)
+            out[compact(iri)] = _temporal_values(entity.instances[iri], compact, tq)
     else:
         for iri in sorted(entity.instances):
             out[compact(iri)] = [_normalized(row, compact, tq) for row in entity.instances[iri]]
