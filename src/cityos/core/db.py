@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cityos.config import Settings, async_url
 
@@ -58,6 +60,18 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # milliseconds without it.
         connect_args={"server_settings": {"jit": "off"}},
     )
+
+
+@contextlib.asynccontextmanager
+async def write_transaction(engine: AsyncEngine, sqlite_lock: asyncio.Lock) -> AsyncIterator[AsyncConnection]:
+    """A write transaction; on SQLite serialised by the process's write lock (one writer per file, and
+    a transaction that waited on SQLite's own lock would hold the event loop's other writers up)."""
+    if engine.dialect.name == "sqlite":
+        async with sqlite_lock, engine.begin() as conn:
+            yield conn
+    else:
+        async with engine.begin() as conn:
+            yield conn
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

@@ -24,6 +24,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
+from cityos.core.db import write_transaction
 from cityos.core.errors import AlreadyExists, BadRequestData, ProblemError, ResourceNotFound
 from cityos.core.outbound import Outbound
 from cityos.core.tasks import StepGuard
@@ -61,12 +62,8 @@ class BikeService:
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        if self._sqlite:
-            async with self._write_lock, self.engine.begin() as conn:
-                yield conn
-        else:
-            async with self.engine.begin() as conn:
-                yield conn
+        async with write_transaction(self.engine, self._write_lock) as conn:
+            yield conn
 
     async def register(self, principal: Principal | None, tenant: str, system_id: str, url: Any) -> dict[str, Any]:
         check_allowed(principal, "mobility.manage", tenant)

@@ -28,6 +28,7 @@ from sqlalchemy import and_, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
+from cityos.core.db import write_transaction
 from cityos.core.errors import BadRequestData, ResourceNotFound
 from cityos.hub.jsonld import ActiveContext
 from cityos.hub.service import HubService
@@ -88,12 +89,8 @@ class MobilityService:
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        if self._sqlite:
-            async with self._write_lock, self.engine.begin() as conn:
-                yield conn
-        else:
-            async with self.engine.begin() as conn:
-                yield conn
+        async with write_transaction(self.engine, self._write_lock) as conn:
+            yield conn
 
     # ------------------------------------------------------------------ import
 

@@ -239,15 +239,19 @@ class AuditLog:
         if not self._sqlite:
             return await self._append_pg(events)
         async with self._lock, self.engine.begin() as conn:
-            seq, prev = await self._lock_head(conn)
-            rows = []
-            for event in events:
-                seq += 1
-                row = _row(event, seq, prev)
-                prev = row["hash"]
-                rows.append(row)
-            await conn.execute(insert(audit), rows)
-            await conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+            return await self._chain_into(conn, events)
+
+    async def _chain_into(self, conn: AsyncConnection, events: Sequence[AuditEvent]) -> list[int]:
+        """Lock the head in `conn`'s transaction, insert the chained records, move the head."""
+        seq, prev = await self._lock_head(conn)
+        rows = []
+        for event in events:
+            seq += 1
+            row = _row(event, seq, prev)
+            prev = row["hash"]
+            rows.append(row)
+        await conn.execute(insert(audit), rows)
+        await conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
         return [row["seq"] for row in rows]
 
     async def append_in(self, conn: AsyncConnection, events: Sequence[AuditEvent]) -> list[int]:
@@ -261,16 +265,7 @@ class AuditLog:
         if not events:
             return []
         self._head = None  # this process's hint is stale once the caller commits
-        seq, prev = await self._lock_head(conn)
-        rows = []
-        for event in events:
-            seq += 1
-            row = _row(event, seq, prev)
-            prev = row["hash"]
-            rows.append(row)
-        await conn.execute(insert(audit), rows)
-        await conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
-        return [row["seq"] for row in rows]
+        return await self._chain_into(conn, events)
 
     async def _append_pg(self, events: Sequence[AuditEvent]) -> list[int]:
         """PostgreSQL: chain the batch in Python from the head as last seen by this process and

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.config import env_int
 from cityos.core import clock
+from cityos.core.db import write_transaction
 from cityos.core.tasks import StepGuard
 from cityos.security.audit import AuditEvent, AuditLog
 from cityos.security.models import audit_intents
@@ -77,16 +78,13 @@ class AuditIntents:
     def __init__(self, engine: AsyncEngine, log_: AuditLog, write_lock: asyncio.Lock | None = None) -> None:
         self.engine = engine
         self.audit = log_
-        self._lock = write_lock if engine.dialect.name == "sqlite" else None
+        self._lock = write_lock or asyncio.Lock()
         self.grace = timedelta(seconds=env_int("CITYOS_AUDIT_INTENT_GRACE_SECONDS", 60))
         self._steps = StepGuard("audit intents")
         self._task: asyncio.Task[None] | None = None
 
     async def _delete(self, ids: list[int]) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            if self._lock is not None:
-                await stack.enter_async_context(self._lock)
-            conn = await stack.enter_async_context(self.engine.begin())
+        async with write_transaction(self.engine, self._lock) as conn:
             await conn.execute(delete(audit_intents).where(audit_intents.c.id.in_(ids)))
 
     async def settle(self, intent: Intent | None) -> None:

@@ -30,6 +30,7 @@ from zxcvbn import zxcvbn
 
 from cityos.core import clock
 from cityos.core.clock import as_utc_or_none
+from cityos.core.db import write_transaction
 from cityos.core.errors import AlreadyExists, BadRequestData, ProblemError, ResourceNotFound
 from cityos.security import crypto
 from cityos.security.audit import AuditEvent, AuditLog
@@ -165,12 +166,8 @@ class SecurityService(LoginDefence):
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction; on SQLite serialised with the process's other writers."""
-        if self._sqlite:
-            async with self._write_lock, self.engine.begin() as conn:
-                yield conn
-        else:
-            async with self.engine.begin() as conn:
-                yield conn
+        async with write_transaction(self.engine, self._write_lock) as conn:
+            yield conn
 
     def _insert(self, table: Table) -> Any:
         return (sqlite.insert(table) if self._sqlite else postgresql.insert(table))

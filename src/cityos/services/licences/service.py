@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
 from cityos.core.clock import as_utc, as_utc_or_none, iso
+from cityos.core.db import write_transaction
 from cityos.core.errors import BadRequestData, Conflict, OperationNotSupported, ResourceNotFound
 from cityos.core.events import EventBus
 from cityos.security.audit import AuditEvent
@@ -148,12 +149,8 @@ class LicenceService:
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        if self._sqlite:
-            async with self._write_lock, self.engine.begin() as conn:
-                yield conn
-        else:
-            async with self.engine.begin() as conn:
-                yield conn
+        async with write_transaction(self.engine, self._write_lock) as conn:
+            yield conn
 
     # ------------------------------------------------------------------ keys
 

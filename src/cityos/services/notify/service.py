@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from cityos.config import env_float, env_int
 from cityos.core import clock
 from cityos.core.clock import as_utc, as_utc_or_none, iso
+from cityos.core.db import write_transaction
 from cityos.core.errors import BadRequestData, ResourceNotFound
 from cityos.core.tasks import StepGuard
 from cityos.security.crypto import KeyRing
@@ -90,12 +91,8 @@ class Notifier:
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        if self._sqlite:
-            async with self._write_lock, self.engine.begin() as conn:
-                yield conn
-        else:
-            async with self.engine.begin() as conn:
-                yield conn
+        async with write_transaction(self.engine, self._write_lock) as conn:
+            yield conn
 
     # ------------------------------------------------------------------ the contract
 
