@@ -42,6 +42,7 @@ _mounted: FastAPI | None = None
 def _register_pages() -> None:
     """Import the page modules: `@ui.page` registers on import."""
     from cityos.web import (  # noqa: F401
+        admin,
         auth,
         cockpit,
         decision,
