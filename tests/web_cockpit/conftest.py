@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
-from cockpit_harness import browser, server
+import pytest
+from cockpit_harness import Server, browser, server
+from cockpit_seed import Seeded, seed_city
 
-__all__ = ["browser", "server"]
+__all__ = ["browser", "seeded", "server"]
+
+
+@pytest.fixture(scope="session")
+def seeded(server: Server) -> Seeded:
+    """The simulated city's districts and devices, seeded once for every browser test of the session."""
+    return seed_city(server)

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from cockpit_harness import PASSWORD, Server, fresh_code, screenshot
-from cockpit_seed import Seeded, seed_city
+from cockpit_seed import Seeded
 
 pytestmark = pytest.mark.slow
 
@@ -65,11 +65,6 @@ def sign_in(driver: Any, server: Server, username: str, secret: str | None, next
         type_into(driver, ".login-totp", fresh_code(secret, server.used_codes))
     click(driver, ".login-submit")
     wait_for(lambda: driver.current_url.split("?")[0].endswith(next_path), what=f"landing on {next_path}")
-
-
-@pytest.fixture(scope="module")
-def seeded(server: Server) -> Seeded:
-    return seed_city(server)
 
 
 @pytest.fixture(scope="module")

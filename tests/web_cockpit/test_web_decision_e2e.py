@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from cockpit_harness import Server, screenshot
-from cockpit_seed import seed_city
+from cockpit_seed import Seeded
 from test_web_cockpit_e2e import css, sign_in, wait_for
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,6 @@ def leader(server: Server) -> str:
 
 
 def _evaluate(server: Server) -> dict[str, Any]:
-    seed_city(server, devices_per_district=2)
     with server.http(server.admin) as http:
         for category in ("environment.air", "pothole"):
             made = http.post("/api/ops/incidents", json={
@@ -38,7 +37,7 @@ def _evaluate(server: Server) -> dict[str, Any]:
         return dict(maturity.json())
 
 
-def test_web_decision_cockpit(server: Server, browser: Any, leader: str) -> None:
+def test_web_decision_cockpit(server: Server, browser: Any, seeded: Seeded, leader: str) -> None:
     maturity = _evaluate(server)
     sign_in(browser, server, "op-decision", leader, next_path="/decision")
     shown = wait_for(lambda: css(browser, ".cityos-maturity-score"), what="the maturity score")
