@@ -28,12 +28,12 @@ from cityos.config import Settings
 from cityos.core import migrate
 from own_services import PG_BIN, OwnPostgres
 
-PRIMARY_SETTINGS = ("\nwal_level = replica\nmax_wal_senders = 5\nsynchronous_commit = on\n"
-                    "synchronous_standby_names = '*'\nwal_keep_size = '256MB'\n")
+PRIMARY_SETTINGS = "\nwal_level = replica\nmax_wal_senders = 5\nsynchronous_commit = on\nwal_keep_size = '256MB'\n"
+SYNCHRONOUS = "synchronous_standby_names = '*'\n"
 
 
-@pytest.fixture
-def cluster_pair() -> Iterator[tuple[OwnPostgres, OwnPostgres]]:
+@pytest.fixture(params=["synchronous", "asynchronous"])
+def cluster_pair(request: pytest.FixtureRequest) -> Iterator[tuple[OwnPostgres, OwnPostgres]]:
     if postgres_test_url() is None:
         pytest.skip("PostgreSQL run only")
     if not (PG_BIN / "initdb").exists() or not shutil.which("runuser") or os.geteuid() != 0:
@@ -41,7 +41,7 @@ def cluster_pair() -> Iterator[tuple[OwnPostgres, OwnPostgres]]:
     workdir = Path(tempfile.mkdtemp(prefix="cityos-failover-"))
     shutil.chown(workdir, "postgres")
     primary, standby = OwnPostgres(workdir, "primary"), OwnPostgres(workdir, "standby")
-    primary.init(PRIMARY_SETTINGS)
+    primary.init(PRIMARY_SETTINGS + (SYNCHRONOUS if request.param == "synchronous" else ""))
     try:
         # Promoted, it is alone: it must not wait for a synchronous standby of its own (a cluster manager
         # such as Patroni makes the same switch).
@@ -62,11 +62,20 @@ async def _sql(port: int, query: str, *args: Any) -> Any:
         await conn.close()
 
 
-async def _replicating(port: int) -> bool:
+async def _replication(port: int) -> str | None:
+    """The standby's replication state as the primary sees it: 'sync', 'async', or None (not streaming)."""
     conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="postgres")
     try:
-        rows = await conn.fetch("SELECT sync_state FROM pg_stat_replication")
-        return any(r["sync_state"] == "sync" for r in rows)
+        rows = await conn.fetch("SELECT sync_state FROM pg_stat_replication WHERE state = 'streaming'")
+        return str(rows[0]["sync_state"]) if rows else None
+    finally:
+        await conn.close()
+
+
+async def _primary_setting(port: int) -> str:
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="postgres")
+    try:
+        return str(await conn.fetchval("SHOW synchronous_standby_names"))
     finally:
         await conn.close()
 
@@ -76,9 +85,10 @@ async def test_failover_loses_no_acknowledged_write(cluster_pair: tuple[OwnPostg
     admin = await asyncpg.connect(host="127.0.0.1", port=primary.port, user="postgres", database="postgres")
     await admin.execute("CREATE DATABASE cityos")
     await admin.close()
+    synchronous = (await _primary_setting(primary.port)) != ""
     deadline = time.monotonic() + 30
-    while not await _replicating(primary.port):
-        assert time.monotonic() < deadline, "the standby never became a synchronous replica"
+    while await _replication(primary.port) != ("sync" if synchronous else "async"):
+        assert time.monotonic() < deadline, "the standby never streamed"
         await asyncio.sleep(0.2)
     url = (f"postgresql://postgres@/cityos?host=127.0.0.1:{primary.port}&host=127.0.0.1:{standby.port}"
            "&target_session_attrs=read-write")
@@ -128,5 +138,10 @@ async def test_failover_loses_no_acknowledged_write(cluster_pair: tuple[OwnPostg
     stored = {r["id"] for r in rows}
     lost = [i for i in acknowledged if i not in stored]
     assert after_promotion >= 60  # it reconnected by itself and kept writing
-    assert lost == [], f"{len(lost)} acknowledged writes lost of {len(acknowledged)}"
-    print(f"failover: {len(acknowledged)} acknowledged, {failed} refused during the switch, 0 lost")
+    print(f"failover ({'synchronous' if synchronous else 'asynchronous'} replication): {len(acknowledged)} "
+          f"acknowledged, {failed} refused during the switch, {len(lost)} lost")
+    if synchronous:
+        # an acknowledged commit is on both servers: none may be lost
+        assert lost == [], f"{len(lost)} acknowledged writes lost of {len(acknowledged)}"
+    # Asynchronous: what the standby had not received when the primary died is gone. That is measured
+    # and printed above, not asserted: it depends on the replication lag of the moment.
