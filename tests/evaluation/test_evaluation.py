@@ -271,3 +271,27 @@ async def test_bad_input_is_refused(client: httpx.AsyncClient, anon_client: http
     assert (await anon_client.post(f"{BASE}/compute", json={}, headers=auditor)).status_code == 403
     dept_admin = auth.headers("dept_admin", department="water")
     assert (await anon_client.post(f"{BASE}/mystery-shopper", json=visits[0], headers=dept_admin)).status_code == 403
+
+
+async def test_a_closed_period_is_reported_once_on_schedule(client: httpx.AsyncClient, auth: Any, app: Any,
+                                                            moving_clock: Moving, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from cityos.evaluation.reports import archive_closed_period
+
+    monkeypatch.setenv("CITYOS_DATA_DIR", str(tmp_path))
+    operator = auth.headers("operator", username="op-eval")
+    moving_clock.at = datetime(2026, 2, 10, 8, 0, tzinfo=UTC)
+    await _responses(client, operator, moving_clock, [10])  # February's only incident
+    moving_clock.at = MARCH  # February has closed (in the city's calendar)
+    written = await archive_closed_period(app.state.evaluation, "", "month")
+    assert sorted(p.name for p in written) == ["cityos-month-20260201.pdf", "cityos-month-20260201.xlsx"]
+    assert await archive_closed_period(app.state.evaluation, "", "month") == []  # once per period
+    listed = (await client.get(f"{BASE}/reports", headers=operator)).json()["reports"]
+    assert {r["name"] for r in listed} == {"cityos-month-20260201.pdf", "cityos-month-20260201.xlsx"}
+    book = await client.get(f"{BASE}/reports/archive/cityos-month-20260201.xlsx", headers=operator)
+    assert book.status_code == 200
+    rows = {row[2].value: row[3].value for row in load_workbook(io.BytesIO(book.content))["指标 Indicators"]
+            .iter_rows(min_row=2)}
+    assert rows["ops.pollution_response_minutes"] == 10.0  # February's value, not March's
+    for name in ("../../etc/passwd", "cityos-month-20260201.pdf.partial", "cityos-year-20260201.pdf"):
+        assert (await client.get(f"{BASE}/reports/archive/{name}", headers=operator)).status_code == 404

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from cityos.evaluation.service import EvaluationError, EvaluationService, catalo
 from cityos.security.api import current_principal, request_tenant, require
 
 router = APIRouter(prefix="/api/evaluation", tags=["evaluation"])
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 routers: list[APIRouter] = [router]
 READ = [Depends(require("evaluation.read"))]
 MAX_BODY = 64 * 1024
@@ -122,45 +122,33 @@ async def compute(request: Request) -> Response:
     return json_response(result)
 
 
+@router.get("/reports", dependencies=READ)
+async def report_archive(request: Request) -> Response:
+    """The reports generated on schedule when each week, month and quarter closed."""
+    return json_response({"reports": reports.archived(await _tenant(request))})
+
+
+@router.get("/reports/archive/{name}", dependencies=READ)
+async def archived_report(name: str, request: Request) -> Response:
+    found = reports.archived_file(await _tenant(request), name)
+    if found is None:
+        raise ResourceNotFound(f"no archived report {name!r}")
+    media = "application/pdf" if name.endswith(".pdf") else XLSX
+    await _audit(request, "evaluation.report", f"archive:{name}")
+    return Response(found.read_bytes(), media_type=media,
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
 @router.get("/reports/{name}", dependencies=READ)
 async def report(name: str, request: Request) -> Response:
     kind, _, extension = name.partition(".")
     if kind not in ("week", "month", "quarter") or extension not in ("pdf", "xlsx"):
         raise ResourceNotFound("reports are week|month|quarter .pdf|.xlsx")
-    service, tenant = evaluation_of(request), await _tenant(request)
-    radar_view = await service.radar(tenant, kind)
-    if extension == "pdf":
-        maturity_view = await service.maturity(tenant, kind)
-        worst = await _worst(service, tenant, kind, radar_view)
-        title = reports.report_title(kind, clock.now())
-        # ReportLab is CPU-bound: off the event loop
-        body = await asyncio.to_thread(reports.build_pdf, title, kind, maturity_view, radar_view, worst)
-        media = "application/pdf"
-    else:
-        series = {i["id"]: (await service.history(tenant, i["id"], kind))["points"]
-                  for c in radar_view["categories"] for i in c["indicators"] if i.get("value") is not None}
-        body = await asyncio.to_thread(reports.build_xlsx, kind, radar_view, series)
-        media = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    body, media = await reports.assemble(evaluation_of(request), await _tenant(request), kind, extension)
     stamp = clock.now().astimezone(city_zone()).strftime("%Y%m%d")
     await _audit(request, "evaluation.report", name)
     return Response(body, media_type=media,
                     headers={"Content-Disposition": f'attachment; filename="cityos-{kind}-{stamp}.{extension}"'})
-
-
-async def _worst(service: EvaluationService, tenant: str, kind: str,
-                 radar_view: dict[str, Any]) -> list[dict[str, Any]]:
-    """The districts and departments that missed a target, for the report's list of whom to watch."""
-    worst: list[dict[str, Any]] = []
-    for category in radar_view["categories"]:
-        for item in category["indicators"]:
-            if item.get("value") is None:
-                continue
-            split = await service.breakdown(tenant, item["id"], kind)
-            for scope in ("district", "department"):
-                worst += [{"indicator": f"{item['name']['zh']} {item['name']['en']}", "scope": f"{scope}: {s['id']}",
-                           "value": s["value"], "status": s["status"]}
-                          for s in split[scope] if s["status"] == "red"]
-    return worst[:40]
 
 
 @router.get("/mystery-shopper/items", dependencies=READ)

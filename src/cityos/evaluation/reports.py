@@ -7,11 +7,13 @@ indicators, breakdowns), never from other domains' tables.
 
 from __future__ import annotations
 
+import asyncio
 import io
-from datetime import datetime
+import re
+from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openpyxl import Workbook
 from openpyxl.chart import BarChart, Reference
@@ -27,6 +29,10 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from cityos.core import clock
+from cityos.evaluation.service import period_bounds
+
+if TYPE_CHECKING:
+    from cityos.evaluation.service import EvaluationService
 from cityos.core.messages import city_zone
 
 FONT_CANDIDATES = (
@@ -182,3 +188,85 @@ def build_xlsx(kind: str, radar: dict[str, Any], history: dict[str, list[dict[st
 def report_title(kind: str, moment: datetime) -> str:
     local = moment.astimezone(city_zone())
     return f"城市运营评估报告 City operations evaluation · {local:%Y-%m-%d} · {PERIOD_TEXT.get(kind, kind)}"
+
+
+# ---------------------------------------------------------------------- assembling and archiving
+
+XLSX_MEDIA = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+ARCHIVE_NAME = re.compile(r"cityos-(week|month|quarter)-\d{8}\.(pdf|xlsx)")
+
+
+async def assemble(service: EvaluationService, tenant: str, kind: str, extension: str,
+                   period_start: datetime | None = None) -> tuple[bytes, str]:
+    """The report of the current period of `kind` (or of the period starting at `period_start`)."""
+    radar_view = await service.radar(tenant, kind, period_start)
+    if extension == "pdf":
+        maturity_view = await service.maturity(tenant, kind, period_start)
+        worst = await _worst(service, tenant, kind, radar_view)
+        title = report_title(kind, period_start or clock.now())
+        # ReportLab is CPU-bound: off the event loop
+        return await asyncio.to_thread(build_pdf, title, kind, maturity_view, radar_view, worst), "application/pdf"
+    series = {i["id"]: (await service.history(tenant, i["id"], kind))["points"]
+              for c in radar_view["categories"] for i in c["indicators"] if i.get("value") is not None}
+    return await asyncio.to_thread(build_xlsx, kind, radar_view, series), XLSX_MEDIA
+
+
+async def _worst(service: EvaluationService, tenant: str, kind: str,
+                 radar_view: dict[str, Any]) -> list[dict[str, Any]]:
+    """The districts and departments that missed a target, for the report's list of whom to watch."""
+    worst: list[dict[str, Any]] = []
+    for category in radar_view["categories"]:
+        for item in category["indicators"]:
+            if item.get("value") is None:
+                continue
+            split = await service.breakdown(tenant, item["id"], kind)
+            for scope in ("district", "department"):
+                worst += [{"indicator": f"{item['name']['zh']} {item['name']['en']}", "scope": f"{scope}: {s['id']}",
+                           "value": s["value"], "status": s["status"]}
+                          for s in split[scope] if s["status"] == "red"]
+    return worst[:40]
+
+
+def archive_dir(tenant: str) -> Path:
+    """`<data dir>/reports/<tenant>`: the reports written when periods close."""
+    from cityos.security.settings import default_data_dir
+
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", tenant) or "_default"
+    return default_data_dir() / "reports" / safe
+
+
+def archived(tenant: str) -> list[dict[str, Any]]:
+    folder = archive_dir(tenant)
+    if not folder.is_dir():
+        return []
+    return [{"name": p.name, "bytes": p.stat().st_size} for p in sorted(folder.iterdir(), reverse=True)
+            if ARCHIVE_NAME.fullmatch(p.name)]
+
+
+def archived_file(tenant: str, name: str) -> Path | None:
+    if not ARCHIVE_NAME.fullmatch(name):  # never a path the caller builds
+        return None
+    path = archive_dir(tenant) / name
+    return path if path.is_file() else None
+
+
+async def archive_closed_period(service: EvaluationService, tenant: str, kind: str) -> list[Path]:
+    """When the previous period of `kind` has closed and has no report yet: recompute it once more and
+    write its PDF and XLSX to the archive. Returns the files written."""
+    current_start, _ = period_bounds(kind, clock.now())
+    previous_start, _ = period_bounds(kind, current_start - timedelta(seconds=1))
+    stamp = previous_start.astimezone(city_zone()).strftime("%Y%m%d")
+    folder = archive_dir(tenant)
+    wanted = [folder / f"cityos-{kind}-{stamp}.{ext}" for ext in ("pdf", "xlsx")]
+    if all(p.exists() for p in wanted):
+        return []
+    await service.compute(tenant, kind, previous_start)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in wanted:
+        body, _media = await assemble(service, tenant, kind, path.suffix[1:], previous_start)
+        partial = path.with_suffix(path.suffix + ".partial")
+        partial.write_bytes(body)
+        partial.replace(path)
+        written.append(path)
+    return written

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from cityos.config import env_int
 from cityos.core.tasks import StepGuard
 from cityos.evaluation.models import PERIOD_KINDS
+from cityos.evaluation.reports import archive_closed_period
 from cityos.evaluation.service import EvaluationService
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ async def compute_all(service: EvaluationService) -> None:
     for tenant in evaluated_tenants():
         for kind in PERIOD_KINDS:
             await service.compute(tenant, kind)
+        for kind in ("week", "month", "quarter"):  # 周调度、月通报、季评估: a report when the period closes
+            for path in await archive_closed_period(service, tenant, kind):
+                log.info("evaluation report written: %s", path)
 
 
 def start_schedule(service: EvaluationService) -> Callable[[], Awaitable[None]]:

@@ -182,18 +182,23 @@ class EvaluationService:
 
     # ------------------------------------------------------------------ reading
 
-    async def latest(self, tenant: str, kind: str, scope_kind: str = "city", scope_id: str = "") -> dict[str, Any]:
-        """Every indicator with its latest value of this period kind and scope (or why it has none)."""
+    async def latest(self, tenant: str, kind: str, scope_kind: str = "city", scope_id: str = "",
+                     period_start: datetime | None = None) -> dict[str, Any]:
+        """Every indicator with its latest value of this period kind and scope (or why it has none);
+        with `period_start`, its value of that one period (a closed period's report)."""
         _categories, indicators = catalogue()
+        mine = [values.c.tenant == tenant, values.c.period_kind == kind, values.c.scope_kind == scope_kind,
+                values.c.scope_id == scope_id]
         async with self.engine.connect() as conn:
-            newest = (select(values.c.indicator, func.max(values.c.period_start).label("start"))
-                      .where(values.c.tenant == tenant, values.c.period_kind == kind,
-                             values.c.scope_kind == scope_kind, values.c.scope_id == scope_id)
-                      .group_by(values.c.indicator).subquery())
-            rows = (await conn.execute(select(values).join(newest, and_(
-                values.c.indicator == newest.c.indicator, values.c.period_start == newest.c.start)).where(
-                values.c.tenant == tenant, values.c.period_kind == kind, values.c.scope_kind == scope_kind,
-                values.c.scope_id == scope_id))).mappings().all()
+            if period_start is not None:
+                rows = (await conn.execute(select(values).where(*mine, values.c.period_start == period_start))
+                        ).mappings().all()
+            else:
+                newest = (select(values.c.indicator, func.max(values.c.period_start).label("start"))
+                          .where(*mine).group_by(values.c.indicator).subquery())
+                rows = (await conn.execute(select(values).join(newest, and_(
+                    values.c.indicator == newest.c.indicator, values.c.period_start == newest.c.start))
+                    .where(*mine))).mappings().all()
         found: dict[str, Mapping[str, Any]] = {row["indicator"]: dict(row) for row in rows}
         return {"periodKind": kind, "scope": {"kind": scope_kind, "id": scope_id},
                 "indicators": [self._describe(ind, found.get(ind.id)) for ind in indicators.values()]}
@@ -249,10 +254,10 @@ class EvaluationService:
             out[row["scope_kind"]].append({"id": row["scope_id"], "value": row["value"], "status": row["status"]})
         return out
 
-    async def radar(self, tenant: str, kind: str) -> dict[str, Any]:
+    async def radar(self, tenant: str, kind: str, period_start: datetime | None = None) -> dict[str, Any]:
         """The 32 radar indicators by category, each category scored over the indicators that have data."""
         categories, _indicators = catalogue()
-        latest = {i["id"]: i for i in (await self.latest(tenant, kind))["indicators"]}
+        latest = {i["id"]: i for i in (await self.latest(tenant, kind, period_start=period_start))["indicators"]}
         out = []
         for category in categories.values():
             members = [latest[i.id] for i in category.indicators if i.radar]
@@ -264,9 +269,9 @@ class EvaluationService:
         return {"periodKind": kind, "categories": out,
                 "radarIndicators": sum(1 for c in categories.values() for i in c.indicators if i.radar)}
 
-    async def maturity(self, tenant: str, kind: str = "month") -> dict[str, Any]:
+    async def maturity(self, tenant: str, kind: str = "month", period_start: datetime | None = None) -> dict[str, Any]:
         """Total score (weights per category over the categories with data), band, coverage, and what moved."""
-        radar = await self.radar(tenant, kind)
+        radar = await self.radar(tenant, kind, period_start)
         scored = [c for c in radar["categories"] if c["score"] is not None]
         weight = sum(c["weight"] for c in scored)
         total = round(sum(c["score"] * c["weight"] for c in scored) / weight, 1) if weight else None
@@ -280,7 +285,7 @@ class EvaluationService:
                              "categoriesWithData": len(scored), "categories": len(radar["categories"])},
                 "categories": [{k: c[k] for k in ("id", "name", "weight", "score", "measured")}
                                for c in radar["categories"]],
-                "moved": await self._moved(tenant, kind)}
+                "moved": await self._moved(tenant, kind) if period_start is None else []}
 
     async def _moved(self, tenant: str, kind: str) -> list[dict[str, Any]]:
         """Indicators whose city score changed between the last two computed periods, largest first."""
