@@ -11,6 +11,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cityos import web
@@ -227,7 +228,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
             await stop_subscriptions()
             await engine.dispose()
 
-    app = FastAPI(title="CityOS", version="0.1.0", lifespan=lifespan,
+    # FastAPIOffline: /docs and /redoc from assets in the wheel, no CDN (a city network may have no Internet).
+    app = FastAPIOffline(title="CityOS", version="0.1.0", lifespan=lifespan,
                   description="CityOS smart-city platform: NGSI-LD context broker (ETSI GS CIM 009) and domains.",
                   **overrides)
     install_error_handlers(app)
