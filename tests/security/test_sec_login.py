@@ -161,3 +161,5 @@ async def test_ensure_demo_admin_once(sec: Harness) -> None:
     assert first is not None and first[0] == "admin" and weak_password_reason(first[1], "admin") is None
     assert await sec.service.ensure_demo_admin() is None
     assert (await sec.service.get_user("admin"))["role"] == "sys_admin"
+    assert (await sec.service.get_user("admin"))["totp_enabled"]  # the first admin can sign in at once
+    assert len(first[2]) >= 16  # its TOTP secret, printed once by the demo

@@ -378,10 +378,11 @@ class SecurityService(LoginDefence):
         return {"phone": self.keyring.decrypt(user["phone"]) if user.get("phone") else None,
                 "id_number": self.keyring.decrypt(user["id_number"]) if user.get("id_number") else None}
 
-    async def ensure_demo_admin(self, username: str = "admin", tenant: str = "") -> tuple[str, str] | None:
-        """Create the demo's sys_admin once; returns (username, password) to print once, else None.
+    async def ensure_demo_admin(self, username: str = "admin", tenant: str = "") -> tuple[str, str, str] | None:
+        """Create the demo's sys_admin once; returns (username, password, TOTP secret) to print once, else None.
 
-        The password is random; the admin enrols TOTP on first login (`POST /auth/totp/enroll`).
+        The password is random and the second factor enrolled at once: a staff member's first factor
+        otherwise needs an enrolment code from an administrator, and this is the first one.
         """
         async with self.engine.connect() as conn:
             if (await conn.execute(select(users.c.id).where(users.c.username == username))).first():
@@ -391,11 +392,11 @@ class SecurityService(LoginDefence):
         if reason and self.settings.production:
             raise RuntimeError(f"refusing a weak administrator password ({reason})")
         try:
-            await self.create_user(username, password, Role.SYS_ADMIN.value, tenant=tenant, allow_admin=True,
-                                   check_strength=False)
+            new = await self.create_user(username, password, Role.SYS_ADMIN.value, tenant=tenant, allow_admin=True,
+                                         check_strength=False, with_totp=True)
         except AlreadyExists:
             return None
-        return username, password
+        return username, password, str(new.totp_secret)
 
     # ------------------------------------------------------------------ clients (client_credentials)
 

@@ -449,10 +449,10 @@ async def _authenticate(console: Console, app: Any, client: PlatformClient) -> N
     security = app.state.security.service
     created = await security.ensure_demo_admin()
     if created is not None:
-        username, password = created
+        username, password, totp_secret = created
         console.print(f"[bold yellow]Administrator created[/bold yellow] (shown once, store it now): "
-                      f"user [bold]{username}[/bold] password [bold]{password}[/bold]\n"
-                      "  enrol TOTP first: POST /auth/totp/enroll and /auth/totp/confirm, then POST /auth/token")
+                      f"user [bold]{username}[/bold] password [bold]{password}[/bold] "
+                      f"TOTP secret [bold]{totp_secret}[/bold]")
     await _demo_operator(console, security)
     installed = await install_default_rules(app)
     if installed:
