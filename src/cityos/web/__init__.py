@@ -46,6 +46,7 @@ def _register_pages() -> None:
         auth,
         cockpit,
         decision,
+        mystery,
         portal,
     )
 

@@ -129,6 +129,10 @@ class DecisionCockpit:
             if self.session.can("evaluation.compute"):
                 ui.button("重新计算 Recompute", icon="refresh", on_click=self.recompute) \
                     .props("outline no-caps").classes("mt-2 cityos-recompute")
+            if self.session.can("evaluation.assess"):
+                ui.button("神秘人暗访 Mystery shopper", icon="fact_check",
+                          on_click=lambda: ui.navigate.to("/decision/mystery-shopper")) \
+                    .props("outline no-caps").classes("mt-1 cityos-mystery-link")
 
     def _category(self, category: dict[str, Any]) -> None:
         score = category["score"]
