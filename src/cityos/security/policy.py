@@ -360,3 +360,8 @@ def effective_tenant(principal: Principal | None, header_tenant: str | None) -> 
     if principal.role == Role.SYS_ADMIN:
         return header_tenant
     raise PermissionError(f"the token is for tenant {principal.tenant!r}, not {header_tenant!r}")
+
+
+def roles_allowed(action: str) -> frozenset[str]:
+    """The user roles that may perform `action` at all (for pages: who sees a page or a button)."""
+    return frozenset(role for role in USER_ROLES if MATRIX.get(role, {}).get(action, Scope.NONE) is not Scope.NONE)

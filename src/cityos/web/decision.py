@@ -13,10 +13,11 @@ from typing import Any
 from fastapi.responses import RedirectResponse
 from nicegui import ui
 
+from cityos.security.policy import roles_allowed
 from cityos.web.auth import ApiError, Session, require_login
 from cityos.web.shell import add_nav, frame, panel
 
-DECISION_ROLES = frozenset({"operator", "dept_admin", "auditor", "sys_admin"})
+DECISION_ROLES = roles_allowed("evaluation.read")
 PERIODS = {"week": "周 Week", "month": "月 Month", "quarter": "季 Quarter"}
 STATUS = {"green": ("达标 Met", "positive"), "yellow": ("预警 Warning", "warning"),
           "red": ("未达标 Missed", "negative"), "no_data": ("无数据 No data", "grey-7"),

@@ -16,11 +16,12 @@ from fastapi.responses import RedirectResponse
 from nicegui import ui
 
 from cityos.core.messages import city_zone
+from cityos.security.policy import roles_allowed
 from cityos.web.auth import ApiError, Session, require_login
 from cityos.web.shell import frame, panel
 
 # The roles `evaluation.assess` is granted to in cityos.security.policy.
-MYSTERY_ROLES = frozenset({"operator", "sys_admin"})
+MYSTERY_ROLES = roles_allowed("evaluation.assess")  # from the policy matrix, not a copy of it
 PATH = "/decision/mystery-shopper"
 VERDICTS = {True: "通过 Pass", False: "不合格 Fail"}
 
