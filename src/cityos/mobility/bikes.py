@@ -54,7 +54,6 @@ class BikeService:
         self.ctx = ctx
         self.outbound = outbound or Outbound()  # the app passes its own (CITYOS_OUTBOUND_ALLOW)
         self.reader = reader or self._read
-        self._sqlite = engine.dialect.name == "sqlite"
         self._write_lock = write_lock or asyncio.Lock()
 
     async def _read(self, url: str) -> System:

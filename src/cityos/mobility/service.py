@@ -82,7 +82,6 @@ class MobilityService:
         self.hub = hub
         self.ctx = ctx
         self.walk = walk or WalkSettings()
-        self._sqlite = engine.dialect.name == "sqlite"
         self._write_lock = write_lock or asyncio.Lock()
         self._timetables: dict[tuple[str, str], _Cached] = {}
         self._loading = asyncio.Lock()

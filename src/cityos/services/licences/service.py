@@ -144,7 +144,6 @@ class LicenceService:
         self.bus = bus
         self.public_url = public_url.rstrip("/")
         self.audit = audit
-        self._sqlite = engine.dialect.name == "sqlite"
         self._write_lock = write_lock or asyncio.Lock()
 
     @contextlib.asynccontextmanager

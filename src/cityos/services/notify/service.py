@@ -82,7 +82,6 @@ class Notifier:
         self.keyring = keyring
         self.senders: dict[str, Sender] = senders if senders is not None else default_senders()
         self.settings = settings or NotifySettings()
-        self._sqlite = engine.dialect.name == "sqlite"
         self._write_lock = write_lock or asyncio.Lock()
         self._run_lock = asyncio.Lock()
         self._wake = asyncio.Event()
