@@ -7,7 +7,12 @@ an in-process app, `bearer(app)` uses that app's own issuer.
 
 from __future__ import annotations
 
+import os
 import uuid
+
+# The issuer follows the address a server listens on unless CITYOS_PUBLIC_URL is set: pin it, so the token
+# signed here and the benchmarked server (which inherits this environment) name the same issuer.
+os.environ.setdefault("CITYOS_PUBLIC_URL", "http://127.0.0.1:8000")
 from typing import Any
 
 

@@ -26,7 +26,9 @@ What it does:
    (e) ``type`` + ``q`` (``pm25>X;district=="Dk"`` and ``no2==a..b``) p50/p99 with the default
        limit 20, against the equivalent hand-written jsonb query over ``hub_entities``.
 
-Prints exactly one JSON line on stdout; progress goes to stderr. Ratios are hub / baseline: for
+Prints one JSON line on stdout per measure as it is taken (``"measure"``: the hub's figure, the raw
+baseline of the same run, the ratio, the load average and the phase's CPU per operation), then one
+summary line with everything; progress goes to stderr. Ratios are hub / baseline: for
 throughput a ratio below 1 means the hub is slower, for latency a ratio above 1 means it is slower.
 Targets are reported as booleans; nothing is asserted. CPU use of the client, the server and
 PostgreSQL is reported per phase (in cores) so that a client bottleneck would show.
@@ -780,6 +782,17 @@ class Bench:
 
     # ---------------------------------------------------------------- the run
 
+    def measure_line(self, measure: str, hub: Any, baseline: Any, ratio: Any, phase: str, *, target: float,
+                     lower_is_better: bool = False, **extra: Any) -> None:
+        """One JSON line on stdout per measure, as soon as it is taken: the hub's figure, the raw baseline of
+        the same run, their ratio, the load average and the CPU per operation of the phase."""
+        met = hub < target if lower_is_better else hub >= target
+        line = {"bench": "hub", "measure": measure, "backend": "postgresql" if self.pg else "sqlite",
+                "entities": self.args.entities, "hub": hub, "baseline": baseline, "ratio": ratio, "target": target,
+                "target_met": met, "loadavg": [round(x, 2) for x in os.getloadavg()],
+                "cpu": self.cpu_phases.get(phase), **extra}
+        print(orjson.dumps(line).decode(), flush=True)
+
     async def run(self) -> dict[str, Any]:
         a, out, n = self.args, self.out, self.args.entities
         if self.pg:
@@ -819,6 +832,9 @@ class Bench:
         out["upsert_ratio"] = round(hub_eps / (u / base.elapsed), 3)
         if copy_run is not None:
             out["copy_baseline_rows_per_s"] = round(u / copy_run.elapsed)
+        self.measure_line("upsert_attr_updates_per_s", out["upsert_attr_updates_per_s"],
+                          out["upsert_baseline_attr_per_s"], out["upsert_ratio"], "a_upsert",
+                          target=TARGETS["upsert_attr_updates_per_s"], errors=upd.errors)
 
         # (b) PATCH at concurrency 32
         c = a.patch_concurrency
@@ -835,6 +851,16 @@ class Bench:
         out["patch_baseline_rmw_per_s"] = round(prmw.rate())
         out["patch_ratio"] = round(patch.rate() / pbase.rate(), 3) if pbase.rate() else None
         out["patch_ratio_vs_rmw"] = round(patch.rate() / prmw.rate(), 3) if prmw.rate() else None
+        self.measure_line(f"patch_per_s_c{c}", out[f"patch_per_s_c{c}"], out["patch_baseline_rmw_per_s"],
+                          out["patch_ratio_vs_rmw"], "b_patch", target=TARGETS["patch_per_s_c32"],
+                          baseline_kind="read-modify-write (BEGIN; SELECT FOR UPDATE; UPDATE; COMMIT)",
+                          bare_update_per_s=out["patch_baseline_per_s"], ratio_vs_bare_update=out["patch_ratio"],
+                          p50_ms=out["patch_p50_ms"], p99_ms=out["patch_p99_ms"], errors=patch.errors)
+        if a.writes_only:
+            await self.clients.close()
+            if self.pg:
+                await self.raw.close()
+            return out
 
         await self.maintenance()
 
@@ -862,6 +888,8 @@ class Bench:
         out["get_baseline_c8_per_s"] = round(gb8.rate())
         out["get_ratio_p99"] = round(g1.pct_ms(0.99) / gb1.pct_ms(0.99), 1)
         out["get_errors"] = g1.errors + g8.errors
+        self.measure_line("get_p99_ms", out["get_p99_ms"], out["get_baseline_p99_ms"], out["get_ratio_p99"], "c_get_c1",
+                          target=TARGETS["get_p99_ms"], lower_is_better=True)
 
         # (d) near;maxDistance==500
         rng = random.Random(12)
@@ -888,6 +916,8 @@ class Bench:
             sql, params = self.near_sql(x, y)
             same = same and hub == await self.raw_ids(sql, params)
         out["near_same_ids_as_baseline"] = same
+        self.measure_line("near_p99_ms", out["near_p99_ms"], out["near_baseline_p99_ms"], out["near_ratio_p99"],
+                          "d_near", target=TARGETS["near_p99_ms"], lower_is_better=True, same_ids=same)
 
         # (e) type + q
         cases = q_cases(random.Random(13), a.q_samples)
@@ -914,6 +944,8 @@ class Bench:
             sql, params = self.q_sql(case)
             same = same and await self.hub_ids(case.path) == await self.raw_ids(sql, params)
         out["q_same_ids_as_baseline"] = same
+        self.measure_line("q_p99_ms", out["q_p99_ms"], out["q_baseline_p99_ms"], out["q_ratio_p99"], "e_q",
+                          target=TARGETS["q_p99_ms"], lower_is_better=True, same_ids=same)
 
         if a.explain and self.pg:
             await self.explain(points[0], cases[:2])
@@ -978,6 +1010,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load-concurrency", type=int, default=4, help="concurrent upsert requests")
     p.add_argument("--patch-concurrency", type=int, default=32)
     p.add_argument("--patch-seconds", type=float, default=20.0)
+    p.add_argument("--writes-only", action="store_true", help="measure (a) and (b) only, skip the reads")
     p.add_argument("--get-samples", type=int, default=3000)
     p.add_argument("--near-samples", type=int, default=500)
     p.add_argument("--q-samples", type=int, default=600, help="half pm25+district, half no2 range")

@@ -29,6 +29,15 @@ __all__ = ["Auth", "auth"]
 # Tests compute indicators when they mean to: a scheduled round would publish KPI entities into the
 # hub in the middle of other tests.
 os.environ.setdefault("CITYOS_EVALUATION_INTERVAL_SECONDS", "0")
+os.environ.setdefault("CITYOS_DATA_HARVEST_INTERVAL_SECONDS", "0")  # tests harvest when they mean to
+# Tests run device-health rounds (`cityos.iot.health.run_once`) when they mean to: the session app's
+# 30-second loop would otherwise time out RPCs or mark devices offline under a test's moved clock.
+os.environ.setdefault("CITYOS_IOT_HEALTH_SECONDS", "0")
+# The same for the other timer sweeps that act on "now" (incident deadlines, service timers, livelihood
+# settlement): a tick landing between a test's clock move and its own sweep would take the test's work.
+os.environ.setdefault("CITYOS_INCIDENT_SWEEP_SECONDS", "0")
+os.environ.setdefault("CITYOS_SERVICES_SWEEP_SECONDS", "0")
+os.environ.setdefault("CITYOS_LIVELIHOOD_INTERVAL_SECONDS", "0")
 # One token issuer for this process and the servers it starts (`auth_tokens.server_headers` mints tokens
 # for them): otherwise each server's issuer would be the address it happens to listen on.
 os.environ.setdefault("CITYOS_PUBLIC_URL", "http://cityos.test")
@@ -106,6 +115,13 @@ async def _clean(application: Any) -> None:
     if registry is not None:
         registry._tenants.clear()
         registry._invalidate()
+    sources = getattr(application.state.hub.service, "sources", None)
+    if sources is not None:  # 一数一源 rules held in memory (their table was just emptied)
+        sources.replace({})
+        sources.refused.clear()
+    data = getattr(application.state, "data", None)
+    if data is not None and data.catalogue.index is not None:  # the in-memory search index of the catalogue
+        data.catalogue.index.invalidate()
 
 
 @pytest.fixture

@@ -82,3 +82,20 @@ async def test_a_guarded_sqlite_write_is_committed_not_left_holding_the_lock(tmp
         assert rows == [1, 2, 3]  # the guarded transaction committed whole
     finally:
         await engine.dispose()
+
+
+async def test_in_daemon_thread_returns_and_raises_and_is_a_daemon() -> None:
+    import threading
+
+    from cityos.core.tasks import in_daemon_thread
+
+    def work(x: int) -> tuple[int, bool]:
+        return x * 2, threading.current_thread().daemon
+
+    assert await in_daemon_thread(work, 21) == (42, True)
+
+    def fails() -> None:
+        raise ValueError("bad fit")
+
+    with pytest.raises(ValueError, match="bad fit"):
+        await in_daemon_thread(fails)

@@ -9,6 +9,7 @@ window sizes, users, passwords) is passed in by them.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -84,12 +85,28 @@ def cli_add_user(env: dict[str, str], username: str, role: str, password: str, d
 
 def bootstrap_admin(env: dict[str, str], password: str, *, upgrade_timeout: float, add_timeout: float) -> str:
     """`cityos db upgrade`, then the sys_admin `admin` with `--totp`; returns its TOTP secret."""
+    return bootstrap_admin_with_recovery(env, password, upgrade_timeout=upgrade_timeout, add_timeout=add_timeout)[0]
+
+
+def bootstrap_admin_with_recovery(env: dict[str, str], password: str, *, upgrade_timeout: float,
+                                  add_timeout: float) -> tuple[str, str]:
+    """As `bootstrap_admin`, and the break-glass recovery code the first administrator's creation prints
+    (a test spends it once to appoint a department administrator, the second person of #5)."""
     subprocess.run([*CLI, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=upgrade_timeout)
     made = subprocess.run([*CLI, "user", "add", "admin", "--role", "sys_admin", "--password", password, "--totp"],
                           env=env, capture_output=True, text=True, timeout=add_timeout)
     assert made.returncode == 0, made.stdout + made.stderr
     uri = next(word for word in made.stdout.split() if word.startswith("otpauth://"))
-    return totp_secret(uri)
+    recovery = re.search(r"envelope\):\s+(\S+)", made.stdout)
+    assert recovery, made.stdout
+    return totp_secret(uri), recovery.group(1)
+
+
+def cli_approve_with_recovery(env: dict[str, str], approval: str, code: str, timeout: float = 120) -> None:
+    """`cityos user approve <id> --recovery-code …`: the break-glass second person of a role appointment."""
+    made = subprocess.run([*CLI, "user", "approve", approval, "--recovery-code", code], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert made.returncode == 0, made.stdout + made.stderr
 
 
 @contextmanager

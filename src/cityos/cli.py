@@ -80,6 +80,7 @@ def serve(
 
     os.environ.setdefault("CITYOS_INGEST_CLIENT_ID", f"cityos-ingest-{socket.gethostname()}-{port}")
     os.environ.setdefault("CITYOS_WEB", "1")  # the cockpit and portal (CITYOS_WEB=0: API only)
+    os.environ.setdefault("CITYOS_GC_TUNE", "1")  # see cityos.core.gctuning
     # The token issuer and absolute URLs follow the address actually served unless CITYOS_PUBLIC_URL says otherwise.
     os.environ["CITYOS_LISTEN_URL"] = listen_url(host, port)
     from cityos.core.serving import uvicorn_options
@@ -148,6 +149,7 @@ def demo(
     folder.mkdir(parents=True, exist_ok=True)
     # The database lives in the data folder, not wherever the command was typed (CITYOS_DATABASE_URL wins).
     os.environ.setdefault("CITYOS_DATABASE_URL", f"sqlite:///{folder / 'cityos-demo.db'}")
+    os.environ.setdefault("CITYOS_GC_TUNE", "1")  # see cityos.core.gctuning
     log_path = folder / "demo.log"
     configure_logging(log_path)
     # Small gateway messages: the embedded broker's ingest commits (and acknowledges) in small steps.

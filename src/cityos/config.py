@@ -55,6 +55,8 @@ def default_database_url() -> str:
 class Settings:
     database_url: str = field(default_factory=lambda: os.environ.get("CITYOS_DATABASE_URL") or default_database_url())
     mqtt_url: str = field(default_factory=lambda: os.environ.get("CITYOS_MQTT_URL", "mqtt://127.0.0.1:1883"))
+    # Unset: the in-process event bus. `nats://host:4222[,nats://…]`: domain events on NATS JetStream.
+    events_url: str | None = field(default_factory=lambda: os.environ.get("CITYOS_EVENTS_URL") or None)
     max_page_size: int = field(default_factory=lambda: env_int("CITYOS_MAX_PAGE_SIZE", 1000))
     default_page_size: int = field(default_factory=lambda: env_int("CITYOS_DEFAULT_PAGE_SIZE", 20))
     # Orion-LD and Scorpio cap batches at 1,000 entities; we bound the request size instead.

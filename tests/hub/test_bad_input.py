@@ -48,12 +48,18 @@ async def test_malformed_json(client: httpx.AsyncClient) -> None:
      "location": {"type": "GeoProperty", "value": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]}}},
     {"id": "urn:x:1", "type": "T", "bad name": 1},
     {"id": "urn:x:1", "type": "T", "temp": None},
-    [1, 2, 3],
-    "just a string",
+    {"id": "urn:x:1", "type": "type"},
 ])
 async def test_wrong_shapes_are_400(client: httpx.AsyncClient, entity: object) -> None:
     r = await client.post(E, json=entity, headers=JSON)
     problem(r, 400, "BadRequestData")
+    assert (await client.get(E, params={"type": "T"})).json() == []
+
+
+@pytest.mark.parametrize("body", [[1, 2, 3], [], "just a string", 5])
+async def test_a_body_that_is_no_entity_is_invalid_request(client: httpx.AsyncClient, body: object) -> None:
+    r = await client.post(E, json=body, headers=JSON)
+    problem(r, 400, "InvalidRequest")
     assert (await client.get(E, params={"type": "T"})).json() == []
 
 
@@ -157,3 +163,22 @@ async def test_nul_characters_are_refused_everywhere(client: httpx.AsyncClient) 
     r = await client.get("/api/iot/devices", params={"department": "\x00x"})
     assert r.status_code == 400
     assert r.json()["type"].endswith("BadRequestData")
+
+
+async def test_a_body_without_content_type_is_examined(client: httpx.AsyncClient) -> None:
+    """RFC 9110 §8.3: without a Content-Type the recipient may examine the data. A body that is not
+    JSON is then invalid JSON (§6.3.4: 400 InvalidRequest); JSON whose reading (JSON or JSON-LD) is
+    not declared stays 415, as does an empty one."""
+    r = await client.post(E, content=b'{"id": "urn:ngsi-ld:T:nc", "type": ')
+    problem(r, 400, "InvalidRequest")
+    r = await client.post(E, content=b'{"id": "urn:ngsi-ld:T:nc", "type": "T"}')
+    assert r.status_code == 415
+    r = await client.patch(f"{E}/urn:ngsi-ld:T:nc/attrs", content=b"")
+    assert r.status_code == 415
+    assert (await client.get(f"{E}/urn:ngsi-ld:T:nc")).status_code == 404
+    sub = {"type": "Subscription", "entities": [{"type": "Building"}],
+           "notification": {"endpoint": {"uri": "http://127.0.0.1:9/n"}}}
+    r = await client.post("/ngsi-ld/v1/csourceSubscriptions", json=sub, headers=JSON)
+    assert r.status_code == 201, r.text
+    r = await client.patch(r.headers["Location"], content=b'{"q": "a==1", ')
+    problem(r, 400, "InvalidRequest")

@@ -160,3 +160,38 @@ async def test_partial_update_of_a_sub_attribute_only(client: httpx.AsyncClient)
     # a new type needs its own value
     r = await client.patch(f"{E}/urn:ngsi-ld:Vehicle:p1/attrs/isParked", json={"type": "Property"}, headers=JSON)
     assert r.status_code == 400
+
+
+async def test_geojson_carries_its_context_in_the_body(client: httpx.AsyncClient) -> None:
+    """v1.8.1 §6.3.15: a GeoJSON answer (Feature or FeatureCollection) has its @context as a member."""
+    entity = {"id": "urn:ngsi-ld:AirQualityObserved:geo1", "type": "AirQualityObserved",
+              "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [116.4, 39.9]}}}
+    assert (await client.post("/ngsi-ld/v1/entities", json=entity, headers=JSON)).status_code == 201
+    geo = {"Accept": "application/geo+json"}
+    feature = (await client.get(f"/ngsi-ld/v1/entities/{entity['id']}", headers=geo)).json()
+    assert feature["type"] == "Feature" and "@context" in feature
+    collection = (await client.get("/ngsi-ld/v1/entities", params={"type": "AirQualityObserved"}, headers=geo)).json()
+    assert collection["type"] == "FeatureCollection" and "@context" in collection
+
+
+async def test_create_with_a_non_object_body_is_invalid_request(client: httpx.AsyncClient) -> None:
+    """§5.6.1: Create Entity takes an entity, a JSON object; `[]` is a malformed request."""
+    r = await client.post("/ngsi-ld/v1/entities", json=[], headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/InvalidRequest"
+
+
+async def test_entity_type_that_expands_to_a_keyword_is_400(client: httpx.AsyncClient) -> None:
+    """"type" is @type in the core @context: not an entity type (§4.6.2, §5.6.1 BadRequestData)."""
+    body = {"id": "urn:ngsi-ld:Building:kw", "type": "type"}
+    r = await client.post("/ngsi-ld/v1/entities", json=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"
+
+
+async def test_query_with_attrs_id_and_type_is_400(client: httpx.AsyncClient) -> None:
+    """§5.7.2: attrs lists attribute names; id and type are entity members (pick selects them)."""
+    for attrs in ("id,type", "type", "id"):
+        r = await client.get("/ngsi-ld/v1/entities", params={"type": "Building", "attrs": attrs})
+        assert r.status_code == 400, (attrs, r.text)
+        assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"

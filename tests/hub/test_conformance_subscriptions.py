@@ -56,7 +56,7 @@ async def test_paging_links_use_offset_only(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and len(r.json()) == 1
     links = r.headers["Link"]
     assert "after=" not in links
-    assert f'<{S}?limit=1&offset=2>; rel="next"' in links and f'<{S}?limit=1&offset=0>; rel="prev"' in links
+    assert f'<{S}?limit=1&offset=2>;rel="next"' in links and f'<{S}?limit=1&offset=0>;rel="prev"' in links
 
 
 async def test_status_failed_after_one_failed_delivery(client: httpx.AsyncClient) -> None:
@@ -103,3 +103,26 @@ async def test_notification_pick_and_omit(client: httpx.AsyncClient, receiver: R
     by_id = {entity["id"]: entity for entity in receiver.data()}
     assert set(by_id[air(1)["id"]]) == {"id", "pm25"}
     assert set(by_id["urn:ngsi-ld:Vehicle:n1"]) == {"id", "speed"}
+
+
+async def test_dataset_id_member_filters_notified_instances(client: httpx.AsyncClient, receiver: Receiver) -> None:
+    """v1.8.1 §5.2.12 datasetId: only the instances of the listed datasetIds are notified; shown as written."""
+    fr = "urn:ngsi-ld:Dataset:fr"
+    body = subscription(receiver.url, entities=[{"type": "Building"}], datasetId=[fr])
+    r = await client.post(S, json=body, headers=JSON)
+    assert r.status_code == 201, r.text
+    assert (await client.get(S)).json()[0]["datasetId"] == [fr]
+    building = {"id": "urn:ngsi-ld:Building:ds", "type": "Building",
+                "name": [{"type": "Property", "value": "Eiffel Tower"},
+                         {"type": "Property", "value": "Tour Eiffel", "datasetId": fr}],
+                "height": {"type": "Property", "value": 300}}
+    assert (await client.post(E, json=building, headers=JSON)).status_code == 201
+    await receiver.wait_count(1)
+    [entity] = receiver.data()
+    assert entity["name"] == {"type": "Property", "value": "Tour Eiffel", "datasetId": fr} and "height" not in entity
+
+
+@pytest.mark.parametrize("dataset_id", [[], "not a uri", [3], ["urn:a"] * 101])
+async def test_bad_dataset_id_member_is_400(client: httpx.AsyncClient, dataset_id: object) -> None:
+    r = await client.post(S, json=subscription(CLOSED, datasetId=dataset_id), headers=JSON)
+    assert r.status_code == 400 and r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"

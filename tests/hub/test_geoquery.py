@@ -134,7 +134,6 @@ def test_parse_keeps_altitude_and_int_coordinates() -> None:
 
 
 OPEN_POLYGON = "[[[2.34,48.85],[2.36,48.85],[2.36,48.86],[2.34,48.86]]]"
-BOWTIE = "[[[0,0],[1,1],[1,0],[0,1],[0,0]]]"
 
 
 @pytest.mark.parametrize(("georel", "geometry", "coordinates", "geoproperty"), [
@@ -169,9 +168,6 @@ BOWTIE = "[[[0,0],[1,1],[1,0],[0,1],[0,0]]]"
     ("intersects", "Polygon", OPEN_POLYGON, None),
     ("intersects", "Polygon", "[[[0,0],[1,1],[0,0]]]", None),
     ("intersects", "Polygon", "[]", None),
-    ("intersects", "Polygon", BOWTIE, None),
-    ("intersects", "MultiPolygon", "[" + BOWTIE + "]", None),
-    ("intersects", "MultiPolygon", "[[[[0,0],[2,0],[2,2],[0,0]]],[[[0,0],[2,0],[2,2],[0,0]]]]", None),
     ("intersects", "Polygon", [[[0, 0], [0, 1], [1, 1], [1, 0], [0, 200], [0, 0]]], None),
     # bad geometry types
     ("intersects", "Circle", "[1,2]", None),
@@ -248,8 +244,10 @@ def test_polygon_with_hole_is_valid() -> None:
     outer = square(LON0, LAT0, 0.01)["coordinates"][0]
     hole = square(LON0, LAT0, 0.002)["coordinates"][0]
     assert validate_geojson({"type": "Polygon", "coordinates": [outer, hole]})
-    with pytest.raises(BadRequestData):  # a hole outside its shell
-        validate_geojson({"type": "Polygon", "coordinates": [hole, outer]})
+    # A hole outside its shell is OGC-invalid but a GeoJSON Polygon of closed rings (RFC 7946 §3.1.6):
+    # kept as written; queries use its made-valid form (test_conformance_geometry.py).
+    swapped = {"type": "Polygon", "coordinates": [hole, outer]}
+    assert validate_geojson(swapped) == swapped
 
 
 # --------------------------------------------------------------------------------------------

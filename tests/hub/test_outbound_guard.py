@@ -73,7 +73,11 @@ class Internal:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_POST = do_GET
+            def do_POST(self) -> None:
+                # A receiver reads the notification before it answers: closing with the request unread
+                # resets the connection (the client then sees a read error, not the answer).
+                self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+                self.do_GET()
 
             def log_message(self, *_args: object) -> None:
                 pass

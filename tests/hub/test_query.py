@@ -35,9 +35,11 @@ async def test_type_and_type_lists(client: httpx.AsyncClient) -> None:
 
 async def test_id_and_id_pattern(client: httpx.AsyncClient) -> None:
     await seed(client)
-    assert await ids(client, id="urn:ngsi-ld:AirQualityObserved:000003,urn:ngsi-ld:NoiseLevelObserved:1") == [
+    # Ids alone do not make a query (§5.7.2.4): local=true asks for the local entities.
+    both = "urn:ngsi-ld:AirQualityObserved:000003,urn:ngsi-ld:NoiseLevelObserved:1"
+    assert await ids(client, local="true", id=both) == [
         "urn:ngsi-ld:AirQualityObserved:000003", "urn:ngsi-ld:NoiseLevelObserved:1"]
-    assert len(await ids(client, idPattern="^urn:ngsi-ld:AirQualityObserved:00001.$")) == 10
+    assert len(await ids(client, local="true", idPattern="^urn:ngsi-ld:AirQualityObserved:00001.$")) == 10
 
 
 async def test_attrs_filter_requires_attribute(client: httpx.AsyncClient) -> None:

@@ -369,7 +369,10 @@ async def test_one_totp_code_one_login_under_concurrency(sec: Harness) -> None:
     code = sec.code(official)
     results = await asyncio.gather(*[_login(sec.client, "olga", PASSWORD, code) for _ in range(6)])
     codes = sorted(r.status_code for r in results)
-    assert codes == [200] + [400] * 5, [r.text for r in results]
+    # One login; the other five are refused: as a replayed code (400) or, once the failures pile up,
+    # by the login limiter (429), whichever the interleaving of the six requests reaches first.
+    assert codes[0] == 200 and codes[1] != 200 and set(codes[1:]) <= {400, 429}, [r.text for r in results]
+    assert codes.count(400) >= 1
     refused = await _actions(sec, "auth.login")
     assert sum(1 for row in refused if row["detail"].get("reason") == "totp code already used") >= 1
 

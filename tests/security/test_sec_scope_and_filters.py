@@ -101,14 +101,14 @@ async def test_counts_only_what_the_caller_sees(client: httpx.AsyncClient, anon_
         r = await client.post(E, headers=JSON, json={"id": f"urn:ngsi-ld:Secret:{i}", "type": "Secret",
                                                      "code": {"type": "Property", "value": i}})
         assert r.status_code == 201
-    r = await anon_client.get(E, params={"count": "true", "limit": "1"})
+    r = await anon_client.get(E, params={"local": "true", "count": "true", "limit": "1"})
     assert r.status_code == 200 and r.headers["NGSILD-Results-Count"] == "1"
     assert [e["id"] for e in r.json()] == [CASE]  # a full page: the withheld ones are left out in SQL
     assert 'rel="next"' not in r.headers.get("Link", "")
     r = await anon_client.get(E, params={"type": "Secret", "count": "true"})
     assert r.status_code == 200 and r.json() == [] and r.headers["NGSILD-Results-Count"] == "0"
     # sys_admin still counts everything.
-    r = await client.get(E, params={"count": "true", "limit": "1"})
+    r = await client.get(E, params={"local": "true", "count": "true", "limit": "1"})
     assert r.headers["NGSILD-Results-Count"] == "5"  # with the DataClassPolicy entity
 
 

@@ -12,7 +12,9 @@ import pytest
 from cityos.services.catalogue import CATALOGUE_DIR, CatalogueError, load_directory
 
 SEED = {"company-establishment", "housing-fund-withdrawal", "social-security-card", "construction-permit",
-        "business-licence-change", "birth-certificate", "newborn-household-registration", "newborn-medical-insurance"}
+        "business-licence-change", "birth-certificate", "newborn-household-registration", "newborn-medical-insurance",
+        # started pre-filled by 服务找人 (livelihood), also applied for directly
+        "dibao-application", "rd-super-deduction"}
 
 
 async def test_services_catalogue_search(client: httpx.AsyncClient, anon_client: httpx.AsyncClient,
@@ -27,7 +29,8 @@ async def test_services_catalogue_search(client: httpx.AsyncClient, anon_client:
     assert {s["code"] for s in births["items"]} == {"birth-certificate", "newborn-household-registration",
                                                     "newborn-medical-insurance", "social-security-card"}
     firms = (await anon_client.get("/api/services/catalogue", params={"audience": "enterprise"})).json()["items"]
-    assert {s["code"] for s in firms} == {"company-establishment", "construction-permit", "business-licence-change"}
+    assert {s["code"] for s in firms} == {"company-establishment", "construction-permit", "business-licence-change",
+                                          "rd-super-deduction"}
     assert (await anon_client.get("/api/services/catalogue", params={"audience": "alien"})).status_code == 400
 
 

@@ -57,6 +57,13 @@ def click(driver: Any, selector: str) -> None:
     wait_for(attempt, what=f"clicking {selector}")
 
 
+def map_stats(driver: Any) -> dict[str, Any]:
+    """What the cockpit's MapLibre map holds and shows (`cityosMap.stats`); {} before it exists."""
+    return driver.execute_script(
+        "const m = window.cityosMap; const ids = m ? Object.keys(m.maps) : [];"
+        "return ids.length ? m.stats(ids[ids.length - 1]) : {};") or {}
+
+
 def sign_in(driver: Any, server: Server, username: str, secret: str | None, next_path: str = "/cockpit") -> None:
     driver.get(f"{server.url}/login?next={next_path}")
     type_into(driver, ".login-username", username)
@@ -103,11 +110,24 @@ def test_web_cockpit_login_refusals(server: Server, browser: Any, operator: str)
 
 
 def test_web_cockpit_map_and_tiles(server: Server, browser: Any, seeded: Seeded, operator: str) -> None:
+    # Waste sorting (垃圾分类): two household cards, one of them sorting, one of its two checked deposits correct.
+    with server.http(server.admin) as http:
+        for card in ("QR-C1", "QR-C2"):
+            made = http.post("/api/waste/cards", json={"card": card, "community": "tianlin", "person": f"p-{card}"})
+            assert made.status_code == 201, made.text
+        for scan, correct in (("c1", True), ("c2", False)):
+            done = http.post("/api/waste/deposits", json={"point": "bin-1", "scan": scan, "card": "QR-C1",
+                                                          "category": "kitchen", "weightKg": 1.0, "correct": correct})
+            assert done.status_code in (200, 201), done.text
     sign_in(browser, server, "op-wang", operator)
-    wait_for(lambda: len(css(browser, "path.cityos-district")) == len(seeded.districts), what="district polygons")
-    wait_for(lambda: len(css(browser, "path.cityos-device")) == len(seeded.devices), what="device markers")
-    assert css(browser, "path.cityos-device-normal")
-    assert css(browser, "path.cityos-device-inactive")
+    wait_for(lambda: css(browser, ".cityos-kpi-waste .cityos-kpi-value")[0].text == "50.0%",
+             what="the waste sorting tile")
+    assert css(browser, ".cityos-kpi-waste .text-xs")[0].text.startswith("准确率 accuracy 50.0% · 2 户 cards")
+    wait_for(lambda: map_stats(browser).get("counts", {}).get("districts") == len(seeded.districts),
+             what="district polygons")
+    wait_for(lambda: map_stats(browser)["counts"].get("devices") == len(seeded.devices), what="device points")
+    assert {"normal", "inactive"} <= set(map_stats(browser)["deviceStates"])
+    wait_for(lambda: css(browser, ".cityos-device-cluster"), what="device clusters")
     online = wait_for(lambda: css(browser, ".cityos-kpi-online .cityos-kpi-value")[0].text.strip("—"),
                       what="devices online tile")
     assert online.endswith("%")
@@ -166,7 +186,7 @@ def test_web_cockpit_reading_to_incident_dispatch_resolve(server: Server, browse
         assert made.status_code == 201, made.text
     sign_in(browser, server, "op-wang", operator) if "/cockpit" not in browser.current_url else None
     browser.get(f"{server.url}/cockpit")
-    wait_for(lambda: css(browser, "path.cityos-district"), what="the map")
+    wait_for(lambda: map_stats(browser).get("counts", {}).get("districts"), what="the map")
     before = {i["id"] for i in api_incidents(server, open="true")}
     assert not before, api_incidents(server, open="true")
 
@@ -184,8 +204,8 @@ def test_web_cockpit_reading_to_incident_dispatch_resolve(server: Server, browse
     assert incident["department"] == "environment"
     wait_for(lambda: css(browser, f".cityos-incident[data-id='{incident['id']}']"), timeout=20,
              what="the incident pin on the map")
-    wait_for(lambda: css(browser, "path.cityos-alarm"), what="the alarm ring on the map")
-    wait_for(lambda: css(browser, "path.cityos-device-alarm"), what="the sensor drawn in alarm")
+    wait_for(lambda: map_stats(browser)["counts"].get("alarms"), what="the alarm ring on the map")
+    wait_for(lambda: "alarm" in map_stats(browser)["deviceStates"], what="the sensor drawn in alarm")
     wait_for(lambda: css(browser, ".cityos-alarm-row"), what="the alarm in the list")
     wait_for(lambda: css(browser, ".cityos-incident-row"), what="the incident in the list")
     opened = len(api_incidents(server, open="true"))

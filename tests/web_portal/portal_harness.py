@@ -197,7 +197,26 @@ class Browser:
         if username in self.portal.secrets:
             self.type(".login-totp input", self.portal.code(username))
         self.click(".login-submit")
+        if username in self.portal.secrets:
+            self.wait(lambda d: "/login" not in d.current_url or "TOTP" in self._login_error(), 60,
+                      f"login of {username}")
+            if "TOTP" in self._login_error():
+                # Seen once in a CI run on PostgreSQL with no cause found (the API logins of the same
+                # user around it passed): one retry with the next code. A second refusal fails the test
+                # with the page's text; replay refusal itself is tested in tests/security.
+                self.type(".login-password input", PASSWORD)
+                self.type(".login-totp input", self.portal.code(username))
+                self.click(".login-submit")
         self.wait(lambda d: "/login" not in d.current_url, 60, f"login of {username}")
+
+    def _login_error(self) -> str:
+        from selenium.webdriver.common.by import By
+
+        try:
+            errors = self.driver.find_elements(By.CSS_SELECTOR, ".login-error")
+            return " ".join(e.text for e in errors if e.is_displayed())
+        except Exception:  # the page navigated away while reading
+            return ""
 
     def shot(self, name: str, keep: bool = False, at: str | None = None) -> Path:
         """A screenshot; scrolled to the top, or to the element `at`."""

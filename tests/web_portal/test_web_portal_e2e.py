@@ -115,6 +115,8 @@ def test_company_establishment_parallel_approval_licence_reuse(portal_server: Po
     b.login(COMPANY, app_url.removeprefix(portal.url))
     b.find(".t-issued")
     b.wait_text("已办结")
+    finished = b.find(".deadline-finished").text  # an approved case shows the time taken, no time left
+    assert "用时" in finished and "剩" not in b.text() and " left" not in finished
     b.find(".t-stars")
     b.type(".t-rating-comment textarea", "全程网办，一天办结，很方便")
     b.click(".t-rate")
@@ -126,6 +128,8 @@ def test_company_establishment_parallel_approval_licence_reuse(portal_server: Po
     card = b.find(".licence-business-licence")
     b.find(".licence-qr")
     assert "星河智能科技有限公司" in card.text
+    holder = card.text.split("持证人 Holder", 1)[1].split("\n")[1]
+    assert "*" in holder and not re.search(r"[0-9a-f]{32}", holder), card.text  # masked, not the user id
     b.shot("08-wallet", keep=True)
 
     # 5. Reuse: a licence change with the business licence picked from the wallet (no upload).

@@ -2,7 +2,17 @@
 
 Domains react to each other's changes here without HTTP and without touching each other's
 tables. Handlers run after the change has committed; a failing handler is logged and never
-breaks the publisher. Cross-process delivery goes through the database outbox, not this bus.
+breaks the publisher.
+
+One interface, two implementations. `EventBus` (here) runs every handler in the publishing process:
+the default, for `cityos demo` and SQLite. `cityos.core.jetstream.JetStreamBus` (when
+`CITYOS_EVENTS_URL=nats://…`) carries events between processes and machines. A subscriber says
+how it wants events in a scale-out deployment, and the in-process bus ignores it:
+- `group="rules"`: a durable consumer shared by every process running that group; each event is
+  handled by one of them (work-queue semantics). The handler may record `event.id` with its effect
+  (`cityos.core.bus_models.claim`) to be idempotent under redelivery.
+- `every_process=True`: every process sees every event (a live view, a cache to invalidate).
+- neither: only the events published in this process (in-transaction helpers, wake-ups).
 """
 
 from __future__ import annotations
@@ -25,16 +35,40 @@ Handler = Callable[["Event"], Awaitable[None]]
 class Event:
     topic: str
     payload: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None  # set by a cross-process bus: the key a handler records with its effect
+
+
+Encode = Callable[[dict[str, Any]], dict[str, Any]]
+Decode = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class EventBus:
+    # Whether events cross processes: outboxes then leave their rows to the bus's relay.
+    crosses_processes = False
+
     def __init__(self) -> None:
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
 
-    def subscribe(self, topic: str, handler: Handler) -> Callable[[], None]:
-        """Subscribe to a topic ('*' for all); returns a function that unsubscribes."""
+    def subscribe(self, topic: str, handler: Handler, *, group: str | None = None,
+                  every_process: bool = False) -> Callable[[], None]:
+        """Subscribe to a topic ('*' for all); returns a function that unsubscribes.
+
+        `group` and `every_process` matter only to a cross-process bus (see the module's docstring)."""
         self._handlers[topic].append(handler)
         return lambda: self._handlers[topic].remove(handler)
+
+    def codec(self, topic: str, encode: Encode, decode: Decode) -> None:
+        """How a topic's payload (which may hold objects) becomes JSON and back; in process: unused."""
+
+    def outboxed(self, *topics: str) -> None:
+        """Topics whose events reach other processes from an outbox row written in the change's
+        transaction (relayed by the bus), not from `publish`; in process: nothing to do."""
+
+    async def start(self) -> None:
+        """Connect and start relaying and consuming; in process: nothing to start."""
+
+    async def close(self) -> None:
+        """Stop relaying and consuming."""
 
     async def publish(self, topic: str, payload: dict[str, Any]) -> None:
         event = Event(topic, payload)

@@ -139,6 +139,13 @@ PLACES: dict[str, str] = {
     "Xinbu": "新埠", "Lingshan": "灵山", "Yehai": "椰海", "Changliu": "长流", "Dongshan": "东山",
     "Shishan": "石山", "Yongxing": "永兴", "Sanjiang": "三江",
     "Nandu River": "南渡江", "Meishe River": "美舍河", "Wuyuan River": "五源河",
+    # Roads of the simulated city (the base map's labels).
+    "Xiuying Road": "秀英路", "Longkun Road": "龙昆路", "Haixiu Road": "海秀路", "Guomao Road": "国贸路",
+    "Datong Road": "大同路", "Haifu Road": "海府路", "Qiongshan Avenue": "琼山大道", "Lingshan Avenue": "灵山大道",
+    "Xinda Road": "新大路", "Meilan Road": "美兰路", "Jiangdong Road": "江东路", "Binhai Avenue": "滨海大道",
+    "Changdi Road": "长堤路", "Jinmao Road": "金贸路", "Nanhai Avenue": "南海大道", "Longhua Road": "龙华路",
+    "Fengxiang Road": "凤翔路", "Baiyi Road": "白驹路", "Nansha Road": "南沙路", "Yehai Avenue": "椰海大道",
+    "Guoxing Avenue": "国兴大道",
 }
 
 ROLES: dict[str, str] = {

@@ -81,13 +81,13 @@ def _parse_entry(entry: str) -> AllowRule:
     if text.startswith("["):  # [v6], [v6]:port, [v6/len]:port
         inner, _, rest = text[1:].partition("]")
         if rest:
-            if not rest.startswith(":") or not rest[1:].isdigit():
+            if not rest.startswith(":") or not rest[1:].isdecimal():
                 raise ValueError(f"CITYOS_OUTBOUND_ALLOW: bad entry {entry!r}")
             port = int(rest[1:])
         text = inner
     elif text.count(":") == 1:  # v4:port, v4/len:port, name:port (more colons: a bare IPv6 address)
         text, _, raw_port = text.partition(":")
-        if not raw_port.isdigit():
+        if not raw_port.isdecimal():
             raise ValueError(f"CITYOS_OUTBOUND_ALLOW: bad port in {entry!r}")
         port = int(raw_port)
     if port is not None and not 0 < port < 65536:
@@ -338,7 +338,7 @@ class OutboundClient:
 
 async def _read_bounded(response: httpx.Response, limit: int, url: str, truncate: bool) -> Response:
     declared = response.headers.get("content-length")
-    if not truncate and declared and declared.isdigit() and int(declared) > limit:
+    if not truncate and declared and declared.isdecimal() and int(declared) > limit:
         raise OutboundTooLarge(f"{url}: answer of {declared} bytes, more than {limit}")
     chunks: list[bytes] = []
     size = 0

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from sqlalchemy import JSON, BigInteger, DateTime, Integer
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 
 # JSONB on PostgreSQL (indexable, binary), JSON text on SQLite.
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
-Timestamp = DateTime(timezone=True)
+
+
+class UtcTimestamp(TypeDecorator[datetime]):
+    """`DateTime(timezone=True)` whose values (stored ones and query bounds) are bound in UTC on SQLite.
+
+    SQLite keeps a time as text of its wall-clock part and drops the offset: a bound such as the city's
+    midnight (`00:00+08:00`) would be compared as 00:00 UTC, eight hours off every stored UTC time.
+    PostgreSQL's timestamptz converts by itself, so its values pass unchanged."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite" and isinstance(value, datetime) and value.tzinfo is not None:
+            return value.astimezone(UTC)
+        return value
+
+
+Timestamp = UtcTimestamp()
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants a 64-bit sequence.
 AutoId = BigInteger().with_variant(Integer(), "sqlite")

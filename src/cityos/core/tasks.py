@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, TypeVar
 
@@ -70,3 +71,54 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
     for task in pending:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+def periodic(name: str, work: Callable[[], Awaitable[Any]], interval: float,
+             first: float = 0.0) -> Callable[[], Awaitable[None]]:
+    """Run `work` every `interval` seconds (after `first`) as guarded steps; a failed step is logged and
+    retried at the next tick. Returns the stop function (waits for the step in flight)."""
+    steps = StepGuard(name)
+
+    async def loop() -> None:
+        await asyncio.sleep(first)
+        while True:
+            try:
+                await steps.step(work())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the next tick retries
+                log.exception("%s: step failed", name)
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(loop(), name=name) if interval > 0 else None
+
+    async def stop() -> None:
+        await steps.stop([task])
+
+    return stop
+
+
+async def in_daemon_thread(work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` in a daemon thread: CPU-bound work (a model fit) that a stopping process need not wait
+    for. `asyncio.to_thread` would use the loop's default executor, whose threads `asyncio.run` joins on
+    exit: a Ctrl-C during a long fit would wait for the fit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = work(*args)
+        except BaseException as exc:  # handed to the awaiting task, which raises it
+            error = exc
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+                loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+    threading.Thread(target=run, name=getattr(work, "__name__", "work"), daemon=True).start()
+    return await future

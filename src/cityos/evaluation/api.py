@@ -81,7 +81,7 @@ async def indicators(request: Request) -> Response:
 @router.get("/indicators/{indicator_id}/history", dependencies=READ)
 async def history(indicator_id: str, request: Request) -> Response:
     raw = request.query_params.get("limit", "12")
-    if not raw.isdigit() or not 1 <= int(raw) <= 60:
+    if not raw.isdecimal() or not 1 <= int(raw) <= 60:
         raise BadRequestData("limit must be an integer from 1 to 60")
     scope_kind, scope_id = _scope(request.query_params.get("scope"))
     return json_response(await evaluation_of(request).history(

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cityos.hub.models import entities
 from cityos.hub.qlang import And, Comparison, Exists, Or, QExpr
 from cityos.hub.service import AccessDenied, Change, write_guard
+from cityos.hub.sources import SourcePolicies, source_guard
 from cityos.hub.store import EntityQuery, EntityRecord, HubStore
 from cityos.hub.temporal.service import TemporalEntity
 from cityos.security.api import client_ip, current_principal, request_tenant, security_of
@@ -82,13 +83,18 @@ async def refresh_classes(registry: ClassRegistry, store: HubStore, conn: AsyncC
     """Re-read `tenant`'s DataClassPolicy entities when the cached copy is older than the refresh time."""
     if not registry.needs_refresh(tenant):
         return
-    query = EntityQuery(types=[registry.policy_type], limit=10_000)
-    if conn is not None:
-        records, _ = await store.query(conn, tenant, query)
-    else:
-        async with store.read() as own:
-            records, _ = await store.query(own, tenant, query)
-    registry.set_tenant(tenant, records)
+    # One refresh per tenant at a time: the requests that find the copy stale together wait for it
+    # rather than each reading the policies on a connection of its own (connection churn under load).
+    async with registry.refresh_lock(tenant):
+        if not registry.needs_refresh(tenant):
+            return
+        query = EntityQuery(types=[registry.policy_type], limit=10_000)
+        if conn is not None:
+            records, _ = await store.query(conn, tenant, query)
+        else:
+            async with store.read() as own:
+                records, _ = await store.query(own, tenant, query)
+        registry.set_tenant(tenant, records)
 
 
 @dataclass
@@ -101,6 +107,7 @@ class Access:
     revealed: list[tuple[str, list[str]]] = field(default_factory=list)
     state: Any = None
     intents: list[Intent] = field(default_factory=list)
+    sources: SourcePolicies | None = None  # 一数一源 (the hub service's declared sources)
 
     # ------------------------------------------------------------------ reads
 
@@ -344,7 +351,7 @@ class Access:
             return "data-class policies are changed with tenant.manage"
         scope = scope_for(role_of(self.principal), action)
         if scope in (Scope.TENANT, Scope.ALL):
-            return None
+            return self._source_check(change)  # a tenant-wide role is still not every item's source
         if not states:
             # A temporal write to an entity without a current state: no department or owner to check.
             return "the history of an entity without a current state needs a tenant-wide role"
@@ -357,7 +364,18 @@ class Access:
             # Who owns an entity decides who reads its sensitive and confidential values: a caller whose
             # right reaches only its own records (a citizen) may not hand one to a department or district.
             return "only the owning department or a tenant-wide role may change who owns an entity"
-        return None
+        return self._source_check(change)
+
+    def _source_check(self, change: Change) -> str | None:
+        return self.sources.check(self.tenant, self.principal, change) if self.sources is not None else None
+
+    def check_sources(self, change: Change) -> str | None:
+        """一数一源 alone (SourceGuard), for history writes: the scope was judged on the current state."""
+        return self._source_check(change)
+
+    def sources_committed(self, entity_ids: set[str]) -> None:
+        if self.sources is not None:
+            self.sources.settle_flagged(entity_ids)
 
     @contextlib.contextmanager
     def guarding(self, action: str | None = None, resource: str = "") -> Iterator[None]:
@@ -365,6 +383,7 @@ class Access:
         is announced to the write transactions (`security.audit_intents`), settled by `settle()` once
         the full record is chained."""
         token = write_guard.set(self.guard)
+        sources_token = source_guard.set(self)
         try:
             if action is None:
                 yield
@@ -374,6 +393,7 @@ class Access:
                     self.intents.append(intent)
                     yield
         finally:
+            source_guard.reset(sources_token)
             write_guard.reset(token)
 
     async def settle(self) -> None:
@@ -457,7 +477,7 @@ async def access_of(request: Request) -> Access:
     if registry.needs_refresh(tenant):
         await refresh_classes(registry, app.state.hub.service.store, None, tenant)
     access = Access(principal, tenant, registry, client_ip(request), request.url.path,
-                    state=getattr(app.state, "security", None))
+                    state=getattr(app.state, "security", None), sources=app.state.hub.service.sources)
     request.state.hub_access = access
     return access
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -16,6 +16,7 @@ from cityos.hub import geoquery
 from cityos.hub.access import Access, access_of, batch_audit_detail, denied_in
 from cityos.hub.http import (
     GEO_JSON,
+    JSON,
     JSON_LD,
     Negotiated,
     accepted,
@@ -29,11 +30,17 @@ from cityos.hub.http import (
     split_list,
 )
 from cityos.hub.jsonld import ActiveContext, ContextResolver, ContextStore, check_shape
+from cityos.hub.linked import Linker, join_of
 from cityos.hub.model import check_entity_id, check_name, render_entity
-from cityos.hub.projection import project_core, projection_of
+from cityos.hub.ordering import parse_order_by
+from cityos.hub.projection import nested_projections, project_core, projection_of
 from cityos.hub.qlang import parse_q, python_pattern
+from cityos.hub.registrations.federation import federate_query, federate_retrieve
+from cityos.hub.registrations.writes import WriteRequest, entity_path, federate_write
+from cityos.hub.scopeq import parse_scopeq
 from cityos.hub.service import BatchResult, HubService, UpdateResult
 from cityos.hub.store import EntityQuery, EntityRecord
+from cityos.hub.typesel import all_types, is_conjunctive, parse_type_selection, selection_sql
 from cityos.security.api import require
 
 PREFIX = "/ngsi-ld/v1"
@@ -65,9 +72,15 @@ class View:
     # id, type and scope besides attributes. Attribute names are expanded; core members stay as they are.
     pick: frozenset[str] | None = None
     omit: frozenset[str] = frozenset()
+    # Linked entities (§4.5.23): join mode, hops, and the nested projections by relationship IRI.
+    join: str | None = None
+    join_level: int = 0
+    nested: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # datasetId filter (§4.5.5, §6.4.3.2): only the instances with one of these datasetIds ("@none": default).
+    dataset_ids: frozenset[str] | None = None
 
 
-def view_of(request: Request, ctx: ActiveContext) -> View:
+def view_of(request: Request, ctx: ActiveContext, params: Any = None) -> View:
     options = split_list(request.query_params.get("options"))
     fmt = "normalized"
     for option in options:
@@ -83,7 +96,48 @@ def view_of(request: Request, ctx: ActiveContext) -> View:
     names = split_list(request.query_params.get("attrs"))
     attrs = [ctx.expand(check_name(n)) for n in names if n not in ("id", "type")] if names else None
     pick, omit = projection_of(request.query_params, ctx.expand)
-    return View(fmt, "sysAttrs" in options, attrs, request.query_params.get("lang"), pick, omit)
+    join, join_level = join_of(params if params is not None else request.query_params)
+    dataset_ids = split_list(request.query_params.get("datasetId"))
+    return View(fmt, "sysAttrs" in options, attrs, request.query_params.get("lang"), pick, omit, join, join_level,
+                nested_projections(request.query_params, ctx.expand) if join else {},
+                frozenset(dataset_ids) if dataset_ids else None)
+
+
+def linked_view(view: View, iri: str, ctx: ActiveContext) -> View:
+    """The view of the entities a relationship links to: the request's format and options, with the
+    relationship's nested projection if pick/omit gave one."""
+    nested = view.nested.get(iri)
+    if nested is None:
+        return replace(view, attrs=None, pick=None, omit=frozenset(), nested={})
+    params = {nested[0]: nested[1]}
+    pick, omit = projection_of(params, ctx.expand)
+    return replace(view, attrs=None, pick=pick, omit=omit, nested=nested_projections(params, ctx.expand))
+
+
+def shows(view: View, iri: str) -> bool:
+    return ((view.attrs is None or iri in view.attrs) and (view.pick is None or iri in view.pick)
+            and iri not in view.omit)
+
+
+def linker_for(access: Access, hub: Hub, ctx: ActiveContext) -> Linker[View]:
+    async def load(ids: list[str]) -> dict[str, EntityRecord]:
+        found = await hub.service.retrieve_many(access.tenant, ids)
+        seen = {entity_id: access.view(record) for entity_id, record in found.items()}
+        return {entity_id: record for entity_id, record in seen.items() if record is not None}
+
+    return Linker(load, lambda record, view: entity_out(record, ctx, view),
+                  lambda view, iri: linked_view(view, iri, ctx), shows, ctx.compact)
+
+
+async def joined(access: Access, hub: Hub, ctx: ActiveContext, view: View, records: list[EntityRecord],
+                 outs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rendered entities with their linked entities, as `join` asks (inline or flat)."""
+    linker = linker_for(access, hub, ctx)
+    if view.join == "flat":
+        return await linker.flat(records, outs, view, view.join_level)
+    for record, out in zip(records, outs, strict=True):
+        await linker.inline(record, out, view, view.fmt, view.join_level)
+    return outs
 
 
 def _iso_created(record: EntityRecord) -> tuple[str, str]:
@@ -100,9 +154,22 @@ def entity_out(record: EntityRecord, ctx: ActiveContext, view: View) -> dict[str
         only = [iri for iri in attrs if iri in view.pick]
     if view.omit:
         attrs = {iri: instances for iri, instances in attrs.items() if iri not in view.omit}
+    if view.dataset_ids is not None:
+        attrs = only_datasets(attrs, view.dataset_ids)
     out = render_entity(record.id, record.types, attrs, ctx.compact, fmt=view.fmt, sys_attrs=view.sys_attrs,
                         created_at=created, modified_at=modified, only=only, scope=record.scope, lang=view.lang)
     return project_core(out, view.pick, view.omit)
+
+
+Instances = dict[str, list[dict[str, Any]]]
+
+
+def only_datasets(attrs: Instances, dataset_ids: frozenset[str]) -> Instances:
+    """The instances whose datasetId is listed ("@none" stands for the default instance); an attribute
+    left without instances is left out."""
+    kept = {iri: [inst for inst in instances if inst.get("datasetId", "@none") in dataset_ids]
+            for iri, instances in attrs.items()}
+    return {iri: instances for iri, instances in kept.items() if instances}
 
 
 def geojson_feature(record: EntityRecord, ctx: ActiveContext, view: View, geo_attr: str) -> dict[str, Any]:
@@ -136,7 +203,13 @@ def _batch_response(result: BatchResult, created_status: bool) -> Response:
 
 
 def build_query(request: Request, ctx: ActiveContext, settings: Settings, params: dict[str, Any]) -> EntityQuery:
-    types = [ctx.expand(check_name(t, "entity type")) for t in split_list(params.get("type"))]
+    types: list[str] = []
+    type_filter: list[Any] = []
+    if (params.get("type") or "").strip():
+        selection = parse_type_selection(params["type"], ctx.expand)
+        types = all_types(selection)  # every type named: the access plan and the index narrow on these
+        if is_conjunctive(selection):
+            type_filter.append(selection_sql(selection))
     ids = [check_entity_id(i) for i in split_list(params.get("id"))]
     pattern = params.get("idPattern")
     if pattern is not None:
@@ -147,6 +220,9 @@ def build_query(request: Request, ctx: ActiveContext, settings: Settings, params
         except ValueError as exc:
             raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from exc
     attrs = [ctx.expand(check_name(a)) for a in split_list(params.get("attrs"))]
+    if any(iri.startswith("@") for iri in attrs):
+        # `id` and `type` are the entity's members (@id, @type), not attribute names (§5.7.2: BadRequestData).
+        raise BadRequestData("attrs names entity members (id, type), not attributes; pick selects those")
     q_text = params.get("q")
     geo = geoquery.parse_geoquery(params.get("georel"), params.get("geometry"), params.get("coordinates"),
                                   params.get("geoproperty"), ctx.expand)
@@ -157,10 +233,13 @@ def build_query(request: Request, ctx: ActiveContext, settings: Settings, params
     after = params.get("after")
     if after is not None:
         check_entity_id(after)
+    scope_text = params.get("scopeQ")
     return EntityQuery(
+        scope_q=parse_scopeq(scope_text) if scope_text is not None else None,
         types=types or None, ids=ids or None, id_pattern=pattern, attrs=attrs or None,
         q=parse_q(q_text) if q_text else None, geo=geo, expand=ctx.expand, limit=limit,
         offset=parse_int(params.get("offset"), "offset", 0, 0, 1_000_000_000), after=after, count=count,
+        order_by=parse_order_by(params.get("orderBy"), ctx.expand), extra=type_filter,
     )
 
 
@@ -184,21 +263,26 @@ async def respond_entities(request: Request, hub: Hub, ctx: ActiveContext, query
     if plan.checks:
         records = [r for r in records if access.matches(plan, r)]
     records = access.view_all(records)
+    payload: Any
+    if view.join and media != GEO_JSON:
+        # An entity that projection leaves without any member is not returned (§4.21).
+        shown = [(r, out) for r, out in ((r, entity_out(r, ctx, view)) for r in records) if out]
+        payload = await joined(access, hub, ctx, view, [r for r, _ in shown], [out for _, out in shown])
     await access.finish()
     if not plan.exact:
         total = None  # some matches may be withheld from this caller: a count would tell of them
     headers: dict[str, str] = {}
     if total is not None:
         headers["NGSILD-Results-Count"] = str(total)
-    links = page_links(request, query.offset, query.limit, returned, last_id, total)
+    links = page_links(request, query.offset, query.limit, returned, last_id, total,
+                       keyset=not query.order_by)
     if tenant:
         headers["NGSILD-Tenant"] = tenant
     neg = Negotiated(media, ctx)
     if media == GEO_JSON:
         geo_attr = ctx.expand(request.query_params.get("geometryProperty") or "location")
-        payload: Any = {"type": "FeatureCollection",
-                        "features": [geojson_feature(r, ctx, view, geo_attr) for r in records]}
-    else:
+        payload = {"type": "FeatureCollection", "features": [geojson_feature(r, ctx, view, geo_attr) for r in records]}
+    elif not view.join:
         # An entity that projection leaves without any member is not returned (§4.21).
         payload = [out for out in (entity_out(r, ctx, view) for r in records) if out]
     response = render(request, payload, neg, hub.contexts, headers=headers)
@@ -256,9 +340,67 @@ async def create_entity(request: Request) -> Response:
     access = await access_of(request)
     body, media = await read_body(request, hub.settings)
     ctx = await body_context(request, hub.resolver, body, media)
-    entity_id = await access.audited("entity.create", str(body.get("id", "")) if isinstance(body, dict) else "",
-                                     hub.service.create_entity(access.tenant, body, ctx))
-    return Response(status_code=201, headers={"Location": f"{PREFIX}/entities/{entity_id}"})
+
+    async def run_local(part: Any) -> Response:
+        entity_id = await access.audited("entity.create", str(body.get("id", "")) if isinstance(body, dict) else "",
+                                         hub.service.create_entity(access.tenant, part, ctx))
+        return Response(status_code=201, headers={"Location": f"{PREFIX}/entities/{entity_id}"})
+
+    write = _create_write(body, media, ctx)
+    if write is None:
+        return await run_local(body)
+    return await federate_write(request, write, _no_types, run_local)
+
+
+async def _no_types() -> list[str] | None:
+    return None
+
+
+def _create_write(body: Any, media: str, ctx: ActiveContext) -> WriteRequest | None:
+    """The distributed form of a create, when the body names a valid id and type (else the local
+    create refuses it as it is)."""
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        return None
+    try:
+        entity_id = check_entity_id(body["id"])
+        raw = body.get("type")
+        types = [ctx.expand(check_name(t, "entity type")) for t in (raw if isinstance(raw, list) else [raw])]
+    except (BadRequestData, InvalidRequest, TypeError):
+        return None
+    return WriteRequest("createEntity", "POST", "/entities", entity_id, body, media, ctx, types=types)
+
+
+async def _write(request: Request, hub: Hub, access: Access, op: str, entity_id: str, body: Any, media: str,
+                 ctx: ActiveContext, run_local: Any, *rest: str, action: str = "entity.write") -> Response:
+    """An entity write here and at the context sources registered for the entity (§4.3.6, writes.py)."""
+    if body is not None and not isinstance(body, dict):
+        return await run_local(body)  # refused by the local write as it is
+
+    async def local_types() -> list[str] | None:
+        found = await hub.service.retrieve_many(access.tenant, [entity_id])
+        record = found.get(entity_id)
+        return list(record.types) if record is not None else None
+
+    write = WriteRequest(op, request.method, entity_path(entity_id, *rest), entity_id, body, media, ctx,
+                         attr=rest[-1] if len(rest) == 2 else None, action=action)
+    return await federate_write(request, write, local_types, run_local)
+
+
+QUERY_SELECTORS = ("type", "attrs", "q", "georel", "geometry", "coordinates")
+
+
+def require_selector(params: dict[str, Any]) -> None:
+    """v1.8.1 §5.7.2.4 / §5.7.4.4 (bindings §6.4.3.2, §6.18.3.2): a query naming no entity type, no
+    attribute, no NGSI-LD query and no geo-query is refused with BadRequestData unless it asks for
+    the whole local store with `local=true`; a list of ids alone does not make it a query.
+
+    Only the NGSI-LD query routes check this: CityOS's own pages and workers query through the
+    service layer (and name a type where they use these routes)."""
+    if any((params.get(name) or "").strip() for name in QUERY_SELECTORS):
+        return
+    if parse_bool(params.get("local"), "local"):
+        return
+    raise BadRequestData("A query needs type, attrs, q or a geo-query (or local=true for every local entity)")
 
 
 @router.get("/entities", openapi_extra={"parameters": QUERY_PARAMS}, dependencies=READ)
@@ -266,8 +408,10 @@ async def query_entities(request: Request) -> Response:
     hub = hub_of(request)
     media = accepted(request, allow_geo=True)
     ctx = await query_context(request, hub.resolver)
+    require_selector(dict(request.query_params))
     query = build_query(request, ctx, hub.settings, dict(request.query_params))
-    return await respond_entities(request, hub, ctx, query, view_of(request, ctx), media)
+    response = await respond_entities(request, hub, ctx, query, view_of(request, ctx), media)
+    return await federate_query(request, ctx, query, media, response)  # registered context sources (§4.3.6)
 
 
 PURGE_SELECTORS = ("type", "id", "idPattern", "q", "georel", "scopeQ")
@@ -328,6 +472,15 @@ async def retrieve_entity(entity_id: str, request: Request) -> Response:
     media = accepted(request, allow_geo=True)
     ctx = await query_context(request, hub.resolver)
     view = view_of(request, ctx)
+    try:
+        response = await _retrieve_local(request, hub, ctx, view, media, entity_id)
+    except ResourceNotFound as missing:
+        return await federate_retrieve(request, ctx, entity_id, media, None, missing, hub.contexts)
+    return await federate_retrieve(request, ctx, entity_id, media, response, None, hub.contexts)
+
+
+async def _retrieve_local(request: Request, hub: Hub, ctx: ActiveContext, view: View, media: str,
+                          entity_id: str) -> Response:
     record = await visible_record(await access_of(request), hub, entity_id)
     if view.attrs is not None and not any(iri in record.attrs for iri in view.attrs):
         raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")  # §5.7.1
@@ -337,6 +490,11 @@ async def retrieve_entity(entity_id: str, request: Request) -> Response:
     out = entity_out(record, ctx, view)
     if not out:
         raise ResourceNotFound(f"pick/omit leave nothing of entity {entity_id}")
+    if view.join:
+        access = await access_of(request)
+        linked = await joined(access, hub, ctx, view, [record], [out])
+        await access.finish()
+        return render(request, linked if view.join == "flat" else linked[0], Negotiated(media, ctx), hub.contexts)
     return render(request, out, Negotiated(media, ctx), hub.contexts)
 
 
@@ -346,8 +504,13 @@ async def replace_entity(entity_id: str, request: Request) -> Response:
     access = await access_of(request)
     body, media = await read_body(request, hub.settings)
     ctx = await body_context(request, hub.resolver, body, media)
-    await access.audited("entity.replace", entity_id, hub.service.replace_entity(access.tenant, entity_id, body, ctx))
-    return _no_content()
+
+    async def run_local(part: Any) -> Response:
+        await access.audited("entity.replace", entity_id, hub.service.replace_entity(access.tenant, entity_id, part,
+                                                                                      ctx))
+        return _no_content()
+
+    return await _write(request, hub, access, "replaceEntity", entity_id, body, media, ctx, run_local)
 
 
 @router.patch("/entities/{entity_id}", status_code=204, openapi_extra=FRAGMENT_BODY, dependencies=WRITE)
@@ -356,16 +519,26 @@ async def merge_entity(entity_id: str, request: Request) -> Response:
     access = await access_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
     ctx = await body_context(request, hub.resolver, body, media)
-    await access.audited("entity.merge", entity_id, hub.service.merge_entity(access.tenant, entity_id, body, ctx))
-    return _no_content()
+
+    async def run_local(part: Any) -> Response:
+        await access.audited("entity.merge", entity_id, hub.service.merge_entity(access.tenant, entity_id, part, ctx))
+        return _no_content()
+
+    return await _write(request, hub, access, "mergeEntity", entity_id, body, media, ctx, run_local)
 
 
 @router.delete("/entities/{entity_id}", status_code=204, dependencies=DELETE)
 async def delete_entity(entity_id: str, request: Request) -> Response:
     hub = hub_of(request)
     access = await access_of(request)
-    await access.audited("entity.delete", entity_id, hub.service.delete_entity(access.tenant, entity_id))
-    return _no_content()
+
+    async def run_local(part: Any) -> Response:
+        await access.audited("entity.delete", entity_id, hub.service.delete_entity(access.tenant, entity_id))
+        return _no_content()
+
+    ctx = await query_context(request, hub.resolver)
+    return await _write(request, hub, access, "deleteEntity", entity_id, None, JSON, ctx, run_local,
+                        action="entity.delete")
 
 
 @router.post("/entities/{entity_id}/attrs", openapi_extra=FRAGMENT_BODY, dependencies=WRITE)
@@ -375,9 +548,12 @@ async def append_attrs(entity_id: str, request: Request) -> Response:
     body, media = await read_body(request, hub.settings)
     ctx = await body_context(request, hub.resolver, body, media)
     options = split_list(request.query_params.get("options"))
-    result = await access.audited("entity.append_attrs", entity_id, hub.service.append_attrs(
-        access.tenant, entity_id, body, ctx, "noOverwrite" in options))
-    return _update_result(result)
+
+    async def run_local(part: Any) -> Response:
+        return _update_result(await access.audited("entity.append_attrs", entity_id, hub.service.append_attrs(
+            access.tenant, entity_id, part, ctx, "noOverwrite" in options)))
+
+    return await _write(request, hub, access, "appendAttrs", entity_id, body, media, ctx, run_local, "attrs")
 
 
 @router.patch("/entities/{entity_id}/attrs", openapi_extra=FRAGMENT_BODY, dependencies=WRITE)
@@ -386,8 +562,12 @@ async def update_attrs(entity_id: str, request: Request) -> Response:
     access = await access_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
     ctx = await body_context(request, hub.resolver, body, media)
-    return _update_result(await access.audited("entity.update_attrs", entity_id, hub.service.update_attrs(
-        access.tenant, entity_id, body, ctx)))
+
+    async def run_local(part: Any) -> Response:
+        return _update_result(await access.audited("entity.update_attrs", entity_id, hub.service.update_attrs(
+            access.tenant, entity_id, part, ctx)))
+
+    return await _write(request, hub, access, "updateAttrs", entity_id, body, media, ctx, run_local, "attrs")
 
 
 @router.patch("/entities/{entity_id}/attrs/{attr_id}", status_code=204, openapi_extra=FRAGMENT_BODY,
@@ -397,9 +577,14 @@ async def patch_attr(entity_id: str, attr_id: str, request: Request) -> Response
     access = await access_of(request)
     body, media = await read_body(request, hub.settings, allow_merge_patch=True)
     ctx = await body_context(request, hub.resolver, body, media)
-    await access.audited("entity.patch_attr", entity_id, hub.service.patch_attr(
-        access.tenant, entity_id, attr_id, body, ctx), attr=attr_id[:256])
-    return _no_content()
+
+    async def run_local(part: Any) -> Response:
+        await access.audited("entity.patch_attr", entity_id, hub.service.patch_attr(
+            access.tenant, entity_id, attr_id, part, ctx), attr=attr_id[:256])
+        return _no_content()
+
+    return await _write(request, hub, access, "updateAttrs", entity_id, body, media, ctx, run_local, "attrs",
+                        attr_id)
 
 
 @router.put("/entities/{entity_id}/attrs/{attr_id}", status_code=204, openapi_extra=FRAGMENT_BODY,
@@ -409,9 +594,14 @@ async def replace_attr(entity_id: str, attr_id: str, request: Request) -> Respon
     access = await access_of(request)
     body, media = await read_body(request, hub.settings)
     ctx = await body_context(request, hub.resolver, body, media)
-    await access.audited("entity.replace_attr", entity_id, hub.service.replace_attr(
-        access.tenant, entity_id, attr_id, body, ctx), attr=attr_id[:256])
-    return _no_content()
+
+    async def run_local(part: Any) -> Response:
+        await access.audited("entity.replace_attr", entity_id, hub.service.replace_attr(
+            access.tenant, entity_id, attr_id, part, ctx), attr=attr_id[:256])
+        return _no_content()
+
+    return await _write(request, hub, access, "replaceAttrs", entity_id, body, media, ctx, run_local, "attrs",
+                        attr_id)
 
 
 @router.delete("/entities/{entity_id}/attrs/{attr_id}", status_code=204, dependencies=WRITE)
@@ -421,9 +611,13 @@ async def delete_attr(entity_id: str, attr_id: str, request: Request) -> Respons
     ctx = await query_context(request, hub.resolver)
     dataset_id = request.query_params.get("datasetId")
     delete_all = parse_bool(request.query_params.get("deleteAll"), "deleteAll")
-    await access.audited("entity.delete_attr", entity_id, hub.service.delete_attr(
-        access.tenant, entity_id, attr_id, ctx, dataset_id, delete_all), attr=attr_id[:256])
-    return _no_content()
+
+    async def run_local(part: Any) -> Response:
+        await access.audited("entity.delete_attr", entity_id, hub.service.delete_attr(
+            access.tenant, entity_id, attr_id, ctx, dataset_id, delete_all), attr=attr_id[:256])
+        return _no_content()
+
+    return await _write(request, hub, access, "deleteAttrs", entity_id, None, JSON, ctx, run_local, "attrs", attr_id)
 
 
 # ---------------------------------------------------------------------- batch
@@ -555,6 +749,9 @@ def query_body_params(body: dict[str, Any], params: dict[str, Any]) -> dict[str,
         params["coordinates"] = orjson.dumps(geo_q.get("coordinates")).decode()
         if geo_q.get("geoproperty"):
             params["geoproperty"] = geo_q["geoproperty"]
+    for key in ("join", "joinLevel"):  # linked entities (§4.5.23), members of the Query
+        if body.get(key) is not None:
+            params[key] = str(body[key])
     temporal_q = body.get("temporalQ")
     if isinstance(temporal_q, dict):
         for key in ("timerel", "timeAt", "endTimeAt", "timeproperty", "lastN"):
@@ -573,7 +770,7 @@ async def batch_query(request: Request) -> Response:
     ctx = await body_context(request, hub.resolver, body, body_media)
     params = query_body_params(body, dict(request.query_params))
     query = build_query(request, ctx, hub.settings, params)
-    return await respond_entities(request, hub, ctx, query, view_of(request, ctx), media)
+    return await respond_entities(request, hub, ctx, query, view_of(request, ctx, params), media)
 
 
 # ---------------------------------------------------------------------- discovery

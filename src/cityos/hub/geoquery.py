@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import orjson
 import shapely
-from shapely.geometry import shape
+from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import nearest_points
 from sqlalchemy import (
@@ -106,6 +106,11 @@ class GeoQuery:
     def geometry_text(self) -> str:
         """The query geometry as compact GeoJSON text: the bound SQL parameter and the cache key."""
         return json_dumps(self.geometry)
+
+    @cached_property
+    def spatial_text(self) -> str:
+        """The query geometry the predicates use (made valid if it is not), as GeoJSON text."""
+        return json_dumps(spatial_geometry(self.geometry))
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,14 +187,55 @@ def _validate_coordinates(kind: str, coords: Any) -> Any:
 
 
 def _check_validity(kind: str, coords: Any) -> None:
+    # RFC 7946 §3.1.6 asks of a ring only that it be closed with >= 4 positions: a self-intersecting
+    # ring or overlapping MultiPolygon parts (OGC-invalid) are accepted and stored as written;
+    # spatial predicates use their made-valid form (`spatial_geometry`). Only what GEOS cannot build
+    # at all is refused.
     if kind not in ("Polygon", "MultiPolygon"):
         return
     try:
-        geom = shape({"type": kind, "coordinates": coords})
+        shape({"type": kind, "coordinates": coords})
     except (ValueError, TypeError, shapely.errors.ShapelyError) as exc:
         raise _bad(f"Invalid {kind}: {exc}") from exc
-    if not geom.is_valid:
-        raise _bad(f"Invalid {kind}: {shapely.is_valid_reason(geom)}")
+
+
+_POLYGONAL = frozenset({"Polygon", "MultiPolygon"})
+
+
+def _made_valid(geom: BaseGeometry) -> BaseGeometry:
+    """GEOS MakeValid (linework: every lobe of a self-intersecting ring is kept), reduced to one kind.
+
+    A GeometryCollection result (a polygon with a collapsed spike) keeps its areas only: the spike has
+    no area, and PostGIS' GEOS (3.11) refuses collections in ST_Contains/ST_Within/ST_Overlaps.
+    """
+    fixed = shapely.make_valid(geom)
+    if fixed.geom_type != "GeometryCollection":
+        return fixed
+    parts = list(fixed.geoms)
+    for kinds in (_POLYGONAL, frozenset({"LineString", "MultiLineString"})):
+        chosen = [g for g in parts if g.geom_type in kinds]
+        if chosen:
+            return shapely.union_all(chosen)
+    return shapely.union_all(parts)
+
+
+def spatial_shape(geometry: dict[str, Any]) -> BaseGeometry:
+    """The shape spatial predicates evaluate: as written when OGC-valid, else its made-valid form."""
+    geom = shape(geometry)
+    if geometry.get("type") in _POLYGONAL and not geom.is_valid:
+        return _made_valid(geom)
+    return geom
+
+
+def spatial_geometry(geometry: dict[str, Any]) -> dict[str, Any]:
+    """`spatial_shape` as GeoJSON: what PostGIS indexes and compares (the document keeps the original)."""
+    if geometry.get("type") not in _POLYGONAL:
+        return geometry
+    geom = shape(geometry)
+    if geom.is_valid:
+        return geometry
+    mapped: dict[str, Any] = mapping(_made_valid(geom))
+    return mapped
 
 
 def _geometry(kind: Any, coords: Any) -> dict[str, Any]:
@@ -346,13 +392,13 @@ def geo_distance(geometry: dict[str, Any], lon0: float, lat0: float) -> float:
         return haversine(lon0, lat0, coords[0], coords[1])
     if kind == "MultiPoint":
         return min(haversine(lon0, lat0, p[0], p[1]) for p in coords)
-    return _distance_to(shape(geometry), lon0, lat0)
+    return _distance_to(spatial_shape(geometry), lon0, lat0)
 
 
 @lru_cache(maxsize=64)
 def _query_shape(text: str) -> BaseGeometry:
     """Parsed and prepared query geometry; many rows are checked against one query."""
-    geom = shape(orjson.loads(text))
+    geom = spatial_shape(orjson.loads(text))
     shapely.prepare(geom)
     return geom
 
@@ -385,7 +431,7 @@ def _match(georel: str, entity: dict[str, Any], query_text: str, max_d: float | 
            min_d: float | None) -> bool:
     if georel == "near":
         return _near(entity, _query_point(query_text), max_d, min_d)
-    return _relate(georel, shape(entity), _query_shape(query_text))
+    return _relate(georel, spatial_shape(entity), _query_shape(query_text))
 
 
 @lru_cache(maxsize=64)
@@ -514,7 +560,7 @@ def _param(name: str, value: Any, type_: Any) -> Any:
 
 
 def _pg_condition(query: GeoQuery, g: Any) -> ColumnElement[bool]:
-    qgeom = func.ST_SetSRID(func.ST_GeomFromGeoJSON(_param("geoq_geometry", query.geometry_text, Text)),
+    qgeom = func.ST_SetSRID(func.ST_GeomFromGeoJSON(_param("geoq_geometry", query.spatial_text, Text)),
                             4326)
     if query.georel != "near":
         fn = getattr(func, _PG_PREDICATES[query.georel])
@@ -667,7 +713,7 @@ async def write_geometries_many(conn: AsyncConnection, tenant: str,
         for eid, attr, geom in items:
             text = json_dumps(geom)
             pg_params.append({"tenant": tenant, "entity_id": eid, "attr": attr, "geojson": text,
-                              "geojson_g": text})
+                              "geojson_g": json_dumps(spatial_geometry(geom))})
         await conn.execute(_PG_INSERT, pg_params)
         return
     params = [{"tenant": tenant, "entity_id": eid, "attr": attr, "geojson": json_dumps(geom)}

@@ -76,13 +76,18 @@ def body_limit(request: Request, settings: Settings) -> int:
 async def read_body(request: Request, settings: Settings, allow_merge_patch: bool = False) -> tuple[Any, str]:
     media = _media_type(request)
     allowed = {JSON, JSON_LD} | ({MERGE_PATCH} if allow_merge_patch else set())
-    if media not in allowed:
-        raise UnsupportedMediaType(f"Content-Type must be one of {', '.join(sorted(allowed))}, not {media!r}")
+    unsupported = UnsupportedMediaType(f"Content-Type must be one of {', '.join(sorted(allowed))}, not {media!r}")
+    # A body without any Content-Type is examined (RFC 9110 §8.3 lets the recipient do so): one that
+    # is not JSON is refused as such (400 InvalidRequest, §6.3.4's invalid JSON), one that is JSON with
+    # 415, since its JSON or JSON-LD reading is not declared. A declared other type is 415 at once.
+    undeclared = media == ""
+    if media not in allowed and not undeclared:
+        raise unsupported
     limit = body_limit(request, settings)
     too_large = TooLarge(f"the body is larger than {limit} bytes" +
                          ("" if authenticated(request) else " (the limit for callers without a token)"))
     declared = request.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isdecimal() and int(declared) > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0
@@ -93,14 +98,17 @@ async def read_body(request: Request, settings: Settings, allow_merge_patch: boo
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():
-        raise InvalidRequest("the request body is empty")
+        raise unsupported if undeclared else InvalidRequest("the request body is empty")
     if b"\\u0000" in raw or b"\x00" in raw:
         # PostgreSQL's jsonb and text types cannot hold NUL; refuse it before it reaches the store.
         raise BadRequestData("NUL characters are not allowed in the body")
     try:
-        return orjson.loads(raw), media
+        parsed = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
+    if undeclared:
+        raise unsupported
+    return parsed, media
 
 
 async def body_context(request: Request, resolver: ContextResolver, body: Any, media: str) -> ActiveContext:
@@ -176,6 +184,9 @@ def render(request: Request, payload: Any, neg: Negotiated, contexts: ContextSto
             payload = [{"@context": ctx_value, **item} if isinstance(item, dict) else item for item in payload]
         elif isinstance(payload, dict):
             payload = {"@context": ctx_value, **payload}
+    elif neg.media == GEO_JSON and isinstance(payload, dict):
+        # GeoJSON carries its @context in the Feature or FeatureCollection (v1.8.1 §6.3.15, §4.5.16).
+        payload = {**payload, "@context": neg.ctx.response_context}
     else:
         headers["Link"] = context_link(request, neg.ctx, contexts)
     return Response(orjson.dumps(payload), status_code=status, media_type=neg.media, headers=headers)
@@ -192,11 +203,13 @@ def page_links(request: Request, offset: int, limit: int, returned: int, last_id
         nxt = {**params, "offset": str(offset + limit), "limit": str(limit)}
         if keyset and last_id is not None:
             nxt["after"] = last_id
-        links.append(f'<{request.url.path}?{urlencode(nxt)}>; rel="next"; type="application/ld+json"')
+        links.append(f'<{request.url.path}?{urlencode(nxt)}>;rel="next";type="application/ld+json"')
     if offset > 0:
         prev = {k: v for k, v in params.items() if k != "after"}
         prev.update(offset=str(max(0, offset - limit)), limit=str(limit))
-        links.append(f'<{request.url.path}?{urlencode(prev)}>; rel="prev"; type="application/ld+json"')
+        links.append(f'<{request.url.path}?{urlencode(prev)}>;rel="prev";type="application/ld+json"')
+    # No whitespace around ";" (RFC 8288 allows it, and allows none): the form NGSI-LD's examples and the
+    # conformance suite use, which compares a lone link as text.
     return ", ".join(links) or None
 
 

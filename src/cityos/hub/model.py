@@ -84,7 +84,10 @@ def expand_types(value: Any, expand: Expand) -> list[str]:
     names = value if isinstance(value, list) else [value]
     if not names:
         raise BadRequestData("entity type must not be empty")
-    return sorted({expand(check_name(name, "entity type")) for name in names})
+    expanded = {expand(check_name(name, "entity type")) for name in names}
+    if any(iri.startswith("@") for iri in expanded):  # e.g. "type", which the core @context maps to @type
+        raise BadRequestData("an entity type must not be a JSON-LD keyword")
+    return sorted(expanded)
 
 
 def normalize_datetime(value: Any, what: str) -> str:
@@ -285,11 +288,24 @@ def parse_entity(body: Any, expand: Expand, now: str, *, require_type: bool = Tr
     else:
         types = expand_types(raw_type, expand)
     scope = body.get("scope")
-    if scope is not None and not (
-        isinstance(scope, str) or (isinstance(scope, list) and all(isinstance(s, str) for s in scope))
-    ):
-        raise BadRequestData("scope must be a string or a list of strings")
+    if scope is not None:
+        check_scope(scope)
     return entity_id, types, parse_attributes(body, expand, now, allow_null=allow_null), scope
+
+
+def check_scope(scope: Any) -> Any:
+    """A scope (§4.18) is a string or a non-empty list of strings."""
+    if not (isinstance(scope, str) or (isinstance(scope, list) and scope and all(isinstance(s, str) for s in scope))):
+        raise BadRequestData("scope must be a string or a list of strings")
+    return scope
+
+
+def merged_scope(old: Any, new: Any) -> Any:
+    """The union of two scopes, the old ones first (Append with noOverwrite, §5.6.3); one scope stays a string."""
+    listed = [*(old if isinstance(old, list) else [old] if old is not None else []),
+              *(new if isinstance(new, list) else [new])]
+    unique = list(dict.fromkeys(listed))
+    return unique[0] if len(unique) == 1 else unique
 
 
 def stamp(attrs: Attrs, now: str, previous: Attrs | None = None) -> None:
@@ -408,6 +424,11 @@ def render_entity(entity_id: str, types: list[str], attrs: Attrs, compact: Compa
         if wanted is not None and iri not in wanted:
             continue
         rendered = [render_instance(inst, compact, sys_attrs=sys_attrs, fmt=fmt, lang=lang) for inst in instances]
+        if fmt == "keyValues" and len(rendered) > 1:
+            # Several instances in the simplified form: a map by datasetId, "@none" for the default (§4.5.3).
+            out[compact(iri)] = {"dataset": {inst.get("datasetId", "@none"): value
+                                             for inst, value in zip(instances, rendered, strict=True)}}
+            continue
         out[compact(iri)] = rendered[0] if len(rendered) == 1 else rendered
     if sys_attrs and fmt != "keyValues":
         if created_at:

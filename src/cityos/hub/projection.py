@@ -3,8 +3,9 @@
 `pick` lists the members to keep, `omit` those to drop; either may name the core members `id`,
 `type` and `scope` as well as attributes. They exclude each other and `attrs` (which also filters
 a query): a request naming two of them is refused with 400. A member list may carry a
-nested projection for linked entities (`locatedAt{id,name}`); the part in braces is only accepted
-here, since linked-entity retrieval (`join`) is not offered.
+nested projection for linked entities (`locatedAt{id,name}`): it applies to the entities that
+relationship links to when `join` is asked for (§4.5.23); `omit=locatedAt{name}` omits `name` of the
+linked entity, not `locatedAt` itself.
 """
 
 from __future__ import annotations
@@ -18,29 +19,41 @@ from cityos.hub.model import check_name
 CORE_MEMBERS = frozenset({"id", "type", "scope"})
 
 
-def _members(raw: str, what: str) -> list[str]:
-    """Top-level names of a pick/omit list; braces group a nested projection."""
-    names: list[str] = []
-    depth, current = 0, list[str]()
+def parse_members(raw: str, what: str) -> list[tuple[str, str | None]]:
+    """Top-level (name, nested projection or None) of a pick/omit list; braces group a nested projection."""
+    members: list[tuple[str, str | None]] = []
+    depth, current, nested = 0, list[str](), list[str]()
+    saw_nested = False
     for ch in raw:
         if ch == "{":
             depth += 1
+            if depth == 1:
+                saw_nested = True
+                continue
         elif ch == "}":
             depth -= 1
             if depth < 0:
                 raise BadRequestData(f"{what} has an unbalanced '}}'")
+            if depth == 0:
+                continue
         elif ch == "," and depth == 0:
-            names.append("".join(current).strip())
-            current = []
+            members.append(("".join(current).strip(), "".join(nested) if saw_nested else None))
+            current, nested, saw_nested = [], [], False
             continue
-        if depth == 0 and ch not in "{}":
-            current.append(ch)
+        (nested if depth > 0 else current).append(ch)
     if depth != 0:
         raise BadRequestData(f"{what} has an unbalanced '{{'")
-    names.append("".join(current).strip())
-    if any(not name for name in names):
+    members.append(("".join(current).strip(), "".join(nested) if saw_nested else None))
+    if any(not name for name, _ in members):
         raise BadRequestData(f"{what} has an empty member name")
-    return names
+    for _name, inner in members:
+        if inner is not None:
+            parse_members(inner, what)  # refuse a malformed nested list now, not when it is used
+    return members
+
+
+def _members(raw: str, what: str) -> list[str]:
+    return [name for name, _ in parse_members(raw, what)]
 
 
 def _expanded(names: list[str], expand: Callable[[str], str]) -> frozenset[str]:
@@ -56,8 +69,23 @@ def projection_of(params: Mapping[str, str], expand: Callable[[str], str]) -> tu
     if params.get("attrs") is not None and (raw_pick is not None or raw_omit is not None):
         raise BadRequestData("pick and omit cannot be used together with attrs")
     pick = _expanded(_members(raw_pick, "pick"), expand) if raw_pick is not None else None
-    omit = _expanded(_members(raw_omit, "omit"), expand) if raw_omit is not None else frozenset()
+    # A member of omit with a nested projection is kept: only its linked entities lose members.
+    omit = (_expanded([name for name, inner in parse_members(raw_omit, "omit") if inner is None], expand)
+            if raw_omit is not None else frozenset())
     return pick, omit
+
+
+def nested_projections(params: Mapping[str, str], expand: Callable[[str], str]) -> dict[str, tuple[str, str]]:
+    """Attribute IRI → ("pick" | "omit", the projection of the entities it links to)."""
+    found: dict[str, tuple[str, str]] = {}
+    for kind in ("pick", "omit"):
+        raw = params.get(kind)
+        if raw is None:
+            continue
+        for name, inner in parse_members(raw, kind):
+            if inner is not None and name not in CORE_MEMBERS:
+                found[expand(check_name(name))] = (kind, inner)
+    return found
 
 
 def project_core(out: dict[str, Any], pick: frozenset[str] | None, omit: frozenset[str]) -> dict[str, Any]:

@@ -7,7 +7,8 @@ then publishes them on the event bus.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from cityos.core import clock
 from cityos.core.errors import (
     AlreadyExists,
     BadRequestData,
+    InvalidRequest,
     NonexistentTenant,
     ProblemError,
     ResourceNotFound,
@@ -36,12 +38,15 @@ from cityos.hub.model import (
     check_body_id,
     check_entity_id,
     check_name,
+    check_scope,
     geometries,
+    merged_scope,
     parse_attribute,
     parse_attributes,
     parse_entity,
     stamp,
 )
+from cityos.hub.sources import SourcePolicies
 from cityos.hub.store import EntityQuery, EntityRecord, HistoryRow, HubStore, SideTableChanges
 
 ENTITY_CHANGED = "hub.entity.changed"
@@ -103,6 +108,8 @@ class HubService:
         self.store = store
         self.bus = bus or EventBus()
         self.listeners: list[ChangeListener] = []
+        # 一数一源: authoritative sources of attributes, declared by the data domain (cityos.hub.sources).
+        self.sources = SourcePolicies()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -117,6 +124,10 @@ class HubService:
         # An entity read in this transaction (FOR UPDATE on PostgreSQL, under the writer lock on SQLite)
         # still exists: a plain UPDATE. Anything else goes through the upsert.
         existed = [c for c in kept if c.before is not None]
+        if len(changes) == 1 and len(existed) == 1 and await self._update_one(conn, tenant, existed[0]):
+            for listener in self.listeners:
+                await listener(conn, tenant, changes)
+            return
         if existed:
             await self.store.update(conn, tenant, [c.after for c in existed if c.after is not None],
                                     _side_changes(existed))
@@ -131,6 +142,14 @@ class HubService:
         for listener in self.listeners:
             await listener(conn, tenant, changes)
 
+    async def _update_one(self, conn: AsyncConnection, tenant: str, change: Change) -> bool:
+        """One entity whose values changed (not its types or geometries): the store's one-statement path."""
+        assert change.after is not None
+        dirty = _side_changes([change])
+        if dirty.types or dirty.geometries:
+            return False
+        return await self.store.update_one(conn, tenant, change.after, _history([change]))
+
     async def _publish(self, tenant: str, changes: list[Change]) -> None:
         for change in changes:
             await self.bus.publish(ENTITY_CHANGED, {"tenant": tenant, "change": change})
@@ -138,6 +157,28 @@ class HubService:
     async def _require_tenant(self, conn: AsyncConnection, tenant: str) -> None:
         if not await self.store.tenant_exists(conn, tenant):
             raise NonexistentTenant(f"tenant {tenant!r} does not exist")
+
+    @contextlib.contextmanager
+    def as_source(self, tenant: str, department: str | None, system: str) -> Iterator[None]:
+        """Writes in this block come from another domain publishing into the hub (its records are catalogued
+        hub types): they are held to 一数一源 as (department, system), refused or flagged like an API write.
+        A guard already set (a request's) still applies first."""
+        from cityos.security.policy import Principal
+
+        principal = Principal(id=f"service:{system}", kind="service", role="operator", tenant=tenant,
+                              username=system, department=department,
+                              departments=frozenset({department}) if department else frozenset())
+        outer = write_guard.get()
+
+        def guard(action: str, change: Change) -> str | None:
+            reason = outer(action, change) if outer is not None else None
+            return reason if reason is not None else self.sources.check(tenant, principal, change)
+
+        token = write_guard.set(guard)
+        try:
+            yield
+        finally:
+            write_guard.reset(token)
 
     async def _write(self, tenant: str, work: WriteWork, deleting: bool = False) -> list[Change]:
         """Run a read-modify-write; a concurrent create of the same id is retried from a fresh read."""
@@ -172,6 +213,10 @@ class HubService:
 
     async def create_entity(self, tenant: str, body: Any, ctx: ActiveContext) -> str:
         now = clock.now()
+        if not isinstance(body, dict):
+            # §5.6.1 / §6.4.3.1: the payload of Create Entity is an entity (a JSON object); anything else is
+            # a malformed request, not an entity with bad data.
+            raise InvalidRequest("the body of Create Entity must be a JSON object (an entity)")
         entity_id, types, attrs, scope = parse_entity(body, ctx.expand, clock.iso(now))
 
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
@@ -191,6 +236,13 @@ class HubService:
                 await self._require_tenant(conn, tenant)
                 raise ResourceNotFound(f"entity {entity_id} not found")
             return found[entity_id]
+
+    async def retrieve_many(self, tenant: str, entity_ids: list[str]) -> dict[str, EntityRecord]:
+        """The entities among `entity_ids` that exist (linked entities, §4.5.23); unknown ids are left out."""
+        if not entity_ids:
+            return {}
+        async with self.store.read() as conn:
+            return await self.store.fetch(conn, tenant, entity_ids)
 
     async def query(self, tenant: str, query: EntityQuery) -> tuple[list[EntityRecord], int | None]:
         async with self.store.read() as conn:
@@ -251,6 +303,7 @@ class HubService:
         check_body_id(body, entity_id)
         fragment = parse_attributes(body, ctx.expand, clock.iso(now))
         new_types = _types_of(body, ctx)
+        new_scope = check_scope(body["scope"]) if "scope" in body else None
         result = UpdateResult()
 
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
@@ -259,6 +312,9 @@ class HubService:
             after = _shallow_copy(record, now)
             if new_types:
                 after.types = sorted({*after.types, *new_types})
+            if new_scope is not None:
+                # §5.6.3 / §4.18: the scope is replaced, or with noOverwrite the new scopes are added.
+                after.scope = merged_scope(record.scope, new_scope) if no_overwrite else new_scope
             changed: set[str] = set()
             for iri, instances in fragment.items():
                 existing = {i.get("datasetId"): i for i in after.attrs.get(iri, [])}
@@ -275,7 +331,8 @@ class HubService:
                     changed.add(iri)
                     result.updated.append(ctx.compact(iri))
                 after.attrs[iri] = _ordered(existing)
-            return ([Change(entity_id, record, after, changed)] if changed or new_types else []), []
+            moved = changed or new_types or after.scope != record.scope
+            return ([Change(entity_id, record, after, changed)] if moved else []), []
 
         await self._write(tenant, work)
         return result
@@ -287,6 +344,9 @@ class HubService:
         check_body_id(body, entity_id)
         fragment = parse_attributes(body, ctx.expand, clock.iso(now), allow_null=True)
         new_types = _types_of(body, ctx)  # a type in the fragment is added to the entity's types (§5.6.2)
+        new_scope = body.get("scope")
+        if new_scope is not None and new_scope != NULL_URI:
+            check_scope(new_scope)
         result = UpdateResult()
 
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
@@ -296,6 +356,13 @@ class HubService:
             added_types = set(new_types) - set(after.types)
             if added_types:
                 after.types = sorted({*after.types, *added_types})
+            if new_scope is not None:
+                # §5.6.2: like an attribute, the scope is updated only where the entity has one.
+                if record.scope is None:
+                    result.not_updated.append({"attributeName": "scope", "reason": "the entity has no scope"})
+                else:
+                    after.scope = None if new_scope == NULL_URI else new_scope
+                    result.updated.append("scope")
             changed: set[str] = set()
             for iri, instances in fragment.items():
                 existing = {i.get("datasetId"): i for i in after.attrs.get(iri, [])}
@@ -314,7 +381,8 @@ class HubService:
                     changed.add(iri)
                     result.updated.append(ctx.compact(iri))
                 _set_or_drop(after.attrs, iri, existing)
-            return ([Change(entity_id, record, after, changed)] if changed or added_types else []), []
+            moved = changed or added_types or after.scope != record.scope
+            return ([Change(entity_id, record, after, changed)] if moved else []), []
 
         await self._write(tenant, work)
         return result
@@ -381,6 +449,11 @@ class HubService:
         async def work(conn: AsyncConnection) -> tuple[list[Change], list[EntityRecord]]:
             record = await self._load(conn, tenant, entity_id)
             after = _copy(record, now)
+            if attr == "scope":  # §4.18, §5.6.5: the scope is deleted like an attribute
+                if record.scope is None:
+                    raise ResourceNotFound(f"entity {entity_id} has no scope")
+                after.scope = None
+                return [Change(entity_id, record, after, set())], []
             instances = after.attrs.get(iri)
             if not instances:
                 raise ResourceNotFound(f"attribute {attr} not found in {entity_id}")

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,17 +26,32 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
 from cityos.core.db import json_dumps
-from cityos.hub import geoquery
+from cityos.hub import geoquery, scopeq
 from cityos.hub.model import Attrs, geometries
 from cityos.hub.models import attribute_history, entities, entity_extra_types, tenants
+from cityos.hub.ordering import OrderKey, order_clauses
 from cityos.hub.qlang import QExpr, q_to_sql
-from cityos.security.audit_intents import write_pending
+from cityos.security.audit_intents import pending, write_pending
 
 DEFAULT_TENANT = ""
 COPY_THRESHOLD = 200
 MULTI_TYPE_TTL = 2.0
 HISTORY_COLUMNS = ("tenant", "entity_id", "entity_type", "attr", "instance_id", "dataset_id", "ts", "modified_at",
                    "deleted", "instance")
+
+
+# (connection, tenant, version): the tenant's subscription version token, read by the statement that
+# wrote the entity (`HubStore.update_one`) so the subscription matcher needs no statement of its own.
+# Only valid inside the write transaction that read it: `HubStore.write` clears it.
+_PREFETCHED_VERSION: ContextVar[tuple[int, str, str] | None] = ContextVar("cityos_hub_sub_version", default=None)
+
+
+def prefetched_subscription_version(conn: AsyncConnection, tenant: str) -> str | None:
+    """The version token `update_one` read in this transaction, or None if it read none."""
+    found = _PREFETCHED_VERSION.get()
+    if found is None or found[0] != id(conn.sync_connection) or found[1] != tenant:
+        return None
+    return found[2]
 
 
 @dataclass
@@ -112,6 +128,8 @@ class EntityQuery:
     after: str | None = None
     count: bool = False
     extra: list[Any] = field(default_factory=list)
+    order_by: tuple[OrderKey, ...] = ()  # `orderBy`; empty: by id (and keyset paging with `after`)
+    scope_q: scopeq.Node | None = None  # `scopeQ` (§4.19)
 
 
 def _record(row: Any) -> EntityRecord:
@@ -129,8 +147,10 @@ class HubStore:
         # PostgreSQL: at most pool-size write transactions at once. Beyond that the pool opens overflow
         # connections and closes them again on release, and every new connection costs a connect plus
         # re-preparing the hot statements (profiled at ~15 % of a PATCH at concurrency 32).
+        # Half the pool (`core.db.create_engine` keeps 2 × CITYOS_DB_POOL_SIZE connections): reads,
+        # cache refreshes and the background workers keep the other half.
         pool_size = getattr(engine.pool, "size", None)
-        self._pg_write_slots = asyncio.Semaphore(max(1, pool_size() if callable(pool_size) else 10))
+        self._pg_write_slots = asyncio.Semaphore(max(1, pool_size() // 2 if callable(pool_size) else 10))
         self._known_tenants: set[str] = {DEFAULT_TENANT}
         # tenant -> (has multi-typed entities, when we looked). A short TTL bounds how long another
         # process's first multi-typed entity can go unseen by this process's type filters.
@@ -147,14 +167,17 @@ class HubStore:
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction. The audit record the caller announced (`security.audit_intents`) is
         persisted in it, so a change never commits without a trace of who made it."""
-        if self.dialect == "sqlite":
-            async with self._sqlite_write_lock, self.engine.begin() as conn:
-                yield conn
-                await write_pending(conn)
-        else:
-            async with self._pg_write_slots, self.engine.begin() as conn:
-                yield conn
-                await write_pending(conn)
+        try:
+            if self.dialect == "sqlite":
+                async with self._sqlite_write_lock, self.engine.begin() as conn:
+                    yield conn
+                    await write_pending(conn)
+            else:
+                async with self._pg_write_slots, self.engine.begin() as conn:
+                    yield conn
+                    await write_pending(conn)
+        finally:
+            _PREFETCHED_VERSION.set(None)
 
     # ------------------------------------------------------------------ tenants
 
@@ -263,6 +286,8 @@ class HubStore:
             conds.append(q_to_sql(query.q, entities.c.attrs, self.dialect, query.expand))
         if query.geo is not None:
             conds.append(geoquery.geo_filter_sql(query.geo, tenant, entities.c.id, self.dialect))
+        if query.scope_q is not None:
+            conds.append(scopeq.scopeq_sql(query.scope_q, entities.c.scope, self.dialect))
         conds.extend(query.extra)
         return conds
 
@@ -280,11 +305,15 @@ class HubStore:
             total = (await conn.execute(select(func.count()).select_from(entities).where(and_(*conds)))).scalar_one()
         page_conds = list(conds)
         offset = query.offset
-        if query.after is not None:
-            # Keyset paging: constant cost per page however deep the caller has paged.
-            page_conds.append(entities.c.id > query.after)
-            offset = 0
-        stmt = select(entities).where(and_(*page_conds)).order_by(entities.c.id).limit(query.limit).offset(offset)
+        if query.order_by:
+            order = order_clauses(query.order_by, entities, self.dialect)
+        else:
+            order = [entities.c.id]
+            if query.after is not None:
+                # Keyset paging: constant cost per page however deep the caller has paged.
+                page_conds.append(entities.c.id > query.after)
+                offset = 0
+        stmt = select(entities).where(and_(*page_conds)).order_by(*order).limit(query.limit).offset(offset)
         found = {row.id: _record(row) for row in await conn.execute(stmt)}
         await self._attach_extra_types(conn, tenant, found)
         return list(found.values()), total
@@ -342,6 +371,32 @@ class HubStore:
                 {"b_tenant": tenant, "b_id": r.id, "type": r.types[0], "modified_at": r.modified_at,
                  "attrs": r.attrs, "scope": r.scope} for r in records])
         await self._write_side_tables(conn, tenant, records, replace=True, dirty=dirty)
+
+    async def update_one(self, conn: AsyncConnection, tenant: str, record: EntityRecord,
+                         history: Sequence[HistoryRow]) -> bool:
+        """PostgreSQL, one entity read FOR UPDATE in this transaction whose types and geometries did not
+        change (a PATCH of values): its UPDATE, its history rows, the audit intent announced for the
+        transaction and the read of the tenant's subscription version go as one statement, one round
+        trip instead of four. Returns False (nothing done) where that does not apply."""
+        if self.dialect != "postgresql" or not history or len(history) > COPY_THRESHOLD:
+            return False
+        driver = await pg_driver(conn)
+        intent = pending()
+        ids = os.urandom(16 * len(history)).hex()
+        row = await driver.fetchrow(
+            _PG_UPDATE_ONE, tenant, record.id, record.types[0], record.modified_at, json_dumps(record.attrs),
+            json_dumps(record.scope), [h.entity_type for h in history], [h.attr for h in history],
+            [ids[32 * i:32 * i + 32] for i in range(len(history))],
+            [h.instance.get("datasetId") for h in history], [h.time_index() for h in history],
+            [h.modified_at for h in history], [1 if h.deleted else 0 for h in history],
+            [json_dumps(h.instance) for h in history],
+            clock.now(), json_dumps(intent[1]) if intent is not None else None)
+        if row["updated"] != 1:
+            raise RuntimeError(f"entity {record.id} read for update was not updated")
+        if intent is not None:
+            intent[0].row_ids.append(int(row["intent_id"]))
+        _PREFETCHED_VERSION.set((id(conn.sync_connection), tenant, row["version"] or ""))
+        return True
 
     def _row(self, tenant: str, record: EntityRecord) -> dict[str, Any]:
         return {"tenant": tenant, "id": record.id, "type": record.types[0], "created_at": record.created_at,
@@ -457,6 +512,21 @@ _PG_UPDATE = ("UPDATE hub_entities SET type = $3, modified_at = $4, attrs = $5::
               "WHERE tenant = $1 AND id = $2")
 _PG_INSERT_HISTORY = (f"INSERT INTO hub_attribute_history ({', '.join(HISTORY_COLUMNS)}) "
                       "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)")
+# `update_one`: the entity, its history rows (one array per column), the audit intent (when $16 is not
+# null) and the subscription version, in one statement. Data-modifying CTEs run whatever the outer
+# SELECT reads; `updated` counts the entity rows the UPDATE changed.
+_PG_UPDATE_ONE = (
+    "WITH u AS (UPDATE hub_entities SET type = $3, modified_at = $4, attrs = $5::jsonb, scope = $6::jsonb "
+    "WHERE tenant = $1 AND id = $2 RETURNING 1), "
+    f"h AS (INSERT INTO hub_attribute_history ({', '.join(HISTORY_COLUMNS)}) "
+    "SELECT $1, $2, t.entity_type, t.attr, t.instance_id, t.dataset_id, t.ts, t.modified_at, t.deleted, "
+    "t.instance::jsonb FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[], "
+    "$12::timestamptz[], $13::int[], $14::text[]) "
+    "AS t(entity_type, attr, instance_id, dataset_id, ts, modified_at, deleted, instance)), "
+    "a AS (INSERT INTO sec_audit_intents (created_at, event) SELECT $15, $16::text::jsonb "
+    "WHERE $16::text IS NOT NULL RETURNING id) "
+    "SELECT (SELECT count(*) FROM u) AS updated, (SELECT id FROM a) AS intent_id, "
+    "(SELECT version FROM hub_subscription_versions WHERE tenant = $1) AS version")
 _SQLITE_UPDATE = (update(entities)
                   .where(entities.c.tenant == bindparam("b_tenant"), entities.c.id == bindparam("b_id"))
                   .values(type=bindparam("type"), modified_at=bindparam("modified_at"), attrs=bindparam("attrs"),

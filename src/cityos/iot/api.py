@@ -125,7 +125,7 @@ def _bulk(result: BulkResult) -> Response:
 
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isdecimal() and int(declared) > limit:
         raise TooLarge(f"the body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0

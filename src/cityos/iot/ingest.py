@@ -79,7 +79,7 @@ def envelope_for(topic: str, payload: bytes, prefix: str = PREFIX) -> Envelope:
         if kind in ("telemetry", "attributes") or (len(parts) == 3 and parts[1] == "gateway"
                                                    and parts[2] in _GATEWAY_KINDS):
             return Envelope(name, kind, payload, "mqtt", topic, received)
-        if len(parts) == 4 and parts[1:3] == ["rpc", "response"] and parts[3].isdigit():
+        if len(parts) == 4 and parts[1:3] == ["rpc", "response"] and parts[3].isdecimal():
             return Envelope(name, "rpc/response", payload, "mqtt", topic, received, rpc_id=int(parts[3]))
     return Envelope(parts[0] if parts else None, "unknown", payload, "mqtt", topic, received,
                     reason="unknown_topic", detail=f"no ingestion for topic {topic[:200]!r}")
@@ -136,7 +136,73 @@ class WorkerStats:
     on_commit: list[Callable[[list[Envelope], IngestReport], None]] = field(default_factory=list)
 
 
-class IngestWorker:
+class BatchCommitter:
+    """Commits batches of envelopes with `IotService.ingest`: the part every ingest worker shares
+    (MQTT here, JetStream in `cityos.iot.nats_ingest`). The caller acknowledges after it returns."""
+
+    service: IotService
+    stats: WorkerStats
+    client_id: str
+
+    async def _commit_envelopes(self, envelopes: list[Envelope]) -> None:
+        """Commit, retrying while the database is away; a batch that breaks is stored one by one."""
+        delay = 0.2
+        while True:
+            started = time.perf_counter()
+            try:
+                report = await self.service.ingest(envelopes)
+                self._record(envelopes, report, started)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if _transient(exc):
+                    self.stats.retries += 1
+                    log.warning("ingest %s: database unavailable (%s); retrying in %.1fs", self.client_id,
+                                type(exc).__name__, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                log.exception("ingest %s: batch failed; isolating the message that breaks it", self.client_id)
+                await self._one_by_one(envelopes)
+                return
+
+    async def _one_by_one(self, envelopes: list[Envelope]) -> None:
+        for env in envelopes:
+            while True:
+                try:
+                    started = time.perf_counter()
+                    self._record([env], await self.service.ingest([env]), started)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if _transient(exc):
+                        await asyncio.sleep(1.0)
+                        continue
+                    log.exception("ingest: message on %s dead-lettered as internal_error", env.topic)
+                    bad = Envelope(env.device, env.kind, env.payload, env.source, env.topic, env.received_at,
+                                   reason="internal_error", detail=f"{type(exc).__name__}: {exc}"[:500])
+                    try:
+                        self._record([bad], await self.service.ingest([bad]), time.perf_counter())
+                        break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # never give up on a message: it stays unacknowledged until stored
+                        log.exception("ingest: could not even dead-letter a message; retrying")
+                        await asyncio.sleep(1.0)
+
+    def _record(self, envelopes: list[Envelope], report: IngestReport, started: float) -> None:
+        self.stats.batches += 1
+        self.stats.readings += report.stored
+        self.stats.dead_letters += report.dead_letters
+        self.stats.commit_seconds += time.perf_counter() - started
+        for hook in self.stats.on_commit:
+            hook(envelopes, report)
+
+
+
+class IngestWorker(BatchCommitter):
     """One MQTT client feeding batches to `IotService.ingest`, acknowledging after commit."""
 
     def __init__(self, service: IotService, url: str, client_id: str, *, shared: bool = True,
@@ -284,6 +350,9 @@ class IngestWorker:
             parts[hash(msg.envelope.device) % self.committers].append(msg)
         return [part for part in parts if part]
 
+    async def _commit(self, batch: list[_Msg]) -> None:
+        await self._commit_envelopes([m.envelope for m in batch])
+
     def _ack(self, batch: list[_Msg]) -> None:
         with self._gen_lock:
             generation = self._generation
@@ -291,63 +360,6 @@ class IngestWorker:
             if msg.qos > 0 and msg.generation == generation:
                 self.client.ack(msg.mid, msg.qos)
                 self.stats.acked += 1
-
-    async def _commit(self, batch: list[_Msg]) -> None:
-        envelopes = [m.envelope for m in batch]
-        delay = 0.2
-        while True:
-            started = time.perf_counter()
-            try:
-                report = await self.service.ingest(envelopes)
-                self._record(envelopes, report, started)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if _transient(exc):
-                    self.stats.retries += 1
-                    log.warning("ingest %s: database unavailable (%s); retrying in %.1fs", self.client_id,
-                                type(exc).__name__, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                log.exception("ingest %s: batch failed; isolating the message that breaks it", self.client_id)
-                await self._one_by_one(envelopes)
-                return
-
-    async def _one_by_one(self, envelopes: list[Envelope]) -> None:
-        for env in envelopes:
-            while True:
-                try:
-                    started = time.perf_counter()
-                    self._record([env], await self.service.ingest([env]), started)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if _transient(exc):
-                        await asyncio.sleep(1.0)
-                        continue
-                    log.exception("ingest: message on %s dead-lettered as internal_error", env.topic)
-                    bad = Envelope(env.device, env.kind, env.payload, env.source, env.topic, env.received_at,
-                                   reason="internal_error", detail=f"{type(exc).__name__}: {exc}"[:500])
-                    try:
-                        self._record([bad], await self.service.ingest([bad]), time.perf_counter())
-                        break
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:  # never give up on a message: it stays unacknowledged until stored
-                        log.exception("ingest: could not even dead-letter a message; retrying")
-                        await asyncio.sleep(1.0)
-
-    def _record(self, envelopes: list[Envelope], report: IngestReport, started: float) -> None:
-        self.stats.batches += 1
-        self.stats.readings += report.stored
-        self.stats.dead_letters += report.dead_letters
-        self.stats.commit_seconds += time.perf_counter() - started
-        for hook in self.stats.on_commit:
-            hook(envelopes, report)
-
 
 # ---------------------------------------------------------------------- embedded broker (demo)
 
@@ -466,7 +478,7 @@ def mapping_broker(plugin: Any, map_topic: Callable[[str, str], str | None]) -> 
                 self.disconnect_device(str(event.payload.get("name")))
 
             plugin.broker = self
-            return service.bus.subscribe(TOPIC_CREDENTIALS, on_change)
+            return service.bus.subscribe(TOPIC_CREDENTIALS, on_change, every_process=True)
 
     return MappingBroker
 
@@ -537,6 +549,13 @@ async def start_iot(app: Any) -> Callable[[], Awaitable[None]]:
         workers = await start_workers(service, url, count)
         log.info("started %d ingest worker(s) on %s", count, url)
     app.state.iot_workers = workers
+    nats_workers: list[Any] = []
+    if os.environ.get("CITYOS_INGEST_NATS_URL"):  # device messages from a JetStream stream (deploy/scaling.md)
+        from cityos.iot.nats_ingest import start_nats_workers
+
+        nats_workers = await start_nats_workers(service, os.environ["CITYOS_INGEST_NATS_URL"])
+    app.state.iot_nats_workers = nats_workers
+    nats_users = _start_nats_mqtt_users(app, service)
     stop_health = start_health(service)
     stop_coap = await _start_coap(service)
 
@@ -544,12 +563,28 @@ async def start_iot(app: Any) -> Callable[[], Awaitable[None]]:
         if stop_coap is not None:
             await stop_coap()
         await stop_health()
+        if nats_users is not None:
+            await nats_users.stop()
         # Together: each lets its batch in flight commit, and their waits should not add up.
-        await asyncio.gather(*(worker.stop() for worker in workers))
+        await asyncio.gather(*(worker.stop() for worker in [*workers, *nats_workers]))
         await commands.close()
         await service.events.close()
 
     return stop
+
+
+def _start_nats_mqtt_users(app: Any, service: IotService) -> Any:
+    """With CITYOS_NATS_MQTT_USERS_FILE: keep NATS's MQTT users equal to the registry (cityos.iot.nats_mqtt)."""
+    from cityos.iot.nats_mqtt import NatsMqttSettings, NatsMqttUsers
+
+    settings = NatsMqttSettings.from_env()
+    if settings is None:
+        return None
+    users = NatsMqttUsers(app.state.engine, service.tenant, settings)
+    users.attach(service.bus)
+    users.start()
+    app.state.iot_nats_mqtt_users = users
+    return users
 
 
 async def _start_coap(service: IotService) -> Callable[[], Awaitable[None]] | None:

@@ -52,6 +52,9 @@ devices = Table(
     Column("status", String(16), nullable=False),
     Column("firmware", String(64), nullable=True),
     Column("token_hash", String(64), nullable=True),
+    # bcrypt of the token, for NATS's MQTT listener (its config accepts bcrypt, not SHA-256): written only
+    # when CITYOS_NATS_MQTT is on (cityos.iot.nats_mqtt), NULL otherwise and for devices with no token.
+    Column("nats_secret", String(60), nullable=True),
     Column("gateway", Integer, nullable=False, default=0),
     Column("gateway_name", String(64), nullable=True),  # the gateway a child device reports through
     Column("last_seen", Timestamp, nullable=True),  # newest reading time (device clock) seen
@@ -134,6 +137,10 @@ class KeySpec:
     enum: tuple[str, ...] | None = None
     data_class: str = "internal"
     spike: float | None = None  # largest plausible jump between consecutive readings
+    # A commanded level (a lamp's dimming step, a valve's opening) repeats by design while the command
+    # stands and jumps when a new one is given: checked neither for "frozen" (a stuck sensor) nor for
+    # spikes, or every lamp would raise work orders every night.
+    setpoint: bool = False
 
     @property
     def spike_threshold(self) -> float | None:
@@ -160,7 +167,8 @@ def _spec(key: str, raw: dict[str, Any]) -> KeySpec:
     enum = raw.get("enum")
     return KeySpec(key=key, attr=raw.get("attr", key), kind=raw.get("type", "number"), unit_code=raw.get("unitCode"),
                    min=raw.get("min"), max=raw.get("max"), enum=tuple(enum) if enum else None,
-                   data_class=raw.get("dataClass", "internal"), spike=raw.get("spike"))
+                   data_class=raw.get("dataClass", "internal"), spike=raw.get("spike"),
+                   setpoint=bool(raw.get("setpoint", False)))
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,9 @@ deletes the remembered ids, so the happy path costs one INSERT per batch with ev
 transaction of its own. Rows older than `redeliver_after` seconds belong to a process that died
 (or to one hopelessly behind): `recover` publishes and deletes them. Delivery is at least once;
 the rules engine keeps one alarm per rule and device, so a repeat updates instead of duplicating.
+
+With a cross-process bus (JetStream) the rows are the bus's: its relay publishes them to the stream
+and deletes them; this process's own listeners still get the events at once, from the publisher.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class EventOutbox:
         self.write = write  # the hub's writer (on SQLite: the one write lock every domain shares)
         self.redeliver_after = redeliver_after
         self._published: list[int] = []
+        self.relayed = bus.crosses_processes  # the bus's relay publishes and deletes the rows
 
     async def record(self, conn: AsyncConnection, events: Sequence[Event]) -> list[int]:
         """Insert the events inside the caller's transaction (and delete those already published)."""
@@ -62,10 +66,11 @@ class EventOutbox:
         """After the commit: publish on the bus and wait for the handlers (rare events, off the ingest path)."""
         for outbox_id, (topic, payload) in zip(ids, events, strict=True):
             await self.bus.publish(topic, payload)
-            self._published.append(outbox_id)
+            if not self.relayed:
+                self._published.append(outbox_id)
 
-    def _done(self, outbox_id: int) -> Callable[[], None]:
-        return lambda: self._published.append(outbox_id)
+    def _done(self, outbox_id: int) -> Callable[[], None] | None:
+        return None if self.relayed else lambda: self._published.append(outbox_id)
 
     async def forget_published(self, conn: AsyncConnection) -> None:
         if self._published:
@@ -74,6 +79,8 @@ class EventOutbox:
 
     async def recover(self) -> int:
         """Publish and delete events left behind by a process that died; returns how many."""
+        if self.relayed:
+            return 0
         cutoff = clock.now() - timedelta(seconds=self.redeliver_after)
         stmt = (select(event_outbox.c.id, event_outbox.c.topic, event_outbox.c.payload)
                 .where(event_outbox.c.tenant == self.tenant, event_outbox.c.created_at < cutoff)

@@ -74,6 +74,7 @@ TOPIC_ONLINE = "iot.device.online"
 TOPIC_OFFLINE = "iot.device.offline"
 TOPIC_QUALITY = "iot.data.quality"
 TOPIC_CREDENTIALS = "iot.device.credentials"  # a token rotated or revoked, or the device deleted
+TOPIC_PROVISIONED = "iot.device.provisioned"  # devices registered (with their first tokens)
 BATTERY_ALARM_PERCENT = 20.0
 FIRMWARE_KEYS = ("fw_version", "firmwareVersion", "firmware")
 KINDS = ("telemetry", "attributes", "gateway/connect", "gateway/disconnect", "gateway/telemetry",
@@ -93,6 +94,9 @@ class IotSettings:
     # rewriting it on every report doubled the entity writes of ingestion. The registry's last_seen,
     # which health uses, is exact.
     reported_every_seconds: int = field(default_factory=lambda: env_int("CITYOS_IOT_REPORTED_SECONDS", 300))
+    # Devices may connect straight to NATS's MQTT listener: keep a bcrypt of each new token for its
+    # generated users (deploy/nats-mqtt.md). Off by default: a bcrypt costs ~1-10 ms per device.
+    nats_mqtt: bool = field(default_factory=lambda: env_int("CITYOS_NATS_MQTT", 0) == 1)
     # Device events still in the outbox after this long were left by a process that died: republished.
     event_redeliver_seconds: int = field(default_factory=lambda: env_int("CITYOS_IOT_EVENT_REDELIVER_SECONDS", 60))
 
@@ -265,6 +269,7 @@ class IotService:
         self.settings = settings or IotSettings()
         self.outbox = EventOutbox(engine, bus, self.events, tenant, hub.store.write,
                                   self.settings.event_redeliver_seconds)
+        bus.outboxed(TOPIC_ALARM, TOPIC_ONLINE, TOPIC_OFFLINE, TOPIC_QUALITY)  # they cross processes from the outbox
         self.profiles: dict[str, Profile] = load_profiles()
         self._postgres = engine.dialect.name == "postgresql"
         self._type_iri: dict[str, str] = {}
@@ -327,6 +332,7 @@ class IotService:
         if not valid:
             return result
         tokens: dict[str, str] = {}
+        nats_secrets: dict[str, str | None] = {}
 
         async def prepare(conn: AsyncConnection) -> list[ObservedEntity]:
             result.created.clear()
@@ -341,10 +347,13 @@ class IotService:
                                           "error": AlreadyExists(f"device {spec.name!r} already exists").to_problem()})
                     continue
                 token = tokens.setdefault(spec.name, new_token())
+                if spec.name not in nats_secrets:
+                    nats_secrets[spec.name] = self._nats_secret(token)
                 rows.append({"tenant": self.tenant, "id": device_id(spec.name), "name": spec.name,
                              "profile_id": spec.profile, "lon": spec.lon, "lat": spec.lat, "district": spec.district,
                              "department": spec.department, "status": "inactive", "firmware": spec.firmware,
-                             "token_hash": hash_token(token), "gateway": 1 if spec.gateway else 0,
+                             "token_hash": hash_token(token), "nats_secret": nats_secrets[spec.name],
+                             "gateway": 1 if spec.gateway else 0,
                              "gateway_name": spec.gatewayName, "quality": {}, "created_at": now,
                              "updated_at": now})
                 result.created.append({"row": row_no, "id": device_id(spec.name), "name": spec.name, "token": token})
@@ -357,6 +366,9 @@ class IotService:
             return items
 
         await upsert_observations(self.hub, self.tenant, prepare=prepare)
+        if result.created:
+            await self.bus.publish(TOPIC_PROVISIONED, {"tenant": self.tenant,
+                                                       "devices": [row["name"] for row in result.created]})
         for error in result.errors:
             error.pop("_db", None)
         result.errors.sort(key=lambda e: e["row"])
@@ -461,16 +473,23 @@ class IotService:
     async def rotate_token(self, ident: str) -> str:
         device = await self.get_device(ident)
         token = new_token()
-        await self._set_token(device, hash_token(token))
+        await self._set_token(device, hash_token(token), self._nats_secret(token))
         return token
 
     async def revoke_token(self, ident: str) -> None:
-        await self._set_token(await self.get_device(ident), None)
+        await self._set_token(await self.get_device(ident), None, None)
 
-    async def _set_token(self, device: Device, token_hash: str | None) -> None:
+    def _nats_secret(self, token: str) -> str | None:
+        if not self.settings.nats_mqtt:
+            return None
+        from cityos.iot.nats_mqtt import nats_password_hash
+
+        return nats_password_hash(token)
+
+    async def _set_token(self, device: Device, token_hash: str | None, nats_secret: str | None) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(update(devices).where(devices.c.tenant == self.tenant, devices.c.id == device.id)
-                               .values(token_hash=token_hash, updated_at=clock.now()))
+                               .values(token_hash=token_hash, nats_secret=nats_secret, updated_at=clock.now()))
         await self._credentials_changed(device)
 
     async def _credentials_changed(self, device: Device) -> None:
@@ -929,14 +948,15 @@ class IotService:
         previous = prev.get("v")
         if _num(previous):
             threshold = spec.spike_threshold
-            if threshold is not None and abs(value - previous) > threshold:
+            # A setpoint jumps when commanded (a lamp from off to full at dusk): not a spike either.
+            if threshold is not None and not spec.setpoint and abs(value - previous) > threshold:
                 state.events.append((TOPIC_QUALITY, {**self._event(d), "kind": "spike", "key": spec.key,
                                                      "attr": spec.attr, "value": value, "previous": previous,
                                                      "observedAt": clock.iso(ts)}))
         # A repeated floor or ceiling value (no smoke, an empty road at night, a lamp at full power,
         # saturated humidity in rain) is the world, not a stuck sensor: only values strictly inside
         # the range count towards "frozen".
-        if previous == value and value != 0 and value != spec.min and value != spec.max:
+        if previous == value and value != 0 and value != spec.min and value != spec.max and not spec.setpoint:
             count = int(prev.get("n", 1)) + 1
             flagged = bool(prev.get("f"))
             if count >= profile.frozen_intervals and not flagged:

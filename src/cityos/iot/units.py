@@ -88,6 +88,7 @@ UNITS: dict[str, Unit] = {u.code: u for u in (
     Unit("NTU", "nephelometric turbidity unit", "turbidity", 1.0),
     Unit("5K", "counts per minute", "rate", 1.0),
     Unit("E27", "vehicles per hour", "rate", 1.0),
+    Unit("DD", "degree (angle)", "angle", 1.0),
 )}
 
 

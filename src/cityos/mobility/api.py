@@ -5,15 +5,19 @@
                                              the feed has errors; 413 past the body limit
     GET  /api/mobility/feeds                 the tenant's feeds (mobility.read, public)
     GET  /api/mobility/feeds/{feedId}        one feed; 404 unknown
+    GET  /api/mobility/feeds/{feedId}/stops?limit=&offset=   the feed's stops by id (404 unknown feed)
     GET  /api/mobility/stops?near=lat,lon&radius=&limit=&feedId=   stops by distance
     POST /api/mobility/bikeshare/systems      {"systemId", "url": gbfs.json} (mobility.manage) → 201 after the
                                              feeds were read; 400 bad URL, 409 known id, 502 unreadable feed
     GET  /api/mobility/bikeshare/systems[/{systemId}]
     POST /api/mobility/bikeshare/systems/{systemId}/refresh        (mobility.manage)
     GET  /api/mobility/bikeshare/stations?near=lat,lon&radius=&limit=   stations with bikes and docks
-    GET  /api/mobility/gtfs-rt/{feedId}/trip-updates   GTFS-Realtime TripUpdates, protobuf
-                                             (Accept: application/x-protobuf or ?format=pb) or JSON (default);
-                                             schedule-only (no predictions yet)
+    GET  /api/mobility/gtfs-rt/{feedId}/trip-updates   GTFS-Realtime TripUpdates with arrival predictions,
+                                             protobuf (Accept: application/x-protobuf or ?format=pb) or JSON
+    GET  /api/mobility/gtfs-rt/{feedId}/vehicle-positions   GTFS-Realtime VehiclePositions (occupancy), same
+    GET  /api/mobility/realtime/{feedId}/status         reports accepted and refused (by reason)
+    GET  /api/mobility/realtime/{feedId}/arrivals?stopId=&limit=   next departures at a stop, predicted
+    GET  /api/mobility/realtime/{feedId}/lines          on-time share, delay, vehicles and crowding per line
     GET  /api/mobility/plan?fromPlace=lat,lon&toPlace=lat,lon&date=&time=&arriveBy=&maxTransfers=&mode(s)=&feedId=
                                              OpenTripPlanner-style plan (see planner.py)
 """
@@ -24,6 +28,7 @@ import datetime as dt
 import os
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
@@ -31,7 +36,9 @@ from google.protobuf import json_format
 
 from cityos.core.errors import BadRequestData
 from cityos.core.responses import json_response, read_body, read_json_object
+from cityos.hub.service import ENTITY_CHANGED
 from cityos.mobility.bikes import BikePoller, BikeService
+from cityos.mobility.live import LiveService
 from cityos.mobility.planner import MAX_TRANSFERS, parse_modes, parse_place
 from cityos.mobility.planner import Query as PlanQuery
 from cityos.mobility.service import MobilityService, validate_feed_id
@@ -71,6 +78,14 @@ async def list_feeds(request: Request, principal: Principal | None = Depends(req
 async def get_feed(request: Request, feed_id: str,
                    principal: Principal | None = Depends(require("mobility.read"))) -> Response:
     return json_response(await mobility_of(request).feed(principal, request_tenant(request, principal), feed_id[:64]))
+
+
+@router.get("/feeds/{feed_id}/stops")
+async def feed_stops(request: Request, feed_id: str, limit: int = Query(1000, ge=1, le=5000),
+                     offset: int = Query(0, ge=0, le=10_000_000),
+                     principal: Principal | None = Depends(require("mobility.read"))) -> Response:
+    return json_response(await mobility_of(request).feed_stops(principal, request_tenant(request, principal),
+                                                               feed_id[:64], limit, offset))
 
 
 @router.get("/stops")
@@ -139,14 +154,51 @@ async def plan(request: Request, from_place: str = Query(..., alias="fromPlace",
                                                          feed_id))
 
 
-@router.get("/gtfs-rt/{feed_id}/trip-updates")
-async def gtfs_rt_trip_updates(request: Request, feed_id: str, format: str | None = Query(None, pattern="^(pb|json)$"),
-                               principal: Principal | None = Depends(require("mobility.read"))) -> Response:
-    message = await mobility_of(request).trip_updates(principal, request_tenant(request, principal), feed_id[:64])
+def live_of(request: Request) -> LiveService:
+    service: LiveService = request.app.state.mobility_live
+    return service
+
+
+def _feed_message(request: Request, message: Any, format: str | None) -> Response:
     wants_pb = format == "pb" or (format is None and "application/x-protobuf" in request.headers.get("accept", ""))
     if wants_pb:
         return Response(message.SerializeToString(), media_type="application/x-protobuf")
     return json_response(json_format.MessageToDict(message))
+
+
+@router.get("/gtfs-rt/{feed_id}/trip-updates")
+async def gtfs_rt_trip_updates(request: Request, feed_id: str, format: str | None = Query(None, pattern="^(pb|json)$"),
+                               principal: Principal | None = Depends(require("mobility.read"))) -> Response:
+    message = await live_of(request).trip_updates(principal, request_tenant(request, principal), feed_id[:64])
+    return _feed_message(request, message, format)
+
+
+@router.get("/gtfs-rt/{feed_id}/vehicle-positions")
+async def gtfs_rt_vehicle_positions(request: Request, feed_id: str,
+                                    format: str | None = Query(None, pattern="^(pb|json)$"),
+                                    principal: Principal | None = Depends(require("mobility.read"))) -> Response:
+    message = await live_of(request).vehicle_positions(principal, request_tenant(request, principal), feed_id[:64])
+    return _feed_message(request, message, format)
+
+
+@router.get("/realtime/{feed_id}/status")
+async def realtime_status(request: Request, feed_id: str,
+                          principal: Principal | None = Depends(require("mobility.read"))) -> Response:
+    return json_response(await live_of(request).status(principal, request_tenant(request, principal), feed_id[:64]))
+
+
+@router.get("/realtime/{feed_id}/arrivals")
+async def realtime_arrivals(request: Request, feed_id: str, stop_id: str = Query(..., alias="stopId", max_length=256),
+                            limit: int = Query(20, ge=1, le=100),
+                            principal: Principal | None = Depends(require("mobility.read"))) -> Response:
+    return json_response(await live_of(request).arrivals(principal, request_tenant(request, principal), feed_id[:64],
+                                                         stop_id, limit))
+
+
+@router.get("/realtime/{feed_id}/lines")
+async def realtime_lines(request: Request, feed_id: str,
+                         principal: Principal | None = Depends(require("mobility.read"))) -> Response:
+    return json_response(await live_of(request).lines(principal, request_tenant(request, principal), feed_id[:64]))
 
 
 def bikes_of(request: Request) -> BikeService:
@@ -203,8 +255,15 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
                                   write_lock=lock, outbound=app.state.outbound)
     poller = BikePoller(app.state.bikes)
     poller.start()
+    live = app.state.mobility_live = LiveService(app.state.mobility, app.state.outbound,
+                                                 app.state.hub.resolver.core.expand)
+    app.state.mobility.live = live
+    live.start()
+    unsubscribe = app.state.bus.subscribe(ENTITY_CHANGED, live.on_entity_changed)
 
     async def stop() -> None:
+        unsubscribe()
+        await live.stop()
         await poller.stop()
 
     return stop

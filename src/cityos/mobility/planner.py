@@ -20,14 +20,14 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from cityos.core.errors import BadRequestData
 from cityos.mobility import raptor
-from cityos.mobility.timetable import BIG, DayTimetable, Timetable, haversine_m
+from cityos.mobility.timetable import BIG, DAY, DayTimetable, Timetable, haversine_m
 
 ARRIVE_BY_WINDOW = 4 * 3600
 BIKE_SPEED_MPS = 4.5
@@ -100,10 +100,21 @@ def _day_start(date: dt.date, zone: ZoneInfo) -> dt.datetime:
     return dt.datetime.combine(date, dt.time(12), zone) - dt.timedelta(hours=12)
 
 
+class Realtime(Protocol):
+    """What the planner asks the real-time side (cityos.mobility.live) for."""
+
+    def day(self, day: DayTimetable) -> DayTimetable:
+        """The day with predicted times for the trips that have a vehicle."""
+
+    def leg(self, trip_key: str, service_date: dt.date) -> dict[str, Any] | None:
+        """Vehicle and occupancy of a trip under way, or None."""
+
+
 class Planner:
-    def __init__(self, feed: dict[str, Any], timetable: Timetable) -> None:
+    def __init__(self, feed: dict[str, Any], timetable: Timetable, realtime: Realtime | None = None) -> None:
         self.feed = feed
         self.tt = timetable
+        self.realtime = realtime
         self.zone = ZoneInfo(timetable.timezone)
         served = np.flatnonzero(timetable.boardable)
         self.served = served
@@ -141,6 +152,9 @@ class Planner:
         egress = self._near(*query.destination)
         if transit and access and egress:
             day = self.tt.day(date)
+            scheduled = day
+            if self.realtime is not None:
+                day = self.realtime.day(day)
             allowed = self._allowed(day, query.modes)
             rounds = query.max_transfers + 1
             start: int | None = seconds
@@ -154,7 +168,8 @@ class Planner:
                     if vehicles == 0 or (query.arrive_by and arrival > seconds):
                         continue
                     legs = result.journey(vehicles, stop)
-                    itineraries.append(self._itinerary(query, date, legs, access_of, stop, egress_of[stop], day))
+                    itineraries.append(self._itinerary(query, date, legs, access_of, stop, egress_of[stop], day,
+                                                       scheduled))
         if "WALK" in query.modes:
             walk = self._walk_only(query, date, seconds)
             if walk is not None:
@@ -211,10 +226,12 @@ class Planner:
                 "from": a, "to": b, "intermediateStops": [],
                 "legGeometry": {"type": "LineString", "coordinates": [[a["lon"], a["lat"]], [b["lon"], b["lat"]]]}}
 
-    def _transit_leg(self, date: dt.date, leg: raptor.Leg, day: DayTimetable) -> dict[str, Any]:
+    def _transit_leg(self, date: dt.date, leg: raptor.Leg, day: DayTimetable,
+                     scheduled: DayTimetable | None = None) -> dict[str, Any]:
         tt = self.tt
         dp = day.patterns[leg.pattern]
         trip = int(dp.trips[leg.row])
+        facts = self._realtime_facts(date, dp, leg, trip, scheduled)
         route = tt.route_info[int(tt.trip_route[trip])]
         positions = range(leg.board, leg.alight + 1)
         stops = [int(dp.stops[i]) for i in positions]
@@ -233,10 +250,31 @@ class Planner:
                 "from": self._place(leg.from_stop, date, departure=leg.start),
                 "to": self._place(leg.to_stop, date, arrival=leg.end), "intermediateStops": intermediate,
                 "legGeometry": {"type": "LineString",
-                                "coordinates": [[float(tt.lon[s]), float(tt.lat[s])] for s in stops]}}
+                                "coordinates": [[float(tt.lon[s]), float(tt.lat[s])] for s in stops]},
+                **facts}
+
+    def _realtime_facts(self, date: dt.date, dp: Any, leg: raptor.Leg, trip: int,
+                        scheduled: DayTimetable | None) -> dict[str, Any]:
+        """OTP's realTime, departureDelay and arrivalDelay, and the vehicle's occupancy, for a leg."""
+        if self.realtime is None or scheduled is None:
+            return {"realTime": False}
+        offset = int(dp.offsets[leg.row])
+        service_date = date - dt.timedelta(days=offset // DAY) if offset else date
+        facts = self.realtime.leg(self.tt.trip_ids[trip], service_date)
+        if facts is None:
+            return {"realTime": False}
+        for sp in scheduled.patterns:
+            if sp.source == dp.source:
+                rows = np.flatnonzero((sp.trips == trip) & (sp.offsets == offset))
+                if len(rows):
+                    row = int(rows[0])
+                    facts["departureDelay"] = int(leg.start - sp.dep[row, leg.board])
+                    facts["arrivalDelay"] = int(leg.end - sp.arr[row, leg.alight])
+                    break
+        return {"realTime": True, **facts}
 
     def _itinerary(self, query: Query, date: dt.date, legs: list[raptor.Leg], access: dict[int, int], last: int,
-                   egress: int, day: DayTimetable) -> dict[str, Any]:
+                   egress: int, day: DayTimetable, scheduled: DayTimetable | None = None) -> dict[str, Any]:
         origin = self._point("Origin", *query.origin)
         destination = self._point("Destination", *query.destination)
         out: list[dict[str, Any]] = []
@@ -252,7 +290,7 @@ class Planner:
         t = leave
         for leg in legs:
             if leg.mode == "TRANSIT":
-                out.append(self._transit_leg(date, leg, day))
+                out.append(self._transit_leg(date, leg, day, scheduled))
                 t = leg.end
             else:
                 duration = leg.end - leg.start

@@ -35,7 +35,6 @@ from cityos.hub.service import HubService
 from cityos.mobility import models
 from cityos.mobility.gtfs import DAYS, FeedTables, read_feed
 from cityos.mobility.planner import Planner, Query, covers
-from cityos.mobility.realtime import trip_updates
 from cityos.mobility.timetable import Timetable, WalkSettings, build_timetable, haversine_m
 from cityos.security.policy import Principal, Resource, authorize
 from cityos.security.service import Forbidden
@@ -85,6 +84,7 @@ class MobilityService:
         self._write_lock = write_lock or asyncio.Lock()
         self._timetables: dict[tuple[str, str], _Cached] = {}
         self._loading = asyncio.Lock()
+        self.live: Any = None   # cityos.mobility.live.LiveService, set by the app: plans use its predictions
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -133,7 +133,7 @@ class MobilityService:
                 for start in range(0, len(values), INSERT_BATCH):
                     batch = [{"tenant": tenant, "feed_id": feed_id, **v} for v in values[start:start + INSERT_BATCH]]
                     await conn.execute(insert(table), batch)
-        self._timetables.pop((tenant, feed_id), None)
+        self._timetables.pop((tenant, feed_id), None)   # and with it the real-time tracker of the old version
         await self._publish(tenant, feed_id, tables, old_stops, old_routes)
         return self._feed_view(summary)
 
@@ -235,6 +235,20 @@ class MobilityService:
         found.sort(key=lambda f: (f["distance"], f["feedId"], f["stopId"]))
         return found[:limit]
 
+    async def feed_stops(self, principal: Principal | None, tenant: str, feed_id: str, limit: int,
+                         offset: int) -> dict[str, Any]:
+        """The feed's stops and stations by id, a page at a time."""
+        await self.feed(principal, tenant, feed_id)
+        s = models.stops.c
+        async with self.engine.connect() as conn:
+            rows = [r._mapping for r in await conn.execute(
+                select(models.stops).where(s.tenant == tenant, s.feed_id == feed_id).order_by(s.stop_id)
+                .limit(limit).offset(offset))]
+        return {"feedId": feed_id, "offset": offset,
+                "items": [{"stopId": r["stop_id"], "name": r["name"], "lat": r["lat"], "lon": r["lon"],
+                           "locationType": r["location_type"], "parentStation": r["parent_station"] or None}
+                          for r in rows]}
+
     async def timetables(self, tenant: str, feed_id: str | None = None,
                          keep: Callable[[dict[str, Any]], bool] | None = None
                          ) -> list[tuple[dict[str, Any], Timetable]]:
@@ -279,8 +293,9 @@ class MobilityService:
             found: list[dict[str, Any]] = []
             refused: list[str] = []
             for feed, timetable in usable:
+                realtime = None if self.live is None else self.live.plan_view(tenant, feed, now.timestamp())
                 try:
-                    found.extend(Planner(feed, timetable).plan(query, now))
+                    found.extend(Planner(feed, timetable, realtime).plan(query, now))
                 except BadRequestData as exc:
                     refused.append(exc.detail)
             return found, refused
@@ -307,13 +322,6 @@ class MobilityService:
             **({"messages": ["no transit connection found; try another time or more transfers"]}
                if not itineraries else {}),
         }
-
-    async def trip_updates(self, principal: Principal | None, tenant: str, feed_id: str) -> Any:
-        """The feed's GTFS-Realtime TripUpdates (schedule-only, see realtime.py)."""
-        check_allowed(principal, "mobility.read", tenant)
-        [(_feed, timetable)] = await self.timetables(tenant, feed_id)
-        now = clock.now()
-        return await asyncio.to_thread(trip_updates, feed_id, timetable, now)
 
     async def _load_tables(self, tenant: str, feed: Any) -> FeedTables:
         feed_id = feed["feed_id"]

@@ -338,6 +338,10 @@ class DayTimetable:
                 out.append(DayPattern(source=source, stops=p.stops, board=board, alight=alight, arr=arr[group],
                                       dep=dep[group], trips=p.trips[rows[group]], offsets=offsets[group],
                                       repeats=len(np.unique(p.stops)) != len(p.stops)))
+        return cls.assemble(tt, date, out)
+
+    @classmethod
+    def assemble(cls, tt: Timetable, date: dt.date, out: list[DayPattern]) -> DayTimetable:
         n = len(tt.stop_ids)
         pairs = [(int(s), k) for k, dp in enumerate(out) for s in np.unique(dp.stops)]
         pairs.sort()
@@ -363,3 +367,34 @@ def _fifo_groups(arr: np.ndarray, dep: np.ndarray) -> list[np.ndarray]:
         else:
             groups.append([row])
     return [np.array(g, dtype=np.int64) for g in groups]
+
+
+def with_realtime(day: DayTimetable, times: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]) -> DayTimetable:
+    """`day` with the arrival and departure times of some trips replaced ({(day pattern, row): (arr, dep)},
+    seconds of the day), the changed patterns re-sorted and split again so no trip overtakes another."""
+    if not times:
+        return day
+    tt = day.timetable
+    changed = {p for p, _ in times}
+    out: list[DayPattern] = []
+    for k, dp in enumerate(day.patterns):
+        if k not in changed:
+            out.append(dp)
+            continue
+        arr, dep = dp.arr.copy(), dp.dep.copy()
+        for (p, row), (a, d) in times.items():
+            if p == k:
+                arr[row], dep[row] = a, d
+        order = np.lexsort((arr[:, -1], dep[:, 0]))
+        arr, dep = arr[order], dep[order]
+        trips, offsets = dp.trips[order], dp.offsets[order]
+        no_pickup = dp.board[0] == NEG
+        no_dropoff = dp.alight[0] == BIG
+        for group in _fifo_groups(arr, dep):
+            board = dep[group].copy()
+            board[:, no_pickup] = NEG
+            alight = arr[group].copy()
+            alight[:, no_dropoff] = BIG
+            out.append(DayPattern(source=dp.source, stops=dp.stops, board=board, alight=alight, arr=arr[group],
+                                  dep=dep[group], trips=trips[group], offsets=offsets[group], repeats=dp.repeats))
+    return DayTimetable.assemble(tt, day.date, out)

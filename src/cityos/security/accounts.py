@@ -167,6 +167,33 @@ class AccountService:
                                      actor_kind="user", role=user["role"], tenant=user["tenant"], ip=ip))
 
 
+    # ------------------------------------------------------------------ password reset
+
+    async def reset_password(self, user_id: str, password: str, proof: str) -> str:
+        """Set a citizen's or company's new password after `proof` (e.g. a phone code) was checked by the caller.
+
+        Staff reset through their administrators (an enrolment code), never here. The account's
+        sessions end and its counted failures and lock are cleared. Returns the user name.
+        """
+        async with self.sec.engine.connect() as conn:
+            row = (await conn.execute(select(users).where(users.c.id == user_id[:64]))).mappings().first()
+        if row is None:
+            raise ResourceNotFound("no such account")
+        if row["role"] in STAFF_ROLES:
+            raise Forbidden("staff passwords are reset by an administrator")
+        if row["disabled"] or row["disabled_at"] is not None:
+            raise Forbidden("the account is disabled")
+        self.sec.check_password(password, row["username"], row["display_name"])
+        digest = await self.sec.hash_password(password)
+        async with self.sec.write() as conn:
+            await conn.execute(update(users).where(users.c.id == row["id"]).values(
+                password_hash=digest, failed_logins=0, locked_until=None))
+        await self.sec.revoke_user_sessions(row["id"])
+        await self.sec.record(AuditEvent("user.password_reset", f"user:{row['username']}", "success",
+                                         actor=row["username"], actor_kind="user", role=row["role"],
+                                         tenant=row["tenant"], detail={"proof": proof[:64]}))
+        return str(row["username"])
+
     # ------------------------------------------------------------------ disable / enable
 
     async def disable(self, username: str, by: Principal | None = None, reason: str = "") -> dict[str, Any]:

@@ -279,6 +279,38 @@ def _str(doc: dict[str, Any], key: str, required: bool = True, limit: int = 256)
     return value
 
 
+def _body(media: str, required: list[str], fields: dict[str, str]) -> dict[str, Any]:
+    """`openapi_extra` describing a request body these routes read by hand (form fields or JSON members)."""
+    properties = {name: {"type": "boolean" if text.startswith("bool:") else "string",
+                         "description": text.removeprefix("bool:")} for name, text in fields.items()}
+    return {"requestBody": {"required": True, "content": {media: {"schema": {
+        "type": "object", "required": required, "properties": properties}}}}}
+
+
+FORM = "application/x-www-form-urlencoded"
+TOKEN_BODY = _body(FORM, ["grant_type"], {
+    "grant_type": f"password | client_credentials | refresh_token | {JWT_BEARER}",
+    "username": "password grant", "password": "password grant",
+    "totp": "password / jwt-bearer grant: TOTP code (staff)",
+    "device_token": "password grant: this browser's known-device token (optional)",
+    "client_id": "client_credentials (or HTTP Basic)", "client_secret": "client_credentials (or HTTP Basic)",
+    "refresh_token": "refresh_token grant (rotated on use)",
+    "assertion": "jwt-bearer grant: a token of the trusted issuer"})
+REVOKE_BODY = _body(FORM, ["token"], {"token": "a refresh token (its session ends) or an access token"})
+ENROLL_BODY = _body(FORM, ["username", "password"], {
+    "username": "the account", "password": "its password (the first one when it has none yet)",
+    "enrolment_code": "the one-time code an administrator issued (staff)"})
+CONFIRM_BODY = _body(FORM, ["username", "password", "totp"], {
+    "username": "the account", "password": "its password", "totp": "a code from the authenticator app"})
+USER_BODY = _body("application/json", ["username", "password", "role"], {
+    "username": "1-128 letters, digits or ._-@", "password": "checked for strength",
+    "role": "citizen | enterprise | official | operator | dept_admin | auditor | sys_admin",
+    "department": "department id (officials)", "display_name": "shown name", "phone": "field-encrypted",
+    "id_number": "field-encrypted", "totp": "bool:enrol TOTP now (the answer has otpauth_uri)"})
+CLIENT_BODY = _body("application/json", ["client_id", "role"], {
+    "client_id": "1-128 letters, digits or ._-", "role": "a non-administrator role, e.g. operator",
+    "department": "department id (optional)"})
+
 async def _rate_limited(request: Request) -> None:
     state = security_of(request)
     await state.service.rate_limit(f"{request.url.path}:{client_ip(request)}", state.settings.auth_rate_per_minute)
@@ -307,7 +339,7 @@ async def openid_configuration(request: Request) -> Response:
         "claims_supported": ["sub", "usr", "role", "tnt", "dep", "deps", "dis", "sid", "mfa"]})
 
 
-@router.post("/auth/token", dependencies=[Depends(_rate_limited)])
+@router.post("/auth/token", dependencies=[Depends(_rate_limited)], openapi_extra=TOKEN_BODY)
 async def token(request: Request) -> Response:
     service = security_of(request).service
     form = await _form(request)
@@ -346,7 +378,7 @@ async def token(request: Request) -> Response:
                                                f"or {JWT_BEARER}")
 
 
-@router.post("/auth/revoke", dependencies=[Depends(_rate_limited)])
+@router.post("/auth/revoke", dependencies=[Depends(_rate_limited)], openapi_extra=REVOKE_BODY)
 async def revoke(request: Request) -> Response:
     form = await _form(request)
     (value,) = _need(form, "token")
@@ -354,7 +386,7 @@ async def revoke(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/auth/totp/enroll", dependencies=[Depends(_rate_limited)])
+@router.post("/auth/totp/enroll", dependencies=[Depends(_rate_limited)], openapi_extra=ENROLL_BODY)
 async def totp_enroll(request: Request) -> Response:
     form = await _form(request)
     username, password = _need(form, "username", "password")
@@ -364,7 +396,7 @@ async def totp_enroll(request: Request) -> Response:
                       "next": "POST /auth/totp/confirm with username, password and totp"})
 
 
-@router.post("/auth/totp/confirm", dependencies=[Depends(_rate_limited)])
+@router.post("/auth/totp/confirm", dependencies=[Depends(_rate_limited)], openapi_extra=CONFIRM_BODY)
 async def totp_confirm(request: Request) -> Response:
     form = await _form(request)
     username, password, code = _need(form, "username", "password", "totp")
@@ -391,7 +423,7 @@ async def list_users(request: Request, principal: Principal | None = Depends(req
     return json_response(rows)
 
 
-@router.post("/auth/users", status_code=201)
+@router.post("/auth/users", status_code=201, openapi_extra=USER_BODY)
 async def create_user(request: Request, principal: Principal | None = Depends(require("user.manage"))) -> Response:
     assert principal is not None
     doc = await read_json_object(request)
@@ -471,7 +503,7 @@ async def list_clients(request: Request, principal: Principal | None = Depends(r
     return json_response(await security_of(request).accounts.list_clients(request_tenant(request, principal)))
 
 
-@router.post("/auth/clients", status_code=201)
+@router.post("/auth/clients", status_code=201, openapi_extra=CLIENT_BODY)
 async def create_client(request: Request, principal: Principal | None = Depends(require("client.manage"))) -> Response:
     doc = await read_json_object(request)
     tenant = request_tenant(request, principal)
@@ -559,7 +591,7 @@ def _audit_query(request: Request, principal: Principal) -> AuditQuery:
         raw = params.get(name)
         if raw is None:
             return default
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        if not raw.isdecimal() or not low <= int(raw) <= high:
             raise BadRequestData(f"{name} must be an integer in {low}..{high}")
         return int(raw)
 

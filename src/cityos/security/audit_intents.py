@@ -62,13 +62,23 @@ def announce(event: AuditEvent) -> Iterator[Intent]:
         _PENDING.reset(token)
 
 
-async def write_pending(conn: AsyncConnection) -> None:
-    """Called inside a write transaction just before it commits: persist the announced record once."""
+def pending() -> tuple[Intent, dict[str, Any]] | None:
+    """The announced intent not yet written in this transaction, with the event to store; None if none.
+    A writer that stores it itself (the hub's one-statement update) records the row id on the intent."""
     intent = _PENDING.get()
     if intent is None or intent.row_ids:
-        return
+        return None
     event = asdict(intent.event)
     event.pop("at", None)
+    return intent, event
+
+
+async def write_pending(conn: AsyncConnection) -> None:
+    """Called inside a write transaction just before it commits: persist the announced record once."""
+    found = pending()
+    if found is None:
+        return
+    intent, event = found
     row = await conn.execute(insert(audit_intents).values(created_at=clock.now(), event=event)
                              .returning(audit_intents.c.id))
     intent.row_ids.append(int(row.scalar_one()))
@@ -82,19 +92,41 @@ class AuditIntents:
         self.grace = timedelta(seconds=env_int("CITYOS_AUDIT_INTENT_GRACE_SECONDS", 60))
         self._steps = StepGuard("audit intents")
         self._task: asyncio.Task[None] | None = None
+        # Group settling: the intents settled while a delete transaction runs go together in the next one
+        # (one transaction, one commit for many concurrent writes instead of one each).
+        self._batch: tuple[list[int], asyncio.Future[None]] | None = None
+        self._flushing = asyncio.Lock()
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def _delete(self, ids: list[int]) -> None:
         async with write_transaction(self.engine, self._lock) as conn:
             await conn.execute(delete(audit_intents).where(audit_intents.c.id.in_(ids)))
 
     async def settle(self, intent: Intent | None) -> None:
-        """The record is chained: the intent is no longer needed (a failure here only costs a later check)."""
+        """The record is chained: the intent is no longer needed (a failure here only costs a later check).
+        Returns once its row is deleted, in a transaction shared with the other intents settled meanwhile."""
         if intent is None or not intent.row_ids:
             return
-        try:
-            await self._delete(intent.row_ids)
-        except Exception:
-            log.warning("could not settle audit intents %s; recovery will", intent.row_ids, exc_info=True)
+        if self._batch is None:
+            self._batch = ([], asyncio.get_running_loop().create_future())
+            task = asyncio.create_task(self._flush(), name="audit-intents-settle")
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+        ids, done = self._batch
+        ids.extend(intent.row_ids)
+        await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        async with self._flushing:  # one delete at a time: the next batch fills up meanwhile
+            assert self._batch is not None
+            ids, done = self._batch
+            self._batch = None
+            try:
+                await self._delete(ids)
+            except Exception:
+                log.warning("could not settle audit intents %s; recovery will", ids, exc_info=True)
+            finally:
+                done.set_result(None)
 
     async def recover(self) -> int:
         """Chain the records of intents older than the grace period that never were; returns how many."""
@@ -132,6 +164,8 @@ class AuditIntents:
         self._task = asyncio.create_task(loop(), name="audit-intents")
 
     async def stop(self) -> None:
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
         await self._steps.stop([self._task])
 
 

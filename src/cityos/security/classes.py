@@ -26,6 +26,7 @@ notification outbox's transaction).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -99,6 +100,7 @@ class ClassRegistry:
         self.expand = expand
         self._global: dict[str, TypeClasses] = {}
         self._tenants: dict[str, _Tenant] = {}
+        self._refresh_locks: dict[str, asyncio.Lock] = {}
         self._resolved: dict[tuple[str, tuple[str, ...]], TypeClasses] = {}
         self._clear_cache: dict[tuple[str, frozenset[str]], bool] = {}
         # Per-caller derived views (cityos.hub.access: which types a caller may see at all), cleared with
@@ -154,6 +156,10 @@ class ClassRegistry:
         self.view_cache.clear()
 
     # ------------------------------------------------------------------ per-tenant declarations (hub)
+
+    def refresh_lock(self, tenant: str) -> asyncio.Lock:
+        """Held while `tenant`'s declarations are re-read (`hub.access.refresh_classes`)."""
+        return self._refresh_locks.setdefault(tenant, asyncio.Lock())
 
     def needs_refresh(self, tenant: str) -> bool:
         found = self._tenants.get(tenant)

@@ -152,9 +152,15 @@ def user_approve(approval: str = typer.Argument(..., help="id of a pending role 
 
 @client_app.command("add")
 def client_add(client_id: str, role: str = typer.Option("operator"), tenant: str = typer.Option(""),
-               department: str | None = typer.Option(None)) -> None:
+               department: str | None = typer.Option(None),
+               secret_only: bool = typer.Option(False, "--secret-only",
+                                                help="print only the secret (for SECRET=$(cityos client add …))")
+               ) -> None:
     """Create an OAuth client; prints its secret once."""
     secret = _accounts(lambda a: a.create_client(client_id, role, tenant=tenant, department=department, by=CLI))
+    if secret_only:
+        print(secret)
+        return
     console.print(f"[green]client {client_id} created[/green]; secret (shown once): {secret}")
 
 

@@ -49,8 +49,10 @@ from cityos.security.policy import (
     TOTP_ROLES,
     USER_ROLES,
     Principal,
+    Resource,
     Role,
     appointment_approval,
+    authorize,
     may_manage_user,
 )
 from cityos.security.settings import SecuritySettings
@@ -84,6 +86,13 @@ class Unauthorized(ProblemError):
 
     def __init__(self, detail: str = "this operation needs a bearer token") -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="cityos"'})
+
+
+def require_allowed(principal: Principal | None, action: str, resource: Resource) -> None:
+    """`authorize` for a domain service: 401 for an anonymous caller, 403 for a signed-in one."""
+    decision = authorize(principal, action, resource)
+    if not decision:
+        raise Unauthorized() if principal is None else Forbidden(f"{action}: {decision.reason}")
 
 
 class ServiceUnavailable(ProblemError):
@@ -158,6 +167,9 @@ class SecurityService(LoginDefence):
         self._revoked: set[str] = set()
         self._verified: dict[str, tuple[Principal, float]] = {}
         self._revoked_loaded = -1e18
+        # One reload of the revocation list at a time: concurrent requests that find it stale wait for
+        # the reload in flight instead of each opening a connection (connection churn under load).
+        self._revoked_reload = asyncio.Lock()
         # Called with the tenant's name when a two-person approved tenant deletion executes.
         self.tenant_deletion_hooks: list[Callable[[str], Awaitable[None]]] = []
 
@@ -433,7 +445,7 @@ class SecurityService(LoginDefence):
 
     def check_totp(self, user: dict[str, Any], code: str) -> int | None:
         """The time step `code` matches (±1 step), or None. A step used before does not match again."""
-        if not user.get("totp_secret") or not code or not code.isdigit() or len(code) > 10:
+        if not user.get("totp_secret") or not code or not code.isdecimal() or len(code) > 10:
             return None
         totp = pyotp.TOTP(self.keyring.decrypt(user["totp_secret"]))
         now = clock.now()
@@ -677,12 +689,20 @@ class SecurityService(LoginDefence):
             async with self.engine.connect() as conn:
                 found = (await conn.execute(select(revocations.c.sid).where(revocations.c.sid == sid))).first()
                 return found is not None
-        if time.monotonic() - self._revoked_loaded > self.settings.revocation_cache_seconds:
-            async with self.engine.connect() as conn:
-                rows = await conn.execute(select(revocations.c.sid).where(revocations.c.expires_at > clock.now()))
-                self._revoked = {r[0] for r in rows}
-            self._revoked_loaded = time.monotonic()
+        if self._revocations_stale():
+            async with self._revoked_reload:
+                if self._revocations_stale():  # not reloaded by the request we waited for
+                    started = time.monotonic()
+                    async with self.engine.connect() as conn:
+                        rows = await conn.execute(
+                            select(revocations.c.sid).where(revocations.c.expires_at > clock.now()))
+                        self._revoked = {r[0] for r in rows}
+                    # As of when the read began: a revocation committed during it is seen by the next reload.
+                    self._revoked_loaded = started
         return sid in self._revoked
+
+    def _revocations_stale(self) -> bool:
+        return time.monotonic() - self._revoked_loaded > self.settings.revocation_cache_seconds
 
     # ------------------------------------------------------------------ bearer authentication
 

@@ -39,6 +39,7 @@ from cityos.security.api import client_ip, enforce, request_tenant, require
 from cityos.security.audit import AuditEvent
 from cityos.security.policy import Principal, Resource
 from cityos.security.service import Unauthorized
+from cityos.services.prefill import PrefilledApplications
 from cityos.services.scheduled import start_sweeper
 from cityos.services.service import Check, ServiceDesk
 
@@ -154,7 +155,7 @@ async def upload(request: Request, principal: Principal | None = Depends(require
     desk = desk_of(request)
     limit = desk.settings.max_upload_bytes
     length = request.headers.get("Content-Length")
-    if length and length.isdigit() and int(length) > limit + 64 * 1024:
+    if length and length.isdecimal() and int(length) > limit + 64 * 1024:
         raise BadRequestData(f"the upload is larger than {limit} bytes", errors=[
             {"field": "file", "message": f"larger than {limit} bytes"}])
     if not request.headers.get("Content-Type", "").lower().startswith("multipart/form-data"):
@@ -304,8 +305,10 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     except Exception:
         log.exception("audit reconciliation of submissions failed; the service starts anyway")
     stop_sweeper = start_sweeper(desk)
+    unsubscribe = PrefilledApplications(desk, app.state.bus).subscribe()
 
     async def stop() -> None:
+        unsubscribe()
         await stop_sweeper()
 
     return stop

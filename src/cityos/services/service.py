@@ -460,9 +460,10 @@ class ServiceDesk:
         return out, errors + material_errors
 
     def _new_row(self, svc: Service, principal: Principal, tenant: str, form: dict[str, Any],
-                 materials: list[dict[str, Any]], channel: str, now: datetime, bundle_id: str | None) -> dict[str, Any]:
+                 materials: list[dict[str, Any]], channel: str, now: datetime, bundle_id: str | None,
+                 app_id: str | None = None) -> dict[str, Any]:
         limit = svc.definition.time_limit_days
-        app_id = uuid.uuid4().hex
+        app_id = app_id or uuid.uuid4().hex
         local = now.astimezone(self.calendar.tz)
         return {
             "id": app_id, "tenant": tenant, "receipt": f"YW{local:%Y%m%d}{secrets.randbelow(10**10):010d}",
@@ -522,9 +523,10 @@ class ServiceDesk:
         return notices
 
     async def _start(self, svc: Service, principal: Principal, tenant: str, form: dict[str, Any],
-                     materials: list[dict[str, Any]], channel: str, bundle_id: str | None) -> dict[str, Any]:
+                     materials: list[dict[str, Any]], channel: str, bundle_id: str | None,
+                     app_id: str | None = None) -> dict[str, Any]:
         now = clock.now()
-        row = self._new_row(svc, principal, tenant, form, materials, channel, now, bundle_id)
+        row = self._new_row(svc, principal, tenant, form, materials, channel, now, bundle_id, app_id)
         data = {"form": form, "deadline_at": row["due_at"].isoformat(), "application_id": row["id"],
                 "service_code": svc.code}
         wf = self.workflow.start(svc.spec, data)

@@ -9,6 +9,7 @@ for pollution episodes to spread along.
 
 from __future__ import annotations
 
+import os
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -99,6 +100,14 @@ class City:
                     hops[nxt] = hops[current] + 1
                     queue.append(nxt)
         return hops
+
+
+def shown_city_seed() -> int:
+    """The seed of the city the platform shows (base map, road grid): CITYOS_MAP_SEED, else 42."""
+    try:
+        return int(os.environ.get("CITYOS_MAP_SEED", "42"))
+    except ValueError:
+        return 42
 
 
 def build_city(seed: int = 42, districts: int = 10, bbox: tuple[float, float, float, float] = DEFAULT_BBOX) -> City:

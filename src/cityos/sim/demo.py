@@ -45,6 +45,7 @@ from cityos.core.errors import AlreadyExists
 from cityos.core.tasks import finish_within
 from cityos.ops.rules.api import install_default_rules
 from cityos.sim.platform import EmbeddedBroker, PlatformClient, PlatformStats, embedded_ingest_worker, free_port
+from cityos.sim.residents import run as simulated_residents
 from cityos.sim.runner import MqttTransport, Runner, SimOptions, Simulation
 
 log = logging.getLogger("cityos.sim")
@@ -362,6 +363,7 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
     coap_port = int(os.environ.setdefault("CITYOS_COAP_PORT", str(free_port(5683, demo_options.host, udp=True))))
     os.environ.setdefault("CITYOS_COAP_HOST", demo_options.host)
     os.environ.setdefault("CITYOS_WEB", "1")  # the cockpit and portal
+    os.environ.setdefault("CITYOS_MAP_SEED", str(options.seed))  # the base map shows the simulated city
     # The simulated noise stations stand along roads: GB 3096-2008 zone 4a (traffic-side) limits.
     os.environ.setdefault("CITYOS_ENV_NOISE_ZONE", "4a")
     settings = Settings()
@@ -390,6 +392,12 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
                               f"  CoAP devices   coap://{demo_options.host}:{coap_port}/api/v1/{{token}}/telemetry\n"
                               f"  cockpit        {api}/cockpit\n"
                               "  Ctrl-C stops everything.")
+                residents_done = asyncio.Event()
+                residents = asyncio.create_task(simulated_residents(app, options.seed, residents_done),
+                                                name="simulated residents")
+                population = asyncio.create_task(_load_population(console, app), name="demo-population")
+                buses = asyncio.create_task(_simulated_buses(app, options.seed), name="simulated buses")
+                roads = asyncio.create_task(_simulated_roads(app, options.seed), name="simulated road speeds")
                 counter = _IngestCounter()
                 worker = embedded_ingest_worker(app.state.iot, mqtt_url)
                 worker.stats.on_commit.append(counter.on_commit)
@@ -401,6 +409,17 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
                                              committed=lambda: counter.messages, max_backlog=demo_options.max_backlog,
                                              duration=demo_options.duration)
                 finally:
+                    residents_done.set()
+                    await _within(5, "the simulated residents", residents)
+                    population.cancel()  # a batch in flight rolls back
+                    buses.cancel()
+                    roads.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await buses
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await roads
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await population
                     # Before the app's lifespan ends: the worker commits through the app's engine.
                     await _within(5, "the ingest worker", worker.stop())
                     # uvicorn waits for open keep-alive connections before it stops: close ours first.
@@ -418,6 +437,142 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
     size = database_size(settings.database_url)
     console.print(f"CityOS demo stopped{f' (database {size})' if size else ''}")
     return 0
+
+
+async def _simulated_buses(app: Any, seed: int) -> None:
+    """智慧出行: the city's buses running late and crowded as the bus model says (cityos.sim.buses), their
+    on-board reports fed to the real-time tracker: predictions, occupancy, /transit and /cockpit/transit."""
+    from cityos.sim.buses import run_live
+
+    try:
+        await run_live(app.state.mobility_live, "", "city", seed)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("simulated buses stopped")
+
+
+async def _load_population(console: Console, app: Any) -> None:
+    """一网协同: the synthetic residents and companies (CITYOS_DEMO_RESIDENTS, default 100,000; 5,000
+    companies), loaded after a pause so the devices start first, then swept once (decisions, payouts);
+    then their life events over time and the demo resident's falls, until the demo stops (cancelled)."""
+    count = int(os.environ.get("CITYOS_DEMO_RESIDENTS", "100000"))
+    await asyncio.sleep(float(os.environ.get("CITYOS_DEMO_POPULATION_DELAY", "15")))
+    stops = [_falls(console, app)]
+    try:
+        if count > 0:
+            population = await _load_residents(console, app, count)
+            stops.append(_life_events(console, app, population))
+        await asyncio.Event().wait()  # the demo's shutdown cancels this task
+    finally:
+        for stop in stops:
+            await stop()
+
+
+async def _load_residents(console: Console, app: Any, count: int) -> Any:
+    from cityos.livelihood.proactive.bulk import load_population
+    from cityos.sim.population import companies, residents
+
+    began = time.monotonic()
+    today = clock.now().date()
+    population = residents(count, today)
+    async with app.state.livelihood.engine.connect() as conn:
+        from sqlalchemy import func, select
+
+        from cityos.livelihood import models as lm
+
+        loaded = (await conn.execute(select(func.count()).select_from(lm.subjects).where(
+            lm.subjects.c.tenant == "", lm.subjects.c.id == "R0"))).scalar_one()
+    if loaded:  # a restarted demo keeps its population (and its decisions and payouts)
+        console.print(f"  livelihood     {count} residents already loaded (/livelihood/uptake)")
+        return population
+    people = await load_population(app.state.livelihood, "", population, "R")
+    firms_count = int(os.environ.get("CITYOS_DEMO_COMPANIES", str(max(5000, count // 20))))
+    firms = await load_population(app.state.livelihood, "", companies(firms_count, today), "C")
+    console.print(f"  livelihood     {people['subjects']} residents, {firms['subjects']} companies in "
+                  f"{time.monotonic() - began:.0f} s: {people['decisions'] + firms['decisions']} eligibility "
+                  f"decisions, {people['payouts'] + firms['payouts']} 免申即享 payouts (/livelihood/uptake)")
+    posted = await _seed_financing(app, [f"C{i}" for i in range(firms["subjects"])])
+    console.print(f"  financing      {posted[0]} loan products, {posted[1]} companies' needs (/livelihood/financing)")
+    return population
+
+
+def _life_events(console: Console, app: Any, population: Any) -> Callable[[], Awaitable[None]]:
+    """The residents' life events, a few every CITYOS_DEMO_LIFE_EVENT_SECONDS (default 20 s): their
+    departments publish the change, the platform re-evaluates, notifies and pays (免申即享)."""
+    from cityos.core.tasks import periodic
+    from cityos.sim.livelihood_demo import LifeEvents
+
+    events = LifeEvents(app, population, per_step=3)
+
+    async def step() -> None:
+        done = await events.step()
+        if done["payouts"] or done["notices"]:
+            log.info("life events: %s (so far %d events, %d notices, %d payouts)", done, events.published,
+                     events.notices, events.payouts)
+
+    interval = float(os.environ.get("CITYOS_DEMO_LIFE_EVENT_SECONDS", "20"))
+    console.print(f"  life events    every {interval:g} s: job losses, disability certifications, births, "
+                  "80th birthdays → notices and 免申即享 payouts (/livelihood/uptake)")
+    return periodic("demo-life-events", step, interval, first=interval)
+
+
+def _falls(console: Console, app: Any) -> Callable[[], Awaitable[None]]:
+    """The demo resident's wristband reports a fall every CITYOS_DEMO_FALL_MINUTES (default 30; the first
+    a minute in): the alert walks the escalation chain (/care) unless someone acknowledges it."""
+    from cityos.core.tasks import periodic
+    from cityos.sim.livelihood_demo import simulated_fall
+
+    async def fall() -> None:
+        alerts = await simulated_fall(app)
+        log.info("simulated fall of the demo resident: alerts %s", alerts)
+
+    minutes = float(os.environ.get("CITYOS_DEMO_FALL_MINUTES", "30"))
+    console.print(f"  care           a simulated fall every {minutes:g} min walks the escalation chain (/care)")
+    return periodic("demo-falls", fall, minutes * 60,
+                    first=float(os.environ.get("CITYOS_DEMO_FIRST_FALL_SECONDS", "60")))
+
+
+async def _seed_financing(app: Any, company_ids: list[str]) -> tuple[int, int]:
+    """融资对接: the banks' products (published by the financial office) and some companies' needs; a
+    re-run adds nothing (the same products and needs are duplicates)."""
+    from cityos.core.errors import Conflict
+    from cityos.livelihood.enterprise.financing import parse_need
+    from cityos.security.policy import Principal
+    from cityos.sim.financing import PRODUCTS, needs
+
+    office = Principal("cityos-demo", kind="service", role="sys_admin", department="finance-office")
+    financing = app.state.financing
+    made = posted = 0
+    for product in PRODUCTS:
+        try:
+            await financing.publish_product(office, "", {**product, "department": "finance-office"})
+            made += 1
+        except Conflict:
+            pass
+    for company, need in needs(company_ids, int(os.environ.get("CITYOS_DEMO_FINANCING_NEEDS", "60"))):
+        try:
+            await financing.insert_need(office, "", company, parse_need(need))
+            posted += 1
+        except Conflict:
+            pass
+    return made, posted
+
+
+async def _simulated_roads(app: Any, seed: int) -> None:
+    """路况: the grid's segments with speeds from the city's daily pattern and incidents
+    (cityos.sim.congestion): the congestion index, its forecast and the cockpit's traffic layer."""
+    from cityos.sim.congestion import run_live
+
+    try:
+        # After the demo's first seconds (seeding, residents): the three-hour backfill writes ~4,400
+        # readings and would slow what a new user sees first.
+        await asyncio.sleep(float(os.environ.get("CITYOS_DEMO_ROADS_DELAY", "20")))
+        await run_live(app, seed)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("simulated road speeds stopped")
 
 
 async def _import_city_transit(console: Console, app: Any, seed: int) -> None:
@@ -454,6 +609,7 @@ async def _authenticate(console: Console, app: Any, client: PlatformClient) -> N
                       f"user [bold]{username}[/bold] password [bold]{password}[/bold] "
                       f"TOTP secret [bold]{totp_secret}[/bold]")
     await _demo_operator(console, security)
+    await _demo_residents(console, app)
     installed = await install_default_rules(app)
     if installed:
         console.print(f"Installed {len(installed)} default alarm rules (PM2.5, river level, smoke, noise, devices …)")
@@ -484,6 +640,19 @@ async def _demo_operator(console: Console, security: Any) -> None:
     buffer = io.StringIO()
     qr.print_ascii(out=buffer, invert=True)
     console.print(buffer.getvalue(), highlight=False, markup=False)
+
+
+async def _demo_residents(console: Console, app: Any) -> None:
+    """A citizen and an enterprise account with profiles (一网协同), created once: passwords shown only now."""
+    from cityos.sim.livelihood_demo import COMPANY_SUBJECT, ensure_accounts
+
+    for account in await ensure_accounts(app):
+        page = "/portal/policy-calculator" if account.subject == COMPANY_SUBJECT else "/portal/services-for-me"
+        what = ("Enterprise account (惠企政策, policy calculator, financing)" if account.subject == COMPANY_SUBJECT
+                else "Citizen account (服务找人 services for me, notices, 免申即享 payouts, care wristband)")
+        console.print(f"[bold yellow]{what} created[/bold yellow] (shown once, store it now): "
+                      f"user [bold]{account.username}[/bold] password [bold]{account.password}[/bold] "
+                      f"(portal {page})")
 
 
 def _redacted(url: str) -> str:

@@ -381,7 +381,9 @@ class SignalModel:
             state, dim = "low", 0.4  # dimmed after midnight-ish to save energy, as city plans ask
         else:
             state, dim = "off", 0.0
-        power = 150 * dim * (1 + 0.03 * s.noise) if dim else 1.5
+        # Off, the driver and the controller's modem draw about 1.5 W, varying with mains voltage and radio
+        # traffic (a constant 1.5 would read as a frozen meter every day).
+        power = 150 * dim * (1 + 0.03 * s.noise) if dim else 1.5 * math.exp(0.3 * s.noise)
         return {"state": state, "dim": dim, "power": round(max(0.0, power), 1)}
 
     def _wearable(self, d: SimDevice, s: DeviceState, ts: float) -> dict[str, Any]:

@@ -93,16 +93,18 @@ def city_gtfs(city: City, start: dt.date, end: dt.date, timezone: str = "Asia/Sh
         route_id = f"B{n}"
         points = _stations_along(road.line, BUS_SPACING_M)
         ids = [f"{route_id}-{k + 1:02d}" for k in range(len(points))]
-        for k, (stop_id, (lon, lat)) in enumerate(zip(ids, points, strict=True)):
-            stops.append([stop_id, f"{road.name} Stop {k + 1} / {road.name}{k + 1}号站", lat, lon, 0, ""])
+        names = [f"{road.name} Stop {k + 1} / {road.name}{k + 1}号站" for k in range(len(points))]
+        for stop_id, name, (lon, lat) in zip(ids, names, points, strict=True):
+            stops.append([stop_id, name, lat, lon, 0, ""])
         routes.append([route_id, "CITYBUS", str(n), f"{road.name} Line / {road.name}线", 3, "1E88E5"])
-        for direction, (seq_ids, seq_pts) in enumerate(((ids, points), (ids[::-1], points[::-1]))):
+        for direction, (seq_ids, seq_pts, terminus) in enumerate(((ids, points, names[-1]),
+                                                                  (ids[::-1], points[::-1], names[0]))):
             times = run_times(seq_pts, 20.0, 20)
             for service, (bus, _metro) in services.items():
                 first, last, headway = bus
                 for depart in range(first, last + 1, headway):
                     trip_id = f"{route_id}-{direction}-{service}-{_hms(depart).replace(':', '')}"
-                    trips.append([route_id, service, trip_id, seq_ids[-1], direction])
+                    trips.append([route_id, service, trip_id, terminus, direction])
                     for k, (stop_id, (a, d)) in enumerate(zip(seq_ids, times, strict=True)):
                         stop_times.append([trip_id, _hms(depart + a), _hms(depart + d), stop_id, k + 1])
 
@@ -116,9 +118,10 @@ def city_gtfs(city: City, start: dt.date, end: dt.date, timezone: str = "Asia/Sh
                        (maxx - 0.05 * (maxx - minx), maxy - 0.05 * (maxy - miny))])
     points = _stations_along(path, METRO_SPACING_M)
     stations = [f"M{k + 1:02d}" for k in range(len(points))]
+    station_names: dict[str, str] = {}
     for k, (station, (lon, lat)) in enumerate(zip(stations, points, strict=True)):
         district = city.district_at(Point(lon, lat)).name
-        name = f"{district} Station {k + 1} / {district}{k + 1}站"
+        name = station_names[station] = f"{district} Station {k + 1} / {district}{k + 1}站"
         stops.append([station, name, lat, lon, 1, ""])
         for direction in (0, 1):
             stops.append([f"{station}-{direction}", name, lat, lon, 0, station])
@@ -130,7 +133,7 @@ def city_gtfs(city: City, start: dt.date, end: dt.date, timezone: str = "Asia/Sh
         for service, (_bus, metro) in services.items():
             first, last, headway = metro
             trip_id = f"M1-{direction}-{service}"
-            trips.append(["M1", service, trip_id, seq[-1][0], direction])
+            trips.append(["M1", service, trip_id, station_names[seq[-1][0]], direction])
             for k, ((station, _), (a, d)) in enumerate(zip(seq, times, strict=True)):
                 stop_times.append([trip_id, _hms(first + a), _hms(first + d), f"{station}-{direction}", k + 1])
             frequencies.append([trip_id, _hms(first), _hms(last + 1), headway])

@@ -15,6 +15,7 @@ as any integrator.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -34,7 +35,8 @@ log = logging.getLogger("cityos.web")
 
 # Path prefixes that belong to the API: the UI never answers under them.
 API_PREFIXES: tuple[str, ...] = ("/ngsi-ld", "/api", "/auth", "/open311", "/docs", "/redoc", "/openapi.json",
-                                 "/health", "/ready", "/metrics", "/audit", "/.well-known")
+                                 "/health", "/ready", "/metrics", "/audit", "/.well-known", "/tiles", "/vendor",
+                                 "/fhir")
 
 _mounted: FastAPI | None = None
 
@@ -45,9 +47,18 @@ def _register_pages() -> None:
         admin,
         auth,
         cockpit,
+        commons,
+        commons_community,
+        commons_council,
+        commons_staff,
+        commons_waste,
+        datapages,
         decision,
+        enterprise,
+        livelihood,
         mystery,
         portal,
+        transit,
     )
 
 
@@ -83,8 +94,13 @@ class _ApiGate:
         path = scope.get("path", "")
         if scope["type"] == "http" and any(path == p or path.startswith(p + "/") for p in API_PREFIXES):
             body = orjson.dumps({"type": "ResourceNotFound", "title": "Resource not found", "detail": "Not Found"})
+            kind = b"application/json"
+            if path.startswith("/fhir/"):  # FHIR clients read errors as OperationOutcome
+                body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [
+                    {"severity": "error", "code": "not-found", "diagnostics": f"no FHIR endpoint at {path[:200]}"}]})
+                kind = b"application/fhir+json"
             await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"application/json"),
+                        "headers": [(b"content-type", kind),
                                     (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
             return
@@ -118,6 +134,7 @@ def mount(app: FastAPI) -> None:
 
     from cityos.web import auth
 
+    _mount_map(app)
     Storage.path = web_data_dir() / "sessions"
     Storage.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     auth.bind_app(app)
@@ -131,7 +148,36 @@ def mount(app: FastAPI) -> None:
     @asynccontextmanager
     async def lifespan(application: Any) -> AsyncIterator[Any]:
         _ui_last(app)  # routes added after mount() (e.g. /health) must still win over the UI
+        basemap = _start_basemap_build()
         async with inner(application) as state:
             yield state
+        if basemap is not None and not basemap.done():
+            basemap.cancel()
 
     app.router.lifespan_context = lifespan
+
+
+def _mount_map(app: FastAPI) -> None:
+    """The base map's tile routes and the vendored MapLibre GL JS (served from its wheel, no CDN)."""
+    from fastapi.staticfiles import StaticFiles
+
+    from cityos.web import tiles
+
+    app.include_router(tiles.router)
+    app.mount("/vendor/maplibre", StaticFiles(directory=tiles.maplibre_assets()), name="vendor-maplibre")
+
+
+def _start_basemap_build() -> asyncio.Future[Any] | None:
+    """Build the base map's tiles in a thread at start (a few seconds, once per city seed and data dir)."""
+    from cityos.web import tiles
+
+    if tiles.map_source()["mode"] != "builtin" or tiles.basemap_path().exists():
+        return None
+
+    async def build() -> None:
+        try:
+            await tiles.build_in_background(delay=2.0)  # a child process, once the server is up
+        except Exception:
+            log.exception("building the base map failed; the tile route retries on first use")
+
+    return asyncio.ensure_future(build())

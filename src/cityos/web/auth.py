@@ -279,6 +279,9 @@ async def login_page(next: str = "/cockpit") -> None:
                 .classes("w-full login-submit")
             ui.label(f"工作人员需动态口令 Staff roles ({', '.join(sorted(TOTP_ROLES))}) need a TOTP code.") \
                 .classes("text-xs text-slate-400")
+            with ui.row().classes("gap-4 text-sm"):
+                ui.link("市民/企业注册 Register", "/portal/register").classes("text-cyan-300 t-register-link")
+                ui.link("忘记密码 Forgot password", "/portal/reset-password").classes("text-cyan-300")
 
 
 @ui.page("/logout", title="CityOS")

@@ -45,6 +45,19 @@ path.cityos-alarm { animation: cityos-pulse 1.4s ease-in-out infinite; }
 @keyframes cityos-pulse { 0%, 100% { stroke-opacity: 1; } 50% { stroke-opacity: .25; } }
 .q-table__card { background: transparent !important; }
 .q-timeline__subtitle { opacity: .8; }
+/* below 1024 px the navigation folds into the menu button; on a phone the header keeps one short line */
+.cityos-header { flex-wrap: nowrap; }
+.cityos-header .cityos-brand-name, .cityos-header .cityos-brand-sub, .cityos-header .cityos-page-title,
+.cityos-header .cityos-clock, .cityos-header .cityos-user-name { white-space: nowrap; }
+.cityos-header > a, .cityos-header > .cityos-clock, .cityos-header > .cityos-user { flex-shrink: 0; }
+.cityos-nav { flex: 0 1 auto; min-width: 0; flex-wrap: wrap; justify-content: flex-end; }
+@media (max-width: 1023.98px) { .cityos-header .cityos-clock { display: none; } }
+@media (max-width: 599.98px) {
+  .cityos-header { padding: 4px 8px !important; gap: 4px !important; }
+  .cityos-header .cityos-page-title, .cityos-header .cityos-brand-sub, .cityos-header .cityos-user-name {
+    display: none; }
+  .cityos-header .cityos-brand-name { font-size: 1rem; white-space: nowrap; }
+}
 """
 
 
@@ -84,22 +97,27 @@ def frame(session: Session | None, title: str, active: str = "", dark: bool = Tr
         with ui.link(target="/").classes("no-underline"), ui.row().classes("items-center gap-2"):
             ui.icon("location_city", size="md").classes("text-cyan-300")
             with ui.column().classes("gap-0"):
-                ui.label("CityOS 智慧城市").classes("text-lg font-bold text-slate-100 leading-tight")
-                ui.label("一网统管 · 一网通办").classes("text-xs text-slate-400 leading-tight")
+                ui.label("CityOS 智慧城市").classes("text-lg font-bold text-slate-100 leading-tight cityos-brand-name")
+                ui.label("一网统管 · 一网通办").classes("text-xs text-slate-400 leading-tight cityos-brand-sub")
         ui.label(title).classes("text-xl font-semibold text-cyan-200 ml-4 cityos-page-title")
         ui.space()
-        with ui.row().classes("cityos-nav gap-1"):
-            for item in NAV:
-                if item.roles is not None and role not in item.roles:
-                    continue
-                selected = bool(active) and (active == item.path or active.startswith(item.path + "/"))
+        entries = [item for item in NAV if item.roles is None or role in item.roles]
+        shown, more = _row_and_more(entries, active)
+        with ui.row().classes("cityos-nav gap-1 gt-sm no-wrap"):
+            for item in shown:
                 ui.button(item.label, icon=item.icon, on_click=lambda p=item.path: ui.navigate.to(p)) \
-                    .props("flat no-caps").classes("cityos-nav-active" if selected else "")
+                    .props("flat no-caps").classes("cityos-nav-active" if _selected(item, active) else "")
+            if more:
+                with ui.button("更多 More", icon="expand_more").props("flat no-caps").classes("cityos-nav-more"), \
+                        ui.menu().props("auto-close").classes("cityos-menu-list"):
+                    _menu_items(more, active)
+        if entries:
+            _menu_button(entries, active)
         clock = ui.label("").classes("text-slate-300 font-mono text-sm ml-2 cityos-clock")
         ui.timer(1.0, lambda: clock.set_text(_now_text()))
         if user:
             with ui.button(icon="account_circle").props("flat no-caps").classes("text-slate-200 cityos-user"):
-                ui.label(f"{user.get('username') or ''}").classes("ml-1")
+                ui.label(f"{user.get('username') or ''}").classes("ml-1 cityos-user-name")
                 with ui.menu():
                     ui.item(ROLE_LABELS.get(role or "", role or "")).props("dense")
                     if user.get("department"):
@@ -110,6 +128,46 @@ def frame(session: Session | None, title: str, active: str = "", dark: bool = Tr
             ui.button("登录 Sign in", on_click=lambda: ui.navigate.to("/login")).props("flat")
     with ui.column().classes("w-full p-3 gap-3") as content:
         yield content
+
+
+def _selected(item: NavItem, active: str) -> bool:
+    return bool(active) and (active == item.path or active.startswith(item.path + "/"))
+
+
+def _menu_button(entries: list[NavItem], active: str) -> None:
+    """The navigation as a drop-down list behind one button, shown instead of the row on narrow screens
+    (Quasar's lt-md: below 1024 px), so a phone's header stays one line."""
+    with ui.button(icon="menu").props("flat round aria-label=菜单").classes("lt-md text-slate-200 cityos-menu"), \
+            ui.menu().props("auto-close").classes("cityos-menu-list"):
+        _menu_items(entries, active)
+
+
+def _menu_items(entries: list[NavItem], active: str) -> None:
+    for item in entries:
+        with ui.item(on_click=lambda p=item.path: ui.navigate.to(p)) \
+                .classes("cityos-menu-item" + (" text-cyan-600 text-weight-bold" if _selected(item, active) else "")):
+            if item.icon:
+                with ui.item_section().props("avatar"):
+                    ui.icon(item.icon)
+            ui.item_section(item.label)
+
+
+# Entries in the header row on a wide screen; the rest go behind "更多 More", so the header stays one line
+# (every domain adds pages, and a wrapped header pushed the cockpit's map and dialogs down).
+NAV_ROW_ENTRIES = 5
+
+
+def _row_and_more(entries: list[NavItem], active: str) -> tuple[list[NavItem], list[NavItem]]:
+    """The row shows the role's own pages before the public ones, and always the page the user is on."""
+    ordered = [item for item in entries if item.roles is not None] + [item for item in entries if item.roles is None]
+    if len(ordered) <= NAV_ROW_ENTRIES + 1:
+        return ordered, []
+    shown, more = ordered[:NAV_ROW_ENTRIES], ordered[NAV_ROW_ENTRIES:]
+    current = next((item for item in more if _selected(item, active)), None)
+    if current is not None:
+        more = [shown[-1]] + [item for item in more if item is not current]
+        shown = [*shown[:-1], current]
+    return shown, more
 
 
 def _now_text() -> str:

@@ -87,7 +87,8 @@ async def test_key_values_attributes_and_user_context(client: httpx.AsyncClient,
     got = (await receiver.wait_count(1))[0]
     assert got.headers["content-type"] == "application/ld+json"
     assert got.body["@context"] == ctx
-    assert got.body["data"] == [{"id": "urn:ngsi-ld:Air:1", "type": "Air", "pm": 7}]
+    # JSON-LD: each notified entity carries the @context too (§5.8.6).
+    assert got.body["data"] == [{"id": "urn:ngsi-ld:Air:1", "type": "Air", "pm": 7, "@context": ctx}]
 
 
 async def test_watched_attributes_q_and_triggers(client: httpx.AsyncClient, receiver: Receiver) -> None:
@@ -113,7 +114,9 @@ async def test_delete_triggers_and_show_changes(client: httpx.AsyncClient, recei
     assert got[0].body["data"][0]["pm25"]["value"] == 11
     assert got[0].body["data"][0]["pm25"]["previousValue"] == 10
     deleted = got[1].body["data"][0]
-    assert deleted["id"] == f"{AQ}000001" and "deletedAt" in deleted and "pm25" not in deleted
+    assert deleted["id"] == f"{AQ}000001" and "deletedAt" in deleted
+    # showChanges: the deleted entity's attributes as NGSI-LD Null with their previous values (§5.8.6).
+    assert deleted["pm25"] == {"type": "Property", "value": "urn:ngsi-ld:null", "previousValue": 11}
 
 
 async def test_attribute_created_and_deleted_triggers(client: httpx.AsyncClient, receiver: Receiver) -> None:
@@ -125,7 +128,9 @@ async def test_attribute_created_and_deleted_triggers(client: httpx.AsyncClient,
     assert (await client.delete(f"{E}/{AQ}000001/attrs/no2")).status_code == 204
     got = await receiver.wait_count(1)
     await asyncio.sleep(0.3)
-    assert len(receiver.received) == 1 and "no2" not in got[0].body["data"][0]
+    # The deleted attribute is notified as NGSI-LD Null (v1.8.1 §5.8.6).
+    assert len(receiver.received) == 1
+    assert got[0].body["data"][0]["no2"] == {"type": "Property", "value": "urn:ngsi-ld:null"}
 
 
 async def test_geo_q_filters(client: httpx.AsyncClient, receiver: Receiver) -> None:

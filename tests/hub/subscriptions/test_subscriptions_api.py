@@ -29,14 +29,16 @@ async def test_create_generates_id_and_defaults(client: httpx.AsyncClient) -> No
     assert got["id"] == location.rsplit("/", 1)[1]
     assert got["type"] == "Subscription"
     assert got["entities"] == [{"type": "AirQualityObserved"}]
-    assert got["notificationTrigger"] == ["entityCreated", "entityUpdated", "attributeCreated", "attributeUpdated"]
+    # v1.8.1 §5.2.12: the default notificationTrigger is attributeCreated and attributeUpdated.
+    assert got["notificationTrigger"] == ["attributeCreated", "attributeUpdated"]
     # isActive only when given; notification.status once a notification was attempted; createdAt and
     # modifiedAt only with options=sysAttrs (tests/hub/test_conformance_subscriptions.py).
     assert "isActive" not in got and got["status"] == "active"
     notification = got["notification"]
     assert notification["endpoint"] == {"uri": URI, "accept": "application/json"}
     assert notification["format"] == "normalized"
-    assert "status" not in notification and notification["timesSent"] == 0 and notification["timesFailed"] == 0
+    # No counters before the first notification (as no lastNotification): §5.2.14 "provided by the system".
+    assert "status" not in notification and "timesSent" not in notification and "timesFailed" not in notification
     assert "createdAt" not in got
     assert (await client.get(location, params={"options": "sysAttrs"})).json()["createdAt"].endswith("Z")
 
@@ -137,7 +139,7 @@ BAD: list[tuple[str, dict[str, Any]]] = [
     ("bad accept", {"notification": {"endpoint": {"uri": URI, "accept": "text/plain"}}}),
     ("bad receiverInfo", {"notification": {"endpoint": {"uri": URI, "receiverInfo": [{"k": "v"}]}}}),
     ("bad MQTT-QoS", {"notification": {"endpoint": {"uri": "mqtt://h/t", "notifierInfo": [
-        {"key": "MQTT-QoS", "value": "2"}]}}}),
+        {"key": "MQTT-QoS", "value": "3"}]}}}),
     ("attributes not a list", {"notification": {"endpoint": {"uri": URI}, "attributes": "pm25"}}),
     ("showChanges not a boolean", {"notification": {"endpoint": {"uri": URI}, "showChanges": "yes"}}),
     ("timeInterval with watchedAttributes", {"timeInterval": 10, "watchedAttributes": ["pm25"]}),

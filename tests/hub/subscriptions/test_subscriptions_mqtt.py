@@ -35,7 +35,7 @@ async def _collect(client: aiomqtt.Client, want: int, seconds: float = 10.0) -> 
     return got
 
 
-@pytest.mark.parametrize("qos", ["0", "1"])
+@pytest.mark.parametrize("qos", ["0", "1", "2"])  # MQTT-QoS 0, 1 or 2 (v1.8.1 §5.2.22)
 async def test_mqtt_notifications(client: httpx.AsyncClient, qos: str) -> None:
     assert MQTT_URL is not None
     broker = urlsplit(MQTT_URL)
@@ -73,7 +73,7 @@ async def test_mqtt_broker_down_is_a_failure(client: httpx.AsyncClient) -> None:
     await client.post(E, json=air(1), headers=JSON)
     for _ in range(100):
         status = (await client.get(f"{S}/{sub_id}")).json()["notification"]
-        if status["timesFailed"] >= 1:
+        if status.get("timesFailed", 0) >= 1:  # shown from the first attempt on
             break
         await asyncio.sleep(0.05)
     # A generic reason (no "connection refused"): port state stays unknown to the subscriber.

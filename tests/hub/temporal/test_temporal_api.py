@@ -158,9 +158,9 @@ async def test_query_selects_entities_like_the_entity_api(client: httpx.AsyncCli
     near = (await client.get(T, params={"type": "Sensor", "georel": "near;maxDistance==500", "geometry": "Point",
                                         "coordinates": "[116.41,39.9]"})).json()
     assert [e["id"] for e in near] == [sensor(1)]
-    pattern = (await client.get(T, params={"idPattern": ".*:00[19]$"})).json()
+    pattern = (await client.get(T, params={"local": "true", "idPattern": ".*:00[19]$"})).json()
     assert [e["id"] for e in pattern] == [sensor(1), sensor(9)]
-    by_id = (await client.get(T, params={"id": f"{sensor(2)},urn:ngsi-ld:Meter:1"})).json()
+    by_id = (await client.get(T, params={"local": "true", "id": f"{sensor(2)},urn:ngsi-ld:Meter:1"})).json()
     assert [(e["id"], set(e) - {"id", "type"}) for e in by_id] == [("urn:ngsi-ld:Meter:1", {"power"}),
                                                                    (sensor(2), {"location", "temperature"})]
     # attrs keeps only the entities with history of one of the attributes.

@@ -111,15 +111,17 @@ async def list_subscriptions(request: Request) -> Response:
     scoped = await _scoped(request)
     visible = None if scoped is None else (lambda owner: _mine(scoped, tenant, owner))
     viewer = await current_principal(request)
-    items, total = await subscriptions_of(request).query(tenant, ctx.compact, limit, offset, count, visible,
-                                                         viewer=viewer.id if viewer is not None else None)
+    items, total, more = await subscriptions_of(request).query(tenant, ctx.compact, limit, offset, count, visible,
+                                                               viewer=viewer.id if viewer is not None else None)
     headers: dict[str, str] = {}
     if total is not None:
         headers["NGSILD-Results-Count"] = str(total)
     items = [_with_sys_attrs(request, item) for item in items]
     response = render(request, items, Negotiated(media, ctx), hub.contexts, headers=headers)
     # Subscriptions are paged by offset only (a tenant holds few): no `after` in the links.
-    links = page_links(request, offset, limit, len(items), items[-1]["id"] if items else None, total, keyset=False)
+    # The last page has no next link (§6.3.9): without a count, the row past the page says whether one follows.
+    known = total if total is not None else (None if more else offset + len(items))
+    links = page_links(request, offset, limit, len(items), items[-1]["id"] if items else None, known, keyset=False)
     if links:
         response.headers["Link"] = f"{response.headers['Link']}, {links}" if "Link" in response.headers else links
     return response

@@ -26,9 +26,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cityos.hub import geoquery
+from cityos.hub import geoquery, typesel
 from cityos.hub.qlang import parse_q
 from cityos.hub.store import EntityQuery, EntityRecord
+from cityos.hub.subscriptions.spec import selector_types
 from cityos.security.policy import Principal, PrincipalKind
 
 # (owner id, a connection to read on or None) → the owner's current claims, None when it is disabled;
@@ -139,7 +140,7 @@ def filter_query(spec: dict[str, Any]) -> tuple[EntityQuery, list[str]] | None:
     if "geoQ" in spec:
         g = spec["geoQ"]
         geo = geoquery.parse_geoquery(g["georel"], g["geometry"], g["coordinates"], g["geoproperty"], lambda n: n)
-    types = sorted({s["type"] for s in spec.get("entities") or []}) or None
+    types = sorted({t for s in spec.get("entities") or [] for t in typesel.all_types(selector_types(s))}) or None
     query = EntityQuery(types=types, q=parse_q(spec["q"]["text"]) if "q" in spec else None, geo=geo,
                         expand=expand)
     return query, list(spec.get("watchedAttributes") or [])

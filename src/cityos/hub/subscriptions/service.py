@@ -8,6 +8,7 @@ the same transaction, so a subscription committed by any process is seen by the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -25,13 +26,21 @@ from cityos.core.clock import as_utc_or_none
 from cityos.core.errors import AlreadyExists, BadRequestData, NonexistentTenant, ResourceNotFound
 from cityos.core.events import Event
 from cityos.core.outbound import Outbound, OutboundRefused
-from cityos.hub import geoquery
+from cityos.hub import geoquery, typesel
 from cityos.hub.jsonld import ActiveContext, ContextResolver
-from cityos.hub.model import check_entity_id, render_entity
+from cityos.hub.model import VALUE_KEY, check_entity_id, render_entity
 from cityos.hub.projection import project_rendered
 from cityos.hub.qlang import QExpr, evaluate_q, parse_q
 from cityos.hub.service import AccessDenied, Change
-from cityos.hub.store import EntityRecord, HubStore, pg_driver
+from cityos.hub.store import EntityRecord, HubStore, pg_driver, prefetched_subscription_version
+from cityos.hub.subscriptions.deletions import (
+    PREVIOUS_KEY,
+    add_nulls,
+    deleted_entity,
+    deleted_instances,
+    previous_value,
+)
+from cityos.hub.subscriptions.inflight import InFlight
 from cityos.hub.subscriptions.models import (
     NotifySettings,
     outbox,
@@ -50,19 +59,18 @@ from cityos.hub.subscriptions.rights import (
 from cityos.hub.subscriptions.spec import (
     Spec,
     apply_update,
+    dataset_filter,
     parse_members,
     parse_subscription,
     render_subscription,
+    selector_types,
     triggers_of,
 )
+from cityos.hub.typesel import Selection
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "cityos_outbox"
-_PREVIOUS_KEY = {"Property": ("value", "previousValue"), "GeoProperty": ("value", "previousValue"),
-                 "Relationship": ("object", "previousObject"),
-                 "LanguageProperty": ("languageMap", "previousLanguageMap")}
-
 
 # ---------------------------------------------------------------------- compiled subscriptions
 
@@ -80,7 +88,7 @@ class Compiled:
     q: QExpr | None = None
     q_terms: dict[str, str] = field(default_factory=dict)
     geo: geoquery.GeoQuery | None = None
-    patterns: list[tuple[str, str | None, re.Pattern[str] | None]] = field(default_factory=list)
+    patterns: list[tuple[Selection, str | None, re.Pattern[str] | None]] = field(default_factory=list)
     watched: frozenset[str] | None = None
     triggers: frozenset[str] = frozenset()
 
@@ -102,9 +110,9 @@ class Compiled:
     def selects(self, record: EntityRecord) -> bool:
         if not self.patterns:
             return True
-        return any(etype in record.types and (eid is None or eid == record.id)
+        return any(typesel.matches(types, record.types) and (eid is None or eid == record.id)
                    and (pattern is None or pattern.search(record.id) is not None)
-                   for etype, eid, pattern in self.patterns)
+                   for types, eid, pattern in self.patterns)
 
     def filters(self, record: EntityRecord) -> bool:
         if self.q is not None and not evaluate_q(self.q, record.attrs, self.expand):
@@ -121,7 +129,14 @@ class Compiled:
             trigger = "entityCreated" if change.before is None else "entityDeleted"
             state = change.after or change.before
             assert state is not None
-            return trigger in self.triggers and (self.watched is None or bool(self.watched & set(state.attrs)))
+            if trigger in self.triggers and (self.watched is None or bool(self.watched & set(state.attrs))):
+                return True
+            # Creating an entity creates its attributes: attributeCreated fires for those (watched) ones.
+            if trigger == "entityCreated" and "attributeCreated" in self.triggers:
+                return bool(set(state.attrs) if self.watched is None else self.watched & set(state.attrs))
+            # Deleting an entity deletes its attributes (v1.8.1 §5.8.6: attributeDeleted fires for them).
+            return (trigger == "entityDeleted" and "attributeDeleted" in self.triggers
+                    and bool(set(state.attrs) if self.watched is None else self.watched & set(state.attrs)))
         changed = set(change.changed_attrs)
         if self.watched is not None:
             changed &= self.watched
@@ -142,7 +157,13 @@ def _attribute_trigger(change: Change, iri: str) -> str:
     assert change.before is not None and change.after is not None
     if iri not in change.before.attrs:
         return "attributeCreated"
-    return "attributeDeleted" if iri not in change.after.attrs else "attributeUpdated"
+    if iri not in change.after.attrs:
+        return "attributeDeleted"
+    # An attribute losing one of its instances (by datasetId) had that instance deleted.
+    kept = {inst.get("datasetId") for inst in change.after.attrs[iri]}
+    if any(inst.get("datasetId") not in kept for inst in change.before.attrs[iri]):
+        return "attributeDeleted"
+    return "attributeUpdated"
 
 
 def _geometry_of(record: EntityRecord, iri: str) -> dict[str, Any] | None:
@@ -174,7 +195,7 @@ async def compile_row(row: Any, resolver: ContextResolver) -> Compiled:
         # The stored geoproperty is already an IRI: expansion is the identity.
         compiled.geo = geoquery.parse_geoquery(geo["georel"], geo["geometry"], geo["coordinates"],
                                                geo["geoproperty"], _identity)
-    compiled.patterns = [(s["type"], s.get("id"), re.compile(s["idPattern"]) if "idPattern" in s else None)
+    compiled.patterns = [(selector_types(s), s.get("id"), re.compile(s["idPattern"]) if "idPattern" in s else None)
                          for s in spec.get("entities", [])]
     if "watchedAttributes" in spec:
         compiled.watched = frozenset(spec["watchedAttributes"])
@@ -182,6 +203,7 @@ async def compile_row(row: Any, resolver: ContextResolver) -> Compiled:
     return compiled
 
 
+_CREATION_ORDER = (subscriptions.c.created_at, subscriptions.c.id)
 _VERSION = select(subscription_versions.c.version).where(subscription_versions.c.tenant == bindparam("tenant"))
 _PG_VERSION = "SELECT version FROM hub_subscription_versions WHERE tenant = $1"
 
@@ -190,6 +212,9 @@ async def _version_of(conn: AsyncConnection, tenant: str) -> str:
     """The tenant's subscription version token; it is read on every write, so on PostgreSQL it is a
     statement asyncpg prepares once per connection."""
     if conn.dialect.name == "postgresql":
+        prefetched = prefetched_subscription_version(conn, tenant)
+        if prefetched is not None:  # read by the statement that wrote the entity (`HubStore.update_one`)
+            return prefetched
         driver = await pg_driver(conn)
         return await driver.fetchval(_PG_VERSION, tenant) or ""
     return (await conn.execute(_VERSION, {"tenant": tenant})).scalar_one_or_none() or ""
@@ -237,34 +262,80 @@ def owner_claims(principal: Any) -> dict[str, Any] | None:
 
 def render_data(sub: Compiled, change: Change, now: datetime, masker: Masker | None = None) -> dict[str, Any] | None:
     """One entity of a notification's data, in the subscription's format, attributes and @context."""
-    if change.after is None:
-        assert change.before is not None
-        if masker is not None and masker(sub, change.before) is None:
-            return None
-        types = [sub.ctx.compact(t) for t in change.before.types]
-        return {"id": change.entity_id, "type": types[0] if len(types) == 1 else types, "deletedAt": clock.iso(now)}
-    before = change.before if sub.params.get("showChanges") else None
+    before, after = change.before, change.after
     if masker is not None:
-        seen = masker(sub, change.after)
-        if seen is None:
-            return None
-        before = masker(sub, before) if before is not None else None
-        return render_record(sub, seen, before)
-    return render_record(sub, change.after, before)
+        if after is not None:
+            after = masker(sub, after)
+            if after is None:
+                return None
+        if before is not None:
+            before = masker(sub, before)
+            if before is None and change.after is None:
+                return None
+    if after is None:
+        assert before is not None
+        return render_deleted(sub, before, now)
+    return render_record(sub, after, before, deleted_at=clock.iso(now))
 
 
-def render_record(sub: Compiled, record: EntityRecord, before: EntityRecord | None = None) -> dict[str, Any]:
+def render_deleted(sub: Compiled, before: EntityRecord, now: datetime) -> dict[str, Any]:
+    """A deleted entity: id, type and deletedAt; its attributes as NGSI-LD Null when the subscriber
+    asked for deletions of attributes (attributeDeleted without entityDeleted) or for showChanges."""
     params = sub.params
-    out = render_entity(record.id, record.types, record.attrs, sub.ctx.compact, fmt=params["format"],
-                        sys_attrs=bool(params.get("sysAttrs")), created_at=clock.iso(record.created_at),
-                        modified_at=clock.iso(record.modified_at), only=params.get("attributes"),
-                        scope=record.scope, lang=sub.spec.get("lang"))
-    if before is not None and params["format"] != "keyValues":
-        _add_previous(out, record, before, sub.ctx.compact)
+    sys_attrs = bool(params.get("sysAttrs"))
+    deleted_at = clock.iso(now)
+    out = deleted_entity(before, sub.ctx.compact, deleted_at=deleted_at, sys_attrs=sys_attrs,
+                         created_at=clock.iso(before.created_at), modified_at=clock.iso(before.modified_at))
+    show_changes = bool(params.get("showChanges"))
+    if show_changes or "entityDeleted" not in sub.triggers:
+        wanted = set(params.get("attributes") or before.attrs)
+        if sub.watched is not None and not show_changes:
+            wanted &= sub.watched
+        add_nulls(out, deleted_instances(before, None, wanted), sub.ctx.compact, fmt=params["format"],
+                  sys_attrs=sys_attrs, show_changes=show_changes, deleted_at=deleted_at)
     if "pick" in params or "omit" in params:
         pick = frozenset(params["pick"]) if "pick" in params else None
         out = project_rendered(out, pick, frozenset(params.get("omit", ())), sub.ctx.expand)
     return out
+
+
+def render_record(sub: Compiled, record: EntityRecord, before: EntityRecord | None = None,
+                  deleted_at: str | None = None) -> dict[str, Any]:
+    """An entity as notified; with `before`, its deleted instances as NGSI-LD Null and, with
+    showChanges, the previous values of what changed."""
+    params = sub.params
+    datasets = dataset_filter(sub.spec)
+    if datasets is not None:
+        record = _only_datasets(record, datasets)
+        before = _only_datasets(before, datasets) if before is not None else None
+    out = render_entity(record.id, record.types, record.attrs, sub.ctx.compact, fmt=params["format"],
+                        sys_attrs=bool(params.get("sysAttrs")), created_at=clock.iso(record.created_at),
+                        modified_at=clock.iso(record.modified_at), only=params.get("attributes"),
+                        scope=record.scope, lang=sub.spec.get("lang"))
+    if params.get("sysAttrs") and params["format"] == "keyValues":
+        # notification.sysAttrs (§5.2.14) asks for createdAt and modifiedAt whatever the format: in keyValues
+        # an attribute is its value alone, but the entity's own system DateTimes are plain members.
+        out["createdAt"] = clock.iso(record.created_at)
+        out["modifiedAt"] = clock.iso(record.modified_at)
+    show_changes = bool(params.get("showChanges"))
+    if before is not None:
+        if show_changes and params["format"] != "keyValues":
+            _add_previous(out, record, before, sub.ctx.compact)
+        gone = deleted_instances(before, record, params.get("attributes"))
+        if gone:
+            add_nulls(out, gone, sub.ctx.compact, fmt=params["format"], sys_attrs=bool(params.get("sysAttrs")),
+                      show_changes=show_changes, deleted_at=deleted_at or clock.iso(clock.now()), after=record)
+    if "pick" in params or "omit" in params:
+        pick = frozenset(params["pick"]) if "pick" in params else None
+        out = project_rendered(out, pick, frozenset(params.get("omit", ())), sub.ctx.expand)
+    return out
+
+
+def _only_datasets(record: EntityRecord, datasets: frozenset[str]) -> EntityRecord:
+    """The record with only the instances of the subscription's datasetIds ("@none": the default)."""
+    kept = {iri: [i for i in instances if i.get("datasetId", "@none") in datasets]
+            for iri, instances in record.attrs.items()}
+    return dataclasses.replace(record, attrs={iri: instances for iri, instances in kept.items() if instances})
 
 
 def _add_previous(out: dict[str, Any], record: EntityRecord, before: EntityRecord,
@@ -274,12 +345,11 @@ def _add_previous(out: dict[str, Any], record: EntityRecord, before: EntityRecor
         rendered = out.get(compact(iri))
         old = next((i for i in instances if "datasetId" not in i), None)
         new = next((i for i in record.attrs.get(iri, []) if "datasetId" not in i), None)
-        keys = _PREVIOUS_KEY.get(old.get("type", "")) if old else None
-        if keys is None or old is None or new is None or not isinstance(rendered, dict):
+        if old is None or new is None or not isinstance(rendered, dict) or old.get("type") not in PREVIOUS_KEY:
             continue
-        value_key, previous_key = keys
+        value_key = VALUE_KEY[old["type"]]
         if old.get(value_key) != new.get(value_key):
-            rendered[previous_key] = old.get(value_key)
+            rendered[PREVIOUS_KEY[old["type"]]] = previous_value(old, compact)
 
 
 def notification(sub: Compiled, data: list[dict[str, Any]]) -> dict[str, Any]:
@@ -287,7 +357,10 @@ def notification(sub: Compiled, data: list[dict[str, Any]]) -> dict[str, Any]:
     body: dict[str, Any] = {"id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}", "type": "Notification",
                             "subscriptionId": sub.id, "data": data}
     if sub.params["endpoint"].get("accept") == "application/ld+json":
-        body = {"@context": sub.ctx.response_context, **body}
+        # JSON-LD: the @context on the notification and on each entity, which a receiver may pass on
+        # by itself (§5.8.6; ETSI suite 046_14, 046_19).
+        context = sub.ctx.response_context
+        body = {"@context": context, **body, "data": [{**entity, "@context": context} for entity in data]}
     return body
 
 
@@ -325,6 +398,8 @@ class SubscriptionService:
         self.owners = OwnerRights()
         self.filter_refused: FilterCheck | None = None
         self.filter_allowed: EntityCheck | None = None
+        # Deliveries sent but not yet recorded: a retrieval waits for them (see inflight).
+        self.in_flight = InFlight()
 
     @property
     def dialect(self) -> str:
@@ -469,7 +544,11 @@ class SubscriptionService:
 
     async def retrieve(self, tenant: str, sub_id: str, compact: Callable[[str], str],
                        viewer: str | None = None) -> dict[str, Any]:
-        """The subscription as `viewer` (a principal id) sees it: its secrets only if it is the owner."""
+        """The subscription as `viewer` (a principal id) sees it: its secrets only if it is the owner.
+
+        Notifications being sent are counted: their outcome is waited for, up to 2 s, so a receiver that
+        reads its subscription as soon as a notification arrives sees it (§5.2.14 lastNotification)."""
+        await self.in_flight.settle((tenant, sub_id), 2.0)
         async with self.store.read() as conn:
             row = await self._row(conn, tenant, sub_id)
             await self.owners.refresh([(row.spec or {}).get(OWNER_KEY)], conn)
@@ -490,7 +569,9 @@ class SubscriptionService:
 
     async def query(self, tenant: str, compact: Callable[[str], str], limit: int, offset: int,
                     count: bool, visible: Callable[[dict[str, Any] | None], bool] | None = None,
-                    viewer: str | None = None) -> tuple[list[dict[str, Any]], int | None]:
+                    viewer: str | None = None) -> tuple[list[dict[str, Any]], int | None, bool]:
+        """A page of subscriptions in the order they were created (ids break ties), the total with
+        `count`, and whether more follow."""
         async with self.store.read() as conn:
             await self._require_tenant(conn, tenant)
             total = None
@@ -498,19 +579,22 @@ class SubscriptionService:
                 # Department-scoped callers: only the subscriptions their scope owns, counted and paged
                 # after that filter (a tenant holds few subscriptions; the filter runs in Python).
                 mine = [row for row in await conn.execute(select(subscriptions).where(
-                    subscriptions.c.tenant == tenant).order_by(subscriptions.c.id))
+                    subscriptions.c.tenant == tenant).order_by(*_CREATION_ORDER))
                     if visible((row.spec or {}).get(OWNER_KEY))]
-                rows = mine[offset:offset + limit]
+                rows = mine[offset:offset + limit + 1]
                 total = len(mine) if count else None
             else:
                 if count:
                     total = (await conn.execute(select(func.count()).select_from(subscriptions)
                                                 .where(subscriptions.c.tenant == tenant))).scalar_one()
+                # One row past the page tells whether a next page exists (no next link after the last one).
                 rows = list(await conn.execute(select(subscriptions).where(subscriptions.c.tenant == tenant)
-                                               .order_by(subscriptions.c.id).limit(limit).offset(offset)))
+                                               .order_by(*_CREATION_ORDER).limit(limit + 1).offset(offset)))
+            more = len(rows) > limit
+            rows = rows[:limit]
             await self.owners.refresh([(row.spec or {}).get(OWNER_KEY) for row in rows], conn)
         now = clock.now()
-        return [self._render(row, compact, now, viewer) for row in rows], total
+        return [self._render(row, compact, now, viewer) for row in rows], total, more
 
     async def update(self, tenant: str, sub_id: str, body: Any, ctx: ActiveContext,
                      owner: dict[str, Any] | None = None) -> None:

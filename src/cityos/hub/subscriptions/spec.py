@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from cityos.core import clock
 from cityos.core.clock import as_utc_or_none
 from cityos.core.errors import BadRequestData
-from cityos.hub import geoquery
+from cityos.hub import geoquery, typesel
 from cityos.hub.jsonld import ActiveContext
 from cityos.hub.model import NULL_URI, check_entity_id, check_name, is_uri
 from cityos.hub.projection import projection_of
@@ -28,7 +28,8 @@ Compact = Callable[[str], str]
 
 TRIGGERS = ("entityCreated", "entityUpdated", "entityDeleted", "attributeCreated", "attributeUpdated",
             "attributeDeleted")
-DEFAULT_TRIGGERS = ["entityCreated", "entityUpdated", "attributeCreated", "attributeUpdated"]
+# v1.8.1 §5.2.12: "If not present, the default is the combination attributeCreated and attributeUpdated".
+DEFAULT_TRIGGERS = ["attributeCreated", "attributeUpdated"]
 FORMATS = {"normalized": "normalized", "keyValues": "keyValues", "simplified": "keyValues", "concise": "concise"}
 ACCEPTS = ("application/json", "application/ld+json")
 SCHEMES = ("http", "https", "mqtt", "mqtts")
@@ -65,13 +66,39 @@ def _entities(value: Any, ctx: ActiveContext) -> list[dict[str, str]]:
             raise BadRequestData("each member of entities must be an EntitySelector object")
         if "type" not in item:
             raise BadRequestData("an EntitySelector needs a type")
-        selector = {"type": ctx.expand(check_name(item["type"], "entity type"))}
+        selector = {"type": _type_of(item["type"], ctx)}
         if "id" in item:
             selector["id"] = check_entity_id(item["id"])
         if "idPattern" in item:
             selector["idPattern"] = _pattern(item["idPattern"])
         selectors.append(selector)
     return selectors
+
+
+def _type_of(value: Any, ctx: ActiveContext) -> str:
+    """An EntitySelector's type: a name, or an entity type selection (v1.8.1 §4.17, e.g. `(Building|Tower)`)
+    kept with its names expanded."""
+    text = _string(value, "entities.type", 1024)
+    if not typesel.is_selection(text):
+        return ctx.expand(check_name(text, "entity type"))
+    typesel.parse_type_selection(text, ctx.expand)  # refuses a malformed selection with 400
+    return typesel.map_names(text, lambda name: ctx.expand(check_name(name, "entity type")))
+
+
+def selector_types(selector: dict[str, str]) -> typesel.Selection:
+    """The stored type of an EntitySelector as a selection (a plain IRI is a selection of one)."""
+    text = selector["type"]
+    if not typesel.is_selection(text):
+        return [frozenset({text})]  # an IRI as stored, whatever characters its @context gave it
+    return typesel.parse_type_selection(text, _identity_name)
+
+
+def _identity_name(name: str) -> str:
+    return name
+
+
+def compact_type(text: str, compact: Compact) -> str:
+    return typesel.map_names(text, compact) if typesel.is_selection(text) else compact(text)
 
 
 def _pattern(value: Any) -> str:
@@ -186,8 +213,8 @@ def _endpoint(value: Any) -> dict[str, Any]:
         if key in value:
             endpoint[key] = _key_values(value[key], f"notification.endpoint.{key}")
     qos = next((p["value"] for p in endpoint.get("notifierInfo", []) if p["key"] == "MQTT-QoS"), "0")
-    if qos not in ("0", "1"):
-        raise BadRequestData("notifierInfo MQTT-QoS must be 0 or 1")
+    if qos not in ("0", "1", "2"):  # the three MQTT levels (v1.8.1 §5.2.22 notifierInfo MQTT-QoS)
+        raise BadRequestData("notifierInfo MQTT-QoS must be 0, 1 or 2")
     return endpoint
 
 
@@ -227,6 +254,24 @@ def _context_member(value: Any, _ctx: ActiveContext) -> str:
     return str(value)
 
 
+def _dataset_ids(value: Any, _ctx: ActiveContext) -> str | list[str]:
+    """datasetId (v1.8.1 §5.2.12): the instances notified, by datasetId ("@none": the default one)."""
+    items = value if isinstance(value, list) else [value]
+    if not items or len(items) > 100:
+        raise BadRequestData("datasetId must be a URI or an array of 1 to 100 URIs")
+    for item in items:
+        if not isinstance(item, str) or not (item == "@none" or is_uri(item)):
+            raise BadRequestData("each datasetId must be a URI (or @none)")
+    return value if isinstance(value, list) else str(value)
+
+
+def dataset_filter(spec: Spec) -> frozenset[str] | None:
+    value = spec.get("datasetId")
+    if value is None:
+        return None
+    return frozenset(value if isinstance(value, list) else [value])
+
+
 _PARSERS: dict[str, Callable[[Any, ActiveContext], Any]] = {
     "subscriptionName": lambda v, _c: _string(v, "subscriptionName"),
     "description": lambda v, _c: _string(v, "description", 4096),
@@ -242,6 +287,7 @@ _PARSERS: dict[str, Callable[[Any, ActiveContext], Any]] = {
     "isActive": lambda v, _c: _bool(v, "isActive"),
     "jsonldContext": _context_member,
     "lang": lambda v, _c: _string(v, "lang", 64),
+    "datasetId": _dataset_ids,
 }
 
 
@@ -349,7 +395,7 @@ def render_subscription(spec: Spec, row: Any, compact: Compact, now: datetime, *
         if key in spec:
             out[key] = spec[key]
     if "entities" in spec:
-        out["entities"] = [{**s, "type": compact(s["type"])} for s in spec["entities"]]
+        out["entities"] = [{**s, "type": compact_type(s["type"], compact)} for s in spec["entities"]]
     if "watchedAttributes" in spec:
         out["watchedAttributes"] = [compact(a) for a in spec["watchedAttributes"]]
     out["notificationTrigger"] = triggers_of(spec)
@@ -357,7 +403,7 @@ def render_subscription(spec: Spec, row: Any, compact: Compact, now: datetime, *
         out["q"] = spec["q"]["text"]
     if "geoQ" in spec:
         out["geoQ"] = {**spec["geoQ"], "geoproperty": compact(spec["geoQ"]["geoproperty"])}
-    for key in ("timeInterval", "throttling", "expiresAt", "jsonldContext", "lang"):
+    for key in ("timeInterval", "throttling", "expiresAt", "jsonldContext", "lang", "datasetId"):
         if key in spec:
             out[key] = spec[key]
     if "isActive" in spec:
@@ -384,8 +430,11 @@ def _render_notification(params: dict[str, Any], row: Any, compact: Compact, sec
         failure, success = as_utc_or_none(row.last_failure), as_utc_or_none(row.last_success)
         last_failed = failure is not None and (success is None or failure >= success)
         out["status"] = "failed" if row.status == "failed" or last_failed else "ok"
-    out["timesSent"] = int(row.times_sent)
-    out["timesFailed"] = int(row.times_failed)
+    # "Provided by the system" once a notification was attempted (§5.2.14): a subscription that has never
+    # notified shows neither counter, as it shows no lastNotification.
+    if row.last_notification is not None:
+        out["timesSent"] = int(row.times_sent)
+        out["timesFailed"] = int(row.times_failed)
     for key, value in (("lastNotification", row.last_notification), ("lastSuccess", row.last_success),
                        ("lastFailure", row.last_failure)):
         if value is not None:

@@ -40,6 +40,7 @@ from cityos.core import clock
 from cityos.core.clock import as_utc_or_none
 from cityos.core.db import create_engine
 from cityos.core.tasks import StepGuard, cancel_and_wait
+from cityos.hub import typesel
 from cityos.hub.service import ENTITY_CHANGED
 from cityos.hub.store import EntityQuery, EntityRecord
 from cityos.hub.subscriptions.delivery import DeliveryError, Transport, build_message, transport_for
@@ -54,6 +55,7 @@ from cityos.hub.subscriptions.service import (
     outbox_row,
     render_record,
 )
+from cityos.hub.subscriptions.spec import selector_types
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ class Outcome:
     """What a round delivered, per subscription, to be written in one transaction."""
 
     delivered: list[Head] = field(default_factory=list)
+    started: list[tuple[str, str]] = field(default_factory=list)  # one key per attempt (see inflight)
 
     def per_subscription(self) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {}
@@ -171,7 +174,10 @@ class EndpointWorker:
                     break
                 self.failures, self.retry_at = 0, 0.0
         finally:
-            await self._record_success(outcome)
+            try:
+                await self._record_success(outcome)
+            finally:
+                await self.sender.service.in_flight.recorded(outcome.started)
         return True
 
     async def _heads(self) -> list[Head]:
@@ -214,6 +220,7 @@ class EndpointWorker:
         if head.sub_status == "failed" and not self._probe_due(head):
             await self._park([head.id], "the subscription has failed; parked without a new attempt")
             return True
+        self._sending(head.key, outcome)
         try:
             await self.transport.send(build_message(sub, _stamped(head.payload), head.tenant))
         except DeliveryError as exc:
@@ -221,6 +228,13 @@ class EndpointWorker:
             return False
         outcome.delivered.append(head)
         return True
+
+    def _sending(self, key: tuple[str, str], outcome: Outcome) -> None:
+        """A delivery starts; until the round records its outcome, retrievals of the subscription wait.
+
+        Marked before sending: a receiver may see the notification before the sender sees the answer."""
+        self.sender.service.in_flight.start(key)
+        outcome.started.append(key)
 
     def _probe_due(self, head: Head) -> bool:
         """A failed subscription gets one attempt per backoff cap, so a dead endpoint costs little."""
@@ -252,13 +266,18 @@ class EndpointWorker:
             await self._drop([h.id for h in heads])
             self.throttle_due.pop(key, None)
             return True
+        outcome = Outcome(heads)
+        self._sending(key, outcome)
         try:
-            await self.transport.send(build_message(sub, _stamped(_merge(heads)), tenant))
-        except DeliveryError as exc:
-            await self._record_failure(heads, heads[-1], str(exc))
-            return False
-        self.failures, self.retry_at = 0, 0.0
-        await self._record_success(Outcome(heads))
+            try:
+                await self.transport.send(build_message(sub, _stamped(_merge(heads)), tenant))
+            except DeliveryError as exc:
+                await self._record_failure(heads, heads[-1], str(exc))
+                return False
+            self.failures, self.retry_at = 0, 0.0
+            await self._record_success(outcome)
+        finally:
+            await self.sender.service.in_flight.recorded(outcome.started)
         self.throttle_sent[key] = time.monotonic()
         # Rows that arrive from now on wait for the next period; none pending means nothing to schedule.
         self.throttle_due.pop(key, None)
@@ -279,13 +298,15 @@ class EndpointWorker:
         now = clock.now()
         ids = [head.id for head in outcome.delivered]
         async with self.sender.write() as conn:
-            for start in range(0, len(ids), 1000):
-                await conn.execute(delete(outbox).where(outbox.c.id.in_(ids[start:start + 1000])))
-            for (tenant, sub_id), count in outcome.per_subscription().items():
+            # Locks in the order every writer takes them (subscription rows by key, then outbox rows), as
+            # a subscription's update or deletion does: otherwise PostgreSQL finds a deadlock between them.
+            for (tenant, sub_id), count in sorted(outcome.per_subscription().items()):
                 await conn.execute(update(subscriptions).where(
                     subscriptions.c.tenant == tenant, subscriptions.c.id == sub_id).values(
                     times_sent=subscriptions.c.times_sent + count, last_notification=now, last_success=now,
                     consecutive_failures=0, status="ok"))
+            for start in range(0, len(ids), 1000):
+                await conn.execute(delete(outbox).where(outbox.c.id.in_(ids[start:start + 1000])))
 
     async def _record_failure(self, heads: list[Head], head: Head, reason: str) -> None:
         self.failures += 1
@@ -293,14 +314,15 @@ class EndpointWorker:
         self.retry_at = time.monotonic() + delay
         now = clock.now()
         async with self.sender.write() as conn:
-            await conn.execute(update(outbox).where(outbox.c.id.in_([h.id for h in heads])).values(
-                attempts=outbox.c.attempts + 1, last_error=reason[:1000]))
+            # The subscription row first, then its outbox rows: the lock order of every writer (see above).
             result = await conn.execute(update(subscriptions).where(
                 subscriptions.c.tenant == head.tenant, subscriptions.c.id == head.subscription_id).values(
                 times_failed=subscriptions.c.times_failed + 1, consecutive_failures=subscriptions.c.consecutive_failures
                 + 1, last_failure=now, last_notification=now, last_error_reason=reason[:1000])
                 .returning(subscriptions.c.consecutive_failures))
             failures = result.scalar_one_or_none() or 0
+            await conn.execute(update(outbox).where(outbox.c.id.in_([h.id for h in heads])).values(
+                attempts=outbox.c.attempts + 1, last_error=reason[:1000]))
             if failures >= self.settings.max_failures:
                 await self._park_in(conn, head, reason, first=failures == self.settings.max_failures)
         log.warning("notification to %s failed (%s); retry in %.1fs", self.endpoint, reason, delay)
@@ -596,12 +618,14 @@ class Sender:
 async def _current_entities(store: Any, conn: Any, sub: Compiled, limit: int) -> list[EntityRecord]:
     found: dict[str, EntityRecord] = {}
     for selector in sub.spec.get("entities", []):
-        query = EntityQuery(types=[selector["type"]], ids=[selector["id"]] if "id" in selector else None,
+        selection = selector_types(selector)
+        query = EntityQuery(types=typesel.all_types(selection), ids=[selector["id"]] if "id" in selector else None,
                             id_pattern=selector.get("idPattern"), q=sub.q, geo=sub.geo, expand=sub.expand,
                             limit=limit)
         records, _total = await store.query(conn, sub.tenant, query)
         for record in records:
-            found.setdefault(record.id, record)
+            if typesel.matches(selection, record.types):  # a conjunction (`A;B`) needs every type
+                found.setdefault(record.id, record)
     return list(found.values())[:limit]
 
 

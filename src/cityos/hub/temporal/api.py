@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from cityos.core.errors import BadRequestData, ResourceNotFound
 from cityos.hub.access import access_of
-from cityos.hub.api import Hub, build_query, hub_of
+from cityos.hub.api import Hub, build_query, hub_of, require_selector
 from cityos.hub.http import (
     Negotiated,
     accepted,
@@ -20,12 +20,13 @@ from cityos.hub.http import (
     query_context,
     read_body,
     render,
+    split_list,
     tenant_of,
 )
 from cityos.hub.model import body_id, check_name
 from cityos.hub.projection import project_rendered, projection_of
 from cityos.hub.temporal.params import TemporalQuery, parse_temporal_query
-from cityos.hub.temporal.render import render_temporal_entity
+from cityos.hub.temporal.render import only_datasets, render_temporal_entity
 from cityos.hub.temporal.retention import MAX_DAYS, default_days, drop_policy, list_policies, set_policy
 from cityos.hub.temporal.service import TemporalResult, TemporalService
 from cityos.security.api import require
@@ -60,6 +61,11 @@ def _respond(request: Request, hub: Hub, neg: Negotiated, result: TemporalResult
 # ---------------------------------------------------------------------- reads
 
 
+def _dataset_filter(params: Any) -> frozenset[str] | None:
+    names = split_list(params.get("datasetId"))
+    return frozenset(names) if names else None
+
+
 @router.get("/entities", dependencies=READ)
 async def query_temporal(request: Request) -> Response:
     hub = hub_of(request)
@@ -67,6 +73,7 @@ async def query_temporal(request: Request) -> Response:
     ctx = await query_context(request, hub.resolver)
     params = dict(request.query_params)
     tq = parse_temporal_query(params, ctx.expand)
+    require_selector(params)
     query = build_query(request, ctx, hub.settings, params)
     access = await access_of(request)
     # The same refusal of filters on attributes hidden from the caller as for entity queries (403).
@@ -82,6 +89,14 @@ async def query_temporal(request: Request) -> Response:
         entities = [e for e in entities if access.matches_temporal(plan, e)]
     entities = [seen for seen in (access.view_temporal(e) for e in entities) if seen is not None]
     await access.finish()
+    if tq.lower is not None or tq.upper is not None:
+        # A temporal query with timerel matches the entities with instances in its interval (§5.7.4);
+        # an attribute cut by paging (kept, empty) still counts: its instances are in a later part.
+        entities = [e for e in entities if e.instances or e.buckets]
+    dataset_ids = _dataset_filter(params)
+    if dataset_ids is not None:
+        # An entity none of whose instances has one of the datasetIds has nothing to show.
+        entities = [e for e in (only_datasets(e, dataset_ids) for e in entities) if e.instances or e.buckets]
     headers: dict[str, str] = {}
     if result.total is not None and plan.exact:
         headers["NGSILD-Results-Count"] = str(result.total)
@@ -89,7 +104,8 @@ async def query_temporal(request: Request) -> Response:
     payload = [out for out in (project_rendered(render_temporal_entity(e, ctx.compact, tq), pick, omit, ctx.expand)
                                for e in entities) if out]
     response = _respond(request, hub, Negotiated(media, ctx), result, tq, payload, headers)
-    links = page_links(request, query.offset, query.limit, returned, last_id, result.total)
+    links = page_links(request, query.offset, query.limit, returned, last_id, result.total,
+                       keyset=not query.order_by)
     if links:
         existing = response.headers.get("Link")
         response.headers["Link"] = f"{existing}, {links}" if existing else links
@@ -109,6 +125,10 @@ async def retrieve_temporal(entity_id: str, request: Request) -> Response:
     if seen is None:
         raise ResourceNotFound(f"entity {entity_id} not found")
     await access.finish()
+    if tq.attrs and not any(iri in seen.instances or iri in seen.buckets or iri in (seen.current_attrs or {})
+                            for iri in tq.attrs):
+        raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")  # §5.7.3, as §5.7.1
+    seen = only_datasets(seen, _dataset_filter(request.query_params))
     payload = project_rendered(render_temporal_entity(seen, ctx.compact, tq), pick, omit, ctx.expand)
     if not payload:
         raise ResourceNotFound(f"pick/omit leave nothing of entity {entity_id}")

@@ -19,7 +19,7 @@ from cityos.core.errors import BadRequestData, InvalidRequest
 from cityos.hub.model import check_name
 
 TIMERELS = frozenset({"before", "after", "between"})
-TIME_PROPERTIES = frozenset({"observedAt", "modifiedAt", "createdAt"})
+TIME_PROPERTIES = frozenset({"observedAt", "modifiedAt", "createdAt", "deletedAt"})
 AGGR_METHODS = ("totalCount", "distinctCount", "sum", "avg", "min", "max", "stddev", "sumsq")
 NORMALIZED, TEMPORAL_VALUES, AGGREGATED = "normalized", "temporalValues", "aggregatedValues"
 _REPRESENTATIONS = {"normalized": NORMALIZED, "temporalValues": TEMPORAL_VALUES, "simplified": TEMPORAL_VALUES,
@@ -41,6 +41,8 @@ class TemporalQuery:
     # None: one bucket over the whole window.
     aggr_period: timedelta | None = None
     attrs: list[str] | None = None
+    # Where buckets start when the window has no start: the earliest instance asked for (§4.5.19).
+    aggr_origin: datetime | None = None
 
     @property
     def lower(self) -> datetime | None:
@@ -56,8 +58,9 @@ class TemporalQuery:
 
     @property
     def origin(self) -> datetime:
-        """Where the first aggregation bucket starts: timeAt when the window has a start, else the Unix epoch."""
-        return self.lower or EPOCH
+        """Where the first aggregation bucket starts: timeAt when the window has a start, else the earliest
+        instance in the answer (set by the service), else the Unix epoch."""
+        return self.lower or self.aggr_origin or EPOCH
 
 
 def _list(raw: str | None) -> list[str]:
@@ -137,7 +140,9 @@ def _aggregation(params: Mapping[str, str], tq: TemporalQuery) -> None:
     methods = _list(params.get("aggrMethods"))
     period = params.get("aggrPeriodDuration")
     if tq.representation != AGGREGATED:
-        if methods or period is not None:
+        # options=aggregatedValues overruled by format (§6.3.7): its aggregation members go with it.
+        overruled = "aggregatedValues" in _list(params.get("options"))
+        if (methods or period is not None) and not overruled:
             raise BadRequestData("aggrMethods and aggrPeriodDuration need options=aggregatedValues")
         return
     if not methods:
@@ -158,6 +163,8 @@ def parse_temporal_query(params: Mapping[str, str], expand: Callable[[str], str]
         if prop not in TIME_PROPERTIES:
             raise BadRequestData(f"timeproperty must be one of {', '.join(sorted(TIME_PROPERTIES))}")
         tq.timeproperty = prop
+        if prop == "deletedAt" and tq.representation == AGGREGATED:
+            raise BadRequestData("aggregatedValues are not computed over deletions (timeproperty=deletedAt)")
     last_n = params.get("lastN")
     if last_n is not None:
         if not _POSITIVE_INT.fullmatch(last_n):

@@ -10,6 +10,7 @@ With several datasetIds an attribute becomes an array of such objects, one per d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from cityos.core import clock
 from cityos.hub.model import NULL_URI, VALUE_KEY, render_instance, written_observed_at
 from cityos.hub.temporal.params import AGGREGATED, TEMPORAL_VALUES, TemporalQuery
 from cityos.hub.temporal.service import TemporalEntity, instance_uri
-from cityos.hub.temporal.sql import BucketRow, InstanceRow, utc
+from cityos.hub.temporal.sql import BucketSeries, InstanceRow, utc
 
 Compact = Callable[[str], str]
 # The member that carries the values of each attribute type in the simplified representation.
@@ -42,13 +43,20 @@ def _normalized(row: InstanceRow, compact: Compact, tq: TemporalQuery) -> dict[s
     return out
 
 
+_WRAPPED = frozenset({"LanguageProperty", "JsonProperty", "VocabProperty", "ListProperty", "ListRelationship"})
+
+
 def _simple_value(row: InstanceRow, compact: Compact) -> Any:
     kind = row.instance.get("type", "Property")
     if row.deleted:
         return NULL_URI
-    value = row.instance.get(VALUE_KEY.get(kind, "value"))
+    value_key = VALUE_KEY.get(kind, "value")
+    value = row.instance.get(value_key)
     if kind == "VocabProperty":
-        return [compact(v) for v in value] if isinstance(value, list) else compact(str(value))
+        value = [compact(v) for v in value] if isinstance(value, list) else compact(str(value))
+    if kind in _WRAPPED:
+        # As in the simplified entity (§4.5.3): the value under its member name, e.g. {"languageMap": {...}}.
+        return {value_key: value}
     return value
 
 
@@ -72,7 +80,9 @@ def _time_of(row: InstanceRow, tq: TemporalQuery) -> str:
     return clock.iso(row.time)
 
 
-def _temporal_values(rows: list[InstanceRow], compact: Compact, tq: TemporalQuery) -> Any:
+def _temporal_values(rows: list[InstanceRow], compact: Compact, tq: TemporalQuery, kind: str = "Property") -> Any:
+    if not rows:  # no instance in the interval of a paged answer
+        return {"type": kind, SIMPLIFIED_KEY.get(kind, "values"): []}
     parts = []
     for dataset_id, group in _by_dataset(rows, lambda r: r.instance.get("datasetId")).items():
         kind = next((r.instance.get("type") for r in group if not r.deleted), None) or "Property"
@@ -85,14 +95,18 @@ def _temporal_values(rows: list[InstanceRow], compact: Compact, tq: TemporalQuer
     return _one_or_many(parts)
 
 
-def _aggregated(buckets: list[BucketRow], kind: str, tq: TemporalQuery) -> Any:
+def _aggregated(series: list[BucketSeries], kind: str, tq: TemporalQuery) -> Any:
+    """One part per datasetId (a series each); per bucket only the [value, start, end] triple is built,
+    the bounds' DateTimes being formatted once per query (sql.Bound)."""
     parts = []
-    for dataset_id, group in _by_dataset(buckets, lambda b: b.dataset_id).items():
+    for one in series:
         part: dict[str, Any] = {"type": kind}
+        bounds = one.bounds
         for method in tq.aggr_methods:
-            part[method] = [[b.values[method], clock.iso(b.start), clock.iso(b.end)] for b in group]
-        if dataset_id:
-            part["datasetId"] = dataset_id
+            part[method] = [[value, b.start_text, b.end_text]
+                            for value, b in zip(one.values[method], bounds, strict=True)]
+        if one.dataset_id:
+            part["datasetId"] = one.dataset_id
         parts.append(part)
     return _one_or_many(parts)
 
@@ -105,7 +119,8 @@ def render_temporal_entity(entity: TemporalEntity, compact: Compact, tq: Tempora
             out[compact(iri)] = _aggregated(entity.buckets[iri], entity.attr_types.get(iri, "Property"), tq)
     elif tq.representation == TEMPORAL_VALUES:
         for iri in sorted(entity.instances):
-            out[compact(iri)] = _temporal_values(entity.instances[iri], compact, tq)
+            out[compact(iri)] = _temporal_values(entity.instances[iri], compact, tq,
+                                                 entity.attr_types.get(iri, "Property"))
     else:
         for iri in sorted(entity.instances):
             out[compact(iri)] = [_normalized(row, compact, tq) for row in entity.instances[iri]]
@@ -115,3 +130,15 @@ def render_temporal_entity(entity: TemporalEntity, compact: Compact, tq: Tempora
         if entity.modified_at is not None:
             out["modifiedAt"] = clock.iso(utc(entity.modified_at))
     return out
+
+
+def only_datasets(entity: TemporalEntity, dataset_ids: frozenset[str] | None) -> TemporalEntity:
+    """The datasetId filter (§4.5.5): only the instances (or buckets) of the listed datasetIds,
+    "@none" standing for the default instance; an attribute left with none is left out."""
+    if dataset_ids is None:
+        return entity
+    instances = {iri: kept for iri, rows in entity.instances.items()
+                 if (kept := [r for r in rows if r.instance.get("datasetId", "@none") in dataset_ids])}
+    buckets = {iri: chosen for iri, series in entity.buckets.items()
+               if (chosen := [s for s in series if (s.dataset_id or "@none") in dataset_ids])}
+    return dataclasses.replace(entity, instances=instances, buckets=buckets)

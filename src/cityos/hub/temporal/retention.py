@@ -36,6 +36,7 @@ from cityos.core import clock
 from cityos.core.tasks import StepGuard
 from cityos.hub.models import attribute_history
 from cityos.hub.partitions import ensure_history_partitions
+from cityos.hub.temporal import rollups
 from cityos.hub.temporal.models import ALL_TYPES, history_retention
 from cityos.hub.temporal.models import temporal_entities as registry
 
@@ -194,6 +195,7 @@ async def _drop_partitions(engine: AsyncEngine, cutoff: datetime, check_coverage
             count = (await conn.execute(select(func.count()).select_from(part))).scalar_one()
             await conn.execute(text(f'ALTER TABLE hub_attribute_history DETACH PARTITION "{name}"'))
             await conn.execute(text(f'DROP TABLE "{name}"'))
+            await rollups.forget_range(conn, *bounds)  # no trigger sees a dropped partition
             log.info("dropped history partition %s (%d rows)", name, count)
             removed += int(count)
     return removed

@@ -16,6 +16,7 @@ caller gets the covered interval to ask for the next part (ETSI GS CIM 009 v1.8.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -26,10 +27,12 @@ from typing import Any
 from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from cityos.core import clock
+from cityos.core.db import write_transaction
 from cityos.core.errors import BadRequestData, NonexistentTenant, ResourceNotFound
 from cityos.hub.jsonld import DEFAULT_VOCAB, ActiveContext
 from cityos.hub.model import (
@@ -48,16 +51,20 @@ from cityos.hub.model import (
 from cityos.hub.models import attribute_history as h
 from cityos.hub.models import entities
 from cityos.hub.service import AccessDenied, Change, write_guard
+from cityos.hub.sources import source_guard
 from cityos.hub.store import EntityQuery, EntityRecord, HistoryRow, HubStore
-from cityos.hub.temporal import sql
+from cityos.hub.temporal import rollups, sql
 from cityos.hub.temporal.models import temporal_entities as registry
 from cityos.hub.temporal.params import AGGREGATED, TemporalQuery
-from cityos.hub.temporal.sql import BucketRow, InstanceRow
+from cityos.hub.temporal.sql import BucketSeries, InstanceRow
+
+log = logging.getLogger(__name__)
 
 INSTANCE_PREFIX = "urn:ngsi-ld:attribute:instance:"
 # The terms whose values say who owns an entity (cityos.security.classes.ClassRegistry).
 OWNERSHIP_TERMS = ("owningDepartment", "department", "owner", "district")
 _INSTANCE_KEY = re.compile(r"[0-9A-Za-z]{1,64}")
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s<>\"{}|\\^`]{1,1024}")
 DEFAULT_MAX_INSTANCES = 1000
 
 
@@ -75,7 +82,8 @@ class TemporalEntity:
     # The attribute types of the current state: aggregated rows do not read the instances.
     attr_types: dict[str, str] = field(default_factory=dict)
     instances: dict[str, list[InstanceRow]] = field(default_factory=dict)
-    buckets: dict[str, list[BucketRow]] = field(default_factory=dict)
+    # Aggregated values: per attribute, one series of buckets per datasetId.
+    buckets: dict[str, list[BucketSeries]] = field(default_factory=dict)
     # The attributes of the entity's current state (None: it has none). Who may see what of the
     # history is decided from them, as in the entity API, never from the history itself.
     current_attrs: Attrs | None = None
@@ -100,13 +108,23 @@ class TemporalResult:
     range: ContentRange | None = None
 
 
+def _needs_origin(tq: TemporalQuery) -> bool:
+    """Aggregation periods with no timeAt to start from start at the earliest instance (§4.5.19)."""
+    return tq.representation == AGGREGATED and tq.aggr_period is not None and tq.lower is None
+
+
 def instance_uri(key: str) -> str:
     return INSTANCE_PREFIX + key
 
 
 def instance_key(raw: str) -> str:
-    key = raw[len(INSTANCE_PREFIX):] if raw.startswith(INSTANCE_PREFIX) else raw
-    if not _INSTANCE_KEY.fullmatch(key):
+    """The key of an instanceId (a URI, §4.5.7): ours, or 404 for another well-formed URI, or 400."""
+    key = raw[len(INSTANCE_PREFIX):] if raw.startswith(INSTANCE_PREFIX) else None
+    if key is None or not _INSTANCE_KEY.fullmatch(key):
+        if key is None and _URI.fullmatch(raw):
+            # A well-formed URI of another form than the ids this broker hands out names no instance here:
+            # 404 (§5.6.8, §5.6.10), as an unknown instance of ours does; a malformed id is a bad request.
+            raise ResourceNotFound(f"no attribute instance {raw[:80]!r}")
         raise BadRequestData(f"{raw[:80]!r} is not an attribute instance id ({INSTANCE_PREFIX}<hex>)")
     return key
 
@@ -125,7 +143,8 @@ def cut_to_cap(grouped: dict[tuple[str, str], list[InstanceRow]], tq: TemporalQu
                cap: int) -> tuple[dict[tuple[str, str], list[InstanceRow]], ContentRange | None]:
     """Apply the per-attribute cap to rows fetched in query order (oldest first, or newest first for lastN).
 
-    Every attribute is cut at the same instant, so the answer is complete for the interval it names.
+    Every attribute is cut at the same instant, so the answer is complete for the interval it names
+    (an attribute with no instance in it is kept with none, §6.3.10).
     """
     if tq.last_n is not None and tq.last_n <= cap:
         return grouped, None  # lastN itself is the limit: nothing is ever cut
@@ -140,7 +159,8 @@ def cut_to_cap(grouped: dict[tuple[str, str], list[InstanceRow]], tq: TemporalQu
         end = max(rows[cap - 1].time for rows in truncated)
         kept = {k: [r for r in rows[:cap] if r.time >= end] for k, rows in grouped.items()}
         start = tq.upper or max(rows[0].time for rows in kept.values() if rows)
-    return {k: rows for k, rows in kept.items() if rows}, ContentRange(start, end, tq.last_n)
+    # An attribute whose instances all lie beyond the cut stays, empty: it has none in this interval.
+    return kept, ContentRange(start, end, tq.last_n)
 
 
 def parse_temporal_attrs(body: dict[str, Any], ctx: ActiveContext, now: str) -> Attrs:
@@ -185,19 +205,34 @@ class TemporalService:
 
     async def retrieve(self, tenant: str, entity_id: str, tq: TemporalQuery) -> TemporalResult:
         check_entity_id(entity_id)
+        if _needs_origin(tq):
+            async with self.store.read() as conn:
+                tq = replace(tq, aggr_origin=await sql.earliest(conn, tenant, [entity_id], tq))
+        grain = await self._rollup_grain(tenant, tq)
         async with self.store.read() as conn:
             head = await self._head(conn, tenant, entity_id)
             if head is None:
                 await self._require_tenant(conn, tenant)
                 raise ResourceNotFound(f"no temporal evolution of entity {entity_id}")
-            content_range = await self._fill(conn, tenant, [head], tq)
+            content_range = await self._fill(conn, tenant, [head], tq, grain)
         return TemporalResult([head], None, content_range)
 
     async def query(self, tenant: str, query: EntityQuery, tq: TemporalQuery) -> TemporalResult:
+        if _needs_origin(tq):
+            # The buckets start at the earliest instance of the page's entities: select them first.
+            async with self.store.read() as conn:
+                await self._require_tenant(conn, tenant)
+                heads, total = await self._select(conn, tenant, query, tq.attrs)
+                tq = replace(tq, aggr_origin=await sql.earliest(conn, tenant, [h.id for h in heads], tq))
+            grain = await self._rollup_grain(tenant, tq)
+            async with self.store.read() as conn:
+                content_range = await self._fill(conn, tenant, heads, tq, grain)
+            return TemporalResult(heads, total, content_range)
+        grain = await self._rollup_grain(tenant, tq)
         async with self.store.read() as conn:
             await self._require_tenant(conn, tenant)
             heads, total = await self._select(conn, tenant, query, tq.attrs)
-            content_range = await self._fill(conn, tenant, heads, tq)
+            content_range = await self._fill(conn, tenant, heads, tq, grain)
         return TemporalResult(heads, total, content_range)
 
     async def _require_tenant(self, conn: AsyncConnection, tenant: str) -> None:
@@ -217,7 +252,7 @@ class TemporalService:
         """One page of entities, ordered by id, over hub_entities and the registry together."""
         extra = [*query.extra, _has_history(tenant, entities.c.id, attrs)] if attrs else query.extra
         current = replace(query, attrs=None, extra=extra)
-        uses_registry = query.q is None and query.geo is None and (await conn.execute(
+        uses_registry = query.q is None and query.geo is None and query.scope_q is None and (await conn.execute(
             select(registry.c.entity_id).where(registry.c.tenant == tenant).limit(1))).first() is not None
         if not uses_registry:
             records, total = await self.store.query(conn, tenant, current)
@@ -231,17 +266,38 @@ class TemporalService:
                                   .limit(skip + query.limit))
         heads = [_from_record(r) for r in records]
         heads += [_from_registry(r) for r in rows]
-        heads.sort(key=lambda head: head.id)
+        if not query.order_by:
+            heads.sort(key=lambda head: head.id)
+        # With orderBy, the entities that have a current state come in its order, then those known only
+        # to the temporal registry (no current attributes to order by), by id.
         if total is not None:
             total += (await conn.execute(select(func.count()).select_from(registry).where(*conds))).scalar_one()
         return heads[skip:skip + query.limit], total
 
+    async def _rollup_grain(self, tenant: str, tq: TemporalQuery) -> str | None:
+        """The rollup grain to answer `tq` from, its marked buckets recomputed first; None: the raw rows."""
+        grain = sql.rollup_grain(tq) if tq.representation == AGGREGATED else None
+        if grain is None:
+            return None
+        async with self.store.read() as conn:
+            if not await rollups.has_dirty(conn, tenant):
+                return grain
+        try:
+            async with write_transaction(self.store.engine, self.store._sqlite_write_lock) as conn:
+                await rollups.refresh(conn, tenant)
+        except DBAPIError:
+            # e.g. a sum beyond float8 on PostgreSQL: the marks stay, this answer comes from the raw rows.
+            log.warning("temporal rollups of tenant %r could not be recomputed; reading raw history", tenant,
+                        exc_info=True)
+            return None
+        return grain
+
     async def _fill(self, conn: AsyncConnection, tenant: str, heads: list[TemporalEntity],
-                    tq: TemporalQuery) -> ContentRange | None:
+                    tq: TemporalQuery, grain: str | None = None) -> ContentRange | None:
         by_id = {head.id: head for head in heads}
         if tq.representation == AGGREGATED:
-            for bucket in await sql.aggregate(conn, tenant, list(by_id), tq):
-                by_id[bucket.entity_id].buckets.setdefault(bucket.attr, []).append(bucket)
+            for series in await sql.aggregate_series(conn, tenant, list(by_id), tq, grain):
+                by_id[series.entity_id].buckets.setdefault(series.attr, []).append(series)
             return None
         pairs = await sql.attribute_pairs(conn, tenant, list(by_id), tq.attrs)
         cap = self.max_instances
@@ -283,7 +339,7 @@ class TemporalService:
                                          "future: who owns an entity is not set ahead of time")
 
     async def _guard(self, conn: AsyncConnection, tenant: str, entity_id: str, action: str,
-                     written: Attrs | None = None) -> None:
+                     written: Attrs | None = None, types: list[str] | None = None) -> None:
         """The caller's write guard (cityos.hub.access), inside the write transaction, on the entity's
         current state: a history write is allowed to whoever may write the entity itself. Instances
         of ownership attributes count as setting them, so a caller who may not give the entity away
@@ -303,6 +359,33 @@ class TemporalService:
             reason = guard(action, change)
             if reason is not None:
                 raise AccessDenied(f"{entity_id}: {reason}", entityId=entity_id)
+        await self._check_sources(conn, tenant, entity_id, record, written, types)
+
+    async def _check_sources(self, conn: AsyncConnection, tenant: str, entity_id: str, record: EntityRecord | None,
+                             written: Attrs | None, types: list[str] | None) -> None:
+        """一数一源 for the written attributes: a history instance of an attribute is that attribute
+        written, so another source is refused or flagged as for a write of the current state. The
+        entity's type comes from its current state, else its history registry, else the body."""
+        sources = source_guard.get()
+        if sources is None or not written:
+            return
+        if record is not None:
+            entity_types = list(record.types)
+        else:
+            known = await self._known_type(conn, tenant, entity_id)
+            entity_types = [known] if known is not None else list(types or [])
+        now = clock.now()
+        after = EntityRecord(entity_id, entity_types, dict(written), now, now, None)
+        reason = sources.check_sources(Change(entity_id, record, after, set(written)))
+        if reason is not None:
+            raise AccessDenied(f"{entity_id}: {reason}", entityId=entity_id)
+
+    @staticmethod
+    def _committed(entity_id: str) -> None:
+        """The history write committed: its 一数一源 flags are stored by the data domain."""
+        sources = source_guard.get()
+        if sources is not None:
+            sources.sources_committed({entity_id})
 
     async def upsert_evolution(self, tenant: str, body: Any, ctx: ActiveContext) -> tuple[str, bool]:
         """Create a temporal evolution or add instances to it: (the entity id, True when it was created)."""
@@ -315,7 +398,7 @@ class TemporalService:
         attrs = parse_temporal_attrs(body, ctx, clock.iso(now))
         self._no_future_ownership(attrs, now)
         async with self.store.write() as conn:
-            await self._guard(conn, tenant, entity_id, "entity.write", attrs)
+            await self._guard(conn, tenant, entity_id, "entity.write", attrs, types)
             known = await self._known_type(conn, tenant, entity_id)
             if known is None:
                 if not types:
@@ -324,6 +407,7 @@ class TemporalService:
                 await conn.execute(_registry_upsert(conn.dialect.name, update_type=False), [
                     {"tenant": tenant, "entity_id": entity_id, "entity_type": types[0], "created_at": now}])
             await self.store.write_history(conn, tenant, _rows(entity_id, known or types[0], attrs, now))
+        self._committed(entity_id)
         return entity_id, known is None
 
     async def append_instances(self, tenant: str, entity_id: str, body: Any, ctx: ActiveContext) -> None:
@@ -340,15 +424,22 @@ class TemporalService:
             await self._guard(conn, tenant, entity_id, "entity.write", attrs)
             known = await self._require_known(conn, tenant, entity_id)
             await self.store.write_history(conn, tenant, _rows(entity_id, known, attrs, now))
+        self._committed(entity_id)
 
     async def delete_evolution(self, tenant: str, entity_id: str) -> None:
         """Drop the whole history of an entity; its current state, if any, stays."""
         check_entity_id(entity_id)
         async with self.store.write() as conn:
-            await self._guard(conn, tenant, entity_id, "entity.delete")
+            # Dropping a history drops every attribute's: each is checked against its source (一数一源).
+            written: Attrs = {}
+            if source_guard.get() is not None:
+                written = {str(a): [] for a in (await conn.execute(select(h.c.attr).where(
+                    h.c.tenant == tenant, h.c.entity_id == entity_id).distinct())).scalars()}
+            await self._guard(conn, tenant, entity_id, "entity.delete", written)
             await self._require_known(conn, tenant, entity_id)
             await conn.execute(delete(h).where(h.c.tenant == tenant, h.c.entity_id == entity_id))
             await conn.execute(delete(registry).where(registry.c.tenant == tenant, registry.c.entity_id == entity_id))
+        self._committed(entity_id)
 
     async def delete_attr(self, tenant: str, entity_id: str, attr: str, ctx: ActiveContext,
                           dataset_id: str | None, delete_all: bool) -> None:
@@ -360,11 +451,12 @@ class TemporalService:
         if not delete_all:
             conds.append(h.c.dataset_id == dataset_id if dataset_id is not None else h.c.dataset_id.is_(None))
         async with self.store.write() as conn:
-            await self._guard(conn, tenant, entity_id, "entity.write")
+            await self._guard(conn, tenant, entity_id, "entity.write", {iri: []})
             await self._require_known(conn, tenant, entity_id)
             if (await conn.execute(delete(h).where(*conds))).rowcount == 0:
                 which = f" with datasetId {dataset_id}" if dataset_id and not delete_all else ""
                 raise ResourceNotFound(f"attribute {attr}{which} has no history in {entity_id}")
+        self._committed(entity_id)
 
     async def patch_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str, body: Any,
                              ctx: ActiveContext) -> None:
@@ -395,6 +487,7 @@ class TemporalService:
             ts = clock.parse_iso(observed) if isinstance(observed, str) else row.ts
             await conn.execute(update(h).where(*conds).values(
                 instance=merged, ts=ts, modified_at=now, dataset_id=merged.get("datasetId")))
+        self._committed(entity_id)
 
     async def delete_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str,
                               ctx: ActiveContext) -> None:
@@ -402,10 +495,11 @@ class TemporalService:
         iri = ctx.expand(check_name(attr))
         key = instance_key(instance_id)
         async with self.store.write() as conn:
-            await self._guard(conn, tenant, entity_id, "entity.write")
+            await self._guard(conn, tenant, entity_id, "entity.write", {iri: []})
             if (await conn.execute(delete(h).where(*_instance_conditions(tenant, entity_id, iri, key)))).rowcount == 0:
                 await self._require_known(conn, tenant, entity_id)
                 raise ResourceNotFound(f"no instance {instance_id} of {attr} in {entity_id}")
+        self._committed(entity_id)
 
     # ------------------------------------------------------------------ entity API listener
 

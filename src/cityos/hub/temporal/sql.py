@@ -15,10 +15,12 @@ Both questions run in the database:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -38,9 +40,11 @@ from sqlalchemy.sql.elements import ColumnElement
 from cityos.core import clock
 from cityos.hub.models import Timestamp
 from cityos.hub.models import attribute_history as h
+from cityos.hub.temporal import rollups
 from cityos.hub.temporal.params import TemporalQuery
 
 SQLITE_PAIRS_PER_STATEMENT = 200  # SQLite allows 500 terms in a compound SELECT
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -52,6 +56,42 @@ class InstanceRow:
     time: datetime
     deleted: bool
     instance: dict[str, Any]
+
+
+class Bound:
+    """A bucket's start and end, and the two as DateTimes, formatted once for every series that has it."""
+
+    __slots__ = ("end", "end_text", "start", "start_text")
+
+    def __init__(self, start: datetime, end: datetime) -> None:
+        self.start, self.end = start, end
+        self.start_text, self.end_text = bucket_time(start), bucket_time(end)
+
+
+@dataclass(slots=True)
+class BucketSeries:
+    """The buckets of one (entity, attribute, datasetId), in time order, as columns: `bounds[i]` and
+    `values[method][i]` are bucket i. No object per bucket: an aggregation of 1,000 entities has 24,000."""
+
+    entity_id: str
+    attr: str
+    dataset_id: str | None
+    bounds: list[Bound]
+    values: dict[str, list[Any]]
+
+    def rows(self) -> list[BucketRow]:
+        return [BucketRow(self.entity_id, self.attr, self.dataset_id, b.start, b.end,
+                          {m: column[i] for m, column in self.values.items()})
+                for i, b in enumerate(self.bounds)]
+
+
+@functools.lru_cache(maxsize=4096)
+def bucket_time(moment: datetime) -> str:
+    """A bucket bound as a DateTime. The bounds come from timeAt or an instance's time, written by a client,
+    usually in whole seconds: those are given as written ("…T14:03:00Z", §4.5.19), others with milliseconds."""
+    if moment.microsecond == 0:
+        return moment.astimezone(UTC).isoformat(timespec="seconds")[:-6] + "Z"
+    return clock.iso(moment)
 
 
 @dataclass
@@ -77,10 +117,11 @@ def utc(value: Any) -> datetime:
 
 
 def time_column(prop: str, dialect: str) -> ColumnElement[Any]:
-    """observedAt is `ts` (observedAt, else modifiedAt, as recorded); createdAt is read from the instance."""
+    """observedAt is `ts` (observedAt, else modifiedAt, as recorded); createdAt is read from the instance;
+    deletedAt is when a deletion was recorded (its modified_at; `window` keeps only deletions then)."""
     if prop == "observedAt":
         return h.c.ts
-    if prop == "modifiedAt":
+    if prop in ("modifiedAt", "deletedAt"):
         return h.c.modified_at
     if dialect == "postgresql":
         return cast(h.c.instance["createdAt"].as_string(), Timestamp)
@@ -95,6 +136,8 @@ def _bound(prop: str, dialect: str, moment: datetime) -> Any:
 def window(tq: TemporalQuery, dialect: str) -> list[ColumnElement[bool]]:
     column = time_column(tq.timeproperty, dialect)
     conds: list[ColumnElement[bool]] = []
+    if tq.timeproperty == "deletedAt":
+        conds.append(h.c.deleted != 0)  # §5.7.3: the evolution along deletedAt is that of the deletions
     if tq.lower is not None:
         conds.append(column >= _bound(tq.timeproperty, dialect, tq.lower))
     if tq.upper is not None:
@@ -245,17 +288,115 @@ def _aggregate_sql(tq: TemporalQuery, dialect: str, with_attrs: bool) -> tuple[s
     outer = ", ".join(f'{aggregates[m]} AS "{m}"' for m in tq.aggr_methods)
     sql = (f"SELECT entity_id, attr, dataset_id, bucket, {outer}, min(t) AS t_min, max(t) AS t_max "
            f"FROM (SELECT {', '.join(inner)} FROM hub_attribute_history WHERE {' AND '.join(where)}) s "
-           "GROUP BY entity_id, attr, dataset_id, bucket ORDER BY entity_id, attr, dataset_id, bucket")
+           f"GROUP BY entity_id, attr, dataset_id, bucket ORDER BY {_series_order(pg, 'dataset_id')}, bucket")
+    return sql, binds
+
+
+def _series_order(pg: bool, dataset: str) -> str:
+    """How buckets are sorted: by series, then by time. Which entity or attribute comes first does not matter
+    (the answer follows the page's order and sorts attributes), so PostgreSQL compares them bytewise, not by
+    the database's collation (several times cheaper: the ids share long prefixes). The datasetIds of an
+    attribute keep the collation's order, the default instance (NULL) last."""
+    if pg:
+        return f'entity_id COLLATE "C", attr COLLATE "C", {dataset}'
+    return f"entity_id, attr, {dataset}"
+
+
+# What each method is over the rollup rows of a bucket (see `rollups`); SQLite's stddev is the variance,
+# as in _SQLITE_AGGREGATES (the square root is taken in Python).
+_PG_ROLLUP_AGGREGATES = {
+    "totalCount": "CAST(sum(total) AS bigint)", "sum": "sum(sum)", "avg": "sum(sum) / CAST(sum(n) AS float8)",
+    "min": "min(min)", "max": "max(max)", "sumsq": "sum(sumsq)",
+    "stddev": "CASE WHEN sum(n) > 0 THEN sqrt(greatest(sum(sumsq) / CAST(sum(n) AS float8) "
+              "- power(sum(sum) / CAST(sum(n) AS float8), 2), 0)) END",
+}
+_SQLITE_ROLLUP_AGGREGATES = {
+    "totalCount": "sum(total)", "sum": "sum(sum)", "avg": "sum(sum) * 1.0 / sum(n)", "min": "min(min)",
+    "max": "max(max)", "sumsq": "sum(sumsq) * 1.0",
+    "stddev": "sum(sumsq) * 1.0 / sum(n) - (sum(sum) * 1.0 / sum(n)) * (sum(sum) * 1.0 / sum(n))",
+}
+
+
+# The same, over one rollup row (a query whose period is the grain: each bucket is one row, no grouping).
+_PG_ROLLUP_ROW = {
+    "totalCount": "total", "sum": "sum", "avg": "sum / CAST(n AS float8)", "min": "min", "max": "max", "sumsq": "sumsq",
+    "stddev": "CASE WHEN n > 0 THEN sqrt(greatest(sumsq / CAST(n AS float8) "
+              "- power(sum / CAST(n AS float8), 2), 0)) END",
+}
+_SQLITE_ROLLUP_ROW = {
+    "totalCount": "total", "sum": "sum", "avg": "sum * 1.0 / n", "min": "min", "max": "max", "sumsq": "sumsq * 1.0",
+    "stddev": "sumsq * 1.0 / n - (sum * 1.0 / n) * (sum * 1.0 / n)",
+}
+
+
+def rollup_grain(tq: TemporalQuery) -> str | None:
+    """The rollup grain that answers `tq` exactly, or None when the raw rows must be read."""
+    if not rollups.enabled():
+        return None
+    return rollups.grain_for(tq.aggr_period, tq.origin, tq.lower, tq.upper, tq.timeproperty, tq.aggr_methods)
+
+
+def _rollup_sql(tq: TemporalQuery, dialect: str, with_attrs: bool, grain: str) -> tuple[str, list[Any]]:
+    pg = dialect == "postgresql"
+    binds: list[Any] = [bindparam("tenant"), bindparam("grain")]
+    if tq.aggr_period is None:
+        bucket = "0"
+    elif pg:
+        bucket = "date_bin(:period, bucket, :origin)"
+        binds += [bindparam("period", type_=INTERVAL()), bindparam("origin", type_=Timestamp)]
+    else:
+        d = f"({_sqlite_millis('bucket')} - :origin_ms)"
+        bucket = f"CASE WHEN {d} >= 0 THEN {d} / :period_ms ELSE -((-{d} + :period_ms - 1) / :period_ms) END"
+    where = ["tenant = :tenant", "grain = :grain", "total > 0",
+             "entity_id = ANY(CAST(:ids AS varchar[]))" if pg else "entity_id IN :ids"]
+    binds.append(bindparam("ids", expanding=not pg))
+    if with_attrs:
+        where.append("attr = ANY(CAST(:attrs AS varchar[]))" if pg else "attr IN :attrs")
+        binds.append(bindparam("attrs", expanding=not pg))
+    if tq.lower is not None:
+        where.append("bucket >= :lower")
+        binds.append(bindparam("lower", type_=Timestamp))
+    if tq.upper is not None:
+        where.append("bucket < :upper")
+        binds.append(bindparam("upper", type_=Timestamp))
+    # NULLIF: the raw rows' NULL datasetId (the default instance) sorts where the raw query sorts it.
+    order = "ORDER BY " + _series_order(pg, "NULLIF(dataset_key, '')") + ", 4"
+    if tq.aggr_period == rollups.GRAINS[grain]:
+        # Each bucket is one rollup row (the origin is on a grain boundary): no grouping.
+        aggregates = _PG_ROLLUP_ROW if pg else _SQLITE_ROLLUP_ROW
+        outer = ", ".join(f'{aggregates[m]} AS "{m}"' for m in tq.aggr_methods)
+        return (f"SELECT entity_id, attr, NULLIF(dataset_key, '') AS dataset_id, {bucket} AS bucket, {outer}, "
+                f"t_min, t_max FROM hub_history_rollups WHERE {' AND '.join(where)} {order}"), binds
+    aggregates = _PG_ROLLUP_AGGREGATES if pg else _SQLITE_ROLLUP_AGGREGATES
+    outer = ", ".join(f'{aggregates[m]} AS "{m}"' for m in tq.aggr_methods)
+    sql = (f"SELECT entity_id, attr, NULLIF(dataset_key, '') AS dataset_id, {bucket} AS bucket, {outer}, "
+           "min(t_min) AS t_min, max(t_max) AS t_max FROM hub_history_rollups "
+           f"WHERE {' AND '.join(where)} GROUP BY entity_id, attr, dataset_key, 4 {order}")
     return sql, binds
 
 
 async def aggregate(conn: AsyncConnection, tenant: str, entity_ids: Sequence[str],
-                    tq: TemporalQuery) -> list[BucketRow]:
+                    tq: TemporalQuery, grain: str | None = None) -> list[BucketRow]:
+    """The buckets of `tq`, one object each (see `aggregate_series`, which the API reads)."""
+    return [bucket for series in await aggregate_series(conn, tenant, entity_ids, tq, grain)
+            for bucket in series.rows()]
+
+
+async def aggregate_series(conn: AsyncConnection, tenant: str, entity_ids: Sequence[str],
+                           tq: TemporalQuery, grain: str | None = None) -> list[BucketSeries]:
+    """The buckets of `tq`: from the rollups of `grain` when given (the caller refreshed them), else raw;
+    one series per (entity, attribute, datasetId), in the order of the answer."""
     if not entity_ids:
         return []
     dialect = conn.dialect.name
-    sql, binds = _aggregate_sql(tq, dialect, bool(tq.attrs))
+    pg = dialect == "postgresql"
+    if grain is not None:
+        sql, binds = _rollup_sql(tq, dialect, bool(tq.attrs), grain)
+    else:
+        sql, binds = _aggregate_sql(tq, dialect, bool(tq.attrs))
     params: dict[str, Any] = {"tenant": tenant, "ids": list(entity_ids)}
+    if grain is not None:
+        params["grain"] = grain
     if tq.attrs:
         params["attrs"] = list(tq.attrs)
     if tq.lower is not None:
@@ -264,30 +405,106 @@ async def aggregate(conn: AsyncConnection, tenant: str, entity_ids: Sequence[str
         params["upper"] = _bound(tq.timeproperty, dialect, tq.upper)
     period = tq.aggr_period
     if period is not None:
-        if dialect == "postgresql":
+        if pg:
             params.update(period=period, origin=tq.origin)
         else:
             params.update(period_ms=int(period.total_seconds()) * 1000,
                           origin_ms=round((tq.origin - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1000))
-    if dialect == "postgresql":
-        # The default 4 MB makes a day of 1,000 sensors spill its group-by to disk.
+    if pg:
+        # The default 4 MB makes a day of 1,000 sensors spill its group-by (and the rollups' sort) to disk.
         await conn.execute(text("SET LOCAL work_mem = '64MB'"))
+    methods = tq.aggr_methods
+    if pg:
+        # One row per series, its buckets as arrays (decoded by the driver, in C): no Python object per
+        # bucket, and the entity id and attribute are sent once per series rather than once per bucket.
+        sql = _series_sql(sql, methods, with_times=period is None)
     rows = await conn.execute(text(sql).bindparams(*binds), params)
-    return [_bucket(row, tq, dialect) for row in rows]
+    # Buckets of many entities share their bounds: each distinct one is converted and formatted once.
+    bounds: dict[Any, Bound] = {}
+    if pg:
+        return [_pg_series(row, tq, bounds) for row in rows]
+    return _sqlite_series(rows, tq, bounds)
 
 
-def _bucket(row: Any, tq: TemporalQuery, dialect: str) -> BucketRow:
-    period = tq.aggr_period
-    if period is None:
-        start = tq.lower or utc(row.t_min)
-        end = tq.upper or utc(row.t_max)
+def _series_sql(per_bucket: str, methods: Sequence[str], with_times: bool) -> str:
+    """The per-bucket statement (ordered by entity, attribute, datasetId, bucket) folded into one row per
+    series, in series order."""
+    # No ORDER BY inside array_agg: on PostgreSQL 15 each one sorts its group again (one sort per method and
+    # series). The sorted sub-select feeds the grouping in its order, which array_agg keeps; `_pg_series`
+    # checks that each series came out in time order and sorts it if ever not.
+    arrays = [f'array_agg(b."{m}")' for m in methods]
+    if with_times:
+        arrays += ["array_agg(b.t_min)", "array_agg(b.t_max)"]
+    # Bucket starts as integer microseconds since the epoch (exact: extract gives a numeric): the bounds are
+    # looked up per bucket, and an int hashes far faster than an aware datetime.
+    # Without a period there is one bucket per series (0), bounded by its instances' times.
+    key = "b.bucket" if with_times else "CAST(extract(epoch FROM b.bucket) * 1000000 AS bigint)"
+    return (f"SELECT b.entity_id, b.attr, b.dataset_id, array_agg({key}), {', '.join(arrays)} "
+            f"FROM ({per_bucket}) b GROUP BY b.entity_id, b.attr, b.dataset_id "
+            f'ORDER BY b.entity_id COLLATE "C", b.attr COLLATE "C", b.dataset_id')
+
+
+def _bound_of(key: Any, tq: TemporalQuery, dialect: str, bounds: dict[Any, Bound]) -> Bound:
+    found = bounds.get(key)
+    if found is None:
+        period = tq.aggr_period
+        assert period is not None
+        # PostgreSQL gives the start in microseconds since the epoch, SQLite the bucket's number from the origin.
+        first = EPOCH + timedelta(microseconds=key) if dialect == "postgresql" else tq.origin + period * key
+        found = bounds[key] = Bound(first, first + period)
+    return found
+
+
+def _pg_series(row: Any, tq: TemporalQuery, bounds: dict[Any, Bound]) -> BucketSeries:
+    methods = tq.aggr_methods
+    keys = row[3]
+    if keys != sorted(keys):  # linear on a sorted list
+        row = _in_time_order(row)
+        keys = row[3]
+    if tq.aggr_period is None:
+        t_min, t_max = row[4 + len(methods)], row[5 + len(methods)]
+        spans = [Bound(tq.lower or utc(a), tq.upper or utc(b)) for a, b in zip(t_min, t_max, strict=True)]
     else:
-        start = utc(row.bucket) if dialect == "postgresql" else tq.origin + period * row.bucket
-        end = start + period
-    values = {m: _number(row._mapping[m]) for m in tq.aggr_methods}
-    if dialect != "postgresql" and values.get("stddev") is not None:
-        values["stddev"] = math.sqrt(max(values["stddev"], 0.0))  # rounding can leave -1e-17
-    return BucketRow(row.entity_id, row.attr, row.dataset_id, start, end, values)
+        spans = [bounds.get(key) or _bound_of(key, tq, "postgresql", bounds) for key in keys]
+    values = {m: _numbers(row[4 + i]) for i, m in enumerate(methods)}
+    return BucketSeries(row[0], row[1], row[2], spans, values)
+
+
+def _in_time_order(row: Any) -> tuple[Any, ...]:
+    """A series whose arrays did not come in bucket order (array_agg follows its input): each array sorted
+    by the bucket start."""
+    order = sorted(range(len(row[3])), key=row[3].__getitem__)
+    return (*row[:3], *([column[i] for i in order] for column in row[3:]))
+
+
+def _sqlite_series(rows: Any, tq: TemporalQuery, bounds: dict[Any, Bound]) -> list[BucketSeries]:
+    # Columns: entity_id, attr, dataset_id, bucket, one per method, t_min, t_max; ordered by series, bucket.
+    methods = tq.aggr_methods
+    found: list[BucketSeries] = []
+    current: BucketSeries | None = None
+    for row in rows:
+        if current is None or (row[0], row[1], row[2]) != (current.entity_id, current.attr, current.dataset_id):
+            current = BucketSeries(row[0], row[1], row[2], [], {m: [] for m in methods})
+            found.append(current)
+        if tq.aggr_period is None:
+            current.bounds.append(Bound(tq.lower or utc(row[-2]), tq.upper or utc(row[-1])))
+        else:
+            current.bounds.append(bounds.get(row[3]) or _bound_of(row[3], tq, "sqlite", bounds))
+        for i, m in enumerate(methods):
+            value = _number(row[4 + i])
+            if m == "stddev" and value is not None:
+                value = math.sqrt(max(value, 0.0))  # the variance (see _SQLITE_AGGREGATES); rounding can leave -1e-17
+            current.values[m].append(value)
+    return found
+
+
+def _numbers(values: list[Any]) -> list[Any]:
+    # The statements give float8 and bigint, which the driver returns as float and int; Decimal only from
+    # a numeric aggregate. A column has one type: its first value tells.
+    first = next((v for v in values if v is not None), None)
+    if isinstance(first, Decimal):
+        return [_number(v) for v in values]
+    return values
 
 
 def _number(value: Any) -> Any:
@@ -295,3 +512,28 @@ def _number(value: Any) -> Any:
         return value
     return float(value)  # Decimal from a numeric aggregate
 
+
+async def earliest(conn: AsyncConnection, tenant: str, entity_ids: Sequence[str], tq: TemporalQuery) -> datetime | None:
+    """The earliest time (by `tq.timeproperty`) of the instances an aggregation would read: where its buckets
+    start when the query gives no timeAt to start from (§4.5.19)."""
+    if not entity_ids:
+        return None
+    pg = conn.dialect.name == "postgresql"
+    t = (_PG_TIME if pg else _SQLITE_TIME)[tq.timeproperty]
+    where = ["tenant = :tenant", "deleted = 0",
+             "entity_id = ANY(CAST(:ids AS varchar[]))" if pg else "entity_id IN :ids"]
+    binds: list[Any] = [bindparam("ids", expanding=not pg)]
+    params: dict[str, Any] = {"tenant": tenant, "ids": list(entity_ids)}
+    if tq.attrs:
+        where.append("attr = ANY(CAST(:attrs AS varchar[]))" if pg else "attr IN :attrs")
+        binds.append(bindparam("attrs", expanding=not pg))
+        params["attrs"] = list(tq.attrs)
+    if tq.upper is not None:
+        where.append(f"{t} < :upper")
+        binds.append(bindparam("upper", type_=Timestamp if pg or tq.timeproperty != "createdAt" else String()))
+        params["upper"] = _bound(tq.timeproperty, conn.dialect.name, tq.upper)
+    found = (await conn.execute(text(f"SELECT min({t}) FROM hub_attribute_history WHERE {' AND '.join(where)}")
+                                .bindparams(*binds), params)).scalar_one_or_none()
+    if found is None:
+        return None
+    return utc(found)

@@ -161,7 +161,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     worker = EnvironmentWorker(service)
     app.state.environment = service
     app.state.environment_worker = worker
-    unsubscribe = app.state.bus.subscribe(ENTITY_CHANGED, worker.on_change)
+    unsubscribe = app.state.bus.subscribe(ENTITY_CHANGED, worker.on_change, group="environment")
     worker.start()
 
     async def stop() -> None:

@@ -193,11 +193,11 @@ class EnvironmentService:
         back = {self.iri(a): a for a in names}
         means: dict[str, dict[datetime, float]] = {a: {} for a in names}
         for head in result.entities:
-            for attr, buckets in head.buckets.items():
+            for attr, series in head.buckets.items():
                 name = back.get(attr)
                 if name is None:
                     continue
-                for bucket in buckets:
+                for bucket in (row for one in series for row in one.rows()):
                     avg = _finite(bucket.values.get("avg"))
                     if avg is not None:
                         means[name][clock.as_utc(bucket.start)] = avg

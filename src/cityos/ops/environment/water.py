@@ -71,7 +71,7 @@ def class_level(name: str) -> int:
         return 6
     if text in CLASS_NAMES:
         return CLASS_NAMES.index(text) + 1
-    if text.isdigit() and 1 <= int(text) <= 6:
+    if text.isdecimal() and 1 <= int(text) <= 6:
         return int(text)
     raise ValueError(f"{name!r} is not a water quality class (I, II, III, IV, V or 劣V)")
 

@@ -64,6 +64,8 @@ class EnvironmentWorker:
     # ------------------------------------------------------------------ intake (on the publisher's path: cheap)
 
     async def on_change(self, event: Event) -> None:
+        # Idempotent without a claim: the effect is a recompute of the station from stored readings,
+        # queued once per station (a redelivered change finds the key queued, deferred or fresh).
         change = event.payload.get("change")
         if not isinstance(change, Change) or change.after is None:
             return

@@ -19,6 +19,7 @@ import logging
 import re
 from typing import Any
 
+from cityos.core.bus_models import AlreadyApplied
 from cityos.core.errors import NonexistentTenant, ProblemError
 from cityos.core.events import Event, EventBus
 from cityos.hub.service import ENTITY_CHANGED
@@ -109,22 +110,24 @@ class Listeners:
         self.service = service
         self.bus = bus
         self._unsubscribe = [
-            bus.subscribe("ops.alarm.raised", self.on_alarm),
-            bus.subscribe("ops.alarm.updated", self.on_alarm),
-            bus.subscribe("ops.alarm.cleared", self.on_alarm_cleared),
-            bus.subscribe("ops.incident.requested", self.on_requested),
-            bus.subscribe(ENTITY_CHANGED, self.on_entity),
+            bus.subscribe("ops.alarm.raised", self.on_alarm, group="incidents"),
+            bus.subscribe("ops.alarm.updated", self.on_alarm, group="incidents"),
+            bus.subscribe("ops.alarm.cleared", self.on_alarm_cleared, group="incidents"),
+            bus.subscribe("ops.incident.requested", self.on_requested, group="incidents"),
+            bus.subscribe(ENTITY_CHANGED, self.on_entity, group="incidents"),
         ]
 
     def close(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
 
-    async def _open(self, tenant: str, new: NewIncident) -> None:
+    async def _open(self, tenant: str, new: NewIncident, event: Event) -> None:
         if self.service.correlation.enabled:
             await correlate(self.service, tenant, new)
         try:
-            await self.service.create(tenant, new, actor=SYSTEM)
+            await self.service.create(tenant, new, actor=SYSTEM, cause=event)
+        except AlreadyApplied:
+            log.info("%s %s: applied before (redelivered)", event.topic, event.id)
         except ProblemError as exc:
             log.warning("incident for %s refused: %s", new.dedup_key, exc.detail)
 
@@ -134,18 +137,18 @@ class Listeners:
             return
         new = alarm_incident(alarm)
         if new is not None:
-            await self._open(str(event.payload.get("tenant") or ""), new)
+            await self._open(str(event.payload.get("tenant") or ""), new, event)
 
     async def on_alarm_cleared(self, event: Event) -> None:
         alarm = event.payload.get("alarm")
         if isinstance(alarm, dict) and alarm.get("id") is not None:
             await self.service.note(str(event.payload.get("tenant") or ""), f"alarm:{alarm['id']}"[:300],
-                                    "alarm.cleared", "the alarm was cleared")
+                                    "alarm.cleared", "the alarm was cleared", cause=event)
 
     async def on_requested(self, event: Event) -> None:
         new = environment_incident(event.payload)
         if new is not None:
-            await self._open(str(event.payload.get("tenant") or ""), new)
+            await self._open(str(event.payload.get("tenant") or ""), new, event)
 
     async def on_entity(self, event: Event) -> None:
         change = event.payload.get("change")
@@ -162,7 +165,7 @@ class Listeners:
         if alarm is not None:
             new = alarm_incident(alarm)
             if new is not None:
-                await self._open(str(event.payload.get("tenant") or ""), new)
+                await self._open(str(event.payload.get("tenant") or ""), new, event)
 
     async def reconcile(self) -> int:
         return await reconcile(self.service)

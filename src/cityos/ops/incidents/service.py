@@ -41,9 +41,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.config import env_float
 from cityos.core import clock, messages
+from cityos.core.bus_models import AlreadyApplied, claim, claim_sync
 from cityos.core.db import _configure_sqlite, json_dumps
 from cityos.core.errors import BadRequestData, Conflict, NonexistentTenant, ProblemError, ResourceNotFound
-from cityos.core.events import EventBus
+from cityos.core.events import Event, EventBus
 from cityos.hub.geoquery import DEFAULT_GEOPROPERTY, GeoQuery, haversine, validate_geojson
 from cityos.hub.jsonld import ActiveContext
 from cityos.hub.service import HubService
@@ -160,7 +161,7 @@ class SweepResult:
 
 def parse_id(raw: str | int) -> int:
     text = str(raw)
-    if not text.isdigit() or len(text) > 15 or int(text) >= MAX_ID:
+    if not text.isdecimal() or len(text) > 15 or int(text) >= MAX_ID:
         raise ResourceNotFound(f"incident {text[:40]!r} not found")
     return int(text)
 
@@ -389,7 +390,7 @@ class IncidentService:
                     "to": r.to_status, "note": r.note, **({"detail": r.detail} if r.detail else {})} for r in rows]
         children = {int(c) for e in entries if e["action"] == "merge"
                     for c in [*(e.get("detail") or {}).get("children", []), (e.get("detail") or {}).get("child")]
-                    if c is not None and str(c).isdigit()}
+                    if c is not None and str(c).isdecimal()}
         titles: dict[str, str] = {}
         if children:
             found = await conn.execute(select(incidents.c.id, incidents.c.title)
@@ -700,9 +701,12 @@ class IncidentService:
 
     async def create(self, tenant: str, new: NewIncident, by: Principal | None = None,
                      actor: Actor | None = None,
-                     check: Callable[[Plan], Awaitable[None]] | None = None) -> Created:
+                     check: Callable[[Plan], Awaitable[None]] | None = None, cause: Event | None = None) -> Created:
         """Open an incident (or merge the report into a nearby open one, or refresh the open
-        incident of the same dedup key). `check(plan)` may refuse before anything is written."""
+        incident of the same dedup key). `check(plan)` may refuse before anything is written.
+
+        `cause` (the bus event that asked for it) is claimed in the write transaction; raises
+        `AlreadyApplied` when it was applied before (a JetStream redelivery), writing nothing."""
         actor = actor or Actor.of(by)
         plan = await self.plan(tenant, new)
         if check is not None:
@@ -713,7 +717,7 @@ class IncidentService:
         reporter_enc = self.keyring.encrypt(orjson.dumps(new.reporter).decode()) if new.reporter else None
         for attempt in range(3):
             try:
-                result = await self._create_row(tenant, new, actor, plan, policy, reporter_enc)
+                result = await self._create_row(tenant, new, actor, plan, policy, reporter_enc, cause)
                 break
             except IntegrityError:
                 # A concurrent writer opened the incident of the same dedup key (or took the token).
@@ -735,16 +739,18 @@ class IncidentService:
         return Created(views[0], outcome, views[1] if len(views) > 1 else None)
 
     async def _create_row(self, tenant: str, new: NewIncident, actor: Actor, plan: Plan,
-                          policy: Policy | None, reporter_enc: str | None,
+                          policy: Policy | None, reporter_enc: str | None, cause: Event | None = None,
                           ) -> tuple[str, int, int | None, list[tuple[Any, Any]]]:
         """(outcome, id, parent id, [(row, its parent row)] of the rows written, as committed)."""
         result: tuple[str, int, int | None, list[tuple[Any, Any]]] = await self.write_tx(
-            self._create_tx, tenant, new, actor, plan, policy, reporter_enc, clock.now())
+            self._create_tx, tenant, new, actor, plan, policy, reporter_enc, clock.now(), cause)
         return result
 
     def _create_tx(self, conn: Connection, tenant: str, new: NewIncident, actor: Actor, plan: Plan,
-                   policy: Policy | None, reporter_enc: str | None, now: datetime,
+                   policy: Policy | None, reporter_enc: str | None, now: datetime, cause: Event | None = None,
                    ) -> tuple[str, int, int | None, list[tuple[Any, Any]]]:
+        if not claim_sync(conn, "incidents", cause):
+            raise AlreadyApplied(cause.id if cause else None)
         location, lon, lat, district, department = plan.location, plan.lon, plan.lat, plan.district, \
             plan.department
         t = incidents
@@ -1062,10 +1068,14 @@ class IncidentService:
         await self._audit(actor, "incident.split", tenant, child_id, **{"from": str(parent.id)})
         return (await self._announce(tenant, [child_id, parent.id]))[0]
 
-    async def note(self, tenant: str, dedup_key: str, action: str, note: str) -> dict[str, Any] | None:
-        """A timeline entry on the open incident of `dedup_key` (e.g. its alarm cleared)."""
+    async def note(self, tenant: str, dedup_key: str, action: str, note: str,
+                   cause: Event | None = None) -> dict[str, Any] | None:
+        """A timeline entry on the open incident of `dedup_key` (e.g. its alarm cleared); None when
+        there is none, or when `cause` was applied before (claimed with the entry: one entry per event)."""
         now = clock.now()
         async with self.write() as conn:
+            if not await claim(conn, "incidents", cause):
+                return None
             row = (await conn.execute(select(incidents).where(incidents.c.tenant == tenant,
                                                               incidents.c.dedup_open == dedup_key))).first()
             if row is None:

@@ -34,12 +34,15 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from cityos.config import public_url
 from cityos.core.errors import ProblemError, ResourceNotFound
+from cityos.core.responses import read_body
 from cityos.ops.incidents.service import IncidentService, Plan
 from cityos.ops.open311.formats import FORMATS, error, render
 from cityos.ops.open311.service import Open311Error, Open311Service
 from cityos.security.api import current_principal, enforce, header_tenant, request_tenant, require
 from cityos.security.policy import Principal, Resource
+from cityos.security.service import Unauthorized
 
 PREFIX = "/open311/v2"
 MAX_FORM_BYTES = 64 * 1024
@@ -162,7 +165,9 @@ async def post_request(request: Request, fmt: str) -> Response:
         keys = form.get("api_key") or []
         if len(keys) > 1:
             raise Open311Error(400, "api_key is given more than once")
-        tenant = await service.key_tenant(keys[0] if keys else None)
+        # A signed-in citizen (the portal's 随手拍) reports in the token's tenant without a key.
+        tenant = (principal.tenant if principal is not None and not keys
+                  else await service.key_tenant(keys[0] if keys else None))
         jurisdiction = form.get("jurisdiction_id")
         if jurisdiction:
             _check_jurisdiction(request, jurisdiction[0])
@@ -248,6 +253,32 @@ async def revoke_key(request: Request, key_id: str,
     if len(key_id) > 32 or not await open311_of(request).revoke_key(tenant, key_id, principal):
         raise ResourceNotFound(f"no active key {key_id[:32]!r}")
     return Response(status_code=204)
+
+
+# ---------------------------------------------------------------------- photos (随手拍)
+
+MEDIA_LIMIT = 8 * 1024 * 1024 + 1
+
+
+@admin_router.post("/media", status_code=201, openapi_extra={"requestBody": {"required": True, "content": {
+    t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/jpeg", "image/png", "image/webp")}}})
+async def upload_media(request: Request, principal: Principal | None = Depends(require("report.submit"))) -> Response:
+    """A report's photo (the raw image as the body); answers its id, media_url and EXIF location."""
+    if principal is None:
+        raise Unauthorized("a photo needs a signed-in reporter")
+    tenant = request_tenant(request, principal)
+    data = await read_body(request, MEDIA_LIMIT)
+    stored = await open311_of(request).media.add(tenant, principal.id, data)
+    stored["mediaUrl"] = f"{public_url()}/api/ops/open311/media/{stored['id']}"
+    return _json(stored, 201)
+
+
+@admin_router.get("/media/{media_id}")
+async def get_media(media_id: str, request: Request) -> Response:
+    """A report's photo, public like the report's media_url (it carries no metadata)."""
+    content_type, data = await open311_of(request).media.get(media_id)
+    return Response(data, media_type=content_type, headers={"Cache-Control": "public, max-age=86400",
+                                                            "X-Content-Type-Options": "nosniff"})
 
 
 # ---------------------------------------------------------------------- start-up

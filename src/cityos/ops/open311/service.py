@@ -8,6 +8,7 @@ account_id) are stored encrypted with the incident and never appear in a GET.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import math
@@ -30,6 +31,7 @@ from cityos.config import env_float, env_int
 from cityos.core import clock
 from cityos.ops.incidents.models import CATEGORY_PATTERN
 from cityos.ops.incidents.service import IncidentService, NewIncident, Plan
+from cityos.ops.open311.media import MediaStore
 from cityos.ops.open311.models import api_keys
 from cityos.security.audit import AuditEvent
 from cityos.security.masking import mask_public_text
@@ -211,6 +213,7 @@ class Open311Service:
         self._sqlite = engine.dialect.name == "sqlite"
         self._lock = write_lock
         self.max_requests = env_int("CITYOS_OPEN311_MAX_REQUESTS", 1000)
+        self.media = MediaStore(engine, write_lock or asyncio.Lock())  # photos of reports (随手拍)
         # Verified keys (by digest) → (tenant, read at): a report must not cost a key query. A revocation
         # here drops the cache at once; one made by another process takes effect within the TTL.
         self.key_ttl = env_float("CITYOS_OPEN311_KEY_CACHE_SECONDS", 10.0)
@@ -413,7 +416,7 @@ class Open311Service:
         raw_ids = params.get("service_request_id")
         if raw_ids is not None:
             parts = [p.strip() for p in raw_ids.split(",") if p.strip()]
-            if not parts or len(parts) > 1000 or any(not p.isdigit() or len(p) > 15 for p in parts):
+            if not parts or len(parts) > 1000 or any(not p.isdecimal() or len(p) > 15 for p in parts):
                 raise Open311Error(400, "service_request_id must be a comma-separated list of request ids")
             rows = await self.incidents.open311_rows(tenant, ids=[int(p) for p in parts], limit=self.max_requests)
             return [self._request(r) for r in rows]
@@ -451,7 +454,7 @@ class Open311Service:
                                     "e.g. 2010-01-01T00:00:00Z") from exc
 
     async def request(self, tenant: str, request_id: str) -> dict[str, Any]:
-        if not request_id.isdigit() or len(request_id) > 15:
+        if not request_id.isdecimal() or len(request_id) > 15:
             raise Open311Error(404, f"service request {request_id[:40]!r} not found")
         rows = await self.incidents.open311_rows(tenant, ids=[int(request_id)], limit=1)
         if not rows:

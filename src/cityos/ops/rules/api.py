@@ -60,7 +60,7 @@ def _actor(principal: Principal | None) -> str:
 
 async def _document(request: Request) -> Any:
     declared = request.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > spec.MAX_BODY_BYTES:
+    if declared and declared.isdecimal() and int(declared) > spec.MAX_BODY_BYTES:
         raise TooLarge(f"the body is larger than {spec.MAX_BODY_BYTES} bytes")
     raw = await request.body()
     if not raw.strip():
@@ -145,7 +145,7 @@ def _if_match(request: Request) -> int | None:
     if raw is None:
         return None
     text = raw.strip().strip('"')
-    if not text.isdigit():
+    if not text.isdecimal():
         raise BadRequestData("If-Match must be the rule's version number")
     return int(text)
 
@@ -305,8 +305,8 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     app.state.ops_rules = service
     await service.reload()
     bus = app.state.bus
-    unsubscribe = [bus.subscribe("hub.entity.changed", service.on_entity_changed)]
-    unsubscribe += [bus.subscribe(topic, service.on_device_event) for topic in DEVICE_TOPICS]
+    unsubscribe = [bus.subscribe("hub.entity.changed", service.on_entity_changed, group="rules")]
+    unsubscribe += [bus.subscribe(topic, service.on_device_event, group="rules") for topic in DEVICE_TOPICS]
     stopping = asyncio.Event()
     task = asyncio.create_task(service.run(stopping), name="ops-rules-timer")
 

@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
+from cityos.core.bus_models import claim
 from cityos.core.clock import as_utc
 from cityos.core.errors import AlreadyExists, Conflict, ProblemError, ResourceNotFound
 from cityos.core.events import Event, EventBus
@@ -404,7 +405,7 @@ class RulesService:
         if battery:
             outcomes.extend(battery)
         if outcomes:
-            await self.apply(outcomes)
+            await self.apply(outcomes, event)
 
     def _battery_recovered(self, tenant: str, change: Any) -> list[Outcome]:
         after = change.after
@@ -467,7 +468,7 @@ class RulesService:
             self.engine.mark_open(tenant, device, rule.id)
             outcomes.append(Outcome(rule, tenant, device, True, value, meta))
         if outcomes:
-            await self.apply(outcomes)
+            await self.apply(outcomes, event)
 
     async def _location(self, tenant: str, entity_id: str) -> dict[str, Any] | None:
         try:
@@ -487,11 +488,17 @@ class RulesService:
 
     # ------------------------------------------------------------------ alarms
 
-    async def apply(self, outcomes: list[Outcome]) -> list[dict[str, Any]]:
-        """Write the outcomes in one transaction, then the Alert entities, then the bus events."""
+    async def apply(self, outcomes: list[Outcome], event: Event | None = None) -> list[dict[str, Any]]:
+        """Write the outcomes in one transaction, then the Alert entities, then the bus events.
+
+        `event` (the change that produced them) is claimed in that transaction: an event redelivered
+        by JetStream (its acknowledgement lost) counts an alarm once, not twice. Only events with
+        outcomes are recorded, so the claim costs nothing on the readings that raise nothing."""
         applied: list[_Applied] = []
         now = clock.now()
         async with self._write() as conn:
+            if not await claim(conn, "rules", event):
+                return []
             for outcome in outcomes:
                 result = await (self._raise(conn, outcome, now) if outcome.active
                                 else self._auto_clear(conn, outcome, now))

@@ -9,6 +9,8 @@ A `Sender` delivers one `OutgoingMessage` on its channel or raises; the outbox r
 - `LogSender` (SMS default, as `LogSmsSender`): writes the message to the log. A real SMS gateway
   (Aliyun / Tencent Cloud SMS, an operator's CMPP gateway) is out of scope: implement `Sender`
   with ``channel = "sms"`` and register it in `Notifier.senders`.
+- `EmailSmsGateway`: SMS through an e-mail-to-SMS gateway (many SMS providers and operators take
+  mail to ``<number>@<their domain>``): ``CITYOS_SMS_EMAIL_DOMAIN`` with the SMTP settings above.
 """
 
 from __future__ import annotations
@@ -117,7 +119,25 @@ def _mask_address(address: str) -> str:
     return address[:3] + "****" + address[-4:] if len(address) > 7 else "***"
 
 
+class EmailSmsGateway:
+    """SMS as mail to ``<number>@<domain>`` of an e-mail-to-SMS gateway (the text in the body)."""
+
+    channel = "sms"
+
+    def __init__(self, mail: SmtpEmailSender, domain: str) -> None:
+        self.mail = mail
+        self.domain = domain
+
+    async def send(self, message: OutgoingMessage) -> None:
+        number = "".join(ch for ch in message.address if ch.isdecimal() or ch == "+")
+        await self.mail.send(OutgoingMessage("email", f"{number}@{self.domain}", message.subject, message.body,
+                                             message.tenant, message.reference))
+
+
 def default_senders(smtp: SmtpSettings | None = None) -> dict[str, Sender]:
     smtp = smtp or SmtpSettings()
     email: Sender = SmtpEmailSender(smtp) if smtp.host else LogSender("email")
-    return {"email": email, "sms": LogSmsSender()}
+    domain = env_optional("CITYOS_SMS_EMAIL_DOMAIN")
+    sms: Sender = (EmailSmsGateway(SmtpEmailSender(smtp), domain) if domain and smtp.host
+                   else LogSmsSender())
+    return {"email": email, "sms": sms}

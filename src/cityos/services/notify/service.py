@@ -150,6 +150,22 @@ class Notifier:
 
     # ------------------------------------------------------------------ departments: staff, supervisors, contacts
 
+    async def notify_department(self, tenant: str, department: str, subject: str, body: str,
+                                link: str | None = None) -> list[str]:
+        """Tell `department`'s staff and duty contacts (in-app, and by e-mail / SMS where the roster has an
+        address), in one transaction; returns the users told."""
+        told: list[str] = []
+        queued = False
+        async with self._write() as conn:
+            for who in await self.department_recipients(conn, tenant, department):
+                result = await self.notify(tenant, who.user_id, subject, body, email=who.email, phone=who.phone,
+                                           link=link, conn=conn)
+                queued = queued or bool(result["deliveries"])
+                told.append(who.user_id)
+        if queued:
+            self.wake()
+        return told
+
     async def department_recipients(self, conn: AsyncConnection, tenant: str, department: str) -> list[Recipient]:
         """Who hears about `department`'s deadlines, read in the caller's transaction: its staff accounts
         (officials and department administrators; the administrators supervise it), its duty contacts,

@@ -161,7 +161,7 @@ class RatingService:
 
     def subscribe(self) -> None:
         if self.bus is not None and self._unsubscribe is None:
-            self._unsubscribe = self.bus.subscribe(TOPIC, self.on_application_changed)
+            self._unsubscribe = self.bus.subscribe(TOPIC, self.on_application_changed, group="ratings")
 
     def unsubscribe(self) -> None:
         if self._unsubscribe is not None:
@@ -169,6 +169,8 @@ class RatingService:
             self._unsubscribe = None
 
     async def on_application_changed(self, event: Event) -> None:
+        # Idempotent without a claim: the effect is an upsert of the application's latest state, and a
+        # JetStream redelivery comes before the next event of its partition (one unacknowledged at a time).
         payload = event.payload
         app = payload.get("application")
         tenant = payload.get("tenant", "")

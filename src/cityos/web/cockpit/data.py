@@ -163,6 +163,17 @@ async def sla_report(session: Session) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+async def waste_sorting(session: Session, days: int = 30) -> dict[str, Any]:
+    """The city's waste sorting over `days` (the communities of /api/waste/stats summed): participation =
+    cards with a deposit ÷ registered cards, accuracy = correct ÷ checked deposits; None where nothing counts."""
+    rows = [r for r in _items(await _get(session, "/api/waste/stats", days=days)) if isinstance(r, dict)]
+    cards, active = sum(int(r.get("cards") or 0) for r in rows), sum(int(r.get("activeCards") or 0) for r in rows)
+    checked, correct = sum(int(r.get("checked") or 0) for r in rows), sum(int(r.get("correct") or 0) for r in rows)
+    return {"participation": 100.0 * active / cards if cards else None, "cards": cards,
+            "accuracy": 100.0 * correct / checked if checked else None, "checked": checked,
+            "communities": len(rows)}
+
+
 async def aqi(session: Session) -> dict[str, dict[str, Any]]:
     """AQI by district key: {aqi, category, primary}."""
     body = await _get(session, "/api/ops/environment/aqi")
@@ -204,7 +215,7 @@ class RateMeter:
         if self._unsubscribe is None and bus is not None:
             from cityos.hub.service import ENTITY_CHANGED
 
-            self._unsubscribe = bus.subscribe(ENTITY_CHANGED, self._on_change)
+            self._unsubscribe = bus.subscribe(ENTITY_CHANGED, self._on_change, every_process=True)
 
     async def _on_change(self, event: Any) -> None:
         change = event.payload.get("change")
@@ -243,7 +254,7 @@ class Pulse:
             if str(event.topic).startswith(("ops.alarm.", "ops.incident.", "iot.device.")):
                 cls.version += 1
 
-        bus.subscribe("*", bump)
+        bus.subscribe("*", bump, every_process=True)
 
 
 def attach_bus(app: Any) -> None:

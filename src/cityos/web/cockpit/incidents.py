@@ -10,7 +10,7 @@ from nicegui import ui
 from cityos.core import messages
 from cityos.web.auth import ApiError, Session, fastapi_app, require_login
 from cityos.web.cockpit import actions, data
-from cityos.web.cockpit.citymap import CityMap
+from cityos.web.cockpit.citymap import CityMap, district_feature
 from cityos.web.cockpit.common import (
     COCKPIT_ROLES,
     fmt_time,
@@ -20,6 +20,7 @@ from cityos.web.cockpit.common import (
     incident_title,
 )
 from cityos.web.shell import frame, panel
+from cityos.web.tiles import city_frame
 
 STATUS_OPTIONS = {"": "全部 All", "open": "在办 Open", **data.INCIDENT_STATUS_LABELS}
 SLA_OPTIONS = {"": "全部 All", **{k: messages.SLA[k] for k in ("ok", "yellow", "breached", "met")}}
@@ -224,7 +225,8 @@ async def _detail(session: Session, item: dict[str, Any], reload: Any) -> None:
         city = None
         if where:
             with panel("位置 Location", classes="w-full h-[360px]"):
-                city = CityMap("w-full h-full")
+                bounds, labels = city_frame()
+                city = CityMap(bounds, labels, "w-full h-full", centre=where)
     with panel("处置时间线 Timeline", classes="w-[440px] shrink-0 cityos-timeline-panel"):
         steps = item.get("timeline") or item.get("steps") or item.get("history") or []
         if not steps:
@@ -239,10 +241,14 @@ async def _detail(session: Session, item: dict[str, Any], reload: Any) -> None:
                                                    "" if role.lower() == who.lower() else messages.label("role", role))
                                       if x)
                 ui.timeline_entry(text, title=title, subtitle=subtitle)
-    if city is not None and where is not None:  # last: it waits for the browser to draw the map
-        await city.update({"districts": {"type": "FeatureCollection", "features": [
-            {"type": "Feature", "geometry": d["geometry"],
-             "properties": {"key": d["key"], "fill": data.NO_AQI_COLOUR, "label": d["name"], "popup": d["name"]}}
-            for d in districts]},
-            "incidents": [[where[0], where[1], "#f97316", incident_title(item), str(item.get("id"))]]})
-        city.leaflet.set_center(where)
+    if city is not None and where is not None:
+        layers = {"districts": {"type": "FeatureCollection",
+                                "features": [district_feature(d, data.NO_AQI_COLOUR) for d in districts]},
+                  "incidents": [[where[0], where[1], "#f97316", incident_title(item), str(item.get("id")),
+                                 incident_sla(item)]]}
+        located = city
+
+        async def draw() -> None:  # MapLibre loads asynchronously: send until the browser's map took it
+            await located.update(layers)
+
+        ui.timer(1.0, draw)

@@ -12,11 +12,12 @@ from typing import Any
 
 from fastapi.responses import RedirectResponse
 from nicegui import ui
+from shapely.geometry import Point, shape
 
 from cityos.core import messages
 from cityos.web.auth import ApiError, Session, fastapi_app, require_login
-from cityos.web.cockpit import actions, data
-from cityos.web.cockpit.citymap import CityMap
+from cityos.web.cockpit import actions, data, traffic, trends
+from cityos.web.cockpit.citymap import GROUPS, CityMap, district_feature
 from cityos.web.cockpit.common import (
     COCKPIT_ROLES,
     fmt_minutes,
@@ -27,15 +28,51 @@ from cityos.web.cockpit.common import (
     incident_title,
 )
 from cityos.web.shell import frame, panel
+from cityos.web.tiles import city_frame
 
 REFRESH_SECONDS = 5.0
 DISTRICT_SECONDS = 60.0
 
 
+class TrafficTile:
+    """The city's traffic performance index now, its 15-minute forecast with an arrow, the last hour's line."""
+
+    def __init__(self) -> None:
+        self.card = panel(classes="flex-1 min-w-[260px] cityos-kpi cityos-kpi-traffic")
+        self.card.tooltip("城市交通运行指数 (GB/T 33171) 及15分钟预测 · City TPI and its 15-minute forecast")
+        with self.card, ui.row().classes("items-center no-wrap gap-3"):
+            self.icon = ui.icon("traffic", size="2.4rem")
+            with ui.column().classes("gap-0"):
+                with ui.row().classes("items-center no-wrap gap-2"):
+                    self.value = ui.label("—").classes("cityos-kpi-value cityos-tpi-value")
+                    self.level = ui.label("").classes("text-xs font-semibold px-1 rounded whitespace-nowrap "
+                                                      "cityos-tpi-level")
+                with ui.row().classes("items-center no-wrap gap-2"):
+                    ui.label("交通指数 City TPI").classes("cityos-kpi-label")
+                    self.spark = ui.html("").classes("cityos-tpi-trend").tooltip("近1小时 last hour")
+                self.note = ui.label("").classes("text-xs text-slate-400 cityos-tpi-forecast")
+
+    def set(self, value: str, level: str, note: str, spark: str, colour: str) -> None:
+        if self.value.text != value:
+            self.value.text = value
+        if self.level.text != level:
+            self.level.text = level
+        self.value.style(f"color:{colour}")
+        self.level.style(f"background:{colour};color:#0b1424")
+        self.level.set_visibility(bool(level))
+        self.icon.style(f"color:{colour}")
+        if self.note.text != note:
+            self.note.text = note
+        if self.spark.content != spark:
+            self.spark.content = spark
+
+
 class Tile:
     def __init__(self, key: str, label: str, icon: str, colour: str) -> None:
-        with panel(classes=f"flex-1 min-w-[200px] cityos-kpi cityos-kpi-{key}"), \
-                ui.row().classes("items-center no-wrap gap-3"):
+        self.card = panel(classes=f"flex-1 min-w-[200px] cityos-kpi cityos-kpi-{key} cursor-pointer "
+                                  "hover:brightness-125")
+        self.card.tooltip("点击查看趋势与明细 Click for the trend and the list behind it")
+        with self.card, ui.row().classes("items-center no-wrap gap-3"):
             ui.icon(icon, size="2.4rem").style(f"color:{colour}")
             with ui.column().classes("gap-0"):
                 self.value = ui.label("—").classes("cityos-kpi-value").style(f"color:{colour}")
@@ -122,19 +159,73 @@ async def cockpit_page() -> RedirectResponse | None:
                 "online": Tile("online", "设备在线率 Devices online", "sensors", "#22d3ee"),
                 "rate": Tile("rate", "数据接入 Readings / s", "speed", "#a78bfa"),
             }
+            waste_tile = Tile("waste", "垃圾分类参与率 Sorting participation", "recycling", "#86efac")
+            traffic_tile = TrafficTile()
         with ui.row().classes("w-full gap-3 no-wrap items-stretch").style("height: calc(100vh - 210px)"):
             with panel(classes="flex-[3] h-full p-1 relative"):
-                city = CityMap("w-full h-full")
+                bounds, labels = city_frame()
+                city = CityMap(bounds, labels, "w-full h-full")
                 _legend()
+                traffic.legend()
+                switches = _layer_switches(city)
+                advice_box = ui.element("div").classes(
+                    "absolute bottom-12 right-3 z-[1000] cityos-panel p-2 text-xs cityos-diversion") \
+                    .style("background: rgba(6,13,27,.92) !important; max-width: 360px")
+                advice_box.set_visibility(False)
             with ui.column().classes("flex-1 min-w-[380px] max-w-[480px] h-full gap-3 no-wrap"):
+                with ui.row().classes("w-full items-center gap-2 cityos-district-filter") as filter_row:
+                    filter_label = ui.label("").classes("text-sm text-sky-300")
+                    clear_filter = ui.button("清除 Clear", icon="close").props("flat dense size=sm") \
+                        .classes("cityos-clear-district")
+                filter_row.set_visibility(False)
                 with panel("实时告警 Active alarms", classes="w-full flex-1 overflow-auto cityos-alarms"):
                     alarm_box = ui.column().classes("w-full gap-1")
                 with panel("在办事件 Open incidents", classes="w-full flex-1 overflow-auto cityos-incidents"):
                     incident_box = ui.column().classes("w-full gap-1")
                 with panel("空气质量 AQI by district", classes="w-full overflow-auto cityos-aqi"):
                     aqi_box = ui.row().classes("w-full gap-1")
+    for key, tile in tiles.items():
+        tile.card.on("click", lambda k=key: trends.open_trend(session, k))
+    waste_tile.card.on("click", lambda: ui.navigate.to("/waste/trends"))  # its weekly trends per community
     state: dict[str, Any] = {"busy": False, "last": 0.0, "pulse": -1, "districts_at": 0.0, "districts": [],
-                             "lists": ""}
+                             "lists": "", "district": None, "switches": switches}
+
+    async def choose_district(key: str | None) -> None:
+        """A click on a district filters the side panels to it; a second click (or Clear) shows all again."""
+        key = None if not key or key == state["district"] else key
+        state.update(district=key, lists="", last=0.0)
+        names = {d["key"]: d["name"] for d in state["districts"]}
+        filter_label.text = f"筛选区域 District: {names.get(key, key)}" if key else ""
+        filter_row.set_visibility(bool(key))
+        await city.select(key)
+        await refresh()
+
+    ui.on("cityos_district", lambda e: choose_district(str((e.args or {}).get("key") or "")))
+
+    async def choose_segment(segment: str) -> None:
+        """A click on a road segment: its 15-minute forecast and, when 中度拥堵 or worse, routes round it."""
+        advice = await traffic.diversion(session, segment) if segment else None
+        routes = (advice or {}).get("routes") or []
+        await city.update({"diversion": {"type": "FeatureCollection", "features": [
+            {"type": "Feature", "geometry": r["geometry"], "properties": {
+                "label": f"绕行 Diversion via {' → '.join(r.get('via') or [])} · {r.get('minutes')} 分钟 min"}}
+            for r in routes if r.get("geometry")]}})
+        advice_box.clear()
+        advice_box.set_visibility(advice is not None)
+        if advice is None:
+            return
+        with advice_box:
+            with ui.row().classes("items-center no-wrap w-full"):
+                ui.label("路段预测与绕行 Forecast & diversion").classes("cityos-panel-title text-xs flex-1")
+                ui.button(icon="close", on_click=lambda: choose_segment("")).props("flat dense size=xs") \
+                    .classes("cityos-diversion-close")
+            for n, line in enumerate(traffic.diversion_text(advice)):
+                ui.label(line).classes("text-slate-100 font-semibold" if n == 0 else
+                                       "text-cyan-300 cityos-diversion-route" if line.startswith("绕行")
+                                       else "text-slate-300")
+
+    ui.on("cityos_segment", lambda e: choose_segment(str((e.args or {}).get("id") or "")))
+    clear_filter.on_click(lambda: choose_district(None))
 
     async def refresh() -> None:
         if state["busy"]:
@@ -145,14 +236,35 @@ async def cockpit_page() -> RedirectResponse | None:
         state.update(busy=True, pulse=data.Pulse.version, last=now)
         try:
             await _refresh(session, city, tiles, alarm_box, incident_box, aqi_box, state, storm_banner)
+            await _refresh_traffic(session, city, traffic_tile, state)
         except ApiError as exc:
             ui.notify(f"数据刷新失败 Refresh failed: {exc.detail}", type="negative")
         finally:
             state["busy"] = False
 
     ui.timer(1.0, refresh)
+    ui.timer(DISTRICT_SECONDS, lambda: _refresh_waste(session, waste_tile))  # weekly figures: once a minute
     await refresh()
     return None
+
+
+async def _refresh_traffic(session: Session, city: CityMap, tile: TrafficTile, state: dict[str, Any]) -> None:
+    """The traffic layer and the city TPI tile (after `_refresh`, whose devices and incidents it reuses)."""
+    segments, signal_rows, runs, parks, (forecast, history) = await data.gather(
+        traffic.road_segments(session), traffic.signals(session), traffic.emergency_runs(session),
+        traffic.car_parks(session), traffic.city_index(session))
+    tile.set(*traffic.tile_figures(forecast, history))
+    await city.update(traffic.layers(segments or [], signal_rows or [], runs or [], parks or [],
+                                     state.get("incidents_seen") or [], state.get("devices_by_name") or {}))
+
+
+async def _refresh_waste(session: Session, tile: Tile) -> None:
+    """Waste sorting of the last 30 days, as the evaluation's livelihood.waste_sorting_* indicators count it."""
+    sorting = await data.waste_sorting(session)
+    participation, accuracy = sorting["participation"], sorting["accuracy"]
+    tile.set("—" if participation is None else f"{participation:.1f}%",
+             ("准确率 accuracy " + ("—" if accuracy is None else f"{accuracy:.1f}%")
+              + f" · {sorting['cards']:,} 户 cards · 近30天 30 d") if sorting["communities"] else "")
 
 
 def _legend() -> None:
@@ -176,6 +288,7 @@ def _legend() -> None:
                     .tooltip(label)
 
 
+
 async def _refresh(session: Session, city: CityMap, tiles: dict[str, Tile], alarm_box: ui.column,
                    incident_box: ui.column, aqi_box: ui.row, state: dict[str, Any],
                    storm_banner: ui.label | None = None) -> None:
@@ -191,6 +304,7 @@ async def _refresh(session: Session, city: CityMap, tiles: dict[str, Tile], alar
     devices, alarms, incidents = devices or [], alarms or [], incidents or []
     health, report, aqi = health or {}, report or {}, aqi or {}
     open_items = [i for i in incidents if str(i.get("status")) in data.OPEN_STATUSES]
+    state.update(incidents_seen=open_items, devices_by_name={str(d.get("name")): d for d in devices})
 
     # ---- tiles
     breached = sum(1 for i in open_items if incident_sla(i) == "breached")
@@ -210,6 +324,8 @@ async def _refresh(session: Session, city: CityMap, tiles: dict[str, Tile], alar
             storm_banner.text = text
         storm_banner.set_visibility(bool(storms))
     tiles["rate"].set(f"{data.RATE.rate():,.1f}", "近10秒 last 10 s")
+    trends.HISTORY.record("online", 100.0 * online / total if total else None)
+    trends.HISTORY.record("rate", data.RATE.rate())
 
     # ---- map
     states = device_states(devices, alarms)
@@ -219,11 +335,7 @@ async def _refresh(session: Session, city: CityMap, tiles: dict[str, Tile], alar
         # The environment domain names districts by their `name`; seeded cities may use the id's key.
         value = (aqi.get(d["key"]) or aqi.get(data.district_key(d["name"])) or {}).get("aqi")
         label, colour = data.aqi_category(value)
-        features.append({"type": "Feature", "geometry": d["geometry"],
-                         "properties": {"key": d["key"], "fill": colour,
-                                        "label": d["name"] if value is None else f"{d['name']} · AQI {value:.0f}",
-                                        "popup": f"{d['name']} — AQI "
-                                                 f"{'—' if value is None else f'{value:.0f}'} {label}"}})
+        features.append(district_feature(d, colour, value, label))
     device_points = [[d["location"]["lat"], d["location"]["lon"], states.get(str(d.get("name")), "normal"),
                       f"{d.get('name')} · {messages.label('profile', d.get('profile'))} · "
                       f"{messages.label('status', states.get(str(d.get('name')), 'normal'))}"]
@@ -239,13 +351,20 @@ async def _refresh(session: Session, city: CityMap, tiles: dict[str, Tile], alar
         where = incident_location(item)
         if where:
             colour = "#dc2626" if incident_sla(item) == "breached" else "#f97316"
-            incident_points.append([where[0], where[1], colour, incident_title(item), str(item.get("id"))])
+            incident_points.append([where[0], where[1], colour, incident_title(item), str(item.get("id")),
+                                    incident_sla(item)])
     await city.update({"deviceColours": data.DEVICE_COLOURS,
                        "districts": {"type": "FeatureCollection", "features": features},
                        "devices": device_points, "alarms": alarm_points, "incidents": incident_points})
 
-    # ---- side lists (rebuilt only when their content changed)
-    signature = repr(([(a.get("id"), a.get("status")) for a in alarms],
+    # ---- side lists (rebuilt only when their content changed), filtered to the chosen district
+    chosen = state.get("district")
+    if chosen:
+        area = next((shape(d["geometry"]) for d in districts if d["key"] == chosen), None)
+        alarms = [a for a in alarms if _in_district(a, alarm_location(a, by_name), chosen, area)]
+        open_items = [i for i in open_items if _in_district(i, incident_location(i), chosen, area)]
+        aqi = {k: v for k, v in aqi.items() if k == chosen}
+    signature = repr((chosen, [(a.get("id"), a.get("status")) for a in alarms],
                       [(i.get("id"), i.get("status"), incident_sla(i)) for i in open_items],
                       sorted((k, (v or {}).get("aqi")) for k, v in aqi.items())))
     if signature == state["lists"]:
@@ -281,6 +400,28 @@ async def _refresh(session: Session, city: CityMap, tiles: dict[str, Tile], alar
 
 async def _const(value: Any) -> Any:
     return value
+
+
+def _in_district(item: dict[str, Any], where: tuple[float, float] | None, key: str, area: Any) -> bool:
+    """Does an alarm or incident belong to district `key`: its district reference, else its location."""
+    named = item.get("district") or item.get("refDistrict")
+    if named:
+        return data.district_key(named) == key
+    return bool(where and area is not None and area.covers(Point(where[1], where[0])))
+
+
+def _layer_switches(city: CityMap) -> dict[str, Any]:
+    """The operator's layer switches, over the map's top-left corner."""
+    switches: dict[str, Any] = {}
+    with ui.element("div").classes("absolute top-3 left-3 z-[1000] cityos-panel p-2 text-xs cityos-layers") \
+            .style("background: rgba(6,13,27,.85) !important"):
+        ui.label("图层 Layers").classes("cityos-panel-title text-xs")
+        with ui.column().classes("gap-0"):
+            for key, label in GROUPS:
+                switches[key] = ui.checkbox(label, value=True,
+                                            on_change=lambda e, k=key: city.set_group(k, bool(e.value))) \
+                    .props("dense size=xs").classes(f"text-slate-300 cityos-layer-{key}")
+    return switches
 
 
 def _alarm_title(alarm: dict[str, Any]) -> str:

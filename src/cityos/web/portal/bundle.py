@@ -158,7 +158,7 @@ async def portal_bundle_case(case_id: str) -> Any:
                     ui.label(names.get(code, code)).classes("text-lg font-bold gov-title")
                     status_chip(first(item, "status"))
                     ui.space()
-                    deadline_badge(first(item, "deadline"), compact=True)
+                    deadline_badge(first(item, "deadline"), compact=True, status=first(item, "status"))
                 with ui.row().classes("items-center gap-4"):
                     ui.label(f"{labels.department(first(item, 'department', default=''))} · "
                              f"回执 Receipt {first(item, 'receipt', default='')}").classes("text-grey-8 text-sm")

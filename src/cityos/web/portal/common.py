@@ -46,6 +46,21 @@ body.elderly .portal-main .q-field--outlined .q-field__control:before { border: 
 body.elderly .portal-main .q-field__control { min-height: 2.6em; }
 body.elderly .gov-banner { background: #000; }
 body.elderly .cityos-nav .q-btn { font-size: 1.2rem; }
+/* a phone (390 px): one column, wrapping rows, nothing wider than the screen */
+@media (max-width: 640px) {
+  .portal-main { max-width: 100vw; }
+  .portal-main .q-card, .portal-main .gov-card { max-width: 100%; }
+  .portal-main .row, .portal-main .no-wrap { flex-wrap: wrap !important; }
+  .portal-main .row > *, .portal-main .column > * { min-width: 0 !important; max-width: 100%; }
+  .portal-main [style*="min-width"] { min-width: 0 !important; }
+  .portal-main .grid { grid-template-columns: minmax(0, 1fr) !important; }
+  .portal-main .q-field, .portal-main .q-uploader { width: 100% !important; max-width: 100% !important; }
+  .portal-main .q-btn { max-width: 100%; white-space: normal; }
+  .portal-main .q-badge { white-space: normal; max-width: 100%; height: auto; }
+  .portal-main, .portal-main * { overflow-wrap: anywhere; }
+  .gov-banner { padding: 8px 12px; }
+  body.elderly .portal-main { font-size: 150%; }
+}
 """
 
 STATUS_LABELS: dict[str, tuple[str, str]] = {
@@ -91,13 +106,25 @@ def when(value: Any) -> str:
     return messages.local_time(value, "%Y-%m-%d %H:%M")
 
 
-def deadline_badge(deadline: dict[str, Any] | None, *, compact: bool = False) -> None:
-    """Time used / left of a statutory deadline, coloured green / yellow / red."""
+FINISHED_STATES = DONE_STATES | {"rejected", "partially_rejected", "withdrawn"}
+
+
+def deadline_badge(deadline: dict[str, Any] | None, *, compact: bool = False, status: str | None = None) -> None:
+    """Time used / left of a statutory deadline, coloured green / yellow / red; for a finished case
+    (`status`) the time it took, never time "left"."""
     if not isinstance(deadline, dict) or not deadline:
         ui.label("—").classes("text-grey-7")
         return
     state = str(deadline.get("state") or "green")
     left, used, limit = deadline.get("leftDays"), deadline.get("usedDays"), deadline.get("limitDays")
+    if status in FINISHED_STATES:
+        text = (f"已办结，用时 {used} 个工作日 done in {used} working days" if used is not None
+                else "已办结 Finished")
+        if not compact and limit is not None:
+            text += f"（时限 {limit} 个工作日 limit {limit}）"
+        ui.label(text).classes("deadline deadline-finished rounded px-2 py-1 text-sm font-medium "
+                               "bg-grey-3 text-grey-9")
+        return
     paused = bool(deadline.get("paused"))
     if compact:
         text = f"剩 {left} 个工作日 {left} d left" if left is not None else state
@@ -235,6 +262,8 @@ def register_nav() -> None:
     add_nav("办事 Services", "/portal/services", CITIZEN_ROLES, icon="account_balance")
     add_nav("办件 Cases", "/portal/applications", CITIZEN_ROLES, icon="assignment")
     add_nav("证照 Wallet", "/portal/wallet", CITIZEN_ROLES, icon="badge")
+    add_nav("随手拍 Report", "/portal/reports", CITIZEN_ROLES, icon="photo_camera")
+    add_nav("停车 Parking", "/portal/parking", CITIZEN_ROLES, icon="local_parking")
     add_nav("审批 Workbench", "/workbench", STAFF_ROLES, icon="inbox")
     add_nav("监督 Oversight", "/supervision", SUPERVISION_ROLES, icon="insights")
     add_nav("核验 Verify", "/verify", icon="qr_code_scanner")

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from nicegui import ui
 
+from cityos.security.masking import mask_string
 from cityos.web.auth import Session
 from cityos.web.portal import common, labels
 from cityos.web.portal.bundle import BUNDLE_BADGE, bundle_card
@@ -451,7 +452,7 @@ async def portal_applications() -> Any:
                         .classes("text-lg font-bold gov-title")
                     status_chip(first(item, "status"))
                     ui.space()
-                    deadline_badge(first(item, "deadline"), compact=True)
+                    deadline_badge(first(item, "deadline"), compact=True, status=first(item, "status"))
                 submitted = when(first(item, "submittedAt", "createdAt", "created_at"))
                 ui.label(f"回执 Receipt {first(item, 'receipt', default='')} · 提交于 submitted {submitted}") \
                     .classes("text-grey-8 text-sm")
@@ -488,7 +489,7 @@ def _bundle_case_row(item: dict[str, Any], names: dict[str, str]) -> None:
                     status_chip(first(member, "status"))
                     ui.label(f"回执 Receipt {first(member, 'receipt', default='')}").classes("text-grey-8 text-sm")
                     ui.space()
-                    deadline_badge(first(member, "deadline"), compact=True)
+                    deadline_badge(first(member, "deadline"), compact=True, status=first(member, "status"))
         ui.link("查看整个办件 View the whole case →", link).classes("text-sm t-case-link")
 
 
@@ -531,7 +532,7 @@ async def _application_view(item: dict[str, Any], refresh: Any) -> None:
                     ui.chip(f"{labels.department(task.get('department'))} · {task.get('title', '')}",
                             icon="hourglass_top", color="indigo-1").props("dense")
         ui.label("办理时限 Time limit").classes("section-title mt-2")
-        deadline_badge(first(item, "deadline"))
+        deadline_badge(first(item, "deadline"), status=status)
     with ui.card().classes("gov-card w-full p-6"):
         ui.label("办理进度 Timeline").classes("section-title")
         steps = [s for s in first(item, "steps", "history", default=[]) or [] if isinstance(s, dict)]
@@ -638,11 +639,25 @@ async def portal_wallet() -> Any:
         if not licences:
             ui.label("证照库为空 No e-licences yet").classes("text-grey-8")
         with ui.grid(columns=2).classes("w-full gap-4"):
+            user = session.user or {}
             for licence in licences:
-                await _licence_card(licence)
+                await _licence_card(licence, str(user.get("displayName") or user.get("username") or "") or None)
 
 
-async def _licence_card(licence: dict[str, Any]) -> None:
+HOLDER_NAME_KEYS = ("holderName", "name", "applicantName", "companyName", "childName", "fullName")
+
+
+def _holder_name(licence: dict[str, Any], account_name: str | None) -> str:
+    """The holder's name, masked (王*明): from the licence's own subject, else the signed-in holder's
+    account; never the internal user id."""
+    document = first(licence, "document", default={}) or {}
+    subject = first(document, "subject", "credentialSubject", default={}) if isinstance(document, dict) else {}
+    name = first(subject, *HOLDER_NAME_KEYS) if isinstance(subject, dict) else None
+    name = name or first(licence, "holderName") or account_name
+    return mask_string(str(name)) if name else "本人 You"
+
+
+async def _licence_card(licence: dict[str, Any], holder_name: str | None = None) -> None:
     lid = _licence_id(licence)
     with ui.card().classes(f"gov-card p-4 licence-card licence-{_licence_type(licence)}"), \
             ui.row().classes("w-full no-wrap gap-4"):
@@ -650,7 +665,7 @@ async def _licence_card(licence: dict[str, Any]) -> None:
             ui.label(_licence_title(licence)).classes("text-lg font-bold gov-title")
             status = str(first(licence, "status", default=""))
             _kv([("证照编号 Licence no.", lid),
-                 ("持证人 Holder", first(licence, "holderName", "holder")),
+                 ("持证人 Holder", _holder_name(licence, holder_name)),
                  ("发证机关 Issuer", labels.department(first(licence, "issuerDepartment", "department"))),
                  ("发证日期 Issued", when(first(licence, "issuedAt", "issued")) or None),
                  ("有效期至 Valid until", when(first(licence, "expiresAt", "validUntil")) or "长期 No expiry"),

@@ -1,0 +1,162 @@
+"""一数一源 at the hub's door: each attribute of an entity type may have one authoritative source (a
+department and a system). A write of such an attribute through the hub API by another source is refused
+(403, with the authority named) or let through and flagged, as the declared policy says.
+
+The rules live in memory (pure checks inside the write transaction, like the rest of the write guard);
+the data domain declares them, loads them from its table and records the conflicts:
+- flagged writes are handed to an in-transaction listener (`take_flagged`), so a flag is stored exactly
+  when its write commits;
+- refused writes roll back, so they are queued (`take_refused`) and stored by the data domain after.
+
+Only entity types with a declared source are checked: every other type (and the hub's conformance) is
+untouched. Writes without a principal (the platform's own pipelines, or security switched off) carry no
+source to compare and are not checked.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from cityos.security.policy import Principal
+
+ANY = "*"
+REFUSE, FLAG = "refuse", "flag"
+MAX_QUEUED = 10_000
+
+
+@dataclass(frozen=True)
+class SourceRule:
+    department: str
+    system: str  # "*": any system of the department
+    policy: str  # refuse | flag
+
+    @property
+    def label(self) -> str:
+        return f"{self.department}/{self.system}"
+
+    def admits(self, department: str | None, departments: frozenset[str], system: str) -> bool:
+        in_department = self.department == department or self.department in departments
+        return in_department and self.system in (ANY, system)
+
+
+@dataclass(frozen=True)
+class SourceConflict:
+    tenant: str
+    subject: str
+    record: str
+    field: str
+    authority: str
+    writer: str
+    principal: str
+    outcome: str  # refused | flagged
+
+
+def writer_system(principal: Principal) -> str:
+    """The system a principal writes from: devices from IoT, services (OAuth clients) by their name,
+    people through the hub's API and pages."""
+    if principal.kind == "device":
+        return "iot"
+    if principal.kind == "service":
+        return principal.username or principal.id
+    return "hub"
+
+
+_flagged: ContextVar[list[SourceConflict] | None] = ContextVar("cityos_hub_source_flags", default=None)
+
+
+class SourceGuard(Protocol):
+    """The caller's 一数一源 check, for writes that do not go through the hub service's change pipeline
+    (the temporal API writes history rows directly): `check` judges a change naming the written
+    attributes; `committed` hands the flags of committed records to the data domain."""
+
+    def check_sources(self, change: Any) -> str | None: ...
+
+    def sources_committed(self, entity_ids: set[str]) -> None: ...
+
+
+# Set per request next to the write guard (cityos.hub.access).
+source_guard: ContextVar[SourceGuard | None] = ContextVar("cityos_hub_source_guard", default=None)
+
+
+class SourcePolicies:
+    def __init__(self) -> None:
+        # tenant → subject (entity type IRI) → field (attribute IRI or "*") → rule
+        self.rules: dict[str, dict[str, dict[str, SourceRule]]] = {}
+        self.refused: deque[SourceConflict] = deque(maxlen=MAX_QUEUED)
+        # Flags of committed writes outside the change pipeline (temporal), stored by the data domain.
+        self.flagged: deque[SourceConflict] = deque(maxlen=MAX_QUEUED)
+
+    def replace(self, rules: dict[str, dict[str, dict[str, SourceRule]]]) -> None:
+        self.rules = rules
+
+    def declared(self, tenant: str, subject: str) -> dict[str, SourceRule]:
+        return self.rules.get(tenant, {}).get(subject, {})
+
+    def check(self, tenant: str, principal: Principal | None, change: Any) -> str | None:
+        """The refusal reason for this change, or None (flags are kept for the commit's listener)."""
+        after = change.after
+        if principal is None or after is None or tenant not in self.rules:
+            return None
+        by_subject = self.rules[tenant]
+        subjects = [t for t in after.types if t in by_subject]
+        if not subjects:
+            return None
+        written = set(change.changed_attrs) if change.before is not None else set(after.attrs)
+        system = writer_system(principal)
+        writer = f"{principal.department or '-'}/{system}"
+        refusals: list[str] = []
+        flags: list[SourceConflict] = []
+        for subject in subjects:
+            rules = by_subject[subject]
+            for attr in sorted(written):
+                rule = rules.get(attr) or rules.get(ANY)
+                if rule is None or rule.admits(principal.department, principal.departments, system):
+                    continue
+                outcome = "refused" if rule.policy == REFUSE else "flagged"
+                conflict = SourceConflict(tenant, subject, change.entity_id, attr, rule.label, writer,
+                                          principal.label, outcome)
+                if rule.policy == REFUSE:
+                    self.refused.append(conflict)
+                    refusals.append(f"{attr} (authoritative source {rule.label})")
+                else:
+                    flags.append(conflict)
+        if flags and not refusals:
+            # A refused change is not written: its other attributes' flags would list a write that never
+            # happened (and be taken by a later commit of the same entity).
+            pending = _flagged.get()
+            if pending is None:
+                pending = []
+                _flagged.set(pending)
+            # A batch's change is guarded twice (per entity, then with the whole write): one flag each.
+            pending.extend(f for f in flags if f not in pending)
+        if refusals:
+            return (f"一数一源: {writer} is not the authoritative source of "
+                    f"{', '.join(refusals[:5])}; write it at its source")
+        return None
+
+    def take_flagged(self, entity_ids: set[str]) -> list[SourceConflict]:
+        """The flags of these committed changes (called by the commit's listener)."""
+        pending = _flagged.get()
+        if not pending:
+            return []
+        mine = [c for c in pending if c.record in entity_ids]
+        pending[:] = [c for c in pending if c.record not in entity_ids]
+        return mine
+
+    def settle_flagged(self, entity_ids: set[str]) -> None:
+        """These records committed outside the change pipeline: queue their flags for storing."""
+        self.flagged.extend(self.take_flagged(entity_ids))
+
+    def take_refused(self) -> list[SourceConflict]:
+        out = list(self.refused)
+        self.refused.clear()
+        return out
+
+    def take_settled_flags(self) -> list[SourceConflict]:
+        out = list(self.flagged)
+        self.flagged.clear()
+        return out

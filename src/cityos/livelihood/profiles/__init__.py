@@ -1,0 +1,1 @@
+"""Resident and enterprise profiles assembled from department records shared with this domain."""

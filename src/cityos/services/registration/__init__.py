@@ -1,0 +1,1 @@
+"""Self-registration of citizens and companies (real-name checks, phone code) and password reset."""

@@ -1,0 +1,171 @@
+"""Live accident detection: detector readings arriving in the hub feed the accident detector.
+
+Every `TrafficFlowObserved` change in the hub (an IoT traffic-flow detector's reading, or an
+integrator's NGSI-LD write) is one station's interval. A station takes part when its entity says
+where it stands on its road section: `refRoadSegment` (the section), `detectorPosition`
+(`upstream` near the section's start, `downstream` near its stop line) and optionally `laneId`. The
+two stations of a section (and lane) form the detector's pair; an interval of the pair is complete
+once both stations have reported since the last one, and is then fed to `AccidentDetector`.
+
+A detection becomes an `ops.alarm.raised` event: the incident domain opens a `traffic.accident`
+incident routed to the transport department (its routing table). The alarm id names the pair and
+not the moment, so the incident's source key (`alarm:<id>`, unique while the incident is open) keeps
+one incident per location and episode even when a restart forgets the detector's state or a replay
+repeats a reading; after the incident is closed a new blockage opens a new one.
+
+Readings are converted from the IoT profile's units: occupancy in percent (unitCode P1) or as a share,
+speed in km/h (Smart Data Models' unit), `intensity` as the vehicles of the interval. An impossible
+reading is logged and skipped, never fed to the detector.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from cityos.core import clock
+from cityos.core.events import Event, EventBus
+from cityos.hub.service import ENTITY_CHANGED
+from cityos.traffic.accidents import AccidentDetector, Detection, ReadingError, StationReading, alarm_event
+
+log = logging.getLogger("cityos.traffic.accidents")
+
+ALARM_RAISED = "ops.alarm.raised"
+POSITIONS = ("upstream", "downstream")
+MAX_PAIRS = 100_000  # stations remembered per process (a bound, not a tuning knob)
+
+
+def short(iri: str) -> str:
+    return iri.rsplit("/", 1)[-1].rsplit("#", 1)[-1]
+
+
+def instance(attrs: dict[str, Any], name: str) -> dict[str, Any] | None:
+    for iri, instances in attrs.items():
+        if short(iri) == name and instances and isinstance(instances[0], dict):
+            first: dict[str, Any] = instances[0]
+            return first
+    return None
+
+
+def value(attrs: dict[str, Any], name: str) -> Any:
+    found = instance(attrs, name)
+    return None if found is None else found.get("value", found.get("object"))
+
+
+def number(raw: Any) -> float | None:
+    return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
+
+
+def occupancy_share(found: dict[str, Any] | None) -> float | None:
+    """The IoT profile sends percent (P1); Smart Data Models' own unit is a share in [0, 1]."""
+    raw = number(found.get("value")) if found else None
+    if raw is None or found is None:
+        return None
+    return raw / 100.0 if found.get("unitCode") == "P1" or raw > 1.0 else raw
+
+
+@dataclass(frozen=True)
+class StationInterval:
+    pair: str
+    position: str
+    reading: StationReading
+    at: datetime
+    entity_id: str
+    location: dict[str, Any] | None
+
+
+def station_interval(entity_id: str, types: list[str], attrs: dict[str, Any]) -> StationInterval | None:
+    """One station's interval from its entity, or None when it is not a positioned detector station."""
+    if not any(short(t) == "TrafficFlowObserved" for t in types):
+        return None
+    position, segment = value(attrs, "detectorPosition"), value(attrs, "refRoadSegment")
+    if position not in POSITIONS or not isinstance(segment, str):
+        return None
+    occupancy = instance(attrs, "occupancy")
+    share = occupancy_share(occupancy)
+    speed = number(value(attrs, "averageVehicleSpeed"))
+    if share is None or speed is None:
+        return None
+    vehicles = number(value(attrs, "intensity"))
+    lane = value(attrs, "laneId")
+    pair = f"{short(segment)}#{lane}" if isinstance(lane, int | str) and not isinstance(lane, bool) else short(segment)
+    observed = (occupancy or {}).get("observedAt") or value(attrs, "dateObserved")
+    try:
+        at = clock.as_utc(datetime.fromisoformat(str(observed).replace("Z", "+00:00"))) if observed else clock.now()
+    except ValueError:
+        at = clock.now()
+    location = value(attrs, "location")
+    reading = StationReading(occupancy=share, speed=speed / 3.6,
+                             vehicles=max(0, round(vehicles)) if vehicles is not None else 0)
+    return StationInterval(pair[:160], str(position), reading, at, entity_id,
+                           location if isinstance(location, dict) else None)
+
+
+@dataclass
+class PairReadings:
+    latest: dict[str, StationInterval] = field(default_factory=dict)
+    observed_until: datetime | None = None  # the later stamp of the last interval fed to the detector
+
+
+@dataclass
+class AccidentWatch:
+    """The `hub.entity.changed` consumer that runs the detector on live readings (one per process)."""
+
+    bus: EventBus
+    # Called with (tenant, the alarm event) after each detection: the police are told beside the incident
+    # the transport department gets (an incident has one department; an accident concerns both).
+    alert: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None
+    detector: AccidentDetector = field(default_factory=AccidentDetector)
+    pairs: dict[tuple[str, str], PairReadings] = field(default_factory=dict)
+    detections: int = 0
+
+    def subscribe(self) -> Any:
+        return self.bus.subscribe(ENTITY_CHANGED, self.on_change, group="traffic-accidents")
+
+    async def on_change(self, event: Event) -> None:
+        change = event.payload.get("change")
+        after = getattr(change, "after", None)
+        if after is None:
+            return
+        station = station_interval(after.id, list(after.types), after.attrs)
+        if station is not None:
+            await self.offer(str(event.payload.get("tenant") or ""), station)
+
+    async def offer(self, tenant: str, station: StationInterval) -> Detection | None:
+        """Take one station's interval; feed the pair's interval once both stations have reported."""
+        key = (tenant, station.pair)
+        readings = self.pairs.get(key)
+        if readings is None:
+            if len(self.pairs) >= MAX_PAIRS:
+                self.pairs.pop(next(iter(self.pairs)))
+            readings = self.pairs[key] = PairReadings()
+        if readings.observed_until is not None and station.at <= readings.observed_until:
+            return None  # a replay or an older reading: that interval was fed already
+        readings.latest[station.position] = station
+        up, down = readings.latest.get("upstream"), readings.latest.get("downstream")
+        if up is None or down is None:
+            return None
+        readings.observed_until = max(up.at, down.at)
+        readings.latest.clear()
+        try:
+            detection = self.detector.observe(f"{tenant}/{station.pair}", up.reading, down.reading,
+                                              readings.observed_until.timestamp())
+        except ReadingError as exc:
+            log.warning("detector pair %s: impossible reading skipped: %s", station.pair, exc)
+            return None
+        if detection is None:
+            return None
+        self.detections += 1
+        detection = replace(detection, pair=station.pair)
+        event = alarm_event(tenant, detection, readings.observed_until, location=up.location or down.location,
+                            entity_id=up.entity_id)
+        await self.bus.publish(ALARM_RAISED, event)
+        if self.alert is not None:
+            try:
+                await self.alert(tenant, event)
+            except Exception:  # the incident is open whatever happens to the extra alert
+                log.exception("alerting on the accident at %s failed", station.pair)
+        return detection

@@ -1,0 +1,165 @@
+"""HTTP API of traffic signal control (信号控制).
+
+    POST /api/traffic/signals                      SignalIn (traffic.manage) → 201 the signal; 400 unsafe plan
+                                                   (conflicting greens, max < min green, …), 409 known id
+    GET  /api/traffic/signals                      the tenant's signals with their current stage and state
+    GET  /api/traffic/signals/{id}                 one signal; 404 unknown
+    POST /api/traffic/signals/{id}/phase           {"phase": n} (traffic.control) → the change (yellow, all-red,
+                                                   green) sent to the signal's IoT device as RPC `setPhase`,
+                                                   with the RPC's id and status; 400 no such phase, 409 minimum
+                                                   green or pedestrian clearance not served
+    GET  /api/traffic/signals/{id}/commands        the signal's phase commands, refused ones included
+    POST /api/traffic/signals/{id}/decide          {"lanes": {lane: reading}, "apply": bool} → the phase the
+                                                   signal's controller asks for from these detector readings
+                                                   (400 impossible readings or unknown lanes); with apply
+                                                   (traffic.control) the phase is commanded as above
+    POST /api/traffic/preemptions                  PreemptIn (traffic.control): an emergency vehicle's progress
+                                                   (signals ahead with the phase serving its route and the
+                                                   distance) → each signal it reaches within 25 s is commanded
+                                                   to that phase as above (outcome applied / held / waiting for
+                                                   minimum green / later); 404 unknown signal
+    GET  /api/traffic/preemptions                  emergency runs in progress (progress within 2 minutes):
+                                                   vehicle, incident, the signals ahead and their outcome
+                                                   (traffic.read)
+
+Started with the app: the live accident detector on the hub's detector readings (`accident_watch`) and the
+fire engines' green wave on dispatched fire incidents (`emergency`), both event-bus consumers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import Response
+
+from cityos.core.responses import json_response
+from cityos.security.api import request_tenant, require
+from cityos.security.policy import Principal
+from cityos.traffic.accident_watch import AccidentWatch
+from cityos.traffic.emergency import EmergencyRoutes
+from cityos.traffic.models import DecideIn, PhaseCommandIn, PreemptIn, SignalIn
+from cityos.traffic.service import RpcSender, TrafficService
+
+router = APIRouter(prefix="/api/traffic", tags=["traffic"])
+routers: list[APIRouter] = [router]
+
+
+def traffic_of(request: Request) -> TrafficService:
+    service: TrafficService = request.app.state.traffic
+    return service
+
+
+def rpc_sender(request: Request) -> RpcSender | None:
+    """The IoT device command path (MQTT RPC, recorded and acknowledged), if the app has one."""
+    return rpc_sender_of(request.app.state)
+
+
+def rpc_sender_of(state: Any) -> RpcSender | None:
+    commands = getattr(state, "iot_commands", None)
+    if commands is None:
+        return None
+
+    async def send(device: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        from cityos.iot.models import RpcIn
+
+        answer: dict[str, Any] = await commands.send(device, RpcIn(method=method, params=params, timeout=5000))
+        return {"id": answer.get("id"), "status": answer.get("status")}
+
+    return send
+
+
+@router.post("/signals", status_code=201)
+async def register_signal(request: Request, spec: SignalIn,
+                          principal: Principal | None = Depends(require("traffic.manage"))) -> Response:
+    tenant = request_tenant(request, principal)
+    return json_response(await traffic_of(request).register(principal, tenant, spec), 201)
+
+
+@router.get("/signals")
+async def list_signals(request: Request, limit: int = Query(100, ge=1, le=1000),
+                       principal: Principal | None = Depends(require("traffic.read"))) -> Response:
+    tenant = request_tenant(request, principal)
+    return json_response(await traffic_of(request).list_signals(principal, tenant, limit))
+
+
+@router.get("/signals/{signal_id}")
+async def get_signal(request: Request, signal_id: str,
+                     principal: Principal | None = Depends(require("traffic.read"))) -> Response:
+    tenant = request_tenant(request, principal)
+    return json_response(await traffic_of(request).get(principal, tenant, signal_id))
+
+
+@router.post("/signals/{signal_id}/phase")
+async def command_phase(request: Request, signal_id: str, spec: PhaseCommandIn,
+                        principal: Principal | None = Depends(require("traffic.control"))) -> Response:
+    tenant = request_tenant(request, principal)
+    return json_response(await traffic_of(request).command_phase(principal, tenant, signal_id, spec.phase,
+                                                                 rpc_sender(request)))
+
+
+@router.get("/signals/{signal_id}/commands")
+async def list_commands(request: Request, signal_id: str, limit: int = Query(100, ge=1, le=1000),
+                        principal: Principal | None = Depends(require("traffic.read"))) -> Response:
+    tenant = request_tenant(request, principal)
+    return json_response(await traffic_of(request).commands(principal, tenant, signal_id, limit))
+
+
+@router.post("/signals/{signal_id}/decide")
+async def decide(request: Request, signal_id: str, spec: DecideIn,
+                 principal: Principal | None = Depends(require("traffic.read"))) -> Response:
+    tenant = request_tenant(request, principal)
+    return json_response(await traffic_of(request).decide(principal, tenant, signal_id, spec, rpc_sender(request)))
+
+
+@router.post("/preemptions")
+async def preempt(request: Request, spec: PreemptIn,
+                  principal: Principal | None = Depends(require("traffic.control"))) -> Response:
+    tenant = request_tenant(request, principal)
+    return json_response(await traffic_of(request).preempt(principal, tenant, spec, rpc_sender(request)))
+
+
+@router.get("/preemptions")
+async def preemptions(request: Request, principal: Principal | None = Depends(require("traffic.read"))) -> Response:
+    tenant = request_tenant(request, principal)
+    return json_response(await traffic_of(request).active_preemptions(principal, tenant))
+
+
+def accident_alert_departments() -> list[str]:
+    """Who is told of a detected accident besides the incident's own department (transport): 公安交警."""
+    raw = os.environ.get("CITYOS_TRAFFIC_ACCIDENT_ALERT", "public-security")
+    return [d.strip() for d in raw.split(",") if d.strip()]
+
+
+async def alert_departments(app: FastAPI, tenant: str, event: dict[str, Any]) -> list[str]:
+    notifier = getattr(app.state, "notifier", None)
+    if notifier is None:
+        return []
+    alarm = event["alarm"]
+    told: list[str] = []
+    for department in accident_alert_departments():
+        told += await notifier.notify_department(tenant, department, "交通事故警情 Traffic accident",
+                                                 str(alarm.get("message") or ""), link="/cockpit")
+    return told
+
+
+async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
+    """Build `app.state.traffic`; returns the shutdown function."""
+    store = app.state.hub.service.store
+    app.state.traffic = TrafficService(app.state.engine, write_lock=getattr(store, "_sqlite_write_lock", None))
+    # Detector stations' readings in the hub feed the accident detector (a detection opens an incident).
+    watch = AccidentWatch(app.state.bus, alert=lambda tenant, event: alert_departments(app, tenant, event))
+    app.state.accident_watch = watch
+    # A dispatched fire incident requests pre-emption along its engine's route.
+    routes = EmergencyRoutes(app.state.bus, app.state.hub.service, app.state.hub.resolver.core, app.state.traffic,
+                             lambda: rpc_sender_of(app.state))
+    app.state.emergency_routes = routes
+    unsubscribe = [watch.subscribe(), routes.subscribe()]
+
+    async def stop() -> None:
+        for cancel in unsubscribe:
+            cancel()
+
+    return stop

@@ -1,0 +1,154 @@
+"""15-minute congestion forecast per road segment (拥堵 15 分钟预测), and diversion advice.
+
+The forecast of a segment's speed `horizon` steps ahead is a ridge regression (numpy least squares)
+over features every segment shares:
+
+- the last speeds (now and three earlier readings) and their change,
+- the segment's historical average speed for the target slot and for the current slot (same time of
+  day, weekday or weekend, from the training history), so the model knows the daily pattern and how
+  far today is from it,
+- the time of day of the target (sine and cosine).
+
+Its two baselines are computed from the same history: persistence (the speed now) and the historical
+average for the target's slot. The level forecast is the GB/T 33171 level of the forecast speed on the
+segment's road class. A trained model carries a version (the training window and a digest of its
+coefficients) so that a forecast can say which model made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cityos.traffic.congestion.tpi import level_of, segment_tpi
+
+SLOT_S = 300  # readings every 5 minutes
+LAGS = 4
+RIDGE = 1.0
+
+
+def slot_of(ts: float, utc_offset_h: float = 8.0) -> tuple[int, int]:
+    """(weekend?, slot of the day) in the city's local time."""
+    local = ts + utc_offset_h * 3600
+    days, seconds = divmod(local, 86400)
+    weekday = int((days + 3) % 7)  # 1970-01-01 was a Thursday
+    return int(weekday >= 5), int(seconds // SLOT_S)
+
+
+@dataclass
+class Profiles:
+    """Historical average speed per segment and (weekend, slot)."""
+
+    sums: dict[tuple[str, int, int], float] = field(default_factory=dict)
+    counts: dict[tuple[str, int, int], int] = field(default_factory=dict)
+
+    def add(self, segment: str, ts: float, speed: float) -> None:
+        key = (segment, *slot_of(ts))
+        self.sums[key] = self.sums.get(key, 0.0) + speed
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def mean(self, segment: str, ts: float, default: float) -> float:
+        key = (segment, *slot_of(ts))
+        count = self.counts.get(key, 0)
+        return self.sums[key] / count if count else default
+
+
+def features(series: Sequence[float], i: int, ts: float, horizon_s: float, profile_now: float,
+             profile_target: float) -> list[float]:
+    lags = [series[i - k] for k in range(LAGS)]
+    angle = 2 * math.pi * (((ts + horizon_s) + 8 * 3600) % 86400) / 86400
+    return [1.0, *lags, lags[0] - lags[1], profile_target, profile_now, lags[0] - profile_now,
+            math.sin(angle), math.cos(angle)]
+
+
+@dataclass
+class ForecastModel:
+    coefficients: list[float]
+    horizon_steps: int
+    profiles: Profiles
+    trained_from: float
+    trained_to: float
+
+    @property
+    def version(self) -> str:
+        digest = hashlib.sha256(np.asarray(self.coefficients).round(6).tobytes()).hexdigest()[:12]
+        return f"ridge-{int(self.trained_from)}-{int(self.trained_to)}-{digest}"
+
+    def predict(self, segment: str, series: Sequence[float], i: int, ts: float) -> float:
+        horizon_s = self.horizon_steps * SLOT_S
+        x = features(series, i, ts, horizon_s, self.profiles.mean(segment, ts, series[i]),
+                     self.profiles.mean(segment, ts + horizon_s, series[i]))
+        return max(0.0, float(np.dot(self.coefficients, x)))
+
+
+def train(history: Mapping[str, tuple[Sequence[float], Sequence[float]]], horizon_steps: int = 3) -> ForecastModel:
+    """Fit on {segment: (timestamps, speeds)} sampled every SLOT_S seconds."""
+    profiles = Profiles()
+    first, last = math.inf, -math.inf
+    for segment, (times, speeds) in history.items():
+        for ts, speed in zip(times, speeds, strict=True):
+            profiles.add(segment, ts, speed)
+        if times:
+            first, last = min(first, times[0]), max(last, times[-1])
+    rows, targets = [], []
+    horizon_s = horizon_steps * SLOT_S
+    for segment, (times, speeds) in history.items():
+        for i in range(LAGS - 1, len(speeds) - horizon_steps):
+            ts = times[i]
+            rows.append(features(speeds, i, ts, horizon_s, profiles.mean(segment, ts, speeds[i]),
+                                 profiles.mean(segment, ts + horizon_s, speeds[i])))
+            targets.append(speeds[i + horizon_steps])
+    if not rows:
+        raise ValueError("not enough history to train a forecast")
+    x, y = np.asarray(rows), np.asarray(targets)
+    penalty = RIDGE * np.eye(x.shape[1])
+    penalty[0, 0] = 0.0  # the intercept is not shrunk
+    coefficients = np.linalg.solve(x.T @ x + penalty, x.T @ y)
+    return ForecastModel([float(c) for c in coefficients], horizon_steps, profiles, first, last)
+
+
+def level_at(speed_kmh: float, road_class: str) -> int:
+    return level_of(segment_tpi(min(200.0, max(0.0, speed_kmh)), road_class))
+
+
+# ---------------------------------------------------------------------- diversion advice
+
+MODERATE = 3  # 中度拥堵
+
+
+def diversions(graph: Mapping[str, Mapping[str, tuple[str, float]]], levels: Mapping[str, int],
+               origin: str, destination: str, avoid_from: int = MODERATE, alternatives: int = 2
+               ) -> list[dict[str, object]]:
+    """Routes from `origin` to `destination` avoiding segments forecast at `avoid_from` or worse.
+
+    `graph` is {node: {next node: (segment id, travel minutes at free flow)}}; a forecast level
+    multiplies a segment's time (1, 1.2, 1.5, 2, 3 from 畅通 to 严重拥堵), and segments at or over
+    `avoid_from` are left out. Returns up to `alternatives` routes with their segments and minutes.
+    """
+    import networkx as nx
+
+    factor = (1.0, 1.2, 1.5, 2.0, 3.0)
+    g = nx.DiGraph()
+    for node, nexts in graph.items():
+        for nxt, (segment, minutes) in nexts.items():
+            level = levels.get(segment, 0)
+            if level < avoid_from:
+                g.add_edge(node, nxt, segment=segment, weight=minutes * factor[min(4, max(0, level))])
+    if origin not in g or destination not in g:
+        return []
+    out: list[dict[str, object]] = []
+    try:
+        for path in nx.shortest_simple_paths(g, origin, destination, weight="weight"):
+            segments = [g[a][b]["segment"] for a, b in itertools.pairwise(path)]
+            minutes = sum(g[a][b]["weight"] for a, b in itertools.pairwise(path))
+            out.append({"nodes": path, "segments": segments, "minutes": round(minutes, 1)})
+            if len(out) >= alternatives:
+                break
+    except nx.NetworkXNoPath:
+        return []
+    return out

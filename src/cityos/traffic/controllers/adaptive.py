@@ -1,0 +1,93 @@
+"""CityOS's adaptive signal controller (自适应信号控制).
+
+A max-pressure variant built to cut delay, deciding every second instead of every five:
+
+- **Delay-weighted demand.** A lane's weight is its vehicles plus its accumulated waiting time in
+  units of `WAIT_UNIT_S` (a vehicle that has waited a minute counts double), so long queues and long
+  waits both call for green, and no approach starves.
+- **Shared lanes.** A lane whose links are only partly green in a phase counts only that share.
+- **Spill-back protection.** A movement whose outgoing lane is nearly full (occupancy ≥
+  `SPILLBACK_OCCUPANCY`) adds nothing: its green would only block the junction box.
+- **Downstream pressure.** Vehicles on the outgoing lane subtract, as in max-pressure, at a reduced
+  weight, so that in light traffic the controller serves queues rather than empty downstream roads.
+- **Gap-out and hysteresis.** The current phase keeps green while it is still discharging (moving or
+  queued vehicles on its lanes) and no other phase's demand exceeds it by more than the value of the
+  time a change loses (yellow + all-red); an empty phase is left at once for any phase with demand.
+
+It learns nothing and keeps no state between decisions but its counters, so it is reproducible.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from cityos.traffic.signals import Controller, Movement, SignalPlan, View
+
+WAIT_UNIT_S = 60.0
+SPILLBACK_OCCUPANCY = 0.85
+DOWNSTREAM_WEIGHT = 0.25
+SWITCH_MARGIN_VEH = 1.0  # extra demand per second of lost time a change must win by
+
+
+class CityOSAdaptive(Controller):
+    name = "cityos"
+    interval = 1.0
+
+    def __init__(self, plan: SignalPlan) -> None:
+        self.plan = plan
+        self._links_per_lane: dict[str, int] | None = None
+
+    def _lane_links(self, movements: tuple[tuple[Movement, ...], ...]) -> dict[str, int]:
+        if self._links_per_lane is None:
+            links: dict[str, set[int]] = defaultdict(set)
+            for moves in movements:
+                for move in moves:
+                    links[move.in_lane].add(move.link)
+            self._links_per_lane = {lane: len(v) for lane, v in links.items()}
+        return self._links_per_lane
+
+    def demand(self, view: View, phase: int) -> float:
+        """The phase's delay-weighted demand, net of blocked and downstream movements."""
+        per_lane = self._lane_links(view.movements)
+        green_links: dict[str, int] = defaultdict(int)
+        blocked: dict[str, int] = defaultdict(int)
+        downstream = 0.0
+        for move in view.movements[phase]:
+            green_links[move.in_lane] += 1
+            out = view.lanes.get(move.out_lane)
+            if out is not None:
+                if out.occupancy >= SPILLBACK_OCCUPANCY:
+                    blocked[move.in_lane] += 1
+                downstream += out.vehicles / max(1, per_lane.get(move.in_lane, 1))
+        total = 0.0
+        for lane, greens in green_links.items():
+            reading = view.lanes.get(lane)
+            if reading is None:
+                continue
+            open_share = max(0, greens - blocked[lane]) / max(1, per_lane.get(lane, 1))
+            total += (reading.vehicles + reading.waiting / WAIT_UNIT_S) * open_share
+        return total - DOWNSTREAM_WEIGHT * downstream
+
+    def _discharging(self, view: View, phase: int) -> float:
+        """Vehicles that the current green still serves (on its open lanes)."""
+        lanes = {m.in_lane for m in view.movements[phase]
+                 if (out := view.lanes.get(m.out_lane)) is None or out.occupancy < SPILLBACK_OCCUPANCY}
+        return sum(view.lanes[lane].vehicles for lane in lanes if lane in view.lanes)
+
+    def decide(self, view: View) -> int:
+        if not view.movements:
+            return view.phase
+        scores = [self.demand(view, p) for p in range(len(view.movements))]
+        current = view.phase
+        others = [p for p in range(len(scores)) if p != current]
+        if not others:
+            return current
+        best = max(others, key=lambda p: (scores[p], -((p - current) % len(scores))))
+        if scores[best] <= 0:
+            return current
+        if self._discharging(view, current) <= 0:
+            return best  # gap-out: nothing left to serve
+        lost = self.plan.yellow + self.plan.all_red
+        if scores[best] > scores[current] + SWITCH_MARGIN_VEH * lost:
+            return best
+        return current

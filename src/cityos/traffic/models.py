@@ -1,0 +1,135 @@
+"""Traffic tables and schemas: registered signals (plan and current phase) and their phase commands.
+
+No foreign keys (the test harness empties tables in any order); rows share (tenant, signal_id).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from sqlalchemy import Column, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text
+
+from cityos.core.sqltypes import JsonDoc, Timestamp
+from cityos.traffic.signals import MAX_LINKS, MAX_PHASES, Phase, SignalPlan
+
+metadata = MetaData()
+
+SIGNAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+
+signals = Table(
+    "traffic_signals", metadata,
+    Column("tenant", String(256), nullable=False),
+    Column("signal_id", String(128), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("device", String(64), nullable=True),        # the IoT device (traffic-signal profile) that obeys commands
+    Column("controller", String(32), nullable=False),
+    Column("plan", JsonDoc, nullable=False),
+    Column("phase", Integer, nullable=False),            # the green phase shown, or the one the change leads to
+    Column("green_since", Timestamp, nullable=False),    # when that green starts (after yellow + all-red)
+    Column("fallback", Integer, nullable=False, default=0),  # 1 while the fixed-time fallback runs
+    Column("created_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("tenant", "signal_id", name="pk_traffic_signals"),
+)
+
+phase_commands = Table(
+    "traffic_phase_commands", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant", String(256), nullable=False),
+    Column("signal_id", String(128), nullable=False),
+    Column("phase", Integer, nullable=True),
+    Column("source", String(32), nullable=False),        # operator | controller | fallback
+    Column("outcome", String(16), nullable=False),       # applied | held | refused
+    Column("detail", Text, nullable=True),
+    Column("rpc_id", Integer, nullable=True),
+    Column("rpc_status", String(16), nullable=True),
+    Column("requested_by", String(256), nullable=True),
+    Column("requested_at", Timestamp, nullable=False),
+)
+
+
+class PhaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    state: str = Field(min_length=1, max_length=MAX_LINKS, description="one character per link: G, g or r")
+    min_green: float = Field(default=5.0, alias="minGreen", ge=1, le=600)
+    max_green: float = Field(default=60.0, alias="maxGreen", ge=1, le=600)
+    pedestrian_min: float = Field(default=0.0, alias="pedestrianMin", ge=0, le=600)
+    fixed_green: float = Field(default=30.0, alias="fixedGreen", ge=1, le=600)
+
+
+class LinkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    in_lane: str = Field(alias="in", min_length=1, max_length=128)
+    out_lane: str = Field(alias="out", min_length=1, max_length=128)
+
+
+class PlanIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    phases: list[PhaseIn] = Field(min_length=1, max_length=MAX_PHASES)
+    yellow: float = Field(default=3.0, ge=0, le=10)
+    all_red: float = Field(default=2.0, alias="allRed", ge=0, le=10)
+    conflicts: list[tuple[StrictInt, StrictInt]] = Field(default_factory=list, max_length=MAX_LINKS * MAX_LINKS)
+    links: list[LinkIn] | None = Field(default=None, max_length=MAX_LINKS,
+                                       description="per link: its incoming and outgoing detector lanes")
+
+    def to_plan(self) -> SignalPlan:
+        return SignalPlan(
+            phases=tuple(Phase(state=p.state, min_green=p.min_green, max_green=p.max_green,
+                               pedestrian_min=p.pedestrian_min, fixed_green=p.fixed_green) for p in self.phases),
+            yellow=self.yellow, all_red=self.all_red,
+            conflicts=frozenset((min(a, b), max(a, b)) for a, b in self.conflicts))
+
+
+class SignalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=128)
+    name: str = Field(default="", max_length=256)
+    device: str | None = Field(default=None, max_length=64, description="IoT device name (traffic-signal profile)")
+    controller: str = Field(default="cityos", max_length=32)
+    plan: PlanIn
+
+
+class PhaseCommandIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    phase: StrictInt
+
+
+class ReadingIn(BaseModel):
+    """One lane-area detector reading (TrafficFlowObserved-like, per lane)."""
+
+    model_config = ConfigDict(extra="forbid")
+    vehicles: StrictFloat | StrictInt = 0
+    halting: StrictFloat | StrictInt = 0
+    speed: StrictFloat | StrictInt = Field(default=0, description="m/s")
+    occupancy: StrictFloat | StrictInt = Field(default=0, description="share in [0, 1]")
+    waiting: StrictFloat | StrictInt = Field(default=0, description="accumulated waiting seconds")
+    length: StrictFloat | StrictInt = 100
+
+
+class DecideIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lanes: dict[str, ReadingIn] = Field(max_length=2 * MAX_LINKS)
+    apply: StrictBool = False
+
+
+def signal_doc(row: Any) -> dict[str, Any]:
+    return {"id": row.signal_id, "name": row.name, "device": row.device, "controller": row.controller,
+            "plan": row.plan, "phase": row.phase, "fallback": bool(row.fallback)}
+
+
+class PreemptSignalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    signal: str = Field(min_length=1, max_length=128)
+    phase: StrictInt = Field(ge=0, lt=MAX_PHASES, description="the green phase serving the route through it")
+    distance: StrictFloat | StrictInt = Field(ge=0, le=100_000, description="metres from the vehicle to its stop line")
+
+
+class PreemptIn(BaseModel):
+    """An emergency vehicle's progress along its dispatched route (sent by dispatch or its AVL feed)."""
+
+    model_config = ConfigDict(extra="forbid")
+    vehicle: str = Field(min_length=1, max_length=64)
+    incident: str | None = Field(default=None, max_length=64, description="the incident it was dispatched to")
+    speed: StrictFloat | StrictInt = Field(default=0, ge=0, le=70, description="m/s")
+    signals: list[PreemptSignalIn] = Field(min_length=1, max_length=64, description="the signals still ahead")

@@ -1,0 +1,303 @@
+"""Traffic signal logic: register signals with their plans, command phases safely, decide from detectors.
+
+Every phase change goes through the same safety rules as the in-process supervisor: only a phase of
+the registered plan, never before its minimum green (and pedestrian minimum) is served, always with
+yellow and all-red between, and the command reaches the signal's IoT device through the device
+command (RPC) path, whose acknowledgement status is recorded with the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cityos.core import clock
+from cityos.core.clock import as_utc
+from cityos.core.db import write_transaction
+from cityos.core.errors import AlreadyExists, BadRequestData, Conflict, ResourceNotFound
+from cityos.security.policy import Principal, Resource, authorize
+from cityos.security.service import Forbidden
+from cityos.traffic import models
+from cityos.traffic.controllers import make_controller
+from cityos.traffic.preemption import APPROACH_SPEED_M_S, GreenWave, RouteSignal
+from cityos.traffic.signals import (
+    FixedTimeController,
+    LaneReading,
+    Movement,
+    Phase,
+    PlanError,
+    SignalPlan,
+    View,
+    check_reading,
+    transition_states,
+    validate_plan,
+)
+
+API_CONTROLLERS = ("fixed", "webster", "max-pressure", "cityos")
+# An emergency run counts as in progress this long after its vehicle's last progress report.
+PREEMPTION_ACTIVE_S = 120.0
+
+# Sends a device command: (device name, method, params) → the RPC record (id, status).
+RpcSender = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def check_allowed(principal: Principal | None, action: str, tenant: str) -> None:
+    decision = authorize(principal, action, Resource("traffic", tenant))
+    if not decision:
+        raise Forbidden(f"{action}: {decision.reason}")
+
+
+def plan_from_doc(doc: dict[str, Any]) -> SignalPlan:
+    return models.PlanIn.model_validate(doc).to_plan()
+
+
+def movements_of(doc: dict[str, Any], plan: SignalPlan) -> tuple[tuple[Movement, ...], ...]:
+    links = doc.get("links") or []
+    if len(links) != plan.links:
+        return tuple(() for _ in plan.phases)
+    return tuple(tuple(Movement(i, links[i]["in"], links[i]["out"], c == "G")
+                       for i, c in enumerate(p.state) if c in "Gg") for p in plan.phases)
+
+
+class TrafficService:
+    def __init__(self, engine: AsyncEngine, write_lock: asyncio.Lock | None = None) -> None:
+        self.engine = engine
+        self._write_lock = write_lock or asyncio.Lock()
+        # Emergency runs in progress, per tenant and vehicle: their latest progress report. Kept in the
+        # process (a run lasts minutes and reports every few seconds; a restart forgets it until the next).
+        self._runs: dict[str, dict[str, dict[str, Any]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with write_transaction(self.engine, self._write_lock) as conn:
+            yield conn
+
+    async def register(self, principal: Principal | None, tenant: str, spec: models.SignalIn) -> dict[str, Any]:
+        check_allowed(principal, "traffic.manage", tenant)
+        if not models.SIGNAL_ID.match(spec.id):
+            raise BadRequestData("id must be letters, digits, '_', '.', ':' or '-' (at most 128)")
+        if spec.controller not in API_CONTROLLERS:
+            raise BadRequestData(f"controller must be one of {', '.join(API_CONTROLLERS)}")
+        plan = spec.plan.to_plan()
+        try:
+            validate_plan(plan)
+        except PlanError as exc:
+            raise BadRequestData(f"unsafe signal plan: {exc}") from exc
+        doc = spec.plan.model_dump(by_alias=True)
+        now = clock.now()
+        try:
+            async with self._write() as conn:
+                await conn.execute(insert(models.signals).values(
+                    tenant=tenant, signal_id=spec.id, name=spec.name or spec.id, device=spec.device,
+                    controller=spec.controller, plan=doc, phase=0, green_since=now, fallback=0, created_at=now))
+        except IntegrityError as exc:
+            raise AlreadyExists(f"signal {spec.id} is already registered") from exc
+        return await self.get(principal, tenant, spec.id)
+
+    async def _row(self, conn: AsyncConnection, tenant: str, signal_id: str) -> Any:
+        row = (await conn.execute(select(models.signals).where(and_(
+            models.signals.c.tenant == tenant, models.signals.c.signal_id == signal_id)))).first()
+        if row is None:
+            raise ResourceNotFound(f"no signal {signal_id}")
+        return row
+
+    async def get(self, principal: Principal | None, tenant: str, signal_id: str) -> dict[str, Any]:
+        check_allowed(principal, "traffic.read", tenant)
+        async with self.engine.connect() as conn:
+            row = await self._row(conn, tenant, signal_id)
+        return self._with_state(row)
+
+    def _with_state(self, row: Any) -> dict[str, Any]:
+        doc = models.signal_doc(row)
+        plan = plan_from_doc(row.plan)
+        now = clock.now()
+        since = as_utc(row.green_since)
+        if now < since:  # the change to this phase is still clearing
+            clearing = (since - now).total_seconds()
+            old = plan.phases[(row.phase - 1) % len(plan.phases)]
+            doc["stage"] = "yellow" if clearing > plan.all_red else "all_red"
+            doc["state"] = transition_states(old.state, plan.phases[row.phase].state)[doc["stage"] == "all_red"]
+            doc["greenElapsed"] = 0.0
+        else:
+            doc["stage"], doc["state"] = "green", plan.phases[row.phase].state
+            doc["greenElapsed"] = round((now - since).total_seconds(), 1)
+        return doc
+
+    async def list_signals(self, principal: Principal | None, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
+        check_allowed(principal, "traffic.read", tenant)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(models.signals).where(models.signals.c.tenant == tenant)
+                                       .order_by(models.signals.c.signal_id).limit(limit))).all()
+        return [self._with_state(r) for r in rows]
+
+    async def movements(self, principal: Principal | None, tenant: str
+                        ) -> dict[str, tuple[tuple[Movement, ...], ...]]:
+        """{signal: the movements (incoming → outgoing lane) each phase serves}, for routing through them."""
+        check_allowed(principal, "traffic.read", tenant)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(models.signals.c.signal_id, models.signals.c.plan)
+                                       .where(models.signals.c.tenant == tenant))).all()
+        return {r.signal_id: movements_of(r.plan, plan_from_doc(r.plan)) for r in rows}
+
+    async def command_phase(self, principal: Principal | None, tenant: str, signal_id: str, phase: object,
+                            send: RpcSender | None, source: str = "operator") -> dict[str, Any]:
+        """Ask for a green phase; refused (400/409, recorded) when the safety rules forbid it now."""
+        check_allowed(principal, "traffic.control", tenant)
+        who = (principal.username or principal.id) if principal is not None else None
+        now = clock.now()
+        async with self.engine.connect() as conn:
+            row = await self._row(conn, tenant, signal_id)
+        plan = plan_from_doc(row.plan)
+        refusal: tuple[type[Exception], str] | None = None
+        if isinstance(phase, bool) or not isinstance(phase, int) or not 0 <= phase < len(plan.phases):
+            refusal = (BadRequestData, f"phase must be an integer in 0..{len(plan.phases) - 1}")
+        else:
+            elapsed = (now - as_utc(row.green_since)).total_seconds()
+            current: Phase = plan.phases[row.phase]
+            if phase != row.phase and elapsed < current.earliest_end:
+                left = current.earliest_end - max(0.0, elapsed)
+                refusal = (Conflict, f"phase {row.phase} has not served its minimum green "
+                                     f"({current.earliest_end:g} s, pedestrian clearance included): {left:.0f} s left")
+        if refusal is not None:
+            await self._record(tenant, signal_id, phase if isinstance(phase, int) else None, source, "refused",
+                               refusal[1], None, None, who, now)
+            raise refusal[0](refusal[1])
+        assert isinstance(phase, int)
+        if phase == row.phase:
+            await self._record(tenant, signal_id, phase, source, "held", None, None, None, who, now)
+            return {"signal": signal_id, "phase": phase, "outcome": "held", "rpc": None}
+        yellow, all_red = transition_states(plan.phases[row.phase].state, plan.phases[phase].state)
+        sequence = [{"state": yellow, "seconds": plan.yellow}, {"state": all_red, "seconds": plan.all_red},
+                    {"state": plan.phases[phase].state, "seconds": None}]
+        rpc: dict[str, Any] | None = None
+        if row.device and send is not None:
+            rpc = await send(row.device, "setPhase", {"signal": signal_id, "phase": phase, "sequence": sequence})
+        green_at = now + dt.timedelta(seconds=plan.yellow + plan.all_red)
+        async with self._write() as conn:
+            await conn.execute(update(models.signals).where(and_(
+                models.signals.c.tenant == tenant, models.signals.c.signal_id == signal_id))
+                .values(phase=phase, green_since=green_at, fallback=int(source == "fallback")))
+            await conn.execute(insert(models.phase_commands).values(
+                tenant=tenant, signal_id=signal_id, phase=phase, source=source, outcome="applied", detail=None,
+                rpc_id=rpc.get("id") if rpc else None, rpc_status=rpc.get("status") if rpc else None,
+                requested_by=who, requested_at=now))
+        return {"signal": signal_id, "phase": phase, "outcome": "applied", "sequence": sequence,
+                "greenAt": green_at.isoformat(), "rpc": rpc}
+
+    async def _record(self, tenant: str, signal_id: str, phase: int | None, source: str, outcome: str,
+                      detail: str | None, rpc_id: int | None, rpc_status: str | None, who: str | None,
+                      now: dt.datetime) -> None:
+        async with self._write() as conn:
+            await conn.execute(insert(models.phase_commands).values(
+                tenant=tenant, signal_id=signal_id, phase=phase, source=source, outcome=outcome, detail=detail,
+                rpc_id=rpc_id, rpc_status=rpc_status, requested_by=who, requested_at=now))
+
+    async def preempt(self, principal: Principal | None, tenant: str, spec: models.PreemptIn,
+                      send: RpcSender | None) -> dict[str, Any]:
+        """Green wave for an emergency vehicle: the signals it reaches within the lead time get its phase.
+
+        Called as the vehicle moves (each call carries the signals still ahead). Every command goes
+        through `command_phase`, so minimum green and clearances still hold: a signal whose minimum
+        green is not served yet answers `waiting` and is asked again on the next call.
+        """
+        check_allowed(principal, "traffic.control", tenant)
+        async with self.engine.connect() as conn:
+            for ahead in spec.signals:
+                await self._row(conn, tenant, ahead.signal)  # 404 before any command
+        wave = GreenWave(spec.vehicle, [RouteSignal(a.signal, a.phase, i, float(a.distance))
+                                        for i, a in enumerate(spec.signals)])
+        wanted = wave.requests(0, 0.0, float(spec.speed))
+        results = []
+        for ahead in spec.signals:
+            eta = round(float(ahead.distance) / max(float(spec.speed), APPROACH_SPEED_M_S), 1)
+            entry: dict[str, Any] = {"signal": ahead.signal, "phase": ahead.phase, "eta": eta}
+            if ahead.signal not in wanted:
+                entry["outcome"] = "later"
+            else:
+                try:
+                    command = await self.command_phase(principal, tenant, ahead.signal, ahead.phase, send,
+                                                       source="preemption")
+                    entry["outcome"], entry["rpc"] = command["outcome"], command.get("rpc")
+                except Conflict as exc:
+                    entry["outcome"], entry["detail"] = "waiting", exc.detail
+                except BadRequestData as exc:
+                    entry["outcome"], entry["detail"] = "refused", exc.detail
+            results.append(entry)
+        self._runs.setdefault(tenant, {})[spec.vehicle] = {
+            "vehicle": spec.vehicle, "incident": spec.incident, "speed": float(spec.speed),
+            "signals": [{"signal": e["signal"], "outcome": e["outcome"], "eta": e["eta"]} for e in results],
+            "updatedAt": clock.now()}
+        return {"vehicle": spec.vehicle, "incident": spec.incident, "leadSeconds": wave.lead_s, "signals": results}
+
+    async def active_preemptions(self, principal: Principal | None, tenant: str) -> list[dict[str, Any]]:
+        """Emergency runs in progress: each vehicle's signals ahead (as last reported) and their outcome."""
+        check_allowed(principal, "traffic.read", tenant)
+        now = clock.now()
+        runs = self._runs.get(tenant, {})
+        for vehicle in [v for v, r in runs.items() if (now - r["updatedAt"]).total_seconds() > PREEMPTION_ACTIVE_S]:
+            del runs[vehicle]
+        return [{**r, "updatedAt": clock.iso(r["updatedAt"])} for r in sorted(runs.values(),
+                                                                                key=lambda r: r["vehicle"])]
+
+    async def commands(self, principal: Principal | None, tenant: str, signal_id: str,
+                       limit: int = 100) -> list[dict[str, Any]]:
+        check_allowed(principal, "traffic.read", tenant)
+        table = models.phase_commands
+        async with self.engine.connect() as conn:
+            await self._row(conn, tenant, signal_id)
+            rows = (await conn.execute(select(table).where(and_(table.c.tenant == tenant,
+                                                                  table.c.signal_id == signal_id))
+                                       .order_by(table.c.id.desc()).limit(limit))).all()
+        return [{"phase": r.phase, "source": r.source, "outcome": r.outcome, "detail": r.detail,
+                 "rpcId": r.rpc_id, "rpcStatus": r.rpc_status, "requestedAt": as_utc(r.requested_at).isoformat()}
+                for r in rows]
+
+    async def decide(self, principal: Principal | None, tenant: str, signal_id: str, spec: models.DecideIn,
+                     send: RpcSender | None) -> dict[str, Any]:
+        """Run the signal's controller on detector readings; with `apply`, command the phase it asks for."""
+        check_allowed(principal, "traffic.control" if spec.apply else "traffic.read", tenant)
+        async with self.engine.connect() as conn:
+            row = await self._row(conn, tenant, signal_id)
+        plan = plan_from_doc(row.plan)
+        movements = movements_of(row.plan, plan)
+        known = {lane for moves in movements for m in moves for lane in (m.in_lane, m.out_lane)}
+        lanes: dict[str, LaneReading] = {}
+        for lane, r in spec.lanes.items():
+            if lane not in known:
+                raise BadRequestData(f"lane {lane[:128]!r} is not a detector lane of signal {signal_id}")
+            try:
+                lanes[lane] = check_reading(LaneReading(
+                    vehicles=float(r.vehicles), halting=float(r.halting), mean_speed=float(r.speed),
+                    occupancy=float(r.occupancy), waiting=float(r.waiting), length=float(r.length)))
+            except PlanError as exc:
+                raise BadRequestData(f"lane {lane}: {exc}") from exc
+        now = clock.now()
+        elapsed = max(0.0, (now - as_utc(row.green_since)).total_seconds())
+        view = View(now.timestamp(), row.phase, elapsed, lanes, movements)
+        source = "controller"
+        try:
+            wanted = make_controller(row.controller, plan).decide(view)
+            if isinstance(wanted, bool) or not isinstance(wanted, int) or not 0 <= wanted < len(plan.phases):
+                raise PlanError(f"controller answered {wanted!r}")
+        except Exception:  # a failing controller never leaves the junction without a plan
+            source = "fallback"
+            wanted = FixedTimeController(plan).decide(view)
+        result: dict[str, Any] = {"signal": signal_id, "phase": row.phase, "requested": wanted, "source": source}
+        if spec.apply and wanted != row.phase:
+            current = plan.phases[row.phase]
+            if elapsed < current.earliest_end:
+                result["outcome"] = "held"
+                result["detail"] = "minimum green not served yet"
+            else:
+                result["command"] = await self.command_phase(principal, tenant, signal_id, wanted, send, source)
+                result["outcome"] = result["command"]["outcome"]
+        else:
+            result["outcome"] = "advice" if not spec.apply else "held"
+        return result

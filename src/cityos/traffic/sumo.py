@@ -1,0 +1,436 @@
+"""Eclipse SUMO, in process (libsumo): scenarios, signal plans read from a network, and a run harness.
+
+The harness drives every signalised intersection through the platform's `SignalSupervisor` with the
+same controller code the platform runs, reads lane-area detector values (whole-lane E2 detectors, read
+through libsumo) for the controllers, and measures what the benchmark reports: delay per vehicle
+(SUMO's `timeLoss` plus the insertion delay `departDelay`, unfinished trips included), trip time,
+queue length and throughput.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cityos.traffic.signals import (
+    GREEN_CHARS,
+    Controller,
+    LaneReading,
+    Movement,
+    Phase,
+    SignalPlan,
+    SignalSupervisor,
+    View,
+)
+
+YELLOW_S = 3.0
+ALL_RED_S = 2.0
+MIN_GREEN_S = 5.0
+MAX_GREEN_S = 60.0
+
+
+def sumo_home() -> str:
+    """SUMO_HOME of the eclipse-sumo wheel (set in the environment for libsumo and the tools)."""
+    if not os.environ.get("SUMO_HOME"):
+        import sumo
+
+        os.environ["SUMO_HOME"] = str(sumo.SUMO_HOME)
+    return os.environ["SUMO_HOME"]
+
+
+def sumo_binary(name: str) -> str:
+    home = Path(sumo_home())
+    for candidate in (home / "bin" / name, Path(os.sys.executable).parent / name):  # type: ignore[attr-defined]
+        if candidate.exists():
+            return str(candidate)
+    raise FileNotFoundError(f"SUMO tool {name} not found under {home}")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    net: Path
+    routes: tuple[Path, ...]
+    begin: int
+    end: int
+    additional: tuple[Path, ...] = ()
+
+
+RESCO_WINDOWS = {  # the RESCO benchmark's one-hour windows (begin, end) in simulation seconds
+    "cologne1": (25200, 28800), "cologne3": (25200, 28800), "cologne8": (25200, 28800),
+    "ingolstadt1": (57600, 61200), "ingolstadt7": (57600, 61200), "ingolstadt21": (57600, 61200),
+    "grid4x4": (0, 3600), "arterial4x4": (0, 3600),
+}
+
+
+def resco_dir() -> Path:
+    """The RESCO scenarios inside the sumo-rl wheel (a dev dependency; not copied into this repository)."""
+    spec = importlib.util.find_spec("sumo_rl")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("sumo-rl is not installed: `uv sync` installs it with the dev dependencies")
+    return Path(spec.origin).parent / "nets" / "RESCO"
+
+
+def resco_scenario(name: str, horizon: int | None = None) -> Scenario:
+    base = resco_dir() / name
+    begin, end = RESCO_WINDOWS[name]
+    routes = tuple(sorted(base.glob("*.rou.xml")))
+    if horizon is not None:
+        end = min(end, begin + horizon)
+    return Scenario(name, base / f"{name}.net.xml", routes, begin, end)
+
+
+# ---------------------------------------------------------------------- plans from a network
+
+
+@dataclass(frozen=True)
+class Intersection:
+    tls: str
+    plan: SignalPlan
+    movements: tuple[tuple[Movement, ...], ...]  # per green phase
+    in_lanes: tuple[str, ...]
+    out_lanes: tuple[str, ...]
+
+
+def _green_phases(program: Any) -> list[tuple[str, float, float, float]]:
+    phases: list[tuple[str, float, float, float]] = []
+    seen: set[str] = set()
+    for p in program.getPhases():
+        state = p.state
+        if any(c in "yYuoO" for c in state) or not any(c in GREEN_CHARS for c in state) or state in seen:
+            continue
+        seen.add(state)
+        phases.append((state, float(p.duration), float(p.minDur or -1), float(p.maxDur or -1)))
+    return phases
+
+
+def plans_from_net(net_file: Path) -> dict[str, SignalPlan]:
+    """Each traffic light's plan: the green phases of its first program with the platform's clearance times.
+
+    The fixed-time green is the scenario's own; minimum green is 5 s (or the scenario's, if shorter),
+    maximum green 60 s (or the scenario's longer fixed green). The conflict matrix holds the links the
+    network marks as foes that the scenario's own program never shows protected green together
+    (merges that the right of way resolves are not conflicts).
+    """
+    import sumolib
+
+    net = sumolib.net.readNet(str(net_file), withPrograms=True)
+    plans: dict[str, SignalPlan] = {}
+    for tls in net.getTrafficLights():
+        programs = tls.getPrograms()
+        if not programs:
+            continue
+        program = programs[sorted(programs)[0]]
+        greens = _green_phases(program)
+        if not greens:
+            continue
+        phases = []
+        for state, duration, _min_dur, _max_dur in greens:
+            fixed = max(1.0, duration)
+            min_green = min(MIN_GREEN_S, fixed)
+            phases.append(Phase(state=state, min_green=min_green, max_green=max(MAX_GREEN_S, fixed),
+                                fixed_green=fixed))
+        conflicts: set[tuple[int, int]] = set()
+        connections = [c for c in tls.getConnections()]
+        for i, (in_a, _out_a, link_a) in enumerate(connections):
+            for in_b, _out_b, link_b in connections[i + 1:]:
+                if link_a == link_b:
+                    continue
+                node = in_a.getEdge().getToNode()
+                if node is not in_b.getEdge().getToNode():
+                    continue
+                conn_a = _connection(in_a, _out_a)
+                conn_b = _connection(in_b, _out_b)
+                if conn_a is None or conn_b is None:
+                    continue
+                try:
+                    foes = node.areFoes(node.getLinkIndex(conn_a), node.getLinkIndex(conn_b))
+                except (IndexError, KeyError, ValueError):
+                    continue
+                pair = (min(link_a, link_b), max(link_a, link_b))
+                if foes and not any(s[pair[0]] == "G" and s[pair[1]] == "G" for s, *_ in greens):
+                    conflicts.add(pair)
+        plans[tls.getID()] = SignalPlan(phases=tuple(phases), yellow=YELLOW_S, all_red=ALL_RED_S,
+                                        conflicts=frozenset(conflicts))
+    return plans
+
+
+def _connection(in_lane: Any, out_lane: Any) -> Any:
+    for conn in in_lane.getOutgoing():
+        if conn.getToLane() is out_lane:
+            return conn
+    return None
+
+
+def actuated_programs(plans: dict[str, SignalPlan], path: Path) -> Path:
+    """An additional file with SUMO actuated programs built from the plans (same greens and clearances)."""
+    root = ET.Element("additional")
+    for tls, plan in plans.items():
+        logic = ET.SubElement(root, "tlLogic", id=tls, type="actuated", programID="cityos-actuated", offset="0")
+        for i, phase in enumerate(plan.phases):
+            nxt = plan.phases[(i + 1) % len(plan.phases)]
+            ET.SubElement(logic, "phase", duration=f"{phase.fixed_green:g}", state=phase.state,
+                          minDur=f"{phase.earliest_end:g}", maxDur=f"{phase.max_green:g}")
+            yellow = "".join(o if (o in GREEN_CHARS and n in GREEN_CHARS) else ("y" if o in GREEN_CHARS else "r")
+                             for o, n in zip(phase.state, nxt.state, strict=True))
+            red = "".join(o if (o in GREEN_CHARS and n in GREEN_CHARS) else "r"
+                          for o, n in zip(phase.state, nxt.state, strict=True))
+            ET.SubElement(logic, "phase", duration=f"{plan.yellow:g}", state=yellow)
+            if plan.all_red > 0:
+                ET.SubElement(logic, "phase", duration=f"{plan.all_red:g}", state=red)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    return path
+
+
+# ---------------------------------------------------------------------- the run harness
+
+ControllerFactory = Callable[[Intersection], Controller]
+BeforeTick = Callable[[Any, float, Mapping[str, SignalSupervisor]], None]
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    controller: str
+    seed: int
+    horizon_s: int
+    vehicles: int = 0
+    arrived: int = 0
+    mean_delay_s: float = 0.0
+    mean_trip_s: float = 0.0
+    mean_queue: float = 0.0  # halting vehicles per signalised intersection, sampled every 5 s
+    throughput_veh_h: float = 0.0
+    teleports: int = 0
+    controller_failures: int = 0
+    refused: int = 0
+    wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in self.__dict__.items() if k != "extra"}
+        out.update(self.extra)
+        return out
+
+
+# libsumo variable ids (constants in traci.constants): vehicles, mean speed, occupancy, halting, waiting time
+_VARS = (0x10, 0x11, 0x13, 0x14, 0x7A)
+
+
+class LaneReader:
+    """Lane-area detector values for all watched lanes, fetched once per step through a libsumo subscription.
+
+    Also counts the vehicles entering each approach lane (for flow measurement) when asked to.
+    """
+
+    def __init__(self, sim: Any, lanes: set[str]) -> None:
+        self.sim = sim
+        self.length = {lane: float(sim.lane.getLength(lane)) for lane in lanes}
+        self._seen: dict[str, set[str]] = {lane: set() for lane in lanes}
+        self.entered: dict[str, float] = dict.fromkeys(lanes, 0.0)
+        for lane in lanes:
+            sim.lane.subscribe(lane, list(_VARS))
+        self._values: dict[str, Any] = {}
+        self._cache: dict[str, LaneReading] = {}
+
+    def refresh(self) -> None:
+        self._values = self.sim.lane.getAllSubscriptionResults()
+        self._cache = {}
+
+    def track_entries(self, lanes: set[str]) -> None:
+        for lane in lanes:
+            ids = set(self.sim.lane.getLastStepVehicleIDs(lane))
+            self.entered[lane] += len(ids - self._seen[lane])
+            self._seen[lane] = ids
+
+    def read(self, lane: str) -> LaneReading:
+        cached = self._cache.get(lane)
+        if cached is not None:
+            return cached
+        values = self._values.get(lane) or {}
+        vehicles = float(values.get(0x10, 0.0))
+        reading = LaneReading(vehicles=vehicles, halting=min(vehicles, float(values.get(0x14, 0.0))),
+                              mean_speed=min(70.0, max(0.0, float(values.get(0x11, 0.0)))),
+                              occupancy=min(1.0, max(0.0, float(values.get(0x13, 0.0)) / 100.0)),
+                              waiting=max(0.0, float(values.get(0x7A, 0.0))), length=self.length[lane],
+                              entered=self.entered.get(lane, 0.0))
+        self._cache[lane] = reading
+        return reading
+
+    def halting(self, lane: str) -> float:
+        return float((self._values.get(lane) or {}).get(0x14, 0.0))
+
+
+class LazyLanes(Mapping[str, LaneReading]):
+    """An intersection's detector readings, read only when a controller looks at them."""
+
+    def __init__(self, reader: LaneReader, lanes: tuple[str, ...]) -> None:
+        self.reader = reader
+        self.lanes = lanes
+        self._known = frozenset(lanes)
+
+    def __getitem__(self, lane: str) -> LaneReading:
+        if lane not in self._known:
+            raise KeyError(lane)
+        return self.reader.read(lane)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.lanes)
+
+    def __len__(self) -> int:
+        return len(self.lanes)
+
+    def __contains__(self, lane: object) -> bool:
+        return lane in self._known
+
+
+def intersections_of(sim: Any, plans: dict[str, SignalPlan]) -> list[Intersection]:
+    out = []
+    for tls, plan in plans.items():
+        links = sim.trafficlight.getControlledLinks(tls)
+        if len(links) != plan.links:
+            continue
+        movements = []
+        for phase in plan.phases:
+            moves = []
+            for index, char in enumerate(phase.state):
+                if char in GREEN_CHARS and links[index]:
+                    in_lane, out_lane, _via = links[index][0]
+                    moves.append(Movement(index, in_lane, out_lane, char == "G"))
+            movements.append(tuple(moves))
+        in_lanes = tuple(sorted({m.in_lane for ms in movements for m in ms}))
+        out_lanes = tuple(sorted({m.out_lane for ms in movements for m in ms}))
+        out.append(Intersection(tls, plan, tuple(movements), in_lanes, out_lanes))
+    return out
+
+
+def run_scenario(scenario: Scenario, controller: str, factory: ControllerFactory | None, *, seed: int = 1,
+                 track_flows: bool = False, queue_every: int = 5,
+                 on_step: Callable[[Any, float], None] | None = None,
+                 before_tick: BeforeTick | None = None) -> RunResult:
+    """Run one scenario with one controller in libsumo. `factory` None means SUMO's actuated programs.
+
+    `before_tick(sim, now, supervisors)` runs every second before the signals decide (pre-emption
+    commands phases there); `on_step(sim, now)` runs just before each simulation step.
+    """
+    import time
+
+    import libsumo
+
+    sumo_home()
+    plans = plans_from_net(scenario.net)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cityos-sumo-") as tmp:
+        tripinfo = Path(tmp) / "tripinfo.xml"
+        additional = list(scenario.additional)
+        if factory is None:
+            additional.append(actuated_programs(plans, Path(tmp) / "actuated.add.xml"))
+        args = [sumo_binary("sumo"), "-n", str(scenario.net), "-r", ",".join(str(r) for r in scenario.routes),
+                "-b", str(scenario.begin), "-e", str(scenario.end), "--seed", str(seed),
+                "--tripinfo-output", str(tripinfo), "--tripinfo-output.write-unfinished", "true",
+                "--tripinfo-output.write-undeparted", "true",
+                "--no-step-log", "true", "--no-warnings", "true", "--duration-log.disable", "true",
+                "--time-to-teleport", "300", "--ignore-route-errors", "true",
+                "--device.rerouting.adaptation-steps", "0"]
+        if additional:
+            args += ["-a", ",".join(str(a) for a in additional)]
+        libsumo.start(args)
+        try:
+            result = _drive(libsumo, scenario, controller, factory, plans, seed, track_flows, queue_every, on_step,
+                            before_tick)
+        finally:
+            libsumo.close()
+        _read_tripinfo(tripinfo, result, scenario.end)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def _drive(sim: Any, scenario: Scenario, controller: str, factory: ControllerFactory | None,
+           plans: dict[str, SignalPlan], seed: int, track_flows: bool, queue_every: int,
+           on_step: Callable[[Any, float], None] | None, before_tick: BeforeTick | None) -> RunResult:
+    intersections = intersections_of(sim, plans)
+    lanes = {lane for x in intersections for lane in (*x.in_lanes, *x.out_lanes)}
+    reader = LaneReader(sim, lanes)
+    in_lanes = {lane for x in intersections for lane in x.in_lanes}
+    supervisors: list[tuple[Intersection, SignalSupervisor]] = []
+    shown: dict[str, str] = {}
+    if factory is None:
+        for x in intersections:
+            sim.trafficlight.setProgram(x.tls, "cityos-actuated")
+    else:
+        for x in intersections:
+            def view_of(now: float, phase: int, elapsed: float, x: Intersection = x) -> View:
+                lanes = LazyLanes(reader, tuple(dict.fromkeys((*x.in_lanes, *x.out_lanes))))
+                return View(now, phase, elapsed, lanes, x.movements)
+
+            supervisors.append((x, SignalSupervisor(plan=x.plan, controller=factory(x), view_of=view_of)))
+    by_tls = {x.tls: supervisor for x, supervisor in supervisors}
+    result = RunResult(scenario.name, controller, seed, scenario.end - scenario.begin)
+    queue_sum, queue_samples = 0.0, 0
+    now = float(scenario.begin)
+    reader.refresh()
+    while now < scenario.end:
+        if track_flows:
+            reader.track_entries(in_lanes)
+        if before_tick is not None:
+            before_tick(sim, now, by_tls)
+        for x, supervisor in supervisors:
+            state = supervisor.tick(now)
+            if shown.get(x.tls) != state:
+                sim.trafficlight.setRedYellowGreenState(x.tls, state)
+                shown[x.tls] = state
+        if on_step is not None:
+            on_step(sim, now)
+        sim.simulationStep()
+        now = float(sim.simulation.getTime())
+        reader.refresh()
+        if int(now) % queue_every == 0 and intersections:
+            queue_sum += sum(reader.halting(lane) for lane in in_lanes) / len(intersections)
+            queue_samples += 1
+        result.teleports += sim.simulation.getStartingTeleportNumber()
+    result.mean_queue = queue_sum / max(1, queue_samples)
+    result.controller_failures = sum(s.stats.failures for _, s in supervisors)
+    result.refused = sum(s.stats.refused for _, s in supervisors)
+    return result
+
+
+def _read_tripinfo(path: Path, result: RunResult, end: float) -> None:
+    if not path.exists():
+        return
+    delays, trips = [], []
+    arrived = 0
+    for _event, element in ET.iterparse(path):  # noqa: S314  (SUMO's own output file)
+        if element.tag != "tripinfo":
+            continue
+        if element.get("vType", "").startswith("cityos-emergency"):  # reported apart, not in others' delay
+            result.extra.setdefault("emergency_trips", []).append({
+                "id": element.get("id"), "depart": float(element.get("depart", "-1")),
+                "arrival": float(element.get("arrival", "-1")), "duration": float(element.get("duration", "-1")),
+                "time_loss": float(element.get("timeLoss", "0")), "waiting": float(element.get("waitingTime", "0"))})
+            element.clear()
+            continue
+        time_loss = float(element.get("timeLoss", "0"))
+        depart_delay = float(element.get("departDelay", "0"))
+        depart = float(element.get("depart", "-1"))
+        arrival = float(element.get("arrival", "-1"))
+        if depart < 0:  # never inserted: the whole wait is delay
+            delays.append(max(0.0, depart_delay))
+        else:
+            delays.append(max(0.0, time_loss) + max(0.0, depart_delay))
+        if 0 <= arrival <= end:
+            arrived += 1
+            trips.append(float(element.get("duration", "0")))
+        element.clear()
+    result.vehicles = len(delays)
+    result.arrived = arrived
+    result.mean_delay_s = sum(delays) / len(delays) if delays else 0.0
+    result.mean_trip_s = sum(trips) / len(trips) if trips else 0.0
+    result.throughput_veh_h = arrived * 3600.0 / max(1, result.horizon_s)
+    if not math.isfinite(result.mean_delay_s):
+        result.mean_delay_s = 0.0

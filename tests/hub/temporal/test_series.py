@@ -1,0 +1,71 @@
+"""Aggregated buckets as series (issue #13, "Speed"): one row per (entity, attribute, datasetId) from
+PostgreSQL, its arrays in time order whatever order the database folded them in; the flat `BucketRow`
+view equals the series. Pure functions over rows as the driver returns them: no database needed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from cityos.hub.temporal import sql
+from cityos.hub.temporal.params import TemporalQuery
+
+START = datetime(2026, 11, 20, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+def micros(moment: datetime) -> int:
+    return (moment - sql.EPOCH) // timedelta(microseconds=1)
+
+
+def hourly(methods: list[str]) -> TemporalQuery:
+    return TemporalQuery(timerel="between", time_at=START, end_time_at=START + 3 * HOUR, aggr_methods=methods,
+                         aggr_period=HOUR, representation="aggregatedValues")
+
+
+def test_a_series_folded_out_of_time_order_is_put_back_in_order() -> None:
+    tq = hourly(["totalCount", "avg"])
+    keys = [micros(START + 2 * HOUR), micros(START), micros(START + HOUR)]
+    row = ("urn:ngsi-ld:Probe:1", "https://example.org/pm25", None, keys, [3, 1, 2], [30.0, 10.0, 20.0])
+    series = sql._pg_series(row, tq, {})
+    assert [b.start for b in series.bounds] == [START, START + HOUR, START + 2 * HOUR]
+    assert [b.end for b in series.bounds] == [START + HOUR, START + 2 * HOUR, START + 3 * HOUR]
+    assert series.values == {"totalCount": [1, 2, 3], "avg": [10.0, 20.0, 30.0]}
+    assert [b.start_text for b in series.bounds] == ["2026-11-20T00:00:00Z", "2026-11-20T01:00:00Z",
+                                                     "2026-11-20T02:00:00Z"]
+
+
+def test_bounds_are_shared_between_series_and_exact_to_the_microsecond() -> None:
+    tq = hourly(["max"])
+    odd = START + timedelta(microseconds=123456)
+    bounds: dict[object, sql.Bound] = {}
+    a = sql._pg_series(("urn:a", "urn:x", None, [micros(odd)], [1.5]), tq, bounds)
+    b = sql._pg_series(("urn:b", "urn:x", "urn:ds", [micros(odd)], [None]), tq, bounds)
+    assert a.bounds[0] is b.bounds[0]
+    assert a.bounds[0].start == odd and a.bounds[0].start_text == "2026-11-20T00:00:00.123Z"
+    assert b.values == {"max": [None]}
+
+
+def test_decimals_from_a_numeric_aggregate_become_floats() -> None:
+    from decimal import Decimal
+
+    series = sql._pg_series(("urn:a", "urn:x", None, [micros(START)], [Decimal("2.5")]), hourly(["sum"]), {})
+    assert series.values["sum"] == [2.5] and isinstance(series.values["sum"][0], float)
+
+
+def test_without_a_period_the_bucket_spans_the_window_or_the_instances() -> None:
+    tq = TemporalQuery(timerel="after", time_at=START, aggr_methods=["totalCount"],
+                       representation="aggregatedValues")
+    last = START + 5 * HOUR
+    series = sql._pg_series(("urn:a", "urn:x", None, [0], [4], [START + HOUR], [last]), tq, {})
+    assert (series.bounds[0].start, series.bounds[0].end) == (START, last)
+
+
+def test_the_flat_rows_are_the_series() -> None:
+    tq = hourly(["min", "max"])
+    series = sql._pg_series(("urn:a", "urn:x", "urn:ds", [micros(START), micros(START + HOUR)], [1.0, 2.0],
+                             [3.0, 4.0]), tq, {})
+    rows = series.rows()
+    assert [(r.entity_id, r.attr, r.dataset_id, r.start, r.end, r.values) for r in rows] == [
+        ("urn:a", "urn:x", "urn:ds", START, START + HOUR, {"min": 1.0, "max": 3.0}),
+        ("urn:a", "urn:x", "urn:ds", START + HOUR, START + 2 * HOUR, {"min": 2.0, "max": 4.0}),
+    ]

@@ -1,0 +1,169 @@
+"""Live accident detection on both backends: detector stations' `TrafficFlowObserved` readings written to the
+hub feed the detector continuously; a blockage opens one `traffic.accident` incident for the transport
+department, however often it is detected again (repeated intervals, a replayed reading, a restarted detector);
+impossible readings and stations that do not say where they stand are skipped without state."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import httpx
+
+from auth_tokens import Auth
+from cityos.core import clock
+from cityos.traffic.accident_watch import AccidentWatch
+
+ENTITIES = "/ngsi-ld/v1/entities"
+SEGMENT = "urn:ngsi-ld:RoadSegment:haixiu-east-3"
+PLACE = {"type": "Point", "coordinates": [110.331, 20.021]}
+FREE = (6.0, 48.0, 5)      # occupancy %, km/h, vehicles in the interval
+QUEUE = (72.0, 3.0, 2)
+EMPTY = (0.0, 0.0, 0)
+
+
+def station(name: str, position: str, lane: int | None = 1) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": f"urn:ngsi-ld:TrafficFlowObserved:{name}", "type": "TrafficFlowObserved",
+        "refRoadSegment": {"type": "Relationship", "object": SEGMENT},
+        "detectorPosition": {"type": "Property", "value": position},
+        "location": {"type": "GeoProperty", "value": PLACE}}
+    if lane is not None:
+        body["laneId"] = {"type": "Property", "value": lane}
+    return body
+
+
+def reading(values: tuple[float, float, int], at: dt.datetime) -> dict[str, Any]:
+    occupancy, speed, vehicles = values
+    stamp = clock.iso(at)
+    return {"occupancy": {"type": "Property", "value": occupancy, "unitCode": "P1", "observedAt": stamp},
+            "averageVehicleSpeed": {"type": "Property", "value": speed, "unitCode": "KMH", "observedAt": stamp},
+            "intensity": {"type": "Property", "value": vehicles, "observedAt": stamp}}
+
+
+class Road:
+    def __init__(self, client: httpx.AsyncClient, headers: dict[str, str], lane: int | None = 1,
+                 suffix: str = "") -> None:
+        self.client, self.headers = client, headers
+        self.up = station(f"haixiu-east-3-up{suffix}", "upstream", lane)
+        self.down = station(f"haixiu-east-3-down{suffix}", "downstream", lane)
+        self.at = clock.now() - dt.timedelta(minutes=30)
+
+    async def create(self) -> None:
+        for body in (self.up, self.down):
+            made = await self.client.post(ENTITIES, headers=self.headers, json=body)
+            assert made.status_code == 201, made.text
+
+    async def send(self, entity: dict[str, Any], values: tuple[float, float, int], at: dt.datetime) -> None:
+        patched = await self.client.post(f"{ENTITIES}/{entity['id']}/attrs", headers=self.headers,
+                                          json=reading(values, at))
+        assert patched.status_code == 204, patched.text
+
+    async def interval(self, up: tuple[float, float, int], down: tuple[float, float, int]) -> None:
+        self.at += dt.timedelta(seconds=30)
+        await self.send(self.up, up, self.at)
+        await self.send(self.down, down, self.at)
+
+
+async def accidents(client: httpx.AsyncClient, auth: Auth) -> list[dict[str, Any]]:
+    listed = await client.get("/api/ops/incidents", headers=auth.headers("operator"))
+    assert listed.status_code == 200, listed.text
+    return [i for i in listed.json()["items"] if i["category"] == "traffic.accident"]
+
+
+async def settled(client: httpx.AsyncClient, auth: Auth, count: int) -> list[dict[str, Any]]:
+    """The accident incidents once `count` exist (the bus may deliver after the write answers)."""
+    for _ in range(600):
+        found = await accidents(client, auth)
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"expected {count} accident incident(s), found {await accidents(client, auth)}")
+
+
+async def inbox(client: httpx.AsyncClient, headers: dict[str, str]) -> list[dict[str, Any]]:
+    listed = await client.get("/api/services/notifications", headers=headers)
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    return list(body["items"] if isinstance(body, dict) else body)
+
+
+async def test_a_blockage_seen_by_live_readings_opens_one_incident(app: Any, client: httpx.AsyncClient,
+                                                                   auth: Auth) -> None:
+    # The traffic police (公安) are told of the accident beside the transport department's incident.
+    officer = await app.state.security.service.create_user("traffic-police", "Police-pass-2026!", "official",
+                                                           department="public-security", allow_admin=True,
+                                                           check_strength=False)
+    police = auth.headers("official", department="public-security", user_id=officer.id, username="traffic-police")
+    bystander = await app.state.security.service.create_user("parks-staff", "Parks-pass-2026!", "official",
+                                                             department="urban-management", allow_admin=True,
+                                                             check_strength=False)
+    road = Road(client, auth.headers("sys_admin"))
+    await road.create()
+    for _ in range(4):
+        await road.interval(FREE, FREE)
+    assert await accidents(client, auth) == []
+    for _ in range(3):  # a queue upstream, nothing passes downstream
+        await road.interval(QUEUE, EMPTY)
+    found = await settled(client, auth, 1)
+    incident = found[0]
+    assert (incident["category"], incident["department"], incident["source"]) == \
+        ("traffic.accident", "transport", "alarm")
+    assert incident["entityId"] == road.up["id"] and incident["location"] == PLACE
+    assert "haixiu-east-3#1" in incident["description"]
+    for _ in range(600):
+        alerts = [m for m in await inbox(client, police) if "交通事故" in m["subject"]]
+        if alerts:
+            break
+        await asyncio.sleep(0.1)
+    assert len(alerts) == 1 and "haixiu-east-3#1" in alerts[0]["body"], alerts
+    other = auth.headers("official", department="urban-management", user_id=bystander.id, username="parks-staff")
+    assert not [m for m in await inbox(client, other) if "交通事故" in m["subject"]]
+
+    # Duplicates: the episode goes on, a reading is replayed, and a restarted detector sees it afresh.
+    for _ in range(3):
+        await road.interval(QUEUE, EMPTY)
+    await road.send(road.up, QUEUE, road.at - dt.timedelta(seconds=60))  # an old reading, replayed
+    fresh = AccidentWatch(app.state.bus)
+    unsubscribe = fresh.subscribe()
+    try:
+        for _ in range(3):
+            await road.interval(QUEUE, EMPTY)
+        for _ in range(600):
+            if fresh.detections:
+                break
+            await asyncio.sleep(0.1)
+        assert fresh.detections == 1  # the restarted detector did detect it …
+    finally:
+        unsubscribe()
+    assert len(await accidents(client, auth)) == 1  # … and the incident domain kept one incident
+    assert app.state.accident_watch.detections == 1  # the running detector declared the episode once
+    # The running detector alerted once; the restarted one (a test instance without an alert) did not.
+    assert len([m for m in await inbox(client, police) if "交通事故" in m["subject"]]) == 1
+
+
+async def test_impossible_and_unplaced_readings_are_skipped(app: Any, client: httpx.AsyncClient,
+                                                            auth: Auth) -> None:
+    headers = auth.headers("sys_admin")
+    road = Road(client, headers, lane=None, suffix="-x")
+    await road.create()
+    for _ in range(4):  # occupancy 180 %: impossible, never fed to the detector
+        await road.interval((180.0, 3.0, 2), EMPTY)
+    # A segment's congestion reading (no detectorPosition) is not a detector station.
+    plain = {"id": "urn:ngsi-ld:TrafficFlowObserved:plain", "type": "TrafficFlowObserved",
+             "refRoadSegment": {"type": "Relationship", "object": SEGMENT}, **reading(QUEUE, clock.now())}
+    assert (await client.post(ENTITIES, headers=headers, json=plain)).status_code == 201
+    # A malformed position is ignored the same way.
+    odd = {**station("odd", "sideways"), **reading(QUEUE, clock.now())}
+    assert (await client.post(ENTITIES, headers=headers, json=odd)).status_code == 201
+    # A good pair written afterwards is still detected: the bad readings corrupted nothing.
+    good = Road(client, headers, lane=2, suffix="-y")
+    await good.create()
+    for _ in range(3):
+        await good.interval(QUEUE, EMPTY)
+    found = await settled(client, auth, 1)
+    assert [i["entityId"] for i in found] == [good.up["id"]]
+    watch = app.state.accident_watch
+    assert not any(pair.split("/", 1)[-1] == "haixiu-east-3" for pair in watch.detector.states)
+    assert not any(pair.endswith("#None") for pair in watch.detector.states)
