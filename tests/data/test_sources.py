@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 
 from auth_tokens import Auth
+from cityos.core import clock
+from cityos.hub.store import DEFAULT_TENANT
 
 STATION = "urn:ngsi-ld:AirQualityObserved:roadside-1"
 PATCH = f"/ngsi-ld/v1/entities/{STATION}/attrs"
@@ -265,3 +267,72 @@ async def test_livelihood_publications_to_the_hub_follow_the_declared_source(cli
     assert seen == [("civil-affairs", "budget", "civil-affairs/transparency", "flagged"),
                     ("civil-affairs", "budget", "civil-affairs/transparency", "refused"),
                     ("civil-affairs", "spent", "civil-affairs/transparency", "flagged")], seen
+
+
+async def _device(client: httpx.AsyncClient, name: str, department: str) -> str:
+    made = await client.post("/api/iot/devices", json={"name": name, "profile": "air-quality", "lon": 110.3,
+                                                        "lat": 20.0, "district": "Meilan", "department": department})
+    assert made.status_code == 201, made.text
+    return str(made.json()["token"])
+
+
+async def test_device_readings_are_held_to_their_departments_source(client: httpx.AsyncClient) -> None:
+    """A device writes for its department from the system `iot`: a reading of a field whose declared source
+    is another department is refused (a dead letter, the conflict listed, the rest of the message stored) or
+    stored and flagged; a reading stored once is flagged once, however often it is sent."""
+    assert (await _declare(client, entityType="AirQualityObserved", field="pm25", department="environment",
+                           policy="refuse")).status_code == 200
+    assert (await _declare(client, entityType="AirQualityObserved", field="temperature", department="environment",
+                           system="iot", policy="flag")).status_code == 200
+    own, other = await _device(client, "aq-env", "environment"), await _device(client, "aq-bus", "transport")
+    reading = {"pm25": 35, "no2": 20, "temperature": 24.5}
+    assert (await client.post(f"/api/v1/{own}/telemetry", json=reading)).status_code == 200
+    sent = {"ts": int(clock.now().timestamp() * 1000) - 60_000, "values": reading}
+    for _ in range(2):  # the second is a duplicate: nothing new is written, so nothing is flagged again
+        answer = await client.post(f"/api/v1/{other}/telemetry", json=sent)
+        assert answer.status_code == 200, answer.text
+    assert answer.json()["stored"] == 0
+
+    mine = (await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:AirQualityObserved:aq-env",
+                             params={"options": "keyValues"})).json()
+    assert (mine["pm25"], mine["temperature"]) == (35, 24.5)
+    theirs = (await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:AirQualityObserved:aq-bus",
+                               params={"options": "keyValues"})).json()
+    assert "pm25" not in theirs and (theirs["no2"], theirs["temperature"]) == (20, 24.5)
+    letters = (await client.get("/api/iot/dead-letters", params={"device": "aq-bus"})).json()["items"]
+    assert {letter["reason"] for letter in letters} == {"source_refused"}
+    assert "一数一源" in letters[0]["detail"] and "environment/*" in letters[0]["detail"]
+    assert letters[0]["payload"]["values"] == {"pm25": 35}
+
+    writes = (await client.get(CONFLICTS)).json()["writes"]
+    seen = sorted((w["record"].rsplit(":", 1)[-1], w["field"].rsplit("/", 1)[-1], w["writer"], w["principal"],
+                   w["outcome"]) for w in writes)
+    assert seen == [("aq-bus", "pm25", "transport/iot", "device:aq-bus", "refused"),
+                    ("aq-bus", "pm25", "transport/iot", "device:aq-bus", "refused"),
+                    ("aq-bus", "temperature", "transport/iot", "device:aq-bus", "flagged")], seen
+
+
+async def test_care_alerts_are_written_as_civil_affairs_and_never_dropped(client: httpx.AsyncClient,
+                                                                         app: Any) -> None:
+    """The 120 alerts of elderly care are civil-affairs' eldercare system's writes: flagged when Alert's
+    declared source is another department; when it is declared `refuse`, the refusal is listed and the alert
+    still reaches the hub (a life is worth more than a governance rule)."""
+    care = app.state.livelihood_care
+    entity = {"id": "urn:ngsi-ld:Alert:alarm-care-t1", "type": "Alert", "category": _prop("health"),
+              "alarmStatus": _prop("active")}
+    assert (await _declare(client, entityType="Alert", field="category", department="emergency",
+                           policy="flag")).status_code == 200
+    await care.hub_write(DEFAULT_TENANT, entity)
+    assert (await client.get(f"/ngsi-ld/v1/entities/{entity['id']}")).status_code == 200
+    assert (await _declare(client, entityType="Alert", field="*", department="emergency",
+                           policy="refuse")).status_code == 200
+    second = {**entity, "id": "urn:ngsi-ld:Alert:alarm-care-t2"}
+    await care.hub_write(DEFAULT_TENANT, second)
+    assert (await client.get(f"/ngsi-ld/v1/entities/{second['id']}")).status_code == 200
+    writes = (await client.get(CONFLICTS)).json()["writes"]
+    seen = sorted((w["record"].rsplit(":", 1)[-1], w["field"].rsplit("/", 1)[-1], w["writer"], w["outcome"])
+                  for w in writes)
+    assert ("alarm-care-t1", "category", "civil-affairs/eldercare", "flagged") in seen, seen
+    # category keeps its own rule (flag); "*" refuses the rest. The refused write lists its refusal only.
+    assert [w for w in seen if w[0] == "alarm-care-t2"] == [
+        ("alarm-care-t2", "alarmStatus", "civil-affairs/eldercare", "refused")], seen

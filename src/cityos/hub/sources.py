@@ -10,12 +10,15 @@ the data domain declares them, loads them from its table and records the conflic
 
 Only entity types with a declared source are checked: every other type (and the hub's conformance) is
 untouched. Writes without a principal (the platform's own pipelines, or security switched off) carry no
-source to compare and are not checked.
+source to compare and are not checked, except device readings: IoT ingest judges them as (the device's
+department, `iot`) with `judge` and `hold` (cityos.iot.service), and other domains publishing their
+records write `as_source` (cityos.hub.service).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,6 +44,20 @@ class SourceRule:
     def admits(self, department: str | None, departments: frozenset[str], system: str) -> bool:
         in_department = self.department == department or self.department in departments
         return in_department and self.system in (ANY, system)
+
+
+@dataclass(frozen=True)
+class Writer:
+    """Who writes: the department(s) and system the write comes from, and the principal for the record."""
+
+    department: str | None
+    departments: frozenset[str]
+    system: str
+    principal: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.department or '-'}/{self.system}"
 
 
 @dataclass(frozen=True)
@@ -106,37 +123,50 @@ class SourcePolicies:
         if not subjects:
             return None
         written = set(change.changed_attrs) if change.before is not None else set(after.attrs)
-        system = writer_system(principal)
-        writer = f"{principal.department or '-'}/{system}"
+        writer = Writer(principal.department, principal.departments, writer_system(principal), principal.label)
         refusals: list[str] = []
         flags: list[SourceConflict] = []
         for subject in subjects:
-            rules = by_subject[subject]
-            for attr in sorted(written):
-                rule = rules.get(attr) or rules.get(ANY)
-                if rule is None or rule.admits(principal.department, principal.departments, system):
-                    continue
-                outcome = "refused" if rule.policy == REFUSE else "flagged"
-                conflict = SourceConflict(tenant, subject, change.entity_id, attr, rule.label, writer,
-                                          principal.label, outcome)
-                if rule.policy == REFUSE:
-                    self.refused.append(conflict)
-                    refusals.append(f"{attr} (authoritative source {rule.label})")
-                else:
-                    flags.append(conflict)
+            refused, flagged = self.judge(tenant, subject, change.entity_id, written, writer)
+            refusals.extend(f"{c.field} (authoritative source {c.authority})" for c in refused)
+            flags.extend(flagged)
         if flags and not refusals:
             # A refused change is not written: its other attributes' flags would list a write that never
             # happened (and be taken by a later commit of the same entity).
-            pending = _flagged.get()
-            if pending is None:
-                pending = []
-                _flagged.set(pending)
-            # A batch's change is guarded twice (per entity, then with the whole write): one flag each.
-            pending.extend(f for f in flags if f not in pending)
+            self.hold(flags)
         if refusals:
-            return (f"一数一源: {writer} is not the authoritative source of "
+            return (f"一数一源: {writer.label} is not the authoritative source of "
                     f"{', '.join(refusals[:5])}; write it at its source")
         return None
+
+    def judge(self, tenant: str, subject: str, record: str, attrs: Iterable[str],
+              writer: Writer) -> tuple[list[SourceConflict], list[SourceConflict]]:
+        """(refused, flagged) attributes of one write of `record` (of type `subject`) by `writer`. Refusals
+        are queued for the data domain here; flags are the caller's to `hold` once it knows the write goes on."""
+        rules = self.declared(tenant, subject)
+        if not rules:
+            return [], []
+        refused: list[SourceConflict] = []
+        flagged: list[SourceConflict] = []
+        for attr in sorted(attrs):
+            rule = rules.get(attr) or rules.get(ANY)
+            if rule is None or rule.admits(writer.department, writer.departments, writer.system):
+                continue
+            outcome = "refused" if rule.policy == REFUSE else "flagged"
+            conflict = SourceConflict(tenant, subject, record, attr, rule.label, writer.label, writer.principal,
+                                      outcome)
+            (refused if rule.policy == REFUSE else flagged).append(conflict)
+        self.refused.extend(refused)
+        return refused, flagged
+
+    def hold(self, flags: list[SourceConflict]) -> None:
+        """Keep flags for the commit's listener, which stores those of the records that commit."""
+        pending = _flagged.get()
+        if pending is None:
+            pending = []
+            _flagged.set(pending)
+        # A batch's change is guarded twice (per entity, then with the whole write): one flag each.
+        pending.extend(f for f in flags if f not in pending)
 
     def take_flagged(self, entity_ids: set[str]) -> list[SourceConflict]:
         """The flags of these committed changes (called by the commit's listener)."""
@@ -146,6 +176,12 @@ class SourcePolicies:
         mine = [c for c in pending if c.record in entity_ids]
         pending[:] = [c for c in pending if c.record not in entity_ids]
         return mine
+
+    def forget_held(self) -> None:
+        """Drop flags held for writes that changed nothing (a reading already stored) or did not commit."""
+        pending = _flagged.get()
+        if pending:
+            pending.clear()
 
     def settle_flagged(self, entity_ids: set[str]) -> None:
         """These records committed outside the change pipeline: queue their flags for storing."""

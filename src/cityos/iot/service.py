@@ -50,6 +50,7 @@ from cityos.core.events import BackgroundPublisher, EventBus
 from cityos.hub.model import check_name
 from cityos.hub.observations import ObservedEntity, Reading, upsert_observations
 from cityos.hub.service import HubService
+from cityos.hub.sources import Writer
 from cityos.iot.models import (
     NAME_PATTERN,
     Device,
@@ -589,7 +590,10 @@ class IotService:
             state = _Batch(rejections=list(early))
             return await self._prepare(conn, parsed, names, state, checked)
 
-        obs = await upsert_observations(self.hub, self.tenant, prepare=prepare)
+        try:
+            obs = await upsert_observations(self.hub, self.tenant, prepare=prepare)
+        finally:
+            self.hub.sources.forget_held()  # flags of committed readings were stored by the commit's listener
         report.readings = state.readings
         report.stored = obs.stored
         report.duplicates = obs.duplicates
@@ -745,10 +749,38 @@ class IotService:
         """Apply a telemetry message to its device's touch: checked now, or before the batch's locks."""
         if checked is None:
             checked = self._check_telemetry(env, doc, t.profile, t.device.name)
-        t.readings.extend(checked.readings)
-        state.readings += len(checked.readings)
+        readings = self._from_authoritative_source(env, t, checked.readings, state)
+        t.readings.extend(readings)
+        state.readings += len(readings)
         state.rejections.extend(checked.rejections)
         t.contact = t.contact or checked.contact
+
+    def _from_authoritative_source(self, env: Envelope, t: _Touch, readings: list[_Valid],
+                                   state: _Batch) -> list[_Valid]:
+        """一数一源 on device ingest: a device writes for its department from the system `iot`. Readings of an
+        attribute whose declared authoritative source is another department or system are refused (dead
+        letter, conflict listed) or kept and flagged, as the data office declared (cityos.hub.sources)."""
+        d, profile = t.device, t.profile
+        observed = self.observed_id(profile, d.name)
+        subject = self._iri("Device") if observed == d.id else self._iri(profile.entity_type)
+        policies = self.hub.sources
+        if not readings or not policies.declared(self.tenant, subject):
+            return readings
+        writer = Writer(d.department, frozenset({d.department}) if d.department else frozenset(), "iot",
+                        f"device:{d.name}")
+        refused, flagged = policies.judge(self.tenant, subject, observed, {r[3].attr for r in readings}, writer)
+        policies.hold(flagged)  # stored by the data domain's commit listener if the entity's write commits
+        if not refused:
+            return readings
+        denied = {c.field: c.authority for c in refused}
+        kept = [r for r in readings if r[3].attr not in denied]
+        dropped = [r for r in readings if r[3].attr in denied]
+        detail = "; ".join(f"{attr} (authoritative source {authority})" for attr, authority in sorted(denied.items()))
+        state.rejections.append(self._rejection(
+            env, "source_refused", f"一数一源: {writer.label} is not the authoritative source of {detail}"[:2000],
+            d.name, {"ts": int(dropped[0][2].timestamp() * 1000), "values": {r[0].key: r[1] for r in dropped}},
+            "telemetry"))
+        return kept
 
     def _check_telemetry(self, env: Envelope, doc: Any, profile: Profile, device: str) -> _Checked:
         """Validate one telemetry payload against a profile; pure, so it can run outside the transaction."""

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, time
 from typing import Any
 
@@ -25,9 +26,13 @@ from cityos.core.messages import city_zone
 from cityos.core.responses import json_response
 from cityos.hub.service import ENTITY_CHANGED
 from cityos.livelihood.eldercare.service import CareService
+from cityos.livelihood.profiles.fields import CIVIL_AFFAIRS
 from cityos.security.api import current_principal, enforce, request_tenant, require
 from cityos.security.policy import STAFF_ROLES, Principal, Resource, Scope, scope_for
 from cityos.security.service import Unauthorized
+
+log = logging.getLogger(__name__)
+SOURCE_SYSTEM = "eldercare"
 
 router = APIRouter(prefix="/api/livelihood/care", tags=["livelihood: elderly care"])
 
@@ -123,7 +128,20 @@ def build(app: FastAPI, lock: asyncio.Lock | None) -> CareService:
     hub = app.state.hub
 
     async def hub_write(tenant: str, entity: dict[str, Any]) -> None:
-        await hub.service.batch_write(tenant, [entity], hub.resolver.core, "upsert", set())
+        # Care is the civil-affairs bureau's service (民政): its Alert entities are held to 一数一源 as
+        # (civil-affairs, eldercare), so a declared authoritative source of Alert fields sees them.
+        with hub.service.as_source(tenant, CIVIL_AFFAIRS, SOURCE_SYSTEM):
+            result = await hub.service.batch_write(tenant, [entity], hub.resolver.core, "upsert", set())
+        if not result.errors:
+            return
+        # A 120 call is never dropped for a governance rule: the refusal is listed for the data office
+        # (the conflict was queued when it was judged) and the alert is written as the platform's own.
+        log.error("一数一源 refused the 120 alert %s (%s); written anyway for life safety", entity["id"],
+                  result.errors[0].get("error", {}).get("detail"))
+        retried = await hub.service.batch_write(tenant, [entity], hub.resolver.core, "upsert", set())
+        for error in retried.errors:
+            log.error("the 120 alert %s did not reach the hub: %s", entity["id"],
+                      error.get("error", {}).get("detail"))
 
     care = CareService(app.state.engine, security.service.keyring, security.audit,
                        getattr(app.state, "notifier", None), hub_write, lock)
