@@ -71,6 +71,30 @@ async def test_ckanapi_reads_the_catalogue(client: httpx.AsyncClient, database_u
         await asyncio.to_thread(server.wait, 20)
 
 
+async def test_a_keys_rate_limit_holds_across_api_processes(client: httpx.AsyncClient,
+                                                            anon_client: httpx.AsyncClient, database_url: str) -> None:
+    """Two API processes on one database serve the same key: together they admit its rate, not twice it."""
+    await _seeded(client)
+    key = await _key(client, ["hub-energymeter"], rate=4)
+    port = free_port()
+    server = await asyncio.to_thread(_serve, database_url, port)
+    try:
+        # all calls inside one clock minute (the previous minute then weighs nothing): past :40, wait for :00
+        await asyncio.sleep(61 - time.time() % 60 if time.time() % 60 > 40 else 0)
+        params, headers = {"resource_id": "hub-energymeter", "limit": 1}, {"Authorization": key["key"]}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as other:
+            answers = []
+            for turn in range(8):
+                http = anon_client if turn % 2 == 0 else other
+                answers.append(await http.get(f"{A}/datastore_search", params=params, headers=headers))
+    finally:
+        server.terminate()
+        await asyncio.to_thread(server.wait, 20)
+    assert [a.status_code for a in answers] == [200] * 4 + [429] * 4, [a.text for a in answers]
+    assert all(1 <= int(a.headers["Retry-After"]) <= 60 for a in answers[4:])
+    assert "4 calls a minute" in answers[-1].json()["error"]["message"]
+
+
 def _ckanapi_session(ckanapi: Any, url: str, api_key: str) -> None:
     ckan = ckanapi.RemoteCKAN(url, user_agent="cityos-test")
     names = ckan.action.package_list()

@@ -61,7 +61,7 @@ from cityos.data.lineage import Lineage
 from cityos.data.models import OPEN_NONE
 from cityos.data.opendata import DOWNLOAD_FORMATS, OpenData
 from cityos.data.quality import Quality
-from cityos.data.scheduled import start_harvest, start_sources
+from cityos.data.scheduled import start_harvest, start_key_call_pruning, start_sources
 from cityos.data.searchindex import SearchIndex
 from cityos.data.sharing import Refused, Sharing
 from cityos.data.sources import Sources
@@ -295,7 +295,7 @@ async def download(name: str, request: Request) -> Response:
         query = parse_row_query(params, fields)
     except DatastoreInvalid as exc:
         raise BadRequestData(exc.detail) from exc
-    domain.open.check_access(ds, key)
+    await domain.open.check_access(ds, key)
     query.limit = DOWNLOAD_MAX_ROWS
     found = await domain.open.read(ds, query, key)
     await domain.usage(tenant, [code], "download")
@@ -521,7 +521,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     catalogue.index = SearchIndex(app.state.engine)
     await sources.load()
     hub.service.listeners.append(sources.on_commit)
-    stops = [start_harvest(catalogue), start_sources(sources)]
+    stops = [start_harvest(catalogue), start_sources(sources), start_key_call_pruning(app.state.data.open)]
 
     async def stop() -> None:
         for stop_one in stops:

@@ -54,9 +54,11 @@ FQ_TERM = re.compile(r'^\+?([a-z_]+):(?:"([^"\\]{1,200})"|([^\s"()\[\]{}*?:\\]{1
 
 
 class CkanError(Exception):
-    def __init__(self, status: int, kind: str, message: str | None = None, fields: dict[str, Any] | None = None):
+    def __init__(self, status: int, kind: str, message: str | None = None, fields: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message or kind)
         self.status, self.kind, self.message, self.fields = status, kind, message, fields or {}
+        self.headers = headers or {}
 
 
 def envelope(request: Request, action: str, result: Any) -> Response:
@@ -74,7 +76,7 @@ def error_response(request: Request, action: str, exc: CkanError) -> Response:
         error["message"] = exc.message
     error.update(exc.fields)
     return Response(orjson.dumps({"help": _help(request, action), "success": False, "error": error}),
-                    status_code=exc.status, media_type="application/json")
+                    status_code=exc.status, media_type="application/json", headers=exc.headers)
 
 
 def _validation(errors: dict[str, list[str]]) -> CkanError:
@@ -273,11 +275,11 @@ async def _dispatch(request: Request, action: str, service: OpenData) -> Any:
             except DatastoreInvalid as exc:
                 raise _validation(exc.errors) from exc
             try:
-                service.check_access(ds, key)
+                await service.check_access(ds, key)
             except NotAuthorized as exc:
                 raise CkanError(403, "Authorization Error", f"Access denied: {exc.detail}") from exc
             except RateLimited as exc:
-                raise CkanError(429, "Rate Limit Error", exc.detail) from exc
+                raise CkanError(429, "Rate Limit Error", exc.detail, headers=exc.headers) from exc
             try:
                 found = await service.read(ds, rq, key, conn)
             except DatastoreInvalid as exc:

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 from cityos.core.sqltypes import AutoId, JsonDoc, Timestamp
 
@@ -257,3 +257,16 @@ key_applications = Table(
 )
 
 KEY_APPLICATION_TABLES = (key_applications,)
+
+# Calls made with each API key per clock minute, shared by every API worker so a key's rate limit holds for
+# the whole deployment (the limit is a sliding minute: this minute's calls plus the previous minute's,
+# weighted by how much of it is still inside the window). Minutes older than the previous one are pruned.
+key_calls = Table(
+    "data_key_calls",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("minute", BigInteger, primary_key=True),  # Unix time // 60
+    Column("calls", Integer, nullable=False),
+)
+
+KEY_CALL_TABLES = (key_calls,)

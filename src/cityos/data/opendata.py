@@ -5,28 +5,30 @@ issued for them (with a purpose and a rate limit); datasets "not open" are invis
 leaked). Whoever reads, confidential fields never appear and sensitive ones are masked; internal fields
 of a conditional dataset appear only with a key.
 
-The rate limit is counted per process (a sliding minute); with several API workers each enforces it.
+The rate limit is a sliding minute counted in the database (`data_key_calls`), so it holds for the
+whole deployment however many API workers serve the key; refused calls count too, so a client that keeps
+hammering stays refused until it slows down.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 import uuid
-from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
-from cityos.core.db import write_transaction
+from cityos.core.db import dialect_insert, write_transaction
 from cityos.core.errors import BadRequestData, ResourceNotFound
 from cityos.data.catalogue import Catalogue
 from cityos.data.datastore import RowQuery, Source, day_end, desensitise, search_rows
-from cityos.data.models import OPEN_CONDITIONAL, OPEN_NONE, OPEN_TYPES, SHARE_TYPES, UPDATE_CYCLES, api_keys
+from cityos.data.models import OPEN_CONDITIONAL, OPEN_NONE, OPEN_TYPES, SHARE_TYPES, UPDATE_CYCLES, api_keys, key_calls
 
 DOWNLOAD_FORMATS = ("csv", "json", "geojson", "parquet")
 MAX_RATE = 6000
@@ -68,7 +70,6 @@ class OpenData:
     def __init__(self, engine: AsyncEngine, catalogue: Catalogue) -> None:
         self.engine = engine
         self.catalogue = catalogue
-        self._calls: dict[str, deque[float]] = defaultdict(deque)
 
     # ------------------------------------------------------------------ keys
 
@@ -111,15 +112,30 @@ class OpenData:
             return None
         return ApiKey(row.id, row.tenant, row.holder, tuple(row.datasets), row.rate_per_minute)
 
-    def spend(self, key: ApiKey) -> None:
-        now = time.monotonic()
-        window = self._calls[key.id]
-        while window and window[0] < now - 60:
-            window.popleft()
-        if len(window) >= key.rate_per_minute:
+    async def spend(self, key: ApiKey) -> None:
+        """Count one call of `key`; 429 when the sliding minute is over its rate (see the module docstring)."""
+        now = time.time()
+        minute = int(now // 60)
+        async with write_transaction(self.engine, self.catalogue.lock) as conn:
+            counted = dialect_insert(conn, key_calls).values(key_id=key.id, minute=minute, calls=1)
+            counted = counted.on_conflict_do_update(index_elements=["key_id", "minute"],
+                                                    set_={"calls": key_calls.c.calls + 1})
+            calls = (await conn.execute(counted.returning(key_calls.c.calls))).scalar_one()
+            previous = (await conn.execute(select(key_calls.c.calls).where(
+                key_calls.c.key_id == key.id, key_calls.c.minute == minute - 1))).scalar_one_or_none() or 0
+        inside = 1 - (now - minute * 60) / 60  # the share of the previous minute still in the window
+        if previous * inside + calls > key.rate_per_minute:
+            # wait until enough of the previous minute (or, with none left, this minute) has slid out
+            wait = 60 - (now - minute * 60) if previous * inside < 1 else \
+                60 * (previous * inside + calls - key.rate_per_minute) / previous
             raise RateLimited(f"this key allows {key.rate_per_minute} calls a minute",
-                              headers={"Retry-After": str(int(61 - (now - window[0])))})
-        window.append(now)
+                              headers={"Retry-After": str(min(60, max(1, math.ceil(wait))))})
+
+    async def prune_calls(self) -> int:
+        """Drop per-minute counts no window reads any more (older than the previous minute)."""
+        async with write_transaction(self.engine, self.catalogue.lock) as conn:
+            done = await conn.execute(delete(key_calls).where(key_calls.c.minute < int(time.time() // 60) - 1))
+        return int(done.rowcount or 0)
 
     # ------------------------------------------------------------------ packages
 
@@ -129,14 +145,14 @@ class OpenData:
             raise ResourceNotFound(f"no dataset {code!r}")
         return ds
 
-    def check_access(self, ds: dict[str, Any], key: ApiKey | None) -> None:
+    async def check_access(self, ds: dict[str, Any], key: ApiKey | None) -> None:
         if ds["open_type"] != OPEN_CONDITIONAL:
             return
         if key is None:
             raise NotAuthorized(f"dataset {ds['id']!r} is conditionally open (有条件开放): apply for an API key")
         if key.tenant != ds["tenant"] or not key.covers(ds["id"]):
             raise NotAuthorized(f"this API key does not cover dataset {ds['id']!r}")
-        self.spend(key)
+        await self.spend(key)
 
     async def read(self, ds: dict[str, Any], query: RowQuery, key: ApiKey | None,
                    conn: AsyncConnection | None = None) -> dict[str, Any]:

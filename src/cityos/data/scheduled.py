@@ -51,3 +51,9 @@ def start_sources(sources: Any) -> Callable[[], Awaitable[None]]:
         await sources.load()
 
     return periodic("data-sources", step, every, every)
+
+
+def start_key_call_pruning(open_data: Any) -> Callable[[], Awaitable[None]]:
+    """API-key call counts older than the sliding minute are dropped every few minutes."""
+    every = float(env_int("CITYOS_DATA_KEY_CALLS_PRUNE_SECONDS", 300))
+    return periodic("data-key-calls", open_data.prune_calls, every, every)
