@@ -26,9 +26,9 @@ from cityos.livelihood.profiles.fields import (
     SIZE_CLASSES,
 )
 from cityos.security.policy import roles_allowed
-from cityos.web.auth import ApiError, Session, require_login
+from cityos.web.auth import ApiError, Session
 from cityos.web.livelihood import OPS
-from cityos.web.shell import add_nav, frame, panel
+from cityos.web.shell import add_nav, panel, signed_in_view
 
 COMPANY_ROLES = roles_allowed("livelihood.finance.need")
 DESK_ROLES = roles_allowed("livelihood.finance.broker")
@@ -157,13 +157,8 @@ class PolicyCalculator:
 
 @ui.page("/portal/policy-calculator", title="惠企政策计算器 · CityOS")
 async def policy_calculator_page() -> RedirectResponse | None:
-    session = await require_login(COMPANY_ROLES)
-    if not isinstance(session, Session):
-        return session
-    with frame(session, "惠企政策计算器 Policy calculator", active="/portal/policy-calculator"):
-        page = PolicyCalculator(session)
-        await page.load()
-    return None
+    return await signed_in_view(COMPANY_ROLES, "惠企政策计算器 Policy calculator",
+                                "/portal/policy-calculator", PolicyCalculator)
 
 
 class CompanyFinancing:
@@ -238,13 +233,8 @@ class CompanyFinancing:
 
 @ui.page("/portal/financing", title="融资对接 · CityOS")
 async def company_financing_page() -> RedirectResponse | None:
-    session = await require_login(COMPANY_ROLES)
-    if not isinstance(session, Session):
-        return session
-    with frame(session, "融资对接 Financing matchmaking", active="/portal/financing"):
-        page = CompanyFinancing(session)
-        await page.load()
-    return None
+    return await signed_in_view(COMPANY_ROLES, "融资对接 Financing matchmaking",
+                                "/portal/financing", CompanyFinancing)
 
 
 class FinancingDesk:
@@ -331,10 +321,5 @@ class FinancingDesk:
 
 @ui.page("/livelihood/financing", title="融资对接 · CityOS")
 async def financing_desk_page() -> RedirectResponse | None:
-    session = await require_login(DESK_ROLES)
-    if not isinstance(session, Session):
-        return session
-    with frame(session, "融资对接 Financing desk", active="/livelihood/financing"):
-        desk = FinancingDesk(session)
-        await desk.load()
-    return None
+    return await signed_in_view(DESK_ROLES, "融资对接 Financing desk",
+                                "/livelihood/financing", FinancingDesk)

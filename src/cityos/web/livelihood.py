@@ -18,7 +18,7 @@ from nicegui import ui
 from cityos.core.messages import local_time
 from cityos.security.policy import roles_allowed
 from cityos.web.auth import ApiError, Session, require_login
-from cityos.web.shell import frame, panel
+from cityos.web.shell import frame, panel, signed_in_view
 
 SERVICES_ROLES = roles_allowed("livelihood.services.read")
 UPTAKE_ROLES = roles_allowed("livelihood.uptake.read")
@@ -127,13 +127,8 @@ class ServicesForMe:
 
 @ui.page("/portal/services-for-me", title="为您服务 · CityOS")
 async def services_for_me_page() -> RedirectResponse | None:
-    session = await require_login(SERVICES_ROLES)
-    if not isinstance(session, Session):
-        return session
-    with frame(session, "为您服务 Services for me", active="/portal"):
-        page = ServicesForMe(session)
-        await page.load()
-    return None
+    return await signed_in_view(SERVICES_ROLES, "为您服务 Services for me",
+                                "/portal", ServicesForMe)
 
 
 @ui.page("/livelihood/uptake", title="政策触达 · CityOS")
@@ -216,10 +211,5 @@ class CareDesk:
 
 @ui.page("/livelihood/care", title="独居老人关爱 · CityOS")
 async def care_page() -> RedirectResponse | None:
-    session = await require_login(CARE_ROLES)
-    if not isinstance(session, Session):
-        return session
-    with frame(session, "独居老人关爱 Care for elderly people living alone", active="/livelihood/care"):
-        desk = CareDesk(session)
-        await desk.load()
-    return None
+    return await signed_in_view(CARE_ROLES, "独居老人关爱 Care for elderly people living alone",
+                                "/livelihood/care", CareDesk)

@@ -9,13 +9,15 @@ portal does the same for its pages); an entry shows only to the roles it names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
+from fastapi.responses import RedirectResponse
 from nicegui import ui
 
-from cityos.web.auth import ROLE_LABELS, Session
+from cityos.web.auth import ROLE_LABELS, Session, require_login
 
 _CSS = """
 :root { --cityos-bg: #060d1b; --cityos-panel: #0d1a30; --cityos-line: #1d3557; --cityos-accent: #22d3ee; }
@@ -212,3 +214,20 @@ async def home_page(denied: str | None = None) -> None:
                     ui.label(label).classes("text-xl text-slate-100")
                     if note:
                         ui.label(note).classes("text-slate-400")
+
+
+class LoadedView(Protocol):
+    """A page's body built for a signed-in session, filled from the API by `load`."""
+
+    def load(self) -> Awaitable[None]: ...
+
+
+async def signed_in_view(roles: Iterable[str], heading: str, active: str,
+                         view: Callable[[Session], LoadedView]) -> RedirectResponse | None:
+    """The common page: sign-in (or a redirect) for `roles`, the frame, then the view built and loaded."""
+    session = await require_login(roles)
+    if not isinstance(session, Session):
+        return session
+    with frame(session, heading, active=active):
+        await view(session).load()
+    return None
