@@ -26,7 +26,7 @@ from typing import Any
 
 from shapely.geometry import mapping
 from shapely.ops import linemerge
-from sqlalchemy import delete, distinct, func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -139,9 +139,9 @@ class ForecastService:
         self.engine = engine
         self.city_seed = city_seed
         self._lock = write_lock or asyncio.Lock()
-        # Per tenant: the newest stored version's identity (number, version, trained at) and its model,
-        # loaded from the table once per version.
-        self._loaded: dict[str, tuple[tuple[int, str, datetime], Trained]] = {}
+        # Per tenant: the newest stored version's identity (number, version, trained at) and its model (None
+        # when this code cannot use it), loaded from the table once per version.
+        self._loaded: dict[str, tuple[tuple[int, str, datetime], Trained | None]] = {}
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -172,9 +172,9 @@ class ForecastService:
         the round (another worker's, or an operator's); returns how many trained."""
         fresh = clock.now() - timedelta(seconds=RETRAIN_SECONDS * 0.9)
         async with self.engine.connect() as conn:
-            tenants = (await conn.execute(select(distinct(history.c.tenant))
+            tenants = (await conn.execute(select(history.c.tenant).distinct()
                                           .where(history.c.scope == "segment"))).scalars().all()
-            recent = set((await conn.execute(select(distinct(forecast_models.c.tenant))
+            recent = set((await conn.execute(select(forecast_models.c.tenant).distinct()
                                              .where(forecast_models.c.created_at >= fresh))).scalars().all())
         done = 0
         for tenant in tenants:
@@ -240,12 +240,12 @@ class ForecastService:
                                                           table.c.number == head.number))).first()
         if row is None:  # pruned between the two reads: the next call reads the newer head
             return None
+        trained: Trained | None = None
         try:
             model = await asyncio.to_thread(ForecastModel.from_params, row.params)
-        except ModelMismatch as exc:
+            trained = Trained(model, clock.as_utc(row.created_at), row.segments, row.samples, int(row.number))
+        except ModelMismatch as exc:  # said once per version; forecasts are persistence until the next one
             log.warning("congestion forecast version %d of %r not usable: %s", row.number, tenant, exc)
-            return None
-        trained = Trained(model, clock.as_utc(row.created_at), row.segments, row.samples, int(row.number))
         self._loaded[tenant] = (identity, trained)
         return trained
 
