@@ -133,3 +133,25 @@ async def test_a_stored_version_this_code_cannot_use_falls_back_to_persistence(
         assert answer.status_code == 200, answer.text
         assert answer.json()["model"]["kind"] == "persistence"
         assert answer.json()["forecast"]["speedKmh"] == answer.json()["current"]["speedKmh"]
+
+
+async def test_the_stored_version_is_the_trained_model_bit_for_bit(
+        client: httpx.AsyncClient, app: Any, other_worker: tuple[Any, httpx.AsyncClient]) -> None:
+    """Through the database's JSON (JSONB on PostgreSQL) and back, every float is the one trained."""
+    second_app, _second = other_worker
+    await seed(client, Auth(app).headers("official", department="transport"))
+    trained = await app.state.congestion_forecast._train("", 1)
+    assert trained is not None and trained.number == 1
+    loaded = await second_app.state.congestion_forecast.latest("")
+    assert loaded is not None and loaded.number == 1
+    assert loaded.model.coefficients == trained.model.coefficients
+    assert loaded.model.metrics == trained.model.metrics and loaded.model.version == trained.model.version
+    assert (loaded.model.trained_from, loaded.model.trained_to) == (trained.model.trained_from,
+                                                                    trained.model.trained_to)
+    rng = random.Random(3)
+    now = clock.now().timestamp()
+    for segment, _, base in SEGMENTS:
+        for k in range(50):
+            speeds = [base + rng.uniform(-5, 5) for _ in range(6)]
+            at = now - k * SLOT_S
+            assert loaded.model.predict(segment, speeds, 5, at) == trained.model.predict(segment, speeds, 5, at)
