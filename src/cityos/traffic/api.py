@@ -20,7 +20,10 @@
                                                    minimum green / later); 404 unknown signal
     GET  /api/traffic/preemptions                  emergency runs in progress (progress within 2 minutes):
                                                    vehicle, incident, the signals ahead and their outcome
-                                                   (traffic.read)
+                                                   (traffic.read); with `?finished=true` the runs over (kept
+                                                   30 days), newest first, with startedAt, endedAt, seconds
+                                                   and reports. Runs are rows of `traffic_preemption_runs`:
+                                                   every API worker lists the same, a restart keeps them
 
 Started with the app: the live accident detector on the hub's detector readings (`accident_watch`) and the
 fire engines' green wave on dispatched fire incidents (`emergency`), both event-bus consumers.
@@ -122,8 +125,11 @@ async def preempt(request: Request, spec: PreemptIn,
 
 
 @router.get("/preemptions")
-async def preemptions(request: Request, principal: Principal | None = Depends(require("traffic.read"))) -> Response:
+async def preemptions(request: Request, finished: bool = Query(False), limit: int = Query(100, ge=1, le=1000),
+                      principal: Principal | None = Depends(require("traffic.read"))) -> Response:
     tenant = request_tenant(request, principal)
+    if finished:
+        return json_response(await traffic_of(request).finished_preemptions(principal, tenant, limit))
     return json_response(await traffic_of(request).active_preemptions(principal, tenant))
 
 

@@ -1,4 +1,5 @@
-"""Traffic tables and schemas: registered signals (plan and current phase) and their phase commands.
+"""Traffic tables and schemas: registered signals (plan and current phase), their phase commands, and
+emergency pre-emption runs.
 
 No foreign keys (the test harness empties tables in any order); rows share (tenant, signal_id).
 """
@@ -9,9 +10,9 @@ import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
-from sqlalchemy import Column, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text
+from sqlalchemy import Column, Float, Index, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text
 
-from cityos.core.sqltypes import JsonDoc, Timestamp
+from cityos.core.sqltypes import AutoId, JsonDoc, Timestamp
 from cityos.traffic.signals import MAX_LINKS, MAX_PHASES, Phase, SignalPlan
 
 metadata = MetaData()
@@ -47,6 +48,25 @@ phase_commands = Table(
     Column("requested_by", String(256), nullable=True),
     Column("requested_at", Timestamp, nullable=False),
 )
+
+# One row per emergency run: a vehicle's progress reports while they keep coming (a gap of more than
+# `PREEMPTION_ACTIVE_S` ends the run; a later report starts a new one). In the database, not the process,
+# so every API worker lists the same runs and a restart keeps them; finished runs stay as history.
+preemption_runs = Table(
+    "traffic_preemption_runs", metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("tenant", String(256), nullable=False),
+    Column("vehicle", String(64), nullable=False),
+    Column("incident", String(64), nullable=True),
+    Column("speed", Float, nullable=False),              # m/s, as last reported
+    Column("signals", JsonDoc, nullable=False),          # [{signal, outcome, eta}] of the latest report
+    Column("reports", Integer, nullable=False),
+    Column("started_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),     # the latest report; the run's end once it is over
+)
+Index("ix_traffic_preemption_runs_vehicle", preemption_runs.c.tenant, preemption_runs.c.vehicle,
+      preemption_runs.c.updated_at)
+Index("ix_traffic_preemption_runs_updated", preemption_runs.c.tenant, preemption_runs.c.updated_at)
 
 
 class PhaseIn(BaseModel):

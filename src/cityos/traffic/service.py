@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -43,6 +44,8 @@ from cityos.traffic.signals import (
 API_CONTROLLERS = ("fixed", "webster", "max-pressure", "cityos")
 # An emergency run counts as in progress this long after its vehicle's last progress report.
 PREEMPTION_ACTIVE_S = 120.0
+# Finished runs are kept this long (their timings answer "how long did the green wave run") and then pruned.
+PREEMPTION_HISTORY = dt.timedelta(days=30)
 
 # Sends a device command: (device name, method, params) → the RPC record (id, status).
 RpcSender = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -70,9 +73,6 @@ class TrafficService:
     def __init__(self, engine: AsyncEngine, write_lock: asyncio.Lock | None = None) -> None:
         self.engine = engine
         self._write_lock = write_lock or asyncio.Lock()
-        # Emergency runs in progress, per tenant and vehicle: their latest progress report. Kept in the
-        # process (a run lasts minutes and reports every few seconds; a restart forgets it until the next).
-        self._runs: dict[str, dict[str, dict[str, Any]]] = {}
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -230,21 +230,62 @@ class TrafficService:
                 except BadRequestData as exc:
                     entry["outcome"], entry["detail"] = "refused", exc.detail
             results.append(entry)
-        self._runs.setdefault(tenant, {})[spec.vehicle] = {
-            "vehicle": spec.vehicle, "incident": spec.incident, "speed": float(spec.speed),
-            "signals": [{"signal": e["signal"], "outcome": e["outcome"], "eta": e["eta"]} for e in results],
-            "updatedAt": clock.now()}
+        await self._record_run(tenant, spec, [{"signal": e["signal"], "outcome": e["outcome"], "eta": e["eta"]}
+                                              for e in results])
         return {"vehicle": spec.vehicle, "incident": spec.incident, "leadSeconds": wave.lead_s, "signals": results}
+
+    async def _record_run(self, tenant: str, spec: models.PreemptIn, signals: list[dict[str, Any]]) -> None:
+        """The vehicle's run in progress takes this report; with none (or after a gap of more than
+        `PREEMPTION_ACTIVE_S`) a new run starts, and the tenant's runs finished long ago are pruned."""
+        runs = models.preemption_runs
+        now = clock.now()
+        async with self._write() as conn:
+            await lock_vehicle(conn, tenant, spec.vehicle)
+            current = (await conn.execute(select(runs.c.id, runs.c.reports).where(
+                runs.c.tenant == tenant, runs.c.vehicle == spec.vehicle,
+                runs.c.updated_at >= now - dt.timedelta(seconds=PREEMPTION_ACTIVE_S))
+                .order_by(runs.c.updated_at.desc()).limit(1))).first()
+            report = {"incident": spec.incident, "speed": float(spec.speed), "signals": signals, "updated_at": now}
+            if current is not None:
+                await conn.execute(update(runs).where(runs.c.id == current.id)
+                                   .values(**report, reports=current.reports + 1))
+                return
+            await conn.execute(insert(runs).values(tenant=tenant, vehicle=spec.vehicle, reports=1, started_at=now,
+                                                   **report))
+            await conn.execute(delete(runs).where(runs.c.tenant == tenant,
+                                                  runs.c.updated_at < now - PREEMPTION_HISTORY))
 
     async def active_preemptions(self, principal: Principal | None, tenant: str) -> list[dict[str, Any]]:
         """Emergency runs in progress: each vehicle's signals ahead (as last reported) and their outcome."""
         check_allowed(principal, "traffic.read", tenant)
-        now = clock.now()
-        runs = self._runs.get(tenant, {})
-        for vehicle in [v for v, r in runs.items() if (now - r["updatedAt"]).total_seconds() > PREEMPTION_ACTIVE_S]:
-            del runs[vehicle]
-        return [{**r, "updatedAt": clock.iso(r["updatedAt"])} for r in sorted(runs.values(),
-                                                                                key=lambda r: r["vehicle"])]
+        runs = models.preemption_runs
+        since = clock.now() - dt.timedelta(seconds=PREEMPTION_ACTIVE_S)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(runs).where(runs.c.tenant == tenant, runs.c.updated_at >= since)
+                                       .order_by(runs.c.vehicle, runs.c.updated_at.desc()))).all()
+        latest: dict[str, Any] = {}
+        for row in rows:  # a vehicle has one run in progress; should two workers have raced, the newest
+            latest.setdefault(row.vehicle, row)
+        return [{"vehicle": r.vehicle, "incident": r.incident, "speed": r.speed, "signals": r.signals,
+                 "updatedAt": clock.iso(as_utc(r.updated_at))} for r in latest.values()]
+
+    async def finished_preemptions(self, principal: Principal | None, tenant: str,
+                                   limit: int = 100) -> list[dict[str, Any]]:
+        """Emergency runs over (no report for `PREEMPTION_ACTIVE_S`), newest first, with their timings:
+        kept `PREEMPTION_HISTORY`."""
+        check_allowed(principal, "traffic.read", tenant)
+        runs = models.preemption_runs
+        until = clock.now() - dt.timedelta(seconds=PREEMPTION_ACTIVE_S)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(runs).where(runs.c.tenant == tenant, runs.c.updated_at < until)
+                                       .order_by(runs.c.updated_at.desc(), runs.c.id.desc()).limit(limit))).all()
+        out = []
+        for r in rows:
+            started, ended = as_utc(r.started_at), as_utc(r.updated_at)
+            out.append({"vehicle": r.vehicle, "incident": r.incident, "speed": r.speed, "signals": r.signals,
+                        "updatedAt": clock.iso(ended), "startedAt": clock.iso(started), "endedAt": clock.iso(ended),
+                        "seconds": round((ended - started).total_seconds(), 1), "reports": r.reports})
+        return out
 
     async def commands(self, principal: Principal | None, tenant: str, signal_id: str,
                        limit: int = 100) -> list[dict[str, Any]]:
@@ -301,3 +342,13 @@ class TrafficService:
         else:
             result["outcome"] = "advice" if not spec.apply else "held"
         return result
+
+
+async def lock_vehicle(conn: AsyncConnection, tenant: str, vehicle: str) -> None:
+    """On PostgreSQL, serialise one vehicle's reports across API workers until the transaction ends, so two
+    workers taking its reports at once extend one run rather than start two (SQLite has one writer anyway)."""
+    if conn.dialect.name != "postgresql":
+        return
+    digest = hashlib.sha256(f"traffic-run\x00{tenant}\x00{vehicle}".encode()).digest()
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                       {"key": int.from_bytes(digest[:8], "big", signed=True)})

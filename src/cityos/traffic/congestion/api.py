@@ -8,7 +8,8 @@
                                             (congestion.manage)
     GET  /forecast?segment=|district=       the index, level and speed now and in 15 minutes, with the model
                                             version (congestion.forecast, public); the city without either
-    POST /forecast/train                    {days?}: retrain now (congestion.train); also hourly on its own
+    POST /forecast/train                    {days?}: retrain now (congestion.train); also hourly on its own;
+                                            the version is stored (JSON parameters) and every worker uses it
     GET  /diversions?segment=               routes around a segment forecast at 中度拥堵 or worse
                                             (congestion.forecast)
     POST /readings                          {"readings": [{segmentId, speedKmh, flowVph?, observedAt?}]}
@@ -110,7 +111,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     app.state.congestion = CongestionService(app.state.engine, write_lock_of(app),
                                              hub.service if hub is not None else None,
                                              hub.resolver.core if hub is not None else None)
-    forecasts = ForecastService(app.state.engine, shown_city_seed())
+    forecasts = ForecastService(app.state.engine, shown_city_seed(), write_lock_of(app))
     app.state.congestion_forecast = forecasts
     stop_training = periodic("congestion forecast training", forecasts.retrain_all, RETRAIN_SECONDS, first=60.0)
 

@@ -13,6 +13,11 @@ Its two baselines are computed from the same history: persistence (the speed now
 average for the target's slot. The level forecast is the GB/T 33171 level of the forecast speed on the
 segment's road class. A trained model carries a version (the training window and a digest of its
 coefficients) so that a forecast can say which model made it.
+
+A model is its coefficients, the profiles and its training window: `to_params` writes them as plain JSON
+(never a pickle: loading one runs code) together with the feature spec they were fitted on, and
+`from_params` rebuilds the same model, which gives bit-identical forecasts (floats round-trip through JSON
+exactly). A model fitted on other features than this code computes is refused (`ModelMismatch`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -30,9 +36,16 @@ from cityos.traffic.congestion.tpi import level_of, segment_tpi
 SLOT_S = 300  # readings every 5 minutes
 LAGS = 4
 RIDGE = 1.0
+UTC_OFFSET_H = 8.0  # the city's local time, for the daily pattern
+FEATURES = ("intercept", *(f"speed_lag{k}" for k in range(LAGS)), "speed_change", "profile_target", "profile_now",
+            "gap_to_profile", "target_time_sin", "target_time_cos")
 
 
-def slot_of(ts: float, utc_offset_h: float = 8.0) -> tuple[int, int]:
+class ModelMismatch(ValueError):
+    """Stored parameters that this code cannot use (another feature spec, or malformed)."""
+
+
+def slot_of(ts: float, utc_offset_h: float = UTC_OFFSET_H) -> tuple[int, int]:
     """(weekend?, slot of the day) in the city's local time."""
     local = ts + utc_offset_h * 3600
     days, seconds = divmod(local, 86400)
@@ -61,7 +74,7 @@ class Profiles:
 def features(series: Sequence[float], i: int, ts: float, horizon_s: float, profile_now: float,
              profile_target: float) -> list[float]:
     lags = [series[i - k] for k in range(LAGS)]
-    angle = 2 * math.pi * (((ts + horizon_s) + 8 * 3600) % 86400) / 86400
+    angle = 2 * math.pi * (((ts + horizon_s) + UTC_OFFSET_H * 3600) % 86400) / 86400
     return [1.0, *lags, lags[0] - lags[1], profile_target, profile_now, lags[0] - profile_now,
             math.sin(angle), math.cos(angle)]
 
@@ -73,6 +86,7 @@ class ForecastModel:
     profiles: Profiles
     trained_from: float
     trained_to: float
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -84,6 +98,45 @@ class ForecastModel:
         x = features(series, i, ts, horizon_s, self.profiles.mean(segment, ts, series[i]),
                      self.profiles.mean(segment, ts + horizon_s, series[i]))
         return max(0.0, float(np.dot(self.coefficients, x)))
+
+    def to_params(self) -> dict[str, Any]:
+        """Everything `from_params` needs, as JSON-safe values (profiles as [weekend, slot, mean] per segment)."""
+        profiles: dict[str, list[list[float]]] = {}
+        for (segment, weekend, slot), total in sorted(self.profiles.sums.items()):
+            profiles.setdefault(segment, []).append([weekend, slot, total / self.profiles.counts[(segment, weekend,
+                                                                                                  slot)]])
+        return {"kind": "ridge", "coefficients": list(self.coefficients), "profiles": profiles,
+                "featureSpec": feature_spec(self.horizon_steps),
+                "trainedFrom": self.trained_from, "trainedTo": self.trained_to, "metrics": dict(self.metrics)}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ForecastModel:
+        try:
+            spec = params["featureSpec"]
+            horizon_steps = int(spec["horizonSteps"])
+            if params.get("kind") != "ridge" or spec != feature_spec(horizon_steps):
+                raise ModelMismatch("the model was fitted on other features than this code computes")
+            coefficients = [float(c) for c in params["coefficients"]]
+            if len(coefficients) != len(FEATURES):
+                raise ModelMismatch(f"{len(coefficients)} coefficients for {len(FEATURES)} features")
+            profiles = Profiles()
+            for segment, entries in params["profiles"].items():
+                for weekend, slot, mean in entries:
+                    # One reading of sum `mean`: `Profiles.mean` gives back the same float.
+                    profiles.sums[(str(segment), int(weekend), int(slot))] = float(mean)
+                    profiles.counts[(str(segment), int(weekend), int(slot))] = 1
+            return cls(coefficients, horizon_steps, profiles, float(params["trainedFrom"]),
+                       float(params["trainedTo"]), {str(k): float(v) for k, v in params.get("metrics", {}).items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, ModelMismatch):
+                raise
+            raise ModelMismatch(f"malformed model parameters: {exc}") from exc
+
+
+def feature_spec(horizon_steps: int) -> dict[str, Any]:
+    """What the coefficients multiply, so that a stored model is only used with the same features."""
+    return {"features": list(FEATURES), "lags": LAGS, "slotSeconds": SLOT_S, "horizonSteps": horizon_steps,
+            "utcOffsetHours": UTC_OFFSET_H, "ridge": RIDGE}
 
 
 def train(history: Mapping[str, tuple[Sequence[float], Sequence[float]]], horizon_steps: int = 3) -> ForecastModel:
@@ -109,7 +162,11 @@ def train(history: Mapping[str, tuple[Sequence[float], Sequence[float]]], horizo
     penalty = RIDGE * np.eye(x.shape[1])
     penalty[0, 0] = 0.0  # the intercept is not shrunk
     coefficients = np.linalg.solve(x.T @ x + penalty, x.T @ y)
-    return ForecastModel([float(c) for c in coefficients], horizon_steps, profiles, first, last)
+    # In-sample errors (km/h) of the model and of persistence (the speed now, feature 1), for the record.
+    fitted = np.maximum(0.0, x @ coefficients)
+    metrics = {"maeKmh": round(float(np.mean(np.abs(fitted - y))), 4),
+               "persistenceMaeKmh": round(float(np.mean(np.abs(x[:, 1] - y))), 4), "rows": float(len(y))}
+    return ForecastModel([float(c) for c in coefficients], horizon_steps, profiles, first, last, metrics)
 
 
 def level_at(speed_kmh: float, road_class: str) -> int:

@@ -6,32 +6,47 @@ a strictly decreasing piecewise-linear function of speed, so the speed series is
 except that any speed at or above twice the free-flow bound reads as that bound (index 0): a clipped
 speed is still 畅通, so levels are unaffected.
 
-Models live in the process (one per tenant, with the versions trained before it listed); a restart
-retrains at the first scheduled round. Without a model (too little history) a forecast is persistence
-(the speed now) and says so in its `model`.
+Trained versions are rows of `cong_forecast_models` (the last `KEPT_VERSIONS` per tenant), their
+parameters JSON (`ForecastModel.to_params`): every API worker forecasts with the tenant's newest version,
+loaded once per version and kept while it is the newest, and a restart forecasts with it at once. Every
+worker's hourly round skips a tenant whose newest version is younger than the round. Without a model (too
+little history) a forecast is persistence (the speed now) and says so in its `model`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from shapely.geometry import mapping
 from shapely.ops import linemerge
-from sqlalchemy import distinct, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
+from cityos.core.db import write_transaction
 from cityos.core.errors import BadRequestData, Conflict, ResourceNotFound
 from cityos.core.tasks import in_daemon_thread
 from cityos.security.policy import Principal
-from cityos.traffic.congestion.forecast import LAGS, MODERATE, SLOT_S, ForecastModel, diversions, level_at, train
+from cityos.traffic.congestion.forecast import (
+    LAGS,
+    MODERATE,
+    SLOT_S,
+    ForecastModel,
+    ModelMismatch,
+    diversions,
+    level_at,
+    train,
+)
 from cityos.traffic.congestion.grid import city_sections, road_graph
-from cityos.traffic.congestion.models import history, segments
+from cityos.traffic.congestion.models import forecast_models, history, segments
 from cityos.traffic.congestion.service import check, indexed
 from cityos.traffic.congestion.tpi import SPEED_BANDS, SegmentIndex, segment_tpi, weighted_tpi
 
@@ -78,12 +93,27 @@ class Trained:
     trained_at: datetime
     segments: int
     samples: int
+    number: int = 0  # the version's number in `cong_forecast_models` (0 before it is stored)
 
     def describe(self) -> dict[str, Any]:
-        return {"version": self.model.version, "kind": "ridge", "trainedAt": clock.iso(self.trained_at),
-                "trainedFrom": clock.iso(datetime.fromtimestamp(self.model.trained_from, clock.now().tzinfo)),
-                "trainedTo": clock.iso(datetime.fromtimestamp(self.model.trained_to, clock.now().tzinfo)),
-                "segments": self.segments, "samples": self.samples, "horizonMinutes": HORIZON_STEPS * SLOT_S // 60}
+        return describe(self.model.version, self.trained_at, epoch(self.model.trained_from),
+                        epoch(self.model.trained_to), self.segments, self.samples)
+
+
+def epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, clock.now().tzinfo)
+
+
+def describe(version: str, trained_at: datetime, trained_from: datetime, trained_to: datetime, segment_count: int,
+             samples: int) -> dict[str, Any]:
+    return {"version": version, "kind": "ridge", "trainedAt": clock.iso(trained_at),
+            "trainedFrom": clock.iso(trained_from), "trainedTo": clock.iso(trained_to),
+            "segments": segment_count, "samples": samples, "horizonMinutes": HORIZON_STEPS * SLOT_S // 60}
+
+
+def describe_row(row: Any) -> dict[str, Any]:
+    return describe(row.version, clock.as_utc(row.created_at), clock.as_utc(row.trained_from),
+                    clock.as_utc(row.trained_to), row.segments, row.samples)
 
 
 PERSISTENCE = {"version": "persistence", "kind": "persistence", "trainedAt": None,
@@ -105,11 +135,18 @@ def fit(rows: Iterable[Any], classes: dict[str, str]
 
 
 class ForecastService:
-    def __init__(self, engine: AsyncEngine, city_seed: int) -> None:
+    def __init__(self, engine: AsyncEngine, city_seed: int, write_lock: asyncio.Lock | None = None) -> None:
         self.engine = engine
         self.city_seed = city_seed
-        self.models: dict[str, Trained] = {}
-        self.versions: dict[str, list[dict[str, Any]]] = {}
+        self._lock = write_lock or asyncio.Lock()
+        # Per tenant: the newest stored version's identity (number, version, trained at) and its model (None
+        # when this code cannot use it), loaded from the table once per version.
+        self._loaded: dict[str, tuple[tuple[int, str, datetime], Trained | None]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with write_transaction(self.engine, self._lock) as conn:
+            yield conn
 
     # ------------------------------------------------------------------ training
 
@@ -121,16 +158,27 @@ class ForecastService:
         if trained is None:
             raise Conflict(f"not enough history to train: each segment needs {MIN_SAMPLES} readings "
                            f"{SLOT_S // 60} minutes apart")
-        return {**trained.describe(), "previous": self.versions.get(tenant, [])[:-1]}
+        async with self.engine.connect() as conn:
+            older = (await conn.execute(select(forecast_models.c.version, forecast_models.c.created_at,
+                                               forecast_models.c.trained_from, forecast_models.c.trained_to,
+                                               forecast_models.c.segments, forecast_models.c.samples)
+                                        .where(forecast_models.c.tenant == tenant,
+                                               forecast_models.c.number < trained.number)
+                                        .order_by(forecast_models.c.number))).all()
+        return {**trained.describe(), "previous": [describe_row(r) for r in older]}
 
     async def retrain_all(self) -> int:
-        """The scheduled round: retrain every tenant that has segment history; returns how many trained."""
+        """The scheduled round: retrain every tenant that has segment history and no version trained within
+        the round (another worker's, or an operator's); returns how many trained."""
+        fresh = clock.now() - timedelta(seconds=RETRAIN_SECONDS * 0.9)
         async with self.engine.connect() as conn:
-            tenants = (await conn.execute(select(distinct(history.c.tenant))
+            tenants = (await conn.execute(select(history.c.tenant).distinct()
                                           .where(history.c.scope == "segment"))).scalars().all()
+            recent = set((await conn.execute(select(forecast_models.c.tenant).distinct()
+                                             .where(forecast_models.c.created_at >= fresh))).scalars().all())
         done = 0
         for tenant in tenants:
-            if await self._train(tenant, TRAIN_DAYS) is not None:
+            if tenant not in recent and await self._train(tenant, TRAIN_DAYS) is not None:
                 done += 1
         return done
 
@@ -148,21 +196,69 @@ class ForecastService:
             return None
         model, series = fitted
         trained = Trained(model, clock.now(), len(series), sum(len(t) for t, _ in series.values()))
-        self.models[tenant] = trained
-        kept = self.versions.setdefault(tenant, [])
-        kept.append(trained.describe())
-        del kept[:-KEPT_VERSIONS]
-        log.info("congestion forecast for %s retrained: %s", tenant, model.version)
+        params = await asyncio.to_thread(model.to_params)
+        for attempt in range(3):  # another worker storing a version at the same moment takes the number first
+            try:
+                trained.number = await self._store(tenant, trained, params)
+                break
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        log.info("congestion forecast for %s retrained: %s (version %d)", tenant, model.version, trained.number)
         return trained
 
-    def model_of(self, tenant: str) -> dict[str, Any]:
-        trained = self.models.get(tenant)
+    async def _store(self, tenant: str, trained: Trained, params: dict[str, Any]) -> int:
+        """Insert the version as the tenant's next number and drop the ones beyond `KEPT_VERSIONS`."""
+        table = forecast_models
+        async with self._write() as conn:
+            newest = (await conn.execute(select(func.max(table.c.number))
+                                         .where(table.c.tenant == tenant))).scalar_one_or_none() or 0
+            number = int(newest) + 1
+            await conn.execute(insert(table).values(
+                tenant=tenant, number=number, version=trained.model.version, created_at=trained.trained_at,
+                trained_from=epoch(trained.model.trained_from), trained_to=epoch(trained.model.trained_to),
+                segments=trained.segments, samples=trained.samples, metrics=trained.model.metrics, params=params))
+            await conn.execute(delete(table).where(table.c.tenant == tenant,
+                                                   table.c.number <= number - KEPT_VERSIONS))
+        return number
+
+    async def latest(self, tenant: str) -> Trained | None:
+        """The tenant's newest stored version (None without one, or when this code cannot use it)."""
+        table = forecast_models
+        async with self.engine.connect() as conn:
+            head = (await conn.execute(select(table.c.number, table.c.version, table.c.created_at)
+                                       .where(table.c.tenant == tenant)
+                                       .order_by(table.c.number.desc()).limit(1))).first()
+            if head is None:
+                self._loaded.pop(tenant, None)
+                return None
+            identity = (int(head.number), str(head.version), clock.as_utc(head.created_at))
+            cached = self._loaded.get(tenant)
+            if cached is not None and cached[0] == identity:
+                return cached[1]
+            row = (await conn.execute(select(table).where(table.c.tenant == tenant,
+                                                          table.c.number == head.number))).first()
+        if row is None:  # pruned between the two reads: the next call reads the newer head
+            return None
+        trained: Trained | None = None
+        try:
+            model = await asyncio.to_thread(ForecastModel.from_params, row.params)
+            trained = Trained(model, clock.as_utc(row.created_at), row.segments, row.samples, int(row.number))
+        except ModelMismatch as exc:  # said once per version; forecasts are persistence until the next one
+            log.warning("congestion forecast version %d of %r not usable: %s", row.number, tenant, exc)
+        self._loaded[tenant] = (identity, trained)
+        return trained
+
+    @staticmethod
+    def model_of(trained: Trained | None) -> dict[str, Any]:
         return trained.describe() if trained is not None else dict(PERSISTENCE)
 
     # ------------------------------------------------------------------ forecasting
 
-    async def _segment_forecasts(self, tenant: str, ids: set[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Forecast of every measured segment (or of `ids`): speed and index now and in 15 minutes."""
+    async def _segment_forecasts(self, tenant: str, trained: Trained | None,
+                                 ids: set[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Forecast of every measured segment (or of `ids`) by `trained` (persistence without it): speed and
+        index now and in 15 minutes."""
         async with self.engine.connect() as conn:
             query = select(segments).where(segments.c.tenant == tenant, segments.c.tpi.is_not(None))
             if ids is not None:
@@ -179,7 +275,6 @@ class ForecastService:
         for key, at, tpi in recent:
             if key in by_id:
                 points.setdefault(key, []).append((slot(at), speed_of(tpi, by_id[key].road_class)))
-        trained = self.models.get(tenant)
         out: dict[str, dict[str, Any]] = {}
         for row in rows:
             now_speed = float(row.speed_kmh)
@@ -212,7 +307,8 @@ class ForecastService:
                     segments.c.tenant == tenant, segments.c.district == district))).scalar_one()
                 if not count:
                     raise ResourceNotFound(f"no district {district!r}")
-        forecasts = await self._segment_forecasts(tenant, {segment} if segment else None)
+        trained = await self.latest(tenant)
+        forecasts = await self._segment_forecasts(tenant, trained, {segment} if segment else None)
         if district:
             forecasts = {k: f for k, f in forecasts.items() if f["row"].district == district}
         scope, key = ("segment", segment) if segment else ("district", district) if district else ("city", "")
@@ -221,7 +317,7 @@ class ForecastService:
                 "observedAt": clock.iso(now) if now else None,
                 "forecastFor": clock.iso(now + timedelta(seconds=HORIZON_STEPS * SLOT_S)) if now else None,
                 "segments": len(forecasts), "current": aggregate(forecasts.values(), ahead=False),
-                "forecast": aggregate(forecasts.values(), ahead=True), "model": self.model_of(tenant)}
+                "forecast": aggregate(forecasts.values(), ahead=True), "model": self.model_of(trained)}
 
     async def diversion(self, principal: Principal | None, tenant: str, segment: str) -> dict[str, Any]:
         """For a segment forecast at 中度拥堵 or worse: routes between its two ends around every segment
@@ -233,9 +329,10 @@ class ForecastService:
         if row is None:
             raise ResourceNotFound(f"no segment {segment!r}")
         grid = {s.id: s for s in city_sections(self.city_seed)}
-        forecasts = await self._segment_forecasts(tenant)
+        trained = await self.latest(tenant)
+        forecasts = await self._segment_forecasts(tenant, trained)
         mine = forecasts.get(segment)
-        base: dict[str, Any] = {"segment": segment, "name": row.name, "model": self.model_of(tenant),
+        base: dict[str, Any] = {"segment": segment, "name": row.name, "model": self.model_of(trained),
                                 "forecast": aggregate([mine], ahead=True) if mine else indexed(None)}
         level = level_at(mine["aheadSpeed"], row.road_class) if mine else None
         if level is None or level < MODERATE:
