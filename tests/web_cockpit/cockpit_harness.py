@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,10 @@ SCREENS = Path(os.environ.get("CITYOS_SCREENSHOTS", "/tmp/cityos-screens"))
 PASSWORD = "Correct-Horse-Battery-42"
 
 
+# A token is reused this long: well inside the server's 300-s access-token lifetime.
+ADMIN_TOKEN_REUSE_SECONDS = 120.0
+
+
 @dataclass
 class Server:
     url: str
@@ -52,6 +57,7 @@ class Server:
     recovery_code: str = ""  # the break-glass code, spent by the first `appoint_admin`
     used_codes: set[str] = field(default_factory=set)
     _admin_token: str | None = None
+    _admin_minted: float = 0.0
 
     def http(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -68,8 +74,11 @@ class Server:
 
     @property
     def admin(self) -> str:
-        if self._admin_token is None:
+        """The administrator's access token, minted again before it expires (the session's server outlives
+        one token's lifetime, CITYOS_ACCESS_TOKEN_SECONDS, 300 s, when the machine is loaded)."""
+        if self._admin_token is None or time.monotonic() - self._admin_minted > ADMIN_TOKEN_REUSE_SECONDS:
             self._admin_token = self.login("admin", self.admin_secret)
+            self._admin_minted = time.monotonic()
         return self._admin_token
 
     def create_user(self, username: str, role: str, department: str | None = None) -> str | None:

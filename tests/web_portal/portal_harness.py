@@ -34,6 +34,10 @@ DOCS_SCREENS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PASSWORD = "Portal-Pass-Word-2025"
 
 
+# The administrator's token is reused this long: well inside the server's 300-s access-token lifetime.
+ADMIN_TOKEN_REUSE_SECONDS = 120.0
+
+
 @dataclass
 class Portal:
     url: str
@@ -43,6 +47,7 @@ class Portal:
     used: dict[str, set[str]] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
     _admin: str | None = None
+    _admin_minted: float = 0.0
 
     def code(self, username: str) -> str:
         """A TOTP code of `username` not used yet (the server refuses a time step twice)."""
@@ -64,8 +69,11 @@ class Portal:
 
     @property
     def admin(self) -> str:
-        if self._admin is None:
+        """The administrator's access token, minted again well before it expires (the session's server
+        outlives one token's lifetime, CITYOS_ACCESS_TOKEN_SECONDS, 300 s, when the machine is loaded)."""
+        if self._admin is None or time.monotonic() - self._admin_minted > ADMIN_TOKEN_REUSE_SECONDS:
             self._admin = self.token("admin")
+            self._admin_minted = time.monotonic()
         return self._admin
 
     def add_user(self, username: str, role: str, department: str | None = None) -> None:
