@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import queue
 import subprocess
 import time
@@ -22,7 +23,6 @@ from typing import Any
 
 import orjson
 import pytest
-from iot.mqtt_support import MQTT_URL, Publisher, needs_mqtt, new_prefix, start_worker, stop_worker, wait_for
 
 from cityos.core import clock
 from cityos.iot.commands import CommandSender
@@ -37,6 +37,7 @@ from cityos.traffic.control_loop import (
     stale_seconds,
 )
 from cityos.traffic.signals import SignalPlan
+from iot.mqtt_support import MQTT_URL, Publisher, needs_mqtt, new_prefix, start_worker, stop_worker, wait_for
 
 try:
     import libsumo
@@ -171,7 +172,7 @@ class Field:
 def greens(shown: list[tuple[float, str]], state: str, since: float, until: float) -> list[float]:
     """How long each green `state` showed, for the greens that started and ended in [since, until]."""
     out = []
-    for (start, current), (end, _) in zip(shown, shown[1:], strict=False):
+    for (start, current), (end, _) in itertools.pairwise(shown):
         if current == state and since <= start and end <= until:
             out.append(end - start)
     return out
