@@ -14,7 +14,6 @@ import asyncio
 import datetime as dt
 import itertools
 import queue
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,37 +44,20 @@ except ImportError:  # the SUMO test is skipped without it
     libsumo = None
 
 
-EDGES = {"n_in": ("N", "C"), "s_in": ("S", "C"), "e_in": ("E", "C"), "w_in": ("W", "C"),
-         "n_out": ("C", "N"), "s_out": ("C", "S"), "e_out": ("C", "E"), "w_out": ("C", "W")}
-NODES = {"C": (0, 0), "N": (0, 100), "S": (0, -100), "E": (100, 0), "W": (-100, 0)}
+TLS = "j0"
 STEP_S = 0.5
 FIXED_GREEN_S = 5.0
-MAX_GREEN_S = 12.0
+MAX_GREEN_S = 10.0
 MIN_GREEN_S = 3.0
 CABINET = "junction-c-cabinet"
 
 
 @pytest.fixture(scope="module")
-def junction(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """A signalised four-arm junction of 100 m single-lane roads; traffic only east-west (both ways)."""
-    from cityos.traffic.sumo import sumo_binary
+def junction(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A signalised four-arm junction (`j0`) of 100 m single-lane roads; traffic only east-west."""
+    from cityos.traffic.sumo import separate_junctions
 
-    base = tmp_path_factory.mktemp("junction")
-    nodes = "".join(f'<node id="{n}" x="{x}" y="{y}" type="{"traffic_light" if n == "C" else "priority"}"/>'
-                    for n, (x, y) in NODES.items())
-    (base / "j.nod.xml").write_text(f"<nodes>{nodes}</nodes>")
-    edges = "".join(f'<edge id="{e}" from="{a}" to="{b}" numLanes="1" speed="13.89"/>' for e, (a, b) in EDGES.items())
-    (base / "j.edg.xml").write_text(f"<edges>{edges}</edges>")
-    net = base / "j.net.xml"
-    subprocess.run([sumo_binary("netconvert"), "-n", str(base / "j.nod.xml"), "-e", str(base / "j.edg.xml"),
-                    "-o", str(net), "--no-turnarounds", "true", "--no-left-connections", "true",
-                    "--no-warnings", "true"], check=True, capture_output=True)
-    routes = base / "j.rou.xml"
-    routes.write_text('<routes><vType id="car" length="5" minGap="2.5"/>'
-                      '<flow id="we" type="car" from="w_in" to="e_out" begin="0" end="600" period="2.5"/>'
-                      '<flow id="ew" type="car" from="e_in" to="w_out" begin="0" end="600" period="2.5"/>'
-                      "</routes>")
-    yield net, routes
+    return separate_junctions(tmp_path_factory.mktemp("junction"), 1, period_ew=2.5)
 
 
 @dataclass
@@ -111,7 +93,7 @@ class Field:
         self._pending.put((int(message.topic.rsplit("/", 1)[1]), orjson.loads(message.payload)))
 
     def show(self, state: str) -> None:
-        libsumo.trafficlight.setRedYellowGreenState("C", state)
+        libsumo.trafficlight.setRedYellowGreenState(TLS, state)
         self.shown.append((time.monotonic(), state))
 
     def apply_requests(self) -> None:
@@ -191,17 +173,17 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
     from cityos.traffic.sumo import intersections_of, plans_from_net, sumo_binary
 
     net, routes = junction
-    plan = plans_from_net(net)["C"]
+    plan = plans_from_net(net)[TLS]
     libsumo.start([sumo_binary("sumo"), "-n", str(net), "--no-step-log", "true"])  # the controlled links' lanes
     try:
-        crossing = intersections_of(libsumo, {"C": plan})[0]
-        controlled = libsumo.trafficlight.getControlledLinks("C")
+        crossing = intersections_of(libsumo, {TLS: plan})[0]
+        controlled = libsumo.trafficlight.getControlledLinks(TLS)
     finally:
         libsumo.close()
     links = [{"in": link[0][0], "out": link[0][1]} for link in controlled]
     lanes = tuple(dict.fromkeys((*crossing.in_lanes, *crossing.out_lanes)))
     north_south, east_west = plan.phases[0].state, plan.phases[1].state
-    assert set(crossing.in_lanes) == {"n_in_0", "s_in_0", "e_in_0", "w_in_0"}
+    assert set(crossing.in_lanes) == {"j0_n_in_0", "j0_s_in_0", "j0_e_in_0", "j0_w_in_0"}
 
     result = await app.state.iot.provision_many(
         [DeviceIn(name=lane, profile="traffic-flow") for lane in lanes] +
@@ -233,7 +215,7 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
         assert await wait_for(fed, 10)
         begin = time.monotonic()
         loop.start()
-        await asyncio.sleep(24)  # demand east-west only
+        await asyncio.sleep(22)  # demand east-west only
         adaptive_end = time.monotonic()
         street.feeding = False   # the detectors fall silent
 
@@ -242,7 +224,7 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
 
         assert await wait_for(in_fallback, 5)
         fallback_from = time.monotonic()
-        await asyncio.sleep(21)
+        await asyncio.sleep(24)  # a fixed-time cycle is 16 s: two whole greens fit
         end = time.monotonic()
     finally:
         await loop.stop()
@@ -260,13 +242,13 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
     assert first_ew - served < 2 + 1 + 1.5, timeline[:4]  # decided at once: yellow and all-red, then green
     adaptive_ew = greens(street.shown, east_west, begin, adaptive_end)
     adaptive_ns = greens(street.shown, north_south, first_ew, adaptive_end)
-    assert adaptive_ew and max(adaptive_ew) > FIXED_GREEN_S + 3, (adaptive_ew, timeline)
+    assert adaptive_ew and max(adaptive_ew) > FIXED_GREEN_S + 2, (adaptive_ew, timeline)
     assert adaptive_ns and max(adaptive_ns) < FIXED_GREEN_S, (adaptive_ns, timeline)
 
     # Without readings the fixed-time plan ran: each green for its fixed 5 s whatever the queue.
     fixed_ew = greens(street.shown, east_west, fallback_from, end)
     fixed_ns = greens(street.shown, north_south, fallback_from, end)
-    assert fixed_ew and fixed_ns, timeline
+    assert fixed_ew and fixed_ns, (round(fallback_from - begin, 1), timeline[6:])
     assert all(FIXED_GREEN_S - 0.5 <= g <= FIXED_GREEN_S + 1.5 for g in fixed_ew + fixed_ns), (fixed_ew, fixed_ns)
 
     # Every phase command went to the cabinet as RPC and was acknowledged; the time is kept with it.

@@ -39,7 +39,7 @@ import logging
 import math
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -169,6 +169,8 @@ class LoopStats:
     refused: int = 0
     fallback_rounds: int = 0
     ack_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+    # perf_counter() of each command's decision by RPC id (the latest ones), for actuation timing in a bench
+    decided: OrderedDict[int, float] = field(default_factory=OrderedDict)
 
 
 class ControlLoop:
@@ -335,6 +337,10 @@ class ControlLoop:
             return None
         self.stats.commands += 1
         rpc = command.get("rpc") or {}
+        if isinstance(rpc.get("id"), int):
+            self.stats.decided[rpc["id"]] = decided
+            if len(self.stats.decided) > LATENCIES_KEPT:
+                self.stats.decided.popitem(last=False)
         if isinstance(rpc.get("id"), int) and self.rpc_reader is not None:
             task = asyncio.create_task(self._await_ack(row.signal_id, rpc["id"], decided))
             self._acks.add(task)
