@@ -39,6 +39,14 @@ from typing import Any
 import orjson
 
 
+def bench_plan(plan: Any) -> Any:
+    """The plan both paths run: the junction's greens, 5 s minimum, 40 s maximum, 20 s fixed green."""
+    from dataclasses import replace
+
+    return replace(plan, phases=tuple(replace(p, min_green=5.0, max_green=40.0, fixed_green=20.0)
+                                      for p in plan.phases))
+
+
 def progress(*args: Any) -> None:
     print(*args, file=sys.stderr, flush=True)
 
@@ -184,8 +192,8 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
                 devices.append(DeviceIn(name=cabinet, profile="traffic-signal"))
                 plan = crossing.plan
                 spec = {"id": crossing.tls, "device": cabinet, "controller": "cityos",
-                        "plan": {"phases": [{"state": p.state, "minGreen": 5, "maxGreen": 40, "fixedGreen": 20}
-                                            for p in plan.phases],
+                        "plan": {"phases": [{"state": p.state, "minGreen": p.min_green, "maxGreen": p.max_green,
+                                             "fixedGreen": p.fixed_green} for p in bench_plan(plan).phases],
                                  "yellow": 3, "allRed": 2, "conflicts": sorted(plan.conflicts),
                                  "links": [{"in": link[0][0], "out": link[0][1]} for link in links]}}
                 await traffic.register(admin, iot.tenant, SignalIn.model_validate(spec))
@@ -241,7 +249,7 @@ def in_process(args: argparse.Namespace, net: Path, routes: Path) -> dict[str, A
     from cityos.traffic.signals import SignalSupervisor, View
     from cityos.traffic.sumo import LaneReader, LazyLanes, intersections_of, plans_from_net, sumo_binary
 
-    plans = plans_from_net(net)
+    plans = {tls: bench_plan(plan) for tls, plan in plans_from_net(net).items()}
     libsumo.start([sumo_binary("sumo"), "-n", str(net), "-r", str(routes), "--no-step-log", "true",
                    "--no-warnings", "true", "--seed", "7"])
     try:
