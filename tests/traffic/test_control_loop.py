@@ -392,3 +392,25 @@ async def test_one_loop_drives_a_tenants_signals(client: Any, app: Any) -> None:
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_the_app_starts_the_loop_when_configured(client: Any, app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`CITYOS_TRAFFIC_CONTROL_SECONDS` starts the loop; a signal whose detectors never reported runs fixed time."""
+    from cityos.traffic.control_loop import start_control_loop
+
+    monkeypatch.delenv("CITYOS_TRAFFIC_CONTROL_SECONDS", raising=False)
+    assert start_control_loop(app) is None
+    plan = {"phases": [{"state": "GGrr"}, {"state": "rrGG"}], "conflicts": [[0, 2], [0, 3], [1, 2], [1, 3]],
+            "links": LANES}
+    assert (await client.post("/api/traffic/signals", json={"id": "unfed", "plan": plan})).status_code == 201
+    monkeypatch.setenv("CITYOS_TRAFFIC_CONTROL_SECONDS", "0.2")
+    loop = start_control_loop(app)
+    assert loop is not None and loop.interval == 0.2
+    try:
+        async def fixed_time() -> bool:
+            return bool((await client.get("/api/traffic/signals/unfed")).json()["fallback"])
+
+        assert await wait_for(fixed_time, 10)
+        assert loop.stats.rounds >= 1 and loop.stats.fallback_rounds >= 1
+    finally:
+        await loop.stop()
