@@ -375,6 +375,19 @@ async def test_stale_detectors_make_the_loop_run_fixed_time(client: Any, app: An
     assert all(c["rpcId"] is None and c["ackedMs"] is None for c in history)  # no cabinet registered
     assert (await client.get("/api/traffic/signals/timed/commands")).json() == []
 
+    # An ambulance approaching asks for east-west: the loop leaves the signal to the green wave while it runs.
+    moving_clock[0] += dt.timedelta(seconds=10)  # north-south's minimum green served
+    wave = await client.post("/api/traffic/preemptions", json={"vehicle": "amb-1", "speed": 10,
+                                                               "signals": [{"signal": "adaptive", "phase": 1,
+                                                                            "distance": 100}]})
+    assert wave.status_code == 200 and wave.json()["signals"][0]["outcome"] == "applied", wave.text
+    for _ in range(3):  # the north-south queue would win, but the vehicle's run is in progress
+        shown = await step(6, {"n_in": 70.0, "s_in": 70.0})
+        assert shown["phase"] == 1
+    assert loop.stats.preempted_rounds == 3
+    shown = await step(120, {"n_in": 70.0, "s_in": 70.0})  # the run is over: the controller again
+    assert shown["phase"] == 0
+
 
 async def test_one_loop_drives_a_tenants_signals(client: Any, app: Any) -> None:
     """On PostgreSQL the loop holds a lease: a second process's loop stays idle until the first stops."""

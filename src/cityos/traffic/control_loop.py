@@ -19,7 +19,8 @@ count Webster measures flows from.
 
 Stale or missing data. When an incoming lane's detector has no reading, an impossible one, or none newer
 than `stale_after` seconds, the supervisor runs the plan's fixed-time cycle (`SignalSupervisor.inputs_lost`)
-and the signal shows `fallback: true`; when all readings are fresh again the controller resumes.
+and the signal shows `fallback: true`; when all readings are fresh again the controller resumes. A signal
+ahead of an emergency vehicle's run in progress (`/api/traffic/preemptions`) is left to the green wave.
 
 State. The database holds what the lamps show (phase and green start): each round starts the supervisor
 from it, so operators' commands and emergency pre-emption are never undone by the loop's memory. What
@@ -168,6 +169,7 @@ class LoopStats:
     unacknowledged: int = 0
     refused: int = 0
     fallback_rounds: int = 0
+    preempted_rounds: int = 0
     ack_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
     # perf_counter() of each command's decision by RPC id (the latest ones), for actuation timing in a bench
     decided: OrderedDict[int, float] = field(default_factory=OrderedDict)
@@ -266,7 +268,13 @@ class ControlLoop:
         rows = await self.traffic.signals_with_controllers(self.tenant, ADAPTIVE_CONTROLLERS)
         for gone in set(self.signals) - {r.signal_id for r in rows}:
             del self.signals[gone]
+        # An emergency vehicle's green wave has the signals still ahead of it: the loop leaves them alone.
+        preempted = {ahead.get("signal") for run in await self.traffic.active_preemptions(self.principal, self.tenant)
+                     for ahead in run["signals"]}
         for row in rows:
+            if row.signal_id in preempted:
+                self.stats.preempted_rounds += 1
+                continue
             try:
                 await self.drive(row)
             except Exception:  # one signal's trouble never stops the others'
