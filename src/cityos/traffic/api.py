@@ -26,7 +26,9 @@
                                                    every API worker lists the same, a restart keeps them
 
 Started with the app: the live accident detector on the hub's detector readings (`accident_watch`) and the
-fire engines' green wave on dispatched fire incidents (`emergency`), both event-bus consumers.
+fire engines' green wave on dispatched fire incidents (`emergency`), both event-bus consumers; and, with
+`CITYOS_TRAFFIC_CONTROL_SECONDS` > 0, the closed control loop (`control_loop`): adaptive signals decided
+from their detectors' readings in the hub, phases sent as device RPC and their acknowledgements recorded.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from cityos.core.responses import json_response
 from cityos.security.api import request_tenant, require
 from cityos.security.policy import Principal
 from cityos.traffic.accident_watch import AccidentWatch
+from cityos.traffic.control_loop import start_control_loop
 from cityos.traffic.emergency import EmergencyRoutes
 from cityos.traffic.models import DecideIn, PhaseCommandIn, PreemptIn, SignalIn
 from cityos.traffic.service import RpcSender, TrafficService
@@ -62,8 +65,11 @@ def rpc_sender(request: Request) -> RpcSender | None:
 
 def rpc_sender_of(state: Any) -> RpcSender | None:
     commands = getattr(state, "iot_commands", None)
-    if commands is None:
-        return None
+    return None if commands is None else command_sender(commands)
+
+
+def command_sender(commands: Any) -> RpcSender:
+    """Phase commands as RPC through an IoT `CommandSender` (acknowledged within 5 s)."""
 
     async def send(device: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         from cityos.iot.models import RpcIn
@@ -163,9 +169,13 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
                              lambda: rpc_sender_of(app.state))
     app.state.emergency_routes = routes
     unsubscribe = [watch.subscribe(), routes.subscribe()]
+    control = start_control_loop(app)
+    app.state.traffic_control = control
 
     async def stop() -> None:
         for cancel in unsubscribe:
             cancel()
+        if control is not None:
+            await control.stop()
 
     return stop

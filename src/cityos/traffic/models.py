@@ -45,6 +45,7 @@ phase_commands = Table(
     Column("detail", Text, nullable=True),
     Column("rpc_id", Integer, nullable=True),
     Column("rpc_status", String(16), nullable=True),
+    Column("acked_ms", Float, nullable=True),             # decision to the device's acknowledgement (control loop)
     Column("requested_by", String(256), nullable=True),
     Column("requested_at", Timestamp, nullable=False),
 )

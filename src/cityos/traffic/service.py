@@ -297,8 +297,33 @@ class TrafficService:
                                                                   table.c.signal_id == signal_id))
                                        .order_by(table.c.id.desc()).limit(limit))).all()
         return [{"phase": r.phase, "source": r.source, "outcome": r.outcome, "detail": r.detail,
-                 "rpcId": r.rpc_id, "rpcStatus": r.rpc_status, "requestedAt": as_utc(r.requested_at).isoformat()}
-                for r in rows]
+                 "rpcId": r.rpc_id, "rpcStatus": r.rpc_status, "ackedMs": r.acked_ms,
+                 "requestedAt": as_utc(r.requested_at).isoformat()} for r in rows]
+
+    async def signals_with_controllers(self, tenant: str, controllers: tuple[str, ...]) -> list[Any]:
+        """The tenant's signal rows run by one of `controllers` (for the platform's control loop)."""
+        table = models.signals
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(select(table).where(table.c.tenant == tenant,
+                                                                table.c.controller.in_(controllers))
+                                            .order_by(table.c.signal_id))).all())
+
+    async def record_acknowledgement(self, tenant: str, signal_id: str, rpc_id: int, status: str,
+                                     acked_ms: float | None) -> None:
+        """The device's answer to a phase command: its final RPC status and, when it acknowledged, how long
+        after the decision."""
+        table = models.phase_commands
+        async with self._write() as conn:
+            await conn.execute(update(table).where(table.c.tenant == tenant, table.c.signal_id == signal_id,
+                                                   table.c.rpc_id == rpc_id)
+                               .values(rpc_status=status[:16], acked_ms=acked_ms))
+
+    async def set_fallback(self, tenant: str, signal_id: str, on: bool) -> None:
+        """Show that the fixed-time fallback runs (or no longer runs) before its next phase change."""
+        table = models.signals
+        async with self._write() as conn:
+            await conn.execute(update(table).where(table.c.tenant == tenant, table.c.signal_id == signal_id)
+                               .values(fallback=int(on)))
 
     async def decide(self, principal: Principal | None, tenant: str, signal_id: str, spec: models.DecideIn,
                      send: RpcSender | None) -> dict[str, Any]:

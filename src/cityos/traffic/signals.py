@@ -226,6 +226,9 @@ class SignalSupervisor:
     last_decision: float = -math.inf
     pending_command: int | None = None
     stats: SupervisorStats = field(default_factory=SupervisorStats)
+    # Set while the controller's inputs are missing or stale (a detector feed lost): the fixed-time plan
+    # runs until they are fresh again. Unlike a failing controller, this ends when the data returns.
+    inputs_lost_since: float | None = None
     _consecutive_failures: int = 0
     _fallback: FixedTimeController | None = None
 
@@ -262,6 +265,21 @@ class SignalSupervisor:
             return None
         return phase if 0 <= phase < len(self.plan.phases) else None
 
+    @property
+    def runs_fixed_time(self) -> bool:
+        """Whether the fixed-time fallback answers now (a failed controller, or its inputs lost)."""
+        return self.in_fallback or self.inputs_lost_since is not None
+
+    def inputs_lost(self, now: float, reason: str) -> None:
+        """The controller's detector data is missing or stale: fixed time until `inputs_restored`."""
+        if self.inputs_lost_since is None:
+            log.warning("signal controller %s has no fresh detector data (%s): fixed-time fallback",
+                        self.controller.name, reason)
+            self.inputs_lost_since = now
+
+    def inputs_restored(self) -> None:
+        self.inputs_lost_since = None
+
     def fall_back(self, now: float, reason: str) -> None:
         if self.stats.fallback_since is None:
             log.warning("signal controller %s failed (%s): fixed-time fallback", self.controller.name, reason)
@@ -272,7 +290,7 @@ class SignalSupervisor:
         if self.pending_command is not None:
             request, self.pending_command = self.pending_command, None
             return request
-        active: Controller = self._fallback if self.in_fallback and self._fallback else self.controller
+        active: Controller = self._fallback if self.runs_fixed_time and self._fallback else self.controller
         if active is self.controller and now - self.last_decision + 1e-9 < self.controller.interval:
             return self.phase
         view = (self.view_of(now, self.phase, green_elapsed) if self.view_of

@@ -189,6 +189,43 @@ def actuated_programs(plans: dict[str, SignalPlan], path: Path) -> Path:
     return path
 
 
+def separate_junctions(base: Path, count: int, period_ew: float,
+                       period_ns: float | None = None) -> tuple[Path, Path]:
+    """`count` signalised four-arm junctions of 100 m single-lane roads, unconnected, and their traffic.
+
+    Junction i is the traffic light `j<i>`; its roads are `j<i>_{n,s,e,w}_{in,out}` (lanes `..._0`, also
+    valid IoT device names). Vehicles arrive east-west every `period_ew` seconds each way and, with
+    `period_ns`, north-south. For the control loop's test and benchmark (the field for N signals).
+    """
+    import subprocess
+
+    arms = {"n": (0, 100), "s": (0, -100), "e": (100, 0), "w": (-100, 0)}
+    nodes, edges, flows = [], [], []
+    for i in range(count):
+        x0 = i * 400
+        nodes.append(f'<node id="j{i}" x="{x0}" y="0" type="traffic_light"/>')
+        for arm, (dx, dy) in arms.items():
+            nodes.append(f'<node id="j{i}_{arm}" x="{x0 + dx}" y="{dy}" type="priority"/>')
+            edges.append(f'<edge id="j{i}_{arm}_in" from="j{i}_{arm}" to="j{i}" numLanes="1" speed="13.89"/>')
+            edges.append(f'<edge id="j{i}_{arm}_out" from="j{i}" to="j{i}_{arm}" numLanes="1" speed="13.89"/>')
+        for (a, b), period in ((("w", "e"), period_ew), (("n", "s"), period_ns)):
+            if period is None:
+                continue
+            flows.append(f'<flow id="j{i}_{a}{b}" type="car" from="j{i}_{a}_in" to="j{i}_{b}_out" begin="0" '
+                         f'end="86400" period="{period:g}"/>')
+            flows.append(f'<flow id="j{i}_{b}{a}" type="car" from="j{i}_{b}_in" to="j{i}_{a}_out" begin="0" '
+                         f'end="86400" period="{period:g}"/>')
+    (base / "j.nod.xml").write_text("<nodes>" + "".join(nodes) + "</nodes>")
+    (base / "j.edg.xml").write_text("<edges>" + "".join(edges) + "</edges>")
+    net = base / "j.net.xml"
+    subprocess.run([sumo_binary("netconvert"), "-n", str(base / "j.nod.xml"),  # noqa: S603
+                    "-e", str(base / "j.edg.xml"), "-o", str(net), "--no-turnarounds", "true",
+                    "--no-left-connections", "true", "--no-warnings", "true"], check=True, capture_output=True)
+    routes = base / "j.rou.xml"
+    routes.write_text('<routes><vType id="car" length="5" minGap="2.5"/>' + "".join(flows) + "</routes>")
+    return net, routes
+
+
 # ---------------------------------------------------------------------- the run harness
 
 ControllerFactory = Callable[[Intersection], Controller]

@@ -1,0 +1,395 @@
+"""The closed signal control loop through the platform (平台闭环信号控制).
+
+    detectors (IoT traffic-flow devices) → hub (`TrafficFlowObserved`) → controller → safety supervisor
+    → phase command (device RPC `setPhase`) → the signal's acknowledgement
+
+Every `interval` seconds, for each registered signal run by an adaptive controller (`webster`,
+`max-pressure`, `cityos`), the loop reads the latest reading of each detector lane of the signal's plan
+from the hub, builds the controller's `View`, and lets the signal's `SignalSupervisor` (the same safety
+layer as the in-process benchmark) decide. A change the supervisor starts is sent through
+`TrafficService.command_phase`, so it passes the platform's safety checks again, is recorded, and reaches
+the device as RPC; the time from the decision to the device's acknowledgement is stored with the command.
+
+Detectors. A plan's links name their incoming and outgoing lanes; the detector of lane L is the hub entity
+`urn:ngsi-ld:TrafficFlowObserved:<L>`, which is what an IoT `traffic-flow` device named L produces. The
+profile reports occupancy (percent), average speed (km/h) and the interval's vehicle count (`intensity`);
+the vehicles on the detector are estimated from occupancy (occupancy × detector length / vehicle length),
+those counted halting when the lane's speed is under 5 km/h, and `intensity` is summed into the entries
+count Webster measures flows from.
+
+Stale or missing data. When an incoming lane's detector has no reading, an impossible one, or none newer
+than `stale_after` seconds, the supervisor runs the plan's fixed-time cycle (`SignalSupervisor.inputs_lost`)
+and the signal shows `fallback: true`; when all readings are fresh again the controller resumes. A signal
+ahead of an emergency vehicle's run in progress (`/api/traffic/preemptions`) is left to the green wave.
+
+State. The database holds what the lamps show (phase and green start): each round starts the supervisor
+from it, so operators' commands and emergency pre-emption are never undone by the loop's memory. What
+lives in this process is only the controllers' own memory (Webster's flow estimates, failure counts);
+losing it on a restart costs one cycle of measurements, never safety. Two processes must not drive the
+same signals, though (each would command on its own decisions): on PostgreSQL the loop holds a session
+advisory lock (the lease) and a second process's loop stays idle until the first one's connection ends.
+On SQLite the platform runs as one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cityos.core import clock
+from cityos.core.clock import as_utc
+from cityos.core.errors import ProblemError
+from cityos.hub.service import HubService
+from cityos.security.policy import Principal
+from cityos.traffic.accident_watch import instance, number, occupancy_share, short
+from cityos.traffic.controllers import make_controller
+from cityos.traffic.service import RpcSender, TrafficService, movements_of, plan_from_doc
+from cityos.traffic.signals import LaneReading, Movement, PlanError, SignalSupervisor, View, check_reading
+
+log = logging.getLogger("cityos.traffic.control_loop")
+
+ADAPTIVE_CONTROLLERS = ("webster", "max-pressure", "cityos")
+DETECTOR_TYPE = "TrafficFlowObserved"
+DETECTOR_LENGTH_M = 100.0  # the lane-area detector a reading stands for
+VEHICLE_LENGTH_M = 5.0  # a passenger car: turns occupancy into vehicles when the entity gives no length
+HALTING_KMH = 5.0
+ACK_STATES = frozenset({"succeeded", "failed", "timed_out"})
+ACK_POLL_S = 0.01
+LATENCIES_KEPT = 10_000
+
+# Reads one RPC request by id: {"status": ...} (IotService.get_rpc).
+RpcReader = Callable[[int], Awaitable[dict[str, Any]]]
+
+
+def detector_entity(lane: str) -> str:
+    return f"urn:ngsi-ld:{DETECTOR_TYPE}:{lane}"
+
+
+def control_interval() -> float:
+    """`CITYOS_TRAFFIC_CONTROL_SECONDS`: seconds between decisions; 0 or unset leaves the loop off."""
+    try:
+        seconds = float(os.environ.get("CITYOS_TRAFFIC_CONTROL_SECONDS", "0") or 0)
+    except ValueError:
+        log.warning("CITYOS_TRAFFIC_CONTROL_SECONDS is not a number: the control loop is off")
+        return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+
+
+def stale_seconds(interval: float) -> float:
+    """`CITYOS_TRAFFIC_DETECTOR_STALE_SECONDS`: a reading older than this is not used (default 30 s)."""
+    try:
+        seconds = float(os.environ.get("CITYOS_TRAFFIC_DETECTOR_STALE_SECONDS", "30") or 30)
+    except ValueError:
+        seconds = 30.0
+    return max(seconds, 2 * interval) if math.isfinite(seconds) and seconds > 0 else 30.0
+
+
+@dataclass(frozen=True)
+class DetectorReading:
+    reading: LaneReading
+    observed: datetime
+    intensity: float
+
+
+def detector_reading(attrs: dict[str, Any]) -> DetectorReading | None:
+    """A detector entity's latest reading, or None when it has none or an impossible one."""
+    occupancy = instance(attrs, "occupancy")
+    share = occupancy_share(occupancy)
+    speed_attr = instance(attrs, "averageVehicleSpeed")
+    speed = number(speed_attr.get("value")) if speed_attr else None
+    observed = (occupancy or {}).get("observedAt")
+    if share is None or speed is None or not observed:
+        return None
+    try:
+        at = as_utc(datetime.fromisoformat(str(observed).replace("Z", "+00:00")))
+    except ValueError:
+        return None
+    length_attr = instance(attrs, "averageVehicleLength")
+    vehicle_length = number(length_attr.get("value")) if length_attr else None
+    if vehicle_length is None or not 1.0 <= vehicle_length <= 30.0:
+        vehicle_length = VEHICLE_LENGTH_M
+    intensity_attr = instance(attrs, "intensity")
+    intensity = number(intensity_attr.get("value")) if intensity_attr else None
+    vehicles = share * DETECTOR_LENGTH_M / vehicle_length
+    try:
+        reading = check_reading(LaneReading(
+            vehicles=vehicles, halting=vehicles if speed < HALTING_KMH else 0.0, mean_speed=speed / 3.6,
+            occupancy=share, length=DETECTOR_LENGTH_M))
+    except PlanError:
+        return None
+    return DetectorReading(reading, at, max(0.0, intensity or 0.0))
+
+
+@dataclass
+class LaneCounter:
+    """Vehicles counted entering a lane, summed over its readings (each one counted once)."""
+
+    observed: datetime | None = None
+    entered: float = 0.0
+
+    def add(self, found: DetectorReading) -> float:
+        if self.observed is None or found.observed > self.observed:
+            if self.observed is not None:
+                self.entered += found.intensity
+            self.observed = found.observed
+        return self.entered
+
+
+@dataclass
+class DrivenSignal:
+    """One signal's controller memory in this process; rebuilt when its controller or plan changes."""
+
+    controller: str
+    plan_doc: dict[str, Any]
+    supervisor: SignalSupervisor
+    movements: tuple[tuple[Movement, ...], ...]
+    in_lanes: tuple[str, ...]
+    lanes: tuple[str, ...]
+    counters: dict[str, LaneCounter] = field(default_factory=dict)
+
+
+@dataclass
+class LoopStats:
+    rounds: int = 0
+    commands: int = 0
+    acknowledged: int = 0
+    unacknowledged: int = 0
+    refused: int = 0
+    fallback_rounds: int = 0
+    preempted_rounds: int = 0
+    ack_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+    # perf_counter() of each command's decision by RPC id (the latest ones), for actuation timing in a bench
+    decided: OrderedDict[int, float] = field(default_factory=OrderedDict)
+
+
+class ControlLoop:
+    """Drives a tenant's adaptive signals through the hub and the device command path."""
+
+    def __init__(self, traffic: TrafficService, hub: HubService, tenant: str,
+                 sender: Callable[[], RpcSender | None], rpc_reader: RpcReader | None, interval: float,
+                 stale_after: float | None = None, ack_timeout: float = 6.0) -> None:
+        self.traffic, self.hub, self.tenant = traffic, hub, tenant
+        self.sender, self.rpc_reader = sender, rpc_reader
+        self.interval = interval
+        self.stale_after = stale_after if stale_after is not None else stale_seconds(interval)
+        self.ack_timeout = ack_timeout
+        self.principal = Principal("cityos-signal-control", kind="service", role="operator", tenant=tenant)
+        self.signals: dict[str, DrivenSignal] = {}
+        self.stats = LoopStats()
+        self._task: asyncio.Task[None] | None = None
+        self._acks: set[asyncio.Task[None]] = set()
+        self._lease: AsyncConnection | None = None
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="traffic-control-loop")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.settle()
+        await self._release_lease()
+
+    async def settle(self) -> None:
+        """Wait for the acknowledgements still awaited."""
+        while self._acks:
+            await asyncio.gather(*list(self._acks), return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                if await self._holds_lease():
+                    await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bad round (database away) must not end the loop
+                log.exception("signal control round failed")
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def _holds_lease(self) -> bool:
+        engine = self.traffic.engine
+        if engine.dialect.name != "postgresql":
+            return True
+        if self._lease is not None:
+            try:
+                await self._lease.execute(text("SELECT 1"))
+                await self._lease.commit()
+                return True
+            except Exception:  # the lease's connection is gone, and the lock with it
+                log.warning("signal control lease lost; taking it again")
+                self._lease = None
+        digest = hashlib.sha256(f"traffic-control-loop\x00{self.tenant}".encode()).digest()
+        conn = await engine.connect()
+        try:
+            got = bool((await conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
+                                           {"key": int.from_bytes(digest[:8], "big", signed=True)})).scalar())
+            await conn.commit()  # a session lock outlives the transaction; no transaction stays open
+        except Exception:
+            await conn.close()
+            raise
+        if not got:
+            await conn.close()
+            return False
+        self._lease = conn
+        return True
+
+    async def _release_lease(self) -> None:
+        if self._lease is None:
+            return
+        with contextlib.suppress(Exception):
+            await self._lease.execute(text("SELECT pg_advisory_unlock_all()"))
+            await self._lease.commit()
+        await self._lease.close()
+        self._lease = None
+
+    # ------------------------------------------------------------------ one round
+
+    async def round(self) -> None:
+        """One decision for every adaptive signal of the tenant."""
+        self.stats.rounds += 1
+        rows = await self.traffic.signals_with_controllers(self.tenant, ADAPTIVE_CONTROLLERS)
+        for gone in set(self.signals) - {r.signal_id for r in rows}:
+            del self.signals[gone]
+        # An emergency vehicle's green wave has the signals still ahead of it: the loop leaves them alone.
+        preempted = {ahead.get("signal") for run in await self.traffic.active_preemptions(self.principal, self.tenant)
+                     for ahead in run["signals"]}
+        for row in rows:
+            if row.signal_id in preempted:
+                self.stats.preempted_rounds += 1
+                continue
+            try:
+                await self.drive(row)
+            except Exception:  # one signal's trouble never stops the others'
+                log.exception("signal %s: control round failed", row.signal_id)
+
+    def _driven(self, row: Any) -> DrivenSignal:
+        known = self.signals.get(row.signal_id)
+        if known is not None and known.controller == row.controller and known.plan_doc == row.plan:
+            return known
+        plan = plan_from_doc(row.plan)
+        movements = movements_of(row.plan, plan)
+        in_lanes = tuple(dict.fromkeys(m.in_lane for moves in movements for m in moves))
+        out_lanes = tuple(dict.fromkeys(m.out_lane for moves in movements for m in moves))
+        driven = DrivenSignal(row.controller, row.plan, SignalSupervisor(plan, make_controller(row.controller, plan)),
+                              movements, in_lanes, tuple(dict.fromkeys((*in_lanes, *out_lanes))))
+        self.signals[row.signal_id] = driven
+        return driven
+
+    async def readings(self, driven: DrivenSignal, now: datetime) -> tuple[dict[str, LaneReading], list[str]]:
+        """The fresh readings of the signal's detector lanes, and the incoming lanes that have none."""
+        found = await self.hub.retrieve_many(self.tenant, [detector_entity(lane) for lane in driven.lanes])
+        lanes: dict[str, LaneReading] = {}
+        for lane in driven.lanes:
+            record = found.get(detector_entity(lane))
+            if record is None or not any(short(t) == DETECTOR_TYPE for t in record.types):
+                continue
+            latest = detector_reading(record.attrs)
+            if latest is None or (now - latest.observed).total_seconds() > self.stale_after:
+                continue
+            entered = driven.counters.setdefault(lane, LaneCounter()).add(latest)
+            lanes[lane] = LaneReading(**{**latest.reading.__dict__, "entered": entered})
+        return lanes, [lane for lane in driven.in_lanes if lane not in lanes]
+
+    async def drive(self, row: Any) -> dict[str, Any] | None:
+        """Decide for one signal; returns the phase command sent, if any."""
+        driven = self._driven(row)
+        now = clock.now()
+        green_since = as_utc(row.green_since)
+        if now < green_since:
+            return None  # a change is clearing (yellow, all-red): nothing to decide before its green
+        supervisor = driven.supervisor
+        # The lamps' state is the database's: start from it (an operator or pre-emption may have changed it).
+        supervisor.phase = supervisor.target = row.phase
+        supervisor.stage, supervisor.stage_start = "green", green_since.timestamp()
+        lanes, missing = await self.readings(driven, now)
+        moment = now.timestamp()
+        if not driven.in_lanes or missing:
+            supervisor.inputs_lost(moment, f"no fresh reading from {', '.join(missing[:5]) or 'any detector'}")
+        else:
+            supervisor.inputs_restored()
+        fixed_time = supervisor.runs_fixed_time
+        if fixed_time:
+            self.stats.fallback_rounds += 1
+        if bool(row.fallback) != fixed_time:
+            await self.traffic.set_fallback(self.tenant, row.signal_id, fixed_time)
+        supervisor.view_of = lambda at, phase, elapsed: View(at, phase, elapsed, lanes, driven.movements)
+        supervisor.tick(moment)
+        if supervisor.stage == "green":
+            return None  # the current green holds
+        target = supervisor.target
+        decided = time.perf_counter()
+        try:
+            command = await self.traffic.command_phase(self.principal, self.tenant, row.signal_id, target,
+                                                       self.sender(), "fallback" if fixed_time else "controller")
+        except ProblemError as exc:  # the service's own checks disagree (a command raced us): next round
+            self.stats.refused += 1
+            log.info("signal %s: phase %d not commanded: %s", row.signal_id, target, exc)
+            return None
+        self.stats.commands += 1
+        rpc = command.get("rpc") or {}
+        if isinstance(rpc.get("id"), int):
+            self.stats.decided[rpc["id"]] = decided
+            if len(self.stats.decided) > LATENCIES_KEPT:
+                self.stats.decided.popitem(last=False)
+        if isinstance(rpc.get("id"), int) and self.rpc_reader is not None:
+            task = asyncio.create_task(self._await_ack(row.signal_id, rpc["id"], decided))
+            self._acks.add(task)
+            task.add_done_callback(self._acks.discard)
+        return command
+
+    async def _await_ack(self, signal_id: str, rpc_id: int, decided: float) -> None:
+        """Wait for the device's answer to a phase command and record it with the command."""
+        assert self.rpc_reader is not None
+        status, acked_ms = "sent", None
+        deadline = decided + self.ack_timeout
+        while time.perf_counter() < deadline:
+            try:
+                status = str((await self.rpc_reader(rpc_id)).get("status"))
+            except ProblemError:
+                status = "failed"
+            if status in ACK_STATES:
+                break
+            await asyncio.sleep(ACK_POLL_S)
+        else:
+            status = "timed_out"
+        if status == "succeeded":
+            acked_ms = round((time.perf_counter() - decided) * 1000.0, 1)
+            self.stats.acknowledged += 1
+            self.stats.ack_ms.append(acked_ms)
+        else:
+            self.stats.unacknowledged += 1
+            log.warning("signal %s: phase command RPC %d not acknowledged (%s)", signal_id, rpc_id, status)
+        await self.traffic.record_acknowledgement(self.tenant, signal_id, rpc_id, status, acked_ms)
+
+
+def start_control_loop(app: Any) -> ControlLoop | None:
+    """The loop for the IoT registry's tenant when `CITYOS_TRAFFIC_CONTROL_SECONDS` > 0, else None."""
+    from cityos.traffic.api import rpc_sender_of
+
+    interval = control_interval()
+    iot = getattr(app.state, "iot", None)
+    if interval <= 0 or iot is None:
+        return None
+    loop = ControlLoop(app.state.traffic, app.state.hub.service, iot.tenant, lambda: rpc_sender_of(app.state),
+                       iot.get_rpc, interval)
+    loop.start()
+    log.info("signal control loop every %.2f s (detector data stale after %.0f s)", interval, loop.stale_after)
+    return loop

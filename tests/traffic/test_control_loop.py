@@ -1,0 +1,429 @@
+"""The closed signal control loop through the platform, with SUMO as the field, on both backends.
+
+The test process plays the street: a four-arm junction in libsumo, paced to the wall clock. Its lane
+detectors are IoT `traffic-flow` devices that publish their readings over MQTT (the real broker at
+CITYOS_TEST_MQTT_URL) to the app's ingest worker, which writes them to the hub; its signal cabinet is an
+IoT `traffic-signal` device that takes `setPhase` RPC requests from the broker, shows the yellow,
+all-red and green of each in SUMO, and acknowledges. The platform's `ControlLoop` reads the detectors
+from the hub, runs the `cityos` controller through the safety supervisor, and commands phases as RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import queue
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from cityos.core import clock
+from cityos.iot.commands import CommandSender
+from cityos.iot.models import DeviceIn
+from cityos.traffic.api import command_sender
+from cityos.traffic.control_loop import (
+    ControlLoop,
+    DetectorReading,
+    control_interval,
+    detector_entity,
+    detector_reading,
+    stale_seconds,
+)
+from cityos.traffic.signals import SignalPlan
+from iot.mqtt_support import MQTT_URL, Publisher, needs_mqtt, new_prefix, start_worker, stop_worker, wait_for
+
+try:
+    import libsumo
+except ImportError:  # the SUMO test is skipped without it
+    libsumo = None
+
+
+TLS = "j0"
+STEP_S = 0.5
+FIXED_GREEN_S = 5.0
+MAX_GREEN_S = 10.0
+MIN_GREEN_S = 3.0
+CABINET = "junction-c-cabinet"
+
+
+@pytest.fixture(scope="module")
+def junction(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A signalised four-arm junction (`j0`) of 100 m single-lane roads; traffic only east-west."""
+    from cityos.traffic.sumo import separate_junctions
+
+    return separate_junctions(tmp_path_factory.mktemp("junction"), 1, period_ew=2.5)
+
+
+@dataclass
+class Field:
+    """SUMO as the street, paced to the wall clock; its detectors and signal cabinet talk MQTT."""
+
+    net: Path
+    routes: Path
+    topics: str
+    lanes: tuple[str, ...]
+    feeding: bool = True
+    shown: list[tuple[float, str]] = field(default_factory=list)  # (wall time, lamp state) at each change
+    requests: list[int] = field(default_factory=list)
+    acknowledged: list[int] = field(default_factory=list)
+    entered: dict[str, int] = field(default_factory=dict)
+    _pending: queue.Queue[tuple[int, dict[str, Any]]] = field(default_factory=queue.Queue)
+    _schedule: list[tuple[float, str]] = field(default_factory=list)
+
+    def start(self, initial: str) -> None:
+        from cityos.traffic.sumo import sumo_binary
+
+        libsumo.start([sumo_binary("sumo"), "-n", str(self.net), "-r", str(self.routes), "--step-length",
+                       str(STEP_S), "--no-step-log", "true", "--no-warnings", "true", "--seed", "5"])
+        self.show(initial)
+        self.sensors = Publisher()
+        self.cabinet = Publisher()
+        self.cabinet.client.on_message = self._on_request
+        self.cabinet.client.subscribe(f"{self.topics}/{CABINET}/rpc/request/+", qos=1)
+        self._seen: dict[str, set[str]] = {lane: set() for lane in self.lanes}
+        self.entered = dict.fromkeys(self.lanes, 0)
+
+    def _on_request(self, _client: Any, _userdata: Any, message: Any) -> None:  # the MQTT thread
+        self._pending.put((int(message.topic.rsplit("/", 1)[1]), orjson.loads(message.payload)))
+
+    def show(self, state: str) -> None:
+        libsumo.trafficlight.setRedYellowGreenState(TLS, state)
+        self.shown.append((time.monotonic(), state))
+
+    def apply_requests(self) -> None:
+        """Show each `setPhase` at once (its yellow first) and acknowledge it."""
+        while not self._pending.empty():
+            rpc_id, body = self._pending.get()
+            self.requests.append(rpc_id)
+            assert body["method"] == "setPhase"
+            now = time.monotonic()
+            self._schedule = []
+            for stage in body["params"]["sequence"]:
+                self._schedule.append((now, stage["state"]))
+                now += stage["seconds"] or 0.0
+            self.cabinet.publish(f"{self.topics}/{CABINET}/rpc/response/{rpc_id}",
+                                 {"phase": body["params"]["phase"]}).wait_for_publish(5)
+            self.acknowledged.append(rpc_id)
+
+    def advance_lamps(self) -> None:
+        now = time.monotonic()
+        while self._schedule and self._schedule[0][0] <= now:
+            self.show(self._schedule.pop(0)[1])
+
+    def step(self) -> None:
+        libsumo.simulationStep()
+        for lane in self.lanes:
+            ids = set(libsumo.lane.getLastStepVehicleIDs(lane))
+            self.entered[lane] += len(ids - self._seen[lane])
+            self._seen[lane] = ids
+
+    def publish_readings(self) -> None:
+        stamp = int(time.time() * 1000)
+        for lane in self.lanes:
+            values = {"occupancy": round(libsumo.lane.getLastStepOccupancy(lane), 2),
+                      "speed": round(libsumo.lane.getLastStepMeanSpeed(lane) * 3.6, 2),
+                      "intensity": self.entered[lane]}
+            self.entered[lane] = 0
+            self.sensors.publish(f"{self.topics}/{lane}/telemetry", {"ts": stamp, "values": values})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        started = time.monotonic()
+        steps = 0
+        while not stop.is_set():
+            self.apply_requests()
+            self.advance_lamps()
+            if time.monotonic() - started >= steps * STEP_S:
+                self.step()
+                steps += 1
+                if steps % 2 == 0 and self.feeding:  # readings every simulated second
+                    self.publish_readings()
+            await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        self.sensors.close()
+        self.cabinet.close()
+        libsumo.close()
+
+
+def greens(shown: list[tuple[float, str]], state: str, since: float, until: float) -> list[float]:
+    """How long each green `state` showed, for the greens that started and ended in [since, until]."""
+    out = []
+    for (start, current), (end, _) in itertools.pairwise(shown):
+        if current == state and since <= start and end <= until:
+            out.append(end - start)
+    return out
+
+
+def registered_plan(plan: SignalPlan, links: list[dict[str, str]]) -> dict[str, Any]:
+    phases = [{"state": p.state, "minGreen": MIN_GREEN_S, "maxGreen": MAX_GREEN_S, "fixedGreen": FIXED_GREEN_S}
+              for p in plan.phases]
+    return {"phases": phases, "yellow": 2, "allRed": 1, "conflicts": sorted(plan.conflicts), "links": links}
+
+
+@needs_mqtt
+@pytest.mark.skipif(libsumo is None, reason="libsumo is not installed")
+async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app: Any,
+                                                               junction: tuple[Path, Path]) -> None:
+    from cityos.traffic.sumo import intersections_of, plans_from_net, sumo_binary
+
+    net, routes = junction
+    plan = plans_from_net(net)[TLS]
+    libsumo.start([sumo_binary("sumo"), "-n", str(net), "--no-step-log", "true"])  # the controlled links' lanes
+    try:
+        crossing = intersections_of(libsumo, {TLS: plan})[0]
+        controlled = libsumo.trafficlight.getControlledLinks(TLS)
+    finally:
+        libsumo.close()
+    links = [{"in": link[0][0], "out": link[0][1]} for link in controlled]
+    lanes = tuple(dict.fromkeys((*crossing.in_lanes, *crossing.out_lanes)))
+    north_south, east_west = plan.phases[0].state, plan.phases[1].state
+    assert set(crossing.in_lanes) == {"j0_n_in_0", "j0_s_in_0", "j0_e_in_0", "j0_w_in_0"}
+
+    result = await app.state.iot.provision_many(
+        [DeviceIn(name=lane, profile="traffic-flow") for lane in lanes] +
+        [DeviceIn(name=CABINET, profile="traffic-signal")])
+    assert not result.errors
+    made = await client.post("/api/traffic/signals", json={"id": "junction-c", "device": CABINET,
+                                                            "controller": "cityos",
+                                                            "plan": registered_plan(plan, links)})
+    assert made.status_code == 201, made.text
+    assert made.json()["state"] == north_south
+    registered = time.monotonic()
+
+    topics = new_prefix()
+    worker = await start_worker(app, topics)
+    assert MQTT_URL is not None
+    commands = CommandSender(app.state.iot, MQTT_URL, prefix=topics)
+    street = Field(net, routes, topics, lanes)
+    street.start(north_south)
+    loop = ControlLoop(app.state.traffic, app.state.hub.service, app.state.iot.tenant,
+                       lambda: command_sender(commands), app.state.iot.get_rpc, interval=0.5, stale_after=2.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(street.run(stop))
+    try:
+        async def fed() -> bool:  # every approach's detector has a reading in the hub
+            found = await app.state.hub.service.retrieve_many(
+                app.state.iot.tenant, [detector_entity(lane) for lane in crossing.in_lanes])
+            return len(found) == 4 and all(detector_reading(r.attrs) is not None for r in found.values())
+
+        assert await wait_for(fed, 10)
+        begin = time.monotonic()
+        loop.start()
+        await asyncio.sleep(22)  # demand east-west only
+        adaptive_end = time.monotonic()
+        street.feeding = False   # the detectors fall silent
+
+        async def in_fallback() -> bool:
+            return bool((await client.get("/api/traffic/signals/junction-c")).json()["fallback"])
+
+        assert await wait_for(in_fallback, 5)
+        fallback_from = time.monotonic()
+        await asyncio.sleep(24)  # a fixed-time cycle is 16 s: two whole greens fit
+        end = time.monotonic()
+    finally:
+        await loop.stop()
+        stop.set()
+        await running
+        street.close()
+        await commands.close()
+        await stop_worker(worker)
+
+    # Demand decided: east-west got green as soon as north-south's minimum green was served, and kept it
+    # beyond the fixed-time green while its queue lasted; empty north-south got only its minimum.
+    first_ew = next(at for at, state in street.shown if state == east_west)
+    timeline = [(round(at - begin, 1), state) for at, state in street.shown]
+    served = max(begin, registered + MIN_GREEN_S)  # north-south's minimum green, from its registration
+    assert first_ew - served < 2 + 1 + 1.5, timeline[:4]  # decided at once: yellow and all-red, then green
+    adaptive_ew = greens(street.shown, east_west, begin, adaptive_end)
+    adaptive_ns = greens(street.shown, north_south, first_ew, adaptive_end)
+    assert adaptive_ew and max(adaptive_ew) > FIXED_GREEN_S + 2, (adaptive_ew, timeline)
+    assert adaptive_ns and max(adaptive_ns) < FIXED_GREEN_S, (adaptive_ns, timeline)
+
+    # Without readings the fixed-time plan ran: each green for its fixed 5 s whatever the queue.
+    fixed_ew = greens(street.shown, east_west, fallback_from, end)
+    fixed_ns = greens(street.shown, north_south, fallback_from, end)
+    assert fixed_ew and fixed_ns, (round(fallback_from - begin, 1), timeline[6:])
+    assert all(FIXED_GREEN_S - 0.5 <= g <= FIXED_GREEN_S + 1.5 for g in fixed_ew + fixed_ns), (fixed_ew, fixed_ns)
+
+    # Every phase command went to the cabinet as RPC and was acknowledged; the time is kept with it.
+    history = (await client.get("/api/traffic/signals/junction-c/commands?limit=1000")).json()
+    applied = [c for c in history if c["outcome"] == "applied"]
+    assert len(applied) >= 5 and loop.stats.commands == len(applied)
+    assert {c["source"] for c in applied} == {"controller", "fallback"}
+    assert all(c["rpcStatus"] == "succeeded" and c["ackedMs"] is not None and c["ackedMs"] < 5000
+               for c in applied), applied
+    assert sorted(c["rpcId"] for c in applied) == sorted(street.acknowledged) == sorted(street.requests)
+    assert loop.stats.acknowledged == len(applied) and loop.stats.unacknowledged == 0
+    sources = [c["source"] for c in reversed(history) if c["outcome"] == "applied"]  # oldest first
+    assert sources[-1] == "fallback" and "controller" in sources[:2], sources
+
+
+def reading_attrs(**values: Any) -> dict[str, Any]:
+    stamp = values.pop("at", "2026-12-05T10:00:00Z")
+    attrs: dict[str, Any] = {}
+    for name, (value, unit) in values.items():
+        attrs[f"https://smartdatamodels.org/dataModel.Transportation/{name}"] = [
+            {"type": "Property", "value": value, "unitCode": unit, "observedAt": stamp}]
+    return attrs
+
+
+def test_detector_readings_become_lane_readings() -> None:
+    found = detector_reading(reading_attrs(occupancy=(40.0, "P1"), averageVehicleSpeed=(3.6, "KMH"),
+                                           intensity=(4, "E27")))
+    assert isinstance(found, DetectorReading)
+    assert found.reading.vehicles == pytest.approx(8.0) and found.reading.halting == pytest.approx(8.0)
+    assert found.reading.mean_speed == pytest.approx(1.0) and found.intensity == 4
+    moving = detector_reading(reading_attrs(occupancy=(0.1, ""), averageVehicleSpeed=(40.0, "KMH")))
+    assert moving is not None and moving.reading.halting == 0 and moving.reading.occupancy == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("attrs", [
+    reading_attrs(averageVehicleSpeed=(30.0, "KMH")),                             # no occupancy
+    reading_attrs(occupancy=(20.0, "P1")),                                         # no speed
+    reading_attrs(occupancy=(20.0, "P1"), averageVehicleSpeed=(30.0, "KMH"), at=""),  # no time
+    reading_attrs(occupancy=(20.0, "P1"), averageVehicleSpeed=(30.0, "KMH"), at="yesterday"),
+    reading_attrs(occupancy=(250.0, "P1"), averageVehicleSpeed=(30.0, "KMH")),     # impossible occupancy
+    reading_attrs(occupancy=(20.0, "P1"), averageVehicleSpeed=(900.0, "KMH")),     # impossible speed
+    reading_attrs(occupancy=(20.0, "P1"), averageVehicleSpeed=("fast", "KMH")),    # wrong type
+    {},
+])
+def test_missing_or_impossible_readings_are_not_used(attrs: dict[str, Any]) -> None:
+    assert detector_reading(attrs) is None
+
+
+def test_the_loop_is_off_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    for raw, expected in (("", 0.0), ("0", 0.0), ("-1", 0.0), ("nan", 0.0), ("soon", 0.0), ("1.5", 1.5)):
+        monkeypatch.setenv("CITYOS_TRAFFIC_CONTROL_SECONDS", raw)
+        assert control_interval() == expected
+    monkeypatch.delenv("CITYOS_TRAFFIC_CONTROL_SECONDS")
+    assert control_interval() == 0.0
+    monkeypatch.setenv("CITYOS_TRAFFIC_DETECTOR_STALE_SECONDS", "1")
+    assert stale_seconds(2.0) == 4.0  # never shorter than two decisions
+    monkeypatch.setenv("CITYOS_TRAFFIC_DETECTOR_STALE_SECONDS", "x")
+    assert stale_seconds(1.0) == 30.0
+
+
+# ---------------------------------------------------------------------- the loop without a broker
+
+LANES = [{"in": "n_in", "out": "s_out"}, {"in": "s_in", "out": "n_out"},
+         {"in": "e_in", "out": "w_out"}, {"in": "w_in", "out": "e_out"}]
+T0 = dt.datetime(2026, 12, 5, 8, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def moving_clock() -> Iterator[list[dt.datetime]]:
+    now = [T0]
+    clock.set_clock(lambda: now[0])
+    yield now
+    clock.reset_clock()
+
+
+async def write_readings(client: Any, at: dt.datetime, queues: dict[str, float]) -> None:
+    """Detector entities written to the hub the NGSI-LD way (as an integrator's detectors would)."""
+    stamp = clock.iso(at)
+    for lane in ("n_in", "s_in", "e_in", "w_in"):
+        body = {"id": detector_entity(lane), "type": "TrafficFlowObserved",
+                "occupancy": {"type": "Property", "value": queues.get(lane, 0.0), "unitCode": "P1",
+                              "observedAt": stamp},
+                "averageVehicleSpeed": {"type": "Property", "value": 2.0 if queues.get(lane) else 40.0,
+                                        "unitCode": "KMH", "observedAt": stamp}}
+        written = await client.post("/ngsi-ld/v1/entityOperations/upsert", json=[body])
+        assert written.status_code in (201, 204), written.text
+
+
+async def test_stale_detectors_make_the_loop_run_fixed_time(client: Any, app: Any,
+                                                            moving_clock: list[dt.datetime]) -> None:
+    plan = {"phases": [{"state": "GGrr", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10},
+                       {"state": "rrGG", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10}],
+            "yellow": 3, "allRed": 2, "conflicts": [[0, 2], [0, 3], [1, 2], [1, 3]], "links": LANES}
+    for body in ({"id": "adaptive", "controller": "cityos", "plan": plan},
+                 {"id": "timed", "controller": "fixed", "plan": plan}):
+        assert (await client.post("/api/traffic/signals", json=body)).status_code == 201
+    loop = ControlLoop(app.state.traffic, app.state.hub.service, app.state.iot.tenant, lambda: None, None,
+                       interval=1.0, stale_after=5.0)
+
+    async def step(seconds: float, queues: dict[str, float] | None) -> dict[str, Any]:
+        moving_clock[0] += dt.timedelta(seconds=seconds)
+        if queues is not None:
+            await write_readings(client, moving_clock[0], queues)
+        await loop.round()
+        return dict((await client.get("/api/traffic/signals/adaptive")).json())
+
+    assert set(loop.signals) == set()
+    shown = await step(6, {"e_in": 60.0, "w_in": 50.0})  # a queue east-west, minimum green served
+    assert set(loop.signals) == {"adaptive"}  # a fixed-time signal is not the loop's
+    assert shown["phase"] == 1 and shown["fallback"] is False
+    for _ in range(4):  # the queue holds: east-west keeps green past its fixed 10 s
+        shown = await step(5, {"e_in": 60.0, "w_in": 50.0})
+    assert shown["phase"] == 1 and shown["greenElapsed"] >= 14
+    shown = await step(6, None)  # the detectors fall silent: readings 6 s old
+    assert shown["fallback"] is True and shown["phase"] == 0  # fixed time: east-west had its 10 s
+    shown = await step(7, None)
+    assert shown["phase"] == 0  # north-south's fixed green is not over
+    shown = await step(9, None)
+    assert shown["phase"] == 1 and shown["fallback"] is True
+    shown = await step(10, {"n_in": 70.0})  # fresh again: the controller serves the north-south queue
+    assert shown["fallback"] is False and shown["phase"] == 0
+    history = (await client.get("/api/traffic/signals/adaptive/commands")).json()
+    assert [c["source"] for c in reversed(history)] == ["controller", "fallback", "fallback", "controller"]
+    assert all(c["rpcId"] is None and c["ackedMs"] is None for c in history)  # no cabinet registered
+    assert (await client.get("/api/traffic/signals/timed/commands")).json() == []
+
+    # An ambulance approaching asks for east-west: the loop leaves the signal to the green wave while it runs.
+    moving_clock[0] += dt.timedelta(seconds=10)  # north-south's minimum green served
+    wave = await client.post("/api/traffic/preemptions", json={"vehicle": "amb-1", "speed": 10,
+                                                               "signals": [{"signal": "adaptive", "phase": 1,
+                                                                            "distance": 100}]})
+    assert wave.status_code == 200 and wave.json()["signals"][0]["outcome"] == "applied", wave.text
+    for _ in range(3):  # the north-south queue would win, but the vehicle's run is in progress
+        shown = await step(6, {"n_in": 70.0, "s_in": 70.0})
+        assert shown["phase"] == 1
+    assert loop.stats.preempted_rounds == 3
+    shown = await step(120, {"n_in": 70.0, "s_in": 70.0})  # the run is over: the controller again
+    assert shown["phase"] == 0
+
+
+async def test_one_loop_drives_a_tenants_signals(client: Any, app: Any) -> None:
+    """On PostgreSQL the loop holds a lease: a second process's loop stays idle until the first stops."""
+    first, second = (ControlLoop(app.state.traffic, app.state.hub.service, app.state.iot.tenant, lambda: None,
+                                 None, interval=1.0) for _ in range(2))
+    try:
+        assert await first._holds_lease()
+        if app.state.engine.dialect.name == "postgresql":
+            assert not await second._holds_lease()
+            assert await first._holds_lease()  # still its own
+            await first.stop()
+            assert await second._holds_lease()
+        else:  # SQLite: one process
+            assert await second._holds_lease()
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_the_app_starts_the_loop_when_configured(client: Any, app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`CITYOS_TRAFFIC_CONTROL_SECONDS` starts the loop; a signal whose detectors never reported runs fixed time."""
+    from cityos.traffic.control_loop import start_control_loop
+
+    monkeypatch.delenv("CITYOS_TRAFFIC_CONTROL_SECONDS", raising=False)
+    assert start_control_loop(app) is None
+    plan = {"phases": [{"state": "GGrr"}, {"state": "rrGG"}], "conflicts": [[0, 2], [0, 3], [1, 2], [1, 3]],
+            "links": LANES}
+    assert (await client.post("/api/traffic/signals", json={"id": "unfed", "plan": plan})).status_code == 201
+    monkeypatch.setenv("CITYOS_TRAFFIC_CONTROL_SECONDS", "0.2")
+    loop = start_control_loop(app)
+    assert loop is not None and loop.interval == 0.2
+    try:
+        async def fixed_time() -> bool:
+            return bool((await client.get("/api/traffic/signals/unfed")).json()["fallback"])
+
+        assert await wait_for(fixed_time, 10)
+        assert loop.stats.rounds >= 1 and loop.stats.fallback_rounds >= 1
+    finally:
+        await loop.stop()
