@@ -291,16 +291,16 @@ class ApproachReader(Mapping[str, ApproachReading]):
         own = self.lanes.read(lane)
         vehicles, halting, waiting = own.vehicles, own.halting, own.waiting
         for upstream, share in spec.upstream:
-            reading = self.lanes.read(upstream)
-            vehicles += share * reading.vehicles
-            halting += share * reading.halting
-            waiting += share * reading.waiting
+            fed = self.lanes.read(upstream)
+            vehicles += share * fed.vehicles
+            halting += share * fed.halting
+            waiting += share * fed.waiting
         stopline = float((self._stopline.get(spec.stopline_detector) or {}).get(0x10, 0.0))
         backlog = sum(share * self._backlog(edge) for edge, share in spec.entry_edges)
-        reading = ApproachReading(stopline=max(0.0, stopline), vehicles=vehicles, halting=halting,
-                                  waiting=waiting, backlog=backlog)
-        self._cache[lane] = reading
-        return reading
+        approach = ApproachReading(stopline=max(0.0, stopline), vehicles=vehicles, halting=halting,
+                                   waiting=waiting, backlog=backlog)
+        self._cache[lane] = approach
+        return approach
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.specs)

@@ -19,9 +19,9 @@ A max-pressure variant built to cut delay, deciding every second instead of ever
   is discharging while its stop-line detectors (the last metres before the stop line) see vehicles,
   not while vehicles are still far up a long lane (without stop-line detectors: any vehicle on the
   lane). An empty phase is left at once for any phase with demand.
-- **Maximum red.** A phase with vehicles waiting that has been red for `MAX_RED_S` gets the next green,
-  whatever the pressures say, so no approach waits beyond a bound (the controller remembers when each
-  phase was last green; a fresh controller, as through the API, starts counting then).
+- **Maximum red.** A movement with vehicles waiting that has been red for `MAX_RED_S` gets the next
+  green, whatever the pressures say, so no approach waits beyond a bound (the controller remembers
+  when each movement was last green; a fresh controller, as through the API, starts counting then).
 
 It learns nothing and keeps no state between decisions but when each phase was last green, so it is
 reproducible.
@@ -37,7 +37,7 @@ WAIT_UNIT_S = 60.0
 SPILLBACK_OCCUPANCY = 0.85
 DOWNSTREAM_WEIGHT = 0.25
 SWITCH_MARGIN_VEH = 1.0  # extra demand per second of lost time a change must win by
-MAX_RED_S = 90.0  # a phase with waiting vehicles is served after at most this long red
+MAX_RED_S = 120.0  # a movement with waiting vehicles is served after at most this long red
 
 
 class CityOSAdaptive(Controller):
@@ -47,7 +47,7 @@ class CityOSAdaptive(Controller):
     def __init__(self, plan: SignalPlan) -> None:
         self.plan = plan
         self._links_per_lane: dict[str, int] | None = None
-        self._last_green: dict[int, float] = {}
+        self._last_green: dict[int, float] = {}  # per link: when it last showed green
 
     def _lane_links(self, movements: tuple[tuple[Movement, ...], ...]) -> dict[str, int]:
         if self._links_per_lane is None:
@@ -100,24 +100,31 @@ class CityOSAdaptive(Controller):
                 total += view.lanes[lane].vehicles
         return total
 
-    def _waiting_vehicles(self, view: View, phase: int) -> bool:
-        for move in view.movements[phase]:
-            approach = view.approaches.get(move.in_lane)
-            if approach is not None and approach.halting + approach.backlog > 0:
-                return True
-            reading = view.lanes.get(move.in_lane)
-            if approach is None and reading is not None and reading.halting > 0:
-                return True
-        return False
+    def _lane_waits(self, view: View, lane: str) -> bool:
+        approach = view.approaches.get(lane)
+        if approach is not None:
+            return approach.halting + approach.backlog > 0
+        reading = view.lanes.get(lane)
+        return reading is not None and reading.halting > 0
 
     def _starved(self, view: View) -> int | None:
-        """The phase red longest beyond `MAX_RED_S` with vehicles waiting, if any."""
-        for phase in range(len(view.movements)):
-            self._last_green.setdefault(phase, view.now)
-        self._last_green[view.phase] = view.now
-        overdue = [p for p in range(len(view.movements))
-                   if view.now - self._last_green[p] >= MAX_RED_S and self._waiting_vehicles(view, p)]
-        return min(overdue, key=lambda p: (self._last_green[p], p)) if overdue else None
+        """The phase serving the movement red longest beyond `MAX_RED_S` with vehicles waiting, if any.
+
+        Kept per movement (link), not per phase: a movement that another phase also serves is not starved.
+        """
+        for moves in view.movements:
+            for move in moves:
+                self._last_green.setdefault(move.link, view.now)
+        for move in view.movements[view.phase]:
+            self._last_green[move.link] = view.now
+        overdue: tuple[float, int] | None = None
+        for phase, moves in enumerate(view.movements):
+            for move in moves:
+                since = self._last_green[move.link]
+                if view.now - since >= MAX_RED_S and (overdue is None or since < overdue[0]) \
+                        and self._lane_waits(view, move.in_lane):
+                    overdue = (since, phase)
+        return overdue[1] if overdue else None
 
     def decide(self, view: View) -> int:
         if not view.movements:
