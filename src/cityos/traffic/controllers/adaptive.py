@@ -18,7 +18,9 @@ A max-pressure variant built to cut delay, deciding every second instead of ever
   phase's demand exceeds it by more than the value of the time a change loses (yellow + all-red); it
   is discharging while its stop-line detectors (the last metres before the stop line) see vehicles,
   not while vehicles are still far up a long lane (without stop-line detectors: any vehicle on the
-  lane). An empty phase is left at once for any phase with demand.
+  lane). An empty phase is left at once for any phase with vehicles to serve, even one whose
+  outgoing lanes hold more vehicles than it has (in light traffic that phase's net pressure is
+  negative, and max-pressure would let its vehicles wait at an idle green).
 - **Maximum red.** A movement with vehicles waiting that has been red for `MAX_RED_S` gets the next
   green, whatever the pressures say, so no approach waits beyond a bound (the controller remembers
   when each movement was last green; a fresh controller, as through the API, starts counting then).
@@ -37,7 +39,7 @@ WAIT_UNIT_S = 60.0
 SPILLBACK_OCCUPANCY = 0.85
 DOWNSTREAM_WEIGHT = 0.25
 SWITCH_MARGIN_VEH = 1.0  # extra demand per second of lost time a change must win by
-MAX_RED_S = 120.0  # a movement with waiting vehicles is served after at most this long red
+MAX_RED_S = 60.0  # a movement with waiting vehicles is served after at most this long red
 
 
 class CityOSAdaptive(Controller):
@@ -60,6 +62,11 @@ class CityOSAdaptive(Controller):
 
     def demand(self, view: View, phase: int) -> float:
         """The phase's delay-weighted demand, net of blocked and downstream movements."""
+        served, downstream = self._demand_parts(view, phase)
+        return served - DOWNSTREAM_WEIGHT * downstream
+
+    def _demand_parts(self, view: View, phase: int) -> tuple[float, float]:
+        """The delay-weighted demand its open movements serve, and the vehicles on their outgoing lanes."""
         per_lane = self._lane_links(view.movements)
         green_links: dict[str, int] = defaultdict(int)
         blocked: dict[str, int] = defaultdict(int)
@@ -78,7 +85,7 @@ class CityOSAdaptive(Controller):
                 continue
             open_share = max(0, greens - blocked[lane]) / max(1, per_lane.get(lane, 1))
             total += self._lane_weight(view, lane, reading) * open_share
-        return total - DOWNSTREAM_WEIGHT * downstream
+        return total, downstream
 
     @staticmethod
     def _lane_weight(view: View, lane: str, reading: LaneReading) -> float:
@@ -132,16 +139,24 @@ class CityOSAdaptive(Controller):
         starved = self._starved(view)
         if starved is not None:
             return starved
-        scores = [self.demand(view, p) for p in range(len(view.movements))]
+        parts = [self._demand_parts(view, p) for p in range(len(view.movements))]
+        scores = [served - DOWNSTREAM_WEIGHT * downstream for served, downstream in parts]
         current = view.phase
         others = [p for p in range(len(scores)) if p != current]
         if not others:
             return current
-        best = max(others, key=lambda p: (scores[p], -((p - current) % len(scores))))
+
+        def rank(p: int) -> tuple[float, int]:
+            return scores[p], -((p - current) % len(scores))
+
+        if self._discharging(view, current) <= 0:
+            # Gap-out: nothing left at the stop line. Any phase with vehicles to serve is better than
+            # an idle green, even where its outgoing lanes hold vehicles (those only lower its rank).
+            waiting = [p for p in others if parts[p][0] > 0]
+            return max(waiting, key=rank) if waiting else current
+        best = max(others, key=rank)
         if scores[best] <= 0:
             return current
-        if self._discharging(view, current) <= 0:
-            return best  # gap-out: nothing left to serve
         lost = self.plan.yellow + self.plan.all_red
         if scores[best] > scores[current] + SWITCH_MARGIN_VEH * lost:
             return best
