@@ -38,7 +38,7 @@ from cityos.traffic.signals import Controller, LaneReading, Movement, SignalPlan
 WAIT_UNIT_S = 60.0
 SPILLBACK_OCCUPANCY = 0.85
 DOWNSTREAM_WEIGHT = 0.25
-SWITCH_MARGIN_VEH = 1.0  # extra demand per second of lost time a change must win by
+SWITCH_MARGIN_VEH = 1.5  # extra demand per second of lost time a change must win by
 MAX_RED_S = 60.0  # a movement with waiting vehicles is served after at most this long red
 
 
