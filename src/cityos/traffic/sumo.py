@@ -2,7 +2,10 @@
 
 The harness drives every signalised intersection through the platform's `SignalSupervisor` with the
 same controller code the platform runs, reads lane-area detector values (whole-lane E2 detectors, read
-through libsumo) for the controllers, and measures what the benchmark reports: delay per vehicle
+through libsumo) for the controllers, plus per incoming lane a stop-line detector, an approach detector
+over short lanes' feeding lanes and, at the network's boundary, an entry detector (SUMO's insertion queue
+on the entry edge, standing for a detector on the road beyond the modelled network; see
+`ApproachReading`), and measures what the benchmark reports: delay per vehicle
 (SUMO's `timeLoss` plus the insertion delay `departDelay`, unfinished trips included), trip time,
 queue length and throughput.
 """
