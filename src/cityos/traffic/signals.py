@@ -126,6 +126,9 @@ class View:
     green_elapsed: float  # seconds the current green has shown (0 during a change)
     lanes: Mapping[str, LaneReading]
     movements: tuple[tuple[Movement, ...], ...]  # per phase: the links it serves
+    # Per incoming lane, where the intersection has them: the stop-line and approach detectors (empty
+    # when only the whole-lane detectors report, as through the API).
+    approaches: Mapping[str, ApproachReading] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,25 @@ class LaneReading:
     waiting: float = 0.0  # accumulated waiting seconds of the vehicles on it
     length: float = 100.0  # detector length, m
     entered: float = 0.0  # vehicles that entered since the previous reading (for flow)
+
+
+@dataclass(frozen=True)
+class ApproachReading:
+    """An incoming lane's stop-line and approach detectors, beside its whole-lane detector.
+
+    - `stopline`: vehicles on a short detector just before the stop line (the gap detector of actuated
+      control): what a green can still serve in the next seconds;
+    - `vehicles`, `halting`, `waiting`: a detector over the whole approach, the lane and, where the lane
+      is short, the lanes feeding it up to an approach length (a camera's or a chain of loops' field);
+    - `backlog`: vehicles queued upstream of the network's edge, for a lane fed from outside the modelled
+      network (an entry detector upstream of the boundary).
+    """
+
+    stopline: float = 0.0
+    vehicles: float = 0.0
+    halting: float = 0.0
+    waiting: float = 0.0
+    backlog: float = 0.0
 
 
 MAX_SPEED_M_S = 70.0  # 252 km/h: faster is a broken detector

@@ -2,7 +2,10 @@
 
 The harness drives every signalised intersection through the platform's `SignalSupervisor` with the
 same controller code the platform runs, reads lane-area detector values (whole-lane E2 detectors, read
-through libsumo) for the controllers, and measures what the benchmark reports: delay per vehicle
+through libsumo) for the controllers, plus per incoming lane a stop-line detector, an approach detector
+over short lanes' feeding lanes and, at the network's boundary, an entry detector (SUMO's insertion queue
+on the entry edge, standing for a detector on the road beyond the modelled network; see
+`ApproachReading`), and measures what the benchmark reports: delay per vehicle
 (SUMO's `timeLoss` plus the insertion delay `departDelay`, unfinished trips included), trip time,
 queue length and throughput.
 """
@@ -21,6 +24,7 @@ from typing import Any
 
 from cityos.traffic.signals import (
     GREEN_CHARS,
+    ApproachReading,
     Controller,
     LaneReading,
     Movement,
@@ -34,6 +38,8 @@ YELLOW_S = 3.0
 ALL_RED_S = 2.0
 MIN_GREEN_S = 5.0
 MAX_GREEN_S = 60.0
+STOPLINE_ZONE_M = 60.0  # the stop-line (gap) detector: the last 60 m before the stop line
+APPROACH_M = 150.0  # a short incoming lane's approach detector reaches this far up the lanes feeding it
 
 
 def sumo_home() -> str:
@@ -225,6 +231,122 @@ def separate_junctions(base: Path, count: int, period_ew: float,
     routes.write_text('<routes><vType id="car" length="5" minGap="2.5"/>' + "".join(flows) + "</routes>")
     return net, routes
 
+# ---------------------------------------------------------------------- approach detectors
+
+
+@dataclass(frozen=True)
+class ApproachSpec:
+    """Where one incoming lane's extra detectors lie (see `ApproachReading`)."""
+
+    stopline_detector: str  # a lane-area detector over the last `STOPLINE_ZONE_M` of the lane
+    upstream: tuple[tuple[str, float], ...]  # feeding lanes within `APPROACH_M`, with the share counted here
+    entry_edges: tuple[tuple[str, float], ...]  # network entry edges the approach reaches, with the share
+
+
+def approach_specs(net_file: Path) -> dict[str, ApproachSpec]:
+    """Per signalised incoming lane: its stop-line detector and the upstream lanes its approach covers.
+
+    The approach follows feeding lanes up to `APPROACH_M` from the stop line and stops at another
+    signalised junction (what queues there waits for that junction's signal). A lane fed by several
+    incoming lanes of the same junction counts for each a share, so nothing is counted twice.
+    """
+    import sumolib
+
+    net = sumolib.net.readNet(str(net_file), withPrograms=True)
+    reach: dict[str, dict[str, set[str]]] = {}  # tls -> upstream lane -> incoming lanes it feeds
+    entries: dict[str, dict[str, set[str]]] = {}  # tls -> entry edge -> incoming lanes it feeds
+    in_lanes: dict[str, str] = {}
+    for tls in net.getTrafficLights():
+        for lane, _out, _link in tls.getConnections():
+            in_lanes[lane.getID()] = tls.getID()
+            feeds = reach.setdefault(tls.getID(), {})
+            fed_entries = entries.setdefault(tls.getID(), {})
+            frontier = [(lane, float(lane.getLength()))]
+            seen = {lane.getID()}
+            while frontier:
+                current, distance = frontier.pop()
+                edge = current.getEdge()
+                if not edge.getIncoming():
+                    fed_entries.setdefault(edge.getID(), set()).add(lane.getID())
+                if distance >= APPROACH_M or edge.getFromNode().getType() == "traffic_light":
+                    continue
+                for upstream in current.getIncoming(onlyDirect=True):
+                    if upstream.getID() in seen or upstream.getEdge().getFunction() == "internal":
+                        continue
+                    seen.add(upstream.getID())
+                    feeds.setdefault(upstream.getID(), set()).add(lane.getID())
+                    frontier.append((upstream, distance + float(upstream.getLength())))
+    specs: dict[str, ApproachSpec] = {}
+    for lane_id, tls_id in in_lanes.items():
+        upstream = tuple(sorted((up, 1.0 / len(fed)) for up, fed in reach[tls_id].items() if lane_id in fed))
+        entry = tuple(sorted((e, 1.0 / len(fed)) for e, fed in entries[tls_id].items() if lane_id in fed))
+        specs[lane_id] = ApproachSpec(f"cityos-stopline:{lane_id}", upstream, entry)
+    return specs
+
+
+def stopline_detectors(net_file: Path, specs: Mapping[str, ApproachSpec], path: Path) -> Path:
+    """An additional file with the stop-line lane-area detectors (no output file is written)."""
+    import sumolib
+
+    net = sumolib.net.readNet(str(net_file))
+    root = ET.Element("additional")
+    for lane_id, spec in specs.items():
+        length = float(net.getLane(lane_id).getLength())
+        ET.SubElement(root, "laneAreaDetector", id=spec.stopline_detector, lane=lane_id,
+                      pos=f"{max(0.0, length - STOPLINE_ZONE_M):.2f}", endPos=f"{length:.2f}",
+                      freq="86400", file=os.devnull)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    return path
+
+
+class ApproachReader(Mapping[str, ApproachReading]):
+    """The approach readings of one step, for all signalised incoming lanes, each read when asked for."""
+
+    def __init__(self, sim: Any, lanes: LaneReader, specs: Mapping[str, ApproachSpec]) -> None:
+        self.sim = sim
+        self.lanes = lanes
+        self.specs = specs
+        for spec in specs.values():
+            sim.lanearea.subscribe(spec.stopline_detector, [0x10])
+        self._stopline: dict[str, Any] = {}
+        self._cache: dict[str, ApproachReading] = {}
+        self._pending: dict[str, float] = {}
+
+    def refresh(self) -> None:
+        self._stopline = self.sim.lanearea.getAllSubscriptionResults()
+        self._cache = {}
+        self._pending = {}
+
+    def _backlog(self, edge: str) -> float:
+        if edge not in self._pending:
+            self._pending[edge] = float(len(self.sim.edge.getPendingVehicles(edge)))
+        return self._pending[edge]
+
+    def __getitem__(self, lane: str) -> ApproachReading:
+        cached = self._cache.get(lane)
+        if cached is not None:
+            return cached
+        spec = self.specs[lane]
+        own = self.lanes.read(lane)
+        vehicles, halting, waiting = own.vehicles, own.halting, own.waiting
+        for upstream, share in spec.upstream:
+            fed = self.lanes.read(upstream)
+            vehicles += share * fed.vehicles
+            halting += share * fed.halting
+            waiting += share * fed.waiting
+        stopline = float((self._stopline.get(spec.stopline_detector) or {}).get(0x10, 0.0))
+        backlog = sum(share * self._backlog(edge) for edge, share in spec.entry_edges)
+        approach = ApproachReading(stopline=max(0.0, stopline), vehicles=vehicles, halting=halting,
+                                   waiting=waiting, backlog=backlog)
+        self._cache[lane] = approach
+        return approach
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
 
 # ---------------------------------------------------------------------- the run harness
 
@@ -366,8 +488,12 @@ def run_scenario(scenario: Scenario, controller: str, factory: ControllerFactory
     with tempfile.TemporaryDirectory(prefix="cityos-sumo-") as tmp:
         tripinfo = Path(tmp) / "tripinfo.xml"
         additional = list(scenario.additional)
+        specs: dict[str, ApproachSpec] = {}
         if factory is None:
             additional.append(actuated_programs(plans, Path(tmp) / "actuated.add.xml"))
+        else:
+            specs = approach_specs(scenario.net)
+            additional.append(stopline_detectors(scenario.net, specs, Path(tmp) / "stopline.add.xml"))
         args = [sumo_binary("sumo"), "-n", str(scenario.net), "-r", ",".join(str(r) for r in scenario.routes),
                 "-b", str(scenario.begin), "-e", str(scenario.end), "--seed", str(seed),
                 "--tripinfo-output", str(tripinfo), "--tripinfo-output.write-unfinished", "true",
@@ -380,7 +506,7 @@ def run_scenario(scenario: Scenario, controller: str, factory: ControllerFactory
         libsumo.start(args)
         try:
             result = _drive(libsumo, scenario, controller, factory, plans, seed, track_flows, queue_every, on_step,
-                            before_tick)
+                            before_tick, specs)
         finally:
             libsumo.close()
         _read_tripinfo(tripinfo, result, scenario.end)
@@ -390,10 +516,14 @@ def run_scenario(scenario: Scenario, controller: str, factory: ControllerFactory
 
 def _drive(sim: Any, scenario: Scenario, controller: str, factory: ControllerFactory | None,
            plans: dict[str, SignalPlan], seed: int, track_flows: bool, queue_every: int,
-           on_step: Callable[[Any, float], None] | None, before_tick: BeforeTick | None) -> RunResult:
+           on_step: Callable[[Any, float], None] | None, before_tick: BeforeTick | None,
+           specs: Mapping[str, ApproachSpec]) -> RunResult:
     intersections = intersections_of(sim, plans)
     lanes = {lane for x in intersections for lane in (*x.in_lanes, *x.out_lanes)}
+    watched = {lane for x in intersections for lane in x.in_lanes if lane in specs}
+    lanes |= {up for lane in watched for up, _share in specs[lane].upstream}
     reader = LaneReader(sim, lanes)
+    approaches = ApproachReader(sim, reader, {lane: specs[lane] for lane in sorted(watched)})
     in_lanes = {lane for x in intersections for lane in x.in_lanes}
     supervisors: list[tuple[Intersection, SignalSupervisor]] = []
     shown: dict[str, str] = {}
@@ -404,7 +534,7 @@ def _drive(sim: Any, scenario: Scenario, controller: str, factory: ControllerFac
         for x in intersections:
             def view_of(now: float, phase: int, elapsed: float, x: Intersection = x) -> View:
                 lanes = LazyLanes(reader, tuple(dict.fromkeys((*x.in_lanes, *x.out_lanes))))
-                return View(now, phase, elapsed, lanes, x.movements)
+                return View(now, phase, elapsed, lanes, x.movements, approaches)
 
             supervisors.append((x, SignalSupervisor(plan=x.plan, controller=factory(x), view_of=view_of)))
     by_tls = {x.tls: supervisor for x, supervisor in supervisors}
@@ -412,6 +542,7 @@ def _drive(sim: Any, scenario: Scenario, controller: str, factory: ControllerFac
     queue_sum, queue_samples = 0.0, 0
     now = float(scenario.begin)
     reader.refresh()
+    approaches.refresh()
     while now < scenario.end:
         if track_flows:
             reader.track_entries(in_lanes)
@@ -427,6 +558,7 @@ def _drive(sim: Any, scenario: Scenario, controller: str, factory: ControllerFac
         sim.simulationStep()
         now = float(sim.simulation.getTime())
         reader.refresh()
+        approaches.refresh()
         if int(now) % queue_every == 0 and intersections:
             queue_sum += sum(reader.halting(lane) for lane in in_lanes) / len(intersections)
             queue_samples += 1
