@@ -13,15 +13,9 @@ import pytest
 from auth_tokens import Auth
 from cityos.core import clock
 from cityos.core.messages import city_zone
+from problem_details import problem
 
 API = "/api/appointments"
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "detail"} <= set(body)
-    return body
 
 
 def tomorrow() -> dt.date:

@@ -13,15 +13,9 @@ from PIL import Image
 
 from auth_tokens import Auth
 from cityos.core import clock
+from problem_details import problem
 
 API = "/api/community"
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "detail"} <= set(body)
-    return body
 
 
 def png(size: tuple[int, int] = (40, 30)) -> bytes:

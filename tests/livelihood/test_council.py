@@ -11,15 +11,9 @@ import httpx
 
 from auth_tokens import Auth
 from cityos.core import clock
+from problem_details import problem
 
 API = "/api/council"
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "detail"} <= set(body)
-    return body
 
 
 class Council:

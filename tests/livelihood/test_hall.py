@@ -12,15 +12,9 @@ import httpx
 from auth_tokens import Auth
 from cityos.core import clock
 from cityos.livelihood.hall import planning
+from problem_details import problem
 
 HALL = "/api/hall/civic-centre"
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "detail"} <= set(body)
-    return body
 
 
 class Hall:

@@ -8,18 +8,12 @@ from typing import Any
 import httpx
 
 from auth_tokens import Auth
+from problem_details import problem
 
 API = "/api/transparency"
 LINES = [{"year": 2026, "category": "基本支出", "budget": 12_000_000, "spent": 9_600_000},
          {"year": 2026, "category": "项目支出", "budget": 8_000_000, "spent": 2_000_000},
          {"year": 2025, "category": "基本支出", "budget": 11_000_000, "spent": 10_890_000}]
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "detail"} <= set(body)
-    return body
 
 
 async def test_publish_correct_and_read_totals(client: httpx.AsyncClient, anon_client: httpx.AsyncClient,

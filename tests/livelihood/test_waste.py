@@ -9,15 +9,9 @@ from typing import Any
 import httpx
 
 from auth_tokens import Auth
+from problem_details import problem
 
 API = "/api/waste"
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "detail"} <= set(body)
-    return body
 
 
 class Sorting:

@@ -11,19 +11,13 @@ from gtfs_builder import BASE, gtfs_zip
 from reference_csa import gtfs_data_dir
 
 from auth_tokens import Auth
+from problem_details import problem
 
 ZIP = {"Content-Type": "application/zip"}
 
 
 async def upload(client: httpx.AsyncClient, data: bytes, feed: str = "city", **headers: str) -> httpx.Response:
     return await client.post(f"/api/mobility/feeds?feedId={feed}", content=data, headers={**ZIP, **headers})
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "detail"} <= set(body)
-    return body
 
 
 async def test_upload_list_and_publish(client: httpx.AsyncClient) -> None:

@@ -15,7 +15,6 @@ import datetime as dt
 import itertools
 import queue
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,14 +313,6 @@ def test_the_loop_is_off_unless_configured(monkeypatch: pytest.MonkeyPatch) -> N
 LANES = [{"in": "n_in", "out": "s_out"}, {"in": "s_in", "out": "n_out"},
          {"in": "e_in", "out": "w_out"}, {"in": "w_in", "out": "e_out"}]
 T0 = dt.datetime(2026, 12, 5, 8, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def moving_clock() -> Iterator[list[dt.datetime]]:
-    now = [T0]
-    clock.set_clock(lambda: now[0])
-    yield now
-    clock.reset_clock()
 
 
 async def write_readings(client: Any, at: dt.datetime, queues: dict[str, float]) -> None:

@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from auth_tokens import Auth
-from cityos.core import clock
 from cityos.core.events import Event
 from cityos.traffic.emergency import REQUESTED, default_graph
 
@@ -25,14 +24,6 @@ ENTITIES = "/ngsi-ld/v1/entities"
 @pytest.fixture(scope="module")
 def graph() -> Any:
     return default_graph()
-
-
-@pytest.fixture
-def moving_clock() -> Iterator[list[dt.datetime]]:
-    now = [T0]
-    clock.set_clock(lambda: now[0])
-    yield now
-    clock.reset_clock()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ their timings for `PREEMPTION_HISTORY`. On both backends."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,6 +16,7 @@ from cityos.app import create_app
 from cityos.config import Settings
 from cityos.core import clock
 from cityos.traffic.service import PREEMPTION_HISTORY
+from problem_details import problem
 
 T0 = dt.datetime(2026, 3, 2, 0, 0, tzinfo=dt.UTC)
 PLAN = {"phases": [{"state": "GGrr", "minGreen": 5, "maxGreen": 60, "fixedGreen": 30},
@@ -23,21 +24,6 @@ PLAN = {"phases": [{"state": "GGrr", "minGreen": 5, "maxGreen": 60, "fixedGreen"
         "yellow": 3, "allRed": 2, "conflicts": [[0, 2], [0, 3], [1, 2], [1, 3]]}
 RUN = {"vehicle": "120-急救-07", "incident": "7", "speed": 12.0,
        "signals": [{"signal": "tl-a", "phase": 1, "distance": 900}, {"signal": "tl-b", "phase": 1, "distance": 1500}]}
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "detail"} <= set(body)
-    return body
-
-
-@pytest.fixture
-def moving_clock() -> Iterator[list[dt.datetime]]:
-    now = [T0]
-    clock.set_clock(lambda: now[0])
-    yield now
-    clock.reset_clock()
 
 
 @pytest.fixture

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from auth_tokens import Auth
-from cityos.core import clock
+from problem_details import problem
 
 T0 = dt.datetime(2026, 3, 2, 0, 0, tzinfo=dt.UTC)
 LINKS = [{"in": "n_in", "out": "s_out"}, {"in": "s_in", "out": "n_out"},
@@ -25,21 +24,6 @@ def signal(**overrides: Any) -> dict[str, Any]:
                  "yellow": 3, "allRed": 2, "conflicts": [[0, 2], [0, 3], [1, 2], [1, 3]], "links": LINKS}}
     body.update(overrides)
     return body
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "detail"} <= set(body)
-    return body
-
-
-@pytest.fixture
-def moving_clock() -> Iterator[list[dt.datetime]]:
-    now = [T0]
-    clock.set_clock(lambda: now[0])
-    yield now
-    clock.reset_clock()
 
 
 async def test_register_and_read(client: httpx.AsyncClient, moving_clock: list[dt.datetime]) -> None:

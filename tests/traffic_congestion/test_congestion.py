@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from auth_tokens import Auth
 from cityos.core import clock
 from cityos.traffic.congestion.tpi import LEVELS, SPEED_BANDS, SegmentIndex, level_of, segment_tpi, weighted_tpi
+from problem_details import problem
 
 API = "/api/traffic/congestion"
 classes = st.sampled_from(sorted(SPEED_BANDS))
@@ -43,13 +44,6 @@ def test_refusals_and_weighting() -> None:
     busy, empty = SegmentIndex("a", "d", 8.0, 30.0), SegmentIndex("b", "d", 2.0, 10.0)
     assert weighted_tpi([busy, empty]) == 6.5
     assert weighted_tpi([SegmentIndex("a", "d", 8.0, 0.0), SegmentIndex("b", "d", 2.0, 0.0)]) == 5.0
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "detail"} <= set(body)
-    return body
 
 
 async def test_city_and_district_index_from_reports(client: httpx.AsyncClient, anon_client: httpx.AsyncClient,

@@ -12,16 +12,10 @@ from cityos.core import clock
 from cityos.traffic.congestion.forecasting import speed_of
 from cityos.traffic.congestion.grid import city_sections
 from cityos.traffic.congestion.tpi import SPEED_BANDS, segment_tpi
+from problem_details import problem
 
 API = "/api/traffic/congestion"
 JAM = "road-ew-02-04"  # a street segment in the middle of the grid
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "detail"} <= set(body)
-    return body
 
 
 def test_speed_of_inverts_the_index() -> None:

@@ -14,16 +14,10 @@ from auth_tokens import Auth
 from cityos.core import clock
 from cityos.security.models import audit
 from cityos.traffic.parking.payments import SandboxPaymentProvider
+from problem_details import problem
 
 API = "/api/parking"
 CENTRE = (31.2304, 121.4737)
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "detail"} <= set(body)
-    return body
 
 
 class People:
