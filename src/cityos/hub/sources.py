@@ -82,6 +82,12 @@ def writer_system(principal: Principal) -> str:
     return "hub"
 
 
+def refusal_reason(writer: Writer, refused: list[SourceConflict]) -> str:
+    """The one message of a refused write, naming each field's authoritative source (the first five)."""
+    fields = ", ".join(f"{c.field} (authoritative source {c.authority})" for c in refused[:5])
+    return f"一数一源: {writer.label} is not the authoritative source of {fields}; write it at its source"
+
+
 _flagged: ContextVar[list[SourceConflict] | None] = ContextVar("cityos_hub_source_flags", default=None)
 
 
@@ -124,25 +130,26 @@ class SourcePolicies:
             return None
         written = set(change.changed_attrs) if change.before is not None else set(after.attrs)
         writer = Writer(principal.department, principal.departments, writer_system(principal), principal.label)
-        refusals: list[str] = []
+        refusals: list[SourceConflict] = []
         flags: list[SourceConflict] = []
         for subject in subjects:
             refused, flagged = self.judge(tenant, subject, change.entity_id, written, writer)
-            refusals.extend(f"{c.field} (authoritative source {c.authority})" for c in refused)
+            refusals.extend(refused)
             flags.extend(flagged)
-        if flags and not refusals:
-            # A refused change is not written: its other attributes' flags would list a write that never
-            # happened (and be taken by a later commit of the same entity).
-            self.hold(flags)
         if refusals:
-            return (f"一数一源: {writer.label} is not the authoritative source of "
-                    f"{', '.join(refusals[:5])}; write it at its source")
+            # The refusal rolls the write back, so it is queued for the data domain now.
+            self.refused.extend(refusals)
+            return refusal_reason(writer, refusals)
+        # A refused change is not written: its other attributes' flags would list a write that never
+        # happened (and be taken by a later commit of the same entity), so flags are held only here.
+        self.hold(flags)
         return None
 
     def judge(self, tenant: str, subject: str, record: str, attrs: Iterable[str],
               writer: Writer) -> tuple[list[SourceConflict], list[SourceConflict]]:
-        """(refused, flagged) attributes of one write of `record` (of type `subject`) by `writer`. Refusals
-        are queued for the data domain here; flags are the caller's to `hold` once it knows the write goes on."""
+        """(refused, flagged) attributes of one write of `record` (of type `subject`) by `writer`; pure. The
+        caller queues the refusals (`refused`) and holds the flags (`hold`) once it knows what happens to
+        the write, so a retried transaction lists nothing twice."""
         rules = self.declared(tenant, subject)
         if not rules:
             return [], []
@@ -156,11 +163,12 @@ class SourcePolicies:
             conflict = SourceConflict(tenant, subject, record, attr, rule.label, writer.label, writer.principal,
                                       outcome)
             (refused if rule.policy == REFUSE else flagged).append(conflict)
-        self.refused.extend(refused)
         return refused, flagged
 
     def hold(self, flags: list[SourceConflict]) -> None:
         """Keep flags for the commit's listener, which stores those of the records that commit."""
+        if not flags:
+            return
         pending = _flagged.get()
         if pending is None:
             pending = []

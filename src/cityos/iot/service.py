@@ -50,7 +50,7 @@ from cityos.core.events import BackgroundPublisher, EventBus
 from cityos.hub.model import check_name
 from cityos.hub.observations import ObservedEntity, Reading, upsert_observations
 from cityos.hub.service import HubService
-from cityos.hub.sources import Writer
+from cityos.hub.sources import SourceConflict, Writer, refusal_reason
 from cityos.iot.models import (
     NAME_PATTERN,
     Device,
@@ -230,6 +230,7 @@ class _Batch:
     outbox_ids: list[int] = field(default_factory=list)  # the events' rows in the outbox
     readings: int = 0
     per_envelope: list[tuple[int, int]] = field(default_factory=list)
+    source_refusals: list[SourceConflict] = field(default_factory=list)  # 一数一源, listed once committed
 
 
 @dataclass
@@ -594,6 +595,8 @@ class IotService:
             obs = await upsert_observations(self.hub, self.tenant, prepare=prepare)
         finally:
             self.hub.sources.forget_held()  # flags of committed readings were stored by the commit's listener
+        # Listed only now: a retried or failed transaction (whose messages come again) lists nothing twice.
+        self.hub.sources.refused.extend(state.source_refusals)
         report.readings = state.readings
         report.stored = obs.stored
         report.duplicates = obs.duplicates
@@ -772,14 +775,13 @@ class IotService:
         policies.hold(flagged)  # stored by the data domain's commit listener if the entity's write commits
         if not refused:
             return readings
-        denied = {c.field: c.authority for c in refused}
+        state.source_refusals.extend(refused)
+        denied = {c.field for c in refused}
         kept = [r for r in readings if r[3].attr not in denied]
         dropped = [r for r in readings if r[3].attr in denied]
-        detail = "; ".join(f"{attr} (authoritative source {authority})" for attr, authority in sorted(denied.items()))
         state.rejections.append(self._rejection(
-            env, "source_refused", f"一数一源: {writer.label} is not the authoritative source of {detail}"[:2000],
-            d.name, {"ts": int(dropped[0][2].timestamp() * 1000), "values": {r[0].key: r[1] for r in dropped}},
-            "telemetry"))
+            env, "source_refused", refusal_reason(writer, refused), d.name,
+            {"ts": int(dropped[0][2].timestamp() * 1000), "values": {r[0].key: r[1] for r in dropped}}, "telemetry"))
         return kept
 
     def _check_telemetry(self, env: Envelope, doc: Any, profile: Profile, device: str) -> _Checked:
