@@ -40,8 +40,9 @@ def building(n: str, **attrs: Any) -> dict[str, Any]:
 class Broker:
     """A `cityos serve` process on a free loopback port with a database of its own."""
 
-    def __init__(self, database_url: str, name: str) -> None:
+    def __init__(self, database_url: str, name: str, log_dir: Path) -> None:
         self.port = free_port()
+        self.log = log_dir / f"{name}.log"  # why a broker did not start is in its own log
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "CITYOS_DATABASE_URL": database_url, "CITYOS_OUTBOUND_ALLOW": "127.0.0.0/8",
                     "CITYOS_BROKER_ID": f"cityos-test-{name}",
@@ -50,10 +51,10 @@ class Broker:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cityos.cli", "serve", "--port", str(self.port), "--log-level", "warning",
-            env=self.env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True)
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cityos.cli", "serve", "--port", str(self.port), "--log-level", "warning",
+                env=self.env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 120
         async with httpx.AsyncClient(timeout=1) as http:
             while time.monotonic() < deadline:
@@ -62,7 +63,8 @@ class Broker:
                         return
                 except httpx.HTTPError:
                     pass
-                assert self.proc.returncode is None, "the broker exited during start-up"
+                assert self.proc.returncode is None, \
+                    f"the broker exited during start-up: {self.log.read_text(errors='replace')[-3000:]}"
                 await asyncio.sleep(0.1)
         raise AssertionError("the broker did not start")
 
@@ -103,7 +105,7 @@ async def broker_pool(database_url: str, tmp_path: Path) -> AsyncIterator[Callab
                 await asyncio.to_thread(admin_sql, f'CREATE DATABASE "{db}"')
                 databases.append(db)
                 url = postgres_database_url(db)
-            new.append(Broker(url, name))
+            new.append(Broker(url, name, tmp_path))
         started.extend(new)
         await asyncio.gather(*(b.start() for b in new))
         return new

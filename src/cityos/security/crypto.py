@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Column, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cityos.core.keyfiles import create_once
 from cityos.security.settings import SecuritySettings
 
 PREFIX = "enc:v1:"
@@ -119,12 +120,16 @@ def key_id(token: str) -> str:
     return token.split(":", 3)[2]
 
 
+def _ring_json(ring: KeyRing) -> bytes:
+    return json.dumps(ring.to_json(), indent=1).encode()
+
+
 def save_file(path: Path, ring: KeyRing) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(ring.to_json(), out, indent=1)
+    with os.fdopen(fd, "wb") as out:
+        out.write(_ring_json(ring))
     tmp.replace(path)
 
 
@@ -147,11 +152,9 @@ def load_keyring(settings: SecuritySettings) -> KeyRing:
     if settings.production:
         raise CryptoError("production needs CITYOS_DATA_KEYS")
     path = settings.data_dir / "data-keys.json"
-    if path.exists():
-        return _load_file(path)
-    ring = KeyRing({"k1": ("aes256gcm", os.urandom(32))}, "k1", path)
-    save_file(path, ring)
-    return ring
+    # Processes starting together must agree on one key: data sealed with a key of its own would be lost.
+    create_once(path, lambda: _ring_json(KeyRing({"k1": ("aes256gcm", os.urandom(32))}, "k1", path)))
+    return _load_file(path)
 
 
 @dataclass

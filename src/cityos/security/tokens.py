@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 import secrets
 import time
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from cityos.core import clock
 from cityos.core.errors import ProblemError
+from cityos.core.keyfiles import create_once
 from cityos.core.outbound import DEFAULT_PORTS, AllowRule, Outbound, OutboundError
 from cityos.security.settings import SecuritySettings
 
@@ -100,11 +100,7 @@ def load_signing_keys(settings: SecuritySettings) -> list[SigningKey]:
 
 def generate_key_file(path: Path) -> None:
     """Create `path` (mode 0600) holding a new Ed25519 private key, unless it exists."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(SigningKey.from_private(Ed25519PrivateKey.generate()).pem())
+    create_once(path, lambda: SigningKey.from_private(Ed25519PrivateKey.generate()).pem())
 
 
 def load_key_file(path: Path) -> list[SigningKey]:

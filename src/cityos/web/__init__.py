@@ -30,6 +30,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cityos.config import Settings
+from cityos.core.keyfiles import create_once
 
 log = logging.getLogger("cityos.web")
 
@@ -67,12 +68,7 @@ def storage_secret() -> str:
     explicit = os.environ.get("CITYOS_WEB_STORAGE_SECRET")
     if explicit:
         return explicit
-    path = web_data_dir() / "storage-secret"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    return create_once(web_data_dir() / "storage-secret", lambda: secrets.token_urlsafe(48).encode()).decode().strip()
 
 
 def web_data_dir() -> Path:

@@ -13,7 +13,6 @@ The key id (``kid``) is the RFC 7638 JWK thumbprint, base64url, first 16 charact
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cityos.config import env_optional
+from cityos.core.keyfiles import create_once
 from cityos.security.settings import SecuritySettings
 from cityos.services.licences.verify import b64url
 
@@ -71,13 +71,8 @@ def _private_pem(key: Ed25519PrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _write_private_file(path: Path, content: bytes, *, exclusive: bool = False) -> None:
+def _write_private_file(path: Path, content: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if exclusive:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(content)
-        return
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -93,9 +88,7 @@ def key_file_path(settings: SecuritySettings | None = None) -> Path:
     if settings.production:
         raise RuntimeError("production needs CITYOS_LICENCE_KEY_FILE (the e-licence signing key)")
     path = settings.data_dir / "licence-signing.pem"
-    if not path.exists():
-        with contextlib.suppress(FileExistsError):  # another process generated it first
-            _write_private_file(path, _private_pem(Ed25519PrivateKey.generate()), exclusive=True)
+    create_once(path, lambda: _private_pem(Ed25519PrivateKey.generate()))
     return path
 
 
