@@ -231,9 +231,9 @@ def simulate(args: argparse.Namespace) -> Recording:
     return Recording(positions_of, feeds, accidents, frames)
 
 
-def detect(recording: Recording) -> list[tuple[str, str, float, str]]:
+def detect(recording: Recording, false_alarm_p: float) -> list[tuple[str, str, float, str]]:
     """Every interval, each pair's readings to the detectors: the alarms (pairing, edge, time, which)."""
-    detectors = {(pairs, rule): AccidentDetector(Thresholds(flow_scaled=rule == "cityos"))
+    detectors = {(pairs, rule): AccidentDetector(Thresholds(flow_scaled=rule == "cityos", false_alarm_p=false_alarm_p))
                  for pairs in PAIRINGS for rule in ("cityos", "previous")}
     baselines = {pairs: SpeedDrop() for pairs in PAIRINGS}
     alarms: list[tuple[str, str, float, str]] = []
@@ -264,6 +264,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--record", type=Path, help="also write the simulation's readings here (JSON, gzip)")
     parser.add_argument("--replay", type=Path, help="score readings recorded earlier instead of simulating")
+    parser.add_argument("--false-alarm-p", type=float, default=Thresholds().false_alarm_p,
+                        help="the conservation test's threshold (another operating point)")
     args = parser.parse_args()
     started = time.perf_counter()
     if args.replay:
@@ -279,7 +281,7 @@ def main() -> None:
             json.dump({"horizon": args.horizon, "seed": args.seed, "positions_of": recording.positions_of,
                        "feeds": recording.feeds, "accidents": [asdict(a) for a in recording.accidents],
                        "frames": recording.frames}, sink)
-    alarms = detect(recording)
+    alarms = detect(recording, args.false_alarm_p)
     positions_of, accidents = recording.positions_of, recording.accidents
     feeds = {edge: set(sources) for edge, sources in recording.feeds.items()}
     counts = {"station": sum(len(positions) - 1 for positions in positions_of.values()),
@@ -295,7 +297,7 @@ def main() -> None:
                   f"p90 {report[pairs][which]['p90_s']} s  false alarms {report[pairs][which]['false_alarms']} "
                   f"({report[pairs][which]['false_alarms_per_detector_day']}/detector-day)", file=sys.stderr)
     print(json.dumps({"bench": "accident_detection", "horizon_s": args.horizon, "seed": args.seed,
-                      "replayed": bool(args.replay),
+                      "replayed": bool(args.replay), "false_alarm_p": args.false_alarm_p,
                       "accidents": [{"lane": a.lane, "onset": a.onset, "position_m": a.position}
                                     for a in accidents], **report,
                       "wall_s": round(time.perf_counter() - started, 1)}))

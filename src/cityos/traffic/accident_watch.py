@@ -14,13 +14,16 @@ one incident per location and episode even when a restart forgets the detector's
 repeats a reading; after the incident is closed a new blockage opens a new one.
 
 Readings are converted from the IoT profile's units: occupancy in percent (unitCode P1) or as a share,
-speed in km/h (Smart Data Models' unit), `intensity` as the vehicles of the interval. An impossible
-reading is logged and skipped, never fed to the detector.
+speed in km/h (Smart Data Models' unit), `intensity` as the vehicles of the interval (the conservation
+test counts them: a lane's vehicles upstream that never show downstream). A reading without occupancy or
+speed is not a station's interval; an impossible one (occupancy over 100 %, a negative count) is logged
+and skipped, never fed to the detector.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -98,8 +101,10 @@ def station_interval(entity_id: str, types: list[str], attrs: dict[str, Any]) ->
     except ValueError:
         at = clock.now()
     location = value(attrs, "location")
+    # A negative count is kept as sent: the detector refuses the reading (clamping it to 0 would read as
+    # "no vehicle passed", which is evidence of a blockage).
     reading = StationReading(occupancy=share, speed=speed / 3.6,
-                             vehicles=max(0, round(vehicles)) if vehicles is not None else 0)
+                             vehicles=round(vehicles) if vehicles is not None and math.isfinite(vehicles) else 0)
     return StationInterval(pair[:160], str(position), reading, at, entity_id,
                            location if isinstance(location, dict) else None)
 
