@@ -13,7 +13,8 @@ The readings are scored in two pairings, both in the same run: station pairs (th
 lanes at one position form a station, occupancy averaged and vehicles summed, as on a freeway;
 consecutive stations form the pairs) and lane pairs (consecutive loops of one lane: they see a blocked
 lane that traffic passes in another lane, but vehicles changing lanes to turn also look like a lane that
-stopped flowing). On each pairing three detectors run on the same readings:
+stopped flowing), and both together (`both`: a station pair's or a lane pair's alarm; false alarms per
+lane-pair-day). On each pairing three detectors run on the same readings:
 `cityos.traffic.accidents.AccidentDetector` (`cityos`: occupancy tests and the flow-scaled conservation
 test), the same detector with the earlier fixed-window interruption rule (`previous`), and a baseline
 speed-drop alarm (upstream speed under 4 m/s with occupancy over 25% for two intervals), the simplest
@@ -39,7 +40,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -231,9 +232,9 @@ def simulate(args: argparse.Namespace) -> Recording:
     return Recording(positions_of, feeds, accidents, frames)
 
 
-def detect(recording: Recording, false_alarm_p: float) -> list[tuple[str, str, float, str]]:
+def detect(recording: Recording, thresholds: Thresholds) -> list[tuple[str, str, float, str]]:
     """Every interval, each pair's readings to the detectors: the alarms (pairing, edge, time, which)."""
-    detectors = {(pairs, rule): AccidentDetector(Thresholds(flow_scaled=rule == "cityos", false_alarm_p=false_alarm_p))
+    detectors = {(pairs, rule): AccidentDetector(replace(thresholds, flow_scaled=rule == "cityos"))
                  for pairs in PAIRINGS for rule in ("cityos", "previous")}
     baselines = {pairs: SpeedDrop() for pairs in PAIRINGS}
     alarms: list[tuple[str, str, float, str]] = []
@@ -248,7 +249,8 @@ def detect(recording: Recording, false_alarm_p: float) -> list[tuple[str, str, f
                     for k in range(len(values) - 1):
                         pair = f"{key}#{k}"
                         for rule in ("cityos", "previous"):
-                            if detectors[pairs, rule].observe(pair, values[k], values[k + 1], now):
+                            if detectors[pairs, rule].observe(pair, values[k], values[k + 1], now,
+                                                              all_lanes=pairs == "station"):
                                 alarms.append((pairs, edge, now, rule))
                         if baselines[pairs].observe(pair, values[k], now):
                             alarms.append((pairs, edge, now, "baseline"))
@@ -265,7 +267,9 @@ def main() -> None:
     parser.add_argument("--record", type=Path, help="also write the simulation's readings here (JSON, gzip)")
     parser.add_argument("--replay", type=Path, help="score readings recorded earlier instead of simulating")
     parser.add_argument("--false-alarm-p", type=float, default=Thresholds().false_alarm_p,
-                        help="the conservation test's threshold (another operating point)")
+                        help="the conservation test's threshold on lane pairs (another operating point)")
+    parser.add_argument("--all-lanes-false-alarm-p", type=float, default=Thresholds().all_lanes_false_alarm_p,
+                        help="… and on station pairs")
     args = parser.parse_args()
     started = time.perf_counter()
     if args.replay:
@@ -281,23 +285,28 @@ def main() -> None:
             json.dump({"horizon": args.horizon, "seed": args.seed, "positions_of": recording.positions_of,
                        "feeds": recording.feeds, "accidents": [asdict(a) for a in recording.accidents],
                        "frames": recording.frames}, sink)
-    alarms = detect(recording, args.false_alarm_p)
+    alarms = detect(recording, Thresholds(false_alarm_p=args.false_alarm_p,
+                                          all_lanes_false_alarm_p=args.all_lanes_false_alarm_p))
     positions_of, accidents = recording.positions_of, recording.accidents
     feeds = {edge: set(sources) for edge, sources in recording.feeds.items()}
     counts = {"station": sum(len(positions) - 1 for positions in positions_of.values()),
               "lane": sum((len(positions) - 1) * len(positions[0]) for positions in positions_of.values())}
+    # "both": the station pairs' alarms and the lane pairs' together (a deployment with both kinds of pairs
+    # on the same loops), per lane-pair-day (the loops are the lane pairs'; a station pair adds none).
+    counts["both"] = counts["lane"]
     report: dict[str, Any] = {}
-    for pairs in PAIRINGS:
+    for pairs in (*PAIRINGS, "both"):
         detector_days = counts[pairs] * args.horizon / 86400.0
         report[pairs] = {"detector_pairs": counts[pairs], "detector_days": round(detector_days, 2)}
         for which in ("cityos", "previous", "baseline"):
-            mine = [(edge, at) for pairing, edge, at, who in alarms if pairing == pairs and who == which]
+            mine = [(edge, at) for pairing, edge, at, who in alarms if pairs in (pairing, "both") and who == which]
             report[pairs][which] = score(mine, accidents, feeds, detector_days)
             print(f"{pairs:7s} {which:8s} detected {report[pairs][which]['detected']}/{len(accidents)}  "
                   f"p90 {report[pairs][which]['p90_s']} s  false alarms {report[pairs][which]['false_alarms']} "
                   f"({report[pairs][which]['false_alarms_per_detector_day']}/detector-day)", file=sys.stderr)
     print(json.dumps({"bench": "accident_detection", "horizon_s": args.horizon, "seed": args.seed,
                       "replayed": bool(args.replay), "false_alarm_p": args.false_alarm_p,
+                      "all_lanes_false_alarm_p": args.all_lanes_false_alarm_p,
                       "accidents": [{"lane": a.lane, "onset": a.onset, "position_m": a.position}
                                     for a in accidents], **report,
                       "wall_s": round(time.perf_counter() - started, 1)}))

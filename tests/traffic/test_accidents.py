@@ -66,6 +66,17 @@ def test_a_busy_lane_that_stops_flowing_downstream_is_declared_blocked_sooner_th
     assert busy < quiet <= Thresholds().max_silence
 
 
+def test_stations_across_all_lanes_need_less_evidence_than_one_lane() -> None:
+    # Vehicles changing lanes stay counted by a station across the road: silence is stronger evidence there.
+    sequence = [(passing(1), passing(1))] * 20 + [(passing(1), EMPTY)] * 20
+    detector = AccidentDetector()
+    road = [30.0 * k for k, (up, down) in enumerate(sequence)
+            if detector.observe("road#0", up, down, 30.0 * k, all_lanes=True) is not None]
+    lane = feed(AccidentDetector(), sequence)
+    assert road and lane
+    assert road[0] < lane[0]
+
+
 def test_the_fixed_window_rule_is_kept_for_comparison() -> None:
     detector = AccidentDetector(Thresholds(flow_scaled=False))
     hits = feed(detector, [(passing(4), FREE)] + [(passing(4), EMPTY)] * 4)

@@ -22,10 +22,11 @@ so that a pair that saw few vehicles stays uncertain), and counts the intervals 
 loop saw no vehicle and none stood on it (a red-light queue or a spill-back stands on the loop; the
 lane below a blockage is empty). The vehicles that passed upstream during that silence (the last
 interval left out: they may still be on their way) each had the learned chance of arriving; when the
-probability that none did falls below `false_alarm_p`, the lane is declared blocked: on a through lane
-after three or four vehicles, whatever the time that takes, on a lane vehicles often leave after many
-more. The share is learned with a delay (intervals join it `learn_delay` intervals later, and none
-while an incident is open), so a blockage teaches the pair little that vehicles vanish (only the few
+probability that none did falls below `false_alarm_p` (`all_lanes_false_alarm_p` for stations across
+all of a road's lanes, where lane changes cannot look like vanishing vehicles), the lane is declared
+blocked: on a through lane after three or four vehicles, whatever the time that takes, on a lane vehicles
+often leave after many more. The share is learned with a delay (intervals join it `learn_delay`
+intervals later, and none while an incident is open), so a blockage teaches the pair little that vehicles vanish (only the few
 intervals before it was declared), while a lane that alarms because its vehicles do leave learns so.
 `flow_scaled=False` keeps the earlier fixed rule (no vehicle downstream for four intervals after three
 upstream) for comparison.
@@ -59,6 +60,9 @@ class Thresholds:
     # blockage instead of queueing): vehicles keep passing upstream while none passes downstream.
     flow_scaled: bool = True  # the conservation test; False: the fixed window below
     false_alarm_p: float = 1e-3  # P(no vehicle downstream | the upstream flow) that declares a blockage
+    # A pair of stations across all the road's lanes: vehicles changing lanes stay counted, so the share is
+    # about 1 and silence is stronger evidence (no false alarm at 1e-2 in the SUMO bench, bench/RESULTS.md).
+    all_lanes_false_alarm_p: float = 1e-2
     min_silence: int = 3  # intervals with no vehicle downstream, at least (1.5 min: a red light's queue is gone)
     max_silence: int = 20  # intervals of upstream counts weighed, at most (10 min: light traffic takes long)
     # Before anything is learned a pair counts as if it had seen 7 vehicles pass upstream and 6.5 of them
@@ -161,8 +165,10 @@ class AccidentDetector:
     thresholds: Thresholds = field(default_factory=Thresholds)
     states: dict[str, PairState] = field(default_factory=dict)
 
-    def observe(self, pair: str, up: StationReading, down: StationReading, at: float) -> Detection | None:
-        """Feed one interval of a pair; returns a Detection when an incident is declared (once per episode)."""
+    def observe(self, pair: str, up: StationReading, down: StationReading, at: float, *,
+                all_lanes: bool = False) -> Detection | None:
+        """Feed one interval of a pair; returns a Detection when an incident is declared (once per episode).
+        `all_lanes`: the pair's stations count every lane of the road (not one lane)."""
         check_station(up)
         check_station(down)
         t = self.thresholds
@@ -171,7 +177,7 @@ class AccidentDetector:
         occrdf = occdf / up.occupancy if up.occupancy > 0 else 0.0
         slow = up.vehicles == 0 or up.speed <= t.upstream_speed_m_s
         queued = occdf >= t.occdf and occrdf >= t.occrdf and down.occupancy <= t.docc and slow
-        cut = self.flow_cut(state, up, down) if t.flow_scaled else self.fixed_cut(state, up, down)
+        cut = self.flow_cut(state, up, down, all_lanes) if t.flow_scaled else self.fixed_cut(state, up, down)
         state.learn(up.vehicles, down.vehicles, t)
         state.tentative = state.tentative + 1 if queued else 0
         if not (queued or cut):
@@ -183,7 +189,7 @@ class AccidentDetector:
             return Detection(pair, at, round(occdf, 3), round(occrdf, 3), round(down.occupancy, 3))
         return None
 
-    def flow_cut(self, state: PairState, up: StationReading, down: StationReading) -> bool:
+    def flow_cut(self, state: PairState, up: StationReading, down: StationReading, all_lanes: bool) -> bool:
         """Vehicle conservation: none of the vehicles expected downstream came, and none stands there."""
         t = self.thresholds
         state.up_counts = [*state.up_counts, up.vehicles][-t.max_silence:]
@@ -195,7 +201,7 @@ class AccidentDetector:
         # The vehicles that passed upstream since the downstream loop fell silent, but for the last interval's
         # (they may still be on their way): each should have passed downstream unless it left the lane.
         vehicles = sum(state.up_counts[-n:-1])
-        return state.none_arrive(vehicles, t) < t.false_alarm_p
+        return state.none_arrive(vehicles, t) < (t.all_lanes_false_alarm_p if all_lanes else t.false_alarm_p)
 
     def fixed_cut(self, state: PairState, up: StationReading, down: StationReading) -> bool:
         """The earlier rule: no vehicle downstream for a fixed window after a few upstream."""
