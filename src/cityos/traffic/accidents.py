@@ -26,10 +26,10 @@ probability that none did falls below `false_alarm_p` (`all_lanes_false_alarm_p`
 all of a road's lanes, where lane changes cannot look like vanishing vehicles), the lane is declared
 blocked: on a through lane after three or four vehicles, whatever the time that takes, on a lane vehicles
 often leave after many more. The share is learned with a delay (intervals join it `learn_delay`
-intervals later, and none while an incident is open), so a blockage teaches the pair little that vehicles vanish (only the few
-intervals before it was declared), while a lane that alarms because its vehicles do leave learns so.
-`flow_scaled=False` keeps the earlier fixed rule (no vehicle downstream for four intervals after three
-upstream) for comparison.
+intervals later, and none while an incident is open), so a blockage teaches the pair little that
+vehicles vanish (only the few intervals before it was declared), while a lane that alarms because its
+vehicles do leave learns so. `flow_scaled=False` keeps the earlier fixed rule (no vehicle downstream for
+four intervals after three upstream) for comparison.
 
 `alarm_event` turns a detection into the `ops.alarm.raised` payload the incident domain listens to
 (category `traffic.accident`, routed to the transport department; deduplicated by the alarm id, which
