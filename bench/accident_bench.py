@@ -1,23 +1,30 @@
 """Accident detection benchmark (事故检测): injected blockages in SUMO, detection time and false alarms.
 
     uv run --frozen python bench/accident_bench.py [--horizon 3600] [--accidents 8] [--seed 2]
+        [--record readings.json.gz | --replay readings.json.gz]
 
 The simulated city's grid (`citynet`) runs in SUMO with its own fixed-time signals and its daily demand
 from the morning peak. Every approach lane of a signalised junction at least 150 m long carries
 induction loops every ~250 m (30 s aggregation, like the city's TrafficFlowObserved detectors) from
-10% to 92% of the lane; the loops across a road's lanes at one position form a detector station
-(occupancy averaged, vehicles summed, as on a freeway) and consecutive stations the detector pairs
-(`--pairs lane` pairs loops per lane instead: it sees a blocked lane that traffic passes in another
-lane, but vehicles changing lanes to turn also look like a lane that stopped flowing). Accidents are injected: at each
-onset a vehicle between 15% and 85% of a lane is stopped for `--duration` seconds (the lane is
-blocked; others may pass in another lane).
+10% to 92% of the lane. Accidents are injected: at each onset a vehicle between 15% and 85% of a lane
+is stopped for `--duration` seconds (the lane is blocked; others may pass in another lane).
 
-Each interval every pair's readings go to `cityos.traffic.accidents.AccidentDetector`. Reported: the
-detection time of each accident (alarm on its lane's edge or the road section feeding it, minus the
-onset), its p50/p90 and the share within 5 minutes; false alarms (alarms with no blockage there) per
-detector-day. A baseline runs on the same readings in the same run: a speed-drop alarm (upstream speed
-under 4 m/s with occupancy over 25% for two intervals), the simplest rule an operator would set.
-One JSON line.
+The readings are scored in two pairings, both in the same run: station pairs (the loops across a road's
+lanes at one position form a station, occupancy averaged and vehicles summed, as on a freeway;
+consecutive stations form the pairs) and lane pairs (consecutive loops of one lane: they see a blocked
+lane that traffic passes in another lane, but vehicles changing lanes to turn also look like a lane that
+stopped flowing), and both together (`both`: a station pair's or a lane pair's alarm; false alarms per
+lane-pair-day). On each pairing three detectors run on the same readings:
+`cityos.traffic.accidents.AccidentDetector` (`cityos`: occupancy tests and the flow-scaled conservation
+test), the same detector with the earlier fixed-window interruption rule (`previous`), and a baseline
+speed-drop alarm (upstream speed under 4 m/s with occupancy over 25% for two intervals), the simplest
+rule an operator would set.
+
+Reported: the detection time of each accident (an alarm on its lane's edge or a road section feeding it,
+minus the onset), p50/p90 over the detected ones and over all (`p90_all_s`, a miss counting as never),
+the share within 5 minutes; false alarms (alarms with no blockage there) per detector-day. `--record`
+keeps the simulation's readings, `--replay` scores such a recording without SUMO (the detectors do not
+act on the simulation, so a replay gives the same alarms). One JSON line.
 """
 
 
@@ -25,21 +32,24 @@ One JSON line.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import math
 import random
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import asdict, astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cityos.traffic.accidents import INTERVAL_S, AccidentDetector, StationReading
+from cityos.traffic.accidents import INTERVAL_S, AccidentDetector, StationReading, Thresholds
 from cityos.traffic.citynet import build_network, write_demand
 from cityos.traffic.sumo import sumo_binary, sumo_home
 
 MIN_LANE_M = 150.0
+PAIRINGS = ("station", "lane")
 
 
 @dataclass
@@ -49,6 +59,7 @@ class Accident:
     onset: float
     vehicle: str
     cleared: float
+    position: float = 0.0  # m from the lane's start
 
 
 class SpeedDrop:
@@ -105,9 +116,8 @@ def reading(sim: Any, loop: str) -> StationReading:
                           speed=max(0.0, speed), vehicles=int(sim.inductionloop.getLastIntervalVehicleNumber(loop)))
 
 
-def station(sim: Any, loops: list[str]) -> StationReading:
+def station(readings: list[StationReading]) -> StationReading:
     """A detector station: the loops across all lanes at one position (occupancy averaged, counts summed)."""
-    readings = [reading(sim, loop) for loop in loops]
     vehicles = sum(r.vehicles for r in readings)
     speed = sum(r.speed * r.vehicles for r in readings) / vehicles if vehicles else 0.0
     return StationReading(sum(r.occupancy for r in readings) / len(readings), speed, vehicles)
@@ -129,11 +139,12 @@ def inject(sim: Any, rng: random.Random, lanes: dict[str, list[str]], used: set[
     if not candidates:
         return None
     lane, vehicle = rng.choice(sorted(candidates))
+    position = round(float(sim.vehicle.getLanePosition(vehicle)), 1)
     sim.vehicle.setLaneChangeMode(vehicle, 0)
     sim.vehicle.setSpeed(vehicle, 0.0)
     edge = lane.rsplit("_", 1)[0]
     used.add(edge)
-    return Accident(lane, edge, now, vehicle, now + duration)
+    return Accident(lane, edge, now, vehicle, now + duration, position)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -143,45 +154,63 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--horizon", type=int, default=3600)
-    parser.add_argument("--accidents", type=int, default=8)
-    parser.add_argument("--first", type=float, default=600.0)
-    parser.add_argument("--duration", type=float, default=900.0)
-    parser.add_argument("--seed", type=int, default=2)
-    parser.add_argument("--pairs", choices=("station", "lane"), default="station",
-                        help="detector pairs across a road's lanes (default) or per lane")
-    args = parser.parse_args()
+def score(alarms: list[tuple[str, float]], accidents: list[Accident], feeds: dict[str, set[str]],
+          detector_days: float) -> dict[str, Any]:
+    """Detection time of each accident (an alarm on its edge or one feeding it) and the other alarms."""
+    def near(edge: str, a: Accident) -> bool:
+        return edge == a.edge or edge in feeds.get(a.edge, set())
+
+    false_alarms = sum(not any(near(edge, a) and a.onset <= at <= a.cleared + 300 for a in accidents)
+                       for edge, at in alarms)
+    times: list[float | None] = []
+    for a in accidents:
+        hits = [at - a.onset for edge, at in alarms if near(edge, a) and a.onset <= at <= a.cleared]
+        times.append(min(hits) if hits else None)
+    found = [t for t in times if t is not None]
+    p90_all = percentile([t if t is not None else math.inf for t in times], 0.9)
+    return {"detected": len(found), "accidents": len(accidents), "detection_s": times,
+            "p50_s": percentile(found, 0.5), "p90_s": percentile(found, 0.9),
+            "p90_all_s": p90_all if p90_all is None or math.isfinite(p90_all) else None,  # a miss counts as never
+            "within_5_min": round(sum(t <= 300 for t in found) / max(1, len(accidents)), 3),
+            "false_alarms": false_alarms, "false_alarms_per_detector_day": round(false_alarms / detector_days, 3)}
+
+
+@dataclass
+class Recording:
+    """What the simulation saw: every loop's reading each interval, the stations, the accidents."""
+
+    positions_of: dict[str, list[list[str]]]  # edge → per position, the loops across its lanes
+    feeds: dict[str, list[str]]  # edge → edges feeding it (a queue may spill back into them)
+    accidents: list[Accident]
+    frames: list[tuple[float, dict[str, tuple[float, float, int]]]]  # (time, loop → occupancy, speed, vehicles)
+
+
+def simulate(args: argparse.Namespace) -> Recording:
     import libsumo as sim
     import sumolib
 
     sumo_home()
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cityos-accident-bench-") as tmp:
         work = Path(tmp)
         net = build_network(work)
         routes = write_demand(net, work / "demand.rou.xml", seed=args.seed, horizon=args.horizon)
         lanes = loops_file(net, work / "loops.add.xml")
-        feeds: dict[str, set[str]] = {}  # edge → edges feeding it (a queue may spill back into them)
-        for edge in sumolib.net.readNet(str(net)).getEdges():
-            feeds[edge.getID()] = {e.getID() for e in edge.getIncoming()}
+        feeds = {edge.getID(): sorted(e.getID() for e in edge.getIncoming())
+                 for edge in sumolib.net.readNet(str(net)).getEdges()}
         sim.start([sumo_binary("sumo"), "-n", str(net), "-r", str(routes), "-a", str(work / "loops.add.xml"),
                    "-e", str(args.horizon), "--seed", str(args.seed), "--no-step-log", "true",
                    "--no-warnings", "true", "--time-to-teleport", "600", "--ignore-route-errors", "true"])
-        stations: dict[str, list[list[str]]] = {}  # edge → per position, the loops across its lanes
-        for lane, loops in lanes.items():
-            key = lane.rsplit("_", 1)[0] if args.pairs == "station" else lane
-            positions = stations.setdefault(key, [[] for _ in loops])
+        positions_of: dict[str, list[list[str]]] = {}
+        for lane, loops in sorted(lanes.items()):
+            positions = positions_of.setdefault(lane.rsplit("_", 1)[0], [[] for _ in loops])
             for k, loop in enumerate(loops):
                 positions[k].append(loop)
-        detector, baseline = AccidentDetector(), SpeedDrop()
         rng = random.Random(args.seed)
         gap = (args.horizon - args.first - args.duration / 2) / max(1, args.accidents)
         onsets = [args.first + k * gap for k in range(args.accidents)]
         accidents: list[Accident] = []
         used: set[str] = set()
-        alarms: list[tuple[str, float, str]] = []  # (lane, time, which)
+        frames: list[tuple[float, dict[str, tuple[float, float, int]]]] = []
         try:
             now = 0.0
             while now < args.horizon:
@@ -196,46 +225,90 @@ def main() -> None:
                     if accident.cleared <= now < accident.cleared + 1 and accident.vehicle in sim.vehicle.getIDList():
                         sim.vehicle.setSpeed(accident.vehicle, -1)
                 if int(now) % int(INTERVAL_S) == 0:
-                    for key, positions in stations.items():
-                        where = f"{key}_all" if args.pairs == "station" else key  # a lane id: edge_index
-                        values = [station(sim, loops) for loops in positions]
-                        for k in range(len(positions) - 1):
-                            pair = f"{key}#{k}"
-                            if detector.observe(pair, values[k], values[k + 1], now) is not None:
-                                alarms.append((where, now, "cityos"))
-                            if baseline.observe(pair, values[k], now):
-                                alarms.append((where, now, "baseline"))
+                    frames.append((now, {loop: astuple(reading(sim, loop)) for loops in lanes.values()
+                                         for loop in loops}))
         finally:
             sim.close()
-    pairs = sum(len(positions) - 1 for positions in stations.values())
-    detector_days = pairs * args.horizon / 86400.0
+    return Recording(positions_of, feeds, accidents, frames)
+
+
+def detect(recording: Recording, thresholds: Thresholds) -> list[tuple[str, str, float, str]]:
+    """Every interval, each pair's readings to the detectors: the alarms (pairing, edge, time, which)."""
+    detectors = {(pairs, rule): AccidentDetector(replace(thresholds, flow_scaled=rule == "cityos"))
+                 for pairs in PAIRINGS for rule in ("cityos", "previous")}
+    baselines = {pairs: SpeedDrop() for pairs in PAIRINGS}
+    alarms: list[tuple[str, str, float, str]] = []
+    for now, frame in recording.frames:
+        for edge, positions in recording.positions_of.items():
+            per_lane = [[StationReading(*frame[loop]) for loop in loops] for loops in positions]
+            series = {"station": {f"{edge}_all": [station(values) for values in per_lane]},
+                      "lane": {loops[0].split(":", 1)[1]: [values[i] for values in per_lane]
+                               for i, loops in enumerate(zip(*positions, strict=True))}}
+            for pairs, keyed in series.items():
+                for key, values in keyed.items():
+                    for k in range(len(values) - 1):
+                        pair = f"{key}#{k}"
+                        for rule in ("cityos", "previous"):
+                            if detectors[pairs, rule].observe(pair, values[k], values[k + 1], now,
+                                                              all_lanes=pairs == "station"):
+                                alarms.append((pairs, edge, now, rule))
+                        if baselines[pairs].observe(pair, values[k], now):
+                            alarms.append((pairs, edge, now, "baseline"))
+    return alarms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--horizon", type=int, default=3600)
+    parser.add_argument("--accidents", type=int, default=8)
+    parser.add_argument("--first", type=float, default=600.0)
+    parser.add_argument("--duration", type=float, default=900.0)
+    parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--record", type=Path, help="also write the simulation's readings here (JSON, gzip)")
+    parser.add_argument("--replay", type=Path, help="score readings recorded earlier instead of simulating")
+    parser.add_argument("--false-alarm-p", type=float, default=Thresholds().false_alarm_p,
+                        help="the conservation test's threshold on lane pairs (another operating point)")
+    parser.add_argument("--all-lanes-false-alarm-p", type=float, default=Thresholds().all_lanes_false_alarm_p,
+                        help="… and on station pairs")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    if args.replay:
+        with gzip.open(args.replay, "rt") as source:
+            saved = json.load(source)
+        args.horizon, args.seed = saved["horizon"], saved["seed"]
+        recording = Recording(saved["positions_of"], saved["feeds"], [Accident(**a) for a in saved["accidents"]],
+                              [(now, {loop: tuple(v) for loop, v in frame.items()}) for now, frame in saved["frames"]])
+    else:
+        recording = simulate(args)
+    if args.record:
+        with gzip.open(args.record, "wt") as sink:
+            json.dump({"horizon": args.horizon, "seed": args.seed, "positions_of": recording.positions_of,
+                       "feeds": recording.feeds, "accidents": [asdict(a) for a in recording.accidents],
+                       "frames": recording.frames}, sink)
+    alarms = detect(recording, Thresholds(false_alarm_p=args.false_alarm_p,
+                                          all_lanes_false_alarm_p=args.all_lanes_false_alarm_p))
+    positions_of, accidents = recording.positions_of, recording.accidents
+    feeds = {edge: set(sources) for edge, sources in recording.feeds.items()}
+    counts = {"station": sum(len(positions) - 1 for positions in positions_of.values()),
+              "lane": sum((len(positions) - 1) * len(positions[0]) for positions in positions_of.values())}
+    # "both": the station pairs' alarms and the lane pairs' together (a deployment with both kinds of pairs
+    # on the same loops), per lane-pair-day (the loops are the lane pairs'; a station pair adds none).
+    counts["both"] = counts["lane"]
     report: dict[str, Any] = {}
-    for which in ("cityos", "baseline"):
-        times: list[float | None] = []
-        false_alarms = 0
-        for lane, at, who in alarms:
-            if who != which:
-                continue
-            edge = lane.rsplit("_", 1)[0]
-            if not any((edge == a.edge or edge in feeds.get(a.edge, set())) and a.onset <= at <= a.cleared + 300
-                       for a in accidents):
-                false_alarms += 1
-        for a in accidents:
-            hits = [at - a.onset for lane, at, who in alarms if who == which and a.onset <= at <= a.cleared
-                    and (lane.rsplit("_", 1)[0] == a.edge or lane.rsplit("_", 1)[0] in feeds.get(a.edge, set()))]
-            times.append(min(hits) if hits else None)
-        found = [t for t in times if t is not None]
-        report[which] = {"detected": len(found), "accidents": len(accidents),
-                         "detection_s": times, "p50_s": percentile(found, 0.5), "p90_s": percentile(found, 0.9),
-                         "within_5_min": sum(t <= 300 for t in found) / max(1, len(accidents)),
-                         "false_alarms": false_alarms,
-                         "false_alarms_per_detector_day": round(false_alarms / detector_days, 3)}
-        print(f"{which:8s} detected {len(found)}/{len(accidents)}  p90 {report[which]['p90_s']} s  "
-              f"false alarms {false_alarms} ({report[which]['false_alarms_per_detector_day']}/detector-day)",
-              file=sys.stderr)
-    print(json.dumps({"bench": "accident_detection", "horizon_s": args.horizon, "seed": args.seed, "pairs": args.pairs,
-                      "detector_pairs": pairs, "detector_days": round(detector_days, 2),
-                      "accidents": [{"lane": a.lane, "onset": a.onset} for a in accidents], **report,
+    for pairs in (*PAIRINGS, "both"):
+        detector_days = counts[pairs] * args.horizon / 86400.0
+        report[pairs] = {"detector_pairs": counts[pairs], "detector_days": round(detector_days, 2)}
+        for which in ("cityos", "previous", "baseline"):
+            mine = [(edge, at) for pairing, edge, at, who in alarms if pairs in (pairing, "both") and who == which]
+            report[pairs][which] = score(mine, accidents, feeds, detector_days)
+            print(f"{pairs:7s} {which:8s} detected {report[pairs][which]['detected']}/{len(accidents)}  "
+                  f"p90 {report[pairs][which]['p90_s']} s  false alarms {report[pairs][which]['false_alarms']} "
+                  f"({report[pairs][which]['false_alarms_per_detector_day']}/detector-day)", file=sys.stderr)
+    print(json.dumps({"bench": "accident_detection", "horizon_s": args.horizon, "seed": args.seed,
+                      "replayed": bool(args.replay), "false_alarm_p": args.false_alarm_p,
+                      "all_lanes_false_alarm_p": args.all_lanes_false_alarm_p,
+                      "accidents": [{"lane": a.lane, "onset": a.onset, "position_m": a.position}
+                                    for a in accidents], **report,
                       "wall_s": round(time.perf_counter() - started, 1)}))
 
 

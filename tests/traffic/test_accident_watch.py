@@ -60,6 +60,10 @@ class Road:
                                           json=reading(values, at))
         assert patched.status_code == 204, patched.text
 
+    async def send_body(self, entity: dict[str, Any], body: dict[str, Any]) -> None:
+        patched = await self.client.post(f"{ENTITIES}/{entity['id']}/attrs", headers=self.headers, json=body)
+        assert patched.status_code == 204, patched.text
+
     async def interval(self, up: tuple[float, float, int], down: tuple[float, float, int]) -> None:
         self.at += dt.timedelta(seconds=30)
         await self.send(self.up, up, self.at)
@@ -157,6 +161,20 @@ async def test_impossible_and_unplaced_readings_are_skipped(app: Any, client: ht
     # A malformed position is ignored the same way.
     odd = {**station("odd", "sideways"), **reading(QUEUE, clock.now())}
     assert (await client.post(ENTITIES, headers=headers, json=odd)).status_code == 201
+    # A negative count is refused, not read as "no vehicle passed" (which, with a queue upstream, is a blockage).
+    negative = Road(client, headers, lane=3, suffix="-n")
+    await negative.create()
+    for _ in range(4):
+        await negative.interval((72.0, 3.0, -3), EMPTY)
+    # A reading without a speed is no station interval.
+    speedless = Road(client, headers, lane=5, suffix="-s")
+    await speedless.create()
+    for _ in range(4):
+        speedless.at += dt.timedelta(seconds=30)
+        for entity, values in ((speedless.up, QUEUE), (speedless.down, EMPTY)):
+            body = reading(values, speedless.at)
+            del body["averageVehicleSpeed"]
+            await speedless.send_body(entity, body)
     # A good pair written afterwards is still detected: the bad readings corrupted nothing.
     good = Road(client, headers, lane=2, suffix="-y")
     await good.create()
@@ -167,3 +185,23 @@ async def test_impossible_and_unplaced_readings_are_skipped(app: Any, client: ht
     watch = app.state.accident_watch
     assert not any(pair.split("/", 1)[-1] == "haixiu-east-3" for pair in watch.detector.states)
     assert not any(pair.endswith("#None") for pair in watch.detector.states)
+    assert not any(pair.split("/", 1)[-1] == "haixiu-east-3#5" for pair in watch.detector.states)
+    negative_state = [state for pair, state in watch.detector.states.items()
+                      if pair.split("/", 1)[-1] == "haixiu-east-3#3"]
+    assert negative_state == []  # every interval of that pair was refused: it has no state at all
+
+
+async def test_a_lane_whose_vehicles_stop_arriving_downstream_opens_an_incident(
+        app: Any, client: httpx.AsyncClient, auth: Auth) -> None:
+    # Light traffic around a stalled vehicle: no queue reaches the upstream loop (its occupancy stays low),
+    # but the vehicles counted upstream stop arriving downstream: the conservation test sees it.
+    road = Road(client, auth.headers("sys_admin"), lane=2, suffix="-c")
+    await road.create()
+    for _ in range(8):
+        await road.interval(FREE, FREE)
+    assert await accidents(client, auth) == []
+    for _ in range(4):
+        await road.interval(FREE, EMPTY)
+    found = await settled(client, auth, 1)
+    assert [i["entityId"] for i in found] == [road.up["id"]]
+    assert "haixiu-east-3#2" in found[0]["description"]

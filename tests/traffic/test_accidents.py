@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from typing import Any
 
@@ -9,7 +10,7 @@ import httpx
 import pytest
 
 from auth_tokens import Auth
-from cityos.traffic.accidents import AccidentDetector, ReadingError, StationReading, alarm_event
+from cityos.traffic.accidents import AccidentDetector, ReadingError, StationReading, Thresholds, alarm_event
 
 FREE = StationReading(occupancy=0.05, speed=14.0, vehicles=4)
 QUEUE = StationReading(occupancy=0.7, speed=1.0, vehicles=2)
@@ -41,22 +42,113 @@ def test_signal_queues_and_single_intervals_raise_nothing() -> None:
     assert feed(detector, pattern) == []
 
 
-def test_flow_through_upstream_and_none_downstream_is_a_blocked_lane() -> None:
+def passing(vehicles: int) -> StationReading:
+    return StationReading(occupancy=0.02 * vehicles, speed=12.0, vehicles=vehicles)
+
+
+STANDING = StationReading(occupancy=0.6, speed=0.0, vehicles=0)  # a red-light queue or spill-back on the loop
+
+
+def blocked_after(detector: AccidentDetector, vehicles: int, *, learn: int = 20, silent: int = 30) -> int | None:
+    """Intervals of silence downstream before the detector declares a blockage (None: never), after `learn`
+    intervals of free flow with `vehicles` per interval on the lane."""
+    free = passing(vehicles)
+    start = 30.0 * learn
+    hits = feed(detector, [(free, free)] * learn + [(free, EMPTY)] * silent)
+    return round((hits[0] - start) / 30.0) + 1 if hits else None
+
+
+def test_a_busy_lane_that_stops_flowing_downstream_is_declared_blocked_sooner_than_a_quiet_one() -> None:
+    busy = blocked_after(AccidentDetector(), 4)
+    quiet = blocked_after(AccidentDetector(), 1)
+    assert busy is not None and quiet is not None
+    assert busy == Thresholds().min_silence  # 4 vehicles per interval: the shortest silence is evidence enough
+    assert busy < quiet <= Thresholds().max_silence
+
+
+def test_stations_across_all_lanes_need_less_evidence_than_one_lane() -> None:
+    # Vehicles changing lanes stay counted by a station across the road: silence is stronger evidence there.
+    sequence = [(passing(1), passing(1))] * 20 + [(passing(1), EMPTY)] * 20
     detector = AccidentDetector()
-    passing = StationReading(occupancy=0.08, speed=12.0, vehicles=4)
-    hits = feed(detector, [(passing, FREE), (passing, EMPTY), (passing, EMPTY), (passing, EMPTY), (passing, EMPTY)])
+    road = [30.0 * k for k, (up, down) in enumerate(sequence)
+            if detector.observe("road#0", up, down, 30.0 * k, all_lanes=True) is not None]
+    lane = feed(AccidentDetector(), sequence)
+    assert road and lane
+    assert road[0] < lane[0]
+
+
+def test_the_fixed_window_rule_is_kept_for_comparison() -> None:
+    detector = AccidentDetector(Thresholds(flow_scaled=False))
+    hits = feed(detector, [(passing(4), FREE)] + [(passing(4), EMPTY)] * 4)
     assert hits == [120.0]  # four intervals with nothing downstream while vehicles passed upstream
+
+
+def test_a_lane_vehicles_leave_to_turn_learns_so_and_stops_alarming() -> None:
+    # Most vehicles leave the lane between the loops (to turn): one in twelve passes the downstream loop.
+    # Before it has learned that, the pair may alarm like a blocked lane; once learned it raises nothing.
+    pattern = ([(passing(3), EMPTY)] * 4 + [(passing(3), passing(1))]) * 16
+    learned = feed(AccidentDetector(), pattern)
+    half = 30.0 * len(pattern) / 2
+    assert all(at < half for at in learned)
+    # The fixed window (no vehicle downstream for four intervals after three upstream) never learns.
+    fixed = feed(AccidentDetector(Thresholds(flow_scaled=False)), pattern)
+    assert [at for at in fixed if at >= half] != []
+    assert len(learned) < len(fixed)
+
+
+def test_a_queue_standing_on_the_downstream_loop_is_not_a_blocked_lane() -> None:
+    standing = [(passing(4), passing(4))] * 20 + [(passing(4), STANDING)] * 10
+    assert feed(AccidentDetector(), standing) == []
+    emptied = [(passing(4), passing(4))] * 20 + [(passing(4), EMPTY)] * 10
+    assert feed(AccidentDetector(), emptied) != []  # the same flow with an empty loop below is a blockage
+
+
+def test_an_open_blockage_is_not_learned_and_the_next_one_is_declared_as_fast() -> None:
+    detector = AccidentDetector()
+    first = feed(detector, [(passing(3), passing(3))] * 20 + [(passing(3), EMPTY)] * 12)
+    assert len(first) == 1
+    cleared = feed(detector, [(passing(3), passing(3))] * 10)  # traffic flows again: cleared, learning resumes
+    assert cleared == [] and detector.active() == {}
+    state = detector.states["lane-a#0"]
+    # Twelve silent intervals with 3 vehicles each; only those up to the detection were learned.
+    silent_before_detection = round((first[0] - 30.0 * 20) / 30.0) + 1
+    assert state.seen_up - state.seen_down == 3 * silent_before_detection
+    second = feed(detector, [(passing(3), passing(3))] * 20 + [(passing(3), EMPTY)] * 12)
+    assert second == first  # the same onset (sequence time) gives the same delay
+
+
+def test_before_learning_a_lane_asks_for_more_evidence() -> None:
+    # With nothing learned a lane is probably a through lane, not certainly: one vehicle per interval.
+    fresh = feed(AccidentDetector(), [(passing(1), EMPTY)] * 20)
+    learned = blocked_after(AccidentDetector(), 1)
+    assert fresh and learned is not None
+    assert round(fresh[0] / 30.0) + 1 > learned
 
 
 @pytest.mark.parametrize("reading", [
     StationReading(occupancy=1.5, speed=3.0), StationReading(occupancy=0.2, speed=-1.0),
     StationReading(occupancy=float("nan"), speed=3.0), StationReading(occupancy=0.2, speed=300.0),
-    StationReading(occupancy=0.2, speed=3.0, vehicles=-2)])
+    StationReading(occupancy=0.2, speed=3.0, vehicles=-2),
+    StationReading(occupancy=None, speed=3.0, vehicles=2),  # type: ignore[arg-type]  # a missing field
+    StationReading(occupancy=0.2, speed=None, vehicles=2),  # type: ignore[arg-type]
+    StationReading(occupancy=0.2, speed=3.0, vehicles=None),  # type: ignore[arg-type]
+    StationReading(occupancy="12", speed=3.0, vehicles=2),  # type: ignore[arg-type]
+    StationReading(occupancy=0.2, speed=3.0, vehicles=2.5),  # type: ignore[arg-type]
+    StationReading(occupancy=0.2, speed=3.0, vehicles=True),
+    StationReading(occupancy=0.2, speed=float("inf"), vehicles=2)])
 def test_impossible_readings_are_refused_and_leave_no_state(reading: StationReading) -> None:
     detector = AccidentDetector()
     with pytest.raises(ReadingError):
         detector.observe("lane-a#0", reading, EMPTY, 0.0)
+    with pytest.raises(ReadingError):
+        detector.observe("lane-a#0", EMPTY, reading, 0.0)  # downstream as well
     assert detector.states == {}
+    # In the middle of a pair's sequence a bad reading changes nothing of what the pair learned or counts.
+    feed(detector, [(passing(3), passing(3))] * 12 + [(passing(3), EMPTY)])
+    before = copy.deepcopy(detector.states)
+    with pytest.raises(ReadingError):
+        detector.observe("lane-a#0", reading, EMPTY, 999.0)
+    assert detector.states == before
 
 
 async def test_a_detection_opens_a_traffic_incident_for_the_transport_department(

@@ -5,7 +5,8 @@ integrator's NGSI-LD write) is one station's interval. A station takes part when
 where it stands on its road section: `refRoadSegment` (the section), `detectorPosition`
 (`upstream` near the section's start, `downstream` near its stop line) and optionally `laneId`. The
 two stations of a section (and lane) form the detector's pair; an interval of the pair is complete
-once both stations have reported since the last one, and is then fed to `AccidentDetector`.
+once both stations have reported since the last one, and is then fed to `AccidentDetector` (as a pair
+across all lanes when the stations name no lane).
 
 A detection becomes an `ops.alarm.raised` event: the incident domain opens a `traffic.accident`
 incident routed to the transport department (its routing table). The alarm id names the pair and
@@ -14,13 +15,16 @@ one incident per location and episode even when a restart forgets the detector's
 repeats a reading; after the incident is closed a new blockage opens a new one.
 
 Readings are converted from the IoT profile's units: occupancy in percent (unitCode P1) or as a share,
-speed in km/h (Smart Data Models' unit), `intensity` as the vehicles of the interval. An impossible
-reading is logged and skipped, never fed to the detector.
+speed in km/h (Smart Data Models' unit), `intensity` as the vehicles of the interval (the conservation
+test counts them: a lane's vehicles upstream that never show downstream). A reading without occupancy or
+speed is not a station's interval; an impossible one (occupancy over 100 %, a negative count) is logged
+and skipped, never fed to the detector.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -75,6 +79,7 @@ class StationInterval:
     at: datetime
     entity_id: str
     location: dict[str, Any] | None
+    all_lanes: bool = False  # no laneId: the station counts every lane of its road section
 
 
 def station_interval(entity_id: str, types: list[str], attrs: dict[str, Any]) -> StationInterval | None:
@@ -91,17 +96,20 @@ def station_interval(entity_id: str, types: list[str], attrs: dict[str, Any]) ->
         return None
     vehicles = number(value(attrs, "intensity"))
     lane = value(attrs, "laneId")
-    pair = f"{short(segment)}#{lane}" if isinstance(lane, int | str) and not isinstance(lane, bool) else short(segment)
+    one_lane = isinstance(lane, int | str) and not isinstance(lane, bool)
+    pair = f"{short(segment)}#{lane}" if one_lane else short(segment)
     observed = (occupancy or {}).get("observedAt") or value(attrs, "dateObserved")
     try:
         at = clock.as_utc(datetime.fromisoformat(str(observed).replace("Z", "+00:00"))) if observed else clock.now()
     except ValueError:
         at = clock.now()
     location = value(attrs, "location")
+    # A negative count is kept as sent: the detector refuses the reading (clamping it to 0 would read as
+    # "no vehicle passed", which is evidence of a blockage).
     reading = StationReading(occupancy=share, speed=speed / 3.6,
-                             vehicles=max(0, round(vehicles)) if vehicles is not None else 0)
+                             vehicles=round(vehicles) if vehicles is not None and math.isfinite(vehicles) else 0)
     return StationInterval(pair[:160], str(position), reading, at, entity_id,
-                           location if isinstance(location, dict) else None)
+                           location if isinstance(location, dict) else None, all_lanes=not one_lane)
 
 
 @dataclass
@@ -152,7 +160,7 @@ class AccidentWatch:
         readings.latest.clear()
         try:
             detection = self.detector.observe(f"{tenant}/{station.pair}", up.reading, down.reading,
-                                              readings.observed_until.timestamp())
+                                              readings.observed_until.timestamp(), all_lanes=station.all_lanes)
         except ReadingError as exc:
             log.warning("detector pair %s: impossible reading skipped: %s", station.pair, exc)
             return None

@@ -13,9 +13,23 @@ negative; a queue long enough to reach the upstream loop also covers the downstr
 small). The three tests must hold for `persistence` consecutive intervals before an incident is
 declared (filtering a platoon that just passed), and it is cleared once OCCDF falls back.
 
-On a multi-lane road traffic changes lanes around a blocked lane instead of queueing in it, so a
-second test watches the lane's flow: vehicles keep passing the upstream loop while none passes the
-downstream one for four intervals (two minutes: longer than a red light holds the lane).
+In light traffic the queue behind a stopped vehicle takes many minutes to reach the upstream loop,
+and on a multi-lane road traffic changes lanes around a blocked lane instead of queueing in it, so a
+second test watches vehicle conservation: a vehicle that passed the upstream loop passes the downstream
+one unless it leaves the lane in between. The pair learns the share of its upstream vehicles that show
+up downstream (about 1 on a through lane, lower on a lane vehicles leave to turn; a Beta distribution,
+so that a pair that saw few vehicles stays uncertain), and counts the intervals in which the downstream
+loop saw no vehicle and none stood on it (a red-light queue or a spill-back stands on the loop; the
+lane below a blockage is empty). The vehicles that passed upstream during that silence (the last
+interval left out: they may still be on their way) each had the learned chance of arriving; when the
+probability that none did falls below `false_alarm_p` (`all_lanes_false_alarm_p` for stations across
+all of a road's lanes, where lane changes cannot look like vanishing vehicles), the lane is declared
+blocked: on a through lane after three or four vehicles, whatever the time that takes, on a lane vehicles
+often leave after many more. The share is learned with a delay (intervals join it `learn_delay`
+intervals later, and none while an incident is open), so a blockage teaches the pair little that
+vehicles vanish (only the few intervals before it was declared), while a lane that alarms because its
+vehicles do leave learns so. `flow_scaled=False` keeps the earlier fixed rule (no vehicle downstream for
+four intervals after three upstream) for comparison.
 
 `alarm_event` turns a detection into the `ops.alarm.raised` payload the incident domain listens to
 (category `traffic.accident`, routed to the transport department; deduplicated by the alarm id, which
@@ -25,6 +39,7 @@ names the detector pair: one open incident per location). `accident_watch` runs 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -43,6 +58,20 @@ class Thresholds:
     persistence: int = 2  # consecutive intervals
     # Flow interruption (a blocked lane on a multi-lane road, where traffic changes lanes around the
     # blockage instead of queueing): vehicles keep passing upstream while none passes downstream.
+    flow_scaled: bool = True  # the conservation test; False: the fixed window below
+    false_alarm_p: float = 1e-3  # P(no vehicle downstream | the upstream flow) that declares a blockage
+    # A pair of stations across all the road's lanes: vehicles changing lanes stay counted, so the share is
+    # about 1 and silence is stronger evidence (no false alarm at 1e-2 in the SUMO bench, bench/RESULTS.md).
+    all_lanes_false_alarm_p: float = 1e-2
+    min_silence: int = 3  # intervals with no vehicle downstream, at least (1.5 min: a red light's queue is gone)
+    max_silence: int = 20  # intervals of upstream counts weighed, at most (10 min: light traffic takes long)
+    # Before anything is learned a pair counts as if it had seen 7 vehicles pass upstream and 6.5 of them
+    # downstream: most lanes are through lanes, but a few vehicles' evidence is enough to learn otherwise.
+    prior_arrived: float = 6.5
+    prior_left: float = 0.5
+    learn_delay: int = 6  # intervals before one joins the learned share (a blockage is declared sooner)
+    memory_vehicles: float = 400.0  # the learned counts are halved beyond this (recent traffic weighs more)
+    # The earlier fixed rule (flow_scaled=False):
     interrupted_upstream: int = 3  # vehicles upstream in the window (its last interval left out: travel time)
     interrupted_window: int = 4  # intervals with no vehicle downstream (2 min: longer than a red light)
 
@@ -58,7 +87,16 @@ class ReadingError(ValueError):
     """An impossible detector reading (never fed to the detector)."""
 
 
+def is_number(raw: object) -> bool:
+    return isinstance(raw, int | float) and not isinstance(raw, bool)
+
+
 def check_station(reading: StationReading) -> StationReading:
+    # Readings come from devices and integrators: a missing field (None) or a string is refused, not crashed on.
+    if not (is_number(reading.occupancy) and is_number(reading.speed)):
+        raise ReadingError("occupancy and speed must be numbers")
+    if not isinstance(reading.vehicles, int) or isinstance(reading.vehicles, bool):
+        raise ReadingError("the vehicle count must be a whole number")
     if not (math.isfinite(reading.occupancy) and math.isfinite(reading.speed)):
         raise ReadingError("occupancy and speed must be finite")
     if not 0.0 <= reading.occupancy <= 1.0:
@@ -75,7 +113,40 @@ class PairState:
     tentative: int = 0  # consecutive intervals meeting the occupancy tests
     up_counts: list[int] = field(default_factory=list)  # the last intervals' upstream vehicle counts
     down_counts: list[int] = field(default_factory=list)
+    silence: int = 0  # consecutive intervals with no vehicle passing or standing on the downstream loop
+    pending: deque[tuple[int, int]] = field(default_factory=deque)  # (up, down) intervals not learned yet
+    seen_up: float = 0.0  # learned upstream vehicles …
+    seen_down: float = 0.0  # … and those of them seen downstream
     active_since: float | None = None  # time the incident was declared
+
+    def beta(self, t: Thresholds) -> tuple[float, float]:
+        """What is known of the share of upstream vehicles that pass downstream: Beta(arrived, left)."""
+        arrived = min(self.seen_down, self.seen_up)  # more downstream is lane changes in: a share of at most 1
+        return t.prior_arrived + arrived, t.prior_left + self.seen_up - arrived
+
+    def ratio(self, t: Thresholds) -> float:
+        arrived, left = self.beta(t)
+        return arrived / (arrived + left)
+
+    def none_arrive(self, vehicles: int, t: Thresholds) -> float:
+        """P(none of `vehicles` passes downstream): E[(1 − share)^vehicles] over what is known of the share."""
+        arrived, left = self.beta(t)
+        probability = 1.0
+        for i in range(vehicles):
+            probability *= (left + i) / (arrived + left + i)
+        return probability
+
+    def learn(self, up: int, down: int, t: Thresholds) -> None:
+        if self.active_since is not None:
+            return  # nothing is learned while an incident is open
+        self.pending.append((up, down))
+        if len(self.pending) <= t.learn_delay:
+            return
+        old_up, old_down = self.pending.popleft()
+        self.seen_up += old_up
+        self.seen_down += old_down
+        if self.seen_up > t.memory_vehicles:
+            self.seen_up, self.seen_down = self.seen_up / 2, self.seen_down / 2
 
 
 @dataclass
@@ -94,8 +165,10 @@ class AccidentDetector:
     thresholds: Thresholds = field(default_factory=Thresholds)
     states: dict[str, PairState] = field(default_factory=dict)
 
-    def observe(self, pair: str, up: StationReading, down: StationReading, at: float) -> Detection | None:
-        """Feed one interval of a pair; returns a Detection when an incident is declared (once per episode)."""
+    def observe(self, pair: str, up: StationReading, down: StationReading, at: float, *,
+                all_lanes: bool = False) -> Detection | None:
+        """Feed one interval of a pair; returns a Detection when an incident is declared (once per episode).
+        `all_lanes`: the pair's stations count every lane of the road (not one lane)."""
         check_station(up)
         check_station(down)
         t = self.thresholds
@@ -104,10 +177,8 @@ class AccidentDetector:
         occrdf = occdf / up.occupancy if up.occupancy > 0 else 0.0
         slow = up.vehicles == 0 or up.speed <= t.upstream_speed_m_s
         queued = occdf >= t.occdf and occrdf >= t.occrdf and down.occupancy <= t.docc and slow
-        state.up_counts = [*state.up_counts, up.vehicles][-t.interrupted_window - 1:]
-        state.down_counts = [*state.down_counts, down.vehicles][-t.interrupted_window:]
-        cut = (len(state.down_counts) == t.interrupted_window and sum(state.down_counts) == 0
-               and sum(state.up_counts[:-1]) >= t.interrupted_upstream)
+        cut = self.flow_cut(state, up, down, all_lanes) if t.flow_scaled else self.fixed_cut(state, up, down)
+        state.learn(up.vehicles, down.vehicles, t)
         state.tentative = state.tentative + 1 if queued else 0
         if not (queued or cut):
             if state.active_since is not None and occdf < t.occdf / 2 and down.vehicles > 0:
@@ -117,6 +188,28 @@ class AccidentDetector:
             state.active_since = at
             return Detection(pair, at, round(occdf, 3), round(occrdf, 3), round(down.occupancy, 3))
         return None
+
+    def flow_cut(self, state: PairState, up: StationReading, down: StationReading, all_lanes: bool) -> bool:
+        """Vehicle conservation: none of the vehicles expected downstream came, and none stands there."""
+        t = self.thresholds
+        state.up_counts = [*state.up_counts, up.vehicles][-t.max_silence:]
+        empty = down.vehicles == 0 and down.occupancy <= t.docc
+        state.silence = state.silence + 1 if empty else 0
+        n = min(state.silence, t.max_silence)
+        if n < t.min_silence:
+            return False
+        # The vehicles that passed upstream since the downstream loop fell silent, but for the last interval's
+        # (they may still be on their way): each should have passed downstream unless it left the lane.
+        vehicles = sum(state.up_counts[-n:-1])
+        return state.none_arrive(vehicles, t) < (t.all_lanes_false_alarm_p if all_lanes else t.false_alarm_p)
+
+    def fixed_cut(self, state: PairState, up: StationReading, down: StationReading) -> bool:
+        """The earlier rule: no vehicle downstream for a fixed window after a few upstream."""
+        t = self.thresholds
+        state.up_counts = [*state.up_counts, up.vehicles][-t.interrupted_window - 1:]
+        state.down_counts = [*state.down_counts, down.vehicles][-t.interrupted_window:]
+        return (len(state.down_counts) == t.interrupted_window and sum(state.down_counts) == 0
+                and sum(state.up_counts[:-1]) >= t.interrupted_upstream)
 
     def active(self) -> dict[str, float]:
         return {pair: s.active_since for pair, s in self.states.items() if s.active_since is not None}
