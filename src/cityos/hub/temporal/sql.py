@@ -516,9 +516,9 @@ def _sqlite_series(rows: Any, tq: TemporalQuery, bounds: dict[Any, Bound]) -> li
 def _numbers(values: list[Any]) -> list[Any]:
     # The statements give float8 and bigint, which the driver returns as float and int; Decimal only from
     # a numeric aggregate. A column has one type: its first value tells.
-    first = next((v for v in values if v is not None), None)
-    if isinstance(first, Decimal):
-        return [_number(v) for v in values]
+    for first in values:  # a loop, not a generator: no object made per series
+        if first is not None:
+            return [_number(v) for v in values] if isinstance(first, Decimal) else values
     return values
 
 
