@@ -1,13 +1,18 @@
 """Aggregated buckets as series (issue #13, "Speed"): one row per (entity, attribute, datasetId) from
 PostgreSQL, its arrays in time order whatever order the database folded them in; the flat `BucketRow`
-view equals the series. Pure functions over rows as the driver returns them: no database needed."""
+view equals the series; the buckets written as JSON text are the [value, start, end] triples byte for
+byte. Pure functions over rows as the driver returns them: no database needed."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
+import pytest
+
 from cityos.hub.temporal import sql
 from cityos.hub.temporal.params import TemporalQuery
+from cityos.hub.temporal.render import _buckets_json
 
 START = datetime(2026, 11, 20, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -69,3 +74,34 @@ def test_the_flat_rows_are_the_series() -> None:
         ("urn:a", "urn:x", "urn:ds", START, START + HOUR, {"min": 1.0, "max": 3.0}),
         ("urn:a", "urn:x", "urn:ds", START + HOUR, START + 2 * HOUR, {"min": 2.0, "max": 4.0}),
     ]
+
+
+def triples_json(values: list[object], bounds: list[sql.Bound]) -> bytes:
+    """What the renderer gave before it wrote the JSON text itself: one [value, start, end] list per bucket."""
+    return orjson.dumps([[v, b.start_text, b.end_text] for v, b in zip(values, bounds, strict=True)])
+
+
+def test_buckets_as_json_text_are_the_triples_byte_for_byte() -> None:
+    bounds = [sql.Bound(START + i * HOUR, START + (i + 1) * HOUR) for i in range(9)]
+    bounds[8] = sql.Bound(START + timedelta(microseconds=5), START + HOUR)  # a bound given with its fraction
+    values: list[object] = [15.0, None, -0.0, 1e16, 1.5e-7, 123456789012345.67, float("nan"), 7, 20.35]
+    rendered = _buckets_json(values, bounds)
+    assert isinstance(rendered, orjson.Fragment)
+    assert orjson.dumps({"avg": rendered}) == b'{"avg":' + triples_json(values, bounds) + b"}"
+    assert orjson.loads(orjson.dumps(rendered))[8] == [20.35, "2026-11-20T00:00:00.000Z", "2026-11-20T01:00:00Z"]
+
+
+def test_a_series_without_buckets_is_an_empty_array() -> None:
+    assert orjson.dumps(_buckets_json([], [])) == b"[]"
+
+
+def test_values_and_bounds_of_different_lengths_are_refused() -> None:
+    with pytest.raises(ValueError, match="2 values for 1 buckets"):
+        _buckets_json([1.0, 2.0], [sql.Bound(START, START + HOUR)])
+
+
+def test_a_value_whose_json_holds_a_comma_is_rendered_as_triples() -> None:
+    # Aggregates are numbers or null; should another value ever come, the text is still right.
+    bounds = [sql.Bound(START, START + HOUR), sql.Bound(START + HOUR, START + 2 * HOUR)]
+    values: list[object] = [[1, 2], "a,b"]
+    assert orjson.dumps(_buckets_json(values, bounds)) == triples_json(values, bounds)

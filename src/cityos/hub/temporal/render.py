@@ -14,11 +14,13 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from cityos.core import clock
 from cityos.hub.model import NULL_URI, VALUE_KEY, render_instance, written_observed_at
 from cityos.hub.temporal.params import AGGREGATED, TEMPORAL_VALUES, TemporalQuery
 from cityos.hub.temporal.service import TemporalEntity, instance_uri
-from cityos.hub.temporal.sql import BucketSeries, InstanceRow, utc
+from cityos.hub.temporal.sql import Bound, BucketSeries, InstanceRow, utc
 
 Compact = Callable[[str], str]
 # The member that carries the values of each attribute type in the simplified representation.
@@ -95,16 +97,29 @@ def _temporal_values(rows: list[InstanceRow], compact: Compact, tq: TemporalQuer
     return _one_or_many(parts)
 
 
+def _buckets_json(values: list[Any], bounds: list[Bound]) -> Any:
+    """The `[[value, start, end], ...]` of one method, as JSON text ready for the response (orjson.Fragment):
+    the values serialised together by orjson (the same text as each on its own), each followed by its
+    bounds, encoded once per query (sql.Bound.json_tail). No Python list per bucket: building 24,000 of
+    them for 1,000 entities, the garbage collector's passes over them cost more than the rest of the request."""
+    if len(values) != len(bounds):
+        raise ValueError(f"{len(values)} values for {len(bounds)} buckets")
+    if not values:
+        return orjson.Fragment(b"[]")
+    tokens = orjson.dumps(values)[1:-1].split(b",")
+    if len(tokens) != len(values):  # never for numbers and nulls, the only values aggregates have
+        return [[value, b.start_text, b.end_text] for value, b in zip(values, bounds, strict=True)]
+    return orjson.Fragment(b"[[" + b"],[".join([v + b.json_tail for v, b in zip(tokens, bounds, strict=True)])
+                           + b"]]")
+
+
 def _aggregated(series: list[BucketSeries], kind: str, tq: TemporalQuery) -> Any:
-    """One part per datasetId (a series each); per bucket only the [value, start, end] triple is built,
-    the bounds' DateTimes being formatted once per query (sql.Bound)."""
+    """One part per datasetId (a series each), each method's buckets as JSON text (`_buckets_json`)."""
     parts = []
     for one in series:
         part: dict[str, Any] = {"type": kind}
-        bounds = one.bounds
         for method in tq.aggr_methods:
-            part[method] = [[value, b.start_text, b.end_text]
-                            for value, b in zip(one.values[method], bounds, strict=True)]
+            part[method] = _buckets_json(one.values[method], one.bounds)
         if one.dataset_id:
             part["datasetId"] = one.dataset_id
         parts.append(part)

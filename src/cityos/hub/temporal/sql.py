@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     String,
     bindparam,
@@ -59,13 +60,15 @@ class InstanceRow:
 
 
 class Bound:
-    """A bucket's start and end, and the two as DateTimes, formatted once for every series that has it."""
+    """A bucket's start and end, and the two as DateTimes, formatted once for every series that has it;
+    `json_tail` is what follows the value in the bucket's JSON triple: `,"<start>","<end>"`."""
 
-    __slots__ = ("end", "end_text", "start", "start_text")
+    __slots__ = ("end", "end_text", "json_tail", "start", "start_text")
 
     def __init__(self, start: datetime, end: datetime) -> None:
         self.start, self.end = start, end
         self.start_text, self.end_text = bucket_time(start), bucket_time(end)
+        self.json_tail = b"," + orjson.dumps([self.start_text, self.end_text])[1:-1]
 
 
 @dataclass(slots=True)
@@ -273,8 +276,10 @@ def _aggregate_sql(tq: TemporalQuery, dialect: str, with_attrs: bool) -> tuple[s
     if "distinctCount" in tq.aggr_methods:
         inner.append(f"{_PG_VALUE if pg else _SQLITE_VALUE} AS v")
     where = ["tenant = :tenant", "deleted = 0",
-             "entity_id = ANY(CAST(:ids AS varchar[]))" if pg else "entity_id IN :ids"]
-    binds.append(bindparam("ids", expanding=not pg))
+             # PostgreSQL: one entity of the page at a time (`_series_sql`'s LATERAL), read in index order.
+             "entity_id = p.entity_id" if pg else "entity_id IN :ids"]
+    if not pg:
+        binds.append(bindparam("ids", expanding=True))
     if with_attrs:
         where.append("attr = ANY(CAST(:attrs AS varchar[]))" if pg else "attr IN :attrs")
         binds.append(bindparam("attrs", expanding=not pg))
@@ -348,8 +353,10 @@ def _rollup_sql(tq: TemporalQuery, dialect: str, with_attrs: bool, grain: str) -
         d = f"({_sqlite_millis('bucket')} - :origin_ms)"
         bucket = f"CASE WHEN {d} >= 0 THEN {d} / :period_ms ELSE -((-{d} + :period_ms - 1) / :period_ms) END"
     where = ["tenant = :tenant", "grain = :grain", "total > 0",
-             "entity_id = ANY(CAST(:ids AS varchar[]))" if pg else "entity_id IN :ids"]
-    binds.append(bindparam("ids", expanding=not pg))
+             # PostgreSQL: one entity of the page at a time (`_series_sql`'s LATERAL), read in index order.
+             "entity_id = p.entity_id" if pg else "entity_id IN :ids"]
+    if not pg:
+        binds.append(bindparam("ids", expanding=True))
     if with_attrs:
         where.append("attr = ANY(CAST(:attrs AS varchar[]))" if pg else "attr IN :attrs")
         binds.append(bindparam("attrs", expanding=not pg))
@@ -415,6 +422,7 @@ async def aggregate_series(conn: AsyncConnection, tenant: str, entity_ids: Seque
         await conn.execute(text("SET LOCAL work_mem = '64MB'"))
     methods = tq.aggr_methods
     if pg:
+        binds.append(bindparam("ids"))
         # One row per series, its buckets as arrays (decoded by the driver, in C): no Python object per
         # bucket, and the entity id and attribute are sent once per series rather than once per bucket.
         sql = _series_sql(sql, methods, with_times=period is None)
@@ -427,21 +435,28 @@ async def aggregate_series(conn: AsyncConnection, tenant: str, entity_ids: Seque
 
 
 def _series_sql(per_bucket: str, methods: Sequence[str], with_times: bool) -> str:
-    """The per-bucket statement (ordered by entity, attribute, datasetId, bucket) folded into one row per
-    series, in series order."""
+    """The per-bucket statement of one entity (its condition `entity_id = p.entity_id`, ordered by attribute,
+    datasetId, bucket) folded into one row per series, for each entity of the page in a LATERAL join.
+
+    Entity by entity, the history (or rollup) rows of each come from one index range in index order and
+    the sort before the grouping is of that entity's buckets only: cheaper than sorting the buckets of
+    the whole page by entity first (a page of 1,000 sensors has 24,000 hourly buckets a day)."""
     # No ORDER BY inside array_agg: on PostgreSQL 15 each one sorts its group again (one sort per method and
     # series). The sorted sub-select feeds the grouping in its order, which array_agg keeps; `_pg_series`
     # checks that each series came out in time order and sorts it if ever not.
-    arrays = [f'array_agg(b."{m}")' for m in methods]
+    arrays = [f'array_agg(b."{m}") AS "{m}"' for m in methods]
     if with_times:
-        arrays += ["array_agg(b.t_min)", "array_agg(b.t_max)"]
+        arrays += ["array_agg(b.t_min) AS t_min", "array_agg(b.t_max) AS t_max"]
     # Bucket starts as integer microseconds since the epoch (exact: extract gives a numeric): the bounds are
     # looked up per bucket, and an int hashes far faster than an aware datetime.
     # Without a period there is one bucket per series (0), bounded by its instances' times.
     key = "b.bucket" if with_times else "CAST(extract(epoch FROM b.bucket) * 1000000 AS bigint)"
-    return (f"SELECT b.entity_id, b.attr, b.dataset_id, array_agg({key}), {', '.join(arrays)} "
-            f"FROM ({per_bucket}) b GROUP BY b.entity_id, b.attr, b.dataset_id "
-            f'ORDER BY b.entity_id COLLATE "C", b.attr COLLATE "C", b.dataset_id')
+    # Series of an entity by attribute (bytewise: their order does not matter, attributes are sorted when
+    # rendered), then datasetId in the collation's order, the default instance (NULL) last.
+    return (f"SELECT x.* FROM unnest(CAST(:ids AS varchar[])) WITH ORDINALITY AS p(entity_id, position) "
+            f"CROSS JOIN LATERAL (SELECT p.entity_id, b.attr, b.dataset_id, array_agg({key}) AS bucket_keys, "
+            f"{', '.join(arrays)} FROM ({per_bucket}) b GROUP BY b.attr, b.dataset_id "
+            f'ORDER BY b.attr COLLATE "C", b.dataset_id) x ORDER BY p.position')
 
 
 def _bound_of(key: Any, tq: TemporalQuery, dialect: str, bounds: dict[Any, Bound]) -> Bound:
@@ -501,9 +516,9 @@ def _sqlite_series(rows: Any, tq: TemporalQuery, bounds: dict[Any, Bound]) -> li
 def _numbers(values: list[Any]) -> list[Any]:
     # The statements give float8 and bigint, which the driver returns as float and int; Decimal only from
     # a numeric aggregate. A column has one type: its first value tells.
-    first = next((v for v in values if v is not None), None)
-    if isinstance(first, Decimal):
-        return [_number(v) for v in values]
+    for first in values:  # a loop, not a generator: no object made per series
+        if first is not None:
+            return [_number(v) for v in values] if isinstance(first, Decimal) else values
     return values
 
 
