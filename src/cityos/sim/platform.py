@@ -304,3 +304,16 @@ def embedded_ingest_worker(service: Any, url: str, client_id: str = "cityos-demo
             self._task = asyncio.create_task(self._run(), name=f"ingest-{self.client_id}")
 
     return Mqtt311IngestWorker()
+
+
+def embedded_command_sender(service: Any, url: str) -> Any:
+    """The IoT domain's RPC sender for the embedded amqtt broker: MQTT 3.1.1, as the platform's own client
+    (username `CITYOS_INGEST_USERNAME`), which the broker plugin lets publish any device's RPC request."""
+    import os
+
+    import paho.mqtt.client as mqtt
+
+    from cityos.iot.commands import CommandSender
+
+    return CommandSender(service, url, protocol=mqtt.MQTTv311,
+                         username=os.environ.get("CITYOS_INGEST_USERNAME", "cityos-ingest"))
