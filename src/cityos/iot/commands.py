@@ -29,7 +29,7 @@ log = logging.getLogger("cityos.iot.commands")
 
 class CommandSender:
     def __init__(self, service: IotService, url: str | None, prefix: str | None = None, *,
-                 protocol: int = mqtt.MQTTv5, username: str | None = None) -> None:
+                 protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5, username: str | None = None) -> None:
         """`protocol` and `username`: MQTT 3.1.1 and the platform's username for the demo's embedded broker."""
         self.service = service
         self.url = url

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cityos.core import clock
-from cityos.core.errors import AlreadyExists
+from cityos.core.errors import AlreadyExists, ResourceNotFound
 from cityos.iot.models import DeviceIn
 from cityos.security.policy import Principal
 from cityos.sim.sumo_field import SignalSite, SumoField, detector_lanes, plan_doc, read_sites
@@ -96,19 +96,29 @@ async def provision_field(iot: Any, sites: Mapping[str, SignalSite], gateway: st
     return {name: tokens[name] for name in connecting}
 
 
-async def register_signals(traffic: Any, principal: Principal, tenant: str, sites: Mapping[str, SignalSite],
-                           controller: str = "cityos", **greens: float) -> dict[str, str]:
-    """Each junction as a `TrafficSignal` (kept if registered before); returns what each one's lamps show."""
+async def lamps_now(traffic: Any, principal: Principal, tenant: str,
+                    sites: Mapping[str, SignalSite]) -> dict[str, str]:
+    """What each junction's lamps show: its registered phase (a restarted demo), else its plan's first."""
     states = {}
+    for site in sites.values():
+        try:
+            states[site.signal] = str((await traffic.get(principal, tenant, site.signal))["state"])
+        except ResourceNotFound:
+            states[site.signal] = site.plan.phases[0].state
+    return states
+
+
+async def register_signals(traffic: Any, principal: Principal, tenant: str, sites: Mapping[str, SignalSite],
+                           controller: str = "cityos", **greens: float) -> int:
+    """Each junction as a `TrafficSignal` (kept as it is if registered before); returns how many are new."""
+    made = 0
     for site in sites.values():
         spec = SignalIn.model_validate({"id": site.signal, "name": site.tls, "device": site.cabinet,
                                         "controller": controller, "plan": plan_doc(site, **greens)})
-        try:
-            shown = await traffic.register(principal, tenant, spec)
-        except AlreadyExists:
-            shown = await traffic.get(principal, tenant, site.signal)
-        states[site.signal] = str(shown["state"])
-    return states
+        with contextlib.suppress(AlreadyExists):
+            await traffic.register(principal, tenant, spec)
+            made += 1
+    return made
 
 
 class FieldThread:
@@ -166,12 +176,14 @@ async def start_city_traffic(app: Any, mqtt_url: str, seed: int, directory: Path
     iot = app.state.iot
     tokens = await provision_field(iot, network.sites, DETECTOR_GATEWAY)
     principal = Principal("cityos-demo", kind="service", role="sys_admin", tenant=iot.tenant)
-    initial = await register_signals(app.state.traffic, principal, iot.tenant, network.sites)
+    initial = await lamps_now(app.state.traffic, principal, iot.tenant, network.sites)
     street = SumoField(network.net, network.routes, network.sites, mqtt_url, prefix, DETECTOR_GATEWAY, tokens,
                        report_every=report_every, seed=seed)
     running = FieldThread(street, initial)
     try:
         await running.start()
+        # After the detectors' first readings went out: the control loop finds them with the signals.
+        await register_signals(app.state.traffic, principal, iot.tenant, network.sites)
     except BaseException:
         with contextlib.suppress(Exception):
             await running.stop()

@@ -331,7 +331,7 @@ class SumoField:
                 except Exception as exc:  # SUMO ended or failed: the city goes on
                     self._restart(f"SUMO failed ({exc!r})")
                 steps += 1
-                if steps % every == 0 and self.feeding:
+                if (steps - 1) % every == 0 and self.feeding:  # from the first step on
                     self.publish_readings()
             stop.wait(TICK_S)
 
