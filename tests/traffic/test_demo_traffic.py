@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from cityos.cli import app as cli
 from cityos.sim.platform import EmbeddedBroker, embedded_command_sender, embedded_ingest_worker, free_port
-from cityos.sim.sumo_demo import DETECTOR_GATEWAY, start_city_traffic
+from cityos.sim.sumo_demo import start_city_traffic
 from cityos.traffic.citynet import MORNING_PEAK_UTC
-from cityos.traffic.control_loop import start_control_loop
+from cityos.traffic.control_loop import detector_entity, detector_reading, start_control_loop
 from iot.mqtt_support import wait_for
 
 try:
@@ -98,13 +98,15 @@ async def test_the_demos_signals_are_decided_by_the_platform_with_sumo_as_the_st
         [c for c in applied if c["rpcStatus"] != "succeeded"][:3]
     assert {c["rpcId"] for c in applied} <= set(field.acknowledged)
     assert field.rejected == [odd.json()["id"]]
-    # SUMO's lamps show what the platform decided: each signal's green is its current phase's.
+    # SUMO's lamps show what the platform decided: each signal's green is its current phase's; and the
+    # detectors fed the hub through their gateway, so the controller decided, not the fixed-time fallback.
     for signal, site in sites.items():
         shown = (await client.get(f"/api/traffic/signals/{signal}")).json()
         assert field.shown[site.tls][-1][1] == shown["state"], (signal, shown, field.shown[site.tls][-3:])
-    # The detectors fed the hub through their gateway: the controller, not the fixed-time fallback, decided.
-    detectors = (await client.get(f"/api/iot/devices/{DETECTOR_GATEWAY}")).json()
-    assert detectors["status"] == "active", detectors
+        assert shown["fallback"] is False, shown
+    lanes = [lane for site in sites.values() for lane in site.in_lanes]
+    found = await app.state.hub.service.retrieve_many(app.state.iot.tenant, [detector_entity(lane) for lane in lanes])
+    assert len(found) == len(set(lanes)) and all(detector_reading(r.attrs) is not None for r in found.values())
     assert loop.stats.acknowledged >= len(by_controller) and loop.stats.unacknowledged == 0
 
 
@@ -112,5 +114,5 @@ async def test_the_demos_signals_are_decided_by_the_platform_with_sumo_as_the_st
 def test_an_unknown_traffic_mode_is_a_clear_cli_error(args: list[str], env: dict[str, str], tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["demo", *args, "--data-dir", str(tmp_path)], env=env)
     assert result.exit_code == 2
-    assert "is not a traffic mode: use one of synthetic, sumo" in " ".join(result.output.split())
+    assert "is not a traffic mode: use one of synthetic, sumo" in " ".join(result.output.replace("│", " ").split())
     assert not (tmp_path / "cityos-demo.db").exists()  # nothing started
