@@ -137,7 +137,7 @@ def demo(
                                          "(default: the platform data path, e.g. ~/.local/share/cityos/demo)"),
     traffic: str = typer.Option("synthetic", envvar="CITYOS_DEMO_TRAFFIC", help=(
         "synthetic (road speeds from the daily pattern) | sumo (the city's signals decided by the platform's "
-        "control loop, SUMO as the street; about one core more)")),
+        "control loop, SUMO as the street; about 0.2 core more)")),
     duration: float | None = typer.Option(None, hidden=True, help="Stop after this many real seconds"),
 ) -> None:
     """One command, no external services: embedded MQTT broker + API on SQLite + ingestion + simulated city."""
