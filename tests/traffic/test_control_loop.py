@@ -109,7 +109,7 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
         assert await wait_for(fed, 10)
         begin = time.monotonic()
         loop.start()
-        await asyncio.sleep(22)  # demand east-west only
+        await asyncio.sleep(26)  # demand east-west only: two east-west greens and north-south's minimum between
         adaptive_end = time.monotonic()
         street.feeding = False   # the detectors fall silent
 
