@@ -40,6 +40,7 @@ async def applied_commands(client: Any, signals: list[str]) -> dict[str, list[di
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(libsumo is None, reason="libsumo is not installed")
 async def test_the_demos_signals_are_decided_by_the_platform_with_sumo_as_the_street(
         client: Any, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
