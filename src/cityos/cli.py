@@ -135,6 +135,9 @@ def demo(
     history_hours: float = typer.Option(24.0, help="Start this many hours ago and replay up to now"),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder for the demo's database and log "
                                          "(default: the platform data path, e.g. ~/.local/share/cityos/demo)"),
+    traffic: str = typer.Option("synthetic", envvar="CITYOS_DEMO_TRAFFIC", help=(
+        "synthetic (road speeds from the daily pattern) | sumo (the city's signals decided by the platform's "
+        "control loop, SUMO as the street; about 0.2 core more)")),
     duration: float | None = typer.Option(None, hidden=True, help="Stop after this many real seconds"),
 ) -> None:
     """One command, no external services: embedded MQTT broker + API on SQLite + ingestion + simulated city."""
@@ -144,7 +147,12 @@ def demo(
     from cityos.sim.demo import DemoOptions, configure_logging
     from cityos.sim.demo import demo as run
     from cityos.sim.runner import SimOptions
+    from cityos.sim.sumo_demo import TrafficMode
 
+    if traffic not in set(TrafficMode):
+        modes = ", ".join(m.value for m in TrafficMode)
+        raise typer.BadParameter(f"{traffic!r} is not a traffic mode: use one of {modes}",
+                                 param_hint="'--traffic' / CITYOS_DEMO_TRAFFIC")
     folder = (data_dir or default_data_dir() / "demo").expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
     # The database lives in the data folder, not wherever the command was typed (CITYOS_DATABASE_URL wins).
@@ -156,7 +164,9 @@ def demo(
     options = SimOptions(devices=devices, speed=speed, seed=seed, scenario=scenario, history_hours=history_hours,
                          max_per_message=20)
     raise typer.Exit(asyncio.run(run(options, DemoOptions(host=host, port=port, mqtt_port=mqtt_port,
-                                                          duration=duration, log_path=log_path), console=console)))
+                                                          duration=duration, log_path=log_path, traffic=traffic,
+                                                          traffic_dir=folder / "sumo"),
+                                     console=console)))
 
 
 def _iot_call(work: Any) -> Any:

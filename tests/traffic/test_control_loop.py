@@ -1,7 +1,8 @@
 """The closed signal control loop through the platform, with SUMO as the field, on both backends.
 
-The test process plays the street: a four-arm junction in libsumo, paced to the wall clock. Its lane
-detectors are IoT `traffic-flow` devices that publish their readings over MQTT (the real broker at
+The test process plays the street with `cityos.sim.sumo_field` (what `cityos demo --traffic sumo` runs for
+the whole city): a four-arm junction in libsumo, paced to the wall clock. Its lane detectors are IoT
+`traffic-flow` devices behind a gateway that publishes their readings over MQTT (the real broker at
 CITYOS_TEST_MQTT_URL) to the app's ingest worker, which writes them to the hub; its signal cabinet is an
 IoT `traffic-signal` device that takes `setPhase` RPC requests from the broker, shows the yellow,
 all-red and green of each in SUMO, and acknowledges. The platform's `ControlLoop` reads the detectors
@@ -13,18 +14,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-import queue
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from cityos.core import clock
 from cityos.iot.commands import CommandSender
 from cityos.iot.models import DeviceIn
+from cityos.sim.sumo_demo import FieldThread
+from cityos.sim.sumo_field import SumoField, plan_doc, read_sites
 from cityos.traffic.api import command_sender
 from cityos.traffic.control_loop import (
     ControlLoop,
@@ -34,8 +34,7 @@ from cityos.traffic.control_loop import (
     detector_reading,
     stale_seconds,
 )
-from cityos.traffic.signals import SignalPlan
-from iot.mqtt_support import MQTT_URL, Publisher, needs_mqtt, new_prefix, start_worker, stop_worker, wait_for
+from iot.mqtt_support import MQTT_URL, needs_mqtt, new_prefix, start_worker, stop_worker, wait_for
 
 try:
     import libsumo
@@ -44,12 +43,12 @@ except ImportError:  # the SUMO test is skipped without it
 
 
 TLS = "j0"
-STEP_S = 0.5
 FIXED_GREEN_S = 5.0
 MAX_GREEN_S = 10.0
 MIN_GREEN_S = 3.0
 LATENCY_SLACK_S = 3.0  # how late a decision may reach the lamps on a loaded machine and still count as "at once"
 CABINET = "junction-c-cabinet"
+GATEWAY = "junction-c-detectors"
 
 
 @pytest.fixture(scope="module")
@@ -58,97 +57,6 @@ def junction(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from cityos.traffic.sumo import separate_junctions
 
     return separate_junctions(tmp_path_factory.mktemp("junction"), 1, period_ew=2.5)
-
-
-@dataclass
-class Field:
-    """SUMO as the street, paced to the wall clock; its detectors and signal cabinet talk MQTT."""
-
-    net: Path
-    routes: Path
-    topics: str
-    lanes: tuple[str, ...]
-    feeding: bool = True
-    shown: list[tuple[float, str]] = field(default_factory=list)  # (wall time, lamp state) at each change
-    requests: list[int] = field(default_factory=list)
-    acknowledged: list[int] = field(default_factory=list)
-    entered: dict[str, int] = field(default_factory=dict)
-    _pending: queue.Queue[tuple[int, dict[str, Any]]] = field(default_factory=queue.Queue)
-    _schedule: list[tuple[float, str]] = field(default_factory=list)
-
-    def start(self, initial: str) -> None:
-        from cityos.traffic.sumo import sumo_binary
-
-        libsumo.start([sumo_binary("sumo"), "-n", str(self.net), "-r", str(self.routes), "--step-length",
-                       str(STEP_S), "--no-step-log", "true", "--no-warnings", "true", "--seed", "5"])
-        self.show(initial)
-        self.sensors = Publisher()
-        self.cabinet = Publisher()
-        self.cabinet.client.on_message = self._on_request
-        self.cabinet.client.subscribe(f"{self.topics}/{CABINET}/rpc/request/+", qos=1)
-        self._seen: dict[str, set[str]] = {lane: set() for lane in self.lanes}
-        self.entered = dict.fromkeys(self.lanes, 0)
-
-    def _on_request(self, _client: Any, _userdata: Any, message: Any) -> None:  # the MQTT thread
-        self._pending.put((int(message.topic.rsplit("/", 1)[1]), orjson.loads(message.payload)))
-
-    def show(self, state: str) -> None:
-        libsumo.trafficlight.setRedYellowGreenState(TLS, state)
-        self.shown.append((time.monotonic(), state))
-
-    def apply_requests(self) -> None:
-        """Show each `setPhase` at once (its yellow first) and acknowledge it."""
-        while not self._pending.empty():
-            rpc_id, body = self._pending.get()
-            self.requests.append(rpc_id)
-            assert body["method"] == "setPhase"
-            now = time.monotonic()
-            self._schedule = []
-            for stage in body["params"]["sequence"]:
-                self._schedule.append((now, stage["state"]))
-                now += stage["seconds"] or 0.0
-            self.cabinet.publish(f"{self.topics}/{CABINET}/rpc/response/{rpc_id}",
-                                 {"phase": body["params"]["phase"]}).wait_for_publish(5)
-            self.acknowledged.append(rpc_id)
-
-    def advance_lamps(self) -> None:
-        now = time.monotonic()
-        while self._schedule and self._schedule[0][0] <= now:
-            self.show(self._schedule.pop(0)[1])
-
-    def step(self) -> None:
-        libsumo.simulationStep()
-        for lane in self.lanes:
-            ids = set(libsumo.lane.getLastStepVehicleIDs(lane))
-            self.entered[lane] += len(ids - self._seen[lane])
-            self._seen[lane] = ids
-
-    def publish_readings(self) -> None:
-        stamp = int(time.time() * 1000)
-        for lane in self.lanes:
-            values = {"occupancy": round(libsumo.lane.getLastStepOccupancy(lane), 2),
-                      "speed": round(libsumo.lane.getLastStepMeanSpeed(lane) * 3.6, 2),
-                      "intensity": self.entered[lane]}
-            self.entered[lane] = 0
-            self.sensors.publish(f"{self.topics}/{lane}/telemetry", {"ts": stamp, "values": values})
-
-    async def run(self, stop: asyncio.Event) -> None:
-        started = time.monotonic()
-        steps = 0
-        while not stop.is_set():
-            self.apply_requests()
-            self.advance_lamps()
-            if time.monotonic() - started >= steps * STEP_S:
-                self.step()
-                steps += 1
-                if steps % 2 == 0 and self.feeding:  # readings every simulated second
-                    self.publish_readings()
-            await asyncio.sleep(0.02)
-
-    def close(self) -> None:
-        self.sensors.close()
-        self.cabinet.close()
-        libsumo.close()
 
 
 def greens(shown: list[tuple[float, str]], state: str, since: float, until: float) -> list[float]:
@@ -160,38 +68,25 @@ def greens(shown: list[tuple[float, str]], state: str, since: float, until: floa
     return out
 
 
-def registered_plan(plan: SignalPlan, links: list[dict[str, str]]) -> dict[str, Any]:
-    phases = [{"state": p.state, "minGreen": MIN_GREEN_S, "maxGreen": MAX_GREEN_S, "fixedGreen": FIXED_GREEN_S}
-              for p in plan.phases]
-    return {"phases": phases, "yellow": 2, "allRed": 1, "conflicts": sorted(plan.conflicts), "links": links}
-
-
 @needs_mqtt
 @pytest.mark.skipif(libsumo is None, reason="libsumo is not installed")
 async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app: Any,
                                                                junction: tuple[Path, Path]) -> None:
-    from cityos.traffic.sumo import intersections_of, plans_from_net, sumo_binary
-
     net, routes = junction
-    plan = plans_from_net(net)[TLS]
-    libsumo.start([sumo_binary("sumo"), "-n", str(net), "--no-step-log", "true"])  # the controlled links' lanes
-    try:
-        crossing = intersections_of(libsumo, {TLS: plan})[0]
-        controlled = libsumo.trafficlight.getControlledLinks(TLS)
-    finally:
-        libsumo.close()
-    links = [{"in": link[0][0], "out": link[0][1]} for link in controlled]
-    lanes = tuple(dict.fromkeys((*crossing.in_lanes, *crossing.out_lanes)))
-    north_south, east_west = plan.phases[0].state, plan.phases[1].state
-    assert set(crossing.in_lanes) == {"j0_n_in_0", "j0_s_in_0", "j0_e_in_0", "j0_w_in_0"}
+    site = read_sites(net, cabinet_of=lambda _tls: CABINET, signal_of=lambda _tls: "junction-c")["junction-c"]
+    lanes = site.lanes
+    north_south, east_west = site.plan.phases[0].state, site.plan.phases[1].state
+    assert set(site.in_lanes) == {"j0_n_in_0", "j0_s_in_0", "j0_e_in_0", "j0_w_in_0"}
 
     result = await app.state.iot.provision_many(
-        [DeviceIn(name=lane, profile="traffic-flow") for lane in lanes] +
+        [DeviceIn(name=GATEWAY, profile="traffic-flow", gateway=True)] +
+        [DeviceIn(name=lane, profile="traffic-flow", gatewayName=GATEWAY) for lane in lanes] +
         [DeviceIn(name=CABINET, profile="traffic-signal")])
     assert not result.errors
-    made = await client.post("/api/traffic/signals", json={"id": "junction-c", "device": CABINET,
-                                                            "controller": "cityos",
-                                                            "plan": registered_plan(plan, links)})
+    made = await client.post("/api/traffic/signals", json={
+        "id": "junction-c", "device": CABINET, "controller": "cityos",
+        "plan": plan_doc(site, min_green=MIN_GREEN_S, max_green=MAX_GREEN_S, fixed_green=FIXED_GREEN_S,
+                         yellow=2, all_red=1)})
     assert made.status_code == 201, made.text
     assert made.json()["state"] == north_south
     registered = time.monotonic()
@@ -200,22 +95,21 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
     worker = await start_worker(app, topics)
     assert MQTT_URL is not None
     commands = CommandSender(app.state.iot, MQTT_URL, prefix=topics)
-    street = Field(net, routes, topics, lanes)
-    street.start(north_south)
+    street = SumoField(net, routes, {"junction-c": site}, MQTT_URL, topics, GATEWAY, report_every=1.0)
+    running = FieldThread(street, {"junction-c": north_south})
+    await running.start()
     loop = ControlLoop(app.state.traffic, app.state.hub.service, app.state.iot.tenant,
                        lambda: command_sender(commands), app.state.iot.get_rpc, interval=0.5, stale_after=2.0)
-    stop = asyncio.Event()
-    running = asyncio.create_task(street.run(stop))
     try:
         async def fed() -> bool:  # every approach's detector has a reading in the hub
             found = await app.state.hub.service.retrieve_many(
-                app.state.iot.tenant, [detector_entity(lane) for lane in crossing.in_lanes])
+                app.state.iot.tenant, [detector_entity(lane) for lane in site.in_lanes])
             return len(found) == 4 and all(detector_reading(r.attrs) is not None for r in found.values())
 
         assert await wait_for(fed, 10)
         begin = time.monotonic()
         loop.start()
-        await asyncio.sleep(22)  # demand east-west only
+        await asyncio.sleep(26)  # demand east-west only: two east-west greens and north-south's minimum between
         adaptive_end = time.monotonic()
         street.feeding = False   # the detectors fall silent
 
@@ -228,29 +122,28 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
         end = time.monotonic()
     finally:
         await loop.stop()
-        stop.set()
-        await running
-        street.close()
+        await running.stop()
         await commands.close()
         await stop_worker(worker)
 
     # Demand decided: east-west got green as soon as north-south's minimum green was served, and kept it
     # beyond the fixed-time green while its queue lasted; empty north-south got only its minimum.
-    first_ew = next(at for at, state in street.shown if state == east_west)
-    timeline = [(round(at - begin, 1), state) for at, state in street.shown]
+    shown = street.shown[TLS]
+    first_ew = next(at for at, state in shown if state == east_west)
+    timeline = [(round(at - begin, 1), state) for at, state in shown]
     served = max(begin, registered + MIN_GREEN_S)  # north-south's minimum green, from its registration
     # Decided at once: yellow and all-red, then green; LATENCY_SLACK_S allows for a loaded CI machine (the
     # loop, the RPC round trip and SUMO's stepping share its two cores with the rest of the suite).
     assert first_ew - served < 2 + 1 + LATENCY_SLACK_S, timeline[:4]
-    adaptive_ew = greens(street.shown, east_west, begin, adaptive_end)
-    adaptive_ns = greens(street.shown, north_south, first_ew, adaptive_end)
+    adaptive_ew = greens(shown, east_west, begin, adaptive_end)
+    adaptive_ns = greens(shown, north_south, first_ew, adaptive_end)
     assert adaptive_ew and max(adaptive_ew) > FIXED_GREEN_S + 2, (adaptive_ew, timeline)
     assert adaptive_ns and max(adaptive_ns) < MIN_GREEN_S + LATENCY_SLACK_S, (adaptive_ns, timeline)
     assert max(adaptive_ns) < max(adaptive_ew) - 2, (adaptive_ns, adaptive_ew)
 
     # Without readings the fixed-time plan ran: each green for its fixed 5 s whatever the queue.
-    fixed_ew = greens(street.shown, east_west, fallback_from, end)
-    fixed_ns = greens(street.shown, north_south, fallback_from, end)
+    fixed_ew = greens(shown, east_west, fallback_from, end)
+    fixed_ns = greens(shown, north_south, fallback_from, end)
     assert fixed_ew and fixed_ns, (round(fallback_from - begin, 1), timeline[6:])
     assert all(FIXED_GREEN_S - 0.5 <= g <= FIXED_GREEN_S + LATENCY_SLACK_S for g in fixed_ew + fixed_ns), \
         (fixed_ew, fixed_ns)
@@ -263,6 +156,7 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
     assert all(c["rpcStatus"] == "succeeded" and c["ackedMs"] is not None and c["ackedMs"] < 5000
                for c in applied), applied
     assert sorted(c["rpcId"] for c in applied) == sorted(street.acknowledged) == sorted(street.requests)
+    assert not street.rejected
     assert loop.stats.acknowledged == len(applied) and loop.stats.unacknowledged == 0
     sources = [c["source"] for c in reversed(history) if c["outcome"] == "applied"]  # oldest first
     assert sources[-1] == "fallback" and "controller" in sources[:2], sources

@@ -28,10 +28,13 @@ log = logging.getLogger("cityos.iot.commands")
 
 
 class CommandSender:
-    def __init__(self, service: IotService, url: str | None, prefix: str | None = None) -> None:
+    def __init__(self, service: IotService, url: str | None, prefix: str | None = None, *,
+                 protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5, username: str | None = None) -> None:
+        """`protocol` and `username`: MQTT 3.1.1 and the platform's username for the demo's embedded broker."""
         self.service = service
         self.url = url
         self.prefix = prefix or os.environ.get("CITYOS_IOT_TOPIC_PREFIX", "cityos/devices")
+        self.protocol, self.username = protocol, username
         self._client: mqtt.Client | None = None
         self._lock = asyncio.Lock()
 
@@ -44,7 +47,9 @@ class CommandSender:
                 host, port = broker_address(self.url)
                 client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                      client_id=f"cityos-rpc-{socket.gethostname()}-{os.getpid()}",
-                                     protocol=mqtt.MQTTv5)
+                                     protocol=self.protocol)
+                if self.username:
+                    client.username_pw_set(self.username)
                 client.reconnect_delay_set(1, 2)
                 await asyncio.to_thread(client.connect, host, port, 30)
                 client.loop_start()

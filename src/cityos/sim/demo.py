@@ -44,7 +44,14 @@ from cityos.core import clock
 from cityos.core.errors import AlreadyExists
 from cityos.core.tasks import finish_within
 from cityos.ops.rules.api import install_default_rules
-from cityos.sim.platform import EmbeddedBroker, PlatformClient, PlatformStats, embedded_ingest_worker, free_port
+from cityos.sim.platform import (
+    EmbeddedBroker,
+    PlatformClient,
+    PlatformStats,
+    embedded_command_sender,
+    embedded_ingest_worker,
+    free_port,
+)
 from cityos.sim.residents import run as simulated_residents
 from cityos.sim.runner import MqttTransport, Runner, SimOptions, Simulation
 
@@ -286,6 +293,9 @@ class DemoOptions:
     # History kept for the demo tenant (the hub's retention policy for it); 0 leaves the policy alone.
     retention_days: int = 1
     log_path: Path | None = None  # named on the console when set (cityos demo sets it)
+    # "sumo": the city's signals decided by the platform's control loop, SUMO as the street (sim/sumo_demo.py)
+    traffic: str = "synthetic"
+    traffic_dir: Path | None = None  # the SUMO network and demand files (default: a temporary folder)
 
 
 class _IngestCounter:
@@ -366,6 +376,7 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
     os.environ.setdefault("CITYOS_MAP_SEED", str(options.seed))  # the base map shows the simulated city
     # The simulated noise stations stand along roads: GB 3096-2008 zone 4a (traffic-side) limits.
     os.environ.setdefault("CITYOS_ENV_NOISE_ZONE", "4a")
+    control_set = _control_loop_for(demo_options.traffic)
     settings = Settings()
     with _stop_on_signals(stop):
         began = time.monotonic()
@@ -399,10 +410,22 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
                 buses = asyncio.create_task(_simulated_buses(app, options.seed), name="simulated buses")
                 roads = asyncio.create_task(_simulated_roads(app, options.seed), name="simulated road speeds")
                 counter = _IngestCounter()
-                worker = embedded_ingest_worker(app.state.iot, mqtt_url)
+                sumo = demo_options.traffic == "sumo"
+                worker = embedded_ingest_worker(app.state.iot, mqtt_url, kinds="readings" if sumo else "all")
                 worker.stats.on_commit.append(counter.on_commit)
                 await worker.start()
+                # With SUMO, the cabinets' answers to phase commands get a worker of their own: behind the
+                # readings' backlog they would miss the control loop's acknowledgement timeout.
+                answers = None
+                if sumo:
+                    answers = embedded_ingest_worker(app.state.iot, mqtt_url, "cityos-demo-rpc", kinds="rpc")
+                    await answers.start()
+                # Device RPC (and phase commands) through the embedded broker: MQTT 3.1.1, as the platform.
+                app.state.iot_commands = embedded_command_sender(app.state.iot, mqtt_url)
+                street = None
                 try:
+                    if sumo and not stop.is_set():
+                        street = await _sumo_traffic(console, app, mqtt_url, options.seed, demo_options)
                     if not stop.is_set():
                         await _run_simulator(console, options, client, mqtt_url, stop,
                                              stored=lambda: counter.stored,
@@ -420,8 +443,13 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
                         await roads
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await population
+                    if street is not None:
+                        await _within(12, "the SUMO field", street.stop())
+                    await app.state.iot_commands.close()
                     # Before the app's lifespan ends: the worker commits through the app's engine.
                     await _within(5, "the ingest worker", worker.stop())
+                    if answers is not None:
+                        await _within(5, "the RPC answer worker", answers.stop())
                     # uvicorn waits for open keep-alive connections before it stops: close ours first.
                     await client.close()
                     log.info("ingest worker stopped; stopping the API")
@@ -430,6 +458,8 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
             await client.close()
             await _within(5, "the MQTT broker", broker.stop())
             log.info("broker stopped")
+            if control_set:
+                os.environ.pop("CITYOS_TRAFFIC_CONTROL_SECONDS", None)
             if previous_listen is None:
                 os.environ.pop("CITYOS_LISTEN_URL", None)
             else:
@@ -437,6 +467,41 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
     size = database_size(settings.database_url)
     console.print(f"CityOS demo stopped{f' (database {size})' if size else ''}")
     return 0
+
+
+def _control_loop_for(traffic: str) -> bool:
+    """With SUMO's traffic the platform's control loop runs (every 5 s unless CITYOS_TRAFFIC_CONTROL_SECONDS
+    says otherwise); returns whether the demo set the variable (and so unsets it when it stops)."""
+    from cityos.sim.sumo_demo import CONTROL_SECONDS, TrafficMode
+
+    TrafficMode(traffic)  # an unknown mode is a ValueError, before anything starts
+    if traffic != TrafficMode.sumo or os.environ.get("CITYOS_TRAFFIC_CONTROL_SECONDS"):
+        return False
+    os.environ["CITYOS_TRAFFIC_CONTROL_SECONDS"] = CONTROL_SECONDS
+    return True
+
+
+async def _sumo_traffic(console: Console, app: Any, mqtt_url: str, seed: int, demo_options: DemoOptions) -> Any:
+    """The city's signals and detectors as devices, SUMO as the street (cityos.sim.sumo_demo); None if it
+    cannot start (SUMO missing or failing): the rest of the demo runs on."""
+    import tempfile
+
+    from cityos.sim.sumo_demo import start_city_traffic
+    from cityos.traffic.control_loop import control_interval
+
+    began = time.monotonic()
+    directory = demo_options.traffic_dir or Path(tempfile.mkdtemp(prefix="cityos-sumo-"))
+    try:
+        street = await start_city_traffic(app, mqtt_url, seed, directory)
+    except Exception as exc:
+        log.exception("the SUMO traffic did not start")
+        console.print(f"[red]SUMO traffic did not start: {exc!r}[/red] (the demo runs on without it)")
+        return None
+    sites = street.field.sites
+    console.print(f"  SUMO traffic   {len(sites)} signals decided by the platform every {control_interval():g} s "
+                  f"from {len(street.field.tokens) - 1} cabinets' and a detector gateway's MQTT "
+                  f"({time.monotonic() - began:.0f} s to start; /api/traffic/signals, cockpit traffic layer)")
+    return street
 
 
 async def _simulated_buses(app: Any, seed: int) -> None:

@@ -267,7 +267,8 @@ class EmbeddedBroker:
             self._broker = None
 
 
-def embedded_ingest_worker(service: Any, url: str, client_id: str = "cityos-demo-ingest", batch_max: int = 5) -> Any:
+def embedded_ingest_worker(service: Any, url: str, client_id: str = "cityos-demo-ingest", batch_max: int = 5,
+                           kinds: str = "all") -> Any:
     """The IoT domain's ingest worker, speaking MQTT 3.1.1 to the embedded amqtt broker.
 
     `cityos.iot.ingest.IngestWorker` connects with MQTT 5 (session expiry, receive maximum) and a
@@ -278,6 +279,9 @@ def embedded_ingest_worker(service: Any, url: str, client_id: str = "cityos-demo
 
     Batches stay small because amqtt gives a subscriber 5 s to acknowledge a QoS 1 message and
     then drops it for good; the demo's throttle keeps the backlog short for the same reason.
+
+    `kinds`: "all" the devices' messages; "readings" all but RPC answers; "rpc" only RPC answers, so that
+    a worker of their own acknowledges phase commands in time while readings queue (`--traffic sumo`).
     """
     import os
 
@@ -296,6 +300,11 @@ def embedded_ingest_worker(service: Any, url: str, client_id: str = "cityos-demo
             self.client.on_message = self._on_message
             self.client.on_disconnect = self._on_disconnect
             self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+            answers = [t for t in self.topics if t.endswith("/rpc/response/+")]
+            if kinds == "rpc":
+                self.topics = answers
+            elif kinds == "readings":
+                self.topics = [t for t in self.topics if t not in answers]
 
         async def start(self) -> None:
             self._loop = asyncio.get_running_loop()
@@ -304,3 +313,16 @@ def embedded_ingest_worker(service: Any, url: str, client_id: str = "cityos-demo
             self._task = asyncio.create_task(self._run(), name=f"ingest-{self.client_id}")
 
     return Mqtt311IngestWorker()
+
+
+def embedded_command_sender(service: Any, url: str) -> Any:
+    """The IoT domain's RPC sender for the embedded amqtt broker: MQTT 3.1.1, as the platform's own client
+    (username `CITYOS_INGEST_USERNAME`), which the broker plugin lets publish any device's RPC request."""
+    import os
+
+    import paho.mqtt.client as mqtt
+
+    from cityos.iot.commands import CommandSender
+
+    return CommandSender(service, url, protocol=mqtt.MQTTv311,
+                         username=os.environ.get("CITYOS_INGEST_USERNAME", "cityos-ingest"))

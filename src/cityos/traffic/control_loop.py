@@ -192,14 +192,21 @@ class ControlLoop:
         self._task: asyncio.Task[None] | None = None
         self._acks: set[asyncio.Task[None]] = set()
         self._lease: AsyncConnection | None = None
+        self._stopping = asyncio.Event()
 
     # ------------------------------------------------------------------ running
 
     def start(self) -> None:
+        self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="traffic-control-loop")
 
-    async def stop(self) -> None:
+    async def stop(self, within: float = 10.0) -> None:
+        """Stop after the round in progress: a phase command sent is then recorded too (a round cancelled
+        between the RPC and its record would leave the lamps on a phase the database does not show)."""
         if self._task is not None:
+            self._stopping.set()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), within)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -213,7 +220,7 @@ class ControlLoop:
             await asyncio.gather(*list(self._acks), return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             started = time.monotonic()
             try:
                 if await self._holds_lease():
@@ -222,7 +229,8 @@ class ControlLoop:
                 raise
             except Exception:  # a bad round (database away) must not end the loop
                 log.exception("signal control round failed")
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), max(0.0, self.interval - (time.monotonic() - started)))
 
     async def _holds_lease(self) -> bool:
         engine = self.traffic.engine

@@ -1,0 +1,337 @@
+"""SUMO as the street (现场): lane detectors and signal cabinets that talk MQTT to the platform.
+
+The field is what the platform's closed control loop (`cityos.traffic.control_loop`) drives. A libsumo
+network, paced to the wall clock in a thread of its own, stands for the streets:
+
+- each detector lane is an IoT `traffic-flow` device behind one detector gateway, which publishes the
+  lanes' occupancy (%), mean speed (km/h) and vehicles entered since the last reading as ThingsBoard
+  gateway telemetry (`<prefix>/<gateway>/gateway/telemetry`);
+- each signal's cabinet is an IoT `traffic-signal` device that takes `setPhase` RPC requests
+  (`<prefix>/<cabinet>/rpc/request/<id>`), shows their yellow, all-red and green in SUMO at once, and
+  acknowledges (`<prefix>/<cabinet>/rpc/response/<id>`).
+
+Every device connects with its own access token as MQTT username (3.1.1, which both the demo's embedded
+broker and Mosquitto speak). The platform only ever sees MQTT: nothing here calls into it. When the
+demand ends, or SUMO fails, the simulation starts again from the same demand and the lamps show what the
+cabinets were last told (`SumoField.restarts`).
+
+`cityos demo --traffic sumo` runs the simulated city's grid this way (`cityos.sim.sumo_demo`); the control
+loop's test runs a single junction.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cityos.traffic.signals import SignalPlan
+
+log = logging.getLogger("cityos.sim.sumo_field")
+
+STEP_S = 0.5  # SUMO's step; the wall clock paces it
+TICK_S = 0.02  # how often the thread looks for requests and lamp changes between steps
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class SignalSite:
+    """One signalised junction of the network as the platform registers it."""
+
+    signal: str  # the platform's signal id
+    tls: str  # SUMO's traffic light id
+    plan: SignalPlan
+    links: tuple[tuple[str, str], ...]  # (incoming lane, outgoing lane) per link index
+    in_lanes: tuple[str, ...]
+    lanes: tuple[str, ...]  # every detector lane of the plan: incoming, then outgoing
+    cabinet: str  # the IoT `traffic-signal` device that takes its phase commands
+    lon: float | None = None
+    lat: float | None = None
+
+
+def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
+               positions: Mapping[str, tuple[float, float]] | None = None) -> dict[str, SignalSite]:
+    """The network's signalised junctions, with their plans, links and detector lanes (libsumo, briefly)."""
+    import libsumo
+
+    from cityos.traffic.sumo import intersections_of, plans_from_net, sumo_binary
+
+    plans = plans_from_net(net)
+    libsumo.start([sumo_binary("sumo"), "-n", str(net), "--no-step-log", "true", "--no-warnings", "true"])
+    try:
+        sites: dict[str, SignalSite] = {}
+        for crossing in intersections_of(libsumo, plans):
+            links = tuple((link[0][0], link[0][1]) if link else ("", "")
+                          for link in libsumo.trafficlight.getControlledLinks(crossing.tls))
+            signal = signal_of(crossing.tls) if signal_of else crossing.tls
+            lon, lat = (positions or {}).get(crossing.tls, (None, None))
+            sites[signal] = SignalSite(signal, crossing.tls, crossing.plan, links, crossing.in_lanes,
+                                       tuple(dict.fromkeys((*crossing.in_lanes, *crossing.out_lanes))),
+                                       cabinet_of(crossing.tls) if cabinet_of else f"{crossing.tls}-cabinet",
+                                       lon, lat)
+    finally:
+        libsumo.close()
+    return sites
+
+
+def plan_doc(site: SignalSite, *, min_green: float | None = None, max_green: float | None = None,
+             fixed_green: float | None = None, yellow: float | None = None,
+             all_red: float | None = None) -> dict[str, Any]:
+    """The body of `plan` for `POST /api/traffic/signals` (`SignalIn`): the net's greens, clearances and
+    links, or the times given instead."""
+    phases = [{"state": p.state, "minGreen": min_green if min_green is not None else p.min_green,
+               "maxGreen": max_green if max_green is not None else p.max_green,
+               "fixedGreen": fixed_green if fixed_green is not None else p.fixed_green}
+              for p in site.plan.phases]
+    return {"phases": phases, "yellow": site.plan.yellow if yellow is None else yellow,
+            "allRed": site.plan.all_red if all_red is None else all_red,
+            "conflicts": sorted(site.plan.conflicts),
+            "links": [{"in": lane_in, "out": lane_out} for lane_in, lane_out in site.links]}
+
+
+def detector_lanes(sites: Mapping[str, SignalSite]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(lane for site in sites.values() for lane in site.lanes))
+
+
+class DeviceLink:
+    """One device's MQTT connection (3.1.1, its token as username), with its own network thread."""
+
+    def __init__(self, url: str, name: str, token: str | None) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        from cityos.iot.ingest import broker_address
+
+        host, port = broker_address(url)
+        self.name = name
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:6]}",
+                                  protocol=mqtt.MQTTv311)
+        if token:
+            self.client.username_pw_set(token)
+        self.client.reconnect_delay_set(1, 5)
+        self.connected = threading.Event()
+        self._subscriptions: list[str] = []
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *_: self.connected.clear()
+        self.client.connect_async(host, port, 30)
+        self.client.loop_start()
+
+    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            log.warning("device %s: the broker refused the connection (%s)", self.name, reason)
+            return
+        for topic in self._subscriptions:  # again after a reconnection
+            client.subscribe(topic, qos=1)
+        self.connected.set()
+
+    def subscribe(self, topic: str, on_message: Any) -> None:
+        self._subscriptions.append(topic)
+        self.client.on_message = on_message
+        if self.connected.is_set():
+            self.client.subscribe(topic, qos=1)
+
+    def publish(self, topic: str, payload: Any) -> None:
+        self.client.publish(topic, orjson.dumps(payload), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass
+class SumoField:
+    """SUMO as the street, paced to the wall clock; its detectors and signal cabinets talk MQTT.
+
+    `start` then `run` (until `stop` is set) then `close`, all from one thread: libsumo is one per process.
+    """
+
+    net: Path
+    routes: Path
+    sites: Mapping[str, SignalSite]
+    mqtt_url: str
+    prefix: str
+    gateway: str  # the detector gateway's device name
+    tokens: Mapping[str, str] = field(default_factory=dict)  # device name → access token
+    report_every: float = 1.0  # simulated seconds between detector readings
+    chunk: int = 50  # lanes per gateway message
+    seed: int = 5
+    feeding: bool = True  # False: the detectors fall silent (a test's outage)
+    shown: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # tls → (wall time, state) per change
+    requests: list[int] = field(default_factory=list)
+    acknowledged: list[int] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+    restarts: int = 0
+    steps: int = 0
+    _pending: queue.Queue[tuple[str, int, bytes]] = field(default_factory=queue.Queue)
+    _schedule: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    _entered: dict[str, int] = field(default_factory=dict)
+    _seen: dict[str, set[str]] = field(default_factory=dict)
+    _links: list[DeviceLink] = field(default_factory=list)
+    _cabinets: dict[str, DeviceLink] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self, initial: Mapping[str, str]) -> None:
+        """Start SUMO with each signal's lamps at `initial[signal]`, and connect the devices."""
+        self._lamps = {site.tls: initial.get(site.signal, site.plan.phases[0].state) for site in self.sites.values()}
+        self._by_signal = {site.signal: site for site in self.sites.values()}
+        self._lanes = detector_lanes(self.sites)
+        self._start_sumo()
+        self._detectors = self._connect(self.gateway)
+        for cabinet in dict.fromkeys(site.cabinet for site in self.sites.values()):
+            link = self._connect(cabinet)
+            link.subscribe(f"{self.prefix}/{cabinet}/rpc/request/+", self._on_request)
+            self._cabinets[cabinet] = link
+        for link in self._links:
+            if not link.connected.wait(CONNECT_TIMEOUT_S):
+                raise ConnectionError(f"device {link.name} could not connect to {self.mqtt_url}")
+
+    def _connect(self, name: str) -> DeviceLink:
+        link = DeviceLink(self.mqtt_url, name, self.tokens.get(name))
+        self._links.append(link)
+        return link
+
+    def _start_sumo(self) -> None:
+        import libsumo
+
+        from cityos.traffic.sumo import sumo_binary
+
+        libsumo.start([sumo_binary("sumo"), "-n", str(self.net), "-r", str(self.routes), "--step-length",
+                       str(STEP_S), "--no-step-log", "true", "--no-warnings", "true", "--seed", str(self.seed),
+                       "--time-to-teleport", "120"])
+        for tls, state in self._lamps.items():
+            self._show(tls, state)
+        self._seen = {lane: set() for lane in self._lanes}
+        self._entered = dict.fromkeys(self._lanes, 0)
+
+    def _restart(self, why: str) -> None:
+        import libsumo
+
+        log.info("SUMO field: %s; starting the demand again", why)
+        self.restarts += 1
+        try:
+            libsumo.close()
+        except Exception:  # already gone
+            log.debug("libsumo.close failed", exc_info=True)
+        self._start_sumo()
+
+    def close(self) -> None:
+        import libsumo
+
+        for link in self._links:
+            link.close()
+        self._links.clear()
+        try:
+            libsumo.close()
+        except Exception:  # never started, or SUMO ended on its own
+            log.debug("libsumo.close failed", exc_info=True)
+
+    # ------------------------------------------------------------------ the cabinets
+
+    def _on_request(self, _client: Any, _userdata: Any, message: Any) -> None:  # an MQTT thread
+        parts = message.topic.split("/")
+        if parts[-1].isdecimal():
+            self._pending.put((parts[-4], int(parts[-1]), message.payload))
+
+    def _show(self, tls: str, state: str) -> None:
+        import libsumo
+
+        libsumo.trafficlight.setRedYellowGreenState(tls, state)
+        self._lamps[tls] = state
+        self.shown.setdefault(tls, []).append((time.monotonic(), state))
+
+    def apply_requests(self) -> None:
+        """Show each `setPhase` at once (its yellow first) and acknowledge it; refuse what the cabinet cannot do."""
+        while not self._pending.empty():
+            cabinet, rpc_id, payload = self._pending.get()
+            self.requests.append(rpc_id)
+            answer = self._schedule_phase(cabinet, payload)
+            self._cabinets[cabinet].publish(f"{self.prefix}/{cabinet}/rpc/response/{rpc_id}", answer)
+            (self.rejected if "error" in answer else self.acknowledged).append(rpc_id)
+
+    def _schedule_phase(self, cabinet: str, payload: bytes) -> dict[str, Any]:
+        try:
+            body = orjson.loads(payload)
+            params = body["params"]
+            site = self._by_signal[str(params["signal"])]
+            if body.get("method") != "setPhase" or site.cabinet != cabinet:
+                raise KeyError(body.get("method"))
+            now = time.monotonic()
+            schedule = []
+            for stage in params["sequence"]:
+                state = str(stage["state"])
+                if len(state) != len(site.links):
+                    raise ValueError(f"state {state!r} does not fit {len(site.links)} links")
+                schedule.append((now, state))
+                now += float(stage["seconds"] or 0.0)
+        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+            log.warning("cabinet %s: request not applied: %r", cabinet, exc)
+            return {"error": f"not applied: {exc!r}"[:200]}
+        self._schedule[site.tls] = schedule
+        return {"phase": params["phase"]}
+
+    def advance_lamps(self) -> None:
+        now = time.monotonic()
+        for tls, schedule in self._schedule.items():
+            while schedule and schedule[0][0] <= now:
+                self._show(tls, schedule.pop(0)[1])
+
+    # ------------------------------------------------------------------ the street and its detectors
+
+    def step(self) -> None:
+        import libsumo
+
+        if libsumo.simulation.getMinExpectedNumber() == 0:
+            self._restart("the demand is over")
+        libsumo.simulationStep()
+        self.steps += 1
+        for lane in self._lanes:
+            ids = set(libsumo.lane.getLastStepVehicleIDs(lane))
+            self._entered[lane] += len(ids - self._seen[lane])
+            self._seen[lane] = ids
+
+    def readings(self) -> dict[str, dict[str, float]]:
+        import libsumo
+
+        values = {}
+        for lane in self._lanes:
+            values[lane] = {"occupancy": round(libsumo.lane.getLastStepOccupancy(lane), 2),
+                            "speed": round(libsumo.lane.getLastStepMeanSpeed(lane) * 3.6, 2),
+                            "intensity": self._entered[lane]}
+            self._entered[lane] = 0
+        return values
+
+    def publish_readings(self) -> None:
+        stamp = int(time.time() * 1000)
+        lanes = list(self.readings().items())
+        topic = f"{self.prefix}/{self.gateway}/gateway/telemetry"
+        for start in range(0, len(lanes), self.chunk):
+            self._detectors.publish(topic, {lane: [{"ts": stamp, "values": values}]
+                                            for lane, values in lanes[start:start + self.chunk]})
+
+    def run(self, stop: threading.Event) -> None:
+        """Step SUMO at the wall clock's pace until `stop` is set."""
+        began = time.monotonic()
+        steps = 0
+        every = max(1, round(self.report_every / STEP_S))
+        while not stop.is_set():
+            self.apply_requests()
+            self.advance_lamps()
+            if time.monotonic() - began >= steps * STEP_S:
+                try:
+                    self.step()
+                except Exception as exc:  # SUMO ended or failed: the city goes on
+                    self._restart(f"SUMO failed ({exc!r})")
+                steps += 1
+                if (steps - 1) % every == 0 and self.feeding:  # from the first step on
+                    self.publish_readings()
+            stop.wait(TICK_S)
+
