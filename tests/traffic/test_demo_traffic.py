@@ -50,7 +50,10 @@ async def test_the_demos_signals_are_decided_by_the_platform_with_sumo_as_the_st
     await broker.start(app.state.iot)
     worker = embedded_ingest_worker(app.state.iot, url, client_id=f"test-ingest-{uuid.uuid4().hex[:8]}")
     await worker.start()
-    monkeypatch.setattr(app.state, "iot_commands", embedded_command_sender(app.state.iot, url))
+    # Set and restored by hand: monkeypatch does not see Starlette's State attributes (they live in its
+    # `_state`), so it would delete the app's own sender on undo and later tests would send no RPC.
+    platform_sender = app.state.iot_commands
+    app.state.iot_commands = embedded_command_sender(app.state.iot, url)
     monkeypatch.setenv("CITYOS_TRAFFIC_CONTROL_SECONDS", "2")
     street = loop = None
     try:
@@ -86,6 +89,7 @@ async def test_the_demos_signals_are_decided_by_the_platform_with_sumo_as_the_st
         if street is not None:
             await street.stop()
         await app.state.iot_commands.close()
+        app.state.iot_commands = platform_sender
         await worker.stop()
         await broker.stop()
 
