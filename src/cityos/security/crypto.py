@@ -134,7 +134,11 @@ def save_file(path: Path, ring: KeyRing) -> None:
 
 
 def _load_file(path: Path) -> KeyRing:
-    doc = json.loads(path.read_text())
+    return _parse_ring(path.read_bytes(), path)
+
+
+def _parse_ring(raw: bytes, path: Path) -> KeyRing:
+    doc = json.loads(raw)
     keys = {kid: (spec["alg"], _b64d(spec["key"])) for kid, spec in doc["keys"].items()}
     return KeyRing(keys, doc["active"], path)
 
@@ -153,8 +157,8 @@ def load_keyring(settings: SecuritySettings) -> KeyRing:
         raise CryptoError("production needs CITYOS_DATA_KEYS")
     path = settings.data_dir / "data-keys.json"
     # Processes starting together must agree on one key: data sealed with a key of its own would be lost.
-    create_once(path, lambda: _ring_json(KeyRing({"k1": ("aes256gcm", os.urandom(32))}, "k1", path)))
-    return _load_file(path)
+    stored = create_once(path, lambda: _ring_json(KeyRing({"k1": ("aes256gcm", os.urandom(32))}, "k1", path)))
+    return _parse_ring(stored, path)
 
 
 @dataclass
