@@ -149,3 +149,29 @@ async def anon_client(app: Any, client: httpx.AsyncClient) -> AsyncIterator[http
 @pytest.fixture
 def data_dir() -> Path:
     return Path(__file__).parent / "data"
+
+
+# Fixtures through which a test reaches the backend under test.
+_BACKEND_FIXTURES = frozenset({"database_url", "own_postgres"})
+_BACKEND_HELPER_MODULES = frozenset({"backends", "own_services"})
+
+
+def _uses_a_backend(item: pytest.Item) -> bool:
+    """Whether the test touches the database under test: via a fixture, or by asking `backends` itself."""
+    if _BACKEND_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    module = getattr(item, "module", None)
+    return module is not None and any(getattr(value, "__module__", None) in _BACKEND_HELPER_MODULES
+                                      for value in vars(module).values())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """CITYOS_TEST_ONLY_BACKEND_TESTS=1 (`./run test`'s second backend): a test that uses no database
+    would only repeat exactly what the first backend's run has done, so it is left out."""
+    if os.environ.get("CITYOS_TEST_ONLY_BACKEND_TESTS") != "1":
+        return
+    kept = [item for item in items if _uses_a_backend(item)]
+    left_out = [item for item in items if not _uses_a_backend(item)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept

@@ -24,6 +24,9 @@ app.add_typer(audit_app, name="audit")
 from cityos.operations.cli import backup_app  # noqa: E402
 
 app.add_typer(backup_app, name="backup")
+from cityos.operations.events_cli import events_app  # noqa: E402
+
+app.add_typer(events_app, name="events")
 devices_app = typer.Typer(help="IoT device registry (provision, import, list)", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
 console = Console()

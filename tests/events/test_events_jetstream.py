@@ -14,16 +14,17 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import nats
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.config import Settings
 from cityos.core import clock
-from cityos.core.bus_models import bus_outbox, claim
+from cityos.core.bus_models import bus_outbox, claim, dead_letters
 from cityos.core.db import create_engine
 from cityos.core.events import Event, EventBus
-from cityos.core.jetstream import JetStreamBus, JetStreamSettings
+from cityos.core.jetstream import JetStreamBus, JetStreamSettings, servers
 from nats_cluster import NatsCluster
 
 TOPIC = "test.reading.counted"
@@ -84,6 +85,26 @@ async def wait_for_effects(engine: AsyncEngine, count: int, seconds: float = 90.
             return found
         await asyncio.sleep(0.1)
     return found
+
+
+async def what_is_missing(engine: AsyncEngine, cfg: JetStreamSettings, entities: list[str], count: int) -> str:
+    """For a failure message: which events have no effect, and what the stream's consumers hold."""
+    done = {(r.entity, r.seq) for r in await applied(engine)}
+    missing = sorted((e, s) for e in entities for s in range(count) if (e, s) not in done)
+    async with engine.connect() as conn:
+        dead = (await conn.execute(select(func.count()).select_from(dead_letters))).scalar_one()
+        outbox = (await conn.execute(select(func.count()).select_from(bus_outbox))).scalar_one()
+    connection = await nats.connect(servers(cfg.url))
+    try:
+        infos = [await connection.jetstream().consumer_info(cfg.stream, f"counter-p{k}")
+                 for k in range(cfg.partitions)]
+        consumers = [(i.name, i.num_pending, i.num_ack_pending, i.num_redelivered, i.delivered.stream_seq)
+                     for i in infos]
+    except Exception as exc:
+        consumers = [repr(exc)]
+    finally:
+        await connection.close()
+    return f"missing {missing[:12]}… ({len(missing)}), dead letters {dead}, outbox {outbox}, consumers {consumers}"
 
 
 async def applied(engine: AsyncEngine) -> list[Any]:
@@ -184,7 +205,8 @@ async def test_killing_a_node_mid_stream_loses_nothing_and_applies_nothing_twice
                 cluster.nodes[0].kill()
             await asyncio.sleep(0.01)
         total = len(entities) * per_entity
-        assert await wait_for_effects(engine, total) == total
+        found = await wait_for_effects(engine, total)
+        assert found == total, await what_is_missing(engine, cfg, entities, per_entity)
         await asyncio.sleep(2 * cfg.ack_wait)  # any redelivery of a lost ack comes within this
         rows = await applied(engine)
         assert_once_and_in_order(rows, dict.fromkeys(entities, per_entity))
@@ -268,3 +290,81 @@ async def test_an_entity_change_reaches_every_process_as_a_change(cluster: NatsC
     finally:
         await writer_bus.close()
         await viewer_bus.close()
+
+
+async def test_an_event_whose_handler_keeps_failing_is_set_aside_and_replayed_once_fixed(
+        cluster: NatsCluster, engine: AsyncEngine) -> None:
+    """Nothing is dropped: after `max_deliver` failures the event waits in `bus_dead_letters`, the
+    partition moves on, and a replay reaches only the group that failed (the other claimed it already)."""
+    cfg = settings(cluster.url, replicas=1, partitions=1, max_deliver=2, duplicate_window=1.0)
+    broken = {"on": True}
+    audit: list[tuple[str, int]] = []
+
+    async def fragile(event: Event) -> None:
+        if broken["on"] and event.payload["seq"] == 1:
+            raise RuntimeError("the handler's downstream is down")
+        await consumer(engine, "fragile", [])(event)
+
+    async def auditor(event: Event) -> None:
+        async with engine.begin() as conn:
+            if await claim(conn, "audit", event):
+                audit.append((event.payload["entity"], event.payload["seq"]))
+
+    bus = JetStreamBus(cfg)
+    bus.outboxed(TOPIC)
+    bus.relay_from(writer(engine), [bus_outbox])
+    bus.subscribe(TOPIC, fragile, group="counter")
+    bus.subscribe(TOPIC, auditor, group="audit")
+    await bus.start()
+    try:
+        async with engine.begin() as conn:
+            for seq in range(3):
+                await produce(conn, "d1", seq)
+        assert await wait_for_effects(engine, 2) == 2  # seq 0 and 2: the partition did not stall for good
+        for _ in range(100):
+            async with engine.connect() as conn:
+                kept = (await conn.execute(select(dead_letters))).all()
+            if kept:
+                break
+            await asyncio.sleep(0.1)
+        [letter] = kept
+        assert (letter.consumer, letter.topic, letter.payload, letter.attempts) == (
+            "counter", TOPIC, {"entity": "d1", "seq": 1}, 2)
+        assert "downstream is down" in letter.error and letter.event_id.startswith("bus_outbox:")
+        assert [(r.entity, r.seq) for r in await applied(engine)] == [("d1", 0), ("d1", 2)]
+
+        broken["on"] = False
+        await asyncio.sleep(1.5)  # past the duplicate window, or the stream would drop the replay
+        assert await bus.replay_dead_letters("counter") == (1, 0)
+        assert await wait_for_effects(engine, 3) == 3
+        await asyncio.sleep(1.0)
+        assert sorted((r.entity, r.seq) for r in await applied(engine)) == [("d1", 0), ("d1", 1), ("d1", 2)]
+        assert audit == [("d1", 0), ("d1", 1), ("d1", 2)]  # the audit group ignores the replay: no id is new
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(dead_letters))).scalar_one() == 0
+    finally:
+        await bus.close()
+
+
+async def test_a_consumer_made_with_a_delivery_limit_is_updated_to_none(cluster: NatsCluster,
+                                                                      engine: AsyncEngine) -> None:
+    """A server-side limit drops events lost in transit with a node: consumers of older versions lose it."""
+    cfg = settings(cluster.url, replicas=1, partitions=1)
+    connection = await nats.connect(servers(cluster.url))
+    bus = JetStreamBus(cfg)
+    bus.subscribe(TOPIC, consumer(engine, "a", []), group="counter")
+    try:
+        js = connection.jetstream()
+        await js.add_stream(name=cfg.stream, subjects=[f"{cfg.subjects}.>"])
+        old = bus.consumer_config("counter", 0)
+        await js.add_consumer(cfg.stream, old.evolve(max_deliver=5))
+        await bus.start()
+        for _ in range(50):
+            info = await js.consumer_info(cfg.stream, "counter-p0")
+            if info.config.max_deliver == -1:
+                break
+            await asyncio.sleep(0.1)
+        assert info.config.max_deliver == -1
+    finally:
+        await bus.close()
+        await connection.close()

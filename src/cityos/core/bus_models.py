@@ -4,11 +4,13 @@
 relay publishes them to JetStream and deletes them. `bus_applied_events` records, per consumer,
 the ids of events whose effect has been committed: a handler claims the id in its own write
 transaction, so a redelivered event (a NATS node failing before the ack reached it) is applied once.
+`bus_dead_letters` keeps, per consumer group, the events whose handlers failed every attempt: set
+aside with the error rather than dropped, and put back on the stream by `cityos events replay`.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Connection, Index, Insert, MetaData, PrimaryKeyConstraint, String, Table
+from sqlalchemy import Column, Connection, Index, Insert, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -40,7 +42,21 @@ applied_events = Table(
     Index("ix_bus_applied_events_at", "applied_at"),
 )
 
-TABLES = (bus_outbox, applied_events)
+dead_letters = Table(
+    "bus_dead_letters",
+    metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("consumer", String(64), nullable=False),
+    Column("event_id", String(128), nullable=True),
+    Column("topic", String(64), nullable=False),
+    Column("payload", JsonDoc, nullable=False),  # as carried on the stream (encoded)
+    Column("error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("failed_at", Timestamp, nullable=False),
+    Index("ix_bus_dead_letters_consumer", "consumer", "id"),
+)
+
+TABLES = (bus_outbox, applied_events, dead_letters)
 
 
 class AlreadyApplied(Exception):

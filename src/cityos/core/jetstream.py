@@ -42,12 +42,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cityos.core import clock
-from cityos.core.bus_models import applied_events
+from cityos.core.bus_models import applied_events, dead_letters
 from cityos.core.events import Decode, Encode, Event, EventBus, Handler
+from cityos.core.metrics import EVENT_DEAD_LETTERS
 
 log = logging.getLogger("cityos.events")
 
@@ -94,7 +95,7 @@ class JetStreamSettings:
     instance: int = 0  # this process consumes partitions k with k % instances == instance
     instances: int = 1
     ack_wait: float = 30.0
-    max_deliver: int = 5
+    max_deliver: int = 5  # handler failures before the event is set aside in `bus_dead_letters`
     duplicate_window: float = 120.0
 
     @classmethod
@@ -141,6 +142,7 @@ class JetStreamBus(EventBus):
         self._consuming: set[str] = set()
         self._broadcast: Any = None
         self._wake = asyncio.Event()
+        self._failures: dict[tuple[str, int], int] = defaultdict(int)  # (group, stream seq) → handler failures
         self.relayed = 0  # events this process's relay has had acknowledged by the stream
 
     # ------------------------------------------------------------------ the interface
@@ -185,12 +187,16 @@ class JetStreamBus(EventBus):
         except Exception as exc:
             log.error("event %s not published to JetStream: %r", topic, exc)
 
-    async def start(self) -> None:
+    async def connect(self) -> None:
+        """Connect and make sure the stream exists, without consuming or relaying (tools such as replay)."""
         self._nc = await nats.connect(servers(self.settings.url), name=f"cityos-{os.getpid()}",
                                       max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                                       error_cb=_connection_error)
         self._js = self._nc.jetstream(timeout=5.0)
         await self._ensure_stream()
+
+    async def start(self) -> None:
+        await self.connect()
         if self._everywhere:
             await self._listen_everywhere()
         for group in list(self._groups):
@@ -292,17 +298,26 @@ class JetStreamBus(EventBus):
             self._tasks.append(asyncio.create_task(self._consume(group, partition),
                                                    name=f"cityos-events-{group}-p{partition}"))
 
+    def consumer_config(self, group: str, partition: int) -> ConsumerConfig:
+        # The server never gives up on an event (max_deliver -1): deliveries lost with a node or a
+        # connection count there too, and a limit would drop events no handler has seen. Handler
+        # failures are counted here, and an event that fails them all goes to the dead letters.
+        return ConsumerConfig(durable_name=f"{group}-p{partition}",
+                              filter_subject=f"{self.settings.subjects}.p{partition}.>",
+                              ack_policy=AckPolicy.EXPLICIT, max_ack_pending=1,
+                              ack_wait=self.settings.ack_wait, max_deliver=-1)
+
     async def _consume(self, group: str, partition: int) -> None:
         assert self._js is not None
-        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=1,
-                                ack_wait=self.settings.ack_wait, max_deliver=self.settings.max_deliver)
+        config = self.consumer_config(group, partition)
         subscription = None
         while True:
             try:
                 if subscription is None:
-                    subscription = await self._js.pull_subscribe(
-                        f"{self.settings.subjects}.p{partition}.>", durable=f"{group}-p{partition}",
-                        stream=self.settings.stream, config=config)
+                    # Create or update: a consumer made by an earlier version keeps its old limits otherwise.
+                    await self._js.add_consumer(self.settings.stream, config)
+                    subscription = await self._js.pull_subscribe_bind(durable=config.durable_name,
+                                                                      stream=self.settings.stream)
                 messages = await subscription.fetch(1, timeout=5.0)
             except nats.errors.TimeoutError:
                 continue
@@ -325,22 +340,65 @@ class JetStreamBus(EventBus):
     async def _deliver(self, group: str, message: Msg) -> None:
         event = self._decoded(message)
         handlers = [*self._groups[group].get(event.topic, ()), *self._groups[group].get("*", ())]
+        key = (group, message.metadata.sequence.stream)
         try:
             for handler in handlers:
                 await handler(event)
         except Exception as exc:
-            attempts = message.metadata.num_delivered
-            log.error("event handler of %s failed on %s (attempt %d): %r", group, event.topic, attempts, exc)
-            if attempts < self.settings.max_deliver:
+            self._failures[key] += 1
+            failures = self._failures[key]
+            log.error("event handler of %s failed on %s (failure %d of %d): %r", group, event.topic, failures,
+                      self.settings.max_deliver, exc)
+            if failures < self.settings.max_deliver or not await self._set_aside(group, message, exc, failures):
                 with contextlib.suppress(Exception):
-                    await message.nak(delay=1.0)
+                    await message.nak(delay=min(2.0 ** failures, 60.0))
                 return
+        self._failures.pop(key, None)
         try:
             # Confirmed before the next pull: with one event in flight per partition, the server must
             # have the ack before it will hand out the next event.
             await message.ack_sync(timeout=5.0)
         except Exception as exc:  # lost with its node: redelivered, and the handlers are idempotent
             log.info("ack of %s lost: %r", event.id, exc)
+
+    async def _set_aside(self, group: str, message: Msg, error: Exception, failures: int) -> bool:
+        """Keep an event that fails every attempt in `bus_dead_letters`; False when it could not be kept
+        (no database here, or the write failed): then it stays on the stream and is tried again."""
+        if self._writer is None:
+            return False
+        body = orjson.loads(message.data)
+        try:
+            async with self._writer() as conn:
+                await conn.execute(insert(dead_letters).values(
+                    consumer=group, event_id=(message.headers or {}).get("Nats-Msg-Id"), topic=body["topic"],
+                    payload=body["payload"], error=repr(error)[:2000], attempts=failures, failed_at=clock.now()))
+        except Exception as exc:
+            log.error("event of %s not set aside: %r", group, exc)
+            return False
+        EVENT_DEAD_LETTERS.labels(group).inc()
+        return True
+
+    async def replay_dead_letters(self, group: str | None = None) -> tuple[int, int]:
+        """Put set-aside events back on the stream with their own ids: the group that failed applies
+        them, groups that applied them already skip them by their claims. Returns (replayed, held):
+        an event still inside the stream's duplicate window is held back, since the stream would drop it."""
+        assert self._writer is not None and self._js is not None
+        query = select(dead_letters).order_by(dead_letters.c.id)
+        if group is not None:
+            query = query.where(dead_letters.c.consumer == group)
+        replayed = held = 0
+        async with self._writer() as conn:
+            for row in (await conn.execute(query)).all():
+                msg_id = row.event_id or f"dead:{row.id}:{uuid.uuid4().hex}"
+                body = orjson.dumps({"topic": row.topic, "payload": row.payload})
+                ack = await self._js.publish(self.subject(row.topic, row.payload), body,
+                                             headers={"Nats-Msg-Id": msg_id})
+                if ack.duplicate:
+                    held += 1
+                    continue
+                await conn.execute(delete(dead_letters).where(dead_letters.c.id == row.id))
+                replayed += 1
+        return replayed, held
 
     async def _listen_everywhere(self) -> None:
         if self._nc is not None and self._broadcast is None:

@@ -50,6 +50,8 @@ DB_STATEMENT = Histogram("cityos_db_statement_duration_seconds", "Database state
 INGEST_READINGS = Counter("cityos_ingest_readings_total", "Device readings committed by ingest workers")
 INGEST_BATCHES = Counter("cityos_ingest_batches_total", "Ingest batches committed")
 INGEST_DEAD_LETTERS = Counter("cityos_ingest_dead_letters_total", "Device messages set aside as dead letters")
+EVENT_DEAD_LETTERS = Counter("cityos_event_dead_letters_total",
+                             "Domain events set aside after their handlers failed every attempt", ["consumer"])
 RULE_EVALUATION = Histogram("cityos_rule_evaluation_duration_seconds",
                             "Time to evaluate the alarm rules for one hub change", buckets=LATENCY_BUCKETS)
 
