@@ -77,3 +77,13 @@ def test_replay_publishes_one_groups_letters_and_removes_only_them(letters: str,
     again = CliRunner().invoke(cli, ["events", "replay", "--consumer", "incidents"], env=env)
     assert "1 replayed" in again.output
     assert run_sql(letters, select(func.count()).select_from(dead_letters)) == 0
+
+
+def test_the_failure_limit_comes_from_the_environment_and_is_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cityos.core.jetstream import JetStreamSettings
+
+    assert JetStreamSettings.from_env("nats://127.0.0.1:4222").max_deliver == 5
+    monkeypatch.setenv("CITYOS_EVENTS_MAX_DELIVER", "8")
+    assert JetStreamSettings.from_env("nats://127.0.0.1:4222").max_deliver == 8
+    monkeypatch.setenv("CITYOS_EVENTS_MAX_DELIVER", "0")  # 0 would set every failing event aside unhandled
+    assert JetStreamSettings.from_env("nats://127.0.0.1:4222").max_deliver == 1

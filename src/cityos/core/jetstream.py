@@ -106,7 +106,8 @@ class JetStreamSettings:
                    replicas=int(os.environ.get("CITYOS_EVENTS_REPLICAS") or 1),
                    partitions=int(os.environ.get("CITYOS_EVENTS_PARTITIONS") or 8),
                    instance=int(instance), instances=int(instances or 1),
-                   ack_wait=float(os.environ.get("CITYOS_EVENTS_ACK_WAIT") or 30.0))
+                   ack_wait=float(os.environ.get("CITYOS_EVENTS_ACK_WAIT") or 30.0),
+                   max_deliver=max(1, int(os.environ.get("CITYOS_EVENTS_MAX_DELIVER") or 5)))
 
     def my_partitions(self) -> list[int]:
         return [k for k in range(self.partitions) if k % self.instances == self.instance]
