@@ -16,19 +16,35 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _written_aside(path: Path, content: bytes) -> str:
+    """A new private file (mode 0600, from mkstemp) beside `path`, holding `content` on disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, aside = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        os.unlink(aside)
+        raise
+    return aside
+
+
 def create_once(path: Path, make: Callable[[], bytes]) -> bytes:
     """The content of `path`; if it does not exist yet, it is created (mode 0600) with `make()`."""
     with contextlib.suppress(FileNotFoundError):
         return path.read_bytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, aside = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp: mode 0600
+    aside = _written_aside(path, make())
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(make())
-            out.flush()
-            os.fsync(out.fileno())
         with contextlib.suppress(FileExistsError):  # another process linked its own first: use that one
             os.link(aside, path)
     finally:
         os.unlink(aside)
     return path.read_bytes()
+
+
+def replace_private(path: Path, content: bytes) -> None:
+    """Replace `path` (a key ring being rotated) atomically: readers see the old file or the new one."""
+    os.replace(_written_aside(path, content), path)

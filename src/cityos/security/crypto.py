@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Column, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cityos.core.keyfiles import create_once
+from cityos.core.keyfiles import create_once, replace_private
 from cityos.security.settings import SecuritySettings
 
 PREFIX = "enc:v1:"
@@ -125,12 +125,7 @@ def _ring_json(ring: KeyRing) -> bytes:
 
 
 def save_file(path: Path, ring: KeyRing) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(_ring_json(ring))
-    tmp.replace(path)
+    replace_private(path, _ring_json(ring))
 
 
 def _load_file(path: Path) -> KeyRing:

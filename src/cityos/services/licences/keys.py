@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cityos.config import env_optional
-from cityos.core.keyfiles import create_once
+from cityos.core.keyfiles import create_once, replace_private
 from cityos.security.settings import SecuritySettings
 from cityos.services.licences.verify import b64url
 
@@ -71,15 +70,6 @@ def _private_pem(key: Ed25519PrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _write_private_file(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(content)
-    tmp.replace(path)
-
-
 def key_file_path(settings: SecuritySettings | None = None) -> Path:
     settings = settings or SecuritySettings()
     explicit = env_optional("CITYOS_LICENCE_KEY_FILE")
@@ -113,7 +103,7 @@ def rotate_key_file(path: Path) -> str:
     """Generate a new signing key in front of the existing ones; returns its kid."""
     new = Ed25519PrivateKey.generate()
     old = path.read_bytes() if path.exists() else b""
-    _write_private_file(path, _private_pem(new) + old)
+    replace_private(path, _private_pem(new) + old)
     return LicenceKey.of(new).kid
 
 
@@ -129,4 +119,4 @@ def retire_key(path: Path, kid: str) -> None:
             out.append(key.public_pem().encode())
     if not any(b"PRIVATE" in block for block in out):
         raise RuntimeError("cannot retire the last signing key; rotate first")
-    _write_private_file(path, b"".join(out))
+    replace_private(path, b"".join(out))
