@@ -17,9 +17,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cityos.cli import app as cli
+from cityos.core import clock
+from cityos.security.policy import Principal
+from cityos.sim.congestion import sumo_readings
 from cityos.sim.platform import EmbeddedBroker, embedded_command_sender, embedded_ingest_worker, free_port
 from cityos.sim.sumo_demo import start_city_traffic
 from cityos.traffic.citynet import MORNING_PEAK_UTC
+from cityos.traffic.congestion.grid import city_sections
 from cityos.traffic.control_loop import detector_entity, detector_reading, start_control_loop
 from iot.mqtt_support import wait_for
 
@@ -113,6 +117,15 @@ async def test_the_demos_signals_are_decided_by_the_platform_with_sumo_as_the_st
     found = await app.state.hub.service.retrieve_many(app.state.iot.tenant, [detector_entity(lane) for lane in lanes])
     assert len(found) == len(set(lanes)) and all(detector_reading(r.attrs) is not None for r in found.values())
     assert loop.stats.acknowledged >= len(by_controller) and loop.stats.unacknowledged == 0
+    # The street's road traffic feeds the congestion index (the demo's roads with --traffic sumo): every
+    # segment of the grid is a pair of SUMO edges, sampled while the street ran.
+    sections = city_sections(42)
+    rows = sumo_readings(sections, field.take_edge_traffic(), clock.now())
+    assert len(rows) == len(sections) and sum(r["flowVph"] for r in rows) > 0
+    assert all(0 <= r["speedKmh"] <= 70 for r in rows)  # within the grid's 50/60 km/h limits and SUMO's spread
+    operator = Principal("test-roads", kind="service", role="sys_admin")
+    await app.state.congestion.register_grid(operator, "", 42)
+    assert (await app.state.congestion.report(operator, "", {"readings": rows}))["accepted"] == len(sections)
 
 
 @pytest.mark.parametrize(("args", "env"), [(["--traffic", "bogus"], {}), ([], {"CITYOS_DEMO_TRAFFIC": "SUMO!"})])

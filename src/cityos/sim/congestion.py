@@ -3,8 +3,10 @@ city's daily traffic pattern, each segment with its own sensitivity to demand, p
 that jam a segment for half an hour. Reported through the congestion service as a detector gateway
 would, so the index, its history, the forecast and the cockpit's traffic layer all have data.
 
-Not SUMO: the SUMO network of the same grid (`cityos.traffic.citynet`) is for the signal benchmarks;
-running it alongside the demo would take a core of a laptop for the whole session.
+With `cityos demo --traffic sumo` the live speeds and flows come from SUMO's run of the same grid instead
+(`sumo_readings`: each segment's two directed edges, averaged since the last report); the three hours of
+history before the demo started stay the daily pattern's. Without it SUMO is not run for the roads: it
+would take a core of a laptop for the whole session.
 """
 
 # ruff: noqa: S311  (seeded, reproducible simulation randomness; nothing here is a secret)
@@ -16,6 +18,7 @@ import hashlib
 import logging
 import math
 import random
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -60,8 +63,28 @@ def readings(sections: tuple[Section, ...], at: datetime, seed: int) -> list[dic
              "observedAt": clock.iso(at)} for s in sections]
 
 
-async def run_live(app: Any, seed: int, every_s: float = 60.0) -> None:
-    """Register the grid, backfill three hours, train the first model, then report every `every_s`."""
+EdgeTraffic = Mapping[str, tuple[float, float]]  # SUMO edge `a--b` → (mean speed km/h, flow veh/h)
+
+
+def sumo_readings(sections: tuple[Section, ...], edges: EdgeTraffic, at: datetime) -> list[dict[str, Any]]:
+    """The segments' readings from SUMO's edges: speed averaged over both directions, flow added up.
+    A segment whose edges SUMO did not sample is left out (it keeps its last reading)."""
+    out = []
+    for s in sections:
+        both = [edges[e] for e in (f"{s.start}--{s.end}", f"{s.end}--{s.start}") if e in edges]
+        if not both:
+            continue
+        speed = sum(speed for speed, _flow in both) / len(both)
+        out.append({"segmentId": s.id, "speedKmh": round(min(200.0, max(0.0, speed)), 1),
+                    "flowVph": round(min(20_000.0, sum(flow for _speed, flow in both))),
+                    "observedAt": clock.iso(at)})
+    return out
+
+
+async def run_live(app: Any, seed: int, every_s: float = 60.0,
+                   live_traffic: Callable[[], EdgeTraffic | None] | None = None) -> None:
+    """Register the grid, backfill three hours, train the first model, then report every `every_s`:
+    from `live_traffic()` (SUMO's edges) when it gives something, else from the daily pattern."""
     from cityos.security.policy import Principal
 
     gateway = Principal("cityos-demo-detectors", kind="service", role="sys_admin")
@@ -77,7 +100,11 @@ async def run_live(app: Any, seed: int, every_s: float = 60.0) -> None:
     rng = random.Random(seed)
     while True:
         try:
-            await congestion.report(gateway, "", {"readings": readings(sections, clock.now(), seed)})
+            now = clock.now()
+            edges = live_traffic() if live_traffic is not None else None
+            rows = sumo_readings(sections, edges, now) if edges else readings(sections, now, seed)
+            if rows:
+                await congestion.report(gateway, "", {"readings": rows})
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -408,9 +408,15 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
                                                 name="simulated residents")
                 population = asyncio.create_task(_load_population(console, app), name="demo-population")
                 buses = asyncio.create_task(_simulated_buses(app, options.seed), name="simulated buses")
-                roads = asyncio.create_task(_simulated_roads(app, options.seed), name="simulated road speeds")
-                counter = _IngestCounter()
                 sumo = demo_options.traffic == "sumo"
+                street = None
+
+                def sumo_roads() -> Any:  # SUMO's road traffic once the street runs (with --traffic sumo)
+                    return street.field.take_edge_traffic() if street is not None else None
+
+                roads = asyncio.create_task(_simulated_roads(app, options.seed, sumo_roads if sumo else None),
+                                            name="simulated road speeds")
+                counter = _IngestCounter()
                 worker = embedded_ingest_worker(app.state.iot, mqtt_url, kinds="readings" if sumo else "all")
                 worker.stats.on_commit.append(counter.on_commit)
                 await worker.start()
@@ -422,7 +428,6 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
                     await answers.start()
                 # Device RPC (and phase commands) through the embedded broker: MQTT 3.1.1, as the platform.
                 app.state.iot_commands = embedded_command_sender(app.state.iot, mqtt_url)
-                street = None
                 try:
                     if sumo and not stop.is_set():
                         street = await _sumo_traffic(console, app, mqtt_url, options.seed, demo_options)
@@ -624,16 +629,17 @@ async def _seed_financing(app: Any, company_ids: list[str]) -> tuple[int, int]:
     return made, posted
 
 
-async def _simulated_roads(app: Any, seed: int) -> None:
-    """路况: the grid's segments with speeds from the city's daily pattern and incidents
-    (cityos.sim.congestion): the congestion index, its forecast and the cockpit's traffic layer."""
+async def _simulated_roads(app: Any, seed: int, live_traffic: Any = None) -> None:
+    """路况: the grid's segments with speeds from the city's daily pattern and incidents, or from SUMO's
+    street when `live_traffic` gives them (cityos.sim.congestion): the congestion index, its forecast and
+    the cockpit's traffic layer."""
     from cityos.sim.congestion import run_live
 
     try:
         # After the demo's first seconds (seeding, residents): the three-hour backfill writes ~4,400
         # readings and would slow what a new user sees first.
         await asyncio.sleep(float(os.environ.get("CITYOS_DEMO_ROADS_DELAY", "20")))
-        await run_live(app, seed)
+        await run_live(app, seed, live_traffic=live_traffic)
     except asyncio.CancelledError:
         raise
     except Exception:

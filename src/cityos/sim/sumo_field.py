@@ -176,6 +176,10 @@ class SumoField:
     _seen: dict[str, set[str]] = field(default_factory=dict)
     _links: list[DeviceLink] = field(default_factory=list)
     _cabinets: dict[str, DeviceLink] = field(default_factory=dict)
+    # Road traffic per edge since the congestion index last took it: [speed km/h, flow veh/h, samples].
+    _edge_sums: dict[str, list[float]] = field(default_factory=dict)
+    _edge_km: dict[str, float] = field(default_factory=dict)
+    _edge_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -211,6 +215,8 @@ class SumoField:
             self._show(tls, state)
         self._seen = {lane: set() for lane in self._lanes}
         self._entered = dict.fromkeys(self._lanes, 0)
+        self._edge_km = {edge: libsumo.lane.getLength(f"{edge}_0") / 1000.0
+                         for edge in libsumo.edge.getIDList() if not edge.startswith(":")}  # ':' = inside junctions
 
     def _restart(self, why: str) -> None:
         import libsumo
@@ -309,6 +315,27 @@ class SumoField:
             self._entered[lane] = 0
         return values
 
+    def sample_edges(self) -> None:
+        """Add every road edge's mean speed and flow now to the sums the congestion index takes."""
+        import libsumo
+
+        samples = {}
+        for edge, km in self._edge_km.items():
+            speed = libsumo.edge.getLastStepMeanSpeed(edge) * 3.6  # the edge's limit when it is empty
+            samples[edge] = (speed, libsumo.edge.getLastStepVehicleNumber(edge) / km * speed)  # density × speed
+        with self._edge_lock:
+            for edge, (speed, flow) in samples.items():
+                sums = self._edge_sums.setdefault(edge, [0.0, 0.0, 0])
+                sums[0] += speed
+                sums[1] += flow
+                sums[2] += 1
+
+    def take_edge_traffic(self) -> dict[str, tuple[float, float]]:
+        """Each edge's mean speed (km/h) and flow (veh/h) since the last call (any thread); then start again."""
+        with self._edge_lock:
+            sums, self._edge_sums = self._edge_sums, {}
+        return {edge: (speed / n, flow / n) for edge, (speed, flow, n) in sums.items() if n}
+
     def publish_readings(self) -> None:
         stamp = int(time.time() * 1000)
         lanes = list(self.readings().items())
@@ -331,7 +358,9 @@ class SumoField:
                 except Exception as exc:  # SUMO ended or failed: the city goes on
                     self._restart(f"SUMO failed ({exc!r})")
                 steps += 1
-                if (steps - 1) % every == 0 and self.feeding:  # from the first step on
-                    self.publish_readings()
+                if (steps - 1) % every == 0:  # from the first step on
+                    self.sample_edges()
+                    if self.feeding:
+                        self.publish_readings()
             stop.wait(TICK_S)
 
