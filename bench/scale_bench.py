@@ -531,7 +531,7 @@ def main() -> None:
     database_url = postgres_database_url(name)
     plain_url = database_url.replace("postgresql+asyncpg://", "postgresql://")
     out: dict[str, Any] = {"bench": "scale", "readings": args.readings, "events": args.events,
-                           "load_at_start": os.getloadavg()[0], "clusters": {}}
+                           "load_at_start": round(os.getloadavg()[0], 2), "clusters": {}}
     try:
         migrate.upgrade(Settings(database_url=database_url))
         asyncio.run(provision(database_url))
@@ -558,14 +558,14 @@ def main() -> None:
                     runs[str(p)] = {"raw_nats": raw, "jetstream": broker, "ingest": ingest, "events": events,
                                     "ingest_vs_raw": round(ingest["per_s"] / raw["per_s"], 4),
                                     "jetstream_vs_raw": round(broker["consume_per_s"] / raw["per_s"], 3),
-                                    "load_1m": loads}  # before the stages and after each one
+                                    "load_1m": [round(x, 2) for x in loads]}  # before the stages, after each
                     say(orjson.dumps(runs[str(p)]).decode())
             finally:
                 end_children()
                 cluster.stop()
             out["clusters"][key] = runs
         out["postgres_copy"] = asyncio.run(copy_ceiling(plain_url, args.copy_rows))
-        out["load_at_end"] = os.getloadavg()[0]
+        out["load_at_end"] = round(os.getloadavg()[0], 2)
     finally:
         with contextlib.suppress(Exception):
             admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
