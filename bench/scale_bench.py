@@ -20,7 +20,10 @@ cluster (replicas 3):
 CPU per reading: user+system seconds of each stage's processes over the run (nats-server nodes, ingest
 processes, the PostgreSQL backends serving this database) divided by the readings stored. Finally
 PostgreSQL's ceiling: raw COPY of history rows into `hub_attribute_history`, rows/s on one connection.
-One JSON line on stdout (progress on stderr). Ratios are against raw NATS; nothing is asserted.
+One JSON line on stdout (progress on stderr), with the machine's 1-minute load average before the stages
+and after each one. Ratios are against raw NATS; nothing is asserted. A stage whose processes stop
+answering fails with their state and each NATS node's (running, or exit code and log tail), and its
+processes are ended before the cluster is stopped.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import queue
 import resource
 import sys
 import time
@@ -96,7 +100,7 @@ def raw_consumer(url: str, subject: str, ready: Any, results: Any) -> None:
     asyncio.run(run())
 
 
-def js_consumer(url: str, stream: str, subject: str, ready: Any, results: Any) -> None:
+def js_consumer(url: str, stream: str, subject: str, ready: Any, go: Any, results: Any) -> None:
     async def run() -> None:
         import nats
         from nats.js.api import AckPolicy, ConsumerConfig
@@ -106,15 +110,23 @@ def js_consumer(url: str, stream: str, subject: str, ready: Any, results: Any) -
         sub = await js.pull_subscribe(subject, durable="bench", stream=stream,
                                       config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=20000))
         ready.set()
+        await asyncio.to_thread(go.wait)  # all pull together: the rate is not the spread of process start-ups
         cpu0 = cpu_self()
-        count, first, last, empty = 0, 0.0, time.time(), 0
-        while empty < (3 if count else 10):  # a process the others left nothing to stops too
+        count, first, last = 0, 0.0, time.time()
+        idle_since = time.monotonic()
+        # Done after 1.5 s without a message (5 s if none came: the others took them all). Idle is
+        # measured in time, not in empty pulls: nats-py's fetch returns an empty list, not a timeout,
+        # when the answer to its pull is a status, such as the 408 of an earlier pull expiring. On a
+        # 3-node cluster most pulls of a drained stream end that way, and a loop waiting for three
+        # timeouts in a row ran for minutes (the 3-node failure of the 2026-12-05 18:59 run).
+        while time.monotonic() - idle_since < (1.5 if count else 5.0):
             try:
                 msgs = await sub.fetch(500, timeout=0.5)
             except nats.errors.TimeoutError:
-                empty += 1
                 continue
-            empty = 0
+            if not msgs:
+                continue
+            idle_since = time.monotonic()
             first = first or time.time()
             for msg in msgs:
                 await msg.ack()
@@ -185,6 +197,14 @@ def event_consumer(database_url: str, url: str, stream: str, subjects: str, repl
 # ---------------------------------------------------------------------- the stages
 
 
+CHILDREN: list[Any] = []  # every worker process started, ended before a cluster is stopped
+CLUSTER: list[Any] = []  # the cluster of the stage running, for the diagnosis of a failure
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
 def start_all(target: Any, count: int, args: tuple[Any, ...], results: Any, stop: Any | None = None) -> list[Any]:
     ctx = mp.get_context("spawn")
     procs, readies = [], []
@@ -193,16 +213,72 @@ def start_all(target: Any, count: int, args: tuple[Any, ...], results: Any, stop
         extra = (ready, stop, results) if stop is not None else (ready, results)
         proc = ctx.Process(target=target, args=(*args, *extra))
         proc.start()
+        CHILDREN.append(proc)
         procs.append(proc)
         readies.append(ready)
-    for ready in readies:
-        if not ready.wait(400):  # the whole app assembles in each process; slow on a loaded machine
-            raise RuntimeError(f"{target.__name__} did not start")
+    deadline = time.monotonic() + 400  # the whole app assembles in each process; slow on a loaded machine
+    for proc, ready in zip(procs, readies, strict=True):
+        while not ready.wait(1):
+            if not proc.is_alive() or time.monotonic() > deadline:
+                raise StageFailed(f"{target.__name__} did not start ({diagnosis(procs)})")
     return procs
 
 
-def collect(results: Any, count: int) -> list[dict[str, Any]]:
-    return [results.get(timeout=120) for _ in range(count)]
+def cluster_state(cluster: Any) -> str:
+    """Each node: running, or its exit code and the end of its log."""
+    parts = []
+    for node in cluster.nodes:
+        code = node.proc.poll() if node.proc is not None else "not started"
+        if code is None:
+            parts.append(f"{node.name} :{node.port} running")
+        else:
+            tail = node.log.read_text(errors="replace")[-1500:] if node.log.exists() else ""
+            parts.append(f"{node.name} :{node.port} exited {code}; log ends:\n{tail}")
+    return "; ".join(parts)
+
+
+def diagnosis(procs: list[Any]) -> str:
+    states = ", ".join(f"pid {p.pid} " + ("running" if p.is_alive() else f"exited {p.exitcode}") for p in procs)
+    nodes = cluster_state(CLUSTER[-1]) if CLUSTER else "no cluster"
+    return f"workers: {states}; NATS nodes: {nodes}; load {os.getloadavg()[0]:.1f}"
+
+
+def collect(results: Any, procs: list[Any], patience: float = 120) -> list[dict[str, Any]]:
+    """One result per process; fails with the processes' and the nodes' state if `patience` seconds
+    pass with no new result, or if every process has ended without sending its own."""
+    got: list[dict[str, Any]] = []
+    waited_since = time.monotonic()
+    while len(got) < len(procs):
+        try:
+            got.append(results.get(timeout=1))
+            waited_since = time.monotonic()
+            continue
+        except queue.Empty:
+            pass
+        if all(not p.is_alive() for p in procs):
+            with contextlib.suppress(queue.Empty):
+                while len(got) < len(procs):  # sent just before exiting
+                    got.append(results.get(timeout=2))
+            if len(got) < len(procs):
+                raise StageFailed(f"{len(procs) - len(got)} process(es) ended without a result ({diagnosis(procs)})")
+        elif time.monotonic() - waited_since > patience:
+            raise StageFailed(f"no result for {patience:.0f} s from {len(procs) - len(got)} process(es) "
+                              f"({diagnosis(procs)})")
+    return got
+
+
+def end_children() -> None:
+    """Workers still running after a failed stage end here, before their cluster is stopped: left
+    running, they report "connection refused" on every node once it is, which reads as if the
+    cluster had failed on its own."""
+    for proc in CHILDREN:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in CHILDREN:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    CHILDREN.clear()
 
 
 async def publish_many(url: str, subject_of: Any, bodies: list[bytes], jetstream: bool) -> float:
@@ -234,7 +310,7 @@ def raw_run(cluster: Any, processes: int, bodies: list[bytes]) -> dict[str, Any]
     procs = start_all(raw_consumer, processes, (cluster.url, subject), results)
     broker0 = node_cpu(cluster)
     started = asyncio.run(publish_many(cluster.url, lambda _i: subject, bodies, False))
-    got = collect(results, processes)
+    got = collect(results, procs)
     for proc in procs:
         proc.join(30)
     count = sum(g["count"] for g in got)
@@ -261,9 +337,10 @@ def broker_run(cluster: Any, replicas: int, processes: int, bodies: list[bytes])
     asyncio.run(publish_many(cluster.url, lambda i: f"{stream.lower()}.d{i % DEVICES}", bodies, True))
     publish_s = time.time() - t0
     ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = start_all(js_consumer, processes, (cluster.url, stream, f"{stream.lower()}.>"), results)
-    got = collect(results, processes)
+    results, go = ctx.Queue(), ctx.Event()
+    procs = start_all(js_consumer, processes, (cluster.url, stream, f"{stream.lower()}.>"), results, go)
+    go.set()
+    got = collect(results, procs)
     for proc in procs:
         proc.join(30)
     count = sum(g["count"] for g in got)
@@ -314,11 +391,11 @@ def ingest_run(cluster: Any, replicas: int, processes: int, readings: int, datab
         time.sleep(0.5)
         stored = asyncio.run(history_count(database_url))
     finished = time.time()
-    pids = set(pids) | set(asyncio.run(pg_backends(database_url, db_name)))
-    pg_cpu = sum(cpu_of(pid) - pg0.get(pid, 0.0) for pid in pids)
+    every = set(pids) | set(asyncio.run(pg_backends(database_url, db_name)))
+    pg_cpu = sum(cpu_of(pid) - pg0.get(pid, 0.0) for pid in every)
     broker_cpu = node_cpu(cluster) - broker0
     stop.set()
-    got = collect(results, processes)
+    got = collect(results, procs)
     for proc in procs:
         proc.join(60)
     done = stored - before
@@ -385,7 +462,7 @@ def events_run(cluster: Any, replicas: int, processes: int, count: int, database
         applied = asyncio.run(applied_count())
     finished = time.time()
     stop.set()
-    got = collect(results, processes)
+    got = collect(results, procs)
     for proc in procs:
         proc.join(60)
     done = applied - before
@@ -454,7 +531,7 @@ def main() -> None:
     database_url = postgres_database_url(name)
     plain_url = database_url.replace("postgresql+asyncpg://", "postgresql://")
     out: dict[str, Any] = {"bench": "scale", "readings": args.readings, "events": args.events,
-                           "load_at_start": os.getloadavg()[0], "clusters": {}}
+                           "load_at_start": round(os.getloadavg()[0], 2), "clusters": {}}
     try:
         migrate.upgrade(Settings(database_url=database_url))
         asyncio.run(provision(database_url))
@@ -463,23 +540,32 @@ def main() -> None:
         for size in (int(c) for c in args.clusters.split(",")):
             replicas = size
             cluster = NatsCluster(size).start()
+            CLUSTER.append(cluster)
             key = f"{size}-node-R{replicas}"
             runs: dict[str, Any] = {}
             try:
                 for p in counts:
-                    say(f"{key}: {p} process(es)")
+                    say(f"{key}: {p} process(es), load {os.getloadavg()[0]:.1f}")
+                    loads = [os.getloadavg()[0]]
                     raw = raw_run(cluster, p, bodies)
+                    loads.append(os.getloadavg()[0])
                     broker = broker_run(cluster, replicas, p, bodies)
+                    loads.append(os.getloadavg()[0])
                     ingest = ingest_run(cluster, replicas, p, args.readings, plain_url, name)
+                    loads.append(os.getloadavg()[0])
                     events = events_run(cluster, replicas, p, args.events, database_url)
+                    loads.append(os.getloadavg()[0])
                     runs[str(p)] = {"raw_nats": raw, "jetstream": broker, "ingest": ingest, "events": events,
                                     "ingest_vs_raw": round(ingest["per_s"] / raw["per_s"], 4),
-                                    "jetstream_vs_raw": round(broker["consume_per_s"] / raw["per_s"], 3)}
+                                    "jetstream_vs_raw": round(broker["consume_per_s"] / raw["per_s"], 3),
+                                    "load_1m": [round(x, 2) for x in loads]}  # before the stages, after each
                     say(orjson.dumps(runs[str(p)]).decode())
             finally:
+                end_children()
                 cluster.stop()
             out["clusters"][key] = runs
         out["postgres_copy"] = asyncio.run(copy_ceiling(plain_url, args.copy_rows))
+        out["load_at_end"] = round(os.getloadavg()[0], 2)
     finally:
         with contextlib.suppress(Exception):
             admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

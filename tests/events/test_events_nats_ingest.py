@@ -81,3 +81,31 @@ async def test_two_workers_pull_from_the_stream_and_a_node_dies_mid_stream(clien
         for worker in workers:
             await worker.stop()
         cluster.nodes[1].start()
+
+
+async def test_an_idle_worker_commits_no_empty_batches(client: Any, app: Any, cluster: NatsCluster) -> None:
+    """On a drained stream most pulls are answered by a status (an earlier pull's 408 expiry), for which
+    nats-py's fetch returns an empty list rather than a timeout: those are not batches to commit."""
+    prefix = f"cityos/t{uuid.uuid4().hex[:8]}"
+    stream = f"D{uuid.uuid4().hex[:8]}"
+    result = await app.state.iot.provision_many([DeviceIn(name="idle-01", profile="air-quality", lon=110.3,
+                                                          lat=20.0, district="D1")])
+    assert not result.errors
+    worker = JetStreamIngestWorker(app.state.iot, cluster.url, "idle", stream=stream, prefix=prefix, replicas=3,
+                                   batch=50)
+    await worker.start()
+    publisher = await nats.connect(servers(cluster.url))
+    try:
+        js = publisher.jetstream(timeout=10.0)
+        body = orjson.dumps({"ts": int(time.time() * 1000), "values": {"pm25": 7}})
+        await js.publish(f"{subject_prefix(prefix)}.idle-01.telemetry", body)
+        for _ in range(600):
+            if worker.stats.readings:
+                break
+            await asyncio.sleep(0.1)
+        assert (worker.stats.received, worker.stats.readings, worker.stats.batches) == (1, 1, 1)
+        await asyncio.sleep(6)  # six more pulls of one second each on the drained stream
+        assert (worker.stats.received, worker.stats.batches) == (1, 1)
+    finally:
+        await publisher.close()
+        await worker.stop()

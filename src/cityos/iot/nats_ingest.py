@@ -95,6 +95,10 @@ class JetStreamIngestWorker(BatchCommitter):
                 log.info("ingest %s: %r", self.client_id, exc)
                 await asyncio.sleep(0.5)
                 continue
+            if not messages:
+                # nats-py returns no messages (not a timeout) when the pull is answered by a status, e.g.
+                # an earlier pull's 408 expiry: most idle pulls on a 3-node cluster. Not a batch to commit.
+                continue
             self.stats.received += len(messages)
             # Shielded: a stop during the commit lets it finish and acknowledge (nothing stored twice).
             await asyncio.shield(self._commit_and_ack(messages))
