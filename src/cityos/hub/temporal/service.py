@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, literal, select, union_all, update
+from sqlalchemy import delete, exists, func, literal, select, text, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -229,12 +229,22 @@ class TemporalService:
             async with self.store.read() as conn:
                 content_range = await self._fill(conn, tenant, heads, tq, grain)
             return TemporalResult(heads, total, content_range)
-        grain = await self._rollup_grain(tenant, tq)
+        grain = sql.rollup_grain(tq) if tq.representation == AGGREGATED else None
         async with self.store.read() as conn:
             await self._require_tenant(conn, tenant)
-            # The rollups were brought up to date for this answer: "has history" can be asked of them.
-            heads, total = await self._select(conn, tenant, query, tq.attrs, rollups_current=grain is not None)
-            content_range = await self._fill(conn, tenant, heads, tq, grain)
+            dirty, registered = await _tenant_state(conn, tenant)
+            if grain is None or not dirty:
+                return await self._page(conn, tenant, query, tq, grain, registered)
+        grain = await self._refresh_rollups(tenant, grain)
+        async with self.store.read() as conn:
+            return await self._page(conn, tenant, query, tq, grain, registered)
+
+    async def _page(self, conn: AsyncConnection, tenant: str, query: EntityQuery, tq: TemporalQuery,
+                    grain: str | None, registered: bool) -> TemporalResult:
+        # With a grain the rollups are up to date for this answer: "has history" can be asked of them.
+        heads, total = await self._select(conn, tenant, query, tq.attrs, rollups_current=grain is not None,
+                                          registered=registered)
+        content_range = await self._fill(conn, tenant, heads, tq, grain)
         return TemporalResult(heads, total, content_range)
 
     async def _require_tenant(self, conn: AsyncConnection, tenant: str) -> None:
@@ -250,15 +260,20 @@ class TemporalService:
         return _from_registry(row) if row else None
 
     async def _select(self, conn: AsyncConnection, tenant: str, query: EntityQuery, attrs: list[str] | None,
-                      rollups_current: bool = False) -> tuple[list[TemporalEntity], int | None]:
+                      rollups_current: bool = False,
+                      registered: bool | None = None) -> tuple[list[TemporalEntity], int | None]:
         """One page of entities, ordered by id, over hub_entities and the registry together.
         `rollups_current`: no rollup bucket is marked for recomputation (`rollups.refresh` just ran), so
-        the has-history test may look at the rollups first (see `_has_history`)."""
+        the has-history test may look at the rollups first (see `_has_history`). `registered`: whether
+        the tenant has entities in the registry, when the caller has asked already (None: ask)."""
         extra = ([*query.extra, _has_history(tenant, entities.c.id, attrs, rollups_current)] if attrs
                  else query.extra)
         current = replace(query, attrs=None, extra=extra)
-        uses_registry = query.q is None and query.geo is None and query.scope_q is None and (await conn.execute(
-            select(registry.c.entity_id).where(registry.c.tenant == tenant).limit(1))).first() is not None
+        uses_registry = query.q is None and query.geo is None and query.scope_q is None
+        if uses_registry and registered is None:
+            registered = (await conn.execute(
+                select(registry.c.entity_id).where(registry.c.tenant == tenant).limit(1))).first() is not None
+        uses_registry = uses_registry and bool(registered)
         if not uses_registry:
             records, total = await self.store.query(conn, tenant, current)
             return [_from_record(r) for r in records], total
@@ -287,6 +302,10 @@ class TemporalService:
         async with self.store.read() as conn:
             if not await rollups.has_dirty(conn, tenant):
                 return grain
+        return await self._refresh_rollups(tenant, grain)
+
+    async def _refresh_rollups(self, tenant: str, grain: str) -> str | None:
+        """Recompute the tenant's marked rollup buckets: `grain`, or None (read the raw rows) if they cannot be."""
         try:
             async with write_transaction(self.store.engine, self.store._sqlite_write_lock) as conn:
                 await rollups.refresh(conn, tenant)
@@ -537,6 +556,15 @@ def _has_history(tenant: str, entity_id: ColumnElement[Any], attrs: Sequence[str
     rolled = select(literal(1)).where(rollup_table.c.tenant == tenant, rollup_table.c.entity_id == entity_id,
                                       rollup_table.c.attr.in_(list(attrs)))
     return exists(union_all(rolled, raw))
+
+
+async def _tenant_state(conn: AsyncConnection, tenant: str) -> tuple[bool, bool]:
+    """What a query asks of the tenant before selecting, in one round trip: are rollup buckets marked for
+    recomputation (`rollups.has_dirty`), and are there entities known only to the temporal registry."""
+    row = (await conn.execute(text(
+        "SELECT EXISTS (SELECT 1 FROM hub_history_rollup_dirty WHERE tenant = :tenant), "
+        "EXISTS (SELECT 1 FROM hub_temporal_entities WHERE tenant = :tenant)"), {"tenant": tenant})).one()
+    return bool(row[0]), bool(row[1])
 
 
 def _registry_conditions(tenant: str, query: EntityQuery, attrs: list[str] | None,
