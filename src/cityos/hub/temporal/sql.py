@@ -421,9 +421,9 @@ async def aggregate_series(conn: AsyncConnection, tenant: str, entity_ids: Seque
             params.update(period_ms=int(period.total_seconds()) * 1000,
                           origin_ms=round((tq.origin - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1000))
     if pg and grain is None:
-        # The raw rows' group-by per entity can be large (a long window of one entity). Only a transaction
-        # keeps it: the API's autocommit reads run with the server's setting. The rollup read (per entity,
-        # at most one row per bucket) needs no more than the default, nor the round trip.
+        # The raw rows' group-by per entity can be large (a long window of one entity). It only takes effect
+        # inside a transaction: the API's autocommit reads run with the server's setting. The rollup read
+        # (per entity, at most one row per bucket) needs no more than the default, nor the round trip.
         await conn.execute(text("SET LOCAL work_mem = '64MB'"))
     methods = tq.aggr_methods
     if pg:
