@@ -42,12 +42,29 @@ def test_a_series_folded_out_of_time_order_is_put_back_in_order() -> None:
 def test_bounds_are_shared_between_series_and_exact_to_the_microsecond() -> None:
     tq = hourly(["max"])
     odd = START + timedelta(microseconds=123456)
-    bounds: dict[object, sql.Bound] = {}
+    bounds: dict[object, object] = {}
     a = sql._pg_series(("urn:a", "urn:x", None, [micros(odd)], [1.5]), tq, bounds)
     b = sql._pg_series(("urn:b", "urn:x", "urn:ds", [micros(odd)], [None]), tq, bounds)
     assert a.bounds[0] is b.bounds[0]
     assert a.bounds[0].start == odd and a.bounds[0].start_text == "2026-11-20T00:00:00.123Z"
     assert b.values == {"max": [None]}
+
+
+def test_series_with_the_same_buckets_share_one_list_of_bounds() -> None:
+    """The sensors of a page mostly have the same buckets: one list for all of them; a series with other
+    buckets (a gap, or folded out of order and put back) gets its own list, built from the same bounds."""
+    tq = hourly(["avg"])
+    hours = [micros(START + k * HOUR) for k in range(3)]
+    bounds: dict[object, object] = {}
+    a = sql._pg_series(("urn:a", "urn:x", None, hours, [1.0, 2.0, 3.0]), tq, bounds)
+    b = sql._pg_series(("urn:b", "urn:x", None, list(hours), [4.0, 5.0, 6.0]), tq, bounds)
+    gap = sql._pg_series(("urn:c", "urn:x", None, [hours[0], hours[2]], [7.0, 9.0]), tq, bounds)
+    late = sql._pg_series(("urn:d", "urn:x", None, [hours[2], hours[0], hours[1]], [3.0, 1.0, 2.0]), tq, bounds)
+    assert a.bounds is b.bounds and late.bounds is a.bounds
+    assert gap.bounds is not a.bounds and [x.start for x in gap.bounds] == [START, START + 2 * HOUR]
+    assert gap.bounds[1] is a.bounds[2]
+    assert (b.values, gap.values, late.values) == ({"avg": [4.0, 5.0, 6.0]}, {"avg": [7.0, 9.0]},
+                                                   {"avg": [1.0, 2.0, 3.0]})
 
 
 def test_decimals_from_a_numeric_aggregate_become_floats() -> None:

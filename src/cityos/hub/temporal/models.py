@@ -8,7 +8,7 @@ the entity API never touches this table (only deletions do).
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, PrimaryKeyConstraint, String, Table
+from sqlalchemy import Column, Index, Integer, PrimaryKeyConstraint, String, Table, column, table
 
 from cityos.hub.models import Timestamp, metadata
 
@@ -36,3 +36,8 @@ history_retention = Table(
     Column("updated_at", Timestamp, nullable=False),
     PrimaryKeyConstraint("tenant", "entity_type", name="pk_hub_history_retention"),
 )
+
+# The hourly and daily rollups (`cityos.hub.temporal.rollups`, created by migration 0017's DDL, not by this
+# metadata): the columns the temporal reads name through SQLAlchemy Core.
+history_rollups = table("hub_history_rollups", column("tenant", String), column("entity_id", String),
+                        column("attr", String))

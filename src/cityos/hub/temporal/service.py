@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import delete, exists, func, literal, select, text, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -54,6 +54,7 @@ from cityos.hub.service import AccessDenied, Change, write_guard
 from cityos.hub.sources import source_guard
 from cityos.hub.store import EntityQuery, EntityRecord, HistoryRow, HubStore
 from cityos.hub.temporal import rollups, sql
+from cityos.hub.temporal.models import history_rollups as rollup_table
 from cityos.hub.temporal.models import temporal_entities as registry
 from cityos.hub.temporal.params import AGGREGATED, TemporalQuery
 from cityos.hub.temporal.sql import BucketSeries, InstanceRow
@@ -228,11 +229,22 @@ class TemporalService:
             async with self.store.read() as conn:
                 content_range = await self._fill(conn, tenant, heads, tq, grain)
             return TemporalResult(heads, total, content_range)
-        grain = await self._rollup_grain(tenant, tq)
+        grain = sql.rollup_grain(tq) if tq.representation == AGGREGATED else None
         async with self.store.read() as conn:
             await self._require_tenant(conn, tenant)
-            heads, total = await self._select(conn, tenant, query, tq.attrs)
-            content_range = await self._fill(conn, tenant, heads, tq, grain)
+            dirty, registered = await _tenant_state(conn, tenant)
+            if grain is None or not dirty:
+                return await self._page(conn, tenant, query, tq, grain, registered)
+        grain = await self._refresh_rollups(tenant, grain)
+        async with self.store.read() as conn:
+            return await self._page(conn, tenant, query, tq, grain, registered)
+
+    async def _page(self, conn: AsyncConnection, tenant: str, query: EntityQuery, tq: TemporalQuery,
+                    grain: str | None, registered: bool) -> TemporalResult:
+        # With a grain the rollups are up to date for this answer: "has history" can be asked of them.
+        heads, total = await self._select(conn, tenant, query, tq.attrs, rollups_current=grain is not None,
+                                          registered=registered)
+        content_range = await self._fill(conn, tenant, heads, tq, grain)
         return TemporalResult(heads, total, content_range)
 
     async def _require_tenant(self, conn: AsyncConnection, tenant: str) -> None:
@@ -247,20 +259,28 @@ class TemporalService:
                                                          registry.c.entity_id == entity_id))).first()
         return _from_registry(row) if row else None
 
-    async def _select(self, conn: AsyncConnection, tenant: str, query: EntityQuery,
-                      attrs: list[str] | None) -> tuple[list[TemporalEntity], int | None]:
-        """One page of entities, ordered by id, over hub_entities and the registry together."""
-        extra = [*query.extra, _has_history(tenant, entities.c.id, attrs)] if attrs else query.extra
+    async def _select(self, conn: AsyncConnection, tenant: str, query: EntityQuery, attrs: list[str] | None,
+                      rollups_current: bool = False,
+                      registered: bool | None = None) -> tuple[list[TemporalEntity], int | None]:
+        """One page of entities, ordered by id, over hub_entities and the registry together.
+        `rollups_current`: no rollup bucket is marked for recomputation (`rollups.refresh` just ran), so
+        the has-history test may look at the rollups first (see `_has_history`). `registered`: whether
+        the tenant has entities in the registry, when the caller has asked already (None: ask)."""
+        extra = ([*query.extra, _has_history(tenant, entities.c.id, attrs, rollups_current)] if attrs
+                 else query.extra)
         current = replace(query, attrs=None, extra=extra)
-        uses_registry = query.q is None and query.geo is None and query.scope_q is None and (await conn.execute(
-            select(registry.c.entity_id).where(registry.c.tenant == tenant).limit(1))).first() is not None
+        uses_registry = query.q is None and query.geo is None and query.scope_q is None
+        if uses_registry and registered is None:
+            registered = (await conn.execute(
+                select(registry.c.entity_id).where(registry.c.tenant == tenant).limit(1))).first() is not None
+        uses_registry = uses_registry and bool(registered)
         if not uses_registry:
             records, total = await self.store.query(conn, tenant, current)
             return [_from_record(r) for r in records], total
         # Both sources are ordered by id: take the first offset+limit of each and merge.
         skip = 0 if query.after is not None else query.offset
         records, total = await self.store.query(conn, tenant, replace(current, limit=skip + query.limit, offset=0))
-        conds = _registry_conditions(tenant, query, attrs)
+        conds = _registry_conditions(tenant, query, attrs, rollups_current)
         page_conds = [*conds, registry.c.entity_id > query.after] if query.after is not None else conds
         rows = await conn.execute(select(registry).where(*page_conds).order_by(registry.c.entity_id)
                                   .limit(skip + query.limit))
@@ -282,6 +302,10 @@ class TemporalService:
         async with self.store.read() as conn:
             if not await rollups.has_dirty(conn, tenant):
                 return grain
+        return await self._refresh_rollups(tenant, grain)
+
+    async def _refresh_rollups(self, tenant: str, grain: str) -> str | None:
+        """Recompute the tenant's marked rollup buckets: `grain`, or None (read the raw rows) if they cannot be."""
         try:
             async with write_transaction(self.store.engine, self.store._sqlite_write_lock) as conn:
                 await rollups.refresh(conn, tenant)
@@ -515,11 +539,36 @@ class TemporalService:
 # ---------------------------------------------------------------------- helpers
 
 
-def _has_history(tenant: str, entity_id: ColumnElement[Any], attrs: Sequence[str]) -> ColumnElement[bool]:
-    return exists().where(h.c.tenant == tenant, h.c.entity_id == entity_id, h.c.attr.in_(list(attrs)))
+def _has_history(tenant: str, entity_id: ColumnElement[Any], attrs: Sequence[str],
+                 rollups_current: bool = False) -> ColumnElement[bool]:
+    """The entity has history (instances or recorded deletions) of one of `attrs`.
+
+    With `rollups_current`, the rollups are asked first: a rollup row is kept for every bucket with a
+    live instance (none is left without one once the marked buckets are recomputed), so it proves
+    history with one probe of their primary key, where the history costs a probe of every monthly
+    partition. The raw rows are read only for an entity with no rollup row of those attributes (a
+    history of deletions only, or none), so the answer is the raw test's. The two parts are one
+    UNION ALL inside EXISTS: PostgreSQL then keeps it a per-entity probe that stops at the first row
+    (with OR between two EXISTS it may hash the whole rollup table instead)."""
+    raw = select(literal(1)).where(h.c.tenant == tenant, h.c.entity_id == entity_id, h.c.attr.in_(list(attrs)))
+    if not rollups_current:
+        return exists(raw)
+    rolled = select(literal(1)).where(rollup_table.c.tenant == tenant, rollup_table.c.entity_id == entity_id,
+                                      rollup_table.c.attr.in_(list(attrs)))
+    return exists(union_all(rolled, raw))
 
 
-def _registry_conditions(tenant: str, query: EntityQuery, attrs: list[str] | None) -> list[ColumnElement[bool]]:
+async def _tenant_state(conn: AsyncConnection, tenant: str) -> tuple[bool, bool]:
+    """What a query asks of the tenant before selecting, in one round trip: are rollup buckets marked for
+    recomputation (`rollups.has_dirty`), and are there entities known only to the temporal registry."""
+    row = (await conn.execute(text(
+        "SELECT EXISTS (SELECT 1 FROM hub_history_rollup_dirty WHERE tenant = :tenant), "
+        "EXISTS (SELECT 1 FROM hub_temporal_entities WHERE tenant = :tenant)"), {"tenant": tenant})).one()
+    return bool(row[0]), bool(row[1])
+
+
+def _registry_conditions(tenant: str, query: EntityQuery, attrs: list[str] | None,
+                         rollups_current: bool = False) -> list[ColumnElement[bool]]:
     conds: list[ColumnElement[bool]] = [
         registry.c.tenant == tenant,
         # An entity that has a current state again is found through hub_entities.
@@ -532,7 +581,7 @@ def _registry_conditions(tenant: str, query: EntityQuery, attrs: list[str] | Non
     if query.id_pattern:
         conds.append(registry.c.entity_id.regexp_match(query.id_pattern))
     if attrs:
-        conds.append(_has_history(tenant, registry.c.entity_id, attrs))
+        conds.append(_has_history(tenant, registry.c.entity_id, attrs, rollups_current))
     return conds
 
 

@@ -369,11 +369,14 @@ def _rollup_sql(tq: TemporalQuery, dialect: str, with_attrs: bool, grain: str) -
     # NULLIF: the raw rows' NULL datasetId (the default instance) sorts where the raw query sorts it.
     order = "ORDER BY " + _series_order(pg, "NULLIF(dataset_key, '')") + ", 4"
     if tq.aggr_period == rollups.GRAINS[grain]:
-        # Each bucket is one rollup row (the origin is on a grain boundary): no grouping.
+        # Each bucket is one rollup row (the origin is on a grain boundary): no grouping. On PostgreSQL
+        # (one entity at a time, `_series_sql`) no sort either: the primary key's range for the entity
+        # gives each (attribute, datasetId)'s rows in bucket order, which array_agg keeps (`_pg_series`
+        # checks it, and sorts a series if a plan ever gave it out of order).
         aggregates = _PG_ROLLUP_ROW if pg else _SQLITE_ROLLUP_ROW
         outer = ", ".join(f'{aggregates[m]} AS "{m}"' for m in tq.aggr_methods)
         return (f"SELECT entity_id, attr, NULLIF(dataset_key, '') AS dataset_id, {bucket} AS bucket, {outer}, "
-                f"t_min, t_max FROM hub_history_rollups WHERE {' AND '.join(where)} {order}"), binds
+                f"t_min, t_max FROM hub_history_rollups WHERE {' AND '.join(where)}{'' if pg else ' ' + order}"), binds
     aggregates = _PG_ROLLUP_AGGREGATES if pg else _SQLITE_ROLLUP_AGGREGATES
     outer = ", ".join(f'{aggregates[m]} AS "{m}"' for m in tq.aggr_methods)
     sql = (f"SELECT entity_id, attr, NULLIF(dataset_key, '') AS dataset_id, {bucket} AS bucket, {outer}, "
@@ -417,8 +420,10 @@ async def aggregate_series(conn: AsyncConnection, tenant: str, entity_ids: Seque
         else:
             params.update(period_ms=int(period.total_seconds()) * 1000,
                           origin_ms=round((tq.origin - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1000))
-    if pg:
-        # The default 4 MB makes a day of 1,000 sensors spill its group-by (and the rollups' sort) to disk.
+    if pg and grain is None:
+        # The raw rows' group-by per entity can be large (a long window of one entity). It only takes effect
+        # inside a transaction: the API's autocommit reads run with the server's setting. The rollup read
+        # (per entity, at most one row per bucket) needs no more than the default, nor the round trip.
         await conn.execute(text("SET LOCAL work_mem = '64MB'"))
     methods = tq.aggr_methods
     if pg:
@@ -427,8 +432,9 @@ async def aggregate_series(conn: AsyncConnection, tenant: str, entity_ids: Seque
         # bucket, and the entity id and attribute are sent once per series rather than once per bucket.
         sql = _series_sql(sql, methods, with_times=period is None)
     rows = await conn.execute(text(sql).bindparams(*binds), params)
-    # Buckets of many entities share their bounds: each distinct one is converted and formatted once.
-    bounds: dict[Any, Bound] = {}
+    # Buckets of many entities share their bounds: each distinct one is converted and formatted once
+    # (PostgreSQL: keyed by the bucket's start, and each distinct list of them by its tuple).
+    bounds: dict[Any, Any] = {}
     if pg:
         return [_pg_series(row, tq, bounds) for row in rows]
     return _sqlite_series(rows, tq, bounds)
@@ -439,8 +445,9 @@ def _series_sql(per_bucket: str, methods: Sequence[str], with_times: bool) -> st
     datasetId, bucket) folded into one row per series, for each entity of the page in a LATERAL join.
 
     Entity by entity, the history (or rollup) rows of each come from one index range in index order and
-    the sort before the grouping is of that entity's buckets only: cheaper than sorting the buckets of
-    the whole page by entity first (a page of 1,000 sensors has 24,000 hourly buckets a day)."""
+    the sort before the grouping is of that entity's buckets only (none when each bucket is one rollup
+    row): cheaper than sorting the buckets of the whole page by entity first (a page of 1,000 sensors
+    has 24,000 hourly buckets a day)."""
     # No ORDER BY inside array_agg: on PostgreSQL 15 each one sorts its group again (one sort per method and
     # series). The sorted sub-select feeds the grouping in its order, which array_agg keeps; `_pg_series`
     # checks that each series came out in time order and sorts it if ever not.
@@ -459,7 +466,7 @@ def _series_sql(per_bucket: str, methods: Sequence[str], with_times: bool) -> st
             f'ORDER BY b.attr COLLATE "C", b.dataset_id) x ORDER BY p.position')
 
 
-def _bound_of(key: Any, tq: TemporalQuery, dialect: str, bounds: dict[Any, Bound]) -> Bound:
+def _bound_of(key: Any, tq: TemporalQuery, dialect: str, bounds: dict[Any, Any]) -> Bound:
     found = bounds.get(key)
     if found is None:
         period = tq.aggr_period
@@ -470,7 +477,7 @@ def _bound_of(key: Any, tq: TemporalQuery, dialect: str, bounds: dict[Any, Bound
     return found
 
 
-def _pg_series(row: Any, tq: TemporalQuery, bounds: dict[Any, Bound]) -> BucketSeries:
+def _pg_series(row: Any, tq: TemporalQuery, bounds: dict[Any, Any]) -> BucketSeries:
     methods = tq.aggr_methods
     keys = row[3]
     if keys != sorted(keys):  # linear on a sorted list
@@ -480,7 +487,13 @@ def _pg_series(row: Any, tq: TemporalQuery, bounds: dict[Any, Bound]) -> BucketS
         t_min, t_max = row[4 + len(methods)], row[5 + len(methods)]
         spans = [Bound(tq.lower or utc(a), tq.upper or utc(b)) for a, b in zip(t_min, t_max, strict=True)]
     else:
-        spans = [bounds.get(key) or _bound_of(key, tq, "postgresql", bounds) for key in keys]
+        # The sensors of a page mostly have the same buckets: one lookup per series for a list seen before
+        # (shared between series, never changed after).
+        span_key = tuple(keys)
+        shared: list[Bound] | None = bounds.get(span_key)
+        if shared is None:
+            shared = bounds[span_key] = [bounds.get(key) or _bound_of(key, tq, "postgresql", bounds) for key in keys]
+        spans = shared
     values = {m: _numbers(row[4 + i]) for i, m in enumerate(methods)}
     return BucketSeries(row[0], row[1], row[2], spans, values)
 
@@ -492,7 +505,7 @@ def _in_time_order(row: Any) -> tuple[Any, ...]:
     return (*row[:3], *([column[i] for i in order] for column in row[3:]))
 
 
-def _sqlite_series(rows: Any, tq: TemporalQuery, bounds: dict[Any, Bound]) -> list[BucketSeries]:
+def _sqlite_series(rows: Any, tq: TemporalQuery, bounds: dict[Any, Any]) -> list[BucketSeries]:
     # Columns: entity_id, attr, dataset_id, bucket, one per method, t_min, t_max; ordered by series, bucket.
     methods = tq.aggr_methods
     found: list[BucketSeries] = []
