@@ -33,7 +33,7 @@ from auth_tokens import server_headers
 from cityos.core.jetstream import servers
 from nats_cluster import NatsCluster
 from own_services import free_port
-from web_harness import cli_add_user, fresh_code, headless_chromium, running_server
+from web_harness import UsedSteps, cli_add_user, fresh_code, headless_chromium, running_server
 
 # Four whole-app processes and a browser on a loaded 2-core machine: their start-up alone has taken 3 min.
 pytestmark = pytest.mark.timeout(1200)
@@ -45,7 +45,7 @@ METRICS_TOKEN = uuid.uuid4().hex
 class Processes:
     def __init__(self, urls: dict[str, str], env: dict[str, str], device_stream: str) -> None:
         self.urls, self.env, self.device_stream = urls, env, device_stream
-        self.used_codes: set[str] = set()
+        self.used_codes = UsedSteps()
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def browser() -> Iterator[Any]:
         yield driver
 
 
-def sign_in_cockpit(driver: Any, base: str, username: str, secret: str, used: set[str]) -> None:
+def sign_in_cockpit(driver: Any, base: str, username: str, secret: str, used: UsedSteps) -> None:
     from selenium.webdriver.common.by import By
 
     def wait(check: Any, what: str, seconds: float = 120.0) -> Any:

@@ -26,6 +26,7 @@ import pytest
 
 from cityos.security.policy import appointment_approval
 from web_harness import (
+    UsedSteps,
     bootstrap_admin_with_recovery,
     cli_add_user,
     cli_approve_with_recovery,
@@ -55,7 +56,7 @@ class Server:
     log: Path
     admin_secret: str = ""
     recovery_code: str = ""  # the break-glass code, spent by the first `appoint_admin`
-    used_codes: set[str] = field(default_factory=set)
+    used_codes: UsedSteps = field(default_factory=UsedSteps)
     _admin_token: str | None = None
     _admin_minted: float = 0.0
 
