@@ -81,6 +81,7 @@ async def add_stream_when_ready(js: JetStreamContext, config: StreamConfig, atte
                 raise
             log.info("JetStream not ready (%r); retrying", exc)
         await asyncio.sleep(0.5)
+REPLAY_FOR = "Cityos-Replay-For"  # header of a replayed dead letter: the one consumer group it is for
 RELAY_LOCK = 0x63697479  # PostgreSQL advisory lock: one relay at a time keeps each entity's events in order
 Writer = Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]]
 
@@ -339,6 +340,13 @@ class JetStreamBus(EventBus):
         return Event(topic, payload, (message.headers or {}).get("Nats-Msg-Id"))
 
     async def _deliver(self, group: str, message: Msg) -> None:
+        replay_for = (message.headers or {}).get(REPLAY_FOR)
+        if replay_for is not None and replay_for != group:
+            # Another group's dead letter: this group applied the event when it first came (or set it
+            # aside itself, and gets its own replay); groups that do not claim ids must not see it twice.
+            with contextlib.suppress(Exception):
+                await message.ack_sync(timeout=5.0)
+            return
         event = self._decoded(message)
         handlers = [*self._groups[group].get(event.topic, ()), *self._groups[group].get("*", ())]
         key = (group, message.metadata.sequence.stream)
@@ -380,9 +388,10 @@ class JetStreamBus(EventBus):
         return True
 
     async def replay_dead_letters(self, group: str | None = None) -> tuple[int, int]:
-        """Put set-aside events back on the stream with their own ids: the group that failed applies
-        them, groups that applied them already skip them by their claims. Returns (replayed, held):
-        an event still inside the stream's duplicate window is held back, since the stream would drop it."""
+        """Put set-aside events back on the stream with their own ids, marked for the group that failed
+        (`Cityos-Replay-For`): only that group handles them; the others and live views pass them by.
+        Returns (replayed, held): an event still inside the stream's duplicate window (or set aside by two
+        groups, the second until the window has passed) is held back, since the stream would drop it."""
         assert self._writer is not None and self._js is not None
         query = select(dead_letters).order_by(dead_letters.c.id)
         if group is not None:
@@ -393,7 +402,7 @@ class JetStreamBus(EventBus):
                 msg_id = row.event_id or f"dead:{row.id}:{uuid.uuid4().hex}"
                 body = orjson.dumps({"topic": row.topic, "payload": row.payload})
                 ack = await self._js.publish(self.subject(row.topic, row.payload), body,
-                                             headers={"Nats-Msg-Id": msg_id})
+                                             headers={"Nats-Msg-Id": msg_id, REPLAY_FOR: row.consumer})
                 if ack.duplicate:
                     held += 1
                     continue
@@ -406,6 +415,8 @@ class JetStreamBus(EventBus):
             self._broadcast = await self._nc.subscribe(f"{self.settings.subjects}.>", cb=self._on_broadcast)
 
     async def _on_broadcast(self, message: Msg) -> None:
+        if (message.headers or {}).get(REPLAY_FOR) is not None:
+            return  # live views saw the change when it happened
         event = self._decoded(message)
         for handler in [*self._everywhere.get(event.topic, ()), *self._everywhere.get("*", ())]:
             try:

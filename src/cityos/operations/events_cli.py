@@ -2,7 +2,7 @@
 
 With `CITYOS_EVENTS_URL` set, an event whose handlers fail `max_deliver` times is kept in
 `bus_dead_letters` with its error. After the cause is fixed, `replay` puts it back on the stream under its
-own id: the group that failed applies it, groups that had applied it skip it by their claims.
+own id, marked for the group that failed: only that group handles it, the others pass it by.
 """
 
 from __future__ import annotations
