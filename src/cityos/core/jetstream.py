@@ -81,6 +81,8 @@ async def add_stream_when_ready(js: JetStreamContext, config: StreamConfig, atte
                 raise
             log.info("JetStream not ready (%r); retrying", exc)
         await asyncio.sleep(0.5)
+
+
 REPLAY_FOR = "Cityos-Replay-For"  # header of a replayed dead letter: the one consumer group it is for
 RELAY_LOCK = 0x63697479  # PostgreSQL advisory lock: one relay at a time keeps each entity's events in order
 Writer = Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]]
@@ -358,7 +360,8 @@ class JetStreamBus(EventBus):
             failures = self._failures[key]
             log.error("event handler of %s failed on %s (failure %d of %d): %r", group, event.topic, failures,
                       self.settings.max_deliver, exc)
-            if failures < self.settings.max_deliver or not await self._set_aside(group, message, exc, failures):
+            if failures < self.settings.max_deliver or not await self._set_aside(group, event, message, exc,
+                                                                                 failures):
                 with contextlib.suppress(Exception):
                     await message.nak(delay=min(2.0 ** failures, 60.0))
                 return
@@ -370,17 +373,17 @@ class JetStreamBus(EventBus):
         except Exception as exc:  # lost with its node: redelivered, and the handlers are idempotent
             log.info("ack of %s lost: %r", event.id, exc)
 
-    async def _set_aside(self, group: str, message: Msg, error: Exception, failures: int) -> bool:
+    async def _set_aside(self, group: str, event: Event, message: Msg, error: Exception, failures: int) -> bool:
         """Keep an event that fails every attempt in `bus_dead_letters`; False when it could not be kept
         (no database here, or the write failed): then it stays on the stream and is tried again."""
         if self._writer is None:
             return False
-        body = orjson.loads(message.data)
+        encoded = orjson.loads(message.data)["payload"]  # as carried on the stream, before the topic's codec
         try:
             async with self._writer() as conn:
                 await conn.execute(insert(dead_letters).values(
-                    consumer=group, event_id=(message.headers or {}).get("Nats-Msg-Id"), topic=body["topic"],
-                    payload=body["payload"], error=repr(error)[:2000], attempts=failures, failed_at=clock.now()))
+                    consumer=group, event_id=event.id, topic=event.topic, payload=encoded,
+                    error=repr(error)[:2000], attempts=failures, failed_at=clock.now()))
         except Exception as exc:
             log.error("event of %s not set aside: %r", group, exc)
             return False

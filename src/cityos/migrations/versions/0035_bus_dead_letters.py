@@ -10,9 +10,6 @@ Create Date: 2026-12-06
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import op
-
 from cityos.core.bus_models import dead_letters
 from cityos.migrations import create_tables, drop_tables
 
@@ -23,8 +20,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    if not sa.inspect(op.get_bind()).has_table(dead_letters.name):
-        create_tables([dead_letters])
+    create_tables([dead_letters])
 
 
 def downgrade() -> None:
