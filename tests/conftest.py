@@ -170,8 +170,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     would only repeat exactly what the first backend's run has done, so it is left out."""
     if os.environ.get("CITYOS_TEST_ONLY_BACKEND_TESTS") != "1":
         return
-    kept = [item for item in items if _uses_a_backend(item)]
-    left_out = [item for item in items if not _uses_a_backend(item)]
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        (kept if _uses_a_backend(item) else left_out).append(item)
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = kept
