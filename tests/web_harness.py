@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,26 @@ class UsedSteps:
 
     def __init__(self) -> None:
         self.last: dict[str, int] = {}
+
+
+# An API token is reused this long: well inside the server's 300-s access-token lifetime. A new token of a
+# staff member spends one of their TOTP time steps (30 s, refused twice by the server), so minting one per
+# request made a test wait half a minute for each.
+TOKEN_REUSE_SECONDS = 120.0
+
+
+class TokenCache:
+    """Access tokens by username, each reused for TOKEN_REUSE_SECONDS after it was minted."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, tuple[str, float]] = {}
+
+    def get(self, username: str, mint: Callable[[], str]) -> str:
+        token, minted = self._tokens.get(username, ("", 0.0))
+        if not token or time.monotonic() - minted > TOKEN_REUSE_SECONDS:
+            token = mint()
+            self._tokens[username] = (token, time.monotonic())
+        return token
 
 
 def fresh_code(secret: str, used: UsedSteps) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 
 from cityos.security.policy import appointment_approval
 from web_harness import (
+    TokenCache,
     UsedSteps,
     bootstrap_admin_with_recovery,
     cli_add_user,
@@ -44,10 +44,6 @@ SCREENS = Path(os.environ.get("CITYOS_SCREENSHOTS", "/tmp/cityos-screens"))
 PASSWORD = "Correct-Horse-Battery-42"
 
 
-# A token is reused this long: well inside the server's 300-s access-token lifetime.
-ADMIN_TOKEN_REUSE_SECONDS = 120.0
-
-
 @dataclass
 class Server:
     url: str
@@ -57,8 +53,7 @@ class Server:
     admin_secret: str = ""
     recovery_code: str = ""  # the break-glass code, spent by the first `appoint_admin`
     used_codes: UsedSteps = field(default_factory=UsedSteps)
-    _admin_token: str | None = None
-    _admin_minted: float = 0.0
+    tokens: TokenCache = field(default_factory=TokenCache)
 
     def http(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -77,10 +72,7 @@ class Server:
     def admin(self) -> str:
         """The administrator's access token, minted again before it expires (the session's server outlives
         one token's lifetime, CITYOS_ACCESS_TOKEN_SECONDS, 300 s, when the machine is loaded)."""
-        if self._admin_token is None or time.monotonic() - self._admin_minted > ADMIN_TOKEN_REUSE_SECONDS:
-            self._admin_token = self.login("admin", self.admin_secret)
-            self._admin_minted = time.monotonic()
-        return self._admin_token
+        return self.tokens.get("admin", lambda: self.login("admin", self.admin_secret))
 
     def create_user(self, username: str, role: str, department: str | None = None) -> str | None:
         """A user with PASSWORD; returns the TOTP secret when the role needs one.

@@ -19,6 +19,7 @@ import pytest
 
 from cityos.security.policy import appointment_approval
 from web_harness import (
+    TokenCache,
     UsedSteps,
     bootstrap_admin,
     cli_add_user,
@@ -35,12 +36,6 @@ DOCS_SCREENS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PASSWORD = "Portal-Pass-Word-2025"
 
 
-# A user's API token is reused this long: well inside the server's 300-s access-token lifetime. A new
-# token of a staff member spends one of their TOTP time steps (30 s, refused twice by the server), so
-# minting one per request made a test wait half a minute for each.
-TOKEN_REUSE_SECONDS = 120.0
-
-
 @dataclass
 class Portal:
     url: str
@@ -49,7 +44,7 @@ class Portal:
     env: dict[str, str]
     used: UsedSteps = field(default_factory=UsedSteps)
     secrets: dict[str, str] = field(default_factory=dict)
-    _tokens: dict[str, tuple[str, float]] = field(default_factory=dict)  # username → (token, minted at)
+    tokens: TokenCache = field(default_factory=TokenCache)
 
     def code(self, username: str) -> str:
         """A TOTP code of `username` not used yet (the server refuses a time step twice)."""
@@ -62,11 +57,7 @@ class Portal:
 
     def token(self, username: str) -> str:
         """An access token of `username`, reused for TOKEN_REUSE_SECONDS after it was minted."""
-        token, minted = self._tokens.get(username, ("", 0.0))
-        if not token or time.monotonic() - minted > TOKEN_REUSE_SECONDS:
-            token = self._mint(username)
-            self._tokens[username] = (token, time.monotonic())
-        return token
+        return self.tokens.get(username, lambda: self._mint(username))
 
     def _mint(self, username: str) -> str:
         form = {"grant_type": "password", "username": username, "password": PASSWORD}

@@ -146,7 +146,10 @@ class JetStreamBus(EventBus):
         self._consuming: set[str] = set()
         self._broadcast: Any = None
         self._wake = asyncio.Event()
-        self._failures: dict[tuple[str, int], int] = defaultdict(int)  # (group, stream seq) → handler failures
+        # (group, partition) → (stream seq, handler failures) of the event failing there now: one event is
+        # in flight per partition, so a later event means the earlier one was settled (here or by another
+        # process after a redelivery) and its count can go; the map never holds more than one per partition.
+        self._failures: dict[tuple[str, int], tuple[int, int]] = {}
         self.relayed = 0  # events this process's relay has had acknowledged by the stream
 
     # ------------------------------------------------------------------ the interface
@@ -332,7 +335,7 @@ class JetStreamBus(EventBus):
                 await asyncio.sleep(0.5)
                 continue
             for message in messages:
-                await self._deliver(group, message)
+                await self._deliver(group, partition, message)
 
     def _decoded(self, message: Msg) -> Event:
         body = orjson.loads(message.data)
@@ -341,7 +344,7 @@ class JetStreamBus(EventBus):
         payload = decode(body["payload"]) if decode else body["payload"]
         return Event(topic, payload, (message.headers or {}).get("Nats-Msg-Id"))
 
-    async def _deliver(self, group: str, message: Msg) -> None:
+    async def _deliver(self, group: str, partition: int, message: Msg) -> None:
         replay_for = (message.headers or {}).get(REPLAY_FOR)
         if replay_for is not None and replay_for != group:
             # Another group's dead letter: this group applied the event when it first came (or set it
@@ -351,13 +354,15 @@ class JetStreamBus(EventBus):
             return
         event = self._decoded(message)
         handlers = [*self._groups[group].get(event.topic, ()), *self._groups[group].get("*", ())]
-        key = (group, message.metadata.sequence.stream)
+        key = (group, partition)
+        sequence = message.metadata.sequence.stream
         try:
             for handler in handlers:
                 await handler(event)
         except Exception as exc:
-            self._failures[key] += 1
-            failures = self._failures[key]
+            failing_seq, earlier = self._failures.get(key, (sequence, 0))
+            failures = (earlier if failing_seq == sequence else 0) + 1
+            self._failures[key] = (sequence, failures)
             log.error("event handler of %s failed on %s (failure %d of %d): %r", group, event.topic, failures,
                       self.settings.max_deliver, exc)
             if failures < self.settings.max_deliver or not await self._set_aside(group, event, message, exc,
