@@ -8,16 +8,23 @@ import pytest
 from test_traffic_safety import audit
 
 from cityos.traffic.controllers import make_controller
+from cityos.traffic.controllers import FixedTimeController
 from cityos.traffic.preemption import (
+    CLEAR_MARGIN_S,
+    MAX_DISCHARGE_S,
+    SATURATION_HEADWAY_S,
+    STARTUP_LOST_S,
     Dispatch,
     GreenWave,
     RouteSignal,
     SumoGreenWaves,
+    clear_ahead_lead,
     merge_requests,
     phase_serving,
     route_signals,
+    seconds_to_green,
 )
-from cityos.traffic.signals import Movement
+from cityos.traffic.signals import Movement, Phase, SignalPlan, SignalSupervisor
 from cityos.traffic.sumo import Intersection, plans_from_net, resco_scenario, run_scenario
 
 NS = (Movement(0, "n_0", "s_0", True), Movement(1, "s_0", "n2_0", True))
@@ -34,9 +41,9 @@ def test_phase_serving_prefers_protected_links() -> None:
 def test_route_signals_in_driving_order_with_distances() -> None:
     movements = {"J1": (NS, EW), "J2": ((Movement(0, "s_0", "x_0", True),), (Movement(1, "y_0", "z_0", True),))}
     signals = route_signals(["w", "e", "q"], {"w": 120.0, "e": 80.0}, movements)
-    assert signals == [RouteSignal("J1", 1, 0, 120.0)]
+    assert signals == [RouteSignal("J1", 1, 0, 120.0, ("w_0",))]
     signals = route_signals(["n", "s", "x"], {"n": 100.0, "s": 50.0}, movements)
-    assert signals == [RouteSignal("J1", 0, 0, 100.0), RouteSignal("J2", 0, 1, 150.0)]
+    assert signals == [RouteSignal("J1", 0, 0, 100.0, ("n_0",)), RouteSignal("J2", 0, 1, 150.0, ("s_0",))]
 
 
 def test_green_wave_asks_only_within_the_lead_and_releases_passed_signals() -> None:
@@ -49,6 +56,67 @@ def test_green_wave_asks_only_within_the_lead_and_releases_passed_signals() -> N
 
 def test_the_first_vehicle_to_arrive_wins_a_shared_signal() -> None:
     assert merge_requests([{"A": (1, 12.0)}, {"A": (0, 5.0), "B": (2, 3.0)}]) == {"A": 0, "B": 2}
+
+
+def test_clear_ahead_lead_covers_the_clearances_and_the_queue_discharge() -> None:
+    assert clear_ahead_lead(0, 8.0) == 8.0 + CLEAR_MARGIN_S  # nothing queued: only the phase change
+    assert clear_ahead_lead(10, 8.0) == 8.0 + STARTUP_LOST_S + 10 * SATURATION_HEADWAY_S + CLEAR_MARGIN_S
+    assert clear_ahead_lead(200, 0.0) == MAX_DISCHARGE_S + CLEAR_MARGIN_S  # never held past the maximum green
+
+
+def three_phase_supervisor() -> SignalSupervisor:
+    plan = SignalPlan((Phase("Grr", min_green=5, fixed_green=30), Phase("rGr", min_green=5, fixed_green=30),
+                       Phase("rrG", min_green=5, fixed_green=30)), yellow=3, all_red=2)
+    return SignalSupervisor(plan=plan, controller=FixedTimeController(plan))
+
+
+def green_at(supervisor: SignalSupervisor, phase: int, start: int) -> int:
+    """Command `phase` every second from `start` (as pre-emption does) until the lamps show it."""
+    for now in range(start, start + 120):
+        supervisor.command(phase)
+        if supervisor.tick(now) == supervisor.plan.phases[phase].state:
+            return now
+    raise AssertionError("never green")
+
+
+@pytest.mark.parametrize(("ahead", "at", "wanted"), [
+    (0, 2, 2),  # minimum green not served yet: its rest, yellow, all-red
+    (1, 6, 2),  # in yellow towards the phase wanted
+    (2, 9, 2),  # in all-red towards it
+    (1, 6, 1),  # in yellow towards another phase: that one's minimum green and a second clearance
+    (0, 20, 1),  # minimum green served: just the clearance
+])
+def test_seconds_to_green_is_what_the_safety_layer_then_takes(ahead: int, at: int, wanted: int) -> None:
+    supervisor = three_phase_supervisor()
+    for now in range(at):
+        if now == 5 and ahead:
+            supervisor.command(2)  # leave phase 0 for phase 2 at 5 s
+        supervisor.tick(now)
+    predicted = seconds_to_green(supervisor, wanted, at)
+    assert green_at(supervisor, wanted, at) == at + predicted
+
+
+def test_a_phase_already_green_counts_as_if_it_were_lost_so_it_is_held() -> None:
+    supervisor = three_phase_supervisor()
+    supervisor.tick(0)
+    assert seconds_to_green(supervisor, 0, 40) == 2 * (3 + 2) + 5
+
+
+def test_clear_ahead_timing_asks_each_signal_at_its_own_lead() -> None:
+    wave = GreenWave("ev", [RouteSignal("A", 1, 0, 100.0), RouteSignal("B", 0, 2, 600.0),
+                            RouteSignal("C", 0, 4, 5_000.0)])
+    leads = {"A": 5.0, "B": 50.0, "C": 1_000.0}
+    asked: list[str] = []
+
+    def lead_of(signal: RouteSignal, _eta: float) -> float:
+        asked.append(signal.tls)
+        return leads[signal.tls]
+
+    # at 15 m/s: A 6.7 s away (lead 5 s: not yet), B 40 s away behind a long queue (lead 50 s: now)
+    assert wave.requests(0, 0.0, 15.0, 15.0, lead_of) == {"B": (0, 600.0 / 15.0)}
+    assert asked == ["A", "B"]  # C is beyond the look-ahead: not measured
+    # a slow vehicle is timed at its desired speed, not its crawl
+    assert wave.requests(0, 40.0, 2.0, 15.0, lead_of) == {"A": (1, 4.0), "B": (0, 560.0 / 15.0)}
 
 
 def test_preemption_shortens_emergency_trips_in_sumo_and_keeps_signals_safe() -> None:
