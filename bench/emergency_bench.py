@@ -123,7 +123,8 @@ def main() -> None:
                 off, on = summary(without), summary(with_)
                 before, after = paired_travel(without, with_)
                 loss = paired_time_loss(without, with_)
-                entry = {"ceiling_reduction": round(loss / before, 3) if before else 0.0, "without": off, "with": on, "paired_travel_s": [round(before, 1), round(after, 1)],
+                entry = {"ceiling_reduction": round(loss / before, 3) if before else 0.0,
+                         "without": off, "with": on, "paired_travel_s": [round(before, 1), round(after, 1)],
                          "preempted_signal_seconds": hook.preempted,
                          "signals_preempted": sum(len(w.served) for w in hook.waves.values()),
                          "emergency_travel_reduction": round(1 - after / before, 3) if before else 0.0,
@@ -131,7 +132,8 @@ def main() -> None:
                                                        - float(off["others_mean_delay_s"]), 2)}
                 results[f"{name}/{controller}"] = entry
                 print(f"{name:12s} {controller:8s} EV travel {before:6.1f} → {after:6.1f} s "
-                      f"({entry['emergency_travel_reduction']:+.1%}); others' delay {off['others_mean_delay_s']} → "
+                      f"({entry['emergency_travel_reduction']:+.1%}, ceiling {entry['ceiling_reduction']:.1%}); "
+                      f"others' delay {off['others_mean_delay_s']} → "
                       f"{on['others_mean_delay_s']} s", file=sys.stderr, flush=True)
     reductions = [float(r["emergency_travel_reduction"]) for r in results.values()]  # type: ignore[arg-type]
     print(json.dumps({"bench": "emergency_preemption", "horizon_s": args.horizon, "seed": args.seed,

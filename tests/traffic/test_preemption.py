@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 from test_traffic_safety import audit
 
-from cityos.traffic.controllers import make_controller
-from cityos.traffic.controllers import FixedTimeController
+from cityos.traffic.controllers import FixedTimeController, make_controller
 from cityos.traffic.preemption import (
     CLEAR_MARGIN_S,
     MAX_DISCHARGE_S,
