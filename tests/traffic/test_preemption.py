@@ -11,6 +11,7 @@ from cityos.traffic.controllers import FixedTimeController, make_controller
 from cityos.traffic.preemption import (
     CLEAR_MARGIN_S,
     MAX_DISCHARGE_S,
+    MIN_LEAD_S,
     SATURATION_HEADWAY_S,
     STARTUP_LOST_S,
     Dispatch,
@@ -58,8 +59,9 @@ def test_the_first_vehicle_to_arrive_wins_a_shared_signal() -> None:
 
 
 def test_clear_ahead_lead_covers_the_clearances_and_the_queue_discharge() -> None:
-    assert clear_ahead_lead(0, 8.0) == 8.0 + CLEAR_MARGIN_S  # nothing queued: only the phase change
+    assert clear_ahead_lead(0, 8.0) == MIN_LEAD_S  # nothing queued: the detection range's lead
     assert clear_ahead_lead(10, 8.0) == 8.0 + STARTUP_LOST_S + 10 * SATURATION_HEADWAY_S + CLEAR_MARGIN_S
+    assert clear_ahead_lead(10, 8.0) > MIN_LEAD_S
     assert clear_ahead_lead(200, 0.0) == MAX_DISCHARGE_S + CLEAR_MARGIN_S  # never held past the maximum green
 
 

@@ -37,12 +37,15 @@ APPROACH_SPEED_M_S = 10.0  # ETA speed floor: a vehicle stuck in a queue is stil
 EMERGENCY_TYPE = "cityos-emergency"
 EMERGENCY_MAX_SPEED_M_S = 25.0
 EMERGENCY_SPEED_FACTOR = 1.2
-QUEUE_SPEED_M_S = 2.0  # a vehicle slower than this ahead of the emergency vehicle stands in the queue
 # Clear ahead: a queue discharges at saturation flow, ~1,800 vehicles an hour a lane (HCM), after the
 # start-up lost time of the first vehicles; the margin absorbs the error of the arrival estimate.
 SATURATION_HEADWAY_S = 2.0
 STARTUP_LOST_S = 2.0
 CLEAR_MARGIN_S = 3.0
+# Never later than a detection range would trigger (~300 m at urban emergency speeds): vehicles ahead that
+# cannot leave (their exit blocked by spillback) are not a queue the approach lanes show; measured on
+# the RESCO arterial, a flat 20 s lead without the queue term left one emergency vehicle stuck for good.
+MIN_LEAD_S = 20.0
 MAX_DISCHARGE_S = 45.0  # a hold longer than this would meet the phase's maximum green (60 s) before arrival
 LOOK_AHEAD_S = 120.0  # signals further than this are not measured yet
 
@@ -124,9 +127,10 @@ class GreenWave:
 
 def clear_ahead_lead(queue_ahead: float, to_green: float) -> float:
     """Seconds before the vehicle's arrival to ask for its phase: the time for the phase to come up
-    through the clearances, then for the `queue_ahead` vehicles to discharge at saturation flow."""
+    through the clearances, then for the `queue_ahead` vehicles to discharge at saturation flow (at
+    least `MIN_LEAD_S`)."""
     discharge = STARTUP_LOST_S + max(0.0, queue_ahead) * SATURATION_HEADWAY_S if queue_ahead > 0 else 0.0
-    return max(0.0, to_green) + min(discharge, MAX_DISCHARGE_S) + CLEAR_MARGIN_S
+    return max(MIN_LEAD_S, max(0.0, to_green) + min(discharge, MAX_DISCHARGE_S) + CLEAR_MARGIN_S)
 
 
 def seconds_to_green(supervisor: SignalSupervisor, phase: int, now: float) -> float:
@@ -220,14 +224,14 @@ class SumoGreenWaves:
                                                  LEAD_S if self.lead_s is None else self.lead_s)
 
     def _queue_ahead(self, sim: Any, vehicle: str, signal: RouteSignal, edge_index: int) -> float:
-        """Vehicles the emergency vehicle finds queued before `signal`'s stop line: on its own lane ahead
-        of it once it is on the approach, else the longest queue of the lanes serving its movement."""
+        """Vehicles that must cross `signal`'s stop line before the emergency vehicle: those ahead of it
+        on its lane once it is on the approach, else the fullest of the lanes serving its movement.
+        Moving ones count too: in a dense platoon they are a queue that has not stopped yet."""
         if signal.edge_index == edge_index and not sim.vehicle.getRoadID(vehicle).startswith(":"):
             position = float(sim.vehicle.getLanePosition(vehicle))
-            ahead = [v for v in sim.lane.getLastStepVehicleIDs(sim.vehicle.getLaneID(vehicle))
-                     if v != vehicle and float(sim.vehicle.getLanePosition(v)) > position]
-            return float(sum(float(sim.vehicle.getSpeed(v)) < QUEUE_SPEED_M_S for v in ahead))
-        return float(max((sim.lane.getLastStepHaltingNumber(lane) for lane in signal.lanes), default=0))
+            return float(sum(v != vehicle and float(sim.vehicle.getLanePosition(v)) > position
+                             for v in sim.lane.getLastStepVehicleIDs(sim.vehicle.getLaneID(vehicle))))
+        return float(max((sim.lane.getLastStepVehicleNumber(lane) for lane in signal.lanes), default=0))
 
     def __call__(self, sim: Any, now: float, supervisors: Mapping[str, SignalSupervisor]) -> None:
         if self._movements is None:
