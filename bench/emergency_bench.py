@@ -2,14 +2,19 @@
 
     uv run --frozen python bench/emergency_bench.py [--scenarios grid4x4,arterial4x4] [--controllers fixed,cityos]
                                                    [--horizon 1200] [--vehicles 8] [--seed 1]
+                                                   [--lead clear-ahead|SECONDS] [--yielding]
 
 For each scenario and signal controller, the same seeded emergency dispatches (random origin and
 destination edges, routes found by SUMO, one vehicle every `--every` seconds) run twice on the same
-SUMO seed: without pre-emption (the emergency vehicle waits at red like everyone else; SUMO's
-bluelight device is not used) and with pre-emption (`cityos.traffic.preemption`). Prints one JSON line:
-the emergency vehicles' mean travel time and time lost both ways, the reduction of the mean travel time
-of the vehicles that arrived in both runs (target ≥ 25%), and the
-other vehicles' mean delay both ways (the added delay is the cost of pre-emption).
+SUMO seed: without pre-emption (the emergency vehicle waits at red like everyone else) and with
+pre-emption (`cityos.traffic.preemption`; `--lead clear-ahead`, the default, times each signal by its
+clearances and the queue ahead, a number asks every signal that many seconds ahead). `--yielding` gives
+the emergency vehicles SUMO's bluelight device in both runs (traffic makes way; SUMO also lets such a
+vehicle cross red lights). Prints one JSON line: the emergency vehicles' mean travel time and time lost
+both ways, the reduction of the mean travel time of the vehicles that arrived in both runs (target
+≥ 25%), its ceiling (their time lost without pre-emption over their travel time: a trip cannot beat
+the vehicle's desired speed), and the other vehicles' mean delay both ways (the added delay is the
+cost of pre-emption).
 """
 
 
