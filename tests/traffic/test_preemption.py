@@ -170,6 +170,7 @@ def test_clear_ahead_beats_a_short_fixed_lead_that_cannot_discharge_the_queue() 
     assert all(t["arrival"] > 0 for t in (*short.values(), *clear.values()))
     assert sum(t["time_loss"] for t in clear.values()) < sum(t["time_loss"] for t in short.values())
     assert sum(t["duration"] for t in clear.values()) < sum(t["duration"] for t in short.values())
+    assert all(t["waiting"] == 0 for t in clear.values())  # the greens opened ahead of them: never stopped
 
 
 def test_yielding_gives_the_emergency_vehicles_sumo_bluelight_rights() -> None:
