@@ -233,6 +233,15 @@ class SumoGreenWaves:
                              for v in sim.lane.getLastStepVehicleIDs(sim.vehicle.getLaneID(vehicle))))
         return float(max((sim.lane.getLastStepVehicleNumber(lane) for lane in signal.lanes), default=0))
 
+    def _clear_ahead(self, sim: Any, vehicle: str, edge_index: int, now: float,
+                     supervisors: Mapping[str, SignalSupervisor]) -> Callable[[RouteSignal, float], float]:
+        """The clear-ahead lead of each signal ahead of `vehicle`, from the signal's state and its queue."""
+        def lead_of(signal: RouteSignal, _eta: float) -> float:
+            supervisor = supervisors.get(signal.tls)
+            to_green = seconds_to_green(supervisor, signal.phase, now) if supervisor else 0.0
+            return clear_ahead_lead(self._queue_ahead(sim, vehicle, signal, edge_index), to_green)
+        return lead_of
+
     def __call__(self, sim: Any, now: float, supervisors: Mapping[str, SignalSupervisor]) -> None:
         if self._movements is None:
             self._prepare(sim)
@@ -254,14 +263,11 @@ class SumoGreenWaves:
                 index += 1
             cruise = min(EMERGENCY_MAX_SPEED_M_S,
                          float(sim.vehicle.getAllowedSpeed(vehicle)) * float(sim.vehicle.getSpeedFactor(vehicle)))
-            lead_of = None
             if self.lead_s is None:
-                def lead_of(signal: RouteSignal, _eta: float, vehicle: str = vehicle, index: int = index) -> float:
-                    supervisor = supervisors.get(signal.tls)
-                    to_green = seconds_to_green(supervisor, signal.phase, now) if supervisor else 0.0
-                    return clear_ahead_lead(self._queue_ahead(sim, vehicle, signal, index), to_green)
-            wanted = wave.requests(index, travelled, float(sim.vehicle.getSpeed(vehicle)),
-                                   cruise if self.lead_s is None else APPROACH_SPEED_M_S, lead_of)
+                wanted = wave.requests(index, travelled, float(sim.vehicle.getSpeed(vehicle)), cruise,
+                                       self._clear_ahead(sim, vehicle, index, now, supervisors))
+            else:
+                wanted = wave.requests(index, travelled, float(sim.vehicle.getSpeed(vehicle)))
             wave.served.update(wanted)
             requests.append(wanted)
         for tls, phase in merge_requests(requests).items():
