@@ -7,17 +7,24 @@ from typing import Any
 import pytest
 from test_traffic_safety import audit
 
-from cityos.traffic.controllers import make_controller
+from cityos.traffic.controllers import FixedTimeController, make_controller
 from cityos.traffic.preemption import (
+    CLEAR_MARGIN_S,
+    MAX_DISCHARGE_S,
+    MIN_LEAD_S,
+    SATURATION_HEADWAY_S,
+    STARTUP_LOST_S,
     Dispatch,
     GreenWave,
     RouteSignal,
     SumoGreenWaves,
+    clear_ahead_lead,
     merge_requests,
     phase_serving,
     route_signals,
+    seconds_to_green,
 )
-from cityos.traffic.signals import Movement
+from cityos.traffic.signals import Movement, Phase, SignalPlan, SignalSupervisor
 from cityos.traffic.sumo import Intersection, plans_from_net, resco_scenario, run_scenario
 
 NS = (Movement(0, "n_0", "s_0", True), Movement(1, "s_0", "n2_0", True))
@@ -34,9 +41,9 @@ def test_phase_serving_prefers_protected_links() -> None:
 def test_route_signals_in_driving_order_with_distances() -> None:
     movements = {"J1": (NS, EW), "J2": ((Movement(0, "s_0", "x_0", True),), (Movement(1, "y_0", "z_0", True),))}
     signals = route_signals(["w", "e", "q"], {"w": 120.0, "e": 80.0}, movements)
-    assert signals == [RouteSignal("J1", 1, 0, 120.0)]
+    assert signals == [RouteSignal("J1", 1, 0, 120.0, ("w_0",))]
     signals = route_signals(["n", "s", "x"], {"n": 100.0, "s": 50.0}, movements)
-    assert signals == [RouteSignal("J1", 0, 0, 100.0), RouteSignal("J2", 0, 1, 150.0)]
+    assert signals == [RouteSignal("J1", 0, 0, 100.0, ("n_0",)), RouteSignal("J2", 0, 1, 150.0, ("s_0",))]
 
 
 def test_green_wave_asks_only_within_the_lead_and_releases_passed_signals() -> None:
@@ -49,6 +56,68 @@ def test_green_wave_asks_only_within_the_lead_and_releases_passed_signals() -> N
 
 def test_the_first_vehicle_to_arrive_wins_a_shared_signal() -> None:
     assert merge_requests([{"A": (1, 12.0)}, {"A": (0, 5.0), "B": (2, 3.0)}]) == {"A": 0, "B": 2}
+
+
+def test_clear_ahead_lead_covers_the_clearances_and_the_queue_discharge() -> None:
+    assert clear_ahead_lead(0, 8.0) == MIN_LEAD_S  # nothing queued: the detection range's lead
+    assert clear_ahead_lead(10, 8.0) == 8.0 + STARTUP_LOST_S + 10 * SATURATION_HEADWAY_S + CLEAR_MARGIN_S
+    assert clear_ahead_lead(10, 8.0) > MIN_LEAD_S
+    assert clear_ahead_lead(200, 0.0) == MAX_DISCHARGE_S + CLEAR_MARGIN_S  # never held past the maximum green
+
+
+def three_phase_supervisor() -> SignalSupervisor:
+    plan = SignalPlan((Phase("Grr", min_green=5, fixed_green=30), Phase("rGr", min_green=5, fixed_green=30),
+                       Phase("rrG", min_green=5, fixed_green=30)), yellow=3, all_red=2)
+    return SignalSupervisor(plan=plan, controller=FixedTimeController(plan))
+
+
+def green_at(supervisor: SignalSupervisor, phase: int, start: int) -> int:
+    """Command `phase` every second from `start` (as pre-emption does) until the lamps show it."""
+    for now in range(start, start + 120):
+        supervisor.command(phase)
+        if supervisor.tick(now) == supervisor.plan.phases[phase].state:
+            return now
+    raise AssertionError("never green")
+
+
+@pytest.mark.parametrize(("ahead", "at", "wanted"), [
+    (0, 2, 2),  # minimum green not served yet: its rest, yellow, all-red
+    (1, 6, 2),  # in yellow towards the phase wanted
+    (2, 9, 2),  # in all-red towards it
+    (1, 6, 1),  # in yellow towards another phase: that one's minimum green and a second clearance
+    (0, 20, 1),  # minimum green served: just the clearance
+])
+def test_seconds_to_green_is_what_the_safety_layer_then_takes(ahead: int, at: int, wanted: int) -> None:
+    supervisor = three_phase_supervisor()
+    for now in range(at):
+        if now == 5 and ahead:
+            supervisor.command(2)  # leave phase 0 for phase 2 at 5 s
+        supervisor.tick(now)
+    predicted = seconds_to_green(supervisor, wanted, at)
+    assert green_at(supervisor, wanted, at) == at + predicted
+
+
+def test_a_phase_already_green_counts_as_if_it_were_lost_so_it_is_held() -> None:
+    supervisor = three_phase_supervisor()
+    supervisor.tick(0)
+    assert seconds_to_green(supervisor, 0, 40) == 2 * (3 + 2) + 5
+
+
+def test_clear_ahead_timing_asks_each_signal_at_its_own_lead() -> None:
+    wave = GreenWave("ev", [RouteSignal("A", 1, 0, 100.0), RouteSignal("B", 0, 2, 600.0),
+                            RouteSignal("C", 0, 4, 5_000.0)])
+    leads = {"A": 5.0, "B": 50.0, "C": 1_000.0}
+    asked: list[str] = []
+
+    def lead_of(signal: RouteSignal, _eta: float) -> float:
+        asked.append(signal.tls)
+        return leads[signal.tls]
+
+    # at 15 m/s: A 6.7 s away (lead 5 s: not yet), B 40 s away behind a long queue (lead 50 s: now)
+    assert wave.requests(0, 0.0, 15.0, 15.0, lead_of) == {"B": (0, 600.0 / 15.0)}
+    assert asked == ["A", "B"]  # C is beyond the look-ahead: not measured
+    # a slow vehicle is timed at its desired speed, not its crawl
+    assert wave.requests(0, 40.0, 2.0, 15.0, lead_of) == {"A": (1, 4.0), "B": (0, 560.0 / 15.0)}
 
 
 def test_preemption_shortens_emergency_trips_in_sumo_and_keeps_signals_safe() -> None:
@@ -80,3 +149,33 @@ def test_preemption_shortens_emergency_trips_in_sumo_and_keeps_signals_safe() ->
     assert sum(t["duration"] for t in on.values()) < 0.8 * sum(t["duration"] for t in off.values())
     assert sum(t["waiting"] for t in on.values()) < sum(t["waiting"] for t in off.values())
     assert results[True][2].vehicles == results[False][2].vehicles  # the same other traffic in both runs
+
+
+def emergency_run(enabled: bool, lead_s: float | None = None, yielding: bool = False) -> dict[str, dict[str, Any]]:
+    """The emergency trips of one grid 4×4 fixed-time run with two dispatches (seeded, deterministic)."""
+    scenario = resco_scenario("grid4x4", 600)
+
+    def factory(x: Intersection) -> Any:
+        return make_controller("fixed", x.plan)
+
+    hook = SumoGreenWaves(scenario.net, [Dispatch("ev0", 120, "A2A1", "C0B0"), Dispatch("ev1", 200, "D2D1", "D3C3")],
+                          enabled=enabled, lead_s=lead_s, yielding=yielding)
+    result = run_scenario(scenario, "fixed", factory, seed=2, before_tick=hook)
+    return {t["id"]: t for t in result.extra["emergency_trips"]}
+
+
+def test_clear_ahead_beats_a_short_fixed_lead_that_cannot_discharge_the_queue() -> None:
+    pytest.importorskip("libsumo")
+    short, clear = emergency_run(True, lead_s=5.0), emergency_run(True)
+    assert all(t["arrival"] > 0 for t in (*short.values(), *clear.values()))
+    assert sum(t["time_loss"] for t in clear.values()) < sum(t["time_loss"] for t in short.values())
+    assert sum(t["duration"] for t in clear.values()) < sum(t["duration"] for t in short.values())
+    assert all(t["waiting"] == 0 for t in clear.values())  # the greens opened ahead of them: never stopped
+
+
+def test_yielding_gives_the_emergency_vehicles_sumo_bluelight_rights() -> None:
+    pytest.importorskip("libsumo")
+    plain, yielding = emergency_run(False), emergency_run(False, yielding=True)
+    # without pre-emption the plain run waits at red; with the bluelight device the vehicle drives through
+    assert sum(t["waiting"] for t in plain.values()) > 0
+    assert sum(t["waiting"] for t in yielding.values()) < sum(t["waiting"] for t in plain.values())

@@ -11,6 +11,13 @@ the simulator, `TrafficService.command_phase` in the platform): minimum green, y
 still served, so pre-emption cannot show conflicting greens or cut a pedestrian crossing short. The
 lead time covers that: yellow + all-red + a minimum green + the queue ahead discharging.
 
+In the simulator the lead is not fixed: as real "clear ahead" pre-emption does, each signal's green
+starts early enough for the route's phase to come up through its clearances (`seconds_to_green`) and for
+the queue standing on the route's lanes ahead of the vehicle to discharge at saturation flow
+(`clear_ahead_lead`), with the vehicle's arrival timed at its desired speed. Every signal on the route
+is timed that way as the vehicle moves, so the greens open one after another ahead of it (a green wave),
+each held until the vehicle has passed and then handed back to the signal's own controller.
+
 `SumoGreenWaves` dispatches emergency vehicles into a running SUMO scenario and, when enabled,
 pre-empts their routes; the emergency benchmark runs the same dispatches with and without it.
 """
@@ -18,7 +25,7 @@ pre-empts their routes; the emergency benchmark runs the same dispatches with an
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,19 @@ from cityos.traffic.signals import Movement, SignalSupervisor
 LEAD_S = 25.0  # ask for green when the vehicle is this many seconds from the stop line
 APPROACH_SPEED_M_S = 10.0  # ETA speed floor: a vehicle stuck in a queue is still on its way
 EMERGENCY_TYPE = "cityos-emergency"
+EMERGENCY_MAX_SPEED_M_S = 25.0
+EMERGENCY_SPEED_FACTOR = 1.2
+# Clear ahead: a queue discharges at saturation flow, ~1,800 vehicles an hour a lane (HCM), after the
+# start-up lost time of the first vehicles; the margin absorbs the error of the arrival estimate.
+SATURATION_HEADWAY_S = 2.0
+STARTUP_LOST_S = 2.0
+CLEAR_MARGIN_S = 3.0
+# Never later than a detection range would trigger (~300 m at urban emergency speeds): vehicles ahead that
+# cannot leave (their exit blocked by spillback) are not a queue the approach lanes show; measured on
+# the RESCO arterial, a flat 20 s lead without the queue term left one emergency vehicle stuck for good.
+MIN_LEAD_S = 20.0
+MAX_DISCHARGE_S = 45.0  # a hold longer than this would meet the phase's maximum green (60 s) before arrival
+LOOK_AHEAD_S = 120.0  # signals further than this are not measured yet
 
 
 @dataclass(frozen=True)
@@ -38,6 +58,7 @@ class RouteSignal:
     phase: int
     edge_index: int  # the route's edge that arrives at the junction
     stop_at: float  # metres along the route to the stop line
+    lanes: tuple[str, ...] = ()  # the incoming lanes whose links serve the route's movement
 
 
 def phase_serving(movements: Sequence[Sequence[Movement]], in_edge: str, out_edge: str) -> int | None:
@@ -68,7 +89,9 @@ def route_signals(edges: Sequence[str], edge_length: Mapping[str, float],
         for tls, movements in movements_by_tls.items():
             phase = phase_serving(movements, in_edge, out_edge)
             if phase is not None:
-                out.append(RouteSignal(tls, phase, index, travelled))
+                lanes = tuple(dict.fromkeys(m.in_lane for m in movements[phase]
+                                            if lane_edge(m.in_lane) == in_edge and lane_edge(m.out_lane) == out_edge))
+                out.append(RouteSignal(tls, phase, index, travelled, lanes))
                 break
     return out
 
@@ -82,17 +105,53 @@ class GreenWave:
     lead_s: float = LEAD_S
     served: set[str] = field(default_factory=set)  # signals pre-empted at least once
 
-    def requests(self, edge_index: int, travelled: float, speed: float) -> dict[str, tuple[int, float]]:
-        """{signal: (phase, eta seconds)} for the signals ahead that the vehicle reaches within the lead."""
+    def requests(self, edge_index: int, travelled: float, speed: float, cruise: float = APPROACH_SPEED_M_S,
+                 lead_of: Callable[[RouteSignal, float], float] | None = None) -> dict[str, tuple[int, float]]:
+        """{signal: (phase, eta seconds)} for the signals ahead that the vehicle reaches within the lead.
+
+        The arrival is timed at the faster of the vehicle's speed and `cruise` (its desired speed: a
+        vehicle slowed by a queue that is being cleared speeds up again). `lead_of(signal, eta)` gives a
+        signal's own lead (clear ahead); without it every signal has the fixed `lead_s`.
+        """
         out: dict[str, tuple[int, float]] = {}
-        pace = max(speed, APPROACH_SPEED_M_S)
+        pace = max(speed, cruise, 1.0)
         for signal in self.signals:
             if signal.edge_index < edge_index:  # passed: its controller is back in charge
                 continue
             eta = max(0.0, signal.stop_at - travelled) / pace
-            if eta <= self.lead_s:
+            lead = self.lead_s if lead_of is None or eta > LOOK_AHEAD_S else lead_of(signal, eta)
+            if eta <= lead:
                 out[signal.tls] = (signal.phase, eta)
         return out
+
+
+def clear_ahead_lead(queue_ahead: float, to_green: float) -> float:
+    """Seconds before the vehicle's arrival to ask for its phase: the time for the phase to come up
+    through the clearances, then for the `queue_ahead` vehicles to discharge at saturation flow (at
+    least `MIN_LEAD_S`)."""
+    discharge = STARTUP_LOST_S + max(0.0, queue_ahead) * SATURATION_HEADWAY_S if queue_ahead > 0 else 0.0
+    return max(MIN_LEAD_S, max(0.0, to_green) + min(discharge, MAX_DISCHARGE_S) + CLEAR_MARGIN_S)
+
+
+def seconds_to_green(supervisor: SignalSupervisor, phase: int, now: float) -> float:
+    """How long, at the earliest, until the supervisor shows `phase` green if asked now.
+
+    Served minimum green, yellow and all-red count as the safety layer applies them. A signal already
+    showing the phase counts as if its controller were to leave it now (a clearance, the next phase's
+    minimum green, a clearance back): asked that early, the green is held instead of lost and regained.
+    """
+    plan = supervisor.plan
+    clearance = plan.yellow + plan.all_red
+    elapsed = now - supervisor.stage_start
+    if supervisor.stage == "green":
+        if supervisor.phase == phase:
+            others = [p.earliest_end for i, p in enumerate(plan.phases) if i != phase]
+            return 2 * clearance + min(others, default=0.0)
+        return max(0.0, plan.phases[supervisor.phase].earliest_end - elapsed) + clearance
+    left = clearance - elapsed if supervisor.stage == "yellow" else plan.all_red - elapsed
+    if supervisor.target == phase:
+        return max(0.0, left)
+    return max(0.0, left) + plan.phases[supervisor.target].earliest_end + clearance
 
 
 def merge_requests(waves: Sequence[dict[str, tuple[int, float]]]) -> dict[str, int]:
@@ -115,12 +174,19 @@ class Dispatch:
 
 @dataclass
 class SumoGreenWaves:
-    """A `before_tick` hook for `run_scenario`: dispatches emergency vehicles and pre-empts their routes."""
+    """A `before_tick` hook for `run_scenario`: dispatches emergency vehicles and pre-empts their routes.
+
+    `lead_s` None (the default) times each signal by clear ahead (its clearances and the queue measured
+    on the route's lanes ahead of the vehicle); a number asks every signal that many seconds ahead.
+    `yielding` gives the emergency vehicles SUMO's bluelight device (other traffic moves aside, a rescue
+    lane forms); it changes the vehicles, not the signals, so a fair comparison sets it on both runs.
+    """
 
     net: Path
     dispatches: list[Dispatch]
     enabled: bool = True
-    lead_s: float = LEAD_S
+    lead_s: float | None = None
+    yielding: bool = False
     waves: dict[str, GreenWave] = field(default_factory=dict)
     preempted: int = 0  # signal-seconds under pre-emption
     _movements: dict[str, tuple[tuple[Movement, ...], ...]] | None = None
@@ -138,8 +204,10 @@ class SumoGreenWaves:
         sim.vehicletype.copy("DEFAULT_VEHTYPE", EMERGENCY_TYPE)
         sim.vehicletype.setVehicleClass(EMERGENCY_TYPE, "emergency")
         sim.vehicletype.setColor(EMERGENCY_TYPE, (255, 0, 0, 255))
-        sim.vehicletype.setMaxSpeed(EMERGENCY_TYPE, 25.0)
-        sim.vehicletype.setSpeedFactor(EMERGENCY_TYPE, 1.2)  # drives above the limit, as allowed
+        sim.vehicletype.setMaxSpeed(EMERGENCY_TYPE, EMERGENCY_MAX_SPEED_M_S)
+        sim.vehicletype.setSpeedFactor(EMERGENCY_TYPE, EMERGENCY_SPEED_FACTOR)  # drives above the limit, as allowed
+        if self.yielding:
+            sim.vehicletype.setParameter(EMERGENCY_TYPE, "has.bluelight.device", "true")
 
     def _insert(self, sim: Any, dispatch: Dispatch) -> None:
         assert self._movements is not None and self._lengths is not None
@@ -152,7 +220,27 @@ class SumoGreenWaves:
         sim.vehicle.add(dispatch.vehicle, route_id, typeID=EMERGENCY_TYPE, depart="now", departLane="best",
                         departSpeed="max")
         self.waves[dispatch.vehicle] = GreenWave(dispatch.vehicle, route_signals(edges, self._lengths,
-                                                                                  self._movements), self.lead_s)
+                                                                                  self._movements),
+                                                 LEAD_S if self.lead_s is None else self.lead_s)
+
+    def _queue_ahead(self, sim: Any, vehicle: str, signal: RouteSignal, edge_index: int) -> float:
+        """Vehicles that must cross `signal`'s stop line before the emergency vehicle: those ahead of it
+        on its lane once it is on the approach, else the fullest of the lanes serving its movement.
+        Moving ones count too: in a dense platoon they are a queue that has not stopped yet."""
+        if signal.edge_index == edge_index and not sim.vehicle.getRoadID(vehicle).startswith(":"):
+            position = float(sim.vehicle.getLanePosition(vehicle))
+            return float(sum(v != vehicle and float(sim.vehicle.getLanePosition(v)) > position
+                             for v in sim.lane.getLastStepVehicleIDs(sim.vehicle.getLaneID(vehicle))))
+        return float(max((sim.lane.getLastStepVehicleNumber(lane) for lane in signal.lanes), default=0))
+
+    def _clear_ahead(self, sim: Any, vehicle: str, edge_index: int, now: float,
+                     supervisors: Mapping[str, SignalSupervisor]) -> Callable[[RouteSignal, float], float]:
+        """The clear-ahead lead of each signal ahead of `vehicle`, from the signal's state and its queue."""
+        def lead_of(signal: RouteSignal, _eta: float) -> float:
+            supervisor = supervisors.get(signal.tls)
+            to_green = seconds_to_green(supervisor, signal.phase, now) if supervisor else 0.0
+            return clear_ahead_lead(self._queue_ahead(sim, vehicle, signal, edge_index), to_green)
+        return lead_of
 
     def __call__(self, sim: Any, now: float, supervisors: Mapping[str, SignalSupervisor]) -> None:
         if self._movements is None:
@@ -173,7 +261,13 @@ class SumoGreenWaves:
             if sim.vehicle.getRoadID(vehicle).startswith(":"):  # inside a junction: just past the stop line
                 travelled = sum(lengths.get(e, 0.0) for e in route[:index + 1])
                 index += 1
-            wanted = wave.requests(index, travelled, float(sim.vehicle.getSpeed(vehicle)))
+            cruise = min(EMERGENCY_MAX_SPEED_M_S,
+                         float(sim.vehicle.getAllowedSpeed(vehicle)) * float(sim.vehicle.getSpeedFactor(vehicle)))
+            if self.lead_s is None:
+                wanted = wave.requests(index, travelled, float(sim.vehicle.getSpeed(vehicle)), cruise,
+                                       self._clear_ahead(sim, vehicle, index, now, supervisors))
+            else:
+                wanted = wave.requests(index, travelled, float(sim.vehicle.getSpeed(vehicle)))
             wave.served.update(wanted)
             requests.append(wanted)
         for tls, phase in merge_requests(requests).items():
