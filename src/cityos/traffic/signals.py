@@ -161,7 +161,10 @@ class ApproachReading:
     - `vehicles`, `halting`, `waiting`: a detector over the whole approach, the lane and, where the lane
       is short, the lanes feeding it up to an approach length (a camera's or a chain of loops' field);
     - `backlog`: vehicles queued upstream of the network's edge, for a lane fed from outside the modelled
-      network (an entry detector upstream of the boundary).
+      network (an entry detector upstream of the boundary);
+    - `arriving`: vehicles within the approach length of the stop line (an advance detector), i.e. those
+      a green given now would serve; on a long lane most of the lane's vehicles are minutes away. None
+      where no advance detector exists (then `vehicles` stands for it).
     """
 
     stopline: float = 0.0
@@ -169,6 +172,12 @@ class ApproachReading:
     halting: float = 0.0
     waiting: float = 0.0
     backlog: float = 0.0
+    arriving: float | None = None
+
+    @property
+    def near(self) -> float:
+        """Vehicles a green given now would serve soon: those near the stop line and the entry backlog."""
+        return (self.vehicles if self.arriving is None else self.arriving) + self.backlog
 
 
 MAX_SPEED_M_S = 70.0  # 252 km/h: faster is a broken detector

@@ -92,7 +92,7 @@ class CityOSAdaptive(Controller):
         approach = view.approaches.get(lane)
         if approach is None:
             return reading.vehicles + reading.waiting / WAIT_UNIT_S
-        return approach.vehicles + approach.backlog + approach.waiting / WAIT_UNIT_S
+        return approach.near + approach.waiting / WAIT_UNIT_S
 
     def _discharging(self, view: View, phase: int) -> float:
         """Vehicles that the current green still serves: at its open lanes' stop lines (or on the lanes)."""
@@ -106,6 +106,20 @@ class CityOSAdaptive(Controller):
             elif lane in view.lanes:
                 total += view.lanes[lane].vehicles
         return total
+
+    def _called(self, view: View, phase: int) -> bool:
+        """Whether the phase has a call: vehicles near its stop lines (advance detectors) or an entry backlog.
+
+        Without approach detectors any vehicle on its lanes is a call, as before.
+        """
+        for move in view.movements[phase]:
+            approach = view.approaches.get(move.in_lane)
+            if approach is not None:
+                if approach.near > 0:
+                    return True
+            elif (reading := view.lanes.get(move.in_lane)) is not None and reading.vehicles > 0:
+                return True
+        return False
 
     def _lane_waits(self, view: View, lane: str) -> bool:
         approach = view.approaches.get(lane)
@@ -152,7 +166,7 @@ class CityOSAdaptive(Controller):
         if self._discharging(view, current) <= 0:
             # Gap-out: nothing left at the stop line. Any phase with vehicles to serve is better than
             # an idle green, even where its outgoing lanes hold vehicles (those only lower its rank).
-            waiting = [p for p in others if parts[p][0] > 0]
+            waiting = [p for p in others if parts[p][0] > 0 and self._called(view, p)]
             return max(waiting, key=rank) if waiting else current
         best = max(others, key=rank)
         if scores[best] <= 0:
