@@ -162,9 +162,9 @@ class ApproachReading:
       is short, the lanes feeding it up to an approach length (a camera's or a chain of loops' field);
     - `backlog`: vehicles queued upstream of the network's edge, for a lane fed from outside the modelled
       network (an entry detector upstream of the boundary);
-    - `arriving`: vehicles within the approach length of the stop line (an advance detector), i.e. those
-      a green given now would serve; on a long lane most of the lane's vehicles are minutes away. None
-      where no advance detector exists (then `vehicles` stands for it).
+    - `arriving`: on a long lane, the vehicles on an advance detector over its last few hundred metres,
+      those a green given now would serve (on a 2 km link most of the lane's vehicles are minutes away);
+      None where there is no such reading (then `vehicles` stands for it).
     """
 
     stopline: float = 0.0
@@ -176,8 +176,11 @@ class ApproachReading:
 
     @property
     def near(self) -> float:
-        """Vehicles a green given now would serve soon: those near the stop line and the entry backlog."""
-        return (self.vehicles if self.arriving is None else self.arriving) + self.backlog
+        """Vehicles a green given now would serve soon: those near the stop line, or the standing queue where
+        it reaches back beyond the advance detector, and the entry backlog."""
+        if self.arriving is None:
+            return self.vehicles + self.backlog
+        return max(self.arriving, self.halting) + self.backlog
 
 
 MAX_SPEED_M_S = 70.0  # 252 km/h: faster is a broken detector
