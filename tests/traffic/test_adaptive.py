@@ -100,3 +100,52 @@ def test_approach_detectors_in_sumo_see_the_queue_behind_short_lanes() -> None:
     assert all(a.stopline <= r.vehicles + 2 for r, a in seen) and any(a.stopline > 0 for _r, a in seen)
     assert any(a.vehicles > r.vehicles for r, a in seen)  # vehicles on the feeding lanes are counted
     assert APPROACH_M > 0
+
+
+def test_on_a_long_link_only_vehicles_near_the_stop_line_call_for_green() -> None:
+    """Twelve vehicles on a 2 km east link, all far from the stop line, neither take green nor cut a platoon."""
+    north = LaneReading(vehicles=4, length=2000)
+    east = LaneReading(vehicles=12, length=2000)
+    gapped_out = {"north": ApproachReading(stopline=0, vehicles=4, arriving=0)}
+    whole_lane = {**gapped_out, "east": ApproachReading(stopline=0, vehicles=12)}  # no advance detector
+    assert CityOSAdaptive(PLAN).decide(view(0, 0, north, east, whole_lane)) == 1  # a green for nobody near
+    far = {**gapped_out, "east": ApproachReading(stopline=0, vehicles=12, arriving=0)}
+    assert CityOSAdaptive(PLAN).decide(view(0, 0, north, east, far)) == 0  # rests in green instead
+    coming = {**gapped_out, "east": ApproachReading(stopline=0, vehicles=12, arriving=2)}
+    assert CityOSAdaptive(PLAN).decide(view(0, 0, north, east, coming)) == 1  # served as they come near
+
+    platoon = {"north": ApproachReading(stopline=3, vehicles=4, arriving=4)}  # north still discharging
+    spread = {**platoon, "east": ApproachReading(stopline=0, vehicles=30)}
+    assert CityOSAdaptive(PLAN).decide(view(0, 0, north, east, spread)) == 1  # whole lane: cuts the platoon
+    spread["east"] = ApproachReading(stopline=0, vehicles=30, arriving=3)
+    assert CityOSAdaptive(PLAN).decide(view(0, 0, north, east, spread)) == 0
+
+
+def test_a_queue_reaching_beyond_the_advance_detector_counts_whole() -> None:
+    assert ApproachReading(vehicles=40, halting=30, arriving=12, backlog=2).near == 32
+    assert ApproachReading(vehicles=40, halting=3, arriving=12).near == 12
+    assert ApproachReading(vehicles=40, halting=3, backlog=1).near == 41  # no advance detector: the approach
+
+
+def test_advance_detectors_in_sumo_cover_the_end_of_long_lanes(tmp_path: Any) -> None:
+    """On the city grid (links of 1-4 km) every signalised lane has an advance detector that sees a part of it."""
+    pytest.importorskip("libsumo")
+    from cityos.traffic.citynet import city_scenario
+    from cityos.traffic.sumo import approach_specs, run_scenario
+
+    scenario = city_scenario(tmp_path, horizon=300)
+    specs = approach_specs(scenario.net)
+    assert specs and all(s.advance_detector is not None for s in specs.values())
+    seen: list[tuple[LaneReading, ApproachReading]] = []
+
+    class Recorder(CityOSAdaptive):
+        def decide(self, v: View) -> int:
+            seen.extend((v.lanes[lane], a) for lane, a in v.approaches.items() if lane in v.lanes)
+            return super().decide(v)
+
+    result = run_scenario(scenario, "cityos", lambda x: Recorder(x.plan), seed=1)
+    assert result.controller_failures == 0
+    arriving = [(r, a, a.arriving) for r, a in seen if a.arriving is not None]
+    assert len(arriving) == len(seen)
+    assert all(near <= r.vehicles + 1 for r, _a, near in arriving)  # part of the lane (+ a tail on the edge)
+    assert any(0 < near < r.vehicles for r, _a, near in arriving)  # sees some vehicles, not all of the lane

@@ -161,7 +161,10 @@ class ApproachReading:
     - `vehicles`, `halting`, `waiting`: a detector over the whole approach, the lane and, where the lane
       is short, the lanes feeding it up to an approach length (a camera's or a chain of loops' field);
     - `backlog`: vehicles queued upstream of the network's edge, for a lane fed from outside the modelled
-      network (an entry detector upstream of the boundary).
+      network (an entry detector upstream of the boundary);
+    - `arriving`: on a long lane, the vehicles on an advance detector over its last few hundred metres,
+      those a green given now would serve (on a 2 km link most of the lane's vehicles are minutes away);
+      None where there is no such reading (then `vehicles` stands for it).
     """
 
     stopline: float = 0.0
@@ -169,6 +172,15 @@ class ApproachReading:
     halting: float = 0.0
     waiting: float = 0.0
     backlog: float = 0.0
+    arriving: float | None = None
+
+    @property
+    def near(self) -> float:
+        """Vehicles a green given now would serve soon: those near the stop line, or the standing queue where
+        it reaches back beyond the advance detector, and the entry backlog."""
+        if self.arriving is None:
+            return self.vehicles + self.backlog
+        return max(self.arriving, self.halting) + self.backlog
 
 
 MAX_SPEED_M_S = 70.0  # 252 km/h: faster is a broken detector

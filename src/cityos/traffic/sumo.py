@@ -40,6 +40,9 @@ MIN_GREEN_S = 5.0
 MAX_GREEN_S = 60.0
 STOPLINE_ZONE_M = 60.0  # the stop-line (gap) detector: the last 60 m before the stop line
 APPROACH_M = 150.0  # a short incoming lane's approach detector reaches this far up the lanes feeding it
+# A lane longer than this gets an advance detector over its last ADVANCE_M: what a green given now serves
+# (~15-18 s of travel at 50-60 km/h: the change, the minimum green and the queue's start-up).
+ADVANCE_M = 250.0
 
 
 def sumo_home() -> str:
@@ -241,6 +244,8 @@ class ApproachSpec:
     stopline_detector: str  # a lane-area detector over the last `STOPLINE_ZONE_M` of the lane
     upstream: tuple[tuple[str, float], ...]  # feeding lanes within `APPROACH_M`, with the share counted here
     entry_edges: tuple[tuple[str, float], ...]  # network entry edges the approach reaches, with the share
+    # On a lane longer than `ADVANCE_M`: a lane-area detector over its last `ADVANCE_M` (advance detector)
+    advance_detector: str | None = None
 
 
 def approach_specs(net_file: Path) -> dict[str, ApproachSpec]:
@@ -280,12 +285,14 @@ def approach_specs(net_file: Path) -> dict[str, ApproachSpec]:
     for lane_id, tls_id in in_lanes.items():
         upstream = tuple(sorted((up, 1.0 / len(fed)) for up, fed in reach[tls_id].items() if lane_id in fed))
         entry = tuple(sorted((e, 1.0 / len(fed)) for e, fed in entries[tls_id].items() if lane_id in fed))
-        specs[lane_id] = ApproachSpec(f"cityos-stopline:{lane_id}", upstream, entry)
+        long_lane = float(net.getLane(lane_id).getLength()) > ADVANCE_M
+        specs[lane_id] = ApproachSpec(f"cityos-stopline:{lane_id}", upstream, entry,
+                                      f"cityos-advance:{lane_id}" if long_lane else None)
     return specs
 
 
 def stopline_detectors(net_file: Path, specs: Mapping[str, ApproachSpec], path: Path) -> Path:
-    """An additional file with the stop-line lane-area detectors (no output file is written)."""
+    """An additional file with the stop-line and advance lane-area detectors (no output file is written)."""
     import sumolib
 
     net = sumolib.net.readNet(str(net_file))
@@ -295,6 +302,10 @@ def stopline_detectors(net_file: Path, specs: Mapping[str, ApproachSpec], path: 
         ET.SubElement(root, "laneAreaDetector", id=spec.stopline_detector, lane=lane_id,
                       pos=f"{max(0.0, length - STOPLINE_ZONE_M):.2f}", endPos=f"{length:.2f}",
                       freq="86400", file=os.devnull)
+        if spec.advance_detector is not None:
+            ET.SubElement(root, "laneAreaDetector", id=spec.advance_detector, lane=lane_id,
+                          pos=f"{max(0.0, length - ADVANCE_M):.2f}", endPos=f"{length:.2f}",
+                          freq="86400", file=os.devnull)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
     return path
 
@@ -308,6 +319,8 @@ class ApproachReader(Mapping[str, ApproachReading]):
         self.specs = specs
         for spec in specs.values():
             sim.lanearea.subscribe(spec.stopline_detector, [0x10])
+            if spec.advance_detector is not None:
+                sim.lanearea.subscribe(spec.advance_detector, [0x10])
         self._stopline: dict[str, Any] = {}
         self._cache: dict[str, ApproachReading] = {}
         self._pending: dict[str, float] = {}
@@ -336,8 +349,11 @@ class ApproachReader(Mapping[str, ApproachReading]):
             waiting += share * fed.waiting
         stopline = float((self._stopline.get(spec.stopline_detector) or {}).get(0x10, 0.0))
         backlog = sum(share * self._backlog(edge) for edge, share in spec.entry_edges)
+        arriving = vehicles  # a lane up to `ADVANCE_M` long: its approach is what a green serves soon
+        if spec.advance_detector is not None:
+            arriving = float((self._stopline.get(spec.advance_detector) or {}).get(0x10, 0.0))
         approach = ApproachReading(stopline=max(0.0, stopline), vehicles=vehicles, halting=halting,
-                                   waiting=waiting, backlog=backlog)
+                                   waiting=waiting, backlog=backlog, arriving=max(0.0, arriving))
         self._cache[lane] = approach
         return approach
 

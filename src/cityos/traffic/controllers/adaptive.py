@@ -14,6 +14,11 @@ A max-pressure variant built to cut delay, deciding every second instead of ever
   is its approach's: the lane and, for a short lane, the lanes feeding it up to the approach length,
   plus the vehicles an entry detector counts queued upstream of the network's edge. Short, full entry
   lanes otherwise look almost empty to a whole-lane detector while a queue waits behind them.
+- **Only what a green serves now counts, on long links.** On a lane with an advance detector (its last
+  few hundred metres) the demand is the vehicles on it, or the standing queue where that reaches back
+  further, not every vehicle on the lane: on a 2-3 km link most of them are minutes from the stop line,
+  and counting them gave green to approaches with nobody near while platoons on the other road arrived
+  at red and the junction changed phase every ~12 s (a change lost 5 s each time).
 - **Gap-out at the stop line.** The current phase keeps green while it is still discharging and no other
   phase's demand exceeds it by more than the value of the time a change loses (yellow + all-red); it
   is discharging while its stop-line detectors (the last metres before the stop line) see vehicles,
@@ -92,7 +97,7 @@ class CityOSAdaptive(Controller):
         approach = view.approaches.get(lane)
         if approach is None:
             return reading.vehicles + reading.waiting / WAIT_UNIT_S
-        return approach.vehicles + approach.backlog + approach.waiting / WAIT_UNIT_S
+        return approach.near + approach.waiting / WAIT_UNIT_S
 
     def _discharging(self, view: View, phase: int) -> float:
         """Vehicles that the current green still serves: at its open lanes' stop lines (or on the lanes)."""
