@@ -182,8 +182,8 @@ async def test_training_and_forecasts_read_the_rain_gauges_from_the_hub(
     assert wet is not None and 0 < wet.model.metrics["wetRows"] < wet.model.metrics["rows"]
     assert wet.model.version != dry.model.version
     # Fourteen slots teach the model little about rain: store a version of it whose rain coefficient is
-    # large (−0.5 on the log speed at full wetness), to see that forecasts feed it the rain now.
-    rain_column = FEATURES.index("rain_wetness")
+    # large (half the target slot's average speed lost at full wetness), to see that forecasts feed it the rain now.
+    rain_column = FEATURES.index("rain_wetness_x_profile_target")
     steep = [[-0.5 if n == rain_column else c for n, c in enumerate(regime)] for regime in wet.model.coefficients]
     model = ForecastModel(steep, wet.model.horizon_steps, wet.model.profiles, wet.model.trained_from,
                           wet.model.trained_to, wet.model.metrics)

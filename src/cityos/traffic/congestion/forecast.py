@@ -1,7 +1,6 @@
 """15-minute congestion forecast per road segment (拥堵 15 分钟预测), and diversion advice.
 
-The forecast of a segment's speed `horizon` steps ahead is a linear model of the logarithm of speed (rain and
-incidents slow traffic by a share, not by so many km/h) over features every segment shares:
+The forecast of a segment's speed `horizon` steps ahead is a linear model over features every segment shares:
 
 - the last speeds (now and three earlier readings) and their change,
 - the segment's historical average speed for the target slot and for the current slot (same time of
@@ -15,7 +14,9 @@ It keeps one set of coefficients per regime: the target's time (weekday peak, ot
 times dry or wet now. Each set is fitted by least absolute deviations (iteratively reweighted least squares
 from the ridge solution, the ridge penalty kept): what follows a lane blockage is two-valued (still blocked,
 or cleared), and the mean of the two — what least squares gives — is a speed that neither happens, where the
-median is the likelier one. A regime with too few training rows uses the fit of all rows.
+median is the likelier one. A regime with too few training rows uses the fit of all rows. (Fitting the
+logarithm of speed instead was tried on the tuning month: better while an incident lasts, worse overall and
+at peaks; see bench/RESULTS.md.)
 
 Its two baselines are computed from the same history: persistence (the speed now) and the historical
 average for the target's slot. The level forecast is the GB/T 33171 level of the forecast speed on the
@@ -45,15 +46,13 @@ SLOT_S = 300  # readings every 5 minutes
 LAGS = 4
 RIDGE = 1.0
 LAD_ITERATIONS = 10
-LAD_FLOOR = 0.01        # residuals (log speed) below 1 % weigh as 1 %: keeps the reweighting finite
+LAD_FLOOR_KMH = 0.5     # residuals below 0.5 km/h weigh as 0.5 km/h: keeps the reweighting finite
 MIN_REGIME_ROWS = 500   # fewer training rows than this in a regime: it uses the fit of all rows
-MIN_SPEED_KMH = 1.0     # log of speeds below this reads as this (a stopped queue)
 UTC_OFFSET_H = 8.0  # the city's local time, for the daily pattern
 RAIN_SCALE_MM_H = 10.0  # wetness 1 − e^(−rain/10): the first millimetres an hour slow traffic the most
 WET_FROM = 0.1          # wetness from which the wet regime is used (about 1 mm/h)
-FEATURES = ("intercept", *(f"log_speed_lag{k}" for k in range(LAGS)), "log_speed_change", "log_profile_target",
-            "log_profile_now", "log_gap_to_profile", "target_time_sin", "target_time_cos", "rain_wetness",
-            "rain_wetness_x_log_profile_target")
+FEATURES = ("intercept", *(f"speed_lag{k}" for k in range(LAGS)), "speed_change", "profile_target", "profile_now",
+            "gap_to_profile", "target_time_sin", "target_time_cos", "rain_wetness", "rain_wetness_x_profile_target")
 REGIMES = ("weekday_peak/dry", "weekday_peak/wet", "weekday/dry", "weekday/wet", "weekend/dry", "weekend/wet")
 PEAK_HOURS = ((7, 10), (17, 20))
 
@@ -106,17 +105,13 @@ class Profiles:
         return self.sums[key] / count if count else default
 
 
-def _log(speed: float) -> float:
-    return math.log(max(MIN_SPEED_KMH, speed))
-
-
 def features(series: Sequence[float], i: int, ts: float, horizon_s: float, profile_now: float,
              profile_target: float, rain_mm_h: float = 0.0) -> list[float]:
-    lags = [_log(series[i - k]) for k in range(LAGS)]
+    lags = [series[i - k] for k in range(LAGS)]
     angle = 2 * math.pi * (((ts + horizon_s) + UTC_OFFSET_H * 3600) % 86400) / 86400
-    target, now, wet = _log(profile_target), _log(profile_now), wetness(rain_mm_h)
-    return [1.0, *lags, lags[0] - lags[1], target, now, lags[0] - now, math.sin(angle), math.cos(angle),
-            wet, wet * target]
+    wet = wetness(rain_mm_h)
+    return [1.0, *lags, lags[0] - lags[1], profile_target, profile_now, lags[0] - profile_now, math.sin(angle),
+            math.cos(angle), wet, wet * profile_target]
 
 
 @dataclass
@@ -139,7 +134,7 @@ class ForecastModel:
         x = features(series, i, ts, horizon_s, self.profiles.mean(segment, ts, series[i]),
                      self.profiles.mean(segment, ts + horizon_s, series[i]), rain_mm_h)
         coefficients = self.coefficients[regime_of(ts + horizon_s, rain_mm_h)]
-        return max(0.0, math.exp(min(10.0, float(np.dot(coefficients, x)))))
+        return max(0.0, float(np.dot(coefficients, x)))
 
     def to_params(self) -> dict[str, Any]:
         """Everything `from_params` needs, as JSON-safe values (profiles as [weekend, slot, mean] per segment)."""
@@ -179,7 +174,7 @@ def feature_spec(horizon_steps: int) -> dict[str, Any]:
     """What the coefficients multiply, so that a stored model is only used with the same features."""
     return {"features": list(FEATURES), "regimes": list(REGIMES), "lags": LAGS, "slotSeconds": SLOT_S,
             "horizonSteps": horizon_steps, "utcOffsetHours": UTC_OFFSET_H, "ridge": RIDGE, "loss": "absolute",
-            "target": "log speed", "rainScaleMmH": RAIN_SCALE_MM_H, "wetFrom": WET_FROM,
+            "rainScaleMmH": RAIN_SCALE_MM_H, "wetFrom": WET_FROM,
             "peakHours": [list(p) for p in PEAK_HOURS]}
 
 
@@ -189,7 +184,7 @@ def fit_least_absolute(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     penalty[0, 0] = 0.0
     coefficients = np.linalg.solve(x.T @ x + penalty, x.T @ y)
     for _ in range(LAD_ITERATIONS):
-        weights = 1.0 / np.maximum(np.abs(y - x @ coefficients), LAD_FLOOR)
+        weights = 1.0 / np.maximum(np.abs(y - x @ coefficients), LAD_FLOOR_KMH)
         weighted = x * weights[:, None]
         coefficients = np.linalg.solve(weighted.T @ x + penalty, weighted.T @ y)
     return coefficients
@@ -214,7 +209,7 @@ def train(history: Mapping[str, tuple[Sequence[float], Sequence[float]]], horizo
             rain_now = rain(ts)
             rows.append(features(speeds, i, ts, horizon_s, profiles.mean(segment, ts, speeds[i]),
                                  profiles.mean(segment, ts + horizon_s, speeds[i]), rain_now))
-            targets.append(_log(speeds[i + horizon_steps]))
+            targets.append(speeds[i + horizon_steps])
             regimes.append(regime_of(ts + horizon_s, rain_now))
     if not rows:
         raise ValueError("not enough history to train a forecast")
@@ -225,10 +220,9 @@ def train(history: Mapping[str, tuple[Sequence[float], Sequence[float]]], horizo
         mask = regime == r
         coefficients.append(fit_least_absolute(x[mask], y[mask]) if mask.sum() >= MIN_REGIME_ROWS else pooled)
     # In-sample errors (km/h) of the model and of persistence (the speed now), for the record.
-    fitted = np.exp(np.minimum(10.0, np.einsum("ij,ij->i", x, np.asarray(coefficients)[regime])))
-    actual, now = np.exp(y), np.exp(x[:, 1])
-    metrics = {"maeKmh": round(float(np.mean(np.abs(fitted - actual))), 4),
-               "persistenceMaeKmh": round(float(np.mean(np.abs(now - actual))), 4), "rows": float(len(y)),
+    fitted = np.maximum(0.0, np.einsum("ij,ij->i", x, np.asarray(coefficients)[regime]))
+    metrics = {"maeKmh": round(float(np.mean(np.abs(fitted - y))), 4),
+               "persistenceMaeKmh": round(float(np.mean(np.abs(x[:, 1] - y))), 4), "rows": float(len(y)),
                "wetRows": float(np.isin(regime, [1, 3, 5]).sum())}
     return ForecastModel([[float(c) for c in regime_coefficients] for regime_coefficients in coefficients],
                          horizon_steps, profiles, first, last, metrics)
