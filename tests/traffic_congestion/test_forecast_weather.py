@@ -163,3 +163,17 @@ def test_rain_by_slot_averages_the_gauges_and_holds_an_hour() -> None:
     assert rain(ts + 2 * SLOT_S) == 4.0 and rain(ts + 14 * SLOT_S) == 4.0
     assert rain(ts + 15 * SLOT_S) == 0.0  # the gauges silent for over an hour say nothing
     assert RainBySlot([])(ts) == 0.0
+
+
+def test_a_speed_far_below_the_slots_average_is_forecast_to_hold(
+        rainy_history: tuple[list[float], dict[str, list[float]], SignalModel]) -> None:
+    times, series, _sim = rainy_history
+    fitted = train({s: (times[:7 * 288], v[:7 * 288]) for s, v in series.items()}, 3)
+    segment = next(iter(series))
+    i = 7 * 288 + 14 * 12  # 14:00 on a weekday: no peak, the average well above a blocked lane's speed
+    usual = fitted.profiles.mean(segment, times[i], 0.0)
+    blocked = [usual] * 3 + [0.3 * usual]
+    assert fitted.predict(segment, blocked, 3, times[i]) == 0.3 * usual
+    # A speed a little under the average is the regression's: it moves back towards the average.
+    slower = [usual] * 3 + [0.8 * usual]
+    assert 0.8 * usual < fitted.predict(segment, slower, 3, times[i]) < usual

@@ -14,7 +14,11 @@ It keeps one set of coefficients per regime: the target's time (weekday peak, ot
 times dry or wet now. Each set is fitted by least absolute deviations (iteratively reweighted least squares
 from the ridge solution, the ridge penalty kept): what follows a lane blockage is two-valued (still blocked,
 or cleared), and the mean of the two — what least squares gives — is a speed that neither happens, where the
-median is the likelier one. A regime with too few training rows uses the fit of all rows. (Fitting the
+median is the likelier one. A regime with too few training rows uses the fit of all rows.
+
+A speed now below `HOLD_BELOW_PROFILE` of the slot's average is forecast to hold (persistence): that deep a
+drop is a blockage far more often than noise, and a blockage lasts 15–90 minutes, where the regression,
+having seen few of them, pulls the forecast back towards the average. (Fitting the
 logarithm of speed instead was tried on the tuning month: better while an incident lasts, worse overall and
 at peaks; see bench/RESULTS.md.)
 
@@ -48,6 +52,7 @@ RIDGE = 1.0
 LAD_ITERATIONS = 10
 LAD_FLOOR_KMH = 0.5     # residuals below 0.5 km/h weigh as 0.5 km/h: keeps the reweighting finite
 MIN_REGIME_ROWS = 500   # fewer training rows than this in a regime: it uses the fit of all rows
+HOLD_BELOW_PROFILE = 0.6  # a speed now under 60 % of the slot's average holds (tuned on seed 11, not the bench's)
 UTC_OFFSET_H = 8.0  # the city's local time, for the daily pattern
 RAIN_SCALE_MM_H = 10.0  # wetness 1 − e^(−rain/10): the first millimetres an hour slow traffic the most
 WET_FROM = 0.1          # wetness from which the wet regime is used (about 1 mm/h)
@@ -131,8 +136,11 @@ class ForecastModel:
     def predict(self, segment: str, series: Sequence[float], i: int, ts: float, rain_mm_h: float = 0.0) -> float:
         """The speed `horizon_steps` after `series[i]` (observed at `ts`), with `rain_mm_h` falling at `ts`."""
         horizon_s = self.horizon_steps * SLOT_S
-        x = features(series, i, ts, horizon_s, self.profiles.mean(segment, ts, series[i]),
-                     self.profiles.mean(segment, ts + horizon_s, series[i]), rain_mm_h)
+        profile_now = self.profiles.mean(segment, ts, series[i])
+        if series[i] < HOLD_BELOW_PROFILE * profile_now:
+            return series[i]
+        x = features(series, i, ts, horizon_s, profile_now, self.profiles.mean(segment, ts + horizon_s, series[i]),
+                     rain_mm_h)
         coefficients = self.coefficients[regime_of(ts + horizon_s, rain_mm_h)]
         return max(0.0, float(np.dot(coefficients, x)))
 
@@ -175,6 +183,7 @@ def feature_spec(horizon_steps: int) -> dict[str, Any]:
     return {"features": list(FEATURES), "regimes": list(REGIMES), "lags": LAGS, "slotSeconds": SLOT_S,
             "horizonSteps": horizon_steps, "utcOffsetHours": UTC_OFFSET_H, "ridge": RIDGE, "loss": "absolute",
             "rainScaleMmH": RAIN_SCALE_MM_H, "wetFrom": WET_FROM,
+            "holdBelowProfile": HOLD_BELOW_PROFILE,
             "peakHours": [list(p) for p in PEAK_HOURS]}
 
 
