@@ -25,7 +25,7 @@ at peaks; see bench/RESULTS.md.)
 Its two baselines are computed from the same history: persistence (the speed now) and the historical
 average for the target's slot. The level forecast is the GB/T 33171 level of the forecast speed on the
 segment's road class. A trained model carries a version (the training window and a digest of its
-coefficients) so that a forecast can say which model made it.
+coefficients and feature spec) so that a forecast can say which model made it.
 
 A model is its coefficients, the profiles and its training window: `to_params` writes them as plain JSON
 (never a pickle: loading one runs code) together with the feature spec they were fitted on, and
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,7 +131,9 @@ class ForecastModel:
 
     @property
     def version(self) -> str:
-        digest = hashlib.sha256(np.asarray(self.coefficients).round(6).tobytes()).hexdigest()[:12]
+        # The feature spec too: the same coefficients under another hold threshold or rain scale forecast otherwise.
+        spec = json.dumps(feature_spec(self.horizon_steps), sort_keys=True).encode()
+        digest = hashlib.sha256(np.asarray(self.coefficients).round(6).tobytes() + spec).hexdigest()[:12]
         return f"ridge-{int(self.trained_from)}-{int(self.trained_to)}-{digest}"
 
     def predict(self, segment: str, series: Sequence[float], i: int, ts: float, rain_mm_h: float = 0.0) -> float:
