@@ -18,8 +18,8 @@ from auth_tokens import Auth
 from cityos.app import create_app
 from cityos.config import Settings
 from cityos.core import clock
-from cityos.traffic.congestion.forecast import SLOT_S, ForecastModel, ModelMismatch, train
-from cityos.traffic.congestion.forecasting import KEPT_VERSIONS
+from cityos.traffic.congestion.forecast import FEATURES, SLOT_S, ForecastModel, ModelMismatch, train
+from cityos.traffic.congestion.forecasting import KEPT_VERSIONS, Trained
 from cityos.traffic.congestion.models import forecast_models
 
 API = "/api/traffic/congestion"
@@ -155,3 +155,44 @@ async def test_the_stored_version_is_the_trained_model_bit_for_bit(
             speeds = [base + rng.uniform(-5, 5) for _ in range(6)]
             at = now - k * SLOT_S
             assert loaded.model.predict(segment, speeds, 5, at) == trained.model.predict(segment, speeds, 5, at)
+
+
+async def test_training_and_forecasts_read_the_rain_gauges_from_the_hub(
+        client: httpx.AsyncClient, anon_client: httpx.AsyncClient, app: Any) -> None:
+    """The weather feature is the gauges' `precipitation` in the hub (WaterObserved): a model trained while
+    it rained part of the time has wet rows, and the forecast takes the newest gauge reading as the rain now."""
+    staff = Auth(app).headers("official", department="transport")
+    await seed(client, staff)
+    service = app.state.congestion_forecast
+    dry = await service._train("", 1)
+    assert dry is not None and dry.model.metrics["wetRows"] == 0
+    start = clock.now().replace(second=0, microsecond=0) - dt.timedelta(minutes=5 * 14)
+
+    async def gauge(entity_type: str, values: dict[int, float]) -> None:
+        body = {"id": f"urn:ngsi-ld:{entity_type}:gauge-1", "type": entity_type, "precipitation": [
+            {"type": "Property", "value": v, "unitCode": "MMT",
+             "observedAt": clock.iso(start + dt.timedelta(minutes=5 * k))} for k, v in values.items()]}
+        posted = await client.post("/ngsi-ld/v1/temporal/entities", json=body,
+                                   headers={"Content-Type": "application/json"})
+        assert posted.status_code in (201, 204), posted.text
+
+    await gauge("WaterObserved", {k: 40.0 for k in range(7, 13)})  # a shower in the second half
+    await gauge("Thing", {k: 99.0 for k in range(7)})              # not a gauge: not read
+    wet = await service._train("", 1)
+    assert wet is not None and 0 < wet.model.metrics["wetRows"] < wet.model.metrics["rows"]
+    assert wet.model.version != dry.model.version
+    # Fourteen slots teach the model little about rain: store a version of it whose rain coefficient is
+    # large (half the target slot's average speed lost at full wetness), to see that forecasts feed it the rain now.
+    rain_column = FEATURES.index("rain_wetness_x_profile_target")
+    steep = [[-0.5 if n == rain_column else c for n, c in enumerate(regime)] for regime in wet.model.coefficients]
+    model = ForecastModel(steep, wet.model.horizon_steps, wet.model.profiles, wet.model.trained_from,
+                          wet.model.trained_to, wet.model.metrics)
+    await service._store("", Trained(model, clock.now(), wet.segments, wet.samples), model.to_params())
+    raining = (await anon_client.get(f"{API}/forecast", params={"segment": "s-jam"})).json()
+    assert raining["model"]["version"] == model.version
+    # Rain now is the gauges' reading in the slot of the segments' latest reading (the last one, 40 mm/h,
+    # held into it), until a reading in that slot says the shower is over.
+    await gauge("WaterObserved", {13: 0.0})
+    stopped = (await anon_client.get(f"{API}/forecast", params={"segment": "s-jam"})).json()
+    assert stopped["model"]["version"] == model.version
+    assert stopped["forecast"]["speedKmh"] > 1.5 * raining["forecast"]["speedKmh"], (raining, stopped)

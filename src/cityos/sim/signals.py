@@ -1,10 +1,13 @@
-"""Readings that look like a city's: daily and weekly rhythms, weather drift, episodes and floods.
+"""Readings that look like a city's: daily and weekly rhythms, weather drift, episodes, floods, and traffic
+that rain slows and road incidents block.
 
 The model has two layers:
 - city-wide fields that depend only on time and the seed (traffic rhythm, weather drift as AR(1)
   processes, pollution episodes spreading along district borders, rain and the river levels that
   follow it with a lag). They are computed on a fixed grid from the simulation start, so they are the
   same whatever order devices ask in;
+- road incidents (a lane blocked for 15–90 minutes somewhere along a road, its queue spilling upstream),
+  drawn per road and hour from the seed alone, so they too are the same whatever order devices ask in;
 - per-device state (its own AR(1) noise, battery, a parking bay's occupancy, a meter's total) that
   moves forward reading by reading. Each device has its own random stream, so one device's readings
   do not depend on how many other devices there are.
@@ -14,12 +17,15 @@ The model has two layers:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+
+from shapely.geometry import Point
 
 from cityos.sim.city import City
 from cityos.sim.devices import Deployment, SimDevice
@@ -55,6 +61,53 @@ class Scenario:
     rains: tuple[RainEvent, ...] = ()
     river_lag_hours: float = 3.0  # linear-reservoir time constant: how long a river takes to answer rain
     name: str = "normal"
+    incidents_per_road_day: float = 0.0  # lane blockages per road and day (0: none)
+
+
+@dataclass(frozen=True)
+class RoadIncident:
+    """Lanes blocked at `position_m` along a road from `start` for `minutes`. Traffic runs towards growing
+    positions when `direction` is 1 (towards smaller ones when -1); the queue grows upstream while the lanes
+    are blocked, with the demand, and drains after they reopen."""
+
+    road: str
+    start: float  # epoch seconds
+    minutes: float
+    position_m: float
+    direction: int
+    severity: float  # share of the speed lost inside the queue
+
+
+INCIDENT_MINUTES = (15.0, 90.0)
+INCIDENT_SITE_M = 150.0        # a detector this close to the blockage is at the site
+QUEUE_GROWTH_M_PER_MIN = 70.0  # upstream growth of the queue at the weekday peak's demand
+QUEUE_DRAIN_M_PER_MIN = 150.0  # how fast it clears once the lanes reopen
+QUEUE_MAX_M = 4000.0
+METRES_PER_DEGREE = 105_000.0  # at the city's latitude, near enough for distances along a road
+RAIN_CAPACITY_LOSS = 0.14      # heavy rain takes 14 % of a road's capacity (HCM: 10–17 %)
+RAIN_FREE_SPEED_LOSS = 0.1     # and drivers keep 10 % slower even on an empty road (HCM: 6–12 %)
+RAIN_SCALE_MM_H = 12.0         # rain at which the effect is 63 % of its full size
+
+
+def wetness(rain_mm_h: float) -> float:
+    """0 dry … 1 downpour: how much rain slows traffic, saturating (the first 10 mm/h count most)."""
+    return 1.0 - math.exp(-max(0.0, rain_mm_h) / RAIN_SCALE_MM_H)
+
+
+def weather_scenario(seed: int, start: datetime, days: int, incidents_per_road_day: float = 3.0) -> Scenario:
+    """Days of weather for traffic: showers at any hour on about half the days, a steady rainy day about one
+    day in six, and road incidents; all from the seed."""
+    rng = random.Random(f"traffic-weather:{seed}")
+    rains = []
+    for day in range(days):
+        if rng.random() < 0.5:
+            for _ in range(rng.choice((1, 1, 2))):
+                at = start + timedelta(days=day, hours=rng.uniform(0, 24))
+                rains.append(RainEvent(at, rng.uniform(0.5, 3.0), rng.uniform(5, 40)))
+        if rng.random() < 1 / 6:
+            at = start + timedelta(days=day, hours=rng.uniform(0, 12))
+            rains.append(RainEvent(at, rng.uniform(6, 12), rng.uniform(3, 10)))
+    return Scenario(rains=tuple(rains), name="weather", incidents_per_road_day=incidents_per_road_day)
 
 
 def demo_scenario(city: City, start: datetime) -> Scenario:
@@ -180,6 +233,9 @@ class SignalModel:
         self.runoff = GridSeries(self.start, self._reservoir_step, 0.0)
         self.states: dict[str, DeviceState] = {}
         self._arterials = {r.id for r in city.roads if r.category == "arterial"}
+        self._roads = {r.id: r for r in city.roads}
+        self._incidents: dict[tuple[str, int], tuple[RoadIncident, ...]] = {}
+        self._positions: dict[str, float] = {}
         self._readers: dict[str, Callable[[SimDevice, DeviceState, float], dict[str, Any]]] = {
             "air-quality": self._air, "water-quality": self._water_quality, "noise": self._noise,
             "traffic-flow": self._traffic, "parking-spot": self._parking, "smoke": self._smoke,
@@ -229,6 +285,65 @@ class SignalModel:
                 shape = math.exp(-(t - episode.ramp_hours - episode.hold_hours) / episode.decay_hours)
             total += episode.peak_pm25 * episode.attenuation ** hops * shape
         return total
+
+    def incidents(self, road_id: str, hour: int) -> tuple[RoadIncident, ...]:
+        """The incidents that start on `road_id` in the epoch hour `hour` (a pure function of the seed)."""
+        key = (road_id, hour)
+        cached = self._incidents.get(key)
+        if cached is not None:
+            return cached
+        out: tuple[RoadIncident, ...] = ()
+        rate = self.scenario.incidents_per_road_day / 24
+        road = self._roads.get(road_id)
+        if rate > 0 and road is not None:
+            digest = hashlib.sha256(f"incident:{self.seed}:{road_id}:{hour}".encode()).digest()
+            rng = random.Random(digest)
+            if rng.random() < rate:  # at most one an hour per road: the rates used are well under one
+                length = road.line.length * METRES_PER_DEGREE
+                out = (RoadIncident(road_id, hour * 3600 + rng.uniform(0, 3600), rng.uniform(*INCIDENT_MINUTES),
+                                    rng.uniform(0, length), rng.choice((1, -1)), rng.uniform(0.45, 0.8)),)
+        self._incidents[key] = out
+        return out
+
+    def position_m(self, device: SimDevice) -> float:
+        """How far along its road a device is (metres from the road's first point)."""
+        position = self._positions.get(device.name)
+        if position is None:
+            road = self._roads.get(device.anchor or "")
+            position = road.line.project(Point(device.lon, device.lat)) * METRES_PER_DEGREE if road else 0.0
+            self._positions[device.name] = position
+        return position
+
+    def incident_slowdown(self, device: SimDevice, ts: float) -> float:
+        """The share of speed an incident takes from the device's reading at `ts` (0 when none reaches it)."""
+        if self.scenario.incidents_per_road_day <= 0 or device.anchor not in self._roads:
+            return 0.0
+        here = self.position_m(device)
+        worst = 0.0
+        longest_h = int((INCIDENT_MINUTES[1] * 60 + QUEUE_MAX_M / QUEUE_DRAIN_M_PER_MIN * 60) // 3600) + 1
+        hour = int(ts // 3600)
+        for h in range(hour - longest_h, hour + 1):
+            for incident in self.incidents(device.anchor or "", h):
+                if incident.start <= ts:
+                    worst = max(worst, self._queue_effect(incident, here, ts))
+        return worst
+
+    @staticmethod
+    def _queue_effect(incident: RoadIncident, here_m: float, ts: float) -> float:
+        upstream_m = (incident.position_m - here_m) * incident.direction  # > 0: traffic passes here first
+        blocked_min = min((ts - incident.start) / 60, incident.minutes)
+        since_reopen_min = max(0.0, (ts - incident.start) / 60 - incident.minutes)
+        # The queue's tail grows with the demand of the hour the lanes were blocked; it drains from the front.
+        grown = min(QUEUE_MAX_M, QUEUE_GROWTH_M_PER_MIN * max(0.2, traffic_factor(incident.start)) * blocked_min)
+        tail = grown
+        front = QUEUE_DRAIN_M_PER_MIN * since_reopen_min - INCIDENT_SITE_M
+        if since_reopen_min > 0 and front >= tail:
+            return 0.0
+        if -INCIDENT_SITE_M <= upstream_m <= INCIDENT_SITE_M and since_reopen_min == 0:
+            return incident.severity
+        if max(INCIDENT_SITE_M, front) < upstream_m <= tail + INCIDENT_SITE_M:
+            return incident.severity * 0.85
+        return 0.0
 
     def temperature(self, ts: float) -> float:
         # Haikou: about 24 °C before dawn, 31 °C mid-afternoon; rain cools the air.
@@ -322,10 +437,15 @@ class SignalModel:
     def _traffic(self, d: SimDevice, s: DeviceState, ts: float) -> dict[str, Any]:
         arterial = self._anchor_is_arterial(d)
         capacity, free_speed = (1800.0, 60.0) if arterial else (700.0, 40.0)
-        ratio = max(0.0, traffic_factor(ts) * (1 + 0.08 * s.noise) * (1 + 0.05 * s.base))
-        intensity = capacity * min(ratio, 1.15)
-        speed = max(4.0, free_speed * (1 - 0.78 * min(ratio, 1.15) ** 2.5) + 2 * s.noise)
-        occupancy = min(100.0, max(0.0, 100 * 0.55 * ratio ** 1.4 + 2 * s.noise))
+        # Rain takes capacity (the same demand is a larger share of it) and makes drivers slower.
+        wet = wetness(self.rain(ts)) if self.scenario.rains else 0.0
+        free_speed *= 1 - RAIN_FREE_SPEED_LOSS * wet
+        ratio = max(0.0, traffic_factor(ts) * (1 + 0.08 * s.noise) * (1 + 0.05 * s.base)
+                    / (1 - RAIN_CAPACITY_LOSS * wet))
+        blocked = self.incident_slowdown(d, ts)
+        intensity = capacity * min(ratio, 1.15) * (1 - 0.6 * blocked)
+        speed = max(4.0, (free_speed * (1 - 0.78 * min(ratio, 1.15) ** 2.5) + 2 * s.noise) * (1 - blocked))
+        occupancy = min(100.0, max(0.0, 100 * 0.55 * ratio ** 1.4 + 2 * s.noise + 60 * blocked))
         return {"intensity": round(intensity), "speed": round(speed, 1), "occupancy": round(occupancy, 1),
                 "congested": speed < 20}
 

@@ -111,7 +111,8 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     app.state.congestion = CongestionService(app.state.engine, write_lock_of(app),
                                              hub.service if hub is not None else None,
                                              hub.resolver.core if hub is not None else None)
-    forecasts = ForecastService(app.state.engine, shown_city_seed(), write_lock_of(app))
+    forecasts = ForecastService(app.state.engine, shown_city_seed(), write_lock_of(app),
+                                *((hub.resolver.core.expand,) if hub is not None else ()))
     app.state.congestion_forecast = forecasts
     stop_training = periodic("congestion forecast training", forecasts.retrain_all, RETRAIN_SECONDS, first=60.0)
 

@@ -1,18 +1,31 @@
 """15-minute congestion forecast per road segment (拥堵 15 分钟预测), and diversion advice.
 
-The forecast of a segment's speed `horizon` steps ahead is a ridge regression (numpy least squares)
-over features every segment shares:
+The forecast of a segment's speed `horizon` steps ahead is a linear model over features every segment shares:
 
 - the last speeds (now and three earlier readings) and their change,
 - the segment's historical average speed for the target slot and for the current slot (same time of
   day, weekday or weekend, from the training history), so the model knows the daily pattern and how
   far today is from it,
-- the time of day of the target (sine and cosine).
+- the time of day of the target (sine and cosine),
+- the weather: the city's rain intensity now (mm/h, as its gauges publish it in `WaterObserved`
+  `precipitation`), as a saturating wetness 0…1, alone and times the target slot's average speed.
+
+It keeps one set of coefficients per regime: the target's time (weekday peak, other weekday time, weekend)
+times dry or wet now. Each set is fitted by least absolute deviations (iteratively reweighted least squares
+from the ridge solution, the ridge penalty kept): what follows a lane blockage is two-valued (still blocked,
+or cleared), and the mean of the two — what least squares gives — is a speed that neither happens, where the
+median is the likelier one. A regime with too few training rows uses the fit of all rows.
+
+A speed now below `HOLD_BELOW_PROFILE` of the slot's average is forecast to hold (persistence): that deep a
+drop is a blockage far more often than noise, and a blockage lasts 15–90 minutes, where the regression,
+having seen few of them, pulls the forecast back towards the average. (Fitting the
+logarithm of speed instead was tried on the tuning month: better while an incident lasts, worse overall and
+at peaks; see bench/RESULTS.md.)
 
 Its two baselines are computed from the same history: persistence (the speed now) and the historical
 average for the target's slot. The level forecast is the GB/T 33171 level of the forecast speed on the
 segment's road class. A trained model carries a version (the training window and a digest of its
-coefficients) so that a forecast can say which model made it.
+coefficients and feature spec) so that a forecast can say which model made it.
 
 A model is its coefficients, the profiles and its training window: `to_params` writes them as plain JSON
 (never a pickle: loading one runs code) together with the feature spec they were fitted on, and
@@ -24,8 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,9 +50,23 @@ from cityos.traffic.congestion.tpi import level_of, segment_tpi
 SLOT_S = 300  # readings every 5 minutes
 LAGS = 4
 RIDGE = 1.0
+LAD_ITERATIONS = 10
+LAD_FLOOR_KMH = 0.5     # residuals below 0.5 km/h weigh as 0.5 km/h: keeps the reweighting finite
+MIN_REGIME_ROWS = 500   # fewer training rows than this in a regime: it uses the fit of all rows
+HOLD_BELOW_PROFILE = 0.6  # a speed now under 60 % of the slot's average holds (tuned on seed 11, not the bench's)
 UTC_OFFSET_H = 8.0  # the city's local time, for the daily pattern
+RAIN_SCALE_MM_H = 10.0  # wetness 1 − e^(−rain/10): the first millimetres an hour slow traffic the most
+WET_FROM = 0.1          # wetness from which the wet regime is used (about 1 mm/h)
 FEATURES = ("intercept", *(f"speed_lag{k}" for k in range(LAGS)), "speed_change", "profile_target", "profile_now",
-            "gap_to_profile", "target_time_sin", "target_time_cos")
+            "gap_to_profile", "target_time_sin", "target_time_cos", "rain_wetness", "rain_wetness_x_profile_target")
+REGIMES = ("weekday_peak/dry", "weekday_peak/wet", "weekday/dry", "weekday/wet", "weekend/dry", "weekend/wet")
+PEAK_HOURS = ((7, 10), (17, 20))
+
+Rain = Callable[[float], float]  # epoch seconds → the city's rain intensity (mm/h) observed then
+
+
+def no_rain(_ts: float) -> float:
+    return 0.0
 
 
 class ModelMismatch(ValueError):
@@ -51,6 +79,18 @@ def slot_of(ts: float, utc_offset_h: float = UTC_OFFSET_H) -> tuple[int, int]:
     days, seconds = divmod(local, 86400)
     weekday = int((days + 3) % 7)  # 1970-01-01 was a Thursday
     return int(weekday >= 5), int(seconds // SLOT_S)
+
+
+def wetness(rain_mm_h: float) -> float:
+    return 1.0 - math.exp(-max(0.0, rain_mm_h) / RAIN_SCALE_MM_H)
+
+
+def regime_of(target_ts: float, rain_mm_h: float) -> int:
+    """The index in REGIMES of a forecast for `target_ts` made with `rain_mm_h` falling now."""
+    weekend, slot = slot_of(target_ts)
+    hour = slot * SLOT_S // 3600
+    time = 2 if weekend else 0 if any(a <= hour < b for a, b in PEAK_HOURS) else 1
+    return 2 * time + int(wetness(rain_mm_h) >= WET_FROM)
 
 
 @dataclass
@@ -72,16 +112,17 @@ class Profiles:
 
 
 def features(series: Sequence[float], i: int, ts: float, horizon_s: float, profile_now: float,
-             profile_target: float) -> list[float]:
+             profile_target: float, rain_mm_h: float = 0.0) -> list[float]:
     lags = [series[i - k] for k in range(LAGS)]
     angle = 2 * math.pi * (((ts + horizon_s) + UTC_OFFSET_H * 3600) % 86400) / 86400
-    return [1.0, *lags, lags[0] - lags[1], profile_target, profile_now, lags[0] - profile_now,
-            math.sin(angle), math.cos(angle)]
+    wet = wetness(rain_mm_h)
+    return [1.0, *lags, lags[0] - lags[1], profile_target, profile_now, lags[0] - profile_now, math.sin(angle),
+            math.cos(angle), wet, wet * profile_target]
 
 
 @dataclass
 class ForecastModel:
-    coefficients: list[float]
+    coefficients: list[list[float]]  # one list per regime (REGIMES), in FEATURES order
     horizon_steps: int
     profiles: Profiles
     trained_from: float
@@ -90,14 +131,21 @@ class ForecastModel:
 
     @property
     def version(self) -> str:
-        digest = hashlib.sha256(np.asarray(self.coefficients).round(6).tobytes()).hexdigest()[:12]
+        # The feature spec too: the same coefficients under another hold threshold or rain scale forecast otherwise.
+        spec = json.dumps(feature_spec(self.horizon_steps), sort_keys=True).encode()
+        digest = hashlib.sha256(np.asarray(self.coefficients).round(6).tobytes() + spec).hexdigest()[:12]
         return f"ridge-{int(self.trained_from)}-{int(self.trained_to)}-{digest}"
 
-    def predict(self, segment: str, series: Sequence[float], i: int, ts: float) -> float:
+    def predict(self, segment: str, series: Sequence[float], i: int, ts: float, rain_mm_h: float = 0.0) -> float:
+        """The speed `horizon_steps` after `series[i]` (observed at `ts`), with `rain_mm_h` falling at `ts`."""
         horizon_s = self.horizon_steps * SLOT_S
-        x = features(series, i, ts, horizon_s, self.profiles.mean(segment, ts, series[i]),
-                     self.profiles.mean(segment, ts + horizon_s, series[i]))
-        return max(0.0, float(np.dot(self.coefficients, x)))
+        profile_now = self.profiles.mean(segment, ts, series[i])
+        if series[i] < HOLD_BELOW_PROFILE * profile_now:
+            return series[i]
+        x = features(series, i, ts, horizon_s, profile_now, self.profiles.mean(segment, ts + horizon_s, series[i]),
+                     rain_mm_h)
+        coefficients = self.coefficients[regime_of(ts + horizon_s, rain_mm_h)]
+        return max(0.0, float(np.dot(coefficients, x)))
 
     def to_params(self) -> dict[str, Any]:
         """Everything `from_params` needs, as JSON-safe values (profiles as [weekend, slot, mean] per segment)."""
@@ -105,7 +153,7 @@ class ForecastModel:
         for (segment, weekend, slot), total in sorted(self.profiles.sums.items()):
             profiles.setdefault(segment, []).append([weekend, slot, total / self.profiles.counts[(segment, weekend,
                                                                                                   slot)]])
-        return {"kind": "ridge", "coefficients": list(self.coefficients), "profiles": profiles,
+        return {"kind": "ridge", "coefficients": [list(c) for c in self.coefficients], "profiles": profiles,
                 "featureSpec": feature_spec(self.horizon_steps),
                 "trainedFrom": self.trained_from, "trainedTo": self.trained_to, "metrics": dict(self.metrics)}
 
@@ -116,9 +164,9 @@ class ForecastModel:
             horizon_steps = int(spec["horizonSteps"])
             if params.get("kind") != "ridge" or spec != feature_spec(horizon_steps):
                 raise ModelMismatch("the model was fitted on other features than this code computes")
-            coefficients = [float(c) for c in params["coefficients"]]
-            if len(coefficients) != len(FEATURES):
-                raise ModelMismatch(f"{len(coefficients)} coefficients for {len(FEATURES)} features")
+            coefficients = [[float(c) for c in regime] for regime in params["coefficients"]]
+            if len(coefficients) != len(REGIMES) or any(len(c) != len(FEATURES) for c in coefficients):
+                raise ModelMismatch(f"coefficients are not {len(REGIMES)} regimes of {len(FEATURES)} features")
             profiles = Profiles()
             for segment, entries in params["profiles"].items():
                 for weekend, slot, mean in entries:
@@ -135,12 +183,29 @@ class ForecastModel:
 
 def feature_spec(horizon_steps: int) -> dict[str, Any]:
     """What the coefficients multiply, so that a stored model is only used with the same features."""
-    return {"features": list(FEATURES), "lags": LAGS, "slotSeconds": SLOT_S, "horizonSteps": horizon_steps,
-            "utcOffsetHours": UTC_OFFSET_H, "ridge": RIDGE}
+    return {"features": list(FEATURES), "regimes": list(REGIMES), "lags": LAGS, "slotSeconds": SLOT_S,
+            "horizonSteps": horizon_steps, "utcOffsetHours": UTC_OFFSET_H, "ridge": RIDGE, "loss": "absolute",
+            "rainScaleMmH": RAIN_SCALE_MM_H, "wetFrom": WET_FROM,
+            "holdBelowProfile": HOLD_BELOW_PROFILE,
+            "peakHours": [list(p) for p in PEAK_HOURS]}
 
 
-def train(history: Mapping[str, tuple[Sequence[float], Sequence[float]]], horizon_steps: int = 3) -> ForecastModel:
-    """Fit on {segment: (timestamps, speeds)} sampled every SLOT_S seconds."""
+def fit_least_absolute(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Ridge-penalised least absolute deviations, by reweighting the least-squares fit (intercept not shrunk)."""
+    penalty = RIDGE * np.eye(x.shape[1])
+    penalty[0, 0] = 0.0
+    coefficients = np.linalg.solve(x.T @ x + penalty, x.T @ y)
+    for _ in range(LAD_ITERATIONS):
+        weights = 1.0 / np.maximum(np.abs(y - x @ coefficients), LAD_FLOOR_KMH)
+        weighted = x * weights[:, None]
+        coefficients = np.linalg.solve(weighted.T @ x + penalty, weighted.T @ y)
+    return coefficients
+
+
+def train(history: Mapping[str, tuple[Sequence[float], Sequence[float]]], horizon_steps: int = 3,
+          rain: Rain = no_rain) -> ForecastModel:
+    """Fit on {segment: (timestamps, speeds)} sampled every SLOT_S seconds, with `rain(ts)` the city's rain
+    intensity (mm/h) observed at `ts`."""
     profiles = Profiles()
     first, last = math.inf, -math.inf
     for segment, (times, speeds) in history.items():
@@ -148,25 +213,31 @@ def train(history: Mapping[str, tuple[Sequence[float], Sequence[float]]], horizo
             profiles.add(segment, ts, speed)
         if times:
             first, last = min(first, times[0]), max(last, times[-1])
-    rows, targets = [], []
+    rows, targets, regimes = [], [], []
     horizon_s = horizon_steps * SLOT_S
     for segment, (times, speeds) in history.items():
         for i in range(LAGS - 1, len(speeds) - horizon_steps):
             ts = times[i]
+            rain_now = rain(ts)
             rows.append(features(speeds, i, ts, horizon_s, profiles.mean(segment, ts, speeds[i]),
-                                 profiles.mean(segment, ts + horizon_s, speeds[i])))
+                                 profiles.mean(segment, ts + horizon_s, speeds[i]), rain_now))
             targets.append(speeds[i + horizon_steps])
+            regimes.append(regime_of(ts + horizon_s, rain_now))
     if not rows:
         raise ValueError("not enough history to train a forecast")
-    x, y = np.asarray(rows), np.asarray(targets)
-    penalty = RIDGE * np.eye(x.shape[1])
-    penalty[0, 0] = 0.0  # the intercept is not shrunk
-    coefficients = np.linalg.solve(x.T @ x + penalty, x.T @ y)
-    # In-sample errors (km/h) of the model and of persistence (the speed now, feature 1), for the record.
-    fitted = np.maximum(0.0, x @ coefficients)
+    x, y, regime = np.asarray(rows), np.asarray(targets), np.asarray(regimes)
+    pooled = fit_least_absolute(x, y)
+    coefficients = []
+    for r in range(len(REGIMES)):
+        mask = regime == r
+        coefficients.append(fit_least_absolute(x[mask], y[mask]) if mask.sum() >= MIN_REGIME_ROWS else pooled)
+    # In-sample errors (km/h) of the model and of persistence (the speed now), for the record.
+    fitted = np.maximum(0.0, np.einsum("ij,ij->i", x, np.asarray(coefficients)[regime]))
     metrics = {"maeKmh": round(float(np.mean(np.abs(fitted - y))), 4),
-               "persistenceMaeKmh": round(float(np.mean(np.abs(x[:, 1] - y))), 4), "rows": float(len(y))}
-    return ForecastModel([float(c) for c in coefficients], horizon_steps, profiles, first, last, metrics)
+               "persistenceMaeKmh": round(float(np.mean(np.abs(x[:, 1] - y))), 4), "rows": float(len(y)),
+               "wetRows": float(np.isin(regime, [1, 3, 5]).sum())}
+    return ForecastModel([[float(c) for c in regime_coefficients] for regime_coefficients in coefficients],
+                         horizon_steps, profiles, first, last, metrics)
 
 
 def level_at(speed_kmh: float, road_class: str) -> int:

@@ -11,15 +11,21 @@ parameters JSON (`ForecastModel.to_params`): every API worker forecasts with the
 loaded once per version and kept while it is the newest, and a restart forecasts with it at once. Every
 worker's hourly round skips a tenant whose newest version is younger than the round. Without a model (too
 little history) a forecast is persistence (the speed now) and says so in its `model`.
+
+The weather feature is the city's rain intensity: the mean `precipitation` (mm/h) of the tenant's
+`WaterObserved` gauges per 5-minute slot, read from the hub's attribute history (the hub is the city's shared
+state; read-only here). A slot without a reading holds the last one before it; a tenant without gauges
+reads as dry, and the model's wet regimes are then fitted on no rows and fall back to the pooled fit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,6 +40,8 @@ from cityos.core import clock
 from cityos.core.db import write_transaction
 from cityos.core.errors import BadRequestData, Conflict, ResourceNotFound
 from cityos.core.tasks import in_daemon_thread
+from cityos.hub.jsonld import DEFAULT_VOCAB
+from cityos.hub.models import attribute_history
 from cityos.security.policy import Principal
 from cityos.traffic.congestion.forecast import (
     LAGS,
@@ -57,6 +65,9 @@ TRAIN_DAYS = 14
 MIN_SAMPLES = LAGS + HORIZON_STEPS + 1
 RETRAIN_SECONDS = 3600.0
 KEPT_VERSIONS = 10
+RAIN_GAUGE_TYPE = "WaterObserved"   # the river gauges' entities (the IoT profile `water-level`)
+RAIN_ATTRIBUTE = "precipitation"    # mm/h
+RAIN_HOLD_SLOTS = 12                # a gauge reading stands for the hour after it at most
 
 
 def speed_of(tpi: float, road_class: str) -> float:
@@ -120,9 +131,47 @@ PERSISTENCE = {"version": "persistence", "kind": "persistence", "trainedAt": Non
                "note": "尚无训练模型，按当前车速外推 no model trained yet: the speed now is the forecast"}
 
 
-def fit(rows: Iterable[Any], classes: dict[str, str]
+class RainBySlot:
+    """The city's rain intensity (mm/h) per slot: the mean of the gauges' readings in the slot, or of the last
+    slot with readings within `RAIN_HOLD_SLOTS` before it; 0 without (gauges silent that long say nothing)."""
+
+    def __init__(self, readings: Iterable[tuple[datetime, float]]) -> None:
+        sums: dict[int, list[float]] = {}
+        for at, value in readings:
+            sums.setdefault(slot(at), []).append(value)
+        self.slots = sorted(sums)
+        self.means = [sum(sums[s]) / len(sums[s]) for s in self.slots]
+
+    def __call__(self, ts: float) -> float:
+        at = int(ts // SLOT_S)
+        index = bisect.bisect_right(self.slots, at) - 1
+        return self.means[index] if index >= 0 and at - self.slots[index] <= RAIN_HOLD_SLOTS else 0.0
+
+
+async def rain_readings(conn: AsyncConnection, tenant: str, since: datetime,
+                        expand: Callable[[str], str]) -> list[tuple[datetime, float]]:
+    """The gauges' precipitation readings since `since` (numbers only; deleted instances left out)."""
+    table = attribute_history
+    rows = (await conn.execute(select(table.c.ts, table.c.instance).where(
+        table.c.tenant == tenant, table.c.entity_type == expand(RAIN_GAUGE_TYPE),
+        table.c.attr == expand(RAIN_ATTRIBUTE), table.c.ts >= since, table.c.deleted == 0))).all()
+    out = []
+    for ts, instance in rows:
+        value = instance.get("value") if isinstance(instance, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 500:
+            out.append((clock.as_utc(ts), float(value)))
+    return out
+
+
+def core_term(term: str) -> str:
+    """A term the NGSI-LD core context does not define: it expands into the default vocabulary."""
+    return DEFAULT_VOCAB + term
+
+
+def fit(rows: Iterable[Any], classes: dict[str, str], rain: RainBySlot | None = None
         ) -> tuple[ForecastModel, dict[str, tuple[list[float], list[float]]]] | None:
-    """The model from history rows (segment, at, index); None when no segment has enough readings."""
+    """The model from history rows (segment, at, index) and the rain by slot; None when no segment has enough
+    readings."""
     points: dict[str, list[tuple[int, float]]] = {}
     for key, at, tpi in rows:
         if key in classes:
@@ -131,13 +180,15 @@ def fit(rows: Iterable[Any], classes: dict[str, str]
     series = {key: s for key, s in series.items() if len(s[0]) >= MIN_SAMPLES}
     if not series:
         return None
-    return train(series, horizon_steps=HORIZON_STEPS), series
+    return train(series, HORIZON_STEPS, rain if rain is not None else RainBySlot(())), series
 
 
 class ForecastService:
-    def __init__(self, engine: AsyncEngine, city_seed: int, write_lock: asyncio.Lock | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, city_seed: int, write_lock: asyncio.Lock | None = None,
+                 expand: Callable[[str], str] = core_term) -> None:
         self.engine = engine
         self.city_seed = city_seed
+        self.expand = expand  # term → IRI, for the hub's history of the rain gauges
         self._lock = write_lock or asyncio.Lock()
         # Per tenant: the newest stored version's identity (number, version, trained at) and its model (None
         # when this code cannot use it), loaded from the table once per version.
@@ -189,9 +240,10 @@ class ForecastService:
                                                .where(segments.c.tenant == tenant))).all())
             rows = (await conn.execute(select(history.c.key, history.c.at, history.c.tpi).where(
                 history.c.tenant == tenant, history.c.scope == "segment", history.c.at >= since))).all()
+            rain = RainBySlot(await rain_readings(conn, tenant, since, self.expand))
         # Fitting two weeks of a city's segments takes seconds of CPU: off the event loop, in a thread that
         # a stopping process does not wait for.
-        fitted = await in_daemon_thread(fit, rows, classes)
+        fitted = await in_daemon_thread(fit, rows, classes, rain)
         if fitted is None:
             return None
         model, series = fitted
@@ -270,6 +322,8 @@ class ForecastService:
             since = latest - timedelta(seconds=(LAGS + 2) * SLOT_S)
             recent = (await conn.execute(select(history.c.key, history.c.at, history.c.tpi).where(
                 history.c.tenant == tenant, history.c.scope == "segment", history.c.at >= since))).all()
+            # The last hour's gauge readings: the newest one is the rain now.
+            rain = RainBySlot(await rain_readings(conn, tenant, latest - timedelta(hours=1), self.expand))
         points: dict[str, list[tuple[int, float]]] = {}
         by_id = {r.id: r for r in rows}
         for key, at, tpi in recent:
@@ -282,7 +336,8 @@ class ForecastService:
             if trained is not None and values:
                 values = [values[0]] * max(0, LAGS - len(values)) + values
                 values[-1] = now_speed  # the exact latest speed, not its clipped inverse
-                ahead = trained.model.predict(row.id, values, len(values) - 1, float(slot(row.observed_at) * SLOT_S))
+                at = float(slot(row.observed_at) * SLOT_S)
+                ahead = trained.model.predict(row.id, values, len(values) - 1, at, rain(at))
             else:
                 ahead = now_speed
             ahead = round(min(200.0, max(0.0, ahead)), 1)
