@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 
 GATEWAY = "bench-detectors"
+PERIOD_EW_S, PERIOD_NS_S = 2.5, 6.0  # a vehicle every … seconds each way, east-west and north-south
 TOPICS = "bench/devices"
 
 
@@ -86,14 +87,80 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("mosquitto did not start")
 
 
+SATURATION_VEH_S = 0.5  # a green lane's discharge (one vehicle every 2 s)
+QUEUE_SPACING_M = 7.5  # a queued car and its gap, on the 100 m detector
+
+
+def queue_field_class() -> Any:
+    """`QueueField`: SumoField's cabinets and detector gateway (the same MQTT, the same acknowledgements), with
+    the street a point-queue model instead of SUMO. For N junctions where SUMO cannot keep the wall clock."""
+    from cityos.sim.sumo_field import STEP_S, SumoField
+
+    class QueueField(SumoField):
+        """Each incoming lane a queue: vehicles arrive at the lane's rate and leave at `SATURATION_VEH_S` while
+        one of its links shows green; readings are occupancy (queue × 7.5 m over 100 m), speed (3 km/h when
+        two or more queue, else 40) and the vehicles entered since the last reading."""
+
+        arrivals: dict[str, float]  # incoming lane → vehicles per second
+
+        def _start_sumo(self) -> None:
+            for tls, state in self._lamps.items():
+                self._show(tls, state)
+            self._queue = dict.fromkeys(self._lanes, 0.0)
+            self._arrived = dict.fromkeys(self._lanes, 0.0)
+            self._counted = dict.fromkeys(self._lanes, 0)
+            self._greens = {site.tls: [(lane, [k for k, (in_lane, _) in enumerate(site.links) if in_lane == lane],
+                                        [out for in_lane, out in site.links if in_lane == lane])
+                                       for lane in site.in_lanes] for site in self.sites.values()}
+
+        def _set_lamps(self, tls: str, state: str) -> None:
+            pass  # the lamps are `_lamps`, which `step` reads
+
+        def _close_street(self) -> None:
+            pass
+
+        def step(self) -> None:
+            self.steps += 1
+            for tls, lanes in self._greens.items():
+                state = self._lamps[tls]
+                for lane, links, outs in lanes:
+                    before = int(self._arrived[lane])
+                    self._arrived[lane] += self.arrivals.get(lane, 0.0) * STEP_S
+                    self._counted[lane] += int(self._arrived[lane]) - before
+                    self._queue[lane] += int(self._arrived[lane]) - before
+                    if any(state[k] in "Gg" for k in links):
+                        served = min(self._queue[lane], SATURATION_VEH_S * STEP_S)
+                        self._queue[lane] -= served
+                        for out in outs:
+                            before = int(self._arrived[out])
+                            self._arrived[out] += served / len(outs)
+                            self._counted[out] += int(self._arrived[out]) - before
+
+        def readings(self) -> dict[str, dict[str, float]]:
+            values = {}
+            for lane in self._lanes:
+                queued = self._queue[lane]
+                values[lane] = {"occupancy": round(min(100.0, queued * QUEUE_SPACING_M), 2),
+                                "speed": 3.0 if queued >= 2 else 40.0, "intensity": self._counted[lane]}
+                self._counted[lane] = 0
+            return values
+
+        def sample_edges(self) -> None:
+            pass
+
+    return QueueField
+
+
 def run_field(spec: dict[str, Any], stop: Any, out: Any) -> None:
     """The field's process: SumoField until `stop`, then what it did on `out` (ready first)."""
     import threading
 
     from cityos.sim.sumo_field import SumoField
 
-    street = SumoField(spec["net"], spec["routes"], spec["sites"], spec["url"], TOPICS, GATEWAY,
-                       report_every=spec["report_every"], chunk=100, shared_cabinet_link=True)
+    field_class = queue_field_class() if spec["queues"] else SumoField
+    street = field_class(spec["net"], spec["routes"], spec["sites"], spec["url"], TOPICS, GATEWAY,
+                         report_every=spec["report_every"], chunk=100, shared_cabinet_link=True)
+    street.arrivals = spec["arrivals"]
     try:
         street.start(spec["initial"])
         out.put({"ready": True})
@@ -166,7 +233,10 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
             commands = CommandSender(iot, url, prefix=TOPICS)
             field_process = context.Process(target=run_field, name="sumo-field", args=(
                 {"net": net, "routes": routes, "sites": sites, "url": url, "report_every": args.report_every,
-                 "initial": {s.signal: s.plan.phases[0].state for s in sites.values()}}, stop, out))
+                 "initial": {s.signal: s.plan.phases[0].state for s in sites.values()},
+                 "queues": args.field == "queues", "arrivals": {
+                     lane: 1 / (PERIOD_EW_S if lane.split("_")[1] in "ew" else PERIOD_NS_S)
+                     for site in sites.values() for lane in site.in_lanes}}, stop, out))
             field_process.start()
             ready = await asyncio.to_thread(out.get, True, 300)
             assert ready.get("ready"), ready
@@ -197,8 +267,8 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
                          if rpc in actuated]
             acks, rounds_ms = list(loop.stats.ack_ms), list(loop.stats.round_ms)
             street["sim_vs_wall"] = round(street["steps"] * STEP_S / street["elapsed_s"], 3)
-            return {"signals": len(sites), "detector_lanes": len(lanes), "seconds": round(elapsed, 1),
-                    "interval_s": args.interval, "report_every_s": args.report_every,
+            return {"signals": len(sites), "detector_lanes": len(lanes), "field_model": args.field,
+                    "seconds": round(elapsed, 1), "interval_s": args.interval, "report_every_s": args.report_every,
                     "database": settings.database_url.split(":")[0], "rounds": loop.stats.rounds,
                     "round_ms_p50": percentile(rounds_ms, 0.5), "round_ms_max": max(rounds_ms, default=None),
                     "commands": loop.stats.commands, "commands_per_s": round(loop.stats.commands / elapsed, 1),
@@ -271,12 +341,15 @@ async def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="the control loop's decision interval")
     parser.add_argument("--report-every", type=float, default=1.0, help="simulated seconds between readings")
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--field", choices=("sumo", "queues"), default="sumo",
+                        help="the street behind the MQTT devices: libsumo, or a point-queue model per lane "
+                             "(for more junctions than SUMO steps in real time)")
     args = parser.parse_args()
     from cityos.traffic.sumo import separate_junctions
 
     with tempfile.TemporaryDirectory(prefix="cityos-loop-bench-") as tmp:
         workdir = Path(tmp)
-        net, routes = separate_junctions(workdir, args.signals, period_ew=2.5, period_ns=6.0)
+        net, routes = separate_junctions(workdir, args.signals, period_ew=PERIOD_EW_S, period_ns=PERIOD_NS_S)
         platform = await through_platform(args, workdir, net, routes)
         local = in_process(args, net, routes)
     print(orjson.dumps({"bench": "traffic_loop", "platform": platform, "in_process": local}).decode())

@@ -241,11 +241,14 @@ class SumoField:
         self._start_sumo()
 
     def close(self) -> None:
-        import libsumo
-
         for link in self._links:
             link.close()
         self._links.clear()
+        self._close_street()
+
+    def _close_street(self) -> None:
+        import libsumo
+
         try:
             libsumo.close()
         except Exception:  # never started, or SUMO ended on its own
@@ -259,11 +262,14 @@ class SumoField:
             self._pending.put((parts[-4], int(parts[-1]), message.payload))
 
     def _show(self, tls: str, state: str) -> None:
+        self._set_lamps(tls, state)
+        self._lamps[tls] = state
+        self.shown.setdefault(tls, []).append((time.monotonic(), state))
+
+    def _set_lamps(self, tls: str, state: str) -> None:
         import libsumo
 
         libsumo.trafficlight.setRedYellowGreenState(tls, state)
-        self._lamps[tls] = state
-        self.shown.setdefault(tls, []).append((time.monotonic(), state))
 
     def apply_requests(self) -> None:
         """Show each `setPhase` at once (its yellow first) and acknowledge it; refuse what the cabinet cannot do."""
