@@ -180,6 +180,32 @@ def run_field(spec: dict[str, Any], stop: Any, out: Any) -> None:
         street.close()
 
 
+def run_readings_ingest(database_url: str, url: str, stop: Any, out: Any) -> None:
+    """A dedicated readings ingest process (deploy/iot.md): the platform's MQTT ingest worker for the detectors'
+    readings, on the same database, so that their parsing and commits share no interpreter with the loop."""
+    os.environ["CITYOS_INGEST_WORKERS"] = "0"
+    os.environ["CITYOS_WEB"] = "0"
+    os.environ["CITYOS_TRAFFIC_CONTROL_SECONDS"] = "0"
+
+    async def main() -> None:
+        from cityos.app import create_app
+        from cityos.config import Settings
+        from cityos.iot.ingest import IngestWorker
+
+        app = create_app(Settings(database_url=database_url))
+        async with app.router.lifespan_context(app):
+            worker = IngestWorker(app.state.iot, url, "bench-ingest", shared=False, prefix=TOPICS)
+            worker.topics = [t for t in worker.topics if not t.endswith("/rpc/response/+")]
+            await worker.start()
+            await worker.wait_connected()
+            out.put({"ready": True})
+            await asyncio.to_thread(stop.wait)
+            await worker.stop()
+            out.put({"readings": worker.stats.readings})
+
+    asyncio.run(main())
+
+
 async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, routes: Path) -> dict[str, Any]:
     os.environ["CITYOS_INGEST_WORKERS"] = "0"
     os.environ["CITYOS_WEB"] = "0"
@@ -206,7 +232,8 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
     app = create_app(settings)
     context = multiprocessing.get_context("spawn")
     stop, out = context.Event(), context.Queue()
-    field_process = None
+    field_process: Any = None
+    ingest_process: Any = None
     try:
         async with app.router.lifespan_context(app):
             iot, traffic = app.state.iot, app.state.traffic
@@ -227,7 +254,13 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
             answers = IngestWorker(iot, url, "bench-ingest-rpc", shared=False, prefix=TOPICS)
             answers.topics = [t for t in worker.topics if t.endswith("/rpc/response/+")]
             worker.topics = [t for t in worker.topics if t not in answers.topics]
-            for each in (worker, answers):
+            ingest_out = context.Queue()
+            if args.ingest_process:
+                ingest_process = context.Process(target=run_readings_ingest, name="readings-ingest",
+                                                 args=(settings.database_url, url, stop, ingest_out))
+                ingest_process.start()
+                assert (await asyncio.to_thread(ingest_out.get, True, 300)).get("ready")
+            for each in (answers,) if args.ingest_process else (worker, answers):
                 await each.start()
                 await each.wait_connected()
             commands = CommandSender(iot, url, prefix=TOPICS)
@@ -245,7 +278,7 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
                                iot.rpc_statuses, interval=args.interval, stale_after=stale)
             progress(f"platform: {len(sites)} signals, {len(lanes)} detector lanes, {args.seconds:g} s")
             await asyncio.sleep(args.report_every + 2.0)  # the first readings are in
-            readings_before, loads = worker.stats.readings, [os.getloadavg()[0]]
+            readings_before, loads = worker.stats.readings, [os.getloadavg()[0]]  # 0 with --ingest-process
             started = time.monotonic()
             loop.start()
             while time.monotonic() - started < args.seconds:
@@ -258,9 +291,13 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
             readings = worker.stats.readings - readings_before
             stop.set()
             street = await asyncio.to_thread(out.get, True, 120)
+            if ingest_process is not None:  # its count includes the warm-up's readings
+                readings = (await asyncio.to_thread(ingest_out.get, True, 120))["readings"]
+                ingest_process.join(30)
             assert "error" not in street, street
             await commands.close()
-            await worker.stop()
+            if not args.ingest_process:
+                await worker.stop()
             await answers.stop()
             actuated = street.pop("actuated")
             actuation = [(actuated[rpc] - decided) * 1000 for rpc, decided in loop.stats.decided.items()
@@ -268,6 +305,7 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
             acks, rounds_ms = list(loop.stats.ack_ms), list(loop.stats.round_ms)
             street["sim_vs_wall"] = round(street["steps"] * STEP_S / street["elapsed_s"], 3)
             return {"signals": len(sites), "detector_lanes": len(lanes), "field_model": args.field,
+                    "readings_ingest": "own process" if args.ingest_process else "in the loop's process",
                     "seconds": round(elapsed, 1), "interval_s": args.interval, "report_every_s": args.report_every,
                     "database": settings.database_url.split(":")[0], "rounds": loop.stats.rounds,
                     "round_ms_p50": percentile(rounds_ms, 0.5), "round_ms_max": max(rounds_ms, default=None),
@@ -283,10 +321,11 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
                     "load_1m": [round(x, 2) for x in loads], "field": street}
     finally:
         stop.set()
-        if field_process is not None:
-            field_process.join(30)
-            if field_process.is_alive():
-                field_process.kill()
+        for process in (field_process, ingest_process):
+            if process is not None:
+                process.join(30)
+                if process.is_alive():
+                    process.kill()
         broker.terminate()
         broker.wait(10)
 
@@ -341,6 +380,8 @@ async def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="the control loop's decision interval")
     parser.add_argument("--report-every", type=float, default=1.0, help="simulated seconds between readings")
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--ingest-process", action="store_true",
+                        help="the readings' ingest worker in a process of its own (PostgreSQL)")
     parser.add_argument("--field", choices=("sumo", "queues"), default="sumo",
                         help="the street behind the MQTT devices: libsumo, or a point-queue model per lane "
                              "(for more junctions than SUMO steps in real time)")

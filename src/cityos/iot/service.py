@@ -1125,19 +1125,26 @@ class IotService:
         registered gets ResourceNotFound in its place."""
         names = [self._name_of(ident) for ident, _ in requests]
         now = clock.now()
-        out: list[dict[str, Any] | ResourceNotFound] = []
         async with self.engine.begin() as conn:
             known = set((await conn.execute(select(devices.c.name).where(
                 devices.c.tenant == self.tenant, devices.c.name.in_(sorted(set(names)))))).scalars())
-            for (ident, spec), name in zip(requests, names, strict=True):
-                if name not in known:
-                    out.append(ResourceNotFound(f"device {ident!r} not found"))
-                    continue
-                row = {"tenant": self.tenant, "device": name, "method": spec.method, "params": spec.params,
-                       "oneway": 1 if spec.oneway else 0, "status": "queued", "created_at": now,
-                       "expires_at": now + timedelta(milliseconds=spec.timeout), "updated_at": now}
-                result = await conn.execute(insert(rpc_requests).values(**row).returning(rpc_requests.c.id))
-                out.append({**row, "id": int(result.scalar_one())})
+            rows = [{"tenant": self.tenant, "device": name, "method": spec.method, "params": spec.params,
+                     "oneway": 1 if spec.oneway else 0, "status": "queued", "created_at": now,
+                     "expires_at": now + timedelta(milliseconds=spec.timeout), "updated_at": now}
+                    for (_, spec), name in zip(requests, names, strict=True) if name in known]
+            ids: list[int] = []
+            if rows:  # one multi-row INSERT (SQLAlchemy's insertmanyvalues), the ids in the rows' order
+                result = await conn.execute(insert(rpc_requests).returning(rpc_requests.c.id,
+                                                                           sort_by_parameter_order=True), rows)
+                ids = [int(i) for i in result.scalars()]
+        stored = iter(zip(rows, ids, strict=True))
+        out: list[dict[str, Any] | ResourceNotFound] = []
+        for (ident, _), name in zip(requests, names, strict=True):
+            if name not in known:
+                out.append(ResourceNotFound(f"device {ident!r} not found"))
+                continue
+            row, rpc_id = next(stored)
+            out.append({**row, "id": rpc_id})
         return out
 
     async def set_rpc_status(self, rpc_id: int, status: str, error: str | None = None) -> None:
