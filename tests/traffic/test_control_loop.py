@@ -321,10 +321,13 @@ async def test_the_app_starts_the_loop_when_configured(client: Any, app: Any, mo
         await loop.stop()
 
 
-async def test_answers_to_many_commands_are_watched_together(client: Any, app: Any,
-                                                             moving_clock: list[dt.datetime]) -> None:
+async def test_answers_to_many_commands_are_watched_together(client: Any, app: Any, moving_clock: list[dt.datetime],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Every command the loop sends is settled by one watcher: answered, refused by the device, or timed out;
     the outcome and the time to the acknowledgement are kept with each command."""
+    from cityos.traffic import control_loop
+
+    monkeypatch.setattr(control_loop, "COMMAND_BATCH", 2)  # the round commands its signals in two slices
     plan = {"phases": [{"state": "GGrr", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10},
                        {"state": "rrGG", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10}],
             "yellow": 3, "allRed": 2, "conflicts": [[0, 2], [0, 3], [1, 2], [1, 3]], "links": LANES}

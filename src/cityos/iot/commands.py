@@ -96,15 +96,32 @@ class CommandSender:
                 log.warning("RPC to %d devices failed: %s", len(stored), exc)
                 await self._fail(status, [r for r, _ in stored], f"publish failed: {exc}"[:500])
             else:
-                lost = [request for request, _, info in published if not info.is_published()]
-                await self._fail(status, lost, "publish failed: the broker did not acknowledge the request")
-                for oneway in (False, True):
-                    done = [request["id"] for request, spec, info in published
-                            if info.is_published() and bool(spec.oneway) == oneway]
-                    await self.service.set_rpc_statuses(done, "delivered" if oneway else "sent")
-                    status.update(dict.fromkeys(done, "delivered" if oneway else "sent"))
+                await self._mark_published(status, published)
         return [request if isinstance(request, Exception) else {"id": request["id"], "status": status[request["id"]]}
                 for request in created]
+
+    async def _mark_published(self, status: dict[int, str],
+                              published: list[tuple[dict[str, Any], RpcIn, mqtt.MQTTMessageInfo]]) -> None:
+        """Record what the broker took (`sent`, `delivered` for one-way) and what it did not (`failed`). The
+        requests are out whatever happens here: a record that fails (a deadlock with the ingest worker
+        recording answers to the same rows, on PostgreSQL) is tried once more, then left to the answers
+        (which move a `queued` request on too) and to the expiry, never raised to the caller as unsent."""
+        lost = [request for request, _, info in published if not info.is_published()]
+        marks: list[tuple[str, list[int], str | None]] = [
+            ("failed", [r["id"] for r in lost], "publish failed: the broker did not acknowledge the request")]
+        for oneway in (False, True):
+            marks.append(("delivered" if oneway else "sent", [request["id"] for request, spec, info in published
+                                                              if info.is_published() and bool(spec.oneway) == oneway],
+                          None))
+        for state, ids, why in marks:
+            status.update(dict.fromkeys(ids, state))
+            for attempt in (1, 2):
+                try:
+                    await self.service.set_rpc_statuses(ids, state, why)
+                    break
+                except Exception:
+                    if attempt == 2:
+                        log.exception("RPC %s…: %d requests %s, their status not recorded", ids[:3], len(ids), state)
 
     async def _fail(self, status: dict[int, str], requests: list[dict[str, Any]], why: str) -> None:
         if requests:

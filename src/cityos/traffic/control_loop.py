@@ -69,6 +69,7 @@ HALTING_KMH = 5.0
 ACK_STATES = frozenset({"succeeded", "failed", "timed_out"})
 ACK_POLL_S = 0.01
 LATENCIES_KEPT = 10_000
+COMMAND_BATCH = 100  # signals decided, then commanded together (one RPC batch, one transaction)
 
 # Reads the status of RPC requests by id in one go: {id: status}, unknown ids left out (IotService.rpc_statuses).
 RpcStatusReader = Callable[[list[int]], Awaitable[dict[int, str]]]
@@ -308,23 +309,25 @@ class ControlLoop:
         now = clock.now()
         found = await self.hub.retrieve_many(self.tenant, list(dict.fromkeys(
             detector_entity(lane) for _, driven in driving for lane in driven.lanes)))
-        fallbacks: dict[str, bool] = {}
-        wanted: list[tuple[str, int, str, float]] = []  # (signal, phase, source, perf_counter of the decision)
-        for row, driven in driving:
-            try:
-                decision = self.decide(row, driven, found, now)
-            except Exception:
-                log.exception("signal %s: control round failed", row.signal_id)
-                continue
-            fixed_time = driven.supervisor.runs_fixed_time
-            if bool(row.fallback) != fixed_time:
-                fallbacks[row.signal_id] = fixed_time
-            if decision is not None:
-                wanted.append((row.signal_id, decision, "fallback" if fixed_time else "controller",
-                               time.perf_counter()))
-        await self.traffic.set_fallbacks(self.tenant, fallbacks)
-        if wanted:
-            await self.command(wanted)
+        # In slices of COMMAND_BATCH signals: a decision waits for its slice's, not the whole round's.
+        for start in range(0, len(driving), COMMAND_BATCH):
+            fallbacks: dict[str, bool] = {}
+            wanted: list[tuple[str, int, str, float]] = []  # (signal, phase, source, perf_counter of the decision)
+            for row, driven in driving[start:start + COMMAND_BATCH]:
+                try:
+                    decision = self.decide(row, driven, found, now)
+                except Exception:
+                    log.exception("signal %s: control round failed", row.signal_id)
+                    continue
+                fixed_time = driven.supervisor.runs_fixed_time
+                if bool(row.fallback) != fixed_time:
+                    fallbacks[row.signal_id] = fixed_time
+                if decision is not None:
+                    wanted.append((row.signal_id, decision, "fallback" if fixed_time else "controller",
+                                   time.perf_counter()))
+            await self.traffic.set_fallbacks(self.tenant, fallbacks)
+            if wanted:
+                await self.command(wanted)
 
     def _driven(self, row: Any) -> DrivenSignal:
         known = self.signals.get(row.signal_id)
