@@ -22,10 +22,10 @@ import pytest
 
 from cityos.core import clock
 from cityos.iot.commands import CommandSender
-from cityos.iot.models import DeviceIn
+from cityos.iot.models import DeviceIn, RpcIn
 from cityos.sim.sumo_demo import FieldThread
 from cityos.sim.sumo_field import SumoField, plan_doc, read_sites
-from cityos.traffic.api import command_sender
+from cityos.traffic.api import command_batch_sender
 from cityos.traffic.control_loop import (
     ControlLoop,
     DetectorReading,
@@ -34,6 +34,7 @@ from cityos.traffic.control_loop import (
     detector_reading,
     stale_seconds,
 )
+from cityos.traffic.service import one_by_one
 from iot.mqtt_support import MQTT_URL, needs_mqtt, new_prefix, start_worker, stop_worker, wait_for
 
 try:
@@ -99,7 +100,8 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
     running = FieldThread(street, {"junction-c": north_south})
     await running.start()
     loop = ControlLoop(app.state.traffic, app.state.hub.service, app.state.iot.tenant,
-                       lambda: command_sender(commands), app.state.iot.get_rpc, interval=0.5, stale_after=2.0)
+                       lambda: command_batch_sender(commands), app.state.iot.rpc_statuses, interval=0.5,
+                       stale_after=2.0)
     try:
         async def fed() -> bool:  # every approach's detector has a reading in the hub
             found = await app.state.hub.service.retrieve_many(
@@ -317,3 +319,52 @@ async def test_the_app_starts_the_loop_when_configured(client: Any, app: Any, mo
         assert loop.stats.rounds >= 1 and loop.stats.fallback_rounds >= 1
     finally:
         await loop.stop()
+
+
+async def test_answers_to_many_commands_are_watched_together(client: Any, app: Any, moving_clock: list[dt.datetime],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command the loop sends is settled by one watcher: answered, refused by the device, or timed out;
+    the outcome and the time to the acknowledgement are kept with each command."""
+    from cityos.traffic import control_loop
+
+    monkeypatch.setattr(control_loop, "COMMAND_BATCH", 2)  # the round commands its signals in two slices
+    plan = {"phases": [{"state": "GGrr", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10},
+                       {"state": "rrGG", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10}],
+            "yellow": 3, "allRed": 2, "conflicts": [[0, 2], [0, 3], [1, 2], [1, 3]], "links": LANES}
+    signals = ("answers", "refuses", "silent")
+    iot = app.state.iot
+    assert not (await iot.provision_many([DeviceIn(name=f"{s}-cabinet", profile="traffic-signal")
+                                          for s in signals])).errors
+    for signal in signals:
+        made = await client.post("/api/traffic/signals", json={"id": signal, "device": f"{signal}-cabinet",
+                                                               "controller": "cityos", "plan": plan})
+        assert made.status_code == 201, made.text
+    sent: dict[str, int] = {}
+
+    async def send(device: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The RPC registry's record as the command path makes it (no broker: this test answers itself)."""
+        request = await iot.create_rpc(device, RpcIn(method=method, params=params, timeout=5000))
+        await iot.set_rpc_status(request["id"], "sent")
+        sent[params["signal"]] = request["id"]
+        return {"id": request["id"], "status": "sent"}
+
+    loop = ControlLoop(app.state.traffic, app.state.hub.service, iot.tenant, lambda: one_by_one(send), iot.rpc_statuses,
+                       interval=1.0, stale_after=5.0, ack_timeout=4.0)
+    moving_clock[0] += dt.timedelta(seconds=6)
+    await write_readings(client, moving_clock[0], {"e_in": 60.0, "w_in": 50.0})
+    await loop.round()  # all three switch to the east-west queue
+    assert set(sent) == set(signals) and loop.stats.commands == 3
+    await iot.set_rpc_status(sent["answers"], "succeeded")
+    await iot.set_rpc_status(sent["refuses"], "failed", "the cabinet is in manual control")
+    assert await iot.rpc_statuses([sent["answers"], sent["refuses"], sent["silent"], 10**9]) == {
+        sent["answers"]: "succeeded", sent["refuses"]: "failed", sent["silent"]: "sent"}  # unknown ids left out
+    await loop.settle()  # the silent cabinet's command times out
+
+    kept = {signal: (await client.get(f"/api/traffic/signals/{signal}/commands")).json() for signal in signals}
+    assert {signal: [(c["rpcId"], c["rpcStatus"]) for c in commands] for signal, commands in kept.items()} == {
+        "answers": [(sent["answers"], "succeeded")], "refuses": [(sent["refuses"], "failed")],
+        "silent": [(sent["silent"], "timed_out")]}
+    assert kept["answers"][0]["ackedMs"] is not None and kept["answers"][0]["ackedMs"] >= 0
+    assert kept["refuses"][0]["ackedMs"] is None and kept["silent"][0]["ackedMs"] is None
+    assert (loop.stats.acknowledged, loop.stats.unacknowledged) == (1, 2) and len(loop.stats.ack_ms) == 1
+    await loop.stop()

@@ -12,9 +12,12 @@ when the answer has an "error" member). The health loop marks requests past thei
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -25,6 +28,15 @@ from cityos.iot.models import RpcIn
 from cityos.iot.service import IotService
 
 log = logging.getLogger("cityos.iot.commands")
+
+
+def wait_for_publishes(infos: Sequence[mqtt.MQTTMessageInfo], timeout: float) -> None:
+    """Wait until the broker acknowledged every message or `timeout` seconds have passed (an info that cannot
+    be waited for, a message paho never queued, is left unpublished)."""
+    deadline = time.monotonic() + timeout
+    for info in infos:
+        with contextlib.suppress(RuntimeError, ValueError):
+            info.wait_for_publish(max(0.001, deadline - time.monotonic()))
 
 
 class CommandSender:
@@ -57,25 +69,65 @@ class CommandSender:
             return self._client
 
     async def send(self, ident: str, spec: RpcIn) -> dict[str, Any]:
-        request = await self.service.create_rpc(ident, spec)
-        rpc_id = request["id"]
+        sent = (await self.send_many([(ident, spec)]))[0]
+        if isinstance(sent, Exception):
+            raise sent
+        return await self.service.get_rpc(sent["id"])
+
+    async def send_many(self, requests: Sequence[tuple[str, RpcIn]]) -> list[dict[str, Any] | Exception]:
+        """Send many requests with one transaction to store them and one to mark them sent (or failed), in
+        order: {"id", "status"} each, or the error of a request that could not be stored (unknown device)."""
+        created = await self.service.create_rpcs(requests)
+        stored = [(request, spec) for request, (_, spec) in zip(created, requests, strict=True)
+                  if isinstance(request, dict)]
+        status: dict[int, str] = {}
         if self.url is None:
-            await self.service.set_rpc_status(rpc_id, "failed", "MQTT is not configured (CITYOS_MQTT_URL)")
-            return await self.service.get_rpc(rpc_id)
-        topic = f"{self.prefix}/{request['device']}/rpc/request/{rpc_id}"
-        body = orjson.dumps({"method": spec.method, "params": spec.params})
-        try:
-            client = await self._connected()
-            info = client.publish(topic, body, qos=1)
-            await asyncio.to_thread(info.wait_for_publish, max(spec.timeout / 1000, 1.0))
-            if not info.is_published():
-                raise TimeoutError("the broker did not acknowledge the request")
-        except Exception as exc:  # the broker is away: the request cannot have reached the device
-            log.warning("RPC %s to %s failed: %s", rpc_id, ident, exc)
-            await self.service.set_rpc_status(rpc_id, "failed", f"publish failed: {exc}"[:500])
-            return await self.service.get_rpc(rpc_id)
-        await self.service.set_rpc_status(rpc_id, "delivered" if spec.oneway else "sent")
-        return await self.service.get_rpc(rpc_id)
+            await self._fail(status, [r for r, _ in stored], "MQTT is not configured (CITYOS_MQTT_URL)")
+        elif stored:
+            try:
+                client = await self._connected()
+                published = [(request, spec, client.publish(
+                    f"{self.prefix}/{request['device']}/rpc/request/{request['id']}",
+                    orjson.dumps({"method": spec.method, "params": spec.params}), qos=1))
+                    for request, spec in stored]
+                timeout = max(max(spec.timeout for _, spec in stored) / 1000, 1.0)
+                await asyncio.to_thread(wait_for_publishes, [info for _, _, info in published], timeout)
+            except Exception as exc:  # the broker is away: no request can have reached its device
+                log.warning("RPC to %d devices failed: %s", len(stored), exc)
+                await self._fail(status, [r for r, _ in stored], f"publish failed: {exc}"[:500])
+            else:
+                await self._mark_published(status, published)
+        return [request if isinstance(request, Exception) else {"id": request["id"], "status": status[request["id"]]}
+                for request in created]
+
+    async def _mark_published(self, status: dict[int, str],
+                              published: list[tuple[dict[str, Any], RpcIn, mqtt.MQTTMessageInfo]]) -> None:
+        """Record what the broker took (`sent`, `delivered` for one-way) and what it did not (`failed`). The
+        requests are out whatever happens here: a record that fails (a deadlock with the ingest worker
+        recording answers to the same rows, on PostgreSQL) is tried once more, then left to the answers
+        (which move a `queued` request on too) and to the expiry, never raised to the caller as unsent."""
+        lost = [request for request, _, info in published if not info.is_published()]
+        marks: list[tuple[str, list[int], str | None]] = [
+            ("failed", [r["id"] for r in lost], "publish failed: the broker did not acknowledge the request")]
+        for oneway in (False, True):
+            marks.append(("delivered" if oneway else "sent", [request["id"] for request, spec, info in published
+                                                              if info.is_published() and bool(spec.oneway) == oneway],
+                          None))
+        for state, ids, why in marks:
+            status.update(dict.fromkeys(ids, state))
+            for attempt in (1, 2):
+                try:
+                    await self.service.set_rpc_statuses(ids, state, why)
+                    break
+                except Exception:
+                    if attempt == 2:
+                        log.exception("RPC %s…: %d requests %s, their status not recorded", ids[:3], len(ids), state)
+
+    async def _fail(self, status: dict[int, str], requests: list[dict[str, Any]], why: str) -> None:
+        if requests:
+            log.warning("RPC %s failed: %s", [r["id"] for r in requests[:5]], why)
+            await self.service.set_rpc_statuses([r["id"] for r in requests], "failed", why)
+            status.update(dict.fromkeys((r["id"] for r in requests), "failed"))
 
     async def close(self) -> None:
         if self._client is not None:

@@ -164,12 +164,18 @@ class SumoField:
     chunk: int = 50  # lanes per gateway message
     seed: int = 5
     feeding: bool = True  # False: the detectors fall silent (a test's outage)
+    # True: all cabinets take their requests and answer over ONE connection, subscribed to every device's
+    # request topic; for a broker without per-device credentials and hundreds of cabinets (a process cannot
+    # hold hundreds of MQTT clients: each takes three descriptors and paho's select() stops at 1,024).
+    shared_cabinet_link: bool = False
     shown: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # tls → (wall time, state) per change
     requests: list[int] = field(default_factory=list)
+    actuated: dict[int, float] = field(default_factory=dict)  # RPC id → time.monotonic() its first lamps showed
     acknowledged: list[int] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
     restarts: int = 0
     steps: int = 0
+    published: int = 0  # lane readings sent
     _pending: queue.Queue[tuple[str, int, bytes]] = field(default_factory=queue.Queue)
     _schedule: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     _entered: dict[str, int] = field(default_factory=dict)
@@ -190,7 +196,12 @@ class SumoField:
         self._lanes = detector_lanes(self.sites)
         self._start_sumo()
         self._detectors = self._connect(self.gateway)
-        for cabinet in dict.fromkeys(site.cabinet for site in self.sites.values()):
+        cabinets = dict.fromkeys(site.cabinet for site in self.sites.values())
+        if self.shared_cabinet_link:
+            shared = self._connect(f"{self.gateway}-cabinets")
+            shared.subscribe(f"{self.prefix}/+/rpc/request/+", self._on_request)
+            self._cabinets = dict.fromkeys(cabinets, shared)
+        for cabinet in cabinets if not self.shared_cabinet_link else ():
             link = self._connect(cabinet)
             link.subscribe(f"{self.prefix}/{cabinet}/rpc/request/+", self._on_request)
             self._cabinets[cabinet] = link
@@ -230,11 +241,14 @@ class SumoField:
         self._start_sumo()
 
     def close(self) -> None:
-        import libsumo
-
         for link in self._links:
             link.close()
         self._links.clear()
+        self._close_street()
+
+    def _close_street(self) -> None:
+        import libsumo
+
         try:
             libsumo.close()
         except Exception:  # never started, or SUMO ended on its own
@@ -244,15 +258,18 @@ class SumoField:
 
     def _on_request(self, _client: Any, _userdata: Any, message: Any) -> None:  # an MQTT thread
         parts = message.topic.split("/")
-        if parts[-1].isdecimal():
+        if parts[-1].isdecimal() and parts[-4] in self._cabinets:  # another device's request on a shared link
             self._pending.put((parts[-4], int(parts[-1]), message.payload))
 
     def _show(self, tls: str, state: str) -> None:
+        self._set_lamps(tls, state)
+        self._lamps[tls] = state
+        self.shown.setdefault(tls, []).append((time.monotonic(), state))
+
+    def _set_lamps(self, tls: str, state: str) -> None:
         import libsumo
 
         libsumo.trafficlight.setRedYellowGreenState(tls, state)
-        self._lamps[tls] = state
-        self.shown.setdefault(tls, []).append((time.monotonic(), state))
 
     def apply_requests(self) -> None:
         """Show each `setPhase` at once (its yellow first) and acknowledge it; refuse what the cabinet cannot do."""
@@ -260,6 +277,8 @@ class SumoField:
             cabinet, rpc_id, payload = self._pending.get()
             self.requests.append(rpc_id)
             answer = self._schedule_phase(cabinet, payload)
+            if "error" not in answer:
+                self.actuated[rpc_id] = time.monotonic()
             self._cabinets[cabinet].publish(f"{self.prefix}/{cabinet}/rpc/response/{rpc_id}", answer)
             (self.rejected if "error" in answer else self.acknowledged).append(rpc_id)
 
@@ -278,9 +297,12 @@ class SumoField:
                     raise ValueError(f"state {state!r} does not fit {len(site.links)} links")
                 schedule.append((now, state))
                 now += float(stage["seconds"] or 0.0)
+            if not schedule:
+                raise ValueError("an empty sequence")
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
             log.warning("cabinet %s: request not applied: %r", cabinet, exc)
             return {"error": f"not applied: {exc!r}"[:200]}
+        self._show(site.tls, schedule.pop(0)[1])  # the yellow at once: the decision is on the street now
         self._schedule[site.tls] = schedule
         return {"phase": params["phase"]}
 
@@ -340,6 +362,7 @@ class SumoField:
         stamp = int(time.time() * 1000)
         lanes = list(self.readings().items())
         topic = f"{self.prefix}/{self.gateway}/gateway/telemetry"
+        self.published += len(lanes)
         for start in range(0, len(lanes), self.chunk):
             self._detectors.publish(topic, {lane: [{"ts": stamp, "values": values}]
                                             for lane, values in lanes[start:start + self.chunk]})

@@ -47,7 +47,7 @@ from cityos.traffic.accident_watch import AccidentWatch
 from cityos.traffic.control_loop import start_control_loop
 from cityos.traffic.emergency import EmergencyRoutes
 from cityos.traffic.models import DecideIn, PhaseCommandIn, PreemptIn, SignalIn
-from cityos.traffic.service import RpcSender, TrafficService
+from cityos.traffic.service import RpcBatchSender, RpcSender, TrafficService
 
 router = APIRouter(prefix="/api/traffic", tags=["traffic"])
 routers: list[APIRouter] = [router]
@@ -76,6 +76,26 @@ def command_sender(commands: Any) -> RpcSender:
 
         answer: dict[str, Any] = await commands.send(device, RpcIn(method=method, params=params, timeout=5000))
         return {"id": answer.get("id"), "status": answer.get("status")}
+
+    return send
+
+
+def batch_sender_of(state: Any) -> RpcBatchSender | None:
+    """The app's IoT device command path for many phase commands at once, if the app has one."""
+    commands = getattr(state, "iot_commands", None)
+    return None if commands is None else command_batch_sender(commands)
+
+
+def command_batch_sender(commands: Any) -> RpcBatchSender:
+    """Phase commands as one batch of RPC through an IoT `CommandSender` (each acknowledged within 5 s)."""
+
+    async def send(requests: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any] | Exception]:
+        from cityos.iot.models import RpcIn
+
+        answers = await commands.send_many([(device, RpcIn(method=method, params=params, timeout=5000))
+                                            for device, method, params in requests])
+        return [answer if isinstance(answer, Exception) else {"id": answer.get("id"), "status": answer.get("status")}
+                for answer in answers]
 
     return send
 

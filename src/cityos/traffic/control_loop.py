@@ -56,7 +56,7 @@ from cityos.hub.service import HubService
 from cityos.security.policy import Principal
 from cityos.traffic.accident_watch import instance, number, occupancy_share, short
 from cityos.traffic.controllers import make_controller
-from cityos.traffic.service import RpcSender, TrafficService, movements_of, plan_from_doc
+from cityos.traffic.service import RpcBatchSender, TrafficService, movements_of, plan_from_doc
 from cityos.traffic.signals import LaneReading, Movement, PlanError, SignalSupervisor, View, check_reading
 
 log = logging.getLogger("cityos.traffic.control_loop")
@@ -69,9 +69,10 @@ HALTING_KMH = 5.0
 ACK_STATES = frozenset({"succeeded", "failed", "timed_out"})
 ACK_POLL_S = 0.01
 LATENCIES_KEPT = 10_000
+COMMAND_BATCH = 100  # signals decided, then commanded together (one RPC batch, one transaction)
 
-# Reads one RPC request by id: {"status": ...} (IotService.get_rpc).
-RpcReader = Callable[[int], Awaitable[dict[str, Any]]]
+# Reads the status of RPC requests by id in one go: {id: status}, unknown ids left out (IotService.rpc_statuses).
+RpcStatusReader = Callable[[list[int]], Awaitable[dict[int, str]]]
 
 
 def detector_entity(lane: str) -> str:
@@ -161,6 +162,15 @@ class DrivenSignal:
     counters: dict[str, LaneCounter] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AwaitedAck:
+    """A phase command sent whose device answer the loop still waits for."""
+
+    signal_id: str
+    decided: float  # perf_counter() at the decision
+    deadline: float  # perf_counter() after which it counts as timed out
+
+
 @dataclass
 class LoopStats:
     rounds: int = 0
@@ -171,6 +181,7 @@ class LoopStats:
     fallback_rounds: int = 0
     preempted_rounds: int = 0
     ack_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+    round_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))  # one round's work
     # perf_counter() of each command's decision by RPC id (the latest ones), for actuation timing in a bench
     decided: OrderedDict[int, float] = field(default_factory=OrderedDict)
 
@@ -179,10 +190,10 @@ class ControlLoop:
     """Drives a tenant's adaptive signals through the hub and the device command path."""
 
     def __init__(self, traffic: TrafficService, hub: HubService, tenant: str,
-                 sender: Callable[[], RpcSender | None], rpc_reader: RpcReader | None, interval: float,
+                 sender: Callable[[], RpcBatchSender | None], rpc_statuses: RpcStatusReader | None, interval: float,
                  stale_after: float | None = None, ack_timeout: float = 6.0) -> None:
         self.traffic, self.hub, self.tenant = traffic, hub, tenant
-        self.sender, self.rpc_reader = sender, rpc_reader
+        self.sender, self.rpc_statuses = sender, rpc_statuses
         self.interval = interval
         self.stale_after = stale_after if stale_after is not None else stale_seconds(interval)
         self.ack_timeout = ack_timeout
@@ -190,7 +201,10 @@ class ControlLoop:
         self.signals: dict[str, DrivenSignal] = {}
         self.stats = LoopStats()
         self._task: asyncio.Task[None] | None = None
-        self._acks: set[asyncio.Task[None]] = set()
+        # The commands awaiting their answer, all watched by one task with one query per poll (one poller
+        # per command made hundreds of queries per poll interval at hundreds of signals).
+        self._awaited: dict[int, AwaitedAck] = {}
+        self._watcher: asyncio.Task[None] | None = None
         self._lease: AsyncConnection | None = None
         self._stopping = asyncio.Event()
 
@@ -216,8 +230,8 @@ class ControlLoop:
 
     async def settle(self) -> None:
         """Wait for the acknowledgements still awaited."""
-        while self._acks:
-            await asyncio.gather(*list(self._acks), return_exceptions=True)
+        while self._watcher is not None and not self._watcher.done():
+            await asyncio.gather(self._watcher, return_exceptions=True)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -225,6 +239,7 @@ class ControlLoop:
             try:
                 if await self._holds_lease():
                     await self.round()
+                    self.stats.round_ms.append(round((time.monotonic() - started) * 1000.0, 1))
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bad round (database away) must not end the loop
@@ -279,14 +294,40 @@ class ControlLoop:
         # An emergency vehicle's green wave has the signals still ahead of it: the loop leaves them alone.
         preempted = {ahead.get("signal") for run in await self.traffic.active_preemptions(self.principal, self.tenant)
                      for ahead in run["signals"]}
+        driving = []
         for row in rows:
             if row.signal_id in preempted:
                 self.stats.preempted_rounds += 1
                 continue
             try:
-                await self.drive(row)
-            except Exception:  # one signal's trouble never stops the others'
+                driving.append((row, self._driven(row)))
+            except Exception:  # one signal's trouble (a plan that no longer parses) never stops the others'
                 log.exception("signal %s: control round failed", row.signal_id)
+        # The readings of every signal's detectors in one query, the decisions, then the phase commands in one
+        # batch: per-signal round trips queue behind the ingest's commits when hundreds of signals share the
+        # database with their detectors.
+        now = clock.now()
+        found = await self.hub.retrieve_many(self.tenant, list(dict.fromkeys(
+            detector_entity(lane) for _, driven in driving for lane in driven.lanes)))
+        # In slices of COMMAND_BATCH signals: a decision waits for its slice's, not the whole round's.
+        for start in range(0, len(driving), COMMAND_BATCH):
+            fallbacks: dict[str, bool] = {}
+            wanted: list[tuple[str, int, str, float]] = []  # (signal, phase, source, perf_counter of the decision)
+            for row, driven in driving[start:start + COMMAND_BATCH]:
+                try:
+                    decision = self.decide(row, driven, found, now)
+                except Exception:
+                    log.exception("signal %s: control round failed", row.signal_id)
+                    continue
+                fixed_time = driven.supervisor.runs_fixed_time
+                if bool(row.fallback) != fixed_time:
+                    fallbacks[row.signal_id] = fixed_time
+                if decision is not None:
+                    wanted.append((row.signal_id, decision, "fallback" if fixed_time else "controller",
+                                   time.perf_counter()))
+            await self.traffic.set_fallbacks(self.tenant, fallbacks)
+            if wanted:
+                await self.command(wanted)
 
     def _driven(self, row: Any) -> DrivenSignal:
         known = self.signals.get(row.signal_id)
@@ -301,9 +342,10 @@ class ControlLoop:
         self.signals[row.signal_id] = driven
         return driven
 
-    async def readings(self, driven: DrivenSignal, now: datetime) -> tuple[dict[str, LaneReading], list[str]]:
-        """The fresh readings of the signal's detector lanes, and the incoming lanes that have none."""
-        found = await self.hub.retrieve_many(self.tenant, [detector_entity(lane) for lane in driven.lanes])
+    def readings(self, driven: DrivenSignal, found: dict[str, Any], now: datetime
+                 ) -> tuple[dict[str, LaneReading], list[str]]:
+        """The fresh readings of the signal's detector lanes among the hub's `found` entities, and the incoming
+        lanes that have none."""
         lanes: dict[str, LaneReading] = {}
         for lane in driven.lanes:
             record = found.get(detector_entity(lane))
@@ -316,10 +358,8 @@ class ControlLoop:
             lanes[lane] = LaneReading(**{**latest.reading.__dict__, "entered": entered})
         return lanes, [lane for lane in driven.in_lanes if lane not in lanes]
 
-    async def drive(self, row: Any) -> dict[str, Any] | None:
-        """Decide for one signal; returns the phase command sent, if any."""
-        driven = self._driven(row)
-        now = clock.now()
+    def decide(self, row: Any, driven: DrivenSignal, found: dict[str, Any], now: datetime) -> int | None:
+        """The supervisor's decision for one signal from its detectors' readings: the phase to change to, if any."""
         green_since = as_utc(row.green_since)
         if now < green_since:
             return None  # a change is clearing (yellow, all-red): nothing to decide before its green
@@ -327,77 +367,102 @@ class ControlLoop:
         # The lamps' state is the database's: start from it (an operator or pre-emption may have changed it).
         supervisor.phase = supervisor.target = row.phase
         supervisor.stage, supervisor.stage_start = "green", green_since.timestamp()
-        lanes, missing = await self.readings(driven, now)
+        lanes, missing = self.readings(driven, found, now)
         moment = now.timestamp()
         if not driven.in_lanes or missing:
             supervisor.inputs_lost(moment, f"no fresh reading from {', '.join(missing[:5]) or 'any detector'}")
         else:
             supervisor.inputs_restored()
-        fixed_time = supervisor.runs_fixed_time
-        if fixed_time:
+        if supervisor.runs_fixed_time:
             self.stats.fallback_rounds += 1
-        if bool(row.fallback) != fixed_time:
-            await self.traffic.set_fallback(self.tenant, row.signal_id, fixed_time)
         supervisor.view_of = lambda at, phase, elapsed: View(at, phase, elapsed, lanes, driven.movements)
         supervisor.tick(moment)
-        if supervisor.stage == "green":
-            return None  # the current green holds
-        target = supervisor.target
-        decided = time.perf_counter()
-        try:
-            command = await self.traffic.command_phase(self.principal, self.tenant, row.signal_id, target,
-                                                       self.sender(), "fallback" if fixed_time else "controller")
-        except ProblemError as exc:  # the service's own checks disagree (a command raced us): next round
-            self.stats.refused += 1
-            log.info("signal %s: phase %d not commanded: %s", row.signal_id, target, exc)
-            return None
-        self.stats.commands += 1
-        rpc = command.get("rpc") or {}
-        if isinstance(rpc.get("id"), int):
+        return None if supervisor.stage == "green" else supervisor.target  # green holds, or the change it starts
+
+    async def command(self, wanted: list[tuple[str, int, str, float]]) -> None:
+        """Send the round's phase changes through `TrafficService.command_phases` (its safety checks, its record,
+        one RPC batch) and watch for the devices' answers."""
+        sender = self.sender()
+        outcomes = await self.traffic.command_phases(self.principal, self.tenant,
+                                                     [(signal, phase, source) for signal, phase, source, _ in wanted],
+                                                     sender)
+        for (signal_id, phase, _, decided), outcome in zip(wanted, outcomes, strict=True):
+            if isinstance(outcome, ProblemError):  # the service's own checks disagree (a command raced us)
+                self.stats.refused += 1
+                log.info("signal %s: phase %d not commanded: %s", signal_id, phase, outcome)
+                continue
+            if isinstance(outcome, Exception):
+                log.error("signal %s: phase %d not commanded: %r", signal_id, phase, outcome)
+                continue
+            self.stats.commands += 1
+            rpc = outcome.get("rpc") or {}
+            if not isinstance(rpc.get("id"), int):
+                continue
             self.stats.decided[rpc["id"]] = decided
             if len(self.stats.decided) > LATENCIES_KEPT:
                 self.stats.decided.popitem(last=False)
-        if isinstance(rpc.get("id"), int) and self.rpc_reader is not None:
-            task = asyncio.create_task(self._await_ack(row.signal_id, rpc["id"], decided))
-            self._acks.add(task)
-            task.add_done_callback(self._acks.discard)
-        return command
+            if self.rpc_statuses is not None:
+                self._awaited[rpc["id"]] = AwaitedAck(signal_id, decided, decided + self.ack_timeout)
+        if self._awaited and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.create_task(self._watch_acks(), name="traffic-control-acks")
 
-    async def _await_ack(self, signal_id: str, rpc_id: int, decided: float) -> None:
-        """Wait for the device's answer to a phase command and record it with the command."""
-        assert self.rpc_reader is not None
-        status, acked_ms = "sent", None
-        deadline = decided + self.ack_timeout
-        while time.perf_counter() < deadline:
+    async def _watch_acks(self) -> None:
+        """Until no command awaits its answer: read the statuses of all awaited in one query every
+        `ACK_POLL_S`, and record the answered and the timed-out with their commands in one transaction."""
+        assert self.rpc_statuses is not None
+        while self._awaited:
+            asked = list(self._awaited)  # commands sent while the query runs wait for the next one
+            statuses: dict[int, str] | None
             try:
-                status = str((await self.rpc_reader(rpc_id)).get("status"))
-            except ProblemError:
-                status = "failed"
-            if status in ACK_STATES:
-                break
-            await asyncio.sleep(ACK_POLL_S)
-        else:
-            status = "timed_out"
-        if status == "succeeded":
-            acked_ms = round((time.perf_counter() - decided) * 1000.0, 1)
-            self.stats.acknowledged += 1
-            self.stats.ack_ms.append(acked_ms)
-        else:
+                statuses = await self.rpc_statuses(asked)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database is away: nothing is known, but the deadlines still run
+                log.exception("signal control: reading RPC statuses failed")
+                statuses = None
+            seen = time.perf_counter()
+            settled = []
+            for rpc_id in asked:
+                awaited = self._awaited[rpc_id]
+                # An id the registry does not know cannot be answered.
+                status = "unknown" if statuses is None else statuses.get(rpc_id, "failed")
+                if status not in ACK_STATES:
+                    if seen < awaited.deadline:
+                        continue
+                    status = "timed_out"
+                del self._awaited[rpc_id]
+                settled.append((awaited.signal_id, rpc_id, status, self._count_ack(awaited, rpc_id, status, seen)))
+            if settled:
+                try:
+                    await self.traffic.record_acknowledgements(self.tenant, settled)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the statuses stay in the RPC registry; only the command's copy is missing
+                    log.exception("signal control: recording %d acknowledgements failed", len(settled))
+            if self._awaited:
+                await asyncio.sleep(ACK_POLL_S)
+
+    def _count_ack(self, awaited: AwaitedAck, rpc_id: int, status: str, seen: float) -> float | None:
+        if status != "succeeded":
             self.stats.unacknowledged += 1
-            log.warning("signal %s: phase command RPC %d not acknowledged (%s)", signal_id, rpc_id, status)
-        await self.traffic.record_acknowledgement(self.tenant, signal_id, rpc_id, status, acked_ms)
+            log.warning("signal %s: phase command RPC %d not acknowledged (%s)", awaited.signal_id, rpc_id, status)
+            return None
+        acked_ms = round((seen - awaited.decided) * 1000.0, 1)
+        self.stats.acknowledged += 1
+        self.stats.ack_ms.append(acked_ms)
+        return acked_ms
 
 
 def start_control_loop(app: Any) -> ControlLoop | None:
     """The loop for the IoT registry's tenant when `CITYOS_TRAFFIC_CONTROL_SECONDS` > 0, else None."""
-    from cityos.traffic.api import rpc_sender_of
+    from cityos.traffic.api import batch_sender_of
 
     interval = control_interval()
     iot = getattr(app.state, "iot", None)
     if interval <= 0 or iot is None:
         return None
-    loop = ControlLoop(app.state.traffic, app.state.hub.service, iot.tenant, lambda: rpc_sender_of(app.state),
-                       iot.get_rpc, interval)
+    loop = ControlLoop(app.state.traffic, app.state.hub.service, iot.tenant, lambda: batch_sender_of(app.state),
+                       iot.rpc_statuses, interval)
     loop.start()
     log.info("signal control loop every %.2f s (detector data stale after %.0f s)", interval, loop.stale_after)
     return loop

@@ -12,17 +12,17 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, text, update
+from sqlalchemy import and_, bindparam, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
 from cityos.core.clock import as_utc
 from cityos.core.db import write_transaction
-from cityos.core.errors import AlreadyExists, BadRequestData, Conflict, ResourceNotFound
+from cityos.core.errors import AlreadyExists, BadRequestData, Conflict, ProblemError, ResourceNotFound
 from cityos.security.policy import Principal, Resource, authorize
 from cityos.security.service import Forbidden
 from cityos.traffic import models
@@ -49,6 +49,39 @@ PREEMPTION_HISTORY = dt.timedelta(days=30)
 
 # Sends a device command: (device name, method, params) → the RPC record (id, status).
 RpcSender = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+# Sends many device commands at once: [(device name, method, params)] → in order, the RPC record (id, status)
+# of each, or the error that kept it from being sent.
+RpcBatchSender = Callable[[list[tuple[str, str, dict[str, Any]]]], Awaitable[list[dict[str, Any] | Exception]]]
+
+
+def one_by_one(send: RpcSender) -> RpcBatchSender:
+    """A batch sender over a sender of one command at a time."""
+
+    async def send_all(requests: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any] | Exception]:
+        out: list[dict[str, Any] | Exception] = []
+        for device, method, params in requests:
+            try:
+                out.append(await send(device, method, params))
+            except ProblemError as exc:
+                out.append(exc)
+        return out
+
+    return send_all
+
+
+def phase_refusal(plan: SignalPlan, row: Any, phase: object, now: dt.datetime) -> tuple[type[ProblemError], str] | None:
+    """Why the safety rules forbid green `phase` for the signal in `row` now, or None when they allow it."""
+    if isinstance(phase, bool) or not isinstance(phase, int) or not 0 <= phase < len(plan.phases):
+        return (BadRequestData, f"phase must be an integer in 0..{len(plan.phases) - 1}")
+    elapsed = (now - as_utc(row.green_since)).total_seconds()
+    current: Phase = plan.phases[row.phase]
+    if phase != row.phase and elapsed < current.earliest_end:
+        left = current.earliest_end - max(0.0, elapsed)
+        return (Conflict, f"phase {row.phase} has not served its minimum green "
+                          f"({current.earliest_end:g} s, pedestrian clearance included): {left:.0f} s left")
+    return None
 
 
 def check_allowed(principal: Principal | None, action: str, tenant: str) -> None:
@@ -149,47 +182,90 @@ class TrafficService:
     async def command_phase(self, principal: Principal | None, tenant: str, signal_id: str, phase: object,
                             send: RpcSender | None, source: str = "operator") -> dict[str, Any]:
         """Ask for a green phase; refused (400/409, recorded) when the safety rules forbid it now."""
+        outcome = (await self.command_phases(principal, tenant, [(signal_id, phase, source)],
+                                             None if send is None else one_by_one(send)))[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def command_phases(self, principal: Principal | None, tenant: str,
+                             wanted: Sequence[tuple[str, object, str]], send: RpcBatchSender | None
+                             ) -> list[dict[str, Any] | Exception]:
+        """`command_phase` for many signals at once, (signal, phase, source) each, in order: the change, or the
+        refusal (BadRequestData, Conflict: recorded), or ResourceNotFound for an unknown signal, in its place.
+        The signals are read in one query, their devices sent one batch of RPC and the changes and
+        refusals written in one transaction (per-command round trips serialise behind the ingest's commits on
+        a busy database: a control round for hundreds of signals took tens of seconds)."""
         check_allowed(principal, "traffic.control", tenant)
         who = (principal.username or principal.id) if principal is not None else None
         now = clock.now()
+        table = models.signals
         async with self.engine.connect() as conn:
-            row = await self._row(conn, tenant, signal_id)
-        plan = plan_from_doc(row.plan)
-        refusal: tuple[type[Exception], str] | None = None
-        if isinstance(phase, bool) or not isinstance(phase, int) or not 0 <= phase < len(plan.phases):
-            refusal = (BadRequestData, f"phase must be an integer in 0..{len(plan.phases) - 1}")
-        else:
-            elapsed = (now - as_utc(row.green_since)).total_seconds()
-            current: Phase = plan.phases[row.phase]
-            if phase != row.phase and elapsed < current.earliest_end:
-                left = current.earliest_end - max(0.0, elapsed)
-                refusal = (Conflict, f"phase {row.phase} has not served its minimum green "
-                                     f"({current.earliest_end:g} s, pedestrian clearance included): {left:.0f} s left")
-        if refusal is not None:
-            await self._record(tenant, signal_id, phase if isinstance(phase, int) else None, source, "refused",
-                               refusal[1], None, None, who, now)
-            raise refusal[0](refusal[1])
-        assert isinstance(phase, int)
-        if phase == row.phase:
-            await self._record(tenant, signal_id, phase, source, "held", None, None, None, who, now)
-            return {"signal": signal_id, "phase": phase, "outcome": "held", "rpc": None}
-        yellow, all_red = transition_states(plan.phases[row.phase].state, plan.phases[phase].state)
-        sequence = [{"state": yellow, "seconds": plan.yellow}, {"state": all_red, "seconds": plan.all_red},
-                    {"state": plan.phases[phase].state, "seconds": None}]
-        rpc: dict[str, Any] | None = None
-        if row.device and send is not None:
-            rpc = await send(row.device, "setPhase", {"signal": signal_id, "phase": phase, "sequence": sequence})
-        green_at = now + dt.timedelta(seconds=plan.yellow + plan.all_red)
-        async with self._write() as conn:
-            await conn.execute(update(models.signals).where(and_(
-                models.signals.c.tenant == tenant, models.signals.c.signal_id == signal_id))
-                .values(phase=phase, green_since=green_at, fallback=int(source == "fallback")))
-            await conn.execute(insert(models.phase_commands).values(
-                tenant=tenant, signal_id=signal_id, phase=phase, source=source, outcome="applied", detail=None,
-                rpc_id=rpc.get("id") if rpc else None, rpc_status=rpc.get("status") if rpc else None,
-                requested_by=who, requested_at=now))
-        return {"signal": signal_id, "phase": phase, "outcome": "applied", "sequence": sequence,
-                "greenAt": green_at.isoformat(), "rpc": rpc}
+            rows = {r.signal_id: r for r in (await conn.execute(select(table).where(
+                table.c.tenant == tenant, table.c.signal_id.in_(sorted({w[0] for w in wanted}))))).all()}
+        outcomes: list[dict[str, Any] | Exception] = []
+        records: list[dict[str, Any]] = []
+        # (position in `wanted`, signal row, phase, source, the lamps' sequence, when the green starts)
+        changes: list[tuple[int, Any, int, str, list[dict[str, Any]], dt.datetime]] = []
+        for position, (signal_id, phase, source) in enumerate(wanted):
+            row = rows.get(signal_id)
+            if row is None:
+                outcomes.append(ResourceNotFound(f"no signal {signal_id}"))
+                continue
+            plan = plan_from_doc(row.plan)
+            refusal = phase_refusal(plan, row, phase, now)
+            record = {"tenant": tenant, "signal_id": signal_id, "phase": phase if isinstance(phase, int) else None,
+                      "source": source, "detail": None, "rpc_id": None, "rpc_status": None, "requested_by": who,
+                      "requested_at": now}
+            if refusal is not None:
+                records.append({**record, "outcome": "refused", "detail": refusal[1]})
+                outcomes.append(refusal[0](refusal[1]))
+                continue
+            assert isinstance(phase, int)
+            if phase == row.phase:
+                records.append({**record, "outcome": "held"})
+                outcomes.append({"signal": signal_id, "phase": phase, "outcome": "held", "rpc": None})
+                continue
+            yellow, all_red = transition_states(plan.phases[row.phase].state, plan.phases[phase].state)
+            sequence: list[dict[str, Any]] = [
+                {"state": yellow, "seconds": plan.yellow}, {"state": all_red, "seconds": plan.all_red},
+                {"state": plan.phases[phase].state, "seconds": None}]
+            outcomes.append({})  # filled in below, once the RPC is sent
+            changes.append((position, row, phase, source, sequence,
+                            now + dt.timedelta(seconds=plan.yellow + plan.all_red)))
+        to_send = [(position, row, phase, sequence) for position, row, phase, _, sequence, _ in changes
+                   if row.device and send is not None]
+        rpcs: dict[int, dict[str, Any] | Exception] = {}
+        if to_send:
+            assert send is not None
+            sent = await send([(row.device, "setPhase", {"signal": row.signal_id, "phase": phase,
+                                                         "sequence": sequence})
+                               for _, row, phase, sequence in to_send])
+            rpcs = {position: answer for (position, *_), answer in zip(to_send, sent, strict=True)}
+        updates = []
+        for position, row, phase, source, sequence, green_at in changes:
+            rpc = rpcs.get(position)
+            if isinstance(rpc, Exception):  # the command never reached the device: nothing changed
+                outcomes[position] = rpc
+                continue
+            updates.append({"u_signal": row.signal_id, "u_phase": phase, "u_green": green_at,
+                            "u_fallback": int(source == "fallback")})
+            records.append({"tenant": tenant, "signal_id": row.signal_id, "phase": phase, "source": source,
+                            "outcome": "applied", "detail": None, "rpc_id": rpc.get("id") if rpc else None,
+                            "rpc_status": rpc.get("status") if rpc else None, "requested_by": who,
+                            "requested_at": now})
+            outcomes[position] = {"signal": row.signal_id, "phase": phase, "outcome": "applied", "sequence": sequence,
+                                  "greenAt": green_at.isoformat(), "rpc": rpc}
+        if records or updates:
+            async with self._write() as conn:
+                if updates:
+                    await conn.execute(update(table).where(table.c.tenant == tenant,
+                                                           table.c.signal_id == bindparam("u_signal"))
+                                       .values(phase=bindparam("u_phase"), green_since=bindparam("u_green"),
+                                               fallback=bindparam("u_fallback")), updates)
+                if records:
+                    await conn.execute(insert(models.phase_commands), records)
+        return outcomes
 
     async def _record(self, tenant: str, signal_id: str, phase: int | None, source: str, outcome: str,
                       detail: str | None, rpc_id: int | None, rpc_status: str | None, who: str | None,
@@ -308,22 +384,31 @@ class TrafficService:
                                                                 table.c.controller.in_(controllers))
                                             .order_by(table.c.signal_id))).all())
 
-    async def record_acknowledgement(self, tenant: str, signal_id: str, rpc_id: int, status: str,
-                                     acked_ms: float | None) -> None:
-        """The device's answer to a phase command: its final RPC status and, when it acknowledged, how long
-        after the decision."""
+    async def record_acknowledgements(self, tenant: str,
+                                      answers: Sequence[tuple[str, int, str, float | None]]) -> None:
+        """The devices' answers to phase commands, (signal, RPC id, final RPC status, ms from the decision
+        to the acknowledgement or None), in one transaction."""
+        if not answers:
+            return
         table = models.phase_commands
         async with self._write() as conn:
-            await conn.execute(update(table).where(table.c.tenant == tenant, table.c.signal_id == signal_id,
-                                                   table.c.rpc_id == rpc_id)
-                               .values(rpc_status=status[:16], acked_ms=acked_ms))
+            await conn.execute(update(table).where(table.c.tenant == tenant,
+                                                   table.c.signal_id == bindparam("answer_signal"),
+                                                   table.c.rpc_id == bindparam("answer_rpc"))
+                               .values(rpc_status=bindparam("answer_status"), acked_ms=bindparam("answer_ms")),
+                               [{"answer_signal": signal_id, "answer_rpc": rpc_id, "answer_status": status[:16],
+                                 "answer_ms": acked_ms} for signal_id, rpc_id, status, acked_ms in answers])
 
-    async def set_fallback(self, tenant: str, signal_id: str, on: bool) -> None:
-        """Show that the fixed-time fallback runs (or no longer runs) before its next phase change."""
+    async def set_fallbacks(self, tenant: str, fallbacks: dict[str, bool]) -> None:
+        """Show that the fixed-time fallback runs (True) or no longer runs (False) for these signals, before
+        their next phase change; one statement."""
+        if not fallbacks:
+            return
         table = models.signals
         async with self._write() as conn:
-            await conn.execute(update(table).where(table.c.tenant == tenant, table.c.signal_id == signal_id)
-                               .values(fallback=int(on)))
+            await conn.execute(update(table).where(table.c.tenant == tenant, table.c.signal_id == bindparam("f_signal"))
+                               .values(fallback=bindparam("f_on")),
+                               [{"f_signal": signal, "f_on": int(on)} for signal, on in fallbacks.items()])
 
     async def decide(self, principal: Principal | None, tenant: str, signal_id: str, spec: models.DecideIn,
                      send: RpcSender | None) -> dict[str, Any]:
