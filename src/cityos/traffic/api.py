@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
@@ -48,6 +48,9 @@ from cityos.traffic.control_loop import start_control_loop
 from cityos.traffic.emergency import EmergencyRoutes
 from cityos.traffic.models import DecideIn, PhaseCommandIn, PreemptIn, SignalIn
 from cityos.traffic.service import RpcBatchSender, RpcSender, TrafficService
+
+if TYPE_CHECKING:
+    from cityos.iot.models import RpcIn
 
 router = APIRouter(prefix="/api/traffic", tags=["traffic"])
 routers: list[APIRouter] = [router]
@@ -68,13 +71,18 @@ def rpc_sender_of(state: Any) -> RpcSender | None:
     return None if commands is None else command_sender(commands)
 
 
+def phase_rpc(method: str, params: dict[str, Any]) -> RpcIn:
+    """The IoT RPC request of a phase command: the cabinet must acknowledge it within 5 s."""
+    from cityos.iot.models import RpcIn
+
+    return RpcIn(method=method, params=params, timeout=5000)
+
+
 def command_sender(commands: Any) -> RpcSender:
     """Phase commands as RPC through an IoT `CommandSender` (acknowledged within 5 s)."""
 
     async def send(device: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        from cityos.iot.models import RpcIn
-
-        answer: dict[str, Any] = await commands.send(device, RpcIn(method=method, params=params, timeout=5000))
+        answer: dict[str, Any] = await commands.send(device, phase_rpc(method, params))
         return {"id": answer.get("id"), "status": answer.get("status")}
 
     return send
@@ -90,10 +98,7 @@ def command_batch_sender(commands: Any) -> RpcBatchSender:
     """Phase commands as one batch of RPC through an IoT `CommandSender` (each acknowledged within 5 s)."""
 
     async def send(requests: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any] | Exception]:
-        from cityos.iot.models import RpcIn
-
-        answers = await commands.send_many([(device, RpcIn(method=method, params=params, timeout=5000))
-                                            for device, method, params in requests])
+        answers = await commands.send_many([(device, phase_rpc(method, params)) for device, method, params in requests])
         return [answer if isinstance(answer, Exception) else {"id": answer.get("id"), "status": answer.get("status")}
                 for answer in answers]
 

@@ -205,8 +205,9 @@ class TrafficService:
                 table.c.tenant == tenant, table.c.signal_id.in_(sorted({w[0] for w in wanted}))))).all()}
         outcomes: list[dict[str, Any] | Exception] = []
         records: list[dict[str, Any]] = []
-        # (position in `wanted`, signal row, phase, source, the lamps' sequence, when the green starts)
-        changes: list[tuple[int, Any, int, str, list[dict[str, Any]], dt.datetime]] = []
+        # (position in `wanted`, signal row, phase, its phase_commands record, the lamps' sequence, when the
+        # green starts)
+        changes: list[tuple[int, Any, int, dict[str, Any], list[dict[str, Any]], dt.datetime]] = []
         for position, (signal_id, phase, source) in enumerate(wanted):
             row = rows.get(signal_id)
             if row is None:
@@ -231,7 +232,7 @@ class TrafficService:
                 {"state": yellow, "seconds": plan.yellow}, {"state": all_red, "seconds": plan.all_red},
                 {"state": plan.phases[phase].state, "seconds": None}]
             outcomes.append({})  # filled in below, once the RPC is sent
-            changes.append((position, row, phase, source, sequence,
+            changes.append((position, row, phase, record, sequence,
                             now + dt.timedelta(seconds=plan.yellow + plan.all_red)))
         to_send = [(position, row, phase, sequence) for position, row, phase, _, sequence, _ in changes
                    if row.device and send is not None]
@@ -243,17 +244,15 @@ class TrafficService:
                                for _, row, phase, sequence in to_send])
             rpcs = {position: answer for (position, *_), answer in zip(to_send, sent, strict=True)}
         updates = []
-        for position, row, phase, source, sequence, green_at in changes:
+        for position, row, phase, record, sequence, green_at in changes:
             rpc = rpcs.get(position)
             if isinstance(rpc, Exception):  # the command never reached the device: nothing changed
                 outcomes[position] = rpc
                 continue
             updates.append({"u_signal": row.signal_id, "u_phase": phase, "u_green": green_at,
-                            "u_fallback": int(source == "fallback")})
-            records.append({"tenant": tenant, "signal_id": row.signal_id, "phase": phase, "source": source,
-                            "outcome": "applied", "detail": None, "rpc_id": rpc.get("id") if rpc else None,
-                            "rpc_status": rpc.get("status") if rpc else None, "requested_by": who,
-                            "requested_at": now})
+                            "u_fallback": int(record["source"] == "fallback")})
+            records.append({**record, "outcome": "applied", "rpc_id": rpc.get("id") if rpc else None,
+                            "rpc_status": rpc.get("status") if rpc else None})
             outcomes[position] = {"signal": row.signal_id, "phase": phase, "outcome": "applied", "sequence": sequence,
                                   "greenAt": green_at.isoformat(), "rpc": rpc}
         if records or updates:
@@ -266,14 +265,6 @@ class TrafficService:
                 if records:
                     await conn.execute(insert(models.phase_commands), records)
         return outcomes
-
-    async def _record(self, tenant: str, signal_id: str, phase: int | None, source: str, outcome: str,
-                      detail: str | None, rpc_id: int | None, rpc_status: str | None, who: str | None,
-                      now: dt.datetime) -> None:
-        async with self._write() as conn:
-            await conn.execute(insert(models.phase_commands).values(
-                tenant=tenant, signal_id=signal_id, phase=phase, source=source, outcome=outcome, detail=detail,
-                rpc_id=rpc_id, rpc_status=rpc_status, requested_by=who, requested_at=now))
 
     async def preempt(self, principal: Principal | None, tenant: str, spec: models.PreemptIn,
                       send: RpcSender | None) -> dict[str, Any]:
