@@ -201,10 +201,11 @@ class SumoField:
             shared = self._connect(f"{self.gateway}-cabinets")
             shared.subscribe(f"{self.prefix}/+/rpc/request/+", self._on_request)
             self._cabinets = dict.fromkeys(cabinets, shared)
-        for cabinet in cabinets if not self.shared_cabinet_link else ():
-            link = self._connect(cabinet)
-            link.subscribe(f"{self.prefix}/{cabinet}/rpc/request/+", self._on_request)
-            self._cabinets[cabinet] = link
+        else:
+            for cabinet in cabinets:
+                link = self._connect(cabinet)
+                link.subscribe(f"{self.prefix}/{cabinet}/rpc/request/+", self._on_request)
+                self._cabinets[cabinet] = link
         for link in self._links:
             if not link.connected.wait(CONNECT_TIMEOUT_S):
                 raise ConnectionError(f"device {link.name} could not connect to {self.mqtt_url}")
