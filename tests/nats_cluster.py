@@ -32,6 +32,8 @@ class NatsNode:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return  # running already (a test that meant to kill it failed first)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(["nats-server", "-c", str(self.conf)], stdout=log, stderr=log)
         if not wait_for_port(self.port, 15):

@@ -190,30 +190,77 @@ async def test_a_relayed_row_published_again_is_dropped_by_the_stream(cluster: N
         assert seen == []  # not even redelivered: the stream kept one copy
 
 
+class GatedBus(JetStreamBus):
+    """A relay whose publishing waits for the test: another relay's work can be put in between."""
+
+    def __init__(self, settings: JetStreamSettings) -> None:
+        super().__init__(settings)
+        self.gate, self.publishing = asyncio.Event(), asyncio.Event()
+
+    async def _publish(self, topic: str, payload: dict[str, Any], msg_id: str) -> None:
+        self.publishing.set()
+        await self.gate.wait()
+        await super()._publish(topic, payload, msg_id)
+
+
+async def outbox_seqs(engine: AsyncEngine) -> list[int]:
+    async with engine.connect() as conn:
+        return [row.payload["seq"] for row in (await conn.execute(select(bus_outbox.c.payload))).all()]
+
+
+async def test_a_slow_relay_never_deletes_a_change_that_took_a_relayed_rows_id(cluster: NatsCluster,
+                                                                               engine: AsyncEngine) -> None:
+    """Two relays: the slow one read a row, the fast one relayed and deleted it, and a new change took the
+    freed id (SQLite reuses the highest id once its row is gone). The slow relay's delete must spare it."""
+    cfg = settings(cluster.url, replicas=1, partitions=1)
+    slow, fast = GatedBus(cfg), JetStreamBus(cfg)
+    for bus in (slow, fast):
+        bus.relay_from(writer(engine), [bus_outbox])
+        await bus.connect()
+    try:
+        async with engine.begin() as conn:
+            await produce(conn, "r1", 0)
+        slow_relay = asyncio.create_task(slow.relay_once())
+        await asyncio.wait_for(slow.publishing.wait(), 10)
+        await fast.relay_once()  # on PostgreSQL the slow one holds the relay lock: this relays nothing
+        async with engine.begin() as conn:
+            await produce(conn, "r1", 1)
+        slow.gate.set()
+        assert await asyncio.wait_for(slow_relay, 10) == 1
+        assert await outbox_seqs(engine) == [1]  # the new change waits for its own relay
+        assert await fast.relay_once() == 1 and await outbox_seqs(engine) == []
+    finally:
+        slow.gate.set()
+        for bus in (slow, fast):
+            await bus.close()
+
+
 async def test_killing_a_node_mid_stream_loses_nothing_and_applies_nothing_twice(
         cluster: NatsCluster, engine: AsyncEngine) -> None:
     seen: list[str] = []
     cfg = settings(cluster.url)
     entities = [f"ent{i}" for i in range(6)]
     per_entity = 60
-    async with buses(cfg, engine, ["a", "b"], seen):
-        for seq in range(per_entity):
-            async with engine.begin() as conn:  # one committed change per entity per round
-                for entity in entities:
-                    await produce(conn, entity, seq)
-            if seq == per_entity // 3:
-                cluster.nodes[0].kill()
-            await asyncio.sleep(0.01)
-        total = len(entities) * per_entity
-        found = await wait_for_effects(engine, total)
-        assert found == total, await what_is_missing(engine, cfg, entities, per_entity)
-        await asyncio.sleep(2 * cfg.ack_wait)  # any redelivery of a lost ack comes within this
-        rows = await applied(engine)
-        assert_once_and_in_order(rows, dict.fromkeys(entities, per_entity))
-        # Which of the two pulls each event depends on who asks first (on a loaded machine one may get
-        # them all): the split of work is checked where it is deterministic, in the instances test.
-        assert {r.consumer for r in rows} <= {"a", "b"}
-    cluster.nodes[0].start()  # back for the module's other tests
+    try:
+        async with buses(cfg, engine, ["a", "b"], seen):
+            for seq in range(per_entity):
+                async with engine.begin() as conn:  # one committed change per entity per round
+                    for entity in entities:
+                        await produce(conn, entity, seq)
+                if seq == per_entity // 3:
+                    cluster.nodes[0].kill()
+                await asyncio.sleep(0.01)
+            total = len(entities) * per_entity
+            found = await wait_for_effects(engine, total)
+            assert found == total, await what_is_missing(engine, cfg, entities, per_entity)
+            await asyncio.sleep(2 * cfg.ack_wait)  # any redelivery of a lost ack comes within this
+            rows = await applied(engine)
+            assert_once_and_in_order(rows, dict.fromkeys(entities, per_entity))
+            # Which of the two pulls each event depends on who asks first (on a loaded machine one may get
+            # them all): the split of work is checked where it is deterministic, in the instances test.
+            assert {r.consumer for r in rows} <= {"a", "b"}
+    finally:
+        cluster.nodes[0].start()  # back for the module's other tests, even after a failure here
 
 
 async def test_instances_split_the_partitions_so_an_entity_stays_with_one_process(

@@ -30,6 +30,7 @@ bus_outbox = Table(
     Column("payload", JsonDoc, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Index("ix_bus_outbox_created", "created_at"),
+    sqlite_autoincrement=True,  # ids never reused: see sqltypes.AutoId
 )
 
 applied_events = Table(

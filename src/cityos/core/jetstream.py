@@ -287,8 +287,9 @@ class JetStreamBus(EventBus):
                                            .order_by(table.c.id).limit(RELAY_BATCH))).all()
                 if not rows:
                     continue
-                # Pipelined, sent in id order; an id alone could be reused (SQLite) once deleted, so the
-                # message id carries the row's creation time too.
+                # Pipelined, sent in id order. Ids are never reused (core/sqltypes.py), but a database
+                # restored from a backup hands out lower ones again: the message id carries the row's
+                # creation time too, so the stream's duplicate window cannot drop a new change.
                 await asyncio.gather(*(self._publish(row.topic, row.payload,
                                                      f"{table.name}:{row.id}:{row.created_at.timestamp():.6f}")
                                        for row in rows))

@@ -33,3 +33,7 @@ class UtcTimestamp(TypeDecorator[datetime]):
 Timestamp = UtcTimestamp()
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants a 64-bit sequence.
 AutoId = BigInteger().with_variant(Integer(), "sqlite")
+# Queue tables (outboxes, intents) whose rows are read, worked on outside a transaction, then deleted by
+# id also set `sqlite_autoincrement=True`: without it SQLite gives the highest id again once its row is
+# deleted, and a worker's late delete of a row another worker had finished would hit a new, unsent row.
+# PostgreSQL's sequences never hand an id out twice.

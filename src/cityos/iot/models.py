@@ -118,6 +118,7 @@ event_outbox = Table(
     Column("payload", JsonDoc, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Index("ix_iot_event_outbox_created", "created_at"),
+    sqlite_autoincrement=True,  # ids never reused: see sqltypes.AutoId
 )
 
 TABLES = (devices, dead_letters, rpc_requests)

@@ -169,6 +169,7 @@ audit_intents = Table(
     Column("created_at", Timestamp, nullable=False),
     Column("event", JsonDoc, nullable=False),
     Index("ix_sec_audit_intents_created", "created_at"),
+    sqlite_autoincrement=True,  # ids never reused: see sqltypes.AutoId
 )
 
 # One row (id = 1): the newest record's seq and hash. Appenders lock it, so concurrent writers

@@ -91,6 +91,7 @@ outbox = Table(
     # The head of an endpoint's queue: pending rows of one endpoint in id (= commit) order.
     Index("ix_hub_outbox_endpoint", "endpoint", "state", "id"),
     Index("ix_hub_outbox_subscription", "tenant", "subscription_id", "state"),
+    sqlite_autoincrement=True,  # ids never reused: see sqltypes.AutoId
 )
 
 leases = Table(
