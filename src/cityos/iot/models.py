@@ -269,3 +269,8 @@ class Device:
 
 def device_id(name: str) -> str:
     return f"urn:ngsi-ld:Device:{name}"
+
+
+def device_name(ident: str) -> str:
+    """A device's registry name from its name or its Device entity id."""
+    return ident.removeprefix("urn:ngsi-ld:Device:")

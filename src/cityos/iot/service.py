@@ -1,5 +1,8 @@
 """The IoT domain's logic: registry, provisioning, tokens, payload validation and mapping, dead letters.
 
+The RPC request store (`rpc_requests.py`) and the dead letters' reading (`dead_letter_reader.py`) live in
+their own modules and are mixed into `IotService`, one object per tenant for its callers.
+
 No HTTP and no MQTT here: `ingest(envelopes)` takes already-received messages (from the MQTT
 worker, the HTTP device API or a replay), and commits, in ONE transaction:
 
@@ -51,20 +54,21 @@ from cityos.hub.model import check_name
 from cityos.hub.observations import ObservedEntity, Reading, upsert_observations
 from cityos.hub.service import HubService
 from cityos.hub.sources import SourceConflict, Writer, refusal_reason
+from cityos.iot.dead_letter_reader import DeadLetterReader
 from cityos.iot.models import (
     NAME_PATTERN,
     Device,
     DeviceIn,
     KeySpec,
     Profile,
-    RpcIn,
     dead_letters,
     device_id,
+    device_name,
     devices,
     load_profiles,
-    rpc_requests,
 )
 from cityos.iot.outbox import EventOutbox
+from cityos.iot.rpc_requests import RpcRequests
 from cityos.iot.units import UNIT_SEPARATOR, UnitError, to_canonical
 from cityos.security.policy import Principal, Resource, authorize
 
@@ -259,7 +263,7 @@ class DeviceCall:
 LAST_PROFILE_CACHE = 500_000  # device names remembered for early validation (a city-size registry)
 
 
-class IotService:
+class IotService(RpcRequests, DeadLetterReader):
     def __init__(self, hub: HubService, engine: AsyncEngine, bus: EventBus, expand: Any, tenant: str = "",
                  settings: IotSettings | None = None) -> None:
         self.hub = hub
@@ -460,11 +464,8 @@ class IotService:
                                       .limit(limit).offset(offset))
             return [Device.from_row(r) for r in rows], int(total)
 
-    def _name_of(self, ident: str) -> str:
-        return ident.removeprefix("urn:ngsi-ld:Device:")
-
     async def get_device(self, ident: str) -> Device:
-        name = self._name_of(ident)
+        name = device_name(ident)
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(devices).where(devices.c.tenant == self.tenant,
                                                             devices.c.name == name))).first()
@@ -1006,36 +1007,7 @@ class IotService:
         return {"tenant": self.tenant, "device": d.id, "name": d.name, "profile": d.profile_id,
                 "district": d.district, "department": d.department}
 
-    # ------------------------------------------------------------------ dead letters
-
-    async def list_dead_letters(self, *, status: str | None = "pending", device: str | None = None,
-                                reason: str | None = None, limit: int = 100, offset: int = 0,
-                                department: str | None = None) -> tuple[list[dict[str, Any]], int]:
-        """`department`: only letters of that department's devices (letters of no known device are tenant-wide)."""
-        conds = [dead_letters.c.tenant == self.tenant]
-        if department is not None:
-            conds.append(dead_letters.c.device.in_(select(devices.c.name).where(
-                devices.c.tenant == self.tenant, devices.c.department == department)))
-        if status:
-            conds.append(dead_letters.c.status == status)
-        if device:
-            conds.append(dead_letters.c.device == self._name_of(device))
-        if reason:
-            conds.append(dead_letters.c.reason == reason)
-        async with self.engine.connect() as conn:
-            count = select(func.count()).select_from(dead_letters).where(and_(*conds))
-            total = (await conn.execute(count)).scalar_one()
-            rows = await conn.execute(select(dead_letters).where(and_(*conds)).order_by(dead_letters.c.id)
-                                      .limit(limit).offset(offset))
-            return [_dead_letter_out(r) for r in rows], int(total)
-
-    async def get_dead_letter(self, letter_id: int) -> dict[str, Any]:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(dead_letters).where(dead_letters.c.tenant == self.tenant,
-                                                                 dead_letters.c.id == letter_id))).first()
-        if row is None:
-            raise ResourceNotFound(f"dead letter {letter_id} not found")
-        return _dead_letter_out(row)
+    # ------------------------------------------------------------------ dead letters (reading: DeadLetterReader)
 
     async def replay(self, letter_id: int, payload: Any = None, device: str | None = None) -> IngestReport:
         """Re-ingest a dead letter, as stored or with a corrected payload; it is marked replayed only if all of it
@@ -1047,7 +1019,7 @@ class IotService:
             raise ResourceNotFound(f"dead letter {letter_id} not found")
         if row.status == "replayed":
             raise Conflict(f"dead letter {letter_id} was already replayed")
-        name = self._name_of(device) if device else row.device
+        name = device_name(device) if device else row.device
         if not name:
             raise BadRequestData("this dead letter has no device; name one in the body ({\"device\": ...})")
         raw = orjson.dumps(payload) if payload is not None else bytes(row.payload)
@@ -1112,94 +1084,6 @@ class IotService:
         result: dict[str, int] = summary["offlineByDistrict"]
         return result
 
-    # ------------------------------------------------------------------ RPC (server side)
-
-    async def create_rpc(self, ident: str, spec: RpcIn) -> dict[str, Any]:
-        created = (await self.create_rpcs([(ident, spec)]))[0]
-        if isinstance(created, ResourceNotFound):
-            raise created
-        return created
-
-    async def create_rpcs(self, requests: Sequence[tuple[str, RpcIn]]) -> list[dict[str, Any] | ResourceNotFound]:
-        """Store many RPC requests (status `queued`) in one transaction, in order; a device that is not
-        registered gets ResourceNotFound in its place."""
-        names = [self._name_of(ident) for ident, _ in requests]
-        now = clock.now()
-        async with self.engine.begin() as conn:
-            known = set((await conn.execute(select(devices.c.name).where(
-                devices.c.tenant == self.tenant, devices.c.name.in_(sorted(set(names)))))).scalars())
-            rows = [{"tenant": self.tenant, "device": name, "method": spec.method, "params": spec.params,
-                     "oneway": 1 if spec.oneway else 0, "status": "queued", "created_at": now,
-                     "expires_at": now + timedelta(milliseconds=spec.timeout), "updated_at": now}
-                    for (_, spec), name in zip(requests, names, strict=True) if name in known]
-            ids: list[int] = []
-            if rows:  # one multi-row INSERT (SQLAlchemy's insertmanyvalues), the ids in the rows' order
-                result = await conn.execute(insert(rpc_requests).returning(rpc_requests.c.id,
-                                                                           sort_by_parameter_order=True), rows)
-                ids = [int(i) for i in result.scalars()]
-        stored = iter(zip(rows, ids, strict=True))
-        out: list[dict[str, Any] | ResourceNotFound] = []
-        for (ident, _), name in zip(requests, names, strict=True):
-            if name not in known:
-                out.append(ResourceNotFound(f"device {ident!r} not found"))
-                continue
-            row, rpc_id = next(stored)
-            out.append({**row, "id": rpc_id})
-        return out
-
-    async def set_rpc_status(self, rpc_id: int, status: str, error: str | None = None) -> None:
-        await self.set_rpc_statuses([rpc_id], status, error)
-
-    async def set_rpc_statuses(self, rpc_ids: Sequence[int], status: str, error: str | None = None) -> None:
-        """Move the requests still open to `status`, in one statement (a request already answered keeps its
-        answer: `sent` never overwrites `succeeded`)."""
-        if not rpc_ids:
-            return
-        open_states = ("queued", "sent") if status in ("sent", "delivered") else ("queued", "sent", "delivered")
-        async with self.engine.begin() as conn:
-            await conn.execute(update(rpc_requests).where(rpc_requests.c.id.in_(list(rpc_ids)),
-                                                          rpc_requests.c.status.in_(open_states))
-                               .values(status=status, error=error, updated_at=clock.now()))
-
-    async def get_rpc(self, rpc_id: int) -> dict[str, Any]:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(rpc_requests).where(rpc_requests.c.tenant == self.tenant,
-                                                                 rpc_requests.c.id == rpc_id))).first()
-        if row is None:
-            raise ResourceNotFound(f"RPC request {rpc_id} not found")
-        return {"id": row.id, "device": device_id(row.device), "method": row.method, "params": row.params,
-                "oneway": bool(row.oneway), "status": row.status, "response": row.response, "error": row.error,
-                "createdAt": clock.iso(as_utc(row.created_at)), "expiresAt": clock.iso(as_utc(row.expires_at))}
-
-    async def rpc_statuses(self, rpc_ids: Sequence[int]) -> dict[int, str]:
-        """{id: status} of the tenant's RPC requests among `rpc_ids` (unknown ids left out), in one query
-        per 1,000 ids: for callers that wait for many answers at once (the signal control loop)."""
-        found: dict[int, str] = {}
-        ids = list(rpc_ids)
-        async with self.engine.connect() as conn:
-            for start in range(0, len(ids), 1000):
-                rows = await conn.execute(select(rpc_requests.c.id, rpc_requests.c.status).where(
-                    rpc_requests.c.tenant == self.tenant, rpc_requests.c.id.in_(ids[start:start + 1000])))
-                found.update({int(row.id): str(row.status) for row in rows})
-        return found
-
-    async def _rpc_response(self, conn: AsyncConnection, device: Device, env: Envelope, doc: Any) -> None:
-        if env.rpc_id is None:
-            return
-        failed = isinstance(doc, dict) and "error" in doc
-        await conn.execute(update(rpc_requests).where(
-            rpc_requests.c.id == env.rpc_id, rpc_requests.c.device == device.name,
-            rpc_requests.c.status.in_(("queued", "sent", "delivered")))
-            .values(status="failed" if failed else "succeeded", response=doc,
-                    error=str(doc.get("error"))[:500] if failed else None, updated_at=clock.now()))
-
-    async def expire_rpcs(self) -> int:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(update(rpc_requests).where(
-                rpc_requests.c.status.in_(("queued", "sent", "delivered")), rpc_requests.c.oneway == 0,
-                rpc_requests.c.expires_at < clock.now()).values(status="timed_out", updated_at=clock.now()))
-            return int(result.rowcount or 0)
-
 
 _PG_DEVICE_UPDATE = (
     "UPDATE iot_devices AS d SET status = u.status, last_seen = u.last_seen, last_contact = u.last_contact, "
@@ -1260,19 +1144,6 @@ class _Touch:
     contact: bool = False
     created: bool = False
     entity_changes: bool = False
-
-
-def _dead_letter_out(row: Any) -> dict[str, Any]:
-    raw = bytes(row.payload)
-    try:
-        payload: Any = orjson.loads(raw)
-        text = None
-    except orjson.JSONDecodeError:
-        payload, text = None, raw.decode("utf-8", "replace")
-    return {"id": row.id, "receivedAt": clock.iso(as_utc(row.received_at)), "source": row.source, "kind": row.kind,
-            "topic": row.topic, "device": row.device, "reason": row.reason, "detail": row.detail, "payload": payload,
-            "payloadText": text, "status": row.status,
-            "replayedAt": clock.iso(as_utc(row.replayed_at)) if row.replayed_at else None}
 
 
 __all__ = ["BulkResult", "Envelope", "IngestReport", "IntegrityError", "IotService", "IotSettings", "Rejection"]

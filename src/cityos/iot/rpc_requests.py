@@ -1,0 +1,117 @@
+"""The server side of device RPC: the `iot_rpc_requests` rows and their states.
+
+`IotService` takes these methods in (one registry of a tenant's devices): the MQTT sender
+(`commands.py`) stores, publishes and marks requests, the ingest records a device's answer
+(`_rpc_response`, in the ingest's transaction), and the health loop times out the requests past
+their deadline. Request states: queued → sent (delivered for one-way) → succeeded | failed | timed_out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cityos.core import clock
+from cityos.core.clock import as_utc
+from cityos.core.errors import ResourceNotFound
+from cityos.iot.models import Device, RpcIn, device_id, device_name, devices, rpc_requests
+
+if TYPE_CHECKING:
+    from cityos.iot.service import Envelope
+
+
+class RpcRequests:
+    """Mixed into `IotService`, whose engine and tenant it uses."""
+
+    engine: AsyncEngine
+    tenant: str
+
+    async def create_rpc(self, ident: str, spec: RpcIn) -> dict[str, Any]:
+        created = (await self.create_rpcs([(ident, spec)]))[0]
+        if isinstance(created, ResourceNotFound):
+            raise created
+        return created
+
+    async def create_rpcs(self, requests: Sequence[tuple[str, RpcIn]]) -> list[dict[str, Any] | ResourceNotFound]:
+        """Store many RPC requests (status `queued`) in one transaction, in order; a device that is not
+        registered gets ResourceNotFound in its place."""
+        names = [device_name(ident) for ident, _ in requests]
+        now = clock.now()
+        async with self.engine.begin() as conn:
+            known = set((await conn.execute(select(devices.c.name).where(
+                devices.c.tenant == self.tenant, devices.c.name.in_(sorted(set(names)))))).scalars())
+            rows = [{"tenant": self.tenant, "device": name, "method": spec.method, "params": spec.params,
+                     "oneway": 1 if spec.oneway else 0, "status": "queued", "created_at": now,
+                     "expires_at": now + timedelta(milliseconds=spec.timeout), "updated_at": now}
+                    for (_, spec), name in zip(requests, names, strict=True) if name in known]
+            ids: list[int] = []
+            if rows:  # one multi-row INSERT (SQLAlchemy's insertmanyvalues), the ids in the rows' order
+                result = await conn.execute(insert(rpc_requests).returning(rpc_requests.c.id,
+                                                                           sort_by_parameter_order=True), rows)
+                ids = [int(i) for i in result.scalars()]
+        stored = iter(zip(rows, ids, strict=True))
+        out: list[dict[str, Any] | ResourceNotFound] = []
+        for (ident, _), name in zip(requests, names, strict=True):
+            if name not in known:
+                out.append(ResourceNotFound(f"device {ident!r} not found"))
+                continue
+            row, rpc_id = next(stored)
+            out.append({**row, "id": rpc_id})
+        return out
+
+    async def set_rpc_status(self, rpc_id: int, status: str, error: str | None = None) -> None:
+        await self.set_rpc_statuses([rpc_id], status, error)
+
+    async def set_rpc_statuses(self, rpc_ids: Sequence[int], status: str, error: str | None = None) -> None:
+        """Move the requests still open to `status`, in one statement (a request already answered keeps its
+        answer: `sent` never overwrites `succeeded`)."""
+        if not rpc_ids:
+            return
+        open_states = ("queued", "sent") if status in ("sent", "delivered") else ("queued", "sent", "delivered")
+        async with self.engine.begin() as conn:
+            await conn.execute(update(rpc_requests).where(rpc_requests.c.id.in_(list(rpc_ids)),
+                                                          rpc_requests.c.status.in_(open_states))
+                               .values(status=status, error=error, updated_at=clock.now()))
+
+    async def get_rpc(self, rpc_id: int) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(rpc_requests).where(rpc_requests.c.tenant == self.tenant,
+                                                                 rpc_requests.c.id == rpc_id))).first()
+        if row is None:
+            raise ResourceNotFound(f"RPC request {rpc_id} not found")
+        return {"id": row.id, "device": device_id(row.device), "method": row.method, "params": row.params,
+                "oneway": bool(row.oneway), "status": row.status, "response": row.response, "error": row.error,
+                "createdAt": clock.iso(as_utc(row.created_at)), "expiresAt": clock.iso(as_utc(row.expires_at))}
+
+    async def rpc_statuses(self, rpc_ids: Sequence[int]) -> dict[int, str]:
+        """{id: status} of the tenant's RPC requests among `rpc_ids` (unknown ids left out), in one query
+        per 1,000 ids: for callers that wait for many answers at once (the signal control loop)."""
+        found: dict[int, str] = {}
+        ids = list(rpc_ids)
+        async with self.engine.connect() as conn:
+            for start in range(0, len(ids), 1000):
+                rows = await conn.execute(select(rpc_requests.c.id, rpc_requests.c.status).where(
+                    rpc_requests.c.tenant == self.tenant, rpc_requests.c.id.in_(ids[start:start + 1000])))
+                found.update({int(row.id): str(row.status) for row in rows})
+        return found
+
+    async def _rpc_response(self, conn: AsyncConnection, device: Device, env: Envelope, doc: Any) -> None:
+        if env.rpc_id is None:
+            return
+        failed = isinstance(doc, dict) and "error" in doc
+        await conn.execute(update(rpc_requests).where(
+            rpc_requests.c.id == env.rpc_id, rpc_requests.c.device == device.name,
+            rpc_requests.c.status.in_(("queued", "sent", "delivered")))
+            .values(status="failed" if failed else "succeeded", response=doc,
+                    error=str(doc.get("error"))[:500] if failed else None, updated_at=clock.now()))
+
+    async def expire_rpcs(self) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(rpc_requests).where(
+                rpc_requests.c.status.in_(("queued", "sent", "delivered")), rpc_requests.c.oneway == 0,
+                rpc_requests.c.expires_at < clock.now()).values(status="timed_out", updated_at=clock.now()))
+            return int(result.rowcount or 0)
