@@ -41,8 +41,8 @@ from cityos.data.models import (
     rows,
     versions,
 )
-from cityos.hub.models import attribute_history
 from cityos.hub.store import EntityQuery, EntityRecord
+from cityos.hub.temporal.instances import instances_of_type
 from cityos.security.classes import RANK, ClassRegistry
 
 PAGE = 500
@@ -376,12 +376,8 @@ class Catalogue:
         if not wanted:
             return []
         district_of = {r.id: self._district_of(r, districts) for r in records}
-        h = attribute_history.c
         async with self.engine.connect() as conn:
-            found = (await conn.execute(
-                select(h.entity_id, h.attr, h.ts, h.instance)
-                .where(h.tenant == tenant, h.entity_type == type_iri, h.attr.in_(wanted), h.deleted == 0)
-                .order_by(h.ts.desc()).limit(limit))).all()
+            found = await instances_of_type(conn, tenant, type_iri, wanted, newest_first=True, limit=limit)
         cells: dict[tuple[str, str, str], list[float]] = {}
         for entity_id, attr, ts, instance in found:
             value = instance.get("value") if isinstance(instance, dict) else None
@@ -443,13 +439,7 @@ class Catalogue:
         async with self.engine.connect() as conn:
             mark = (await conn.execute(select(func.max(rows.c.ts)).where(
                 rows.c.tenant == tenant, rows.c.dataset == base, rows.c.version == 0))).scalar()
-            h = attribute_history.c
-            stmt = (select(h.entity_id, h.attr, h.ts, h.instance)
-                    .where(h.tenant == tenant, h.entity_type == type_iri, h.attr.in_(attrs), h.deleted == 0)
-                    .order_by(h.ts).limit(limit))
-            if mark is not None:
-                stmt = stmt.where(h.ts > mark)
-            found = (await conn.execute(stmt)).all()
+            found = await instances_of_type(conn, tenant, type_iri, attrs, after=mark, limit=limit)
         by_code: dict[str, list[dict[str, Any]]] = {c: [] for c in codes}
         code_of_district = {d: c for c, (d, _t, _e) in codes.items() if d}
         code_of_attr = {iri: c for c, iri in attr_of_code.items()}

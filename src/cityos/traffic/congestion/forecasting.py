@@ -41,7 +41,7 @@ from cityos.core.db import write_transaction
 from cityos.core.errors import BadRequestData, Conflict, ResourceNotFound
 from cityos.core.tasks import in_daemon_thread
 from cityos.hub.jsonld import DEFAULT_VOCAB
-from cityos.hub.models import attribute_history
+from cityos.hub.temporal.instances import instances_of_type
 from cityos.security.policy import Principal
 from cityos.traffic.congestion.forecast import (
     LAGS,
@@ -151,12 +151,9 @@ class RainBySlot:
 async def rain_readings(conn: AsyncConnection, tenant: str, since: datetime,
                         expand: Callable[[str], str]) -> list[tuple[datetime, float]]:
     """The gauges' precipitation readings since `since` (numbers only; deleted instances left out)."""
-    table = attribute_history
-    rows = (await conn.execute(select(table.c.ts, table.c.instance).where(
-        table.c.tenant == tenant, table.c.entity_type == expand(RAIN_GAUGE_TYPE),
-        table.c.attr == expand(RAIN_ATTRIBUTE), table.c.ts >= since, table.c.deleted == 0))).all()
+    rows = await instances_of_type(conn, tenant, expand(RAIN_GAUGE_TYPE), [expand(RAIN_ATTRIBUTE)], since=since)
     out = []
-    for ts, instance in rows:
+    for _entity, _attr, ts, instance in rows:
         value = instance.get("value") if isinstance(instance, dict) else None
         if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 500:
             out.append((clock.as_utc(ts), float(value)))
