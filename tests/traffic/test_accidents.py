@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import random
 import datetime as dt
+import random
 from typing import Any
 
 import httpx
