@@ -20,6 +20,11 @@ test), the same detector with the earlier fixed-window interruption rule (`previ
 speed-drop alarm (upstream speed under 4 m/s with occupancy over 25% for two intervals), the simplest
 rule an operator would set.
 
+The `cityos` detector's `both` figures also include its lane-shift test (`observe_lanes`: a station pair
+read lane by lane, a lane whose share of the downstream vehicles collapses; `--shift-p 0` turns it off,
+i.e. the detector as of 2026-12-05). Probe vehicles (`--probe-share` of the fleet, chosen by id, position,
+lane and speed every 10 s) are recorded with the readings for analysis; no detector uses them.
+
 Reported: the detection time of each accident (an alarm on its lane's edge or a road section feeding it,
 minus the onset), p50/p90 over the detected ones and over all (`p90_all_s`, a miss counting as never),
 the share within 5 minutes; false alarms (alarms with no blockage there) per detector-day. `--record`

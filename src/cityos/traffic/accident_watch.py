@@ -8,6 +8,11 @@ two stations of a section (and lane) form the detector's pair; an interval of th
 once both stations have reported since the last one, and is then fed to `AccidentDetector` (as a pair
 across all lanes when the stations name no lane).
 
+When the stations name their lanes, the section's lane pairs also feed the lane-shift test
+(`AccidentDetector.observe_lanes`): once every lane that has reported on the section has a new complete
+interval, the lanes' intervals (in lane order) go to the detector together; a lane it declares blocked is
+reported as that lane's pair, so an alarm from either test on one lane is one incident.
+
 A detection becomes an `ops.alarm.raised` event: the incident domain opens a `traffic.accident`
 incident routed to the transport department (its routing table). The alarm id names the pair and
 not the moment, so the incident's source key (`alarm:<id>`, unique while the incident is open) keeps

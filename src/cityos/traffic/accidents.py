@@ -31,6 +31,14 @@ vehicles vanish (only the few intervals before it was declared), while a lane th
 vehicles do leave learns so. `flow_scaled=False` keeps the earlier fixed rule (no vehicle downstream for
 four intervals after three upstream) for comparison.
 
+A lane passed in the next lane may still get its vehicles back before the downstream loop, so neither test
+above sees it; read lane by lane, though, a station pair shows the vehicles moving over: the blocked lane's
+share of the vehicles passing downstream collapses below the share its upstream count predicts (the lane's
+learned ratio of the two shares: lanes that vehicles leave to turn learn theirs). `observe_lanes` tests this
+on windows of 4 to 12 intervals (a beta-binomial lower tail whose share itself varies, Beta with `shift_
+concentration`, Bonferroni over the windows, below `shift_p`), once per episode; it learns like a pair (late,
+nothing while a lane of the section is declared) and clears when the lane carries half its share again.
+
 `alarm_event` turns a detection into the `ops.alarm.raised` payload the incident domain listens to
 (category `traffic.accident`, routed to the transport department; deduplicated by the alarm id, which
 names the detector pair: one open incident per location). `accident_watch` runs it on live hub readings.
