@@ -11,7 +11,9 @@ across all lanes when the stations name no lane).
 When the stations name their lanes, the section's lane pairs also feed the lane-shift test
 (`AccidentDetector.observe_lanes`): once every lane that has reported on the section has a new complete
 interval, the lanes' intervals (in lane order) go to the detector together; a lane it declares blocked is
-reported as that lane's pair, so an alarm from either test on one lane is one incident.
+reported as that lane's pair, so an alarm from either test on one lane is one incident. A lane that stops
+reporting holds the section's lane-shift test back (each pair's own tests go on); a lane that reports twice
+before the others counts its latest interval only.
 
 A detection becomes an `ops.alarm.raised` event: the incident domain opens a `traffic.accident`
 incident routed to the transport department (its routing table). The alarm id names the pair and
