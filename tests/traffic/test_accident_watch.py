@@ -212,6 +212,10 @@ async def test_a_lane_that_traffic_passes_in_the_next_lane_opens_an_incident(
     # A two-lane section with a loop in each lane at both stations. A stalled vehicle in lane 1: nearly all of
     # its vehicles pass it in lane 2 (one per interval gets back into lane 1 before the downstream loop), so
     # no queue forms and lane 1 never falls silent; its share of the vehicles downstream collapses.
+    officer = await app.state.security.service.create_user("lane-police", "Police-pass-2026!", "official",
+                                                           department="public-security", allow_admin=True,
+                                                           check_strength=False)
+    police = auth.headers("official", department="public-security", user_id=officer.id, username="lane-police")
     headers = auth.headers("sys_admin")
     one, two = Road(client, headers, lane=1, suffix="-l1"), Road(client, headers, lane=2, suffix="-l2")
     for road in (one, two):
@@ -234,6 +238,12 @@ async def test_a_lane_that_traffic_passes_in_the_next_lane_opens_an_incident(
     assert (incident["category"], incident["department"]) == ("traffic.accident", "transport")
     assert incident["entityId"] == one.up["id"]  # the blocked lane's upstream station
     assert "haixiu-west-1#1" in incident["description"] and "next lane" in incident["description"]
+    for _ in range(600):  # the police are told as for the other tests' detections
+        alerts = [m for m in await inbox(client, police) if "haixiu-west-1#1" in m["body"]]
+        if alerts:
+            break
+        await asyncio.sleep(0.1)
+    assert len(alerts) == 1 and "交通事故" in alerts[0]["subject"], alerts
     watch = app.state.accident_watch
     assert watch.detections == before + 1  # declared once, though the lane stays blocked for minutes
     section = [state for key, state in watch.detector.shifts.items() if key.endswith("haixiu-west-1")]
