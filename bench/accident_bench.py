@@ -20,6 +20,11 @@ test), the same detector with the earlier fixed-window interruption rule (`previ
 speed-drop alarm (upstream speed under 4 m/s with occupancy over 25% for two intervals), the simplest
 rule an operator would set.
 
+The `cityos` detector's `both` figures also include its lane-shift test (`observe_lanes`: a station pair
+read lane by lane, a lane whose share of the downstream vehicles collapses; `--shift-p 0` turns it off,
+i.e. the detector as of 2026-12-05). Probe vehicles (`--probe-share` of the fleet, chosen by id, position,
+lane and speed every 10 s) are recorded with the readings for analysis; no detector uses them.
+
 Reported: the detection time of each accident (an alarm on its lane's edge or a road section feeding it,
 minus the onset), p50/p90 over the detected ones and over all (`p90_all_s`, a miss counting as never),
 the share within 5 minutes; false alarms (alarms with no blockage there) per detector-day. `--record`
@@ -40,7 +45,8 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, astuple, dataclass, replace
+import zlib
+from dataclasses import asdict, astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +88,12 @@ class SpeedDrop:
 
 
 SPACING_M = 250.0
+PROBE_EVERY_S = 10
+
+
+def is_probe(vehicle: str, share: float) -> bool:
+    """A fixed share of the fleet reports as probes (taxis, buses, fleet vehicles), chosen by id."""
+    return zlib.crc32(vehicle.encode()) % 1000 < share * 1000
 
 
 def loops_file(sim_net: Path, path: Path) -> dict[str, list[str]]:
@@ -147,6 +159,11 @@ def inject(sim: Any, rng: random.Random, lanes: dict[str, list[str]], used: set[
     return Accident(lane, edge, now, vehicle, now + duration, position)
 
 
+def probe_report(sim: Any, vehicle: str) -> tuple[str, str, float, float]:
+    return (vehicle, str(sim.vehicle.getLaneID(vehicle)), round(float(sim.vehicle.getLanePosition(vehicle)), 1),
+            round(float(sim.vehicle.getSpeed(vehicle)), 2))
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -183,6 +200,9 @@ class Recording:
     feeds: dict[str, list[str]]  # edge → edges feeding it (a queue may spill back into them)
     accidents: list[Accident]
     frames: list[tuple[float, dict[str, tuple[float, float, int]]]]  # (time, loop → occupancy, speed, vehicles)
+    # Probe vehicles (a share of the fleet, e.g. taxis, reporting every PROBE_EVERY_S): (time, [(vehicle, lane,
+    # position m, speed m/s)]); empty in recordings made before probes were recorded.
+    probes: list[tuple[float, list[tuple[str, str, float, float]]]] = field(default_factory=list)
 
 
 def simulate(args: argparse.Namespace) -> Recording:
@@ -211,6 +231,7 @@ def simulate(args: argparse.Namespace) -> Recording:
         accidents: list[Accident] = []
         used: set[str] = set()
         frames: list[tuple[float, dict[str, tuple[float, float, int]]]] = []
+        probes: list[tuple[float, list[tuple[str, str, float, float]]]] = []
         try:
             now = 0.0
             while now < args.horizon:
@@ -224,12 +245,15 @@ def simulate(args: argparse.Namespace) -> Recording:
                 for accident in accidents:
                     if accident.cleared <= now < accident.cleared + 1 and accident.vehicle in sim.vehicle.getIDList():
                         sim.vehicle.setSpeed(accident.vehicle, -1)
+                if int(now) % PROBE_EVERY_S == 0:
+                    probes.append((now, [probe_report(sim, v) for v in sim.vehicle.getIDList()
+                                         if is_probe(v, args.probe_share)]))
                 if int(now) % int(INTERVAL_S) == 0:
                     frames.append((now, {loop: astuple(reading(sim, loop)) for loops in lanes.values()
                                          for loop in loops}))
         finally:
             sim.close()
-    return Recording(positions_of, feeds, accidents, frames)
+    return Recording(positions_of, feeds, accidents, frames, probes)
 
 
 def detect(recording: Recording, thresholds: Thresholds) -> list[tuple[str, str, float, str]]:
@@ -244,6 +268,10 @@ def detect(recording: Recording, thresholds: Thresholds) -> list[tuple[str, str,
             series = {"station": {f"{edge}_all": [station(values) for values in per_lane]},
                       "lane": {loops[0].split(":", 1)[1]: [values[i] for values in per_lane]
                                for i, loops in enumerate(zip(*positions, strict=True))}}
+            if len(per_lane[0]) > 1:  # the lane-shift test: a station pair read lane by lane (cityos only)
+                for k in range(len(per_lane) - 1):
+                    if detectors["station", "cityos"].observe_lanes(f"{edge}#{k}", per_lane[k], per_lane[k + 1], now):
+                        alarms.append(("shift", edge, now, "cityos"))
             for pairs, keyed in series.items():
                 for key, values in keyed.items():
                     for k in range(len(values) - 1):
@@ -264,10 +292,14 @@ def main() -> None:
     parser.add_argument("--first", type=float, default=600.0)
     parser.add_argument("--duration", type=float, default=900.0)
     parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--probe-share", type=float, default=0.1,
+                        help="share of vehicles recorded as probes (position and speed every 10 s)")
     parser.add_argument("--record", type=Path, help="also write the simulation's readings here (JSON, gzip)")
     parser.add_argument("--replay", type=Path, help="score readings recorded earlier instead of simulating")
     parser.add_argument("--false-alarm-p", type=float, default=Thresholds().false_alarm_p,
                         help="the conservation test's threshold on lane pairs (another operating point)")
+    parser.add_argument("--shift-p", type=float, default=Thresholds().shift_p,
+                        help="the lane-shift test's threshold (0: off, the detector as of 2026-12-05)")
     parser.add_argument("--all-lanes-false-alarm-p", type=float, default=Thresholds().all_lanes_false_alarm_p,
                         help="… and on station pairs")
     args = parser.parse_args()
@@ -277,15 +309,16 @@ def main() -> None:
             saved = json.load(source)
         args.horizon, args.seed = saved["horizon"], saved["seed"]
         recording = Recording(saved["positions_of"], saved["feeds"], [Accident(**a) for a in saved["accidents"]],
-                              [(now, {loop: tuple(v) for loop, v in frame.items()}) for now, frame in saved["frames"]])
+                              [(now, {loop: tuple(v) for loop, v in frame.items()}) for now, frame in saved["frames"]],
+                              [(now, [tuple(p) for p in seen]) for now, seen in saved.get("probes", [])])
     else:
         recording = simulate(args)
     if args.record:
         with gzip.open(args.record, "wt") as sink:
             json.dump({"horizon": args.horizon, "seed": args.seed, "positions_of": recording.positions_of,
                        "feeds": recording.feeds, "accidents": [asdict(a) for a in recording.accidents],
-                       "frames": recording.frames}, sink)
-    alarms = detect(recording, Thresholds(false_alarm_p=args.false_alarm_p,
+                       "frames": recording.frames, "probes": recording.probes}, sink)
+    alarms = detect(recording, Thresholds(false_alarm_p=args.false_alarm_p, shift_p=args.shift_p,
                                           all_lanes_false_alarm_p=args.all_lanes_false_alarm_p))
     positions_of, accidents = recording.positions_of, recording.accidents
     feeds = {edge: set(sources) for edge, sources in recording.feeds.items()}
@@ -306,7 +339,7 @@ def main() -> None:
                   f"({report[pairs][which]['false_alarms_per_detector_day']}/detector-day)", file=sys.stderr)
     print(json.dumps({"bench": "accident_detection", "horizon_s": args.horizon, "seed": args.seed,
                       "replayed": bool(args.replay), "false_alarm_p": args.false_alarm_p,
-                      "all_lanes_false_alarm_p": args.all_lanes_false_alarm_p,
+                      "all_lanes_false_alarm_p": args.all_lanes_false_alarm_p, "shift_p": args.shift_p,
                       "accidents": [{"lane": a.lane, "onset": a.onset, "position_m": a.position}
                                     for a in accidents], **report,
                       "wall_s": round(time.perf_counter() - started, 1)}))

@@ -205,3 +205,48 @@ async def test_a_lane_whose_vehicles_stop_arriving_downstream_opens_an_incident(
     found = await settled(client, auth, 1)
     assert [i["entityId"] for i in found] == [road.up["id"]]
     assert "haixiu-east-3#2" in found[0]["description"]
+
+
+async def test_a_lane_that_traffic_passes_in_the_next_lane_opens_an_incident(
+        app: Any, client: httpx.AsyncClient, auth: Auth) -> None:
+    # A two-lane section with a loop in each lane at both stations. A stalled vehicle in lane 1: nearly all of
+    # its vehicles pass it in lane 2 (one per interval gets back into lane 1 before the downstream loop), so
+    # no queue forms and lane 1 never falls silent; its share of the vehicles downstream collapses.
+    officer = await app.state.security.service.create_user("lane-police", "Police-pass-2026!", "official",
+                                                           department="public-security", allow_admin=True,
+                                                           check_strength=False)
+    police = auth.headers("official", department="public-security", user_id=officer.id, username="lane-police")
+    headers = auth.headers("sys_admin")
+    one, two = Road(client, headers, lane=1, suffix="-l1"), Road(client, headers, lane=2, suffix="-l2")
+    for road in (one, two):
+        for body in (road.up, road.down):  # a section of its own (the other tests' stations are on haixiu-east-3)
+            body["refRoadSegment"] = {"type": "Relationship", "object": "urn:ngsi-ld:RoadSegment:haixiu-west-1"}
+        await road.create()
+    before = app.state.accident_watch.detections
+
+    async def interval(lane_one: tuple[int, int], lane_two: tuple[int, int]) -> None:
+        for road, (up, down) in ((one, lane_one), (two, lane_two)):
+            await road.interval((4.0, 48.0, up), (4.0, 48.0, down))
+
+    for k in range(30):  # normal traffic: each lane carries its own vehicles, now and then one changes lanes
+        await interval((4, 4 - k % 4 // 3), (3, 3 + k % 4 // 3))
+    assert await accidents(client, auth) == []
+    for _ in range(12):
+        await interval((6, 1), (3, 8))
+    found = await settled(client, auth, 1)
+    incident = found[0]
+    assert (incident["category"], incident["department"]) == ("traffic.accident", "transport")
+    assert incident["entityId"] == one.up["id"]  # the blocked lane's upstream station
+    assert "haixiu-west-1#1" in incident["description"] and "next lane" in incident["description"]
+    for _ in range(600):  # the police are told as for the other tests' detections
+        alerts = [m for m in await inbox(client, police) if "haixiu-west-1#1" in m["body"]]
+        if alerts:
+            break
+        await asyncio.sleep(0.1)
+    assert len(alerts) == 1 and "交通事故" in alerts[0]["subject"], alerts
+    watch = app.state.accident_watch
+    assert watch.detections == before + 1  # declared once, though the lane stays blocked for minutes
+    section = [state for key, state in watch.detector.shifts.items() if key.endswith("haixiu-west-1")]
+    assert len(section) == 1 and section[0].lanes == 2 and list(section[0].active) == [0]
+    # The conservation and occupancy tests saw nothing on either lane pair (the lane never fell silent).
+    assert not [pair for pair in watch.detector.active() if "haixiu-west-1" in pair]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import random
 from typing import Any
 
 import httpx
@@ -169,3 +170,91 @@ async def test_a_detection_opens_a_traffic_incident_for_the_transport_department
     assert (incident["category"], incident["department"], incident["source"]) == \
         ("traffic.accident", "transport", "alarm")
     assert incident["entityId"] == "urn:ngsi-ld:TrafficFlowObserved:J2_2--J3_2_0"
+
+
+def lanes_feed(detector: AccidentDetector, intervals: list[tuple[list[int], list[int]]],
+               start: int = 0) -> list[tuple[float, list[int]]]:
+    """A two-station road read lane by lane: (upstream counts per lane, downstream counts per lane) per interval;
+    returns (time, lanes declared blocked) for each interval that declared some."""
+    hits = []
+    for k, (ups, downs) in enumerate(intervals, start):
+        found = detector.observe_lanes("road-b#0", [passing(n) for n in ups], [passing(n) for n in downs], 30.0 * k)
+        if found:
+            hits.append((30.0 * k, found))
+    return hits
+
+
+def wandering(intervals: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """Normal traffic on two lanes: 3–4 vehicles a lane per interval, a few changing lanes either way."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(intervals):
+        ups = [rng.randint(2, 5), rng.randint(2, 5)]
+        to_right = rng.choice([0, 0, 0, 1]) if ups[1] else 0
+        to_left = rng.choice([0, 0, 0, 1]) if ups[0] else 0
+        out.append((ups, [ups[0] - to_left + to_right, ups[1] - to_right + to_left]))
+    return out
+
+
+def test_a_lane_whose_traffic_moves_to_the_next_lane_is_declared_blocked_once() -> None:
+    detector = AccidentDetector()
+    normal = wandering(30, seed=1)
+    assert lanes_feed(detector, normal) == []
+    # A stalled vehicle in lane 0: most of its vehicles pass it in lane 1 (one still gets back into lane 0
+    # before the downstream loop each interval), so lane 0 never falls silent (the conservation test cannot see
+    # it) but its share downstream collapses.
+    blocked = [([6, 3], [1, 8])] * 12
+    hits = lanes_feed(detector, blocked, start=30)
+    assert [lanes for _, lanes in hits] == [[0]]  # lane 0, once for the episode
+    delay = hits[0][0] - 30.0 * 30
+    shortest, longest = Thresholds().shift_windows
+    assert 30.0 * (shortest - 1) <= delay <= 30.0 * longest  # needs a few intervals of evidence, not one
+    # The lane carries its share again: cleared, and a later blockage is a new episode (the few intervals
+    # before the declaration were learned, as a false alarm's would be: traffic since then outweighs them).
+    assert lanes_feed(detector, wandering(60, seed=2), start=42) == []
+    assert 0 not in detector.shifts["road-b#0"].active
+    again = lanes_feed(detector, blocked, start=102)
+    assert [lanes for _, lanes in again] == [[0]]
+
+
+def test_normal_lane_changes_raise_no_lane_shift_alarm() -> None:
+    for seed in range(5):
+        assert lanes_feed(AccidentDetector(), wandering(200, seed)) == []
+
+
+def test_a_lane_vehicles_habitually_leave_is_learned_and_not_a_lane_shift() -> None:
+    # Lane 0 feeds a turn: half its vehicles move to lane 1 between the stations, every interval.
+    habit = [([4, 3], [2, 5])] * 120
+    hits = lanes_feed(AccidentDetector(), habit)
+    assert all(at < 30.0 * 40 for at, _ in hits)  # at most an early alarm before the habit is learned
+    learned = AccidentDetector()
+    lanes_feed(learned, habit)
+    assert lanes_feed(learned, habit, start=120) == []  # once learned, the same pattern is normal
+    state = learned.shifts["road-b#0"]
+    assert state.active == {} and 0.4 < state.ratio(0) < 0.6  # it learned that half of lane 0's vehicles leave
+    # The same pattern on a lane that had carried its share is a blockage.
+    fresh = AccidentDetector()
+    lanes_feed(fresh, [([4, 3], [4, 3])] * 40)
+    assert [lanes for _, lanes in lanes_feed(fresh, [([4, 3], [0, 7])] * 12, start=40)] == [[0]]
+
+
+def test_the_lane_shift_test_needs_two_lanes_and_can_be_turned_off() -> None:
+    detector = AccidentDetector()
+    assert lanes_feed(detector, [([4], [4])] * 10 + [([4], [0])] * 12) == []
+    assert detector.shifts == {}
+    off = AccidentDetector(Thresholds(shift_p=0.0))
+    assert lanes_feed(off, wandering(30, seed=1) + [([4, 3], [0, 7])] * 12) == []
+
+
+@pytest.mark.parametrize("reading", [StationReading(occupancy=1.5, speed=3.0, vehicles=2),
+                                     StationReading(occupancy=0.2, speed=3.0, vehicles=-1)])
+def test_impossible_lane_readings_are_refused_and_leave_no_lane_state(reading: StationReading) -> None:
+    detector = AccidentDetector()
+    with pytest.raises(ReadingError):
+        detector.observe_lanes("road-b#0", [passing(3), reading], [passing(3), passing(3)], 0.0)
+    with pytest.raises(ReadingError):
+        detector.observe_lanes("road-b#0", [passing(3), passing(3)], [reading, passing(3)], 0.0)
+    assert detector.shifts == {}
+    with pytest.raises(ReadingError):  # the stations must read the same lanes
+        detector.observe_lanes("road-b#0", [passing(3), passing(3)], [passing(3)], 0.0)
+    assert detector.shifts == {}

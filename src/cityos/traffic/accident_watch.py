@@ -8,6 +8,13 @@ two stations of a section (and lane) form the detector's pair; an interval of th
 once both stations have reported since the last one, and is then fed to `AccidentDetector` (as a pair
 across all lanes when the stations name no lane).
 
+When the stations name their lanes, the section's lane pairs also feed the lane-shift test
+(`AccidentDetector.observe_lanes`): once every lane that has reported on the section has a new complete
+interval, the lanes' intervals (in lane order) go to the detector together; a lane it declares blocked is
+reported as that lane's pair, so an alarm from either test on one lane is one incident. A lane that stops
+reporting holds the section's lane-shift test back (each pair's own tests go on); a lane that reports twice
+before the others counts its latest interval only.
+
 A detection becomes an `ops.alarm.raised` event: the incident domain opens a `traffic.accident`
 incident routed to the transport department (its routing table). The alarm id names the pair and
 not the moment, so the incident's source key (`alarm:<id>`, unique while the incident is open) keeps
@@ -80,6 +87,8 @@ class StationInterval:
     entity_id: str
     location: dict[str, Any] | None
     all_lanes: bool = False  # no laneId: the station counts every lane of its road section
+    segment: str = ""
+    lane: str | None = None
 
 
 def station_interval(entity_id: str, types: list[str], attrs: dict[str, Any]) -> StationInterval | None:
@@ -109,13 +118,22 @@ def station_interval(entity_id: str, types: list[str], attrs: dict[str, Any]) ->
     reading = StationReading(occupancy=share, speed=speed / 3.6,
                              vehicles=round(vehicles) if vehicles is not None and math.isfinite(vehicles) else 0)
     return StationInterval(pair[:160], str(position), reading, at, entity_id,
-                           location if isinstance(location, dict) else None, all_lanes=not one_lane)
+                           location if isinstance(location, dict) else None, all_lanes=not one_lane,
+                           segment=short(segment)[:120], lane=str(lane)[:30] if one_lane else None)
 
 
 @dataclass
 class PairReadings:
     latest: dict[str, StationInterval] = field(default_factory=dict)
     observed_until: datetime | None = None  # the later stamp of the last interval fed to the detector
+
+
+@dataclass
+class SegmentLanes:
+    """A road section's lane pairs, for the lane-shift test: each lane's last complete interval."""
+
+    lanes: set[str] = field(default_factory=set)  # every lane that has reported on this section
+    fresh: dict[str, tuple[StationInterval, StationInterval]] = field(default_factory=dict)  # since the last feed
 
 
 @dataclass
@@ -128,6 +146,7 @@ class AccidentWatch:
     alert: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None
     detector: AccidentDetector = field(default_factory=AccidentDetector)
     pairs: dict[tuple[str, str], PairReadings] = field(default_factory=dict)
+    segments: dict[tuple[str, str], SegmentLanes] = field(default_factory=dict)
     detections: int = 0
 
     def subscribe(self) -> Any:
@@ -164,16 +183,51 @@ class AccidentWatch:
         except ReadingError as exc:
             log.warning("detector pair %s: impossible reading skipped: %s", station.pair, exc)
             return None
+        shifted = await self.lane_shift(tenant, up, down, readings.observed_until)
         if detection is None:
-            return None
-        self.detections += 1
+            return shifted
         detection = replace(detection, pair=station.pair)
-        event = alarm_event(tenant, detection, readings.observed_until, location=up.location or down.location,
-                            entity_id=up.entity_id)
+        await self.raise_alarm(tenant, detection, up, down, readings.observed_until)
+        return detection
+
+    async def lane_shift(self, tenant: str, up: StationInterval, down: StationInterval,
+                         until: datetime) -> Detection | None:
+        """Once every lane of the section has a new interval, the section read lane by lane: a lane whose
+        share of the downstream vehicles fell (traffic moved to the next lane to pass it) is a blockage."""
+        if up.lane is None or down.lane is None:
+            return None
+        key = (tenant, up.segment)
+        section = self.segments.get(key)
+        if section is None:
+            if len(self.segments) >= MAX_PAIRS:
+                self.segments.pop(next(iter(self.segments)))
+            section = self.segments[key] = SegmentLanes()
+        section.lanes.add(up.lane)
+        section.fresh[up.lane] = (up, down)
+        if len(section.lanes) < 2 or set(section.fresh) != section.lanes:
+            return None
+        order = sorted(section.lanes)
+        intervals = [section.fresh[lane] for lane in order]
+        section.fresh.clear()
+        blocked = self.detector.observe_lanes(f"{tenant}/{up.segment}", [u.reading for u, _ in intervals],
+                                              [d.reading for _, d in intervals], until.timestamp())
+        found = None
+        for index in blocked:
+            lane_up, lane_down = intervals[index]
+            occdf = lane_up.reading.occupancy - lane_down.reading.occupancy
+            found = Detection(lane_up.pair, until.timestamp(), round(occdf, 3),
+                              round(occdf / lane_up.reading.occupancy, 3) if lane_up.reading.occupancy > 0 else 0.0,
+                              round(lane_down.reading.occupancy, 3), test="lane-shift")
+            await self.raise_alarm(tenant, found, lane_up, lane_down, until)
+        return found
+
+    async def raise_alarm(self, tenant: str, detection: Detection, up: StationInterval, down: StationInterval,
+                          when: datetime) -> None:
+        self.detections += 1
+        event = alarm_event(tenant, detection, when, location=up.location or down.location, entity_id=up.entity_id)
         await self.bus.publish(ALARM_RAISED, event)
         if self.alert is not None:
             try:
                 await self.alert(tenant, event)
             except Exception:  # the incident is open whatever happens to the extra alert
-                log.exception("alerting on the accident at %s failed", station.pair)
-        return detection
+                log.exception("alerting on the accident at %s failed", detection.pair)
