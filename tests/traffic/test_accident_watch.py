@@ -6,14 +6,18 @@ impossible readings and stations that do not say where they stand are skipped wi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from typing import Any
 
 import httpx
+import pytest
 
 from auth_tokens import Auth
 from cityos.core import clock
 from cityos.traffic.accident_watch import AccidentWatch
+from cityos.traffic.accidents import LANE_SHIFT_P
+from cityos.traffic.api import accident_lane_shift_p
 
 ENTITIES = "/ngsi-ld/v1/entities"
 SEGMENT = "urn:ngsi-ld:RoadSegment:haixiu-east-3"
@@ -222,6 +226,19 @@ async def test_a_lane_that_traffic_passes_in_the_next_lane_opens_an_incident(
         for body in (road.up, road.down):  # a section of its own (the other tests' stations are on haixiu-east-3)
             body["refRoadSegment"] = {"type": "Relationship", "object": "urn:ngsi-ld:RoadSegment:haixiu-west-1"}
         await road.create()
+    watch = app.state.accident_watch
+    # The platform leaves the lane-shift test off unless CITYOS_TRAFFIC_ACCIDENT_LANE_SHIFT_P is set (its false
+    # alarms); this test turns it on in the running watch, as that setting would, at the measured 1e-5.
+    assert watch.detector.thresholds.shift_p == 0
+    watch.detector.thresholds = dataclasses.replace(watch.detector.thresholds, shift_p=LANE_SHIFT_P)
+    try:
+        await lanes_passed_in_the_next_lane_open_one_incident(app, client, auth, police, one, two)
+    finally:
+        watch.detector.thresholds = dataclasses.replace(watch.detector.thresholds, shift_p=0.0)
+
+
+async def lanes_passed_in_the_next_lane_open_one_incident(app: Any, client: httpx.AsyncClient, auth: Auth,
+                                                          police: dict[str, str], one: Road, two: Road) -> None:
     before = app.state.accident_watch.detections
 
     async def interval(lane_one: tuple[int, int], lane_two: tuple[int, int]) -> None:
@@ -250,3 +267,14 @@ async def test_a_lane_that_traffic_passes_in_the_next_lane_opens_an_incident(
     assert len(section) == 1 and section[0].lanes == 2 and list(section[0].active) == [0]
     # The conservation and occupancy tests saw nothing on either lane pair (the lane never fell silent).
     assert not [pair for pair in watch.detector.active() if "haixiu-west-1" in pair]
+
+
+def test_the_live_lane_shift_threshold_is_off_unless_set_and_refuses_nonsense(monkeypatch: Any) -> None:
+    monkeypatch.delenv("CITYOS_TRAFFIC_ACCIDENT_LANE_SHIFT_P", raising=False)
+    assert accident_lane_shift_p() == 0.0
+    monkeypatch.setenv("CITYOS_TRAFFIC_ACCIDENT_LANE_SHIFT_P", "1e-5")
+    assert accident_lane_shift_p() == 1e-5
+    for bad in ("often", "1", "-0.1", "nan"):
+        monkeypatch.setenv("CITYOS_TRAFFIC_ACCIDENT_LANE_SHIFT_P", bad)
+        with pytest.raises(ValueError, match="CITYOS_TRAFFIC_ACCIDENT_LANE_SHIFT_P"):
+            accident_lane_shift_p()

@@ -59,6 +59,11 @@ from cityos.core.messages import local_time
 INTERVAL_S = 30.0
 
 
+# The lane-shift test's measured operating point (bench/accident_bench.py, tuning seeds 2–8); the platform's live
+# watch leaves the test off unless CITYOS_TRAFFIC_ACCIDENT_LANE_SHIFT_P sets it (traffic/api.py).
+LANE_SHIFT_P = 1e-5
+
+
 @dataclass(frozen=True)
 class Thresholds:
     occdf: float = 0.25  # upstream occupancy exceeds downstream by 25 percentage points
@@ -86,7 +91,7 @@ class Thresholds:
     # traffic moved into the next lane to pass (even when it moves back before the next station, which no
     # single lane's count shows). Each of the windows `shift_windows` (in intervals) is tested; the smallest
     # probability times their number (a Bonferroni bound) must fall below `shift_p`. 0 turns the test off.
-    shift_p: float = 1e-5
+    shift_p: float = LANE_SHIFT_P
     shift_windows: tuple[int, int] = (4, 12)
     shift_concentration: float = 30.0  # how much a lane's share wanders by itself (a Beta's a + b)
     # The earlier fixed rule (flow_scaled=False):
