@@ -102,6 +102,31 @@ def movements_of(doc: dict[str, Any], plan: SignalPlan) -> tuple[tuple[Movement,
                        for i, c in enumerate(p.state) if c in "Gg") for p in plan.phases)
 
 
+def advance_detectors(doc: dict[str, Any]) -> dict[str, tuple[str, float]]:
+    """The plan's advance detectors: incoming lane → (detector device, metres it reaches up from the stop line)."""
+    return {a["lane"]: (a["detector"], float(a["distance"])) for a in doc.get("advance") or []}
+
+
+def check_advance(plan: models.PlanIn) -> None:
+    """Refuse advance detectors that name no incoming lane of the plan's links, or two for one lane."""
+    if not plan.advance:
+        return
+    if not plan.links:
+        raise BadRequestData("advance detectors need the plan's links (the lanes they watch)")
+    incoming = {link.in_lane for link in plan.links}
+    seen: set[str] = set()
+    for detector in plan.advance:
+        if detector.lane not in incoming:
+            raise BadRequestData(f"advance detector {detector.detector}: lane {detector.lane!r} is not an incoming "
+                                 "lane of the plan's links")
+        if detector.lane in seen:
+            raise BadRequestData(f"lane {detector.lane!r} has more than one advance detector")
+        if not models.DETECTOR_NAME.match(detector.detector):
+            raise BadRequestData(f"advance detector {detector.detector[:64]!r}: a device name is letters, digits, "
+                                 "'_', '.' or '-' (at most 64)")
+        seen.add(detector.lane)
+
+
 class TrafficService:
     def __init__(self, engine: AsyncEngine, write_lock: asyncio.Lock | None = None) -> None:
         self.engine = engine
@@ -123,6 +148,7 @@ class TrafficService:
             validate_plan(plan)
         except PlanError as exc:
             raise BadRequestData(f"unsafe signal plan: {exc}") from exc
+        check_advance(spec.plan)
         doc = spec.plan.model_dump(by_alias=True)
         now = clock.now()
         try:
