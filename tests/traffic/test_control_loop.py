@@ -22,11 +22,10 @@ import pytest
 
 from cityos.core import clock
 from cityos.iot.commands import CommandSender
-from cityos.iot.models import DeviceIn, RpcIn
+from cityos.iot.models import DeviceIn, RpcIn, device_id
 from cityos.sim.sumo_demo import FieldThread
 from cityos.sim.sumo_field import SumoField, plan_doc, read_sites
 from cityos.traffic.api import command_batch_sender
-from cityos.iot.models import device_id
 from cityos.traffic.control_loop import (
     ControlLoop,
     DetectorReading,
@@ -37,8 +36,8 @@ from cityos.traffic.control_loop import (
     stale_seconds,
 )
 from cityos.traffic.controllers.adaptive import CityOSAdaptive
-from cityos.traffic.signals import ApproachReading, LaneReading, View
 from cityos.traffic.service import one_by_one
+from cityos.traffic.signals import ApproachReading, LaneReading, View
 from iot.mqtt_support import MQTT_URL, needs_mqtt, new_prefix, start_worker, stop_worker, wait_for
 
 try:

@@ -65,26 +65,24 @@ from cityos.core.clock import as_utc
 from cityos.core.errors import ProblemError
 from cityos.hub.service import HubService
 from cityos.security.policy import Principal
-from cityos.traffic.accident_watch import instance, number, occupancy_share, short
 from cityos.traffic.controllers import make_controller
-from cityos.traffic.service import RpcBatchSender, TrafficService, advance_detectors, movements_of, plan_from_doc
-from cityos.traffic.signals import (
-    ApproachReading,
-    LaneReading,
-    Movement,
-    PlanError,
-    SignalSupervisor,
-    View,
-    check_reading,
+from cityos.traffic.detectors import (
+    DetectorReading,
+    approach_readings,
+    detector_entity,
+    detector_reading,
+    fresh_reading,
+    stale_seconds,
 )
+from cityos.traffic.service import RpcBatchSender, TrafficService, advance_detectors, movements_of, plan_from_doc
+from cityos.traffic.signals import LaneReading, Movement, SignalSupervisor, View
 
 log = logging.getLogger("cityos.traffic.control_loop")
 
+__all__ = ["ControlLoop", "DetectorReading", "approach_readings", "control_interval", "detector_entity",
+           "detector_reading", "stale_seconds", "start_control_loop"]
+
 ADAPTIVE_CONTROLLERS = ("webster", "max-pressure", "cityos")
-DETECTOR_TYPE = "TrafficFlowObserved"
-DETECTOR_LENGTH_M = 100.0  # the lane-area detector a reading stands for
-VEHICLE_LENGTH_M = 5.0  # a passenger car: turns occupancy into vehicles when the entity gives no length
-HALTING_KMH = 5.0
 ACK_STATES = frozenset({"succeeded", "failed", "timed_out"})
 ACK_POLL_S = 0.01
 LATENCIES_KEPT = 10_000
@@ -92,10 +90,6 @@ COMMAND_BATCH = 100  # signals decided, then commanded together (one RPC batch, 
 
 # Reads the status of RPC requests by id in one go: {id: status}, unknown ids left out (IotService.rpc_statuses).
 RpcStatusReader = Callable[[list[int]], Awaitable[dict[int, str]]]
-
-
-def detector_entity(lane: str) -> str:
-    return f"urn:ngsi-ld:{DETECTOR_TYPE}:{lane}"
 
 
 def control_interval() -> float:
@@ -106,71 +100,6 @@ def control_interval() -> float:
         log.warning("CITYOS_TRAFFIC_CONTROL_SECONDS is not a number: the control loop is off")
         return 0.0
     return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
-
-
-def stale_seconds(interval: float) -> float:
-    """`CITYOS_TRAFFIC_DETECTOR_STALE_SECONDS`: a reading older than this is not used (default 30 s)."""
-    try:
-        seconds = float(os.environ.get("CITYOS_TRAFFIC_DETECTOR_STALE_SECONDS", "30") or 30)
-    except ValueError:
-        seconds = 30.0
-    return max(seconds, 2 * interval) if math.isfinite(seconds) and seconds > 0 else 30.0
-
-
-@dataclass(frozen=True)
-class DetectorReading:
-    reading: LaneReading
-    observed: datetime
-    intensity: float
-
-
-def detector_reading(attrs: dict[str, Any], length: float = DETECTOR_LENGTH_M) -> DetectorReading | None:
-    """A detector entity's latest reading, or None when it has none or an impossible one. `length`: the metres
-    of lane the detector covers (an advance detector's distance from the stop line)."""
-    occupancy = instance(attrs, "occupancy")
-    share = occupancy_share(occupancy)
-    speed_attr = instance(attrs, "averageVehicleSpeed")
-    speed = number(speed_attr.get("value")) if speed_attr else None
-    observed = (occupancy or {}).get("observedAt")
-    if share is None or speed is None or not observed:
-        return None
-    try:
-        at = as_utc(datetime.fromisoformat(str(observed).replace("Z", "+00:00")))
-    except ValueError:
-        return None
-    length_attr = instance(attrs, "averageVehicleLength")
-    vehicle_length = number(length_attr.get("value")) if length_attr else None
-    if vehicle_length is None or not 1.0 <= vehicle_length <= 30.0:
-        vehicle_length = VEHICLE_LENGTH_M
-    intensity_attr = instance(attrs, "intensity")
-    intensity = number(intensity_attr.get("value")) if intensity_attr else None
-    vehicles = share * length / vehicle_length
-    try:
-        reading = check_reading(LaneReading(
-            vehicles=vehicles, halting=vehicles if speed < HALTING_KMH else 0.0, mean_speed=speed / 3.6,
-            occupancy=share, length=length))
-    except PlanError:
-        return None
-    return DetectorReading(reading, at, max(0.0, intensity or 0.0))
-
-
-def approach_readings(in_lanes: tuple[str, ...], lanes: dict[str, LaneReading],
-                      advance: dict[str, LaneReading]) -> dict[str, ApproachReading]:
-    """Per incoming lane with a reading: its approach as the controller sees it in process. The stop-line
-    detector gives the vehicles at the stop line, the halting and the waiting; a lane's advance detector, where
-    it has a reading, the vehicles arriving (it covers the stop-line detector's zone too, so the approach's
-    vehicles and halting are the larger of the two)."""
-    out: dict[str, ApproachReading] = {}
-    for lane in in_lanes:
-        stop = lanes.get(lane)
-        if stop is None:
-            continue
-        ahead = advance.get(lane)
-        out[lane] = ApproachReading(
-            stopline=stop.vehicles, vehicles=max(stop.vehicles, ahead.vehicles) if ahead else stop.vehicles,
-            halting=max(stop.halting, ahead.halting) if ahead else stop.halting, waiting=stop.waiting,
-            arriving=ahead.vehicles if ahead else None)
-    return out
 
 
 @dataclass
@@ -386,23 +315,13 @@ class ControlLoop:
         self.signals[row.signal_id] = driven
         return driven
 
-    def _fresh(self, found: dict[str, Any], detector: str, now: datetime,
-               length: float = DETECTOR_LENGTH_M) -> DetectorReading | None:
-        record = found.get(detector_entity(detector))
-        if record is None or not any(short(t) == DETECTOR_TYPE for t in record.types):
-            return None
-        latest = detector_reading(record.attrs, length)
-        if latest is None or (now - latest.observed).total_seconds() > self.stale_after:
-            return None
-        return latest
-
     def readings(self, driven: DrivenSignal, found: dict[str, Any], now: datetime
                  ) -> tuple[dict[str, LaneReading], list[str]]:
         """The fresh readings of the signal's detector lanes among the hub's `found` entities, and the incoming
         lanes that have none."""
         lanes: dict[str, LaneReading] = {}
         for lane in driven.lanes:
-            latest = self._fresh(found, lane, now)
+            latest = fresh_reading(found, lane, now, self.stale_after)
             if latest is None:
                 continue
             entered = driven.counters.setdefault(lane, LaneCounter()).add(latest)
@@ -413,7 +332,7 @@ class ControlLoop:
         """The fresh readings of the signal's advance detectors, by the incoming lane each watches."""
         out: dict[str, LaneReading] = {}
         for lane, (detector, distance) in driven.advance.items():
-            latest = self._fresh(found, detector, now, distance)
+            latest = fresh_reading(found, detector, now, self.stale_after, distance)
             if latest is None:
                 self.stats.advance_missing += 1
                 continue
