@@ -224,6 +224,8 @@ class SumoField:
     # request topic; for a broker without per-device credentials and hundreds of cabinets (a process cannot
     # hold hundreds of MQTT clients: each takes three descriptors and paho's select() stops at 1,024).
     shared_cabinet_link: bool = False
+    sumo_args: tuple[str, ...] = ()  # more SUMO options (a benchmark's trip output)
+    end_s: float | None = None  # `run` returns once this much simulated time has passed (None: until `stop`)
     shown: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # tls → (wall time, state) per change
     requests: list[int] = field(default_factory=list)
     actuated: dict[int, float] = field(default_factory=dict)  # RPC id → time.monotonic() its first lamps showed
@@ -287,7 +289,7 @@ class SumoField:
                 "--no-step-log", "true", "--no-warnings", "true", "--seed", str(self.seed), "--time-to-teleport", "120"]
         if self._additional is not None:
             args += ["-a", str(self._additional)]
-        libsumo.start(args)
+        libsumo.start([*args, *self.sumo_args])
         for tls, state in self._lamps.items():
             self._show(tls, state)
         self._seen = {name: set() for name in (*self._lanes, *self._advance)}
@@ -462,7 +464,7 @@ class SumoField:
         began = time.monotonic()
         steps = 0
         every = max(1, round(self.report_every / STEP_S))
-        while not stop.is_set():
+        while not stop.is_set() and (self.end_s is None or steps * STEP_S < self.end_s):
             self.apply_requests()
             self.advance_lamps()
             if time.monotonic() - began >= steps * STEP_S:

@@ -488,8 +488,9 @@ def intersections_of(sim: Any, plans: dict[str, SignalPlan]) -> list[Intersectio
 def run_scenario(scenario: Scenario, controller: str, factory: ControllerFactory | None, *, seed: int = 1,
                  track_flows: bool = False, queue_every: int = 5,
                  on_step: Callable[[Any, float], None] | None = None,
-                 before_tick: BeforeTick | None = None) -> RunResult:
+                 before_tick: BeforeTick | None = None, step_length: float = 1.0) -> RunResult:
     """Run one scenario with one controller in libsumo. `factory` None means SUMO's actuated programs.
+    `step_length`: SUMO's step (the platform's SUMO field steps 0.5 s); the signals tick every step.
 
     `before_tick(sim, now, supervisors)` runs every second before the signals decide (pre-emption
     commands phases there); `on_step(sim, now)` runs just before each simulation step.
@@ -516,7 +517,7 @@ def run_scenario(scenario: Scenario, controller: str, factory: ControllerFactory
                 "--tripinfo-output.write-undeparted", "true",
                 "--no-step-log", "true", "--no-warnings", "true", "--duration-log.disable", "true",
                 "--time-to-teleport", "300", "--ignore-route-errors", "true",
-                "--device.rerouting.adaptation-steps", "0"]
+                "--device.rerouting.adaptation-steps", "0", "--step-length", f"{step_length:g}"]
         if additional:
             args += ["-a", ",".join(str(a) for a in additional)]
         libsumo.start(args)
