@@ -219,7 +219,7 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
     from cityos.iot.ingest import IngestWorker
     from cityos.iot.models import DeviceIn
     from cityos.security.policy import Principal
-    from cityos.sim.sumo_field import STEP_S, detector_lanes, plan_doc, read_sites
+    from cityos.sim.sumo_field import STEP_S, detector_devices, plan_doc, read_sites
     from cityos.traffic.api import command_batch_sender
     from cityos.traffic.control_loop import ControlLoop
     from cityos.traffic.models import SignalIn
@@ -242,7 +242,7 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
                 spec = {"id": site.signal, "device": site.cabinet, "controller": "cityos",
                         "plan": plan_doc(site, yellow=3, all_red=2)}
                 await traffic.register(admin, iot.tenant, SignalIn.model_validate(spec))
-            lanes = detector_lanes(sites)
+            lanes = detector_devices(sites)  # the lanes' detectors, then any advance detectors
             result = await iot.provision_many(
                 [DeviceIn(name=GATEWAY, profile="traffic-flow", gateway=True)]
                 + [DeviceIn(name=lane, profile="traffic-flow", gatewayName=GATEWAY) for lane in lanes]

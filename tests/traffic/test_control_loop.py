@@ -22,19 +22,22 @@ import pytest
 
 from cityos.core import clock
 from cityos.iot.commands import CommandSender
-from cityos.iot.models import DeviceIn, RpcIn
+from cityos.iot.models import DeviceIn, RpcIn, device_id
 from cityos.sim.sumo_demo import FieldThread
 from cityos.sim.sumo_field import SumoField, plan_doc, read_sites
 from cityos.traffic.api import command_batch_sender
 from cityos.traffic.control_loop import (
     ControlLoop,
     DetectorReading,
+    approach_readings,
     control_interval,
     detector_entity,
     detector_reading,
     stale_seconds,
 )
+from cityos.traffic.controllers.adaptive import CityOSAdaptive
 from cityos.traffic.service import one_by_one
+from cityos.traffic.signals import ApproachReading, LaneReading, View
 from iot.mqtt_support import MQTT_URL, needs_mqtt, new_prefix, start_worker, stop_worker, wait_for
 
 try:
@@ -78,6 +81,7 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
     lanes = site.lanes
     north_south, east_west = site.plan.phases[0].state, site.plan.phases[1].state
     assert set(site.in_lanes) == {"j0_n_in_0", "j0_s_in_0", "j0_e_in_0", "j0_w_in_0"}
+    assert site.advance == () and "advance" not in plan_doc(site)  # 100 m lanes: no advance detectors
 
     result = await app.state.iot.provision_many(
         [DeviceIn(name=GATEWAY, profile="traffic-flow", gateway=True)] +
@@ -368,3 +372,210 @@ async def test_answers_to_many_commands_are_watched_together(client: Any, app: A
     assert kept["refuses"][0]["ackedMs"] is None and kept["silent"][0]["ackedMs"] is None
     assert (loop.stats.acknowledged, loop.stats.unacknowledged) == (1, 2) and len(loop.stats.ack_ms) == 1
     await loop.stop()
+
+
+# ---------------------------------------------------------------------- advance detectors
+
+
+def test_readings_become_approaches_with_and_without_advance_detectors() -> None:
+    stop = {"long_in": LaneReading(vehicles=4.0, halting=4.0, waiting=30.0, occupancy=0.2),
+            "short_in": LaneReading(vehicles=2.0, halting=0.0, waiting=0.0, occupancy=0.1),
+            "out": LaneReading(vehicles=9.0)}
+    ahead = {"long_in": LaneReading(vehicles=11.0, halting=0.0, length=250.0)}
+    approaches = approach_readings(("long_in", "short_in", "unread_in"), stop, ahead)
+    assert set(approaches) == {"long_in", "short_in"}  # an incoming lane without a reading has no approach
+    long_lane, short_lane = approaches["long_in"], approaches["short_in"]
+    # The advance detector covers the stop-line zone too: the approach's vehicles are the larger count.
+    assert long_lane == ApproachReading(stopline=4.0, vehicles=11.0, halting=4.0, waiting=30.0, arriving=11.0)
+    assert long_lane.near == 11.0
+    # A short lane has no advance detector: the stop-line detector stands for what a green serves now,
+    # exactly what the controller counted from the whole-lane reading before.
+    assert short_lane == ApproachReading(stopline=2.0, vehicles=2.0, halting=0.0, waiting=0.0, arriving=None)
+    assert short_lane.near == 2.0
+    # A queue standing over the stop-line detector counts even when the advance detector reads fewer.
+    queued = approach_readings(("long_in",), stop, {"long_in": LaneReading(vehicles=1.0)})["long_in"]
+    assert queued.near == 4.0 and queued.arriving == 1.0
+    assert approach_readings(("long_in",), {}, ahead) == {}  # no stop-line reading: nothing to decide on
+
+
+def test_an_advance_detector_reading_counts_vehicles_over_its_length() -> None:
+    attrs = reading_attrs(occupancy=(20.0, "P1"), averageVehicleSpeed=(36.0, "KMH"), intensity=(3, "E27"))
+    found = detector_reading(attrs, length=250.0)
+    assert found is not None and found.reading.vehicles == pytest.approx(10.0)  # 20 % of 250 m / 5 m
+    assert found.reading.halting == 0 and found.reading.length == 250.0
+    assert detector_reading(attrs).reading.vehicles == pytest.approx(4.0)  # type: ignore[union-attr]
+
+
+ADVANCE = [{"lane": "e_in", "detector": "e-in-advance", "distance": 250},
+           {"lane": "w_in", "detector": "w-in-advance", "distance": 250}]
+TWO_PHASES = {"phases": [{"state": "GGrr", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10},
+                         {"state": "rrGG", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10}],
+              "yellow": 3, "allRed": 2, "conflicts": [[0, 2], [0, 3], [1, 2], [1, 3]], "links": LANES}
+
+
+async def write_advance(client: Any, at: dt.datetime, detector: str, occupancy: float, speed: float) -> None:
+    stamp = clock.iso(at)
+    body = {"id": detector_entity(detector), "type": "TrafficFlowObserved",
+            "occupancy": {"type": "Property", "value": occupancy, "unitCode": "P1", "observedAt": stamp},
+            "averageVehicleSpeed": {"type": "Property", "value": speed, "unitCode": "KMH", "observedAt": stamp}}
+    written = await client.post("/ngsi-ld/v1/entityOperations/upsert", json=[body])
+    assert written.status_code in (201, 204), written.text
+
+
+async def test_advance_detectors_reach_the_controller_and_call_a_green(client: Any, app: Any,
+                                                                     moving_clock: list[dt.datetime],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platoon on the east-west advance detectors, nobody yet on the 100 m stop-line detectors: the signal
+    whose plan names them gives east-west the green; the same signal without them rests in north-south."""
+    views: dict[float, list[View]] = {}
+    decide = CityOSAdaptive.decide
+
+    def seen(self: CityOSAdaptive, view: View) -> int:
+        views.setdefault(view.now, []).append(view)
+        return decide(self, view)
+
+    monkeypatch.setattr(CityOSAdaptive, "decide", seen)
+    made = await client.post("/api/traffic/signals", json={"id": "advanced", "controller": "cityos",
+                                                           "plan": {**TWO_PHASES, "advance": ADVANCE}})
+    assert made.status_code == 201, made.text
+    assert made.json()["plan"]["advance"] == ADVANCE
+    assert (await client.post("/api/traffic/signals", json={"id": "plain", "controller": "cityos",
+                                                            "plan": TWO_PHASES})).status_code == 201
+    loop = ControlLoop(app.state.traffic, app.state.hub.service, app.state.iot.tenant, lambda: None, None,
+                       interval=1.0, stale_after=5.0)
+    moving_clock[0] += dt.timedelta(seconds=6)  # north-south's minimum green served
+    await write_readings(client, moving_clock[0], {})  # every stop line empty
+    await write_advance(client, moving_clock[0], "e-in-advance", 16.0, 40.0)  # 8 vehicles coming at 40 km/h
+    await write_advance(client, moving_clock[0], "w-in-advance", 0.0, 50.0)
+    await loop.round()
+
+    advanced = (await client.get("/api/traffic/signals/advanced")).json()
+    plain = (await client.get("/api/traffic/signals/plain")).json()
+    assert advanced["phase"] == 1 and advanced["fallback"] is False  # the platoon called the green
+    assert plain["phase"] == 0 and plain["fallback"] is False  # nothing seen: resting in north-south
+    decided = views[moving_clock[0].timestamp()]
+    with_advance = next(v for v in decided if v.approaches.get("e_in") and v.approaches["e_in"].arriving is not None)
+    assert with_advance.approaches["e_in"].arriving == pytest.approx(8.0)
+    assert with_advance.approaches["w_in"].arriving == 0.0
+    assert with_advance.approaches["n_in"].arriving is None  # north-south has no advance detector
+    without = next(v for v in decided if v is not with_advance)
+    assert set(without.approaches) == {"n_in", "s_in", "e_in", "w_in"}
+    assert all(a.arriving is None for a in without.approaches.values())
+    assert loop.stats.advance_used == 2 and loop.stats.advance_missing == 0
+
+    # The advance detectors fall silent while the stop-line detectors report: the lanes lose `arriving`, the
+    # signal keeps its controller (no fixed-time fallback).
+    moving_clock[0] += dt.timedelta(seconds=10)
+    await write_readings(client, moving_clock[0], {"e_in": 30.0})
+    await loop.round()
+    assert (await client.get("/api/traffic/signals/advanced")).json()["fallback"] is False
+    latest = [v for v in views[moving_clock[0].timestamp()] if "e_in" in v.approaches]
+    assert latest and all(a.arriving is None for v in latest for a in v.approaches.values())
+    assert loop.stats.advance_missing == 2
+    await loop.stop()
+
+
+@pytest.mark.parametrize("advance", [
+    [{"lane": "x_in", "detector": "x-advance", "distance": 250}],                 # not an incoming lane
+    [{"lane": "n_out", "detector": "n-advance", "distance": 250}],                # an outgoing lane
+    [{"lane": "e_in", "detector": "a", "distance": 250}, {"lane": "e_in", "detector": "b", "distance": 200}],
+    [{"lane": "e_in", "detector": "bad name!", "distance": 250}],                 # not a device name
+    [{"lane": "e_in", "detector": "e-advance", "distance": 5}],                   # shorter than a loop zone
+    [{"lane": "e_in", "detector": "e-advance", "distance": 5000}],                # beyond any approach
+    [{"lane": "e_in", "detector": "e-advance", "distance": "far"}],               # not a number
+    [{"lane": "e_in", "detector": "e-advance"}],                                  # no distance
+    [{"lane": "e_in", "detector": "e-advance", "distance": 250, "kind": "x"}],    # unknown field
+])
+async def test_bad_advance_detectors_are_refused(client: Any, advance: list[dict[str, Any]]) -> None:
+    response = await client.post("/api/traffic/signals", json={"id": "bad", "plan": {**TWO_PHASES,
+                                                                                      "advance": advance}})
+    assert response.status_code in (400, 422), response.text
+    assert (await client.get("/api/traffic/signals/bad")).status_code == 404
+
+
+async def test_advance_detectors_need_the_plans_links(client: Any) -> None:
+    plan = {k: v for k, v in TWO_PHASES.items() if k != "links"}
+    response = await client.post("/api/traffic/signals", json={"id": "unlinked", "plan": {**plan,
+                                                                                           "advance": ADVANCE}})
+    assert response.status_code == 400 and "links" in response.text
+
+
+@pytest.fixture(scope="module")
+def long_junction(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The four-arm junction with 400 m arms: every incoming lane is long enough for an advance detector."""
+    from cityos.traffic.sumo import separate_junctions
+
+    return separate_junctions(tmp_path_factory.mktemp("long-junction"), 1, period_ew=2.5, arm_m=400.0)
+
+
+@needs_mqtt
+@pytest.mark.skipif(libsumo is None, reason="libsumo is not installed")
+async def test_advance_detector_readings_reach_the_controller_through_mqtt(
+        client: Any, app: Any, long_junction: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SUMO's advance detectors as devices of their own: their readings go through MQTT and the hub into the
+    control loop's `ApproachReading`s, which the `cityos` controller decides on."""
+    from cityos.traffic.sumo import ADVANCE_M
+
+    net, routes = long_junction
+    site = read_sites(net, cabinet_of=lambda _tls: "long-c-cabinet", signal_of=lambda _tls: "long-c")["long-c"]
+    assert {a.lane for a in site.advance} == set(site.in_lanes)
+    assert all(a.distance == ADVANCE_M and a.device == f"{a.lane}-advance" for a in site.advance)
+    gateway = "long-c-detectors"
+    result = await app.state.iot.provision_many(
+        [DeviceIn(name=gateway, profile="traffic-flow", gateway=True)]
+        + [DeviceIn(name=name, profile="traffic-flow", gatewayName=gateway)
+           for name in (*site.lanes, *(a.device for a in site.advance))]
+        + [DeviceIn(name="long-c-cabinet", profile="traffic-signal")])
+    assert not result.errors
+    made = await client.post("/api/traffic/signals", json={"id": "long-c", "device": "long-c-cabinet",
+                                                           "controller": "cityos", "plan": plan_doc(site)})
+    assert made.status_code == 201, made.text
+    assert {a["lane"] for a in made.json()["plan"]["advance"]} == set(site.in_lanes)
+
+    arriving: list[tuple[str, float]] = []
+    decide = CityOSAdaptive.decide
+
+    def seen(self: CityOSAdaptive, view: View) -> int:
+        arriving.extend((lane, a.arriving) for lane, a in view.approaches.items() if a.arriving)
+        return decide(self, view)
+
+    monkeypatch.setattr(CityOSAdaptive, "decide", seen)
+    topics = new_prefix()
+    worker = await start_worker(app, topics)
+    assert MQTT_URL is not None
+    commands = CommandSender(app.state.iot, MQTT_URL, prefix=topics)
+    street = SumoField(net, routes, {"long-c": site}, MQTT_URL, topics, gateway, report_every=1.0)
+    running = FieldThread(street, {"long-c": site.plan.phases[0].state})
+    await running.start()
+    loop = ControlLoop(app.state.traffic, app.state.hub.service, app.state.iot.tenant,
+                       lambda: command_batch_sender(commands), app.state.iot.rpc_statuses, interval=0.5,
+                       stale_after=3.0)
+    east, west = "j0_e_in_0-advance", "j0_w_in_0-advance"
+    try:
+        loop.start()
+
+        async def platoon_seen() -> bool:  # east-west vehicles entered the advance zones and the controller saw them
+            return any(lane in ("j0_e_in_0", "j0_w_in_0") for lane, _ in arriving)
+
+        assert await wait_for(platoon_seen, 45), (loop.stats, street.published)
+        found = await app.state.hub.service.retrieve_many(app.state.iot.tenant, [
+            detector_entity(east), detector_entity(west), device_id(east)])
+        readings = [detector_reading(found[detector_entity(d)].attrs, ADVANCE_M) for d in (east, west)]
+        assert all(r is not None for r in readings)
+
+        async def described() -> bool:  # the gateway told the advance device's lane and distance
+            record = (await app.state.hub.service.retrieve_many(app.state.iot.tenant, [device_id(east)])).get(
+                device_id(east))
+            names = {iri.rsplit("/", 1)[-1]: v for iri, v in (record.attrs if record else {}).items()}
+            return bool(names.get("lane")) and names["lane"][0]["value"] == "j0_e_in_0" \
+                and names["distanceFromStopLine"][0]["value"] == ADVANCE_M
+
+        assert await wait_for(described, 10)
+    finally:
+        await loop.stop()
+        await running.stop()
+        await commands.close()
+        await stop_worker(worker)
+    assert loop.stats.advance_used > 0
+    assert not any(lane in ("j0_n_in_0", "j0_s_in_0") for lane, _ in arriving)  # no traffic north-south
+    assert not street.rejected

@@ -5,8 +5,9 @@ pattern from the time the demo starts, looped when it ends), in a thread of the 
 clock (`cityos.sim.sumo_field`). Its 54 junctions are registered as `TrafficSignal`s (controller
 `cityos`, the network's own plans) whose cabinets are IoT `traffic-signal` devices at the junctions (so
 the cockpit's traffic layer shows them), and its detector lanes as `traffic-flow` devices behind one
-detector gateway; all of them talk to the demo's embedded broker with their own tokens. The platform's
-control loop (`CITYOS_TRAFFIC_CONTROL_SECONDS`, 5 s unless set) decides the phases from the detectors in
+detector gateway, with an advance detector device over the last 250 m of every incoming lane longer than
+that (all the city's links are); all of them talk to the demo's embedded broker with their own tokens. The
+platform's control loop (`CITYOS_TRAFFIC_CONTROL_SECONDS`, 5 s unless set) decides the phases from the detectors in
 the hub and commands them as RPC; the cabinets show them in SUMO and acknowledge.
 """
 
@@ -27,7 +28,15 @@ from cityos.core import clock
 from cityos.core.errors import AlreadyExists, ResourceNotFound
 from cityos.iot.models import DeviceIn
 from cityos.security.policy import Principal
-from cityos.sim.sumo_field import SignalSite, SumoField, detector_lanes, plan_doc, read_sites
+from cityos.sim.sumo_field import (
+    SignalSite,
+    SumoField,
+    advance_loops,
+    detector_devices,
+    detector_lanes,
+    plan_doc,
+    read_sites,
+)
 from cityos.traffic.models import SignalIn
 
 log = logging.getLogger("cityos.sim.sumo_demo")
@@ -79,8 +88,8 @@ async def provision_field(iot: Any, sites: Mapping[str, SignalSite], gateway: st
     from cityos.sim.platform import gateway_profile
 
     specs = [DeviceIn(name=gateway, profile=gateway_profile(iot.profiles), gateway=True, department=DEPARTMENT)]
-    specs += [DeviceIn(name=lane, profile="traffic-flow", gatewayName=gateway, department=DEPARTMENT)
-              for lane in detector_lanes(sites)]
+    specs += [DeviceIn(name=name, profile="traffic-flow", gatewayName=gateway, department=DEPARTMENT)
+              for name in detector_devices(sites)]
     specs += [DeviceIn(name=site.cabinet, profile="traffic-signal", lon=site.lon, lat=site.lat, department=DEPARTMENT)
               for site in sites.values()]
     result = await iot.provision_many(specs)
@@ -188,5 +197,6 @@ async def start_city_traffic(app: Any, mqtt_url: str, seed: int, directory: Path
         with contextlib.suppress(Exception):
             await running.stop()
         raise
-    log.info("SUMO field: %d signals, %d detector lanes", len(network.sites), len(detector_lanes(network.sites)))
+    log.info("SUMO field: %d signals, %d detector lanes, %d advance detectors", len(network.sites),
+             len(detector_lanes(network.sites)), len(advance_loops(network.sites)))
     return running

@@ -6,6 +6,11 @@ network, paced to the wall clock in a thread of its own, stands for the streets:
 - each detector lane is an IoT `traffic-flow` device behind one detector gateway, which publishes the
   lanes' occupancy (%), mean speed (km/h) and vehicles entered since the last reading as ThingsBoard
   gateway telemetry (`<prefix>/<gateway>/gateway/telemetry`);
+- each signalised incoming lane longer than `ADVANCE_M` has an advance detector over its last `ADVANCE_M`
+  (a SUMO lane-area detector, as in the in-process benchmark), a `traffic-flow` device of its own
+  (`<lane>-advance`) behind the same gateway: its readings go out with the lanes', and once connected the
+  gateway tells its client attributes (the lane it watches, its distance from the stop line); the signal's
+  plan names it (`plan_doc`: `advance`), which is how the control loop links it to the approach;
 - each signal's cabinet is an IoT `traffic-signal` device that takes `setPhase` RPC requests
   (`<prefix>/<cabinet>/rpc/request/<id>`), shows their yellow, all-red and green in SUMO at once, and
   acknowledges (`<prefix>/<cabinet>/rpc/response/<id>`).
@@ -22,7 +27,10 @@ loop's test runs a single junction.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -35,11 +43,26 @@ import orjson
 
 from cityos.traffic.signals import SignalPlan
 
+ADVANCE_SUFFIX = "-advance"
+
 log = logging.getLogger("cityos.sim.sumo_field")
 
 STEP_S = 0.5  # SUMO's step; the wall clock paces it
 TICK_S = 0.02  # how often the thread looks for requests and lamp changes between steps
 CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class AdvanceLoop:
+    """An advance detector: a `traffic-flow` device over the last `distance` metres of one incoming lane."""
+
+    lane: str
+    device: str
+    distance: float
+
+
+def advance_device(lane: str) -> str:
+    return f"{lane}{ADVANCE_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +78,7 @@ class SignalSite:
     cabinet: str  # the IoT `traffic-signal` device that takes its phase commands
     lon: float | None = None
     lat: float | None = None
+    advance: tuple[AdvanceLoop, ...] = ()  # the incoming lanes' advance detectors (lanes over `ADVANCE_M`)
 
 
 def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
@@ -62,7 +86,7 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
     """The network's signalised junctions, with their plans, links and detector lanes (libsumo, briefly)."""
     import libsumo
 
-    from cityos.traffic.sumo import intersections_of, plans_from_net, sumo_binary
+    from cityos.traffic.sumo import ADVANCE_M, intersections_of, plans_from_net, sumo_binary
 
     plans = plans_from_net(net)
     libsumo.start([sumo_binary("sumo"), "-n", str(net), "--no-step-log", "true", "--no-warnings", "true"])
@@ -73,10 +97,12 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
                           for link in libsumo.trafficlight.getControlledLinks(crossing.tls))
             signal = signal_of(crossing.tls) if signal_of else crossing.tls
             lon, lat = (positions or {}).get(crossing.tls, (None, None))
+            advance = tuple(AdvanceLoop(lane, advance_device(lane), ADVANCE_M) for lane in crossing.in_lanes
+                            if float(libsumo.lane.getLength(lane)) > ADVANCE_M)
             sites[signal] = SignalSite(signal, crossing.tls, crossing.plan, links, crossing.in_lanes,
                                        tuple(dict.fromkeys((*crossing.in_lanes, *crossing.out_lanes))),
                                        cabinet_of(crossing.tls) if cabinet_of else f"{crossing.tls}-cabinet",
-                                       lon, lat)
+                                       lon, lat, advance)
     finally:
         libsumo.close()
     return sites
@@ -85,20 +111,50 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
 def plan_doc(site: SignalSite, *, min_green: float | None = None, max_green: float | None = None,
              fixed_green: float | None = None, yellow: float | None = None,
              all_red: float | None = None) -> dict[str, Any]:
-    """The body of `plan` for `POST /api/traffic/signals` (`SignalIn`): the net's greens, clearances and
-    links, or the times given instead."""
+    """The body of `plan` for `POST /api/traffic/signals` (`SignalIn`): the net's greens, clearances, links
+    and advance detectors, or the times given instead."""
     phases = [{"state": p.state, "minGreen": min_green if min_green is not None else p.min_green,
                "maxGreen": max_green if max_green is not None else p.max_green,
                "fixedGreen": fixed_green if fixed_green is not None else p.fixed_green}
               for p in site.plan.phases]
-    return {"phases": phases, "yellow": site.plan.yellow if yellow is None else yellow,
-            "allRed": site.plan.all_red if all_red is None else all_red,
-            "conflicts": sorted(site.plan.conflicts),
-            "links": [{"in": lane_in, "out": lane_out} for lane_in, lane_out in site.links]}
+    doc: dict[str, Any] = {
+        "phases": phases, "yellow": site.plan.yellow if yellow is None else yellow,
+        "allRed": site.plan.all_red if all_red is None else all_red, "conflicts": sorted(site.plan.conflicts),
+        "links": [{"in": lane_in, "out": lane_out} for lane_in, lane_out in site.links]}
+    if site.advance:
+        doc["advance"] = [{"lane": a.lane, "detector": a.device, "distance": a.distance} for a in site.advance]
+    return doc
 
 
 def detector_lanes(sites: Mapping[str, SignalSite]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(lane for site in sites.values() for lane in site.lanes))
+
+
+def advance_loops(sites: Mapping[str, SignalSite]) -> dict[str, AdvanceLoop]:
+    """Every site's advance detectors by device name."""
+    return {a.device: a for site in sites.values() for a in site.advance}
+
+
+def detector_devices(sites: Mapping[str, SignalSite]) -> tuple[str, ...]:
+    """The field's `traffic-flow` devices: the detector lanes, then the advance detectors."""
+    return (*detector_lanes(sites), *advance_loops(sites))
+
+
+def advance_detectors_file(net: Path, loops: Mapping[str, AdvanceLoop], path: Path) -> Path:
+    """An additional file with a lane-area detector per advance loop, named as its device."""
+    import xml.etree.ElementTree as ET
+
+    import sumolib
+
+    lanes = sumolib.net.readNet(str(net))
+    root = ET.Element("additional")
+    for loop in loops.values():
+        length = float(lanes.getLane(loop.lane).getLength())
+        ET.SubElement(root, "laneAreaDetector", id=loop.device, lane=loop.lane,
+                      pos=f"{max(0.0, length - loop.distance):.2f}", endPos=f"{length:.2f}", freq="86400",
+                      file=os.devnull)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    return path
 
 
 class DeviceLink:
@@ -168,6 +224,8 @@ class SumoField:
     # request topic; for a broker without per-device credentials and hundreds of cabinets (a process cannot
     # hold hundreds of MQTT clients: each takes three descriptors and paho's select() stops at 1,024).
     shared_cabinet_link: bool = False
+    sumo_args: tuple[str, ...] = ()  # more SUMO options (a benchmark's trip output)
+    end_s: float | None = None  # `run` returns once this much simulated time has passed (None: until `stop`)
     shown: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # tls → (wall time, state) per change
     requests: list[int] = field(default_factory=list)
     actuated: dict[int, float] = field(default_factory=dict)  # RPC id → time.monotonic() its first lamps showed
@@ -186,6 +244,8 @@ class SumoField:
     _edge_sums: dict[str, list[float]] = field(default_factory=dict)
     _edge_km: dict[str, float] = field(default_factory=dict)
     _edge_lock: threading.Lock = field(default_factory=threading.Lock)
+    _advance: dict[str, AdvanceLoop] = field(default_factory=dict)
+    _additional: Path | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -194,6 +254,10 @@ class SumoField:
         self._lamps = {site.tls: initial.get(site.signal, site.plan.phases[0].state) for site in self.sites.values()}
         self._by_signal = {site.signal: site for site in self.sites.values()}
         self._lanes = detector_lanes(self.sites)
+        self._advance = advance_loops(self.sites)
+        if self._advance:
+            self._additional = Path(tempfile.mkdtemp(prefix="cityos-field-")) / "advance.add.xml"
+            advance_detectors_file(self.net, self._advance, self._additional)
         self._start_sumo()
         self._detectors = self._connect(self.gateway)
         cabinets = dict.fromkeys(site.cabinet for site in self.sites.values())
@@ -209,6 +273,7 @@ class SumoField:
         for link in self._links:
             if not link.connected.wait(CONNECT_TIMEOUT_S):
                 raise ConnectionError(f"device {link.name} could not connect to {self.mqtt_url}")
+        self.publish_advance_attributes()
 
     def _connect(self, name: str) -> DeviceLink:
         link = DeviceLink(self.mqtt_url, name, self.tokens.get(name))
@@ -220,13 +285,16 @@ class SumoField:
 
         from cityos.traffic.sumo import sumo_binary
 
-        libsumo.start([sumo_binary("sumo"), "-n", str(self.net), "-r", str(self.routes), "--step-length",
-                       str(STEP_S), "--no-step-log", "true", "--no-warnings", "true", "--seed", str(self.seed),
-                       "--time-to-teleport", "120"])
+        args = [sumo_binary("sumo"), "-n", str(self.net), "-r", str(self.routes), "--step-length", str(STEP_S),
+                "--no-step-log", "true", "--no-warnings", "true", "--seed", str(self.seed), "--time-to-teleport", "120"]
+        if self._additional is not None:
+            args += ["-a", str(self._additional)]
+        libsumo.start([*args, *self.sumo_args])
         for tls, state in self._lamps.items():
             self._show(tls, state)
-        self._seen = {lane: set() for lane in self._lanes}
-        self._entered = dict.fromkeys(self._lanes, 0)
+        self._seen = {name: set() for name in (*self._lanes, *self._advance)}
+        self._entered = dict.fromkeys((*self._lanes, *self._advance), 0)
+        self._lane_speed = {a.lane: float(libsumo.lane.getMaxSpeed(a.lane)) for a in self._advance.values()}
         self._edge_km = {edge: libsumo.lane.getLength(f"{edge}_0") / 1000.0
                          for edge in libsumo.edge.getIDList() if not edge.startswith(":")}  # ':' = inside junctions
 
@@ -246,6 +314,8 @@ class SumoField:
             link.close()
         self._links.clear()
         self._close_street()
+        if self._additional is not None:
+            shutil.rmtree(self._additional.parent, ignore_errors=True)
 
     def _close_street(self) -> None:
         import libsumo
@@ -326,8 +396,13 @@ class SumoField:
             ids = set(libsumo.lane.getLastStepVehicleIDs(lane))
             self._entered[lane] += len(ids - self._seen[lane])
             self._seen[lane] = ids
+        for device in self._advance:
+            ids = set(libsumo.lanearea.getLastStepVehicleIDs(device))
+            self._entered[device] += len(ids - self._seen[device])
+            self._seen[device] = ids
 
     def readings(self) -> dict[str, dict[str, float]]:
+        """Each detector device's reading since the last call: the lanes', then the advance detectors'."""
         import libsumo
 
         values = {}
@@ -336,7 +411,23 @@ class SumoField:
                             "speed": round(libsumo.lane.getLastStepMeanSpeed(lane) * 3.6, 2),
                             "intensity": self._entered[lane]}
             self._entered[lane] = 0
+        for device, loop in self._advance.items():
+            speed = libsumo.lanearea.getLastStepMeanSpeed(device)  # -1 with nobody on it: a loop reads free flow
+            values[device] = {"occupancy": round(min(100.0, libsumo.lanearea.getLastStepOccupancy(device)), 2),
+                              "speed": round((speed if speed >= 0 else self._lane_speed[loop.lane]) * 3.6, 2),
+                              "intensity": self._entered[device]}
+            self._entered[device] = 0
         return values
+
+    def publish_advance_attributes(self) -> None:
+        """The advance detectors' client attributes through the gateway: the lane each watches and how far up
+        from the stop line it reaches (the Device entities carry them; the signal's plan links them)."""
+        loops = list(self._advance.values())
+        topic = f"{self.prefix}/{self.gateway}/gateway/attributes"
+        for start in range(0, len(loops), self.chunk):
+            self._detectors.publish(topic, {a.device: {"lane": a.lane, "distanceFromStopLine": a.distance,
+                                                       "detectorKind": "advance"}
+                                            for a in loops[start:start + self.chunk]})
 
     def sample_edges(self) -> None:
         """Add every road edge's mean speed and flow now to the sums the congestion index takes."""
@@ -373,7 +464,7 @@ class SumoField:
         began = time.monotonic()
         steps = 0
         every = max(1, round(self.report_every / STEP_S))
-        while not stop.is_set():
+        while not stop.is_set() and (self.end_s is None or steps * STEP_S < self.end_s):
             self.apply_requests()
             self.advance_lamps()
             if time.monotonic() - began >= steps * STEP_S:

@@ -17,6 +17,17 @@ the vehicles on the detector are estimated from occupancy (occupancy × detector
 those counted halting when the lane's speed is under 5 km/h, and `intensity` is summed into the entries
 count Webster measures flows from.
 
+Advance detectors. A plan may name, per incoming lane, an advance detector (`plan.advance`: the lane, the
+detector's device name, the metres it reaches up from the stop line): a loop chain or camera zone over the
+lane's last few hundred metres, a `traffic-flow` device of its own whose entity is
+`urn:ngsi-ld:TrafficFlowObserved:<detector>`. Its vehicles (occupancy × its length / vehicle length) are the
+approach's `arriving` (see `ApproachReading`): the vehicles a green given now would serve, which the `cityos`
+controller weighs instead of the whole lane's. Every incoming lane with a fresh reading becomes an
+`ApproachReading` (its stop-line detector's vehicles, halting and waiting; `arriving` None without a fresh
+advance reading), so the controller decides on the same inputs as in the in-process benchmark
+(`cityos.traffic.sumo`). A missing or stale advance reading only drops `arriving` for its lane (the
+controller then counts the stop-line detector's vehicles, as before); it never sends the signal to fixed time.
+
 Stale or missing data. When an incoming lane's detector has no reading, an impossible one, or none newer
 than `stale_after` seconds, the supervisor runs the plan's fixed-time cycle (`SignalSupervisor.inputs_lost`)
 and the signal shows `fallback: true`; when all readings are fresh again the controller resumes. A signal
@@ -54,18 +65,24 @@ from cityos.core.clock import as_utc
 from cityos.core.errors import ProblemError
 from cityos.hub.service import HubService
 from cityos.security.policy import Principal
-from cityos.traffic.accident_watch import instance, number, occupancy_share, short
 from cityos.traffic.controllers import make_controller
-from cityos.traffic.service import RpcBatchSender, TrafficService, movements_of, plan_from_doc
-from cityos.traffic.signals import LaneReading, Movement, PlanError, SignalSupervisor, View, check_reading
+from cityos.traffic.detectors import (
+    DetectorReading,
+    approach_readings,
+    detector_entity,
+    detector_reading,
+    fresh_reading,
+    stale_seconds,
+)
+from cityos.traffic.service import RpcBatchSender, TrafficService, advance_detectors, movements_of, plan_from_doc
+from cityos.traffic.signals import LaneReading, Movement, SignalSupervisor, View
 
 log = logging.getLogger("cityos.traffic.control_loop")
 
+__all__ = ["ControlLoop", "DetectorReading", "approach_readings", "control_interval", "detector_entity",
+           "detector_reading", "stale_seconds", "start_control_loop"]
+
 ADAPTIVE_CONTROLLERS = ("webster", "max-pressure", "cityos")
-DETECTOR_TYPE = "TrafficFlowObserved"
-DETECTOR_LENGTH_M = 100.0  # the lane-area detector a reading stands for
-VEHICLE_LENGTH_M = 5.0  # a passenger car: turns occupancy into vehicles when the entity gives no length
-HALTING_KMH = 5.0
 ACK_STATES = frozenset({"succeeded", "failed", "timed_out"})
 ACK_POLL_S = 0.01
 LATENCIES_KEPT = 10_000
@@ -73,10 +90,6 @@ COMMAND_BATCH = 100  # signals decided, then commanded together (one RPC batch, 
 
 # Reads the status of RPC requests by id in one go: {id: status}, unknown ids left out (IotService.rpc_statuses).
 RpcStatusReader = Callable[[list[int]], Awaitable[dict[int, str]]]
-
-
-def detector_entity(lane: str) -> str:
-    return f"urn:ngsi-ld:{DETECTOR_TYPE}:{lane}"
 
 
 def control_interval() -> float:
@@ -87,51 +100,6 @@ def control_interval() -> float:
         log.warning("CITYOS_TRAFFIC_CONTROL_SECONDS is not a number: the control loop is off")
         return 0.0
     return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
-
-
-def stale_seconds(interval: float) -> float:
-    """`CITYOS_TRAFFIC_DETECTOR_STALE_SECONDS`: a reading older than this is not used (default 30 s)."""
-    try:
-        seconds = float(os.environ.get("CITYOS_TRAFFIC_DETECTOR_STALE_SECONDS", "30") or 30)
-    except ValueError:
-        seconds = 30.0
-    return max(seconds, 2 * interval) if math.isfinite(seconds) and seconds > 0 else 30.0
-
-
-@dataclass(frozen=True)
-class DetectorReading:
-    reading: LaneReading
-    observed: datetime
-    intensity: float
-
-
-def detector_reading(attrs: dict[str, Any]) -> DetectorReading | None:
-    """A detector entity's latest reading, or None when it has none or an impossible one."""
-    occupancy = instance(attrs, "occupancy")
-    share = occupancy_share(occupancy)
-    speed_attr = instance(attrs, "averageVehicleSpeed")
-    speed = number(speed_attr.get("value")) if speed_attr else None
-    observed = (occupancy or {}).get("observedAt")
-    if share is None or speed is None or not observed:
-        return None
-    try:
-        at = as_utc(datetime.fromisoformat(str(observed).replace("Z", "+00:00")))
-    except ValueError:
-        return None
-    length_attr = instance(attrs, "averageVehicleLength")
-    vehicle_length = number(length_attr.get("value")) if length_attr else None
-    if vehicle_length is None or not 1.0 <= vehicle_length <= 30.0:
-        vehicle_length = VEHICLE_LENGTH_M
-    intensity_attr = instance(attrs, "intensity")
-    intensity = number(intensity_attr.get("value")) if intensity_attr else None
-    vehicles = share * DETECTOR_LENGTH_M / vehicle_length
-    try:
-        reading = check_reading(LaneReading(
-            vehicles=vehicles, halting=vehicles if speed < HALTING_KMH else 0.0, mean_speed=speed / 3.6,
-            occupancy=share, length=DETECTOR_LENGTH_M))
-    except PlanError:
-        return None
-    return DetectorReading(reading, at, max(0.0, intensity or 0.0))
 
 
 @dataclass
@@ -159,6 +127,7 @@ class DrivenSignal:
     movements: tuple[tuple[Movement, ...], ...]
     in_lanes: tuple[str, ...]
     lanes: tuple[str, ...]
+    advance: dict[str, tuple[str, float]] = field(default_factory=dict)  # in lane → (detector, metres)
     counters: dict[str, LaneCounter] = field(default_factory=dict)
 
 
@@ -180,6 +149,8 @@ class LoopStats:
     refused: int = 0
     fallback_rounds: int = 0
     preempted_rounds: int = 0
+    advance_used: int = 0  # advance detector readings given to a controller
+    advance_missing: int = 0  # advance detectors named by a plan without a fresh reading (their lane: stop line only)
     ack_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
     round_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))  # one round's work
     # perf_counter() of each command's decision by RPC id (the latest ones), for actuation timing in a bench
@@ -308,7 +279,8 @@ class ControlLoop:
         # database with their detectors.
         now = clock.now()
         found = await self.hub.retrieve_many(self.tenant, list(dict.fromkeys(
-            detector_entity(lane) for _, driven in driving for lane in driven.lanes)))
+            detector_entity(name) for _, driven in driving
+            for name in (*driven.lanes, *(detector for detector, _ in driven.advance.values())))))
         # In slices of COMMAND_BATCH signals: a decision waits for its slice's, not the whole round's.
         for start in range(0, len(driving), COMMAND_BATCH):
             fallbacks: dict[str, bool] = {}
@@ -338,7 +310,8 @@ class ControlLoop:
         in_lanes = tuple(dict.fromkeys(m.in_lane for moves in movements for m in moves))
         out_lanes = tuple(dict.fromkeys(m.out_lane for moves in movements for m in moves))
         driven = DrivenSignal(row.controller, row.plan, SignalSupervisor(plan, make_controller(row.controller, plan)),
-                              movements, in_lanes, tuple(dict.fromkeys((*in_lanes, *out_lanes))))
+                              movements, in_lanes, tuple(dict.fromkeys((*in_lanes, *out_lanes))),
+                              {lane: found for lane, found in advance_detectors(row.plan).items() if lane in in_lanes})
         self.signals[row.signal_id] = driven
         return driven
 
@@ -348,15 +321,24 @@ class ControlLoop:
         lanes that have none."""
         lanes: dict[str, LaneReading] = {}
         for lane in driven.lanes:
-            record = found.get(detector_entity(lane))
-            if record is None or not any(short(t) == DETECTOR_TYPE for t in record.types):
-                continue
-            latest = detector_reading(record.attrs)
-            if latest is None or (now - latest.observed).total_seconds() > self.stale_after:
+            latest = fresh_reading(found, lane, now, self.stale_after)
+            if latest is None:
                 continue
             entered = driven.counters.setdefault(lane, LaneCounter()).add(latest)
             lanes[lane] = LaneReading(**{**latest.reading.__dict__, "entered": entered})
         return lanes, [lane for lane in driven.in_lanes if lane not in lanes]
+
+    def advance_readings(self, driven: DrivenSignal, found: dict[str, Any], now: datetime) -> dict[str, LaneReading]:
+        """The fresh readings of the signal's advance detectors, by the incoming lane each watches."""
+        out: dict[str, LaneReading] = {}
+        for lane, (detector, distance) in driven.advance.items():
+            latest = fresh_reading(found, detector, now, self.stale_after, distance)
+            if latest is None:
+                self.stats.advance_missing += 1
+                continue
+            out[lane] = latest.reading
+        self.stats.advance_used += len(out)
+        return out
 
     def decide(self, row: Any, driven: DrivenSignal, found: dict[str, Any], now: datetime) -> int | None:
         """The supervisor's decision for one signal from its detectors' readings: the phase to change to, if any."""
@@ -368,6 +350,7 @@ class ControlLoop:
         supervisor.phase = supervisor.target = row.phase
         supervisor.stage, supervisor.stage_start = "green", green_since.timestamp()
         lanes, missing = self.readings(driven, found, now)
+        approaches = approach_readings(driven.in_lanes, lanes, self.advance_readings(driven, found, now))
         moment = now.timestamp()
         if not driven.in_lanes or missing:
             supervisor.inputs_lost(moment, f"no fresh reading from {', '.join(missing[:5]) or 'any detector'}")
@@ -375,7 +358,7 @@ class ControlLoop:
             supervisor.inputs_restored()
         if supervisor.runs_fixed_time:
             self.stats.fallback_rounds += 1
-        supervisor.view_of = lambda at, phase, elapsed: View(at, phase, elapsed, lanes, driven.movements)
+        supervisor.view_of = lambda at, phase, elapsed: View(at, phase, elapsed, lanes, driven.movements, approaches)
         supervisor.tick(moment)
         return None if supervisor.stage == "green" else supervisor.target  # green holds, or the change it starts
 

@@ -85,6 +85,20 @@ class LinkIn(BaseModel):
     out_lane: str = Field(alias="out", min_length=1, max_length=128)
 
 
+DETECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")  # an IoT device name
+
+
+class AdvanceDetectorIn(BaseModel):
+    """An advance detector of an approach: a loop (or a camera zone) over the last `distance` metres before
+    the stop line of one incoming lane, a `traffic-flow` device of its own (its entity is
+    `TrafficFlowObserved:<detector>`). It tells the controller which vehicles a green given now would serve."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    lane: str = Field(min_length=1, max_length=128, description="the incoming lane (a link's `in`) it watches")
+    detector: str = Field(min_length=1, max_length=64, description="its IoT device name")
+    distance: StrictFloat | StrictInt = Field(ge=20, le=2000, description="metres from the stop line it reaches up")
+
+
 class PlanIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     phases: list[PhaseIn] = Field(min_length=1, max_length=MAX_PHASES)
@@ -93,6 +107,8 @@ class PlanIn(BaseModel):
     conflicts: list[tuple[StrictInt, StrictInt]] = Field(default_factory=list, max_length=MAX_LINKS * MAX_LINKS)
     links: list[LinkIn] | None = Field(default=None, max_length=MAX_LINKS,
                                        description="per link: its incoming and outgoing detector lanes")
+    advance: list[AdvanceDetectorIn] | None = Field(default=None, max_length=MAX_LINKS,
+                                                    description="advance detectors, at most one per incoming lane")
 
     def to_plan(self) -> SignalPlan:
         return SignalPlan(

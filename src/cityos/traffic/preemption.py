@@ -11,7 +11,9 @@ the simulator, `TrafficService.command_phase` in the platform): minimum green, y
 still served, so pre-emption cannot show conflicting greens or cut a pedestrian crossing short. The
 lead time covers that: yellow + all-red + a minimum green + the queue ahead discharging.
 
-In the simulator the lead is not fixed: as real "clear ahead" pre-emption does, each signal's green
+In the simulator (and through the platform, `TrafficService.preempt`, from the signal's stored state and its
+detectors' latest readings, the fixed `LEAD_S` only without one) the lead is not fixed: as real "clear ahead"
+pre-emption does, each signal's green
 starts early enough for the route's phase to come up through its clearances (`seconds_to_green`) and for
 the queue standing on the route's lanes ahead of the vehicle to discharge at saturation flow
 (`clear_ahead_lead`), with the vehicle's arrival timed at its desired speed. Every signal on the route

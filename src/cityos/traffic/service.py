@@ -27,7 +27,15 @@ from cityos.security.policy import Principal, Resource, authorize
 from cityos.security.service import Forbidden
 from cityos.traffic import models
 from cityos.traffic.controllers import make_controller
-from cityos.traffic.preemption import APPROACH_SPEED_M_S, GreenWave, RouteSignal
+from cityos.traffic.detectors import approach_readings, detector_entity, fresh_reading, stale_seconds
+from cityos.traffic.preemption import (
+    APPROACH_SPEED_M_S,
+    LEAD_S,
+    GreenWave,
+    RouteSignal,
+    clear_ahead_lead,
+    seconds_to_green,
+)
 from cityos.traffic.signals import (
     FixedTimeController,
     LaneReading,
@@ -35,6 +43,7 @@ from cityos.traffic.signals import (
     Phase,
     PlanError,
     SignalPlan,
+    SignalSupervisor,
     View,
     check_reading,
     transition_states,
@@ -49,6 +58,10 @@ PREEMPTION_HISTORY = dt.timedelta(days=30)
 
 # Sends a device command: (device name, method, params) → the RPC record (id, status).
 RpcSender = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+# Reads hub entities by id: (tenant, ids) → {id: record with `types` and `attrs`} (HubService.retrieve_many).
+EntityReader = Callable[[str, list[str]], Awaitable[dict[str, Any]]]
 
 
 # Sends many device commands at once: [(device name, method, params)] → in order, the RPC record (id, status)
@@ -102,10 +115,85 @@ def movements_of(doc: dict[str, Any], plan: SignalPlan) -> tuple[tuple[Movement,
                        for i, c in enumerate(p.state) if c in "Gg") for p in plan.phases)
 
 
+def advance_detectors(doc: dict[str, Any]) -> dict[str, tuple[str, float]]:
+    """The plan's advance detectors: incoming lane → (detector device, metres it reaches up from the stop line)."""
+    return {a["lane"]: (a["detector"], float(a["distance"])) for a in doc.get("advance") or []}
+
+
+def check_advance(plan: models.PlanIn) -> None:
+    """Refuse advance detectors that name no incoming lane of the plan's links, or two for one lane."""
+    if not plan.advance:
+        return
+    if not plan.links:
+        raise BadRequestData("advance detectors need the plan's links (the lanes they watch)")
+    incoming = {link.in_lane for link in plan.links}
+    seen: set[str] = set()
+    for detector in plan.advance:
+        if detector.lane not in incoming:
+            raise BadRequestData(f"advance detector {detector.detector}: lane {detector.lane!r} is not an incoming "
+                                 "lane of the plan's links")
+        if detector.lane in seen:
+            raise BadRequestData(f"lane {detector.lane!r} has more than one advance detector")
+        if not models.DETECTOR_NAME.match(detector.detector):
+            raise BadRequestData(f"advance detector {detector.detector[:64]!r}: a device name is letters, digits, "
+                                 "'_', '.' or '-' (at most 64)")
+        seen.add(detector.lane)
+
+
+def supervisor_at(plan: SignalPlan, row: Any, now: dt.datetime) -> SignalSupervisor:
+    """A safety supervisor standing where the signal in `row` stands at `now`: in its green, or in the yellow or
+    all-red of the change leading to it (the database keeps when that green starts)."""
+    supervisor = SignalSupervisor(plan, FixedTimeController(plan))
+    supervisor.phase = supervisor.target = row.phase
+    green = as_utc(row.green_since).timestamp()
+    left = green - now.timestamp()
+    if left <= 0:
+        supervisor.stage, supervisor.stage_start = "green", green
+    elif left <= plan.all_red:
+        supervisor.stage, supervisor.stage_start = "all_red", green - plan.all_red
+    else:
+        supervisor.stage, supervisor.stage_start = "yellow", green - plan.all_red - plan.yellow
+    return supervisor
+
+
+def queue_on(doc: dict[str, Any], plan: SignalPlan, phase: int, found: dict[str, Any], now: dt.datetime,
+             stale_after: float) -> float | None:
+    """Vehicles on the fullest incoming lane that `phase` serves, from the fresh readings among `found` (its
+    stop-line detector, or its advance detector where that counts more), or None when none of them is known."""
+    if not 0 <= phase < len(plan.phases):
+        return None
+    lanes = tuple(dict.fromkeys(m.in_lane for m in movements_of(doc, plan)[phase]))
+    stop: dict[str, LaneReading] = {}
+    ahead: dict[str, LaneReading] = {}
+    advance = advance_detectors(doc)
+    for lane in lanes:
+        if (reading := fresh_reading(found, lane, now, stale_after)) is not None:
+            stop[lane] = reading.reading
+        if lane in advance:
+            detector, distance = advance[lane]
+            if (reading := fresh_reading(found, detector, now, stale_after, distance)) is not None:
+                ahead[lane] = reading.reading
+    approaches = approach_readings(lanes, stop, ahead)
+    return max((a.vehicles for a in approaches.values()), default=None)
+
+
+def detector_ids(doc: dict[str, Any], plan: SignalPlan, phase: int) -> list[str]:
+    """The hub entities of the detectors on the incoming lanes `phase` serves (stop-line and advance)."""
+    if not 0 <= phase < len(plan.phases):
+        return []
+    lanes = dict.fromkeys(m.in_lane for m in movements_of(doc, plan)[phase])
+    advance = advance_detectors(doc)
+    names = [*lanes, *(advance[lane][0] for lane in lanes if lane in advance)]
+    return [detector_entity(name) for name in names]
+
+
 class TrafficService:
-    def __init__(self, engine: AsyncEngine, write_lock: asyncio.Lock | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, write_lock: asyncio.Lock | None = None,
+                 detectors: EntityReader | None = None) -> None:
         self.engine = engine
         self._write_lock = write_lock or asyncio.Lock()
+        # The hub's detector entities, for pre-emption's clear-ahead lead (None: the fixed lead only).
+        self.detectors = detectors
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -123,6 +211,7 @@ class TrafficService:
             validate_plan(plan)
         except PlanError as exc:
             raise BadRequestData(f"unsafe signal plan: {exc}") from exc
+        check_advance(spec.plan)
         doc = spec.plan.model_dump(by_alias=True)
         now = clock.now()
         try:
@@ -273,18 +362,45 @@ class TrafficService:
         Called as the vehicle moves (each call carries the signals still ahead). Every command goes
         through `command_phase`, so minimum green and clearances still hold: a signal whose minimum
         green is not served yet answers `waiting` and is asked again on the next call.
+
+        Each signal's lead is the simulator's clear-ahead lead (`preemption.clear_ahead_lead`): the time its
+        route phase needs to come up through minimum green and clearances from where the signal stands
+        (`seconds_to_green`), plus the discharge of the vehicles on the fullest lane that phase serves, as its
+        latest fresh detector readings count them. A signal none of whose detectors for that phase has a fresh
+        reading is asked at the fixed `LEAD_S` (`leadBasis` says which one each signal got).
         """
         check_allowed(principal, "traffic.control", tenant)
         async with self.engine.connect() as conn:
-            for ahead in spec.signals:
-                await self._row(conn, tenant, ahead.signal)  # 404 before any command
+            rows = {ahead.signal: await self._row(conn, tenant, ahead.signal)  # 404 before any command
+                    for ahead in spec.signals}
+        now = clock.now()
+        plans = {signal: plan_from_doc(row.plan) for signal, row in rows.items()}
+        found: dict[str, Any] = {}
+        if self.detectors is not None:
+            found = await self.detectors(tenant, list(dict.fromkeys(
+                ident for a in spec.signals for ident in detector_ids(rows[a.signal].plan, plans[a.signal], a.phase))))
+        stale_after = stale_seconds(0.0)
+        leads: dict[str, tuple[float, str]] = {}
+
+        def lead_of(signal: RouteSignal, _eta: float) -> float:
+            row, plan = rows[signal.tls], plans[signal.tls]
+            queue = queue_on(row.plan, plan, signal.phase, found, now, stale_after)
+            if queue is None:
+                leads[signal.tls] = (LEAD_S, "fixed")
+            else:
+                to_green = seconds_to_green(supervisor_at(plan, row, now), signal.phase, now.timestamp())
+                leads[signal.tls] = (clear_ahead_lead(queue, to_green), "clear-ahead")
+            return leads[signal.tls][0]
+
         wave = GreenWave(spec.vehicle, [RouteSignal(a.signal, a.phase, i, float(a.distance))
                                         for i, a in enumerate(spec.signals)])
-        wanted = wave.requests(0, 0.0, float(spec.speed))
+        wanted = wave.requests(0, 0.0, float(spec.speed), lead_of=lead_of)
         results = []
         for ahead in spec.signals:
             eta = round(float(ahead.distance) / max(float(spec.speed), APPROACH_SPEED_M_S), 1)
-            entry: dict[str, Any] = {"signal": ahead.signal, "phase": ahead.phase, "eta": eta}
+            lead, basis = leads.get(ahead.signal, (LEAD_S, "fixed"))
+            entry: dict[str, Any] = {"signal": ahead.signal, "phase": ahead.phase, "eta": eta,
+                                     "lead": round(lead, 1), "leadBasis": basis}
             if ahead.signal not in wanted:
                 entry["outcome"] = "later"
             else:

@@ -199,8 +199,8 @@ def actuated_programs(plans: dict[str, SignalPlan], path: Path) -> Path:
 
 
 def separate_junctions(base: Path, count: int, period_ew: float,
-                       period_ns: float | None = None) -> tuple[Path, Path]:
-    """`count` signalised four-arm junctions of 100 m single-lane roads, unconnected, and their traffic.
+                       period_ns: float | None = None, arm_m: float = 100.0) -> tuple[Path, Path]:
+    """`count` signalised four-arm junctions of `arm_m` (100 m) single-lane roads, unconnected, and their traffic.
 
     Junction i is the traffic light `j<i>`; its roads are `j<i>_{n,s,e,w}_{in,out}` (lanes `..._0`, also
     valid IoT device names). Vehicles arrive east-west every `period_ew` seconds each way and, with
@@ -208,10 +208,10 @@ def separate_junctions(base: Path, count: int, period_ew: float,
     """
     import subprocess
 
-    arms = {"n": (0, 100), "s": (0, -100), "e": (100, 0), "w": (-100, 0)}
+    arms = {"n": (0, arm_m), "s": (0, -arm_m), "e": (arm_m, 0), "w": (-arm_m, 0)}
     nodes, edges, flows = [], [], []
     for i in range(count):
-        x0 = i * 400
+        x0 = i * 4 * arm_m
         nodes.append(f'<node id="j{i}" x="{x0}" y="0" type="traffic_light"/>')
         for arm, (dx, dy) in arms.items():
             nodes.append(f'<node id="j{i}_{arm}" x="{x0 + dx}" y="{dy}" type="priority"/>')
@@ -488,8 +488,9 @@ def intersections_of(sim: Any, plans: dict[str, SignalPlan]) -> list[Intersectio
 def run_scenario(scenario: Scenario, controller: str, factory: ControllerFactory | None, *, seed: int = 1,
                  track_flows: bool = False, queue_every: int = 5,
                  on_step: Callable[[Any, float], None] | None = None,
-                 before_tick: BeforeTick | None = None) -> RunResult:
+                 before_tick: BeforeTick | None = None, step_length: float = 1.0) -> RunResult:
     """Run one scenario with one controller in libsumo. `factory` None means SUMO's actuated programs.
+    `step_length`: SUMO's step (the platform's SUMO field steps 0.5 s); the signals tick every step.
 
     `before_tick(sim, now, supervisors)` runs every second before the signals decide (pre-emption
     commands phases there); `on_step(sim, now)` runs just before each simulation step.
@@ -516,7 +517,7 @@ def run_scenario(scenario: Scenario, controller: str, factory: ControllerFactory
                 "--tripinfo-output.write-undeparted", "true",
                 "--no-step-log", "true", "--no-warnings", "true", "--duration-log.disable", "true",
                 "--time-to-teleport", "300", "--ignore-route-errors", "true",
-                "--device.rerouting.adaptation-steps", "0"]
+                "--device.rerouting.adaptation-steps", "0", "--step-length", f"{step_length:g}"]
         if additional:
             args += ["-a", ",".join(str(a) for a in additional)]
         libsumo.start(args)
