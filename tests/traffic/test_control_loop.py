@@ -38,6 +38,7 @@ from cityos.traffic.control_loop import (
 from cityos.traffic.controllers.adaptive import CityOSAdaptive
 from cityos.traffic.service import one_by_one
 from cityos.traffic.signals import ApproachReading, LaneReading, View
+from detector_readings import write_reading
 from iot.mqtt_support import MQTT_URL, needs_mqtt, new_prefix, start_worker, stop_worker, wait_for
 
 try:
@@ -413,15 +414,6 @@ TWO_PHASES = {"phases": [{"state": "GGrr", "minGreen": 5, "maxGreen": 60, "fixed
               "yellow": 3, "allRed": 2, "conflicts": [[0, 2], [0, 3], [1, 2], [1, 3]], "links": LANES}
 
 
-async def write_advance(client: Any, at: dt.datetime, detector: str, occupancy: float, speed: float) -> None:
-    stamp = clock.iso(at)
-    body = {"id": detector_entity(detector), "type": "TrafficFlowObserved",
-            "occupancy": {"type": "Property", "value": occupancy, "unitCode": "P1", "observedAt": stamp},
-            "averageVehicleSpeed": {"type": "Property", "value": speed, "unitCode": "KMH", "observedAt": stamp}}
-    written = await client.post("/ngsi-ld/v1/entityOperations/upsert", json=[body])
-    assert written.status_code in (201, 204), written.text
-
-
 async def test_advance_detectors_reach_the_controller_and_call_a_green(client: Any, app: Any,
                                                                      moving_clock: list[dt.datetime],
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
@@ -445,8 +437,8 @@ async def test_advance_detectors_reach_the_controller_and_call_a_green(client: A
                        interval=1.0, stale_after=5.0)
     moving_clock[0] += dt.timedelta(seconds=6)  # north-south's minimum green served
     await write_readings(client, moving_clock[0], {})  # every stop line empty
-    await write_advance(client, moving_clock[0], "e-in-advance", 16.0, 40.0)  # 8 vehicles coming at 40 km/h
-    await write_advance(client, moving_clock[0], "w-in-advance", 0.0, 50.0)
+    await write_reading(client, "e-in-advance", moving_clock[0], 16.0, 40.0)  # 8 vehicles coming at 40 km/h
+    await write_reading(client, "w-in-advance", moving_clock[0], 0.0, 50.0)
     await loop.round()
 
     advanced = (await client.get("/api/traffic/signals/advanced")).json()

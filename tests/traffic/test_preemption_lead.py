@@ -11,8 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from cityos.core import clock
-from cityos.traffic.control_loop import detector_entity
 from cityos.traffic.preemption import (
     CLEAR_MARGIN_S,
     LEAD_S,
@@ -20,6 +18,7 @@ from cityos.traffic.preemption import (
     SATURATION_HEADWAY_S,
     STARTUP_LOST_S,
 )
+from detector_readings import write_reading
 
 T0 = dt.datetime(2026, 3, 3, 9, 0, tzinfo=dt.UTC)
 LINKS = [{"in": "n_in", "out": "s_out"}, {"in": "s_in", "out": "n_out"},
@@ -36,16 +35,6 @@ def plan(prefix: str, advance: bool = False) -> dict[str, Any]:
     if advance:
         doc["advance"] = [{"lane": f"{prefix}-e_in", "detector": f"{prefix}-e_in-advance", "distance": 250}]
     return doc
-
-
-async def reading(client: httpx.AsyncClient, detector: str, at: dt.datetime, occupancy: float,
-                  speed: float = 3.0) -> None:
-    stamp = clock.iso(at)
-    body = {"id": detector_entity(detector), "type": "TrafficFlowObserved",
-            "occupancy": {"type": "Property", "value": occupancy, "unitCode": "P1", "observedAt": stamp},
-            "averageVehicleSpeed": {"type": "Property", "value": speed, "unitCode": "KMH", "observedAt": stamp}}
-    written = await client.post("/ngsi-ld/v1/entityOperations/upsert", json=[body])
-    assert written.status_code in (201, 204), written.text
 
 
 async def preempt(client: httpx.AsyncClient, vehicle: str, signal: str, distance: float,
@@ -71,17 +60,17 @@ async def test_the_lead_is_clear_ahead_from_the_detectors_else_fixed(client: htt
         assert made.status_code == 201, made.text
     moving_clock[0] = T0 + dt.timedelta(seconds=40)  # every signal green north-south for 40 s (minimum served)
     now = moving_clock[0]
-    await reading(client, "stale-e_in", now - dt.timedelta(seconds=120), 50.0)  # two minutes old
+    await write_reading(client, "stale-e_in", now - dt.timedelta(seconds=120), 50.0)  # two minutes old
     moving_clock[0] = now = now + dt.timedelta(seconds=1)
-    await reading(client, "queued-e_in", now, 50.0)   # 10 vehicles queued on the 100 m detector
-    await reading(client, "queued-w_in", now, 20.0)   # 4 on the other lane: the fuller lane counts
-    await reading(client, "empty-e_in", now, 0.0, speed=50.0)
-    await reading(client, "empty-w_in", now, 0.0, speed=50.0)
-    await reading(client, "broken-e_in", now, 250.0)  # an impossible occupancy: not a reading
-    await reading(client, "advance-e_in", now, 0.0, speed=50.0)
-    await reading(client, "advance-e_in-advance", now, 24.0, speed=30.0)  # 12 vehicles over the last 250 m
-    await reading(client, "held-e_in", now, 25.0)     # 5 vehicles; the route's phase 0 is already green
-    await reading(client, "held-n_in", now, 25.0)
+    await write_reading(client, "queued-e_in", now, 50.0)   # 10 vehicles queued on the 100 m detector
+    await write_reading(client, "queued-w_in", now, 20.0)   # 4 on the other lane: the fuller lane counts
+    await write_reading(client, "empty-e_in", now, 0.0, speed=50.0)
+    await write_reading(client, "empty-w_in", now, 0.0, speed=50.0)
+    await write_reading(client, "broken-e_in", now, 250.0)  # an impossible occupancy: not a reading
+    await write_reading(client, "advance-e_in", now, 0.0, speed=50.0)
+    await write_reading(client, "advance-e_in-advance", now, 24.0, speed=30.0)  # 12 vehicles over the last 250 m
+    await write_reading(client, "held-e_in", now, 25.0)     # 5 vehicles; the route's phase 0 is already green
+    await write_reading(client, "held-n_in", now, 25.0)
 
     # No reading, a stale one, an impossible one: the fixed lead (eta 24 s ≤ 25 s: asked now).
     for signal in ("unread", "stale", "broken"):
@@ -122,7 +111,7 @@ async def test_a_signal_in_its_clearance_is_timed_from_what_is_left_of_it(client
     changed = await client.post("/api/traffic/signals/changing/phase", json={"phase": 1})
     assert changed.status_code == 200, changed.text
     moving_clock[0] += dt.timedelta(seconds=1)  # 1 s into the 3 s yellow: 4 s to green
-    await reading(client, "changing-w_in", moving_clock[0], 75.0)  # 15 vehicles
+    await write_reading(client, "changing-w_in", moving_clock[0], 75.0)  # 15 vehicles
     entry = await preempt(client, "amb-changing", "changing", 300)
     assert entry["leadBasis"] == "clear-ahead"
     assert entry["lead"] == pytest.approx(CLEARANCE_S - 1 + discharge(15) + CLEAR_MARGIN_S)
