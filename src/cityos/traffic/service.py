@@ -156,34 +156,37 @@ def supervisor_at(plan: SignalPlan, row: Any, now: dt.datetime) -> SignalSupervi
     return supervisor
 
 
+def phase_detectors(doc: dict[str, Any], plan: SignalPlan, phase: int) -> dict[str, tuple[str, float] | None]:
+    """The incoming lanes `phase` serves, each with its advance detector (device, metres) or None; {} for a
+    phase the plan does not have."""
+    if not 0 <= phase < len(plan.phases):
+        return {}
+    advance = advance_detectors(doc)
+    return {m.in_lane: advance.get(m.in_lane) for m in movements_of(doc, plan)[phase]}
+
+
 def queue_on(doc: dict[str, Any], plan: SignalPlan, phase: int, found: dict[str, Any], now: dt.datetime,
              stale_after: float) -> float | None:
     """Vehicles on the fullest incoming lane that `phase` serves, from the fresh readings among `found` (its
     stop-line detector, or its advance detector where that counts more), or None when none of them is known."""
-    if not 0 <= phase < len(plan.phases):
-        return None
-    lanes = tuple(dict.fromkeys(m.in_lane for m in movements_of(doc, plan)[phase]))
+    lanes = phase_detectors(doc, plan, phase)
     stop: dict[str, LaneReading] = {}
     ahead: dict[str, LaneReading] = {}
-    advance = advance_detectors(doc)
-    for lane in lanes:
+    for lane, advance in lanes.items():
         if (reading := fresh_reading(found, lane, now, stale_after)) is not None:
             stop[lane] = reading.reading
-        if lane in advance:
-            detector, distance = advance[lane]
+        if advance is not None:
+            detector, distance = advance
             if (reading := fresh_reading(found, detector, now, stale_after, distance)) is not None:
                 ahead[lane] = reading.reading
-    approaches = approach_readings(lanes, stop, ahead)
+    approaches = approach_readings(tuple(lanes), stop, ahead)
     return max((a.vehicles for a in approaches.values()), default=None)
 
 
 def detector_ids(doc: dict[str, Any], plan: SignalPlan, phase: int) -> list[str]:
     """The hub entities of the detectors on the incoming lanes `phase` serves (stop-line and advance)."""
-    if not 0 <= phase < len(plan.phases):
-        return []
-    lanes = dict.fromkeys(m.in_lane for m in movements_of(doc, plan)[phase])
-    advance = advance_detectors(doc)
-    names = [*lanes, *(advance[lane][0] for lane in lanes if lane in advance)]
+    lanes = phase_detectors(doc, plan, phase)
+    names = [*lanes, *(advance[0] for advance in lanes.values() if advance is not None)]
     return [detector_entity(name) for name in names]
 
 
