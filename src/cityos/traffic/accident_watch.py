@@ -35,7 +35,7 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cityos.core import clock
 from cityos.core.events import Event, EventBus
@@ -47,6 +47,19 @@ log = logging.getLogger("cityos.traffic.accidents")
 ALARM_RAISED = "ops.alarm.raised"
 POSITIONS = ("upstream", "downstream")
 MAX_PAIRS = 100_000  # stations remembered per process (a bound, not a tuning knob)
+
+Remembered = TypeVar("Remembered")
+
+
+def remembered(states: dict[tuple[str, str], Remembered], key: tuple[str, str],
+               new: Callable[[], Remembered]) -> Remembered:
+    """The state kept for `key`, made with `new` when there is none; past MAX_PAIRS the oldest is forgotten."""
+    state = states.get(key)
+    if state is None:
+        if len(states) >= MAX_PAIRS:
+            states.pop(next(iter(states)))
+        state = states[key] = new()
+    return state
 
 
 def short(iri: str) -> str:
@@ -163,12 +176,7 @@ class AccidentWatch:
 
     async def offer(self, tenant: str, station: StationInterval) -> Detection | None:
         """Take one station's interval; feed the pair's interval once both stations have reported."""
-        key = (tenant, station.pair)
-        readings = self.pairs.get(key)
-        if readings is None:
-            if len(self.pairs) >= MAX_PAIRS:
-                self.pairs.pop(next(iter(self.pairs)))
-            readings = self.pairs[key] = PairReadings()
+        readings = remembered(self.pairs, (tenant, station.pair), PairReadings)
         if readings.observed_until is not None and station.at <= readings.observed_until:
             return None  # a replay or an older reading: that interval was fed already
         readings.latest[station.position] = station
@@ -196,12 +204,7 @@ class AccidentWatch:
         share of the downstream vehicles fell (traffic moved to the next lane to pass it) is a blockage."""
         if up.lane is None or down.lane is None:
             return None
-        key = (tenant, up.segment)
-        section = self.segments.get(key)
-        if section is None:
-            if len(self.segments) >= MAX_PAIRS:
-                self.segments.pop(next(iter(self.segments)))
-            section = self.segments[key] = SegmentLanes()
+        section = remembered(self.segments, (tenant, up.segment), SegmentLanes)
         section.lanes.add(up.lane)
         section.fresh[up.lane] = (up, down)
         if len(section.lanes) < 2 or set(section.fresh) != section.lanes:
