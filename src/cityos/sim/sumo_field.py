@@ -27,7 +27,6 @@ loop's test runs a single junction.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import shutil
 import tempfile
@@ -142,19 +141,9 @@ def detector_devices(sites: Mapping[str, SignalSite]) -> tuple[str, ...]:
 
 def advance_detectors_file(net: Path, loops: Mapping[str, AdvanceLoop], path: Path) -> Path:
     """An additional file with a lane-area detector per advance loop, named as its device."""
-    import xml.etree.ElementTree as ET
+    from cityos.traffic.sumo import lane_end_detectors
 
-    import sumolib
-
-    lanes = sumolib.net.readNet(str(net))
-    root = ET.Element("additional")
-    for loop in loops.values():
-        length = float(lanes.getLane(loop.lane).getLength())
-        ET.SubElement(root, "laneAreaDetector", id=loop.device, lane=loop.lane,
-                      pos=f"{max(0.0, length - loop.distance):.2f}", endPos=f"{length:.2f}", freq="86400",
-                      file=os.devnull)
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
-    return path
+    return lane_end_detectors(net, ((loop.device, loop.lane, loop.distance) for loop in loops.values()), path)
 
 
 class DeviceLink:

@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,23 +291,29 @@ def approach_specs(net_file: Path) -> dict[str, ApproachSpec]:
     return specs
 
 
-def stopline_detectors(net_file: Path, specs: Mapping[str, ApproachSpec], path: Path) -> Path:
-    """An additional file with the stop-line and advance lane-area detectors (no output file is written)."""
+def lane_end_detectors(net_file: Path, zones: Iterable[tuple[str, str, float]], path: Path) -> Path:
+    """An additional file with a lane-area detector per (id, lane, metres) over the lane's last metres (no output
+    file is written)."""
     import sumolib
 
     net = sumolib.net.readNet(str(net_file))
     root = ET.Element("additional")
-    for lane_id, spec in specs.items():
+    for detector, lane_id, metres in zones:
         length = float(net.getLane(lane_id).getLength())
-        ET.SubElement(root, "laneAreaDetector", id=spec.stopline_detector, lane=lane_id,
-                      pos=f"{max(0.0, length - STOPLINE_ZONE_M):.2f}", endPos=f"{length:.2f}",
-                      freq="86400", file=os.devnull)
-        if spec.advance_detector is not None:
-            ET.SubElement(root, "laneAreaDetector", id=spec.advance_detector, lane=lane_id,
-                          pos=f"{max(0.0, length - ADVANCE_M):.2f}", endPos=f"{length:.2f}",
-                          freq="86400", file=os.devnull)
+        ET.SubElement(root, "laneAreaDetector", id=detector, lane=lane_id,
+                      pos=f"{max(0.0, length - metres):.2f}", endPos=f"{length:.2f}", freq="86400", file=os.devnull)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
     return path
+
+
+def stopline_detectors(net_file: Path, specs: Mapping[str, ApproachSpec], path: Path) -> Path:
+    """An additional file with the stop-line and advance lane-area detectors."""
+    zones: list[tuple[str, str, float]] = []
+    for lane_id, spec in specs.items():
+        zones.append((spec.stopline_detector, lane_id, STOPLINE_ZONE_M))
+        if spec.advance_detector is not None:
+            zones.append((spec.advance_detector, lane_id, ADVANCE_M))
+    return lane_end_detectors(net_file, zones, path)
 
 
 class ApproachReader(Mapping[str, ApproachReading]):
