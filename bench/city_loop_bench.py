@@ -1,7 +1,7 @@
 """Delay on the city grid with its signals decided through the platform, against fixed time (issue #15).
 
     uv run --frozen python bench/city_loop_bench.py                       # 600 s of the 07:30 demand
-    uv run --frozen python bench/city_loop_bench.py --seconds 900 --modes advance,stopline
+    uv run --frozen python bench/city_loop_bench.py --seconds 900 --modes zones,advance,lanes --interval 1
 
 What it does (one JSON line on stdout, progress on stderr):
 
@@ -9,12 +9,14 @@ What it does (one JSON line on stdout, progress on stderr):
    runs it), its 54 junctions read as the platform's signal sites (`sumo_field.read_sites`);
 2. per mode, a fresh SQLite database, its own Mosquitto on a free port and the app in process: the sites'
    detector devices provisioned behind one gateway, their cabinets, and each signal registered with the
-   `cityos` controller. Mode `advance`: the plans name the advance detectors (every city lane is longer than
-   250 m) and the field publishes them; mode `stopline`: the plans and the field have the lane detectors
-   only (the platform before advance detectors). The field (`SumoField`, in a process of its own, paced to the
-   wall clock) runs SUMO with 0.5 s steps until `--seconds` of simulated time; the `ControlLoop` decides
-   every `--interval` seconds from the hub and commands phases as RPC over MQTT. SUMO's trip output gives the
-   mean delay per vehicle (time loss + insertion delay, unfinished trips included, as the in-process bench);
+   `cityos` controller. Mode `zones`: the plans name a stop-line detector (the last 60 m) and an advance
+   detector (the last 250 m; every city lane is longer) per incoming lane, and the field publishes them with the
+   queue each sees; mode `advance`: advance detectors only (the platform before stop-line detectors); mode
+   `lanes`: the lanes' own detectors only (before advance detectors). The field (`SumoField`, in a process of
+   its own, paced to the wall clock) runs SUMO with 0.5 s steps until `--seconds` of simulated time; the
+   `ControlLoop` decides every `--interval` seconds from the hub and commands phases as RPC over MQTT. SUMO's
+   trip output gives the mean delay per vehicle (time loss + insertion delay, unfinished trips included, as the
+   in-process bench);
 3. the same network, demand, seed, step and simulated end in process (libsumo): fixed time and the `cityos`
    controller with its in-process detectors (`sumo.run_scenario`): the baseline and the in-process figure.
 """
@@ -86,14 +88,16 @@ async def through_platform(mode: str, args: argparse.Namespace, workdir: Path, n
     from cityos.iot.ingest import IngestWorker
     from cityos.iot.models import DeviceIn
     from cityos.security.policy import Principal
-    from cityos.sim.sumo_field import advance_loops, detector_devices, plan_doc
+    from cityos.sim.sumo_field import advance_loops, detector_devices, plan_doc, zone_loops
     from cityos.traffic.api import command_batch_sender
     from cityos.traffic.control_loop import ControlLoop
     from cityos.traffic.models import SignalIn
     from cityos.traffic.sumo import RunResult, _read_tripinfo
 
-    if mode == "stopline":
-        sites = {signal: replace(site, advance=()) for signal, site in sites.items()}
+    if mode == "advance":  # the platform before stop-line detectors
+        sites = {signal: replace(site, stopline=()) for signal, site in sites.items()}
+    elif mode == "lanes":  # the platform before advance detectors: the lanes' own detectors only
+        sites = {signal: replace(site, stopline=(), advance=()) for signal, site in sites.items()}
     run_dir = workdir / mode
     run_dir.mkdir()
     broker, port = start_mosquitto(run_dir)
@@ -138,7 +142,8 @@ async def through_platform(mode: str, args: argparse.Namespace, workdir: Path, n
             assert ready.get("ready"), ready
             loop.start()  # at once: the street is running (the first round without readings runs fixed time)
             progress(f"{mode}: {len(sites)} signals, {len(devices)} detector devices "
-                     f"({len(advance_loops(sites))} advance), {args.seconds} s simulated")
+                     f"({len(advance_loops(sites))} advance, {len(zone_loops(sites)) - len(advance_loops(sites))} "
+                     f"stop-line), {args.seconds} s simulated")
             began = time.monotonic()
             street: dict[str, Any] | None = None
             while street is None:
@@ -164,7 +169,7 @@ async def through_platform(mode: str, args: argparse.Namespace, workdir: Path, n
                 "rounds": loop.stats.rounds, "commands": loop.stats.commands, "refused": loop.stats.refused,
                 "acknowledged": loop.stats.acknowledged, "unacknowledged": loop.stats.unacknowledged,
                 "fallback_rounds": loop.stats.fallback_rounds, "advance_used": loop.stats.advance_used,
-                "advance_missing": loop.stats.advance_missing, "field": street}
+                "stopline_used": loop.stats.stopline_used, "zones_missing": loop.stats.zones_missing, "field": street}
     finally:
         # Only while the field runs: its thread waiting on `stop` died with it, and a multiprocessing Event's
         # set() then waits for that sleeper for ever.
@@ -198,7 +203,7 @@ async def main() -> None:
     parser.add_argument("--report-every", type=float, default=5.0,
                         help="simulated seconds between readings (the demo's 5 s)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--modes", default="advance,stopline")
+    parser.add_argument("--modes", default="zones,advance")
     args = parser.parse_args()
     from cityos.sim.sumo_field import read_sites
     from cityos.traffic.citynet import city_scenario

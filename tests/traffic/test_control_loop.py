@@ -24,7 +24,7 @@ from cityos.core import clock
 from cityos.iot.commands import CommandSender
 from cityos.iot.models import DeviceIn, RpcIn, device_id
 from cityos.sim.sumo_demo import FieldThread
-from cityos.sim.sumo_field import SumoField, plan_doc, read_sites
+from cityos.sim.sumo_field import SumoField, detector_devices, plan_doc, read_sites
 from cityos.traffic.api import command_batch_sender
 from cityos.traffic.control_loop import (
     ControlLoop,
@@ -79,14 +79,18 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
                                                                junction: tuple[Path, Path]) -> None:
     net, routes = junction
     site = read_sites(net, cabinet_of=lambda _tls: CABINET, signal_of=lambda _tls: "junction-c")["junction-c"]
-    lanes = site.lanes
     north_south, east_west = site.plan.phases[0].state, site.plan.phases[1].state
     assert set(site.in_lanes) == {"j0_n_in_0", "j0_s_in_0", "j0_e_in_0", "j0_w_in_0"}
     assert site.advance == () and "advance" not in plan_doc(site)  # 100 m lanes: no advance detectors
+    # A stop-line detector over the last 60 m of each incoming lane, a device of its own.
+    assert {(z.lane, z.device, z.distance) for z in site.stopline} == {
+        (lane, f"{lane}-stopline", 60.0) for lane in site.in_lanes}
+    assert {d["detector"] for d in plan_doc(site)["stopline"]} == {z.device for z in site.stopline}
 
     result = await app.state.iot.provision_many(
         [DeviceIn(name=GATEWAY, profile="traffic-flow", gateway=True)] +
-        [DeviceIn(name=lane, profile="traffic-flow", gatewayName=GATEWAY) for lane in lanes] +
+        [DeviceIn(name=name, profile="traffic-flow", gatewayName=GATEWAY)
+         for name in detector_devices({"junction-c": site})] +
         [DeviceIn(name=CABINET, profile="traffic-signal")])
     assert not result.errors
     made = await client.post("/api/traffic/signals", json={
@@ -167,6 +171,11 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
     assert loop.stats.acknowledged == len(applied) and loop.stats.unacknowledged == 0
     sources = [c["source"] for c in reversed(history) if c["outcome"] == "applied"]  # oldest first
     assert sources[-1] == "fallback" and "controller" in sources[:2], sources
+    # The controller decided on the stop-line detectors, which reported the queue they saw.
+    assert loop.stats.stopline_used > 0
+    stop_lines = await app.state.hub.service.retrieve_many(
+        app.state.iot.tenant, [detector_entity(z.device) for z in site.stopline])
+    assert len(stop_lines) == 4 and all(any(k.endswith("queueLength") for k in r.attrs) for r in stop_lines.values())
 
 
 def reading_attrs(**values: Any) -> dict[str, Any]:
@@ -453,7 +462,7 @@ async def test_advance_detectors_reach_the_controller_and_call_a_green(client: A
     without = next(v for v in decided if v is not with_advance)
     assert set(without.approaches) == {"n_in", "s_in", "e_in", "w_in"}
     assert all(a.arriving is None for a in without.approaches.values())
-    assert loop.stats.advance_used == 2 and loop.stats.advance_missing == 0
+    assert loop.stats.advance_used == 2 and loop.stats.zones_missing == 0
 
     # The advance detectors fall silent while the stop-line detectors report: the lanes lose `arriving`, the
     # signal keeps its controller (no fixed-time fallback).
@@ -463,7 +472,7 @@ async def test_advance_detectors_reach_the_controller_and_call_a_green(client: A
     assert (await client.get("/api/traffic/signals/advanced")).json()["fallback"] is False
     latest = [v for v in views[moving_clock[0].timestamp()] if "e_in" in v.approaches]
     assert latest and all(a.arriving is None for v in latest for a in v.approaches.values())
-    assert loop.stats.advance_missing == 2
+    assert loop.stats.zones_missing == 2
     await loop.stop()
 
 
@@ -516,7 +525,7 @@ async def test_advance_detector_readings_reach_the_controller_through_mqtt(
     result = await app.state.iot.provision_many(
         [DeviceIn(name=gateway, profile="traffic-flow", gateway=True)]
         + [DeviceIn(name=name, profile="traffic-flow", gatewayName=gateway)
-           for name in (*site.lanes, *(a.device for a in site.advance))]
+           for name in detector_devices({"long-c": site})]
         + [DeviceIn(name="long-c-cabinet", profile="traffic-signal")])
     assert not result.errors
     made = await client.post("/api/traffic/signals", json={"id": "long-c", "device": "long-c-cabinet",

@@ -31,11 +31,11 @@ from cityos.security.policy import Principal
 from cityos.sim.sumo_field import (
     SignalSite,
     SumoField,
-    advance_loops,
     detector_devices,
     detector_lanes,
     plan_doc,
     read_sites,
+    zone_loops,
 )
 from cityos.traffic.models import SignalIn
 
@@ -197,6 +197,8 @@ async def start_city_traffic(app: Any, mqtt_url: str, seed: int, directory: Path
         with contextlib.suppress(Exception):
             await running.stop()
         raise
-    log.info("SUMO field: %d signals, %d detector lanes, %d advance detectors", len(network.sites),
-             len(detector_lanes(network.sites)), len(advance_loops(network.sites)))
+    zones = zone_loops(network.sites)
+    log.info("SUMO field: %d signals, %d detector lanes, %d stop-line and %d advance detectors", len(network.sites),
+             len(detector_lanes(network.sites)), sum(z.kind == "stopline" for z in zones.values()),
+             sum(z.kind == "advance" for z in zones.values()))
     return running

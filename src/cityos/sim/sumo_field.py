@@ -6,11 +6,14 @@ network, paced to the wall clock in a thread of its own, stands for the streets:
 - each detector lane is an IoT `traffic-flow` device behind one detector gateway, which publishes the
   lanes' occupancy (%), mean speed (km/h) and vehicles entered since the last reading as ThingsBoard
   gateway telemetry (`<prefix>/<gateway>/gateway/telemetry`);
-- each signalised incoming lane longer than `ADVANCE_M` has an advance detector over its last `ADVANCE_M`
-  (a SUMO lane-area detector, as in the in-process benchmark), a `traffic-flow` device of its own
-  (`<lane>-advance`) behind the same gateway: its readings go out with the lanes', and once connected the
-  gateway tells its client attributes (the lane it watches, its distance from the stop line); the signal's
-  plan names it (`plan_doc`: `advance`), which is how the control loop links it to the approach;
+- each signalised incoming lane has a stop-line detector over its last `STOPLINE_ZONE_M` (`<lane>-stopline`),
+  and each one longer than `ADVANCE_M` an advance detector over its last `ADVANCE_M` (`<lane>-advance`): SUMO
+  lane-area detectors, as in the in-process benchmark, each a `traffic-flow` device of its own behind the same
+  gateway, reporting the queue it sees (`queue`, metres: the jam over its zone, as a radar or video detector
+  measures it) besides occupancy, speed and count. Their readings go out with the lanes', and once connected
+  the gateway tells their client attributes (the lane each watches, its reach from the stop line, its kind);
+  the signal's plan names them (`plan_doc`: `stopline`, `advance`), which is how the control loop links them
+  to the approach;
 - each signal's cabinet is an IoT `traffic-signal` device that takes `setPhase` RPC requests
   (`<prefix>/<cabinet>/rpc/request/<id>`), shows their yellow, all-red and green in SUMO at once, and
   acknowledges (`<prefix>/<cabinet>/rpc/response/<id>`).
@@ -43,6 +46,7 @@ import orjson
 from cityos.traffic.signals import SignalPlan
 
 ADVANCE_SUFFIX = "-advance"
+STOPLINE_SUFFIX = "-stopline"
 
 log = logging.getLogger("cityos.sim.sumo_field")
 
@@ -52,16 +56,22 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
-class AdvanceLoop:
-    """An advance detector: a `traffic-flow` device over the last `distance` metres of one incoming lane."""
+class ZoneLoop:
+    """A stop-line or advance detector: a `traffic-flow` device over the last `distance` metres of one incoming
+    lane."""
 
     lane: str
     device: str
     distance: float
+    kind: str = "advance"  # or "stopline"
 
 
 def advance_device(lane: str) -> str:
     return f"{lane}{ADVANCE_SUFFIX}"
+
+
+def stopline_device(lane: str) -> str:
+    return f"{lane}{STOPLINE_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,8 @@ class SignalSite:
     cabinet: str  # the IoT `traffic-signal` device that takes its phase commands
     lon: float | None = None
     lat: float | None = None
-    advance: tuple[AdvanceLoop, ...] = ()  # the incoming lanes' advance detectors (lanes over `ADVANCE_M`)
+    advance: tuple[ZoneLoop, ...] = ()  # the incoming lanes' advance detectors (lanes over `ADVANCE_M`)
+    stopline: tuple[ZoneLoop, ...] = ()  # the incoming lanes' stop-line detectors
 
 
 def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
@@ -85,7 +96,7 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
     """The network's signalised junctions, with their plans, links and detector lanes (libsumo, briefly)."""
     import libsumo
 
-    from cityos.traffic.sumo import ADVANCE_M, intersections_of, plans_from_net, sumo_binary
+    from cityos.traffic.sumo import ADVANCE_M, STOPLINE_ZONE_M, intersections_of, plans_from_net, sumo_binary
 
     plans = plans_from_net(net)
     libsumo.start([sumo_binary("sumo"), "-n", str(net), "--no-step-log", "true", "--no-warnings", "true"])
@@ -96,12 +107,15 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
                           for link in libsumo.trafficlight.getControlledLinks(crossing.tls))
             signal = signal_of(crossing.tls) if signal_of else crossing.tls
             lon, lat = (positions or {}).get(crossing.tls, (None, None))
-            advance = tuple(AdvanceLoop(lane, advance_device(lane), ADVANCE_M) for lane in crossing.in_lanes
-                            if float(libsumo.lane.getLength(lane)) > ADVANCE_M)
+            length = {lane: float(libsumo.lane.getLength(lane)) for lane in crossing.in_lanes}
+            advance = tuple(ZoneLoop(lane, advance_device(lane), ADVANCE_M) for lane in crossing.in_lanes
+                            if length[lane] > ADVANCE_M)
+            stopline = tuple(ZoneLoop(lane, stopline_device(lane), round(min(STOPLINE_ZONE_M, length[lane]), 1),
+                                      "stopline") for lane in crossing.in_lanes)
             sites[signal] = SignalSite(signal, crossing.tls, crossing.plan, links, crossing.in_lanes,
                                        tuple(dict.fromkeys((*crossing.in_lanes, *crossing.out_lanes))),
                                        cabinet_of(crossing.tls) if cabinet_of else f"{crossing.tls}-cabinet",
-                                       lon, lat, advance)
+                                       lon, lat, advance, stopline)
     finally:
         libsumo.close()
     return sites
@@ -120,8 +134,9 @@ def plan_doc(site: SignalSite, *, min_green: float | None = None, max_green: flo
         "phases": phases, "yellow": site.plan.yellow if yellow is None else yellow,
         "allRed": site.plan.all_red if all_red is None else all_red, "conflicts": sorted(site.plan.conflicts),
         "links": [{"in": lane_in, "out": lane_out} for lane_in, lane_out in site.links]}
-    if site.advance:
-        doc["advance"] = [{"lane": a.lane, "detector": a.device, "distance": a.distance} for a in site.advance]
+    for kind, zones in (("advance", site.advance), ("stopline", site.stopline)):
+        if zones:
+            doc[kind] = [{"lane": a.lane, "detector": a.device, "distance": a.distance} for a in zones]
     return doc
 
 
@@ -129,18 +144,23 @@ def detector_lanes(sites: Mapping[str, SignalSite]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(lane for site in sites.values() for lane in site.lanes))
 
 
-def advance_loops(sites: Mapping[str, SignalSite]) -> dict[str, AdvanceLoop]:
+def advance_loops(sites: Mapping[str, SignalSite]) -> dict[str, ZoneLoop]:
     """Every site's advance detectors by device name."""
     return {a.device: a for site in sites.values() for a in site.advance}
 
 
+def zone_loops(sites: Mapping[str, SignalSite]) -> dict[str, ZoneLoop]:
+    """Every site's stop-line and advance detectors by device name."""
+    return {a.device: a for site in sites.values() for a in (*site.stopline, *site.advance)}
+
+
 def detector_devices(sites: Mapping[str, SignalSite]) -> tuple[str, ...]:
-    """The field's `traffic-flow` devices: the detector lanes, then the advance detectors."""
-    return (*detector_lanes(sites), *advance_loops(sites))
+    """The field's `traffic-flow` devices: the detector lanes, then the stop-line and advance detectors."""
+    return (*detector_lanes(sites), *zone_loops(sites))
 
 
-def advance_detectors_file(net: Path, loops: Mapping[str, AdvanceLoop], path: Path) -> Path:
-    """An additional file with a lane-area detector per advance loop, named as its device."""
+def zone_detectors_file(net: Path, loops: Mapping[str, ZoneLoop], path: Path) -> Path:
+    """An additional file with a lane-area detector per zone loop, named as its device."""
     from cityos.traffic.sumo import lane_end_detectors
 
     return lane_end_detectors(net, ((loop.device, loop.lane, loop.distance) for loop in loops.values()), path)
@@ -233,7 +253,7 @@ class SumoField:
     _edge_sums: dict[str, list[float]] = field(default_factory=dict)
     _edge_km: dict[str, float] = field(default_factory=dict)
     _edge_lock: threading.Lock = field(default_factory=threading.Lock)
-    _advance: dict[str, AdvanceLoop] = field(default_factory=dict)
+    _zones: dict[str, ZoneLoop] = field(default_factory=dict)  # stop-line and advance detectors by device
     _additional: Path | None = None
 
     # ------------------------------------------------------------------ life cycle
@@ -243,10 +263,10 @@ class SumoField:
         self._lamps = {site.tls: initial.get(site.signal, site.plan.phases[0].state) for site in self.sites.values()}
         self._by_signal = {site.signal: site for site in self.sites.values()}
         self._lanes = detector_lanes(self.sites)
-        self._advance = advance_loops(self.sites)
-        if self._advance:
-            self._additional = Path(tempfile.mkdtemp(prefix="cityos-field-")) / "advance.add.xml"
-            advance_detectors_file(self.net, self._advance, self._additional)
+        self._zones = zone_loops(self.sites)
+        if self._zones:
+            self._additional = Path(tempfile.mkdtemp(prefix="cityos-field-")) / "zones.add.xml"
+            zone_detectors_file(self.net, self._zones, self._additional)
         self._start_sumo()
         self._detectors = self._connect(self.gateway)
         cabinets = dict.fromkeys(site.cabinet for site in self.sites.values())
@@ -262,7 +282,7 @@ class SumoField:
         for link in self._links:
             if not link.connected.wait(CONNECT_TIMEOUT_S):
                 raise ConnectionError(f"device {link.name} could not connect to {self.mqtt_url}")
-        self.publish_advance_attributes()
+        self.publish_zone_attributes()
 
     def _connect(self, name: str) -> DeviceLink:
         link = DeviceLink(self.mqtt_url, name, self.tokens.get(name))
@@ -281,9 +301,9 @@ class SumoField:
         libsumo.start([*args, *self.sumo_args])
         for tls, state in self._lamps.items():
             self._show(tls, state)
-        self._seen = {name: set() for name in (*self._lanes, *self._advance)}
-        self._entered = dict.fromkeys((*self._lanes, *self._advance), 0)
-        self._lane_speed = {a.lane: float(libsumo.lane.getMaxSpeed(a.lane)) for a in self._advance.values()}
+        self._seen = {name: set() for name in (*self._lanes, *self._zones)}
+        self._entered = dict.fromkeys((*self._lanes, *self._zones), 0)
+        self._lane_speed = {a.lane: float(libsumo.lane.getMaxSpeed(a.lane)) for a in self._zones.values()}
         self._edge_km = {edge: libsumo.lane.getLength(f"{edge}_0") / 1000.0
                          for edge in libsumo.edge.getIDList() if not edge.startswith(":")}  # ':' = inside junctions
 
@@ -385,13 +405,14 @@ class SumoField:
             ids = set(libsumo.lane.getLastStepVehicleIDs(lane))
             self._entered[lane] += len(ids - self._seen[lane])
             self._seen[lane] = ids
-        for device in self._advance:
+        for device in self._zones:
             ids = set(libsumo.lanearea.getLastStepVehicleIDs(device))
             self._entered[device] += len(ids - self._seen[device])
             self._seen[device] = ids
 
     def readings(self) -> dict[str, dict[str, float]]:
-        """Each detector device's reading since the last call: the lanes', then the advance detectors'."""
+        """Each detector device's reading since the last call: the lanes', then the stop-line and advance
+        detectors'."""
         import libsumo
 
         values = {}
@@ -400,22 +421,23 @@ class SumoField:
                             "speed": round(libsumo.lane.getLastStepMeanSpeed(lane) * 3.6, 2),
                             "intensity": self._entered[lane]}
             self._entered[lane] = 0
-        for device, loop in self._advance.items():
+        for device, loop in self._zones.items():
             speed = libsumo.lanearea.getLastStepMeanSpeed(device)  # -1 with nobody on it: a loop reads free flow
             values[device] = {"occupancy": round(min(100.0, libsumo.lanearea.getLastStepOccupancy(device)), 2),
                               "speed": round((speed if speed >= 0 else self._lane_speed[loop.lane]) * 3.6, 2),
+                              "queue": round(max(0.0, libsumo.lanearea.getJamLengthMeters(device)), 1),
                               "intensity": self._entered[device]}
             self._entered[device] = 0
         return values
 
-    def publish_advance_attributes(self) -> None:
-        """The advance detectors' client attributes through the gateway: the lane each watches and how far up
-        from the stop line it reaches (the Device entities carry them; the signal's plan links them)."""
-        loops = list(self._advance.values())
+    def publish_zone_attributes(self) -> None:
+        """The stop-line and advance detectors' client attributes through the gateway: the lane each watches and
+        how far up from the stop line it reaches (the Device entities carry them; the signal's plan links them)."""
+        loops = list(self._zones.values())
         topic = f"{self.prefix}/{self.gateway}/gateway/attributes"
         for start in range(0, len(loops), self.chunk):
             self._detectors.publish(topic, {a.device: {"lane": a.lane, "distanceFromStopLine": a.distance,
-                                                       "detectorKind": "advance"}
+                                                       "detectorKind": a.kind}
                                             for a in loops[start:start + self.chunk]})
 
     def sample_edges(self) -> None:

@@ -23,10 +23,18 @@ lane's last few hundred metres, a `traffic-flow` device of its own whose entity 
 `urn:ngsi-ld:TrafficFlowObserved:<detector>`. Its vehicles (occupancy × its length / vehicle length) are the
 approach's `arriving` (see `ApproachReading`): the vehicles a green given now would serve, which the `cityos`
 controller weighs instead of the whole lane's. Every incoming lane with a fresh reading becomes an
-`ApproachReading` (its stop-line detector's vehicles, halting and waiting; `arriving` None without a fresh
+`ApproachReading` (its lane detector's vehicles, halting and waiting; `arriving` None without a fresh
 advance reading), so the controller decides on the same inputs as in the in-process benchmark
 (`cityos.traffic.sumo`). A missing or stale advance reading only drops `arriving` for its lane (the
-controller then counts the stop-line detector's vehicles, as before); it never sends the signal to fixed time.
+controller then counts the lane detector's vehicles, as before); it never sends the signal to fixed time.
+
+Stop-line detectors. A plan may also name, per incoming lane, a stop-line detector (`plan.stopline`, the same
+members): loops or a camera zone over the lane's last tens of metres. Its vehicles are the approach's `stopline`
+(while it sees vehicles the green is still discharging: the controller's gap-out), where otherwise the lane's
+detector, which may watch the whole lane, stands for it. A detector that reports the queue it measures
+(`queueLength`, metres: radar and video detectors do) gives the standing vehicles from it; one that does not
+counts its vehicles standing when their mean speed is under 5 km/h. A missing stop-line reading, too, only
+drops that input.
 
 Stale or missing data. When an incoming lane's detector has no reading, an impossible one, or none newer
 than `stale_after` seconds, the supervisor runs the plan's fixed-time cycle (`SignalSupervisor.inputs_lost`)
@@ -53,7 +61,7 @@ import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -68,14 +76,17 @@ from cityos.security.policy import Principal
 from cityos.traffic.controllers import make_controller
 from cityos.traffic.detectors import (
     DetectorReading,
+    LaneZones,
+    QueueWait,
     approach_readings,
     detector_entity,
     detector_reading,
     fresh_reading,
     stale_seconds,
+    zone_readings,
 )
-from cityos.traffic.service import RpcBatchSender, TrafficService, advance_detectors, movements_of, plan_from_doc
-from cityos.traffic.signals import LaneReading, Movement, SignalSupervisor, View
+from cityos.traffic.service import RpcBatchSender, TrafficService, lane_zones, movements_of, plan_from_doc
+from cityos.traffic.signals import ApproachReading, LaneReading, Movement, SignalSupervisor, View
 
 log = logging.getLogger("cityos.traffic.control_loop")
 
@@ -127,8 +138,9 @@ class DrivenSignal:
     movements: tuple[tuple[Movement, ...], ...]
     in_lanes: tuple[str, ...]
     lanes: tuple[str, ...]
-    advance: dict[str, tuple[str, float]] = field(default_factory=dict)  # in lane → (detector, metres)
+    zones: dict[str, LaneZones] = field(default_factory=dict)  # in lane → its advance and stop-line detectors
     counters: dict[str, LaneCounter] = field(default_factory=dict)
+    waits: dict[str, QueueWait] = field(default_factory=dict)  # in lane → its standing queue's waiting estimate
 
 
 @dataclass(frozen=True)
@@ -150,7 +162,9 @@ class LoopStats:
     fallback_rounds: int = 0
     preempted_rounds: int = 0
     advance_used: int = 0  # advance detector readings given to a controller
-    advance_missing: int = 0  # advance detectors named by a plan without a fresh reading (their lane: stop line only)
+    stopline_used: int = 0  # stop-line detector readings given to a controller
+    # advance or stop-line detectors named by a plan without a fresh reading (their lane's detector stands in)
+    zones_missing: int = 0
     ack_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
     round_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))  # one round's work
     # perf_counter() of each command's decision by RPC id (the latest ones), for actuation timing in a bench
@@ -280,7 +294,7 @@ class ControlLoop:
         now = clock.now()
         found = await self.hub.retrieve_many(self.tenant, list(dict.fromkeys(
             detector_entity(name) for _, driven in driving
-            for name in (*driven.lanes, *(detector for detector, _ in driven.advance.values())))))
+            for name in (*driven.lanes, *(d for zones in driven.zones.values() for d in zones.devices())))))
         # In slices of COMMAND_BATCH signals: a decision waits for its slice's, not the whole round's.
         for start in range(0, len(driving), COMMAND_BATCH):
             fallbacks: dict[str, bool] = {}
@@ -311,7 +325,7 @@ class ControlLoop:
         out_lanes = tuple(dict.fromkeys(m.out_lane for moves in movements for m in moves))
         driven = DrivenSignal(row.controller, row.plan, SignalSupervisor(plan, make_controller(row.controller, plan)),
                               movements, in_lanes, tuple(dict.fromkeys((*in_lanes, *out_lanes))),
-                              {lane: found for lane, found in advance_detectors(row.plan).items() if lane in in_lanes})
+                              {lane: zones for lane, zones in lane_zones(row.plan).items() if lane in in_lanes})
         self.signals[row.signal_id] = driven
         return driven
 
@@ -328,17 +342,14 @@ class ControlLoop:
             lanes[lane] = LaneReading(**{**latest.reading.__dict__, "entered": entered})
         return lanes, [lane for lane in driven.in_lanes if lane not in lanes]
 
-    def advance_readings(self, driven: DrivenSignal, found: dict[str, Any], now: datetime) -> dict[str, LaneReading]:
-        """The fresh readings of the signal's advance detectors, by the incoming lane each watches."""
-        out: dict[str, LaneReading] = {}
-        for lane, (detector, distance) in driven.advance.items():
-            latest = fresh_reading(found, detector, now, self.stale_after, distance)
-            if latest is None:
-                self.stats.advance_missing += 1
-                continue
-            out[lane] = latest.reading
-        self.stats.advance_used += len(out)
-        return out
+    def zone_readings(self, driven: DrivenSignal, found: dict[str, Any], now: datetime) -> tuple[
+            dict[str, LaneReading], dict[str, LaneReading]]:
+        """The fresh readings of the signal's advance and stop-line detectors, by the incoming lane each watches."""
+        zones = zone_readings(found, driven.zones, now, self.stale_after)
+        self.stats.advance_used += len(zones.advance)
+        self.stats.stopline_used += len(zones.stopline)
+        self.stats.zones_missing += zones.missing
+        return zones.advance, zones.stopline
 
     def decide(self, row: Any, driven: DrivenSignal, found: dict[str, Any], now: datetime) -> int | None:
         """The supervisor's decision for one signal from its detectors' readings: the phase to change to, if any."""
@@ -350,8 +361,9 @@ class ControlLoop:
         supervisor.phase = supervisor.target = row.phase
         supervisor.stage, supervisor.stage_start = "green", green_since.timestamp()
         lanes, missing = self.readings(driven, found, now)
-        approaches = approach_readings(driven.in_lanes, lanes, self.advance_readings(driven, found, now))
         moment = now.timestamp()
+        approaches = with_waits(driven, approach_readings(driven.in_lanes, lanes, *self.zone_readings(driven, found,
+                                                                                                       now)), moment)
         if not driven.in_lanes or missing:
             supervisor.inputs_lost(moment, f"no fresh reading from {', '.join(missing[:5]) or 'any detector'}")
         else:
@@ -434,6 +446,15 @@ class ControlLoop:
         self.stats.acknowledged += 1
         self.stats.ack_ms.append(acked_ms)
         return acked_ms
+
+
+def with_waits(driven: DrivenSignal, approaches: dict[str, ApproachReading], at: float) -> dict[str, ApproachReading]:
+    """The approaches with their queues' estimated waiting (`QueueWait`) where their detectors report none."""
+    out = {}
+    for lane, approach in approaches.items():
+        waited = driven.waits.setdefault(lane, QueueWait()).update(at, approach.halting)
+        out[lane] = approach if approach.waiting > 0 else replace(approach, waiting=waited)
+    return out
 
 
 def start_control_loop(app: Any) -> ControlLoop | None:

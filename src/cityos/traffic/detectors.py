@@ -21,6 +21,7 @@ from cityos.traffic.signals import ApproachReading, LaneReading, PlanError, chec
 DETECTOR_TYPE = "TrafficFlowObserved"
 DETECTOR_LENGTH_M = 100.0  # the lane-area detector a reading stands for
 VEHICLE_LENGTH_M = 5.0  # a passenger car: turns occupancy into vehicles when the entity gives no length
+STANDING_GAP_M = 2.5  # the gap between standing vehicles: a queue of n cars is n × (length + gap) metres
 HALTING_KMH = 5.0
 
 
@@ -67,29 +68,80 @@ def detector_reading(attrs: dict[str, Any], length: float = DETECTOR_LENGTH_M) -
     vehicles = share * length / vehicle_length
     try:
         reading = check_reading(LaneReading(
-            vehicles=vehicles, halting=vehicles if speed < HALTING_KMH else 0.0, mean_speed=speed / 3.6,
+            vehicles=vehicles, halting=halting_of(attrs, vehicles, speed, vehicle_length), mean_speed=speed / 3.6,
             occupancy=share, length=length))
     except PlanError:
         return None
     return DetectorReading(reading, at, max(0.0, intensity or 0.0))
 
 
-def approach_readings(in_lanes: tuple[str, ...], lanes: dict[str, LaneReading],
-                      advance: dict[str, LaneReading]) -> dict[str, ApproachReading]:
-    """Per incoming lane with a reading: its approach as the controller sees it in process. The stop-line
-    detector gives the vehicles at the stop line, the halting and the waiting; a lane's advance detector, where
-    it has a reading, the vehicles arriving (it covers the stop-line detector's zone too, so the approach's
-    vehicles and halting are the larger of the two)."""
+def halting_of(attrs: dict[str, Any], vehicles: float, speed: float, vehicle_length: float) -> float:
+    """The standing vehicles of a reading: from the queue a radar or camera detector measures (`queueLength`,
+    metres, 排队长度) where it reports one, else all of them when the zone's mean speed is a crawl."""
+    queue_attr = instance(attrs, "queueLength")
+    queue = number(queue_attr.get("value")) if queue_attr else None
+    if queue is not None and queue_attr is not None and queue_attr.get("unitCode") == "KMT":
+        queue *= 1000.0
+    if queue is not None and math.isfinite(queue) and queue >= 0:
+        return min(vehicles, queue / (vehicle_length + STANDING_GAP_M))
+    return vehicles if speed < HALTING_KMH else 0.0
+
+
+@dataclass(frozen=True)
+class LaneZones:
+    """An incoming lane's own zone detectors named in its signal's plan, each (device, metres from the stop line
+    it reaches up) or None: the advance detector (`plan.advance`) and the stop-line detector (`plan.stopline`)."""
+
+    advance: tuple[str, float] | None = None
+    stopline: tuple[str, float] | None = None
+
+    def devices(self) -> tuple[str, ...]:
+        return tuple(zone[0] for zone in (self.stopline, self.advance) if zone is not None)
+
+
+@dataclass
+class ZoneReadings:
+    """The fresh readings of some lanes' zone detectors, by the incoming lane each watches, and how many of the
+    detectors named had none."""
+
+    advance: dict[str, LaneReading]
+    stopline: dict[str, LaneReading]
+    missing: int = 0
+
+
+def zone_readings(found: dict[str, Any], zones: dict[str, LaneZones], now: datetime,
+                  stale_after: float) -> ZoneReadings:
+    out = ZoneReadings({}, {})
+    for lane, named in zones.items():
+        for zone, into in ((named.advance, out.advance), (named.stopline, out.stopline)):
+            if zone is None:
+                continue
+            latest = fresh_reading(found, zone[0], now, stale_after, zone[1])
+            if latest is None:
+                out.missing += 1
+            else:
+                into[lane] = latest.reading
+    return out
+
+
+def approach_readings(in_lanes: tuple[str, ...], lanes: dict[str, LaneReading], advance: dict[str, LaneReading],
+                      stopline: dict[str, LaneReading] | None = None) -> dict[str, ApproachReading]:
+    """Per incoming lane with a reading of its own detector: its approach as the controller sees it in process.
+    The stop-line detector, where the lane has a fresh one, gives the vehicles at the stop line (else the lane's
+    detector stands for it); the lane's detector gives the waiting; a lane's advance detector, where it has a
+    reading, the vehicles arriving. The zones overlap (each reaches up from the stop line), so the approach's
+    vehicles and halting are the largest of them."""
     out: dict[str, ApproachReading] = {}
     for lane in in_lanes:
-        stop = lanes.get(lane)
-        if stop is None:
+        own = lanes.get(lane)
+        if own is None:
             continue
+        gap = (stopline or {}).get(lane)
         ahead = advance.get(lane)
+        seen = [r for r in (own, gap, ahead) if r is not None]
         out[lane] = ApproachReading(
-            stopline=stop.vehicles, vehicles=max(stop.vehicles, ahead.vehicles) if ahead else stop.vehicles,
-            halting=max(stop.halting, ahead.halting) if ahead else stop.halting, waiting=stop.waiting,
-            arriving=ahead.vehicles if ahead else None)
+            stopline=(gap or own).vehicles, vehicles=max(r.vehicles for r in seen),
+            halting=max(r.halting for r in seen), waiting=own.waiting, arriving=ahead.vehicles if ahead else None)
     return out
 
 
@@ -104,3 +156,28 @@ def fresh_reading(found: dict[str, Any], detector: str, now: datetime, stale_aft
     if latest is None or (now - latest.observed).total_seconds() > stale_after:
         return None
     return latest
+
+
+@dataclass
+class QueueWait:
+    """The waiting seconds accumulated by an approach's standing queue, estimated from its halting counts.
+
+    Detectors report how many vehicles stand, not how long each has stood (SUMO's `waiting` in process). Every
+    second a vehicle stands adds a second; when the queue shrinks, the vehicles that left take their share of
+    the total with them (first in, first out would take more: the longest waiters leave first, so this keeps a
+    little more than the truth and errs towards serving a long queue); an empty queue has waited nothing.
+    """
+
+    at: float | None = None  # when it was last updated (POSIX seconds)
+    halting: float = 0.0
+    seconds: float = 0.0
+
+    def update(self, at: float, halting: float) -> float:
+        if self.at is not None and at > self.at:
+            if halting < self.halting:
+                self.seconds *= halting / self.halting
+            self.seconds += min(halting, self.halting) * (at - self.at)
+        if halting <= 0:
+            self.seconds = 0.0
+        self.at, self.halting = max(at, self.at or at), halting
+        return self.seconds

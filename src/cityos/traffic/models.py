@@ -99,6 +99,15 @@ class AdvanceDetectorIn(BaseModel):
     distance: StrictFloat | StrictInt = Field(ge=20, le=2000, description="metres from the stop line it reaches up")
 
 
+class StoplineDetectorIn(AdvanceDetectorIn):
+    """A stop-line detector of an approach (停车线检测器): loops or a camera zone over the last `distance` metres of
+    one incoming lane, a `traffic-flow` device of its own. While it sees vehicles the green is still discharging
+    (the gap detector of actuated control), and its queue is the approach's standing queue. Without one, the
+    lane's own detector stands for it."""
+
+    distance: StrictFloat | StrictInt = Field(ge=5, le=200, description="metres from the stop line it reaches up")
+
+
 class PlanIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     phases: list[PhaseIn] = Field(min_length=1, max_length=MAX_PHASES)
@@ -109,6 +118,8 @@ class PlanIn(BaseModel):
                                        description="per link: its incoming and outgoing detector lanes")
     advance: list[AdvanceDetectorIn] | None = Field(default=None, max_length=MAX_LINKS,
                                                     description="advance detectors, at most one per incoming lane")
+    stopline: list[StoplineDetectorIn] | None = Field(default=None, max_length=MAX_LINKS,
+                                                      description="stop-line detectors, at most one per incoming lane")
 
     def to_plan(self) -> SignalPlan:
         return SignalPlan(

@@ -27,7 +27,14 @@ from cityos.security.policy import Principal, Resource, authorize
 from cityos.security.service import Forbidden
 from cityos.traffic import models
 from cityos.traffic.controllers import make_controller
-from cityos.traffic.detectors import approach_readings, detector_entity, fresh_reading, stale_seconds
+from cityos.traffic.detectors import (
+    LaneZones,
+    approach_readings,
+    detector_entity,
+    fresh_reading,
+    stale_seconds,
+    zone_readings,
+)
 from cityos.traffic.preemption import (
     APPROACH_SPEED_M_S,
     LEAD_S,
@@ -115,29 +122,42 @@ def movements_of(doc: dict[str, Any], plan: SignalPlan) -> tuple[tuple[Movement,
                        for i, c in enumerate(p.state) if c in "Gg") for p in plan.phases)
 
 
+ZONE_KINDS = {"advance": "advance", "stopline": "stop-line"}  # plan member → what an error calls it
+
+
+def zone_detectors(doc: dict[str, Any], kind: str) -> dict[str, tuple[str, float]]:
+    """The plan's `kind` detectors (`advance` or `stopline`): incoming lane → (detector device, metres it reaches
+    up from the stop line)."""
+    return {a["lane"]: (a["detector"], float(a["distance"])) for a in doc.get(kind) or []}
+
+
 def advance_detectors(doc: dict[str, Any]) -> dict[str, tuple[str, float]]:
-    """The plan's advance detectors: incoming lane → (detector device, metres it reaches up from the stop line)."""
-    return {a["lane"]: (a["detector"], float(a["distance"])) for a in doc.get("advance") or []}
+    return zone_detectors(doc, "advance")
 
 
-def check_advance(plan: models.PlanIn) -> None:
-    """Refuse advance detectors that name no incoming lane of the plan's links, or two for one lane."""
-    if not plan.advance:
-        return
-    if not plan.links:
-        raise BadRequestData("advance detectors need the plan's links (the lanes they watch)")
-    incoming = {link.in_lane for link in plan.links}
-    seen: set[str] = set()
-    for detector in plan.advance:
-        if detector.lane not in incoming:
-            raise BadRequestData(f"advance detector {detector.detector}: lane {detector.lane!r} is not an incoming "
-                                 "lane of the plan's links")
-        if detector.lane in seen:
-            raise BadRequestData(f"lane {detector.lane!r} has more than one advance detector")
-        if not models.DETECTOR_NAME.match(detector.detector):
-            raise BadRequestData(f"advance detector {detector.detector[:64]!r}: a device name is letters, digits, "
-                                 "'_', '.' or '-' (at most 64)")
-        seen.add(detector.lane)
+def stopline_detectors(doc: dict[str, Any]) -> dict[str, tuple[str, float]]:
+    return zone_detectors(doc, "stopline")
+
+
+def check_zone_detectors(plan: models.PlanIn) -> None:
+    """Refuse advance or stop-line detectors that name no incoming lane of the plan's links, or two of a kind
+    for one lane."""
+    for kind, called in ZONE_KINDS.items():
+        detectors: list[models.AdvanceDetectorIn] = list(getattr(plan, kind) or [])
+        if detectors and not plan.links:
+            raise BadRequestData(f"{called} detectors need the plan's links (the lanes they watch)")
+        incoming = {link.in_lane for link in plan.links or []}
+        seen: set[str] = set()
+        for detector in detectors:
+            if detector.lane not in incoming:
+                raise BadRequestData(f"{called} detector {detector.detector}: lane {detector.lane!r} is not an "
+                                     "incoming lane of the plan's links")
+            if detector.lane in seen:
+                raise BadRequestData(f"lane {detector.lane!r} has more than one {called} detector")
+            if not models.DETECTOR_NAME.match(detector.detector):
+                raise BadRequestData(f"{called} detector {detector.detector[:64]!r}: a device name is letters, "
+                                     "digits, '_', '.' or '-' (at most 64)")
+            seen.add(detector.lane)
 
 
 def supervisor_at(plan: SignalPlan, row: Any, now: dt.datetime) -> SignalSupervisor:
@@ -156,38 +176,38 @@ def supervisor_at(plan: SignalPlan, row: Any, now: dt.datetime) -> SignalSupervi
     return supervisor
 
 
-def phase_detectors(doc: dict[str, Any], plan: SignalPlan, phase: int) -> dict[str, tuple[str, float] | None]:
-    """The incoming lanes `phase` serves, each with its advance detector (device, metres) or None; {} for a
-    phase the plan does not have."""
+def lane_zones(doc: dict[str, Any]) -> dict[str, LaneZones]:
+    """The plan's incoming lanes that have an advance or a stop-line detector, with them."""
+    advance, stopline = advance_detectors(doc), stopline_detectors(doc)
+    return {lane: LaneZones(advance.get(lane), stopline.get(lane)) for lane in {*advance, *stopline}}
+
+
+def phase_detectors(doc: dict[str, Any], plan: SignalPlan, phase: int) -> dict[str, LaneZones]:
+    """The incoming lanes `phase` serves, each with its zone detectors; {} for a phase the plan does not have."""
     if not 0 <= phase < len(plan.phases):
         return {}
-    advance = advance_detectors(doc)
-    return {m.in_lane: advance.get(m.in_lane) for m in movements_of(doc, plan)[phase]}
+    zones = lane_zones(doc)
+    return {m.in_lane: zones.get(m.in_lane, LaneZones()) for m in movements_of(doc, plan)[phase]}
 
 
 def queue_on(doc: dict[str, Any], plan: SignalPlan, phase: int, found: dict[str, Any], now: dt.datetime,
              stale_after: float) -> float | None:
-    """Vehicles on the fullest incoming lane that `phase` serves, from the fresh readings among `found` (its
-    stop-line detector, or its advance detector where that counts more), or None when none of them is known."""
+    """Vehicles on the fullest incoming lane that `phase` serves, from the fresh readings among `found` (the lane's
+    detector, or its stop-line or advance detector where that counts more), or None when none of them is known."""
     lanes = phase_detectors(doc, plan, phase)
-    stop: dict[str, LaneReading] = {}
-    ahead: dict[str, LaneReading] = {}
-    for lane, advance in lanes.items():
+    own: dict[str, LaneReading] = {}
+    for lane in lanes:
         if (reading := fresh_reading(found, lane, now, stale_after)) is not None:
-            stop[lane] = reading.reading
-        if advance is not None:
-            detector, distance = advance
-            if (reading := fresh_reading(found, detector, now, stale_after, distance)) is not None:
-                ahead[lane] = reading.reading
-    approaches = approach_readings(tuple(lanes), stop, ahead)
+            own[lane] = reading.reading
+    zones = zone_readings(found, lanes, now, stale_after)
+    approaches = approach_readings(tuple(lanes), own, zones.advance, zones.stopline)
     return max((a.vehicles for a in approaches.values()), default=None)
 
 
 def detector_ids(doc: dict[str, Any], plan: SignalPlan, phase: int) -> list[str]:
-    """The hub entities of the detectors on the incoming lanes `phase` serves (stop-line and advance)."""
+    """The hub entities of the detectors on the incoming lanes `phase` serves (the lanes', stop-line, advance)."""
     lanes = phase_detectors(doc, plan, phase)
-    names = [*lanes, *(advance[0] for advance in lanes.values() if advance is not None)]
-    return [detector_entity(name) for name in names]
+    return [detector_entity(name) for name in (*lanes, *(d for zones in lanes.values() for d in zones.devices()))]
 
 
 class TrafficService:
@@ -214,7 +234,7 @@ class TrafficService:
             validate_plan(plan)
         except PlanError as exc:
             raise BadRequestData(f"unsafe signal plan: {exc}") from exc
-        check_advance(spec.plan)
+        check_zone_detectors(spec.plan)
         doc = spec.plan.model_dump(by_alias=True)
         now = clock.now()
         try:

@@ -1,0 +1,167 @@
+"""Stop-line detectors (停车线检测器) and measured queues through the platform's control loop, on both backends.
+
+A plan may name, per incoming lane, a stop-line detector over the lane's last tens of metres (`plan.stopline`):
+its vehicles are the approach's `stopline`, the gap-out count of the `cityos` controller, where the lane's own
+detector (which may watch a whole 1-4 km link) otherwise stands for it. A detector that reports the queue it
+measures (`queueLength`, metres, as radar and video detectors do) gives the standing vehicles from it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from cityos.traffic.control_loop import ControlLoop, approach_readings, detector_entity, detector_reading
+from cityos.traffic.detectors import QueueWait
+from cityos.traffic.signals import ApproachReading, LaneReading
+from detector_readings import write_reading
+
+SDM = "https://smartdatamodels.org/dataModel.Transportation/"
+LANES = [{"in": "n_in", "out": "s_out"}, {"in": "s_in", "out": "n_out"},
+         {"in": "e_in", "out": "w_out"}, {"in": "w_in", "out": "e_out"}]
+TWO_PHASES = {"phases": [{"state": "GGrr", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10},
+                         {"state": "rrGG", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10}],
+              "yellow": 3, "allRed": 2, "conflicts": [[0, 2], [0, 3], [1, 2], [1, 3]], "links": LANES}
+T0 = dt.datetime(2026, 12, 6, 8, 0, tzinfo=dt.UTC)
+STOPLINE = [{"lane": "e_in", "detector": "e-in-stopline", "distance": 60},
+            {"lane": "w_in", "detector": "w-in-stopline", "distance": 60}]
+
+
+def attrs_of(**values: tuple[Any, str]) -> dict[str, Any]:
+    return {SDM + name: [{"type": "Property", "value": value, "unitCode": unit,
+                          "observedAt": "2026-12-06T08:00:00Z"}] for name, (value, unit) in values.items()}
+
+
+def test_a_measured_queue_gives_the_standing_vehicles() -> None:
+    # 50 % of a 60 m zone is 6 cars; moving at 12 km/h on average, so the speed rule would count none standing,
+    # but the detector measures a 30 m queue: 4 cars of 5 m with 2.5 m between them.
+    queued = detector_reading(attrs_of(occupancy=(50.0, "P1"), averageVehicleSpeed=(12.0, "KMH"),
+                                       queueLength=(30.0, "MTR")), length=60.0)
+    assert queued is not None and queued.reading.vehicles == pytest.approx(6.0)
+    assert queued.reading.halting == pytest.approx(4.0)
+    in_km = detector_reading(attrs_of(occupancy=(50.0, "P1"), averageVehicleSpeed=(12.0, "KMH"),
+                                      queueLength=(0.03, "KMT")), length=60.0)
+    assert in_km is not None and in_km.reading.halting == pytest.approx(4.0)
+    # A queue longer than the zone holds cars is capped at the cars on it (halting never exceeds vehicles).
+    long = detector_reading(attrs_of(occupancy=(50.0, "P1"), averageVehicleSpeed=(1.0, "KMH"),
+                                     queueLength=(400.0, "MTR")), length=60.0)
+    assert long is not None and long.reading.halting == pytest.approx(long.reading.vehicles)
+    # No queue, or an impossible one: the speed rule (all standing under 5 km/h).
+    for extra in ({}, {"queueLength": (-3.0, "MTR")}, {"queueLength": ("long", "MTR")}):
+        crawl = detector_reading(attrs_of(occupancy=(50.0, "P1"), averageVehicleSpeed=(3.0, "KMH"), **extra),
+                                 length=60.0)
+        assert crawl is not None and crawl.reading.halting == pytest.approx(6.0), extra
+
+
+def test_the_stop_line_detector_is_the_approachs_gap_count() -> None:
+    # A 2 km link: its own detector sees vehicles far up the lane; the stop-line detector sees none near the
+    # stop line, the advance detector a few coming.
+    own = {"e_in": LaneReading(vehicles=9.0, halting=0.0, waiting=12.0), "w_in": LaneReading(vehicles=3.0)}
+    stopline = {"e_in": LaneReading(vehicles=0.0, length=60.0)}
+    advance = {"e_in": LaneReading(vehicles=2.0, halting=1.0, length=250.0)}
+    found = approach_readings(("e_in", "w_in"), own, advance, stopline)
+    assert found["e_in"] == ApproachReading(stopline=0.0, vehicles=9.0, halting=1.0, waiting=12.0, arriving=2.0)
+    assert found["w_in"] == ApproachReading(stopline=3.0, vehicles=3.0, halting=0.0, waiting=0.0, arriving=None)
+    # A queue standing on the stop-line detector counts as the approach's halting whatever the others say.
+    standing = approach_readings(("e_in",), own, {}, {"e_in": LaneReading(vehicles=8.0, halting=8.0)})["e_in"]
+    assert standing.stopline == 8.0 and standing.halting == 8.0 and standing.near == 9.0
+    # Without the lane's own reading there is no approach, whatever its zones read.
+    assert approach_readings(("e_in",), {}, advance, stopline) == {}
+
+
+def test_a_standing_queues_waiting_is_estimated_from_its_counts() -> None:
+    wait = QueueWait()
+    assert wait.update(100.0, 4.0) == 0.0  # first seen: nothing known of its past
+    assert wait.update(110.0, 4.0) == pytest.approx(40.0)  # four cars stood ten seconds
+    assert wait.update(115.0, 6.0) == pytest.approx(60.0)  # two joined: they have waited nothing yet
+    # Three of six left: they take half of the total with them; the three left stood five more seconds.
+    assert wait.update(120.0, 3.0) == pytest.approx(60.0 * 0.5 + 3 * 5.0)
+    assert wait.update(119.0, 3.0) == pytest.approx(45.0)  # a reading from the past adds nothing
+    assert wait.update(125.0, 0.0) == 0.0  # the queue cleared
+    assert wait.update(130.0, 2.0) == 0.0 and wait.update(131.0, 2.0) == pytest.approx(2.0)
+
+
+async def test_an_empty_stop_line_ends_a_green_the_lane_detector_would_hold(client: Any, app: Any,
+                                                                        moving_clock: list[dt.datetime]) -> None:
+    """East-west has green. Its lane detectors see a few cars far up the lanes, its stop-line detectors see
+    nobody; north-south has a short standing queue. The signal whose plan names the stop-line detectors gaps
+    out to north-south; the same signal without them keeps east-west (its lane detectors look discharging)."""
+    made = await client.post("/api/traffic/signals", json={"id": "gapped", "controller": "cityos",
+                                                           "plan": {**TWO_PHASES, "stopline": STOPLINE}})
+    assert made.status_code == 201, made.text
+    assert made.json()["plan"]["stopline"] == STOPLINE
+    assert (await client.post("/api/traffic/signals", json={"id": "plain", "controller": "cityos",
+                                                            "plan": TWO_PHASES})).status_code == 201
+    loop = ControlLoop(app.state.traffic, app.state.hub.service, app.state.iot.tenant, lambda: None, None,
+                       interval=1.0, stale_after=5.0)
+
+    async def lanes(at: dt.datetime, readings: dict[str, tuple[float, float]]) -> None:
+        for detector, (occupancy, speed) in readings.items():
+            await write_reading(client, detector, at, occupancy, speed)
+
+    # A queue east-west (no stop-line readings yet: both signals decide on their lanes' detectors alike).
+    moving_clock[0] += dt.timedelta(seconds=6)
+    await lanes(moving_clock[0], {"n_in": (0.0, 40.0), "s_in": (0.0, 40.0), "e_in": (60.0, 2.0), "w_in": (50.0, 2.0)})
+    await loop.round()
+    for signal in ("gapped", "plain"):
+        assert (await client.get(f"/api/traffic/signals/{signal}")).json()["phase"] == 1
+    assert loop.stats.zones_missing == 2 and loop.stats.stopline_used == 0
+
+    moving_clock[0] += dt.timedelta(seconds=12)  # yellow, all-red and east-west's minimum green served
+    await lanes(moving_clock[0], {"n_in": (20.0, 2.0), "s_in": (20.0, 2.0), "e_in": (10.0, 40.0),
+                                  "w_in": (10.0, 40.0), "e-in-stopline": (0.0, 50.0), "w-in-stopline": (0.0, 50.0)})
+    await loop.round()
+    gapped = (await client.get("/api/traffic/signals/gapped")).json()
+    plain = (await client.get("/api/traffic/signals/plain")).json()
+    assert gapped["phase"] == 0 and gapped["fallback"] is False  # gap-out: nobody left at the stop line
+    assert plain["phase"] == 1 and plain["fallback"] is False  # still "discharging" on its lane detectors
+    assert loop.stats.stopline_used == 2
+    await loop.stop()
+
+
+async def test_the_hub_keeps_a_detectors_queue_from_its_device(client: Any, app: Any) -> None:
+    """A radar detector's `queue` reading reaches the hub as `queueLength` in metres (the traffic-flow profile)."""
+    made = await client.post("/api/iot/devices", json={"name": "radar-1", "profile": "traffic-flow"})
+    assert made.status_code == 201, made.text
+    token = made.json()["token"]
+    sent = await client.post(f"/api/v1/{token}/telemetry",
+                             json={"occupancy": 40.0, "speed": 8.0, "queue": 45.5, "intensity": 3})
+    assert sent.status_code == 200, sent.text
+    entity = (await client.get(f"/ngsi-ld/v1/entities/{detector_entity('radar-1')}")).json()
+    assert entity["queueLength"]["value"] == 45.5 and entity["queueLength"]["unitCode"] == "MTR"
+    found = (await app.state.hub.service.retrieve_many(app.state.iot.tenant, [detector_entity("radar-1")]))
+    reading = detector_reading(found[detector_entity("radar-1")].attrs, length=60.0)
+    # 40 % of 60 m is ~5 cars; the 45.5 m queue (6 cars at 7.5 m) is capped at the cars on the zone.
+    assert reading is not None and reading.reading.halting == pytest.approx(reading.reading.vehicles)
+    for bad in ({"queue": -1}, {"queue": "long"}, {"queue": 99999}):  # out of the profile's range or type
+        refused = await client.post(f"/api/v1/{token}/telemetry", json={"occupancy": 40.0, **bad})
+        after = (await client.get(f"/ngsi-ld/v1/entities/{detector_entity('radar-1')}")).json()
+        assert after["queueLength"]["value"] == 45.5, (bad, refused.text)
+
+
+@pytest.mark.parametrize("stopline", [
+    [{"lane": "x_in", "detector": "x-stopline", "distance": 60}],                  # not an incoming lane
+    [{"lane": "e_out", "detector": "e-stopline", "distance": 60}],                 # an outgoing lane
+    [{"lane": "e_in", "detector": "a", "distance": 60}, {"lane": "e_in", "detector": "b", "distance": 30}],
+    [{"lane": "e_in", "detector": "bad name!", "distance": 60}],                   # not a device name
+    [{"lane": "e_in", "detector": "e-stopline", "distance": 2}],                   # shorter than a car
+    [{"lane": "e_in", "detector": "e-stopline", "distance": 500}],                 # an advance detector's reach
+    [{"lane": "e_in", "detector": "e-stopline", "distance": "near"}],              # not a number
+    [{"lane": "e_in", "detector": "e-stopline", "distance": 60, "kind": "x"}],     # unknown field
+    "e-stopline",                                                                   # not a list
+])
+async def test_bad_stop_line_detectors_are_refused(client: Any, stopline: Any) -> None:
+    response = await client.post("/api/traffic/signals", json={"id": "bad", "plan": {**TWO_PHASES,
+                                                                                      "stopline": stopline}})
+    assert response.status_code in (400, 422), response.text
+    assert (await client.get("/api/traffic/signals/bad")).status_code == 404
+
+
+async def test_stop_line_detectors_need_the_plans_links(client: Any) -> None:
+    plan = {k: v for k, v in TWO_PHASES.items() if k != "links"}
+    response = await client.post("/api/traffic/signals", json={"id": "unlinked", "plan": {**plan,
+                                                                                           "stopline": STOPLINE}})
+    assert response.status_code == 400 and "stop-line" in response.text
+
