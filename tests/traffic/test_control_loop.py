@@ -38,7 +38,7 @@ from cityos.traffic.control_loop import (
 from cityos.traffic.controllers.adaptive import CityOSAdaptive
 from cityos.traffic.service import one_by_one
 from cityos.traffic.signals import ApproachReading, LaneReading, View
-from detector_readings import write_reading
+from detector_readings import LANES, STOPLINE, TWO_PHASES, reading_attrs, write_reading
 from iot.mqtt_support import MQTT_URL, needs_mqtt, new_prefix, start_worker, stop_worker, wait_for
 
 try:
@@ -178,15 +178,6 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
     assert len(stop_lines) == 4 and all(any(k.endswith("queueLength") for k in r.attrs) for r in stop_lines.values())
 
 
-def reading_attrs(**values: Any) -> dict[str, Any]:
-    stamp = values.pop("at", "2026-12-05T10:00:00Z")
-    attrs: dict[str, Any] = {}
-    for name, (value, unit) in values.items():
-        attrs[f"https://smartdatamodels.org/dataModel.Transportation/{name}"] = [
-            {"type": "Property", "value": value, "unitCode": unit, "observedAt": stamp}]
-    return attrs
-
-
 def test_detector_readings_become_lane_readings() -> None:
     found = detector_reading(reading_attrs(occupancy=(40.0, "P1"), averageVehicleSpeed=(3.6, "KMH"),
                                            intensity=(4, "E27")))
@@ -225,8 +216,6 @@ def test_the_loop_is_off_unless_configured(monkeypatch: pytest.MonkeyPatch) -> N
 
 # ---------------------------------------------------------------------- the loop without a broker
 
-LANES = [{"in": "n_in", "out": "s_out"}, {"in": "s_in", "out": "n_out"},
-         {"in": "e_in", "out": "w_out"}, {"in": "w_in", "out": "e_out"}]
 T0 = dt.datetime(2026, 12, 5, 8, 0, tzinfo=dt.UTC)
 
 
@@ -418,9 +407,6 @@ def test_an_advance_detector_reading_counts_vehicles_over_its_length() -> None:
 
 ADVANCE = [{"lane": "e_in", "detector": "e-in-advance", "distance": 250},
            {"lane": "w_in", "detector": "w-in-advance", "distance": 250}]
-TWO_PHASES = {"phases": [{"state": "GGrr", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10},
-                         {"state": "rrGG", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10}],
-              "yellow": 3, "allRed": 2, "conflicts": [[0, 2], [0, 3], [1, 2], [1, 3]], "links": LANES}
 
 
 async def test_advance_detectors_reach_the_controller_and_call_a_green(client: Any, app: Any,
@@ -476,29 +462,42 @@ async def test_advance_detectors_reach_the_controller_and_call_a_green(client: A
     await loop.stop()
 
 
-@pytest.mark.parametrize("advance", [
-    [{"lane": "x_in", "detector": "x-advance", "distance": 250}],                 # not an incoming lane
-    [{"lane": "n_out", "detector": "n-advance", "distance": 250}],                # an outgoing lane
-    [{"lane": "e_in", "detector": "a", "distance": 250}, {"lane": "e_in", "detector": "b", "distance": 200}],
-    [{"lane": "e_in", "detector": "bad name!", "distance": 250}],                 # not a device name
-    [{"lane": "e_in", "detector": "e-advance", "distance": 5}],                   # shorter than a loop zone
-    [{"lane": "e_in", "detector": "e-advance", "distance": 5000}],                # beyond any approach
-    [{"lane": "e_in", "detector": "e-advance", "distance": "far"}],               # not a number
-    [{"lane": "e_in", "detector": "e-advance"}],                                  # no distance
-    [{"lane": "e_in", "detector": "e-advance", "distance": 250, "kind": "x"}],    # unknown field
+@pytest.mark.parametrize(("kind", "detectors"), [
+    ("advance", [{"lane": "x_in", "detector": "x-advance", "distance": 250}]),     # not an incoming lane
+    ("advance", [{"lane": "n_out", "detector": "n-advance", "distance": 250}]),    # an outgoing lane
+    ("advance", [{"lane": "e_in", "detector": "a", "distance": 250},                # two for one lane
+                 {"lane": "e_in", "detector": "b", "distance": 200}]),
+    ("advance", [{"lane": "e_in", "detector": "bad name!", "distance": 250}]),     # not a device name
+    ("advance", [{"lane": "e_in", "detector": "e-advance", "distance": 5}]),       # shorter than a loop zone
+    ("advance", [{"lane": "e_in", "detector": "e-advance", "distance": 5000}]),    # beyond any approach
+    ("advance", [{"lane": "e_in", "detector": "e-advance", "distance": "far"}]),   # not a number
+    ("advance", [{"lane": "e_in", "detector": "e-advance"}]),                      # no distance
+    ("advance", [{"lane": "e_in", "detector": "e-advance", "distance": 250, "kind": "x"}]),  # unknown field
+    ("stopline", [{"lane": "x_in", "detector": "x-stopline", "distance": 60}]),    # not an incoming lane
+    ("stopline", [{"lane": "e_out", "detector": "e-stopline", "distance": 60}]),   # an outgoing lane
+    ("stopline", [{"lane": "e_in", "detector": "a", "distance": 60},               # two for one lane
+                  {"lane": "e_in", "detector": "b", "distance": 30}]),
+    ("stopline", [{"lane": "e_in", "detector": "bad name!", "distance": 60}]),     # not a device name
+    ("stopline", [{"lane": "e_in", "detector": "e-stopline", "distance": 2}]),     # shorter than a car
+    ("stopline", [{"lane": "e_in", "detector": "e-stopline", "distance": 500}]),   # an advance detector's reach
+    ("stopline", [{"lane": "e_in", "detector": "e-stopline", "distance": "near"}]),  # not a number
+    ("stopline", "e-stopline"),                                                     # not a list
 ])
-async def test_bad_advance_detectors_are_refused(client: Any, advance: list[dict[str, Any]]) -> None:
+async def test_bad_zone_detectors_are_refused(client: Any, kind: str, detectors: Any) -> None:
     response = await client.post("/api/traffic/signals", json={"id": "bad", "plan": {**TWO_PHASES,
-                                                                                      "advance": advance}})
+                                                                                      kind: detectors}})
     assert response.status_code in (400, 422), response.text
     assert (await client.get("/api/traffic/signals/bad")).status_code == 404
 
 
-async def test_advance_detectors_need_the_plans_links(client: Any) -> None:
+@pytest.mark.parametrize(("kind", "detectors", "called"), [("advance", ADVANCE, "advance"),
+                                                           ("stopline", STOPLINE, "stop-line")])
+async def test_zone_detectors_need_the_plans_links(client: Any, kind: str, detectors: list[dict[str, Any]],
+                                                   called: str) -> None:
     plan = {k: v for k, v in TWO_PHASES.items() if k != "links"}
     response = await client.post("/api/traffic/signals", json={"id": "unlinked", "plan": {**plan,
-                                                                                           "advance": ADVANCE}})
-    assert response.status_code == 400 and "links" in response.text
+                                                                                           kind: detectors}})
+    assert response.status_code == 400 and f"{called} detectors need the plan's links" in response.text
 
 
 @pytest.fixture(scope="module")

@@ -16,41 +16,29 @@ import pytest
 from cityos.traffic.control_loop import ControlLoop, approach_readings, detector_entity, detector_reading
 from cityos.traffic.detectors import QueueWait
 from cityos.traffic.signals import ApproachReading, LaneReading
-from detector_readings import write_reading
+from detector_readings import STOPLINE, TWO_PHASES, reading_attrs, write_reading
 
-SDM = "https://smartdatamodels.org/dataModel.Transportation/"
-LANES = [{"in": "n_in", "out": "s_out"}, {"in": "s_in", "out": "n_out"},
-         {"in": "e_in", "out": "w_out"}, {"in": "w_in", "out": "e_out"}]
-TWO_PHASES = {"phases": [{"state": "GGrr", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10},
-                         {"state": "rrGG", "minGreen": 5, "maxGreen": 60, "fixedGreen": 10}],
-              "yellow": 3, "allRed": 2, "conflicts": [[0, 2], [0, 3], [1, 2], [1, 3]], "links": LANES}
 T0 = dt.datetime(2026, 12, 6, 8, 0, tzinfo=dt.UTC)
-STOPLINE = [{"lane": "e_in", "detector": "e-in-stopline", "distance": 60},
-            {"lane": "w_in", "detector": "w-in-stopline", "distance": 60}]
 
-
-def attrs_of(**values: tuple[Any, str]) -> dict[str, Any]:
-    return {SDM + name: [{"type": "Property", "value": value, "unitCode": unit,
-                          "observedAt": "2026-12-06T08:00:00Z"}] for name, (value, unit) in values.items()}
 
 
 def test_a_measured_queue_gives_the_standing_vehicles() -> None:
     # 50 % of a 60 m zone is 6 cars; moving at 12 km/h on average, so the speed rule would count none standing,
     # but the detector measures a 30 m queue: 4 cars of 5 m with 2.5 m between them.
-    queued = detector_reading(attrs_of(occupancy=(50.0, "P1"), averageVehicleSpeed=(12.0, "KMH"),
+    queued = detector_reading(reading_attrs(occupancy=(50.0, "P1"), averageVehicleSpeed=(12.0, "KMH"),
                                        queueLength=(30.0, "MTR")), length=60.0)
     assert queued is not None and queued.reading.vehicles == pytest.approx(6.0)
     assert queued.reading.halting == pytest.approx(4.0)
-    in_km = detector_reading(attrs_of(occupancy=(50.0, "P1"), averageVehicleSpeed=(12.0, "KMH"),
+    in_km = detector_reading(reading_attrs(occupancy=(50.0, "P1"), averageVehicleSpeed=(12.0, "KMH"),
                                       queueLength=(0.03, "KMT")), length=60.0)
     assert in_km is not None and in_km.reading.halting == pytest.approx(4.0)
     # A queue longer than the zone holds cars is capped at the cars on it (halting never exceeds vehicles).
-    long = detector_reading(attrs_of(occupancy=(50.0, "P1"), averageVehicleSpeed=(1.0, "KMH"),
+    long = detector_reading(reading_attrs(occupancy=(50.0, "P1"), averageVehicleSpeed=(1.0, "KMH"),
                                      queueLength=(400.0, "MTR")), length=60.0)
     assert long is not None and long.reading.halting == pytest.approx(long.reading.vehicles)
     # No queue, or an impossible one: the speed rule (all standing under 5 km/h).
     for extra in ({}, {"queueLength": (-3.0, "MTR")}, {"queueLength": ("long", "MTR")}):
-        crawl = detector_reading(attrs_of(occupancy=(50.0, "P1"), averageVehicleSpeed=(3.0, "KMH"), **extra),
+        crawl = detector_reading(reading_attrs(occupancy=(50.0, "P1"), averageVehicleSpeed=(3.0, "KMH"), **extra),
                                  length=60.0)
         assert crawl is not None and crawl.reading.halting == pytest.approx(6.0), extra
 
@@ -139,29 +127,3 @@ async def test_the_hub_keeps_a_detectors_queue_from_its_device(client: Any, app:
         refused = await client.post(f"/api/v1/{token}/telemetry", json={"occupancy": 40.0, **bad})
         after = (await client.get(f"/ngsi-ld/v1/entities/{detector_entity('radar-1')}")).json()
         assert after["queueLength"]["value"] == 45.5, (bad, refused.text)
-
-
-@pytest.mark.parametrize("stopline", [
-    [{"lane": "x_in", "detector": "x-stopline", "distance": 60}],                  # not an incoming lane
-    [{"lane": "e_out", "detector": "e-stopline", "distance": 60}],                 # an outgoing lane
-    [{"lane": "e_in", "detector": "a", "distance": 60}, {"lane": "e_in", "detector": "b", "distance": 30}],
-    [{"lane": "e_in", "detector": "bad name!", "distance": 60}],                   # not a device name
-    [{"lane": "e_in", "detector": "e-stopline", "distance": 2}],                   # shorter than a car
-    [{"lane": "e_in", "detector": "e-stopline", "distance": 500}],                 # an advance detector's reach
-    [{"lane": "e_in", "detector": "e-stopline", "distance": "near"}],              # not a number
-    [{"lane": "e_in", "detector": "e-stopline", "distance": 60, "kind": "x"}],     # unknown field
-    "e-stopline",                                                                   # not a list
-])
-async def test_bad_stop_line_detectors_are_refused(client: Any, stopline: Any) -> None:
-    response = await client.post("/api/traffic/signals", json={"id": "bad", "plan": {**TWO_PHASES,
-                                                                                      "stopline": stopline}})
-    assert response.status_code in (400, 422), response.text
-    assert (await client.get("/api/traffic/signals/bad")).status_code == 404
-
-
-async def test_stop_line_detectors_need_the_plans_links(client: Any) -> None:
-    plan = {k: v for k, v in TWO_PHASES.items() if k != "links"}
-    response = await client.post("/api/traffic/signals", json={"id": "unlinked", "plan": {**plan,
-                                                                                           "stopline": STOPLINE}})
-    assert response.status_code == 400 and "stop-line" in response.text
-
