@@ -143,6 +143,11 @@ def queue_field_class() -> Any:
                 values[lane] = {"occupancy": round(min(100.0, queued * QUEUE_SPACING_M), 2),
                                 "speed": 3.0 if queued >= 2 else 40.0, "intensity": self._counted[lane]}
                 self._counted[lane] = 0
+            for device, zone in self._zones.items():  # stop-line detectors (`--stopline`): the queue's front
+                standing = min(self._queue[zone.lane] * QUEUE_SPACING_M, zone.distance)
+                values[device] = {"occupancy": round(100.0 * standing / zone.distance, 2),
+                                  "speed": 3.0 if standing >= 2 * QUEUE_SPACING_M else 40.0,
+                                  "queue": round(standing, 1), "intensity": 0}
             return values
 
         def sample_edges(self) -> None:
@@ -228,7 +233,10 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
     url = f"mqtt://127.0.0.1:{port}"
     settings = Settings(database_url=args.database_url or f"sqlite:///{workdir / 'bench.db'}")
     await asyncio.to_thread(migrate.upgrade, settings)
-    sites = {signal: replace(site, plan=bench_plan(site.plan)) for signal, site in read_sites(net).items()}
+    # The measured figures so far had the lanes' detectors only; `--stopline` adds a stop-line device per
+    # incoming lane (half as many readings again), as the demo and the city loop bench now have.
+    sites = {signal: replace(site, plan=bench_plan(site.plan), stopline=site.stopline if args.stopline else ())
+             for signal, site in read_sites(net).items()}
     app = create_app(settings)
     context = multiprocessing.get_context("spawn")
     stop, out = context.Event(), context.Queue()
@@ -242,7 +250,7 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
                 spec = {"id": site.signal, "device": site.cabinet, "controller": "cityos",
                         "plan": plan_doc(site, yellow=3, all_red=2)}
                 await traffic.register(admin, iot.tenant, SignalIn.model_validate(spec))
-            lanes = detector_devices(sites)  # the lanes' detectors, then any advance detectors
+            lanes = detector_devices(sites)  # the lanes' detectors, then any stop-line and advance detectors
             result = await iot.provision_many(
                 [DeviceIn(name=GATEWAY, profile="traffic-flow", gateway=True)]
                 + [DeviceIn(name=lane, profile="traffic-flow", gatewayName=GATEWAY) for lane in lanes]
@@ -380,6 +388,7 @@ async def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="the control loop's decision interval")
     parser.add_argument("--report-every", type=float, default=1.0, help="simulated seconds between readings")
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--stopline", action="store_true", help="a stop-line detector device per incoming lane too")
     parser.add_argument("--ingest-process", action="store_true",
                         help="the readings' ingest worker in a process of its own (PostgreSQL)")
     parser.add_argument("--field", choices=("sumo", "queues"), default="sumo",
