@@ -88,7 +88,7 @@ async def through_platform(mode: str, args: argparse.Namespace, workdir: Path, n
     from cityos.iot.ingest import IngestWorker
     from cityos.iot.models import DeviceIn
     from cityos.security.policy import Principal
-    from cityos.sim.sumo_field import advance_loops, detector_devices, plan_doc, zone_loops
+    from cityos.sim.sumo_field import detector_devices, plan_doc, zone_loops
     from cityos.traffic.api import command_batch_sender
     from cityos.traffic.control_loop import ControlLoop
     from cityos.traffic.models import SignalIn
@@ -142,8 +142,8 @@ async def through_platform(mode: str, args: argparse.Namespace, workdir: Path, n
             assert ready.get("ready"), ready
             loop.start()  # at once: the street is running (the first round without readings runs fixed time)
             progress(f"{mode}: {len(sites)} signals, {len(devices)} detector devices "
-                     f"({len(advance_loops(sites))} advance, {len(zone_loops(sites)) - len(advance_loops(sites))} "
-                     f"stop-line), {args.seconds} s simulated")
+                     f"({len(zone_loops(sites, 'advance'))} advance, {len(zone_loops(sites, 'stopline'))} stop-line), "
+                     f"{args.seconds} s simulated")
             began = time.monotonic()
             street: dict[str, Any] | None = None
             while street is None:

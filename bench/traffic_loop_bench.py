@@ -143,11 +143,12 @@ def queue_field_class() -> Any:
                 values[lane] = {"occupancy": round(min(100.0, queued * QUEUE_SPACING_M), 2),
                                 "speed": 3.0 if queued >= 2 else 40.0, "intensity": self._counted[lane]}
                 self._counted[lane] = 0
-            for device, zone in self._zones.items():  # stop-line detectors (`--stopline`): the queue's front
-                standing = min(self._queue[zone.lane] * QUEUE_SPACING_M, zone.distance)
-                values[device] = {"occupancy": round(100.0 * standing / zone.distance, 2),
-                                  "speed": 3.0 if standing >= 2 * QUEUE_SPACING_M else 40.0,
-                                  "queue": round(standing, 1), "intensity": 0}
+            for device, zone in self._zones.items():  # stop-line zones (`--stopline`; no lane here is long
+                # enough for an advance detector): the front of the queue, 5 m cars 7.5 m apart
+                cars = min(self._queue[zone.lane], zone.distance / QUEUE_SPACING_M)
+                values[device] = {"occupancy": round(100.0 * cars * 5.0 / zone.distance, 2),
+                                  "speed": 3.0 if cars >= 2 else 40.0,
+                                  "queue": round(cars * QUEUE_SPACING_M, 1), "intensity": 0}
             return values
 
         def sample_edges(self) -> None:

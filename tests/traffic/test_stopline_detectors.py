@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from cityos.traffic.control_loop import ControlLoop, approach_readings, detector_entity, detector_reading
+from cityos.traffic.controllers.adaptive import CityOSAdaptive
 from cityos.traffic.detectors import QueueWait
-from cityos.traffic.signals import ApproachReading, LaneReading
+from cityos.traffic.signals import ApproachReading, LaneReading, View
 from detector_readings import STOPLINE, TWO_PHASES, reading_attrs, write_reading
 
 T0 = dt.datetime(2026, 12, 6, 8, 0, tzinfo=dt.UTC)
@@ -36,11 +37,18 @@ def test_a_measured_queue_gives_the_standing_vehicles() -> None:
     long = detector_reading(reading_attrs(occupancy=(50.0, "P1"), averageVehicleSpeed=(1.0, "KMH"),
                                      queueLength=(400.0, "MTR")), length=60.0)
     assert long is not None and long.reading.halting == pytest.approx(long.reading.vehicles)
-    # No queue, or an impossible one: the speed rule (all standing under 5 km/h).
-    for extra in ({}, {"queueLength": (-3.0, "MTR")}, {"queueLength": ("long", "MTR")}):
+    # No queue, an impossible one or one in a unit not understood: the speed rule (all standing under 5 km/h).
+    for extra in ({}, {"queueLength": (-3.0, "MTR")}, {"queueLength": ("long", "MTR")},
+                  {"queueLength": (30.0, "FOT")}):
         crawl = detector_reading(reading_attrs(occupancy=(50.0, "P1"), averageVehicleSpeed=(3.0, "KMH"), **extra),
                                  length=60.0)
         assert crawl is not None and crawl.reading.halting == pytest.approx(6.0), extra
+    # A queue measured an hour before the occupancy (its last reading refused, or no longer measured) is not
+    # today's queue: moving at 40 km/h, nobody stands.
+    old = reading_attrs(occupancy=(50.0, "P1"), averageVehicleSpeed=(40.0, "KMH"))
+    old.update(reading_attrs(queueLength=(60.0, "MTR"), at="2026-12-05T09:00:00Z"))
+    moving = detector_reading(old, length=60.0)
+    assert moving is not None and moving.reading.halting == 0.0
 
 
 def test_the_stop_line_detector_is_the_approachs_gap_count() -> None:
@@ -66,9 +74,13 @@ def test_a_standing_queues_waiting_is_estimated_from_its_counts() -> None:
     assert wait.update(115.0, 6.0) == pytest.approx(60.0)  # two joined: they have waited nothing yet
     # Three of six left: they take half of the total with them; the three left stood five more seconds.
     assert wait.update(120.0, 3.0) == pytest.approx(60.0 * 0.5 + 3 * 5.0)
-    assert wait.update(119.0, 3.0) == pytest.approx(45.0)  # a reading from the past adds nothing
+    assert wait.update(119.0, 0.0) == pytest.approx(45.0)  # a reading from the past changes nothing
+    assert wait.update(120.0, 9.0) == pytest.approx(45.0) and wait.halting == 3.0
     assert wait.update(125.0, 0.0) == 0.0  # the queue cleared
     assert wait.update(130.0, 2.0) == 0.0 and wait.update(131.0, 2.0) == pytest.approx(2.0)
+    # A gap longer than `gap_s` (readings stale, a green wave): what stands now starts counting again.
+    assert wait.update(131.0 + wait.gap_s + 1, 2.0) == 0.0
+    assert wait.update(133.0 + wait.gap_s + 1, 2.0) == pytest.approx(4.0)
 
 
 async def test_an_empty_stop_line_ends_a_green_the_lane_detector_would_hold(client: Any, app: Any,
@@ -124,6 +136,71 @@ async def test_the_hub_keeps_a_detectors_queue_from_its_device(client: Any, app:
     # 40 % of 60 m is ~5 cars; the 45.5 m queue (6 cars at 7.5 m) is capped at the cars on the zone.
     assert reading is not None and reading.reading.halting == pytest.approx(reading.reading.vehicles)
     for bad in ({"queue": -1}, {"queue": "long"}, {"queue": 99999}):  # out of the profile's range or type
-        refused = await client.post(f"/api/v1/{token}/telemetry", json={"occupancy": 40.0, **bad})
+        answer = await client.post(f"/api/v1/{token}/telemetry", json={"occupancy": 40.0, "speed": 30.0, **bad})
+        # The device hears which value was refused; the rest of the reading is kept.
+        refused = [r["detail"].split()[0].split("=")[0] for r in answer.json()["rejected"]]
+        assert answer.status_code == 200 and refused == ["queue"], answer.text
         after = (await client.get(f"/ngsi-ld/v1/entities/{detector_entity('radar-1')}")).json()
-        assert after["queueLength"]["value"] == 45.5, (bad, refused.text)
+        assert after["queueLength"]["value"] == 45.5, (bad, answer.text)
+        # The queue left from the earlier reading is not this one's: moving at 30 km/h, nobody stands.
+        found = await app.state.hub.service.retrieve_many(app.state.iot.tenant, [detector_entity("radar-1")])
+        now = detector_reading(found[detector_entity("radar-1")].attrs, length=60.0)
+        assert now is not None and now.reading.halting == 0.0, bad
+
+
+E_ADVANCE = {"lane": "e_in", "detector": "e-in-advance", "distance": 250}
+
+
+@pytest.mark.parametrize("zones", [
+    {"advance": [{**E_ADVANCE, "detector": "e-x"}],                              # one device, both zones
+     "stopline": [{"lane": "e_in", "detector": "e-x", "distance": 60}]},
+    {"stopline": [{"lane": "e_in", "detector": "n_in", "distance": 60}]},         # another lane's detector
+    {"stopline": [{"lane": "e_in", "detector": "w_out", "distance": 60}]},        # an outgoing lane's detector
+    {"stopline": [{"lane": "e_in", "detector": "s", "distance": 60},              # one device for two lanes
+                  {"lane": "w_in", "detector": "s", "distance": 60}]},
+    {"advance": [{**E_ADVANCE, "distance": 40}],                                  # reaching no further up than
+     "stopline": [{"lane": "e_in", "detector": "e-in-stopline", "distance": 60}]},  # the stop-line zone
+])
+async def test_zone_detectors_that_overlap_are_refused(client: Any, zones: dict[str, Any]) -> None:
+    response = await client.post("/api/traffic/signals", json={"id": "overlap", "plan": {**TWO_PHASES, **zones}})
+    assert response.status_code == 400, response.text
+    assert (await client.get("/api/traffic/signals/overlap")).status_code == 404
+    both = await client.post("/api/traffic/signals", json={"id": "both", "plan": {
+        **TWO_PHASES, "advance": [E_ADVANCE], "stopline": STOPLINE}})
+    assert both.status_code == 201, both.text
+
+
+async def test_the_controller_weighs_how_long_a_queue_has_stood(client: Any, app: Any,
+                                                               moving_clock: list[dt.datetime],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readings carry no waiting time: the loop estimates it from the standing counts, round by round, and
+    starts again after the readings went stale."""
+    waited: list[float] = []
+    decide = CityOSAdaptive.decide
+
+    def seen(self: CityOSAdaptive, view: View) -> int:
+        waited.append(view.approaches["n_in"].waiting)
+        return decide(self, view)
+
+    monkeypatch.setattr(CityOSAdaptive, "decide", seen)
+    plan = {**TWO_PHASES, "phases": [{**p, "minGreen": 5, "maxGreen": 120} for p in TWO_PHASES["phases"]]}
+    assert (await client.post("/api/traffic/signals", json={"id": "w", "controller": "cityos",
+                                                            "plan": plan})).status_code == 201
+    loop = ControlLoop(app.state.traffic, app.state.hub.service, app.state.iot.tenant, lambda: None, None,
+                       interval=1.0, stale_after=5.0)
+
+    async def round_after(seconds: float) -> None:
+        moving_clock[0] += dt.timedelta(seconds=seconds)
+        for lane, (occupancy, speed) in {"n_in": (20.0, 2.0), "s_in": (0.0, 40.0), "e_in": (0.0, 40.0),
+                                         "w_in": (0.0, 40.0)}.items():
+            await write_reading(client, lane, moving_clock[0], occupancy, speed)
+        await loop.round()
+
+    await round_after(1)  # north-south has green: four cars stand on n_in (20 % of 100 m), just seen
+    assert waited == []  # within the minimum green the controller is not asked
+    await round_after(4)
+    await round_after(4)
+    assert waited == [pytest.approx(16.0), pytest.approx(32.0)]  # four cars, four seconds, twice
+    await round_after(60)  # nothing read for a minute: the estimate starts again
+    assert waited[-1] == 0.0
+    await loop.stop()

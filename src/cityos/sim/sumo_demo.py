@@ -197,8 +197,7 @@ async def start_city_traffic(app: Any, mqtt_url: str, seed: int, directory: Path
         with contextlib.suppress(Exception):
             await running.stop()
         raise
-    zones = zone_loops(network.sites)
     log.info("SUMO field: %d signals, %d detector lanes, %d stop-line and %d advance detectors", len(network.sites),
-             len(detector_lanes(network.sites)), sum(z.kind == "stopline" for z in zones.values()),
-             sum(z.kind == "advance" for z in zones.values()))
+             len(detector_lanes(network.sites)), len(zone_loops(network.sites, "stopline")),
+             len(zone_loops(network.sites, "advance")))
     return running

@@ -53,6 +53,7 @@ log = logging.getLogger("cityos.sim.sumo_field")
 STEP_S = 0.5  # SUMO's step; the wall clock paces it
 TICK_S = 0.02  # how often the thread looks for requests and lamp changes between steps
 CONNECT_TIMEOUT_S = 10.0
+MIN_ZONE_M = 5.0  # a stop-line zone shorter than a car is no detector (and `plan.stopline` refuses it)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class ZoneLoop:
     lane: str
     device: str
     distance: float
-    kind: str = "advance"  # or "stopline"
+    kind: str  # "stopline" or "advance"
 
 
 def advance_device(lane: str) -> str:
@@ -108,10 +109,10 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
             signal = signal_of(crossing.tls) if signal_of else crossing.tls
             lon, lat = (positions or {}).get(crossing.tls, (None, None))
             length = {lane: float(libsumo.lane.getLength(lane)) for lane in crossing.in_lanes}
-            advance = tuple(ZoneLoop(lane, advance_device(lane), ADVANCE_M) for lane in crossing.in_lanes
+            advance = tuple(ZoneLoop(lane, advance_device(lane), ADVANCE_M, "advance") for lane in crossing.in_lanes
                             if length[lane] > ADVANCE_M)
             stopline = tuple(ZoneLoop(lane, stopline_device(lane), round(min(STOPLINE_ZONE_M, length[lane]), 1),
-                                      "stopline") for lane in crossing.in_lanes)
+                                      "stopline") for lane in crossing.in_lanes if length[lane] >= MIN_ZONE_M)
             sites[signal] = SignalSite(signal, crossing.tls, crossing.plan, links, crossing.in_lanes,
                                        tuple(dict.fromkeys((*crossing.in_lanes, *crossing.out_lanes))),
                                        cabinet_of(crossing.tls) if cabinet_of else f"{crossing.tls}-cabinet",
@@ -144,14 +145,10 @@ def detector_lanes(sites: Mapping[str, SignalSite]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(lane for site in sites.values() for lane in site.lanes))
 
 
-def advance_loops(sites: Mapping[str, SignalSite]) -> dict[str, ZoneLoop]:
-    """Every site's advance detectors by device name."""
-    return {a.device: a for site in sites.values() for a in site.advance}
-
-
-def zone_loops(sites: Mapping[str, SignalSite]) -> dict[str, ZoneLoop]:
-    """Every site's stop-line and advance detectors by device name."""
-    return {a.device: a for site in sites.values() for a in (*site.stopline, *site.advance)}
+def zone_loops(sites: Mapping[str, SignalSite], kind: str | None = None) -> dict[str, ZoneLoop]:
+    """Every site's stop-line and advance detectors (or those of one `kind`) by device name."""
+    return {a.device: a for site in sites.values() for a in (*site.stopline, *site.advance)
+            if kind is None or a.kind == kind}
 
 
 def detector_devices(sites: Mapping[str, SignalSite]) -> tuple[str, ...]:

@@ -363,7 +363,8 @@ class ControlLoop:
         lanes, missing = self.readings(driven, found, now)
         moment = now.timestamp()
         approaches = with_waits(driven, approach_readings(driven.in_lanes, lanes, *self.zone_readings(driven, found,
-                                                                                                       now)), moment)
+                                                                                                       now)),
+                                moment, self.stale_after)
         if not driven.in_lanes or missing:
             supervisor.inputs_lost(moment, f"no fresh reading from {', '.join(missing[:5]) or 'any detector'}")
         else:
@@ -448,11 +449,13 @@ class ControlLoop:
         return acked_ms
 
 
-def with_waits(driven: DrivenSignal, approaches: dict[str, ApproachReading], at: float) -> dict[str, ApproachReading]:
-    """The approaches with their queues' estimated waiting (`QueueWait`) where their detectors report none."""
+def with_waits(driven: DrivenSignal, approaches: dict[str, ApproachReading], at: float,
+               stale_after: float) -> dict[str, ApproachReading]:
+    """The approaches with their queues' estimated waiting (`QueueWait`) where their detectors report none; a
+    lane unseen for longer than `stale_after` starts its estimate again."""
     out = {}
     for lane, approach in approaches.items():
-        waited = driven.waits.setdefault(lane, QueueWait()).update(at, approach.halting)
+        waited = driven.waits.setdefault(lane, QueueWait(gap_s=stale_after)).update(at, approach.halting)
         out[lane] = approach if approach.waiting > 0 else replace(approach, waiting=waited)
     return out
 

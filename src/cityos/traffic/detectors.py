@@ -1,7 +1,9 @@
 """Detector readings from the hub (车辆检测器读数): `TrafficFlowObserved` entities as the controllers' inputs.
 
 A detector of lane L is the hub entity `urn:ngsi-ld:TrafficFlowObserved:<L>` (what an IoT `traffic-flow` device
-named L produces); an advance detector is one of its own, named in the signal's plan (`plan.advance`). Used by
+named L produces); a stop-line or an advance detector is one of its own, named in the signal's plan
+(`plan.stopline`, `plan.advance`). A reading's vehicles come from its occupancy over the detector's length, its
+standing vehicles from the queue it measures (`queueLength`) or its mean speed. Used by
 the control loop (`cityos.traffic.control_loop`) and by emergency pre-emption's clear-ahead lead
 (`TrafficService.preempt`), so both read a detector the same way.
 """
@@ -68,22 +70,27 @@ def detector_reading(attrs: dict[str, Any], length: float = DETECTOR_LENGTH_M) -
     vehicles = share * length / vehicle_length
     try:
         reading = check_reading(LaneReading(
-            vehicles=vehicles, halting=halting_of(attrs, vehicles, speed, vehicle_length), mean_speed=speed / 3.6,
-            occupancy=share, length=length))
+            vehicles=vehicles, halting=halting_of(attrs, str(observed), vehicles, speed, vehicle_length),
+            mean_speed=speed / 3.6, occupancy=share, length=length))
     except PlanError:
         return None
     return DetectorReading(reading, at, max(0.0, intensity or 0.0))
 
 
-def halting_of(attrs: dict[str, Any], vehicles: float, speed: float, vehicle_length: float) -> float:
+QUEUE_UNITS = {None: 1.0, "MTR": 1.0, "KMT": 1000.0}  # metres per unit; another unit is not understood
+
+
+def halting_of(attrs: dict[str, Any], observed: str, vehicles: float, speed: float, vehicle_length: float) -> float:
     """The standing vehicles of a reading: from the queue a radar or camera detector measures (`queueLength`,
-    metres, 排队长度) where it reports one, else all of them when the zone's mean speed is a crawl."""
-    queue_attr = instance(attrs, "queueLength")
-    queue = number(queue_attr.get("value")) if queue_attr else None
-    if queue is not None and queue_attr is not None and queue_attr.get("unitCode") == "KMT":
-        queue *= 1000.0
-    if queue is not None and math.isfinite(queue) and queue >= 0:
-        return min(vehicles, queue / (vehicle_length + STANDING_GAP_M))
+    metres, 排队长度) where it reports one with the occupancy observed at `observed` (an older queue, left by
+    a reading whose queue was refused or a detector that stopped measuring it, says nothing of now), else all
+    of them when the zone's mean speed is a crawl."""
+    found = instance(attrs, "queueLength") or {}
+    queue = number(found.get("value"))
+    per_unit = QUEUE_UNITS.get(found.get("unitCode"))
+    if queue is not None and per_unit is not None and found.get("observedAt") == observed \
+            and math.isfinite(queue) and queue >= 0:
+        return min(vehicles, queue * per_unit / (vehicle_length + STANDING_GAP_M))
     return vehicles if speed < HALTING_KMH else 0.0
 
 
@@ -128,9 +135,10 @@ def approach_readings(in_lanes: tuple[str, ...], lanes: dict[str, LaneReading], 
                       stopline: dict[str, LaneReading] | None = None) -> dict[str, ApproachReading]:
     """Per incoming lane with a reading of its own detector: its approach as the controller sees it in process.
     The stop-line detector, where the lane has a fresh one, gives the vehicles at the stop line (else the lane's
-    detector stands for it); the lane's detector gives the waiting; a lane's advance detector, where it has a
-    reading, the vehicles arriving. The zones overlap (each reaches up from the stop line), so the approach's
-    vehicles and halting are the largest of them."""
+    detector stands for it); the lane's detector gives the waiting (hub readings carry none: the control loop
+    estimates it, `QueueWait`); a lane's advance detector, where it has a reading, the vehicles arriving. The
+    zones overlap (each reaches up from the stop line), so the approach's vehicles and halting are the largest
+    of them."""
     out: dict[str, ApproachReading] = {}
     for lane in in_lanes:
         own = lanes.get(lane)
@@ -171,13 +179,20 @@ class QueueWait:
     at: float | None = None  # when it was last updated (POSIX seconds)
     halting: float = 0.0
     seconds: float = 0.0
+    # A longer gap between updates (the lane's readings went stale, its signal ran a green wave) starts again:
+    # what stood then says nothing of how long what stands now has waited.
+    gap_s: float = 30.0
 
     def update(self, at: float, halting: float) -> float:
-        if self.at is not None and at > self.at:
+        if self.at is not None and at <= self.at:
+            return self.seconds  # a moment already counted
+        if self.at is None or at - self.at > self.gap_s:
+            self.seconds = 0.0
+        else:
             if halting < self.halting:
                 self.seconds *= halting / self.halting
             self.seconds += min(halting, self.halting) * (at - self.at)
         if halting <= 0:
             self.seconds = 0.0
-        self.at, self.halting = max(at, self.at or at), halting
+        self.at, self.halting = at, halting
         return self.seconds

@@ -102,8 +102,9 @@ class AdvanceDetectorIn(BaseModel):
 class StoplineDetectorIn(AdvanceDetectorIn):
     """A stop-line detector of an approach (停车线检测器): loops or a camera zone over the last `distance` metres of
     one incoming lane, a `traffic-flow` device of its own. While it sees vehicles the green is still discharging
-    (the gap detector of actuated control), and its queue is the approach's standing queue. Without one, the
-    lane's own detector stands for it."""
+    (the gap detector of actuated control), and its standing vehicles count towards the approach's (the largest
+    of the lane's, the stop-line and the advance detector's). Without one, the lane's own detector stands for
+    it."""
 
     distance: StrictFloat | StrictInt = Field(ge=5, le=200, description="metres from the stop line it reaches up")
 

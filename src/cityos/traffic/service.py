@@ -140,24 +140,35 @@ def stopline_detectors(doc: dict[str, Any]) -> dict[str, tuple[str, float]]:
 
 
 def check_zone_detectors(plan: models.PlanIn) -> None:
-    """Refuse advance or stop-line detectors that name no incoming lane of the plan's links, or two of a kind
-    for one lane."""
+    """Refuse advance or stop-line detectors that name no incoming lane of the plan's links, two of a kind for one
+    lane, a device that is already another detector (of this plan's zones or lanes: one reading would be read
+    twice over different lengths), or a stop-line zone reaching as far up as the lane's advance detector."""
+    lanes = {lane for link in plan.links or [] for lane in (link.in_lane, link.out_lane)}
+    incoming = {link.in_lane for link in plan.links or []}
+    devices: set[str] = set()
+    reach: dict[str, dict[str, float]] = {}  # lane → kind → metres
     for kind, called in ZONE_KINDS.items():
         detectors: list[models.AdvanceDetectorIn] = list(getattr(plan, kind) or [])
         if detectors and not plan.links:
             raise BadRequestData(f"{called} detectors need the plan's links (the lanes they watch)")
-        incoming = {link.in_lane for link in plan.links or []}
-        seen: set[str] = set()
         for detector in detectors:
             if detector.lane not in incoming:
                 raise BadRequestData(f"{called} detector {detector.detector}: lane {detector.lane!r} is not an "
                                      "incoming lane of the plan's links")
-            if detector.lane in seen:
+            if kind in reach.get(detector.lane, {}):
                 raise BadRequestData(f"lane {detector.lane!r} has more than one {called} detector")
             if not models.DETECTOR_NAME.match(detector.detector):
                 raise BadRequestData(f"{called} detector {detector.detector[:64]!r}: a device name is letters, "
                                      "digits, '_', '.' or '-' (at most 64)")
-            seen.add(detector.lane)
+            if detector.detector in devices or detector.detector in lanes:
+                raise BadRequestData(f"{called} detector {detector.detector!r} is already another detector of "
+                                     "this plan")
+            devices.add(detector.detector)
+            reach.setdefault(detector.lane, {})[kind] = float(detector.distance)
+    for lane, zones in reach.items():
+        if "advance" in zones and "stopline" in zones and zones["stopline"] >= zones["advance"]:
+            raise BadRequestData(f"lane {lane!r}: the stop-line detector must end nearer the stop line than the "
+                                 "advance detector")
 
 
 def supervisor_at(plan: SignalPlan, row: Any, now: dt.datetime) -> SignalSupervisor:
