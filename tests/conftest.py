@@ -99,8 +99,8 @@ def _quoted(table: str) -> str:
 
 
 async def _non_empty(conn: Any, tables: list[str]) -> list[str]:
-    """The tables holding a row, in the order given, found with one statement (per 200 tables): a test leaves rows in a few
-    of the ~150 tables, and a DELETE per table cost 60 ms per test on SQLite (one thread hop each)."""
+    """The tables holding a row, in the order given, found with one statement (per 200 tables): a test leaves
+    rows in a few of the ~150 tables, and a DELETE per table cost 60 ms per test on SQLite (a thread hop each)."""
     found: set[int] = set()
     for start in range(0, len(tables), _PROBES_PER_STATEMENT):
         probe = " UNION ALL ".join(f"SELECT {n} AS i WHERE EXISTS (SELECT 1 FROM {_quoted(tables[n])})"
