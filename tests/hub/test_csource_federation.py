@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -89,8 +90,9 @@ def registration_of(broker: Broker, n: int, **extra: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def broker_pool(database_url: str, tmp_path: Path) -> AsyncIterator[Callable[[int], Any]]:
-    """Start n brokers (in parallel), each on a fresh database of the session's backend."""
+async def broker_pool(database_url: str, tmp_path: Path, template: str) -> AsyncIterator[Callable[[int], Any]]:
+    """Start n brokers (in parallel), each on a fresh database of the session's backend (a copy of the
+    migrated `template`; `cityos serve` still runs its own start-up migration, which finds it at head)."""
     started: list[Broker] = []
     databases: list[str] = []
 
@@ -99,10 +101,12 @@ async def broker_pool(database_url: str, tmp_path: Path) -> AsyncIterator[Callab
         for i in range(n):
             name = f"b{len(started) + i}"
             if database_url.startswith("sqlite"):
-                url = f"sqlite:///{tmp_path / (name + '.db')}"
+                copy = tmp_path / (name + ".db")
+                await asyncio.to_thread(shutil.copyfile, template, copy)
+                url = f"sqlite:///{copy}"
             else:
                 db = f"cityos_csr_{uuid.uuid4().hex[:10]}"
-                await asyncio.to_thread(admin_sql, f'CREATE DATABASE "{db}"')
+                await asyncio.to_thread(admin_sql, f'CREATE DATABASE "{db}" TEMPLATE "{template}"')
                 databases.append(db)
                 url = postgres_database_url(db)
             new.append(Broker(url, name, tmp_path))
@@ -119,8 +123,8 @@ async def broker_pool(database_url: str, tmp_path: Path) -> AsyncIterator[Callab
 
 
 @pytest.fixture
-async def brokers(database_url: str, tmp_path: Path) -> AsyncIterator[Callable[[int], Any]]:
-    async with broker_pool(database_url, tmp_path) as start:
+async def brokers(database_url: str, tmp_path: Path, broker_template: str) -> AsyncIterator[Callable[[int], Any]]:
+    async with broker_pool(database_url, tmp_path, broker_template) as start:
         yield start
 
 

@@ -39,8 +39,9 @@ def reg(n: str, endpoint: str, mode: str, info: dict[str, Any] | None = None, au
 
 
 @pytest.fixture
-async def brokers(database_url: str, tmp_path: Path) -> AsyncIterator[Callable[[int], Any]]:
-    async with broker_pool(database_url, tmp_path) as start:
+async def brokers(database_url: str, tmp_path: Path,
+                  broker_template: str) -> AsyncIterator[Callable[[int], Any]]:
+    async with broker_pool(database_url, tmp_path, broker_template) as start:
         yield start
 
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from portal_harness import chromium, portal_server
+from portal_harness import chromium, portal_installation, portal_server
 
-__all__ = ["chromium", "portal_server"]
+__all__ = ["chromium", "portal_installation", "portal_server"]

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from PIL import Image
 from PIL.ExifTags import GPS, IFD
-from portal_harness import PASSWORD, Browser, Portal
+from portal_harness import PASSWORD, Browser, Installation, Portal
 from stdnum.cn import ric
 
 from smtp_mailbox import Mailbox, running_mailbox
-from web_harness import bootstrap_admin, free_port, running_server, server_env
+from web_harness import free_port, running_server, server_env
 
 PHONE = "13912345678"
 PHONE_WIDTH = 390
@@ -33,14 +33,15 @@ def resident_id() -> str:
 
 
 @pytest.fixture(scope="module")
-def citizen_portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Portal, Mailbox]]:
+def citizen_portal(tmp_path_factory: pytest.TempPathFactory,
+                   portal_installation: Installation) -> Iterator[tuple[Portal, Mailbox]]:
     """A real `cityos serve` whose SMS goes out by e-mail to a local SMTP server."""
     root = tmp_path_factory.mktemp("citizen-e2e")
     port = free_port()
     with running_mailbox() as (mailbox, smtp_port):
         env = {**server_env(root, port), "CITYOS_SMTP_HOST": "127.0.0.1", "CITYOS_SMTP_PORT": str(smtp_port),
                "CITYOS_SMS_EMAIL_DOMAIN": "sms.test"}
-        admin_secret = bootstrap_admin(env, PASSWORD, upgrade_timeout=300, add_timeout=300)
+        admin_secret = portal_installation.copy_to(root)
         log = root / "server.log"
         with running_server(env, port, log, start_timeout=180, poll_interval=0.5):
             yield Portal(f"http://127.0.0.1:{port}", log, admin_secret, env), mailbox
