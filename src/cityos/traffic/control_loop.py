@@ -362,9 +362,9 @@ class ControlLoop:
         supervisor.stage, supervisor.stage_start = "green", green_since.timestamp()
         lanes, missing = self.readings(driven, found, now)
         moment = now.timestamp()
-        approaches = with_waits(driven, approach_readings(driven.in_lanes, lanes, *self.zone_readings(driven, found,
-                                                                                                       now)),
-                                moment, self.stale_after)
+        advance, stopline = self.zone_readings(driven, found, now)
+        approaches = with_waits(driven, approach_readings(driven.in_lanes, lanes, advance, stopline), moment,
+                                self.stale_after)
         if not driven.in_lanes or missing:
             supervisor.inputs_lost(moment, f"no fresh reading from {', '.join(missing[:5]) or 'any detector'}")
         else:

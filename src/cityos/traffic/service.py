@@ -131,14 +131,6 @@ def zone_detectors(doc: dict[str, Any], kind: str) -> dict[str, tuple[str, float
     return {a["lane"]: (a["detector"], float(a["distance"])) for a in doc.get(kind) or []}
 
 
-def advance_detectors(doc: dict[str, Any]) -> dict[str, tuple[str, float]]:
-    return zone_detectors(doc, "advance")
-
-
-def stopline_detectors(doc: dict[str, Any]) -> dict[str, tuple[str, float]]:
-    return zone_detectors(doc, "stopline")
-
-
 def check_zone_detectors(plan: models.PlanIn) -> None:
     """Refuse advance or stop-line detectors that name no incoming lane of the plan's links, two of a kind for one
     lane, a device that is already another detector (of this plan's zones or lanes: one reading would be read
@@ -189,7 +181,7 @@ def supervisor_at(plan: SignalPlan, row: Any, now: dt.datetime) -> SignalSupervi
 
 def lane_zones(doc: dict[str, Any]) -> dict[str, LaneZones]:
     """The plan's incoming lanes that have an advance or a stop-line detector, with them."""
-    advance, stopline = advance_detectors(doc), stopline_detectors(doc)
+    advance, stopline = zone_detectors(doc, "advance"), zone_detectors(doc, "stopline")
     return {lane: LaneZones(advance.get(lane), stopline.get(lane)) for lane in {*advance, *stopline}}
 
 
