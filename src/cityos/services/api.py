@@ -39,9 +39,10 @@ from cityos.security.api import client_ip, enforce, request_tenant, require
 from cityos.security.audit import AuditEvent
 from cityos.security.policy import Principal, Resource
 from cityos.security.service import Unauthorized
+from cityos.services.desk import Check
 from cityos.services.prefill import PrefilledApplications
 from cityos.services.scheduled import start_sweeper
-from cityos.services.service import Check, ServiceDesk
+from cityos.services.service import ServiceDesk
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/services", tags=["services"])
