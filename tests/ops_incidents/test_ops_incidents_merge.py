@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 from ops_incidents_helpers import BASE, Clock, act, create, point
 
-from cityos.ops.incidents.service import NewIncident
+from cityos.ops.incidents.core import NewIncident
 
 HERE = (110.31, 20.01)
 # about 110 m north, about 330 m north

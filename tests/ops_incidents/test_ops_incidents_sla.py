@@ -95,7 +95,7 @@ async def test_resolved_incident_closes_automatically(client: httpx.AsyncClient,
 
 async def test_reporter_confirmation_closes_or_reopens(client: httpx.AsyncClient, auth: Any, service: Any,
                                                        districts: list[str]) -> None:
-    from cityos.ops.incidents.service import NewIncident
+    from cityos.ops.incidents.core import NewIncident
 
     citizen_id = "citizen-42"
     citizen = auth.headers("citizen", user_id=citizen_id)

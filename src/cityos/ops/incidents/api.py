@@ -33,10 +33,11 @@ from sqlalchemy import select
 from cityos.config import env_float
 from cityos.core import clock
 from cityos.core.errors import BadRequestData
+from cityos.ops.incidents.core import NewIncident, Plan, parse_id
 from cityos.ops.incidents.listeners import Listeners
 from cityos.ops.incidents.models import STATUSES, ActionIn, ConfirmIn, IncidentIn, MergeIn, PolicyIn, incidents
 from cityos.ops.incidents.scheduled import start_loops
-from cityos.ops.incidents.service import IncidentService, NewIncident, Plan, parse_id
+from cityos.ops.incidents.service import IncidentService
 from cityos.security.api import current_principal, enforce, request_tenant, require
 from cityos.security.audit import AuditEvent
 from cityos.security.policy import Principal, Resource, Scope, role_of, scope_for

@@ -25,9 +25,10 @@ from cityos.core.events import Event, EventBus
 from cityos.hub.service import ENTITY_CHANGED
 from cityos.hub.store import EntityQuery
 from cityos.ops.incidents import correlation as corr
+from cityos.ops.incidents.core import SYSTEM, NewIncident
 from cityos.ops.incidents.models import CATEGORY_PATTERN, LEVELS
 from cityos.ops.incidents.routing import level_of
-from cityos.ops.incidents.service import SYSTEM, IncidentService, NewIncident
+from cityos.ops.incidents.service import IncidentService
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from cityos.config import public_url
 from cityos.core.errors import ProblemError, ResourceNotFound
 from cityos.core.responses import read_body
-from cityos.ops.incidents.service import IncidentService, Plan
+from cityos.ops.incidents.core import Plan
+from cityos.ops.incidents.service import IncidentService
 from cityos.ops.open311.formats import FORMATS, error, render
 from cityos.ops.open311.service import Open311Error, Open311Service
 from cityos.security.api import current_principal, enforce, header_tenant, request_tenant, require

@@ -29,8 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.config import env_float, env_int
 from cityos.core import clock
+from cityos.ops.incidents.core import NewIncident, Plan
 from cityos.ops.incidents.models import CATEGORY_PATTERN
-from cityos.ops.incidents.service import IncidentService, NewIncident, Plan
+from cityos.ops.incidents.service import IncidentService
 from cityos.ops.open311.media import MediaStore
 from cityos.ops.open311.models import api_keys
 from cityos.security.audit import AuditEvent
