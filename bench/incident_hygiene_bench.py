@@ -150,7 +150,7 @@ async def run(correlation: bool, args: argparse.Namespace, workdir: Path) -> dic
     from cityos.config import Settings
     from cityos.core import migrate
     from cityos.iot.health import run_once
-    from cityos.iot.service import Envelope
+    from cityos.iot.messages import Envelope
     from cityos.ops.incidents.correlation import kind_of
     from cityos.ops.incidents.models import incidents
     from cityos.ops.rules.api import install_default_rules

@@ -9,7 +9,7 @@ import orjson
 from iot_helpers import ms, recorder
 
 from cityos.iot import health
-from cityos.iot.service import Envelope
+from cityos.iot.messages import Envelope
 
 AQ = {"name": "aq-1", "profile": "air-quality", "lon": 110.3, "lat": 20.0, "district": "Meilan", "department": "EPB"}
 

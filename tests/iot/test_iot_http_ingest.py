@@ -10,7 +10,7 @@ import orjson
 from iot_helpers import history_count, ms
 
 from cityos.core import clock
-from cityos.iot.service import Envelope
+from cityos.iot.messages import Envelope
 
 AQ = {"name": "aq-1", "profile": "air-quality", "lon": 110.3, "lat": 20.0, "district": "Meilan", "department": "EPB"}
 OBS = "urn:ngsi-ld:AirQualityObserved:aq-1"

@@ -36,8 +36,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from cityos.core.errors import BadRequestData, ProblemError, ResourceNotFound, TooLarge, UnsupportedMediaType
+from cityos.iot.messages import BulkResult, hash_token
 from cityos.iot.models import DeviceIn, ReplayIn, RpcIn
-from cityos.iot.service import BulkResult, IotService, hash_token
+from cityos.iot.service import IotService
 from cityos.security.api import client_ip, current_principal, enforce, require, security_of
 from cityos.security.audit import AuditEvent
 from cityos.security.policy import Principal, Resource, Scope, role_of, scope_for

@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiocoap import Code, Context, Message, resource
 
-from cityos.iot.service import DeviceCall, IotService
+from cityos.iot.messages import DeviceCall
+from cityos.iot.service import IotService
 
 log = logging.getLogger("cityos.iot.coap")
 

@@ -43,7 +43,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cityos.core import clock
 from cityos.core.tasks import StepGuard
-from cityos.iot.service import Envelope, IngestReport, IotService
+from cityos.iot.messages import Envelope, IngestReport
+from cityos.iot.service import IotService
 
 log = logging.getLogger("cityos.iot.ingest")
 
@@ -472,7 +473,7 @@ def mapping_broker(plugin: Any, map_topic: Callable[[str, str], str | None]) -> 
             return closed
 
         def watch_credentials(self, service: IotService) -> Callable[[], None]:
-            from cityos.iot.service import TOPIC_CREDENTIALS
+            from cityos.iot.messages import TOPIC_CREDENTIALS
 
             async def on_change(event: Any) -> None:
                 self.disconnect_device(str(event.payload.get("name")))

@@ -18,8 +18,8 @@ from cityos.core.metrics import (
     Sample,
     age_seconds,
 )
+from cityos.iot.messages import IngestReport
 from cityos.iot.models import dead_letters, devices, event_outbox
-from cityos.iot.service import IngestReport
 
 
 async def _read(conn: AsyncConnection) -> list[Sample]:

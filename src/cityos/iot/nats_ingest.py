@@ -25,7 +25,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 
 from cityos.core.jetstream import add_stream_when_ready, servers
 from cityos.iot.ingest import PREFIX, BatchCommitter, WorkerStats, envelope_for
-from cityos.iot.service import Envelope, IotService
+from cityos.iot.messages import Envelope
+from cityos.iot.service import IotService
 
 log = logging.getLogger("cityos.iot.nats_ingest")
 

@@ -155,7 +155,7 @@ class NatsMqttUsers:
 
     def attach(self, bus: EventBus) -> None:
         """Wake on the registry's events, from whichever process changed it."""
-        from cityos.iot.service import TOPIC_CREDENTIALS, TOPIC_PROVISIONED
+        from cityos.iot.messages import TOPIC_CREDENTIALS, TOPIC_PROVISIONED
 
         for topic in (TOPIC_CREDENTIALS, TOPIC_PROVISIONED):
             self._unsubscribe.append(bus.subscribe(topic, self._on_change, every_process=True))

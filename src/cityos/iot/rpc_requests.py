@@ -21,7 +21,7 @@ from cityos.core.errors import ResourceNotFound
 from cityos.iot.models import Device, RpcIn, device_id, device_name, devices, rpc_requests
 
 if TYPE_CHECKING:
-    from cityos.iot.service import Envelope
+    from cityos.iot.messages import Envelope
 
 
 class RpcRequests:
