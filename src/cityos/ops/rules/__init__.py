@@ -1,7 +1,8 @@
 """Rules over live hub data and the alarms they raise (一网统管).
 
 Modules: ``spec`` (the rule document: JSON Schema, JSON/YAML parsing, semantic checks), ``engine``
-(compiled rules, the type × attribute index, three-valued evaluation; pure), ``models`` (tables),
+(three-valued evaluation of changes and timers; pure) with ``nodes`` (the condition tree),
+``compiler`` (compiled rules) and ``index`` (the type × attribute index), ``models`` (tables),
 ``service`` (versioned rules, alarms, window state, the timer, Alert entities), ``api`` (router and
 start-up), ``defaults.yaml`` (the shipped city rules).
 

@@ -39,8 +39,9 @@ from cityos.core.metrics import RULE_EVALUATION
 from cityos.hub import service as hub_service_module
 from cityos.hub.service import HubService
 from cityos.ops.rules import spec
-from cityos.ops.rules.engine import Engine, Key, Outcome, attr_value, epoch, from_epoch
+from cityos.ops.rules.engine import Engine, Key, Outcome, epoch, from_epoch
 from cityos.ops.rules.models import alarms, rule_state, rule_versions, rules
+from cityos.ops.rules.nodes import attr_value
 
 log = logging.getLogger("cityos.ops.rules")
 
