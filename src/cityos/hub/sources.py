@@ -11,7 +11,7 @@ the data domain declares them, loads them from its table and records the conflic
 Only entity types with a declared source are checked: every other type (and the hub's conformance) is
 untouched. Writes without a principal (the platform's own pipelines, or security switched off) carry no
 source to compare and are not checked, except device readings: IoT ingest judges them as (the device's
-department, `iot`) with `judge` and `hold` (cityos.iot.service), and other domains publishing their
+department, `iot`) with `judge` and `hold` (cityos.iot.readings), and other domains publishing their
 records write `as_source` (cityos.hub.service).
 """
 
