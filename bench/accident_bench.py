@@ -30,6 +30,14 @@ minus the onset), p50/p90 over the detected ones and over all (`p90_all_s`, a mi
 the share within 5 minutes; false alarms (alarms with no blockage there) per detector-day. `--record`
 keeps the simulation's readings, `--replay` scores such a recording without SUMO (the detectors do not
 act on the simulation, so a replay gives the same alarms). One JSON line.
+
+Protocols. The original one (`--horizon 1800 --first 300`) injects the first blockage at 300 s, when the
+simulated network holds a quarter of its later traffic and the detectors have learned nothing: a live
+platform never sees that (it runs continuously through a network that is never empty). The warm-up
+protocol discards a warm-up period, as simulation studies do (`--horizon 2400 --first 900`: the same
+blockage spacing, the first one at 900 s), and gives the detectors what a running platform has learned:
+`--warm-up R` first feeds them a recording R of the same network with another seed and no blockage
+(`--accidents 0`), keeps each pair's learned shares and forgets its recent intervals, then scores.
 """
 
 
@@ -50,7 +58,14 @@ from dataclasses import asdict, astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cityos.traffic.accidents import INTERVAL_S, AccidentDetector, StationReading, Thresholds
+from cityos.traffic.accidents import (
+    INTERVAL_S,
+    AccidentDetector,
+    PairState,
+    ShiftState,
+    StationReading,
+    Thresholds,
+)
 from cityos.traffic.citynet import build_network, write_demand
 from cityos.traffic.sumo import sumo_binary, sumo_home
 
@@ -256,10 +271,29 @@ def simulate(args: argparse.Namespace) -> Recording:
     return Recording(positions_of, feeds, accidents, frames, probes)
 
 
-def detect(recording: Recording, thresholds: Thresholds) -> list[tuple[str, str, float, str]]:
+Detectors = dict[tuple[str, str], AccidentDetector]
+
+
+def new_detectors(thresholds: Thresholds) -> Detectors:
+    return {(pairs, rule): AccidentDetector(replace(thresholds, flow_scaled=rule == "cityos"))
+            for pairs in PAIRINGS for rule in ("cityos", "previous")}
+
+
+def keep_learned(detectors: Detectors) -> None:
+    """After a warm-up recording: keep what each pair learned (its shares), forget its recent intervals and open
+    episodes, as a detector that ran through the night before the morning's traffic would have."""
+    for detector in detectors.values():
+        for pair, state in detector.states.items():
+            detector.states[pair] = PairState(seen_up=state.seen_up, seen_down=state.seen_down)
+        for pair, shift in detector.shifts.items():
+            detector.shifts[pair] = ShiftState(shift.lanes, seen_up=list(shift.seen_up),
+                                               seen_down=list(shift.seen_down))
+
+
+def detect(recording: Recording, thresholds: Thresholds,
+           detectors: Detectors | None = None) -> list[tuple[str, str, float, str]]:
     """Every interval, each pair's readings to the detectors: the alarms (pairing, edge, time, which)."""
-    detectors = {(pairs, rule): AccidentDetector(replace(thresholds, flow_scaled=rule == "cityos"))
-                 for pairs in PAIRINGS for rule in ("cityos", "previous")}
+    detectors = new_detectors(thresholds) if detectors is None else detectors
     baselines = {pairs: SpeedDrop() for pairs in PAIRINGS}
     alarms: list[tuple[str, str, float, str]] = []
     for now, frame in recording.frames:
@@ -285,6 +319,18 @@ def detect(recording: Recording, thresholds: Thresholds) -> list[tuple[str, str,
     return alarms
 
 
+def load(path: Path) -> dict[str, Any]:
+    with gzip.open(path, "rt") as source:
+        saved: dict[str, Any] = json.load(source)
+    return saved
+
+
+def as_recording(saved: dict[str, Any]) -> Recording:
+    return Recording(saved["positions_of"], saved["feeds"], [Accident(**a) for a in saved["accidents"]],
+                     [(now, {loop: tuple(v) for loop, v in frame.items()}) for now, frame in saved["frames"]],
+                     [(now, [tuple(p) for p in seen]) for now, seen in saved.get("probes", [])])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--horizon", type=int, default=3600)
@@ -302,15 +348,14 @@ def main() -> None:
                         help="the lane-shift test's threshold (0: off, the detector as of 2026-12-05)")
     parser.add_argument("--all-lanes-false-alarm-p", type=float, default=Thresholds().all_lanes_false_alarm_p,
                         help="… and on station pairs")
+    parser.add_argument("--warm-up", type=Path,
+                        help="a recording of the same network (another seed) the detectors learn from first")
     args = parser.parse_args()
     started = time.perf_counter()
     if args.replay:
-        with gzip.open(args.replay, "rt") as source:
-            saved = json.load(source)
+        saved = load(args.replay)
         args.horizon, args.seed = saved["horizon"], saved["seed"]
-        recording = Recording(saved["positions_of"], saved["feeds"], [Accident(**a) for a in saved["accidents"]],
-                              [(now, {loop: tuple(v) for loop, v in frame.items()}) for now, frame in saved["frames"]],
-                              [(now, [tuple(p) for p in seen]) for now, seen in saved.get("probes", [])])
+        recording = as_recording(saved)
     else:
         recording = simulate(args)
     if args.record:
@@ -318,8 +363,18 @@ def main() -> None:
             json.dump({"horizon": args.horizon, "seed": args.seed, "positions_of": recording.positions_of,
                        "feeds": recording.feeds, "accidents": [asdict(a) for a in recording.accidents],
                        "frames": recording.frames, "probes": recording.probes}, sink)
-    alarms = detect(recording, Thresholds(false_alarm_p=args.false_alarm_p, shift_p=args.shift_p,
-                                          all_lanes_false_alarm_p=args.all_lanes_false_alarm_p))
+    thresholds = Thresholds(false_alarm_p=args.false_alarm_p, shift_p=args.shift_p,
+                            all_lanes_false_alarm_p=args.all_lanes_false_alarm_p)
+    detectors = new_detectors(thresholds)
+    if args.warm_up:
+        # The warm-up protocol: the detectors first see another day's recording of the same network (its own
+        # seed, no blockage), as a platform that runs continuously has; its alarms are not scored.
+        before = as_recording(load(args.warm_up))
+        if before.positions_of != recording.positions_of:
+            parser.error("the warm-up recording is of another network or other loops")
+        detect(before, thresholds, detectors)
+        keep_learned(detectors)
+    alarms = detect(recording, thresholds, detectors)
     positions_of, accidents = recording.positions_of, recording.accidents
     feeds = {edge: set(sources) for edge, sources in recording.feeds.items()}
     counts = {"station": sum(len(positions) - 1 for positions in positions_of.values()),
@@ -340,6 +395,7 @@ def main() -> None:
     print(json.dumps({"bench": "accident_detection", "horizon_s": args.horizon, "seed": args.seed,
                       "replayed": bool(args.replay), "false_alarm_p": args.false_alarm_p,
                       "all_lanes_false_alarm_p": args.all_lanes_false_alarm_p, "shift_p": args.shift_p,
+                      "warm_up": str(args.warm_up) if args.warm_up else None,
                       "accidents": [{"lane": a.lane, "onset": a.onset, "position_m": a.position}
                                     for a in accidents], **report,
                       "wall_s": round(time.perf_counter() - started, 1)}))

@@ -175,7 +175,8 @@ def accident_lane_shift_p() -> float:
     """The lane-shift test's threshold in the live watch; 0 (the default) leaves it off. On held-out SUMO runs it
     raised detection within 5 minutes from 64 % to 72 % at 1e-5 but false alarms from 0.14 to 0.60 per detector-
     day (bench/RESULTS.md, 2026-12-06): each alarm opens an incident and alerts the police, so a city turns it on
-    where its operators can confirm alarms first."""
+    where its operators can confirm alarms first. With detectors that have learned the network (the bench's warm-up
+    protocol, 2026-12-06 14:47) 1e-6 is the measured operating point."""
     raw = os.environ.get("CITYOS_TRAFFIC_ACCIDENT_LANE_SHIFT_P", "0").strip() or "0"
     try:
         value = float(raw)
