@@ -157,3 +157,12 @@ async def test_periodic_notifications_join_too(client: httpx.AsyncClient, receiv
     received = await receiver.wait_count(2)
     for notification in received[:2]:
         assert [e["id"] for e in notification.body["data"]] == [TOWER, PARIS]
+
+
+async def test_only_relationships_the_notification_shows_are_followed(client: httpx.AsyncClient,
+                                                                       receiver: Receiver) -> None:
+    await city_and_tower(client)
+    # pick leaves locatedAt out of the notified entity: its city is not notified either.
+    await subscribe(client, receiver, join="flat", pick=["id", "type", "name", "height"])
+    data = await notified_after_patch(client, receiver)
+    assert [e["id"] for e in data] == [TOWER] and "locatedAt" not in data[0]

@@ -332,7 +332,7 @@ def render_record(sub: Compiled, record: EntityRecord, before: EntityRecord | No
     return out
 
 
-def render_linked(sub: Compiled, record: EntityRecord, _view: frozenset[str] | None = None) -> dict[str, Any]:
+def render_linked(sub: Compiled, record: EntityRecord) -> dict[str, Any]:
     """An entity a notified one links to (`notification.join`, §4.5.23): the subscription's format, sysAttrs
     and language, with all its attributes (`notification.attributes` selects the notified entity's)."""
     params = sub.params
@@ -352,18 +352,25 @@ async def join_linked(sub: Compiled, notified: list[tuple[EntityRecord | None, d
     join, level = sub.params.get("join"), int(sub.params.get("joinLevel", 1))
     if join not in JOINS:
         return outs
-    # The view of a notified entity is notification.attributes (what it shows); linked entities show all.
-    top = frozenset(sub.params["attributes"]) if sub.params.get("attributes") else None
-    linker: Linker[frozenset[str] | None] = Linker(
-        load, lambda record, view: render_linked(sub, record, view), lambda _view, _iri: None,
-        lambda view, iri: view is None or iri in view, sub.ctx.compact)
-    states = [(record, out) for record, out in notified if record is not None]
+    linker: Linker[None] = Linker(load, lambda record, _view: render_linked(sub, record), lambda _view, _iri: None,
+                                  lambda _view, _iri: True, sub.ctx.compact)
+    states = [(_shown(sub, record, out), out) for record, out in notified if record is not None]
     if join == "flat":
-        linked = await linker.flat([r for r, _ in states], [o for _, o in states], top, level)
+        linked = await linker.flat([r for r, _ in states], [o for _, o in states], None, level)
         return outs + linked[len(states):]
     for record, out in states:
-        await linker.inline(record, out, top, sub.params["format"], level)
+        await linker.inline(record, out, None, sub.params["format"], level)
     return outs
+
+
+def _shown(sub: Compiled, record: EntityRecord, out: dict[str, Any]) -> EntityRecord:
+    """The record as far as its notification shows it (datasetId, attributes, pick/omit): only the
+    relationships a subscriber sees are followed."""
+    datasets = dataset_filter(sub.spec)
+    if datasets is not None:
+        record = _only_datasets(record, datasets)
+    return dataclasses.replace(record, attrs={iri: instances for iri, instances in record.attrs.items()
+                                              if sub.ctx.compact(iri) in out})
 
 
 def _only_datasets(record: EntityRecord, datasets: frozenset[str]) -> EntityRecord:
