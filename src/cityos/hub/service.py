@@ -338,6 +338,9 @@ class HubService:
         return result
 
     async def update_attrs(self, tenant: str, entity_id: str, body: Any, ctx: ActiveContext) -> UpdateResult:
+        """Update Attributes, ETSI GS CIM 009 v1.9.1 §5.6.2: the attributes and datasetId instances the entity
+        has are replaced (an NGSI-LD Null deletes one), the others appended. The appended ones are changes
+        like any other (history, attributeCreated, the write guard); only the scope is not added (§4.18)."""
         now = clock.now()
         if not isinstance(body, dict):
             raise BadRequestData("the body must be a JSON object")
@@ -368,14 +371,17 @@ class HubService:
                 existing = {i.get("datasetId"): i for i in after.attrs.get(iri, [])}
                 for inst in instances:
                     key = inst.get("datasetId")
-                    if key not in existing:
-                        result.not_updated.append({"attributeName": ctx.compact(iri),
-                                                   "reason": "attribute (or datasetId) does not exist"})
-                        continue
                     if _is_null(inst):
-                        existing.pop(key)
+                        if existing.pop(key, None) is None:
+                            # Nothing to delete: a Null is no value to append either.
+                            result.not_updated.append({"attributeName": ctx.compact(iri),
+                                                       "reason": "attribute (or datasetId) does not exist"})
+                            continue
                     else:
-                        inst["createdAt"] = existing[key].get("createdAt", clock.iso(now))
+                        # v1.9.1 §5.6.2: an instance the entity has is replaced; one it lacks (a new
+                        # attribute or datasetId) is appended, as Append Attributes (§5.6.3) would.
+                        old = existing.get(key)
+                        inst["createdAt"] = old.get("createdAt", clock.iso(now)) if old else clock.iso(now)
                         inst["modifiedAt"] = clock.iso(now)
                         existing[key] = inst
                     changed.add(iri)

@@ -28,6 +28,7 @@ from cityos.core.events import Event
 from cityos.core.outbound import Outbound, OutboundRefused
 from cityos.hub import geoquery, typesel
 from cityos.hub.jsonld import ActiveContext, ContextResolver
+from cityos.hub.linked import JOINS, Linker
 from cityos.hub.model import VALUE_KEY, check_entity_id, render_entity
 from cityos.hub.projection import project_rendered
 from cityos.hub.qlang import QExpr, evaluate_q, parse_q
@@ -331,6 +332,47 @@ def render_record(sub: Compiled, record: EntityRecord, before: EntityRecord | No
     return out
 
 
+def render_linked(sub: Compiled, record: EntityRecord) -> dict[str, Any]:
+    """An entity a notified one links to (`notification.join`, §4.5.23): the subscription's format, sysAttrs
+    and language, with all its attributes (`notification.attributes` selects the notified entity's)."""
+    params = sub.params
+    return render_entity(record.id, record.types, record.attrs, sub.ctx.compact, fmt=params["format"],
+                         sys_attrs=bool(params.get("sysAttrs")), created_at=clock.iso(record.created_at),
+                         modified_at=clock.iso(record.modified_at), scope=record.scope, lang=sub.spec.get("lang"))
+
+
+async def join_linked(sub: Compiled, notified: list[tuple[EntityRecord | None, dict[str, Any]]],
+                      load: Callable[[list[str]], Awaitable[dict[str, EntityRecord]]]) -> list[dict[str, Any]]:
+    """The notification's data with the entities its entities link to, as `notification.join` asks (v1.8.1
+    §5.2.14, §4.5.23): under each relationship (`inline`) or after the notified entities, each once (`flat`),
+    `joinLevel` hops deep. `notified` pairs each rendered entity with the (masked) state it was rendered
+    from (None for a deleted entity: it links to nothing). `load` reads the linked entities as the
+    subscription's owner may see them."""
+    outs = [out for _, out in notified]
+    join, level = sub.params.get("join"), int(sub.params.get("joinLevel", 1))
+    if join not in JOINS:
+        return outs
+    linker: Linker[None] = Linker(load, lambda record, _view: render_linked(sub, record), lambda _view, _iri: None,
+                                  lambda _view, _iri: True, sub.ctx.compact)
+    states = [(_shown(sub, record, out), out) for record, out in notified if record is not None]
+    if join == "flat":
+        linked = await linker.flat([r for r, _ in states], [o for _, o in states], None, level)
+        return outs + linked[len(states):]
+    for record, out in states:
+        await linker.inline(record, out, None, sub.params["format"], level)
+    return outs
+
+
+def _shown(sub: Compiled, record: EntityRecord, out: dict[str, Any]) -> EntityRecord:
+    """The record as far as its notification shows it (datasetId, attributes, pick/omit): only the
+    relationships a subscriber sees are followed."""
+    datasets = dataset_filter(sub.spec)
+    if datasets is not None:
+        record = _only_datasets(record, datasets)
+    return dataclasses.replace(record, attrs={iri: instances for iri, instances in record.attrs.items()
+                                              if sub.ctx.compact(iri) in out})
+
+
 def _only_datasets(record: EntityRecord, datasets: frozenset[str]) -> EntityRecord:
     """The record with only the instances of the subscription's datasetIds ("@none": the default)."""
     kept = {iri: [i for i in instances if i.get("datasetId", "@none") in datasets]
@@ -420,14 +462,44 @@ class SubscriptionService:
         for sub in subs:
             if not self.may_notify(sub):
                 continue
-            rendered = (render_data(sub, change, now, self.masker) for change in changes
-                        if sub.matches(change, now) and self.filters_allowed(sub, change.after or change.before))
-            data = [item for item in rendered if item is not None]
+            matched = [change for change in changes
+                       if sub.matches(change, now) and self.filters_allowed(sub, change.after or change.before)]
+            if "join" in sub.params:
+                data = await self._joined(conn, tenant, sub, matched, now)
+            else:
+                rendered = (render_data(sub, change, now, self.masker) for change in matched)
+                data = [item for item in rendered if item is not None]
             for chunk in _chunks(data, self.settings.max_entities_per_notification):
                 rows.append(outbox_row(sub, chunk, now))
         if rows:
             await self.enqueue(conn, rows)
             self._remember(changes, {row["endpoint"] for row in rows})
+
+    async def _joined(self, conn: AsyncConnection, tenant: str, sub: Compiled, changes: list[Change],
+                      now: datetime) -> list[dict[str, Any]]:
+        """The rendered changes with their linked entities (`notification.join`)."""
+        notified: list[tuple[EntityRecord | None, dict[str, Any]]] = []
+        for change in changes:
+            out = render_data(sub, change, now, self.masker)
+            if out is None:
+                continue
+            state = change.after
+            if state is not None and self.masker is not None:
+                state = self.masker(sub, state)
+            notified.append((state, out))
+        return await join_linked(sub, notified, self.visible_loader(conn, tenant, sub))
+
+    def visible_loader(self, conn: AsyncConnection, tenant: str,
+                       sub: Compiled) -> Callable[[list[str]], Awaitable[dict[str, EntityRecord]]]:
+        """Reads entities as the subscription's owner may see them (masked; left out when it sees none)."""
+        async def load(ids: list[str]) -> dict[str, EntityRecord]:
+            found = await self.store.fetch(conn, tenant, ids)
+            if self.masker is None:
+                return found
+            masked = {entity_id: self.masker(sub, record) for entity_id, record in found.items()}
+            return {entity_id: record for entity_id, record in masked.items() if record is not None}
+
+        return load
 
     def may_notify(self, sub: Compiled) -> bool:
         """Not suspended (its owner exists and is enabled), and its filters are still the owner's to use."""

@@ -19,6 +19,7 @@ from cityos.core.clock import as_utc_or_none
 from cityos.core.errors import BadRequestData
 from cityos.hub import geoquery, typesel
 from cityos.hub.jsonld import ActiveContext
+from cityos.hub.linked import JOINS, MAX_JOIN_LEVEL
 from cityos.hub.model import NULL_URI, check_entity_id, check_name, is_uri
 from cityos.hub.projection import projection_of
 from cityos.hub.qlang import RESERVED_SUB_ATTRIBUTES, And, Comparison, Exists, Or, QExpr, parse_q
@@ -245,7 +246,24 @@ def _notification(value: Any, ctx: ActiveContext) -> dict[str, Any]:
     for key in ("showChanges", "sysAttrs"):
         if key in value:
             params[key] = _bool(value[key], f"notification.{key}")
+    params.update(_join(value))
     return params
+
+
+def _join(value: dict[str, Any]) -> dict[str, Any]:
+    """notification.join and joinLevel (v1.8.1 §5.2.14, §4.5.23): the linked entities notified with the
+    entities, inline or flat, and how many hops; "@none" (or no join) notifies the entities alone."""
+    out: dict[str, Any] = {}
+    if "join" in value:
+        if value["join"] not in (*JOINS, "@none"):
+            raise BadRequestData("notification.join must be inline, flat or @none")
+        out["join"] = value["join"]
+    if "joinLevel" in value:
+        level = value["joinLevel"]
+        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= MAX_JOIN_LEVEL:
+            raise BadRequestData(f"notification.joinLevel must be an integer from 1 to {MAX_JOIN_LEVEL}")
+        out["joinLevel"] = level
+    return out
 
 
 def _context_member(value: Any, _ctx: ActiveContext) -> str:

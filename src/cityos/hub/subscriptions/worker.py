@@ -52,6 +52,7 @@ from cityos.hub.subscriptions.service import (
     Compiled,
     Masker,
     SubscriptionService,
+    join_linked,
     outbox_row,
     render_record,
 )
@@ -611,6 +612,9 @@ class Sender:
             if service.masker is not None:
                 records = [m for m in (service.masker(sub, r) for r in records) if m is not None]
             data = [render_record(sub, record) for record in records]
+            if "join" in sub.params:
+                data = await join_linked(sub, list(zip(records, data, strict=True)),
+                                         service.visible_loader(conn, tenant, sub))
             await self.service.enqueue(conn, [outbox_row(sub, data, now)])
         return {sub.endpoint}
 
