@@ -263,6 +263,13 @@ def owner_claims(principal: Any) -> dict[str, Any] | None:
 
 def render_data(sub: Compiled, change: Change, now: datetime, masker: Masker | None = None) -> dict[str, Any] | None:
     """One entity of a notification's data, in the subscription's format, attributes and @context."""
+    seen = masked_change(sub, change, masker)
+    return render_seen(sub, seen, now) if seen is not None else None
+
+
+def masked_change(sub: Compiled, change: Change, masker: Masker | None) -> Change | None:
+    """The change as the subscription's owner may see it (each state masked once: the masker audits what
+    it reveals), or None when it may see none of it."""
     before, after = change.before, change.after
     if masker is not None:
         if after is not None:
@@ -273,6 +280,12 @@ def render_data(sub: Compiled, change: Change, now: datetime, masker: Masker | N
             before = masker(sub, before)
             if before is None and change.after is None:
                 return None
+    return Change(change.entity_id, before, after, change.changed_attrs)
+
+
+def render_seen(sub: Compiled, change: Change, now: datetime) -> dict[str, Any]:
+    """A masked change (`masked_change`) rendered as one entity of a notification's data."""
+    before, after = change.before, change.after
     if after is None:
         assert before is not None
         return render_deleted(sub, before, now)
@@ -480,13 +493,9 @@ class SubscriptionService:
         """The rendered changes with their linked entities (`notification.join`)."""
         notified: list[tuple[EntityRecord | None, dict[str, Any]]] = []
         for change in changes:
-            out = render_data(sub, change, now, self.masker)
-            if out is None:
-                continue
-            state = change.after
-            if state is not None and self.masker is not None:
-                state = self.masker(sub, state)
-            notified.append((state, out))
+            seen = masked_change(sub, change, self.masker)
+            if seen is not None:
+                notified.append((seen.after, render_seen(sub, seen, now)))
         return await join_linked(sub, notified, self.visible_loader(conn, tenant, sub))
 
     def visible_loader(self, conn: AsyncConnection, tenant: str,
