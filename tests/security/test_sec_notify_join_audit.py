@@ -14,7 +14,7 @@ from hub.subscriptions.notify_helpers import (  # noqa: F401 - the fixture is us
     S,
     receiver_fixture,
 )
-from security.test_sec_masking_hub import CASE, E, JSON, cases  # noqa: F401 - the fixture is used by name
+from security.test_sec_masking_hub import CASE, JSON, E, cases  # noqa: F401 - the fixture is used by name
 
 
 async def test_a_joined_notification_audits_the_entity_once(client: httpx.AsyncClient, auth: Auth, app: Any,
