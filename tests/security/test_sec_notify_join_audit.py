@@ -14,11 +14,13 @@ from hub.subscriptions.notify_helpers import (  # noqa: F401 - the fixture is us
     S,
     receiver_fixture,
 )
-from security.test_sec_masking_hub import CASE, JSON, E, cases  # noqa: F401 - the fixture is used by name
+from security.test_sec_masking_hub import CASE, JSON, E, case_file, declare_case_file
 
 
 async def test_a_joined_notification_audits_the_entity_once(client: httpx.AsyncClient, auth: Auth, app: Any,
-                                                            cases: None, receiver: Receiver) -> None:
+                                                            receiver: Receiver) -> None:
+    await declare_case_file(client)
+    assert (await client.post(E, json=case_file(), headers=JSON)).status_code == 201
     official = auth.headers("official", department="health", username="dr-wang")
     subs = {}
     for join in ("plain", "@none", "flat"):
