@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -426,7 +426,10 @@ def outbox_row(sub: Compiled, data: list[dict[str, Any]], now: datetime) -> dict
             "attempts": 0}
 
 
-def _chunks(items: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+Item = TypeVar("Item")
+
+
+def _chunks(items: list[Item], size: int) -> Iterable[list[Item]]:
     for start in range(0, len(items), max(1, size)):
         yield items[start:start + size]
 
@@ -477,13 +480,15 @@ class SubscriptionService:
                 continue
             matched = [change for change in changes
                        if sub.matches(change, now) and self.filters_allowed(sub, change.after or change.before)]
+            size = self.settings.max_entities_per_notification
             if "join" in sub.params:
-                data = await self._joined(conn, tenant, sub, matched, now)
+                # The entities are split first and each part joined: a linked entity goes in the
+                # notification of the entity linking to it (flat), never alone in one of its own.
+                parts = [await self._joined(conn, tenant, sub, part, now) for part in _chunks(matched, size)]
             else:
                 rendered = (render_data(sub, change, now, self.masker) for change in matched)
-                data = [item for item in rendered if item is not None]
-            for chunk in _chunks(data, self.settings.max_entities_per_notification):
-                rows.append(outbox_row(sub, chunk, now))
+                parts = list(_chunks([item for item in rendered if item is not None], size))
+            rows.extend(outbox_row(sub, chunk, now) for chunk in parts if chunk)
         if rows:
             await self.enqueue(conn, rows)
             self._remember(changes, {row["endpoint"] for row in rows})
