@@ -5,7 +5,9 @@ simplified form, the linked entity replaces the object id); with `join=flat` the
 follow the entities asked for in one array, each once. `joinLevel` (default 1) says how many hops
 are followed. Linked entities are read as the caller may see them (masked, or left out when it may
 see none of them), and rendered with the request's format and options and, when `pick`/`omit` name
-a nested projection for the relationship (`locatedAt{id,name}`), with that projection.
+a nested projection for the relationship (`locatedAt{id,name}`), with that projection. An entity already
+shown above on an `inline` path is not nested again (a cycle), and one request or notification renders at
+most `MAX_LINKED_RENDERS` linked entities: past that, relationships keep their object ids.
 """
 
 from __future__ import annotations
