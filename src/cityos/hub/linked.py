@@ -5,7 +5,9 @@ simplified form, the linked entity replaces the object id); with `join=flat` the
 follow the entities asked for in one array, each once. `joinLevel` (default 1) says how many hops
 are followed. Linked entities are read as the caller may see them (masked, or left out when it may
 see none of them), and rendered with the request's format and options and, when `pick`/`omit` name
-a nested projection for the relationship (`locatedAt{id,name}`), with that projection.
+a nested projection for the relationship (`locatedAt{id,name}`), with that projection. An entity already
+shown above on an `inline` path is not nested again (a cycle), and one request or notification renders at
+most `MAX_LINKED_RENDERS` linked entities: past that, relationships keep their object ids.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from cityos.hub.store import EntityRecord
 
 JOINS = ("inline", "flat")
 MAX_JOIN_LEVEL = 10
+# Linked entities rendered for one request or notification at most: `inline` renders an entity once per
+# path to it, so a few entities linked to each other many times would otherwise make a joinLevel of 10
+# exponential (inside the hub's write transaction, for a notification).
+MAX_LINKED_RENDERS = 1000
 
 V = TypeVar("V")
 Render = Callable[[EntityRecord, V], dict[str, Any]]
@@ -90,6 +96,14 @@ class Linker(Generic[V]):
         self.shows = shows
         self.compact = compact
         self.cache: dict[str, EntityRecord | None] = {}
+        self.renders = 0
+
+    def _render(self, record: EntityRecord, view: V) -> dict[str, Any] | None:
+        """The linked entity rendered, or None once the request's budget of linked entities is spent."""
+        if self.renders >= MAX_LINKED_RENDERS:
+            return None
+        self.renders += 1
+        return self.render(record, view)
 
     async def _load(self, ids: list[str]) -> None:
         missing = list(dict.fromkeys(i for i in ids if i not in self.cache))
@@ -101,19 +115,24 @@ class Linker(Generic[V]):
     def _links(self, record: EntityRecord, view: V) -> list[tuple[str, str | None, str]]:
         return list(links_of(record, lambda iri: self.shows(view, iri)))
 
-    async def inline(self, record: EntityRecord, out: dict[str, Any], view: V, fmt: str, level: int) -> None:
-        """Add the linked entities, `level` hops deep, under each relationship of `out`."""
+    async def inline(self, record: EntityRecord, out: dict[str, Any], view: V, fmt: str, level: int,
+                     above: frozenset[str] = frozenset()) -> None:
+        """Add the linked entities, `level` hops deep, under each relationship of `out`. An entity already
+        shown above on the path (a cycle) is not nested again: its relationship keeps the object id."""
         if level <= 0:
             return
+        path = above | {record.id}
         links = self._links(record, view)
-        await self._load([obj for _, _, obj in links])
+        await self._load([obj for _, _, obj in links if obj not in path])
         for iri, dataset_id, obj in links:
-            linked = self.cache.get(obj)
+            linked = self.cache.get(obj) if obj not in path else None
             if linked is None:
                 continue
             sub_view = self.linked_view(view, iri)
-            linked_out = self.render(linked, sub_view)
-            await self.inline(linked, linked_out, sub_view, fmt, level - 1)
+            linked_out = self._render(linked, sub_view)
+            if linked_out is None:
+                return
+            await self.inline(linked, linked_out, sub_view, fmt, level - 1, path)
             _attach(out, self.compact(iri), dataset_id, obj, linked_out, fmt)
 
     async def flat(self, records: list[EntityRecord], outs: list[dict[str, Any]], view: V,
@@ -133,7 +152,9 @@ class Linker(Generic[V]):
                     continue
                 seen.add(obj)
                 sub_view = self.linked_view(record_view, iri)
-                linked_out = self.render(linked, sub_view)
+                linked_out = self._render(linked, sub_view)
+                if linked_out is None:
+                    return result
                 if linked_out:
                     result.append(linked_out)
                 frontier.append((linked, sub_view))

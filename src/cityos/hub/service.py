@@ -684,7 +684,8 @@ def _types_of(body: dict[str, Any], ctx: ActiveContext) -> list[str]:
 
 
 def _is_null(inst: dict[str, Any]) -> bool:
-    return any(inst.get(k) == NULL_URI for k in ("value", "object", "languageMap", "vocab", "json", "valueList"))
+    return any(inst.get(k) == NULL_URI for k in ("value", "object", "languageMap", "vocab", "json", "valueList",
+                                                 "objectList"))
 
 
 def _ordered(by_dataset: dict[Any, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -263,6 +263,13 @@ def owner_claims(principal: Any) -> dict[str, Any] | None:
 
 def render_data(sub: Compiled, change: Change, now: datetime, masker: Masker | None = None) -> dict[str, Any] | None:
     """One entity of a notification's data, in the subscription's format, attributes and @context."""
+    seen = masked_change(sub, change, masker)
+    return render_seen(sub, seen, now) if seen is not None else None
+
+
+def masked_change(sub: Compiled, change: Change, masker: Masker | None) -> Change | None:
+    """The change as the subscription's owner may see it (each state masked once: the masker audits what
+    it reveals), or None when it may see none of it."""
     before, after = change.before, change.after
     if masker is not None:
         if after is not None:
@@ -273,6 +280,12 @@ def render_data(sub: Compiled, change: Change, now: datetime, masker: Masker | N
             before = masker(sub, before)
             if before is None and change.after is None:
                 return None
+    return Change(change.entity_id, before, after, change.changed_attrs)
+
+
+def render_seen(sub: Compiled, change: Change, now: datetime) -> dict[str, Any]:
+    """A masked change (`masked_change`) rendered as one entity of a notification's data."""
+    before, after = change.before, change.after
     if after is None:
         assert before is not None
         return render_deleted(sub, before, now)
@@ -413,7 +426,10 @@ def outbox_row(sub: Compiled, data: list[dict[str, Any]], now: datetime) -> dict
             "attempts": 0}
 
 
-def _chunks(items: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+Item = TypeVar("Item")
+
+
+def _chunks(items: list[Item], size: int) -> Iterable[list[Item]]:
     for start in range(0, len(items), max(1, size)):
         yield items[start:start + size]
 
@@ -464,13 +480,15 @@ class SubscriptionService:
                 continue
             matched = [change for change in changes
                        if sub.matches(change, now) and self.filters_allowed(sub, change.after or change.before)]
+            size = self.settings.max_entities_per_notification
             if "join" in sub.params:
-                data = await self._joined(conn, tenant, sub, matched, now)
+                # The entities are split first and each part joined: a linked entity goes in the
+                # notification of the entity linking to it (flat), never alone in one of its own.
+                parts = [await self._joined(conn, tenant, sub, part, now) for part in _chunks(matched, size)]
             else:
                 rendered = (render_data(sub, change, now, self.masker) for change in matched)
-                data = [item for item in rendered if item is not None]
-            for chunk in _chunks(data, self.settings.max_entities_per_notification):
-                rows.append(outbox_row(sub, chunk, now))
+                parts = list(_chunks([item for item in rendered if item is not None], size))
+            rows.extend(outbox_row(sub, chunk, now) for chunk in parts if chunk)
         if rows:
             await self.enqueue(conn, rows)
             self._remember(changes, {row["endpoint"] for row in rows})
@@ -480,13 +498,9 @@ class SubscriptionService:
         """The rendered changes with their linked entities (`notification.join`)."""
         notified: list[tuple[EntityRecord | None, dict[str, Any]]] = []
         for change in changes:
-            out = render_data(sub, change, now, self.masker)
-            if out is None:
-                continue
-            state = change.after
-            if state is not None and self.masker is not None:
-                state = self.masker(sub, state)
-            notified.append((state, out))
+            seen = masked_change(sub, change, self.masker)
+            if seen is not None:
+                notified.append((seen.after, render_seen(sub, seen, now)))
         return await join_linked(sub, notified, self.visible_loader(conn, tenant, sub))
 
     def visible_loader(self, conn: AsyncConnection, tenant: str,
