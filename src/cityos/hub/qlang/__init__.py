@@ -53,7 +53,7 @@ from cityos.hub.qlang.evaluate import evaluate_q
 from cityos.hub.qlang.parse import parse_q
 from cityos.hub.qlang.regex import _sqlite_regexp as _sqlite_regexp  # for the tests of the SQLite function
 from cityos.hub.qlang.regex import pg_pattern, python_pattern, regex_search
-from cityos.hub.qlang.semantics import q_attribute_names
+from cityos.hub.qlang.semantics import q_attribute_names, q_paths
 from cityos.hub.qlang.sql import q_to_sql
 from cityos.hub.qlang.tree import (
     RESERVED_SUB_ATTRIBUTES,
@@ -86,6 +86,7 @@ __all__ = [
     "pg_pattern",
     "python_pattern",
     "q_attribute_names",
+    "q_paths",
     "q_to_sql",
     "regex_search",
 ]

@@ -21,17 +21,22 @@ from cityos.hub.qlang.tree import (
 )
 
 
-def q_attribute_names(expr: QExpr) -> set[str]:
-    """The attribute (short) names a q expression refers to."""
-    names: set[str] = set()
+def q_paths(expr: QExpr) -> list[AttrPath]:
+    """The attribute paths a q expression refers to, one per comparison or existence test."""
+    paths: list[AttrPath] = []
     stack = [expr]
     while stack:
         node = stack.pop()
         if isinstance(node, And | Or):
             stack.extend(node.children)
         elif isinstance(node, Comparison | Exists):
-            names.add(node.path.attr)
-    return names
+            paths.append(node.path)
+    return paths
+
+
+def q_attribute_names(expr: QExpr) -> set[str]:
+    """The attribute (short) names a q expression refers to."""
+    return {path.attr for path in q_paths(expr)}
 
 
 _VALUE_KEYS: dict[str, str] = {

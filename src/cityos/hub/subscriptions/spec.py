@@ -22,7 +22,7 @@ from cityos.hub.jsonld import ActiveContext
 from cityos.hub.linked import JOINS, MAX_JOIN_LEVEL
 from cityos.hub.model import NULL_URI, check_entity_id, check_name, is_uri
 from cityos.hub.projection import projection_of
-from cityos.hub.qlang import RESERVED_SUB_ATTRIBUTES, And, Comparison, Exists, Or, QExpr, parse_q
+from cityos.hub.qlang import RESERVED_SUB_ATTRIBUTES, QExpr, parse_q, q_paths
 
 Spec = dict[str, Any]
 Compact = Callable[[str], str]
@@ -124,15 +124,11 @@ def _triggers(value: Any, _ctx: ActiveContext) -> list[str]:
 
 
 def _q_names(expr: QExpr) -> set[str]:
+    """The attribute and sub-attribute names of a q expression (the terms its @context must expand)."""
     names: set[str] = set()
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, And | Or):
-            stack.extend(node.children)
-        elif isinstance(node, Comparison | Exists):
-            names.add(node.path.attr)
-            names.update(n for n in node.path.sub_path if n not in RESERVED_SUB_ATTRIBUTES)
+    for path in q_paths(expr):
+        names.add(path.attr)
+        names.update(n for n in path.sub_path if n not in RESERVED_SUB_ATTRIBUTES)
     return names
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from cityos.ops.rules.compiler import CompiledRule, Expand, compile_rule
 from cityos.ops.rules.index import Plan, TenantIndex
-from cityos.ops.rules.nodes import MISSING, Ctx, _number, attr_value
+from cityos.ops.rules.nodes import MISSING, Ctx, attr_value
 
 Key = tuple[str, str, str]  # tenant, rule id, entity id
 Compact = Callable[[str], str]
@@ -133,33 +133,15 @@ class Engine:
         index = self.tenants.get(tenant)
         if index is None:
             return []
+        plan = index.plan(types, changed)
         if crossed is not None and attrs is not None:
-            plan = index.plan(types, changed)
             self._cross(plan, attrs, crossed)
             return list(plan.rules)
-        found: dict[int, CompiledRule] = {}
-        for t in types:
-            per_attr = index.by_type_attr.get(t)
-            if per_attr is not None:
-                for attr in changed:
-                    attr_rules = per_attr.get(attr)
-                    if attr_rules is None:
-                        continue
-                    for rule in attr_rules.general:
-                        found[id(rule)] = rule
-                    if not attr_rules.sorted:
-                        continue
-                    if crossed is None or attrs is None:
-                        for items in attr_rules.sorted.values():
-                            for rule in items[1]:
-                                found[id(rule)] = rule
-                        continue
-                    value = attr_value(attrs, attr)
-                    if _number(value):
-                        attr_rules.crossed(value, crossed)
-            anyrules = index.by_type_any.get(t)
-            if anyrules:
-                for rule in anyrules:
+        # Without a value to bisect on, every threshold rule of the changed attributes is a candidate.
+        found = {id(rule): rule for rule in plan.rules}
+        for _attr, attr_rules in plan.bisect_on:
+            for items in attr_rules.sorted.values():
+                for rule in items[1]:
                     found[id(rule)] = rule
         return list(found.values())
 
