@@ -67,6 +67,7 @@ from cityos.traffic.accidents import (
     Thresholds,
 )
 from cityos.traffic.citynet import build_network, write_demand
+from cityos.traffic.stalls import StallDetector, StallThresholds, StoppedVehicle
 from cityos.traffic.sumo import sumo_binary, sumo_home
 
 MIN_LANE_M = 150.0
@@ -179,6 +180,26 @@ def probe_report(sim: Any, vehicle: str) -> tuple[str, str, float, float]:
             round(float(sim.vehicle.getSpeed(vehicle)), 2))
 
 
+def zone_lanes(lanes: dict[str, list[str]]) -> list[str]:
+    """The lanes video/radar zones watch: every lane of the arterials (roads with two lanes or more)."""
+    edges: dict[str, list[str]] = {}
+    for lane in lanes:
+        edges.setdefault(lane.rsplit("_", 1)[0], []).append(lane)
+    return sorted(lane for group in edges.values() if len(group) > 1 for lane in group)
+
+
+def zone_report(sim: Any, lane: str) -> list[tuple[float, float]]:
+    """What a zone detector sees on a lane: each vehicle standing still (SUMO's waiting time: below 0.1 m/s since
+    it last moved), as its distance to the stop line and how long it has stood."""
+    length = float(sim.lane.getLength(lane))
+    standing = []
+    for vehicle in sim.lane.getLastStepVehicleIDs(lane):
+        waited = float(sim.vehicle.getWaitingTime(vehicle))
+        if waited > 0:
+            standing.append((round(length - float(sim.vehicle.getLanePosition(vehicle)), 1), round(waited, 1)))
+    return sorted(standing)
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -218,6 +239,9 @@ class Recording:
     # Probe vehicles (a share of the fleet, e.g. taxis, reporting every PROBE_EVERY_S): (time, [(vehicle, lane,
     # position m, speed m/s)]); empty in recordings made before probes were recorded.
     probes: list[tuple[float, list[tuple[str, str, float, float]]]] = field(default_factory=list)
+    # Video/radar zones on the arterials' lanes (two-lane roads), every interval: (time, lane → [(distance to the
+    # stop line m, seconds stood still)] of the vehicles standing in it); empty in recordings made before zones.
+    zones: list[tuple[float, dict[str, list[tuple[float, float]]]]] = field(default_factory=list)
 
 
 def simulate(args: argparse.Namespace) -> Recording:
@@ -247,6 +271,8 @@ def simulate(args: argparse.Namespace) -> Recording:
         used: set[str] = set()
         frames: list[tuple[float, dict[str, tuple[float, float, int]]]] = []
         probes: list[tuple[float, list[tuple[str, str, float, float]]]] = []
+        zones: list[tuple[float, dict[str, list[tuple[float, float]]]]] = []
+        watched = zone_lanes(lanes)
         try:
             now = 0.0
             while now < args.horizon:
@@ -266,9 +292,10 @@ def simulate(args: argparse.Namespace) -> Recording:
                 if int(now) % int(INTERVAL_S) == 0:
                     frames.append((now, {loop: astuple(reading(sim, loop)) for loops in lanes.values()
                                          for loop in loops}))
+                    zones.append((now, {lane: seen for lane in watched if (seen := zone_report(sim, lane))}))
         finally:
             sim.close()
-    return Recording(positions_of, feeds, accidents, frames, probes)
+    return Recording(positions_of, feeds, accidents, frames, probes, zones)
 
 
 Detectors = dict[tuple[str, str], AccidentDetector]
@@ -319,6 +346,20 @@ def detect(recording: Recording, thresholds: Thresholds,
     return alarms
 
 
+def detect_zones(recording: Recording, thresholds: StallThresholds) -> list[tuple[str, str, float, str]]:
+    """Every interval, each watched lane's standing vehicles to the stalled-vehicle test: its alarms."""
+    detector = StallDetector(thresholds)
+    alarms: list[tuple[str, str, float, str]] = []
+    watched = zone_lanes({loops[0].split(":", 1)[1]: [] for positions in recording.positions_of.values()
+                          for loops in zip(*positions, strict=True)})
+    for now, seen in recording.zones:
+        for lane in watched:
+            stopped = [StoppedVehicle(distance, stood) for distance, stood in seen.get(lane, [])]
+            if detector.observe(lane, stopped, now):
+                alarms.append(("zone", lane.rsplit("_", 1)[0], now, "cityos"))
+    return alarms
+
+
 def load(path: Path) -> dict[str, Any]:
     with gzip.open(path, "rt") as source:
         saved: dict[str, Any] = json.load(source)
@@ -328,7 +369,9 @@ def load(path: Path) -> dict[str, Any]:
 def as_recording(saved: dict[str, Any]) -> Recording:
     return Recording(saved["positions_of"], saved["feeds"], [Accident(**a) for a in saved["accidents"]],
                      [(now, {loop: tuple(v) for loop, v in frame.items()}) for now, frame in saved["frames"]],
-                     [(now, [tuple(p) for p in seen]) for now, seen in saved.get("probes", [])])
+                     [(now, [tuple(p) for p in seen]) for now, seen in saved.get("probes", [])],
+                     [(now, {lane: [tuple(v) for v in seen] for lane, seen in zone.items()})
+                      for now, zone in saved.get("zones", [])])
 
 
 def main() -> None:
@@ -348,6 +391,10 @@ def main() -> None:
                         help="the lane-shift test's threshold (0: off, the detector as of 2026-12-05)")
     parser.add_argument("--all-lanes-false-alarm-p", type=float, default=Thresholds().all_lanes_false_alarm_p,
                         help="… and on station pairs")
+    parser.add_argument("--stalled-s", type=float, default=StallThresholds().stalled_s,
+                        help="zones: seconds a vehicle heading its own standstill must have stood")
+    parser.add_argument("--confirm", type=int, default=StallThresholds().confirm,
+                        help="zones: readings in a row that show the same stalled vehicle")
     parser.add_argument("--warm-up", type=Path,
                         help="a recording of the same network (another seed) the detectors learn from first")
     args = parser.parse_args()
@@ -362,7 +409,8 @@ def main() -> None:
         with gzip.open(args.record, "wt") as sink:
             json.dump({"horizon": args.horizon, "seed": args.seed, "positions_of": recording.positions_of,
                        "feeds": recording.feeds, "accidents": [asdict(a) for a in recording.accidents],
-                       "frames": recording.frames, "probes": recording.probes}, sink)
+                       "frames": recording.frames, "probes": recording.probes,
+                       "zones": recording.zones}, sink)
     thresholds = Thresholds(false_alarm_p=args.false_alarm_p, shift_p=args.shift_p,
                             all_lanes_false_alarm_p=args.all_lanes_false_alarm_p)
     detectors = new_detectors(thresholds)
@@ -375,6 +423,7 @@ def main() -> None:
         detect(before, thresholds, detectors)
         keep_learned(detectors)
     alarms = detect(recording, thresholds, detectors)
+    alarms += detect_zones(recording, StallThresholds(stalled_s=args.stalled_s, confirm=args.confirm))
     positions_of, accidents = recording.positions_of, recording.accidents
     feeds = {edge: set(sources) for edge, sources in recording.feeds.items()}
     counts = {"station": sum(len(positions) - 1 for positions in positions_of.values()),
@@ -382,12 +431,20 @@ def main() -> None:
     # "both": the station pairs' alarms and the lane pairs' together (a deployment with both kinds of pairs
     # on the same loops), per lane-pair-day (the loops are the lane pairs'; a station pair adds none).
     counts["both"] = counts["lane"]
+    # Zones: the arterials' lanes, a camera or radar per ~250 m of lane (one per loop position, as the loops);
+    # "all": the loops' tests and the zones together, per detector-day of both kinds.
+    watched = set(zone_lanes({loops[0].split(":", 1)[1]: [] for positions in positions_of.values()
+                              for loops in zip(*positions, strict=True)}))
+    counts["zone"] = sum(len(positions) for edge, positions in positions_of.items()
+                         if any(lane.startswith(f"{edge}_") for lane in watched) for _ in positions[0])
+    counts["all"] = counts["lane"] + counts["zone"]
     report: dict[str, Any] = {}
-    for pairs in (*PAIRINGS, "both"):
+    for pairs in (*PAIRINGS, "both", "zone", "all"):
         detector_days = counts[pairs] * args.horizon / 86400.0
         report[pairs] = {"detector_pairs": counts[pairs], "detector_days": round(detector_days, 2)}
         for which in ("cityos", "previous", "baseline"):
-            mine = [(edge, at) for pairing, edge, at, who in alarms if pairs in (pairing, "both") and who == which]
+            mine = [(edge, at) for pairing, edge, at, who in alarms if who == which and (
+                pairs in (pairing, "all") or (pairs == "both" and pairing != "zone"))]
             report[pairs][which] = score(mine, accidents, feeds, detector_days)
             print(f"{pairs:7s} {which:8s} detected {report[pairs][which]['detected']}/{len(accidents)}  "
                   f"p90 {report[pairs][which]['p90_s']} s  false alarms {report[pairs][which]['false_alarms']} "

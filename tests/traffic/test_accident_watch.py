@@ -278,3 +278,62 @@ def test_the_live_lane_shift_threshold_is_off_unless_set_and_refuses_nonsense(mo
         monkeypatch.setenv("CITYOS_TRAFFIC_ACCIDENT_LANE_SHIFT_P", bad)
         with pytest.raises(ValueError, match="CITYOS_TRAFFIC_ACCIDENT_LANE_SHIFT_P"):
             accident_lane_shift_p()
+
+
+def zone_reading(stopped: Any, at: dt.datetime) -> dict[str, Any]:
+    return {"stoppedVehicles": {"type": "Property", "value": stopped, "observedAt": clock.iso(at)}}
+
+
+async def test_a_zone_that_sees_a_stalled_vehicle_opens_the_lanes_incident(app: Any, client: httpx.AsyncClient,
+                                                                            auth: Auth) -> None:
+    # A radar over lane 1 of the section (the loops' lane-shift test cannot see traffic passing it in time).
+    headers = auth.headers("sys_admin")
+    # Lane 7: no other test of the module (they share the app) has an incident there.
+    zone = {**station("haixiu-east-3-radar", "zone", lane=7), "id": "urn:ngsi-ld:TrafficFlowObserved:radar-7"}
+    assert (await client.post(ENTITIES, headers=headers, json=zone)).status_code == 201
+    at = clock.now() - dt.timedelta(minutes=10)
+    watch = app.state.accident_watch
+    detections_before, incidents_before = watch.detections, len(await accidents(client, auth))
+
+    async def send(stopped: Any, when: dt.datetime) -> None:
+        sent = await client.post(f"{ENTITIES}/{zone['id']}/attrs", headers=headers, json=zone_reading(stopped, when))
+        assert sent.status_code == 204, sent.text
+
+    queue_at_red = [{"distanceToStopLine": 1.5 + 7.5 * k, "stoppedFor": 80.0} for k in range(10)]
+    for k in range(3):  # a red light's queue, however long it stands, is no accident
+        at += dt.timedelta(seconds=30)
+        await send([{**v, "stoppedFor": 60.0 + 30 * k} for v in queue_at_red], at)
+    for stood in (100.0, 130.0):  # a vehicle 640 m before the line, nothing standing ahead of it
+        at += dt.timedelta(seconds=30)
+        await send([{"distanceToStopLine": 640.0, "stoppedFor": stood},
+                    {"distanceToStopLine": 648.0, "stoppedFor": stood - 25}], at)
+    found = [i for i in await settled(client, auth, incidents_before + 1) if i["entityId"] == zone["id"]]
+    assert [i["department"] for i in found] == ["transport"]
+    assert "haixiu-east-3#7" in found[0]["description"] and "640 m" in found[0]["description"]
+    assert found[0]["location"] == PLACE
+
+    # Replayed and malformed readings change nothing; the same lane's loops then fold into the same incident.
+    await send([{"distanceToStopLine": 640.0, "stoppedFor": 160.0}], at)  # the same stamp again
+    for bad in ([{"distanceToStopLine": "far", "stoppedFor": 10}], [{"distanceToStopLine": -3, "stoppedFor": 10}],
+                "640 m", [[640.0, 100.0]]):
+        at += dt.timedelta(seconds=30)
+        await send(bad, at)
+    assert watch.detections == detections_before + 1
+    assert list(watch.stalls.active()) == [next(z for z in watch.stalls.zones if z.endswith("haixiu-east-3#7"))]
+    at += dt.timedelta(seconds=30)
+    await send([], at)  # towed away: nothing stands in the zone, the episode ends (the incident stays open)
+    for _ in range(600):
+        if not watch.stalls.active():
+            break
+        await asyncio.sleep(0.1)
+    assert watch.stalls.active() == {}
+    road = Road(client, headers, lane=7, suffix="-loops")
+    await road.create()
+    for _ in range(3):
+        await road.interval(QUEUE, EMPTY)
+    for _ in range(600):
+        if watch.detections == detections_before + 2:
+            break
+        await asyncio.sleep(0.1)
+    assert watch.detections == detections_before + 2  # the loops declared it too …
+    assert len(await accidents(client, auth)) == incidents_before + 1  # … into the zone's incident

@@ -15,6 +15,12 @@ reported as that lane's pair, so an alarm from either test on one lane is one in
 reporting holds the section's lane-shift test back (each pair's own tests go on); a lane that reports twice
 before the others counts its latest interval only.
 
+A `TrafficFlowObserved` that carries `stoppedVehicles` is a video or radar zone's reading of one lane (the
+lane of `refRoadSegment` and `laneId`, or the entity itself when it names none): the vehicles standing in it,
+each `{"distanceToStopLine": m, "stoppedFor": s}`, fed to `stalls.StallDetector`. Its alarm names the same
+place as the lane's loops (`<section>#<lane>`), so a blockage both see is one incident. A malformed list is
+logged and skipped whole.
+
 A detection becomes an `ops.alarm.raised` event: the incident domain opens a `traffic.accident`
 incident routed to the transport department (its routing table). The alarm id names the pair and
 not the moment, so the incident's source key (`alarm:<id>`, unique while the incident is open) keeps
@@ -41,6 +47,7 @@ from cityos.core import clock
 from cityos.core.events import Event, EventBus
 from cityos.hub.service import ENTITY_CHANGED
 from cityos.traffic.accidents import AccidentDetector, Detection, ReadingError, StationReading, alarm_event
+from cityos.traffic.stalls import StallDetector, StoppedVehicle
 
 log = logging.getLogger("cityos.traffic.accidents")
 
@@ -120,11 +127,7 @@ def station_interval(entity_id: str, types: list[str], attrs: dict[str, Any]) ->
     lane = value(attrs, "laneId")
     one_lane = isinstance(lane, int | str) and not isinstance(lane, bool)
     pair = f"{short(segment)}#{lane}" if one_lane else short(segment)
-    observed = (occupancy or {}).get("observedAt") or value(attrs, "dateObserved")
-    try:
-        at = clock.as_utc(datetime.fromisoformat(str(observed).replace("Z", "+00:00"))) if observed else clock.now()
-    except ValueError:
-        at = clock.now()
+    at = observed(occupancy, attrs)
     location = value(attrs, "location")
     # A negative count is kept as sent: the detector refuses the reading (clamping it to 0 would read as
     # "no vehicle passed", which is evidence of a blockage).
@@ -133,6 +136,52 @@ def station_interval(entity_id: str, types: list[str], attrs: dict[str, Any]) ->
     return StationInterval(pair[:160], str(position), reading, at, entity_id,
                            location if isinstance(location, dict) else None, all_lanes=not one_lane,
                            segment=short(segment)[:120], lane=str(lane)[:30] if one_lane else None)
+
+
+def observed(found: dict[str, Any] | None, attrs: dict[str, Any]) -> datetime:
+    stamp = (found or {}).get("observedAt") or value(attrs, "dateObserved")
+    try:
+        return clock.as_utc(datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))) if stamp else clock.now()
+    except ValueError:
+        return clock.now()
+
+
+@dataclass(frozen=True)
+class ZoneInterval:
+    zone: str
+    stopped: list[StoppedVehicle]
+    at: datetime
+    entity_id: str
+    location: dict[str, Any] | None
+
+
+def stopped_vehicle(raw: Any) -> StoppedVehicle:
+    if not isinstance(raw, dict):
+        raise ReadingError("each standing vehicle is an object with distanceToStopLine and stoppedFor")
+    fields = {short(key): item for key, item in raw.items()}  # plain or expanded keys alike
+    distance, stood = number(fields.get("distanceToStopLine")), number(fields.get("stoppedFor"))
+    if distance is None or stood is None:
+        raise ReadingError("distanceToStopLine and stoppedFor must be numbers")
+    return StoppedVehicle(distance, stood)
+
+
+def zone_interval(entity_id: str, types: list[str], attrs: dict[str, Any]) -> ZoneInterval | None:
+    """A video or radar zone's reading of one lane, None when the entity carries none, ReadingError when it is
+    malformed (the detector checks the numbers' ranges)."""
+    if not any(short(t) == "TrafficFlowObserved" for t in types):
+        return None
+    found = instance(attrs, "stoppedVehicles")
+    if found is None:
+        return None
+    raw = found.get("value")
+    if not isinstance(raw, list):
+        raise ReadingError("stoppedVehicles must be a list")
+    segment, lane = value(attrs, "refRoadSegment"), value(attrs, "laneId")
+    one_lane = isinstance(lane, int | str) and not isinstance(lane, bool)
+    zone = f"{short(segment)}#{lane}" if isinstance(segment, str) and one_lane else short(entity_id)
+    location = value(attrs, "location")
+    return ZoneInterval(zone[:160], [stopped_vehicle(item) for item in raw], observed(found, attrs), entity_id,
+                        location if isinstance(location, dict) else None)
 
 
 @dataclass
@@ -160,6 +209,8 @@ class AccidentWatch:
     detector: AccidentDetector = field(default_factory=AccidentDetector)
     pairs: dict[tuple[str, str], PairReadings] = field(default_factory=dict)
     segments: dict[tuple[str, str], SegmentLanes] = field(default_factory=dict)
+    stalls: StallDetector = field(default_factory=StallDetector)
+    zones_seen: dict[tuple[str, str], datetime] = field(default_factory=dict)  # each zone's latest reading fed
     detections: int = 0
 
     def subscribe(self) -> Any:
@@ -170,9 +221,36 @@ class AccidentWatch:
         after = getattr(change, "after", None)
         if after is None:
             return
+        tenant = str(event.payload.get("tenant") or "")
         station = station_interval(after.id, list(after.types), after.attrs)
         if station is not None:
-            await self.offer(str(event.payload.get("tenant") or ""), station)
+            await self.offer(tenant, station)
+        try:
+            zone = zone_interval(after.id, list(after.types), after.attrs)
+        except ReadingError as exc:
+            log.warning("zone %s: malformed standing vehicles skipped: %s", after.id, exc)
+            return
+        if zone is not None:
+            await self.offer_zone(tenant, zone)
+
+    async def offer_zone(self, tenant: str, zone: ZoneInterval) -> Detection | None:
+        """Take one zone's reading (a newer one than the last fed) to the stalled-vehicle test."""
+        key = (tenant, zone.zone)
+        last = self.zones_seen.get(key)
+        if last is not None and zone.at <= last:
+            return None  # a replay or an older reading
+        try:
+            detection = self.stalls.observe(f"{tenant}/{zone.zone}", zone.stopped, zone.at.timestamp())
+        except ReadingError as exc:
+            log.warning("zone %s: impossible reading skipped: %s", zone.zone, exc)
+            return None
+        remembered(self.zones_seen, key, lambda: zone.at)  # bounded like the pairs, then moved on
+        self.zones_seen[key] = zone.at
+        if detection is None:
+            return None
+        detection = replace(detection, pair=zone.zone)
+        await self.raise_alarm(tenant, detection, zone.at, zone.location, zone.entity_id)
+        return detection
 
     async def offer(self, tenant: str, station: StationInterval) -> Detection | None:
         """Take one station's interval; feed the pair's interval once both stations have reported."""
@@ -195,7 +273,8 @@ class AccidentWatch:
         if detection is None:
             return shifted
         detection = replace(detection, pair=station.pair)
-        await self.raise_alarm(tenant, detection, up, down, readings.observed_until)
+        await self.raise_alarm(tenant, detection, readings.observed_until, up.location or down.location,
+                               up.entity_id)
         return detection
 
     async def lane_shift(self, tenant: str, up: StationInterval, down: StationInterval,
@@ -221,13 +300,13 @@ class AccidentWatch:
             found = Detection(lane_up.pair, until.timestamp(), round(occdf, 3),
                               round(occdf / lane_up.reading.occupancy, 3) if lane_up.reading.occupancy > 0 else 0.0,
                               round(lane_down.reading.occupancy, 3), test="lane-shift")
-            await self.raise_alarm(tenant, found, lane_up, lane_down, until)
+            await self.raise_alarm(tenant, found, until, lane_up.location or lane_down.location, lane_up.entity_id)
         return found
 
-    async def raise_alarm(self, tenant: str, detection: Detection, up: StationInterval, down: StationInterval,
-                          when: datetime) -> None:
+    async def raise_alarm(self, tenant: str, detection: Detection, when: datetime,
+                          location: dict[str, Any] | None, entity_id: str) -> None:
         self.detections += 1
-        event = alarm_event(tenant, detection, when, location=up.location or down.location, entity_id=up.entity_id)
+        event = alarm_event(tenant, detection, when, location=location, entity_id=entity_id)
         await self.bus.publish(ALARM_RAISED, event)
         if self.alert is not None:
             try:

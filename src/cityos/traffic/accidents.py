@@ -263,7 +263,9 @@ class Detection:
     occdf: float
     occrdf: float
     docc: float
-    test: str = "occupancy"  # or "lane-shift": which test declared it (the alarm's message says why)
+    test: str = "occupancy"  # "lane-shift" or "stalled-vehicle": which test declared it (the alarm says why)
+    distance_m: float | None = None  # a stalled vehicle's distance to the stop line (zones, `stalls`)
+    stood_s: float | None = None  # … and how long it had stood
 
 
 @dataclass
@@ -346,6 +348,10 @@ def alarm_event(tenant: str, detection: Detection, when: datetime, *, location: 
     if detection.test == "lane-shift":
         message = (f"疑似交通事故 Suspected accident on {detection.pair} at {stamp}: traffic leaves the lane "
                    f"(its share of the vehicles downstream fell: they pass in the next lane)")
+    elif detection.test == "stalled-vehicle":
+        message = (f"疑似交通事故 Suspected accident on {detection.pair} at {stamp}: a vehicle has stood "
+                   f"{detection.stood_s:.0f} s, {detection.distance_m:.0f} m before the stop line, with the lane "
+                   f"ahead of it clear")
     else:
         message = (f"疑似交通事故 Suspected accident on {detection.pair} at {stamp}: upstream occupancy exceeds "
                    f"downstream by {detection.occdf:.0%}, downstream {detection.docc:.0%}")
