@@ -25,6 +25,12 @@ read lane by lane, a lane whose share of the downstream vehicles collapses; `--s
 i.e. the detector as of 2026-12-05). Probe vehicles (`--probe-share` of the fleet, chosen by id, position,
 lane and speed every 10 s) are recorded with the readings for analysis; no detector uses them.
 
+Video or radar zones (`zone`): every lane of the arterials (the two-lane roads, where loops miss blockages that
+traffic passes in the other lane) is watched, as cameras or radars every ~250 m would; each interval a lane's
+zone reports its standing vehicles (distance to the stop line, seconds stood: SUMO's waiting time), scored by
+`cityos.traffic.stalls.StallDetector` (`--stalled-s`, `--confirm`); false alarms per camera-day, one camera per
+loop position of a watched lane. `all`: the loops' tests (`both`) and the zones together, per detector-day of both.
+
 Reported: the detection time of each accident (an alarm on its lane's edge or a road section feeding it,
 minus the onset), p50/p90 over the detected ones and over all (`p90_all_s`, a miss counting as never),
 the share within 5 minutes; false alarms (alarms with no blockage there) per detector-day. `--record`

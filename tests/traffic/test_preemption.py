@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 from test_traffic_safety import audit
 
+from cityos.traffic import preemption
 from cityos.traffic.controllers import FixedTimeController, make_controller
 from cityos.traffic.preemption import (
+    BLOCKED_AT_GREEN_S,
     CLEAR_MARGIN_S,
     MAX_DISCHARGE_S,
     MIN_LEAD_S,
@@ -20,6 +22,7 @@ from cityos.traffic.preemption import (
     SumoGreenWaves,
     clear_ahead_lead,
     merge_requests,
+    phase_flushing,
     phase_serving,
     route_signals,
     seconds_to_green,
@@ -36,6 +39,31 @@ def test_phase_serving_prefers_protected_links() -> None:
     assert phase_serving((NS, EW), "w", "e") == 1
     assert phase_serving((NS, EW), "n", "e") == 1  # only the permissive turn serves it
     assert phase_serving((NS, EW), "e", "w") is None
+
+
+# A junction whose phases split one approach's lanes (as RESCO Cologne's do): phase 0 gives the route's movement
+# (n → s) protected green on lane 1 only; phase 1 serves it permissively on both lanes and the approach's turn too.
+SPLIT = ((Movement(0, "n_1", "s_0", True), Movement(5, "w_0", "e_0", True)),
+         (Movement(1, "n_0", "s_0", False), Movement(2, "n_1", "s_0", False), Movement(3, "n_0", "e_0", True)))
+
+
+def test_the_flush_phase_serves_the_movement_and_most_of_the_approach() -> None:
+    assert phase_serving(SPLIT, "n", "s") == 0  # protected first: what the vehicle's own lane needs
+    assert phase_flushing(SPLIT, "n", "s") == 1  # lets a vehicle ahead of it turn east, or change lanes, too
+    assert phase_flushing(SPLIT, "n", "w") is None
+    signals = route_signals(["n", "s"], {"n": 200.0}, {"J": SPLIT})
+    assert signals == [RouteSignal("J", 0, 0, 200.0, ("n_1",), flush_phase=1)]
+    assert route_signals(["w", "e"], {"w": 90.0}, {"J": SPLIT})[0].flush_phase is None  # phase 0 serves it all
+
+
+def test_a_vehicle_held_at_its_green_gets_the_flush_phase_and_a_signal_crossed_twice_serves_the_nearest() -> None:
+    # One signal controlling a cluster of junctions is crossed twice with different phases: the nearest counts.
+    wave = GreenWave("ev", [RouteSignal("A", 0, 0, 100.0, flush_phase=1), RouteSignal("A", 2, 1, 130.0)],
+                     lead_s=30.0)
+    assert wave.requests(0, 0.0, 10.0) == {"A": (0, 10.0)}
+    wave.flushing.add("A")  # it stood at A's green: the approach is flushed from now on
+    assert wave.requests(0, 60.0, 0.0) == {"A": (1, 4.0)}
+    assert wave.requests(1, 110.0, 10.0) == {"A": (2, 2.0)}  # the second crossing has no flush phase
 
 
 def test_route_signals_in_driving_order_with_distances() -> None:
@@ -150,6 +178,40 @@ def test_preemption_shortens_emergency_trips_in_sumo_and_keeps_signals_safe() ->
     assert sum(t["waiting"] for t in on.values()) < sum(t["waiting"] for t in off.values())
     assert results[True][2].vehicles == results[False][2].vehicles  # the same other traffic in both runs
 
+
+def test_preemption_on_a_real_network_flushes_an_approach_whose_lanes_the_phases_split(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # RESCO Cologne 3: the emergency vehicle's lane queues behind a vehicle that must change to a lane its
+    # protected phase leaves red; holding that phase kept the vehicle at a green for 9 minutes (2026-12-06).
+    pytest.importorskip("libsumo")
+    scenario = resco_scenario("cologne3", 900)
+    plans = plans_from_net(scenario.net)
+
+    def factory(x: Intersection) -> Any:
+        return make_controller("fixed", x.plan)
+
+    past_signals = {}  # when ev0 has crossed the route's last signal (after it, the trip is no signal's business)
+    for enabled in (False, "no flush", True):
+        monkeypatch.setattr(preemption, "BLOCKED_AT_GREEN_S", 1e9 if enabled == "no flush" else BLOCKED_AT_GREEN_S)
+        seen: dict[str, list[str]] = {}
+        crossed: list[float] = []
+
+        def record(sim: Any, now: float, seen: dict[str, list[str]] = seen, crossed: list[float] = crossed) -> None:
+            for tls in sim.trafficlight.getIDList():
+                seen.setdefault(tls, []).append(sim.trafficlight.getRedYellowGreenState(tls))
+            if not crossed and "ev0" in sim.vehicle.getIDList() and sim.vehicle.getRoadID("ev0") == "130160207#0":
+                crossed.append(now)
+
+        hook = SumoGreenWaves(scenario.net, [Dispatch("ev0", scenario.begin + 300, "319261593#12", "-130160207#0")],
+                              enabled=bool(enabled))
+        run_scenario(scenario, "fixed", factory, seed=1, on_step=record, before_tick=hook)
+        for tls, states in seen.items():
+            audit(states, plans[tls])
+        past_signals[enabled] = crossed[0] - (scenario.begin + 300) if crossed else float("inf")
+        assert bool(hook.waves["ev0"].flushing) == (enabled is True)  # held at a green once: the approach flushed
+    # Without the flush it is stranded at a green behind the vehicle ahead for the rest of the run (10 minutes).
+    assert past_signals["no flush"] == float("inf") and past_signals[False] < 300
+    assert past_signals[True] < 1.5 * past_signals[False]  # no longer: within 10 s of waiting, the flush
 
 def emergency_run(enabled: bool, lead_s: float | None = None, yielding: bool = False) -> dict[str, dict[str, Any]]:
     """The emergency trips of one grid 4×4 fixed-time run with two dispatches (seeded, deterministic)."""
