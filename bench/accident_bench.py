@@ -29,7 +29,8 @@ Video or radar zones (`zone`): every lane of the arterials (the two-lane roads, 
 traffic passes in the other lane) is watched, as cameras or radars every ~250 m would; each interval a lane's
 zone reports its standing vehicles (distance to the stop line, seconds stood: SUMO's waiting time), scored by
 `cityos.traffic.stalls.StallDetector` (`--stalled-s`, `--confirm`); false alarms per camera-day, one camera per
-loop position of a watched lane. `all`: the loops' tests (`both`) and the zones together, per detector-day of both.
+loop position of a watched lane. `all`: the loops' tests (`both`) and the zones together, per detector-day of both;
+`zoned`: the zones on the roads they watch and the loops' tests on the other roads (the live watch's default).
 
 Reported: the detection time of each accident (an alarm on its lane's edge or a road section feeding it,
 minus the onset), p50/p90 over the detected ones and over all (`p90_all_s`, a miss counting as never),
@@ -438,19 +439,25 @@ def main() -> None:
     # on the same loops), per lane-pair-day (the loops are the lane pairs'; a station pair adds none).
     counts["both"] = counts["lane"]
     # Zones: the arterials' lanes, a camera or radar per ~250 m of lane (one per loop position, as the loops);
-    # "all": the loops' tests and the zones together, per detector-day of both kinds.
+    # "all": the loops' tests and the zones together, per detector-day of both kinds; "zoned": the live watch's
+    # default where zones report (`accident_watch`): the zones decide on the roads they watch, the loops' tests
+    # on the others.
     watched = set(zone_lanes({loops[0].split(":", 1)[1]: [] for positions in positions_of.values()
                               for loops in zip(*positions, strict=True)}))
-    counts["zone"] = sum(len(positions) for edge, positions in positions_of.items()
-                         if any(lane.startswith(f"{edge}_") for lane in watched) for _ in positions[0])
+    zoned = {lane.rsplit("_", 1)[0] for lane in watched}
+    counts["zone"] = sum(len(positions) * len(positions[0]) for edge, positions in positions_of.items()
+                         if edge in zoned)
     counts["all"] = counts["lane"] + counts["zone"]
+    counts["zoned"] = counts["zone"] + sum((len(positions) - 1) * len(positions[0])
+                                           for edge, positions in positions_of.items() if edge not in zoned)
     report: dict[str, Any] = {}
-    for pairs in (*PAIRINGS, "both", "zone", "all"):
+    for pairs in (*PAIRINGS, "both", "zone", "all", "zoned"):
         detector_days = counts[pairs] * args.horizon / 86400.0
         report[pairs] = {"detector_pairs": counts[pairs], "detector_days": round(detector_days, 2)}
         for which in ("cityos", "previous", "baseline"):
             mine = [(edge, at) for pairing, edge, at, who in alarms if who == which and (
-                pairs in (pairing, "all") or (pairs == "both" and pairing != "zone"))]
+                pairs in (pairing, "all") or (pairs == "both" and pairing != "zone")
+                or (pairs == "zoned" and (pairing == "zone" or edge not in zoned)))]
             report[pairs][which] = score(mine, accidents, feeds, detector_days)
             print(f"{pairs:7s} {which:8s} detected {report[pairs][which]['detected']}/{len(accidents)}  "
                   f"p90 {report[pairs][which]['p90_s']} s  false alarms {report[pairs][which]['false_alarms']} "

@@ -18,8 +18,11 @@ before the others counts its latest interval only.
 A `TrafficFlowObserved` that carries `stoppedVehicles` is a video or radar zone's reading of one lane (the
 lane of `refRoadSegment` and `laneId`, or the entity itself when it names none): the vehicles standing in it,
 each `{"distanceToStopLine": m, "stoppedFor": s}`, fed to `stalls.StallDetector`. Its alarm names the same
-place as the lane's loops (`<section>#<lane>`), so a blockage both see is one incident. A malformed list is
-logged and skipped whole.
+place as the lane's loops (`<section>#<lane>`). Where a section's zones report, they decide: the loops' tests
+there go on learning but raise nothing while the section has a zone reading less than `ZONE_FRESH_S` old (in
+the SUMO bench the loops' tests on two-lane roads found nothing the zones missed and raised nearly all of the
+false alarms: 33 a run against 1–2, bench/RESULTS.md 2026-12-06); once its zones fall silent the loops take
+over again. A malformed list is logged and skipped whole.
 
 A detection becomes an `ops.alarm.raised` event: the incident domain opens a `traffic.accident`
 incident routed to the transport department (its routing table). The alarm id names the pair and
@@ -54,6 +57,7 @@ log = logging.getLogger("cityos.traffic.accidents")
 ALARM_RAISED = "ops.alarm.raised"
 POSITIONS = ("upstream", "downstream")
 MAX_PAIRS = 100_000  # stations remembered per process (a bound, not a tuning knob)
+ZONE_FRESH_S = 300.0  # a section whose zones reported within this leaves its alarms to them
 
 Remembered = TypeVar("Remembered")
 
@@ -149,6 +153,7 @@ def observed(found: dict[str, Any] | None, attrs: dict[str, Any]) -> datetime:
 @dataclass(frozen=True)
 class ZoneInterval:
     zone: str
+    segment: str | None  # the road section it watches (None: the entity names none)
     stopped: list[StoppedVehicle]
     at: datetime
     entity_id: str
@@ -180,7 +185,8 @@ def zone_interval(entity_id: str, types: list[str], attrs: dict[str, Any]) -> Zo
     one_lane = isinstance(lane, int | str) and not isinstance(lane, bool)
     zone = f"{short(segment)}#{lane}" if isinstance(segment, str) and one_lane else short(entity_id)
     location = value(attrs, "location")
-    return ZoneInterval(zone[:160], [stopped_vehicle(item) for item in raw], observed(found, attrs), entity_id,
+    return ZoneInterval(zone[:160], short(segment)[:120] if isinstance(segment, str) else None,
+                        [stopped_vehicle(item) for item in raw], observed(found, attrs), entity_id,
                         location if isinstance(location, dict) else None)
 
 
@@ -211,7 +217,9 @@ class AccidentWatch:
     segments: dict[tuple[str, str], SegmentLanes] = field(default_factory=dict)
     stalls: StallDetector = field(default_factory=StallDetector)
     zones_seen: dict[tuple[str, str], datetime] = field(default_factory=dict)  # each zone's latest reading fed
+    zoned: dict[tuple[str, str], datetime] = field(default_factory=dict)  # each watched section's latest zone reading
     detections: int = 0
+    left_to_zones: int = 0  # loops' detections not raised: their section's zones decide
 
     def subscribe(self) -> Any:
         return self.bus.subscribe(ENTITY_CHANGED, self.on_change, group="traffic-accidents")
@@ -246,6 +254,10 @@ class AccidentWatch:
             return None
         remembered(self.zones_seen, key, lambda: zone.at)  # bounded like the pairs, then moved on
         self.zones_seen[key] = zone.at
+        if zone.segment is not None:
+            section = (tenant, zone.segment)
+            latest = remembered(self.zoned, section, lambda: zone.at)
+            self.zoned[section] = max(latest, zone.at)
         if detection is None:
             return None
         detection = replace(detection, pair=zone.zone)
@@ -273,6 +285,8 @@ class AccidentWatch:
         if detection is None:
             return shifted
         detection = replace(detection, pair=station.pair)
+        if self.zones_decide(tenant, station.segment, readings.observed_until):
+            return None
         await self.raise_alarm(tenant, detection, readings.observed_until, up.location or down.location,
                                up.entity_id)
         return detection
@@ -297,11 +311,22 @@ class AccidentWatch:
         for index in blocked:
             lane_up, lane_down = intervals[index]
             occdf = lane_up.reading.occupancy - lane_down.reading.occupancy
-            found = Detection(lane_up.pair, until.timestamp(), round(occdf, 3),
-                              round(occdf / lane_up.reading.occupancy, 3) if lane_up.reading.occupancy > 0 else 0.0,
-                              round(lane_down.reading.occupancy, 3), test="lane-shift")
+            shifted = Detection(lane_up.pair, until.timestamp(), round(occdf, 3),
+                                round(occdf / lane_up.reading.occupancy, 3) if lane_up.reading.occupancy > 0 else 0.0,
+                                round(lane_down.reading.occupancy, 3), test="lane-shift")
+            if self.zones_decide(tenant, up.segment, until):
+                continue
+            found = shifted
             await self.raise_alarm(tenant, found, until, lane_up.location or lane_down.location, lane_up.entity_id)
         return found
+
+    def zones_decide(self, tenant: str, segment: str, when: datetime) -> bool:
+        """Whether the section's zones reported recently enough that a loops' detection there is theirs to make."""
+        latest = self.zoned.get((tenant, segment))
+        if latest is None or (when - latest).total_seconds() > ZONE_FRESH_S:
+            return False
+        self.left_to_zones += 1
+        return True
 
     async def raise_alarm(self, tenant: str, detection: Detection, when: datetime,
                           location: dict[str, Any] | None, entity_id: str) -> None:
