@@ -187,10 +187,41 @@ async def test_emergency_preemption_greens_the_signals_ahead_through_the_safety_
     {"vehicle": "ev", "signals": [{"signal": "sig-1", "phase": "1", "distance": 1}]},
     {"vehicle": "ev", "speed": 500, "signals": [{"signal": "sig-1", "phase": 0, "distance": 1}]},
     {"vehicle": "ev", "signals": [{"signal": "sig-1", "phase": 0, "distance": 1}], "extra": True},
+    {"vehicle": "ev", "signals": [{"signal": "sig-1", "phase": 0, "distance": 1, "flushPhase": -1}]},
+    {"vehicle": "ev", "signals": [{"signal": "sig-1", "phase": 0, "distance": 1, "flushPhase": "1"}]},
+    {"vehicle": "ev", "signals": [{"signal": "sig-1", "phase": 0, "distance": 1, "flushPhase": 99}]},
+    {"vehicle": "ev", "stoppedFor": -5, "signals": [{"signal": "sig-1", "phase": 0, "distance": 1}]},
+    {"vehicle": "ev", "stoppedFor": "long", "signals": [{"signal": "sig-1", "phase": 0, "distance": 1}]},
 ])
 async def test_malformed_preemptions_are_refused(client: httpx.AsyncClient, bad: dict[str, Any]) -> None:
     response = await client.post("/api/traffic/preemptions", json=bad)
     assert response.status_code in (400, 422), response.text
+
+
+async def test_a_vehicle_held_at_its_green_gets_the_approach_flushed_for_the_rest_of_its_run(
+        client: httpx.AsyncClient, moving_clock: list[dt.datetime]) -> None:
+    assert (await client.post("/api/traffic/signals", json=signal())).status_code == 201
+    moving_clock[0] = T0 + dt.timedelta(seconds=20)  # the pedestrian minimum of phase 0 is served
+
+    async def report(stopped_for: float) -> dict[str, Any]:
+        body = {"vehicle": "fire-3", "speed": 0, "stoppedFor": stopped_for,
+                "signals": [{"signal": "sig-1", "phase": 0, "flushPhase": 1, "distance": 15}]}
+        answer = await client.post("/api/traffic/preemptions", json=body)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json()["signals"][0])
+
+    first = await report(4)  # standing 4 s at its green: just a queue discharging, the phase is held
+    assert (first["outcome"], first["phase"], first.get("flushing")) == ("held", 0, None)
+    flushed = await report(12)  # 12 s at its green: something its phase does not serve holds it up
+    assert (flushed["outcome"], flushed["phase"], flushed["flushing"]) == ("applied", 1, True)
+    assert (await client.get("/api/traffic/signals/sig-1")).json()["phase"] == 1
+    moving_clock[0] = T0 + dt.timedelta(seconds=40)
+    moving = await report(0)  # moving again: the run keeps the flush until it has passed
+    assert (moving["outcome"], moving["phase"], moving["flushing"]) == ("held", 1, True)
+    runs = (await client.get("/api/traffic/preemptions")).json()
+    assert runs[0]["signals"][0]["flushing"] is True
+    commands = (await client.get("/api/traffic/signals/sig-1/commands")).json()
+    assert [c["source"] for c in commands] == ["preemption"] * len(commands)
 
 
 async def test_preemption_of_unknown_or_impossible_phases(client: httpx.AsyncClient,

@@ -206,7 +206,8 @@ class EmergencyRoutes:
         outcome: dict[str, Any] | None = None
         if signals:
             spec = PreemptIn(vehicle=vehicle, incident=incident[:64], speed=0, signals=[
-                PreemptSignalIn(signal=s.tls, phase=s.phase, distance=round(max(0.0, s.stop_at - route.offset), 1))
+                PreemptSignalIn(signal=s.tls, phase=s.phase, distance=round(max(0.0, s.stop_at - route.offset), 1),
+                                flushPhase=s.flush_phase)
                 for s in signals[:MAX_SIGNALS]])
             outcome = await self.traffic.preempt(principal, tenant, spec, self.sender())
         result = {"tenant": tenant, "incident": incident, "vehicle": vehicle, "station": station,

@@ -168,17 +168,24 @@ def signal_doc(row: Any) -> dict[str, Any]:
 
 
 class PreemptSignalIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     signal: str = Field(min_length=1, max_length=128)
     phase: StrictInt = Field(ge=0, lt=MAX_PHASES, description="the green phase serving the route through it")
     distance: StrictFloat | StrictInt = Field(ge=0, le=100_000, description="metres from the vehicle to its stop line")
+    flush_phase: StrictInt | None = Field(
+        default=None, alias="flushPhase", ge=0, lt=MAX_PHASES,
+        description="the phase serving the route and most of its approach, shown instead once the vehicle has "
+                    "stood `stoppedFor` ≥ 10 s at this signal's green (a vehicle ahead needs a lane `phase` leaves "
+                    "red)")
 
 
 class PreemptIn(BaseModel):
     """An emergency vehicle's progress along its dispatched route (sent by dispatch or its AVL feed)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     vehicle: str = Field(min_length=1, max_length=64)
     incident: str | None = Field(default=None, max_length=64, description="the incident it was dispatched to")
     speed: StrictFloat | StrictInt = Field(default=0, ge=0, le=70, description="m/s")
+    stopped_for: StrictFloat | StrictInt = Field(default=0, alias="stoppedFor", ge=0, le=86_400,
+                                                 description="seconds the vehicle has stood still (0: moving)")
     signals: list[PreemptSignalIn] = Field(min_length=1, max_length=64, description="the signals still ahead")

@@ -37,6 +37,7 @@ from cityos.traffic.detectors import (
 )
 from cityos.traffic.preemption import (
     APPROACH_SPEED_M_S,
+    BLOCKED_AT_GREEN_S,
     LEAD_S,
     GreenWave,
     RouteSignal,
@@ -394,6 +395,10 @@ class TrafficService:
         (`seconds_to_green`), plus the discharge of the vehicles on the fullest lane that phase serves, as its
         latest fresh detector readings count them. A signal none of whose detectors for that phase has a fresh
         reading is asked at the fixed `LEAD_S` (`leadBasis` says which one each signal got).
+
+        A vehicle that reports standing `BLOCKED_AT_GREEN_S` or longer while the next signal shows its phase is held
+        up by something that phase does not serve: that signal is asked for the report's `flushPhase` (the whole
+        approach) from then on, for the rest of the run (`flushing` in the run's signals), as in the simulator.
         """
         check_allowed(principal, "traffic.control", tenant)
         async with self.engine.connect() as conn:
@@ -418,20 +423,32 @@ class TrafficService:
                 leads[signal.tls] = (clear_ahead_lead(queue, to_green), "clear-ahead")
             return leads[signal.tls][0]
 
-        wave = GreenWave(spec.vehicle, [RouteSignal(a.signal, a.phase, i, float(a.distance))
+        wave = GreenWave(spec.vehicle, [RouteSignal(a.signal, a.phase, i, float(a.distance),
+                                                    flush_phase=a.flush_phase if a.flush_phase != a.phase else None)
                                         for i, a in enumerate(spec.signals)])
+        wave.flushing = await self._flushing(tenant, spec.vehicle, now)
+        first = wave.signals[0]
+        if first.flush_phase is not None and float(spec.stopped_for) >= BLOCKED_AT_GREEN_S:
+            shown = supervisor_at(plans[first.tls], rows[first.tls], now)
+            if shown.stage == "green" and shown.phase == first.phase:
+                wave.flushing.add(first.tls)
         wanted = wave.requests(0, 0.0, float(spec.speed), lead_of=lead_of)
         results = []
+        commanded: set[str] = set()
         for ahead in spec.signals:
             eta = round(float(ahead.distance) / max(float(spec.speed), APPROACH_SPEED_M_S), 1)
             lead, basis = leads.get(ahead.signal, (LEAD_S, "fixed"))
-            entry: dict[str, Any] = {"signal": ahead.signal, "phase": ahead.phase, "eta": eta,
+            phase = wanted[ahead.signal][0] if ahead.signal in wanted else ahead.phase
+            entry: dict[str, Any] = {"signal": ahead.signal, "phase": phase, "eta": eta,
                                      "lead": round(lead, 1), "leadBasis": basis}
-            if ahead.signal not in wanted:
-                entry["outcome"] = "later"
+            if ahead.signal in wave.flushing and ahead.flush_phase is not None:
+                entry["flushing"] = True
+            if ahead.signal not in wanted or ahead.signal in commanded:
+                entry["outcome"] = "later"  # a signal crossed twice is served for the nearer crossing first
             else:
+                commanded.add(ahead.signal)
                 try:
-                    command = await self.command_phase(principal, tenant, ahead.signal, ahead.phase, send,
+                    command = await self.command_phase(principal, tenant, ahead.signal, phase, send,
                                                        source="preemption")
                     entry["outcome"], entry["rpc"] = command["outcome"], command.get("rpc")
                 except Conflict as exc:
@@ -439,9 +456,20 @@ class TrafficService:
                 except BadRequestData as exc:
                     entry["outcome"], entry["detail"] = "refused", exc.detail
             results.append(entry)
-        await self._record_run(tenant, spec, [{"signal": e["signal"], "outcome": e["outcome"], "eta": e["eta"]}
+        await self._record_run(tenant, spec, [{"signal": e["signal"], "outcome": e["outcome"], "eta": e["eta"],
+                                               **({"flushing": True} if e.get("flushing") else {})}
                                               for e in results])
         return {"vehicle": spec.vehicle, "incident": spec.incident, "leadSeconds": wave.lead_s, "signals": results}
+
+    async def _flushing(self, tenant: str, vehicle: str, now: dt.datetime) -> set[str]:
+        """The signals the vehicle's run in progress already asks for their flush phase."""
+        runs = models.preemption_runs
+        async with self.engine.connect() as conn:
+            latest = (await conn.execute(select(runs.c.signals).where(
+                runs.c.tenant == tenant, runs.c.vehicle == vehicle,
+                runs.c.updated_at >= now - dt.timedelta(seconds=PREEMPTION_ACTIVE_S))
+                .order_by(runs.c.updated_at.desc()).limit(1))).scalar()
+        return {str(s["signal"]) for s in latest or [] if isinstance(s, dict) and s.get("flushing")}
 
     async def _record_run(self, tenant: str, spec: models.PreemptIn, signals: list[dict[str, Any]]) -> None:
         """The vehicle's run in progress takes this report; with none (or after a gap of more than
