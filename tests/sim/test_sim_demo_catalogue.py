@@ -38,7 +38,8 @@ async def test_the_demo_ships_a_full_catalogue(database_url: str, monkeypatch: p
     # Fewer devices than the demo's 2000, enough for every profile in every district.
     options = SimOptions(devices=400, speed=300, seed=42, scenario="demo", start=start, max_per_message=20,
                          faults=FaultConfig.none())
-    code = await demo(options, DemoOptions(port=free_port(0), mqtt_port=free_port(0), duration=10.0),
+    api = free_port(0)
+    code = await demo(options, DemoOptions(port=api, mqtt_port=free_port(0, taken={api}), duration=10.0),
                       Console(quiet=True))
     assert code == 0
 

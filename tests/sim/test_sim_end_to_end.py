@@ -52,7 +52,8 @@ async def test_simulated_readings_reach_the_hub(tmp_path: Path, monkeypatch: pyt
     options = SimOptions(devices=50, speed=300, seed=7, scenario="demo", start=start, max_per_message=20,
                          faults=FaultConfig.none())
     began = time.monotonic()
-    code = await demo(options, DemoOptions(port=free_port(0), mqtt_port=free_port(0), duration=8.0),
+    api = free_port(0)
+    code = await demo(options, DemoOptions(port=api, mqtt_port=free_port(0, taken={api}), duration=8.0),
                       Console(quiet=True))
     assert code == 0 and time.monotonic() - began < 60
 
@@ -116,7 +117,8 @@ def _children(pid: int) -> set[int]:
 
 @pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc to look for orphans")
 def test_demo_stops_cleanly_on_sigint(tmp_path: Path) -> None:
-    api_port, mqtt_port = free_port(0), free_port(0)
+    api_port = free_port(0)
+    mqtt_port = free_port(0, taken={api_port})
     env = dict(os.environ)
     env.pop("CITYOS_MQTT_URL", None)
     env.pop("CITYOS_DATABASE_URL", None)  # the demo keeps its database in its data folder

@@ -331,10 +331,19 @@ class _QuietServer:
                                             lifespan="on", timeout_graceful_shutdown=10, proxy_headers=False,
                                             **uvicorn_options(Settings())))
         self.task: asyncio.Task[None] | None = None
+        self.where = f"{host}:{port}"
+
+    async def _serve(self) -> None:
+        try:
+            await self.server.serve()
+        except SystemExit as exc:
+            # uvicorn exits the process when it cannot start (its port taken): an error of the demo's server
+            # instead, so it cannot escape the event loop as an exit.
+            raise RuntimeError(f"the API server could not start on {self.where}") from exc
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        self.task = asyncio.create_task(self.server.serve())
+        self.task = asyncio.create_task(self._serve())
         try:
             while not self.server.started:
                 if self.task.done():
@@ -358,7 +367,7 @@ async def demo(options: SimOptions, demo_options: DemoOptions, console: Console 
     console = console or Console()
     stop = asyncio.Event()
     mqtt_port = free_port(demo_options.mqtt_port, demo_options.host)
-    api_port = free_port(demo_options.port, demo_options.host)
+    api_port = free_port(demo_options.port, demo_options.host, taken={mqtt_port})
     mqtt_url = f"mqtt://{demo_options.host}:{mqtt_port}"
     api = f"http://{demo_options.host}:{api_port}"
     # The app reads these while starting. Its own ingest workers speak MQTT 5 with shared

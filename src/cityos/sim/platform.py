@@ -23,6 +23,7 @@ import base64
 import socket
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,9 +200,13 @@ class PlatformClient:
 # ---------------------------------------------------------------------- embedded broker
 
 
-def free_port(preferred: int, host: str = "127.0.0.1", udp: bool = False) -> int:
-    """`preferred` if nothing listens there, else any free port the kernel picks (TCP, or UDP)."""
-    for port in (preferred, 0):
+def free_port(preferred: int, host: str = "127.0.0.1", udp: bool = False, taken: Collection[int] = ()) -> int:
+    """`preferred` if nothing listens there, else any free port the kernel picks (TCP, or UDP); never one of
+    `taken`: ports chosen a moment ago and not bound yet, which the kernel may hand out again once closed (the
+    demo's broker and API then fought over one port)."""
+    for port in (preferred, *[0] * 20):
+        if port in taken and port != 0:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
             if sys.platform != "win32" and not udp:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -209,7 +214,9 @@ def free_port(preferred: int, host: str = "127.0.0.1", udp: bool = False) -> int
                 s.bind((host, port))
             except OSError:
                 continue
-            return int(s.getsockname()[1])
+            chosen = int(s.getsockname()[1])
+            if chosen not in taken:
+                return chosen
     raise OSError("no free port")
 
 
