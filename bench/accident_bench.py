@@ -61,6 +61,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict, astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,7 @@ def probe_report(sim: Any, vehicle: str) -> tuple[str, str, float, float]:
             round(float(sim.vehicle.getSpeed(vehicle)), 2))
 
 
-def zone_lanes(lanes: dict[str, list[str]]) -> list[str]:
+def zone_lanes(lanes: Iterable[str]) -> list[str]:
     """The lanes video/radar zones watch: every lane of the arterials (roads with two lanes or more)."""
     edges: dict[str, list[str]] = {}
     for lane in lanes:
@@ -353,12 +354,16 @@ def detect(recording: Recording, thresholds: Thresholds,
     return alarms
 
 
+def looped_lanes(positions_of: dict[str, list[list[str]]]) -> list[str]:
+    """The lanes carrying loops, from a recording's stations (each loop id is `loop<k>:<lane>`)."""
+    return [loops[0].split(":", 1)[1] for positions in positions_of.values() for loops in zip(*positions, strict=True)]
+
+
 def detect_zones(recording: Recording, thresholds: StallThresholds) -> list[tuple[str, str, float, str]]:
     """Every interval, each watched lane's standing vehicles to the stalled-vehicle test: its alarms."""
     detector = StallDetector(thresholds)
     alarms: list[tuple[str, str, float, str]] = []
-    watched = zone_lanes({loops[0].split(":", 1)[1]: [] for positions in recording.positions_of.values()
-                          for loops in zip(*positions, strict=True)})
+    watched = zone_lanes(looped_lanes(recording.positions_of))
     for now, seen in recording.zones:
         for lane in watched:
             stopped = [StoppedVehicle(distance, stood) for distance, stood in seen.get(lane, [])]
@@ -442,8 +447,7 @@ def main() -> None:
     # "all": the loops' tests and the zones together, per detector-day of both kinds; "zoned": the live watch's
     # default where zones report (`accident_watch`): the zones decide on the roads they watch, the loops' tests
     # on the others.
-    watched = set(zone_lanes({loops[0].split(":", 1)[1]: [] for positions in positions_of.values()
-                              for loops in zip(*positions, strict=True)}))
+    watched = set(zone_lanes(looped_lanes(positions_of)))
     zoned = {lane.rsplit("_", 1)[0] for lane in watched}
     counts["zone"] = sum(len(positions) * len(positions[0]) for edge, positions in positions_of.items()
                          if edge in zoned)

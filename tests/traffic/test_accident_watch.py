@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -90,6 +91,15 @@ async def settled(client: httpx.AsyncClient, auth: Auth, count: int) -> list[dic
     raise AssertionError(f"expected {count} accident incident(s), found {await accidents(client, auth)}")
 
 
+async def eventually(condition: Callable[[], object]) -> None:
+    """Until `condition()` holds, for up to a minute (the bus may deliver after the write answers); the caller
+    asserts what it expects afterwards."""
+    for _ in range(600):
+        if condition():
+            return
+        await asyncio.sleep(0.1)
+
+
 async def inbox(client: httpx.AsyncClient, headers: dict[str, str]) -> list[dict[str, Any]]:
     listed = await client.get("/api/services/notifications", headers=headers)
     assert listed.status_code == 200, listed.text
@@ -138,10 +148,7 @@ async def test_a_blockage_seen_by_live_readings_opens_one_incident(app: Any, cli
     try:
         for _ in range(3):
             await road.interval(QUEUE, EMPTY)
-        for _ in range(600):
-            if fresh.detections:
-                break
-            await asyncio.sleep(0.1)
+        await eventually(lambda: fresh.detections)
         assert fresh.detections == 1  # the restarted detector did detect it …
     finally:
         unsubscribe()
@@ -322,10 +329,7 @@ async def test_a_zone_that_sees_a_stalled_vehicle_opens_the_lanes_incident(app: 
     assert list(watch.stalls.active()) == [next(z for z in watch.stalls.zones if z.endswith("haixiu-east-3#7"))]
     at += dt.timedelta(seconds=30)
     await send([], at)  # towed away: nothing stands in the zone, the episode ends (the incident stays open)
-    for _ in range(600):
-        if not watch.stalls.active():
-            break
-        await asyncio.sleep(0.1)
+    await eventually(lambda: not watch.stalls.active())
     assert watch.stalls.active() == {}
     # The same section's loops see a blockage too: while its zone reports, the zones decide (nothing raised) …
     road = Road(client, headers, lane=7, suffix="-loops")
@@ -333,19 +337,13 @@ async def test_a_zone_that_sees_a_stalled_vehicle_opens_the_lanes_incident(app: 
     road.at = at
     for _ in range(4):
         await road.interval(QUEUE, EMPTY)
-    for _ in range(600):
-        if watch.left_to_zones:
-            break
-        await asyncio.sleep(0.1)
+    await eventually(lambda: watch.left_to_zones)
     assert watch.left_to_zones == 1 and watch.detections == detections_before + 1
     # … and once the zone has been silent for over 5 minutes the loops take over (a camera down is no blind spot).
     road.at += dt.timedelta(minutes=6)
     await road.interval(FREE, FREE)
     for _ in range(3):
         await road.interval(QUEUE, EMPTY)
-    for _ in range(600):
-        if watch.detections == detections_before + 2:
-            break
-        await asyncio.sleep(0.1)
+    await eventually(lambda: watch.detections == detections_before + 2)
     assert watch.detections == detections_before + 2
     assert len(await accidents(client, auth)) == incidents_before + 1  # folded into the zone's open incident

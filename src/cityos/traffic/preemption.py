@@ -68,32 +68,38 @@ class RouteSignal:
     flush_phase: int | None = None  # serves the movement and most of the approach (None: `phase` does)
 
 
-def phase_serving(movements: Sequence[Sequence[Movement]], in_edge: str, out_edge: str) -> int | None:
-    """The green phase with most links from `in_edge` to `out_edge` (protected links count first)."""
+def _best_phase(movements: Sequence[Sequence[Movement]],
+                score: Callable[[Sequence[Movement]], tuple[int, int] | None]) -> int | None:
+    """The phase scoring highest (the first of equals); None when no phase scores."""
     best: tuple[int, int, int] | None = None
     for index, moves in enumerate(movements):
-        links = [m for m in moves if lane_edge(m.in_lane) == in_edge and lane_edge(m.out_lane) == out_edge]
-        if not links:
-            continue
-        key = (sum(m.protected for m in links), len(links), -index)
-        if best is None or key > best:
-            best = key
+        scored = score(moves)
+        if scored is not None and (best is None or (*scored, -index) > best):
+            best = (*scored, -index)
     return None if best is None else -best[2]
+
+
+def _along(moves: Sequence[Movement], in_edge: str, out_edge: str) -> list[Movement]:
+    return [m for m in moves if lane_edge(m.in_lane) == in_edge and lane_edge(m.out_lane) == out_edge]
+
+
+def phase_serving(movements: Sequence[Sequence[Movement]], in_edge: str, out_edge: str) -> int | None:
+    """The green phase with most links from `in_edge` to `out_edge` (protected links count first)."""
+    def score(moves: Sequence[Movement]) -> tuple[int, int] | None:
+        links = _along(moves, in_edge, out_edge)
+        return (sum(m.protected for m in links), len(links)) if links else None
+    return _best_phase(movements, score)
 
 
 def phase_flushing(movements: Sequence[Sequence[Movement]], in_edge: str, out_edge: str) -> int | None:
     """Of the phases serving the movement from `in_edge` to `out_edge`, the one serving most of the approach's
     links (every lane of `in_edge`): it lets the vehicles queued ahead of an emergency vehicle leave whichever
     way they turn."""
-    best: tuple[int, int, int] | None = None
-    for index, moves in enumerate(movements):
-        serves = any(lane_edge(m.in_lane) == in_edge and lane_edge(m.out_lane) == out_edge for m in moves)
-        if not serves:
-            continue
-        key = (sum(lane_edge(m.in_lane) == in_edge for m in moves), sum(m.protected for m in moves), -index)
-        if best is None or key > best:
-            best = key
-    return None if best is None else -best[2]
+    def score(moves: Sequence[Movement]) -> tuple[int, int] | None:
+        if not _along(moves, in_edge, out_edge):
+            return None
+        return sum(lane_edge(m.in_lane) == in_edge for m in moves), sum(m.protected for m in moves)
+    return _best_phase(movements, score)
 
 
 def lane_edge(lane: str) -> str:
@@ -111,8 +117,7 @@ def route_signals(edges: Sequence[str], edge_length: Mapping[str, float],
         for tls, movements in movements_by_tls.items():
             phase = phase_serving(movements, in_edge, out_edge)
             if phase is not None:
-                lanes = tuple(dict.fromkeys(m.in_lane for m in movements[phase]
-                                            if lane_edge(m.in_lane) == in_edge and lane_edge(m.out_lane) == out_edge))
+                lanes = tuple(dict.fromkeys(m.in_lane for m in _along(movements[phase], in_edge, out_edge)))
                 flush = phase_flushing(movements, in_edge, out_edge)
                 out.append(RouteSignal(tls, phase, index, travelled, lanes, None if flush == phase else flush))
                 break
@@ -149,10 +154,16 @@ class GreenWave:
             eta = max(0.0, signal.stop_at - travelled) / pace
             lead = self.lead_s if lead_of is None or eta > LOOK_AHEAD_S else lead_of(signal, eta)
             if eta <= lead:
-                flush = signal.tls in self.flushing and signal.flush_phase is not None
-                out[signal.tls] = (signal.flush_phase if flush and signal.flush_phase is not None else signal.phase,
-                                   eta)
+                flush = signal.flush_phase if signal.tls in self.flushing else None
+                out[signal.tls] = (signal.phase if flush is None else flush, eta)
         return out
+
+    def held_up(self, signal: RouteSignal, shown: SignalSupervisor | None, stood_s: float) -> None:
+        """The vehicle has stood `stood_s` while `signal` shows `shown`: held up at its own green by something that
+        phase does not serve, it gets the signal's flush phase from now on (the simulator and the platform alike)."""
+        if (signal.flush_phase is not None and shown is not None and shown.stage == "green"
+                and shown.phase == signal.phase and stood_s >= BLOCKED_AT_GREEN_S):
+            self.flushing.add(signal.tls)
 
 
 def clear_ahead_lead(queue_ahead: float, to_green: float) -> float:
@@ -280,12 +291,8 @@ class SumoGreenWaves:
         # Asking the next signal early as well when even the flush does not move the vehicle (the exit blocked by
         # the next signal's queue) was tried: on RESCO Ingolstadt 21 it doubled the others' delay for nothing.
         ahead = next((s for s in wave.signals if s.edge_index >= edge_index), None)
-        if ahead is None or ahead.flush_phase is None or ahead.tls in wave.flushing:
-            return
-        supervisor = supervisors.get(ahead.tls)
-        if (supervisor is not None and supervisor.stage == "green" and supervisor.phase == ahead.phase
-                and float(sim.vehicle.getWaitingTime(vehicle)) >= BLOCKED_AT_GREEN_S):
-            wave.flushing.add(ahead.tls)
+        if ahead is not None and ahead.flush_phase is not None and ahead.tls not in wave.flushing:
+            wave.held_up(ahead, supervisors.get(ahead.tls), float(sim.vehicle.getWaitingTime(vehicle)))
 
     def __call__(self, sim: Any, now: float, supervisors: Mapping[str, SignalSupervisor]) -> None:
         if self._movements is None:

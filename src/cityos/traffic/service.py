@@ -37,7 +37,6 @@ from cityos.traffic.detectors import (
 )
 from cityos.traffic.preemption import (
     APPROACH_SPEED_M_S,
-    BLOCKED_AT_GREEN_S,
     LEAD_S,
     GreenWave,
     RouteSignal,
@@ -428,10 +427,7 @@ class TrafficService:
                                         for i, a in enumerate(spec.signals)])
         wave.flushing = await self._flushing(tenant, spec.vehicle, now)
         first = wave.signals[0]
-        if first.flush_phase is not None and float(spec.stopped_for) >= BLOCKED_AT_GREEN_S:
-            shown = supervisor_at(plans[first.tls], rows[first.tls], now)
-            if shown.stage == "green" and shown.phase == first.phase:
-                wave.flushing.add(first.tls)
+        wave.held_up(first, supervisor_at(plans[first.tls], rows[first.tls], now), float(spec.stopped_for))
         wanted = wave.requests(0, 0.0, float(spec.speed), lead_of=lead_of)
         results = []
         commanded: set[str] = set()

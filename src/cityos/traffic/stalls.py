@@ -103,7 +103,7 @@ class StallDetector:
         if not heads:
             state.active_since = None  # cleared: the next stalled vehicle is a new incident
             return None
-        confirmed = [(d, n) for (d, n), head in zip(streaks, heads, strict=True) if n >= t.confirm]
+        confirmed = [(d, n) for d, n in streaks if n >= t.confirm]
         if state.active_since is not None or not confirmed:
             return None
         state.active_since = at
