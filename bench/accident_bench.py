@@ -76,7 +76,7 @@ from cityos.traffic.accidents import (
 )
 from cityos.traffic.citynet import build_network, write_demand
 from cityos.traffic.stalls import StallDetector, StallThresholds, StoppedVehicle
-from cityos.traffic.sumo import sumo_binary, sumo_home
+from cityos.traffic.sumo import load_libsumo, sumo_binary, sumo_home
 
 MIN_LANE_M = 150.0
 PAIRINGS = ("station", "lane")
@@ -253,9 +253,9 @@ class Recording:
 
 
 def simulate(args: argparse.Namespace) -> Recording:
-    import libsumo as sim
     import sumolib
 
+    sim = load_libsumo()
     sumo_home()
     with tempfile.TemporaryDirectory(prefix="cityos-accident-bench-") as tmp:
         work = Path(tmp)

@@ -340,12 +340,18 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
 
 
 def in_process(args: argparse.Namespace, net: Path, routes: Path) -> dict[str, Any]:
-    import libsumo
-
     from cityos.traffic.controllers import make_controller
     from cityos.traffic.signals import SignalSupervisor, View
-    from cityos.traffic.sumo import LaneReader, LazyLanes, intersections_of, plans_from_net, sumo_binary
+    from cityos.traffic.sumo import (
+        LaneReader,
+        LazyLanes,
+        intersections_of,
+        load_libsumo,
+        plans_from_net,
+        sumo_binary,
+    )
 
+    libsumo = load_libsumo()
     plans = {tls: bench_plan(plan) for tls, plan in plans_from_net(net).items()}
     libsumo.start([sumo_binary("sumo"), "-n", str(net), "-r", str(routes), "--no-step-log", "true",
                    "--no-warnings", "true", "--seed", "7"])

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from mqtt_support import (
     MQTT_URL,
     Publisher,
@@ -16,9 +17,12 @@ from mqtt_support import (
     stop_worker,
     wait_for,
 )
+from sqlalchemy import select
 
 from cityos.iot.commands import CommandSender
-from cityos.iot.models import DeviceIn, RpcIn
+from cityos.iot.ingest import InboundMessage, InOrderAcks
+from cityos.iot.messages import Envelope
+from cityos.iot.models import DeviceIn, RpcIn, devices
 
 pytestmark = needs_mqtt
 
@@ -167,3 +171,53 @@ async def test_rpc_round_trip(client: Any, app: Any) -> None:
         device.close()
         await sender.close()
         await stop_worker(worker)
+
+
+async def test_an_answer_is_recorded_while_readings_wait_and_acked_after_them(client: Any, app: Any) -> None:
+    """A device's RPC answer takes its own lane: it is committed while a batch of readings is held up, and
+    its PUBACK still waits for the reading that came in before it (MQTT acknowledges in order)."""
+    if app.state.engine.dialect.name != "postgresql":
+        pytest.skip("holds up one lane with a row lock; SQLite locks the whole database")
+    sensor, cabinet = await provision(app, 2)
+    request = await app.state.iot.create_rpc(cabinet, RpcIn(method="setPhase", params={"phase": 1}, timeout=30000))
+    topics = new_prefix()
+    worker = await start_worker(app, topics)
+    publisher = Publisher()
+    try:
+        async with app.state.engine.connect() as blocker:
+            transaction = await blocker.begin()
+            await blocker.execute(select(devices.c.id).where(devices.c.name == sensor).with_for_update())
+            reading = {"ts": int(time.time() * 1000), "values": {"pm25": 12, "no2": 10}}
+            publisher.publish(f"{topics}/{sensor}/telemetry", reading).wait_for_publish(5)
+            assert await wait_for(_received(worker, 1), 10)
+            publisher.publish(f"{topics}/{cabinet}/rpc/response/{request['id']}", {"phase": 1}).wait_for_publish(5)
+
+            async def answered() -> bool:
+                return bool((await app.state.iot.get_rpc(request["id"]))["status"] == "succeeded")
+
+            assert await wait_for(answered, 10)
+            assert await history_rows(app) == 0  # the reading is still waiting for its device's row
+            assert worker.stats.acked == 0  # so the answer's PUBACK waits too
+            await transaction.rollback()
+        assert await wait_for(_rows_equal(app, 1), 10)
+        assert await wait_for(_acked(worker, 2), 10)
+        assert (await app.state.iot.get_rpc(request["id"]))["response"] == {"phase": 1}
+    finally:
+        publisher.close()
+        await stop_worker(worker)
+
+
+def _received(worker: Any, n: int) -> Any:
+    async def check() -> bool:
+        return bool(worker.stats.received >= n)
+    return check
+
+
+def test_acknowledgements_leave_in_arrival_order() -> None:
+    acks = InOrderAcks()
+    msgs = [InboundMessage(generation=1, mid=100 + i, qos=1, envelope=Envelope("d", "telemetry", b"{}", "mqtt"), seq=i)
+            for i in range(4)]
+    assert acks.committed([msgs[2]]) == []  # committed early (an answer), held for 0 and 1
+    assert acks.committed([msgs[0]]) == [msgs[0]]
+    assert acks.committed([msgs[3], msgs[1]]) == [msgs[1], msgs[2], msgs[3]]
+    assert acks.committed([]) == []

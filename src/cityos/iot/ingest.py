@@ -14,7 +14,10 @@ that never expires, so QoS 1 messages wait in the broker while the worker is awa
 process or many processes on many hosts) split the load. Messages are batched (up to
 `CITYOS_INGEST_BATCH`, default 2,000, or `CITYOS_INGEST_BATCH_BYTES` of payload, default 512 KiB,
 or `CITYOS_INGEST_BATCH_MS`, default 50 ms), committed
-with `IotService.ingest` in one transaction, and only then PUBACKed. A PUBACK is sent only on
+with `IotService.ingest` in one transaction, and only then PUBACKed. Devices' answers to RPC requests
+take a lane of their own, committed as soon as they arrive: a command's sender waits for its answer,
+and behind a batch of thousands of readings it would wait seconds. PUBACKs still leave in the order
+the messages came in (MQTT 5 § 4.6), whichever lane committed them first. A PUBACK is sent only on
 the connection the message came in on: after a reconnect the broker redelivers the message
 and the duplicate is stored once (same device, key and ts). A database outage makes the worker
 retry the batch with back-off without acknowledging; a message that breaks the batch for any
@@ -117,11 +120,32 @@ def _transient(exc: BaseException) -> bool:
 
 
 @dataclass
-class _Msg:
+class InboundMessage:
     generation: int
     mid: int
     qos: int
     envelope: Envelope
+    seq: int = 0  # arrival order on this worker, for acknowledging in order
+
+
+class InOrderAcks:
+    """Releases committed messages for PUBACK in arrival order, though two lanes commit them.
+
+    MQTT requires PUBACKs in the order the PUBLISH packets came in; a message committed early (a
+    device's answer) waits here for those that arrived before it."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._committed: dict[int, InboundMessage] = {}
+
+    def committed(self, msgs: list[InboundMessage]) -> list[InboundMessage]:
+        for msg in msgs:
+            self._committed[msg.seq] = msg
+        released: list[InboundMessage] = []
+        while self._next in self._committed:
+            released.append(self._committed.pop(self._next))
+            self._next += 1
+        return released
 
 
 @dataclass
@@ -220,16 +244,21 @@ class IngestWorker(BatchCommitter):
         self.committers = committers or int(os.environ.get("CITYOS_INGEST_COMMITTERS", "2"))
         self.keepalive = keepalive
         self.stats = WorkerStats()
-        self._queue: asyncio.Queue[_Msg] = asyncio.Queue()
+        self._queue: asyncio.Queue[InboundMessage] = asyncio.Queue()
+        self._answers: asyncio.Queue[InboundMessage] = asyncio.Queue()  # devices' RPC answers: their own lane
+        self._arrived = 0
+        self._acks = InOrderAcks()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0
         self._gen_lock = threading.Lock()
         # Messages from the paho thread wait here until the event loop moves them to `_queue`: one
         # loop wake-up per burst instead of one per message.
-        self._inbox: list[_Msg] = []
+        self._inbox: list[InboundMessage] = []
         self._inbox_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._answer_task: asyncio.Task[None] | None = None
         self._steps = StepGuard(f"ingest {client_id}")  # a stop never cuts a batch's commit short
+        self._answer_steps = StepGuard(f"ingest {client_id} answers")
         self._connected = asyncio.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                                   manual_ack=True)
@@ -265,7 +294,7 @@ class IngestWorker(BatchCommitter):
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         envelope = envelope_for(message.topic, bytes(message.payload), self.prefix)
-        msg = _Msg(self._generation, message.mid, message.qos, envelope)
+        msg = InboundMessage(self._generation, message.mid, message.qos, envelope)
         assert self._loop is not None
         with self._inbox_lock:
             self._inbox.append(msg)
@@ -277,7 +306,9 @@ class IngestWorker(BatchCommitter):
         with self._inbox_lock:
             msgs, self._inbox = self._inbox, []
         for msg in msgs:
-            self._queue.put_nowait(msg)
+            msg.seq, self._arrived = self._arrived, self._arrived + 1
+            lane = self._answers if msg.envelope.kind == "rpc/response" else self._queue
+            lane.put_nowait(msg)
 
     # -------------------------------------------------------------- asyncio side
 
@@ -289,6 +320,7 @@ class IngestWorker(BatchCommitter):
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive, clean_start=False, properties=props)
         self.client.loop_start()
         self._task = asyncio.create_task(self._run(), name=f"ingest-{self.client_id}")
+        self._answer_task = asyncio.create_task(self._run_answers(), name=f"ingest-{self.client_id}-answers")
 
     @property
     def connected(self) -> bool:
@@ -304,26 +336,27 @@ class IngestWorker(BatchCommitter):
         Cancelling a transaction half-way is what stop avoids: on SQLite a connection cancelled inside
         its transaction can leave the database's write lock held, and every other writer waits for it.
         """
-        await self._steps.stop([self._task], within)
+        await asyncio.gather(self._steps.stop([self._task], within),
+                             self._answer_steps.stop([self._answer_task], within))
         # Unacknowledged messages stay in the broker's session and come back on the next start.
         self.client.disconnect()
         self.client.loop_stop()
 
-    async def _collect(self) -> list[_Msg]:
+    async def _collect(self, queue: asyncio.Queue[InboundMessage], wait_ms: float) -> list[InboundMessage]:
         """Up to `batch_max` messages or `batch_bytes` of payload (a gateway message carries the
-        readings of many devices), waiting at most `batch_ms` for more after the first."""
-        batch = [await self._queue.get()]
+        readings of many devices), waiting at most `wait_ms` for more after the first."""
+        batch = [await queue.get()]
         size = len(batch[0].envelope.payload)
-        deadline = time.monotonic() + self.batch_ms / 1000
+        deadline = time.monotonic() + wait_ms / 1000
         while len(batch) < self.batch_max and size < self.batch_bytes:
             try:
-                msg = self._queue.get_nowait()
+                msg = queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
-                    msg = await asyncio.wait_for(self._queue.get(), remaining)
+                    msg = await asyncio.wait_for(queue.get(), remaining)
                 except TimeoutError:
                     break
             batch.append(msg)
@@ -332,32 +365,39 @@ class IngestWorker(BatchCommitter):
 
     async def _run(self) -> None:
         while True:
-            batch = await self._collect()
+            batch = await self._collect(self._queue, self.batch_ms)
             self.stats.received += len(batch)
             await self._steps.step(self._commit_and_ack(batch))
 
-    async def _commit_and_ack(self, batch: list[_Msg]) -> None:
+    async def _run_answers(self) -> None:
+        """Answers are few and awaited: commit whatever has arrived at once, beside the readings' batch."""
+        while True:
+            batch = await self._collect(self._answers, 0)
+            self.stats.received += len(batch)
+            await self._answer_steps.step(self._commit_and_ack(batch))
+
+    async def _commit_and_ack(self, batch: list[InboundMessage]) -> None:
         await asyncio.gather(*(self._commit(part) for part in self._partition(batch)))
         self._ack(batch)
 
-    def _partition(self, batch: list[_Msg]) -> list[list[_Msg]]:
+    def _partition(self, batch: list[InboundMessage]) -> list[list[InboundMessage]]:
         """Split a batch by sender into `committers` parts, committed concurrently: their devices do not
         overlap, so neither waits for the other's row locks, and one part's Python work runs while the
         other waits for the database. All parts commit before any message is acknowledged."""
         if self.committers <= 1 or len(batch) < 2 * self.committers:
             return [batch]
-        parts: list[list[_Msg]] = [[] for _ in range(self.committers)]
+        parts: list[list[InboundMessage]] = [[] for _ in range(self.committers)]
         for msg in batch:
             parts[hash(msg.envelope.device) % self.committers].append(msg)
         return [part for part in parts if part]
 
-    async def _commit(self, batch: list[_Msg]) -> None:
+    async def _commit(self, batch: list[InboundMessage]) -> None:
         await self._commit_envelopes([m.envelope for m in batch])
 
-    def _ack(self, batch: list[_Msg]) -> None:
+    def _ack(self, batch: list[InboundMessage]) -> None:
         with self._gen_lock:
             generation = self._generation
-        for msg in batch:
+        for msg in self._acks.committed(batch):
             if msg.qos > 0 and msg.generation == generation:
                 self.client.ack(msg.mid, msg.qos)
                 self.stats.acked += 1

@@ -8,7 +8,8 @@ their deadline. Request states: queued → sent (delivered for one-way) → succ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
 from cityos.core.clock import as_utc
+from cityos.core.db import write_transaction
 from cityos.core.errors import ResourceNotFound
 from cityos.iot.models import Device, RpcIn, device_id, device_name, devices, rpc_requests
 
 if TYPE_CHECKING:
+    from cityos.hub.service import HubService
     from cityos.iot.messages import Envelope
 
 
@@ -29,6 +32,15 @@ class RpcRequests:
 
     engine: AsyncEngine
     tenant: str
+    hub: HubService
+
+    @asynccontextmanager
+    async def _rpc_write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction queued on the process's SQLite writer lock like the readings' ingest: outside
+        it, SQLite's own busy wait loses to the ingest's back-to-back commits (a control round's commands
+        waited seconds) and a deferred transaction's lock upgrade can fail outright."""
+        async with write_transaction(self.engine, self.hub.store._sqlite_write_lock) as conn:
+            yield conn
 
     async def create_rpc(self, ident: str, spec: RpcIn) -> dict[str, Any]:
         created = (await self.create_rpcs([(ident, spec)]))[0]
@@ -41,7 +53,7 @@ class RpcRequests:
         registered gets ResourceNotFound in its place."""
         names = [device_name(ident) for ident, _ in requests]
         now = clock.now()
-        async with self.engine.begin() as conn:
+        async with self._rpc_write() as conn:
             known = set((await conn.execute(select(devices.c.name).where(
                 devices.c.tenant == self.tenant, devices.c.name.in_(sorted(set(names)))))).scalars())
             rows = [{"tenant": self.tenant, "device": name, "method": spec.method, "params": spec.params,
@@ -72,7 +84,7 @@ class RpcRequests:
         if not rpc_ids:
             return
         open_states = ("queued", "sent") if status in ("sent", "delivered") else ("queued", "sent", "delivered")
-        async with self.engine.begin() as conn:
+        async with self._rpc_write() as conn:
             await conn.execute(update(rpc_requests).where(rpc_requests.c.id.in_(list(rpc_ids)),
                                                           rpc_requests.c.status.in_(open_states))
                                .values(status=status, error=error, updated_at=clock.now()))
@@ -110,7 +122,7 @@ class RpcRequests:
                     error=str(doc.get("error"))[:500] if failed else None, updated_at=clock.now()))
 
     async def expire_rpcs(self) -> int:
-        async with self.engine.begin() as conn:
+        async with self._rpc_write() as conn:
             result = await conn.execute(update(rpc_requests).where(
                 rpc_requests.c.status.in_(("queued", "sent", "delivered")), rpc_requests.c.oneway == 0,
                 rpc_requests.c.expires_at < clock.now()).values(status="timed_out", updated_at=clock.now()))

@@ -95,9 +95,16 @@ class SignalSite:
 def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
                positions: Mapping[str, tuple[float, float]] | None = None) -> dict[str, SignalSite]:
     """The network's signalised junctions, with their plans, links and detector lanes (libsumo, briefly)."""
-    import libsumo
+    from cityos.traffic.sumo import (
+        ADVANCE_M,
+        STOPLINE_ZONE_M,
+        intersections_of,
+        load_libsumo,
+        plans_from_net,
+        sumo_binary,
+    )
 
-    from cityos.traffic.sumo import ADVANCE_M, STOPLINE_ZONE_M, intersections_of, plans_from_net, sumo_binary
+    libsumo = load_libsumo()
 
     plans = plans_from_net(net)
     libsumo.start([sumo_binary("sumo"), "-n", str(net), "--no-step-log", "true", "--no-warnings", "true"])
@@ -287,9 +294,9 @@ class SumoField:
         return link
 
     def _start_sumo(self) -> None:
-        import libsumo
+        from cityos.traffic.sumo import load_libsumo, sumo_binary
 
-        from cityos.traffic.sumo import sumo_binary
+        libsumo = load_libsumo()
 
         args = [sumo_binary("sumo"), "-n", str(self.net), "-r", str(self.routes), "--step-length", str(STEP_S),
                 "--no-step-log", "true", "--no-warnings", "true", "--seed", str(self.seed), "--time-to-teleport", "120"]

@@ -12,14 +12,17 @@ queue length and throughput.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
+import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from cityos.traffic.signals import (
@@ -52,6 +55,14 @@ def sumo_home() -> str:
 
         os.environ["SUMO_HOME"] = str(sumo.SUMO_HOME)
     return os.environ["SUMO_HOME"]
+
+
+def load_libsumo() -> ModuleType:
+    """libsumo, imported with its import-time notices (a pyarrow version warning) sent to stderr: a
+    benchmark's stdout is one JSON line."""
+    with contextlib.redirect_stdout(sys.stderr):
+        import libsumo
+    return libsumo
 
 
 def sumo_binary(name: str) -> str:
@@ -503,8 +514,7 @@ def run_scenario(scenario: Scenario, controller: str, factory: ControllerFactory
     """
     import time
 
-    import libsumo
-
+    libsumo = load_libsumo()
     sumo_home()
     plans = plans_from_net(scenario.net)
     started = time.perf_counter()
