@@ -7,8 +7,12 @@ Modules
   data-class `VISIBILITY` table are data.
 - ``masking``: `mask_entity(entity, classes, principal, owning_department=None, default="internal")`.
 - ``tokens``: Ed25519 JWT access tokens, JWKS, trust in an external OIDC issuer.
-- ``service``: users, departments, tenants, grants, TOTP login, password hashing (bounded thread
-  pool, bounded login concurrency), zxcvbn password strength.
+- ``service``: `SecurityService`, put together from one mixin per responsibility: ``directory``
+  (users, departments, tenants, OAuth clients, external identities), ``passwords`` (hashing in a
+  bounded thread pool, bounded login concurrency, zxcvbn password strength), ``sessions``
+  (revocation, bearer authentication), ``oauth_grants`` (password with TOTP, client credentials,
+  refresh, JWT bearer) and ``logins``; ``errors``: `Forbidden`, `Unauthorized`, `require_allowed`.
+  Every name these modules took from ``service`` is still importable from it.
 - ``logins``: brute-force defence (sliding windows per account and source, progressive delays,
   known-device tokens that pass lockouts, IP blocks); ``api.client_ip`` believes
   ``X-Forwarded-For`` only from ``CITYOS_TRUSTED_PROXIES``.

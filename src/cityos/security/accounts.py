@@ -19,6 +19,8 @@ from sqlalchemy import delete, insert, select, update
 from cityos.core import clock
 from cityos.core.errors import AlreadyExists, BadRequestData, Conflict, ResourceNotFound
 from cityos.security.audit import AuditEvent
+from cityos.security.directory import NewUser
+from cityos.security.errors import Forbidden
 from cityos.security.logins import OAuthError
 from cityos.security.models import (
     clients,
@@ -29,8 +31,9 @@ from cityos.security.models import (
     recovery_codes,
     users,
 )
+from cityos.security.oauth_grants import client_session
 from cityos.security.policy import ADMIN_ROLES, STAFF_ROLES, USER_ROLES, Principal
-from cityos.security.service import Forbidden, NewUser, SecurityService, client_session
+from cityos.security.service import SecurityService
 from cityos.security.tokens import sha256_hex
 
 

@@ -42,8 +42,10 @@ from cityos.security.audit import OUTCOMES, AuditEvent, AuditLog, AuditQuery, ts
 from cityos.security.audit_anchor import Checkpointer, CheckpointStore, checkpoint_store, verify_anchored
 from cityos.security.audit_intents import AuditIntents
 from cityos.security.crypto import load_keyring
+from cityos.security.errors import Forbidden, Unauthorized
+from cityos.security.logins import OAuthError
 from cityos.security.policy import Principal, Resource, authorize, effective_tenant
-from cityos.security.service import Forbidden, OAuthError, SecurityService, Unauthorized
+from cityos.security.service import SecurityService
 from cityos.security.settings import SecuritySettings
 from cityos.security.tokens import InvalidToken, OidcTrust, TokenIssuer, load_signing_keys
 

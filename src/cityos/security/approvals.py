@@ -38,9 +38,10 @@ from cityos.core.errors import BadRequestData, Conflict, ResourceNotFound
 from cityos.security import crypto
 from cityos.security.accounts import AccountService
 from cityos.security.audit import AuditEvent
+from cityos.security.errors import Forbidden, Unauthorized
 from cityos.security.models import approvals, grants
 from cityos.security.policy import ADMIN_ROLES, USER_ROLES, Principal, Resource, appointment_approval, authorize
-from cityos.security.service import Forbidden, SecurityService, Unauthorized
+from cityos.security.service import SecurityService
 
 KINDS: dict[str, str] = {
     "export_sensitive": "data.export_sensitive",
