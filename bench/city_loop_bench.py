@@ -132,7 +132,8 @@ async def through_platform(mode: str, args: argparse.Namespace, workdir: Path, n
             commands = CommandSender(iot, url, prefix=TOPICS)
             loop = ControlLoop(traffic, app.state.hub.service, iot.tenant, lambda: command_batch_sender(commands),
                                iot.rpc_statuses, interval=args.interval,
-                               stale_after=max(3 * args.report_every, 2 * args.interval))
+                               stale_after=max(3 * args.report_every, 2 * args.interval),
+                               answers=iot.answer_signal)
             field_process = context.Process(target=run_field, name="sumo-field", args=(
                 {"net": net, "routes": routes, "sites": sites, "url": url, "report_every": args.report_every,
                  "seed": args.seed, "end_s": float(args.seconds), "tripinfo": tripinfo,

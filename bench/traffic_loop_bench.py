@@ -284,7 +284,8 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
             assert ready.get("ready"), ready
             stale = max(3 * args.report_every, 2 * args.interval)
             loop = ControlLoop(traffic, app.state.hub.service, iot.tenant, lambda: command_batch_sender(commands),
-                               iot.rpc_statuses, interval=args.interval, stale_after=stale)
+                               iot.rpc_statuses, interval=args.interval, stale_after=stale,
+                               answers=iot.answer_signal)
             progress(f"platform: {len(sites)} signals, {len(lanes)} detector lanes, {args.seconds:g} s")
             await asyncio.sleep(args.report_every + 2.0)  # the first readings are in
             readings_before, loads = worker.stats.readings, [os.getloadavg()[0]]  # 0 with --ingest-process

@@ -113,6 +113,31 @@ async def test_rpc_without_broker_fails_and_timeout(client: Any, app: Any, fixed
     assert bad.status_code == 400
 
 
+async def test_a_batch_of_answers_is_recorded_together_and_only_by_their_own_device(client: Any, app: Any) -> None:
+    """A control round's answers arrive together: each request takes its own device's first answer; a repeated
+    answer, another device's answer and an answer to an unknown request change nothing."""
+    from cityos.iot.models import RpcIn
+
+    await client.post("/api/iot/devices", json=AQ)
+    await client.post("/api/iot/devices", json={**AQ, "name": "aq-2"})
+    iot = app.state.iot
+    first, second, third = [await iot.create_rpc("aq-1", RpcIn(method="setLed", params={"n": n})) for n in range(3)]
+    signal = iot.answer_signal.upcoming()
+    report = await iot.ingest([
+        Envelope("aq-1", "rpc/response", b'{"ok": 1}', rpc_id=second["id"]),
+        Envelope("aq-1", "rpc/response", b'{"error": "led broken"}', rpc_id=first["id"]),
+        Envelope("aq-1", "rpc/response", b'{"ok": "again"}', rpc_id=second["id"]),
+        Envelope("aq-2", "rpc/response", b'{"ok": "not mine"}', rpc_id=third["id"]),
+        Envelope("aq-1", "rpc/response", b'{"ok": 0}', rpc_id=987654321),
+    ])
+    assert report.dead_letters == 0 and signal.is_set()  # the control loop's watcher is woken at once
+    answers = {r["id"]: (await client.get(f"/api/iot/rpc/{r['id']}")).json() for r in (first, second, third)}
+    assert (answers[first["id"]]["status"], answers[first["id"]]["error"]) == ("failed", "led broken")
+    assert (answers[second["id"]]["status"], answers[second["id"]]["response"]) == ("succeeded", {"ok": 1})
+    assert answers[third["id"]]["status"] == "queued" and answers[third["id"]]["response"] is None
+    assert not iot.answer_signal.upcoming().is_set()
+
+
 async def test_a_slow_event_handler_does_not_hold_up_ingestion(client: Any, app: Any, fixed_clock: Any) -> None:
     """An alarm storm through slow handlers must not stall ingestion (its broker waits for acks)."""
     import asyncio

@@ -110,7 +110,7 @@ async def test_closed_loop_through_mqtt_with_sumo_as_the_field(client: Any, app:
     await running.start()
     loop = ControlLoop(app.state.traffic, app.state.hub.service, app.state.iot.tenant,
                        lambda: command_batch_sender(commands), app.state.iot.rpc_statuses, interval=0.5,
-                       stale_after=2.0)
+                       stale_after=2.0, answers=app.state.iot.answer_signal)
     try:
         async def fed() -> bool:  # every approach's detector has a reading in the hub
             found = await app.state.hub.service.retrieve_many(

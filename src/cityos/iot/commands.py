@@ -103,8 +103,8 @@ class CommandSender:
     async def _mark_published(self, status: dict[int, str],
                               published: list[tuple[dict[str, Any], RpcIn, mqtt.MQTTMessageInfo]]) -> None:
         """Record what the broker took (`sent`, `delivered` for one-way) and what it did not (`failed`). The
-        requests are out whatever happens here: a record that fails (a deadlock with the ingest worker
-        recording answers to the same rows, on PostgreSQL) is tried once more, then left to the answers
+        requests are out whatever happens here: a record that fails (the database busy or away) is tried
+        once more, then left to the answers
         (which move a `queued` request on too) and to the expiry, never raised to the caller as unsent."""
         lost = [request for request, _, info in published if not info.is_published()]
         marks: list[tuple[str, list[int], str | None]] = [

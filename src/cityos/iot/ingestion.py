@@ -25,7 +25,7 @@ LAST_PROFILE_CACHE = 500_000  # device names remembered for early validation (a 
 
 class IotIngestion(IotReadings, RpcRequests):
     """`ingest(envelopes)` and what feeds it: device reports, replays. A device's RPC answer is recorded in
-    the ingest's transaction (`RpcRequests._rpc_response`)."""
+    the ingest's transaction (`RpcRequests._record_answers`)."""
 
     async def device_report(self, token: str, kind: str, raw: bytes, source: str,
                             oversize: bool = False) -> DeviceCall:
@@ -86,6 +86,8 @@ class IotIngestion(IotReadings, RpcRequests):
             obs = await upsert_observations(self.hub, self.tenant, prepare=prepare)
         finally:
             self.hub.sources.forget_held()  # flags of committed readings were stored by the commit's listener
+        if state.answers:
+            self.answer_signal.committed()
         # Listed only now: a retried or failed transaction (whose messages come again) lists nothing twice.
         self.hub.sources.refused.extend(state.source_refusals)
         report.readings = state.readings
@@ -191,7 +193,9 @@ class IotIngestion(IotReadings, RpcRequests):
             elif env.kind == "attributes":
                 self._attributes(env, doc, touch(sender), reject)
             elif env.kind == "rpc/response":
-                await self._rpc_response(conn, sender, env, doc)
+                answer = self._rpc_answer(sender, env, doc)
+                if answer is not None:
+                    state.answers.append(answer)
                 touch(sender).contact = True
             elif not sender.gateway:
                 reject(env, "not_a_gateway", f"device {sender.name!r} is not a gateway", sender.name)
@@ -204,6 +208,7 @@ class IotIngestion(IotReadings, RpcRequests):
                 replayed.append(env.replay_of)
             state.per_envelope.append((state.readings - before_readings, len(state.rejections) - before_rej))
 
+        await self._record_answers(conn, state.answers)
         items: list[ObservedEntity] = []
         updates: list[dict[str, Any]] = []
         now = clock.now()

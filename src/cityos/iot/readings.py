@@ -259,6 +259,7 @@ class _Batch:
     readings: int = 0
     per_envelope: list[tuple[int, int]] = field(default_factory=list)
     source_refusals: list[SourceConflict] = field(default_factory=list)  # 一数一源, listed once committed
+    answers: list[dict[str, Any]] = field(default_factory=list)  # devices' answers to RPC requests
 
 
 _Valid = tuple[KeySpec, Any, datetime, Reading]  # a reading that passed its profile: (spec, value, ts, hub reading)

@@ -38,6 +38,7 @@ from cityos.iot.messages import (
 )
 from cityos.iot.models import Device, DeviceIn, Profile, device_id, device_name, devices, load_profiles
 from cityos.iot.outbox import EventOutbox
+from cityos.iot.rpc_requests import AnswerSignal
 
 
 class IotRegistry:
@@ -63,6 +64,7 @@ class IotRegistry:
         self._last_profile: dict[str, str] = {}
         # device name → how often its credentials changed in this process (sessions remember the epoch they began in)
         self.token_epoch: dict[str, int] = {}
+        self.answer_signal = AnswerSignal()
 
     def profile(self, profile_id: str) -> Profile:
         found = self.profiles.get(profile_id)

@@ -2,18 +2,19 @@
 
 `IotService` takes these methods in (one registry of a tenant's devices): the MQTT sender
 (`commands.py`) stores, publishes and marks requests, the ingest records a device's answer
-(`_rpc_response`, in the ingest's transaction), and the health loop times out the requests past
+(`_rpc_answer`, `_record_answers`, in the ingest's transaction), and the health loop times out the requests past
 their deadline. Request states: queued → sent (delivered for one-way) → succeeded | failed | timed_out.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
@@ -27,12 +28,32 @@ if TYPE_CHECKING:
     from cityos.iot.messages import Envelope
 
 
+OPEN_STATES = ("queued", "sent", "delivered")  # a request not answered, failed or timed out yet
+
+
+class AnswerSignal:
+    """Wakes, in this process, whoever awaits devices' answers as soon as an ingest commits some (the signal
+    control loop's watcher), instead of their polling the database every few milliseconds."""
+
+    def __init__(self) -> None:
+        self._next = asyncio.Event()
+
+    def upcoming(self) -> asyncio.Event:
+        """Take it before reading the statuses: a commit while they are read has set it already."""
+        return self._next
+
+    def committed(self) -> None:
+        self._next.set()
+        self._next = asyncio.Event()
+
+
 class RpcRequests:
     """Mixed into `IotService`, whose engine and tenant it uses."""
 
     engine: AsyncEngine
     tenant: str
     hub: HubService
+    answer_signal: AnswerSignal
 
     @asynccontextmanager
     async def _rpc_write(self) -> AsyncIterator[AsyncConnection]:
@@ -80,13 +101,19 @@ class RpcRequests:
 
     async def set_rpc_statuses(self, rpc_ids: Sequence[int], status: str, error: str | None = None) -> None:
         """Move the requests still open to `status`, in one statement (a request already answered keeps its
-        answer: `sent` never overwrites `succeeded`)."""
+        answer: `sent` never overwrites `succeeded`).
+
+        On PostgreSQL a row locked at this moment is skipped: the only other writer of a fresh request is the
+        ingest recording its device's answer, which supersedes this mark. Waiting for it instead deadlocked
+        (the answers' lane and a round's marks lock the same rows in different orders)."""
         if not rpc_ids:
             return
-        open_states = ("queued", "sent") if status in ("sent", "delivered") else ("queued", "sent", "delivered")
+        open_states = ("queued", "sent") if status in ("sent", "delivered") else OPEN_STATES
+        still_open = (select(rpc_requests.c.id).where(rpc_requests.c.id.in_(list(rpc_ids)),
+                                                       rpc_requests.c.status.in_(open_states))
+                      .with_for_update(skip_locked=True))
         async with self._rpc_write() as conn:
-            await conn.execute(update(rpc_requests).where(rpc_requests.c.id.in_(list(rpc_ids)),
-                                                          rpc_requests.c.status.in_(open_states))
+            await conn.execute(update(rpc_requests).where(rpc_requests.c.id.in_(still_open.scalar_subquery()))
                                .values(status=status, error=error, updated_at=clock.now()))
 
     async def get_rpc(self, rpc_id: int) -> dict[str, Any]:
@@ -111,19 +138,33 @@ class RpcRequests:
                 found.update({int(row.id): str(row.status) for row in rows})
         return found
 
-    async def _rpc_response(self, conn: AsyncConnection, device: Device, env: Envelope, doc: Any) -> None:
+    @staticmethod
+    def _rpc_answer(device: Device, env: Envelope, doc: Any) -> dict[str, Any] | None:
+        """The row update a device's answer makes (recorded with the batch's others by `_record_answers`)."""
         if env.rpc_id is None:
-            return
+            return None
         failed = isinstance(doc, dict) and "error" in doc
+        return {"a_id": env.rpc_id, "a_device": device.name, "status": "failed" if failed else "succeeded",
+                "response": doc, "error": str(doc.get("error"))[:500] if failed else None, "updated_at": clock.now()}
+
+    async def _record_answers(self, conn: AsyncConnection, answers: list[dict[str, Any]]) -> None:
+        """All of a batch's answers in one statement, in id order: a control round's 500 answers were 500
+        round trips, and two transactions locking the same requests lock them in the same order."""
+        if not answers:
+            return
+        still_open = or_(*(rpc_requests.c.status == state for state in OPEN_STATES))  # IN cannot be executemany'd
         await conn.execute(update(rpc_requests).where(
-            rpc_requests.c.id == env.rpc_id, rpc_requests.c.device == device.name,
-            rpc_requests.c.status.in_(("queued", "sent", "delivered")))
-            .values(status="failed" if failed else "succeeded", response=doc,
-                    error=str(doc.get("error"))[:500] if failed else None, updated_at=clock.now()))
+            rpc_requests.c.id == bindparam("a_id"), rpc_requests.c.device == bindparam("a_device"), still_open)
+            .values(status=bindparam("status"), response=bindparam("response"), error=bindparam("error"),
+                    updated_at=bindparam("updated_at")), sorted(answers, key=_by_request))
 
     async def expire_rpcs(self) -> int:
         async with self._rpc_write() as conn:
             result = await conn.execute(update(rpc_requests).where(
-                rpc_requests.c.status.in_(("queued", "sent", "delivered")), rpc_requests.c.oneway == 0,
+                rpc_requests.c.status.in_(OPEN_STATES), rpc_requests.c.oneway == 0,
                 rpc_requests.c.expires_at < clock.now()).values(status="timed_out", updated_at=clock.now()))
             return int(result.rowcount or 0)
+
+
+def _by_request(answer: Mapping[str, Any]) -> int:
+    return int(answer["a_id"])

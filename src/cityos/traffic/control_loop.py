@@ -63,7 +63,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -88,6 +88,9 @@ from cityos.traffic.detectors import (
 from cityos.traffic.service import RpcBatchSender, TrafficService, lane_zones, movements_of, plan_from_doc
 from cityos.traffic.signals import ApproachReading, LaneReading, Movement, SignalSupervisor, View
 
+if TYPE_CHECKING:
+    from cityos.iot.rpc_requests import AnswerSignal
+
 log = logging.getLogger("cityos.traffic.control_loop")
 
 __all__ = ["ControlLoop", "DetectorReading", "approach_readings", "control_interval", "detector_entity",
@@ -95,7 +98,10 @@ __all__ = ["ControlLoop", "DetectorReading", "approach_readings", "control_inter
 
 ADAPTIVE_CONTROLLERS = ("webster", "max-pressure", "cityos")
 ACK_STATES = frozenset({"succeeded", "failed", "timed_out"})
-ACK_POLL_S = 0.01
+ACK_POLL_S = 0.01  # without an answer signal (answers committed by another process only)
+# With one, the watcher reads when this process's ingest commits answers, and at least this often for answers
+# another process's ingest committed.
+ANSWER_POLL_S = 0.05
 LATENCIES_KEPT = 10_000
 COMMAND_BATCH = 100  # signals decided, then commanded together (one RPC batch, one transaction)
 
@@ -176,9 +182,10 @@ class ControlLoop:
 
     def __init__(self, traffic: TrafficService, hub: HubService, tenant: str,
                  sender: Callable[[], RpcBatchSender | None], rpc_statuses: RpcStatusReader | None, interval: float,
-                 stale_after: float | None = None, ack_timeout: float = 6.0) -> None:
+                 stale_after: float | None = None, ack_timeout: float = 6.0,
+                 answers: AnswerSignal | None = None) -> None:
         self.traffic, self.hub, self.tenant = traffic, hub, tenant
-        self.sender, self.rpc_statuses = sender, rpc_statuses
+        self.sender, self.rpc_statuses, self.answers = sender, rpc_statuses, answers
         self.interval = interval
         self.stale_after = stale_after if stale_after is not None else stale_seconds(interval)
         self.ack_timeout = ack_timeout
@@ -403,10 +410,12 @@ class ControlLoop:
             self._watcher = asyncio.create_task(self._watch_acks(), name="traffic-control-acks")
 
     async def _watch_acks(self) -> None:
-        """Until no command awaits its answer: read the statuses of all awaited in one query every
-        `ACK_POLL_S`, and record the answered and the timed-out with their commands in one transaction."""
+        """Until no command awaits its answer: read the statuses of all awaited in one query (when answers are
+        committed, else every `ACK_POLL_S`), and record the answered and the timed-out with their commands in
+        one transaction."""
         assert self.rpc_statuses is not None
         while self._awaited:
+            answered = self.answers.upcoming() if self.answers is not None else None
             asked = list(self._awaited)  # commands sent while the query runs wait for the next one
             statuses: dict[int, str] | None
             try:
@@ -435,8 +444,11 @@ class ControlLoop:
                     raise
                 except Exception:  # the statuses stay in the RPC registry; only the command's copy is missing
                     log.exception("signal control: recording %d acknowledgements failed", len(settled))
-            if self._awaited:
+            if self._awaited and answered is None:
                 await asyncio.sleep(ACK_POLL_S)
+            elif self._awaited and answered is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(answered.wait(), ANSWER_POLL_S)
 
     def _count_ack(self, awaited: AwaitedAck, rpc_id: int, status: str, seen: float) -> float | None:
         if status != "succeeded":
@@ -469,7 +481,7 @@ def start_control_loop(app: Any) -> ControlLoop | None:
     if interval <= 0 or iot is None:
         return None
     loop = ControlLoop(app.state.traffic, app.state.hub.service, iot.tenant, lambda: batch_sender_of(app.state),
-                       iot.rpc_statuses, interval)
+                       iot.rpc_statuses, interval, answers=iot.answer_signal)
     loop.start()
     log.info("signal control loop every %.2f s (detector data stale after %.0f s)", interval, loop.stale_after)
     return loop
