@@ -257,19 +257,19 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
                 + [DeviceIn(name=lane, profile="traffic-flow", gatewayName=GATEWAY) for lane in lanes]
                 + [DeviceIn(name=site.cabinet, profile="traffic-signal") for site in sites.values()])
             assert not result.errors, result.errors[:3]
-            # Readings and the cabinets' answers each have their ingest worker (as `cityos demo --traffic sumo`
-            # runs): an acknowledgement never waits behind thousands of readings.
+            # One ingest worker, as a deployment runs it: the cabinets' answers take its lane for answers, so an
+            # acknowledgement never waits behind thousands of readings. With --ingest-process the readings
+            # go to a worker in another process and this one takes the answers only.
             worker = IngestWorker(iot, url, "bench-ingest", shared=False, prefix=TOPICS)
             answers = IngestWorker(iot, url, "bench-ingest-rpc", shared=False, prefix=TOPICS)
             answers.topics = [t for t in worker.topics if t.endswith("/rpc/response/+")]
-            worker.topics = [t for t in worker.topics if t not in answers.topics]
             ingest_out = context.Queue()
             if args.ingest_process:
                 ingest_process = context.Process(target=run_readings_ingest, name="readings-ingest",
                                                  args=(settings.database_url, url, stop, ingest_out))
                 ingest_process.start()
                 assert (await asyncio.to_thread(ingest_out.get, True, 300)).get("ready")
-            for each in (answers,) if args.ingest_process else (worker, answers):
+            for each in (answers,) if args.ingest_process else (worker,):
                 await each.start()
                 await each.wait_connected()
             commands = CommandSender(iot, url, prefix=TOPICS)
@@ -306,9 +306,7 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
                 ingest_process.join(30)
             assert "error" not in street, street
             await commands.close()
-            if not args.ingest_process:
-                await worker.stop()
-            await answers.stop()
+            await (answers if args.ingest_process else worker).stop()
             actuated = street.pop("actuated")
             actuation = [(actuated[rpc] - decided) * 1000 for rpc, decided in loop.stats.decided.items()
                          if rpc in actuated]

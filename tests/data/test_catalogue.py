@@ -185,3 +185,26 @@ async def test_the_catalogue_harvests_itself_on_schedule(client: httpx.AsyncClie
         await stop()
     listed = (await client.get("/api/3/action/package_list")).json()["result"]
     assert "hub-noiselevelobserved" in listed
+
+
+async def test_a_harvest_appends_readings_a_slice_at_a_time(client: httpx.AsyncClient, app: Any,
+                                                            day: list[datetime], monkeypatch: Any) -> None:
+    """Readings go into the catalogue in many small transactions (the SQLite writer is free between them);
+    every slice carries all copies of its readings, so the totals agree and a second harvest adds nothing."""
+    from cityos.data import catalogue as catalogue_module
+
+    await seed_city(client, hours=2, per_district=1)
+    monkeypatch.setattr(catalogue_module, "APPEND_ROWS", 7)
+    assert (await client.post("/api/data/harvest")).status_code == 200
+
+    async def counts() -> dict[str, int]:
+        return {d["id"]: d["row_count"] for d in await app.state.data.catalogue.all("")
+                if d["id"].startswith("readings-airqualityobserved")}
+
+    first = await counts()
+    base = first["readings-airqualityobserved"]
+    per_quantity = sum(n for code, n in first.items() if code.startswith("readings-airqualityobserved-a-"))
+    per_district = sum(n for code, n in first.items() if code.startswith("readings-airqualityobserved-d-"))
+    assert base > 70 and per_quantity == base and per_district == base, first
+    await client.post("/api/data/harvest")
+    assert await counts() == first

@@ -47,6 +47,7 @@ from cityos.security.classes import RANK, ClassRegistry
 
 PAGE = 500
 MIN_CELL = 3  # an aggregate cell of fewer readings is not published
+APPEND_ROWS = 3000  # catalogue rows per write transaction when a harvest appends readings
 CODE = re.compile(r"^[a-z0-9][a-z0-9_-]{1,99}$")
 PUBLIC, INTERNAL, SENSITIVE, CONFIDENTIAL = "public", "internal", "sensitive", "confidential"
 
@@ -440,10 +441,18 @@ class Catalogue:
             mark = (await conn.execute(select(func.max(rows.c.ts)).where(
                 rows.c.tenant == tenant, rows.c.dataset == base, rows.c.version == 0))).scalar()
             found = await instances_of_type(conn, tenant, type_iri, attrs, after=mark, limit=limit)
-        by_code: dict[str, list[dict[str, Any]]] = {c: [] for c in codes}
         code_of_district = {d: c for c, (d, _t, _e) in codes.items() if d}
         code_of_attr = {iri: c for c, iri in attr_of_code.items()}
+        pending: list[dict[str, Any]] = []
+        previous: datetime | None = None
         for entity_id, attr, ts, instance in found:
+            # Committed a slice at a time, each slice all copies of its readings and cut only between two
+            # instants, so the watermark (the newest reading of `base`) stays exact if the harvest stops half-way;
+            # one transaction for 200,000 readings held the SQLite writer for seconds (signal commands waited).
+            if len(pending) >= APPEND_ROWS and ts != previous:
+                await self._insert_rows(pending)
+                pending = []
+            previous = ts
             value = instance.get("value") if isinstance(instance, dict) else None
             if not isinstance(value, int | float) or isinstance(value, bool):
                 continue
@@ -451,15 +460,14 @@ class Catalogue:
             doc = {"entityId": entity_id, "attribute": self.term(attr), "observedAt": clock.iso(clock.as_utc(ts)),
                    "value": value, "unitCode": instance.get("unitCode"), "district": district}
             row = {"tenant": tenant, "version": 0, "key": entity_id, "ts": ts, "doc": doc, "subkey": doc["attribute"]}
-            by_code[base].append({**row, "dataset": base})
+            pending.append({**row, "dataset": base})
             if district and district in code_of_district:
-                by_code[code_of_district[district]].append({**row, "dataset": code_of_district[district]})
+                pending.append({**row, "dataset": code_of_district[district]})
             if attr in code_of_attr:
-                by_code[code_of_attr[attr]].append({**row, "dataset": code_of_attr[attr]})
+                pending.append({**row, "dataset": code_of_attr[attr]})
+        await self._insert_rows(pending)
         async with write_transaction(self.engine, self.lock) as conn:
-            for code, batch in by_code.items():
-                for start in range(0, len(batch), 1000):
-                    await conn.execute(insert(rows), batch[start:start + 1000])
+            for code in codes:
                 count = (await conn.execute(select(func.count()).select_from(rows).where(
                     rows.c.tenant == tenant, rows.c.dataset == code, rows.c.version == 0))).scalar_one()
                 if count == 0:
@@ -472,6 +480,13 @@ class Catalogue:
                                    .values(row_count=count, harvested_at=clock.now()))
         self.changed(tenant)
         return empty
+
+    async def _insert_rows(self, batch: list[dict[str, Any]]) -> None:
+        if not batch:
+            return
+        async with write_transaction(self.engine, self.lock) as conn:
+            for start in range(0, len(batch), 1000):
+                await conn.execute(insert(rows), batch[start:start + 1000])
 
     # ------------------------------------------------------------------ writing the catalogue
 

@@ -314,13 +314,17 @@ class IngestWorker(BatchCommitter):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._connect()
+        self._task = asyncio.create_task(self._run(), name=f"ingest-{self.client_id}")
+        self._answer_task = asyncio.create_task(self._run_answers(), name=f"ingest-{self.client_id}-answers")
+
+    def _connect(self) -> None:
+        """Connect in the background (paho's thread); a worker for another MQTT version overrides this."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 0xFFFFFFFF  # the session (and its queued QoS 1 messages) outlives us
         props.ReceiveMaximum = 65535  # else the broker keeps only 20 unacknowledged messages in flight
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive, clean_start=False, properties=props)
         self.client.loop_start()
-        self._task = asyncio.create_task(self._run(), name=f"ingest-{self.client_id}")
-        self._answer_task = asyncio.create_task(self._run_answers(), name=f"ingest-{self.client_id}-answers")
 
     @property
     def connected(self) -> bool:

@@ -313,11 +313,9 @@ def embedded_ingest_worker(service: Any, url: str, client_id: str = "cityos-demo
             elif kinds == "readings":
                 self.topics = [t for t in self.topics if t not in answers]
 
-        async def start(self) -> None:
-            self._loop = asyncio.get_running_loop()
+        def _connect(self) -> None:
             self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
             self.client.loop_start()
-            self._task = asyncio.create_task(self._run(), name=f"ingest-{self.client_id}")
 
     return Mqtt311IngestWorker()
 
