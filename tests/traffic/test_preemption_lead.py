@@ -96,10 +96,28 @@ async def test_the_lead_is_clear_ahead_from_the_detectors_else_fixed(client: htt
 
     # The route's phase is already green: counted as if about to be lost (clearance, the other phase's
     # minimum green, clearance back), so it is held; the fuller lane of the phase is north (5 vehicles).
-    entry = await preempt(client, "amb-held", "held", 200, phase=0)
+    entry = await preempt(client, "amb-held", "held", 150, phase=0)
     assert entry["leadBasis"] == "clear-ahead"
     assert entry["lead"] == pytest.approx(2 * CLEARANCE_S + 5 + discharge(5) + CLEAR_MARGIN_S)
-    assert entry["outcome"] == "held"  # 20 s away, within the 32 s lead: asked, and the green stays
+    assert entry["outcome"] == "held"  # 15 s away, within the 32 s lead: asked, and the green stays
+    assert "earlyCycle" not in entry  # green 41 s + 15 s: within its 60 s maximum
+
+
+async def test_a_green_its_maximum_would_end_before_the_arrival_is_cycled_early(client: httpx.AsyncClient,
+                                                                              moving_clock: list[dt.datetime]) -> None:
+    """North-south green for 45 s, the ambulance 20 s away asking for it: held, the 60 s maximum green would end it
+    5 s before the arrival. It is ended now for east-west (5 s minimum) and comes back in 3 + 2 + 5 + 3 + 2 = 15 s."""
+    for signal in ("long", "short"):
+        made = await client.post("/api/traffic/signals", json={"id": signal, "controller": "fixed",
+                                                               "plan": plan(signal)})
+        assert made.status_code == 201, made.text
+    moving_clock[0] = T0 + dt.timedelta(seconds=45)
+    entry = await preempt(client, "amb-long", "long", 200, phase=0)
+    assert (entry["phase"], entry["earlyCycle"], entry["outcome"]) == (1, True, "applied"), entry
+    assert (await client.get("/api/traffic/signals/long")).json()["phase"] == 1
+    # 12 s away: no time to come back through east-west (15 s + the 3 s margin): held to its maximum.
+    entry = await preempt(client, "amb-short", "short", 120, phase=0)
+    assert (entry["phase"], entry["outcome"]) == (0, "held") and "earlyCycle" not in entry, entry
 
 
 async def test_a_signal_in_its_clearance_is_timed_from_what_is_left_of_it(client: httpx.AsyncClient,

@@ -20,6 +20,12 @@ the queue standing on the route's lanes ahead of the vehicle to discharge at sat
 is timed that way as the vehicle moves, so the greens open one after another ahead of it (a green wave),
 each held until the vehicle has passed and then handed back to the signal's own controller.
 
+Three rules came from per-second traces of the RESCO real-city runs: the route's phase is the one serving whole the
+lanes the vehicle queues on (a lane empties in file: every link leaving it must be green, `phase_serving`); a route
+ending at a signalised junction asks that signal for the phase discharging its last road (`phase_discharging`: the
+queue there stands between the vehicle and its destination); and a green its maximum would end before the vehicle
+arrives is ended early and brought back in time (`early_cycle`) instead of being held to be lost at arrival.
+
 `SumoGreenWaves` dispatches emergency vehicles into a running SUMO scenario and, when enabled,
 pre-empts their routes; the emergency benchmark runs the same dispatches with and without it.
 """
@@ -69,25 +75,63 @@ class RouteSignal:
 
 
 def _best_phase(movements: Sequence[Sequence[Movement]],
-                score: Callable[[Sequence[Movement]], tuple[int, int] | None]) -> int | None:
+                score: Callable[[Sequence[Movement]], tuple[int, ...] | None]) -> int | None:
     """The phase scoring highest (the first of equals); None when no phase scores."""
-    best: tuple[int, int, int] | None = None
+    best: tuple[int, ...] | None = None
     for index, moves in enumerate(movements):
         scored = score(moves)
         if scored is not None and (best is None or (*scored, -index) > best):
             best = (*scored, -index)
-    return None if best is None else -best[2]
+    return None if best is None else -best[-1]
 
 
 def _along(moves: Sequence[Movement], in_edge: str, out_edge: str) -> list[Movement]:
     return [m for m in moves if lane_edge(m.in_lane) == in_edge and lane_edge(m.out_lane) == out_edge]
 
 
+def _lane_links(movements: Sequence[Sequence[Movement]]) -> dict[str, set[int]]:
+    """{incoming lane: every signal link leaving it, in any phase}."""
+    out: dict[str, set[int]] = {}
+    for moves in movements:
+        for m in moves:
+            out.setdefault(m.in_lane, set()).add(m.link)
+    return out
+
+
+def _whole_lanes(moves: Sequence[Movement], lanes: set[str], lane_links: Mapping[str, set[int]]) -> int:
+    """How many of `lanes` the phase `moves` serves whole (every link leaving the lane green): a lane is a queue in
+    file, so the vehicles ahead of an emergency vehicle on it leave only if each of their links is green too."""
+    green = {m.link for m in moves}
+    return sum(lane_links.get(lane, set()) <= green for lane in lanes)
+
+
 def phase_serving(movements: Sequence[Sequence[Movement]], in_edge: str, out_edge: str) -> int | None:
-    """The green phase with most links from `in_edge` to `out_edge` (protected links count first)."""
-    def score(moves: Sequence[Movement]) -> tuple[int, int] | None:
+    """The green phase serving the movement from `in_edge` to `out_edge` best: the one serving whole most of the
+    lanes the movement leaves from (RESCO Cologne's phases split a lane's links: a vehicle ahead turning where the
+    phase shows red held the emergency vehicle at its own green), then the one with most protected links of the
+    movement, then most links of it."""
+    lane_links = _lane_links(movements)
+
+    def score(moves: Sequence[Movement]) -> tuple[int, int, int] | None:
         links = _along(moves, in_edge, out_edge)
-        return (sum(m.protected for m in links), len(links)) if links else None
+        if not links:
+            return None
+        whole = _whole_lanes(moves, {m.in_lane for m in links}, lane_links)
+        return whole, sum(m.protected for m in links), len(links)
+    return _best_phase(movements, score)
+
+
+def phase_discharging(movements: Sequence[Sequence[Movement]], in_edge: str) -> int | None:
+    """The green phase discharging the approach `in_edge` best (most of its lanes whole, then most of its links,
+    then most protected): for a route ending at the junction, the queue standing between the vehicle and it."""
+    lane_links = _lane_links(movements)
+    lanes = {lane for lane in lane_links if lane_edge(lane) == in_edge}
+
+    def score(moves: Sequence[Movement]) -> tuple[int, int, int] | None:
+        links = [m for m in moves if m.in_lane in lanes]
+        if not links:
+            return None
+        return _whole_lanes(moves, lanes, lane_links), len(links), sum(m.protected for m in links)
     return _best_phase(movements, score)
 
 
@@ -121,6 +165,15 @@ def route_signals(edges: Sequence[str], edge_length: Mapping[str, float],
                 flush = phase_flushing(movements, in_edge, out_edge)
                 out.append(RouteSignal(tls, phase, index, travelled, lanes, None if flush == phase else flush))
                 break
+    if edges:  # the destination: the junction the route ends at, whose queue stands between the vehicle and it
+        last = edges[-1]
+        travelled += edge_length.get(last, 0.0)
+        for tls, movements in movements_by_tls.items():
+            phase = phase_discharging(movements, last)
+            if phase is not None:
+                lanes = tuple(dict.fromkeys(m.in_lane for m in movements[phase] if lane_edge(m.in_lane) == last))
+                out.append(RouteSignal(tls, phase, len(edges) - 1, travelled, lanes))
+                break
     return out
 
 
@@ -135,12 +188,16 @@ class GreenWave:
     flushing: set[str] = field(default_factory=set)  # signals asked for their flush phase (vehicle held at green)
 
     def requests(self, edge_index: int, travelled: float, speed: float, cruise: float = APPROACH_SPEED_M_S,
-                 lead_of: Callable[[RouteSignal, float], float] | None = None) -> dict[str, tuple[int, float]]:
+                 lead_of: Callable[[RouteSignal, float], float] | None = None,
+                 shown: Callable[[str], SignalSupervisor | None] | None = None,
+                 now: float = 0.0) -> dict[str, tuple[int, float]]:
         """{signal: (phase, eta seconds)} for the signals ahead that the vehicle reaches within the lead.
 
         The arrival is timed at the faster of the vehicle's speed and `cruise` (its desired speed: a
         vehicle slowed by a queue that is being cleared speeds up again). `lead_of(signal, eta)` gives a
-        signal's own lead (clear ahead); without it every signal has the fixed `lead_s`.
+        signal's own lead (clear ahead); without it every signal has the fixed `lead_s`. `shown(signal)`, the
+        signal's state at `now`, lets a green that its maximum would end before the arrival be cycled early
+        (`early_cycle`).
         """
         out: dict[str, tuple[int, float]] = {}
         pace = max(speed, cruise, 1.0)
@@ -155,7 +212,9 @@ class GreenWave:
             lead = self.lead_s if lead_of is None or eta > LOOK_AHEAD_S else lead_of(signal, eta)
             if eta <= lead:
                 flush = signal.flush_phase if signal.tls in self.flushing else None
-                out[signal.tls] = (signal.phase if flush is None else flush, eta)
+                phase = signal.phase if flush is None else flush
+                cycle = early_cycle(shown(signal.tls), phase, eta, now) if shown is not None else None
+                out[signal.tls] = (phase if cycle is None else cycle, eta)
         return out
 
     def held_up(self, signal: RouteSignal, shown: SignalSupervisor | None, stood_s: float) -> None:
@@ -164,6 +223,29 @@ class GreenWave:
         if (signal.flush_phase is not None and shown is not None and shown.stage == "green"
                 and shown.phase == signal.phase and stood_s >= BLOCKED_AT_GREEN_S):
             self.flushing.add(signal.tls)
+
+
+def early_cycle(supervisor: SignalSupervisor | None, phase: int, eta: float, now: float) -> int | None:
+    """The phase to ask instead of `phase` now, or None: `phase` itself.
+
+    A green held from its start until the vehicle arrives `eta` seconds from `now` is cut by its maximum green
+    first when the two add up to more: the safety layer then forces the next phase, and the vehicle meets its
+    minimum green and clearances at red (traced on RESCO Ingolstadt: clear ahead holds a green up to ~70 s ahead,
+    and two vehicles in turn hold it longer). Such a green is ended now instead, for the other phase with the
+    shortest minimum green, when `phase` can come back through it before the arrival; held otherwise.
+    """
+    if supervisor is None or supervisor.stage != "green" or supervisor.phase != phase:
+        return None
+    plan = supervisor.plan
+    if now - supervisor.stage_start + eta < plan.phases[phase].max_green:
+        return None
+    others = [(p.earliest_end, index) for index, p in enumerate(plan.phases) if index != phase]
+    if not others:
+        return None
+    shortest, other = min(others)
+    if eta < 2 * (plan.yellow + plan.all_red) + shortest + CLEAR_MARGIN_S:
+        return None
+    return other
 
 
 def clear_ahead_lead(queue_ahead: float, to_green: float) -> float:
@@ -240,7 +322,8 @@ class SumoGreenWaves:
     def _prepare(self, sim: Any) -> None:
         from cityos.traffic.sumo import intersections_of, plans_from_net
 
-        self._movements = {x.tls: x.movements for x in intersections_of(sim, plans_from_net(self.net))}
+        self._movements = {x.tls: x.movements
+                           for x in intersections_of(sim, plans_from_net(self.net), every_connection=True)}
         self._lengths = {e: float(sim.lane.getLength(f"{e}_0")) for e in sim.edge.getIDList() if not e.startswith(":")}
         sim.vehicletype.copy("DEFAULT_VEHTYPE", EMERGENCY_TYPE)
         sim.vehicletype.setVehicleClass(EMERGENCY_TYPE, "emergency")
@@ -317,7 +400,8 @@ class SumoGreenWaves:
                          float(sim.vehicle.getAllowedSpeed(vehicle)) * float(sim.vehicle.getSpeedFactor(vehicle)))
             if self.lead_s is None:
                 wanted = wave.requests(index, travelled, float(sim.vehicle.getSpeed(vehicle)), cruise,
-                                       self._clear_ahead(sim, vehicle, index, now, supervisors))
+                                       self._clear_ahead(sim, vehicle, index, now, supervisors),
+                                       supervisors.get, now)
             else:
                 wanted = wave.requests(index, travelled, float(sim.vehicle.getSpeed(vehicle)))
             self._held_at_green(sim, vehicle, wave, index, supervisors)

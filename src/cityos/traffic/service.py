@@ -398,6 +398,10 @@ class TrafficService:
         A vehicle that reports standing `BLOCKED_AT_GREEN_S` or longer while the next signal shows its phase is held
         up by something that phase does not serve: that signal is asked for the report's `flushPhase` (the whole
         approach) from then on, for the rest of the run (`flushing` in the run's signals), as in the simulator.
+
+        A signal already showing the vehicle's phase for so long that its maximum green would end it before the
+        vehicle arrives is asked for its shortest other phase instead, when the vehicle's phase can come back
+        through it in time (`preemption.early_cycle`, `earlyCycle` in the answer), as in the simulator.
         """
         check_allowed(principal, "traffic.control", tenant)
         async with self.engine.connect() as conn:
@@ -428,7 +432,8 @@ class TrafficService:
         wave.flushing = await self._flushing(tenant, spec.vehicle, now)
         first = wave.signals[0]
         wave.held_up(first, supervisor_at(plans[first.tls], rows[first.tls], now), float(spec.stopped_for))
-        wanted = wave.requests(0, 0.0, float(spec.speed), lead_of=lead_of)
+        wanted = wave.requests(0, 0.0, float(spec.speed), lead_of=lead_of,
+                               shown=lambda tls: supervisor_at(plans[tls], rows[tls], now), now=now.timestamp())
         results = []
         commanded: set[str] = set()
         for ahead in spec.signals:
@@ -439,6 +444,8 @@ class TrafficService:
                                      "lead": round(lead, 1), "leadBasis": basis}
             if ahead.signal in wave.flushing and ahead.flush_phase is not None:
                 entry["flushing"] = True
+            elif phase != ahead.phase:
+                entry["earlyCycle"] = True  # its green would end at its maximum first: ended now, back in time
             if ahead.signal not in wanted or ahead.signal in commanded:
                 entry["outcome"] = "later"  # a signal crossed twice is served for the nearer crossing first
             else:

@@ -482,7 +482,11 @@ class LazyLanes(Mapping[str, LaneReading]):
         return lane in self._known
 
 
-def intersections_of(sim: Any, plans: dict[str, SignalPlan]) -> list[Intersection]:
+def intersections_of(sim: Any, plans: dict[str, SignalPlan], every_connection: bool = False) -> list[Intersection]:
+    """The signalised junctions of the running net, each phase's green movements one per signal link (the link's
+    first lane-to-lane connection), or with `every_connection` one per connection: on real networks one signal head
+    often serves several connections (RESCO Ingolstadt), and a route taking another than the first one would not
+    find its signal."""
     out = []
     for tls, plan in plans.items():
         links = sim.trafficlight.getControlledLinks(tls)
@@ -493,8 +497,8 @@ def intersections_of(sim: Any, plans: dict[str, SignalPlan]) -> list[Intersectio
             moves = []
             for index, char in enumerate(phase.state):
                 if char in GREEN_CHARS and links[index]:
-                    in_lane, out_lane, _via = links[index][0]
-                    moves.append(Movement(index, in_lane, out_lane, char == "G"))
+                    for in_lane, out_lane, _via in links[index] if every_connection else links[index][:1]:
+                        moves.append(Movement(index, in_lane, out_lane, char == "G"))
             movements.append(tuple(moves))
         in_lanes = tuple(sorted({m.in_lane for ms in movements for m in ms}))
         out_lanes = tuple(sorted({m.out_lane for ms in movements for m in ms}))
