@@ -317,6 +317,8 @@ async def through_platform(args: argparse.Namespace, workdir: Path, net: Path, r
                     "seconds": round(elapsed, 1), "interval_s": args.interval, "report_every_s": args.report_every,
                     "database": settings.database_url.split(":")[0], "rounds": loop.stats.rounds,
                     "round_ms_p50": percentile(rounds_ms, 0.5), "round_ms_max": max(rounds_ms, default=None),
+                    # (round number, ms) of the rounds over 2 s: when in the run the loop was held up
+                    "slow_rounds": [(i, round(ms)) for i, ms in enumerate(rounds_ms) if ms > 2000],
                     "commands": loop.stats.commands, "commands_per_s": round(loop.stats.commands / elapsed, 1),
                     "decisions_per_s": round(len(sites) / args.interval, 1),
                     "lane_readings_per_s": round(street["published"] / street["elapsed_s"], 1),

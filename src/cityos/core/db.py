@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from sqlalchemy import event
@@ -67,12 +68,70 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
+class WriterLock(asyncio.Lock):
+    """The process's SQLite writer lock: first come, first served, except that an urgent writer (a signal's
+    phase command on its way to the lamps) goes before every writer still waiting. Ordinary writers queue
+    behind each other (the readings' ingest commits back to back), and a command behind them waited seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._ordinary: deque[asyncio.Future[None]] = deque()
+
+    def locked(self) -> bool:
+        return self._held
+
+    async def acquire(self, urgent: bool = False) -> Literal[True]:
+        if not self._held and not self._urgent and not self._ordinary:
+            self._held = True
+            return True
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._urgent if urgent else self._ordinary
+        queue.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._hand_on()  # handed the lock just as it was cancelled: the next writer has it
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(turn)
+            raise
+        return True
+
+    def release(self) -> None:
+        if not self._held:
+            raise RuntimeError("Lock is not acquired.")
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        for queue in (self._urgent, self._ordinary):
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # the lock passes on held
+                    return
+        self._held = False
+
+    @contextlib.asynccontextmanager
+    async def urgent(self) -> AsyncIterator[None]:
+        await self.acquire(urgent=True)
+        try:
+            yield
+        finally:
+            self.release()
+
+
 @contextlib.asynccontextmanager
-async def write_transaction(engine: AsyncEngine, sqlite_lock: asyncio.Lock) -> AsyncIterator[AsyncConnection]:
+async def write_transaction(engine: AsyncEngine, sqlite_lock: asyncio.Lock,
+                            urgent: bool = False) -> AsyncIterator[AsyncConnection]:
     """A write transaction; on SQLite serialised by the process's write lock (one writer per file, and
-    a transaction that waited on SQLite's own lock would hold the event loop's other writers up)."""
+    a transaction that waited on SQLite's own lock would hold the event loop's other writers up). An
+    `urgent` one goes before the writers waiting (when the lock is the process's `WriterLock`)."""
     if engine.dialect.name == "sqlite":
-        async with sqlite_lock, engine.begin() as conn:
+        turn = sqlite_lock.urgent() if urgent and isinstance(sqlite_lock, WriterLock) else sqlite_lock
+        async with turn, engine.begin() as conn:
             yield conn
     else:
         async with engine.begin() as conn:

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cityos.core import clock
-from cityos.core.db import json_dumps
+from cityos.core.db import WriterLock, json_dumps
 from cityos.hub import geoquery, scopeq
 from cityos.hub.model import Attrs, geometries
 from cityos.hub.models import attribute_history, entities, entity_extra_types, tenants
@@ -143,7 +143,7 @@ class HubStore:
         self.dialect = engine.dialect.name
         # SQLite has one writer; serialising writers here avoids lock-upgrade deadlocks between
         # deferred transactions. PostgreSQL uses row locks instead.
-        self._sqlite_write_lock = asyncio.Lock()
+        self._sqlite_write_lock = WriterLock()
         # PostgreSQL: at most pool-size write transactions at once. Beyond that the pool opens overflow
         # connections and closes them again on release, and every new connection costs a connect plus
         # re-preparing the hot statements (profiled at ~15 % of a PATCH at concurrency 32).

@@ -241,7 +241,10 @@ class IngestWorker(BatchCommitter):
         self.batch_max = batch_max or int(os.environ.get("CITYOS_INGEST_BATCH", "2000"))
         self.batch_ms = batch_ms if batch_ms is not None else float(os.environ.get("CITYOS_INGEST_BATCH_MS", "50"))
         self.batch_bytes = int(os.environ.get("CITYOS_INGEST_BATCH_BYTES", str(512 * 1024)))
-        self.committers = committers or int(os.environ.get("CITYOS_INGEST_COMMITTERS", "2"))
+        # PostgreSQL commits a batch's parts side by side; SQLite has one writer, and a second part only
+        # lengthens the queue on its writer lock that phase commands and answers wait in.
+        sqlite = service.engine.dialect.name == "sqlite"
+        self.committers = committers or int(os.environ.get("CITYOS_INGEST_COMMITTERS", "1" if sqlite else "2"))
         self.keepalive = keepalive
         self.stats = WorkerStats()
         self._queue: asyncio.Queue[InboundMessage] = asyncio.Queue()

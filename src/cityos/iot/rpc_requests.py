@@ -56,11 +56,12 @@ class RpcRequests:
     answer_signal: AnswerSignal
 
     @asynccontextmanager
-    async def _rpc_write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction queued on the process's SQLite writer lock like the readings' ingest: outside
+    async def _rpc_write(self, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on the process's SQLite writer lock, as the readings' ingest takes it: outside
         it, SQLite's own busy wait loses to the ingest's back-to-back commits (a control round's commands
-        waited seconds) and a deferred transaction's lock upgrade can fail outright."""
-        async with write_transaction(self.engine, self.hub.store._sqlite_write_lock) as conn:
+        waited seconds) and a deferred transaction's lock upgrade can fail outright. New requests are
+        `urgent`: they go out only once stored, ahead of any readings waiting to be written."""
+        async with write_transaction(self.engine, self.hub.store._sqlite_write_lock, urgent) as conn:
             yield conn
 
     async def create_rpc(self, ident: str, spec: RpcIn) -> dict[str, Any]:
@@ -74,7 +75,7 @@ class RpcRequests:
         registered gets ResourceNotFound in its place."""
         names = [device_name(ident) for ident, _ in requests]
         now = clock.now()
-        async with self._rpc_write() as conn:
+        async with self._rpc_write(urgent=True) as conn:
             known = set((await conn.execute(select(devices.c.name).where(
                 devices.c.tenant == self.tenant, devices.c.name.in_(sorted(set(names)))))).scalars())
             rows = [{"tenant": self.tenant, "device": name, "method": spec.method, "params": spec.params,
