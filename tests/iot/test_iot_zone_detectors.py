@@ -6,17 +6,22 @@ with its reason, and nothing of it is stored."""
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
+from aiocoap import Code, Context, Message
 from iot_helpers import history_count, ms
 from mqtt_support import Publisher, needs_mqtt, new_prefix, start_worker, stop_worker, wait_for
 
 from auth_tokens import Auth
 from cityos.core import clock
+from cityos.iot.coap import start_coap
 from cityos.iot.messages import check_value
 from cityos.iot.models import _spec, load_profiles
+from cityos.sim.platform import free_port
 from cityos.traffic import stalls
 
 PLACE = [110.331, 20.021]
@@ -135,6 +140,41 @@ async def _stored(app: Any, name: str, count: int) -> bool:
 
 async def _letters_exist(client: Any) -> bool:
     return bool((await client.get("/api/iot/dead-letters")).json()["items"])
+
+
+@pytest.fixture
+async def coap(app: Any) -> AsyncIterator[Any]:
+    """The app's CoAP device API on a free UDP port: `await coap(path, payload)` POSTs over real UDP."""
+    port = free_port(0, udp=True)
+    stop = await start_coap(app.state.iot, "127.0.0.1", port)
+    context = await Context.create_client_context()
+
+    async def post(path: str, payload: bytes) -> Message:
+        return await context.request(Message(code=Code.POST, uri=f"coap://127.0.0.1:{port}{path}",
+                                             payload=payload)).response
+
+    try:
+        yield post
+    finally:
+        await context.shutdown()
+        await stop()
+
+
+async def test_a_zone_device_over_coap_is_taken_and_its_bad_list_refused(client: Any, app: Any, coap: Any) -> None:
+    made = await client.post("/api/iot/devices", json=zone_device("zone-coap-1"))
+    token = made.json()["token"]
+    good = {"segment": "haixiu-zone-c", "lane": "1", "stoppedVehicles": [{"distanceToStopLine": 12.5, "stoppedFor": 3}]}
+    answer = await coap(f"/api/v1/{token}/telemetry", orjson.dumps(good))
+    assert answer.code == Code.CHANGED, answer.payload
+    assert orjson.loads(answer.payload)["readings"] == 3
+    bad = {"stoppedVehicles": [{"distanceToStopLine": 12.5}]}
+    answer = await coap(f"/api/v1/{token}/telemetry", orjson.dumps(bad))
+    assert answer.code == Code.BAD_REQUEST
+    assert [r["reason"] for r in orjson.loads(answer.payload)["rejected"]] == ["missing_field"]
+    letters = (await client.get("/api/iot/dead-letters")).json()["items"]
+    assert [(d["reason"], d["source"]) for d in letters] == [("missing_field", "coap")]
+    assert await history_count(app, observed("zone-coap-1"), "stoppedVehicles") == 1
+    assert await wait_for(lambda: _zone_seen(app, "haixiu-zone-c#1"))
 
 
 def vehicles(count: int, distance: Any = 50.0, stood: Any = 10.0) -> list[dict[str, Any]]:
