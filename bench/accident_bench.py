@@ -61,7 +61,6 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 import zlib
-from collections.abc import Iterable
 from dataclasses import asdict, astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -76,7 +75,7 @@ from cityos.traffic.accidents import (
 )
 from cityos.traffic.citynet import build_network, write_demand
 from cityos.traffic.stalls import StallDetector, StallThresholds, StoppedVehicle
-from cityos.traffic.sumo import load_libsumo, sumo_binary, sumo_home
+from cityos.traffic.sumo import load_libsumo, sumo_binary, sumo_home, zone_lanes, zone_report
 
 MIN_LANE_M = 150.0
 PAIRINGS = ("station", "lane")
@@ -186,26 +185,6 @@ def inject(sim: Any, rng: random.Random, lanes: dict[str, list[str]], used: set[
 def probe_report(sim: Any, vehicle: str) -> tuple[str, str, float, float]:
     return (vehicle, str(sim.vehicle.getLaneID(vehicle)), round(float(sim.vehicle.getLanePosition(vehicle)), 1),
             round(float(sim.vehicle.getSpeed(vehicle)), 2))
-
-
-def zone_lanes(lanes: Iterable[str]) -> list[str]:
-    """The lanes video/radar zones watch: every lane of the arterials (roads with two lanes or more)."""
-    edges: dict[str, list[str]] = {}
-    for lane in lanes:
-        edges.setdefault(lane.rsplit("_", 1)[0], []).append(lane)
-    return sorted(lane for group in edges.values() if len(group) > 1 for lane in group)
-
-
-def zone_report(sim: Any, lane: str) -> list[tuple[float, float]]:
-    """What a zone detector sees on a lane: each vehicle standing still (SUMO's waiting time: below 0.1 m/s since
-    it last moved), as its distance to the stop line and how long it has stood."""
-    length = float(sim.lane.getLength(lane))
-    standing = []
-    for vehicle in sim.lane.getLastStepVehicleIDs(lane):
-        waited = float(sim.vehicle.getWaitingTime(vehicle))
-        if waited > 0:
-            standing.append((round(length - float(sim.vehicle.getLanePosition(vehicle)), 1), round(waited, 1)))
-    return sorted(standing)
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -24,11 +24,15 @@ DEPARTMENT = {"air-quality": "environment", "water-quality": "environment", "noi
               "traffic-flow": "transport", "parking-spot": "transport", "streetlight": "urban-management",
               "smoke": "fire-rescue", "water-level": "water-authority", "smart-meter": "energy",
               "waste-bin": "sanitation", "wearable": "civil-affairs", "traffic-signal": "transport",
-              "transit-vehicle": "transport"}
+              "transit-vehicle": "transport", "traffic-zone": "transport"}
 
 
 def _reading(spec: dict[str, Any], rng: random.Random) -> Any:
     low, high = spec.get("min"), spec.get("max")
+    if spec.get("type") == "list":  # a zone's standing vehicles: one, in the band of each field's range
+        return [{name: _reading({**field, "attr": name}, rng) for name, field in spec["items"].items()}]
+    if spec.get("type") == "relationship":
+        return f"urn:ngsi-ld:{spec['objectType']}:seed-{rng.randrange(100)}"
     if low is None or high is None:
         return rng.choice([True, False]) if spec["attr"] in ("congested", "fireAlarm", "fallDetected") \
             else rng.choice(["free", "occupied"]) if spec["attr"] == "status" else rng.choice(["on", "off"])

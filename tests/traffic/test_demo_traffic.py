@@ -22,6 +22,7 @@ from cityos.security.policy import Principal
 from cityos.sim.congestion import sumo_readings
 from cityos.sim.platform import EmbeddedBroker, embedded_command_sender, embedded_ingest_worker, free_port
 from cityos.sim.sumo_demo import start_city_traffic
+from cityos.sim.sumo_field import zones_of
 from cityos.traffic.citynet import MORNING_PEAK_UTC
 from cityos.traffic.congestion.grid import city_sections
 from cityos.traffic.control_loop import detector_entity, detector_reading, start_control_loop
@@ -117,6 +118,13 @@ async def test_the_demos_signals_are_decided_by_the_platform_with_sumo_as_the_st
     found = await app.state.hub.service.retrieve_many(app.state.iot.tenant, [detector_entity(lane) for lane in lanes])
     assert len(found) == len(set(lanes)) and all(detector_reading(r.attrs) is not None for r in found.values())
     assert loop.stats.acknowledged >= len(by_controller) and loop.stats.unacknowledged == 0
+    # The arterials' video/radar zones reported through the same gateway every 30 s of the run, into the hub.
+    zones = zones_of(sites)
+    assert field.zone_readings >= 2 * len(zones) and field.zone_readings % len(zones) == 0
+    seen = await app.state.hub.service.retrieve_many(app.state.iot.tenant,
+                                                     [f"urn:ngsi-ld:TrafficFlowObserved:{name}" for name in zones])
+    assert len(seen) == len(zones) and all(any(a.endswith("stoppedVehicles") for a in r.attrs)
+                                           for r in seen.values())
     # The street's road traffic feeds the congestion index (the demo's roads with --traffic sumo): every
     # segment of the grid is a pair of SUMO edges, sampled while the street ran.
     sections = city_sections(42)

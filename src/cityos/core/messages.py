@@ -89,6 +89,7 @@ STATUSES: dict[str, str] = {
 PROFILES: dict[str, str] = {
     "air-quality": "空气质量微站 Air quality station", "water-quality": "水质探头 Water-quality probe",
     "noise": "噪声监测 Noise monitor", "traffic-flow": "车流检测器 Traffic detector",
+    "traffic-zone": "视频/雷达检测区 Traffic zone detector",
     "parking-spot": "车位传感器 Parking sensor", "smoke": "烟感 Smoke detector",
     "water-level": "水位计 Water-level gauge", "smart-meter": "智能电表 Smart meter",
     "waste-bin": "智能垃圾桶 Smart waste bin", "streetlight": "智慧路灯 Smart streetlight",

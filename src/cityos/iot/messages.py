@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -150,6 +151,11 @@ def _ts_of(raw: Any, received: datetime, settings: IotSettings) -> datetime:
 
 def check_value(spec: KeySpec, value: Any) -> tuple[str, str] | None:
     """(reason, detail) when the value does not fit the key's profile, else None."""
+    if spec.kind == "list":
+        return check_list(spec, value)
+    if spec.kind == "relationship":
+        return None if related_id(spec, value) is not None else (
+            "wrong_type", f"{spec.key} must be the id of a {spec.object_type} (letters, digits, '_', '.', '-', ':')")
     if spec.kind == "boolean":
         return None if isinstance(value, bool) else ("wrong_type", f"{spec.key} must be a boolean")
     if spec.kind == "string":
@@ -163,6 +169,45 @@ def check_value(spec: KeySpec, value: Any) -> tuple[str, str] | None:
     if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
         return "out_of_range", f"{spec.key}={value} is outside [{spec.min}, {spec.max}]"
     return None
+
+
+def check_list(spec: KeySpec, value: Any) -> tuple[str, str] | None:
+    """A list-valued key: a list of at most `max_items` objects, each with exactly the declared fields, each
+    field fitting its own spec. The first problem found names the item and field."""
+    if not isinstance(value, list):
+        return "wrong_type", f"{spec.key} must be a list of objects, got {type(value).__name__}"
+    if spec.max_items is not None and len(value) > spec.max_items:
+        return "out_of_range", f"{spec.key} has {len(value)} items, at most {spec.max_items}"
+    names = {field.key for field in spec.items}
+    for index, item in enumerate(value):
+        where = f"{spec.key}[{index}]"
+        if not isinstance(item, dict):
+            return "wrong_type", f"{where} must be an object with {', '.join(sorted(names))}"
+        unknown = sorted(str(k) for k in item if k not in names)
+        if unknown:
+            return "unknown_key", f"{where}: {unknown[0][:40]!r} is not one of {', '.join(sorted(names))}"
+        for field_spec in spec.items:
+            if field_spec.key not in item:
+                return "missing_field", f"{where} lacks {field_spec.key}"
+            problem = check_value(field_spec, item[field_spec.key])
+            if problem is not None:
+                return problem[0], f"{where}.{problem[1]}"
+    return None
+
+
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}$")
+
+
+def related_id(spec: KeySpec, value: Any) -> str | None:
+    """A relationship's target as a URN (`urn:ngsi-ld:<objectType>:<id>`), from the bare id or the URN itself;
+    None when the value is neither."""
+    if not isinstance(value, str):
+        return None
+    prefix = f"urn:ngsi-ld:{spec.object_type}:"
+    bare = value.removeprefix(prefix)
+    if bare.startswith("urn:") or not _ID_PATTERN.match(bare):
+        return None  # another type's URN, or no id at all
+    return prefix + bare
 
 
 

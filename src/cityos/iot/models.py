@@ -131,7 +131,7 @@ OUTBOX_TABLES = (event_outbox,)
 class KeySpec:
     key: str  # the payload key the firmware sends
     attr: str  # the NGSI-LD attribute (short name) it lands in
-    kind: str = "number"  # number | boolean | string
+    kind: str = "number"  # number | boolean | string | list (of objects, `items`) | relationship (`object_type`)
     unit_code: str | None = None
     min: float | None = None
     max: float | None = None
@@ -142,6 +142,12 @@ class KeySpec:
     # stands and jumps when a new one is given: checked neither for "frozen" (a stuck sensor) nor for
     # spikes, or every lamp would raise work orders every night.
     setpoint: bool = False
+    # A list's items are objects with exactly these fields (each a number, boolean or string with its own
+    # bounds), at most `max_items` of them: a zone detector's standing vehicles, say. Checked whole: one bad
+    # item refuses the list (a half-taken list would read as "fewer vehicles standing").
+    items: tuple[KeySpec, ...] = ()
+    max_items: int | None = None
+    object_type: str | None = None  # a relationship's target entity type: the device sends its id
 
     @property
     def spike_threshold(self) -> float | None:
@@ -164,12 +170,25 @@ class Profile:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
-def _spec(key: str, raw: dict[str, Any]) -> KeySpec:
+KINDS = ("number", "boolean", "string", "list", "relationship")
+ITEM_KINDS = ("number", "boolean", "string")  # a list item's fields: no nested lists or relationships
+
+
+def _spec(key: str, raw: dict[str, Any], kinds: tuple[str, ...] = KINDS) -> KeySpec:
     enum = raw.get("enum")
-    return KeySpec(key=key, attr=raw.get("attr", key), kind=raw.get("type", "number"), unit_code=raw.get("unitCode"),
+    kind = raw.get("type", "number")
+    if kind not in kinds:
+        raise ValueError(f"profile key {key!r}: type {kind!r} is not one of {', '.join(kinds)}")
+    items = tuple(_spec(name, field, ITEM_KINDS) for name, field in raw.get("items", {}).items())
+    if kind == "list" and (not items or not isinstance(raw.get("maxItems"), int)):
+        raise ValueError(f"profile key {key!r}: a list declares its items' fields and maxItems")
+    if kind == "relationship" and not raw.get("objectType"):
+        raise ValueError(f"profile key {key!r}: a relationship declares its objectType")
+    return KeySpec(key=key, attr=raw.get("attr", key), kind=kind, unit_code=raw.get("unitCode"),
                    min=raw.get("min"), max=raw.get("max"), enum=tuple(enum) if enum else None,
                    data_class=raw.get("dataClass", "internal"), spike=raw.get("spike"),
-                   setpoint=bool(raw.get("setpoint", False)))
+                   setpoint=bool(raw.get("setpoint", False)), items=items, max_items=raw.get("maxItems"),
+                   object_type=raw.get("objectType"))
 
 
 @lru_cache(maxsize=1)

@@ -30,6 +30,7 @@ from cityos.iot.messages import (
     _ts_of,
     check_value,
     parse_series,
+    related_id,
 )
 from cityos.iot.models import Device, KeySpec, Profile
 from cityos.iot.registry import IotRegistry
@@ -130,7 +131,7 @@ class IotReadings(IotRegistry):
                     bad[raw_key] = raw_value
                     reasons.append(problem or ("unknown_key", key))
                     continue
-                out.readings.append((spec, value, ts, Reading(iri(spec.attr), value, ts, spec.unit_code)))
+                out.readings.append(_valid(spec, value, ts, iri(spec.attr)))
             if bad:
                 ts_out = raw_ts if raw_ts is not None else int(ts.timestamp() * 1000)
                 out.rejections.append(self._rejection(env, reasons[0][0], "; ".join(d for _, d in reasons), device,
@@ -263,6 +264,14 @@ class _Batch:
 
 
 _Valid = tuple[KeySpec, Any, datetime, Reading]  # a reading that passed its profile: (spec, value, ts, hub reading)
+
+
+def _valid(spec: KeySpec, value: Any, ts: datetime, attr: str) -> _Valid:
+    """A checked reading; a relationship lands as one, its target named by its URN."""
+    if spec.kind == "relationship":
+        value = related_id(spec, value)
+        return spec, value, ts, Reading(attr, value, ts, None, "Relationship")
+    return spec, value, ts, Reading(attr, value, ts, spec.unit_code)
 
 
 def _by_time(valid: _Valid) -> datetime:

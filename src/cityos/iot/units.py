@@ -88,6 +88,7 @@ UNITS: dict[str, Unit] = {u.code: u for u in (
     Unit("NTU", "nephelometric turbidity unit", "turbidity", 1.0),
     Unit("5K", "counts per minute", "rate", 1.0),
     Unit("E27", "vehicles per hour", "rate", 1.0),
+    Unit("SEC", "second", "time", 1.0),
     Unit("DD", "degree (angle)", "angle", 1.0),
 )}
 
@@ -178,7 +179,7 @@ def check_profiles(profiles: Mapping[str, Any]) -> list[str]:
     that cannot be converted to the canonical one, `@` in a key."""
     problems: list[str] = []
     for profile in profiles.values():
-        for key, spec in profile.raw.get("attributes", {}).items():
+        for key, spec in _keys_and_fields(profile.raw.get("attributes", {})):
             where = f"{profile.id}.{key}"
             if UNIT_SEPARATOR in key:
                 problems.append(f"{where}: '@' is reserved for units")
@@ -192,3 +193,12 @@ def check_profiles(profiles: Mapping[str, Any]) -> list[str]:
                 except UnitError as exc:
                     problems.append(f"{where}: {exc.detail}")
     return problems
+
+
+def _keys_and_fields(attributes: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """A profile's keys and its list keys' item fields (`key.field`), whose units are declared the same way."""
+    found: list[tuple[str, Any]] = []
+    for key, spec in attributes.items():
+        found.append((key, spec))
+        found.extend((f"{key}.{name}", field) for name, field in (spec.get("items") or {}).items())
+    return found

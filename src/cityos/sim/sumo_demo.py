@@ -6,7 +6,9 @@ clock (`cityos.sim.sumo_field`). Its 54 junctions are registered as `TrafficSign
 `cityos`, the network's own plans) whose cabinets are IoT `traffic-signal` devices at the junctions (so
 the cockpit's traffic layer shows them), and its detector lanes as `traffic-flow` devices behind one
 detector gateway, with an advance detector device over the last 250 m of every incoming lane longer than
-that (all the city's links are); all of them talk to the demo's embedded broker with their own tokens. The
+that (all the city's links are), and a video/radar zone (`traffic-zone` device) over every incoming lane of
+the arterials (two-lane roads), whose standing vehicles feed the accident watch's stalled-vehicle test every
+30 s; all of them talk to the demo's embedded broker with their own tokens. The
 platform's control loop (`CITYOS_TRAFFIC_CONTROL_SECONDS`, 5 s unless set) decides the phases from the detectors in
 the hub and commands them as RPC; the cabinets show them in SUMO and acknowledge.
 """
@@ -36,6 +38,7 @@ from cityos.sim.sumo_field import (
     plan_doc,
     read_sites,
     zone_loops,
+    zones_of,
 )
 from cityos.traffic.models import SignalIn
 
@@ -90,6 +93,9 @@ async def provision_field(iot: Any, sites: Mapping[str, SignalSite], gateway: st
     specs = [DeviceIn(name=gateway, profile=gateway_profile(iot.profiles), gateway=True, department=DEPARTMENT)]
     specs += [DeviceIn(name=name, profile="traffic-flow", gatewayName=gateway, department=DEPARTMENT)
               for name in detector_devices(sites)]
+    # A zone reports against its lane's stop line: its place is the junction's (an incident's location).
+    specs += [DeviceIn(name=name, profile="traffic-zone", gatewayName=gateway, lon=site.lon, lat=site.lat,
+                       department=DEPARTMENT) for name, (_zone, site) in zones_of(sites).items()]
     specs += [DeviceIn(name=site.cabinet, profile="traffic-signal", lon=site.lon, lat=site.lat, department=DEPARTMENT)
               for site in sites.values()]
     result = await iot.provision_many(specs)
@@ -197,7 +203,7 @@ async def start_city_traffic(app: Any, mqtt_url: str, seed: int, directory: Path
         with contextlib.suppress(Exception):
             await running.stop()
         raise
-    log.info("SUMO field: %d signals, %d detector lanes, %d stop-line and %d advance detectors", len(network.sites),
-             len(detector_lanes(network.sites)), len(zone_loops(network.sites, "stopline")),
-             len(zone_loops(network.sites, "advance")))
+    log.info("SUMO field: %d signals, %d detector lanes, %d stop-line and %d advance detectors, %d video/radar zones",
+             len(network.sites), len(detector_lanes(network.sites)), len(zone_loops(network.sites, "stopline")),
+             len(zone_loops(network.sites, "advance")), len(zones_of(network.sites)))
     return running

@@ -14,6 +14,11 @@ network, paced to the wall clock in a thread of its own, stands for the streets:
   the gateway tells their client attributes (the lane each watches, its reach from the stop line, its kind);
   the signal's plan names them (`plan_doc`: `stopline`, `advance`), which is how the control loop links them
   to the approach;
+- each incoming lane of an arterial (a road of two lanes or more, where loops miss a lane blocked while traffic
+  passes in the next) has a video/radar zone (`<lane>-zone`), a `traffic-zone` device behind the same gateway
+  reporting every `zone_every` seconds the vehicles standing in the lane (below 0.1 m/s: distance to the stop
+  line, SUMO's waiting time as the time stood), which the platform's accident watch tests for a stalled vehicle
+  (`cityos.traffic.stalls`); its first reading names its road section (the edge) and lane index;
 - each signal's cabinet is an IoT `traffic-signal` device that takes `setPhase` RPC requests
   (`<prefix>/<cabinet>/rpc/request/<id>`), shows their yellow, all-red and green in SUMO at once, and
   acknowledges (`<prefix>/<cabinet>/rpc/response/<id>`).
@@ -44,9 +49,12 @@ from typing import Any
 import orjson
 
 from cityos.traffic.signals import SignalPlan
+from cityos.traffic.stalls import MAX_STOPPED
+from cityos.traffic.sumo import zone_report
 
 ADVANCE_SUFFIX = "-advance"
 STOPLINE_SUFFIX = "-stopline"
+ZONE_SUFFIX = "-zone"
 
 log = logging.getLogger("cityos.sim.sumo_field")
 
@@ -65,6 +73,22 @@ class ZoneLoop:
     device: str
     distance: float
     kind: str  # "stopline" or "advance"
+
+
+@dataclass(frozen=True)
+class ZoneLane:
+    """A video or radar zone over one arterial incoming lane: a `traffic-zone` device reporting the vehicles
+    standing in it (`cityos.traffic.stalls`), named by its road section (the SUMO edge) and lane index."""
+
+    lane: str
+    device: str
+    segment: str
+    index: str
+
+
+def zone_lane(lane: str) -> ZoneLane:
+    edge, index = lane.rsplit("_", 1)
+    return ZoneLane(lane, f"{lane}{ZONE_SUFFIX}", edge, index)
 
 
 def advance_device(lane: str) -> str:
@@ -90,6 +114,7 @@ class SignalSite:
     lat: float | None = None
     advance: tuple[ZoneLoop, ...] = ()  # the incoming lanes' advance detectors (lanes over `ADVANCE_M`)
     stopline: tuple[ZoneLoop, ...] = ()  # the incoming lanes' stop-line detectors
+    zones: tuple[ZoneLane, ...] = ()  # the incoming arterial lanes' video/radar zones
 
 
 def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
@@ -102,6 +127,7 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
         load_libsumo,
         plans_from_net,
         sumo_binary,
+        zone_lanes,
     )
 
     libsumo = load_libsumo()
@@ -123,7 +149,8 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
             sites[signal] = SignalSite(signal, crossing.tls, crossing.plan, links, crossing.in_lanes,
                                        tuple(dict.fromkeys((*crossing.in_lanes, *crossing.out_lanes))),
                                        cabinet_of(crossing.tls) if cabinet_of else f"{crossing.tls}-cabinet",
-                                       lon, lat, advance, stopline)
+                                       lon, lat, advance, stopline,
+                                       tuple(zone_lane(lane) for lane in zone_lanes(crossing.in_lanes)))
     finally:
         libsumo.close()
     return sites
@@ -156,6 +183,11 @@ def zone_loops(sites: Mapping[str, SignalSite], kind: str | None = None) -> dict
     """Every site's stop-line and advance detectors (or those of one `kind`) by device name."""
     return {a.device: a for site in sites.values() for a in (*site.stopline, *site.advance)
             if kind is None or a.kind == kind}
+
+
+def zones_of(sites: Mapping[str, SignalSite]) -> dict[str, tuple[ZoneLane, SignalSite]]:
+    """Every site's video/radar zones by device name, with the junction whose stop line they report against."""
+    return {zone.device: (zone, site) for site in sites.values() for zone in site.zones}
 
 
 def detector_devices(sites: Mapping[str, SignalSite]) -> tuple[str, ...]:
@@ -230,6 +262,9 @@ class SumoField:
     gateway: str  # the detector gateway's device name
     tokens: Mapping[str, str] = field(default_factory=dict)  # device name → access token
     report_every: float = 1.0  # simulated seconds between detector readings
+    # Simulated seconds between the zones' readings (the `traffic-zone` profile's interval): the stalled-vehicle
+    # test wants 90 s of standing confirmed over two readings, so more often buys little and costs ingest.
+    zone_every: float = 30.0
     chunk: int = 50  # lanes per gateway message
     seed: int = 5
     feeding: bool = True  # False: the detectors fall silent (a test's outage)
@@ -258,6 +293,9 @@ class SumoField:
     _edge_km: dict[str, float] = field(default_factory=dict)
     _edge_lock: threading.Lock = field(default_factory=threading.Lock)
     _zones: dict[str, ZoneLoop] = field(default_factory=dict)  # stop-line and advance detectors by device
+    _video: dict[str, tuple[ZoneLane, float]] = field(default_factory=dict)  # video/radar zones: (zone, lane length)
+    _video_named: bool = False  # the zones' first readings (since SUMO started) named their lanes
+    zone_readings: int = 0  # video/radar zone readings sent
     _additional: Path | None = None
 
     # ------------------------------------------------------------------ life cycle
@@ -308,6 +346,9 @@ class SumoField:
         self._seen = {name: set() for name in (*self._lanes, *self._zones)}
         self._entered = dict.fromkeys((*self._lanes, *self._zones), 0)
         self._lane_speed = {a.lane: float(libsumo.lane.getMaxSpeed(a.lane)) for a in self._zones.values()}
+        self._video = {device: (zone, float(libsumo.lane.getLength(zone.lane)))
+                       for device, (zone, _site) in zones_of(self.sites).items()}
+        self._video_named = False
         self._edge_km = {edge: libsumo.lane.getLength(f"{edge}_0") / 1000.0
                          for edge in libsumo.edge.getIDList() if not edge.startswith(":")}  # ':' = inside junctions
 
@@ -474,11 +515,37 @@ class SumoField:
             self._detectors.publish(topic, {lane: [{"ts": stamp, "values": values}]
                                             for lane, values in lanes[start:start + self.chunk]})
 
+    def video_readings(self) -> dict[str, dict[str, Any]]:
+        """Each video/radar zone's reading now: the vehicles standing in its lane. The first after SUMO (re)starts
+        also names the lane (`segment`, `lane`): the hub keeps them on the zone's entity, and later readings need
+        not repeat them (each would be a history row)."""
+        import libsumo
+
+        values: dict[str, dict[str, Any]] = {}
+        for device, (zone, length) in self._video.items():
+            stopped = [{"distanceToStopLine": distance, "stoppedFor": stood}
+                       for distance, stood in zone_report(libsumo, zone.lane, length)]
+            values[device] = {"stoppedVehicles": stopped[:MAX_STOPPED]}
+            if not self._video_named:
+                values[device].update(segment=zone.segment, lane=zone.index)
+        self._video_named = True
+        return values
+
+    def publish_video(self) -> None:
+        stamp = int(time.time() * 1000)
+        zones = list(self.video_readings().items())
+        topic = f"{self.prefix}/{self.gateway}/gateway/telemetry"
+        self.zone_readings += len(zones)
+        for start in range(0, len(zones), self.chunk):
+            self._detectors.publish(topic, {device: [{"ts": stamp, "values": values}]
+                                            for device, values in zones[start:start + self.chunk]})
+
     def run(self, stop: threading.Event) -> None:
         """Step SUMO at the wall clock's pace until `stop` is set."""
         began = time.monotonic()
         steps = 0
         every = max(1, round(self.report_every / STEP_S))
+        zone_every = max(1, round(self.zone_every / STEP_S))
         while not stop.is_set() and (self.end_s is None or steps * STEP_S < self.end_s):
             self.apply_requests()
             self.advance_lamps()
@@ -492,5 +559,7 @@ class SumoField:
                     self.sample_edges()
                     if self.feeding:
                         self.publish_readings()
+                if self._video and self.feeding and (steps - 1) % zone_every == 0:
+                    self.publish_video()
             stop.wait(TICK_S)
 

@@ -17,7 +17,9 @@ before the others counts its latest interval only.
 
 A `TrafficFlowObserved` that carries `stoppedVehicles` is a video or radar zone's reading of one lane (the
 lane of `refRoadSegment` and `laneId`, or the entity itself when it names none): the vehicles standing in it,
-each `{"distanceToStopLine": m, "stoppedFor": s}`, fed to `stalls.StallDetector`. Its alarm names the same
+each `{"distanceToStopLine": m, "stoppedFor": s}`, fed to `stalls.StallDetector` (an integrator's NGSI-LD write,
+or an IoT `traffic-zone` device's reading: its `segment` and `lane` keys land as `refRoadSegment` and `laneId`,
+the list checked against the profile on ingest). Its alarm names the same
 place as the lane's loops (`<section>#<lane>`). Where a section's zones report, they decide: the loops' tests
 there go on learning but raise nothing while the section has a zone reading less than `ZONE_FRESH_S` old (in
 the SUMO bench the loops' tests on two-lane roads found nothing the zones missed and raised nearly all of the

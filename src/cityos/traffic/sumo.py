@@ -317,6 +317,29 @@ def lane_end_detectors(net_file: Path, zones: Iterable[tuple[str, str, float]], 
     return path
 
 
+def zone_lanes(lanes: Iterable[str]) -> list[str]:
+    """The lanes video/radar zones watch: every lane of the arterials (roads with two lanes or more), where loops
+    miss a blocked lane (traffic passes it in the next one); SUMO names a lane `<edge>_<index>`."""
+    edges: dict[str, list[str]] = {}
+    for lane in lanes:
+        edges.setdefault(lane.rsplit("_", 1)[0], []).append(lane)
+    return sorted(lane for group in edges.values() if len(group) > 1 for lane in group)
+
+
+def zone_report(sim: Any, lane: str, length: float | None = None) -> list[tuple[float, float]]:
+    """What a zone detector sees on a lane: each vehicle standing still (SUMO's waiting time counts while a vehicle
+    is below 0.1 m/s and is 0 once it moves), as its distance to the stop line (the lane's end) and how long it has
+    stood, nearest the line first."""
+    length = float(sim.lane.getLength(lane)) if length is None else length
+    standing = []
+    for vehicle in sim.lane.getLastStepVehicleIDs(lane):
+        waited = float(sim.vehicle.getWaitingTime(vehicle))
+        if waited > 0:
+            standing.append((round(max(0.0, length - float(sim.vehicle.getLanePosition(vehicle))), 1),
+                             round(waited, 1)))
+    return sorted(standing)
+
+
 def stopline_detectors(net_file: Path, specs: Mapping[str, ApproachSpec], path: Path) -> Path:
     """An additional file with the stop-line and advance lane-area detectors."""
     zones: list[tuple[str, str, float]] = []
