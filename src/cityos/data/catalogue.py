@@ -42,7 +42,7 @@ from cityos.data.models import (
     versions,
 )
 from cityos.hub.store import EntityQuery, EntityRecord
-from cityos.hub.temporal.instances import instances_of_type
+from cityos.hub.temporal.instances import instances_of_type_in_parts
 from cityos.security.classes import RANK, ClassRegistry
 
 PAGE = 500
@@ -377,16 +377,17 @@ class Catalogue:
         if not wanted:
             return []
         district_of = {r.id: self._district_of(r, districts) for r in records}
-        async with self.engine.connect() as conn:
-            found = await instances_of_type(conn, tenant, type_iri, wanted, newest_first=True, limit=limit)
         cells: dict[tuple[str, str, str], list[float]] = {}
-        for entity_id, attr, ts, instance in found:
-            value = instance.get("value") if isinstance(instance, dict) else None
-            district = district_of.get(entity_id)
-            if not district or not isinstance(value, int | float) or isinstance(value, bool):
-                continue
-            start = clock.as_utc(ts).replace(minute=0, second=0, microsecond=0)
-            cells.setdefault((clock.iso(start), district, self.term(attr)), []).append(float(value))
+        async with self.engine.connect() as conn:
+            async for found in instances_of_type_in_parts(conn, tenant, type_iri, wanted, newest_first=True,
+                                                          limit=limit):
+                for entity_id, attr, ts, instance in found:
+                    value = instance.get("value") if isinstance(instance, dict) else None
+                    district = district_of.get(entity_id)
+                    if not district or not isinstance(value, int | float) or isinstance(value, bool):
+                        continue
+                    start = clock.as_utc(ts).replace(minute=0, second=0, microsecond=0)
+                    cells.setdefault((clock.iso(start), district, self.term(attr)), []).append(float(value))
         items: list[tuple[str, datetime | None, dict[str, Any]]] = []
         for (hour, district, quantity), values in sorted(cells.items()):
             if len(values) < MIN_CELL:
@@ -440,7 +441,8 @@ class Catalogue:
         async with self.engine.connect() as conn:
             mark = (await conn.execute(select(func.max(rows.c.ts)).where(
                 rows.c.tenant == tenant, rows.c.dataset == base, rows.c.version == 0))).scalar()
-            found = await instances_of_type(conn, tenant, type_iri, attrs, after=mark, limit=limit)
+            found = [row async for part in instances_of_type_in_parts(conn, tenant, type_iri, attrs, after=mark,
+                                                                      limit=limit) for row in part]
         code_of_district = {d: c for c, (d, _t, _e) in codes.items() if d}
         code_of_attr = {iri: c for c, iri in attr_of_code.items()}
         pending: list[dict[str, Any]] = []
