@@ -157,12 +157,13 @@ async def _history_keys(conn: AsyncConnection, tenant: str,
 
 
 async def upsert_observations(service: HubService, tenant: str, items: Sequence[ObservedEntity] | None = None,
-                              prepare: Prepare | None = None) -> ObservationResult:
+                              prepare: Prepare | None = None, urgent: bool = False) -> ObservationResult:
     """Apply readings to entities (creating them) in one transaction; see the module docstring.
 
     `prepare(conn)`, when given, runs first inside the transaction and returns (more) items.
     Retried from scratch on a concurrent create of the same entity, so it must be idempotent
-    within its transaction (it is re-run in a fresh one).
+    within its transaction (it is re-run in a fresh one). `urgent`: someone waits on this write (a device's
+    answer to a command), so on SQLite it goes before the writers waiting.
     """
     result = ObservationResult()
 
@@ -282,5 +283,5 @@ async def upsert_observations(service: HubService, tenant: str, items: Sequence[
         result.changes = changes
         return changes, created
 
-    await service._write(tenant, work)
+    await service._write(tenant, work, urgent=urgent)
     return result

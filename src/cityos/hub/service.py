@@ -180,12 +180,12 @@ class HubService:
         finally:
             write_guard.reset(token)
 
-    async def _write(self, tenant: str, work: WriteWork, deleting: bool = False) -> list[Change]:
+    async def _write(self, tenant: str, work: WriteWork, deleting: bool = False, urgent: bool = False) -> list[Change]:
         """Run a read-modify-write; a concurrent create of the same id is retried from a fresh read."""
         guard = write_guard.get()
         for attempt in range(MAX_RETRIES):
             try:
-                async with self.store.write() as conn:
+                async with self.store.write(urgent) as conn:
                     changes, created = await work(conn)
                     if guard is not None:
                         for change in changes:

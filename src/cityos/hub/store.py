@@ -164,12 +164,14 @@ class HubStore:
             yield conn
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
         """A write transaction. The audit record the caller announced (`security.audit_intents`) is
-        persisted in it, so a change never commits without a trace of who made it."""
+        persisted in it, so a change never commits without a trace of who made it. An `urgent` one goes
+        before the SQLite writers waiting (`WriterLock`)."""
         try:
             if self.dialect == "sqlite":
-                async with self._sqlite_write_lock, self.engine.begin() as conn:
+                turn = self._sqlite_write_lock.urgent() if urgent else self._sqlite_write_lock
+                async with turn, self.engine.begin() as conn:
                     yield conn
                     await write_pending(conn)
             else:

@@ -169,13 +169,14 @@ class BatchCommitter:
     stats: WorkerStats
     client_id: str
 
-    async def _commit_envelopes(self, envelopes: list[Envelope]) -> None:
-        """Commit, retrying while the database is away; a batch that breaks is stored one by one."""
+    async def _commit_envelopes(self, envelopes: list[Envelope], urgent: bool = False) -> None:
+        """Commit, retrying while the database is away; a batch that breaks is stored one by one. `urgent`
+        (devices' answers, awaited): before the readings waiting for SQLite's writer."""
         delay = 0.2
         while True:
             started = time.perf_counter()
             try:
-                report = await self.service.ingest(envelopes)
+                report = await self.service.ingest(envelopes, urgent)
                 self._record(envelopes, report, started)
                 return
             except asyncio.CancelledError:
@@ -381,10 +382,10 @@ class IngestWorker(BatchCommitter):
         while True:
             batch = await self._collect(self._answers, 0)
             self.stats.received += len(batch)
-            await self._answer_steps.step(self._commit_and_ack(batch))
+            await self._answer_steps.step(self._commit_and_ack(batch, urgent=True))
 
-    async def _commit_and_ack(self, batch: list[InboundMessage]) -> None:
-        await asyncio.gather(*(self._commit(part) for part in self._partition(batch)))
+    async def _commit_and_ack(self, batch: list[InboundMessage], urgent: bool = False) -> None:
+        await asyncio.gather(*(self._commit(part, urgent) for part in self._partition(batch)))
         self._ack(batch)
 
     def _partition(self, batch: list[InboundMessage]) -> list[list[InboundMessage]]:
@@ -398,8 +399,8 @@ class IngestWorker(BatchCommitter):
             parts[hash(msg.envelope.device) % self.committers].append(msg)
         return [part for part in parts if part]
 
-    async def _commit(self, batch: list[InboundMessage]) -> None:
-        await self._commit_envelopes([m.envelope for m in batch])
+    async def _commit(self, batch: list[InboundMessage], urgent: bool = False) -> None:
+        await self._commit_envelopes([m.envelope for m in batch], urgent)
 
     def _ack(self, batch: list[InboundMessage]) -> None:
         with self._gen_lock:

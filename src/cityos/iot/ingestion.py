@@ -53,7 +53,7 @@ class IotIngestion(IotReadings, RpcRequests):
             return DeviceCall("rejected", f"{first.reason}: {first.detail}", report)
         return DeviceCall("ok", "", report)
 
-    async def ingest(self, envelopes: Sequence[Envelope]) -> IngestReport:
+    async def ingest(self, envelopes: Sequence[Envelope], urgent: bool = False) -> IngestReport:
         """Validate, map and commit a batch of messages (see the docstring of `cityos.iot.service`); raises only
         when the infrastructure fails, so the caller must not acknowledge then."""
         report = IngestReport(messages=len(envelopes))
@@ -83,7 +83,7 @@ class IotIngestion(IotReadings, RpcRequests):
             return await self._prepare(conn, parsed, names, state, checked)
 
         try:
-            obs = await upsert_observations(self.hub, self.tenant, prepare=prepare)
+            obs = await upsert_observations(self.hub, self.tenant, prepare=prepare, urgent=urgent)
         finally:
             self.hub.sources.forget_held()  # flags of committed readings were stored by the commit's listener
         if state.answers:
