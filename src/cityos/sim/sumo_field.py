@@ -48,6 +48,7 @@ from typing import Any
 
 import orjson
 
+from cityos.traffic.models import MAX_LINK_CONNECTIONS
 from cityos.traffic.signals import SignalPlan
 from cityos.traffic.stalls import MAX_STOPPED
 from cityos.traffic.sumo import zone_report
@@ -115,6 +116,9 @@ class SignalSite:
     advance: tuple[ZoneLoop, ...] = ()  # the incoming lanes' advance detectors (lanes over `ADVANCE_M`)
     stopline: tuple[ZoneLoop, ...] = ()  # the incoming lanes' stop-line detectors
     zones: tuple[ZoneLane, ...] = ()  # the incoming arterial lanes' video/radar zones
+    # Per link index, every (incoming lane, outgoing lane) connection it controls, `links`' first: one signal head
+    # often serves several (RESCO Ingolstadt 21), and a route through another than the first must find the signal.
+    connections: tuple[tuple[tuple[str, str], ...], ...] = ()
 
 
 def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
@@ -137,8 +141,9 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
     try:
         sites: dict[str, SignalSite] = {}
         for crossing in intersections_of(libsumo, plans):
-            links = tuple((link[0][0], link[0][1]) if link else ("", "")
-                          for link in libsumo.trafficlight.getControlledLinks(crossing.tls))
+            connections = tuple(tuple((lane_in, lane_out) for lane_in, lane_out, _via in link)
+                                for link in libsumo.trafficlight.getControlledLinks(crossing.tls))
+            links = tuple(link[0] if link else ("", "") for link in connections)
             signal = signal_of(crossing.tls) if signal_of else crossing.tls
             lon, lat = (positions or {}).get(crossing.tls, (None, None))
             length = {lane: float(libsumo.lane.getLength(lane)) for lane in crossing.in_lanes}
@@ -150,7 +155,8 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
                                        tuple(dict.fromkeys((*crossing.in_lanes, *crossing.out_lanes))),
                                        cabinet_of(crossing.tls) if cabinet_of else f"{crossing.tls}-cabinet",
                                        lon, lat, advance, stopline,
-                                       tuple(zone_lane(lane) for lane in zone_lanes(crossing.in_lanes)))
+                                       tuple(zone_lane(lane) for lane in zone_lanes(crossing.in_lanes)),
+                                       connections)
     finally:
         libsumo.close()
     return sites
@@ -168,10 +174,21 @@ def plan_doc(site: SignalSite, *, min_green: float | None = None, max_green: flo
     doc: dict[str, Any] = {
         "phases": phases, "yellow": site.plan.yellow if yellow is None else yellow,
         "allRed": site.plan.all_red if all_red is None else all_red, "conflicts": sorted(site.plan.conflicts),
-        "links": [{"in": lane_in, "out": lane_out} for lane_in, lane_out in site.links]}
+        "links": [link_doc(site, index) for index in range(len(site.links))]}
     for kind, zones in (("advance", site.advance), ("stopline", site.stopline)):
         if zones:
             doc[kind] = [{"lane": a.lane, "detector": a.device, "distance": a.distance} for a in zones]
+    return doc
+
+
+def link_doc(site: SignalSite, index: int) -> dict[str, Any]:
+    """A plan's link `index`: its first connection (`in`, `out`) and, when it controls more, the others (`also`)."""
+    lane_in, lane_out = site.links[index]
+    # A link of more connections than a plan takes (none on the RESCO networks: at most 4) keeps its first ones.
+    further = site.connections[index][1:MAX_LINK_CONNECTIONS] if index < len(site.connections) else ()
+    doc: dict[str, Any] = {"in": lane_in, "out": lane_out}
+    if further:
+        doc["also"] = [{"in": a, "out": b} for a, b in further]
     return doc
 
 

@@ -9,7 +9,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    model_serializer,
+    model_validator,
+)
 from sqlalchemy import Column, Float, Index, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text
 
 from cityos.core.sqltypes import AutoId, JsonDoc, Timestamp
@@ -79,10 +89,47 @@ class PhaseIn(BaseModel):
     fixed_green: float = Field(default=30.0, alias="fixedGreen", ge=1, le=600)
 
 
-class LinkIn(BaseModel):
+# One signal link (one character of the phase states) may control several lane-to-lane connections: on real
+# networks one signal head often serves a lane turning onto several roads (RESCO Ingolstadt 21: up to 4).
+MAX_LINK_CONNECTIONS = 16
+
+
+class ConnectionIn(BaseModel):
+    """One lane-to-lane connection through the junction: its incoming and outgoing detector lanes."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     in_lane: str = Field(alias="in", min_length=1, max_length=128)
     out_lane: str = Field(alias="out", min_length=1, max_length=128)
+
+
+class LinkIn(ConnectionIn):
+    """A signal link: its first connection (`in`, `out`: the one the controllers weigh, as the simulator's do)
+    and the further connections it controls (`also`: found by route matching, pre-emption and detector checks)."""
+
+    also: list[ConnectionIn] = Field(
+        default_factory=list, max_length=MAX_LINK_CONNECTIONS - 1,
+        description="the link's further lane-to-lane connections (one signal head over several), besides in → out")
+
+    @model_validator(mode="after")
+    def _connections_once(self) -> LinkIn:
+        seen: set[tuple[str, str]] = set()
+        for lane_in, lane_out in self.connections():
+            if (lane_in, lane_out) in seen:
+                raise ValueError(f"the link lists the connection {lane_in!r} → {lane_out!r} twice")
+            seen.add((lane_in, lane_out))
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_empty_also(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A link of one connection is stored as it always was: {"in", "out"}.
+        doc: dict[str, Any] = handler(self)
+        if not self.also:
+            doc.pop("also", None)
+        return doc
+
+    def connections(self) -> list[tuple[str, str]]:
+        """Every (incoming lane, outgoing lane) the link controls, its first connection first."""
+        return [(self.in_lane, self.out_lane), *((c.in_lane, c.out_lane) for c in self.also)]
 
 
 DETECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")  # an IoT device name
@@ -116,7 +163,8 @@ class PlanIn(BaseModel):
     all_red: float = Field(default=2.0, alias="allRed", ge=0, le=10)
     conflicts: list[tuple[StrictInt, StrictInt]] = Field(default_factory=list, max_length=MAX_LINKS * MAX_LINKS)
     links: list[LinkIn] | None = Field(default=None, max_length=MAX_LINKS,
-                                       description="per link: its incoming and outgoing detector lanes")
+                                       description="per link: its incoming and outgoing detector lanes (and "
+                                                   "its further connections, `also`)")
     advance: list[AdvanceDetectorIn] | None = Field(default=None, max_length=MAX_LINKS,
                                                     description="advance detectors, at most one per incoming lane")
     stopline: list[StoplineDetectorIn] | None = Field(default=None, max_length=MAX_LINKS,

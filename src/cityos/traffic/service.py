@@ -114,12 +114,24 @@ def plan_from_doc(doc: dict[str, Any]) -> SignalPlan:
     return models.PlanIn.model_validate(doc).to_plan()
 
 
-def movements_of(doc: dict[str, Any], plan: SignalPlan) -> tuple[tuple[Movement, ...], ...]:
+def link_connections(link: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every (incoming lane, outgoing lane) a stored plan's link controls, its first connection (`in`, `out`)
+    first, then its further ones (`also`)."""
+    return [(link["in"], link["out"]), *((c["in"], c["out"]) for c in link.get("also") or [])]
+
+
+def movements_of(doc: dict[str, Any], plan: SignalPlan,
+                 every_connection: bool = False) -> tuple[tuple[Movement, ...], ...]:
+    """Each phase's green movements, one per signal link (its first connection: what the controllers weigh, as in
+    the simulator), or with `every_connection` one per lane-to-lane connection (route matching, pre-emption,
+    detector checks: a route through a link's second connection must still find the signal)."""
     links = doc.get("links") or []
     if len(links) != plan.links:
         return tuple(() for _ in plan.phases)
-    return tuple(tuple(Movement(i, links[i]["in"], links[i]["out"], c == "G")
-                       for i, c in enumerate(p.state) if c in "Gg") for p in plan.phases)
+    connections = [link_connections(link)[slice(None if every_connection else 1)] for link in links]
+    return tuple(tuple(Movement(i, lane_in, lane_out, c == "G")
+                       for i, c in enumerate(p.state) if c in "Gg" for lane_in, lane_out in connections[i])
+                 for p in plan.phases)
 
 
 ZONE_KINDS = {"advance": "advance", "stopline": "stop-line"}  # plan member → what an error calls it
@@ -135,8 +147,9 @@ def check_zone_detectors(plan: models.PlanIn) -> None:
     """Refuse advance or stop-line detectors that name no incoming lane of the plan's links, two of a kind for one
     lane, a device that is already another detector (of this plan's zones or lanes: one reading would be read
     twice over different lengths), or a stop-line zone reaching as far up as the lane's advance detector."""
-    lanes = {lane for link in plan.links or [] for lane in (link.in_lane, link.out_lane)}
-    incoming = {link.in_lane for link in plan.links or []}
+    connections = [pair for link in plan.links or [] for pair in link.connections()]
+    lanes = {lane for pair in connections for lane in pair}
+    incoming = {lane_in for lane_in, _ in connections}
     devices: set[str] = set()
     reach: dict[str, dict[str, float]] = {}  # lane → kind → metres
     for kind, called in ZONE_KINDS.items():
@@ -186,11 +199,13 @@ def lane_zones(doc: dict[str, Any]) -> dict[str, LaneZones]:
 
 
 def phase_detectors(doc: dict[str, Any], plan: SignalPlan, phase: int) -> dict[str, LaneZones]:
-    """The incoming lanes `phase` serves, each with its zone detectors; {} for a phase the plan does not have."""
+    """The incoming lanes `phase` serves (through any connection of its links), each with its zone detectors; {} for
+    a phase the plan does not have."""
     if not 0 <= phase < len(plan.phases):
         return {}
     zones = lane_zones(doc)
-    return {m.in_lane: zones.get(m.in_lane, LaneZones()) for m in movements_of(doc, plan)[phase]}
+    return {m.in_lane: zones.get(m.in_lane, LaneZones())
+            for m in movements_of(doc, plan, every_connection=True)[phase]}
 
 
 def queue_on(doc: dict[str, Any], plan: SignalPlan, phase: int, found: dict[str, Any], now: dt.datetime,
@@ -287,12 +302,13 @@ class TrafficService:
 
     async def movements(self, principal: Principal | None, tenant: str
                         ) -> dict[str, tuple[tuple[Movement, ...], ...]]:
-        """{signal: the movements (incoming → outgoing lane) each phase serves}, for routing through them."""
+        """{signal: the movements (incoming → outgoing lane) each phase serves, every connection of its links}, for
+        routing through them."""
         check_allowed(principal, "traffic.read", tenant)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(models.signals.c.signal_id, models.signals.c.plan)
                                        .where(models.signals.c.tenant == tenant))).all()
-        return {r.signal_id: movements_of(r.plan, plan_from_doc(r.plan)) for r in rows}
+        return {r.signal_id: movements_of(r.plan, plan_from_doc(r.plan), every_connection=True) for r in rows}
 
     async def command_phase(self, principal: Principal | None, tenant: str, signal_id: str, phase: object,
                             send: RpcSender | None, source: str = "operator") -> dict[str, Any]:
@@ -581,8 +597,9 @@ class TrafficService:
         async with self.engine.connect() as conn:
             row = await self._row(conn, tenant, signal_id)
         plan = plan_from_doc(row.plan)
-        movements = movements_of(row.plan, plan)
-        known = {lane for moves in movements for m in moves for lane in (m.in_lane, m.out_lane)}
+        movements = movements_of(row.plan, plan)  # the controllers' view: each link's first connection
+        known = {lane for moves in movements_of(row.plan, plan, every_connection=True) for m in moves
+                 for lane in (m.in_lane, m.out_lane)}
         lanes: dict[str, LaneReading] = {}
         for lane, r in spec.lanes.items():
             if lane not in known:
