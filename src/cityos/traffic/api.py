@@ -1,7 +1,9 @@
 """HTTP API of traffic signal control (信号控制).
 
     POST /api/traffic/signals                      SignalIn (traffic.manage) → 201 the signal; 400 unsafe plan
-                                                   (conflicting greens, max < min green, …), 409 known id
+                                                   (conflicting greens, max < min green, …) or malformed links
+                                                   (`links[i]`: {"in", "out", "also"?: [{"in", "out"}, …]}, every
+                                                   connection the link controls, each once), 409 known id
     GET  /api/traffic/signals                      the tenant's signals with their current stage and state
     GET  /api/traffic/signals/{id}                 one signal; 404 unknown
     POST /api/traffic/signals/{id}/phase           {"phase": n} (traffic.control) → the change (yellow, all-red,

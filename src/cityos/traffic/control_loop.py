@@ -327,7 +327,7 @@ class ControlLoop:
         if known is not None and known.controller == row.controller and known.plan_doc == row.plan:
             return known
         plan = plan_from_doc(row.plan)
-        movements = movements_of(row.plan, plan)
+        movements = movements_of(row.plan, plan)  # each link's first connection, as the simulator's controllers see
         in_lanes = tuple(dict.fromkeys(m.in_lane for moves in movements for m in moves))
         out_lanes = tuple(dict.fromkeys(m.out_lane for moves in movements for m in moves))
         driven = DrivenSignal(row.controller, row.plan, SignalSupervisor(plan, make_controller(row.controller, plan)),
