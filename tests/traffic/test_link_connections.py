@@ -92,13 +92,12 @@ async def test_on_ingolstadt21_the_platform_finds_a_signal_through_a_links_third
     sites = await asyncio.to_thread(read_sites, resco_scenario("ingolstadt21", 600).net)
     doc = plan_doc(sites["243641585"])
     assert [len(link.get("also", ())) for link in doc["links"]] == [3, 0, 0, 3]
-    # Its zone detectors are named after lanes like `-201201945#0.78_1`: not device names the platform takes.
-    doc.pop("advance", None)
-    doc.pop("stopline", None)
+    # Its zone detectors watch lanes like `-201201945#0.78_1`, under device names derived from them.
+    assert "-201201945#0.78_1" in {d["lane"] for d in doc["stopline"]} and "advance" not in doc  # lanes < 250 m
     made = await client.post("/api/traffic/signals", json={"id": "243641585", "controller": "fixed", "plan": doc})
     assert made.status_code == 201, made.text
     stored = (await client.get("/api/traffic/signals/243641585")).json()["plan"]
-    assert stored["links"] == doc["links"]
+    assert (stored["links"], stored["stopline"]) == (doc["links"], doc["stopline"])
 
     edges = ["-201201945#0.78", "-174800513"]
     movements = await app.state.traffic.movements(operator(), "")

@@ -40,6 +40,7 @@ from cityos.sim.sumo_field import (
     zone_loops,
     zones_of,
 )
+from cityos.traffic import naming
 from cityos.traffic.models import SignalIn
 
 log = logging.getLogger("cityos.sim.sumo_demo")
@@ -58,11 +59,11 @@ class TrafficMode(StrEnum):
 
 
 def signal_id(tls: str) -> str:
-    return f"city-{tls}"
+    return naming.signal_id(f"city-{tls}")
 
 
 def cabinet_name(tls: str) -> str:
-    return f"signal-{tls}"
+    return naming.device_name(f"signal-{tls}")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ network, paced to the wall clock in a thread of its own, stands for the streets:
   lanes' occupancy (%), mean speed (km/h) and vehicles entered since the last reading as ThingsBoard
   gateway telemetry (`<prefix>/<gateway>/gateway/telemetry`);
 - each signalised incoming lane has a stop-line detector over its last `STOPLINE_ZONE_M` (`<lane>-stopline`),
-  and each one longer than `ADVANCE_M` an advance detector over its last `ADVANCE_M` (`<lane>-advance`): SUMO
+  and each one longer than `ADVANCE_M` an advance detector over its last `ADVANCE_M` (`<lane>-advance`; a lane
+  id that makes no device name, like `-201201945#0.78_1`, gives a readable form with a digest instead:
+  `cityos.traffic.naming`, as the zones' and cabinets' names and the signal ids do): SUMO
   lane-area detectors, as in the in-process benchmark, each a `traffic-flow` device of its own behind the same
   gateway, reporting the queue it sees (`queue`, metres: the jam over its zone, as a radar or video detector
   measures it) besides occupancy, speed and count. Their readings go out with the lanes', and once connected
@@ -49,6 +51,7 @@ from typing import Any
 import orjson
 
 from cityos.traffic.models import MAX_LINK_CONNECTIONS
+from cityos.traffic.naming import device_name, signal_id
 from cityos.traffic.signals import SignalPlan
 from cityos.traffic.stalls import MAX_STOPPED
 from cityos.traffic.sumo import zone_report
@@ -56,6 +59,7 @@ from cityos.traffic.sumo import zone_report
 ADVANCE_SUFFIX = "-advance"
 STOPLINE_SUFFIX = "-stopline"
 ZONE_SUFFIX = "-zone"
+CABINET_SUFFIX = "-cabinet"
 
 log = logging.getLogger("cityos.sim.sumo_field")
 
@@ -89,15 +93,19 @@ class ZoneLane:
 
 def zone_lane(lane: str) -> ZoneLane:
     edge, index = lane.rsplit("_", 1)
-    return ZoneLane(lane, f"{lane}{ZONE_SUFFIX}", edge, index)
+    return ZoneLane(lane, device_name(lane, ZONE_SUFFIX), edge, index)
 
 
 def advance_device(lane: str) -> str:
-    return f"{lane}{ADVANCE_SUFFIX}"
+    return device_name(lane, ADVANCE_SUFFIX)
 
 
 def stopline_device(lane: str) -> str:
-    return f"{lane}{STOPLINE_SUFFIX}"
+    return device_name(lane, STOPLINE_SUFFIX)
+
+
+def cabinet_device(tls: str) -> str:
+    return device_name(tls, CABINET_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ class SignalSite:
     signal: str  # the platform's signal id
     tls: str  # SUMO's traffic light id
     plan: SignalPlan
-    links: tuple[tuple[str, str], ...]  # (incoming lane, outgoing lane) per link index
+    links: tuple[tuple[str, str], ...]  # (incoming lane, outgoing lane) per link index; ("", "") drives no lane
     in_lanes: tuple[str, ...]
     lanes: tuple[str, ...]  # every detector lane of the plan: incoming, then outgoing
     cabinet: str  # the IoT `traffic-signal` device that takes its phase commands
@@ -144,7 +152,7 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
             connections = tuple(tuple((lane_in, lane_out) for lane_in, lane_out, _via in link)
                                 for link in libsumo.trafficlight.getControlledLinks(crossing.tls))
             links = tuple(link[0] if link else ("", "") for link in connections)
-            signal = signal_of(crossing.tls) if signal_of else crossing.tls
+            signal = signal_of(crossing.tls) if signal_of else signal_id(crossing.tls)
             lon, lat = (positions or {}).get(crossing.tls, (None, None))
             length = {lane: float(libsumo.lane.getLength(lane)) for lane in crossing.in_lanes}
             advance = tuple(ZoneLoop(lane, advance_device(lane), ADVANCE_M, "advance") for lane in crossing.in_lanes
@@ -153,7 +161,7 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
                                       "stopline") for lane in crossing.in_lanes if length[lane] >= MIN_ZONE_M)
             sites[signal] = SignalSite(signal, crossing.tls, crossing.plan, links, crossing.in_lanes,
                                        tuple(dict.fromkeys((*crossing.in_lanes, *crossing.out_lanes))),
-                                       cabinet_of(crossing.tls) if cabinet_of else f"{crossing.tls}-cabinet",
+                                       cabinet_of(crossing.tls) if cabinet_of else cabinet_device(crossing.tls),
                                        lon, lat, advance, stopline,
                                        tuple(zone_lane(lane) for lane in zone_lanes(crossing.in_lanes)),
                                        connections)
@@ -181,9 +189,12 @@ def plan_doc(site: SignalSite, *, min_green: float | None = None, max_green: flo
     return doc
 
 
-def link_doc(site: SignalSite, index: int) -> dict[str, Any]:
-    """A plan's link `index`: its first connection (`in`, `out`) and, when it controls more, the others (`also`)."""
+def link_doc(site: SignalSite, index: int) -> dict[str, Any] | None:
+    """A plan's link `index`: its first connection (`in`, `out`) and, when it controls more, the others (`also`);
+    None for a signal index that drives no lane (RESCO Ingolstadt 21 has two)."""
     lane_in, lane_out = site.links[index]
+    if not lane_in:
+        return None
     # A link of more connections than a plan takes (none on the RESCO networks: at most 4) keeps its first ones.
     further = site.connections[index][1:MAX_LINK_CONNECTIONS] if index < len(site.connections) else ()
     doc: dict[str, Any] = {"in": lane_in, "out": lane_out}

@@ -3,7 +3,8 @@
     POST /api/traffic/signals                      SignalIn (traffic.manage) → 201 the signal; 400 unsafe plan
                                                    (conflicting greens, max < min green, …) or malformed links
                                                    (`links[i]`: {"in", "out", "also"?: [{"in", "out"}, …]}, every
-                                                   connection the link controls, each once), 409 known id
+                                                   connection the link controls, each once; or null, a link that
+                                                   drives no lane, not every one), 409 known id
     GET  /api/traffic/signals                      the tenant's signals with their current stage and state
     GET  /api/traffic/signals/{id}                 one signal; 404 unknown
     POST /api/traffic/signals/{id}/phase           {"phase": n} (traffic.control) → the change (yellow, all-red,

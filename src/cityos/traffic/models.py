@@ -27,6 +27,9 @@ from cityos.traffic.signals import MAX_LINKS, MAX_PHASES, Phase, SignalPlan
 
 metadata = MetaData()
 
+# A signal id: a URL path segment, a key of two tables (VARCHAR(128)) and of pre-emption runs, as long as the
+# platform's other ids (rules, departments). A SUMO traffic light id that is no signal id (a joined cluster of
+# 166 characters) is mapped to one by `cityos.traffic.naming.signal_id`; the signal's name keeps the SUMO id.
 SIGNAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 
 signals = Table(
@@ -162,13 +165,27 @@ class PlanIn(BaseModel):
     yellow: float = Field(default=3.0, ge=0, le=10)
     all_red: float = Field(default=2.0, alias="allRed", ge=0, le=10)
     conflicts: list[tuple[StrictInt, StrictInt]] = Field(default_factory=list, max_length=MAX_LINKS * MAX_LINKS)
-    links: list[LinkIn] | None = Field(default=None, max_length=MAX_LINKS,
-                                       description="per link: its incoming and outgoing detector lanes (and "
-                                                   "its further connections, `also`)")
+    # A link may be null: a signal index that drives no lane (real networks have them: RESCO Ingolstadt 21's
+    # cluster_1427494838_273472399). The phase states still show it, as the lamps do; no movement, route or
+    # detector uses it.
+    links: list[LinkIn | None] | None = Field(
+        default=None, max_length=MAX_LINKS,
+        description="per link: its incoming and outgoing detector lanes (and its further connections, `also`), or "
+                    "null for a link that drives no lane")
     advance: list[AdvanceDetectorIn] | None = Field(default=None, max_length=MAX_LINKS,
                                                     description="advance detectors, at most one per incoming lane")
     stopline: list[StoplineDetectorIn] | None = Field(default=None, max_length=MAX_LINKS,
                                                       description="stop-line detectors, at most one per incoming lane")
+
+    @model_validator(mode="after")
+    def _some_link_drives_a_lane(self) -> PlanIn:
+        if self.links and all(link is None for link in self.links):
+            raise ValueError("links: every link is null; leave `links` out for a plan without detector lanes")
+        return self
+
+    def used_links(self) -> list[LinkIn]:
+        """The links that drive lanes (the null ones left out)."""
+        return [link for link in self.links or [] if link is not None]
 
     def to_plan(self) -> SignalPlan:
         return SignalPlan(

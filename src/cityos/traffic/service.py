@@ -114,9 +114,11 @@ def plan_from_doc(doc: dict[str, Any]) -> SignalPlan:
     return models.PlanIn.model_validate(doc).to_plan()
 
 
-def link_connections(link: dict[str, Any]) -> list[tuple[str, str]]:
+def link_connections(link: dict[str, Any] | None) -> list[tuple[str, str]]:
     """Every (incoming lane, outgoing lane) a stored plan's link controls, its first connection (`in`, `out`)
-    first, then its further ones (`also`)."""
+    first, then its further ones (`also`); none for a null link (one that drives no lane)."""
+    if link is None:
+        return []
     return [(link["in"], link["out"]), *((c["in"], c["out"]) for c in link.get("also") or [])]
 
 
@@ -147,7 +149,7 @@ def check_zone_detectors(plan: models.PlanIn) -> None:
     """Refuse advance or stop-line detectors that name no incoming lane of the plan's links, two of a kind for one
     lane, a device that is already another detector (of this plan's zones or lanes: one reading would be read
     twice over different lengths), or a stop-line zone reaching as far up as the lane's advance detector."""
-    connections = [pair for link in plan.links or [] for pair in link.connections()]
+    connections = [pair for link in plan.used_links() for pair in link.connections()]
     lanes = {lane for pair in connections for lane in pair}
     incoming = {lane_in for lane_in, _ in connections}
     devices: set[str] = set()
