@@ -30,6 +30,7 @@ __all__ = ["Auth", "auth"]
 # hub in the middle of other tests.
 os.environ.setdefault("CITYOS_EVALUATION_INTERVAL_SECONDS", "0")
 os.environ.setdefault("CITYOS_DATA_HARVEST_INTERVAL_SECONDS", "0")  # tests harvest when they mean to
+os.environ.setdefault("CITYOS_DATA_HARVEST_SHARE", "1")  # no rests between a harvest's slices, but where tested
 # Tests run device-health rounds (`cityos.iot.health.run_once`) when they mean to: the session app's
 # 30-second loop would otherwise time out RPCs or mark devices offline under a test's moved clock.
 os.environ.setdefault("CITYOS_IOT_HEALTH_SECONDS", "0")

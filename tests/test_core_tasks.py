@@ -4,6 +4,7 @@ by a plain cancel is what that prevents."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cityos.config import Settings
 from cityos.core.db import create_engine
-from cityos.core.tasks import StepGuard, cancel_and_wait
+from cityos.core.tasks import DutyCycle, StepGuard, cancel_and_wait
 
 
 async def _loop(steps: StepGuard, done: list[int], step_seconds: float) -> None:
@@ -99,3 +100,20 @@ async def test_in_daemon_thread_returns_and_raises_and_is_a_daemon() -> None:
 
     with pytest.raises(ValueError, match="bad fit"):
         await in_daemon_thread(fails)
+
+
+async def test_a_duty_cycle_rests_in_proportion_to_the_work() -> None:
+    """At a share of 1/4 a job rests three times as long as it worked since its last rest; at 1 never."""
+    began = time.monotonic()
+    duty = DutyCycle(0.25)
+    await asyncio.sleep(0.04)  # the work of one slice
+    await duty.rest()
+    worked_at_most = time.monotonic() - began - duty.rested
+    assert 3 * 0.04 <= duty.rested <= 3 * worked_at_most
+    whole = DutyCycle(1)
+    await asyncio.sleep(0.02)
+    await whole.rest()
+    assert whole.rested == 0
+    for wrong in (0, -0.5, 1.5):
+        with pytest.raises(ValueError):
+            DutyCycle(wrong)

@@ -4,6 +4,7 @@ department registration, snapshots read as of a day, and every bad input."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -190,12 +191,17 @@ async def test_the_catalogue_harvests_itself_on_schedule(client: httpx.AsyncClie
 async def test_a_harvest_appends_readings_a_slice_at_a_time(client: httpx.AsyncClient, app: Any,
                                                             day: list[datetime], monkeypatch: Any) -> None:
     """Readings go into the catalogue in many small transactions (the SQLite writer is free between them);
-    every slice carries all copies of its readings, so the totals agree and a second harvest adds nothing."""
+    every slice carries all copies of its readings, so the totals agree and a second harvest adds nothing.
+    Between slices the harvest rests (its duty cycle), here as long as it worked."""
     from cityos.data import catalogue as catalogue_module
 
     await seed_city(client, hours=2, per_district=1)
     monkeypatch.setattr(catalogue_module, "APPEND_ROWS", 7)
+    catalogue = app.state.data.catalogue
+    catalogue.harvest_share = 0.5
+    rested_before, started = catalogue.harvest_rested, time.monotonic()
     assert (await client.post("/api/data/harvest")).status_code == 200
+    assert 0 < catalogue.harvest_rested - rested_before < time.monotonic() - started
 
     async def counts() -> dict[str, int]:
         return {d["id"]: d["row_count"] for d in await app.state.data.catalogue.all("")

@@ -26,9 +26,11 @@ import orjson
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from cityos.config import env_float
 from cityos.core import clock
 from cityos.core.db import write_transaction
 from cityos.core.errors import BadRequestData, ResourceNotFound
+from cityos.core.tasks import DutyCycle
 from cityos.data.models import (
     OPEN_CONDITIONAL,
     OPEN_NONE,
@@ -47,7 +49,10 @@ from cityos.security.classes import RANK, ClassRegistry
 
 PAGE = 500
 MIN_CELL = 3  # an aggregate cell of fewer readings is not published
-APPEND_ROWS = 3000  # catalogue rows per write transaction when a harvest appends readings
+APPEND_ROWS = 1000  # catalogue rows per write transaction when a harvest appends readings
+# The share of the wall time a harvest's appending may take (CITYOS_DATA_HARVEST_SHARE): it rests between
+# slices, so the signal loop, the readings' ingest and the API keep the writer and the event loop.
+HARVEST_SHARE = env_float("CITYOS_DATA_HARVEST_SHARE", 0.25)
 CODE = re.compile(r"^[a-z0-9][a-z0-9_-]{1,99}$")
 PUBLIC, INTERNAL, SENSITIVE, CONFIDENTIAL = "public", "internal", "sensitive", "confidential"
 
@@ -177,6 +182,8 @@ class Catalogue:
         self.lineage: Any = None  # cityos.data.lineage.Lineage, set by the domain's start
         self.sources: Any = None  # cityos.data.sources.Sources (一数一源), set by the domain's start
         self.index: Any = None  # cityos.data.searchindex.SearchIndex, set by the domain's start
+        self.harvest_share = HARVEST_SHARE
+        self.harvest_rested = 0.0  # seconds the harvests rested between their slices (DutyCycle)
 
     def changed(self, tenant: str) -> None:
         """The catalogue of `tenant` was written: the search index reloads it."""
@@ -191,6 +198,7 @@ class Catalogue:
         del pairs
         districts = await self._district_names(tenant)
         written: list[str] = []
+        duty = DutyCycle(self.harvest_share)
         for type_iri in sorted(counts):
             term = self.term(type_iri)
             if term in SKIPPED_TYPES:
@@ -199,8 +207,10 @@ class Catalogue:
             if not records:
                 continue
             state = await self._catalogue_type(tenant, type_iri, term, records, districts)
-            readings = await self._catalogue_readings(tenant, type_iri, term, records, districts, history_limit)
-            hourly = await self._catalogue_hourly(tenant, type_iri, term, records, districts, history_limit)
+            await duty.rest()
+            readings = await self._catalogue_readings(tenant, type_iri, term, records, districts, history_limit,
+                                                      duty)
+            hourly = await self._catalogue_hourly(tenant, type_iri, term, records, districts, history_limit, duty)
             written += state + readings + hourly
             if self.lineage is not None:
                 await self.lineage.emit(tenant, "cityos.data.harvest", [("hub", term)],
@@ -211,6 +221,7 @@ class Catalogue:
                 if hourly:
                     await self.lineage.emit(tenant, "cityos.data.index", [("iot", f"{term}.history")],
                                             [("catalogue", c) for c in hourly])
+        self.harvest_rested += duty.rested
         return {"tenant": tenant, "datasets": len(written), "codes": written}
 
     async def _district_names(self, tenant: str) -> dict[str, str]:
@@ -327,7 +338,7 @@ class Catalogue:
         return written
 
     async def _catalogue_readings(self, tenant: str, type_iri: str, term: str, records: list[EntityRecord],
-                                  districts: dict[str, str], limit: int) -> list[str]:
+                                  districts: dict[str, str], limit: int, duty: DutyCycle) -> list[str]:
         """The reading history of the type's public observed attributes (append-only, version 0)."""
         tc = self.classes.for_type(tenant, type_iri)
         public_attrs = [iri for iri, cls in tc.attrs.items() if cls == PUBLIC and _numeric_in(records, iri)]
@@ -364,11 +375,11 @@ class Catalogue:
                     "district": district, "geo": 0}
             await self.upsert(tenant, code, meta)
         empty = set(await self._append_readings(tenant, type_iri, public_attrs, district_of, codes, attr_of_code,
-                                                limit))
+                                                limit, duty))
         return [c for c in codes if c not in empty]
 
     async def _catalogue_hourly(self, tenant: str, type_iri: str, term: str, records: list[EntityRecord],
-                                districts: dict[str, str], limit: int) -> list[str]:
+                                districts: dict[str, str], limit: int, duty: DutyCycle) -> list[str]:
         """A derived index: hourly mean/min/max per district and quantity, public and sensitive quantities
         alike. Aggregation is how sensitive readings (a wearable's heart rate) may be opened: a cell of
         fewer than MIN_CELL readings is suppressed."""
@@ -388,6 +399,7 @@ class Catalogue:
                         continue
                     start = clock.as_utc(ts).replace(minute=0, second=0, microsecond=0)
                     cells.setdefault((clock.iso(start), district, self.term(attr)), []).append(float(value))
+                await duty.rest()
         items: list[tuple[str, datetime | None, dict[str, Any]]] = []
         for (hour, district, quantity), values in sorted(cells.items()):
             if len(values) < MIN_CELL:
@@ -433,16 +445,18 @@ class Catalogue:
 
     async def _append_readings(self, tenant: str, type_iri: str, attrs: list[str],
                                district_of: dict[str, str | None], codes: dict[str, Any],
-                               attr_of_code: dict[str, str], limit: int) -> list[str]:
+                               attr_of_code: dict[str, str], limit: int, duty: DutyCycle) -> list[str]:
         """Append the new readings (after the watermark); the codes that still have no row are taken out
         of the catalogue and returned."""
         base = next(iter(codes))
         empty: list[str] = []
+        found: list[Any] = []
         async with self.engine.connect() as conn:
             mark = (await conn.execute(select(func.max(rows.c.ts)).where(
                 rows.c.tenant == tenant, rows.c.dataset == base, rows.c.version == 0))).scalar()
-            found = [row async for part in instances_of_type_in_parts(conn, tenant, type_iri, attrs, after=mark,
-                                                                      limit=limit) for row in part]
+            async for part in instances_of_type_in_parts(conn, tenant, type_iri, attrs, after=mark, limit=limit):
+                found += part
+                await duty.rest()
         code_of_district = {d: c for c, (d, _t, _e) in codes.items() if d}
         code_of_attr = {iri: c for c, iri in attr_of_code.items()}
         pending: list[dict[str, Any]] = []
@@ -454,6 +468,7 @@ class Catalogue:
             if len(pending) >= APPEND_ROWS and ts != previous:
                 await self._insert_rows(pending)
                 pending = []
+                await duty.rest()
             previous = ts
             value = instance.get("value") if isinstance(instance, dict) else None
             if not isinstance(value, int | float) or isinstance(value, bool):
