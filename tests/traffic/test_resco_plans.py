@@ -1,6 +1,7 @@
 """The RESCO real-city networks' signal plans register whole on both backends: every signal of Ingolstadt 21 and
-Cologne 8 with its stop-line and advance detectors (device names derived from any SUMO lane id), a signal link
-that drives no lane (`null`), and a traffic light whose SUMO id is no signal id (mapped to one). Bad links are
+Cologne 8 with its stop-line and advance detectors and every device of the field, the lanes' own detectors
+included (device names derived from any SUMO lane id), a signal link that drives no lane (`null`), and a traffic
+light whose SUMO id is no signal id (mapped to one). Bad links, and links that are not one per signal index, are
 refused with nothing stored."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 from cityos.security.policy import Principal
 from cityos.traffic.models import DETECTOR_NAME, SIGNAL_ID
-from cityos.traffic.naming import device_name, signal_id
+from cityos.traffic.naming import device_name, lane_detector, signal_id
 from cityos.traffic.service import movements_of, plan_from_doc
 from problem_details import problem
 
@@ -63,6 +64,13 @@ def test_ids_differing_only_where_a_name_cannot_show_it_get_different_names() ->
     alike = ["E_0", "-E_0", "--E_0", "a#b_0", "a b_0", "a_b_0", "x" * 60 + "_0", "x" * 60 + "_1"]
     assert len({device_name(lane, "-stopline") for lane in alike}) == len(alike)
     assert len({signal_id("c" * 130 + str(i)) for i in range(50)}) == 50
+
+
+@pytest.mark.parametrize("lane", ["n2c_0", "j0_e_in_0", "243641585_1", "city-j3.2_0", "-201201945#0.78_1"])
+def test_a_lanes_own_detector_is_the_lane_id_where_that_is_a_device_name(lane: str) -> None:
+    device = lane_detector(lane)
+    assert DETECTOR_NAME.match(device) and device == device_name(lane)
+    assert (device == lane) == bool(DETECTOR_NAME.match(lane))
 
 
 def test_a_sanitised_name_stays_readable() -> None:
@@ -114,6 +122,34 @@ async def test_a_plan_whose_every_link_is_null_is_refused(client: httpx.AsyncCli
     assert (await client.get("/api/traffic/signals")).json() == []
 
 
+@pytest.mark.parametrize(("links", "given"), [(LINKS[:4], 4), ([*LINKS, {"in": "x2c_0", "out": "c2x_0"}], 6),
+                                              ([], 0), ([LINKS[0]], 1)])
+async def test_links_that_are_not_one_per_signal_index_are_refused_and_nothing_is_stored(
+        client: httpx.AsyncClient, links: list[Any], given: int) -> None:
+    body = problem(await client.post("/api/traffic/signals", json={"id": "bad", "plan": plan(links)}), 400)
+    assert body["type"].endswith("/BadRequestData"), body
+    assert f"links: {given} given, but the phases' states have 5 signal indices" in body["detail"], body
+    assert (await client.get("/api/traffic/signals")).json() == []
+
+
+@pytest.mark.parametrize("absent", [{}, {"links": None}])
+async def test_a_plan_without_links_is_accepted_and_has_no_movements(
+        client: httpx.AsyncClient, absent: dict[str, Any]) -> None:
+    doc = {k: v for k, v in plan().items() if k != "links"} | absent
+    made = await client.post("/api/traffic/signals", json={"id": "bare", "plan": doc})
+    assert made.status_code == 201, made.text
+    stored = (await client.get("/api/traffic/signals/bare")).json()["plan"]
+    assert stored["links"] is None
+    assert movements_of(stored, plan_from_doc(stored)) == ((), ())
+
+
+async def test_links_one_per_signal_index_are_accepted(client: httpx.AsyncClient) -> None:
+    made = await client.post("/api/traffic/signals", json={"id": "whole", "plan": plan()})
+    assert made.status_code == 201, made.text
+    assert (await client.get("/api/traffic/signals/whole")).json()["plan"]["links"] == LINKS
+    assert [s["id"] for s in (await client.get("/api/traffic/signals")).json()] == ["whole"]
+
+
 async def test_a_detector_cannot_watch_a_null_link(client: httpx.AsyncClient) -> None:
     links = [None, *LINKS[1:4], {"in": "x2c_0", "out": "c2x_0"}]
     advance = [{"lane": "n2c_0", "detector": "n2c_0-advance", "distance": 250}]  # link 0's lane, now null
@@ -126,20 +162,25 @@ async def test_a_detector_cannot_watch_a_null_link(client: httpx.AsyncClient) ->
 # ---------------------------------------------------------------------- RESCO real-city networks
 
 
-@pytest.mark.parametrize(("network", "signals"), [("ingolstadt21", 21), ("cologne8", 8)])
+@pytest.mark.parametrize(("network", "signals", "lanes", "renamed"),
+                         [("ingolstadt21", 21, 247, 218), ("cologne8", 8, 60, 56)])
 async def test_every_resco_signal_plan_registers_with_its_detectors(
-        client: httpx.AsyncClient, network: str, signals: int) -> None:
+        client: httpx.AsyncClient, network: str, signals: int, lanes: int, renamed: int) -> None:
     pytest.importorskip("libsumo")
-    from cityos.sim.sumo_field import detector_lanes, plan_doc, read_sites, zone_loops, zones_of
+    from cityos.sim.sumo_field import detector_devices, detector_lanes, plan_doc, read_sites, zone_loops, zones_of
     from cityos.traffic.sumo import resco_scenario
 
     sites = await asyncio.to_thread(read_sites, resco_scenario(network, 600).net)
     assert len(sites) == signals
-    # The field's devices besides the lanes' own: one name each, all taken by the IoT registry.
-    profiles = {**dict.fromkeys(zone_loops(sites), "traffic-flow"), **dict.fromkeys(zones_of(sites), "traffic-zone"),
+    # Most lanes' ids make no device name: their own detectors get derived ones, the others keep the lane id.
+    lane_ids = detector_lanes(sites)
+    assert len(lane_ids) == lanes and sum(lane_detector(lane) != lane for lane in lane_ids) == renamed
+    assert detector_devices(sites)[:lanes] == tuple(map(lane_detector, lane_ids))
+    # Every device of the field: one name each, all taken by the IoT registry.
+    profiles = {**dict.fromkeys(detector_devices(sites), "traffic-flow"),
+                **dict.fromkeys(zones_of(sites), "traffic-zone"),
                 **{site.cabinet: "traffic-signal" for site in sites.values()}}
-    assert len(profiles) == len(zone_loops(sites)) + len(zones_of(sites)) + signals  # no name taken twice
-    assert not set(profiles) & set(detector_lanes(sites))
+    assert len(profiles) == lanes + len(zone_loops(sites)) + len(zones_of(sites)) + signals  # no name taken twice
     provisioned = await client.post("/api/iot/devices/bulk", json=[
         {"name": name, "profile": profile, "department": "transport"} for name, profile in profiles.items()])
     assert provisioned.status_code == 201, provisioned.text[:500]

@@ -3,13 +3,11 @@
 The field is what the platform's closed control loop (`cityos.traffic.control_loop`) drives. A libsumo
 network, paced to the wall clock in a thread of its own, stands for the streets:
 
-- each detector lane is an IoT `traffic-flow` device behind one detector gateway, which publishes the
-  lanes' occupancy (%), mean speed (km/h) and vehicles entered since the last reading as ThingsBoard
+- each detector lane is an IoT `traffic-flow` device (`<lane>`) behind one detector gateway, which publishes
+  the lanes' occupancy (%), mean speed (km/h) and vehicles entered since the last reading as ThingsBoard
   gateway telemetry (`<prefix>/<gateway>/gateway/telemetry`);
 - each signalised incoming lane has a stop-line detector over its last `STOPLINE_ZONE_M` (`<lane>-stopline`),
-  and each one longer than `ADVANCE_M` an advance detector over its last `ADVANCE_M` (`<lane>-advance`; a lane
-  id that makes no device name, like `-201201945#0.78_1`, gives a readable form with a digest instead:
-  `cityos.traffic.naming`, as the zones' and cabinets' names and the signal ids do): SUMO
+  and each one longer than `ADVANCE_M` an advance detector over its last `ADVANCE_M` (`<lane>-advance`): SUMO
   lane-area detectors, as in the in-process benchmark, each a `traffic-flow` device of its own behind the same
   gateway, reporting the queue it sees (`queue`, metres: the jam over its zone, as a radar or video detector
   measures it) besides occupancy, speed and count. Their readings go out with the lanes', and once connected
@@ -21,6 +19,10 @@ network, paced to the wall clock in a thread of its own, stands for the streets:
   reporting every `zone_every` seconds the vehicles standing in the lane (below 0.1 m/s: distance to the stop
   line, SUMO's waiting time as the time stood), which the platform's accident watch tests for a stalled vehicle
   (`cityos.traffic.stalls`); its first reading names its road section (the edge) and lane index;
+- a lane id that makes no device name (real networks: `-201201945#0.78_1`) gives its devices a readable form
+  with a digest instead (`cityos.traffic.naming`: the lane's own detector `lane_detector`, the zones', the
+  cabinets' names and the signal ids alike; a valid id is kept as it is), which is also how the control loop
+  finds the lane's detector entity;
 - each signal's cabinet is an IoT `traffic-signal` device that takes `setPhase` RPC requests
   (`<prefix>/<cabinet>/rpc/request/<id>`), shows their yellow, all-red and green in SUMO at once, and
   acknowledges (`<prefix>/<cabinet>/rpc/response/<id>`).
@@ -51,7 +53,7 @@ from typing import Any
 import orjson
 
 from cityos.traffic.models import MAX_LINK_CONNECTIONS
-from cityos.traffic.naming import device_name, signal_id
+from cityos.traffic.naming import device_name, lane_detector, signal_id
 from cityos.traffic.signals import SignalPlan
 from cityos.traffic.stalls import MAX_STOPPED
 from cityos.traffic.sumo import zone_report
@@ -219,8 +221,9 @@ def zones_of(sites: Mapping[str, SignalSite]) -> dict[str, tuple[ZoneLane, Signa
 
 
 def detector_devices(sites: Mapping[str, SignalSite]) -> tuple[str, ...]:
-    """The field's `traffic-flow` devices: the detector lanes, then the stop-line and advance detectors."""
-    return (*detector_lanes(sites), *zone_loops(sites))
+    """The field's `traffic-flow` devices: the detector lanes' own (`lane_detector`), then the stop-line and advance
+    detectors."""
+    return (*map(lane_detector, detector_lanes(sites)), *zone_loops(sites))
 
 
 def zone_detectors_file(net: Path, loops: Mapping[str, ZoneLoop], path: Path) -> Path:
@@ -333,6 +336,7 @@ class SumoField:
         self._lamps = {site.tls: initial.get(site.signal, site.plan.phases[0].state) for site in self.sites.values()}
         self._by_signal = {site.signal: site for site in self.sites.values()}
         self._lanes = detector_lanes(self.sites)
+        self._lane_devices = {lane: lane_detector(lane) for lane in self._lanes}
         self._zones = zone_loops(self.sites)
         if self._zones:
             self._additional = Path(tempfile.mkdtemp(prefix="cityos-field-")) / "zones.add.xml"
@@ -484,8 +488,8 @@ class SumoField:
             self._seen[device] = ids
 
     def readings(self) -> dict[str, dict[str, float]]:
-        """Each detector device's reading since the last call: the lanes', then the stop-line and advance
-        detectors'."""
+        """Each detector's reading since the last call: the lanes' (by lane id), then the stop-line and advance
+        detectors' (by device name)."""
         import libsumo
 
         values = {}
@@ -536,12 +540,13 @@ class SumoField:
 
     def publish_readings(self) -> None:
         stamp = int(time.time() * 1000)
-        lanes = list(self.readings().items())
+        # A lane's reading goes out under its detector's device name; a zone detector's key is its device already.
+        lanes = [(self._lane_devices.get(key, key), values) for key, values in self.readings().items()]
         topic = f"{self.prefix}/{self.gateway}/gateway/telemetry"
         self.published += len(lanes)
         for start in range(0, len(lanes), self.chunk):
-            self._detectors.publish(topic, {lane: [{"ts": stamp, "values": values}]
-                                            for lane, values in lanes[start:start + self.chunk]})
+            self._detectors.publish(topic, {device: [{"ts": stamp, "values": values}]
+                                            for device, values in lanes[start:start + self.chunk]})
 
     def video_readings(self) -> dict[str, dict[str, Any]]:
         """Each video/radar zone's reading now: the vehicles standing in its lane. The first after SUMO (re)starts

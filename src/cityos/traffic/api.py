@@ -4,7 +4,8 @@
                                                    (conflicting greens, max < min green, …) or malformed links
                                                    (`links[i]`: {"in", "out", "also"?: [{"in", "out"}, …]}, every
                                                    connection the link controls, each once; or null, a link that
-                                                   drives no lane, not every one), 409 known id
+                                                   drives no lane, not every one; one link per signal index
+                                                   of the phase states, or `links` left out), 409 known id
     GET  /api/traffic/signals                      the tenant's signals with their current stage and state
     GET  /api/traffic/signals/{id}                 one signal; 404 unknown
     POST /api/traffic/signals/{id}/phase           {"phase": n} (traffic.control) → the change (yellow, all-red,

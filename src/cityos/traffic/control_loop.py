@@ -11,7 +11,9 @@ layer as the in-process benchmark) decide. A change the supervisor starts is sen
 the device as RPC; the time from the decision to the device's acknowledgement is stored with the command.
 
 Detectors. A plan's links name their incoming and outgoing lanes; the detector of lane L is the hub entity
-`urn:ngsi-ld:TrafficFlowObserved:<L>`, which is what an IoT `traffic-flow` device named L produces. The
+`urn:ngsi-ld:TrafficFlowObserved:<D>`, which is what an IoT `traffic-flow` device named D produces, D =
+`cityos.traffic.naming.lane_detector(L)` (L itself where it is a device name; a real network's lane id such as
+`-201201945#0.78_1` gives a readable form with a digest, as the field names its device). The
 profile reports occupancy (percent), average speed (km/h) and the interval's vehicle count (`intensity`);
 the vehicles on the detector are estimated from occupancy (occupancy × detector length / vehicle length),
 those counted halting when the lane's speed is under 5 km/h, and `intensity` is summed into the entries
@@ -85,6 +87,7 @@ from cityos.traffic.detectors import (
     stale_seconds,
     zone_readings,
 )
+from cityos.traffic.naming import lane_detector
 from cityos.traffic.service import RpcBatchSender, TrafficService, lane_zones, movements_of, plan_from_doc
 from cityos.traffic.signals import ApproachReading, LaneReading, Movement, SignalSupervisor, View
 
@@ -144,9 +147,14 @@ class DrivenSignal:
     movements: tuple[tuple[Movement, ...], ...]
     in_lanes: tuple[str, ...]
     lanes: tuple[str, ...]
+    detectors: dict[str, str]  # lane → its own detector's device name (`naming.lane_detector`)
     zones: dict[str, LaneZones] = field(default_factory=dict)  # in lane → its advance and stop-line detectors
     counters: dict[str, LaneCounter] = field(default_factory=dict)
     waits: dict[str, QueueWait] = field(default_factory=dict)  # in lane → its standing queue's waiting estimate
+
+    def devices(self) -> tuple[str, ...]:
+        """Every detector device the signal reads: its lanes' own, then their stop-line and advance detectors."""
+        return (*self.detectors.values(), *(d for zones in self.zones.values() for d in zones.devices()))
 
 
 @dataclass(frozen=True)
@@ -300,8 +308,7 @@ class ControlLoop:
         # database with their detectors.
         now = clock.now()
         found = await self.hub.retrieve_many(self.tenant, list(dict.fromkeys(
-            detector_entity(name) for _, driven in driving
-            for name in (*driven.lanes, *(d for zones in driven.zones.values() for d in zones.devices())))))
+            detector_entity(device) for _, driven in driving for device in driven.devices())))
         # In slices of COMMAND_BATCH signals: a decision waits for its slice's, not the whole round's.
         for start in range(0, len(driving), COMMAND_BATCH):
             fallbacks: dict[str, bool] = {}
@@ -330,8 +337,9 @@ class ControlLoop:
         movements = movements_of(row.plan, plan)  # each link's first connection, as the simulator's controllers see
         in_lanes = tuple(dict.fromkeys(m.in_lane for moves in movements for m in moves))
         out_lanes = tuple(dict.fromkeys(m.out_lane for moves in movements for m in moves))
+        lanes = tuple(dict.fromkeys((*in_lanes, *out_lanes)))
         driven = DrivenSignal(row.controller, row.plan, SignalSupervisor(plan, make_controller(row.controller, plan)),
-                              movements, in_lanes, tuple(dict.fromkeys((*in_lanes, *out_lanes))),
+                              movements, in_lanes, lanes, {lane: lane_detector(lane) for lane in lanes},
                               {lane: zones for lane, zones in lane_zones(row.plan).items() if lane in in_lanes})
         self.signals[row.signal_id] = driven
         return driven
@@ -341,8 +349,8 @@ class ControlLoop:
         """The fresh readings of the signal's detector lanes among the hub's `found` entities, and the incoming
         lanes that have none."""
         lanes: dict[str, LaneReading] = {}
-        for lane in driven.lanes:
-            latest = fresh_reading(found, lane, now, self.stale_after)
+        for lane, device in driven.detectors.items():
+            latest = fresh_reading(found, device, now, self.stale_after)
             if latest is None:
                 continue
             entered = driven.counters.setdefault(lane, LaneCounter()).add(latest)

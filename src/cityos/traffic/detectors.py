@@ -1,9 +1,10 @@
 """Detector readings from the hub (车辆检测器读数): `TrafficFlowObserved` entities as the controllers' inputs.
 
-A detector of lane L is the hub entity `urn:ngsi-ld:TrafficFlowObserved:<L>` (what an IoT `traffic-flow` device
-named L produces); a stop-line or an advance detector is one of its own, named in the signal's plan
-(`plan.stopline`, `plan.advance`). A reading's vehicles come from its occupancy over the detector's length, its
-standing vehicles from the queue it measures (`queueLength`) or its mean speed. Used by
+A detector of lane L is the hub entity `urn:ngsi-ld:TrafficFlowObserved:<D>` (what an IoT `traffic-flow` device
+named D produces), D = `cityos.traffic.naming.lane_detector(L)`: L itself where it is a device name. A stop-line
+or an advance detector is one of its own, named in the signal's plan (`plan.stopline`, `plan.advance`). A
+reading's vehicles come from its occupancy over the detector's length, its standing vehicles from the queue it
+measures (`queueLength`) or its mean speed. Used by
 the control loop (`cityos.traffic.control_loop`) and by emergency pre-emption's clear-ahead lead
 (`TrafficService.preempt`), so both read a detector the same way.
 """
@@ -27,8 +28,9 @@ STANDING_GAP_M = 2.5  # the gap between standing vehicles: a queue of n cars is 
 HALTING_KMH = 5.0
 
 
-def detector_entity(lane: str) -> str:
-    return f"urn:ngsi-ld:{DETECTOR_TYPE}:{lane}"
+def detector_entity(device: str) -> str:
+    """The hub entity of the `traffic-flow` device named `device` (a lane's: `naming.lane_detector(lane)`)."""
+    return f"urn:ngsi-ld:{DETECTOR_TYPE}:{device}"
 
 
 def stale_seconds(interval: float) -> float:

@@ -1,6 +1,11 @@
 """Platform names for things a road network names: signal ids for SUMO traffic lights, device names for the
 detectors and cabinets the field derives from lane and traffic-light ids.
 
+A lane's own detector is the `traffic-flow` device `lane_detector(lane)`, whose hub entity is
+`urn:ngsi-ld:TrafficFlowObserved:<lane_detector(lane)>`: the field publishes under that name, the benches and the
+demo register it, and the control loop and pre-emption's clear-ahead lead read it for the lanes a plan's links name
+(the plan keeps the lane ids, as the network has them).
+
 SUMO ids may hold any character (real-city networks: lanes like `-201201945#0.78_1`, joined clusters of 166
 characters), while an IoT device name is `^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,63}$` and a signal id
 `^[A-Za-z0-9][A-Za-z0-9_.:\\-]{0,127}$`. An id that already makes a valid name keeps it unchanged (every name
@@ -44,3 +49,9 @@ def signal_id(tls: str) -> str:
     """The platform's signal id for SUMO traffic light `tls`: `tls` itself where it is a signal id, else a readable
     form with a digest (the signal's name and the field keep the SUMO id)."""
     return _fitted(tls, "", SIGNAL_ID, _NOT_IN_SIGNAL_ID, SIGNAL_ID_MAX)
+
+
+def lane_detector(lane: str) -> str:
+    """The device name of lane `lane`'s own `traffic-flow` detector: the lane id where it is a device name (every
+    lane of the city grid), else a readable form with a digest (RESCO Ingolstadt 21's `-201201945#0.78_1`)."""
+    return device_name(lane)

@@ -35,6 +35,7 @@ from cityos.traffic.detectors import (
     stale_seconds,
     zone_readings,
 )
+from cityos.traffic.naming import lane_detector
 from cityos.traffic.preemption import (
     APPROACH_SPEED_M_S,
     LEAD_S,
@@ -128,12 +129,22 @@ def movements_of(doc: dict[str, Any], plan: SignalPlan,
     the simulator), or with `every_connection` one per lane-to-lane connection (route matching, pre-emption,
     detector checks: a route through a link's second connection must still find the signal)."""
     links = doc.get("links") or []
-    if len(links) != plan.links:
+    if len(links) != plan.links:  # no links (registration refuses any other count: `check_links`)
         return tuple(() for _ in plan.phases)
     connections = [link_connections(link)[slice(None if every_connection else 1)] for link in links]
     return tuple(tuple(Movement(i, lane_in, lane_out, c == "G")
                        for i, c in enumerate(p.state) if c in "Gg" for lane_in, lane_out in connections[i])
                  for p in plan.phases)
+
+
+def check_links(plan: models.PlanIn, width: int) -> None:
+    """Refuse links that are not one per signal index of the phases' states (`width`): the movements would be
+    none (`movements_of`), so the controllers, route matching and pre-emption would silently see no lane. A plan
+    without `links` (absent or null) is a plan without detector lanes, as it always was."""
+    if plan.links is not None and len(plan.links) != width:
+        raise BadRequestData(f"links: {len(plan.links)} given, but the phases' states have {width} signal indices "
+                             "(one link per index, null for one that drives no lane; leave `links` out for a plan "
+                             "without detector lanes)")
 
 
 ZONE_KINDS = {"advance": "advance", "stopline": "stop-line"}  # plan member → what an error calls it
@@ -150,7 +161,7 @@ def check_zone_detectors(plan: models.PlanIn) -> None:
     lane, a device that is already another detector (of this plan's zones or lanes: one reading would be read
     twice over different lengths), or a stop-line zone reaching as far up as the lane's advance detector."""
     connections = [pair for link in plan.used_links() for pair in link.connections()]
-    lanes = {lane for pair in connections for lane in pair}
+    lane_devices = {lane_detector(lane) for pair in connections for lane in pair}  # the lanes' own detectors
     incoming = {lane_in for lane_in, _ in connections}
     devices: set[str] = set()
     reach: dict[str, dict[str, float]] = {}  # lane → kind → metres
@@ -167,7 +178,7 @@ def check_zone_detectors(plan: models.PlanIn) -> None:
             if not models.DETECTOR_NAME.match(detector.detector):
                 raise BadRequestData(f"{called} detector {detector.detector[:64]!r}: a device name is letters, "
                                      "digits, '_', '.' or '-' (at most 64)")
-            if detector.detector in devices or detector.detector in lanes:
+            if detector.detector in devices or detector.detector in lane_devices:
                 raise BadRequestData(f"{called} detector {detector.detector!r} is already another detector of "
                                      "this plan")
             devices.add(detector.detector)
@@ -217,7 +228,7 @@ def queue_on(doc: dict[str, Any], plan: SignalPlan, phase: int, found: dict[str,
     lanes = phase_detectors(doc, plan, phase)
     own: dict[str, LaneReading] = {}
     for lane in lanes:
-        if (reading := fresh_reading(found, lane, now, stale_after)) is not None:
+        if (reading := fresh_reading(found, lane_detector(lane), now, stale_after)) is not None:
             own[lane] = reading.reading
     zones = zone_readings(found, lanes, now, stale_after)
     approaches = approach_readings(tuple(lanes), own, zones.advance, zones.stopline)
@@ -227,7 +238,8 @@ def queue_on(doc: dict[str, Any], plan: SignalPlan, phase: int, found: dict[str,
 def detector_ids(doc: dict[str, Any], plan: SignalPlan, phase: int) -> list[str]:
     """The hub entities of the detectors on the incoming lanes `phase` serves (the lanes', stop-line, advance)."""
     lanes = phase_detectors(doc, plan, phase)
-    return [detector_entity(name) for name in (*lanes, *(d for zones in lanes.values() for d in zones.devices()))]
+    return [detector_entity(name) for name in (*map(lane_detector, lanes),
+                                               *(d for zones in lanes.values() for d in zones.devices()))]
 
 
 class TrafficService:
@@ -254,6 +266,7 @@ class TrafficService:
             validate_plan(plan)
         except PlanError as exc:
             raise BadRequestData(f"unsafe signal plan: {exc}") from exc
+        check_links(spec.plan, plan.links)
         check_zone_detectors(spec.plan)
         doc = spec.plan.model_dump(by_alias=True)
         now = clock.now()
