@@ -50,9 +50,6 @@ from cityos.security.classes import RANK, ClassRegistry
 PAGE = 500
 MIN_CELL = 3  # an aggregate cell of fewer readings is not published
 APPEND_ROWS = 1000  # catalogue rows per write transaction when a harvest appends readings
-# The share of the wall time a harvest's appending may take (CITYOS_DATA_HARVEST_SHARE): it rests between
-# slices, so the signal loop, the readings' ingest and the API keep the writer and the event loop.
-HARVEST_SHARE = env_float("CITYOS_DATA_HARVEST_SHARE", 0.25)
 CODE = re.compile(r"^[a-z0-9][a-z0-9_-]{1,99}$")
 PUBLIC, INTERNAL, SENSITIVE, CONFIDENTIAL = "public", "internal", "sensitive", "confidential"
 
@@ -182,7 +179,10 @@ class Catalogue:
         self.lineage: Any = None  # cityos.data.lineage.Lineage, set by the domain's start
         self.sources: Any = None  # cityos.data.sources.Sources (一数一源), set by the domain's start
         self.index: Any = None  # cityos.data.searchindex.SearchIndex, set by the domain's start
-        self.harvest_share = HARVEST_SHARE
+        # The share of the wall time a harvest may take (CITYOS_DATA_HARVEST_SHARE, default a quarter): it rests
+        # between its parts and slices, so the signal loop, the readings' ingest and the API keep the writer and
+        # the event loop.
+        self.harvest_share = env_float("CITYOS_DATA_HARVEST_SHARE", 0.25)
         self.harvest_rested = 0.0  # seconds the harvests rested between their slices (DutyCycle)
 
     def changed(self, tenant: str) -> None:
