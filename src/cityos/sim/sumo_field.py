@@ -117,7 +117,10 @@ class SignalSite:
     signal: str  # the platform's signal id
     tls: str  # SUMO's traffic light id
     plan: SignalPlan
-    links: tuple[tuple[str, str], ...]  # (incoming lane, outgoing lane) per link index; ("", "") drives no lane
+    # Per link index, every (incoming lane, outgoing lane) connection it controls: one signal head often serves
+    # several (RESCO Ingolstadt 21), and a route through another than the first must find the signal; () for an
+    # index that drives no lane.
+    connections: tuple[tuple[tuple[str, str], ...], ...]
     in_lanes: tuple[str, ...]
     lanes: tuple[str, ...]  # every detector lane of the plan: incoming, then outgoing
     cabinet: str  # the IoT `traffic-signal` device that takes its phase commands
@@ -126,9 +129,11 @@ class SignalSite:
     advance: tuple[ZoneLoop, ...] = ()  # the incoming lanes' advance detectors (lanes over `ADVANCE_M`)
     stopline: tuple[ZoneLoop, ...] = ()  # the incoming lanes' stop-line detectors
     zones: tuple[ZoneLane, ...] = ()  # the incoming arterial lanes' video/radar zones
-    # Per link index, every (incoming lane, outgoing lane) connection it controls, `links`' first: one signal head
-    # often serves several (RESCO Ingolstadt 21), and a route through another than the first must find the signal.
-    connections: tuple[tuple[tuple[str, str], ...], ...] = ()
+
+    @property
+    def links(self) -> tuple[tuple[str, str], ...]:
+        """(incoming lane, outgoing lane) per link index, its first connection; ("", "") drives no lane."""
+        return tuple(link[0] if link else ("", "") for link in self.connections)
 
 
 def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
@@ -153,7 +158,6 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
         for crossing in intersections_of(libsumo, plans):
             connections = tuple(tuple((lane_in, lane_out) for lane_in, lane_out, _via in link)
                                 for link in libsumo.trafficlight.getControlledLinks(crossing.tls))
-            links = tuple(link[0] if link else ("", "") for link in connections)
             signal = signal_of(crossing.tls) if signal_of else signal_id(crossing.tls)
             lon, lat = (positions or {}).get(crossing.tls, (None, None))
             length = {lane: float(libsumo.lane.getLength(lane)) for lane in crossing.in_lanes}
@@ -161,12 +165,11 @@ def read_sites(net: Path, cabinet_of: Any = None, signal_of: Any = None,
                             if length[lane] > ADVANCE_M)
             stopline = tuple(ZoneLoop(lane, stopline_device(lane), round(min(STOPLINE_ZONE_M, length[lane]), 1),
                                       "stopline") for lane in crossing.in_lanes if length[lane] >= MIN_ZONE_M)
-            sites[signal] = SignalSite(signal, crossing.tls, crossing.plan, links, crossing.in_lanes,
+            sites[signal] = SignalSite(signal, crossing.tls, crossing.plan, connections, crossing.in_lanes,
                                        tuple(dict.fromkeys((*crossing.in_lanes, *crossing.out_lanes))),
                                        cabinet_of(crossing.tls) if cabinet_of else cabinet_device(crossing.tls),
                                        lon, lat, advance, stopline,
-                                       tuple(zone_lane(lane) for lane in zone_lanes(crossing.in_lanes)),
-                                       connections)
+                                       tuple(zone_lane(lane) for lane in zone_lanes(crossing.in_lanes)))
     finally:
         libsumo.close()
     return sites
@@ -184,7 +187,7 @@ def plan_doc(site: SignalSite, *, min_green: float | None = None, max_green: flo
     doc: dict[str, Any] = {
         "phases": phases, "yellow": site.plan.yellow if yellow is None else yellow,
         "allRed": site.plan.all_red if all_red is None else all_red, "conflicts": sorted(site.plan.conflicts),
-        "links": [link_doc(site, index) for index in range(len(site.links))]}
+        "links": [link_doc(site, index) for index in range(len(site.connections))]}
     for kind, zones in (("advance", site.advance), ("stopline", site.stopline)):
         if zones:
             doc[kind] = [{"lane": a.lane, "detector": a.device, "distance": a.distance} for a in zones]
@@ -194,11 +197,11 @@ def plan_doc(site: SignalSite, *, min_green: float | None = None, max_green: flo
 def link_doc(site: SignalSite, index: int) -> dict[str, Any] | None:
     """A plan's link `index`: its first connection (`in`, `out`) and, when it controls more, the others (`also`);
     None for a signal index that drives no lane (RESCO Ingolstadt 21 has two)."""
-    lane_in, lane_out = site.links[index]
-    if not lane_in:
+    connections = site.connections[index]
+    if not connections:
         return None
+    (lane_in, lane_out), further = connections[0], connections[1:MAX_LINK_CONNECTIONS]
     # A link of more connections than a plan takes (none on the RESCO networks: at most 4) keeps its first ones.
-    further = site.connections[index][1:MAX_LINK_CONNECTIONS] if index < len(site.connections) else ()
     doc: dict[str, Any] = {"in": lane_in, "out": lane_out}
     if further:
         doc["also"] = [{"in": a, "out": b} for a, b in further]
@@ -450,8 +453,8 @@ class SumoField:
             schedule = []
             for stage in params["sequence"]:
                 state = str(stage["state"])
-                if len(state) != len(site.links):
-                    raise ValueError(f"state {state!r} does not fit {len(site.links)} links")
+                if len(state) != len(site.connections):
+                    raise ValueError(f"state {state!r} does not fit {len(site.connections)} links")
                 schedule.append((now, state))
                 now += float(stage["seconds"] or 0.0)
             if not schedule:

@@ -146,8 +146,8 @@ class DrivenSignal:
     supervisor: SignalSupervisor
     movements: tuple[tuple[Movement, ...], ...]
     in_lanes: tuple[str, ...]
-    lanes: tuple[str, ...]
-    detectors: dict[str, str]  # lane → its own detector's device name (`naming.lane_detector`)
+    # Every detector lane (incoming, then outgoing) → its own detector's device name (`naming.lane_detector`).
+    detectors: dict[str, str]
     zones: dict[str, LaneZones] = field(default_factory=dict)  # in lane → its advance and stop-line detectors
     counters: dict[str, LaneCounter] = field(default_factory=dict)
     waits: dict[str, QueueWait] = field(default_factory=dict)  # in lane → its standing queue's waiting estimate
@@ -337,9 +337,8 @@ class ControlLoop:
         movements = movements_of(row.plan, plan)  # each link's first connection, as the simulator's controllers see
         in_lanes = tuple(dict.fromkeys(m.in_lane for moves in movements for m in moves))
         out_lanes = tuple(dict.fromkeys(m.out_lane for moves in movements for m in moves))
-        lanes = tuple(dict.fromkeys((*in_lanes, *out_lanes)))
         driven = DrivenSignal(row.controller, row.plan, SignalSupervisor(plan, make_controller(row.controller, plan)),
-                              movements, in_lanes, lanes, {lane: lane_detector(lane) for lane in lanes},
+                              movements, in_lanes, {lane: lane_detector(lane) for lane in (*in_lanes, *out_lanes)},
                               {lane: zones for lane, zones in lane_zones(row.plan).items() if lane in in_lanes})
         self.signals[row.signal_id] = driven
         return driven
