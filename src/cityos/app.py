@@ -260,7 +260,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
         app.state.settings = settings
         app.state.outbound = outbound
         app.state.engine = engine
-        app.state.write_lock = store._sqlite_write_lock  # one SQLite writer per process: every domain shares it
+        app.state.write_lock = store.write_lock  # one SQLite writer per process: every domain shares it
         app.state.bus = bus
         app.state.hub = hub_api.Hub(settings, service, ContextResolver(contexts), contexts)
         stop_subscriptions = await start_subscriptions(app)
@@ -270,7 +270,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
         stop_retention = start_retention(app)
         stop_iot = await start_iot(app)
         # Security services (tokens, audit, approvals); on SQLite the audit log shares the hub's writer lock.
-        stop_security = await security_api.start_security(app, write_lock=store._sqlite_write_lock)
+        stop_security = await security_api.start_security(app, write_lock=store.write_lock)
         app.state.indicator_sources = indicator_sources()
         stop_domains = [await domain.start(app) for domain in DOMAINS]
         install_metrics(app, engine)

@@ -122,6 +122,10 @@ class WriterLock(asyncio.Lock):
         finally:
             self.release()
 
+    def turn(self, urgent: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The lock taken in turn, or ahead of the ordinary writers waiting when `urgent`."""
+        return self.urgent() if urgent else self
+
 
 @contextlib.asynccontextmanager
 async def write_transaction(engine: AsyncEngine, sqlite_lock: asyncio.Lock,
@@ -130,7 +134,7 @@ async def write_transaction(engine: AsyncEngine, sqlite_lock: asyncio.Lock,
     a transaction that waited on SQLite's own lock would hold the event loop's other writers up). An
     `urgent` one goes before the writers waiting (when the lock is the process's `WriterLock`)."""
     if engine.dialect.name == "sqlite":
-        turn = sqlite_lock.urgent() if urgent and isinstance(sqlite_lock, WriterLock) else sqlite_lock
+        turn = sqlite_lock.turn(urgent) if isinstance(sqlite_lock, WriterLock) else sqlite_lock
         async with turn, engine.begin() as conn:
             yield conn
     else:

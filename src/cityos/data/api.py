@@ -509,7 +509,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     store = hub.service.store
     registry = class_registry(app)
     catalogue = Catalogue(app.state.engine, hub.service, registry,
-                          getattr(store, "_sqlite_write_lock", None), compact=hub.resolver.core.compact)
+                          store.write_lock, compact=hub.resolver.core.compact)
     app.state.data = DataDomain(catalogue, OpenData(app.state.engine, catalogue), app)
     app.state.data.sharing = Sharing(app.state.engine, catalogue, app.state.security.approvals)
     app.state.data.quality = Quality(app.state.engine, catalogue)

@@ -143,7 +143,7 @@ class HubStore:
         self.dialect = engine.dialect.name
         # SQLite has one writer; serialising writers here avoids lock-upgrade deadlocks between
         # deferred transactions. PostgreSQL uses row locks instead.
-        self._sqlite_write_lock = WriterLock()
+        self.write_lock = WriterLock()
         # PostgreSQL: at most pool-size write transactions at once. Beyond that the pool opens overflow
         # connections and closes them again on release, and every new connection costs a connect plus
         # re-preparing the hot statements (profiled at ~15 % of a PATCH at concurrency 32).
@@ -170,8 +170,7 @@ class HubStore:
         before the SQLite writers waiting (`WriterLock`)."""
         try:
             if self.dialect == "sqlite":
-                turn = self._sqlite_write_lock.urgent() if urgent else self._sqlite_write_lock
-                async with turn, self.engine.begin() as conn:
+                async with self.write_lock.turn(urgent), self.engine.begin() as conn:
                     yield conn
                     await write_pending(conn)
             else:

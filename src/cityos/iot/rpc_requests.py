@@ -61,7 +61,7 @@ class RpcRequests:
         it, SQLite's own busy wait loses to the ingest's back-to-back commits (a control round's commands
         waited seconds) and a deferred transaction's lock upgrade can fail outright. New requests are
         `urgent`: they go out only once stored, ahead of any readings waiting to be written."""
-        async with write_transaction(self.engine, self.hub.store._sqlite_write_lock, urgent) as conn:
+        async with write_transaction(self.engine, self.hub.store.write_lock, urgent) as conn:
             yield conn
 
     async def create_rpc(self, ident: str, spec: RpcIn) -> dict[str, Any]:

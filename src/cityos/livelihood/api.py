@@ -239,7 +239,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Build `app.state.livelihood` (and the care service) and start the payout and escalation loop."""
     security = app.state.security
     store = app.state.hub.service.store
-    lock = getattr(store, "_sqlite_write_lock", None)
+    lock = store.write_lock
     service = ProactiveService(app.state.engine, security.service.keyring, security.audit, app.state.bus,
                                getattr(app.state, "notifier", None), lock)
     app.state.livelihood = service

@@ -248,7 +248,7 @@ async def bike_stations(request: Request, near: str = Query(..., max_length=64),
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Build `app.state.mobility` and `app.state.bikes`, start the GBFS poller; returns the shutdown function."""
     store = app.state.hub.service.store
-    lock = getattr(store, "_sqlite_write_lock", None)
+    lock = store.write_lock
     app.state.mobility = MobilityService(app.state.engine, app.state.hub.service, app.state.hub.resolver.core,
                                          write_lock=lock)
     app.state.bikes = BikeService(app.state.engine, app.state.hub.service, app.state.hub.resolver.core,

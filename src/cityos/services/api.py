@@ -298,7 +298,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     lock = None
     hub = getattr(app.state, "hub", None)
     if hub is not None:
-        lock = getattr(hub.service.store, "_sqlite_write_lock", None)
+        lock = hub.service.store.write_lock
     desk = ServiceDesk(app.state.engine, app.state.bus, app.state, write_lock=lock)
     app.state.services = desk
     try:

@@ -206,7 +206,7 @@ async def alert_departments(app: FastAPI, tenant: str, event: dict[str, Any]) ->
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Build `app.state.traffic`; returns the shutdown function."""
     store = app.state.hub.service.store
-    app.state.traffic = TrafficService(app.state.engine, write_lock=getattr(store, "_sqlite_write_lock", None),
+    app.state.traffic = TrafficService(app.state.engine, write_lock=store.write_lock,
                                        detectors=app.state.hub.service.retrieve_many)
     # Detector stations' readings in the hub feed the accident detector (a detection opens an incident).
     watch = AccidentWatch(app.state.bus, alert=lambda tenant, event: alert_departments(app, tenant, event),

@@ -229,8 +229,8 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Build the services; a loop sends the periodic csource notifications."""
     hub = app.state.hub
     store = hub.service.store
-    regs = RegistrationService(store.engine, store._sqlite_write_lock)
-    csubs = CsubService(store.engine, store._sqlite_write_lock, hub.resolver, app.state.outbound,
+    regs = RegistrationService(store.engine, store.write_lock)
+    csubs = CsubService(store.engine, store.write_lock, hub.resolver, app.state.outbound,
                         registrations=regs.all)
     regs.listeners.append(csubs.registration_changed)
     app.state.csource_registrations = regs

@@ -307,7 +307,7 @@ class TemporalService:
     async def _refresh_rollups(self, tenant: str, grain: str) -> str | None:
         """Recompute the tenant's marked rollup buckets: `grain`, or None (read the raw rows) if they cannot be."""
         try:
-            async with write_transaction(self.store.engine, self.store._sqlite_write_lock) as conn:
+            async with write_transaction(self.store.engine, self.store.write_lock) as conn:
                 await rollups.refresh(conn, tenant)
         except DBAPIError:
             # e.g. a sum beyond float8 on PostgreSQL: the marks stay, this answer comes from the raw rows.

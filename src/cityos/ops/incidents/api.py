@@ -274,7 +274,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     hub = app.state.hub
     security = app.state.security.service
     service = IncidentService(app.state.engine, hub.service, hub.resolver.core, app.state.bus, security,
-                              write_lock=hub.service.store._sqlite_write_lock,
+                              write_lock=hub.service.store.write_lock,
                               auto_close_hours=env_float("CITYOS_INCIDENT_AUTO_CLOSE_HOURS", 72.0))
     app.state.ops_incidents = service
     listeners = Listeners(service, app.state.bus)

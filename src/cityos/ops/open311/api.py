@@ -289,7 +289,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Start this domain's services and background work on `app`; returns the shutdown function."""
     incidents: IncidentService = app.state.ops_incidents
     app.state.ops_open311 = Open311Service(app.state.engine, incidents, app.state.security.service,
-                                           write_lock=app.state.hub.service.store._sqlite_write_lock)
+                                           write_lock=app.state.hub.service.store.write_lock)
 
     async def stop() -> None:
         return None

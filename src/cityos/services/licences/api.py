@@ -166,7 +166,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     store = app.state.hub.service.store
     app.state.licences = LicenceService(app.state.engine, keys, security.service.keyring, app.state.bus,
                                         security.settings.issuer, security.service.record,
-                                        getattr(store, "_sqlite_write_lock", None))
+                                        store.write_lock)
 
     async def stop() -> None:
         return None

@@ -94,7 +94,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Build `app.state.notifier` and start the outbox worker; returns the shutdown function."""
     store = app.state.hub.service.store
     notifier = Notifier(app.state.engine, app.state.security.service.keyring,
-                        write_lock=getattr(store, "_sqlite_write_lock", None))
+                        write_lock=store.write_lock)
     app.state.notifier = notifier
     notifier.start()
     return notifier.stop

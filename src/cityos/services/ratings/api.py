@@ -170,7 +170,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     store = app.state.hub.service.store
     service = RatingService(app.state.engine, app.state.bus, audit=app.state.security.service.record,
                             notify=notifier.notify if notifier is not None else None,
-                            write_lock=getattr(store, "_sqlite_write_lock", None))
+                            write_lock=store.write_lock)
     service.subscribe()
     app.state.ratings = service
 

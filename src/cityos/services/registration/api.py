@@ -81,7 +81,7 @@ async def password_reset(request: Request) -> Response:
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     security = app.state.security
     app.state.registration = Registration(app.state.engine, security.service, security.accounts, app.state.notifier,
-                                          write_lock=app.state.hub.service.store._sqlite_write_lock)
+                                          write_lock=app.state.hub.service.store.write_lock)
 
     async def stop() -> None:
         return None
