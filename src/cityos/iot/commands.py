@@ -72,7 +72,12 @@ class CommandSender:
         sent = (await self.send_many([(ident, spec)]))[0]
         if isinstance(sent, Exception):
             raise sent
-        return await self.service.get_rpc(sent["id"])
+        stored = await self.service.get_rpc(sent["id"])
+        if stored["status"] == "queued":
+            # The mark skipped a row the device's answer was being committed on (`set_rpc_statuses`): that answer
+            # supersedes it, and until then the request is what this send made it, not still waiting to go.
+            stored["status"] = sent["status"]
+        return stored
 
     async def send_many(self, requests: Sequence[tuple[str, RpcIn]]) -> list[dict[str, Any] | Exception]:
         """Send many requests with one transaction to store them and one to mark them sent (or failed), in
