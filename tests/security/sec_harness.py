@@ -84,7 +84,7 @@ class Harness:
 
 async def build_state(app: Any, settings: SecuritySettings) -> SecurityState:
     engine = app.state.engine
-    lock = app.state.hub.service.store._sqlite_write_lock
+    lock = app.state.hub.service.store.write_lock
     audit = AuditLog(engine, write_lock=lock)
     service = SecurityService(engine, settings, TokenIssuer(settings, load_signing_keys(settings)),
                               load_keyring(settings), audit, None, lock)

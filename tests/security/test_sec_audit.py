@@ -22,7 +22,7 @@ async def _fill(sec: Harness, n: int = 10) -> None:
 
 
 async def test_chain_is_valid_and_contiguous_under_concurrency(sec: Harness) -> None:
-    other = AuditLog(sec.engine, write_lock=sec.app.state.hub.service.store._sqlite_write_lock)
+    other = AuditLog(sec.engine, write_lock=sec.app.state.hub.service.store.write_lock)
     events = [AuditEvent("x.concurrent", f"r{i}") for i in range(300)]
     await asyncio.gather(*(sec.state.audit.record(e) for e in events[:150]),
                          *(other.append_many([e]) for e in events[150:200]),
@@ -226,7 +226,7 @@ async def test_burst_from_many_tasks_and_another_writer_keeps_one_chain(sec: Har
     """Hundreds of awaiting tasks, fire-and-forget records and a second AuditLog (as another process
     would: its own cached head, so its writes race the first one's) interleave; large batches go
     through COPY on PostgreSQL. The chain stays linear, contiguous and verifiable."""
-    other = AuditLog(sec.engine, write_lock=sec.app.state.hub.service.store._sqlite_write_lock)
+    other = AuditLog(sec.engine, write_lock=sec.app.state.hub.service.store.write_lock)
     await other.start()
     try:
         log = sec.state.audit

@@ -103,13 +103,13 @@ async def test_rollups_answer_as_the_raw_rows_do(app: Any, first: list[Any], lat
     engine, store = app.state.engine, app.state.hub.service.store
     tenant = f"rollup{uuid.uuid4().hex[:12]}"
     ids = [f"urn:ngsi-ld:Probe:{n}" for n in range(3)]
-    async with write_transaction(engine, store._sqlite_write_lock) as conn:
+    async with write_transaction(engine, store.write_lock) as conn:
         await store.write_history(conn, tenant, [_row(*i) for i in first])
     # Late and out-of-order instances, in a later transaction.
     if late:
-        async with write_transaction(engine, store._sqlite_write_lock) as conn:
+        async with write_transaction(engine, store.write_lock) as conn:
             await store.write_history(conn, tenant, [_row(*i) for i in late])
-    async with write_transaction(engine, store._sqlite_write_lock) as conn:
+    async with write_transaction(engine, store.write_lock) as conn:
         picked = [r[0] for r in await conn.execute(text(
             "SELECT instance_id FROM hub_attribute_history WHERE tenant = :t "
             "ORDER BY ts, entity_id, attr, instance_id"),
@@ -126,7 +126,7 @@ async def test_rollups_answer_as_the_raw_rows_do(app: Any, first: list[Any], lat
                 await conn.execute(update(attribute_history).where(
                     attribute_history.c.tenant == tenant, attribute_history.c.instance_id == picked[k % len(picked)])
                     .values(ts=moved, instance=doc))
-    async with write_transaction(engine, store._sqlite_write_lock) as conn:
+    async with write_transaction(engine, store.write_lock) as conn:
         await rollups.refresh(conn, tenant)
     async with store.read() as conn:
         assert not await rollups.has_dirty(conn, tenant)
