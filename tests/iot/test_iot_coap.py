@@ -9,11 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
-from aiocoap import Code, Context, Message
+from aiocoap import Code
 from iot_helpers import history_count
 
-from cityos.iot.coap import start_coap
-from cityos.sim.platform import free_port
+from coap_support import CoapCall, coap_device_api
 
 AQ = {"name": "aq-coap", "profile": "air-quality", "lon": 110.3, "lat": 20.0, "district": "Meilan",
       "department": "EPB"}
@@ -22,21 +21,10 @@ AN_HOUR_AGO = int(time.time() * 1000) - 3_600_000
 
 
 @pytest.fixture
-async def coap(app: Any) -> AsyncIterator[Any]:
-    """The app's CoAP device API on a free UDP port, and a client context: `await coap(method, path, payload)`."""
-    port = free_port(0, udp=True)
-    stop = await start_coap(app.state.iot, "127.0.0.1", port)
-    client = await Context.create_client_context()
-
-    async def call(method: Code, path: str, payload: bytes = b"") -> Message:
-        return await client.request(Message(code=method, uri=f"coap://127.0.0.1:{port}{path}",
-                                            payload=payload)).response
-
-    try:
+async def coap(app: Any) -> AsyncIterator[CoapCall]:
+    """The app's CoAP device API on a free UDP port, and a client: `await coap(method, path, payload)`."""
+    async with coap_device_api(app.state.iot) as call:
         yield call
-    finally:
-        await client.shutdown()
-        await stop()
 
 
 async def device(client: Any) -> str:

@@ -12,17 +12,16 @@ from typing import Any
 
 import orjson
 import pytest
-from aiocoap import Code, Context, Message
+from aiocoap import Code
 from iot_helpers import history_count, ms
 from mqtt_support import Publisher, needs_mqtt, new_prefix, start_worker, stop_worker, wait_for
 
 from auth_tokens import Auth
 from cityos.core import clock
-from cityos.iot.coap import start_coap
 from cityos.iot.messages import check_value
 from cityos.iot.models import _spec, load_profiles
-from cityos.sim.platform import free_port
 from cityos.traffic import stalls
+from coap_support import coap_device_api
 
 PLACE = [110.331, 20.021]
 
@@ -145,19 +144,8 @@ async def _letters_exist(client: Any) -> bool:
 @pytest.fixture
 async def coap(app: Any) -> AsyncIterator[Any]:
     """The app's CoAP device API on a free UDP port: `await coap(path, payload)` POSTs over real UDP."""
-    port = free_port(0, udp=True)
-    stop = await start_coap(app.state.iot, "127.0.0.1", port)
-    context = await Context.create_client_context()
-
-    async def post(path: str, payload: bytes) -> Message:
-        return await context.request(Message(code=Code.POST, uri=f"coap://127.0.0.1:{port}{path}",
-                                             payload=payload)).response
-
-    try:
-        yield post
-    finally:
-        await context.shutdown()
-        await stop()
+    async with coap_device_api(app.state.iot) as call:
+        yield lambda path, payload: call(Code.POST, path, payload)
 
 
 async def test_a_zone_device_over_coap_is_taken_and_its_bad_list_refused(client: Any, app: Any, coap: Any) -> None:
