@@ -162,10 +162,19 @@ def test_web_kpi_tiles_open_trends_and_lists(server: Server, browser: Any, seede
         "return {n: o.xAxis[0].data.length, zone: o.xAxis[0].name, values: o.series[0].data};")
     assert chart["n"] == 24 and chart["zone"] == "CST"
     assert any(v is not None and 0 < v < 100 for v in chart["values"]), chart  # this session's own sample
-    click(browser, ".cityos-trend-online .cityos-trend-span button:nth-child(2)")
-    wait_for(lambda: browser.execute_script(
-        "const el = document.querySelector('.cityos-trend-online .cityos-trend-chart');"
-        "return getElement(el.id.slice(1)).chart.getOption().xAxis[0].data.length;") == 28, what="the 7-day chart")
+    seven_days = ".cityos-trend-online .cityos-trend-span button:nth-child(2)"
+
+    def seven_day_chart() -> bool:
+        return bool(browser.execute_script(
+            "const el = document.querySelector('.cityos-trend-online .cityos-trend-chart');"
+            "return getElement(el.id.slice(1)).chart.getOption().xAxis[0].data.length;") == 28)
+
+    click(browser, seven_days)
+    try:
+        wait_for(seven_day_chart, what="the 7-day chart")
+    except AssertionError:  # seen once with both database passes loading the machine: asked again, given longer
+        click(browser, seven_days)
+        wait_for(seven_day_chart, timeout=40.0, what="the 7-day chart, asked twice")
     time.sleep(0.8)
     screenshot(browser, "12-cockpit-kpi-trend")
     browser.find_element("tag name", "body").send_keys("\ue00c")  # Escape closes the dialog
