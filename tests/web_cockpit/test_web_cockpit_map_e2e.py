@@ -172,7 +172,7 @@ def test_web_kpi_tiles_open_trends_and_lists(server: Server, browser: Any, seede
     click(browser, seven_days)
     try:
         wait_for(seven_day_chart, what="the 7-day chart")
-    except AssertionError:  # seen once with both database passes loading the machine: asked again, given longer
+    except AssertionError:  # timed out once in CI, cause not found (the toggle works in memory): asked again
         click(browser, seven_days)
         wait_for(seven_day_chart, timeout=40.0, what="the 7-day chart, asked twice")
     time.sleep(0.8)
