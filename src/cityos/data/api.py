@@ -43,6 +43,7 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from cityos.core.db import write_lock_of
 from cityos.core.errors import BadRequestData, ResourceNotFound
 from cityos.core.responses import json_response, read_json_object
 from cityos.data import ckan, portal
@@ -506,10 +507,9 @@ async def lineage_graph(code: str, request: Request) -> Response:
 
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     hub = app.state.hub
-    store = hub.service.store
     registry = class_registry(app)
     catalogue = Catalogue(app.state.engine, hub.service, registry,
-                          store.write_lock, compact=hub.resolver.core.compact)
+                          write_lock_of(app), compact=hub.resolver.core.compact)
     app.state.data = DataDomain(catalogue, OpenData(app.state.engine, catalogue), app)
     app.state.data.sharing = Sharing(app.state.engine, catalogue, app.state.security.approvals)
     app.state.data.quality = Quality(app.state.engine, catalogue)

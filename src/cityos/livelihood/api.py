@@ -30,6 +30,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
 from cityos.config import env_float
+from cityos.core.db import write_lock_of
 from cityos.core.errors import BadRequestData, TooLarge
 from cityos.core.responses import json_response
 from cityos.core.tasks import StepGuard
@@ -238,8 +239,7 @@ async def uptake(request: Request,
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Build `app.state.livelihood` (and the care service) and start the payout and escalation loop."""
     security = app.state.security
-    store = app.state.hub.service.store
-    lock = store.write_lock
+    lock = write_lock_of(app)
     service = ProactiveService(app.state.engine, security.service.keyring, security.audit, app.state.bus,
                                getattr(app.state, "notifier", None), lock)
     app.state.livelihood = service

@@ -34,6 +34,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 from google.protobuf import json_format
 
+from cityos.core.db import write_lock_of
 from cityos.core.errors import BadRequestData
 from cityos.core.responses import json_response, read_body, read_json_object
 from cityos.hub.service import ENTITY_CHANGED
@@ -247,8 +248,7 @@ async def bike_stations(request: Request, near: str = Query(..., max_length=64),
 
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Build `app.state.mobility` and `app.state.bikes`, start the GBFS poller; returns the shutdown function."""
-    store = app.state.hub.service.store
-    lock = store.write_lock
+    lock = write_lock_of(app)
     app.state.mobility = MobilityService(app.state.engine, app.state.hub.service, app.state.hub.resolver.core,
                                          write_lock=lock)
     app.state.bikes = BikeService(app.state.engine, app.state.hub.service, app.state.hub.resolver.core,

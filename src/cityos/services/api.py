@@ -34,6 +34,7 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
+from cityos.core.db import write_lock_of
 from cityos.core.errors import BadRequestData, TooLarge, UnsupportedMediaType
 from cityos.security.api import client_ip, enforce, request_tenant, require
 from cityos.security.audit import AuditEvent
@@ -295,11 +296,7 @@ async def metrics(request: Request, by: str = Query("service", pattern="^(servic
 
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Load the catalogue (a broken definition stops start-up with the reason), start the timer sweep."""
-    lock = None
-    hub = getattr(app.state, "hub", None)
-    if hub is not None:
-        lock = hub.service.store.write_lock
-    desk = ServiceDesk(app.state.engine, app.state.bus, app.state, write_lock=lock)
+    desk = ServiceDesk(app.state.engine, app.state.bus, app.state, write_lock=write_lock_of(app))
     app.state.services = desk
     try:
         await desk.reconcile_audit()  # submissions whose audit record a crash lost

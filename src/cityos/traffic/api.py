@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
+from cityos.core.db import write_lock_of
 from cityos.core.responses import json_response
 from cityos.security.api import request_tenant, require
 from cityos.security.policy import Principal
@@ -205,8 +206,7 @@ async def alert_departments(app: FastAPI, tenant: str, event: dict[str, Any]) ->
 
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Build `app.state.traffic`; returns the shutdown function."""
-    store = app.state.hub.service.store
-    app.state.traffic = TrafficService(app.state.engine, write_lock=store.write_lock,
+    app.state.traffic = TrafficService(app.state.engine, write_lock=write_lock_of(app),
                                        detectors=app.state.hub.service.retrieve_many)
     # Detector stations' readings in the hub feed the accident detector (a detection opens an incident).
     watch = AccidentWatch(app.state.bus, alert=lambda tenant, event: alert_departments(app, tenant, event),

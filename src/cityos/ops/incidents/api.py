@@ -32,6 +32,7 @@ from sqlalchemy import select
 
 from cityos.config import env_float
 from cityos.core import clock
+from cityos.core.db import write_lock_of
 from cityos.core.errors import BadRequestData
 from cityos.ops.incidents.core import NewIncident, Plan, parse_id
 from cityos.ops.incidents.listeners import Listeners
@@ -274,7 +275,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     hub = app.state.hub
     security = app.state.security.service
     service = IncidentService(app.state.engine, hub.service, hub.resolver.core, app.state.bus, security,
-                              write_lock=hub.service.store.write_lock,
+                              write_lock=write_lock_of(app),
                               auto_close_hours=env_float("CITYOS_INCIDENT_AUTO_CLOSE_HOURS", 72.0))
     app.state.ops_incidents = service
     listeners = Listeners(service, app.state.bus)

@@ -35,6 +35,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cityos.config import public_url
+from cityos.core.db import write_lock_of
 from cityos.core.errors import ProblemError, ResourceNotFound
 from cityos.core.responses import read_body
 from cityos.ops.incidents.core import Plan
@@ -289,7 +290,7 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Start this domain's services and background work on `app`; returns the shutdown function."""
     incidents: IncidentService = app.state.ops_incidents
     app.state.ops_open311 = Open311Service(app.state.engine, incidents, app.state.security.service,
-                                           write_lock=app.state.hub.service.store.write_lock)
+                                           write_lock=write_lock_of(app))
 
     async def stop() -> None:
         return None

@@ -27,6 +27,7 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
+from cityos.core.db import write_lock_of
 from cityos.core.errors import BadRequestData, ResourceNotFound
 from cityos.core.responses import json_response, read_json_object
 from cityos.security.api import client_ip, current_principal, enforce, request_tenant, require
@@ -163,10 +164,9 @@ async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Build `app.state.licences` with the signing keys from their file; returns the shutdown function."""
     security = app.state.security
     keys = load_keys(key_file_path(security.settings))
-    store = app.state.hub.service.store
     app.state.licences = LicenceService(app.state.engine, keys, security.service.keyring, app.state.bus,
                                         security.settings.issuer, security.service.record,
-                                        store.write_lock)
+                                        write_lock_of(app))
 
     async def stop() -> None:
         return None

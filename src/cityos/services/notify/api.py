@@ -24,6 +24,7 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
+from cityos.core.db import write_lock_of
 from cityos.core.errors import BadRequestData, TooLarge
 from cityos.core.responses import json_response
 from cityos.security.api import current_principal, enforce, request_tenant, require
@@ -92,9 +93,7 @@ async def put_contacts(request: Request, department: str,
 
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Build `app.state.notifier` and start the outbox worker; returns the shutdown function."""
-    store = app.state.hub.service.store
-    notifier = Notifier(app.state.engine, app.state.security.service.keyring,
-                        write_lock=store.write_lock)
+    notifier = Notifier(app.state.engine, app.state.security.service.keyring, write_lock=write_lock_of(app))
     app.state.notifier = notifier
     notifier.start()
     return notifier.stop

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
+from cityos.core.db import write_lock_of
 from cityos.core.errors import BadRequestData, ResourceNotFound
 from cityos.core.responses import json_response, read_json_object
 from cityos.security.api import client_ip, current_principal, enforce, request_tenant, require
@@ -167,10 +168,9 @@ async def reply(request: Request, rectification_id: str,
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Build `app.state.ratings` and listen for completed applications; returns the shutdown function."""
     notifier = getattr(app.state, "notifier", None)
-    store = app.state.hub.service.store
     service = RatingService(app.state.engine, app.state.bus, audit=app.state.security.service.record,
                             notify=notifier.notify if notifier is not None else None,
-                            write_lock=store.write_lock)
+                            write_lock=write_lock_of(app))
     service.subscribe()
     app.state.ratings = service
 

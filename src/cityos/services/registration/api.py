@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
+from cityos.core.db import write_lock_of
 from cityos.core.responses import json_response, read_json_object
 from cityos.security.api import client_ip, current_principal, enforce
 from cityos.security.policy import Resource
@@ -81,7 +82,7 @@ async def password_reset(request: Request) -> Response:
 async def start(app: FastAPI) -> Callable[[], Awaitable[None]]:
     security = app.state.security
     app.state.registration = Registration(app.state.engine, security.service, security.accounts, app.state.notifier,
-                                          write_lock=app.state.hub.service.store.write_lock)
+                                          write_lock=write_lock_of(app))
 
     async def stop() -> None:
         return None
